@@ -10,7 +10,8 @@ import torch
 
 
 def _as_time(t) -> torch.Tensor:
-    t = torch.as_tensor(t)
+    if not isinstance(t, torch.Tensor):
+        return torch.as_tensor(t, dtype=torch.float64)
     return t if torch.is_floating_point(t) else t.to(torch.float64)
 
 

@@ -1,0 +1,207 @@
+"""The ``boltzgen`` command line: one entry point with sub-commands.
+
+Every sub-command has ``--help`` and ``--seed``, and writes a metrics.json (or prints JSON with
+``--json``). Targets are named the same way everywhere: ``--system NAME``, ``--pdb FILE
+--forcefield XML [XML ...]``, or ``--system-xml FILE --topology FILE`` (plus ``--temperature K``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+from . import __version__
+
+
+class CommandError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------- shared options
+def _add_common(parser: argparse.ArgumentParser, seed: bool = True) -> None:
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
+
+
+def _add_target(parser: argparse.ArgumentParser, positional: bool = False) -> None:
+    group = parser.add_argument_group("target (name it one way)")
+    if positional:
+        group.add_argument("system_name", nargs="?", metavar="SYSTEM", help="built-in system (see `boltzgen systems`)")
+    group.add_argument("--system", help="built-in system name")
+    group.add_argument("--pdb", help="structure file (all atoms) for --forcefield")
+    group.add_argument("--forcefield", nargs="+", metavar="XML", help="OpenMM force-field XML files")
+    group.add_argument("--system-xml", help="serialized OpenMM System (XmlSerializer)")
+    group.add_argument("--topology", help="topology for --system-xml: any file mdtraj reads")
+    group.add_argument("--temperature", type=float, help="temperature in K (molecular targets)")
+    group.add_argument("--dim", type=int, help="dimension of the Gaussian-mixture targets (default 2)")
+    group.add_argument("--platform", default="auto", help="OpenMM platform for energies (default: fastest)")
+    group.add_argument("--workers", type=int, default=None, help="energy worker processes (default: cores)")
+
+
+def _target_from_args(args):
+    from .systems import resolve
+
+    name = getattr(args, "system_name", None)
+    if name is not None and args.system is not None and name != args.system:
+        raise CommandError(f"two systems named: {name!r} and --system {args.system!r}")
+    name = name or args.system
+    options = {}
+    if name is None or not name.startswith(("gmm", "lj")):
+        options.update(platform=args.platform, n_workers=args.workers)
+    try:
+        return resolve(name, pdb=args.pdb, forcefield=args.forcefield, system_xml=args.system_xml,
+                       topology=args.topology, temperature=args.temperature, dim=args.dim, **options)
+    except (KeyError, ValueError, FileNotFoundError, TypeError) as exc:
+        raise CommandError(str(exc).strip("'\"")) from None
+
+
+def _emit(metrics: dict, args, path: Optional[str]) -> None:
+    from .io import write_json
+
+    if path:
+        write_json(path, metrics)
+    if args.json:
+        json.dump(metrics, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_systems(args) -> int:
+    from .systems import describe
+
+    rows = describe()
+    if args.json:
+        _emit({"systems": rows}, args, None)
+        return 0
+    header = f"{'name':<15} {'atoms':>5} {'temperature':>12}  force field"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        atoms = "-" if row["n_atoms"] is None else str(row["n_atoms"])
+        temp = "reduced" if row["units"].startswith("reduced") else f"{row['temperature_K']:g} K"
+        print(f"{row['name']:<15} {atoms:>5} {temp:>12}  {row['forcefield']}")
+        print(f"{'':<15} {'':>5} {'':>12}  {row['description']}")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .io import save_samples
+    from .md import simulate
+
+    if args.n < 1:
+        raise CommandError(f"-n must be at least 1, got {args.n}")
+    target = _target_from_args(args)
+    checkpoint = args.output + ".checkpoint"
+    options = dict(stride=args.stride, equilibration_steps=args.equilibration, timestep_fs=args.timestep,
+                   friction_per_ps=args.friction, replicas=args.replicas, t_max=args.t_max,
+                   exchange_interval=args.exchange_interval)
+    options = {k: v for k, v in options.items() if v is not None}
+    start = time.perf_counter()
+    try:
+        result = simulate(target, args.n, seed=args.seed, checkpoint=checkpoint, progress=not args.no_progress,
+                          **options)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        target.close()
+    meta = {**target.metadata(), **result.metadata, "seed": args.seed, "command": "simulate"}
+    save_samples(args.output, result.positions, topology=target.topology, reduced_energy=result.reduced_energy,
+                 metadata=meta)
+    if os.path.exists(checkpoint):
+        os.remove(checkpoint)
+    metrics = {"command": "simulate", "system": target.name, "n_samples": int(result.positions.shape[0]),
+               "output": os.path.abspath(args.output), "wall_time_s": time.perf_counter() - start,
+               "mean_reduced_energy": float(result.reduced_energy.mean()), **result.metadata}
+    _emit(metrics, args, args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.output)), "metrics.json"))
+    if not args.json:
+        print(f"wrote {metrics['n_samples']} samples of {target.name} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_bridge(args) -> int:
+    from .bench import bench_bridge
+
+    target = _target_from_args(args)
+    if not hasattr(target, "system"):
+        raise CommandError(f"{target.name} is not an OpenMM system; the bridge benchmark needs one")
+    try:
+        result = bench_bridge(target.system, target.temperature, target.positions.numpy(), batch=args.batch,
+                              n_workers=args.workers, platform=args.platform, seed=args.seed)
+    finally:
+        target.close()
+    result = {"command": "bench bridge", "system": target.name, **result}
+    _emit(result, args, args.output)
+    if not args.json:
+        print(f"{target.name}: bridge {result['bridge_per_s']:.0f}/s, plain loop {result['plain_loop_per_s']:.0f}/s "
+              f"(speedup {result['speedup_vs_plain_loop']:.2f}), fraction of limit {result['fraction_of_limit']:.2f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="boltzgen", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"boltzgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("systems", help="list the built-in systems")
+    _add_common(p)
+    p.set_defaults(func=cmd_systems)
+
+    p = sub.add_parser("simulate", help="MD / replica exchange / exact samples -> sample file",
+                       description="Simulate a target and write an HDF5 sample file (mdtraj-loadable for molecules). "
+                                   "OpenMM Langevin dynamics (LangevinMiddle) for molecular systems, optionally "
+                                   "replica exchange over a geometric temperature ladder; MALA chains for LJ "
+                                   "clusters; exact draws for analytic targets. Resumes from FILE.checkpoint.")
+    _add_target(p, positional=True)
+    p.add_argument("-n", type=int, required=True, help="number of samples (frames)")
+    p.add_argument("-o", "--output", required=True, help="output sample file (.h5)")
+    p.add_argument("--stride", type=int, help="MD steps (or MCMC steps) between saved frames")
+    p.add_argument("--equilibration", type=int, help="equilibration steps before the first frame")
+    p.add_argument("--timestep", type=float, help="MD time step in fs (default 1)")
+    p.add_argument("--friction", type=float, help="Langevin friction in 1/ps (default 1)")
+    p.add_argument("--replicas", type=int, help="replica-exchange replicas (default 1: plain MD)")
+    p.add_argument("--t-max", type=float, help="highest temperature of the replica ladder (K)")
+    p.add_argument("--exchange-interval", type=int, help="MD steps between exchange attempts")
+    p.add_argument("--metrics", help="metrics file (default: metrics.json beside the output)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(p)
+    p.set_defaults(func=cmd_simulate)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
+    p = bench_sub.add_parser("bridge", help="OpenMM energy pool against the plain single-Context loop",
+                             description="Configurations per second of the batched OpenMM energy pool against the "
+                                         "plain single-Context loop and against cores x bare getState rate.")
+    _add_target(p)
+    p.add_argument("--batch", type=int, default=4096, help="configurations per batch (default 4096)")
+    p.add_argument("-o", "--output", help="write the JSON result here")
+    _add_common(p)
+    p.set_defaults(func=cmd_bench_bridge)
+    bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as exc:
+        print(f"boltzgen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"boltzgen {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

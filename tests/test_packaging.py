@@ -1,0 +1,54 @@
+"""Install metadata: setup.cfg, environment.yml and the package tree agree."""
+
+import configparser
+import os
+import re
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONDA_NAMES = {"torch": "pytorch", "torch-geometric": "pytorch_geometric", "tables": "pytables"}
+
+
+def _setup_cfg():
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    return cfg
+
+
+def _split(requirement):
+    name, spec = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", requirement).groups()
+    return name.lower(), spec.replace(" ", "")
+
+
+def test_environment_yml_matches_install_requires():
+    cfg = _setup_cfg()
+    pip_reqs = dict(_split(r) for r in cfg["options"]["install_requires"].strip().splitlines())
+    with open(os.path.join(ROOT, "environment.yml")) as handle:
+        env = yaml.safe_load(handle)
+    assert env["channels"] == ["conda-forge"]
+    conda = dict(_split(d) for d in env["dependencies"] if isinstance(d, str))
+    for name, spec in pip_reqs.items():
+        conda_name = CONDA_NAMES.get(name, name)
+        assert conda_name in conda, f"{name} (conda: {conda_name}) missing from environment.yml"
+        assert conda[conda_name] == spec, f"{name}: setup.cfg says {spec!r}, environment.yml {conda[conda_name]!r}"
+    assert conda["python"] == cfg["options"]["python_requires"]
+    test_reqs = [_split(r)[0] for r in cfg["options.extras_require"]["test"].strip().splitlines()]
+    assert all(name in conda for name in test_reqs)
+
+
+def test_every_package_is_listed_in_setup_cfg():
+    listed = set(_setup_cfg()["options"]["packages"].split())
+    found = set()
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "boltzgen")):
+        if "__init__.py" in files:
+            found.add(os.path.relpath(dirpath, ROOT).replace(os.sep, "."))
+    assert found - listed == set(), f"packages missing from setup.cfg: {sorted(found - listed)}"
+    assert "boltzgen.builtin_systems" in listed
+
+
+def test_builtin_files_are_found_from_any_directory(tmp_path, monkeypatch):
+    from boltzgen.systems.catalog import data_path
+
+    monkeypatch.chdir(tmp_path)
+    assert os.path.isfile(data_path("aldp.pdb"))
