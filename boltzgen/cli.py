@@ -97,10 +97,14 @@ def cmd_simulate(args) -> int:
         raise CommandError(f"-n must be at least 1, got {args.n}")
     target = _target_from_args(args)
     checkpoint = args.output + ".checkpoint"
-    options = dict(stride=args.stride, equilibration_steps=args.equilibration, timestep_fs=args.timestep,
-                   friction_per_ps=args.friction, replicas=args.replicas, t_max=args.t_max,
+    from .systems.catalog import simulate_defaults
+
+    options = dict(stride=args.stride, equilibration=args.equilibration, timestep=args.timestep,
+                   friction=args.friction, replicas=args.replicas, t_max=args.t_max,
                    exchange_interval=args.exchange_interval)
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {**simulate_defaults(target.name), **{k: v for k, v in options.items() if v is not None}}
+    if options.get("replicas", 1) == 1:
+        options.pop("t_max", None)
     start = time.perf_counter()
     try:
         result = simulate(target, args.n, seed=args.seed, checkpoint=checkpoint, progress=not args.no_progress,
@@ -165,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--equilibration", type=int, help="equilibration steps before the first frame")
     p.add_argument("--timestep", type=float, help="MD time step in fs (default 1)")
     p.add_argument("--friction", type=float, help="Langevin friction in 1/ps (default 1)")
-    p.add_argument("--replicas", type=int, help="replica-exchange replicas (default 1: plain MD)")
-    p.add_argument("--t-max", type=float, help="highest temperature of the replica ladder (K)")
+    p.add_argument("--replicas", type=int,
+                   help="replica-exchange replicas (1: plain MD; alanine dipeptide defaults to 6 up to 1000 K)")
+    p.add_argument("--t-max", type=float, help="highest temperature of the geometric replica ladder (K)")
     p.add_argument("--exchange-interval", type=int, help="MD steps between exchange attempts")
     p.add_argument("--metrics", help="metrics file (default: metrics.json beside the output)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -72,7 +72,7 @@ def test_lj_on_sampled_configurations_matches_openmm():
     from boltzgen.md import simulate
 
     target = systems.load("lj13")
-    result = simulate(target, 64, seed=3, progress=False)
+    result = simulate(target, 64, seed=3, chains=8, equilibration=200, progress=False)
     u_omm, _ = direct_openmm_energies(target.openmm_system(), result.positions, target.temperature)
     np.testing.assert_allclose(u_omm, target.reduced_energy(torch.from_numpy(result.positions)).numpy(), rtol=1e-6)
     np.testing.assert_allclose(result.reduced_energy, u_omm, rtol=1e-6)

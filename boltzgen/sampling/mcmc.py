@@ -180,8 +180,8 @@ def mala_step(x: torch.Tensor, energy: Energy, step_size, generator: Optional[to
     energy : TargetSystem or callable
         Reduced energy u (see :func:`energy_and_grad`).
     step_size : float or tensor of shape (C,)
-        h, one for all chains or one per chain (units of x², e.g. nm² per kT... i.e. the
-        Langevin time step with unit diffusion).
+        h, one for all chains or one per chain, in units of x squared (nm² for molecules):
+        the time step of overdamped Langevin dynamics with unit diffusion constant.
     generator : torch.Generator, optional
         Source of all random numbers.
     mean_free : bool
@@ -240,15 +240,18 @@ def hmc_step(x: torch.Tensor, energy: Energy, step_size, generator: Optional[tor
     p = _noise(x, generator, mean_free)
     h0 = u + 0.5 * _sq_norm(p).to(torch.float64)
     y, g, u_y = x, grad, u
+    finite = torch.ones_like(u, dtype=torch.bool)
     p = p - 0.5 * eps * g
     for i in range(int(n_leapfrog)):
         y = y + eps * p
         u_y, g = energy_and_grad(energy, y)
+        finite &= torch.isfinite(u_y)
         if mean_free:
             g = project_mean_free(g)
         if i < int(n_leapfrog) - 1:
             p = p - eps * g
     p = p - 0.5 * eps * g
+    u_y = torch.where(finite, u_y, torch.full_like(u_y, math.inf))
     h1 = u_y + 0.5 * _sq_norm(p).to(torch.float64)
     accept, prob = _metropolis(h0 - h1, u_y, generator)
     return MCMCStep(_select(accept, y, x), _select(accept, u_y, u), _select(accept, g, grad), accept, prob)

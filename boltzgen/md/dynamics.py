@@ -1,0 +1,267 @@
+"""OpenMM Langevin dynamics and temperature replica exchange (in-process, one Context per replica).
+
+Replica k runs ``LangevinMiddleIntegrator`` dynamics at T_k of a geometric ladder
+T_k = T_0 (T_max / T_0)^(k / (R − 1)). Every ``exchange_interval`` steps neighbouring pairs
+(k, k + 1) with k even, then k odd on the next attempt, and so on, try to swap configurations
+with probability min(1, exp((β_k − β_{k+1})(U_k − U_{k+1}))), β = 1/kT. A swap exchanges positions
+and velocities between the two Contexts, velocities rescaled by sqrt(T_new / T_old), so Context 0
+always holds the target-temperature chain. With one replica this is plain Langevin dynamics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import openmm
+from openmm import unit
+
+from ..units import kT_of
+from .checkpoint import read_checkpoint, write_checkpoint
+
+
+def temperature_ladder(temperature: float, t_max: float, replicas: int) -> np.ndarray:
+    """Geometric temperature ladder (K), shape (replicas,), from ``temperature`` to ``t_max``."""
+    if replicas == 1:
+        return np.array([float(temperature)])
+    return float(temperature) * (float(t_max) / float(temperature)) ** (np.arange(replicas) / (replicas - 1))
+
+
+def _openmm_seeds(seed: int, replicas: int) -> tuple[list[int], list[int], np.random.Generator]:
+    """Integrator seeds, velocity seeds (non-zero int32, since 0 means 'random' in OpenMM) and the
+    numpy Generator of the exchange decisions, all derived from ``seed``."""
+    ints = np.random.SeedSequence(seed).generate_state(2 * replicas, dtype=np.uint32)
+    to_seed = [int(v % (2**31 - 2)) + 1 for v in ints]
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+    return to_seed[:replicas], to_seed[replicas:], rng
+
+
+class ReplicaSet:
+    """One OpenMM Context per temperature, stepped sequentially.
+
+    Parameters
+    ----------
+    system : openmm.System
+    temperatures : array (R,)
+        K.
+    timestep : float
+        fs.
+    friction : float
+        1/ps.
+    platform : str
+        OpenMM platform name ("Reference", "CPU", ...).
+    threads : int, optional
+        ``Threads`` property of the CPU platform.
+    integrator_seeds : list of int
+        Random seed of each replica's integrator.
+    """
+
+    def __init__(self, system: openmm.System, temperatures, timestep: float, friction: float, platform: str,
+                 threads: Optional[int], integrator_seeds):
+        try:
+            plat = openmm.Platform.getPlatformByName(platform)
+        except Exception:
+            names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+            raise ValueError(f"unknown OpenMM platform {platform!r}; available: {', '.join(names)}") from None
+        properties = {}
+        if threads is not None:
+            if platform != "CPU":
+                raise ValueError(f"threads applies to the CPU platform only, not {platform!r}")
+            properties["Threads"] = str(int(threads))
+        self.temperatures = np.asarray(temperatures, dtype=np.float64)
+        self.betas = 1.0 / np.array([kT_of(t) for t in self.temperatures])
+        self.integrators, self.contexts = [], []
+        for temp, seed in zip(self.temperatures, integrator_seeds):
+            integrator = openmm.LangevinMiddleIntegrator(temp * unit.kelvin, friction / unit.picosecond,
+                                                         timestep * unit.femtosecond)
+            integrator.setRandomNumberSeed(int(seed))
+            self.integrators.append(integrator)
+            self.contexts.append(openmm.Context(system, integrator, plat, properties))
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+    def start(self, positions: np.ndarray, minimize: bool, velocity_seeds) -> None:
+        """Set start positions (nm), minimise once (on replica 0) and draw Maxwell velocities."""
+        self.contexts[0].setPositions(positions * unit.nanometer)
+        if minimize:
+            openmm.LocalEnergyMinimizer.minimize(self.contexts[0])
+            positions = self.contexts[0].getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        for context, temp, seed in zip(self.contexts, self.temperatures, velocity_seeds):
+            context.setPositions(positions * unit.nanometer)
+            context.setVelocitiesToTemperature(temp * unit.kelvin, int(seed))
+
+    def step(self, n: int) -> None:
+        for integrator in self.integrators:
+            integrator.step(int(n))
+
+    def potential_energies(self) -> np.ndarray:
+        """Potential energy of every replica, kJ/mol, shape (R,); +inf where not finite."""
+        u = np.array([c.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+                      for c in self.contexts], dtype=np.float64)
+        return np.where(np.isfinite(u), u, np.inf)
+
+    def positions(self, k: int) -> np.ndarray:
+        """Positions of replica k, nm, shape (N, 3), float64."""
+        state = self.contexts[k].getState(getPositions=True)
+        return np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
+
+    def swap(self, i: int, j: int) -> None:
+        """Exchange configurations of replicas i and j, rescaling velocities by sqrt(T_new/T_old)."""
+        si = self.contexts[i].getState(getPositions=True, getVelocities=True)
+        sj = self.contexts[j].getState(getPositions=True, getVelocities=True)
+        scale = math.sqrt(self.temperatures[i] / self.temperatures[j])
+        self.contexts[i].setPositions(sj.getPositions(asNumpy=True))
+        self.contexts[i].setVelocities(sj.getVelocities(asNumpy=True) * scale)
+        self.contexts[j].setPositions(si.getPositions(asNumpy=True))
+        self.contexts[j].setVelocities(si.getVelocities(asNumpy=True) / scale)
+
+    def checkpoints(self) -> list[np.ndarray]:
+        """``Context.createCheckpoint()`` of every replica as uint8 arrays."""
+        return [np.frombuffer(c.createCheckpoint(), dtype=np.uint8).copy() for c in self.contexts]
+
+    def load(self, checkpoints) -> None:
+        for context, data in zip(self.contexts, checkpoints):
+            context.loadCheckpoint(np.asarray(data, dtype=np.uint8).tobytes())
+
+
+@dataclass
+class MDOutput:
+    """Frames of the target-temperature replica and run statistics (see :func:`run_dynamics`)."""
+
+    positions: np.ndarray
+    replica_potential_energy: np.ndarray
+    replica_positions: Optional[np.ndarray]
+    info: dict
+
+
+def _metropolis_exchange(replicas: ReplicaSet, u: np.ndarray, parity: int, rng: np.random.Generator,
+                         walkers: np.ndarray, record: bool, attempts: np.ndarray, accepted: np.ndarray) -> None:
+    """Attempt swaps of the pairs (k, k + 1), k ≡ parity (mod 2); updates u, walkers and counts."""
+    for k in range(parity, len(replicas) - 1, 2):
+        log_acc = (replicas.betas[k] - replicas.betas[k + 1]) * (u[k] - u[k + 1])
+        if math.isnan(log_acc):
+            log_acc = -math.inf
+        accept = rng.random() < math.exp(min(0.0, log_acc))
+        if record:
+            attempts[k] += 1
+            accepted[k] += accept
+        if accept:
+            replicas.swap(k, k + 1)
+            u[k], u[k + 1] = u[k + 1], u[k]
+            walkers[k], walkers[k + 1] = walkers[k + 1], walkers[k]
+
+
+def run_dynamics(target, n_samples: int, params: dict, *, checkpoint: Optional[str], checkpoint_every: int,
+                 callback: Optional[Callable[[int], None]], bar) -> MDOutput:
+    """Langevin dynamics / replica exchange of an OpenMM target; see :func:`boltzgen.md.simulate`.
+
+    ``params`` holds the resolved, validated parameters (the dict stored in the checkpoint).
+    Frames are saved every ``stride`` steps after ``equilibration`` steps; the step counter
+    includes equilibration, exchanges happen whenever it is a multiple of ``exchange_interval``
+    (exchange statistics count only after equilibration).
+    """
+    temps = temperature_ladder(params["temperature"], params["t_max"], params["replicas"])
+    n_rep = len(temps)
+    int_seeds, vel_seeds, rng = _openmm_seeds(params["seed"], n_rep)
+    replicas = ReplicaSet(target.system, temps, params["timestep"], params["friction"], params["platform"],
+                          params["threads"], int_seeds)
+    eq, stride, interval = params["equilibration"], params["stride"], params["exchange_interval"]
+    keep = params["keep_replicas"]
+
+    loaded = read_checkpoint(checkpoint, params) if checkpoint else None
+    if loaded is None:
+        replicas.start(target.positions.detach().cpu().numpy().astype(np.float64), params["minimize"], vel_seeds)
+        step, wall_before, round_trips = 0, 0.0, 0
+        frames, energies, replica_frames = [], [], [[] for _ in range(n_rep)]
+        walkers, last_end = np.arange(n_rep), np.full(n_rep, -1)
+        attempts, accepted = np.zeros(max(n_rep - 1, 0), np.int64), np.zeros(max(n_rep - 1, 0), np.int64)
+    else:
+        state, arrays = loaded
+        replicas.load([arrays[f"context_{k}"] for k in range(n_rep)])
+        rng.bit_generator.state = state["rng_state"]
+        step, wall_before, round_trips = state["step"], state["wall_time_s"], state["round_trips"]
+        frames, energies = list(arrays["positions"]), list(arrays["replica_potential_energy"])
+        replica_frames = [list(arrays[f"replica_positions_{k}"]) if keep else [] for k in range(n_rep)]
+        walkers, last_end = arrays["walkers"].copy(), arrays["walker_last_end"].copy()
+        attempts, accepted = arrays["exchange_attempts"].copy(), arrays["exchange_accepted"].copy()
+    resumed_frames = len(frames)
+    t0 = time.perf_counter()
+
+    def save_state():
+        arrays = {f"context_{k}": data for k, data in enumerate(replicas.checkpoints())}
+        arrays.update(positions=np.asarray(frames, dtype=np.float64).reshape((-1,) + tuple(target.event_shape)),
+                      replica_potential_energy=np.asarray(energies, dtype=np.float64).reshape(-1, n_rep),
+                      walkers=walkers, walker_last_end=last_end, exchange_attempts=attempts, exchange_accepted=accepted)
+        if keep:
+            for k in range(n_rep):
+                arrays[f"replica_positions_{k}"] = np.asarray(replica_frames[k], dtype=np.float64).reshape(
+                    (-1,) + tuple(target.event_shape))
+        state = {"step": step, "wall_time_s": wall_before + time.perf_counter() - t0,
+                 "rng_state": rng.bit_generator.state, "round_trips": round_trips}
+        write_checkpoint(checkpoint, params, state, arrays)
+
+    bar.update(min(len(frames), n_samples))
+    last_saved = len(frames)
+    while len(frames) < n_samples:
+        next_frame = eq + (len(frames) + 1) * stride
+        next_exchange = (step // interval + 1) * interval if n_rep > 1 else next_frame
+        target_step = min(next_frame, next_exchange)
+        if step < eq:
+            bar.set_description(f"equilibrating {step}/{eq} steps")
+        replicas.step(target_step - step)
+        step = target_step
+        frame_now = step == next_frame
+        if frame_now or (n_rep > 1 and step % interval == 0):
+            u = replicas.potential_energies()
+            if not np.isfinite(u).all():
+                bad = [f"{t:.1f} K" for t, ok in zip(temps, np.isfinite(u)) if not ok]
+                raise RuntimeError(f"the simulation became unstable (non-finite energy at {', '.join(bad)}) at step "
+                                   f"{step}; use a smaller timestep (now {params['timestep']} fs) or a lower t_max")
+        if frame_now:
+            bar.set_description("sampling")
+            frames.append(replicas.positions(0))
+            energies.append(u.copy())
+            if keep:
+                for k in range(n_rep):
+                    replica_frames[k].append(replicas.positions(k))
+        if n_rep > 1 and step % interval == 0:
+            _metropolis_exchange(replicas, u, (step // interval) % 2, rng, walkers, step > eq, attempts, accepted)
+            for end, k in ((0, 0), (1, n_rep - 1)):
+                walker = walkers[k]
+                if end == 0 and last_end[walker] == 1:
+                    round_trips += 1
+                last_end[walker] = end
+        if frame_now:
+            bar.update(1)
+            if checkpoint and (len(frames) - last_saved >= checkpoint_every or len(frames) == n_samples):
+                save_state()
+                last_saved = len(frames)
+            if callback is not None:
+                callback(len(frames))
+    if checkpoint and last_saved != len(frames):
+        save_state()
+    wall = wall_before + time.perf_counter() - t0
+
+    energies_arr = np.asarray(energies, dtype=np.float64).reshape(-1, n_rep)[:n_samples]
+    positions = np.asarray(frames, dtype=np.float64).reshape((-1,) + tuple(target.event_shape))[:n_samples]
+    replica_positions = None
+    if keep:
+        replica_positions = np.stack([np.asarray(f, dtype=np.float64).reshape((-1,) + tuple(target.event_shape))[:n_samples]
+                                      for f in replica_frames])
+    acc = np.where(attempts > 0, accepted / np.maximum(attempts, 1), np.nan)
+    info = {
+        "temperatures_K": temps.tolist(),
+        "exchange_acceptance": [None if math.isnan(a) else float(a) for a in acc],
+        "exchange_attempts": attempts.tolist(),
+        "round_trips": int(round_trips),
+        "mean_potential_energy_kJ_per_mol": energies_arr.mean(axis=0).tolist() if len(energies_arr) else None,
+        "total_steps": int(step),
+        "simulated_time_ps": float(step * params["timestep"] / 1000.0),
+        "wall_time_s": float(wall),
+        "frames_from_checkpoint": int(resumed_frames),
+    }
+    return MDOutput(positions, energies_arr, replica_positions, info)
