@@ -1,0 +1,330 @@
+"""Training objectives of time-dependent energy models: DSM and the Diffusive Classification loss.
+
+All losses are plain functions ``loss(model, x0, generator, **options) -> dict``. ``model`` is an
+:class:`~boltzgen.energy.EnergyModel` or any object with the same protocol:
+
+- ``schedule`` (``alpha``, ``sigma``, ``q_sample``), ``t_min``, ``event_shape``, ``mean_free``;
+- ``energy(x, t) -> (B,)`` and ``energy_and_score(x, t, create_graph) -> ((B,), (B, *event))``
+  for x of shape (B, *event_shape) and t of shape (B,);
+- ``log_normaliser(t)`` -> F(t), elementwise on a tensor of times.
+
+Notation. Forward process x_t = α_t x_0 + σ_t ε (ε mean-free for molecules). Score
+s_θ = −∇ₓE_θ. d = 3(N − 1) for mean-free models, the number of coordinates otherwise.
+
+**Levels.** Each x_0 of the batch is noised at k levels t_1 < … < t_k in [t_min, 1] with
+independent noises, drawn by :func:`sample_levels` (``levels=``):
+
+- ``"uniform"``: k sorted independent U[t_min, 1] draws (for k = 2 the pair (s, t));
+- ``"stratified"``: one uniform draw in each of k equal strata of [t_min, 1];
+- ``"grid"``: k consecutive points of a time grid, the first uniform among the possible ones
+  (for k = 2, consecutive levels of the grid);
+- ``"grid-stratified"``: the grid cut into k contiguous blocks, one uniform grid point per block.
+
+For ``"uniform"`` and ``"stratified"`` every level is marginally U[t_min, 1].
+
+**DSM** (:func:`dsm_loss`), per noisy sample (x_t, ε, t):
+
+    ℓ_DSM = w(t) ‖σ_t ∇ₓE_θ(x_t, t) − ε‖² / d = w(t) ‖σ_t s_θ(x_t, t) + ε‖² / d,
+
+the usual λ(t) = σ_t² weighting of denoising score matching (the minimiser is
+s_θ = ∇ log p_t since E[ε | x_t] = −σ_t ∇ log p_t(x_t)), averaged per degree of freedom and
+over all B k noisy samples; w(t) = 1 unless ``weighting`` is given. The score is taken by
+autograd with ``create_graph=True``.
+
+**DiffCLF** (:func:`diffclf_loss`). The logit of level i for a configuration y is
+ℓ_i(y) = −E_θ(y, t_i) + F(t_i). For one x_0 with noisy samples y_j = x_{t_j} build the k × k
+matrix L_ij = ℓ_i(y_j) (energy of sample j at level i) and classify each sample's level:
+
+    ℓ_CLF = Σ_j −log softmax_i(L_ij)|_{i=j} = Σ_j [ −L_jj + logsumexp_i L_ij ],
+
+summed over the k samples of one x_0 and averaged over the batch. For k = 2 with levels (s, t)
+this is exactly softplus(ℓ_t(x_s) − ℓ_s(x_s)) + softplus(ℓ_s(x_t) − ℓ_t(x_t)). At the optimum
+ℓ_i(y) = log p_{t_i}(y) + c(y); DSM removes c(y).
+
+**Combined** (:func:`dsm_diffclf_loss`): L = L_DSM + λ_clf L_CLF over the same noisy samples.
+The diagonal energies E_θ(y_j, t_j) and the scores come from ONE network pass over the B k
+samples at their own levels (with ``create_graph``); the B k (k − 1) off-diagonal energies take
+one more, energy-only pass. :func:`dsm_loss` with the same ``k`` and ``levels`` is the fair
+DSM-only baseline: it draws the same number B k of noisy samples from the same distribution of
+times, so its value is distributed exactly like the DSM part of the combined loss.
+
+Every function returns a dict with ``total`` (the scalar to minimise, with its graph), the parts
+``dsm`` and/or ``clf`` (with graph), and detached diagnostics: ``clf_accuracy`` (fraction of
+noisy samples whose level has the largest logit), ``n_dsm`` and ``n_energy`` (numbers of score
+and energy evaluations, ints).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+
+from .diffusion.noise import event_dim, sample_noise, sq_norm
+
+__all__ = ["LOSSES", "LEVEL_MODES", "sample_levels", "noise_at_levels", "dsm_loss", "diffclf_loss",
+           "dsm_diffclf_loss", "compute_loss"]
+
+#: Names accepted by :func:`compute_loss` (and ``boltzgen train --loss``).
+LOSSES = ("dsm", "diffclf", "dsm+diffclf")
+#: Level-sampling modes of :func:`sample_levels`.
+LEVEL_MODES = ("uniform", "stratified", "grid", "grid-stratified")
+
+Grid = Union[int, torch.Tensor]
+
+
+def _grid_times(grid: Grid, t_min: float, dtype, device) -> torch.Tensor:
+    if isinstance(grid, torch.Tensor):
+        g = grid.to(dtype=dtype, device=device).reshape(-1)
+        if g.numel() > 1 and not bool((g[1:] > g[:-1]).all()):
+            raise ValueError("the time grid must be strictly increasing")
+        return g
+    return torch.linspace(t_min, 1.0, int(grid), dtype=dtype, device=device)
+
+
+def sample_levels(batch: int, k: int, t_min: float, generator: Optional[torch.Generator] = None, *,
+                  levels: str = "uniform", grid: Grid = 64, dtype: Optional[torch.dtype] = None,
+                  device=None) -> torch.Tensor:
+    """Draw k sorted diffusion levels for each member of a batch.
+
+    Parameters
+    ----------
+    batch : int
+        Number B of clean samples.
+    k : int
+        Number of levels per sample (k ≥ 1).
+    t_min : float
+        Smallest time; levels lie in [t_min, 1].
+    generator : torch.Generator, optional
+    levels : {"uniform", "stratified", "grid", "grid-stratified"}
+        See the module docstring.
+    grid : int or 1-D tensor
+        The time grid of the grid modes: a number of uniform points on [t_min, 1] (default 64)
+        or the increasing grid times themselves.
+    dtype, device
+        Of the result (default: the dtype of a tensor ``grid`` in the grid modes, else the
+        default dtype).
+
+    Returns
+    -------
+    tensor, shape (B, k), non-decreasing along axis 1
+    """
+    if k < 1:
+        raise ValueError(f"need k >= 1 levels, got {k}")
+    if levels not in LEVEL_MODES:
+        raise ValueError(f"levels must be one of {LEVEL_MODES}, got {levels!r}")
+    if dtype is None:
+        dtype = grid.dtype if isinstance(grid, torch.Tensor) and levels.startswith("grid") else torch.get_default_dtype()
+    if levels in ("uniform", "stratified"):
+        u = torch.rand(batch, k, generator=generator, dtype=dtype, device=device)
+        if levels == "uniform":
+            u = u.sort(dim=1).values
+        else:
+            u = (torch.arange(k, dtype=dtype, device=device) + u) / k
+        return t_min + (1.0 - t_min) * u
+    g = _grid_times(grid, t_min, dtype, device)
+    n = g.numel()
+    if n < k:
+        raise ValueError(f"a grid of {n} times cannot hold {k} distinct levels")
+    if levels == "grid":
+        start = torch.randint(0, n - k + 1, (batch, 1), generator=generator, device=device)
+        idx = start + torch.arange(k, device=device)
+    else:
+        bounds = torch.div(torch.arange(k + 1, device=device) * n, k, rounding_mode="floor")
+        width = (bounds[1:] - bounds[:-1]).to(dtype)
+        u = torch.rand(batch, k, generator=generator, dtype=dtype, device=device)
+        idx = bounds[:-1] + torch.minimum((u * width).floor(), width - 1).long()
+    return g[idx]
+
+
+def noise_at_levels(model, x0: torch.Tensor, t: torch.Tensor, generator: Optional[torch.Generator] = None,
+                    noise: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise each clean sample at its k levels: x_{b,j} = α(t_bj) x0_b + σ(t_bj) ε_bj.
+
+    Parameters
+    ----------
+    model : energy model (uses ``schedule``, ``mean_free``)
+    x0 : tensor, shape (B, *event_shape)
+    t : tensor, shape (B, k)
+    generator : torch.Generator, optional
+    noise : tensor, shape (B, k, *event_shape), optional
+        Given noise ε (used as is); drawn (mean-free for mean-free models) when absent.
+
+    Returns
+    -------
+    x_t, eps : tensors, shape (B k, *event_shape), row b k + j for level j of sample b
+    """
+    b, k = t.shape
+    event = tuple(x0.shape[1:])
+    x0_rep = x0.unsqueeze(1).expand((b, k) + event).reshape((b * k,) + event)
+    if noise is None:
+        noise = sample_noise((b * k,) + event, generator, model.mean_free, dtype=x0.dtype, device=x0.device)
+    else:
+        noise = noise.to(x0).reshape((b * k,) + event)
+    return model.schedule.q_sample(x0_rep, t.reshape(b * k), noise=noise)
+
+
+def _levels(model, x0, generator, k, levels, grid, t) -> torch.Tensor:
+    if t is None:
+        return sample_levels(x0.shape[0], k, model.t_min, generator, levels=levels, grid=grid,
+                             dtype=x0.dtype, device=x0.device)
+    t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
+    return t.reshape(x0.shape[0], -1)
+
+
+def _objective(model, x0: torch.Tensor, generator, *, k: int, levels: str, grid: Grid, t, noise,
+               use_dsm: bool, use_clf: bool, lambda_clf: float, weighting) -> dict:
+    """The one implementation behind every loss: noise at k levels, then the DSM and/or CLF terms."""
+    t = _levels(model, x0, generator, k, levels, grid, t)
+    b, k = t.shape
+    if use_clf and k < 2:
+        raise ValueError(f"DiffCLF needs k >= 2 levels, got {k}")
+    event = tuple(x0.shape[1:])
+    n_ev = len(event)
+    x_t, eps = noise_at_levels(model, x0, t, generator, noise)
+    t_flat = t.reshape(b * k)
+    out: dict = {}
+    total = x0.new_zeros(())
+    n_energy = 0
+
+    if use_dsm:
+        # One pass over the B k noisy samples at their own levels gives the diagonal energies and
+        # (with create_graph) the scores.
+        e_diag, score = model.energy_and_score(x_t, t_flat, create_graph=True)
+        sigma = model.schedule.sigma(t_flat).reshape((-1,) + (1,) * n_ev)
+        per_sample = sq_norm(sigma * score + eps, n_ev) / event_dim(model.event_shape, model.mean_free)
+        if weighting is not None:
+            per_sample = weighting(t_flat) * per_sample
+        out["dsm"] = per_sample.mean()
+        total = total + out["dsm"]
+        n_energy += b * k
+
+    if use_clf:
+        diag = torch.arange(k, device=x0.device)
+        rows_i, cols_j = torch.meshgrid(diag, diag, indexing="ij")
+        rows_i, cols_j = rows_i.reshape(-1), cols_j.reshape(-1)          # pair p = i k + j
+        if use_dsm:
+            pick = rows_i != cols_j                                       # only off-diagonal pairs
+        else:
+            pick = torch.ones_like(rows_i, dtype=torch.bool)              # every pair, one pass
+        i_idx, j_idx = rows_i[pick], cols_j[pick]
+        x_rows = x_t.reshape((b, k) + event)[:, j_idx].reshape((-1,) + event)
+        e_pick = model.energy(x_rows, t[:, i_idx].reshape(-1)).reshape(b, -1)
+        n_energy += e_pick.numel()
+        if use_dsm:
+            # Assemble the k×k energies: diagonal from the DSM pass, the rest from e_pick.
+            order = torch.empty(k * k, dtype=torch.long, device=x0.device)
+            order[rows_i == cols_j] = torch.arange(k, device=x0.device)
+            order[pick] = k + torch.arange(int(pick.sum()), device=x0.device)
+            energies = torch.cat([e_diag.reshape(b, k), e_pick], dim=1)[:, order]
+        else:
+            energies = e_pick
+        logits = -energies.reshape(b, k, k) + model.log_normaliser(t).reshape(b, k, 1)   # L[b, i, j]
+        log_post = torch.log_softmax(logits, dim=1)
+        out["clf"] = -torch.diagonal(log_post, dim1=1, dim2=2).sum(dim=1).mean()
+        out["clf_accuracy"] = (logits.detach().argmax(dim=1) == diag).to(x0.dtype).mean()
+        total = total + lambda_clf * out["clf"]
+
+    out["total"] = total
+    out["n_dsm"] = b * k if use_dsm else 0
+    out["n_energy"] = n_energy
+    return out
+
+
+def dsm_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] = None, *, k: int = 1,
+             levels: str = "uniform", grid: Grid = 64, t: Optional[torch.Tensor] = None,
+             noise: Optional[torch.Tensor] = None, weighting: Optional[Callable] = None) -> dict:
+    """Denoising score matching, ‖σ_t ∇ₓE_θ(x_t, t) − ε‖² / d averaged over B k noisy samples.
+
+    Parameters
+    ----------
+    model : energy model (see the module docstring)
+    x0 : tensor, shape (B, *event_shape)
+        Clean data (centred, for molecules).
+    generator : torch.Generator, optional
+    k : int
+        Noisy copies per x_0 (default 1: t ~ U[t_min, 1]). With the ``k`` and ``levels`` of a
+        ``dsm+diffclf`` run this is its fair DSM-only baseline (same number and distribution of
+        DSM evaluations).
+    levels, grid
+        Level sampling (:func:`sample_levels`).
+    t : tensor, shape (B, k) or (B,), optional
+        Explicit times instead of sampled ones.
+    noise : tensor, shape (B, k, *event_shape), optional
+        Explicit noise ε.
+    weighting : callable, optional
+        Extra weight w(t) per noisy sample (t of shape (B k,)); default 1.
+
+    Returns
+    -------
+    dict with ``total`` = ``dsm`` (scalar tensors with graph), ``n_dsm``, ``n_energy``
+    """
+    return _objective(model, x0, generator, k=k, levels=levels, grid=grid, t=t, noise=noise, use_dsm=True,
+                      use_clf=False, lambda_clf=0.0, weighting=weighting)
+
+
+def diffclf_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] = None, *, k: int = 2,
+                 levels: str = "uniform", grid: Grid = 64, t: Optional[torch.Tensor] = None,
+                 noise: Optional[torch.Tensor] = None) -> dict:
+    """Diffusive classification loss alone (binary for k = 2, multi-level for k > 2).
+
+    ℓ_CLF = Σ_j −log softmax_i(L_ij)|_{i=j}, L_ij = −E_θ(x_{t_j}, t_i) + F(t_i), averaged over
+    the batch; all B k² energies in one network pass, no score.
+
+    Parameters
+    ----------
+    model, x0, generator
+        As in :func:`dsm_loss`.
+    k : int
+        Number of levels per x_0 (≥ 2; default 2, the binary form).
+    levels, grid, t, noise
+        As in :func:`dsm_loss`; ``t`` of shape (B, k) (sorted or not: classes are the columns).
+
+    Returns
+    -------
+    dict with ``total`` = ``clf`` (with graph), ``clf_accuracy``, ``n_dsm`` (0), ``n_energy``
+    """
+    return _objective(model, x0, generator, k=k, levels=levels, grid=grid, t=t, noise=noise, use_dsm=False,
+                      use_clf=True, lambda_clf=1.0, weighting=None)
+
+
+def dsm_diffclf_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] = None, *, k: int = 2,
+                     lambda_clf: float = 1.0, levels: str = "uniform", grid: Grid = 64,
+                     t: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+                     weighting: Optional[Callable] = None) -> dict:
+    """L = L_DSM + λ_clf L_CLF on the same B k noisy samples.
+
+    The diagonal energies and the scores come from one network pass with ``create_graph``; the
+    off-diagonal energies from one energy-only pass (B k (k − 1) evaluations).
+
+    Parameters
+    ----------
+    model, x0, generator, k, levels, grid, t, noise, weighting
+        As in :func:`dsm_loss` and :func:`diffclf_loss`.
+    lambda_clf : float
+        Weight of the classification term (default 1).
+
+    Returns
+    -------
+    dict with ``total``, ``dsm``, ``clf`` (with graph), ``clf_accuracy``, ``n_dsm``, ``n_energy``
+    """
+    return _objective(model, x0, generator, k=k, levels=levels, grid=grid, t=t, noise=noise, use_dsm=True,
+                      use_clf=True, lambda_clf=float(lambda_clf), weighting=weighting)
+
+
+def compute_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] = None, *,
+                 loss: str = "dsm+diffclf", k: int = 2, lambda_clf: float = 1.0, levels: str = "uniform",
+                 grid: Grid = 64, weighting: Optional[Callable] = None) -> dict:
+    """The objective named ``loss`` (one of :data:`LOSSES`), for trainers and the CLI.
+
+    ``"dsm"`` uses k noisy copies per x_0 (the fair baseline of ``"dsm+diffclf"`` with the same
+    ``k``); ``"diffclf"`` is the classification term alone; ``"dsm+diffclf"`` the combination.
+    """
+    if loss == "dsm":
+        return dsm_loss(model, x0, generator, k=k, levels=levels, grid=grid, weighting=weighting)
+    if loss == "diffclf":
+        return diffclf_loss(model, x0, generator, k=k, levels=levels, grid=grid)
+    if loss == "dsm+diffclf":
+        return dsm_diffclf_loss(model, x0, generator, k=k, lambda_clf=lambda_clf, levels=levels, grid=grid,
+                                weighting=weighting)
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")

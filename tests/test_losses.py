@@ -1,0 +1,260 @@
+"""DSM and DiffCLF: stationarity at the exact energies, explicit-loop references, one-pass
+structure of the combined loss, level sampling."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import boltzgen.systems as systems
+from boltzgen.diffusion import VPSchedule, sample_noise
+from boltzgen.energy import EnergyModel
+from boltzgen.losses import (LEVEL_MODES, LOSSES, compute_loss, diffclf_loss, dsm_diffclf_loss, dsm_loss,
+                             sample_levels)
+
+F64 = torch.float64
+
+
+class TinyNet(nn.Module):
+    """Small MLP net(x, t) -> (B,) with a random (non-zero) last layer."""
+
+    def __init__(self, event_shape, hidden=16, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        d = math.prod(event_shape)
+        self.layers = nn.Sequential(nn.Linear(d + 1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+
+    def forward(self, x, t):
+        return self.layers(torch.cat([x.flatten(1), t[:, None]], dim=1)).squeeze(-1)
+
+
+class CountingNet(nn.Module):
+    """Wraps a net and records (batch size, x.requires_grad) of every call."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = []
+
+    def forward(self, x, t):
+        self.calls.append((x.shape[0], x.requires_grad))
+        return self.inner(x, t)
+
+
+class ExactGMMModel(nn.Module):
+    """E(x, t) = −log p_t(x) + a h(x, t) and F(t) = b t for the exact gmm-two-modes marginals.
+
+    At a = b = 0 the logits −E + F = log p_t are exact (log p_t is normalised), so every loss is
+    stationary there; h is a fixed smooth function that changes both scores and level ratios.
+    """
+
+    def __init__(self, a=0.0, b=0.0, t_min=1e-3):
+        super().__init__()
+        self.target = systems.load("gmm-two-modes", dim=2)
+        self.schedule = VPSchedule()
+        self.t_min, self.event_shape, self.mean_free = t_min, (2,), False
+        self.a = nn.Parameter(torch.tensor(float(a), dtype=F64))
+        self.b = nn.Parameter(torch.tensor(float(b), dtype=F64))
+
+    @staticmethod
+    def h(x, t):
+        return 0.5 * t * (x**2).sum(-1) + torch.sin(x).sum(-1)
+
+    def energy(self, x, t):
+        t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
+        return -self.target.log_prob_t(x, t, self.schedule) + self.a * self.h(x, t)
+
+    def energy_and_score(self, x, t, create_graph=False):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            e = self.energy(x, t)
+            (grad,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
+        return e, -grad
+
+    def log_normaliser(self, t):
+        return self.b * t
+
+
+STATIONARITY_CASES = {
+    "dsm": dict(fn=dsm_loss),
+    "diffclf-binary": dict(fn=diffclf_loss, k=2),
+    "diffclf-4-stratified": dict(fn=diffclf_loss, k=4, levels="stratified"),
+    "diffclf-3-grid": dict(fn=diffclf_loss, k=3, levels="grid", grid=16),
+}
+
+
+def _gradient_statistics(model, case, n_batches=24, batch=256):
+    """Mean and standard error of d loss / d(a, b) over independent batches."""
+    case = dict(case)
+    fn = case.pop("fn")
+    g = torch.Generator().manual_seed(123)
+    grads = []
+    for _ in range(n_batches):
+        x0 = model.target.sample(batch, generator=g)
+        loss = fn(model, x0, g, **case)["total"]
+        da, db = torch.autograd.grad(loss, [model.a, model.b], allow_unused=True)
+        grads.append(torch.stack([da, torch.zeros_like(da) if db is None else db]))
+    grads = torch.stack(grads)
+    return grads.mean(0), grads.std(0) / math.sqrt(n_batches)
+
+
+@pytest.mark.parametrize("name", list(STATIONARITY_CASES))
+def test_exact_energies_are_stationary_and_wrong_ones_are_not(name):
+    """At the exact energies the expected gradient vanishes; at a = 1 (or b = 1) it does not
+    (so the check can fail)."""
+    case = STATIONARITY_CASES[name]
+    mean, se = _gradient_statistics(ExactGMMModel(), case)
+    uses_b = case["fn"] is not dsm_loss
+    assert mean[0].abs() < 4 * se[0], f"d/da at the optimum: {mean[0]:.3g} ± {se[0]:.2g}"
+    if uses_b:
+        assert mean[1].abs() < 4 * se[1], f"d/db at the optimum: {mean[1]:.3g} ± {se[1]:.2g}"
+    mean, se = _gradient_statistics(ExactGMMModel(a=1.0), case, n_batches=8)
+    assert mean[0].abs() > 6 * se[0], f"d/da of a wrong model not detected: {mean[0]:.3g} ± {se[0]:.2g}"
+    if uses_b:
+        mean, se = _gradient_statistics(ExactGMMModel(b=1.0), case, n_batches=8)
+        assert mean[1].abs() > 6 * se[1], f"d/db of a wrong model not detected: {mean[1]:.3g} ± {se[1]:.2g}"
+
+
+def _random_model(event_shape, **options):
+    model = EnergyModel(TinyNet(event_shape), event_shape, n_levels=8, **options).to(F64)
+    with torch.no_grad():
+        model.normaliser.values.copy_(torch.randn(8, generator=torch.Generator().manual_seed(4), dtype=F64))
+    return model
+
+
+def _reference(model, x0, t, noise):
+    """DSM and DiffCLF written out with explicit loops over samples and levels."""
+    sched = model.schedule
+    b_size, k = t.shape
+    dsm_terms, clf_terms, binary_terms, correct = [], [], [], 0
+    for b in range(b_size):
+        ys = [sched.alpha(t[b, j]) * x0[b] + sched.sigma(t[b, j]) * noise[b, j] for j in range(k)]
+        for j in range(k):
+            y = ys[j][None].clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(model.energy(y, t[b, j].reshape(1)).sum(), y)
+            dsm_terms.append(((sched.sigma(t[b, j]) * grad[0] - noise[b, j]) ** 2).sum() / model.dim)
+        logit = [[(-model.energy(ys[j][None], t[b, i].reshape(1))[0] + model.log_normaliser(t[b, i])).detach()
+                  for j in range(k)] for i in range(k)]                                 # logit[i][j]
+        clf = 0.0
+        for j in range(k):
+            clf = clf - logit[j][j] + torch.logsumexp(torch.stack([logit[i][j] for i in range(k)]), 0)
+            correct += int(max(range(k), key=lambda i: logit[i][j].item()) == j)
+        clf_terms.append(clf)
+        if k == 2:
+            binary_terms.append(F.softplus(logit[1][0] - logit[0][0]) + F.softplus(logit[0][1] - logit[1][1]))
+    out = dict(dsm=torch.stack(dsm_terms).mean(), clf=torch.stack(clf_terms).mean(), accuracy=correct / (b_size * k))
+    if k == 2:
+        out["binary"] = torch.stack(binary_terms).mean()
+    return out
+
+
+@pytest.mark.parametrize("event_shape,k", [((2,), 2), ((2,), 4), ((3, 3), 3)], ids=["binary", "multi", "mean-free"])
+def test_losses_match_explicit_loop_reference(event_shape, k):
+    model = _random_model(event_shape)
+    g = torch.Generator().manual_seed(5)
+    b_size = 6
+    x0 = torch.randn((b_size,) + event_shape, generator=g, dtype=F64)
+    t = sample_levels(b_size, k, model.t_min, g, dtype=F64)
+    noise = sample_noise((b_size, k) + event_shape, g, model.mean_free, dtype=F64)
+    ref = _reference(model, x0, t, noise)
+    clf = diffclf_loss(model, x0, t=t, noise=noise)
+    both = dsm_diffclf_loss(model, x0, t=t, noise=noise, lambda_clf=0.7)
+    dsm = dsm_loss(model, x0, t=t, noise=noise)
+    torch.testing.assert_close(clf["clf"].detach(), ref["clf"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(both["clf"].detach(), ref["clf"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dsm["dsm"].detach(), ref["dsm"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(both["dsm"].detach(), ref["dsm"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(both["total"], both["dsm"] + 0.7 * both["clf"])
+    assert clf["clf_accuracy"].item() == pytest.approx(ref["accuracy"])
+    if k == 2:
+        torch.testing.assert_close(clf["clf"].detach(), ref["binary"], rtol=1e-10, atol=1e-12)
+
+
+def test_seeded_generator_reproduces_explicit_levels_and_noise():
+    model = _random_model((2,))
+    x0 = torch.randn(5, 2, dtype=F64)
+    for levels in LEVEL_MODES:
+        g = torch.Generator().manual_seed(9)
+        t = sample_levels(5, 3, model.t_min, g, levels=levels, grid=10, dtype=F64)
+        noise = torch.randn(5, 3, 2, generator=g, dtype=F64)
+        explicit = diffclf_loss(model, x0, t=t, noise=noise, k=3)["total"]
+        seeded = diffclf_loss(model, x0, torch.Generator().manual_seed(9), k=3, levels=levels, grid=10)["total"]
+        assert torch.equal(explicit, seeded)
+
+
+def test_combined_loss_makes_one_graph_pass_for_the_diagonal():
+    model = _random_model((4, 3))
+    model.net = CountingNet(model.net)
+    x0 = torch.randn(8, 4, 3, dtype=F64)
+    out = dsm_diffclf_loss(model, x0, torch.Generator().manual_seed(0), k=3)
+    # one pass with x requiring grad (energies + scores of the 24 diagonal samples), one energy-only
+    # pass over the 8 * 3 * 2 off-diagonal pairs
+    assert model.net.calls == [(24, True), (48, False)]
+    assert out["n_dsm"] == 24 and out["n_energy"] == 72
+    out["total"].backward()
+    assert model.net.inner.layers[0].weight.grad.abs().sum() > 0
+    assert model.normaliser.values.grad.abs().sum() > 0
+    model.net.calls.clear()
+    base = compute_loss(model, x0, torch.Generator().manual_seed(0), loss="dsm", k=3)
+    assert model.net.calls == [(24, True)] and base["n_dsm"] == out["n_dsm"]
+    model.net.calls.clear()
+    clf = compute_loss(model, x0, torch.Generator().manual_seed(0), loss="diffclf", k=3)
+    assert model.net.calls == [(72, False)] and clf["n_dsm"] == 0
+    # the DSM-only baseline sees exactly the same noisy samples as the DSM part of the combination
+    torch.testing.assert_close(base["dsm"], out["dsm"])
+
+
+def test_dsm_is_averaged_over_mean_free_degrees_of_freedom():
+    """Zero network and Gaussian mean-free data N(0, s² P): E[loss | t] = α_t² s² / c_t² exactly."""
+    n_atoms, s, b_size, t = 4, 0.6, 4000, 0.05
+    net = TinyNet((n_atoms, 3))
+    nn.init.zeros_(net.layers[-1].weight)
+    nn.init.zeros_(net.layers[-1].bias)
+    model = EnergyModel(net, (n_atoms, 3), sigma_data=s).to(F64)
+    g = torch.Generator().manual_seed(6)
+    x0 = s * sample_noise((b_size, n_atoms, 3), g, mean_free=True, dtype=F64)
+    loss = dsm_loss(model, x0, g, t=torch.full((b_size, 1), t, dtype=F64))["dsm"].item()
+    q = (model.schedule.alpha(t) ** 2 * s**2 / model.c2(t)).item()
+    se = q * math.sqrt(2 / (3 * (n_atoms - 1) * b_size))
+    assert abs(loss - q) < 5 * se, (loss, q, se)
+
+
+def test_level_sampling_modes():
+    g = torch.Generator().manual_seed(7)
+    t_min, n = 0.01, 20000
+    for levels in ("uniform", "stratified"):
+        t = sample_levels(n, 3, t_min, g, levels=levels, dtype=F64)
+        assert t.shape == (n, 3) and (t[:, 1:] >= t[:, :-1]).all() and t.min() >= t_min and t.max() <= 1
+        pooled = t.reshape(-1)   # every level is marginally U[t_min, 1] when pooled over positions
+        assert abs(pooled.mean().item() - (1 + t_min) / 2) < 5 * (1 - t_min) / math.sqrt(12 * 3 * n)
+    strata = sample_levels(n, 4, 0.0, g, levels="stratified", dtype=F64)
+    assert ((strata * 4).floor() == torch.arange(4, dtype=F64)).all()
+    grid = torch.tensor([0.01, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0], dtype=F64)
+    t = sample_levels(1000, 3, t_min, g, levels="grid", grid=grid)
+    idx = torch.searchsorted(grid, t)
+    assert torch.equal(grid[idx], t) and ((idx[:, 1:] - idx[:, :-1]) == 1).all()
+    assert set(idx[:, 0].tolist()) == set(range(5))
+    t = sample_levels(1000, 3, t_min, g, levels="grid-stratified", grid=grid)
+    idx = torch.searchsorted(grid, t)
+    assert torch.equal(grid[idx], t)
+    assert set(idx[:, 0].tolist()) == {0, 1} and set(idx[:, 1].tolist()) == {2, 3} and set(idx[:, 2].tolist()) == {4, 5, 6}
+    with pytest.raises(ValueError):
+        sample_levels(2, 8, t_min, g, levels="grid", grid=grid)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_float32_training_step(loss):
+    model = EnergyModel(TinyNet((3, 3)), (3, 3))
+    opt = torch.optim.Adam(model.parameter_groups(1e-3, log_normaliser_lr=1e-2))
+    out = compute_loss(model, torch.randn(16, 3, 3), torch.Generator().manual_seed(0), loss=loss, k=2)
+    assert out["total"].dtype == torch.float32 and torch.isfinite(out["total"])
+    opt.zero_grad()
+    out["total"].backward()
+    opt.step()
+    with pytest.raises(ValueError):
+        compute_loss(model, torch.randn(4, 3, 3), loss="nope")
