@@ -17,16 +17,18 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     parser.add_argument("--platform", default="auto", help="OpenMM platform (default auto: the fastest)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise added to the positions")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds, best reported")
     args = parser.parse_args(argv)
 
     # Imported here, not at the top: spawned workers re-import this script as their __main__.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
     from boltzgen.bench import bench_bridge
     from boltzgen.systems import load
 
     target = load(args.system)
     try:
         result = bench_bridge(target.system, target.temperature, target.positions, batch=args.batch,
-                              n_workers=args.workers, platform=args.platform, seed=args.seed)
+                              n_workers=args.workers, platform=args.platform, seed=args.seed, rounds=args.rounds)
     finally:
         target.close()
     result = {"system": args.system, **result}

@@ -30,6 +30,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from ..diffusion.noise import project_mean_free
+
 __all__ = [
     "MCMCStep", "ChainState", "MCMCResult", "energy_and_grad", "project_mean_free",
     "mala_step", "hmc_step", "init_chain_state", "run_mcmc", "run_mala", "run_hmc",
@@ -43,16 +45,6 @@ Energy = Union[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], 
 
 
 # ---------------------------------------------------------------------------- helpers
-def project_mean_free(v: torch.Tensor) -> torch.Tensor:
-    """Project a batch of (C, N, 3) vectors onto the zero-centre-of-mass subspace.
-
-    Subtracts the mean over atoms (axis −2) of each configuration (equal weights).
-    """
-    if v.dim() < 2:
-        raise ValueError(f"mean_free needs configurations of shape (C, N, 3), got {tuple(v.shape)}")
-    return v - v.mean(dim=-2, keepdim=True)
-
-
 def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape a per-chain (C,) tensor to broadcast against (C, *event_shape)."""
     return values.reshape((-1,) + (1,) * (like.dim() - 1))

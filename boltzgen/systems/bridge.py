@@ -26,6 +26,7 @@ reduced forces -du/dx in kT/nm, kT = R T in kJ/mol.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import multiprocessing
@@ -38,7 +39,7 @@ import weakref
 from collections import deque
 from multiprocessing import connection as mp_connection
 from multiprocessing import shared_memory
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import openmm
@@ -50,9 +51,8 @@ _log = logging.getLogger(__name__)
 
 #: ``__name__`` under which a worker process executes this file (see :func:`_worker_main`).
 _WORKER_RUN_NAME = "__boltzgen_bridge_worker__"
-#: A batch is cut into about this many contiguous chunks per worker, handed out as workers free
-#: up, so that a worker slowed down by other load on its core does not hold up the batch.
-_CHUNKS_PER_WORKER = 4
+#: Chunks shrink to no less than batch / (n_workers * this), and no less than min_batch_per_worker.
+_MAX_CHUNKS_PER_WORKER = 8
 #: Seconds a worker may take to start (spawn, import openmm, create its Context).
 _MIN_START_TIMEOUT = 60.0
 
@@ -62,21 +62,27 @@ _FORCES = openmm.State.Forces
 
 # ------------------------------------------------------------------------------ OpenMM access
 def _state_accessors():
-    """Functions ``(get_state, energy_of, forces_into)`` reading one State with little overhead.
+    """Functions ``(set_positions, get_state, energy_of, forces_into)`` with little call overhead.
 
-    ``get_state(context, types, enforce_periodic_box, groups)`` returns a State,
-    ``energy_of(state)`` its potential energy in kJ/mol as a float, and
+    ``set_positions(context, x)`` sets positions from a float64 array (N, 3) in nm;
+    ``get_state(context, types, enforce_periodic_box, groups)`` returns a State;
+    ``energy_of(state)`` is its potential energy in kJ/mol as a float; and
     ``forces_into(state, kind, out)`` writes its forces in kJ/(mol nm) into the C-contiguous
-    float64 array ``out`` of shape (N, 3). These are OpenMM's SWIG entry points under its public
-    ``Context.getState`` / ``State.getPotentialEnergy`` / ``State.getForces(asNumpy=True)``, which
-    skip the keyword parsing and unit wrapping (about 25 us per configuration for 22 atoms,
-    as much as the energy evaluation itself). If an OpenMM version lacks them, the public API is used.
+    float64 array ``out`` of shape (N, 3). These are OpenMM's SWIG entry points under the public
+    ``Context.setPositions``, ``Context.getState``, ``State.getPotentialEnergy`` and
+    ``State.getForces(asNumpy=True)``, which skip argument parsing and unit wrapping (together
+    more than the energy evaluation itself for small molecules). If an OpenMM build lacks them,
+    the public API is used.
     """
     try:
         from openmm import _openmm
 
-        return (_openmm.Context_getState, _openmm.State_getPotentialEnergy, _openmm.State__getVectorAsNumpy)
+        return (_openmm.Context_setPositions, _openmm.Context_getState, _openmm.State_getPotentialEnergy,
+                _openmm.State__getVectorAsNumpy)
     except (ImportError, AttributeError):  # pragma: no cover - depends on the OpenMM build
+        def set_positions(context, x):
+            context.setPositions(x)
+
         def get_state(context, types, enforce_periodic_box, groups):
             return context.getState(getEnergy=True, getForces=bool(types & _FORCES), groups=groups)
 
@@ -86,10 +92,10 @@ def _state_accessors():
         def forces_into(state, kind, out):
             out[...] = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
 
-        return get_state, energy_of, forces_into
+        return set_positions, get_state, energy_of, forces_into
 
 
-_get_state, _energy_of, _forces_into = _state_accessors()
+_set_positions, _get_state, _energy_of, _forces_into = _state_accessors()
 
 
 def available_platforms() -> list[str]:
@@ -133,62 +139,86 @@ def _evaluate_rows(context: openmm.Context, x: np.ndarray, energy: np.ndarray, f
     x : ndarray, shape (n, N, 3), float64, C-contiguous
         Positions in nm.
     energy : ndarray, shape (n,), float64
-        Output: potential energies in kJ/mol; NaN for a configuration with non-finite coordinates
-        or whose evaluation raised (the caller turns NaN into +inf, see :func:`_reduce`).
+        Output: potential energies in kJ/mol; NaN marks a failed configuration (non-finite
+        coordinates, energy or force, or an OpenMM exception), see :func:`_sanitize`.
     force : ndarray, shape (n, N, 3), float64, C-contiguous, or None
-        Output: forces in kJ/(mol nm), or None to compute energies only. Rows of failed
-        configurations are left as they are.
+        Output: forces in kJ/(mol nm) (zero for a failed configuration), or None for energies only.
     progress : ndarray of int64, optional
         Shared progress counters: ``progress[slot] = offset + i`` is written before configuration
-        ``i`` is evaluated and ``offset + n`` at the end.
+        ``i`` is evaluated, and ``offset + n`` once all rows are written and sanitized.
     slot, offset : int
         Index into ``progress`` and the batch index of ``x[0]``.
     """
     types = _ENERGY | (_FORCES if force is not None else 0)
-    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    finite = np.isfinite(x).all(axis=(1, 2))
     energy[~finite] = np.nan
-    for i in np.flatnonzero(finite).tolist():
-        if progress is not None:
-            progress[slot] = offset + i
+    # The loop body is the hot path (~3 us of Python around a ~13 us getState for 22 atoms):
+    # rows come from iterators, scalars go through memoryviews, OpenMM through its SWIG entry points.
+    energies = memoryview(energy)
+    marks = memoryview(progress) if progress is not None else None
+    force_rows = force if force is not None else itertools.repeat(None)
+    for i, (xi, fi, ok) in enumerate(zip(x, force_rows, finite.tolist())):
+        if not ok:
+            continue
+        if marks is not None:
+            marks[slot] = offset + i
         try:
-            context.setPositions(x[i])
+            _set_positions(context, xi)
             state = _get_state(context, types, False, -1)
-            energy[i] = _energy_of(state)
-            if force is not None:
-                _forces_into(state, _FORCES, force[i])
+            energies[i] = _energy_of(state)
+            if fi is not None:
+                _forces_into(state, _FORCES, fi)
         except Exception:  # an OpenMM error for this configuration only: mark it failed
-            energy[i] = np.nan
+            energies[i] = math.nan
+    _sanitize(energy, force)
     if progress is not None:
         progress[slot] = offset + len(x)
 
 
+def _sanitize(energy: np.ndarray, force: Optional[np.ndarray]) -> None:
+    """Mark rows with a non-finite energy or force as failed: energy NaN, force zero (idempotent).
+
+    Parameters
+    ----------
+    energy : ndarray, shape (n,)
+        Energies, modified in place.
+    force : ndarray, shape (n, N, 3), or None
+        Forces, modified in place.
+    """
+    if force is None:
+        return
+    bad = ~np.isfinite(energy)
+    bad |= ~np.isfinite(force).all(axis=(1, 2))
+    energy[bad] = np.nan
+    force[bad] = 0.0
+
+
 def _reduce(energy: np.ndarray, force: Optional[np.ndarray], beta: float):
-    """Reduced copies ``(u, f)`` of raw energies/forces, failures as +inf energy and zero force.
+    """Reduced copies ``(u, f)`` of sanitized raw energies and forces (see :func:`_sanitize`).
 
     Parameters
     ----------
     energy : ndarray, shape (B,)
-        Energies in kJ/mol (NaN marks a failed configuration).
+        Energies in kJ/mol, NaN for failed configurations.
     force : ndarray, shape (B, N, 3), or None
-        Forces in kJ/(mol nm).
+        Forces in kJ/(mol nm), zero for failed configurations.
     beta : float
         1 / kT in mol/kJ.
 
     Returns
     -------
     u : ndarray, shape (B,), float64
-        U / kT; +inf where the energy or any force component is not finite.
+        U / kT; +inf for failed configurations.
     f : ndarray, shape (B, N, 3), float64, or None
-        F / kT in kT/nm; zero in failed rows.
+        F / kT in kT/nm; zero for failed configurations.
     """
     u = energy * beta
-    ok = np.isfinite(u)
+    bad = ~np.isfinite(u)
+    u[bad] = np.inf
     f = None
     if force is not None:
         f = force * beta
-        ok &= np.isfinite(f.reshape(len(f), -1)).all(axis=1)
-        f[~ok] = 0.0
-    u[~ok] = np.inf
+        f[bad] = 0.0
     return u, f
 
 
@@ -359,6 +389,7 @@ class _Pool:
         self._shm: Optional[shared_memory.SharedMemory] = None
         self._buffers: Optional[_Buffers] = None
         self._capacity = 0
+        self._forces = True  # whether the batch in progress computes forces
 
     # -- lifecycle -------------------------------------------------------------------------
     def pids(self) -> list[int]:
@@ -405,12 +436,15 @@ class _Pool:
                 elif obj in sentinels:
                     slot = sentinels.pop(obj)
                     if self._workers[slot].conn in pending and not self._workers[slot].conn.poll():
+                        self._workers[slot].process.join(1.0)
                         raise RuntimeError(f"energy worker exited during start-up "
                                            f"(exit code {self._workers[slot].process.exitcode})")
 
     def _ensure_started(self) -> None:
         missing = [s for s, w in enumerate(self._workers) if w is None or not w.process.is_alive()]
         for slot in missing:
+            if self._workers[slot] is not None:  # died while idle
+                self.restarts += 1
             self._discard(slot)
             self._spawn(slot)
         if missing:
@@ -495,86 +529,117 @@ class _Pool:
         buffers = self._buffers
         np.copyto(buffers.x[:batch], x)
         buffers.energy[:batch] = np.nan  # a configuration no worker reports on counts as failed
-        chunk = max(self.min_chunk, math.ceil(batch / (self.n_workers * _CHUNKS_PER_WORKER)))
-        queue = deque((s, min(s + chunk, batch)) for s in range(0, batch, chunk))
-        idle = list(range(self.n_workers - 1, -1, -1))
-        active: dict[int, list] = {}  # slot -> [start, stop, last progress, deadline]
-        suspects: set[int] = set()  # configurations that were in flight when a worker died
+        self._forces = forces
+        smallest = max(self.min_chunk, batch // (self.n_workers * _MAX_CHUNKS_PER_WORKER))
+        pending = deque([(0, batch)])  # ranges not handed out yet
+        assigned = [deque() for _ in range(self.n_workers)]  # per worker: chunks sent, oldest first
+        watch = [[0, math.inf] for _ in range(self.n_workers)]  # per worker: [last progress, deadline]
+        suspects: set[int] = set()  # configurations in flight when a worker died
         limit = math.inf if self.timeout is None else self.timeout
 
-        while queue or active:
-            while idle and queue:
-                slot = idle.pop()
-                start, stop = queue.popleft()
-                buffers.progress[slot] = start
-                worker = self._workers[slot]
-                try:
-                    worker.conn.send(("eval", self._shm.name, self._capacity, self.n_atoms, self.n_workers,
-                                      start, stop, forces))
-                except OSError:
-                    pass  # the worker is dead; its sentinel reports it below
-                active[slot] = [start, stop, start, time.monotonic() + limit]
+        while pending or any(assigned):
+            # Idle workers get a chunk first; then each gets one more, queued in its pipe, so that a
+            # worker does not wait for the parent between chunks.
+            for depth in (1, 2):
+                for slot, chunks in enumerate(assigned):
+                    if len(chunks) < depth and pending:
+                        self._send_chunk(slot, chunks, _take_chunk(pending, smallest, self.n_workers), watch, limit)
 
-            waitables = []
-            for slot in active:
-                waitables += [self._workers[slot].conn, self._workers[slot].process.sentinel]
-            next_deadline = min(entry[3] for entry in active.values())
+            busy = [slot for slot, chunks in enumerate(assigned) if chunks]
+            waitables = [obj for slot in busy
+                         for obj in (self._workers[slot].conn, self._workers[slot].process.sentinel)]
+            next_deadline = min(watch[slot][1] for slot in busy)
             wait_for = None if next_deadline == math.inf else max(0.0, next_deadline - time.monotonic())
             ready = set(mp_connection.wait(waitables, wait_for))
             now = time.monotonic()
 
-            for slot in list(active):
-                worker = self._workers[slot]
-                start, stop, last, deadline = active[slot]
-                if worker.conn in ready:
-                    try:
-                        worker.conn.recv()  # ("done", stop)
-                        del active[slot]
-                        idle.append(slot)
-                        continue
-                    except (EOFError, OSError):
-                        pass  # died: handled as below
-                elif worker.process.sentinel not in ready:
-                    position = int(buffers.progress[slot])
-                    if position != last:
-                        active[slot][2:] = [position, now + limit]
-                        continue
-                    if now < deadline:
-                        continue
+            for slot in busy:
+                worker, chunks = self._workers[slot], assigned[slot]
+                dead = worker.process.sentinel in ready
+                if dead or worker.conn in ready:
+                    dead = self._collect_done(slot, chunks, watch, now + limit) or dead
+                if dead:
+                    self._replace(slot, chunks, pending, suspects, stalled=False)
+                    continue
+                if not chunks:
+                    continue
+                position = int(buffers.progress[slot])
+                if position != watch[slot][0]:
+                    watch[slot] = [position, now + limit]
+                elif now >= watch[slot][1]:
                     _log.warning("energy worker %d made no progress for %.3g s on configuration %d; "
                                  "replacing it and marking the configuration failed", slot, limit, position)
-                    self._replace(slot, start, stop, queue, suspects, stalled=True)
-                    del active[slot]
-                    idle.append(slot)
-                    continue
-                if worker.process.sentinel in ready or worker.conn in ready:
-                    self._replace(slot, start, stop, queue, suspects, stalled=False)
-                    del active[slot]
-                    idle.append(slot)
+                    self._replace(slot, chunks, pending, suspects, stalled=True)
         return buffers.energy[:batch], (buffers.force[:batch] if forces else None)
 
-    def _replace(self, slot: int, start: int, stop: int, queue: deque, suspects: set, stalled: bool) -> None:
-        """Replace the dead or stalled worker of ``slot`` and requeue what it left of ``start:stop``.
+    def _send_chunk(self, slot: int, chunks: deque, chunk: tuple[int, int], watch: list, limit: float) -> None:
+        """Hand configurations ``chunk[0]:chunk[1]`` to the worker of ``slot``."""
+        if not chunks:  # the worker is idle: it starts on this chunk now
+            self._buffers.progress[slot] = chunk[0]
+            watch[slot] = [chunk[0], time.monotonic() + limit]
+        chunks.append(chunk)
+        try:
+            self._workers[slot].conn.send(("eval", self._shm.name, self._capacity, self.n_atoms, self.n_workers,
+                                           chunk[0], chunk[1], self._forces))
+        except OSError:
+            pass  # the worker is dead; its sentinel reports it
 
-        The configuration it was on gets NaN (-> +inf) if it stalled or if it already killed a
-        worker before; a configuration in flight at a first death is retried.
+    def _collect_done(self, slot: int, chunks: deque, watch: list, deadline: float) -> bool:
+        """Receive the worker's pending ``done`` replies; True if its pipe is closed (worker dead)."""
+        conn = self._workers[slot].conn
+        try:
+            while conn.poll():
+                conn.recv()  # ("done", stop) of the oldest chunk
+                chunks.popleft()
+                watch[slot] = [int(self._buffers.progress[slot]), deadline]
+        except (EOFError, OSError):
+            return True
+        return False
+
+    def _replace(self, slot: int, chunks: deque, pending: deque, suspects: set, stalled: bool) -> None:
+        """Replace the dead or stalled worker of ``slot`` and requeue what it left undone.
+
+        The configuration it was on gets NaN (-> +inf) if the worker stalled or if it already
+        killed a worker before; a configuration in flight at a first death is retried.
         """
         exitcode = self._workers[slot].process.exitcode
         self._discard(slot)
         self.restarts += 1
-        position = min(max(int(self._buffers.progress[slot]), start), stop)
-        if position < stop:
-            if stalled or position in suspects:
-                self._buffers.energy[position] = np.nan
-                position += 1
-            else:
-                _log.warning("energy worker %d died (exit code %s) on configuration %d; retrying it once",
-                             slot, exitcode, position)
-                suspects.add(position)
+        if chunks:
+            start, stop = chunks.popleft()
+            position = int(self._buffers.progress[slot])
+            if not start <= position <= stop:  # it had not started this chunk
+                position = start
+            force = self._buffers.force[start:position] if self._forces else None
+            _sanitize(self._buffers.energy[start:position], force)
             if position < stop:
-                queue.appendleft((position, stop))
+                if stalled or position in suspects:
+                    self._buffers.energy[position] = np.nan
+                    self._buffers.force[position] = 0.0
+                    position += 1
+                else:
+                    _log.warning("energy worker %d died (exit code %s) on configuration %d; retrying it once",
+                                 slot, exitcode, position)
+                    suspects.add(position)
+            pending.extendleft(reversed([(a, b) for a, b in [(position, stop), *chunks] if a < b]))
+            chunks.clear()
         self._spawn(slot)
         self._await_ready([slot])
+
+
+def _take_chunk(pending: deque, smallest: int, n_workers: int) -> tuple[int, int]:
+    """Cut the next chunk ``(start, stop)`` off the front of ``pending`` (guided self-scheduling).
+
+    Chunks shrink with the work left (a share of 1 / (2 n_workers) of it, at least ``smallest``)
+    so that workers finish together even when one runs slower.
+    """
+    pending_rows = sum(stop - start for start, stop in pending)
+    start, stop = pending.popleft()
+    size = max(smallest, math.ceil(pending_rows / (2 * n_workers)))
+    if start + size < stop:
+        pending.appendleft((start + size, stop))
+        stop = start + size
+    return start, stop
 
 
 def _close_pool(pool: Optional[_Pool]) -> None:
@@ -738,8 +803,8 @@ class EnergyBridge:
             raise ValueError(f"positions must have shape (B, {self.n_atoms}, 3) or ({self.n_atoms}, 3) in nm, "
                              f"got shape {shape}")
         if x.shape[1] != self.n_atoms:
-            raise ValueError(f"wrong atom count: the system has {self.n_atoms} atoms, the positions have "
-                             f"{x.shape[1]} (shape {shape})")
+            raise ValueError(f"wrong atom count: expected {self.n_atoms} atoms (the system's), got {x.shape[1]} "
+                             f"(positions of shape {shape})")
         return x
 
     def _parent_context(self) -> openmm.Context:
