@@ -127,6 +127,34 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train import train_from_file
+
+    overrides: dict = {}
+    if args.loss:
+        overrides.setdefault("loss", {})["kind"] = args.loss
+    if args.net:
+        overrides["net"] = {"kind": args.net}
+    if args.steps is not None:
+        overrides.setdefault("train", {})["steps"] = args.steps
+    if args.batch_size is not None:
+        overrides.setdefault("train", {})["batch_size"] = args.batch_size
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.threads is not None:
+        overrides.setdefault("train", {})["threads"] = args.threads
+    try:
+        metrics = train_from_file(args.data, args.output, system=args.system, config_file=args.config,
+                                  overrides=overrides, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        raise CommandError(str(exc)) from None
+    metrics = {"command": "train", "run_dir": os.path.abspath(args.output), **metrics}
+    _emit(metrics, args, None)
+    if not args.json:
+        print(f"trained {metrics['steps']} steps; model in {args.output}/model.pt", file=sys.stderr)
+    return 0
+
+
 def cmd_bench_bridge(args) -> int:
     from .bench import bench_bridge
 
@@ -177,6 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train an energy model on a sample file -> run directory",
+                       description="Train E_theta(x, t) with DSM, DiffCLF or both. Configuration: the built-in "
+                                   "defaults, then the system's shipped defaults (systems/<name>.train.yaml), then "
+                                   "--config FILE (YAML), then the flags. Resumes from RUN_DIR/checkpoint.pt.")
+    p.add_argument("--system", help="built-in system the data belong to (default: from the data file)")
+    p.add_argument("--data", required=True, help="sample file from `boltzgen simulate`")
+    p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--config", help="YAML configuration file")
+    p.add_argument("--loss", choices=["dsm", "diffclf", "dsm+diffclf"], help="training objective")
+    p.add_argument("--net", choices=["mlp", "egnn", "e3nn"], help="network family")
+    p.add_argument("--steps", type=int, help="optimisation steps")
+    p.add_argument("--batch-size", type=int, help="configurations per step")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
+    p.set_defaults(func=cmd_train)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")

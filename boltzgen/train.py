@@ -1,0 +1,527 @@
+"""Training of energy models E_θ(x, t) with DSM, DiffCLF or both, and the run directory.
+
+A run directory holds
+
+``config.yaml``       the resolved configuration (what ``boltzgen train`` ran with);
+``checkpoint.pt``     the last checkpoint: model, EMA, optimiser and RNG state (atomic; resumable);
+``model.pt``          the EMA weights and everything :func:`load_model` needs;
+``topology.pdb``      the atoms of molecular systems (network atom embeddings are built from it);
+``train_log.csv``     one row per logged step (loss parts, learning rate, validation losses);
+``metrics.json``      a summary written at the end.
+
+Coordinates are standardised before training: the model works in units of ``length_scale``
+(the RMS per degree of freedom of the centred data), so noise levels mean the same for nm-scale
+molecules and reduced-unit toy targets. :func:`load_model` returns a :class:`TrainedModel` whose
+``energy`` and ``score`` take coordinates in the data's own units (nm for molecules).
+
+The loop is written for one process; under ``torch.distributed`` (initialised by the caller) each
+rank draws its own batches from a rank-offset seed, gradients are averaged across ranks, and only
+rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import time
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import yaml
+
+from . import __version__
+from .energy import EnergyModel
+from .io import atomic_path, load_samples, write_json
+from .losses import LEVEL_MODES, LOSSES, compute_loss
+
+#: The defaults every configuration starts from (per-system files under ``systems/`` override).
+BASE_CONFIG: dict[str, Any] = {
+    "net": {"kind": "egnn"},
+    "model": {"schedule": {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0}, "t_min": 1e-3,
+              "log_normaliser": "grid", "n_levels": 64},
+    "loss": {"kind": "dsm+diffclf", "k": 2, "lambda_clf": 1.0, "levels": "uniform", "grid": 64},
+    "pretrain_dsm_steps": 0,
+    "optim": {"optimizer": "adam", "lr": 1e-3, "log_normaliser_lr": None, "weight_decay": 0.0,
+              "warmup_steps": 100, "cosine": True, "min_lr_factor": 0.05, "grad_clip": 1.0, "ema": 0.999},
+    "train": {"steps": 2000, "batch_size": 256, "checkpoint_every": 250, "log_every": 25,
+              "val_fraction": 0.1, "val_every": 250, "val_batch_size": 256, "threads": None},
+    "seed": 0,
+}
+
+LOG_FIELDS = ["step", "phase", "lr", "total", "dsm", "clf", "clf_accuracy", "grad_norm", "seconds",
+              "val_total", "val_dsm", "val_clf"]
+
+
+# ---------------------------------------------------------------------------- configuration
+def deep_update(base: dict, update: Optional[dict]) -> dict:
+    """A copy of ``base`` with ``update`` merged in recursively."""
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def system_config_path(system: str) -> Optional[str]:
+    """Path of the shipped training defaults of a built-in system (``systems/<name>.train.yaml``)."""
+    from .systems.catalog import data_path
+
+    try:
+        return data_path(f"{system}.train.yaml")
+    except FileNotFoundError:
+        return None
+
+
+def read_yaml(path: str) -> dict:
+    """Read a YAML mapping with ``yaml.safe_load``; clear errors for missing or malformed files."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as handle:
+        try:
+            data = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of options, got {type(data).__name__}")
+    return data
+
+
+def resolve_config(system: Optional[str] = None, config_file: Optional[str] = None,
+                   overrides: Optional[dict] = None) -> dict:
+    """BASE_CONFIG, then the system's shipped defaults, then a user config file, then overrides."""
+    config = copy.deepcopy(BASE_CONFIG)
+    if system is not None:
+        path = system_config_path(system)
+        if path is not None:
+            config = deep_update(config, read_yaml(path))
+    if config_file is not None:
+        config = deep_update(config, read_yaml(config_file))
+    config = deep_update(config, overrides)
+    validate_config(config)
+    return config
+
+
+def validate_config(config: dict) -> None:
+    """Raise ValueError naming the first bad option."""
+    loss = config["loss"]
+    if loss["kind"] not in LOSSES:
+        raise ValueError(f"loss.kind must be one of {LOSSES}, got {loss['kind']!r}")
+    if loss["levels"] not in LEVEL_MODES:
+        raise ValueError(f"loss.levels must be one of {LEVEL_MODES}, got {loss['levels']!r}")
+    if int(loss["k"]) < 2 and loss["kind"] != "dsm":
+        raise ValueError(f"loss.k must be at least 2 for {loss['kind']}, got {loss['k']}")
+    train = config["train"]
+    for key in ("steps", "batch_size", "checkpoint_every", "log_every", "val_every"):
+        if int(train[key]) < 1:
+            raise ValueError(f"train.{key} must be a positive integer, got {train[key]}")
+    if not 0.0 <= float(train["val_fraction"]) < 1.0:
+        raise ValueError(f"train.val_fraction must be in [0, 1), got {train['val_fraction']}")
+    if config["optim"]["optimizer"] not in ("adam", "adamw"):
+        raise ValueError(f"optim.optimizer must be adam or adamw, got {config['optim']['optimizer']!r}")
+    if not 0 <= int(config["pretrain_dsm_steps"]) <= int(train["steps"]):
+        raise ValueError("pretrain_dsm_steps must be between 0 and train.steps")
+
+
+# ---------------------------------------------------------------------------- data
+def prepare_data(x: np.ndarray, mean_free: bool) -> tuple[torch.Tensor, float]:
+    """Centre (molecules) and standardise training configurations.
+
+    Parameters
+    ----------
+    x : array, shape (B, N, 3) or (B, D)
+        Configurations in the data's units (nm for molecules).
+    mean_free : bool
+        Remove each configuration's centre of geometry (translation-invariant targets).
+
+    Returns
+    -------
+    y : tensor, float32, same shape
+        Standardised configurations x / length_scale (centred when mean_free).
+    length_scale : float
+        RMS per degree of freedom of the centred data (units of x).
+    """
+    x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).sum())
+        raise ValueError(f"training data contain {bad} configurations with NaN or infinite coordinates")
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 training configurations, got {x.shape[0]}")
+    if mean_free:
+        x = x - x.mean(dim=-2, keepdim=True)
+        dof = x[0].numel() - x.shape[-1]
+    else:
+        dof = x[0].numel()
+    length_scale = math.sqrt(float((x**2).sum()) / (x.shape[0] * dof))
+    return (x / length_scale).float(), length_scale
+
+
+# ---------------------------------------------------------------------------- model I/O
+class TrainedModel(torch.nn.Module):
+    """A trained energy model in the data's own units.
+
+    ``energy(x, t)`` and ``score(x, t)`` take x in the units of the training data (nm for
+    molecules) and t a float or a (B,) tensor; energies are reduced (dimensionless), defined up
+    to one constant per t; the score is −∇ₓE in 1/nm. The diffusion itself runs in standardised
+    coordinates y = x / length_scale: ``inner`` is the :class:`~boltzgen.energy.EnergyModel` on y.
+
+    Attributes
+    ----------
+    inner : EnergyModel
+    length_scale : float
+        Units of x per unit of y.
+    t_min : float
+        Smallest diffusion time trained on.
+    schedule : diffusion schedule of ``inner``
+    config : dict
+        The training configuration.
+    """
+
+    def __init__(self, inner: EnergyModel, length_scale: float, config: Optional[dict] = None, topology=None):
+        super().__init__()
+        self.inner = inner
+        self.length_scale = float(length_scale)
+        self.config = dict(config or {})
+        self.topology = topology
+
+    @property
+    def t_min(self) -> float:
+        return self.inner.t_min
+
+    @property
+    def schedule(self):
+        return self.inner.schedule
+
+    @property
+    def event_shape(self) -> tuple:
+        return self.inner.event_shape
+
+    def energy(self, x, t) -> torch.Tensor:
+        """E_θ(x, t), shape (B,), for x of shape (B, *event_shape) in data units."""
+        x = torch.as_tensor(x)
+        return self.inner.energy(x.to(self._dtype()) / self.length_scale, t)
+
+    def score(self, x, t, create_graph: bool = False) -> torch.Tensor:
+        """−∇ₓE_θ(x, t), shape (B, *event_shape), in 1/(data unit)."""
+        x = torch.as_tensor(x)
+        return self.inner.score(x.to(self._dtype()) / self.length_scale, t, create_graph) / self.length_scale
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.inner.parameters()).dtype
+
+
+def _build_model(config: dict, event_shape, topology, length_scale: float) -> TrainedModel:
+    from .nn import build_network
+
+    net_cfg = dict(config["net"])
+    kind = net_cfg.pop("kind")
+    target_like = topology if topology is not None else tuple(event_shape)
+    net = build_network(kind, target_like, **net_cfg)
+    m = config["model"]
+    inner = EnergyModel(net, event_shape, m["schedule"], sigma_data=1.0, t_min=m["t_min"],
+                        log_normaliser=m["log_normaliser"], n_levels=m["n_levels"],
+                        net_config={"kind": kind, **net.config})
+    return TrainedModel(inner, length_scale, config, topology)
+
+
+def _torch_load(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable boltzgen checkpoint (corrupt or truncated?): {exc}") from None
+
+
+def load_model(run_dir: str) -> TrainedModel:
+    """The trained model of a run directory (EMA weights), ready for sampling.
+
+    Parameters
+    ----------
+    run_dir : str
+        A directory written by ``boltzgen train``.
+
+    Returns
+    -------
+    TrainedModel
+        With ``energy(x, t)``, ``score(x, t)``, ``t_min``, ``length_scale``, in eval mode.
+    """
+    path = os.path.join(run_dir, "model.pt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no trained model in {run_dir} (model.pt missing; has training written a checkpoint?)")
+    blob = _torch_load(path)
+    topology = None
+    if blob.get("has_topology"):
+        import mdtraj
+
+        topology = mdtraj.load_topology(os.path.join(run_dir, "topology.pdb"))
+    model = _build_model(blob["config"], blob["event_shape"], topology, blob["length_scale"])
+    model.inner.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------- trainer
+def _lr_factor(step: int, total: int, warmup: int, cosine: bool, min_factor: float) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if not cosine:
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Trains an energy model on standardised configurations; see the module docstring.
+
+    Parameters
+    ----------
+    config : dict
+        A resolved configuration (:func:`resolve_config`).
+    data : array, shape (B, N, 3) or (B, D)
+        Training configurations in data units.
+    run_dir : str
+        Output directory (created; an existing checkpoint there is resumed).
+    topology : mdtraj.Topology, optional
+        Atoms of molecular data.
+    metadata : dict, optional
+        Stored in model.pt and metrics.json (system, data file, …).
+    progress : bool
+        Show a progress bar with the loss parts.
+    """
+
+    def __init__(self, config: dict, data, run_dir: str, *, topology=None, metadata: Optional[dict] = None,
+                 progress: bool = True):
+        validate_config(config)
+        self.config = config
+        self.run_dir = run_dir
+        self.metadata = dict(metadata or {})
+        self.progress = progress
+        self.rank, self.world = _dist_info()
+        data = np.asarray(data)
+        event_shape = tuple(data.shape[1:])
+        mean_free = len(event_shape) == 2 and event_shape[1] == 3
+        if topology is not None and (len(event_shape) != 2 or event_shape[0] != topology.n_atoms):
+            raise ValueError(f"data have {event_shape[0] if event_shape else '?'} atoms, the topology {topology.n_atoms}")
+        y, self.length_scale = prepare_data(data, mean_free)
+        seed = int(config["seed"])
+        split = torch.Generator().manual_seed(seed)
+        order = torch.randperm(y.shape[0], generator=split)
+        n_val = int(round(float(config["train"]["val_fraction"]) * y.shape[0]))
+        self.val_data, self.train_data = y[order[:n_val]], y[order[n_val:]]
+        self.topology = topology
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the same seed gives the same initial weights
+            self.model = _build_model(config, event_shape, topology, self.length_scale)
+        self.ema = copy.deepcopy(self.model.inner).requires_grad_(False)
+        o = config["optim"]
+        groups = self.model.inner.parameter_groups(float(o["lr"]), o.get("log_normaliser_lr"),
+                                                   weight_decay=float(o["weight_decay"]))
+        optimiser = torch.optim.AdamW if o["optimizer"] == "adamw" else torch.optim.Adam
+        self.optimiser = optimiser(groups)
+        for group in self.optimiser.param_groups:
+            group["base_lr"] = group["lr"]
+        self.generator = torch.Generator().manual_seed(seed * 1000003 + self.rank)
+        self.step = 0
+        self.best_val: Optional[float] = None
+
+    # -------------------------------------------------------------- files
+    def _path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
+
+    def checkpoint_state(self) -> dict:
+        return {"step": self.step, "model": self.model.inner.state_dict(), "ema": self.ema.state_dict(),
+                "optimiser": self.optimiser.state_dict(), "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "config": self.config, "length_scale": self.length_scale,
+                "best_val": self.best_val, "boltzgen_version": __version__}
+
+    def save(self) -> None:
+        """Write checkpoint.pt and model.pt atomically (rank 0 only)."""
+        if self.rank != 0:
+            return
+        with atomic_path(self._path("checkpoint.pt")) as tmp:
+            torch.save(self.checkpoint_state(), tmp)
+        blob = {"state_dict": self.ema.state_dict(), "config": self.config, "event_shape": list(self.model.event_shape),
+                "length_scale": self.length_scale, "has_topology": self.topology is not None, "step": self.step,
+                "metadata": self.metadata, "boltzgen_version": __version__}
+        with atomic_path(self._path("model.pt")) as tmp:
+            torch.save(blob, tmp)
+
+    def _write_static_files(self) -> None:
+        if self.rank != 0:
+            return
+        os.makedirs(self.run_dir, exist_ok=True)
+        with atomic_path(self._path("config.yaml")) as tmp, open(tmp, "w") as handle:
+            yaml.safe_dump(self.config, handle, sort_keys=False)
+        if self.topology is not None:
+            import mdtraj
+
+            with atomic_path(self._path("topology.pdb")) as tmp:
+                xyz = np.zeros((1, self.topology.n_atoms, 3), dtype=np.float32)
+                xyz[0, :, 0] = np.arange(self.topology.n_atoms) * 0.15  # placeholder coordinates
+                mdtraj.Trajectory(xyz, self.topology).save_pdb(tmp)
+
+    def resume(self) -> bool:
+        """Load checkpoint.pt from the run directory if there is one; True if resumed."""
+        path = self._path("checkpoint.pt")
+        if not os.path.exists(path):
+            return False
+        state = _torch_load(path)
+        for key in ("net", "model", "loss", "optim", "pretrain_dsm_steps", "seed"):
+            if state["config"].get(key) != self.config.get(key):
+                raise ValueError(f"{self.run_dir} holds a run with a different {key!r} configuration "
+                                 f"({state['config'].get(key)} vs {self.config.get(key)}); use a new run directory")
+        self.model.inner.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.best_val = state.get("best_val")
+        self._truncate_log(self.step)
+        return True
+
+    def _truncate_log(self, step: int) -> None:
+        path = self._path("train_log.csv")
+        if not os.path.exists(path):
+            return
+        with open(path) as handle:
+            rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def _log(self, row: dict) -> None:
+        if self.rank != 0:
+            return
+        path = self._path("train_log.csv")
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+
+    # -------------------------------------------------------------- steps
+    def _loss_options(self, step: int) -> dict:
+        loss = self.config["loss"]
+        kind = "dsm" if step < int(self.config["pretrain_dsm_steps"]) else loss["kind"]
+        return dict(loss=kind, k=int(loss["k"]), lambda_clf=float(loss["lambda_clf"]), levels=loss["levels"],
+                    grid=loss["grid"])
+
+    def _batch(self, data: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(0, data.shape[0], (size,), generator=generator)
+        return data[idx]
+
+    def train_step(self) -> dict:
+        """One optimisation step; returns the loss parts as floats."""
+        cfg, o = self.config["train"], self.config["optim"]
+        factor = _lr_factor(self.step, int(cfg["steps"]), int(o["warmup_steps"]), bool(o["cosine"]),
+                            float(o["min_lr_factor"]))
+        for group in self.optimiser.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        x0 = self._batch(self.train_data, int(cfg["batch_size"]), self.generator)
+        options = self._loss_options(self.step)
+        parts = compute_loss(self.model.inner, x0, self.generator, **options)
+        self.optimiser.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        if self.world > 1:
+            for p in self.model.inner.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.world
+        clip = o.get("grad_clip")
+        params = [p for p in self.model.inner.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, float(clip) if clip else float("inf"))
+        if not torch.isfinite(norm):
+            raise FloatingPointError(f"non-finite gradient at step {self.step}; lower optim.lr or raise model.t_min")
+        self.optimiser.step()
+        decay = float(o["ema"])
+        with torch.no_grad():
+            for p_ema, p in zip(self.ema.parameters(), self.model.inner.parameters()):
+                p_ema.lerp_(p, 1.0 - decay)
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in parts.items() if torch.is_tensor(v) and v.numel() == 1}
+        out.update(phase=options["loss"], lr=self.optimiser.param_groups[0]["lr"], grad_norm=float(norm))
+        return out
+
+    def validate(self, model: Optional[EnergyModel] = None) -> dict:
+        """Validation losses of the EMA model on the held-out split (fixed noise; same objective)."""
+        if self.val_data.shape[0] == 0:
+            return {}
+        model = self.ema if model is None else model
+        generator = torch.Generator().manual_seed(int(self.config["seed"]) + 12345)
+        size = min(int(self.config["train"]["val_batch_size"]), self.val_data.shape[0])
+        x0 = self.val_data[:size]
+        parts = compute_loss(model, x0, generator, **self._loss_options(int(self.config["train"]["steps"])))
+        return {f"val_{k}": float(v.detach()) for k, v in parts.items() if k in ("total", "dsm", "clf") and torch.is_tensor(v)}
+
+    def fit(self) -> dict:
+        """Train to ``train.steps`` (resuming from a checkpoint if present); returns metrics."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config["train"]
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg["threads"]))
+        self._write_static_files()
+        resumed = self.resume()
+        total = int(cfg["steps"])
+        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not self.progress or self.rank != 0,
+                   dynamic_ncols=True)
+        start = time.perf_counter()
+        last = {}
+        window: list[dict] = []
+        try:
+            while self.step < total:
+                t0 = time.perf_counter()
+                last = self.train_step()
+                last["seconds"] = time.perf_counter() - t0
+                window.append(last)
+                bar.update(1)
+                shown = {k: f"{last[k]:.3g}" for k in ("total", "dsm", "clf") if k in last}
+                bar.set_postfix(shown, refresh=False)
+                row = None
+                if self.step % int(cfg["log_every"]) == 0 or self.step == total:
+                    row = {k: float(np.mean([w[k] for w in window if k in w])) for k in last if k != "phase"}
+                    row.update(step=self.step, phase=last["phase"])
+                    window = []
+                if self.step % int(cfg["val_every"]) == 0 or self.step == total:
+                    val = self.validate()
+                    row = {**(row or {"step": self.step, "phase": last["phase"]}), **val}
+                    if val:
+                        self.best_val = val["val_total"] if self.best_val is None else min(self.best_val, val["val_total"])
+                if row is not None:
+                    self._log(row)
+                if self.step % int(cfg["checkpoint_every"]) == 0 or self.step == total:
+                    self.save()
+        finally:
+            bar.close()
+        metrics = {"steps": self.step, "resumed": resumed, "wall_time_s": time.perf_counter() - start,
+                   "length_scale": self.length_scale, "n_train": int(self.train_data.shape[0]),
+                   "n_val": int(self.val_data.shape[0]), "final": {k: v for k, v in last.items() if k != "phase"},
+                   "validation": self.validate(), "boltzgen_version": __version__, **self.metadata}
+        if self.rank == 0:
+            write_json(self._path("metrics.json"), metrics)
+        return metrics
+
+
+def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = None, config_file: Optional[str] = None,
+                    overrides: Optional[dict] = None, progress: bool = True) -> dict:
+    """Train on a sample file written by ``boltzgen simulate``; returns the metrics."""
+    samples = load_samples(data_path)
+    system = system or samples.metadata.get("system")
+    config = resolve_config(system, config_file, overrides)
+    if samples.log_weights is not None and np.ptp(samples.log_weights) > 0:
+        raise ValueError(f"{data_path} holds weighted samples; train on unweighted MD or exact samples")
+    meta = {"system": system, "data": os.path.abspath(data_path), "n_data": len(samples)}
+    trainer = Trainer(config, samples.x, run_dir, topology=samples.topology, metadata=meta, progress=progress)
+    return trainer.fit()

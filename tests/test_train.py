@@ -1,0 +1,142 @@
+"""Trainer: exact resume, atomic files, run-directory contract, clear errors."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import boltzgen
+import boltzgen.systems as systems
+from boltzgen.cli import main
+from boltzgen.io import save_samples
+from boltzgen.testing import assert_gradient_matches_finite_differences
+from boltzgen.train import Trainer, load_model, resolve_config
+
+SMALL = {"net": {"kind": "mlp", "hidden": 32, "n_layers": 2},
+         "train": {"steps": 6, "batch_size": 32, "checkpoint_every": 3, "log_every": 2, "val_every": 3,
+                   "val_fraction": 0.2, "val_batch_size": 32},
+         "optim": {"warmup_steps": 2}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def gmm_data():
+    target = systems.load("gmm-two-modes", dim=2)
+    return 3.0 * target.sample(400, torch.Generator().manual_seed(0)).numpy()  # not unit scale on purpose
+
+
+def test_interrupted_training_resumes_exactly(tmp_path, gmm_data):
+    config = resolve_config(overrides=SMALL)
+    full = Trainer(config, gmm_data, str(tmp_path / "full"), progress=False)
+    full.fit()
+    part = Trainer(config, gmm_data, str(tmp_path / "part"), progress=False)
+    part._write_static_files()
+    for _ in range(3):
+        part.train_step()
+    part.save()  # as after a crash right after the step-3 checkpoint
+    resumed = Trainer(config, gmm_data, str(tmp_path / "part"), progress=False)
+    metrics = resumed.fit()
+    assert metrics["resumed"] and resumed.step == 6
+    for a, b in zip(full.model.inner.state_dict().values(), resumed.model.inner.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_run_directory_contract_and_load_model(tmp_path, gmm_data):
+    run = tmp_path / "run"
+    config = resolve_config(overrides=SMALL)
+    trainer = Trainer(config, gmm_data, str(run), progress=False)
+    trainer.fit()
+    for name in ("config.yaml", "checkpoint.pt", "model.pt", "train_log.csv", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert not [p for p in os.listdir(run) if p.startswith(".")], "temporary files left behind"
+    with open(run / "train_log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [2, 3, 4, 6]
+    assert rows[-1]["val_total"] != "" and float(rows[-1]["total"]) > 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["net"]["kind"] == "mlp"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["n_val"] == 80
+    assert metrics["length_scale"] == pytest.approx(3.0, rel=0.1)
+
+    model = boltzgen.load_model(str(run))
+    assert model.t_min == pytest.approx(1e-3) and not model.training
+    x = torch.from_numpy(gmm_data[:4]).float()
+    # energy takes data units; the diffusion runs in units of the length scale
+    torch.testing.assert_close(model.energy(x, 0.1), trainer.ema.energy(x / trainer.length_scale, 0.1))
+    model.double()
+    assert_gradient_matches_finite_differences(lambda y: model.energy(y, 0.2), torch.from_numpy(gmm_data[:3]),
+                                               rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(model.score(torch.from_numpy(gmm_data[:3]), 0.2),
+                               -torch.func.grad(lambda y: model.energy(y, 0.2).sum())(torch.from_numpy(gmm_data[:3])))
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, gmm_data):
+    with pytest.raises(ValueError, match="loss.kind must be one of"):
+        resolve_config(overrides={"loss": {"kind": "mse"}})
+    with pytest.raises(ValueError, match="train.steps must be a positive integer"):
+        resolve_config(overrides={"train": {"steps": 0}})
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("net: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        resolve_config(config_file=str(bad_yaml))
+    data = gmm_data.copy()
+    data[5, 0] = np.nan
+    with pytest.raises(ValueError, match="1 configurations with NaN"):
+        Trainer(resolve_config(overrides=SMALL), data, str(tmp_path / "nan"), progress=False)
+    run = tmp_path / "corrupt"
+    Trainer(resolve_config(overrides=SMALL), gmm_data, str(run), progress=False).fit()
+    (run / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable boltzgen checkpoint"):
+        load_model(str(run))
+    with pytest.raises(FileNotFoundError, match="model.pt missing"):
+        load_model(str(tmp_path))
+    other = resolve_config(overrides={**SMALL, "loss": {"kind": "dsm"}})
+    with pytest.raises(ValueError, match="different 'loss' configuration"):
+        Trainer(other, gmm_data, str(run), progress=False).fit()
+
+
+def test_cli_train_on_simulated_file(tmp_path, capsys):
+    data = tmp_path / "data.h5"
+    assert main(["simulate", "gmm-two-modes", "-n", "300", "-o", str(data), "--no-progress", "--seed", "1"]) == 0
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "-o", str(run), "--config", str(config), "--loss", "dsm",
+                 "--steps", "4", "--no-progress", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 4 and out["system"] == "gmm-two-modes"
+    assert yaml.safe_load((run / "config.yaml").read_text())["loss"]["kind"] == "dsm"
+    assert main(["train", "--data", str(tmp_path / "missing.h5"), "-o", str(run)]) == 2
+    assert "sample file not found" in capsys.readouterr().err
+
+
+def test_molecular_run_stores_topology(tmp_path):
+    target = systems.load("lj13")
+    x = target.positions[None].numpy() + 0.02 * np.random.default_rng(0).standard_normal((64, 13, 3))
+    config = resolve_config(overrides={**SMALL, "net": {"kind": "egnn", "hidden": 16, "n_layers": 1}})
+    path = tmp_path / "lj.h5"
+    import mdtraj
+
+    top = mdtraj.Topology()
+    residue = top.add_residue("LJ", top.add_chain())
+    for _ in range(13):
+        top.add_atom("Ar", mdtraj.element.argon, residue)
+    save_samples(str(path), x, topology=top, metadata={"system": "lj13"})
+    Trainer(config, x, str(tmp_path / "run"), topology=top, progress=False).fit()
+    model = load_model(str(tmp_path / "run"))
+    assert model.topology.n_atoms == 13
+    e = model.energy(torch.from_numpy(x[:2]).float(), 0.5)
+    assert e.shape == (2,) and torch.isfinite(e).all()
