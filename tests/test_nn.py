@@ -1,0 +1,284 @@
+"""Energy networks: symmetries of the energy and of the score, gradients against finite
+differences, independence of batch members, zero output at initialisation, double backward."""
+
+import copy
+
+import pytest
+import torch
+
+import boltzgen.systems as systems
+from boltzgen.nn import NETWORKS, build_network, default_config, identical_atom_groups
+from boltzgen.nn.features import BatchGraph, atom_type_indices, fully_connected_edges, radius_edges, smooth_cutoff
+from boltzgen.testing import assert_equivariant, assert_gradient_matches_finite_differences, assert_no_batch_leak
+
+#: Small sizes so that every check runs in well under a second per network.
+SMALL = {
+    "egnn": dict(hidden=16, n_layers=3, time_dim=8, n_frequencies=4),
+    "e3nn": dict(scalar_channels=8, vector_channels=4, lmax=2, n_layers=3, n_basis=6, radial_hidden=16, time_dim=8,
+                 n_frequencies=4),
+}
+ALDP_SCALE_NM = 0.15  # aldp coordinates are divided by this: dimensionless, a few units across
+
+#: id -> (system, kind, extra config, mirror symmetric, atom typing scheme)
+CASES = {
+    "egnn-full-aldp": ("aldp", "egnn", {}, True),
+    "egnn-radius-aldp": ("aldp", "egnn", dict(graph="radius", cutoff=3.0), True),
+    "egnn-full-aldp-equivalent-H": ("aldp", "egnn", dict(atom_types="equivalent_hydrogens"), True),
+    "egnn-full-lj13": ("lj13", "egnn", {}, True),
+    "egnn-radius-lj13": ("lj13", "egnn", dict(graph="radius", cutoff=1.8), True),
+    "e3nn-O3-aldp": ("aldp", "e3nn", {}, True),
+    "e3nn-O3-radius-lj13": ("lj13", "e3nn", dict(graph="radius", cutoff=1.8), True),
+    "e3nn-SE3-aldp": ("aldp", "e3nn", dict(parity=False), False),
+    "e3nn-SE3-radius-lj13": ("lj13", "e3nn", dict(parity=False, graph="radius", cutoff=1.8), False),
+}
+
+
+@pytest.fixture(scope="module")
+def targets():
+    aldp = systems.load("aldp-vacuum", n_workers=0)
+    yield {"aldp": aldp, "lj13": systems.load("lj13")}
+    aldp.close()
+
+
+def configurations(target, n: int = 3, seed: int = 0) -> torch.Tensor:
+    """n perturbed, centred, dimensionless copies of the target's start configuration, float64."""
+    g = torch.Generator().manual_seed(seed)
+    x = target.positions.to(torch.float64)
+    scale = ALDP_SCALE_NM if target.topology is not None else 1.0
+    x = (x - x.mean(0)) / scale
+    return x + 0.15 * torch.randn((n,) + tuple(x.shape), generator=g, dtype=torch.float64)
+
+
+def perturb_final_layer(net: torch.nn.Module, seed: int = 0, std: float = 0.5) -> torch.nn.Module:
+    """Random weights in the zero-initialised final layer, so that the network is not trivially 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.final_layer.parameters():
+            p.copy_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return net
+
+
+def score_fn(net, t):
+    def score(x):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(net(x, t).sum(), x)
+        return -grad
+    return score
+
+
+@pytest.fixture(scope="module")
+def case_nets(targets):
+    """Per case: (float64 network with a perturbed final layer, target, inputs, times, permutation groups)."""
+    built = {}
+    for name, (system, kind, extra, _) in CASES.items():
+        target = targets[system]
+        torch.manual_seed(1)
+        # built in float64 (not cast): e3nn's constants are then exact to float64 precision
+        net = perturb_final_layer(build_network(kind, target, dtype=torch.float64, **SMALL[kind], **extra))
+        x = configurations(target)
+        t = torch.tensor([0.05, 0.4, 0.9], dtype=torch.float64)
+        groups = identical_atom_groups(target.topology, target.n_atoms, net.config["atom_types"])
+        built[name] = (net, target, x, t, groups)
+    return built
+
+
+# ---------------------------------------------------------------------------- symmetries
+@pytest.mark.parametrize("case", list(CASES))
+def test_energy_is_invariant(case, case_nets):
+    net, _, x, t, groups = case_nets[case]
+    mirror_symmetric = CASES[case][3]
+    assert_equivariant(lambda y: net(y, t), x, kind="scalar", reflections=mirror_symmetric,
+                       permutation_groups=groups, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_score_is_equivariant(case, case_nets):
+    net, _, x, t, groups = case_nets[case]
+    mirror_symmetric = CASES[case][3]
+    assert_equivariant(score_fn(net, t), x, kind="vector", reflections=mirror_symmetric, permutation_groups=groups,
+                       n_trials=2, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", [c for c, spec in CASES.items() if not spec[3]])
+def test_se3_network_tells_mirror_images_apart(case, case_nets):
+    net, _, x, t, _ = case_nets[case]
+    # the LJ start structure is nearly achiral (its mirror image is nearly a rotated copy): use
+    # random, generically chiral configurations of the same size instead
+    x = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+    mirrored = x * torch.tensor([-1.0, 1.0, 1.0], dtype=x.dtype)
+    e, e_mirror = net(x, t), net(mirrored, t)
+    assert ((e - e_mirror).abs() > 1e-5 * (1 + e.abs())).all(), (e, e_mirror)
+
+
+def test_equivalent_hydrogens_are_interchangeable(case_nets):
+    groups = case_nets["egnn-full-aldp-equivalent-H"][4]
+    assert sorted(groups) == [[0, 2, 3], [11, 12, 13], [19, 20, 21]]  # the three methyl groups
+
+
+def test_assert_equivariant_catches_broken_symmetries():
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    with pytest.raises(AssertionError, match="rotation"):
+        assert_equivariant(lambda y: y[:, :, 0].sum(-1), x, kind="scalar", translations=False)
+    with pytest.raises(AssertionError, match="reflection"):  # a triple product: a pseudoscalar
+        assert_equivariant(lambda y: torch.linalg.det(y[:, :3] - y[:, 3:4]), x, kind="scalar", translations=False)
+    with pytest.raises(AssertionError, match="translation"):
+        assert_equivariant(lambda y: y.pow(2).sum((-1, -2)), x, kind="scalar")
+    with pytest.raises(AssertionError, match="permutation"):
+        assert_equivariant(lambda y: (y - y.mean(1, keepdim=True))[:, 0].pow(2).sum(-1), x, kind="scalar",
+                           permutation_groups=[[0, 1, 2, 3, 4]])
+    # and passes the right things: a centred, permutation-equivariant vector field
+    assert_equivariant(lambda y: y - y.mean(1, keepdim=True), x, kind="vector", permutation_groups=[[0, 1, 2, 3, 4]])
+
+
+# ---------------------------------------------------------------------------- gradients, batch, init
+@pytest.mark.parametrize("case", list(CASES))
+def test_score_matches_finite_differences(case, case_nets):
+    net, _, x, t, _ = case_nets[case]
+    assert_gradient_matches_finite_differences(lambda y: net(y, t), x, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_no_gradient_leaks_between_batch_members(case, case_nets):
+    net, _, x, t, _ = case_nets[case]
+    assert_no_batch_leak(lambda y: net(y, t), x)
+
+
+@pytest.mark.parametrize("kind", ["egnn", "e3nn"])
+def test_zero_at_initialisation_float32(kind, targets):
+    target = targets["aldp"]
+    net = build_network(kind, target, **SMALL[kind])
+    out = net(configurations(target).float(), torch.rand(3))
+    assert out.dtype == torch.float32 and out.shape == (3,)
+    assert torch.equal(out, torch.zeros(3))
+
+
+@pytest.mark.parametrize("case", ["egnn-full-aldp", "egnn-radius-lj13", "e3nn-O3-aldp", "e3nn-SE3-radius-lj13"])
+def test_double_backward_reaches_every_parameter(case, case_nets):
+    """A loss on the score (create_graph=True) has finite gradients, nonzero for every parameter
+    except biases of the last layer (a constant shift of g does not change the score)."""
+    net64, _, x, t, _ = case_nets[case]
+    net = copy.deepcopy(net64).float()
+    x = x.float().requires_grad_(True)
+    energy = net(x, t.float())
+    (grad_x,) = torch.autograd.grad(energy.sum(), x, create_graph=True)
+    loss = (0.3 * grad_x + torch.randn_like(grad_x)).pow(2).mean()
+    names, params = zip(*net.named_parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    final_layer = {id(p) for p in net.final_layer.parameters()}
+    final_biases = {n for n, p in net.named_parameters() if id(p) in final_layer and p.dim() == 1}
+    for name, g in zip(names, grads):
+        if name in final_biases:
+            continue
+        assert g is not None, f"{name} gets no gradient"
+        assert torch.isfinite(g).all(), f"{name} has a non-finite gradient"
+        assert g.abs().max() > 0, f"{name} has a zero gradient"
+
+
+def test_time_conditioning_changes_the_output(case_nets):
+    for case in ["egnn-full-aldp", "e3nn-O3-aldp"]:
+        net, _, x, _, _ = case_nets[case]
+        e1 = net(x, torch.full((3,), 0.1, dtype=x.dtype))
+        e2 = net(x, torch.full((3,), 0.7, dtype=x.dtype))
+        assert (e1 - e2).abs().min() > 1e-6, case
+
+
+def test_scalar_time_is_broadcast(case_nets):
+    net, _, x, _, _ = case_nets["egnn-full-lj13"]
+    assert torch.equal(net(x, 0.3), net(x, torch.full((3,), 0.3, dtype=x.dtype)))
+    with pytest.raises(ValueError, match="shape"):
+        net(x, torch.rand(2, dtype=x.dtype))
+    with pytest.raises(ValueError, match="shape"):
+        net(x[:, :5], 0.3)
+
+
+# ---------------------------------------------------------------------------- MLP (toy targets)
+@pytest.mark.parametrize("shape", [(4,), (5, 3)])
+def test_mlp_network(shape):
+    torch.manual_seed(0)
+    net = build_network("mlp", shape, hidden=32)
+    x = torch.randn((3,) + shape)
+    t = torch.tensor([0.1, 0.5, 0.9])
+    assert torch.equal(net(x, t), torch.zeros(3))
+    perturb_final_layer(net)
+    net64 = copy.deepcopy(net).double()
+    assert_gradient_matches_finite_differences(lambda y: net64(y, t.double()), x.double())
+    assert_no_batch_leak(lambda y: net64(y, t.double()), x.double())
+    xg = x.clone().requires_grad_(True)
+    (grad_x,) = torch.autograd.grad(net(xg, t).sum(), xg, create_graph=True)
+    grads = torch.autograd.grad(grad_x.pow(2).mean(), list(net.parameters()), allow_unused=True)
+    assert all(g is not None and torch.isfinite(g).all() for g in grads[:-1])  # the last bias gets none
+    assert sum(g.abs().sum() for g in grads if g is not None) > 0
+
+
+# ---------------------------------------------------------------------------- factory
+@pytest.mark.parametrize("kind", sorted(NETWORKS))
+def test_factory_config_rebuilds_the_network(kind, targets):
+    target = targets["aldp"] if kind != "mlp" else systems.load("gmm-two-modes", dim=3)
+    config = SMALL.get(kind, dict(hidden=16))
+    net = build_network(kind, target, **config)
+    assert set(net.config) == set(default_config(kind))
+    rebuilt = build_network(kind, target, **net.config)
+    rebuilt.load_state_dict(net.state_dict())  # same parameter shapes
+    with pytest.raises(TypeError, match="unknown"):
+        build_network(kind, target, not_a_size=1)
+
+
+def test_factory_rejects_bad_requests():
+    with pytest.raises(ValueError, match="unknown network kind"):
+        build_network("transformer", (3, 3))
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        build_network("egnn", (6,))
+    with pytest.raises(ValueError, match="at least 3"):
+        build_network("e3nn", (4, 3), parity=False, n_layers=2)
+
+
+def test_auto_graph_switches_to_radius_above_the_threshold():
+    assert build_network("egnn", (10, 3), max_atoms_fully_connected=10).graph_kind == "full"
+    assert build_network("egnn", (11, 3), max_atoms_fully_connected=10).graph_kind == "radius"
+
+
+# ---------------------------------------------------------------------------- features and graphs
+def test_atom_types_of_alanine_dipeptide(targets):
+    top = targets["aldp"].topology
+    element, types = atom_type_indices(top, 22, "residue_atom")
+    assert element.max() == 3 and types.max() == 21  # H, C, N, O; every atom its own type
+    assert identical_atom_groups(top, 22, "residue_atom") == []
+    assert sorted(len(g) for g in identical_atom_groups(top, 22, "element")) == [2, 2, 6, 12]
+    assert identical_atom_groups(None, 13) == [list(range(13))]
+
+
+def test_radius_edges_match_brute_force():
+    g = torch.Generator().manual_seed(3)
+    x = 2.0 * torch.randn(4, 9, 3, generator=g, dtype=torch.float64)
+    edges = radius_edges(x, 2.5, max_pairs_per_chunk=200)  # several chunks
+    expected = {(b * 9 + j, b * 9 + i) for b in range(4) for i in range(9) for j in range(9)
+                if i != j and (x[b, i] - x[b, j]).norm() < 2.5}
+    assert set(map(tuple, edges.T.tolist())) == expected
+    everything = radius_edges(x, 1e6)
+    assert set(map(tuple, everything.T.tolist())) == set(map(tuple, fully_connected_edges(4, 9).T.tolist()))
+
+
+def test_dense_and_sparse_layouts_agree():
+    """Pair sums over the dense (B, N, N) layout equal those over a torch-geometric edge list."""
+    g = torch.Generator().manual_seed(4)
+    pos = torch.randn(2 * 6, 3, generator=g, dtype=torch.float64)
+    per_graph = torch.randn(2, 1, generator=g, dtype=torch.float64)
+    results = []
+    for graph in (BatchGraph.full(2, 6), BatchGraph(2, 6, fully_connected_edges(2, 6))):
+        vectors = graph.vectors(pos)
+        pair = vectors * graph.targets(pos).pow(2).sum(-1, keepdim=True) * graph.graphs(per_graph)
+        if graph.dense:
+            pair = pair * graph.edge_weight(vectors)
+        results.append(graph.sum_over_sources(pair))
+    assert results[0].shape == results[1].shape == (12, 3)
+    assert torch.allclose(results[0], results[1])
+
+
+def test_smooth_cutoff_vanishes_smoothly():
+    r = torch.tensor([0.0, 0.5, 1.0, 1.5], dtype=torch.float64, requires_grad=True)
+    u = smooth_cutoff(r, 1.0)
+    (du,) = torch.autograd.grad(u.sum(), r, create_graph=True)
+    (d2u,) = torch.autograd.grad(du.sum(), r)
+    assert u[0] == 1 and u[2] == 0 and u[3] == 0 and 0 < u[1] < 1
+    assert du[2].abs() < 1e-12 and d2u[2].abs() < 1e-9
