@@ -44,7 +44,7 @@ def configurations(target, n: int = 3, seed: int = 0) -> torch.Tensor:
     """n perturbed, centred, dimensionless copies of the target's start configuration, float64."""
     g = torch.Generator().manual_seed(seed)
     x = target.positions.to(torch.float64)
-    scale = ALDP_SCALE_NM if target.topology is not None else 1.0
+    scale = ALDP_SCALE_NM if target.name.startswith("aldp") else 1.0
     x = (x - x.mean(0)) / scale
     return x + 0.15 * torch.randn((n,) + tuple(x.shape), generator=g, dtype=torch.float64)
 

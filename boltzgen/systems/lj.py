@@ -85,6 +85,18 @@ def fcc_cluster(n_particles: int) -> np.ndarray:
     return chosen - chosen.mean(axis=0)
 
 
+def cluster_topology(n_particles: int):
+    """An mdtraj topology of ``n_particles`` identical particles (atom name "LJ", labelled argon),
+    so that cluster samples are mdtraj trajectories and networks see identical atom types."""
+    import mdtraj
+
+    topology = mdtraj.Topology()
+    chain = topology.add_chain()
+    for i in range(n_particles):
+        topology.add_atom("LJ", mdtraj.element.argon, topology.add_residue("LJ", chain, resSeq=i + 1))
+    return topology
+
+
 class LennardJonesCluster(TargetSystem):
     """LJ cluster target (``lj13``, ``lj55``); see the module docstring for the energy.
 
@@ -97,7 +109,8 @@ class LennardJonesCluster(TargetSystem):
     """
 
     def __init__(self, n_particles: int, oscillator_scale: float = 1.0, name: str | None = None):
-        super().__init__(name or f"lj{n_particles}", (n_particles, 3), REDUCED_UNIT_TEMPERATURE)
+        super().__init__(name or f"lj{n_particles}", (n_particles, 3), REDUCED_UNIT_TEMPERATURE,
+                         cluster_topology(n_particles))
         self.oscillator_scale = float(oscillator_scale)
 
     def _positions(self) -> torch.Tensor:

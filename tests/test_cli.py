@@ -1,0 +1,94 @@
+"""The boltzgen command line: contracts of DESIGN.md §5 on small runs."""
+
+import json
+import subprocess
+import sys
+
+import mdtraj
+import numpy as np
+import pytest
+import torch
+
+import boltzgen.systems as systems
+from boltzgen.cli import main
+from boltzgen.io import load_samples
+
+
+def test_systems_lists_every_builtin(capsys):
+    assert main(["systems", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["systems"]
+    assert [r["name"] for r in rows] == systems.names()
+    aldp = rows[0]
+    assert aldp["n_atoms"] == 22 and aldp["temperature_K"] == 300.0 and "amber99sbildn" in aldp["forcefield"]
+    assert main(["systems"]) == 0
+    assert "lj55" in capsys.readouterr().out
+
+
+def test_entry_point_help_and_version():
+    out = subprocess.run([sys.executable, "-m", "boltzgen.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("systems", "simulate", "train", "bench"):
+        assert command in out.stdout
+    for command in (["simulate", "--help"], ["train", "--help"], ["bench", "bridge", "--help"]):
+        out = subprocess.run([sys.executable, "-m", "boltzgen.cli", *command], capture_output=True, text=True,
+                             check=True)
+        assert "--seed" in out.stdout
+
+
+def test_simulate_aldp_replica_exchange_file_contract(tmp_path, capsys):
+    out = tmp_path / "aldp.h5"
+    args = ["simulate", "aldp-vacuum", "-n", "6", "-o", str(out), "--replicas", "2", "--t-max", "400",
+            "--equilibration", "50", "--stride", "20", "--exchange-interval", "10", "--workers", "0",
+            "--no-progress", "--seed", "3"]
+    assert main(args) == 0
+    traj = mdtraj.load(str(out))
+    assert traj.n_frames == 6 and traj.n_atoms == 22
+    samples = load_samples(str(out))
+    meta = samples.metadata
+    assert meta["system"] == "aldp-vacuum" and meta["seed"] == 3 and meta["temperature_K"] == 300.0
+    assert meta["forcefield"] == ["amber99sbildn.xml"] and "boltzgen_version" in meta
+    target = systems.load("aldp-vacuum", n_workers=0)
+    # Stored energies are those of the stored (float32) coordinates to float32 rounding.
+    u = target.reduced_energy(torch.from_numpy(samples.x)).numpy()
+    np.testing.assert_allclose(samples.reduced_energy, u, atol=0.05)
+    target.close()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_samples"] == 6 and metrics["command"] == "simulate"
+    assert not (tmp_path / "aldp.h5.checkpoint").exists()
+
+
+def test_simulate_analytic_and_lj(tmp_path, capsys):
+    assert main(["simulate", "gmm-40", "--dim", "3", "-n", "50", "-o", str(tmp_path / "g.h5"), "--json",
+                 "--no-progress"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["method"] == "exact" and metrics["n_samples"] == 50
+    assert load_samples(str(tmp_path / "g.h5")).x.shape == (50, 3)
+    assert main(["simulate", "lj13", "-n", "20", "-o", str(tmp_path / "lj.h5"), "--equilibration", "20",
+                 "--stride", "2", "--no-progress"]) == 0
+    lj = load_samples(str(tmp_path / "lj.h5"))
+    assert lj.x.shape == (20, 13, 3) and lj.topology.n_atoms == 13
+    assert mdtraj.load(str(tmp_path / "lj.h5")).n_frames == 20
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["simulate", "no-such-system", "-n", "5", "-o", str(tmp_path / "x.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown system 'no-such-system'" in err and "Traceback" not in err
+    assert main(["simulate", "gmm-40", "-n", "0", "-o", str(tmp_path / "x.h5")]) == 2
+    assert "-n must be at least 1" in capsys.readouterr().err
+    assert main(["simulate", "--pdb", str(tmp_path / "missing.pdb"), "--forcefield", "amber99sbildn.xml",
+                 "-n", "5", "-o", str(tmp_path / "x.h5")]) == 2
+    assert "PDB file not found" in capsys.readouterr().err
+    assert main(["simulate", "lj13", "--timestep", "2", "-n", "5", "-o", str(tmp_path / "x.h5")]) == 2
+    assert "timestep" in capsys.readouterr().err
+
+
+def test_bench_bridge_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "bridge", "--system", "aldp-vacuum", "--batch", "96", "--workers", "2", "--json",
+                 "-o", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("speedup_vs_plain_loop", "fraction_of_limit", "plain_loop_per_s", "bare_getstate_per_s",
+                "bridge_per_s", "limit_per_s"):
+        assert result[key] > 0
+    assert result["max_rel_energy_diff_vs_plain"] < 1e-9
+    assert json.loads(out.read_text())["batch"] == 96
