@@ -52,3 +52,20 @@ def test_builtin_files_are_found_from_any_directory(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     assert os.path.isfile(data_path("aldp.pdb"))
+
+
+def test_shipped_training_defaults_build():
+    import boltzgen.systems as systems
+    from boltzgen.nn import build_network
+    from boltzgen.train import resolve_config, system_config_path
+
+    for name in systems.names():
+        path = system_config_path(name)
+        if path is None:
+            continue
+        config = resolve_config(name)
+        target = systems.load(name, n_workers=0) if name.startswith("aldp") else systems.load(name)
+        net = dict(config["net"])
+        kind = net.pop("kind")
+        build_network(kind, target.topology if target.topology is not None else target.event_shape, **net)
+        target.close()
