@@ -7,7 +7,8 @@ A run directory holds
 ``model.pt``          the EMA weights and everything :func:`load_model` needs;
 ``topology.pdb``      the atoms of molecular systems (network atom embeddings are built from it);
 ``train_log.csv``     one row per logged step (loss parts, learning rate, validation losses);
-``metrics.json``      a summary written at the end.
+``metrics.json``      a summary written at the end;
+``tensorboard/``      the same scalars for TensorBoard, when it is installed.
 
 Coordinates are standardised before training: the model works in units of ``length_scale``
 (the RMS per degree of freedom of the centred data), so noise levels mean the same for nm-scale
@@ -400,9 +401,25 @@ class Trainer:
             writer.writeheader()
             writer.writerows(rows)
 
+    def _tensorboard(self):
+        """A SummaryWriter under RUN_DIR/tensorboard when TensorBoard is installed, else None."""
+        if not hasattr(self, "_tb"):
+            self._tb = None
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                return None
+            self._tb = SummaryWriter(self._path("tensorboard"), purge_step=self.step)
+        return self._tb
+
     def _log(self, row: dict) -> None:
         if self.rank != 0:
             return
+        writer = self._tensorboard()
+        if writer is not None:
+            for key, value in row.items():
+                if key not in ("step", "phase") and isinstance(value, float):
+                    writer.add_scalar(key, value, int(row["step"]))
         path = self._path("train_log.csv")
         new = not os.path.exists(path)
         with open(path, "a", newline="") as handle:
@@ -505,6 +522,9 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
+            if getattr(self, "_tb", None) is not None:
+                self._tb.close()
+                del self._tb
         metrics = {"steps": self.step, "resumed": resumed, "wall_time_s": time.perf_counter() - start,
                    "length_scale": self.length_scale, "n_train": int(self.train_data.shape[0]),
                    "n_val": int(self.val_data.shape[0]), "final": {k: v for k, v in last.items() if k != "phase"},
