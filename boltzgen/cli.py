@@ -155,6 +155,36 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_reweight(args) -> int:
+    from .reweight import reweight_samples
+
+    if not os.path.exists(args.samples):
+        raise CommandError(f"sample file not found: {args.samples}")
+    target = _target_from_args(args)
+    start = time.perf_counter()
+    try:
+        metrics = reweight_samples(args.samples, target, log_q=args.log_q, out_path=args.output, seed=args.seed,
+                                   n_bootstrap=args.n_bootstrap, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        target.close()
+    metrics = {"command": "reweight", **metrics, "wall_time_s": time.perf_counter() - start}
+    _emit(metrics, args, args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.output)), "metrics.json"))
+    if not args.json:
+        line = (f"ESS {metrics['ess']:.1f} of {metrics['n']} ({metrics['ess_fraction']:.1%}), "
+                f"log Z {metrics['log_z']:.3f} +- {metrics['log_z_err']:.3f}")
+        if metrics.get("delta_f_kT") is not None:
+            err = metrics["delta_f_err_kT"]
+            line += f", F(phi>0) - F(phi<0) = {metrics['delta_f_kT']:.2f} +- {'inf' if err is None else f'{err:.2f}'} kT"
+        elif "delta_f_note" in metrics:
+            line += f"; no Delta F ({metrics['delta_f_note']})"
+        if metrics["n_infinite_energy"]:
+            line += f"; {metrics['n_infinite_energy']} samples had +inf energy (weight 0)"
+        print(f"{line}; wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench_bridge(args) -> int:
     from .bench import bench_bridge
 
@@ -223,6 +253,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reweight", help="importance weights of samples against a target -> weighted sample file",
+                       description="Importance-weight the samples of FILE against a target: log w = -u(x) - log q(x) "
+                                   "with u the target's reduced energy and log q the proposal log-density of each "
+                                   "sample. Writes a weighted sample file and metrics (ESS, log Z and, for alanine "
+                                   "dipeptide, F(phi > 0) - F(phi < 0) in kT with a bootstrap error).")
+    p.add_argument("samples", metavar="FILE", help="sample file (HDF5) to reweight")
+    _add_target(p)
+    p.add_argument("--log-q", metavar="ARRAY",
+                   help="proposal log-density of each sample: the name of an array in FILE or a .npy file "
+                        "(default: FILE's log_q array)")
+    p.add_argument("-o", "--output", required=True, help="output weighted sample file (.h5)")
+    p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap replicates of the Delta F error (default 200)")
+    p.add_argument("--metrics", help="metrics file (default: metrics.json beside the output)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(p)
+    p.set_defaults(func=cmd_reweight)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")

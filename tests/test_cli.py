@@ -26,9 +26,9 @@ def test_systems_lists_every_builtin(capsys):
 
 def test_entry_point_help_and_version():
     out = subprocess.run([sys.executable, "-m", "boltzgen.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("systems", "simulate", "train", "bench"):
+    for command in ("systems", "simulate", "train", "reweight", "bench"):
         assert command in out.stdout
-    for command in (["simulate", "--help"], ["train", "--help"], ["bench", "bridge", "--help"]):
+    for command in (["simulate", "--help"], ["train", "--help"], ["reweight", "--help"], ["bench", "bridge", "--help"]):
         out = subprocess.run([sys.executable, "-m", "boltzgen.cli", *command], capture_output=True, text=True,
                              check=True)
         assert "--seed" in out.stdout

@@ -1,0 +1,217 @@
+"""Reweighting a sample file against a target: the workflow behind ``boltzgen reweight``.
+
+Given samples x_i with known proposal log-density log q(x_i), the target's reduced energies
+u(x_i) give importance log-weights log w_i = −u(x_i) − log q(x_i) (:mod:`boltzgen.weights`).
+:func:`reweight_samples` checks that the samples belong to the target (atom count, element and
+atom-name order, finite coordinates), evaluates the energies in float64, writes a new weighted
+sample file and returns the metrics (ESS, log Z and, for alanine-dipeptide-like molecules,
+ΔF between φ > 0 and φ < 0).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import weights as W
+from .io import load_samples, save_samples
+
+__all__ = ["reweight_samples", "check_compatible", "resolve_log_q"]
+
+#: Configurations per energy call (keeps memory flat and drives the progress bar).
+CHUNK = 4096
+
+
+def _element(atom) -> str:
+    return atom.element.symbol if atom.element is not None else "?"
+
+
+def check_compatible(x: np.ndarray, topology, target, what: str = "the samples") -> None:
+    """Raise a ValueError saying exactly how ``x`` / ``topology`` fail to match ``target``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, N, 3) or (B, D)
+        Configurations.
+    topology : mdtraj.Topology or None
+        Topology stored with the configurations.
+    target : TargetSystem
+        The target; its ``event_shape`` and ``topology`` are compared.
+    """
+    name = target.name
+    event = tuple(target.event_shape)
+    if target.is_molecular:
+        if x.ndim != 3 or x.shape[2] != 3:
+            raise ValueError(f"{what} have shape {x.shape}, but the target {name} needs molecular configurations "
+                             f"(B, {event[0]}, 3)")
+        if x.shape[1] != event[0]:
+            raise ValueError(f"wrong atom count: {what} have {x.shape[1]} atoms but the target {name} has {event[0]}")
+    elif tuple(x.shape[1:]) != event:
+        raise ValueError(f"{what} have configurations of shape {tuple(x.shape[1:])} but the target {name} expects "
+                         f"{event}")
+    ref = target.topology
+    if topology is None or ref is None:
+        return
+    problems = []
+    for mine, theirs in zip(topology.atoms, ref.atoms):
+        e_mine, e_theirs = _element(mine), _element(theirs)
+        if e_mine != e_theirs:
+            problems.append(f"atom {mine.index} is {e_mine} in {what} but {e_theirs} in the target")
+        elif mine.name != theirs.name:
+            problems.append(f"atom {mine.index} is named {mine.name} in {what} but {theirs.name} in the target")
+    if problems:
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise ValueError(f"atom order of {what} does not match the target {name} ({len(problems)} atoms differ): "
+                         f"{shown}")
+
+
+def resolve_log_q(log_q, samples, samples_path: str) -> tuple[np.ndarray, str]:
+    """The proposal log-density of each sample, and a description of where it came from.
+
+    ``log_q`` may be an array (B,); the name of an array in the sample file (``"log_q"`` or any
+    extra array); a path to a ``.npy`` file; or None for the file's own ``log_q``.
+    """
+    n = len(samples)
+    if log_q is None:
+        if samples.log_q is None:
+            raise ValueError(f"no proposal log-density: {samples_path} has no 'log_q' array; pass log_q "
+                             "(--log-q: an array, the name of an array in the file, or a .npy file)")
+        arr, source = samples.log_q, "file:log_q"
+    elif isinstance(log_q, (str, os.PathLike)):
+        key = os.fspath(log_q)
+        in_file = {"log_q": samples.log_q, "log_weights": samples.log_weights,
+                   "reduced_energy": samples.reduced_energy, **samples.extra}
+        if key in in_file and in_file[key] is not None:
+            arr, source = in_file[key], f"file:{key}"
+        elif os.path.isfile(key):
+            try:
+                arr = np.load(key, allow_pickle=False)
+            except Exception as exc:
+                raise ValueError(f"cannot read log q from {key}: {exc}") from None
+            if hasattr(arr, "files"):  # an .npz archive
+                raise ValueError(f"{key} is an .npz archive; give a .npy file with one array of log q")
+            source = os.path.abspath(key)
+        else:
+            names = sorted(k for k, v in in_file.items() if v is not None)
+            raise ValueError(f"log q {key!r} is neither an array in {samples_path} (it has: "
+                             f"{', '.join(names) or 'no extra arrays'}) nor an existing .npy file")
+    else:
+        arr, source = log_q, "array"
+    arr = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr, dtype=np.float64)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"log q has shape {arr.shape} but there are {n} samples (expected ({n},))")
+    if not np.isfinite(arr).all():
+        idx = np.flatnonzero(~np.isfinite(arr))
+        raise ValueError(f"log q is not finite at {idx.size} samples (indices {W._first(idx)})")
+    return arr, source
+
+
+def _energies(target, x: np.ndarray, progress: bool) -> np.ndarray:
+    chunks = range(0, x.shape[0], CHUNK)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="energies", unit="chunk", dynamic_ncols=True)
+    out = []
+    with torch.no_grad():
+        for start in chunks:
+            u = target.reduced_energy(torch.from_numpy(x[start:start + CHUNK]))
+            out.append(u.detach().cpu().numpy().astype(np.float64))
+    return np.concatenate(out)
+
+
+def reweight_samples(samples_path: str, target, log_q=None, out_path: Optional[str] = None, *, seed: int = 0,
+                     n_bootstrap: int = 200, progress: bool = False) -> dict:
+    """Importance-weight the samples of a file against a target and write a weighted sample file.
+
+    Parameters
+    ----------
+    samples_path : str
+        Sample file (:func:`boltzgen.io.save_samples` format, or any mdtraj HDF5 trajectory).
+    target : TargetSystem
+        Target from :func:`boltzgen.systems.resolve` / ``load``; its reduced energy is used in float64.
+    log_q : array (B,), str or None
+        Proposal log-density of each sample: an array; the name of an array in the file; a path
+        to a ``.npy`` file; or None to use the file's ``log_q``.
+    out_path : str, optional
+        Where to write the weighted sample file (atomically). None writes nothing.
+    seed : int
+        Seed of the bootstrap errors.
+    n_bootstrap : int
+        Bootstrap replicates of the ΔF error.
+    progress : bool
+        Progress bar over the energy evaluation.
+
+    Returns
+    -------
+    dict
+        ``n``, ``n_infinite_energy``, ``ess``, ``ess_fraction``, ``log_z``, ``log_z_err`` and, when the
+        molecule has a φ torsion, ``delta_f_kT`` and ``delta_f_err_kT`` (ΔF = F(φ > 0) − F(φ < 0) in kT,
+        None with ``delta_f_note`` when a state has no weight) and the state counts; plus the
+        system, source and output paths.
+
+    Raises
+    ------
+    ValueError
+        Samples that do not match the target (shape, atom count, atom order), non-finite
+        coordinates, a missing or malformed log q, or all weights zero.
+    """
+    samples_path = os.fspath(samples_path)
+    samples = load_samples(samples_path)
+    x = np.asarray(samples.x, dtype=np.float64)
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError(f"{samples_path} holds no samples")
+    check_compatible(x, samples.topology, target)
+    bad = ~np.isfinite(x.reshape(n, -1)).all(axis=1)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        raise ValueError(f"{idx.size} of {n} configurations in {samples_path} have non-finite coordinates "
+                         f"(indices {W._first(idx)})")
+    lq, lq_source = resolve_log_q(log_q, samples, samples_path)
+
+    u = _energies(target, x, progress)
+    lw = W.log_weights(u, lq)
+    n_inf = int(np.isinf(u).sum())
+    if n_inf == n:
+        raise ValueError(f"all {n} samples have zero weight: the target {target.name} gives +inf reduced energy "
+                         "for every configuration (it cannot evaluate them)")
+    lz = W.log_z(lw)
+    metrics = {
+        "system": target.name,
+        "source": os.path.abspath(samples_path),
+        "n": n,
+        "n_infinite_energy": n_inf,
+        "ess": W.ess(lw),
+        "ess_fraction": W.ess_fraction(lw),
+        "log_z": lz.value,
+        "log_z_err": lz.error,
+        "max_normalized_weight": float(W.normalized_weights(lw).max()),
+        "log_q_source": lq_source,
+        "seed": seed,
+    }
+    topology = target.topology if target.is_molecular else None
+    if topology is not None and W.has_phi(topology):
+        in_a, in_b = W.phi_states(x, topology)
+        metrics.update(n_phi_negative=int(in_a.sum()), n_phi_positive=int(in_b.sum()),
+                       delta_f_kT=None, delta_f_err_kT=None)
+        try:
+            df = W.delta_f(lw, in_a, in_b, n_bootstrap=n_bootstrap, seed=seed)
+        except ValueError as exc:
+            metrics["delta_f_note"] = f"phi > 0 vs phi < 0: {exc}"
+        else:
+            metrics.update(delta_f_kT=df.value, delta_f_err_kT=df.error if math.isfinite(df.error) else None)
+            metrics["delta_f_definition"] = "F(phi > 0) - F(phi < 0) in kT"
+    if out_path is not None:
+        meta = {**target.metadata(), "command": "reweight", "seed": seed, "source_file": os.path.abspath(samples_path),
+                "source_metadata": samples.metadata, "log_q_source": lq_source,
+                "ess": metrics["ess"], "log_z": metrics["log_z"]}
+        extra = {k: v for k, v in samples.extra.items() if k not in ("log_weights", "log_q", "reduced_energy")}
+        save_samples(out_path, x, topology=topology, log_weights=lw, log_q=lq,
+                     reduced_energy=u, metadata=meta, extra=extra)
+        metrics["output"] = os.path.abspath(out_path)
+    return metrics

@@ -1,0 +1,192 @@
+"""Importance-weight estimators against exact Gaussian answers, shift invariance, clear errors."""
+
+import math
+import warnings
+
+import mdtraj
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from boltzgen import weights as W
+from boltzgen.systems.catalog import data_path
+
+
+def gaussian_is(n, d, s, mu=None, seed=0):
+    """Proposal N(0, s² I) in d dims, unnormalised target exp(-|x - mu|²/2).
+
+    Returns x, log w, exact log Z = d/2 log 2π and the exact E_q[w²]/E_q[w]² = (s²/sqrt(2s² - 1))^d.
+    """
+    rng = np.random.default_rng(seed)
+    mu = np.zeros(d) if mu is None else np.asarray(mu, float)
+    x = s * rng.standard_normal((n, d))
+    log_q = -0.5 * (x ** 2).sum(1) / s ** 2 - d * math.log(s) - 0.5 * d * math.log(2 * math.pi)
+    u = 0.5 * ((x - mu) ** 2).sum(1)
+    log_z = 0.5 * d * math.log(2 * math.pi)
+    ratio = (s ** 2 / math.sqrt(2 * s ** 2 - 1)) ** d
+    return x, W.log_weights(u, log_q), log_z, ratio
+
+
+def test_ess_and_log_z_match_exact_gaussian_answers():
+    n, d, s = 100_000, 2, 1.5
+    _, lw, exact_log_z, ratio = gaussian_is(n, d, s)
+    # ESS / n -> E[w]² / E[w²] = 1 / ratio (≈ 0.691 here).
+    assert W.ess_fraction(lw) == pytest.approx(1 / ratio, rel=0.02)
+    assert W.ess(lw) == pytest.approx(n * W.ess_fraction(lw))
+    est = W.log_z(lw)
+    # Delta-method error against its exact value sqrt((ratio - 1)/n), and log Z within 4 errors.
+    assert est.error == pytest.approx(math.sqrt((ratio - 1) / n), rel=0.05)
+    assert abs(est.value - exact_log_z) < 4 * est.error
+    boot = W.log_z(lw, method="bootstrap", n_bootstrap=50, seed=1)
+    assert boot.value == est.value and boot.error == pytest.approx(est.error, rel=0.3)
+    w = W.normalized_weights(lw)
+    assert w.dtype == np.float64 and w.sum() == pytest.approx(1.0) and (w >= 0).all()
+
+
+def test_expectations_converge_to_exact_mean():
+    mu = np.array([0.5, -0.3])
+    x, lw, _, _ = gaussian_is(100_000, 2, 1.5, mu=mu, seed=2)
+    mean = W.expectation(x, lw)
+    assert mean.value.shape == (2,) and (mean.error > 0).all()
+    assert (np.abs(mean.value - mu) < 4 * mean.error).all()
+    second = W.expectation(x[:, 0] ** 2, lw)
+    assert isinstance(second.value, float)
+    assert abs(second.value - (mu[0] ** 2 + 1)) < 4 * second.error
+    boot = W.expectation(x[:, 0], lw, method="bootstrap", n_bootstrap=50, seed=0)
+    assert boot.error == pytest.approx(mean.error[0], rel=0.3)
+    # Torch inputs give the same answers.
+    assert W.expectation(torch.from_numpy(x[:, 0]), torch.from_numpy(lw)).value == pytest.approx(mean.value[0])
+
+
+def test_shift_by_thousands_is_harmless():
+    x, lw, _, _ = gaussian_is(2000, 1, 1.5, seed=3)
+    in_a, in_b = x[:, 0] < 0, x[:, 0] > 0
+    ref = (W.ess(lw), W.normalized_weights(lw), W.expectation(x[:, 0], lw), W.delta_f(lw, in_a, in_b, seed=0))
+    for shift in (-1000.0, 1000.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            lws = lw + shift
+            assert W.ess(lws) == pytest.approx(ref[0], rel=1e-10)
+            np.testing.assert_allclose(W.normalized_weights(lws), ref[1], rtol=1e-9)
+            assert W.log_z(lws).value == pytest.approx(W.log_z(lw).value + shift, rel=1e-12)
+            assert W.expectation(x[:, 0], lws).value == pytest.approx(ref[2].value, rel=1e-9)
+            df = W.delta_f(lws, in_a, in_b, seed=0)
+            assert df.value == pytest.approx(ref[3].value, abs=1e-9)
+            assert df.error == pytest.approx(ref[3].error, rel=1e-6)
+    # Log-weights spanning thousands of units: one sample carries all the weight, no overflow or NaN.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spread = np.array([0.0, -2000.0, -5000.0, -np.inf])
+        assert W.ess(spread) == 1.0 and W.ess(spread + 3000) == 1.0
+        assert W.normalized_weights(spread).tolist() == [1.0, 0.0, 0.0, 0.0]
+        assert W.ess(np.array([700.0, 700.0])) == pytest.approx(2.0)
+
+
+def two_state_toy(n, seed):
+    """Target 2/3 N(-4, 1) + 1/3 N(4, 1) sampled from 1/2 N(-4, 1.2²) + 1/2 N(4, 1.2²)."""
+    rng = np.random.default_rng(seed)
+    comp = rng.integers(0, 2, n)
+    x = np.where(comp == 0, -4.0, 4.0) + 1.2 * rng.standard_normal(n)
+    log_q = np.logaddexp(np.log(0.5) + norm.logpdf(x, -4, 1.2), np.log(0.5) + norm.logpdf(x, 4, 1.2))
+    u = -np.logaddexp(np.log(2 / 3) + norm.logpdf(x, -4, 1), np.log(1 / 3) + norm.logpdf(x, 4, 1))
+    return x, W.log_weights(u, log_q)
+
+
+def test_delta_f_two_state_toy_recovers_ln2_with_calibrated_error():
+    # Exact F(x > 0) - F(x < 0), including the tiny mass each component leaks across 0.
+    p_b = 2 / 3 * norm.sf(4) + 1 / 3 * norm.cdf(4)
+    exact = -math.log(p_b / (1 - p_b))
+    assert exact == pytest.approx(math.log(2), abs=1e-4)
+    estimates, errors = [], []
+    for seed in range(40):
+        x, lw = two_state_toy(1000, seed)
+        est = W.delta_f(lw, x < 0, x > 0, n_bootstrap=100, seed=seed)
+        estimates.append(est.value)
+        errors.append(est.error)
+    x, lw = two_state_toy(1000, 0)
+    # Callables of the configurations give the same estimate.
+    same = W.delta_f(lw, lambda c: c < 0, lambda c: c > 0, x=x, n_bootstrap=100, seed=0)
+    assert same == (estimates[0], errors[0])
+    x, lw = two_state_toy(20_000, 1)
+    big = W.delta_f(lw, x < 0, x > 0, n_bootstrap=50, seed=1)
+    assert abs(big.value - exact) < 3 * big.error and big.error < 0.03
+    # The bootstrap error matches the spread over independent repetitions; the mean is unbiased.
+    spread = np.std(estimates, ddof=1)
+    assert 0.7 < np.mean(errors) / spread < 1.4
+    assert abs(np.mean(estimates) - exact) < 4 * spread / math.sqrt(len(estimates))
+
+
+def test_all_zero_weights_and_empty_states_raise_clear_errors():
+    dead = np.full(5, -np.inf)
+    for fn in (W.ess, W.ess_fraction, W.normalized_weights, lambda lw: W.log_z(lw),
+               lambda lw: W.expectation(np.arange(5.0), lw)):
+        with pytest.raises(ValueError, match="all 5 weights are zero"):
+            fn(dead)
+    with pytest.raises(ValueError, match="all 5 weights are zero"):
+        W.delta_f(dead, np.ones(5, bool), np.ones(5, bool))
+    lw = np.array([0.0, -1.0, -np.inf, -np.inf])
+    a = np.array([True, True, False, False])
+    with pytest.raises(ValueError, match="state B is empty"):
+        W.delta_f(lw, a, np.zeros(4, bool))
+    with pytest.raises(ValueError, match="state A is empty"):
+        W.delta_f(lw, np.zeros(4, bool), a)
+    with pytest.raises(ValueError, match="state B has no weight: all 2 samples"):
+        W.delta_f(lw, a, ~a)
+    with pytest.raises(ValueError, match="state B has 3 entries but log_w has 4"):
+        W.delta_f(lw, a, np.ones(3, bool))
+    with pytest.raises(ValueError, match="pass x="):
+        W.delta_f(lw, a, lambda c: c > 0)
+    with pytest.raises(ValueError, match="NaN or \\+inf"):
+        W.ess(np.array([0.0, np.nan]))
+    with pytest.raises(ValueError, match="values have 3 rows"):
+        W.expectation(np.zeros(3), lw)
+    # A state whose every bootstrap replicate may lose its one sample: error inf with a warning, no NaN.
+    with pytest.warns(RuntimeWarning, match="undefined"):
+        est = W.delta_f(np.zeros(20), np.arange(20) > 0, np.arange(20) == 0, n_bootstrap=50, seed=0)
+    assert est.value == pytest.approx(math.log(19)) and est.error == math.inf
+
+
+def test_log_weights_conventions_and_errors():
+    lw = W.log_weights(np.array([1.0, np.inf, np.nan]), np.array([0.5, 0.0, 0.0]))
+    assert lw.dtype == np.float64 and lw[0] == -1.5 and lw[1] == -np.inf and lw[2] == -np.inf
+    assert W.log_weights(torch.tensor([2.0], dtype=torch.float64), torch.tensor([1.0])).tolist() == [-3.0]
+    with pytest.raises(ValueError, match="reduced_energy has 2 entries but log_q has 3"):
+        W.log_weights(np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match="log_q has 1 non-finite entries \\(indices 1\\)"):
+        W.log_weights(np.zeros(2), np.array([0.0, np.nan]))
+    with pytest.raises(ValueError, match="-inf"):
+        W.log_weights(np.array([-np.inf]), np.zeros(1))
+
+
+def test_bootstrap_helper_is_seeded():
+    data = np.arange(50.0)
+    a = W.bootstrap(np.mean, data, n_bootstrap=20, seed=4)
+    assert a.shape == (20,)
+    np.testing.assert_array_equal(a, W.bootstrap(np.mean, data, n_bootstrap=20, seed=4))
+    assert not np.array_equal(a, W.bootstrap(np.mean, data, n_bootstrap=20, seed=5))
+    pairs = W.bootstrap(lambda p, q: np.array([p.sum(), q.sum()]), data, data, n_bootstrap=5,
+                        seed=np.random.default_rng(0))
+    assert pairs.shape == (5, 2) and (pairs[:, 0] == pairs[:, 1]).all()
+    with pytest.raises(ValueError, match="different lengths"):
+        W.bootstrap(np.mean, data, data[:3])
+
+
+def test_phi_psi_of_alanine_dipeptide():
+    traj = mdtraj.load(data_path("aldp.pdb"))
+    x = np.concatenate([traj.xyz, -traj.xyz]).astype(np.float64)  # the mirror image flips every torsion
+    phi, psi = W.phi_psi(x, traj.topology)
+    assert phi.shape == (2,) and psi.shape == (2,) and phi.dtype == np.float64
+    ref_phi = mdtraj.compute_dihedrals(traj, [W.PHI_ATOMS])[0, 0]
+    ref_psi = mdtraj.compute_dihedrals(traj, [W.PSI_ATOMS])[0, 0]
+    np.testing.assert_allclose(phi, [ref_phi, -ref_phi], atol=1e-5)
+    np.testing.assert_allclose(psi, [ref_psi, -ref_psi], atol=1e-5)
+    np.testing.assert_allclose(W.phi_psi(torch.from_numpy(x[0]), traj.topology)[0], phi[:1], atol=1e-6)
+    np.testing.assert_allclose(W.phi_psi(traj)[0], phi[:1], atol=1e-6)
+    in_a, in_b = W.phi_states(x, traj.topology)
+    assert ref_phi < 0 and in_a.tolist() == [True, False] and in_b.tolist() == [False, True]
+    assert W.has_phi(traj.topology) and not W.has_phi(traj.topology.subset([0, 1, 2]))
+    with pytest.raises(ValueError, match="no phi torsion"):
+        W.phi_psi(traj.atom_slice([0, 1, 2]))
+    with pytest.raises(ValueError, match="do not match a topology of 22 atoms"):
+        W.phi_psi(x[:, :21], traj.topology)
