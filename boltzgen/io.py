@@ -51,16 +51,17 @@ def atomic_path(path: str) -> Iterator[str]:
 def write_json(path: str, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=True, default=_json_default)
+        json.dump(obj, handle, indent=2, sort_keys=True, default=json_default)
         handle.write("\n")
 
 
-def _json_default(obj):
+def json_default(obj):
+    """``json.dump`` hook: numpy scalars and arrays as numbers and lists, anything else as its str."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    return str(obj)
 
 
 @dataclass
@@ -131,7 +132,7 @@ def save_samples(path: str, x, *, topology=None, log_weights=None, log_q=None, r
               zip(_ARRAYS, (log_weights, log_q, reduced_energy))}
     meta = dict(metadata or {})
     meta.setdefault("boltzgen_version", __version__)
-    meta_json = json.dumps(meta, default=_json_default, sort_keys=True)
+    meta_json = json.dumps(meta, default=json_default, sort_keys=True)
     if topology is not None and (x.ndim != 3 or x.shape[1] != topology.n_atoms or x.shape[2] != 3):
         raise ValueError(f"positions of shape {x.shape} do not match a topology of {topology.n_atoms} atoms")
     with atomic_path(path) as tmp:

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..io import atomic_path
+from ..io import atomic_path, json_default
 
 FORMAT = "boltzgen-simulate-checkpoint-v1"
 
@@ -25,15 +25,7 @@ RESUMABLE_CHANGES = ("n_samples",)
 
 def _canonical(obj):
     """JSON round trip, so that tuples, numpy scalars etc. compare equal to what was stored."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    return json.loads(json.dumps(obj, sort_keys=True, default=json_default))
 
 
 def write_checkpoint(path: str, parameters: dict, state: dict, arrays: dict) -> None:
@@ -53,7 +45,7 @@ def write_checkpoint(path: str, parameters: dict, state: dict, arrays: dict) -> 
     payload = {
         "format": np.array(FORMAT),
         "parameters": np.array(json.dumps(_canonical(parameters), sort_keys=True)),
-        "state": np.array(json.dumps(state, sort_keys=True, default=_json_default)),
+        "state": np.array(json.dumps(state, sort_keys=True, default=json_default)),
     }
     for name, value in arrays.items():
         if name in payload:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..io import json_default
 
 METHODS = ("exact", "md", "mcmc")
 
@@ -333,16 +334,8 @@ def simulate(target, n_samples: int, *, method: str = "auto", seed: int = 0, tem
         "boltzgen_version": __version__,
     }
     meta.update(result.metadata)
-    result.metadata = json.loads(json.dumps(meta, default=_json_default))
+    result.metadata = json.loads(json.dumps(meta, default=json_default))
     return result
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 # ---------------------------------------------------------------------------- methods
