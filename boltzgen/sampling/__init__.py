@@ -1,14 +1,26 @@
-"""Samplers: batched MCMC kernels (MALA, HMC) and chain drivers.
+"""Samplers: batched MCMC kernels (MALA, HMC) and chain drivers, reverse-diffusion SDE / ODE
+samplers, sequential Monte Carlo along the diffusion path, resampling and chirality fixing.
 
-Samplers are plain functions of an energy callable and a ``torch.Generator``.
+Samplers are plain functions of an energy callable (or a model) and a ``torch.Generator``.
 """
 
+from .chirality import chiral_centres, count_wrong, fix_chirality, in_l_region, is_l_form, signed_volume
 from .mcmc import (
     ChainState, MCMCResult, MCMCStep, energy_and_grad, hmc_step, init_chain_state, mala_step,
     project_mean_free, run_hmc, run_mala, run_mcmc,
 )
+from .resampling import (
+    ess_fraction, multinomial_resample, resample, residual_resample, stratified_resample, systematic_resample,
+)
+from .sde import probability_flow, reverse_kernel, reverse_sde, time_grid
+from .smc import ExactMarginalModel, SMCResult, smc_sample
 
 __all__ = [
     "ChainState", "MCMCResult", "MCMCStep", "energy_and_grad", "hmc_step", "init_chain_state", "mala_step",
     "project_mean_free", "run_hmc", "run_mala", "run_mcmc",
+    "reverse_sde", "probability_flow", "reverse_kernel", "time_grid",
+    "smc_sample", "SMCResult", "ExactMarginalModel",
+    "resample", "systematic_resample", "stratified_resample", "multinomial_resample", "residual_resample",
+    "ess_fraction",
+    "chiral_centres", "signed_volume", "is_l_form", "in_l_region", "fix_chirality", "count_wrong",
 ]

@@ -1,0 +1,148 @@
+"""Chirality of peptide samples drawn from E(3)-invariant models.
+
+An energy that is invariant under all of E(3), reflections included, gives a configuration and
+its mirror image the same density, so a model trained on L-peptides puts half its mass on
+D-forms. The inversion through the centre of mass, x → 2 x̄ − x (x → −x for centred
+configurations), maps one onto the other. It is an involution with |det| = 1 (volume
+preserving), so reflecting the wrong-handed samples of a mirror-symmetric density p is an exact,
+density-preserving fold: the result has density 2 p on the correctly-handed region (and the
+importance weights of the samples do not change).
+
+Handedness of an amino acid's Cα: the signed volume
+
+    V = ((N − CA) × (C − CA)) · (CB − CA)
+
+is positive for L-amino acids (the only form proteins use) and negative for D. Glycine (no CB)
+is not chiral. With several centres, a configuration counts as correctly handed when most
+centres are L (ties broken by the first centre); the inversion flips every centre at once and
+maps this region exactly onto its complement, so the fold stays exact. Centres that are still
+D after the fold cannot be fixed by a reflection (they are real errors of the sampler) and are
+reported by :func:`count_wrong`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["chiral_centres", "signed_volume", "is_l_form", "in_l_region", "fix_chirality", "count_wrong"]
+
+
+def chiral_centres(topology) -> np.ndarray:
+    """The (N, CA, C, CB) atom indices of every residue that has all four atoms (Cα centres).
+
+    Parameters
+    ----------
+    topology : mdtraj.Topology (or openmm.app.Topology)
+
+    Returns
+    -------
+    numpy int64 array, shape (K, 4); K = 0 for achiral molecules (glycine only, LJ clusters)
+    """
+    if topology is None:
+        return np.zeros((0, 4), dtype=np.int64)
+    if not hasattr(topology, "residues") or not hasattr(topology, "n_atoms"):
+        import mdtraj
+
+        topology = mdtraj.Topology.from_openmm(topology)
+    out = []
+    for res in topology.residues:
+        names = {atom.name: atom.index for atom in res.atoms}
+        if all(k in names for k in ("N", "CA", "C", "CB")):
+            out.append([names["N"], names["CA"], names["C"], names["CB"]])
+    return np.asarray(out, dtype=np.int64).reshape(-1, 4)
+
+
+def _centres(centres) -> torch.Tensor:
+    c = torch.as_tensor(np.asarray(centres, dtype=np.int64))
+    if c.dim() == 1:
+        c = c.reshape(1, -1)
+    if c.dim() != 2 or c.shape[1] != 4:
+        raise ValueError(f"centres must be (K, 4) atom indices (N, CA, C, CB), got shape {tuple(c.shape)}")
+    return c
+
+
+def signed_volume(x, centres) -> torch.Tensor:
+    """V = ((N − CA) × (C − CA)) · (CB − CA) for each configuration and centre.
+
+    Parameters
+    ----------
+    x : tensor (B, N_atoms, 3) or (N_atoms, 3)
+    centres : (K, 4) atom indices (N, CA, C, CB)
+
+    Returns
+    -------
+    tensor (B, K) (or (K,) for one configuration), dtype of x; positive = L
+    """
+    x = torch.as_tensor(x)
+    single = x.dim() == 2
+    xb = x.unsqueeze(0) if single else x
+    c = _centres(centres).to(xb.device)
+    n, ca, cc, cb = (xb[:, c[:, i]] for i in range(4))  # (B, K, 3)
+    vol = (torch.cross(n - ca, cc - ca, dim=-1) * (cb - ca)).sum(-1)
+    return vol[0] if single else vol
+
+
+def is_l_form(x, centres) -> torch.Tensor:
+    """True where a centre is L-handed (signed volume > 0): (B, K) bool (or (K,))."""
+    return signed_volume(x, centres) > 0
+
+
+def in_l_region(x, centres) -> torch.Tensor:
+    """(B,) bool: most centres L-handed (ties: the first centre decides). All True when K = 0.
+
+    The region and its image under the inversion x → −x partition configuration space (up to
+    the measure-zero set of planar centres).
+    """
+    x = torch.as_tensor(x)
+    single = x.dim() == 2
+    xb = x.unsqueeze(0) if single else x
+    c = _centres(centres)
+    if c.shape[0] == 0:
+        out = torch.ones(xb.shape[0], dtype=torch.bool, device=xb.device)
+    else:
+        lf = is_l_form(xb, c)
+        n_l = lf.sum(1)
+        k = c.shape[0]
+        out = (2 * n_l > k) | ((2 * n_l == k) & lf[:, 0])
+    return out[0] if single else out
+
+
+def count_wrong(x, centres) -> int:
+    """Number of D-handed centres summed over the batch (what a reflection cannot fix)."""
+    c = _centres(centres)
+    if c.shape[0] == 0:
+        return 0
+    return int((~is_l_form(x, c)).sum())
+
+
+def fix_chirality(x, centres, return_mask: bool = False):
+    """Reflect the wrong-handed configurations through their centre of mass, x → 2 x̄ − x.
+
+    Parameters
+    ----------
+    x : tensor (B, N_atoms, 3) or (N_atoms, 3)
+    centres : (K, 4) atom indices (N, CA, C, CB), e.g. from :func:`chiral_centres`
+    return_mask : bool
+        Also return the (B,) bool mask of reflected configurations.
+
+    Returns
+    -------
+    x_fixed : tensor like x (a new tensor; correctly-handed configurations are unchanged)
+    n_reflected : int
+    mask : tensor (B,) bool (only with ``return_mask``)
+
+    The map is an involution with unit Jacobian: log-densities and importance weights of the
+    samples are unchanged, and for a mirror-symmetric density p the fixed samples have density
+    2 p on the correctly-handed region.
+    """
+    x = torch.as_tensor(x)
+    single = x.dim() == 2
+    xb = x.unsqueeze(0) if single else x
+    flip = ~in_l_region(xb, centres)
+    com = xb.mean(dim=-2, keepdim=True)
+    fixed = torch.where(flip.reshape(-1, 1, 1), 2.0 * com - xb, xb)
+    n = int(flip.sum())
+    if single:
+        fixed, flip = fixed[0], flip[0]
+    return (fixed, n, flip) if return_mask else (fixed, n)

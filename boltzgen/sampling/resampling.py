@@ -1,0 +1,167 @@
+"""Resampling of weighted particles (SMC), in log space and float64.
+
+Every scheme maps log-weights log w (B,) to ancestor indices (n,) such that the number of copies
+N_i of particle i is unbiased: E[N_i] = n w_i / Σ_j w_j. They differ in variance:
+
+- ``multinomial``: n independent draws from the categorical distribution (the highest variance);
+- ``stratified``: one uniform in each of the n strata [(k − 1)/n, k/n) of the weight CDF;
+- ``systematic``: one shared uniform offset for all strata (usually the lowest variance, the SMC
+  default; N_i is always ⌊n w̄_i⌋ or ⌈n w̄_i⌉);
+- ``residual``: ⌊n w̄_i⌋ copies deterministically, the rest multinomially.
+
+Particles of weight zero (log-weight −inf) are never selected. Indices come out sorted (except
+for ``residual``'s remainder, appended sorted), which keeps copies of one particle together.
+Random numbers come only from the ``torch.Generator`` passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+__all__ = [
+    "RESAMPLING_METHODS", "resample", "systematic_resample", "stratified_resample", "multinomial_resample",
+    "residual_resample", "normalised_weights", "ess_fraction", "log_mean_exp",
+]
+
+
+def _check(log_w) -> torch.Tensor:
+    lw = torch.as_tensor(log_w)
+    lw = lw.to(torch.float64) if torch.is_floating_point(lw) else lw.to(torch.float64)
+    if lw.dim() != 1 or lw.numel() == 0:
+        raise ValueError(f"log-weights must be a non-empty (B,) tensor, got shape {tuple(lw.shape)}")
+    if bool(torch.isnan(lw).any()) or bool((lw == math.inf).any()):
+        raise ValueError("log-weights contain NaN or +inf")
+    if not bool(torch.isfinite(lw).any()):
+        raise ValueError("all particles have weight zero (every log-weight is -inf): nothing to resample")
+    return lw
+
+
+def normalised_weights(log_w) -> torch.Tensor:
+    """Self-normalised weights w_i / Σ_j w_j, float64 (B,)."""
+    return torch.softmax(_check(log_w), 0)
+
+
+def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
+    """log((1/B) Σ exp(log_w)) (0-dim float64); −inf when every weight is zero."""
+    lw = torch.as_tensor(log_w, dtype=torch.float64)
+    return torch.logsumexp(lw, 0) - math.log(lw.numel())
+
+
+def ess_fraction(log_w) -> float:
+    """Kish effective sample size over the number of particles, (Σw)² / (B Σw²) ∈ [1/B, 1] (0 when all
+    weights are zero)."""
+    lw = torch.as_tensor(log_w, dtype=torch.float64)
+    if not bool(torch.isfinite(lw).any()):
+        return 0.0
+    return float(torch.exp(2.0 * torch.logsumexp(lw, 0) - torch.logsumexp(2.0 * lw, 0))) / lw.numel()
+
+
+def _cdf(log_w) -> torch.Tensor:
+    w = normalised_weights(log_w)
+    cdf = torch.cumsum(w, 0)
+    return cdf / cdf[-1]  # the last entry is exactly 1
+
+
+def _invert(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Indices i with cdf[i − 1] ≤ u < cdf[i] (zero-weight particles are never chosen)."""
+    idx = torch.searchsorted(cdf, u, right=True)
+    return idx.clamp_(max=cdf.numel() - 1)
+
+
+def _rand(shape, generator, device) -> torch.Tensor:
+    """Uniforms drawn on the generator's device, moved to ``device``."""
+    gdev = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, dtype=torch.float64, device=gdev).to(device)
+
+
+def _n(log_w: torch.Tensor, n: Optional[int]) -> int:
+    n = log_w.numel() if n is None else int(n)
+    if n < 1:
+        raise ValueError(f"need n >= 1 particles, got {n}")
+    return n
+
+
+def systematic_resample(log_w, n: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Systematic resampling: u_k = (U + k)/n, k = 0..n−1, one U ~ Uniform[0, 1).
+
+    Parameters
+    ----------
+    log_w : tensor (B,)
+        Log-weights (any constant offset; −inf allowed, NaN / +inf not).
+    n : int, optional
+        Number of indices to draw (default B).
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    LongTensor (n,), sorted ancestor indices in [0, B)
+    """
+    lw = _check(log_w)
+    n = _n(lw, n)
+    cdf = _cdf(lw)
+    u0 = _rand((), generator, cdf.device)
+    u = (u0 + torch.arange(n, dtype=torch.float64, device=cdf.device)) / n
+    return _invert(cdf, u)
+
+
+def stratified_resample(log_w, n: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Stratified resampling: u_k = (U_k + k)/n with independent U_k ~ Uniform[0, 1). Sorted indices (n,)."""
+    lw = _check(log_w)
+    n = _n(lw, n)
+    cdf = _cdf(lw)
+    u = (_rand(n, generator, cdf.device)
+         + torch.arange(n, dtype=torch.float64, device=cdf.device)) / n
+    return _invert(cdf, u)
+
+
+def multinomial_resample(log_w, n: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Multinomial resampling: n independent categorical draws. Sorted indices (n,)."""
+    lw = _check(log_w)
+    n = _n(lw, n)
+    cdf = _cdf(lw)
+    u = _rand(n, generator, cdf.device)
+    return _invert(cdf, torch.sort(u).values)
+
+
+def residual_resample(log_w, n: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Residual resampling: ⌊n w̄_i⌋ copies of particle i, the remaining R = n − Σ⌊n w̄_i⌋ drawn
+    multinomially with probabilities ∝ n w̄_i − ⌊n w̄_i⌋. Indices (n,)."""
+    lw = _check(log_w)
+    n = _n(lw, n)
+    w = torch.softmax(lw, 0)
+    nw = n * w
+    copies = torch.floor(nw).to(torch.long)
+    det = torch.repeat_interleave(torch.arange(lw.numel(), device=lw.device), copies)
+    r = n - int(copies.sum())
+    if r <= 0:
+        return det[:n]
+    resid = (nw - copies.to(torch.float64)).clamp_min(0.0)
+    if float(resid.sum()) <= 0.0:  # rounding: fall back to the weights themselves
+        resid = w
+    cdf = torch.cumsum(resid, 0)
+    cdf = cdf / cdf[-1]
+    u = torch.sort(_rand(r, generator, lw.device)).values
+    rest = torch.searchsorted(cdf, u, right=True).clamp_(max=lw.numel() - 1)
+    return torch.cat([det, rest])
+
+
+RESAMPLING_METHODS = {
+    "systematic": systematic_resample,
+    "stratified": stratified_resample,
+    "multinomial": multinomial_resample,
+    "residual": residual_resample,
+}
+
+
+def resample(log_w, generator: Optional[torch.Generator] = None, method: str = "systematic",
+             n: Optional[int] = None) -> torch.Tensor:
+    """Ancestor indices (n,) drawn by ``method`` ∈ {"systematic", "stratified", "multinomial", "residual"}.
+
+    Unbiased for every method: E[#copies of i] = n w_i / Σ_j w_j.
+    """
+    if method not in RESAMPLING_METHODS:
+        raise ValueError(f"unknown resampling method {method!r}; choose one of {sorted(RESAMPLING_METHODS)}")
+    return RESAMPLING_METHODS[method](log_w, n, generator)

@@ -1,0 +1,346 @@
+"""SMC along the diffusion path, resampling and chirality: exact answers.
+
+- exact GMM energies (F = 0) with the GMM as target: ESS near 1, log Z ≈ 0, mode weights 2/3 : 1/3;
+- deliberately wrong models: the weights still recover 2/3 : 1/3;
+- a mean-free harmonic "molecule" with length scale ≠ 1: log Z matches the exact 3(N − 1)-dim value;
+- resampling schemes are unbiased, systematic has the lowest variance;
+- chirality of alanine dipeptide is detected and fixed.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from boltzgen.energy import EnergyModel
+from boltzgen.sampling import (
+    ExactMarginalModel, chiral_centres, count_wrong, fix_chirality, in_l_region, is_l_form, resample, signed_volume,
+    smc_sample,
+)
+from boltzgen.sampling.resampling import ess_fraction, log_mean_exp
+from boltzgen.systems.base import TargetSystem
+from boltzgen.systems.gmm import GaussianMixture, two_modes
+from boltzgen.train import TrainedModel
+from boltzgen.units import REDUCED_UNIT_TEMPERATURE
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------- helpers
+class ZeroNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        return self.w * x.reshape(x.shape[0], -1).sum(1)
+
+
+class HarmonicMolecule(TargetSystem):
+    """u(x) = ½ Σ_i k_i ‖x_i − x̄‖² / s²: translation invariant, exact log Z on the 3(N − 1)-dim
+    subspace."""
+
+    def __init__(self, k, scale):
+        super().__init__("harmonic", (len(k), 3), REDUCED_UNIT_TEMPERATURE)
+        self.k = torch.as_tensor(k, dtype=torch.float64) / scale**2
+
+    def _positions(self):
+        return 0.1 * torch.randn(self.event_shape[0], 3, generator=torch.Generator().manual_seed(0),
+                                 dtype=torch.float64)
+
+    def _reduced_energy(self, x):
+        xc = x - x.mean(1, keepdim=True)
+        return 0.5 * (self.k[:, None] * xc**2).sum((1, 2))
+
+    def exact_log_z(self):
+        n = self.event_shape[0]
+        p = torch.eye(n, dtype=torch.float64) - 1.0 / n
+        lam = torch.linalg.eigvalsh(p @ torch.diag(self.k) @ p)[1:]  # drop the zero mode (translations)
+        return 0.5 * 3 * (n - 1) * math.log(2 * math.pi) - 1.5 * float(torch.log(lam).sum())
+
+
+def gaussian_molecule_model(length_scale, dtype=torch.float32):
+    inner = EnergyModel(ZeroNet(), (4, 3), mean_free=True, sigma_data=1.0, log_normaliser="none")
+    return TrainedModel(inner.to(dtype), length_scale)
+
+
+def weighted_mode_fraction(target, r):
+    in_first = (target.responsibilities(r.x)[:, 0] > 0.5).double()
+    w = r.weights
+    p = float((w * in_first).sum())
+    ess = 1.0 / float((w**2).sum())
+    return p, math.sqrt(max(p * (1 - p), 1e-3) / ess)
+
+
+# ---------------------------------------------------------------------------- resampling
+@pytest.mark.parametrize("method", ["systematic", "stratified", "multinomial", "residual"])
+def test_resampling_is_unbiased(method):
+    g = torch.Generator().manual_seed(0)
+    n, reps = 16, 4000
+    log_w = torch.randn(n, generator=g, dtype=torch.float64) * 1.5
+    log_w[3] = -math.inf  # weight zero: never selected
+    w = torch.softmax(log_w, 0)
+    counts = torch.stack([torch.bincount(resample(log_w, g, method), minlength=n) for _ in range(reps)]).double()
+    assert counts.shape == (reps, n) and bool((counts.sum(1) == n).all())
+    assert float(counts[:, 3].max()) == 0.0
+    mean, se = counts.mean(0), counts.std(0) / math.sqrt(reps)
+    assert bool(((mean - n * w).abs() <= 4.5 * se + 1e-9).all()), (mean, n * w)
+    if method == "systematic":  # every count is floor or ceil of n w_i
+        assert bool(((counts - n * w).abs() < 1.0 + 1e-9).all())
+
+
+def test_systematic_has_lower_variance_than_multinomial():
+    g = torch.Generator().manual_seed(1)
+    n, reps = 32, 2000
+    log_w = torch.randn(n, generator=g, dtype=torch.float64)
+    var = {}
+    for method in ("systematic", "multinomial"):
+        c = torch.stack([torch.bincount(resample(log_w, g, method), minlength=n) for _ in range(reps)]).double()
+        var[method] = float(c.var(0).sum())
+    assert var["systematic"] < 0.5 * var["multinomial"]
+
+
+def test_resampling_input_checks_and_ess():
+    with pytest.raises(ValueError, match="weight zero"):
+        resample(torch.full((4,), -math.inf, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        resample(torch.tensor([0.0, math.nan]))
+    with pytest.raises(ValueError):
+        resample(torch.zeros(3), method="nope")
+    assert ess_fraction(torch.zeros(10)) == pytest.approx(1.0)
+    assert ess_fraction(torch.tensor([0.0, -math.inf, -math.inf, -math.inf])) == pytest.approx(0.25)
+    assert float(log_mean_exp(torch.log(torch.tensor([1.0, 3.0], dtype=torch.float64)))) == pytest.approx(math.log(2))
+
+
+# ---------------------------------------------------------------------------- SMC on the GMM
+def test_smc_exact_gmm_energies():
+    """E = −log p_t exactly (F = 0), target = the GMM (normalised): ESS ≈ 1, log Z ≈ 0, weights 2/3."""
+    target = two_modes(2)
+    model = ExactMarginalModel(target)
+    r = smc_sample(model, target, 1000, torch.Generator().manual_seed(0), n_steps=60, anneal_mcmc_steps=2,
+                   n_anneal=8)
+    assert r.x.shape == (1000, 2) and r.log_weights.dtype == torch.float64
+    assert float(r.ess.min()) > 0.8 and r.ess_fraction > 0.8
+    assert abs(r.log_z) < 0.05  # a few standard errors (sd ≈ 0.01 at ESS 0.9, N = 1000)
+    assert abs(r.log_z_diffusion) < 0.05  # the marginals are normalised too
+    p, se = weighted_mode_fraction(target, r)
+    assert abs(p - 2 / 3) < 4.5 * se
+    # bookkeeping
+    n_levels = 1 + 60 + 8
+    assert r.ess.shape == r.acceptance.shape == r.step_size.shape == r.t.shape == r.beta.shape == (n_levels,)
+    assert r.n_target_evals == 1000 * (1 + 8 * 2)
+    assert r.n_model_evals == 1000 * (1 + 60 + 8 * 2)
+    assert float(torch.logsumexp(r.log_weights, 0)) - math.log(1000) == pytest.approx(r.log_z)
+    acc = r.acceptance[-8:]
+    assert bool((acc > 0.3).all() & (acc < 0.9).all())
+    assert bool(torch.isnan(r.acceptance[:61]).all())
+    torch.testing.assert_close(r.reduced_energy, target.reduced_energy(r.x))
+    json.dumps(r.summary())
+
+
+@pytest.mark.parametrize("wrong", ["weights", "shifted"])
+def test_smc_wrong_model_recovers_true_mode_weights(wrong):
+    target = two_modes(2)
+    exact = smc_sample(ExactMarginalModel(target), target, 1000, torch.Generator().manual_seed(1), n_steps=40,
+                       n_anneal=10, anneal_mcmc_steps=3)
+    if wrong == "weights":
+        wrong_gmm = GaussianMixture(target.means, target.stds, [1.0, 1.0], standardise=False)
+    else:
+        wrong_gmm = GaussianMixture(target.means + 0.15, 1.2 * target.stds, [1.0, 2.0], standardise=False)
+    model = ExactMarginalModel(wrong_gmm)
+    r = smc_sample(model, target, 1000, torch.Generator().manual_seed(1), n_steps=40, n_anneal=10,
+                   anneal_mcmc_steps=3)
+    p, se = weighted_mode_fraction(target, r)
+    assert abs(p - 2 / 3) < 4.5 * se, (p, se)
+    assert abs(r.log_z) < 0.15
+    assert float(r.ess.min()) < float(exact.ess.min())  # the weights had work to do
+    # the model alone (no final target) is wrong: its mode weights are those of the wrong mixture
+    alone = smc_sample(model, None, 1000, torch.Generator().manual_seed(2), n_steps=40)
+    q, se_q = weighted_mode_fraction(target, alone)
+    expected = float(wrong_gmm.weights[0])
+    assert abs(q - expected) < 4.5 * se_q and abs(q - 2 / 3) > 4.5 * se_q
+
+
+@pytest.mark.parametrize("mcmc", ["mala", "hmc"])
+def test_smc_mcmc_moves_in_the_diffusion_stage(mcmc):
+    target = two_modes(2)
+    model = ExactMarginalModel(target)
+    r = smc_sample(model, target, 500, torch.Generator().manual_seed(3), n_steps=20, mcmc=mcmc, mcmc_steps=2,
+                   n_anneal=4, anneal_mcmc_steps=2, n_leapfrog=3, kernel="euler", ess_threshold=0.9)
+    assert abs(r.log_z) < 0.1
+    p, se = weighted_mode_fraction(target, r)
+    assert abs(p - 2 / 3) < 4.5 * se
+    acc = r.acceptance[1:]
+    assert bool(torch.isfinite(acc).all())
+    alpha_star = 0.574 if mcmc == "mala" else 0.65
+    assert abs(float(acc[8:20].mean()) - alpha_star) < 0.15  # adapted towards the target acceptance
+    assert bool((acc[-4:] > 0.2).all())
+    assert len(r.resampled) > 0
+    per_move = 1 if mcmc == "mala" else 3
+    assert r.n_model_evals == 500 * (1 + 20 + 20 * 2 * per_move + 4 * 2 * per_move)
+
+
+def test_smc_is_reproducible_and_checks_arguments():
+    target = two_modes(2)
+    model = ExactMarginalModel(target)
+    kw = dict(n_steps=8, n_anneal=2, anneal_mcmc_steps=1)
+    a = smc_sample(model, target, 64, torch.Generator().manual_seed(5), **kw)
+    b = smc_sample(model, target, 64, torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(a.x, b.x) and torch.equal(a.log_weights, b.log_weights)
+    with pytest.raises(ValueError):
+        smc_sample(model, target, 8, kernel="nope")
+    with pytest.raises(ValueError):
+        smc_sample(model, target, 8, betas=[0.5, 0.9])
+    with pytest.raises(ValueError):
+        smc_sample(model, two_modes(3), 8)
+
+
+def test_smc_all_weights_zero_is_a_clear_error():
+    class Nowhere(TargetSystem):
+        def __init__(self):
+            super().__init__("nowhere", (2,), REDUCED_UNIT_TEMPERATURE)
+
+        def _positions(self):
+            return torch.zeros(2, dtype=torch.float64)
+
+        def _reduced_energy(self, x):
+            return torch.full((x.shape[0],), math.inf, dtype=torch.float64) + 0 * x.sum(1)
+
+    model = ExactMarginalModel(two_modes(2))
+    with pytest.raises(RuntimeError, match="weight zero"):
+        smc_sample(model, Nowhere(), 32, torch.Generator().manual_seed(0), n_steps=4, n_anneal=2)
+
+
+# ---------------------------------------------------------------------------- molecules
+@pytest.mark.parametrize("mcmc", ["mala", "hmc"])
+def test_smc_log_z_of_mean_free_harmonic_molecule(mcmc):
+    """Model: the Gaussian marginals of N(0, I) data in y = x/ℓ (ℓ = 0.1), 4 atoms, mean-free;
+    target: an anisotropic harmonic molecule. log Z counts d = 9 dimensions and the Jacobian ℓ^9
+    (a wrong d would be off by 3 log ℓ ≈ −6.9)."""
+    ls = 0.1
+    target = HarmonicMolecule([1.0, 2.0, 0.5, 1.5], scale=1.3 * ls)
+    model = gaussian_molecule_model(ls)
+    r = smc_sample(model, target, 600, torch.Generator().manual_seed(0), n_steps=30, n_anneal=12,
+                   anneal_mcmc_steps=3, mcmc=mcmc, n_leapfrog=3)
+    assert r.dim == 9 and r.length_scale == ls
+    assert r.x.shape == (600, 4, 3)
+    assert float(r.x.mean(1).abs().max()) < 1e-10  # particles stay mean-free
+    assert abs(r.log_z - target.exact_log_z()) < 0.08, (r.log_z, target.exact_log_z())
+    # the model's own normaliser in x: (2π ℓ² c²)^{9/2}, c² ≈ 1
+    c2 = float(model.inner.c2(torch.tensor(model.t_min, dtype=torch.float64)))
+    assert r.log_z_diffusion == pytest.approx(4.5 * math.log(2 * math.pi * ls**2 * c2), abs=1e-3)
+    assert r.ess_fraction > 0.5
+
+
+def test_smc_chirality_fold_halves_z():
+    """A mirror-symmetric molecule with one 'chiral centre' (atoms 0..3): folding onto the L-form
+    restricts the target to half of space, so log Z drops by log 2, and every particle is L."""
+    ls = 0.1
+    target = HarmonicMolecule([1.0, 2.0, 0.5, 1.5], scale=1.3 * ls)
+    model = gaussian_molecule_model(ls)
+    centres = np.array([[0, 1, 2, 3]])
+    r = smc_sample(model, target, 600, torch.Generator().manual_seed(1), n_steps=20, n_anneal=8,
+                   anneal_mcmc_steps=3, chirality=centres)
+    assert bool(in_l_region(r.x, centres).all())
+    assert 200 < r.n_reflected < 400  # about half of the particles came out D
+    assert abs(r.log_z - (target.exact_log_z() - math.log(2))) < 0.08
+
+
+# ---------------------------------------------------------------------------- alanine dipeptide
+@pytest.fixture(scope="module")
+def aldp():
+    from boltzgen.systems import load
+
+    target = load("aldp-vacuum", n_workers=0)
+    yield target
+    target.close()
+
+
+def test_chirality_of_alanine_dipeptide(aldp):
+    target = aldp
+    centres = chiral_centres(target.topology)
+    assert centres.tolist() == [[6, 8, 14, 10]]  # N, CA, C, CB of the alanine
+    x = target.positions
+    assert float(signed_volume(x, centres)[0]) > 0 and bool(is_l_form(x, centres).all())
+    mirror = -x
+    assert float(signed_volume(mirror, centres)[0]) < 0
+    batch = torch.stack([x, mirror, x + 0.3, 2.0 * x.mean(0) - x])
+    fixed, n, mask = fix_chirality(batch, centres, return_mask=True)
+    assert n == 2 and mask.tolist() == [False, True, False, True]
+    assert torch.equal(fixed[0], batch[0]) and torch.equal(fixed[2], batch[2])  # untouched
+    assert bool(is_l_form(fixed, centres).all()) and count_wrong(fixed, centres) == 0
+    assert count_wrong(batch, centres) == 2
+    torch.testing.assert_close(fixed[1] - fixed[1].mean(0), x - x.mean(0))  # the reflection undoes the mirror
+    torch.testing.assert_close(fixed.mean(1), batch.mean(1))  # centre of mass kept
+    # amber is mirror symmetric: the mirror image (and the fixed one) has the original's energy
+    u = target.reduced_energy(torch.stack([x, mirror, fixed[1]]))
+    torch.testing.assert_close(u[1:], u[:1].expand(2), rtol=1e-9, atol=1e-6)
+    one, n1 = fix_chirality(mirror, centres)
+    assert n1 == 1 and one.shape == x.shape
+
+
+class GaussianAround:
+    """Mean-free Gaussian diffusion marginals of data N(μ, s² I) (y units): E = ‖P y − α μ‖² / (2 c_t²)."""
+
+    mean_free = True
+    sigma_data = 1.0
+    t_min = 1e-3
+
+    def __init__(self, mu, s):
+        from boltzgen.diffusion import VPSchedule
+
+        self.mu, self.s, self.schedule, self.event_shape = mu, s, VPSchedule(), tuple(mu.shape)
+
+    def energy(self, y, t):
+        from boltzgen.diffusion import project_mean_free
+
+        a = float(self.schedule.alpha(t))
+        c2 = a * a * self.s**2 + float(self.schedule.sigma2(t))
+        return 0.5 * (project_mean_free(y) - a * self.mu).pow(2).sum((1, 2)) / c2
+
+
+def test_smc_on_openmm_target_smoke(aldp):
+    """The final stage with OpenMM forces (in-process bridge): runs, L-form particles, energies
+    that match the target's, evaluation counts."""
+    ls = 0.15
+    x0 = aldp.positions
+    model = GaussianAround((x0 - x0.mean(0)) / ls, 0.02)
+    r = smc_sample(model, aldp, 64, torch.Generator().manual_seed(0), length_scale=ls, n_steps=10, n_anneal=4,
+                   anneal_mcmc_steps=2, chirality=True)
+    assert r.x.shape == (64, 22, 3) and math.isfinite(r.log_z)
+    assert r.n_target_evals == 64 * (1 + 4 * 2)
+    assert bool(in_l_region(r.x, chiral_centres(aldp.topology)).all())
+    finite = torch.isfinite(r.log_weights)
+    torch.testing.assert_close(r.reduced_energy[finite], aldp.reduced_energy(r.x[finite]))
+    assert bool(torch.isfinite(r.acceptance[-4:]).all())
+
+
+def test_chirality_of_achiral_systems():
+    assert chiral_centres(None).shape == (0, 4)
+    x = torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(0))
+    fixed, n = fix_chirality(x, np.zeros((0, 4), dtype=np.int64))
+    assert n == 0 and torch.equal(fixed, x)
+
+
+# ---------------------------------------------------------------------------- slow: unbiasedness
+@pytest.mark.slow
+def test_smc_normaliser_is_unbiased_over_repetitions():
+    """E[Ẑ] = Z: with a perturbed model and small N, the mean of Ẑ over independent runs is 1."""
+    target = two_modes(2)
+    model = ExactMarginalModel(target, perturbation=lambda y, t: 0.3 * torch.sin(3 * y[:, 0]))
+    z = []
+    for seed in range(150):
+        r = smc_sample(model, target, 64, torch.Generator().manual_seed(seed), n_steps=30, mcmc_steps=1,
+                       n_anneal=8, anneal_mcmc_steps=2)
+        z.append(math.exp(r.log_z))
+    z = np.asarray(z)
+    assert abs(z.mean() - 1.0) < 4 * z.std() / math.sqrt(len(z))
