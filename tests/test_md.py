@@ -21,12 +21,6 @@ DIM = 3 * N_ATOMS
 FAST = dict(timestep=10.0, friction=10.0, stride=20, equilibration=200, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

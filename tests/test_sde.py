@@ -13,12 +13,6 @@ from boltzgen.systems.gmm import two_modes
 from boltzgen.train import TrainedModel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class ZeroNet(nn.Module):

@@ -27,12 +27,6 @@ from boltzgen.train import TrainedModel
 from boltzgen.units import REDUCED_UNIT_TEMPERATURE
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------- helpers

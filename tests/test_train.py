@@ -22,12 +22,6 @@ SMALL = {"net": {"kind": "mlp", "hidden": 32, "n_layers": 2},
          "optim": {"warmup_steps": 2}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
