@@ -6,7 +6,6 @@ import sys
 
 import mdtraj
 import numpy as np
-import pytest
 import torch
 
 import boltzgen.systems as systems
