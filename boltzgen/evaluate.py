@@ -41,10 +41,14 @@ def rescaled(target: GaussianMixture, length_scale: float) -> GaussianMixture:
 
 
 def mode_weights(model, target: GaussianMixture, t: Optional[float] = None, *, length_scale: float = 1.0,
-                 n_per_mode: int = 4096, generator: Optional[torch.Generator] = None) -> dict:
+                 n_per_mode: int = 4096, generator: Optional[torch.Generator] = None,
+                 scales: Sequence[float] = (0.7, 1.0, 1.5)) -> dict:
     """Relative mass of each mixture component under the model density at time t.
 
-    For component k the proposal is its own exact diffused Gaussian q_k = N(α μ_k, α² s_k² + σ²);
+    For component k the proposal q_k is an equal mixture, over the factors c in ``scales``, of the
+    exact diffused Gaussian with its standard deviation multiplied by c,
+    N(α μ_k, c² (α² s_k² + σ²)) (a defensive mixture: a model mode somewhat narrower or wider
+    than the exact one still gets a usable ESS; ``scales=(1,)`` is the plain exact proposal);
     the mass of the region where component k is the most responsible (at time t) is
     Z_k = E_{q_k}[exp(−E_θ(y, t)) 1{y in region k} / q_k(y)].
 
@@ -62,11 +66,19 @@ def mode_weights(model, target: GaussianMixture, t: Optional[float] = None, *, l
     g = generator or torch.Generator().manual_seed(0)
     a = float(schedule.alpha(t))
     s2 = float(schedule.sigma2(t))
+    c = torch.as_tensor(list(scales), dtype=torch.float64)
+    if c.numel() < 1 or not bool((c > 0).all()):
+        raise ValueError(f"scales must be positive, got {scales}")
     log_z, log_true, ess = [], [], []
     for k in range(target.n_components):
-        std = torch.sqrt(a**2 * target.stds[k] ** 2 + s2)
-        y = a * target.means[k] + std * torch.randn(n_per_mode, target.dim, generator=g, dtype=torch.float64)
-        log_q = (-0.5 * ((y - a * target.means[k]) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(1)
+        std = torch.sqrt(a**2 * target.stds[k] ** 2 + s2)                            # (D,)
+        which = torch.randint(0, c.numel(), (n_per_mode,), generator=g)
+        z = torch.randn(n_per_mode, target.dim, generator=g, dtype=torch.float64)
+        y = a * target.means[k] + c[which, None] * std * z
+        r = (y - a * target.means[k]) / std                                           # (n, D)
+        per_scale = (-0.5 * (r[:, None, :] / c[None, :, None]) ** 2 - torch.log(c[None, :, None] * std)
+                     - 0.5 * math.log(2 * math.pi)).sum(-1)                          # (n, S)
+        log_q = torch.logsumexp(per_scale, 1) - math.log(c.numel())
         region = target.responsibilities(y, t, schedule).argmax(1) == k
         log_w = -_energy(model, y, t) - log_q
         log_w = torch.where(region, log_w, torch.full_like(log_w, -math.inf))

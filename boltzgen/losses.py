@@ -22,6 +22,14 @@ independent noises, drawn by :func:`sample_levels` (``levels=``):
 
 For ``"uniform"`` and ``"stratified"`` every level is marginally U[t_min, 1].
 
+The ``"log-snr"`` variants (``"log-snr"``, ``"log-snr-stratified"``, ``"log-snr-grid"``,
+``"log-snr-grid-stratified"``) do the same in the log signal-to-noise ratio
+λ(t) = log(α_t² / σ_t²) of the model's schedule instead of in t: draws uniform on
+[λ(1), λ(t_min)], strata of equal λ-width, and an integer ``grid`` of points equally spaced in λ.
+This spreads the levels evenly over the noise scales (uniform t puts ≈ 10 % of the levels below
+t = 0.1 for the default VP schedule, where the data's fine structure lives), and consecutive grid
+levels are then a constant factor apart in SNR.
+
 **DSM** (:func:`dsm_loss`), per noisy sample (x_t, ε, t):
 
     ℓ_DSM = w(t) ‖σ_t ∇ₓE_θ(x_t, t) − ε‖² / d = w(t) ‖σ_t s_θ(x_t, t) + ε‖² / d,
@@ -68,7 +76,8 @@ __all__ = ["LOSSES", "LEVEL_MODES", "sample_levels", "noise_at_levels", "dsm_los
 #: Names accepted by :func:`compute_loss` (and ``boltzgen train --loss``).
 LOSSES = ("dsm", "diffclf", "dsm+diffclf")
 #: Level-sampling modes of :func:`sample_levels`.
-LEVEL_MODES = ("uniform", "stratified", "grid", "grid-stratified")
+LEVEL_MODES = ("uniform", "stratified", "grid", "grid-stratified",
+               "log-snr", "log-snr-stratified", "log-snr-grid", "log-snr-grid-stratified")
 
 Grid = Union[int, torch.Tensor]
 
@@ -84,7 +93,7 @@ def _grid_times(grid: Grid, t_min: float, dtype, device) -> torch.Tensor:
 
 def sample_levels(batch: int, k: int, t_min: float, generator: Optional[torch.Generator] = None, *,
                   levels: str = "uniform", grid: Grid = 64, dtype: Optional[torch.dtype] = None,
-                  device=None) -> torch.Tensor:
+                  device=None, schedule=None) -> torch.Tensor:
     """Draw k sorted diffusion levels for each member of a batch.
 
     Parameters
@@ -96,14 +105,17 @@ def sample_levels(batch: int, k: int, t_min: float, generator: Optional[torch.Ge
     t_min : float
         Smallest time; levels lie in [t_min, 1].
     generator : torch.Generator, optional
-    levels : {"uniform", "stratified", "grid", "grid-stratified"}
+    levels : one of :data:`LEVEL_MODES`
         See the module docstring.
     grid : int or 1-D tensor
-        The time grid of the grid modes: a number of uniform points on [t_min, 1] (default 64)
-        or the increasing grid times themselves.
+        The time grid of the grid modes: a number of points on [t_min, 1] (default 64; uniform
+        in t, or in log-SNR for the ``"log-snr-grid"`` modes) or the increasing grid times
+        themselves.
     dtype, device
         Of the result (default: the dtype of a tensor ``grid`` in the grid modes, else the
         default dtype).
+    schedule : Schedule, optional
+        Defines λ(t) for the ``"log-snr"`` modes (default: :class:`~boltzgen.diffusion.VPSchedule`).
 
     Returns
     -------
@@ -114,19 +126,25 @@ def sample_levels(batch: int, k: int, t_min: float, generator: Optional[torch.Ge
     if levels not in LEVEL_MODES:
         raise ValueError(f"levels must be one of {LEVEL_MODES}, got {levels!r}")
     if dtype is None:
-        dtype = grid.dtype if isinstance(grid, torch.Tensor) and levels.startswith("grid") else torch.get_default_dtype()
-    if levels in ("uniform", "stratified"):
+        dtype = grid.dtype if isinstance(grid, torch.Tensor) and "grid" in levels else torch.get_default_dtype()
+    log_snr = levels.startswith("log-snr")
+    base = levels[len("log-snr-"):] if levels.startswith("log-snr-") else ("uniform" if log_snr else levels)
+    to_time = _log_snr_map(schedule, t_min) if log_snr else (lambda u: t_min + (1.0 - t_min) * u)
+    if base in ("uniform", "stratified"):
         u = torch.rand(batch, k, generator=generator, dtype=dtype, device=device)
-        if levels == "uniform":
+        if base == "uniform":
             u = u.sort(dim=1).values
         else:
             u = (torch.arange(k, dtype=dtype, device=device) + u) / k
-        return t_min + (1.0 - t_min) * u
-    g = _grid_times(grid, t_min, dtype, device)
+        return to_time(u)
+    if isinstance(grid, torch.Tensor) or not log_snr:
+        g = _grid_times(grid, t_min, dtype, device)
+    else:
+        g = to_time(torch.linspace(0.0, 1.0, int(grid), dtype=dtype, device=device))
     n = g.numel()
     if n < k:
         raise ValueError(f"a grid of {n} times cannot hold {k} distinct levels")
-    if levels == "grid":
+    if base == "grid":
         start = torch.randint(0, n - k + 1, (batch, 1), generator=generator, device=device)
         idx = start + torch.arange(k, device=device)
     else:
@@ -135,6 +153,34 @@ def sample_levels(batch: int, k: int, t_min: float, generator: Optional[torch.Ge
         u = torch.rand(batch, k, generator=generator, dtype=dtype, device=device)
         idx = bounds[:-1] + torch.minimum((u * width).floor(), width - 1).long()
     return g[idx]
+
+
+def _log_snr(schedule, t: torch.Tensor) -> torch.Tensor:
+    return 2.0 * schedule.log_alpha(t) - torch.log(schedule.sigma2(t))
+
+
+def _log_snr_map(schedule, t_min: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """u ∈ [0, 1] -> the time t ∈ [t_min, 1] with λ(t) = λ(t_min) + u (λ(1) − λ(t_min))."""
+    if schedule is None:
+        from .diffusion import VPSchedule
+
+        schedule = VPSchedule()
+    lo_t = torch.tensor(float(t_min), dtype=torch.float64)
+    lam_hi, lam_lo = float(_log_snr(schedule, lo_t)), float(_log_snr(schedule, torch.tensor(1.0, dtype=torch.float64)))
+
+    def to_time(u: torch.Tensor) -> torch.Tensor:
+        target = lam_hi + u.to(torch.float64) * (lam_lo - lam_hi)
+        lo = torch.full_like(target, float(t_min))
+        hi = torch.ones_like(target)
+        for _ in range(60):          # λ decreases in t: bisection to float64 precision
+            mid = 0.5 * (lo + hi)
+            above = _log_snr(schedule, mid) > target
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        t = 0.5 * (lo + hi)
+        t = torch.where(u <= 0, torch.full_like(t, float(t_min)), torch.where(u >= 1, torch.ones_like(t), t))
+        return t.to(u.dtype)
+
+    return to_time
 
 
 def noise_at_levels(model, x0: torch.Tensor, t: torch.Tensor, generator: Optional[torch.Generator] = None,
@@ -167,7 +213,7 @@ def noise_at_levels(model, x0: torch.Tensor, t: torch.Tensor, generator: Optiona
 def _levels(model, x0, generator, k, levels, grid, t) -> torch.Tensor:
     if t is None:
         return sample_levels(x0.shape[0], k, model.t_min, generator, levels=levels, grid=grid,
-                             dtype=x0.dtype, device=x0.device)
+                             dtype=x0.dtype, device=x0.device, schedule=getattr(model, "schedule", None))
     t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
     return t.reshape(x0.shape[0], -1)
 

@@ -42,7 +42,7 @@ from .losses import LEVEL_MODES, LOSSES, compute_loss
 BASE_CONFIG: dict[str, Any] = {
     "net": {"kind": "egnn"},
     "model": {"schedule": {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0}, "t_min": 1e-3,
-              "log_normaliser": "grid", "n_levels": 64},
+              "log_normaliser": "grid", "n_levels": 64, "output_scale": "none"},
     "loss": {"kind": "dsm+diffclf", "k": 2, "lambda_clf": 1.0, "levels": "uniform", "grid": 64},
     "pretrain_dsm_steps": 0,
     "optim": {"optimizer": "adam", "lr": 1e-3, "log_normaliser_lr": None, "weight_decay": 0.0,
@@ -225,7 +225,7 @@ def _build_model(config: dict, event_shape, topology, length_scale: float) -> Tr
     m = config["model"]
     inner = EnergyModel(net, event_shape, m["schedule"], sigma_data=1.0, t_min=m["t_min"],
                         log_normaliser=m["log_normaliser"], n_levels=m["n_levels"],
-                        net_config={"kind": kind, **net.config})
+                        output_scale=m.get("output_scale", "none"), net_config={"kind": kind, **net.config})
     return TrainedModel(inner, length_scale, config, topology)
 
 

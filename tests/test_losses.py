@@ -247,6 +247,33 @@ def test_level_sampling_modes():
         sample_levels(2, 8, t_min, g, levels="grid", grid=grid)
 
 
+def test_log_snr_level_modes():
+    g = torch.Generator().manual_seed(3)
+    sched, t_min, n = VPSchedule(), 1e-3, 20000
+
+    def lam(t):
+        return (2 * sched.log_alpha(t) - torch.log(sched.sigma2(t))).to(F64)
+
+    hi, lo = lam(torch.tensor(t_min, dtype=F64)), lam(torch.tensor(1.0, dtype=F64))
+    for levels in ("log-snr", "log-snr-stratified"):
+        t = sample_levels(n, 3, t_min, g, levels=levels, dtype=F64, schedule=sched)
+        assert t.shape == (n, 3) and (t[:, 1:] >= t[:, :-1]).all() and t.min() >= t_min and t.max() <= 1
+        u = (hi - lam(t)) / (hi - lo)          # uniform on [0, 1] when pooled
+        assert abs(u.mean().item() - 0.5) < 5 / math.sqrt(12 * 3 * n)
+        if levels == "log-snr-stratified":
+            assert ((u * 3).floor().clamp(max=2) == torch.arange(3, dtype=F64)).all()
+    t = sample_levels(500, 2, t_min, g, levels="log-snr-grid", grid=9, dtype=F64, schedule=sched)
+    grid = torch.unique(t)
+    assert grid.numel() == 9 and grid[0].item() == pytest.approx(t_min) and grid[-1].item() == pytest.approx(1.0)
+    gaps = lam(grid[:-1]) - lam(grid[1:])
+    torch.testing.assert_close(gaps, torch.full_like(gaps, ((hi - lo) / 8).item()), rtol=1e-6, atol=1e-8)
+    idx = torch.searchsorted(grid, t)
+    assert ((idx[:, 1] - idx[:, 0]) == 1).all()
+    t = sample_levels(500, 3, t_min, g, levels="log-snr-grid-stratified", grid=9, dtype=F64, schedule=sched)
+    idx = torch.searchsorted(grid, t)
+    assert set(idx[:, 0].tolist()) == {0, 1, 2} and set(idx[:, 2].tolist()) == {6, 7, 8}
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_float32_training_step(loss):
     model = EnergyModel(TinyNet((3, 3)), (3, 3))

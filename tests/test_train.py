@@ -1,6 +1,7 @@
 """Trainer: exact resume, atomic files, run-directory contract, clear errors."""
 
 import csv
+import math
 import json
 import os
 
@@ -134,3 +135,14 @@ def test_molecular_run_stores_topology(tmp_path):
     assert model.topology.n_atoms == 13
     e = model.energy(torch.from_numpy(x[:2]).float(), 0.5)
     assert e.shape == (2,) and torch.isfinite(e).all()
+
+
+def test_model_options_and_log_snr_levels_reach_the_model(tmp_path, gmm_data):
+    overrides = {**SMALL, "model": {"output_scale": "edm"},
+                 "loss": {"kind": "dsm+diffclf", "k": 2, "levels": "log-snr-grid", "grid": 16}}
+    trainer = Trainer(resolve_config(overrides=overrides), gmm_data, str(tmp_path / "run"), progress=False)
+    assert trainer.model.inner.output_scale == "edm"
+    parts = trainer.train_step()
+    assert math.isfinite(parts["total"]) and "clf" in parts
+    with pytest.raises(ValueError):
+        resolve_config(overrides={"loss": {"levels": "log-uniform"}})
