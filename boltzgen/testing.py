@@ -169,3 +169,22 @@ def assert_equivariant(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
                 what = "invariant" if kind == "scalar" else "equivariant"
                 raise AssertionError(f"not {what} under {name} (trial {trial}): max deviation {deviation:.3g} "
                                      f"(rtol={rtol:g}, atol={atol:g})")
+
+
+class CallCounter(torch.nn.Module):
+    """Wraps a network ``net(x, t)`` and records ``(batch size, x.requires_grad)`` of every call,
+    to check that an objective or sampler makes no duplicate network passes.
+
+    Attributes
+    ----------
+    calls : list of (int, bool)
+    """
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.calls: list[tuple[int, bool]] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls.append((x.shape[0], x.requires_grad))
+        return self.inner(x, t)

@@ -10,6 +10,7 @@ from torch import nn
 from boltzgen.diffusion import VESchedule, VPSchedule, gaussian_log_prob, project_mean_free
 from boltzgen.energy import EnergyModel, LogNormaliser
 from boltzgen.systems.gmm import GaussianMixture
+from boltzgen.testing import CallCounter
 
 F64 = torch.float64
 
@@ -31,17 +32,6 @@ class TinyNet(nn.Module):
         return self.layers(torch.cat([x.flatten(1), t[:, None]], dim=1)).squeeze(-1)
 
 
-class CountingNet(nn.Module):
-    """Wraps a net and records (batch size, x.requires_grad) of every call."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = []
-
-    def forward(self, x, t):
-        self.calls.append((x.shape[0], x.requires_grad))
-        return self.inner(x, t)
 
 
 def _model(event_shape, zero=False, dtype=F64, **options):
@@ -89,7 +79,7 @@ def test_zero_network_molecule_is_the_mean_free_gaussian_marginal():
 @pytest.mark.parametrize("output_scale", ["none", "edm"])
 def test_energy_and_score_is_one_pass_and_matches_separate_calls(event_shape, output_scale):
     model = _model(event_shape, output_scale=output_scale)
-    model.net = CountingNet(model.net)
+    model.net = CallCounter(model.net)
     g = torch.Generator().manual_seed(2)
     x = torch.randn((5,) + event_shape, generator=g, dtype=F64)
     t = torch.rand(5, generator=g, dtype=F64)

@@ -13,6 +13,7 @@ from boltzgen.diffusion import VPSchedule, sample_noise
 from boltzgen.energy import EnergyModel
 from boltzgen.losses import (LEVEL_MODES, LOSSES, compute_loss, diffclf_loss, dsm_diffclf_loss, dsm_loss,
                              sample_levels)
+from boltzgen.testing import CallCounter
 
 F64 = torch.float64
 
@@ -33,17 +34,6 @@ class TinyNet(nn.Module):
         return self.layers(torch.cat([x.flatten(1), t[:, None]], dim=1)).squeeze(-1)
 
 
-class CountingNet(nn.Module):
-    """Wraps a net and records (batch size, x.requires_grad) of every call."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = []
-
-    def forward(self, x, t):
-        self.calls.append((x.shape[0], x.requires_grad))
-        return self.inner(x, t)
 
 
 class ExactGMMModel(nn.Module):
@@ -189,7 +179,7 @@ def test_seeded_generator_reproduces_explicit_levels_and_noise():
 
 def test_combined_loss_makes_one_graph_pass_for_the_diagonal():
     model = _random_model((4, 3))
-    model.net = CountingNet(model.net)
+    model.net = CallCounter(model.net)
     x0 = torch.randn(8, 4, 3, dtype=F64)
     out = dsm_diffclf_loss(model, x0, torch.Generator().manual_seed(0), k=3)
     # one pass with x requiring grad (energies + scores of the 24 diagonal samples), one energy-only
