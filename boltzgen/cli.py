@@ -155,6 +155,76 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    import torch
+
+    from .io import save_samples
+    from .sampling.chirality import chiral_centres
+    from .sampling.sde import reverse_sde
+    from .sampling.smc import smc_sample
+    from .train import load_model
+    from .weights import delta_f, has_phi, phi_states
+
+    if args.n < 1:
+        raise CommandError(f"-n must be at least 1, got {args.n}")
+    try:
+        model = load_model(args.run_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    model_meta = torch.load(os.path.join(args.run_dir, "model.pt"), map_location="cpu", weights_only=True)["metadata"]
+    if not any([args.system, args.pdb, args.forcefield, args.system_xml, args.topology]):
+        if not model_meta.get("system"):
+            raise CommandError(f"{args.run_dir} does not say which system it was trained on; name the target")
+        args.system = model_meta["system"]
+    target = _target_from_args(args)
+    if tuple(target.event_shape) != tuple(model.event_shape):
+        raise CommandError(f"the model is for configurations of shape {tuple(model.event_shape)}, "
+                           f"the target {target.name} has {tuple(target.event_shape)}")
+    generator = torch.Generator().manual_seed(args.seed)
+    start = time.perf_counter()
+    try:
+        if args.method == "smc":
+            centres = chiral_centres(target.topology) if target.topology is not None else None
+            use_chirality = centres is not None and len(centres) > 0 and not args.no_chirality
+            result = smc_sample(model, target, args.n, generator, n_steps=args.steps, mcmc_steps=args.mcmc_steps,
+                                n_anneal=args.anneal, chirality=True if use_chirality else None,
+                                progress=not args.no_progress)
+            x, log_w, u = result.x, result.log_weights.numpy(), result.reduced_energy.numpy()
+            summary = result.summary()
+            acceptance = [a for a in summary["acceptance"] if a is not None]
+            metrics = {"ess": float(result.ess_fraction * args.n), "ess_fraction": result.ess_fraction,
+                       "log_z": result.log_z, "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
+                       "n_reflected": int(result.n_reflected), "smc": summary}
+        else:
+            x = reverse_sde(model, args.n, generator, n_steps=args.steps)
+            log_w, u, metrics = None, target.reduced_energy(x).detach().numpy(), {"n_reflected": 0}
+    finally:
+        target.close()
+    x = x.detach().cpu().double().numpy()
+    if log_w is not None and target.topology is not None and has_phi(target.topology):
+        try:
+            in_a, in_b = phi_states(x, target.topology)
+            estimate = delta_f(log_w, in_a, in_b, seed=args.seed)
+            metrics.update(delta_f_kT=estimate.value, delta_f_err_kT=estimate.error,
+                           delta_f_definition="F(phi > 0) - F(phi < 0) in kT")
+        except ValueError as exc:
+            metrics.update(delta_f_kT=None, delta_f_note=str(exc))
+    meta = {**target.metadata(), "command": "sample", "method": args.method, "seed": args.seed,
+            "run_dir": os.path.abspath(args.run_dir)}
+    save_samples(args.output, x, topology=target.topology, log_weights=log_w, reduced_energy=u, metadata=meta)
+    metrics = {"command": "sample", "system": target.name, "method": args.method, "n_samples": args.n,
+               "output": os.path.abspath(args.output), "wall_time_s": time.perf_counter() - start, **metrics}
+    _emit(metrics, args, args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.output)), "metrics.json"))
+    if not args.json:
+        line = f"wrote {args.n} samples of {target.name} to {args.output}"
+        if args.method == "smc":
+            line += f"; ESS {metrics['ess']:.1f} ({metrics['ess_fraction']:.1%}), log Z {metrics['log_z']:.3f}"
+        if metrics.get("delta_f_kT") is not None:
+            line += f", F(phi>0) - F(phi<0) = {metrics['delta_f_kT']:.2f} +- {metrics['delta_f_err_kT']:.2f} kT"
+        print(line, file=sys.stderr)
+    return 0
+
+
 def cmd_reweight(args) -> int:
     from .reweight import reweight_samples
 
@@ -253,6 +323,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="SMC (or reverse SDE) from a trained model -> weighted sample file",
+                       description="Sequential Monte Carlo along the learned diffusion path, annealed to the "
+                                   "target's energy at the end (OpenMM for molecules): weighted samples, log Z, "
+                                   "ESS; for alanine dipeptide F(phi > 0) - F(phi < 0). --method sde draws "
+                                   "unweighted samples of the model itself. The target defaults to the system "
+                                   "the model was trained on.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `boltzgen train`")
+    _add_target(p)
+    p.add_argument("-n", type=int, required=True, help="number of particles / samples")
+    p.add_argument("-o", "--output", required=True, help="output sample file (.h5)")
+    p.add_argument("--method", choices=["smc", "sde"], default="smc", help="sampler (default smc)")
+    p.add_argument("--steps", type=int, default=100, help="diffusion steps from t = 1 to t_min (default 100)")
+    p.add_argument("--mcmc-steps", type=int, default=0, help="MALA moves per diffusion level (default 0)")
+    p.add_argument("--anneal", type=int, default=16, help="annealing levels from the model to the target (default 16)")
+    p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
+    p.add_argument("--metrics", help="metrics file (default: metrics.json beside the output)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(p)
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("reweight", help="importance weights of samples against a target -> weighted sample file",
                        description="Importance-weight the samples of FILE against a target: log w = -u(x) - log q(x) "

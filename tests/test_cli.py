@@ -25,7 +25,7 @@ def test_systems_lists_every_builtin(capsys):
 
 def test_entry_point_help_and_version():
     out = subprocess.run([sys.executable, "-m", "boltzgen.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("systems", "simulate", "train", "reweight", "bench"):
+    for command in ("systems", "simulate", "train", "sample", "reweight", "bench"):
         assert command in out.stdout
     for command in (["simulate", "--help"], ["train", "--help"], ["reweight", "--help"], ["bench", "bridge", "--help"]):
         out = subprocess.run([sys.executable, "-m", "boltzgen.cli", *command], capture_output=True, text=True,
@@ -91,3 +91,27 @@ def test_bench_bridge_json(tmp_path, capsys):
         assert result[key] > 0
     assert result["max_rel_energy_diff_vs_plain"] < 1e-9
     assert json.loads(out.read_text())["batch"] == 96
+
+
+def test_sample_from_a_trained_run(tmp_path, capsys):
+    import yaml
+
+    data = tmp_path / "data.h5"
+    assert main(["simulate", "gmm-two-modes", "-n", "400", "-o", str(data), "--no-progress"]) == 0
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({"net": {"kind": "mlp", "hidden": 32, "n_layers": 2},
+                                      "train": {"steps": 20, "batch_size": 64, "val_every": 20}}))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "-o", str(run), "--config", str(config), "--no-progress"]) == 0
+    out = tmp_path / "smc.h5"
+    assert main(["sample", str(run), "-n", "128", "-o", str(out), "--steps", "20", "--no-progress", "--json",
+                 "--seed", "2"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["system"] == "gmm-two-modes" and 0 < metrics["ess_fraction"] <= 1
+    assert abs(metrics["log_z"]) < 1.0  # the exact normaliser of the standardised mixture is 1
+    samples = load_samples(str(out))
+    assert samples.x.shape == (128, 2) and samples.log_weights is not None
+    assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "sde.h5"), "--method", "sde", "--steps", "10",
+                 "--no-progress"]) == 0
+    assert main(["sample", str(tmp_path), "-n", "4", "-o", str(out)]) == 2
+    assert "model.pt missing" in capsys.readouterr().err
