@@ -192,7 +192,11 @@ def cmd_sample(args) -> int:
             x, log_w, u = result.x, result.log_weights.numpy(), result.reduced_energy.numpy()
             summary = result.summary()
             acceptance = [a for a in summary["acceptance"] if a is not None]
-            metrics = {"ess": float(result.ess_fraction * args.n), "ess_fraction": result.ess_fraction,
+            # The headline ESS is that of the last reweighting, before any resampling at that level:
+            # after a resampling step the weights are uniform and their ESS says nothing.
+            ess_fraction = float(result.ess[-1])
+            metrics = {"ess": ess_fraction * args.n, "ess_fraction": ess_fraction,
+                       "ess_fraction_final_weights": result.ess_fraction, "resampled_levels": len(result.resampled),
                        "log_z": result.log_z, "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
                        "n_reflected": int(result.n_reflected), "smc": summary}
         else:
