@@ -28,6 +28,13 @@ def _add_common(parser: argparse.ArgumentParser, seed: bool = True) -> None:
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
 
 
+def _add_file_command_options(parser: argparse.ArgumentParser) -> None:
+    """--metrics, --no-progress, --seed and --json of the commands that write a sample file."""
+    parser.add_argument("--metrics", help="metrics file (default: metrics.json beside the output)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(parser)
+
+
 def _add_target(parser: argparse.ArgumentParser, positional: bool = False) -> None:
     group = parser.add_argument_group("target (name it one way)")
     if positional:
@@ -305,9 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replica-exchange replicas (1: plain MD; alanine dipeptide defaults to 6 up to 1000 K)")
     p.add_argument("--t-max", type=float, help="highest temperature of the geometric replica ladder (K)")
     p.add_argument("--exchange-interval", type=int, help="MD steps between exchange attempts")
-    p.add_argument("--metrics", help="metrics file (default: metrics.json beside the output)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_common(p)
+    _add_file_command_options(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("train", help="train an energy model on a sample file -> run directory",
@@ -343,9 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mcmc-steps", type=int, default=0, help="MALA moves per diffusion level (default 0)")
     p.add_argument("--anneal", type=int, default=16, help="annealing levels from the model to the target (default 16)")
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
-    p.add_argument("--metrics", help="metrics file (default: metrics.json beside the output)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_common(p)
+    _add_file_command_options(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("reweight", help="importance weights of samples against a target -> weighted sample file",
@@ -360,9 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: FILE's log_q array)")
     p.add_argument("-o", "--output", required=True, help="output weighted sample file (.h5)")
     p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap replicates of the Delta F error (default 200)")
-    p.add_argument("--metrics", help="metrics file (default: metrics.json beside the output)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_common(p)
+    _add_file_command_options(p)
     p.set_defaults(func=cmd_reweight)
 
     bench = sub.add_parser("bench", help="benchmarks")

@@ -4,26 +4,17 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from boltzgen.diffusion import VESchedule, VPSchedule, gaussian_log_prob
 from boltzgen.energy import EnergyModel
 from boltzgen.sampling import ExactMarginalModel, probability_flow, reverse_kernel, reverse_sde, time_grid
 from boltzgen.systems.gmm import two_modes
 from boltzgen.train import TrainedModel
+from helpers import ZeroNet
 
 
 
 
-class ZeroNet(nn.Module):
-    """g_θ = 0 (with one parameter, for the dtype): the EnergyModel is exactly a Gaussian marginal."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x, t):
-        return self.w * x.reshape(x.shape[0], -1).sum(1)
 
 
 def gaussian_molecule(length_scale=0.1, sigma_data=1.0, dtype=torch.float32):

@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from boltzgen.energy import EnergyModel
 from boltzgen.sampling import (
@@ -25,18 +24,12 @@ from boltzgen.systems.base import TargetSystem
 from boltzgen.systems.gmm import GaussianMixture, two_modes
 from boltzgen.train import TrainedModel
 from boltzgen.units import REDUCED_UNIT_TEMPERATURE
+from helpers import ZeroNet
 
 
 
 
 # ---------------------------------------------------------------------------- helpers
-class ZeroNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x, t):
-        return self.w * x.reshape(x.shape[0], -1).sum(1)
 
 
 class HarmonicMolecule(TargetSystem):
