@@ -178,11 +178,10 @@ def cmd_sample(args) -> int:
         model = load_model(args.run_dir)
     except (ValueError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
-    model_meta = torch.load(os.path.join(args.run_dir, "model.pt"), map_location="cpu", weights_only=True)["metadata"]
     if not any([args.system, args.pdb, args.forcefield, args.system_xml, args.topology]):
-        if not model_meta.get("system"):
+        if not model.metadata.get("system"):
             raise CommandError(f"{args.run_dir} does not say which system it was trained on; name the target")
-        args.system = model_meta["system"]
+        args.system = model.metadata["system"]
     target = _target_from_args(args)
     if tuple(target.event_shape) != tuple(model.event_shape):
         raise CommandError(f"the model is for configurations of shape {tuple(model.event_shape)}, "

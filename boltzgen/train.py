@@ -180,14 +180,18 @@ class TrainedModel(torch.nn.Module):
     schedule : diffusion schedule of ``inner``
     config : dict
         The training configuration.
+    metadata : dict
+        What the run recorded about its data (``system``, ``data``, ``n_data``).
     """
 
-    def __init__(self, inner: EnergyModel, length_scale: float, config: Optional[dict] = None, topology=None):
+    def __init__(self, inner: EnergyModel, length_scale: float, config: Optional[dict] = None, topology=None,
+                 metadata: Optional[dict] = None):
         super().__init__()
         self.inner = inner
         self.length_scale = float(length_scale)
         self.config = dict(config or {})
         self.topology = topology
+        self.metadata = dict(metadata or {})
 
     @property
     def t_min(self) -> float:
@@ -260,6 +264,7 @@ def load_model(run_dir: str) -> TrainedModel:
         topology = mdtraj.load_topology(os.path.join(run_dir, "topology.pdb"))
     model = _build_model(blob["config"], blob["event_shape"], topology, blob["length_scale"])
     model.inner.load_state_dict(blob["state_dict"])
+    model.metadata = dict(blob.get("metadata") or {})
     model.eval()
     return model
 
