@@ -309,8 +309,9 @@ def simulate(target, n_samples: int, *, method: str = "auto", seed: int = 0, tem
 
     from tqdm.auto import tqdm
 
+    # MCMC shows the chains' own step bar (burn-in included) instead of a frame bar.
     bar = tqdm(total=n_samples, desc=f"simulate {target.name} ({method})", unit="frame", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+               disable=not progress or method == "mcmc", dynamic_ncols=True)
     start = time.perf_counter()
     try:
         if method == "exact":
@@ -319,7 +320,7 @@ def simulate(target, n_samples: int, *, method: str = "auto", seed: int = 0, tem
         elif method == "md":
             result = _run_md(target, n_samples, params, checkpoint, checkpoint_every, callback, bar)
         else:
-            result = _run_mcmc(target, n_samples, params, checkpoint, checkpoint_every, callback, bar)
+            result = _run_mcmc(target, n_samples, params, checkpoint, checkpoint_every, callback, bar, progress)
     finally:
         bar.close()
     meta = {
@@ -371,7 +372,8 @@ def _scaled_energy(target, factor: float):
     return energy
 
 
-def _run_mcmc(target, n_samples, params, checkpoint, checkpoint_every, callback, bar) -> SimulationResult:
+def _run_mcmc(target, n_samples, params, checkpoint, checkpoint_every, callback, bar,
+              progress: bool) -> SimulationResult:
     from ..sampling.mcmc import ChainState, run_mcmc
     from .checkpoint import read_checkpoint, write_checkpoint
 
@@ -429,7 +431,7 @@ def _run_mcmc(target, n_samples, params, checkpoint, checkpoint_every, callback,
     run = run_mcmc(x0, energy, n_saves * stride, generator, kernel=params["kernel"], step_size=params["step_size"],
                    burn_in=burn_in, thin=stride, adapt=params["adapt"], target_acceptance=params["target_acceptance"],
                    mean_free=mean_free, n_leapfrog=params["n_leapfrog"], state=state, callback=on_save,
-                   progress=not bar.disable)
+                   progress=progress)
     if checkpoint and last_saved[0] != len(run.state.samples) * chains:
         save_state(run.state)
     ev = tuple(target.event_shape)
