@@ -1,0 +1,407 @@
+"""Analysis of (weighted) samples: torsions, histograms, free-energy profiles and Wasserstein distances.
+
+The functions notebooks and ``boltzgen analyze`` use. Every function takes optional log-weights
+``log_w`` of shape (B,) (``None``: all samples weigh the same); weights are normalised through
+log-sum-exp, so log-weights spanning hundreds of units, or all shifted by a constant, give the same
+answers. A log-weight of −inf (weight zero) is allowed; NaN or +inf is a ValueError. Free energies
+are in kT (F = −ln p), angles in radians, reduced energies dimensionless (u = U/kT).
+
+- :func:`torsions`: backbone φ and ψ (through mdtraj, :func:`boltzgen.weights.phi_psi`);
+- :func:`weighted_histogram`, :func:`free_energy_profile` (with bootstrap errors),
+  :func:`free_energy_surface` (the Ramachandran free-energy map);
+- :func:`energy_w2`: exact 1-D Wasserstein-2 distance between two weighted energy distributions;
+- :func:`torsion_w2`: Wasserstein-2 distance on the torus of (φ, ψ), exact optimal assignment of
+  ``n`` resampled points each (the convention of the equivariant-flow-matching papers, which use
+  POT ``emd`` on the periodic distance).
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from . import weights as W
+
+__all__ = ["torsions", "weighted_histogram", "free_energy_profile", "FreeEnergyProfile", "free_energy_surface",
+           "energy_w2", "torsion_w2"]
+
+TWO_PI = 2.0 * math.pi
+builtins_range = builtins.range  # `range` is a parameter name below
+
+
+# ---------------------------------------------------------------------------- helpers
+def _log_w(log_w, n: int, name: str = "log_w") -> np.ndarray:
+    """(n,) float64 log-weights (zeros for None), checked, with at least one nonzero weight."""
+    if log_w is None:
+        return np.zeros(n)
+    lw = W._check_log_w(log_w, name)
+    if lw.shape[0] != n:
+        raise ValueError(f"{name} has {lw.shape[0]} entries but there are {n} samples")
+    W._require_some_weight(lw, name)
+    return lw
+
+
+def _weighted_values(values, log_w, name: str = "values", lw_name: str = "log_w"):
+    """Values (B, ...) and normalised weights (B,) with zero-weight samples dropped.
+
+    Non-finite values are allowed only where the weight is zero.
+    """
+    v = W._as_float64(values, name)
+    if v.ndim == 0:
+        v = v.reshape(1)
+    if v.shape[0] == 0:
+        raise ValueError(f"{name} is empty: no samples")
+    lw = _log_w(log_w, v.shape[0], lw_name)
+    keep = np.isfinite(lw)
+    rows_bad = ~np.isfinite(v.reshape(v.shape[0], -1)).all(axis=1)
+    bad = rows_bad & keep
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        raise ValueError(f"{name} is not finite at {idx.size} samples with nonzero weight (indices {W._first(idx)}); "
+                         "give such samples log-weight -inf or remove them")
+    v, lw = v[keep], lw[keep]
+    w = np.exp(lw - W.logsumexp(lw))
+    return v, w, lw
+
+
+# ---------------------------------------------------------------------------- torsions
+def torsions(x_or_traj, topology=None) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone torsions φ and ψ in radians (mdtraj), as :func:`boltzgen.weights.phi_psi`.
+
+    For alanine dipeptide in the built-in atom order φ is atoms (4, 6, 8, 14) and ψ is
+    (6, 8, 14, 16), zero-based.
+
+    Parameters
+    ----------
+    x_or_traj : array (B, N, 3) or (N, 3) in nm (NumPy or torch), or mdtraj.Trajectory
+        Configurations.
+    topology : mdtraj.Topology, optional
+        Required with coordinate arrays.
+
+    Returns
+    -------
+    phi, psi : ndarray, float64, radians in (−π, π]
+        Shape (B,) for a molecule with one φ and one ψ (alanine dipeptide); (B, K) for K torsions.
+
+    Raises
+    ------
+    ValueError
+        No topology for coordinates, mismatched atom count, or no φ torsion in the topology.
+    """
+    return W.phi_psi(x_or_traj, topology)
+
+
+# ---------------------------------------------------------------------------- histograms
+def weighted_histogram(values, log_w=None, bins=50, range=None, density: bool = True):
+    """Histogram of weighted samples, weights normalised through log-sum-exp.
+
+    Parameters
+    ----------
+    values : array, shape (B,)
+        One value per sample (any unit). Non-finite values are allowed only with weight zero.
+    log_w : array (B,), optional
+        Log-weights (None: unweighted); −inf is weight zero.
+    bins : int or array of edges
+        As for ``numpy.histogram``.
+    range : (float, float), optional
+        Lower and upper edge (default: min and max of the samples with nonzero weight).
+    density : bool
+        True: a probability density (integrates to 1 over ``range``, units 1/unit of ``values``).
+        False: the fraction of the total weight in each bin (sums to 1 when every sample lies in
+        ``range``; an unweighted histogram is counts / B).
+
+    Returns
+    -------
+    hist : ndarray, shape (n_bins,), float64
+    edges : ndarray, shape (n_bins + 1,), float64
+    """
+    v, w, _ = _weighted_values(values, log_w)
+    if v.ndim != 1:
+        raise ValueError(f"values must be one number per sample, shape (B,); got shape {v.shape}")
+    hist, edges = np.histogram(v, bins=bins, range=range, weights=w, density=density)
+    return hist.astype(np.float64), edges.astype(np.float64)
+
+
+class FreeEnergyProfile(NamedTuple):
+    """A 1-D free-energy profile F(s) = −ln p(s) + const, in kT.
+
+    Attributes
+    ----------
+    centers : ndarray (n_bins,)
+        Bin centres (unit of the collective variable, radians for torsions).
+    f_kT : ndarray (n_bins,)
+        Free energy in kT, shifted so that its minimum is 0; +inf in bins without weight.
+    f_err_kT : ndarray (n_bins,)
+        Bootstrap standard error of −ln p per bin (kT); NaN in empty bins (and everywhere when
+        ``n_bootstrap == 0``), inf where some bootstrap replicate leaves the bin empty.
+    counts : ndarray (n_bins,), int
+        Number of samples (with nonzero weight) in each bin.
+    ess : ndarray (n_bins,)
+        Kish effective sample size of the weights within each bin (0 for empty bins).
+    edges : ndarray (n_bins + 1,)
+        Bin edges.
+    """
+
+    centers: np.ndarray
+    f_kT: np.ndarray
+    f_err_kT: np.ndarray
+    counts: np.ndarray
+    ess: np.ndarray
+    edges: np.ndarray
+
+
+def _bin_index(v: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each value as numpy.histogram assigns it (last bin closed); −1 outside the edges."""
+    n_bins = edges.shape[0] - 1
+    idx = np.searchsorted(edges, v, side="right") - 1
+    idx = np.where(v == edges[-1], n_bins - 1, idx)
+    return np.where((idx < 0) | (idx >= n_bins), -1, idx)
+
+
+class _Binned:
+    """Samples grouped by bin once, for log-sum-exp per bin in O(B) (also for bootstrap replicates)."""
+
+    def __init__(self, idx: np.ndarray, widths: np.ndarray):
+        self.order = np.argsort(idx, kind="stable")
+        b = idx[self.order]
+        self.starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        self.lengths = np.diff(np.r_[self.starts, b.size])
+        self.group_bin = b[self.starts]  # −1: the group outside the range
+        self.log_widths = np.log(widths)
+
+    def log_density(self, l_sorted: np.ndarray) -> np.ndarray:
+        """ln p per bin from log-weights in sorted order (−inf allowed): weight fraction / width."""
+        m = np.maximum.reduceat(l_sorted, self.starts)
+        m = np.where(np.isfinite(m), m, 0.0)
+        with np.errstate(divide="ignore"):
+            log_mass = np.log(np.add.reduceat(np.exp(l_sorted - np.repeat(m, self.lengths)), self.starts)) + m
+        total = W.logsumexp(log_mass)
+        out = np.full(self.log_widths.shape[0], -np.inf)
+        inside = self.group_bin >= 0
+        out[self.group_bin[inside]] = log_mass[inside] - total
+        return out - self.log_widths
+
+
+def free_energy_profile(values, log_w=None, bins=60, range=(-math.pi, math.pi), n_bootstrap: int = 200,
+                        seed=0) -> FreeEnergyProfile:
+    """Free-energy profile F(s) = −ln p(s) of weighted samples of a collective variable s, in kT.
+
+    p is the histogram density of the whole (weighted) sample, samples outside ``range``
+    included in the normalisation; F is shifted so that its minimum is 0.
+
+    Parameters
+    ----------
+    values : array, shape (B,)
+        The collective variable per sample (radians for torsions). Non-finite values are allowed
+        only with weight zero.
+    log_w : array (B,), optional
+        Log-weights (None: unweighted).
+    bins : int or array of edges
+        Number of bins over ``range``, or the edges.
+    range : (float, float)
+        Lower and upper edge (default (−π, π), for torsions); ignored when ``bins`` gives edges.
+    n_bootstrap : int
+        Bootstrap replicates (samples resampled with replacement, weights kept) for ``f_err_kT``;
+        0 skips the bootstrap.
+    seed : int, numpy Generator or None
+        Random state of the bootstrap.
+
+    Returns
+    -------
+    FreeEnergyProfile
+        ``(centers, f_kT, f_err_kT, counts, ess, edges)``, each (n_bins,) except edges.
+    """
+    v, _, lw = _weighted_values(values, log_w)
+    if v.ndim != 1:
+        raise ValueError(f"values must be one number per sample, shape (B,); got shape {v.shape}")
+    if np.ndim(bins) == 0:
+        edges = np.linspace(float(range[0]), float(range[1]), int(bins) + 1)
+    else:
+        edges = np.asarray(bins, dtype=np.float64)
+    if edges.ndim != 1 or edges.shape[0] < 2 or not (np.diff(edges) > 0).all():
+        raise ValueError("bins must be a positive number or increasing edges")
+    widths = np.diff(edges)
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    idx = _bin_index(v, edges)
+    n_bins = widths.shape[0]
+
+    binned = _Binned(idx, widths)
+    lw_sorted = lw[binned.order]
+    log_p = binned.log_density(lw_sorted)
+    with np.errstate(invalid="ignore"):
+        f = -log_p
+        f = f - np.min(f) if np.isfinite(f).any() else f
+    counts = np.bincount(idx[idx >= 0], minlength=n_bins)
+    inside = idx >= 0
+    wrel = np.exp(lw - lw.max())
+    s1 = np.bincount(idx[inside], weights=wrel[inside], minlength=n_bins)
+    s2 = np.bincount(idx[inside], weights=wrel[inside] ** 2, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bin_ess = np.where(s2 > 0, s1 ** 2 / np.where(s2 > 0, s2, 1.0), 0.0)
+
+    err = np.full(n_bins, np.nan)
+    if n_bootstrap:
+        if int(n_bootstrap) < 2:
+            raise ValueError(f"n_bootstrap must be 0 (no errors) or at least 2, got {n_bootstrap}")
+        # Resampling B samples with replacement = multiplying each weight by its multiplicity c_i.
+        rng = W._rng(seed)
+        n = lw.shape[0]
+        reps = np.empty((int(n_bootstrap), n_bins))
+        with np.errstate(divide="ignore"):
+            for r in builtins_range(int(n_bootstrap)):
+                c = np.bincount(rng.integers(0, n, size=n), minlength=n)[binned.order]
+                reps[r] = binned.log_density(lw_sorted + np.log(c))
+        finite = np.isfinite(reps)
+        with np.errstate(invalid="ignore"):
+            sd = np.std(np.where(finite, reps, 0.0), axis=0, ddof=1)
+        err = np.where(finite.all(axis=0), sd, np.inf)
+        err = np.where(np.isfinite(f), err, np.nan)
+    return FreeEnergyProfile(centers, f, err, counts, bin_ess, edges)
+
+
+def free_energy_surface(phi, psi, log_w=None, bins=60, range=((-math.pi, math.pi), (-math.pi, math.pi))):
+    """Two-dimensional free-energy surface F(φ, ψ) = −ln p(φ, ψ) in kT (Ramachandran map).
+
+    Parameters
+    ----------
+    phi, psi : array, shape (B,)
+        Two collective variables per sample (radians for torsions).
+    log_w : array (B,), optional
+        Log-weights (None: unweighted).
+    bins : int or (int, int)
+        Bins per axis.
+    range : ((float, float), (float, float))
+        Edges of each axis (default (−π, π) for both).
+
+    Returns
+    -------
+    F : ndarray, shape (bins_phi, bins_psi), float64
+        Free energy in kT with minimum 0; +inf where a bin has no weight. ``F[i, j]`` is the bin
+        of phi_edges[i:i+2] and psi_edges[j:j+2] (plot ``F.T`` with φ on the horizontal axis).
+    phi_edges : ndarray, shape (bins_phi + 1,)
+    psi_edges : ndarray, shape (bins_psi + 1,)
+    """
+    a = W._as_float64(phi, "phi").reshape(-1)
+    b = W._as_float64(psi, "psi").reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"phi has {a.shape[0]} entries but psi has {b.shape[0]}")
+    v, w, _ = _weighted_values(np.stack([a, b], axis=1), log_w, name="phi/psi")
+    hist, xe, ye = np.histogram2d(v[:, 0], v[:, 1], bins=bins, range=range, weights=w)
+    area = np.outer(np.diff(xe), np.diff(ye))
+    with np.errstate(divide="ignore"):
+        f = -np.log(hist / area)
+    if np.isfinite(f).any():
+        f = f - np.min(f[np.isfinite(f)])
+    return f, xe.astype(np.float64), ye.astype(np.float64)
+
+
+# ---------------------------------------------------------------------------- Wasserstein distances
+def energy_w2(u, u_ref, log_w=None, log_w_ref=None) -> float:
+    """Exact Wasserstein-2 distance between two weighted 1-D empirical distributions.
+
+    For measures on the line, W2² = ∫₀¹ (F⁻¹(p) − G⁻¹(p))² dp with F⁻¹, G⁻¹ the quantile functions.
+    The quantile functions of weighted empirical measures are step functions, so the integral is
+    a finite sum over the merged breakpoints of the two cumulative weights: exact, with no binning.
+
+    Parameters
+    ----------
+    u, u_ref : array, shape (B,) and (B_ref,)
+        Values of the two samples (typically reduced energies u = U/kT, dimensionless).
+        Non-finite values with weight zero are dropped.
+    log_w, log_w_ref : array, optional
+        Log-weights of each sample (None: unweighted).
+
+    Returns
+    -------
+    float
+        W2 in the unit of ``u`` (kT for reduced energies); 0 for identical distributions.
+
+    Raises
+    ------
+    ValueError
+        A non-finite value with nonzero weight, all weights zero, or mismatched lengths.
+    """
+    a, wa, _ = _weighted_values(u, log_w, "u", "log_w")
+    b, wb, _ = _weighted_values(u_ref, log_w_ref, "u_ref", "log_w_ref")
+    if a.ndim != 1 or b.ndim != 1:
+        raise ValueError(f"energy_w2 needs one value per sample; got shapes {a.shape} and {b.shape}")
+    ia, ib = np.argsort(a, kind="stable"), np.argsort(b, kind="stable")
+    a, wa, b, wb = a[ia], wa[ia], b[ib], wb[ib]
+    ca, cb = np.cumsum(wa), np.cumsum(wb)
+    ca /= ca[-1]
+    cb /= cb[-1]
+    levels = np.union1d(ca, cb)  # sorted, ends at 1
+    levels = levels[levels > 0]
+    dp = np.diff(np.r_[0.0, levels])
+    qa = a[np.minimum(np.searchsorted(ca, levels, side="left"), a.size - 1)]
+    qb = b[np.minimum(np.searchsorted(cb, levels, side="left"), b.size - 1)]
+    return float(math.sqrt(max(float(np.sum(dp * (qa - qb) ** 2)), 0.0)))
+
+
+def _as_angles(angles, name: str) -> np.ndarray:
+    if isinstance(angles, tuple) and len(angles) == 2:  # the (phi, psi) pair of torsions()
+        angles = np.stack([W._as_float64(angles[0], name).reshape(-1), W._as_float64(angles[1], name).reshape(-1)],
+                          axis=1)
+    a = W._as_float64(angles, name)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise ValueError(f"{name} must be angles of shape (B, 2) (or (B, D)); got shape {a.shape}")
+    return a
+
+
+def _resample(a: np.ndarray, log_w, n: int, weighted: bool, rng: np.random.Generator, name: str) -> np.ndarray:
+    v, w, _ = _weighted_values(a, log_w, name, "log_w" if name == "angles" else "log_w_ref")
+    if not weighted and v.shape[0] >= n:
+        return v[rng.choice(v.shape[0], size=n, replace=False)]
+    return v[rng.choice(v.shape[0], size=n, replace=True, p=w)]
+
+
+def torsion_w2(angles, angles_ref, log_w=None, log_w_ref=None, n: int = 2000, seed=0) -> float:
+    """Wasserstein-2 distance between two (weighted) samples of torsions on the torus.
+
+    The ground cost is the squared periodic distance, Σ_k min(|d_k|, 2π − |d_k|)² with d_k the
+    difference of angle k (mod 2π). Each sample is brought to ``n`` equally weighted points:
+    weighted samples (or unweighted ones with fewer than ``n`` points) by multinomial resampling
+    with probabilities equal to the normalised weights, unweighted ones with at least ``n`` points
+    by drawing ``n`` without replacement. The optimal assignment between the two point sets
+    (``scipy.optimize.linear_sum_assignment``, exact) gives W2 = sqrt(mean cost). This is the
+    convention of the equivariant-flow-matching papers (POT ``emd`` on the torus distance).
+
+    Parameters
+    ----------
+    angles, angles_ref : array, shape (B, 2) and (B_ref, 2), radians
+        (φ, ψ) per sample (any period-2π angles; (B, D) works the same). The ``(phi, psi)`` tuple
+        returned by :func:`torsions` is accepted too.
+    log_w, log_w_ref : array, optional
+        Log-weights of each sample (None: unweighted).
+    n : int
+        Points per sample for the assignment (cost O(n³); 2000 takes about a second).
+    seed : int or None
+        Random state of the resampling. Both samples are drawn with generators of the same seed,
+        so identical inputs give W2 = 0.
+
+    Returns
+    -------
+    float
+        W2 in radians.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    a = _as_angles(angles, "angles")
+    b = _as_angles(angles_ref, "angles_ref")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"angles have {a.shape[1]} coordinates but angles_ref has {b.shape[1]}")
+    if int(n) < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    n = int(n)
+    pa = _resample(a, log_w, n, log_w is not None, np.random.default_rng(seed), "angles")
+    pb = _resample(b, log_w_ref, n, log_w_ref is not None, np.random.default_rng(seed), "angles_ref")
+    d = np.abs(pa[:, None, :] - pb[None, :, :]) % TWO_PI
+    d = np.minimum(d, TWO_PI - d)
+    cost = np.sum(d * d, axis=-1)
+    rows, cols = linear_sum_assignment(cost)
+    return float(math.sqrt(cost[rows, cols].mean()))
