@@ -1,0 +1,450 @@
+"""The ``boltzgen analyze`` report: plots and metrics of a (weighted) sample file.
+
+:func:`analyze` reads a sample file (from ``boltzgen simulate``: unweighted; from ``boltzgen
+sample`` or ``boltzgen reweight``: weighted), optionally a reference sample file of the same system
+(e.g. long MD), and writes into an output directory, each file atomically:
+
+- ``ramachandran.png``: the weighted (φ, ψ) free-energy surface in kT (molecules with a backbone φ);
+- ``torsion_profiles.png``: F(φ) and F(ψ) with bootstrap error bands, the reference overlaid;
+- ``energy_histogram.png``: weighted histograms of the reduced energy against the reference;
+- ``ess_trace.png``: the ESS fraction along the SMC levels (when SMC metrics are found);
+- ``training_loss.png``: the training-loss curves of the run that made the samples;
+- ``metrics.json``: n, ESS, W2 distances to the reference, ΔF = F(φ > 0) − F(φ < 0);
+- ``index.html``: one page with the figures and a metrics table.
+
+Figures use matplotlib's Agg canvas directly (no pyplot), so the global backend of an interactive
+session is left alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from . import analysis as A
+from . import weights as W
+from .io import atomic_path, load_samples, write_json
+
+__all__ = ["analyze"]
+
+#: Colour-scale ceiling of free-energy maps and profiles, kT.
+F_MAX_KT = 12.0
+
+
+# ---------------------------------------------------------------------------- small helpers
+def _finite_or_none(value):
+    """JSON-friendly: numpy scalars to Python numbers, NaN and inf to None, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _finite_or_none(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _figure(ncols: int = 1, width: float = 5.0, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _save(fig, out_dir: str, name: str, figures: dict, key: str) -> None:
+    path = os.path.join(out_dir, name)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    figures[key] = name
+
+
+def _log_w(samples) -> np.ndarray:
+    n = len(samples)
+    return np.zeros(n) if samples.log_weights is None else np.asarray(samples.log_weights, dtype=np.float64)
+
+
+def _check_compatible(samples, reference, path: str, ref_path: str) -> None:
+    xs, xr = samples.x.shape[1:], reference.x.shape[1:]
+    if xs != xr:
+        if len(xs) == 2 and len(xr) == 2:
+            raise ValueError(f"{path} has {xs[0]} atoms per configuration but the reference {ref_path} has {xr[0]}")
+        raise ValueError(f"{path} holds configurations of shape {xs} but the reference {ref_path} holds {xr}")
+    if (samples.topology is None) != (reference.topology is None):
+        which = path if samples.topology is None else ref_path
+        raise ValueError(f"one file is molecular and the other is not ({which} has no topology)")
+
+
+def _phi_psi(samples, notes: list, label: str):
+    """(phi, psi) of a molecule with one φ and one ψ, or None (with a note why not)."""
+    if samples.topology is None:
+        return None
+    if not W.has_phi(samples.topology):
+        notes.append(f"{label}: no backbone phi torsion; torsion plots and metrics skipped")
+        return None
+    phi, psi = A.torsions(samples.x, samples.topology)
+    if phi.ndim != 1 or psi.ndim != 1:
+        notes.append(f"{label}: more than one phi/psi torsion; only alanine-dipeptide-like molecules get torsion plots")
+        return None
+    return phi, psi
+
+
+def _read_smc(path: str, smc_metrics: Optional[dict], notes: list) -> Optional[dict]:
+    if smc_metrics is not None:
+        summary = smc_metrics.get("smc", smc_metrics)
+        return summary if summary.get("ess") else None
+    metrics_path = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
+    if not os.path.exists(metrics_path):
+        notes.append("no SMC metrics (no metrics.json beside the sample file): ESS trace skipped")
+        return None
+    try:
+        with open(metrics_path) as handle:
+            metrics = json.load(handle)
+    except (OSError, ValueError) as exc:
+        notes.append(f"could not read {metrics_path} ({exc}): ESS trace skipped")
+        return None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("smc"), dict) or not metrics["smc"].get("ess"):
+        notes.append(f"{metrics_path} has no SMC trace (not written by `boltzgen sample`): ESS trace skipped")
+        return None
+    output = metrics.get("output")
+    if output and os.path.abspath(output) != os.path.abspath(path):
+        notes.append(f"{metrics_path} describes {output}, not this file: ESS trace skipped")
+        return None
+    return metrics["smc"]
+
+
+def _find_run_dir(samples, run_dir: Optional[str], notes: list) -> Optional[str]:
+    if run_dir is not None:
+        if not os.path.isdir(run_dir):
+            raise FileNotFoundError(f"run directory not found: {run_dir}")
+        return run_dir
+    meta = samples.metadata or {}
+    for candidate in (meta.get("run_dir"), (meta.get("source_metadata") or {}).get("run_dir")):
+        if candidate and os.path.isdir(candidate):
+            return candidate
+    notes.append("no run directory (pass --run-dir): training-loss curves skipped")
+    return None
+
+
+def _read_train_log(path: str) -> dict:
+    """Columns of train_log.csv as float arrays (NaN where empty), split by phase."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+
+    def num(s):
+        try:
+            return float(s)
+        except (TypeError, ValueError):
+            return math.nan
+
+    cols = rows[0].keys() if rows else []
+    return {c: np.array([num(r.get(c)) for r in rows]) for c in cols if c != "phase"} | \
+        {"phase": np.array([r.get("phase", "") for r in rows])}
+
+
+# ---------------------------------------------------------------------------- plots
+def _plot_ramachandran(out_dir, figures, tors, lw, ref_tors, ref_lw):
+    panels = [("samples", tors, lw)] + ([("reference", ref_tors, ref_lw)] if ref_tors is not None else [])
+    fig, axes = _figure(len(panels), width=4.8, height=4.0)
+    mesh = None
+    for ax, (title, (phi, psi), w) in zip(axes, panels):
+        f, xe, ye = A.free_energy_surface(phi, psi, w, bins=60)
+        masked = np.ma.masked_invalid(np.where(np.isfinite(f), np.minimum(f, F_MAX_KT), np.nan))
+        mesh = ax.pcolormesh(xe, ye, masked.T, cmap="viridis", vmin=0.0, vmax=F_MAX_KT, shading="flat")
+        ax.set_xlim(-math.pi, math.pi)
+        ax.set_ylim(-math.pi, math.pi)
+        ax.set_xlabel("φ / rad")
+        ax.set_ylabel("ψ / rad")
+        ax.set_title(f"F(φ, ψ), {title}")
+        ax.set_aspect("equal")
+    fig.colorbar(mesh, ax=axes, label="F / kT")
+    _save(fig, out_dir, "ramachandran.png", figures, "ramachandran")
+
+
+def _plot_profiles(out_dir, figures, tors, lw, ref_tors, ref_lw, seed):
+    fig, axes = _figure(2, width=5.0, height=3.8)
+    for k, (ax, name) in enumerate(zip(axes, ("φ", "ψ"))):
+        series = [("samples", tors[k], lw, "C0", "-")]
+        if ref_tors is not None:
+            series.append(("reference", ref_tors[k], ref_lw, "C1", "--"))
+        for label, values, w, color, style in series:
+            prof = A.free_energy_profile(values, w, bins=60, n_bootstrap=100, seed=seed)
+            f = np.where(np.isfinite(prof.f_kT), prof.f_kT, np.nan)
+            ax.plot(prof.centers, f, style, color=color, label=label)
+            err = np.where(np.isfinite(prof.f_err_kT), prof.f_err_kT, np.nan)
+            ax.fill_between(prof.centers, f - err, f + err, color=color, alpha=0.25, linewidth=0)
+        ax.set_xlim(-math.pi, math.pi)
+        ax.set_ylim(bottom=-0.5)
+        ax.set_xlabel(f"{name} / rad")
+        ax.set_ylabel("F / kT")
+        ax.set_title(f"F({name}) (band: bootstrap standard error)")
+        ax.legend()
+    _save(fig, out_dir, "torsion_profiles.png", figures, "torsion_profiles")
+
+
+def _plot_energies(out_dir, figures, u, lw, ref_u, ref_lw):
+    keep = np.isfinite(lw) & np.isfinite(u)
+    pool = [u[keep]]
+    if ref_u is not None:
+        pool.append(ref_u[np.isfinite(ref_lw) & np.isfinite(ref_u)])
+    pool = np.concatenate(pool)
+    lo, hi = np.percentile(pool, [0.5, 99.5])
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.05 * (hi - lo)
+    rng_ = (lo - pad, hi + pad)
+    bins = int(np.clip(np.sqrt(pool.size), 10, 60))
+    fig, axes = _figure(1, width=6.0, height=4.0)
+    ax = axes[0]
+    series = [("samples (weighted)" if np.any(lw != lw[0]) else "samples", u, lw, "C0")]
+    if ref_u is not None:
+        series.append(("reference", ref_u, ref_lw, "C1"))
+    for label, values, w, color in series:
+        hist, edges = A.weighted_histogram(values, w, bins=bins, range=rng_, density=True)
+        ax.stairs(hist, edges, color=color, label=label, linewidth=1.5)
+    ax.set_xlabel("reduced energy u = U / kT")
+    ax.set_ylabel("density")
+    ax.set_title("reduced-energy distribution")
+    ax.legend()
+    _save(fig, out_dir, "energy_histogram.png", figures, "energy_histogram")
+
+
+def _plot_ess(out_dir, figures, smc):
+    ess = np.array([math.nan if v is None else v for v in smc["ess"]], dtype=np.float64)
+    levels = np.arange(ess.shape[0])
+    fig, axes = _figure(1, width=6.0, height=3.8)
+    ax = axes[0]
+    ax.plot(levels, ess, "-", color="C0", label="ESS / particles")
+    for i, level in enumerate(smc.get("resampled") or []):
+        ax.axvline(level, color="0.6", linewidth=0.6, linestyle=":", label="resampled" if i == 0 else None)
+    beta = smc.get("beta")
+    if beta and len(beta) == ess.shape[0]:
+        anneal = [i for i, b in enumerate(beta) if b is not None and b > 0]
+        if anneal:
+            ax.axvspan(anneal[0] - 0.5, levels[-1] + 0.5, color="C2", alpha=0.1, label="annealing to the target")
+    ax.set_yscale("log")
+    ax.set_xlabel("SMC level (0: prior at t = 1)")
+    ax.set_ylabel("ESS fraction")
+    ax.set_title("SMC effective sample size")
+    ax.legend(loc="lower left")
+    _save(fig, out_dir, "ess_trace.png", figures, "ess_trace")
+
+
+def _plot_training(out_dir, figures, log: dict) -> None:
+    fig, axes = _figure(1, width=6.0, height=4.0)
+    ax = axes[0]
+    step = log.get("step")
+    positive = True
+    for i, name in enumerate(("total", "dsm", "clf")):
+        if name in log and np.isfinite(log[name]).any():
+            ok = np.isfinite(log[name])
+            ax.plot(step[ok], log[name][ok], "-", color=f"C{i}", linewidth=1, alpha=0.8, label=f"train {name}")
+            positive &= bool((log[name][ok] > 0).all())
+        val = "val_" + name
+        if val in log and np.isfinite(log[val]).any():
+            ok = np.isfinite(log[val])
+            ax.plot(step[ok], log[val][ok], "o--", color=f"C{i}", markersize=3, label=f"validation {name}")
+            positive &= bool((log[val][ok] > 0).all())
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training losses")
+    ax.legend(fontsize="small")
+    _save(fig, out_dir, "training_loss.png", figures, "training_loss")
+
+
+# ---------------------------------------------------------------------------- html
+_CAPTIONS = {
+    "ramachandran": "Weighted Ramachandran free-energy map F(φ, ψ) in kT (white: no weight).",
+    "torsion_profiles": "Free-energy profiles along φ and ψ, bands one bootstrap standard error.",
+    "energy_histogram": "Weighted reduced-energy histograms.",
+    "ess_trace": "ESS fraction after each SMC reweighting (dotted: resampling).",
+    "training_loss": "Training and validation losses (train_log.csv).",
+}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _write_html(out_dir: str, metrics: dict) -> None:
+    rows = "\n".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                     for k, v in metrics.items() if not isinstance(v, (dict, list)))
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in metrics.get("notes", []))
+    figs = "\n".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(key)}">'
+                     f"<figcaption>{html.escape(_CAPTIONS.get(key, key))}</figcaption></figure>"
+                     for key, name in metrics.get("figures", {}).items())
+    title = f"boltzgen report: {os.path.basename(metrics.get('samples', ''))}"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
+table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }}
+th {{ background: #f4f4f4; font-weight: normal; }} figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
+figcaption {{ color: #555; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<h2>Metrics</h2>
+<table>
+{rows}
+</table>
+{"<h2>Notes</h2><ul>" + notes + "</ul>" if notes else ""}
+<h2>Figures</h2>
+{figs or "<p>No figures.</p>"}
+</body></html>
+"""
+    with atomic_path(os.path.join(out_dir, "index.html")) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(page)
+
+
+# ---------------------------------------------------------------------------- entry point
+def analyze(path: str, out_dir: str, reference: Optional[str] = None, *, run_dir: Optional[str] = None,
+            smc_metrics: Optional[dict] = None, seed: int = 0) -> dict:
+    """Plots and metrics of a sample file, written into ``out_dir``.
+
+    Parameters
+    ----------
+    path : str
+        Sample file (HDF5, :func:`boltzgen.io.save_samples`): unweighted (``boltzgen simulate``,
+        ``boltzgen sample --method sde``) or weighted (``boltzgen sample``, ``boltzgen reweight``).
+        Samples without ``log_weights`` count as equally weighted.
+    out_dir : str
+        Output directory (created): PNG figures, ``metrics.json`` and ``index.html``.
+    reference : str, optional
+        Reference sample file of the same system (same atoms or dimension), e.g. long MD; its
+        ``log_weights`` are used when present. Gives ``energy_w2`` and ``torsion_w2``.
+    run_dir : str, optional
+        Run directory of ``boltzgen train`` for the training-loss curves (its ``train_log.csv``);
+        default: the ``run_dir`` recorded in the sample file's metadata, when it exists.
+    smc_metrics : dict, optional
+        SMC summary (``SMCResult.summary()``, or a metrics dict with it under ``"smc"``) for the
+        ESS trace; default: the ``"smc"`` entry of the ``metrics.json`` beside the sample file.
+    seed : int
+        Random state of the bootstraps and of the torsion-W2 resampling.
+
+    Returns
+    -------
+    dict
+        The metrics also written to ``out_dir/metrics.json`` (non-finite numbers as None):
+        ``n``, ``weighted``, ``n_zero_weight``, ``ess``, ``ess_fraction``, ``mean_reduced_energy``
+        (kT), with a reference ``energy_w2`` (kT) and ``torsion_w2`` (rad); for alanine-dipeptide-like
+        molecules ``delta_f_kT`` and ``delta_f_err_kT`` = F(φ > 0) − F(φ < 0) in kT (and the same of
+        the reference); ``figures`` (name → file) and ``notes`` (what was skipped and why).
+
+    Raises
+    ------
+    FileNotFoundError
+        A missing sample, reference or run directory.
+    ValueError
+        Unreadable files, reference of another shape (atom count), invalid weights.
+    """
+    path = os.fspath(path)
+    samples = load_samples(path)
+    ref = None
+    if reference is not None:
+        ref = load_samples(reference)
+        _check_compatible(samples, ref, path, reference)
+    os.makedirs(out_dir, exist_ok=True)
+    notes: list = []
+    figures: dict = {}
+
+    lw = _log_w(samples)
+    W._check_log_w(lw, f"log_weights of {path}")
+    W._require_some_weight(lw, f"log_weights of {path}")
+    meta = samples.metadata or {}
+    metrics: dict[str, Any] = {
+        "command": "analyze", "samples": os.path.abspath(path),
+        "reference": os.path.abspath(reference) if reference is not None else None,
+        "system": meta.get("system") or (meta.get("source_metadata") or {}).get("system"),
+        "n": len(samples), "weighted": samples.log_weights is not None,
+        "n_zero_weight": int(np.sum(~np.isfinite(lw))), "ess": W.ess(lw), "ess_fraction": W.ess_fraction(lw),
+    }
+    ref_lw = None
+    if ref is not None:
+        ref_lw = _log_w(ref)
+        W._check_log_w(ref_lw, f"log_weights of {reference}")
+        W._require_some_weight(ref_lw, f"log_weights of {reference}")
+        metrics.update(reference_n=len(ref), reference_ess=W.ess(ref_lw))
+        t_s, t_r = meta.get("temperature"), (ref.metadata or {}).get("temperature")
+        if t_s is not None and t_r is not None and t_s != t_r:
+            notes.append(f"temperatures differ (samples {t_s}, reference {t_r}): reduced energies are not comparable")
+
+    # energies
+    u = samples.reduced_energy
+    ref_u = ref.reduced_energy if ref is not None else None
+    if u is None:
+        notes.append("the sample file has no reduced energies: energy histogram and energy W2 skipped")
+    else:
+        if ref is not None and ref_u is None:
+            notes.append("the reference has no reduced energies: energy W2 skipped")
+        try:
+            metrics["mean_reduced_energy"] = W.expectation(u, lw).value
+            if ref_u is not None:
+                metrics["reference_mean_reduced_energy"] = W.expectation(ref_u, ref_lw).value
+                metrics["energy_w2"] = A.energy_w2(u, ref_u, lw, ref_lw)
+            _plot_energies(out_dir, figures, u, lw, ref_u, ref_lw)
+        except ValueError as exc:
+            notes.append(f"reduced energies: {exc}; energy metrics and histogram skipped")
+
+    # torsions
+    tors = _phi_psi(samples, notes, "samples")
+    ref_tors = _phi_psi(ref, [], "reference") if (ref is not None and tors is not None) else None
+    if tors is None and samples.topology is None:
+        notes.append("not a molecular system: torsion plots and metrics skipped")
+    if tors is not None:
+        _plot_ramachandran(out_dir, figures, tors, lw, ref_tors, ref_lw)
+        _plot_profiles(out_dir, figures, tors, lw, ref_tors, ref_lw, seed)
+        for prefix, (phi, _), w in [("", tors, lw)] + ([("reference_", ref_tors, ref_lw)] if ref_tors else []):
+            try:
+                est = W.delta_f(w, phi < 0, phi > 0, n_bootstrap=200, seed=seed)
+            except ValueError as exc:
+                metrics[f"{prefix}delta_f_kT"] = None
+                notes.append(f"{prefix}delta_f (phi > 0 vs phi < 0): {exc}")
+            else:
+                metrics[f"{prefix}delta_f_kT"], metrics[f"{prefix}delta_f_err_kT"] = est.value, est.error
+        metrics["delta_f_definition"] = "F(phi > 0) - F(phi < 0) in kT"
+        if ref_tors is not None:
+            n_w2 = int(min(2000, max(len(samples), len(ref))))
+            metrics["torsion_w2"] = A.torsion_w2(np.stack(tors, 1), np.stack(ref_tors, 1),
+                                                 samples.log_weights, ref.log_weights, n=n_w2, seed=seed)
+            metrics["torsion_w2_n"] = n_w2
+
+    # SMC and training
+    smc = _read_smc(path, smc_metrics, notes)
+    if smc is not None:
+        _plot_ess(out_dir, figures, smc)
+        metrics.update(smc_min_ess_fraction=smc.get("min_ess_fraction"), smc_log_z=smc.get("log_z"),
+                       smc_n_resampling=smc.get("n_resampling"))
+    rd = _find_run_dir(samples, run_dir, notes)
+    if rd is not None:
+        log_path = os.path.join(rd, "train_log.csv")
+        if not os.path.exists(log_path):
+            notes.append(f"{rd} has no train_log.csv: training-loss curves skipped")
+        else:
+            log = _read_train_log(log_path)
+            if log.get("step") is None or log["step"].size == 0:
+                notes.append(f"{log_path} is empty: training-loss curves skipped")
+            else:
+                _plot_training(out_dir, figures, log)
+                metrics["run_dir"] = os.path.abspath(rd)
+
+    metrics["figures"] = figures
+    metrics["notes"] = notes
+    metrics = _finite_or_none(metrics)
+    write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    _write_html(out_dir, metrics)
+    return metrics
