@@ -265,6 +265,32 @@ def cmd_reweight(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .report import analyze
+
+    for label, path in (("sample file", args.samples), ("reference file", args.reference)):
+        if path is not None and not os.path.exists(path):
+            raise CommandError(f"{label} not found: {path}")
+    if args.run_dir is not None and not os.path.isdir(args.run_dir):
+        raise CommandError(f"run directory not found: {args.run_dir}")
+    try:
+        metrics = analyze(args.samples, args.output, args.reference, run_dir=args.run_dir, seed=args.seed)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    _emit(metrics, args, None)
+    if not args.json:
+        line = f"{metrics['n']} samples, ESS {metrics['ess']:.1f} ({metrics['ess_fraction']:.1%})"
+        if metrics.get("energy_w2") is not None:
+            line += f", energy W2 {metrics['energy_w2']:.3g} kT"
+        if metrics.get("torsion_w2") is not None:
+            line += f", torsion W2 {metrics['torsion_w2']:.3g} rad"
+        if metrics.get("delta_f_kT") is not None:
+            err = metrics.get("delta_f_err_kT")
+            line += f", F(phi>0) - F(phi<0) = {metrics['delta_f_kT']:.2f} +- {'inf' if err is None else f'{err:.2f}'} kT"
+        print(f"{line}; wrote {os.path.join(args.output, 'index.html')}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench_bridge(args) -> int:
     from .bench import bench_bridge
 
@@ -364,6 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap replicates of the Delta F error (default 200)")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_reweight)
+
+    p = sub.add_parser("analyze", help="plots and metrics of a sample file -> report directory",
+                       description="Analyse a sample file (weighted or not): Ramachandran free-energy map and "
+                                   "F(phi), F(psi) profiles with bootstrap errors for alanine dipeptide, reduced-"
+                                   "energy histograms, the SMC ESS trace (from metrics.json beside FILE) and the "
+                                   "training losses (from the run directory). With --reference: energy and torsion "
+                                   "Wasserstein-2 distances. Writes PNGs, metrics.json and index.html into DIR.")
+    p.add_argument("samples", metavar="FILE", help="sample file (HDF5)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory of the report")
+    p.add_argument("--reference", metavar="FILE", help="reference sample file of the same system (e.g. long MD)")
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="run directory for the training-loss curves (default: the one recorded in FILE)")
+    _add_common(p)
+    p.set_defaults(func=cmd_analyze)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")

@@ -1,0 +1,302 @@
+"""boltzgen.analysis (torsions, histograms, free energies, W2 distances) and `boltzgen analyze`."""
+
+import csv
+import itertools
+import json
+import math
+import os
+
+import mdtraj
+import numpy as np
+import pytest
+
+from boltzgen import analysis as A
+from boltzgen.cli import main
+from boltzgen.io import save_samples
+from boltzgen.train import LOG_FIELDS
+
+PDB = os.path.join(os.path.dirname(__file__), os.pardir, "systems", "aldp.pdb")
+
+
+@pytest.fixture(scope="module")
+def aldp():
+    return mdtraj.load(PDB)
+
+
+def _frames(aldp, n, rng, noise=0.01, n_mirrored=0):
+    """n noisy copies of the aldp structure (nm); the last n_mirrored mirrored (phi > 0)."""
+    x = aldp.xyz[0].astype(np.float64)[None] + noise * rng.standard_normal((n, aldp.n_atoms, 3))
+    if n_mirrored:
+        x[n - n_mirrored:] *= -1.0
+    return x
+
+
+# ---------------------------------------------------------------------------- torsions
+def test_torsions_match_mdtraj_dihedrals_in_the_published_atom_order(aldp):
+    x = _frames(aldp, 7, np.random.default_rng(0), noise=0.02, n_mirrored=3)
+    phi, psi = A.torsions(x, aldp.topology)
+    ref = mdtraj.compute_dihedrals(mdtraj.Trajectory(x.astype(np.float32), aldp.topology),
+                                   np.array([[4, 6, 8, 14], [6, 8, 14, 16]]))
+    assert phi.shape == psi.shape == (7,)
+    np.testing.assert_allclose(phi, ref[:, 0], atol=1e-5)
+    np.testing.assert_allclose(psi, ref[:, 1], atol=1e-5)
+    assert (phi[:4] < 0).all() and (phi[4:] > 0).all()
+    phi_t, _ = A.torsions(mdtraj.Trajectory(x.astype(np.float32), aldp.topology))
+    np.testing.assert_allclose(phi_t, phi)
+
+
+# ---------------------------------------------------------------------------- histograms and free energies
+def test_weighted_histogram_matches_numpy_and_survives_huge_log_weights():
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=500)
+    lw = rng.normal(size=500)
+    hist, edges = A.weighted_histogram(v, lw + 800.0, bins=20, range=(-4, 4))  # exp(800) overflows
+    ref, ref_edges = np.histogram(v, bins=20, range=(-4, 4), weights=np.exp(lw), density=True)
+    np.testing.assert_allclose(hist, ref, rtol=1e-12)
+    np.testing.assert_allclose(edges, ref_edges)
+    mass, _ = A.weighted_histogram(v, lw - 800.0, bins=20, range=(-10, 10), density=False)
+    assert mass.sum() == pytest.approx(1.0, abs=1e-12)
+    counts, _ = A.weighted_histogram(v, None, bins=20, range=(-10, 10), density=False)
+    np.testing.assert_allclose(counts * 500, np.histogram(v, bins=20, range=(-10, 10))[0])
+    # non-finite values only with zero weight
+    v2 = np.r_[v, np.inf]
+    with pytest.raises(ValueError, match="not finite"):
+        A.weighted_histogram(v2)
+    h2, _ = A.weighted_histogram(v2, np.r_[lw, -np.inf], bins=20, range=(-4, 4))
+    np.testing.assert_allclose(h2, ref, rtol=1e-12)
+
+
+def test_free_energy_profile_of_von_mises_samples_is_minus_kappa_cos_phi():
+    kappa = 2.0
+    phi = np.random.default_rng(2).vonmises(0.0, kappa, size=40_000)
+    prof = A.free_energy_profile(phi, bins=40, n_bootstrap=100, seed=0)
+    assert prof.centers.shape == prof.f_kT.shape == prof.f_err_kT.shape == prof.counts.shape == (40,)
+    assert prof.f_kT.min() == 0.0 and prof.counts.sum() == 40_000
+    np.testing.assert_allclose(prof.ess, prof.counts)  # unweighted: ESS per bin = count
+    exact = -kappa * np.cos(prof.centers)
+    diff = prof.f_kT - exact
+    diff -= np.average(diff, weights=prof.counts)
+    assert np.all(np.abs(diff) < 4 * prof.f_err_kT + 0.02)
+    # bootstrap error of -ln p of a bin with count c is about sqrt((1 - p) / c)
+    expected = np.sqrt((1 - prof.counts / 40_000) / prof.counts)
+    ratio = prof.f_err_kT / expected
+    assert 0.7 < np.median(ratio) < 1.3
+
+
+def test_free_energy_profile_with_log_weights_spanning_hundreds_of_units():
+    # A fine grid of angles, weighted by exp(kappa cos phi) with kappa = 100: log-weights span 200
+    # units and are shifted by 1000 (exp overflows). Exact reference: -ln of the integral of
+    # exp(kappa cos) over each bin, by quadrature.
+    kappa, bins = 100.0, 30
+    phi = -math.pi + (np.arange(300_000) + 0.5) * (2 * math.pi / 300_000)
+    lw = kappa * np.cos(phi) + 1000.0
+    prof = A.free_energy_profile(phi, lw, bins=bins, n_bootstrap=0)
+    assert np.isnan(prof.f_err_kT).all()
+    fine = np.linspace(-math.pi, math.pi, bins * 2000 + 1)
+    mid = 0.5 * (fine[1:] + fine[:-1])
+    log_bin = np.array([np.log(np.sum(np.exp(kappa * (np.cos(m) - 1)))) + kappa
+                        for m in mid.reshape(bins, -1)])
+    exact = -(log_bin - log_bin.max())
+    assert exact.max() > 150  # the profile spans well over a hundred kT
+    np.testing.assert_allclose(prof.f_kT, exact, atol=1e-3)
+
+
+def test_free_energy_profile_empty_bins_are_inf_with_nan_error():
+    phi = np.random.default_rng(3).uniform(-1.0, 1.0, size=2000)
+    prof = A.free_energy_profile(phi, bins=20, n_bootstrap=20)
+    empty = prof.counts == 0
+    assert empty.any() and np.isinf(prof.f_kT[empty]).all() and np.isnan(prof.f_err_kT[empty]).all()
+    assert np.isfinite(prof.f_err_kT[prof.counts > 50]).all()
+
+
+def test_free_energy_surface_against_histogram2d():
+    rng = np.random.default_rng(4)
+    phi, psi = rng.vonmises(-1.5, 3.0, 5000), rng.vonmises(2.5, 1.0, 5000)
+    f, xe, ye = A.free_energy_surface(phi, psi, bins=24)
+    h, _, _ = np.histogram2d(phi, psi, bins=24, range=((-math.pi, math.pi), (-math.pi, math.pi)))
+    assert f.shape == (24, 24) and xe.shape == ye.shape == (25,)
+    assert np.nanmin(f) == 0.0
+    assert np.array_equal(np.isinf(f), h == 0)
+    ok = h > 0
+    np.testing.assert_allclose(f[ok], -np.log(h[ok] / h.max()), atol=1e-12)
+    lw = rng.normal(size=5000)
+    f_w, _, _ = A.free_energy_surface(phi, psi, lw + 500.0, bins=24)
+    f_w2, _, _ = A.free_energy_surface(phi, psi, lw, bins=24)
+    np.testing.assert_allclose(f_w, f_w2, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------- energy W2
+def test_energy_w2_of_two_gaussians_matches_the_closed_form():
+    rng = np.random.default_rng(5)
+    a = rng.normal(0.0, 1.0, size=200_000)
+    b = rng.normal(1.0, 2.0, size=150_000)
+    assert A.energy_w2(a, b) == pytest.approx(math.sqrt(1.0 + 1.0), abs=0.02)
+
+
+def test_energy_w2_equal_sizes_is_sorted_matching_and_zero_for_identical_sets():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=101), rng.exponential(size=101)
+    assert A.energy_w2(a, b) == pytest.approx(math.sqrt(np.mean((np.sort(a) - np.sort(b)) ** 2)), rel=1e-12)
+    assert A.energy_w2(a, a) == 0.0
+    assert A.energy_w2(a, a + 3.0) == pytest.approx(3.0, rel=1e-12)
+
+
+def test_energy_w2_weighted_equals_duplicated_samples():
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=20), rng.normal(0.5, 2.0, size=30)
+    ma, mb = rng.integers(1, 5, size=20), rng.integers(1, 5, size=30)
+    weighted = A.energy_w2(a, b, np.log(ma) + 700.0, np.log(mb) - 300.0)
+    duplicated = A.energy_w2(np.repeat(a, ma), np.repeat(b, mb))
+    assert weighted == pytest.approx(duplicated, rel=1e-10)
+
+
+def test_energy_w2_drops_zero_weight_infinities_and_refuses_weighted_ones():
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=50), rng.normal(size=60)
+    lw = rng.normal(size=50)
+    base = A.energy_w2(a, b, lw)
+    with_inf = A.energy_w2(np.r_[a, np.inf, np.nan], b, np.r_[lw, -np.inf, -np.inf])
+    assert with_inf == pytest.approx(base, rel=1e-12)
+    with pytest.raises(ValueError, match="u is not finite"):
+        A.energy_w2(np.r_[a, np.inf], b)
+    with pytest.raises(ValueError, match="u_ref is not finite"):
+        A.energy_w2(a, np.r_[b, np.nan], None, np.zeros(61))
+    with pytest.raises(ValueError, match="entries"):
+        A.energy_w2(a, b, lw[:10])
+
+
+# ---------------------------------------------------------------------------- torsion W2
+def _torus_cost(p, q):
+    d = np.abs(p - q) % (2 * math.pi)
+    d = np.minimum(d, 2 * math.pi - d)
+    return float(np.sum(d ** 2))
+
+
+def test_torsion_w2_is_the_exact_assignment_on_the_torus():
+    rng = np.random.default_rng(9)
+    a, b = rng.uniform(-math.pi, math.pi, (6, 2)), rng.uniform(-math.pi, math.pi, (6, 2))
+    best = min(np.mean([_torus_cost(a[i], b[j]) for i, j in enumerate(perm)])
+               for perm in itertools.permutations(range(6)))
+    assert A.torsion_w2(a, b, n=6) == pytest.approx(math.sqrt(best), rel=1e-12)
+    assert A.torsion_w2((a[:, 0], a[:, 1]), b, n=6) == pytest.approx(math.sqrt(best), rel=1e-12)
+
+
+def test_torsion_w2_periodicity_and_identical_sets():
+    rng = np.random.default_rng(10)
+    a, b = rng.vonmises(0.0, 2.0, (300, 2)), rng.vonmises(1.0, 2.0, (300, 2))
+    w = A.torsion_w2(a, b, n=300)
+    assert w > 0.3
+    assert A.torsion_w2(a + 2 * math.pi, b - 2 * math.pi, n=300) == pytest.approx(w, rel=1e-9)
+    assert A.torsion_w2(a, a, n=300) == 0.0
+    lw = rng.normal(size=300) * 50
+    assert A.torsion_w2(a, a, lw, lw, n=200) == 0.0
+    eps = 0.01
+    near_minus = np.tile([-math.pi + eps, 0.5], (50, 1))
+    near_plus = np.tile([math.pi - eps, 0.5], (50, 1))
+    assert A.torsion_w2(near_minus, near_plus, n=50) == pytest.approx(2 * eps, rel=1e-9)
+
+
+def test_torsion_w2_resamples_by_weight():
+    a = np.array([[0.0, 0.0], [2.0, 2.0], [-1.0, 1.0]])
+    b = np.array([[0.5, -0.5]])
+    got = A.torsion_w2(a, b, np.array([-np.inf, 0.0, -np.inf]), n=40)
+    assert got == pytest.approx(math.sqrt(_torus_cost(a[1], b[0])), rel=1e-12)
+    with pytest.raises(ValueError, match="all 3 weights are zero"):
+        A.torsion_w2(a, b, np.full(3, -np.inf), n=10)
+
+
+# ---------------------------------------------------------------------------- report and CLI
+def _write_run(tmp_path, aldp):
+    rng = np.random.default_rng(11)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / "train_log.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, LOG_FIELDS)
+        writer.writeheader()
+        for step in range(1, 41):
+            row = {"step": step, "phase": "train", "lr": 1e-3, "total": 2.0 / step + 0.1, "dsm": 1.5 / step + 0.05,
+                   "clf": 0.5 / step + 0.05, "grad_norm": 1.0, "seconds": 0.01 * step}
+            if step % 10 == 0:
+                row.update(val_total=2.2 / step + 0.1, val_dsm=1.6 / step + 0.05, val_clf=0.6 / step + 0.05)
+            writer.writerow(row)
+    samples = str(tmp_path / "samples.h5")
+    x = _frames(aldp, 50, rng, n_mirrored=15)
+    lw = 2.0 * rng.standard_normal(50) + 300.0
+    lw[3] = -np.inf
+    u = rng.normal(-20.0, 3.0, 50)
+    u[3] = np.inf
+    save_samples(samples, x, topology=aldp.topology, log_weights=lw, reduced_energy=u,
+                 metadata={"system": "aldp-vacuum", "temperature": 300.0, "run_dir": str(run_dir)})
+    smc = {"ess": [1.0, 0.9, 0.5, 1.0, 0.4, 0.3], "t": [1.0, 0.5, 0.01, 0.01, 0.01, 0.01],
+           "beta": [0, 0, 0, 0.5, 0.8, 1.0], "resampled": [2], "min_ess_fraction": 0.3, "log_z": -3.0,
+           "n_resampling": 1}
+    with open(tmp_path / "metrics.json", "w") as handle:
+        json.dump({"command": "sample", "output": os.path.abspath(samples), "smc": smc}, handle)
+    reference = str(tmp_path / "reference.h5")
+    save_samples(reference, _frames(aldp, 60, rng, n_mirrored=10), topology=aldp.topology,
+                 reduced_energy=rng.normal(-21.0, 3.0, 60), metadata={"system": "aldp-vacuum", "temperature": 300.0})
+    return samples, reference
+
+
+def test_cli_analyze_writes_figures_metrics_and_html(tmp_path, aldp, capsys):
+    samples, reference = _write_run(tmp_path, aldp)
+    out = tmp_path / "report"
+    assert main(["analyze", samples, "-o", str(out), "--reference", reference, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert printed == metrics
+    for name in ("ramachandran.png", "torsion_profiles.png", "energy_histogram.png", "ess_trace.png",
+                 "training_loss.png", "index.html"):
+        assert (out / name).stat().st_size > 0, name
+    assert set(metrics["figures"]) == {"ramachandran", "torsion_profiles", "energy_histogram", "ess_trace",
+                                       "training_loss"}
+    assert metrics["n"] == 50 and metrics["weighted"] and metrics["n_zero_weight"] == 1
+    for key in ("ess", "ess_fraction", "energy_w2", "torsion_w2", "delta_f_kT", "delta_f_err_kT",
+                "reference_delta_f_kT", "mean_reduced_energy"):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+    assert 1.0 <= metrics["ess"] <= 49.0
+    assert metrics["reference_delta_f_kT"] == pytest.approx(-math.log(10 / 50), abs=1e-9)
+    page = (out / "index.html").read_text()
+    assert '<img src="ramachandran.png"' in page and "energy_w2" in page
+    assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporaries
+
+
+def test_analyze_unweighted_without_reference_smc_or_energies(tmp_path, aldp):
+    from boltzgen.report import analyze
+
+    path = str(tmp_path / "md.h5")
+    save_samples(path, _frames(aldp, 30, np.random.default_rng(12), n_mirrored=5), topology=aldp.topology)
+    metrics = analyze(path, str(tmp_path / "out"))
+    assert metrics["weighted"] is False and metrics["ess"] == pytest.approx(30.0)
+    assert set(metrics["figures"]) == {"ramachandran", "torsion_profiles"}
+    assert metrics["delta_f_kT"] == pytest.approx(-math.log(5 / 25), abs=1e-9)
+    assert any("ESS trace skipped" in n for n in metrics["notes"])
+    assert any("no reduced energies" in n for n in metrics["notes"])
+
+
+def test_analyze_toy_target_skips_torsions(tmp_path):
+    from boltzgen.report import analyze
+
+    rng = np.random.default_rng(13)
+    path, ref = str(tmp_path / "toy.h5"), str(tmp_path / "toy_ref.h5")
+    save_samples(path, rng.normal(size=(80, 2)), log_weights=rng.normal(size=80), reduced_energy=rng.normal(size=80))
+    save_samples(ref, rng.normal(size=(90, 2)), reduced_energy=rng.normal(size=90))
+    metrics = analyze(path, str(tmp_path / "out"), ref, smc_metrics={"ess": [1.0, 0.5, 0.7]})
+    assert set(metrics["figures"]) == {"energy_histogram", "ess_trace"}
+    assert math.isfinite(metrics["energy_w2"]) and "torsion_w2" not in metrics and "delta_f_kT" not in metrics
+    assert any("not a molecular system" in n for n in metrics["notes"])
+
+
+def test_cli_analyze_errors(tmp_path, aldp, capsys):
+    samples = str(tmp_path / "s.h5")
+    save_samples(samples, _frames(aldp, 5, np.random.default_rng(14)), topology=aldp.topology)
+    assert main(["analyze", str(tmp_path / "missing.h5"), "-o", str(tmp_path / "o")]) == 2
+    assert "sample file not found" in capsys.readouterr().err
+    assert main(["analyze", samples, "-o", str(tmp_path / "o"), "--reference", str(tmp_path / "nope.h5")]) == 2
+    assert "reference file not found" in capsys.readouterr().err
+    small = str(tmp_path / "small.h5")
+    sub = aldp.topology.subset(range(10))
+    save_samples(small, np.zeros((4, 10, 3)), topology=sub)
+    assert main(["analyze", samples, "-o", str(tmp_path / "o"), "--reference", small]) == 2
+    err = capsys.readouterr().err
+    assert "22 atoms" in err and "has 10" in err
