@@ -275,6 +275,47 @@ def test_dense_and_sparse_layouts_agree():
     assert torch.allclose(results[0], results[1])
 
 
+@pytest.mark.parametrize("update_coordinates", [True, False])
+def test_dense_egnn_layer_equals_the_per_pair_message_formula(update_coordinates):
+    """The rearranged dense EGNN layer (no per-pair messages) equals Σ_{j≠i} of the per-pair
+    message m_ij = W SiLU(pre_ij) + b and gated displacement, computed pair by pair."""
+    from boltzgen.nn.egnn import EGNNLayer
+
+    g = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    layer = EGNNLayer(8, 4, update_coordinates).double()
+    if update_coordinates:
+        torch.nn.init.normal_(layer.coordinate_weight.weight, std=0.5, generator=g)
+    batch, n_atoms = 3, 5
+    h = torch.randn(batch * n_atoms, 8, generator=g, dtype=torch.float64)
+    pos = torch.randn(batch * n_atoms, 3, generator=g, dtype=torch.float64)
+    tau = torch.randn(batch, 4, generator=g, dtype=torch.float64)
+    graph = BatchGraph.full(batch, n_atoms)
+    h_new, pos_new = layer(h, pos, graph, tau, neighbour_norm=4.0)
+
+    part = layer.edge_input.part
+    a = (part(0, h, with_bias=True) + part(3, tau).repeat_interleave(n_atoms, 0)).reshape(batch, n_atoms, -1)
+    b = part(1, h).reshape(batch, n_atoms, -1)
+    x = pos.reshape(batch, n_atoms, 3)
+    w_r2 = layer.edge_input.part_weight(2).squeeze(1)
+    messages = torch.zeros(batch, n_atoms, 8, dtype=torch.float64)
+    displacement = torch.zeros(batch, n_atoms, 3, dtype=torch.float64)
+    for k in range(batch):
+        for i in range(n_atoms):
+            for j in range(n_atoms):
+                if i == j:
+                    continue
+                d = x[k, i] - x[k, j]
+                m = layer.edge_mlp(a[k, i] + b[k, j] + d.dot(d) * w_r2)
+                messages[k, i] += m
+                if update_coordinates:
+                    displacement[k, i] += d * torch.tanh(layer.coordinate_weight(m))
+    expected_h = h + layer.node_mlp(torch.cat([h, messages.reshape(-1, 8) / 2.0], -1))
+    expected_pos = pos + displacement.reshape(-1, 3) / 4.0 if update_coordinates else pos
+    assert torch.allclose(h_new, expected_h, atol=1e-12)
+    assert torch.allclose(pos_new, expected_pos, atol=1e-12)
+
+
 def test_smooth_cutoff_vanishes_smoothly():
     r = torch.tensor([0.0, 0.5, 1.0, 1.5], dtype=torch.float64, requires_grad=True)
     u = smooth_cutoff(r, 1.0)
