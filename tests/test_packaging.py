@@ -33,8 +33,10 @@ def test_environment_yml_matches_install_requires():
         assert conda_name in conda, f"{name} (conda: {conda_name}) missing from environment.yml"
         assert conda[conda_name] == spec, f"{name}: setup.cfg says {spec!r}, environment.yml {conda[conda_name]!r}"
     assert conda["python"] == cfg["options"]["python_requires"]
-    test_reqs = [_split(r)[0] for r in cfg["options.extras_require"]["test"].strip().splitlines()]
-    assert all(name in conda for name in test_reqs)
+    test_reqs = dict(_split(r) for r in cfg["options.extras_require"]["test"].strip().splitlines())
+    for name, spec in test_reqs.items():  # pytest and what runs the notebooks
+        assert name in conda, f"test requirement {name} missing from environment.yml"
+        assert conda[name] == spec, f"{name}: setup.cfg's test extra says {spec!r}, environment.yml {conda[name]!r}"
 
 
 def test_every_package_is_listed_in_setup_cfg():
