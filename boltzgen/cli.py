@@ -16,6 +16,13 @@ from typing import Optional, Sequence
 
 from . import __version__
 
+# Idle OpenMP threads of torch sleep instead of spinning. On a small CPU box shared with the
+# OpenMM energy workers, other jobs or a second torch thread, spinning threads steal the cores the
+# busy ones need: a 2-thread EGNN training step took 10-20 s under load with the default policy
+# and 1.7 s with this one (benchmarks at hand: the same step, same load). Set before torch loads;
+# an explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 class CommandError(Exception):
     """A user error: printed as one line, exit status 2."""
@@ -291,6 +298,40 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_quickstart(args) -> int:
+    from .pipeline import QUICKSTART_SIZES, run_pipeline
+
+    sizes = dict(QUICKSTART_SIZES["fast" if args.fast else "default"])
+    if not args.json:
+        print(f"boltzgen quickstart: alanine dipeptide in vacuum (amber99sbildn, 300 K) into {args.output}/ - "
+              f"replica-exchange data, DSM + DiffCLF training of an EGNN energy, SMC with OpenMM reweighting, "
+              f"report{' (--fast smoke run: tiny sizes, numbers meaningless)' if args.fast else ''}",
+              file=sys.stderr)
+    try:
+        summary = run_pipeline(args.output, system="aldp-vacuum", seed=args.seed, progress=not args.no_progress,
+                               log=None if not args.json else (lambda line: print(line, file=sys.stderr)), **sizes)
+    except RuntimeError as exc:
+        raise CommandError(str(exc)) from None
+    summary = {"command": "quickstart", "fast": bool(args.fast), **summary}
+    _emit(summary, args, os.path.join(args.output, "metrics.json"))
+    if not args.json:
+        def fmt(value, spec=".2f"):
+            return "n/a" if value is None else format(value, spec)
+
+        print("\nsummary", file=sys.stderr)
+        print(f"  ESS              {fmt(summary['ess'], '.1f')} of {summary['n_samples']} "
+              f"({fmt(summary['ess_fraction'], '.1%')})", file=sys.stderr)
+        print(f"  F(phi>0) - F(phi<0)  {fmt(summary.get('delta_f_kT'))} +- {fmt(summary.get('delta_f_err_kT'))} kT "
+              f"(reference data: {fmt(summary.get('reference_delta_f_kT'))} +- "
+              f"{fmt(summary.get('reference_delta_f_err_kT'))} kT)", file=sys.stderr)
+        print(f"  energy W2        {fmt(summary.get('energy_w2'), '.3f')} kT against the training data", file=sys.stderr)
+        print(f"  wall time        {summary['total_seconds']:.0f} s "
+              f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})", file=sys.stderr)
+        print(f"  samples          {summary['files']['samples']}", file=sys.stderr)
+        print(f"  report           {summary['files']['report']}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench_bridge(args) -> int:
     from .bench import bench_bridge
 
@@ -404,6 +445,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory for the training-loss curves (default: the one recorded in FILE)")
     _add_common(p)
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("quickstart", help="the whole pipeline on alanine dipeptide (about 15 minutes on 2 cores)",
+                       description="Replica-exchange data, DSM + DiffCLF training of the EGNN energy, SMC along the "
+                                   "learned diffusion path annealed to the OpenMM energy, and a report - the "
+                                   "commands are printed as they run. Leaves DIR/samples.h5 (weighted, "
+                                   "mdtraj-loadable), DIR/metrics.json and DIR/report/index.html. Rerunning resumes.")
+    p.add_argument("-o", "--output", default="boltzgen-quickstart", metavar="DIR",
+                   help="output directory (default ./boltzgen-quickstart)")
+    p.add_argument("--fast", action="store_true", help="a one-minute smoke run with tiny sizes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_common(p)
+    p.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
