@@ -1,0 +1,142 @@
+"""The molecular benchmark chain shared by ``benchmarks/aldp.py`` and ``benchmarks/lj13.py``.
+
+One run: simulate a long reference (replica exchange for alanine dipeptide, MALA chains for LJ
+clusters) and, with another seed, the training data; then for each objective (dsm, dsm+diffclf)
+under the same budget (same steps, batch and k, hence the same number of DSM evaluations) train,
+run SMC along the learned diffusion path annealed to the target, and compare the weighted samples
+with the reference:
+
+* ESS fraction (of the last SMC reweighting, before resampling);
+* energy W2: 1-D Wasserstein-2 between the reduced-energy distributions (kT) of the weighted
+  samples and of the reference;
+* torsion W2 on the (φ, ψ) torus (rad) and ΔF = F(φ > 0) − F(φ < 0) (kT) with bootstrap errors,
+  for alanine dipeptide, against the reference's;
+* wall time per stage.
+
+Every stage is the ``boltzgen`` command a user would run (:func:`boltzgen.pipeline.run_pipeline`);
+outputs are reused when present, so an interrupted benchmark resumes. Results: JSON plus a
+markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see boltzgen.cli)
+
+from boltzgen import __version__  # noqa: E402
+from boltzgen.io import write_json  # noqa: E402
+from boltzgen.pipeline import run_command, run_pipeline  # noqa: E402
+
+LOSSES = ("dsm", "dsm+diffclf")
+
+
+def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    """Options of a chain benchmark, with the system's defaults."""
+    parser.add_argument("--work", default=defaults["work"], help="working directory (reused: resumes)")
+    parser.add_argument("--out", default=defaults["out"], help="JSON result (a .md table is written beside it)")
+    parser.add_argument("--n-reference", type=int, default=defaults["n_reference"], help="reference frames")
+    parser.add_argument("--n-data", type=int, default=defaults["n_data"], help="training frames")
+    parser.add_argument("--steps", type=int, default=defaults["steps"], help="training steps per objective")
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="training batch")
+    parser.add_argument("--n-samples", type=int, default=defaults["n_samples"], help="SMC particles")
+    parser.add_argument("--smc-steps", type=int, default=defaults["smc_steps"], help="SMC diffusion levels")
+    parser.add_argument("--mcmc-steps", type=int, default=defaults["mcmc_steps"], help="MALA moves per level")
+    parser.add_argument("--anneal", type=int, default=defaults["anneal"], help="annealing levels to the target")
+    parser.add_argument("--losses", default=",".join(LOSSES), help="objectives to compare")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the whole chain")
+
+
+QUICK = dict(n_reference=200, n_data=200, steps=20, batch_size=16, n_samples=64, smc_steps=10, anneal=4)
+
+
+def run_chain(system: str, args, *, reference_options=(), data_options=(), anchors=None) -> dict:
+    """Run the chain for ``system`` with the parsed ``args``; writes and returns the result."""
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    os.makedirs(args.work, exist_ok=True)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    shared: dict[str, float] = {}
+    files = {}
+    for stage, n, seed, options in (("reference", args.n_reference, args.seed + 1000, reference_options),
+                                    ("data", args.n_data, args.seed, data_options)):
+        path = os.path.join(args.work, f"{stage}.h5")
+        files[stage] = path
+        if os.path.exists(path):
+            log(f"[{stage}] {path} exists: reused")
+            shared[f"simulate_{stage}"] = None
+            continue
+        shared[f"simulate_{stage}"] = run_command(
+            ["simulate", system, "-n", n, "-o", path, "--seed", seed, "--no-progress",
+             "--metrics", os.path.join(args.work, f"{stage}.metrics.json"), *options], log=log)
+
+    results = {}
+    for loss in [s for s in args.losses.split(",") if s]:
+        log(f"=== {system}: {loss}")
+        summary = run_pipeline(os.path.join(args.work, loss), system=system, data=files["data"], loss=loss,
+                               train_steps=args.steps, batch_size=args.batch_size, n_samples=args.n_samples,
+                               smc_steps=args.smc_steps, mcmc_steps=args.mcmc_steps, anneal=args.anneal,
+                               reference=files["reference"], seed=args.seed, progress=False, log=log)
+        trained = _read_json(os.path.join(args.work, loss, "run", "metrics.json"))
+        summary["train_seconds_per_step"] = trained["wall_time_s"] / max(1, trained["steps"])
+        results[loss] = summary
+
+    reference_metrics = _read_json(os.path.join(args.work, "reference.metrics.json"))
+    out = {
+        "benchmark": f"{system} chain", "system": system, "boltzgen_version": __version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "quick": bool(args.quick),
+        "sizes": {k: getattr(args, k) for k in ("n_reference", "n_data", "steps", "batch_size", "n_samples",
+                                                  "smc_steps", "mcmc_steps", "anneal", "seed")},
+        "budget": "equal for both objectives: same steps, batch and k (same number of DSM evaluations); "
+                  "dsm+diffclf adds energy-only evaluations, visible in train_seconds_per_step",
+        "reference": {"file": os.path.abspath(files["reference"]), "n": args.n_reference,
+                      "simulate_seconds": shared["simulate_reference"],
+                      "simulation": {k: v for k, v in reference_metrics.items() if k not in ("output", "command")}},
+        "simulate_data_seconds": shared["simulate_data"],
+        "results": results,
+        "published_anchors": anchors or {},
+    }
+    write_json(args.out, out)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as handle:
+        handle.write(markdown(out))
+    print(markdown(out))
+    return out
+
+
+def _read_json(path: str) -> dict:
+    """The JSON object in ``path``, or {} if there is none (e.g. a reused file from an older run)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def markdown(out: dict) -> str:
+    """Markdown table of a chain result."""
+    def f(value, spec=".3f"):
+        return "–" if value is None else format(value, spec)
+
+    lines = [f"# {out['benchmark']} ({out['date']}, {out['machine']}, boltzgen {out['boltzgen_version']})", "",
+             f"sizes: {out['sizes']}", "",
+             "| objective | ESS fraction | energy W2 (kT) | torsion W2 (rad) | ΔF φ>0 vs φ<0 (kT) | reference ΔF (kT) "
+             "| s/step | train s | SMC s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for loss, r in out["results"].items():
+        df = "–" if r.get("delta_f_kT") is None else f"{r['delta_f_kT']:.2f} ± {f(r.get('delta_f_err_kT'), '.2f')}"
+        ref = ("–" if r.get("reference_delta_f_kT") is None
+               else f"{r['reference_delta_f_kT']:.2f} ± {f(r.get('reference_delta_f_err_kT'), '.2f')}")
+        s = r["stage_seconds"]
+        lines.append(f"| {loss} | {f(r.get('ess_fraction'))} | {f(r.get('energy_w2'))} | {f(r.get('torsion_w2'))} "
+                     f"| {df} | {ref} | {f(r.get('train_seconds_per_step'), '.2f')} | {f(s.get('train'), '.0f')} "
+                     f"| {f(s.get('sample'), '.0f')} |")
+    if out.get("published_anchors"):
+        lines += ["", f"published anchors: {out['published_anchors']}"]
+    return "\n".join(lines) + "\n"
