@@ -36,14 +36,15 @@ import yaml
 from . import __version__
 from .energy import EnergyModel
 from .io import atomic_path, load_samples, write_json
-from .losses import LEVEL_MODES, LOSSES, compute_loss
+from .losses import CLF_SAMPLES, LEVEL_MODES, LOSSES, compute_loss
 
 #: The defaults every configuration starts from (per-system files under ``systems/`` override).
 BASE_CONFIG: dict[str, Any] = {
     "net": {"kind": "egnn"},
     "model": {"schedule": {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0}, "t_min": 1e-3,
               "log_normaliser": "grid", "n_levels": 64, "output_scale": "none"},
-    "loss": {"kind": "dsm+diffclf", "k": 2, "lambda_clf": 1.0, "levels": "uniform", "grid": 64},
+    "loss": {"kind": "dsm+diffclf", "k": 2, "lambda_clf": 1.0, "levels": "uniform", "grid": 64,
+             "clf_samples": "all"},
     "pretrain_dsm_steps": 0,
     "optim": {"optimizer": "adam", "lr": 1e-3, "log_normaliser_lr": None, "weight_decay": 0.0,
               "warmup_steps": 100, "cosine": True, "min_lr_factor": 0.05, "grad_clip": 1.0, "ema": 0.999},
@@ -114,6 +115,8 @@ def validate_config(config: dict) -> None:
         raise ValueError(f"loss.kind must be one of {LOSSES}, got {loss['kind']!r}")
     if loss["levels"] not in LEVEL_MODES:
         raise ValueError(f"loss.levels must be one of {LEVEL_MODES}, got {loss['levels']!r}")
+    if loss.get("clf_samples", "all") not in CLF_SAMPLES:
+        raise ValueError(f"loss.clf_samples must be one of {CLF_SAMPLES}, got {loss['clf_samples']!r}")
     if int(loss["k"]) < 2 and loss["kind"] != "dsm":
         raise ValueError(f"loss.k must be at least 2 for {loss['kind']}, got {loss['k']}")
     train = config["train"]
@@ -438,7 +441,7 @@ class Trainer:
         loss = self.config["loss"]
         kind = "dsm" if step < int(self.config["pretrain_dsm_steps"]) else loss["kind"]
         return dict(loss=kind, k=int(loss["k"]), lambda_clf=float(loss["lambda_clf"]), levels=loss["levels"],
-                    grid=loss["grid"])
+                    grid=loss["grid"], clf_samples=loss.get("clf_samples", "all"))
 
     def _batch(self, data: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
         idx = torch.randint(0, data.shape[0], (size,), generator=generator)

@@ -75,6 +75,7 @@ STATIONARITY_CASES = {
     "diffclf-binary": dict(fn=diffclf_loss, k=2),
     "diffclf-4-stratified": dict(fn=diffclf_loss, k=4, levels="stratified"),
     "diffclf-3-grid": dict(fn=diffclf_loss, k=3, levels="grid", grid=16),
+    "diffclf-binary-one-sample": dict(fn=diffclf_loss, k=2, clf_samples="one", n_wrong=16),  # more variance
 }
 
 
@@ -97,16 +98,17 @@ def _gradient_statistics(model, case, n_batches=24, batch=256):
 def test_exact_energies_are_stationary_and_wrong_ones_are_not(name):
     """At the exact energies the expected gradient vanishes; at a = 1 (or b = 1) it does not
     (so the check can fail)."""
-    case = STATIONARITY_CASES[name]
+    case = dict(STATIONARITY_CASES[name])
+    n_wrong = case.pop("n_wrong", 8)
     mean, se = _gradient_statistics(ExactGMMModel(), case)
     uses_b = case["fn"] is not dsm_loss
     assert mean[0].abs() < 4 * se[0], f"d/da at the optimum: {mean[0]:.3g} ± {se[0]:.2g}"
     if uses_b:
         assert mean[1].abs() < 4 * se[1], f"d/db at the optimum: {mean[1]:.3g} ± {se[1]:.2g}"
-    mean, se = _gradient_statistics(ExactGMMModel(a=1.0), case, n_batches=8)
+    mean, se = _gradient_statistics(ExactGMMModel(a=1.0), case, n_batches=n_wrong)
     assert mean[0].abs() > 6 * se[0], f"d/da of a wrong model not detected: {mean[0]:.3g} ± {se[0]:.2g}"
     if uses_b:
-        mean, se = _gradient_statistics(ExactGMMModel(b=1.0), case, n_batches=8)
+        mean, se = _gradient_statistics(ExactGMMModel(b=1.0), case, n_batches=n_wrong)
         assert mean[1].abs() > 6 * se[1], f"d/db of a wrong model not detected: {mean[1]:.3g} ± {se[1]:.2g}"
 
 
@@ -163,6 +165,39 @@ def test_losses_match_explicit_loop_reference(event_shape, k):
     assert clf["clf_accuracy"].item() == pytest.approx(ref["accuracy"])
     if k == 2:
         torch.testing.assert_close(clf["clf"].detach(), ref["binary"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_one_classified_sample_per_x0_is_the_weighted_term_of_the_drawn_sample(k):
+    """clf_samples="one": k times the classification term of one uniformly drawn sample j per x_0
+    (so its expectation over j is the full sum), from k − 1 extra energies per x_0."""
+    model = _random_model((2,))
+    g = torch.Generator().manual_seed(5)
+    b_size = 7
+    x0 = torch.randn(b_size, 2, generator=g, dtype=F64)
+    t = sample_levels(b_size, k, model.t_min, g, dtype=F64)
+    noise = sample_noise((b_size, k, 2), g, False, dtype=F64)
+    sched = model.schedule
+    terms = torch.empty(b_size, k, dtype=F64)  # the classification term of sample j of x_0 b, explicit loops
+    for b in range(b_size):
+        for j in range(k):
+            y = sched.alpha(t[b, j]) * x0[b] + sched.sigma(t[b, j]) * noise[b, j]
+            logits = torch.stack([-model.energy(y[None], t[b, i].reshape(1))[0] + model.log_normaliser(t[b, i])
+                                  for i in range(k)]).detach()
+            terms[b, j] = torch.logsumexp(logits, 0) - logits[j]
+    torch.testing.assert_close(terms.sum(1).mean(), diffclf_loss(model, x0, t=t, noise=noise, k=k)["clf"].detach())
+    for seed in range(3):
+        j = torch.randint(0, k, (b_size,), generator=torch.Generator().manual_seed(seed))
+        expected = k * terms[torch.arange(b_size), j].mean()
+        for fn in (diffclf_loss, dsm_diffclf_loss):
+            model.net = CallCounter(model.net)
+            out = fn(model, x0, torch.Generator().manual_seed(seed), t=t, noise=noise, k=k, clf_samples="one")
+            torch.testing.assert_close(out["clf"].detach(), expected, rtol=1e-10, atol=1e-12)
+            extra = b_size * (k - 1) if fn is dsm_diffclf_loss else b_size * k
+            assert model.net.calls[-1] == (extra, False)
+            model.net = model.net.inner
+    with pytest.raises(ValueError, match="clf_samples"):
+        diffclf_loss(model, x0, t=t, noise=noise, k=k, clf_samples="some")
 
 
 def test_seeded_generator_reproduces_explicit_levels_and_noise():
