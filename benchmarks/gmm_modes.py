@@ -34,6 +34,9 @@ CASES = {
 }
 DEFAULT_CASES = "two-modes-d2,two-modes-d32,gmm40-d2"
 METHODS = ("dsm", "dsm+diffclf")
+#: Objectives --methods accepts: the loss kinds, plus "dsm+diffclf-one" (loss.clf_samples = "one").
+OBJECTIVES = {"dsm": {"kind": "dsm"}, "dsm+diffclf": {"kind": "dsm+diffclf"}, "diffclf": {"kind": "diffclf"},
+              "dsm+diffclf-one": {"kind": "dsm+diffclf", "clf_samples": "one"}}
 ESS_TIMES = (1e-3, 1e-2, 0.1, 0.3, 1.0)
 
 
@@ -47,7 +50,7 @@ def run_one(case: str, method: str, seed: int, args) -> dict:
     system, dim = CASES[case]
     target = systems.load(system, dim=dim)
     x = target.sample(args.n_data, torch.Generator().manual_seed(10_000 + seed)).numpy()
-    overrides = {"loss": {"kind": method}, "seed": seed,
+    overrides = {"loss": dict(OBJECTIVES[method]), "seed": seed,
                  "train": {"val_fraction": 0.0, "checkpoint_every": 10**9, "val_every": 10**9, "log_every": 10**9}}
     if args.steps:
         overrides["train"]["steps"] = args.steps
@@ -67,7 +70,8 @@ def run_one(case: str, method: str, seed: int, args) -> dict:
     batch, k = int(config["train"]["batch_size"]), int(config["loss"]["k"])
     pre = int(config["pretrain_dsm_steps"]) if method != "dsm" else steps
     n_dsm = steps * batch * k                                    # the same for both objectives
-    n_energy = n_dsm + (steps - pre) * batch * k * (k - 1)       # + the off-diagonal DiffCLF energies
+    per_x0 = k - 1 if config["loss"].get("clf_samples") == "one" else k * (k - 1)
+    n_energy = n_dsm + (steps - pre) * batch * per_x0            # + the off-diagonal DiffCLF energies
     while trainer.step < steps:
         t0 = time.perf_counter()
         trainer.train_step()
@@ -166,6 +170,8 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if any(m not in OBJECTIVES for m in methods):
+        parser.error(f"unknown method(s) {[m for m in methods if m not in OBJECTIVES]}; choose from {list(OBJECTIVES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     results = []
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
