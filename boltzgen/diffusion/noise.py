@@ -24,6 +24,21 @@ def project_mean_free(v: torch.Tensor) -> torch.Tensor:
     """Project a batch of (B, N, 3) vectors onto the zero-centre-of-mass subspace.
 
     Subtracts the (equal-weight) mean over atoms, axis −2, of each configuration.
+
+    Parameters
+    ----------
+    v : torch.Tensor, shape (..., N, 3)
+        Positions or vectors (any units, e.g. nm, or kT/nm for forces).
+
+    Returns
+    -------
+    torch.Tensor, shape of ``v``
+        ``v`` minus its mean over atoms (same units).
+
+    Raises
+    ------
+    ValueError
+        If ``v`` has fewer than two dimensions.
     """
     if v.dim() < 2:
         raise ValueError(f"mean-free vectors need shape (..., N, 3), got {tuple(v.shape)}")
@@ -33,7 +48,17 @@ def project_mean_free(v: torch.Tensor) -> torch.Tensor:
 def event_dim(event_shape: Sequence[int], mean_free: bool = False) -> int:
     """Number of degrees of freedom of one configuration.
 
-    Returns 3(N − 1) for mean-free (N, 3) configurations and prod(event_shape) otherwise.
+    Parameters
+    ----------
+    event_shape : sequence of int
+        Shape of one configuration: (N, 3) for molecules, (D,) for toy targets.
+    mean_free : bool
+        Configurations live in the zero-centre-of-mass subspace (needs an (N, 3) shape).
+
+    Returns
+    -------
+    int
+        3(N − 1) for mean-free (N, 3) configurations and prod(event_shape) otherwise.
     """
     event_shape = tuple(int(s) for s in event_shape)
     d = math.prod(event_shape)
@@ -59,13 +84,31 @@ def sample_noise(shape: Sequence[int], generator: Optional[torch.Generator] = No
         P = (I_N − 1 1ᵀ/N) ⊗ I_3, i.e. it is N(0, I) on the 3(N − 1)-dimensional subspace.
     dtype, device
         Of the result (default dtype and CPU by default).
+
+    Returns
+    -------
+    torch.Tensor, shape ``shape``
+        ε ~ N(0, I) (dimensionless), mean-free over axis −2 if ``mean_free``.
     """
     eps = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
     return project_mean_free(eps) if mean_free else eps
 
 
 def sq_norm(v: torch.Tensor, n_event_dims: int) -> torch.Tensor:
-    """Squared Euclidean norm over the last ``n_event_dims`` axes: (*batch, *event) -> (*batch,)."""
+    """Squared Euclidean norm over the last ``n_event_dims`` axes: (*batch, *event) -> (*batch,).
+
+    Parameters
+    ----------
+    v : torch.Tensor, shape (*batch, *event)
+        Vectors (any units).
+    n_event_dims : int
+        Number of trailing axes summed over; 0 gives the elementwise square.
+
+    Returns
+    -------
+    torch.Tensor, shape (*batch,)
+        Σ v² over the event axes (units of ``v`` squared).
+    """
     if n_event_dims == 0:
         return v * v
     return v.pow(2).flatten(start_dim=v.dim() - n_event_dims).sum(-1)

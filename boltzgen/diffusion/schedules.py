@@ -44,40 +44,134 @@ class Schedule:
 
     # ------------------------------------------------------------------ to implement
     def log_alpha(self, t) -> torch.Tensor:
-        """log α_t."""
+        """log α_t, the log of the signal scale.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1] (dimensionless).
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            log α_t (dimensionless; float64 for a float ``t``, else the dtype of ``t``).
+        """
         raise NotImplementedError
 
     def sigma2(self, t) -> torch.Tensor:
-        """Noise variance σ_t²."""
+        """Noise variance σ_t² of x_t given x_0, per coordinate.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            σ_t², in units of x² (x as seen by the diffusion, e.g. standardised coordinates).
+        """
         raise NotImplementedError
 
     def d_log_alpha(self, t) -> torch.Tensor:
-        """d log α_t / dt."""
+        """Time derivative d log α_t / dt.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            d log α_t / dt (per unit diffusion time).
+        """
         raise NotImplementedError
 
     def d_sigma2(self, t) -> torch.Tensor:
-        """d σ_t² / dt."""
+        """Time derivative d σ_t² / dt.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            dσ_t²/dt (units of x² per unit diffusion time).
+        """
         raise NotImplementedError
 
     def config(self) -> dict:
-        """JSON-serialisable description; :func:`schedule_from_config` rebuilds the schedule."""
+        """JSON-serialisable description; :func:`schedule_from_config` rebuilds the schedule.
+
+        Returns
+        -------
+        dict
+            ``{"kind": ..., <constructor arguments>}``.
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------------ derived quantities
     def alpha(self, t) -> torch.Tensor:
-        """Signal scale α_t."""
+        """Signal scale α_t = exp(log α_t).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            α_t (dimensionless).
+        """
         return torch.exp(self.log_alpha(t))
 
     def sigma(self, t) -> torch.Tensor:
-        """Noise scale σ_t."""
+        """Noise scale σ_t = sqrt(σ_t²).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            σ_t, in units of x.
+        """
         return self.sigma2(t).sqrt()
 
     def drift_coef(self, t) -> torch.Tensor:
-        """f(t) = d log α_t / dt, the linear drift of the forward SDE dx = f x dt + g dW."""
+        """f(t) = d log α_t / dt, the linear drift of the forward SDE dx = f x dt + g dW.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            f(t) (per unit diffusion time).
+        """
         return self.d_log_alpha(t)
 
     def g2(self, t) -> torch.Tensor:
-        """g(t)² = dσ_t²/dt − 2 f(t) σ_t², the squared diffusion coefficient of the forward SDE."""
+        """g(t)² = dσ_t²/dt − 2 f(t) σ_t², the squared diffusion coefficient of the forward SDE.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            g(t)² (units of x² per unit diffusion time).
+        """
         return self.d_sigma2(t) - 2.0 * self.d_log_alpha(t) * self.sigma2(t)
 
     def transition(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,12 +179,14 @@ class Schedule:
 
         Parameters
         ----------
-        s, t : float or tensor (broadcastable shapes), s ≤ t
+        s, t : float or torch.Tensor (broadcastable shapes), s ≤ t
+            Start and end diffusion times in [0, 1].
 
         Returns
         -------
-        a, v : tensors
-            Scale a = α_t / α_s and variance v = σ_t² − a² σ_s² (per coordinate).
+        a, v : torch.Tensor, broadcast shape of ``s`` and ``t``
+            Scale a = α_t / α_s (dimensionless) and variance v = σ_t² − a² σ_s² (per coordinate,
+            units of x²).
         """
         log_a = self.log_alpha(t) - self.log_alpha(s)
         a = torch.exp(log_a)
@@ -167,43 +263,122 @@ class VPSchedule(Schedule):
         self.beta_max = float(beta_max)
 
     def beta(self, t) -> torch.Tensor:
-        """β(t), the instantaneous noise rate."""
+        """β(t) = β_min + t (β_max − β_min), the instantaneous noise rate.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            β(t) (per unit diffusion time; float64 for a float ``t``).
+        """
         t = _as_time(t)
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
     def log_alpha(self, t) -> torch.Tensor:
-        """log α_t."""
+        """log α_t = −½ (β_min t + ½ (β_max − β_min) t²).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            log α_t (≤ 0).
+        """
         t = _as_time(t)
         return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
 
     def sigma2(self, t) -> torch.Tensor:
-        """Noise variance σ_t² = 1 − α_t² (computed without cancellation)."""
+        """Noise variance σ_t² = 1 − α_t² (computed without cancellation).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            σ_t² ∈ [0, 1), in units of x² (data of unit scale).
+        """
         return -torch.expm1(2.0 * self.log_alpha(t))
 
     def d_log_alpha(self, t) -> torch.Tensor:
-        """d log α_t / dt = −β(t)/2."""
+        """d log α_t / dt = −β(t)/2.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            −β(t)/2.
+        """
         return -0.5 * self.beta(t)
 
     def d_sigma2(self, t) -> torch.Tensor:
-        """dσ_t²/dt = α_t² β(t)."""
+        """dσ_t²/dt = α_t² β(t).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            α_t² β(t).
+        """
         return self.alpha(t) ** 2 * self.beta(t)
 
     def g2(self, t) -> torch.Tensor:
-        """g(t)² = β(t)."""
+        """g(t)² = β(t), the squared diffusion coefficient of the VP-SDE.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            β(t).
+        """
         return self.beta(t)
 
     def transition(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact Gaussian kernel of x_t given x_s for s ≤ t: x_t = a x_s + sqrt(v) ε.
 
+        Parameters
+        ----------
+        s, t : float or torch.Tensor (broadcastable shapes), s ≤ t
+            Start and end diffusion times in [0, 1].
+
         Returns
         -------
-        a, v : tensors
-            Scale a = α_t / α_s and variance v = σ_t² − a² σ_s² = 1 − a².
+        a, v : torch.Tensor, broadcast shape of ``s`` and ``t``
+            Scale a = α_t / α_s and variance v = σ_t² − a² σ_s² = 1 − a² (per coordinate,
+            computed without cancellation).
         """
         log_a = self.log_alpha(t) - self.log_alpha(s)
         return torch.exp(log_a), -torch.expm1(2.0 * log_a)
 
     def config(self) -> dict:
+        """JSON-serialisable description; :func:`schedule_from_config` rebuilds the schedule.
+
+        Returns
+        -------
+        dict
+            ``{"kind": "vp", "beta_min": float, "beta_max": float}``.
+        """
         return {"kind": self.kind, "beta_min": self.beta_min, "beta_max": self.beta_max}
 
 
@@ -244,25 +419,81 @@ class VESchedule(Schedule):
         self._du = self.sigma_max ** (1.0 / self.rho) - self._u0
 
     def log_alpha(self, t) -> torch.Tensor:
-        """log α_t = 0."""
+        """log α_t = 0 (no signal scaling).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            Zeros.
+        """
         return torch.zeros_like(_as_time(t))
 
     def sigma(self, t) -> torch.Tensor:
-        """Noise scale σ_t."""
+        """Noise scale σ_t (geometric or EDM ρ-spacing between σ_min and σ_max).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            σ_t, in units of x.
+        """
         t = _as_time(t)
         if self.spacing == "geometric":
             return self.sigma_min * torch.exp(t * self._log_ratio)
         return (self._u0 + t * self._du) ** self.rho
 
     def sigma2(self, t) -> torch.Tensor:
-        """Noise variance σ_t²."""
+        """Noise variance σ_t².
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            σ_t², in units of x².
+        """
         return self.sigma(t) ** 2
 
     def d_log_alpha(self, t) -> torch.Tensor:
+        """d log α_t / dt = 0.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            Zeros.
+        """
         return torch.zeros_like(_as_time(t))
 
     def d_sigma2(self, t) -> torch.Tensor:
-        """dσ_t²/dt: 2 σ_t² log(σ_max/σ_min) (geometric) or 2 ρ u^{2ρ−1} du/dt (EDM)."""
+        """dσ_t²/dt: 2 σ_t² log(σ_max/σ_min) (geometric) or 2 ρ u^{2ρ−1} du/dt (EDM).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            dσ_t²/dt (units of x² per unit diffusion time); equals g(t)² since α_t = 1.
+        """
         t = _as_time(t)
         if self.spacing == "geometric":
             return 2.0 * self._log_ratio * self.sigma2(t)
@@ -271,7 +502,18 @@ class VESchedule(Schedule):
 
     def transition(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact kernel of x_t given x_s, s ≤ t: a = 1, v = σ_t² − σ_s² (without cancellation for
-        the geometric spacing: σ_s² expm1(2 (t − s) log(σ_max/σ_min)))."""
+        the geometric spacing: σ_s² expm1(2 (t − s) log(σ_max/σ_min))).
+
+        Parameters
+        ----------
+        s, t : float or torch.Tensor (broadcastable shapes), s ≤ t
+            Start and end diffusion times in [0, 1].
+
+        Returns
+        -------
+        a, v : torch.Tensor, broadcast shape of ``s`` and ``t``
+            Scale a = 1 (ones) and variance v = σ_t² − σ_s² (units of x², per coordinate).
+        """
         s, t = _as_time(s), _as_time(t)
         if self.spacing == "geometric":
             v = self.sigma2(s) * torch.expm1(2.0 * (t - s) * self._log_ratio)
@@ -281,6 +523,14 @@ class VESchedule(Schedule):
         return torch.ones_like(v), v
 
     def config(self) -> dict:
+        """JSON-serialisable description; :func:`schedule_from_config` rebuilds the schedule.
+
+        Returns
+        -------
+        dict
+            ``{"kind": "ve", "sigma_min": float, "sigma_max": float, "spacing": str,
+            "rho": float}``.
+        """
         return {"kind": self.kind, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
                 "spacing": self.spacing, "rho": self.rho}
 
@@ -291,7 +541,22 @@ _SCHEDULES = {"vp": VPSchedule, "ve": VESchedule}
 def schedule_from_config(config) -> Schedule:
     """Rebuild a schedule from :meth:`Schedule.config` (a dict with ``kind`` ∈ {"vp", "ve"}).
 
-    ``None`` gives the default :class:`VPSchedule`; a schedule is returned as is.
+    Parameters
+    ----------
+    config : dict, Schedule or None
+        The output of :meth:`Schedule.config` (``kind`` defaults to ``"vp"``; the other keys
+        are constructor arguments). ``None`` gives the default :class:`VPSchedule`; a schedule
+        is returned as is.
+
+    Returns
+    -------
+    Schedule
+        A :class:`VPSchedule` or :class:`VESchedule`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``kind``.
     """
     if config is None:
         return VPSchedule()
