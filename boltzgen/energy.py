@@ -84,7 +84,18 @@ class LogNormaliser(nn.Module):
             nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """f_φ(t) for a tensor of times (any shape); same shape and dtype as ``t``."""
+        """f_φ(t) for a tensor of times.
+
+        Parameters
+        ----------
+        t : torch.Tensor, any shape
+            Diffusion times in [t_min, 1] (dimensionless).
+
+        Returns
+        -------
+        torch.Tensor, shape and dtype of ``t``
+            The residual f_φ(t) of the log-normaliser (dimensionless, a log-density offset).
+        """
         if self.kind == "none":
             return torch.zeros_like(t)
         if self.kind == "grid":
@@ -98,6 +109,12 @@ class LogNormaliser(nn.Module):
         return self.mlp(tau.reshape(-1, 1).to(self.mlp[0].weight.dtype)).reshape(t.shape).to(t.dtype)
 
     def extra_repr(self) -> str:
+        """Summary of the settings shown by ``repr(module)``.
+
+        Returns
+        -------
+        str
+        """
         return f"kind={self.kind!r}, t_min={self.t_min}, n_levels={self.n_levels}, hidden={self.hidden}"
 
 
@@ -184,7 +201,18 @@ class EnergyModel(nn.Module):
         return t
 
     def c2(self, t) -> torch.Tensor:
-        """c_t² = α_t² σ_data² + σ_t², the variance of the Gaussian prior term (same shape as t)."""
+        """c_t² = α_t² σ_data² + σ_t², the variance of the Gaussian prior term.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s).
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``
+            c_t², per coordinate, in units of x².
+        """
         return self.schedule.alpha(t) ** 2 * self.sigma_data**2 + self.schedule.sigma2(t)
 
     def _lambda(self, t: torch.Tensor) -> torch.Tensor:
@@ -217,7 +245,20 @@ class EnergyModel(nn.Module):
         return 0.5 * sq_norm(xc, self._n_event) / c2 + self._lambda(t) * out.reshape(x.shape[0])
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Same as :meth:`energy`."""
+        """Energy E_θ(x, t); same as :meth:`energy`.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, *event_shape)
+            Configurations, in units of the data (nm for molecules, or standardised units).
+        t : float or torch.Tensor of shape (B,)
+            Diffusion time(s).
+
+        Returns
+        -------
+        torch.Tensor, shape (B,), dtype of ``x``
+            Reduced (dimensionless) energies.
+        """
         return self.energy(x, t)
 
     def energy_and_score(self, x: torch.Tensor, t, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,7 +294,20 @@ class EnergyModel(nn.Module):
         return self.energy_and_score(x, t, create_graph)[1]
 
     def denoise(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Tweedie estimate of E[x_0 | x_t = x] = (x + σ_t² s_θ(x, t)) / α_t, shape of x (detached)."""
+        """Tweedie estimate of E[x_0 | x_t = x] = (x + σ_t² s_θ(x, t)) / α_t.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, *event_shape)
+            Noisy configurations x_t, in units of the data.
+        t : float or torch.Tensor of shape (B,)
+            Diffusion time(s).
+
+        Returns
+        -------
+        torch.Tensor, shape of ``x``
+            Denoised configurations, in units of x (detached from the graph).
+        """
         tt = self._times(t, x)
         s = self.score(x, tt)
         return (x + self._per_sample(self.schedule.sigma2(tt)) * s) / self._per_sample(self.schedule.alpha(tt))
@@ -276,18 +330,42 @@ class EnergyModel(nn.Module):
         return -0.5 * self.dim * torch.log(2.0 * math.pi * self.c2(t)) + self.normaliser(t)
 
     def log_prob(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The model's log-density estimate −E_θ(x, t) + F(t), shape (B,) (the DiffCLF logit)."""
+        """The model's log-density estimate −E_θ(x, t) + F(t) (the DiffCLF logit).
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, *event_shape)
+            Configurations, in units of the data.
+        t : float or torch.Tensor of shape (B,)
+            Diffusion time(s).
+
+        Returns
+        -------
+        torch.Tensor, shape (B,)
+            log p_t(x) estimate (dimensionless; a density in units of x^(−d)).
+        """
         x = self._check(x)
         t = self._times(t, x)
         return -self.energy(x, t) + self.log_normaliser(t)
 
     # ------------------------------------------------------------------ parameters and config
     def network_parameters(self):
-        """Parameters of g_θ."""
+        """Parameters of g_θ.
+
+        Returns
+        -------
+        iterator of torch.nn.Parameter
+        """
         return self.net.parameters()
 
     def log_normaliser_parameters(self):
-        """Parameters of the log-normaliser residual f_φ (possibly none)."""
+        """Parameters of the log-normaliser residual f_φ (possibly none).
+
+        Returns
+        -------
+        iterator of torch.nn.Parameter
+            Empty for ``log_normaliser="none"``.
+        """
         return self.normaliser.parameters()
 
     def parameter_groups(self, lr: float, log_normaliser_lr: Optional[float] = None, **options) -> list[dict]:
@@ -302,6 +380,12 @@ class EnergyModel(nn.Module):
         **options
             Extra options of the network group (e.g. ``weight_decay``); the log-normaliser
             group gets ``weight_decay=0``.
+
+        Returns
+        -------
+        list of dict
+            One group for the network, plus one for f_φ if it has parameters; pass to a
+            ``torch.optim`` optimizer.
         """
         groups = [dict(params=list(self.network_parameters()), lr=lr, **options)]
         norm_params = list(self.log_normaliser_parameters())
@@ -311,7 +395,14 @@ class EnergyModel(nn.Module):
         return groups
 
     def config(self) -> dict:
-        """JSON-serialisable arguments that rebuild this model with :meth:`from_config`."""
+        """JSON-serialisable arguments that rebuild this model with :meth:`from_config`.
+
+        Returns
+        -------
+        dict
+            Constructor keyword arguments (``event_shape``, ``schedule`` as a dict, ``mean_free``,
+            ``sigma_data``, ``t_min``, log-normaliser settings, ``output_scale``, ``net_config``).
+        """
         return {
             "event_shape": list(self.event_shape),
             "schedule": self.schedule.config(),
@@ -335,6 +426,10 @@ class EnergyModel(nn.Module):
             As returned by :meth:`config`.
         net : torch.nn.Module or callable
             The network g_θ, or a factory called with ``config["net_config"]``.
+
+        Returns
+        -------
+        EnergyModel
         """
         config = dict(config)
         if not isinstance(net, nn.Module):
@@ -343,5 +438,11 @@ class EnergyModel(nn.Module):
         return cls(net, event_shape, **config)
 
     def extra_repr(self) -> str:
+        """Summary of the settings shown by ``repr(module)``.
+
+        Returns
+        -------
+        str
+        """
         return (f"event_shape={self.event_shape}, mean_free={self.mean_free}, sigma_data={self.sigma_data}, "
                 f"t_min={self.t_min}, output_scale={self.output_scale!r}, schedule={self.schedule!r}")

@@ -94,6 +94,15 @@ def identical_atom_groups(topology, n_atoms: int, scheme: str = "residue_atom") 
 
     The energy of a graph network is invariant under permutations within each group.
 
+    Parameters
+    ----------
+    topology : mdtraj.Topology or None
+        Topology of the molecule; ``None`` makes all atoms one type.
+    n_atoms : int
+        Number of atoms N.
+    scheme : {"residue_atom", "equivalent_hydrogens", "element"}
+        Atom typing scheme, see :func:`atom_type_indices`.
+
     Returns
     -------
     list of list of int
@@ -130,13 +139,28 @@ class AtomEmbedding(nn.Module):
         self.type_embedding = nn.Embedding(int(type_index.max()) + 1, dim)
 
     def forward(self) -> torch.Tensor:
-        """Feature vectors of the N atoms, shape (N, dim)."""
+        """Feature vectors of the N atoms.
+
+        Returns
+        -------
+        torch.Tensor, shape (N, dim)
+            Element embedding + atom-type embedding of each atom.
+        """
         return self.element_embedding(self.element_index) + self.type_embedding(self.type_index)
 
 
 # ---------------------------------------------------------------------------- graphs
 def fully_connected_edges(batch_size: int, n_atoms: int, device=None) -> torch.Tensor:
     """All ordered pairs i ≠ j within each of B configurations.
+
+    Parameters
+    ----------
+    batch_size : int
+        Number of configurations B.
+    n_atoms : int
+        Number of atoms N per configuration.
+    device : torch.device or str, optional
+        Device of the result.
 
     Returns
     -------
@@ -210,12 +234,38 @@ def smooth_cutoff(r: torch.Tensor, cutoff: float, power: int = 6) -> torch.Tenso
 
 
 def distances(vectors: torch.Tensor) -> torch.Tensor:
-    """Lengths sqrt(‖v‖² + ε) of vectors (..., 3) -> (...), with finite derivatives at v = 0."""
+    """Lengths sqrt(‖v‖² + ε) of vectors, with finite derivatives at v = 0.
+
+    Parameters
+    ----------
+    vectors : torch.Tensor, shape (..., 3)
+        Pair vectors (units of x, e.g. nm).
+
+    Returns
+    -------
+    torch.Tensor, shape (...)
+        Lengths, in the units of ``vectors`` (ε = ``DISTANCE_EPS`` = 1e-12 squared units).
+    """
     return (vectors.pow(2).sum(-1) + DISTANCE_EPS).sqrt()
 
 
 def sum_onto_nodes(edge_values: torch.Tensor, target: torch.Tensor, n_nodes: int) -> torch.Tensor:
-    """Sum per-edge values (E, F) onto their target nodes -> (n_nodes, F)."""
+    """Sum per-edge values onto their target nodes.
+
+    Parameters
+    ----------
+    edge_values : torch.Tensor, shape (E, ...)
+        One value (vector) per edge.
+    target : torch.LongTensor, shape (E,)
+        Target node of each edge (row 1 of ``edge_index``).
+    n_nodes : int
+        Number of nodes (B·N).
+
+    Returns
+    -------
+    torch.Tensor, shape (n_nodes, ...)
+        Σ over the incoming edges of each node (zero for nodes without edges).
+    """
     out = edge_values.new_zeros((n_nodes,) + tuple(edge_values.shape[1:]))
     return out.index_add(0, target, edge_values)
 
@@ -232,6 +282,18 @@ class BatchGraph:
       i, nodes numbered b·N + i), as torch-geometric expects.
 
     Node values are always (B·N, F). Build one with :meth:`full` or :meth:`radius`.
+
+    Parameters
+    ----------
+    batch_size : int
+        Number of configurations B.
+    n_atoms : int
+        Number of atoms N per configuration.
+    edge_index : torch.LongTensor, shape (2, E), optional
+        Sparse edges (row 0 source j, row 1 target i); ``None`` for the dense, fully connected
+        layout.
+    cutoff : float, optional
+        Cutoff radius of a radius graph (units of x), for :meth:`edge_weight`.
     """
 
     def __init__(self, batch_size: int, n_atoms: int, edge_index: Optional[torch.Tensor] = None,
@@ -243,55 +305,143 @@ class BatchGraph:
 
     @classmethod
     def full(cls, batch_size: int, n_atoms: int) -> "BatchGraph":
-        """All pairs i ≠ j, dense layout."""
+        """All pairs i ≠ j, dense layout.
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of configurations B.
+        n_atoms : int
+            Number of atoms N.
+
+        Returns
+        -------
+        BatchGraph
+        """
         return cls(batch_size, n_atoms)
 
     @classmethod
     def radius(cls, x: torch.Tensor, cutoff: float) -> "BatchGraph":
-        """Pairs closer than ``cutoff`` in x (B, N, 3), sparse layout; edge weights vanish
-        smoothly at the cutoff (:func:`smooth_cutoff`)."""
+        """Pairs closer than ``cutoff`` in x, sparse layout; edge weights vanish smoothly at the
+        cutoff (:func:`smooth_cutoff`).
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, N, 3)
+            Coordinates (the graph is built from ``x.detach()``).
+        cutoff : float
+            Cutoff radius, in the units of ``x``.
+
+        Returns
+        -------
+        BatchGraph
+        """
         return cls(x.shape[0], x.shape[1], radius_edges(x.detach(), cutoff), cutoff)
 
     @property
     def dense(self) -> bool:
+        """bool: whether pair values use the dense (B, N, N, F) layout (fully connected graph)."""
         return self.edge_index is None
 
     @property
     def n_nodes(self) -> int:
+        """int: number of nodes B·N."""
         return self.batch_size * self.n_atoms
 
     def targets(self, node_values: torch.Tensor) -> torch.Tensor:
-        """Value of the target atom i of each pair: (B·N, F) -> (B, N, 1, F) or (E, F)."""
+        """Value of the target atom i of each pair.
+
+        Parameters
+        ----------
+        node_values : torch.Tensor, shape (B·N, F)
+            One value per node.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, N, 1, F) (dense) or (E, F) (sparse)
+        """
         if self.dense:
             return node_values.reshape(self.batch_size, self.n_atoms, 1, -1)
         return node_values.index_select(0, self.edge_index[1])
 
     def sources(self, node_values: torch.Tensor) -> torch.Tensor:
-        """Value of the source atom j of each pair: (B·N, F) -> (B, 1, N, F) or (E, F)."""
+        """Value of the source atom j of each pair.
+
+        Parameters
+        ----------
+        node_values : torch.Tensor, shape (B·N, F)
+            One value per node.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, 1, N, F) (dense) or (E, F) (sparse)
+        """
         if self.dense:
             return node_values.reshape(self.batch_size, 1, self.n_atoms, -1)
         return node_values.index_select(0, self.edge_index[0])
 
     def graphs(self, graph_values: torch.Tensor) -> torch.Tensor:
-        """Value of the configuration of each pair: (B, F) -> (B, 1, 1, F) or (E, F)."""
+        """Value of the configuration of each pair.
+
+        Parameters
+        ----------
+        graph_values : torch.Tensor, shape (B, F)
+            One value per configuration.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, 1, 1, F) (dense) or (E, F) (sparse)
+        """
         if self.dense:
             return graph_values.reshape(self.batch_size, 1, 1, -1)
         return graph_values.index_select(0, torch.div(self.edge_index[1], self.n_atoms, rounding_mode="floor"))
 
     def vectors(self, pos: torch.Tensor) -> torch.Tensor:
-        """Pair vectors x_j − x_i from node positions (B·N, 3): (B, N, N, 3) or (E, 3)."""
+        """Pair vectors x_j − x_i from node positions.
+
+        Parameters
+        ----------
+        pos : torch.Tensor, shape (B·N, 3)
+            Node positions (units of x, e.g. nm).
+
+        Returns
+        -------
+        torch.Tensor, shape (B, N, N, 3) (dense) or (E, 3) (sparse)
+            x_j − x_i, units of ``pos``.
+        """
         return self.sources(pos) - self.targets(pos)
 
     def edge_weight(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Weight of each pair, (N, N, 1) or (E, 1): 0 on the self pairs of the dense layout,
-        else 1; the smooth cutoff envelope on a radius graph."""
+        """Weight of each pair: 0 on the self pairs of the dense layout, else 1; the smooth
+        cutoff envelope on a radius graph.
+
+        Parameters
+        ----------
+        vectors : torch.Tensor, shape (B, N, N, 3) or (E, 3)
+            Pair vectors from :meth:`vectors` (only dtype and device are used for a dense graph).
+
+        Returns
+        -------
+        torch.Tensor, shape (N, N, 1) (dense) or (E, 1) (sparse)
+            Dimensionless weights in [0, 1].
+        """
         if self.dense:
             return (1.0 - torch.eye(self.n_atoms, dtype=vectors.dtype, device=vectors.device)).unsqueeze(-1)
         return smooth_cutoff(distances(vectors), self.cutoff).unsqueeze(-1)
 
     def sum_over_sources(self, pair_values: torch.Tensor) -> torch.Tensor:
-        """Σ_j of pair values onto their target atoms i -> (B·N, F). Self pairs of the dense
-        layout must already carry weight 0 (see :meth:`edge_weight`)."""
+        """Σ_j of pair values onto their target atoms i. Self pairs of the dense layout must
+        already carry weight 0 (see :meth:`edge_weight`).
+
+        Parameters
+        ----------
+        pair_values : torch.Tensor, shape (B, N, N, F) (dense) or (E, F) (sparse)
+            One value per pair (edge j → i).
+
+        Returns
+        -------
+        torch.Tensor, shape (B·N, F)
+        """
         if self.dense:
             return pair_values.sum(2).reshape(self.n_nodes, -1)
         return sum_onto_nodes(pair_values, self.edge_index[1], self.n_nodes)
@@ -358,17 +508,50 @@ class MolecularEnergyNetwork(EnergyNetwork):
         )
 
     def batch_graph(self, x: torch.Tensor) -> BatchGraph:
-        """The interacting pairs of the batch x (B, N, 3)."""
+        """The interacting pairs of a batch (full or radius graph, as configured).
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, N, 3)
+            Coordinates (units of x).
+
+        Returns
+        -------
+        BatchGraph
+        """
         if self.graph_kind == "full":
             return BatchGraph.full(x.shape[0], self.n_atoms)
         return BatchGraph.radius(x, self.cutoff)
 
     def initial_node_features(self, time_features: torch.Tensor) -> torch.Tensor:
-        """Atom embedding plus projected time embedding τ(t), (B, time_dim) -> (B·N, node_dim)."""
+        """Atom embedding plus projected time embedding τ(t).
+
+        Parameters
+        ----------
+        time_features : torch.Tensor, shape (B, time_dim)
+            Time embedding of each configuration.
+
+        Returns
+        -------
+        torch.Tensor, shape (B·N, node_dim)
+            Initial node features, nodes numbered b·N + i.
+        """
         h = self.atom_embedding().unsqueeze(0) + self.time_to_node(time_features).unsqueeze(1)  # (B, N, node_dim)
         return h.reshape(-1, h.shape[-1])
 
 
 def sum_over_atoms(per_atom: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Sum per-atom values (B·N, ...) over the atoms of each configuration -> (B, ...)."""
+    """Sum per-atom values over the atoms of each configuration.
+
+    Parameters
+    ----------
+    per_atom : torch.Tensor, shape (B·N, ...)
+        One value per node, nodes numbered b·N + i.
+    batch_size : int
+        Number of configurations B.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, ...)
+    """
     return per_atom.reshape(batch_size, -1, *per_atom.shape[1:]).sum(1)
