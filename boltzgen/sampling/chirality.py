@@ -84,15 +84,40 @@ def signed_volume(x, centres) -> torch.Tensor:
 
 
 def is_l_form(x, centres) -> torch.Tensor:
-    """True where a centre is L-handed (signed volume > 0): (B, K) bool (or (K,))."""
+    """True where a centre is L-handed (signed volume > 0).
+
+    Parameters
+    ----------
+    x : array_like, shape (B, N_atoms, 3) or (N_atoms, 3)
+        Configurations (nm).
+    centres : array_like, shape (K, 4)
+        Atom indices (N, CA, C, CB) of the chiral centres.
+
+    Returns
+    -------
+    torch.BoolTensor, shape (B, K) (or (K,) for one configuration)
+    """
     return signed_volume(x, centres) > 0
 
 
 def in_l_region(x, centres) -> torch.Tensor:
-    """(B,) bool: most centres L-handed (ties: the first centre decides). All True when K = 0.
+    """Whether each configuration lies in the L-region: most centres L-handed (ties: the first
+    centre decides).
 
     The region and its image under the inversion x → −x partition configuration space (up to
     the measure-zero set of planar centres).
+
+    Parameters
+    ----------
+    x : array_like, shape (B, N_atoms, 3) or (N_atoms, 3)
+        Configurations (nm).
+    centres : array_like, shape (K, 4)
+        Atom indices (N, CA, C, CB) of the chiral centres.
+
+    Returns
+    -------
+    torch.BoolTensor, shape (B,) (0-dim for one configuration)
+        All True when K = 0.
     """
     x = torch.as_tensor(x)
     single = x.dim() == 2
@@ -109,7 +134,20 @@ def in_l_region(x, centres) -> torch.Tensor:
 
 
 def count_wrong(x, centres) -> int:
-    """Number of D-handed centres summed over the batch (what a reflection cannot fix)."""
+    """Number of D-handed centres summed over the batch (what a reflection cannot fix).
+
+    Parameters
+    ----------
+    x : array_like, shape (B, N_atoms, 3) or (N_atoms, 3)
+        Configurations (nm).
+    centres : array_like, shape (K, 4)
+        Atom indices (N, CA, C, CB) of the chiral centres.
+
+    Returns
+    -------
+    int
+        Count of (configuration, centre) pairs with signed volume ≤ 0; 0 when K = 0.
+    """
     c = _centres(centres)
     if c.shape[0] == 0:
         return 0

@@ -292,7 +292,24 @@ class ChainState:
 
 
 def init_chain_state(x0: torch.Tensor, energy: Energy, step_size, *, mean_free: bool = False) -> ChainState:
-    """A fresh :class:`ChainState` at ``x0`` (C, *event_shape) with initial step size(s)."""
+    """A fresh :class:`ChainState` at ``x0`` with initial step size(s).
+
+    Parameters
+    ----------
+    x0 : array_like, shape (C, *event_shape)
+        Initial states of the C chains (nm for molecules); integer input becomes float64.
+    energy : TargetSystem or callable
+        Reduced energy u (see :func:`energy_and_grad`); evaluated once at ``x0``.
+    step_size : float or torch.Tensor of shape (C,)
+        Initial step size(s): MALA h (x units squared), HMC leapfrog ε (x units).
+    mean_free : bool
+        Project the gradient onto the zero-centre-of-mass subspace.
+
+    Returns
+    -------
+    ChainState
+        With ``step = 0`` and no saved samples.
+    """
     x0 = torch.as_tensor(x0)
     if not torch.is_floating_point(x0):
         x0 = x0.to(torch.float64)
@@ -431,10 +448,48 @@ def run_mcmc(x0: Optional[torch.Tensor], energy: Energy, n_steps: int, generator
 
 
 def run_mala(x0, energy: Energy, n_steps: int, generator: Optional[torch.Generator] = None, **options) -> MCMCResult:
-    """:func:`run_mcmc` with the MALA kernel (target acceptance 0.574); same options."""
+    """:func:`run_mcmc` with the MALA kernel (target acceptance 0.574).
+
+    Parameters
+    ----------
+    x0 : torch.Tensor, shape (C, *event_shape), or None
+        Initial states (nm for molecules).
+    energy : TargetSystem or callable
+        Reduced energy u.
+    n_steps : int
+        Kernel applications after burn-in.
+    generator : torch.Generator, optional
+        Source of all random numbers.
+    **options
+        Further keyword arguments of :func:`run_mcmc` (``step_size``, ``burn_in``, ``thin``,
+        ``adapt``, ``mean_free``, ``state``, …).
+
+    Returns
+    -------
+    MCMCResult
+    """
     return run_mcmc(x0, energy, n_steps, generator, kernel="mala", **options)
 
 
 def run_hmc(x0, energy: Energy, n_steps: int, generator: Optional[torch.Generator] = None, **options) -> MCMCResult:
-    """:func:`run_mcmc` with the HMC kernel (target acceptance 0.65); same options."""
+    """:func:`run_mcmc` with the HMC kernel (target acceptance 0.65).
+
+    Parameters
+    ----------
+    x0 : torch.Tensor, shape (C, *event_shape), or None
+        Initial states (nm for molecules).
+    energy : TargetSystem or callable
+        Reduced energy u.
+    n_steps : int
+        Kernel applications after burn-in.
+    generator : torch.Generator, optional
+        Source of all random numbers.
+    **options
+        Further keyword arguments of :func:`run_mcmc` (``step_size``, ``n_leapfrog``,
+        ``burn_in``, ``thin``, ``adapt``, ``mean_free``, ``state``, …).
+
+    Returns
+    -------
+    MCMCResult
+    """
     return run_mcmc(x0, energy, n_steps, generator, kernel="hmc", **options)

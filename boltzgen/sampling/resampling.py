@@ -40,19 +40,56 @@ def _check(log_w) -> torch.Tensor:
 
 
 def normalised_weights(log_w) -> torch.Tensor:
-    """Self-normalised weights w_i / Σ_j w_j, float64 (B,)."""
+    """Self-normalised weights w_i / Σ_j w_j.
+
+    Parameters
+    ----------
+    log_w : array_like, shape (B,)
+        Log-weights (any constant offset; −inf allowed, NaN / +inf not).
+
+    Returns
+    -------
+    torch.Tensor, shape (B,), float64
+        Non-negative weights summing to 1.
+
+    Raises
+    ------
+    ValueError
+        On NaN / +inf, an empty or non-1-D input, or when every weight is zero.
+    """
     return torch.softmax(_check(log_w), 0)
 
 
 def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
-    """log((1/B) Σ exp(log_w)) (0-dim float64); −inf when every weight is zero."""
+    """log((1/B) Σ exp(log_w)), e.g. a log normalising-constant estimate from log-weights.
+
+    Parameters
+    ----------
+    log_w : array_like, shape (B,)
+        Log-weights.
+
+    Returns
+    -------
+    torch.Tensor, 0-dim, float64
+        −inf when every weight is zero.
+    """
     lw = torch.as_tensor(log_w, dtype=torch.float64)
     return torch.logsumexp(lw, 0) - math.log(lw.numel())
 
 
 def ess_fraction(log_w) -> float:
-    """Kish effective sample size over the number of particles, (Σw)² / (B Σw²) ∈ [1/B, 1] (0 when all
-    weights are zero)."""
+    """Kish effective sample size over the number of particles, (Σw)² / (B Σw²).
+
+    Parameters
+    ----------
+    log_w : array_like, shape (B,)
+        Log-weights (any constant offset).
+
+    Returns
+    -------
+    float
+        ESS / B ∈ [1/B, 1]; 0 when all weights are zero.
+    """
     lw = torch.as_tensor(log_w, dtype=torch.float64)
     if not bool(torch.isfinite(lw).any()):
         return 0.0
@@ -94,6 +131,7 @@ def systematic_resample(log_w, n: Optional[int] = None, generator: Optional[torc
     n : int, optional
         Number of indices to draw (default B).
     generator : torch.Generator, optional
+        Source of the uniform.
 
     Returns
     -------
@@ -108,7 +146,22 @@ def systematic_resample(log_w, n: Optional[int] = None, generator: Optional[torc
 
 
 def stratified_resample(log_w, n: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Stratified resampling: u_k = (U_k + k)/n with independent U_k ~ Uniform[0, 1). Sorted indices (n,)."""
+    """Stratified resampling: u_k = (U_k + k)/n with independent U_k ~ Uniform[0, 1).
+
+    Parameters
+    ----------
+    log_w : array_like, shape (B,)
+        Log-weights (any constant offset; −inf allowed, NaN / +inf not).
+    n : int, optional
+        Number of indices to draw (default B).
+    generator : torch.Generator, optional
+        Source of the uniforms.
+
+    Returns
+    -------
+    torch.LongTensor, shape (n,)
+        Sorted ancestor indices in [0, B).
+    """
     lw = _check(log_w)
     n = _n(lw, n)
     cdf = _cdf(lw)
@@ -118,7 +171,22 @@ def stratified_resample(log_w, n: Optional[int] = None, generator: Optional[torc
 
 
 def multinomial_resample(log_w, n: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Multinomial resampling: n independent categorical draws. Sorted indices (n,)."""
+    """Multinomial resampling: n independent categorical draws.
+
+    Parameters
+    ----------
+    log_w : array_like, shape (B,)
+        Log-weights (any constant offset; −inf allowed, NaN / +inf not).
+    n : int, optional
+        Number of indices to draw (default B).
+    generator : torch.Generator, optional
+        Source of the uniforms.
+
+    Returns
+    -------
+    torch.LongTensor, shape (n,)
+        Sorted ancestor indices in [0, B).
+    """
     lw = _check(log_w)
     n = _n(lw, n)
     cdf = _cdf(lw)
@@ -128,7 +196,22 @@ def multinomial_resample(log_w, n: Optional[int] = None, generator: Optional[tor
 
 def residual_resample(log_w, n: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Residual resampling: ⌊n w̄_i⌋ copies of particle i, the remaining R = n − Σ⌊n w̄_i⌋ drawn
-    multinomially with probabilities ∝ n w̄_i − ⌊n w̄_i⌋. Indices (n,)."""
+    multinomially with probabilities ∝ n w̄_i − ⌊n w̄_i⌋.
+
+    Parameters
+    ----------
+    log_w : array_like, shape (B,)
+        Log-weights (any constant offset; −inf allowed, NaN / +inf not).
+    n : int, optional
+        Number of indices to draw (default B).
+    generator : torch.Generator, optional
+        Source of the uniforms of the remainder.
+
+    Returns
+    -------
+    torch.LongTensor, shape (n,)
+        Ancestor indices in [0, B): the deterministic copies sorted, then the sorted remainder.
+    """
     lw = _check(log_w)
     n = _n(lw, n)
     w = torch.softmax(lw, 0)
@@ -158,9 +241,30 @@ RESAMPLING_METHODS = {
 
 def resample(log_w, generator: Optional[torch.Generator] = None, method: str = "systematic",
              n: Optional[int] = None) -> torch.Tensor:
-    """Ancestor indices (n,) drawn by ``method`` ∈ {"systematic", "stratified", "multinomial", "residual"}.
+    """Ancestor indices drawn by ``method`` ∈ {"systematic", "stratified", "multinomial", "residual"}.
 
     Unbiased for every method: E[#copies of i] = n w_i / Σ_j w_j.
+
+    Parameters
+    ----------
+    log_w : array_like, shape (B,)
+        Log-weights (any constant offset; −inf allowed, NaN / +inf not).
+    generator : torch.Generator, optional
+        Source of randomness.
+    method : {"systematic", "stratified", "multinomial", "residual"}
+        Resampling scheme (see the module docstring).
+    n : int, optional
+        Number of indices to draw (default B).
+
+    Returns
+    -------
+    torch.LongTensor, shape (n,)
+        Ancestor indices in [0, B).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``method`` or invalid log-weights.
     """
     if method not in RESAMPLING_METHODS:
         raise ValueError(f"unknown resampling method {method!r}; choose one of {sorted(RESAMPLING_METHODS)}")

@@ -62,6 +62,20 @@ def unwrap_model(model, length_scale: Optional[float] = None):
     A model with ``inner`` and ``length_scale`` attributes (:class:`~boltzgen.train.TrainedModel`)
     runs in y = x / length_scale; any other model runs in x itself (length scale 1) unless
     ``length_scale`` is given.
+
+    Parameters
+    ----------
+    model : TrainedModel, EnergyModel or model-like
+        See the module docstring for the model interface.
+    length_scale : float, optional
+        Overrides the model's length scale (units of x per unit of y, e.g. nm).
+
+    Returns
+    -------
+    inner : model
+        The model that runs in y.
+    length_scale : float
+        x = length_scale · y.
     """
     if hasattr(model, "inner") and hasattr(model, "length_scale"):
         return model.inner, float(model.length_scale if length_scale is None else length_scale)
@@ -141,6 +155,13 @@ def time_grid(n_steps: int, t_min: float = 1e-3, t_max: float = 1.0, spacing: st
     spacing : {"quadratic", "uniform", "log"}
         ``"quadratic"``: t = t_min + (t_max − t_min) u² with u uniform (dense at small t);
         ``"uniform"``: uniform in t; ``"log"``: geometric in t.
+    device : torch.device or str, optional
+        Device of the result.
+
+    Returns
+    -------
+    torch.Tensor, shape (n_steps + 1,), float64
+        Times t[0] = t_max > t[1] > … > t[n_steps] = t_min (dimensionless).
     """
     n_steps = int(n_steps)
     if n_steps < 1:
@@ -161,14 +182,46 @@ def time_grid(n_steps: int, t_min: float = 1e-3, t_max: float = 1.0, spacing: st
 
 
 def prior_variance(model, t: float = 1.0) -> float:
-    """Per-coordinate variance c² = α_t² σ_data² + σ_t² of the Gaussian prior at time t (model units)."""
+    """Per-coordinate variance c² = α_t² σ_data² + σ_t² of the Gaussian prior at time t.
+
+    Parameters
+    ----------
+    model : model-like
+        With ``schedule`` and optionally ``sigma_data`` (default 1).
+    t : float
+        Diffusion time (default 1, the start of the reverse diffusion).
+
+    Returns
+    -------
+    float
+        c², in model units squared (units of y²).
+    """
     sd = _sigma_data(model)
     return _f(model.schedule.alpha(t)) ** 2 * sd * sd + _f(model.schedule.sigma2(t))
 
 
 def sample_prior(model, n: int, generator: Optional[torch.Generator] = None, *, prior_var: Optional[float] = None,
                  device=None) -> torch.Tensor:
-    """n draws of the prior N(0, c² I) (mean-free for molecular models), float64, shape (n, *event_shape)."""
+    """n draws of the prior N(0, c² I) (mean-free for molecular models).
+
+    Parameters
+    ----------
+    model : model-like
+        With ``schedule``, ``event_shape`` and optionally ``sigma_data``, ``mean_free``.
+    n : int
+        Number of draws.
+    generator : torch.Generator, optional
+        Source of randomness (on the model's device).
+    prior_var : float, optional
+        Variance c² (default :func:`prior_variance` at t = 1).
+    device : torch.device or str, optional
+        Device of the result (default: the model's, else the generator's, else the CPU).
+
+    Returns
+    -------
+    torch.Tensor, shape (n, *event_shape), float64
+        Draws in model units (y).
+    """
     c2 = prior_variance(model) if prior_var is None else float(prior_var)
     device = _model_device(model, generator) if device is None else device
     eps = sample_noise((int(n),) + _event_shape(model), generator, _mean_free(model), dtype=torch.float64,
@@ -177,18 +230,50 @@ def sample_prior(model, n: int, generator: Optional[torch.Generator] = None, *, 
 
 
 def prior_log_prob(model, y: torch.Tensor, prior_var: Optional[float] = None) -> torch.Tensor:
-    """log N(y; 0, c² I) (counting 3(N − 1) dimensions for mean-free models), float64 (B,)."""
+    """log N(y; 0, c² I) (counting 3(N − 1) dimensions for mean-free models).
+
+    Parameters
+    ----------
+    model : model-like
+        With ``schedule`` and optionally ``sigma_data``, ``mean_free``.
+    y : torch.Tensor, shape (B, *event_shape)
+        Configurations in model units.
+    prior_var : float, optional
+        Variance c² (default :func:`prior_variance` at t = 1).
+
+    Returns
+    -------
+    torch.Tensor, shape (B,), float64
+        Log-densities with respect to the Lebesgue measure in y.
+    """
     c2 = prior_variance(model) if prior_var is None else float(prior_var)
     return gaussian_log_prob(y.to(torch.float64), 0.0, c2, mean_free=_mean_free(model))
 
 
 def model_energy_and_score(model, y: torch.Tensor, t: float, batch_size: Optional[int] = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Energies E(y, t) (B,) and scores −∇E (B, *event_shape), both float64 and detached.
+    """Energies E(y, t) and scores −∇E, both float64 and detached.
 
     ``y`` is cast to the model's dtype. Uses ``model.energy_and_score`` when there is one, else
-    autograd of ``model.energy``. ``batch_size`` evaluates in chunks (memory). Mean-free models
-    get a mean-free score.
+    autograd of ``model.energy``. Mean-free models get a mean-free score.
+
+    Parameters
+    ----------
+    model : model-like
+        With ``energy(y, t)`` and optionally ``energy_and_score(y, t)``.
+    y : torch.Tensor, shape (B, *event_shape)
+        Configurations in model units.
+    t : float
+        Diffusion time.
+    batch_size : int, optional
+        Evaluate in chunks of this many configurations (memory).
+
+    Returns
+    -------
+    energy : torch.Tensor, shape (B,), float64
+        Reduced (dimensionless) energies E(y, t).
+    score : torch.Tensor, shape (B, *event_shape), float64
+        −∇_y E(y, t), units 1/y.
     """
     if batch_size is not None and y.shape[0] > int(batch_size):
         parts = [model_energy_and_score(model, chunk, t, None) for chunk in torch.split(y, int(batch_size))]

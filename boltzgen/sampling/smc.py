@@ -110,7 +110,20 @@ class ExactMarginalModel:
             self.sigma_data = 1.0
 
     def energy(self, y: torch.Tensor, t) -> torch.Tensor:
-        """−log p_t(y) (+ perturbation), (B,) float64, differentiable in y."""
+        """Exact diffusion energy −log p_t(y) (+ perturbation).
+
+        Parameters
+        ----------
+        y : torch.Tensor, shape (B, D)
+            Configurations (the target's standardised units).
+        t : float or torch.Tensor of shape (B,)
+            Diffusion time(s).
+
+        Returns
+        -------
+        torch.Tensor, shape (B,), float64
+            Normalised reduced energies, differentiable in ``y``.
+        """
         y = y.to(torch.float64)
         e = -self.target.log_prob_t(y, t, self.schedule)
         if self.perturbation is not None:
@@ -118,7 +131,24 @@ class ExactMarginalModel:
         return e
 
     def energy_and_score(self, y: torch.Tensor, t, create_graph: bool = False):
-        """(E, −∇E), detached unless ``create_graph``."""
+        """Energy and score −∇E by autograd.
+
+        Parameters
+        ----------
+        y : torch.Tensor, shape (B, D)
+            Configurations.
+        t : float or torch.Tensor of shape (B,)
+            Diffusion time(s).
+        create_graph : bool
+            Keep both attached to the graph (for higher derivatives); otherwise detached.
+
+        Returns
+        -------
+        energy : torch.Tensor, shape (B,), float64
+            −log p_t(y) (+ perturbation).
+        score : torch.Tensor, shape (B, D), float64
+            −∇_y E, units 1/y.
+        """
         y = y.detach().to(torch.float64).requires_grad_(True)
         with torch.enable_grad():
             e = self.energy(y, t)
@@ -128,10 +158,27 @@ class ExactMarginalModel:
         return e, -g
 
     def score(self, y: torch.Tensor, t, create_graph: bool = False) -> torch.Tensor:
+        """Score −∇_y E(y, t); see :meth:`energy_and_score`.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, D), float64
+        """
         return self.energy_and_score(y, t, create_graph)[1]
 
     def log_normaliser(self, t) -> torch.Tensor:
-        """F(t) = 0 (normalised energies)."""
+        """F(t) = 0 (normalised energies).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor, any shape
+            Diffusion time(s).
+
+        Returns
+        -------
+        torch.Tensor, shape of ``t``, float64
+            Zeros.
+        """
         return torch.zeros_like(torch.as_tensor(t, dtype=torch.float64))
 
     def __repr__(self) -> str:
@@ -199,6 +246,7 @@ class SMCResult:
 
     @property
     def n_particles(self) -> int:
+        """int: number of particles B."""
         return int(self.x.shape[0])
 
     @property
@@ -212,7 +260,16 @@ class SMCResult:
         return ess_fraction(self.log_weights)
 
     def summary(self) -> dict:
-        """JSON-serialisable scalars and traces (for metrics.json)."""
+        """JSON-serialisable scalars and traces (for metrics.json).
+
+        Returns
+        -------
+        dict
+            Scalars (``n_particles``, ``log_z``, ``log_z_diffusion``, ``ess_fraction``,
+            ``min_ess_fraction``, evaluation counts, ``length_scale``, ``dim``, …) and per-level
+            lists (``ess``, ``acceptance``, ``step_size``, ``t``, ``beta``; non-finite values as
+            ``None``).
+        """
         def lst(v):
             return [None if not math.isfinite(float(a)) else float(a) for a in v.tolist()]
 
