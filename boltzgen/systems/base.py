@@ -76,7 +76,14 @@ class TargetSystem:
         raise NotImplementedError
 
     def metadata(self) -> dict[str, Any]:
-        """JSON-serialisable description stored in sample files and run directories."""
+        """JSON-serialisable description stored in sample files and run directories.
+
+        Returns
+        -------
+        dict
+            ``system`` (name), ``event_shape``, ``temperature_K`` (K), ``kT_kJ_per_mol``
+            (kJ/mol) and ``boltzgen_version``; subclasses add their own keys.
+        """
         return {
             "system": self.name,
             "event_shape": list(self.event_shape),
@@ -93,6 +100,22 @@ class TargetSystem:
         """Return ``x`` as a tensor of shape (B, *event_shape), raising a clear error otherwise.
 
         A single configuration of shape ``event_shape`` is accepted and given a batch axis.
+
+        Parameters
+        ----------
+        x : array_like, shape (B, *event_shape) or event_shape
+            Configurations (nm for molecules).
+
+        Returns
+        -------
+        torch.Tensor, shape (B, *event_shape)
+            ``x`` as a floating-point tensor (integer input is converted to the default dtype;
+            floating dtypes are kept).
+
+        Raises
+        ------
+        ValueError
+            On a wrong shape (with the atom count in the message for molecules).
         """
         x = torch.as_tensor(x)
         if not torch.is_floating_point(x):
@@ -139,6 +162,11 @@ class TargetSystem:
     def reduced_energy_and_force(self, x) -> tuple[torch.Tensor, torch.Tensor]:
         """Reduced energies and forces of a batch, detached from any graph.
 
+        Parameters
+        ----------
+        x : array_like, shape (B, *event_shape) or event_shape
+            Configurations (nm for molecules).
+
         Returns
         -------
         u : tensor, shape (B,), float64
@@ -165,7 +193,24 @@ class TargetSystem:
         return False
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Exact samples (analytic targets only), shape (n, *event_shape), float64."""
+        """Exact samples (analytic targets only).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        generator : torch.Generator, optional
+            Source of randomness.
+
+        Returns
+        -------
+        torch.Tensor, shape (n, *event_shape), float64
+
+        Raises
+        ------
+        NotImplementedError
+            For targets without an exact sampler (see :attr:`has_exact_sampler`).
+        """
         raise NotImplementedError(f"{self.name} has no exact sampler; use boltzgen simulate")
 
     def close(self) -> None:

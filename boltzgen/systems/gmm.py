@@ -66,6 +66,7 @@ class GaussianMixture(TargetSystem):
 
     @property
     def n_components(self) -> int:
+        """int: number of mixture components K."""
         return self.means.shape[0]
 
     def _positions(self) -> torch.Tensor:
@@ -82,7 +83,18 @@ class GaussianMixture(TargetSystem):
         return -0.5 * ((diff**2) / var + torch.log(2 * math.pi * var)).sum(-1)
 
     def log_prob(self, x) -> torch.Tensor:
-        """Exact log p(x) of a batch (B, D) -> (B,), float64."""
+        """Exact log p(x) of a batch.
+
+        Parameters
+        ----------
+        x : array_like, shape (B, D) or (D,)
+            Configurations (standardised, reduced units).
+
+        Returns
+        -------
+        torch.Tensor, shape (B,), float64
+            Normalised log-density (= −u(x), as log Z = 0).
+        """
         x = self.check_batch(x).to(torch.float64)
         return torch.logsumexp(self._component_log_prob(x) + self.weights.log(), dim=1)
 
@@ -112,14 +124,45 @@ class GaussianMixture(TargetSystem):
         return torch.logsumexp(comp + self.weights.log(), dim=1)
 
     def score_t(self, x, t, schedule=None) -> torch.Tensor:
-        """Exact score ∇ₓ log p_t(x), shape (B, D), float64."""
+        """Exact score ∇ₓ log p_t(x) of the diffusion marginal at time t.
+
+        Parameters
+        ----------
+        x : array_like, shape (B, D) or (D,)
+            Configurations.
+        t : float or torch.Tensor of shape (B,)
+            Diffusion time(s).
+        schedule : Schedule, optional
+            Forward diffusion (default :class:`~boltzgen.diffusion.VPSchedule`).
+
+        Returns
+        -------
+        torch.Tensor, shape (B, D), float64
+            ∇ₓ log p_t(x), in units of 1/x.
+        """
         x = self.check_batch(x).detach().to(torch.float64).requires_grad_(True)
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(self.log_prob_t(x, t, schedule).sum(), x)
         return grad
 
     def responsibilities(self, x, t=None, schedule=None) -> torch.Tensor:
-        """Posterior component probabilities p(k | x) (at time t if given), shape (B, K)."""
+        """Posterior component probabilities p(k | x) (of x_t at time t if given).
+
+        Parameters
+        ----------
+        x : array_like, shape (B, D) or (D,)
+            Configurations.
+        t : float or torch.Tensor of shape (B,), optional
+            Diffusion time(s); ``None`` uses the data distribution (t = 0, no noise).
+        schedule : Schedule, optional
+            Forward diffusion (default :class:`~boltzgen.diffusion.VPSchedule`), used when ``t``
+            is given.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, K), float64
+            Rows sum to 1.
+        """
         from ..diffusion import VPSchedule
 
         x = self.check_batch(x).to(torch.float64)
@@ -134,23 +177,62 @@ class GaussianMixture(TargetSystem):
     # ------------------------------------------------------------------ sampling
     @property
     def has_exact_sampler(self) -> bool:
+        """True: :meth:`sample` draws exact samples."""
         return True
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None, return_components: bool = False):
-        """Exact samples, shape (n, D), float64 (and component labels (n,) if asked)."""
+        """Exact samples of the mixture.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        generator : torch.Generator, optional
+            Source of randomness.
+        return_components : bool
+            Also return the component of each sample.
+
+        Returns
+        -------
+        x : torch.Tensor, shape (n, D), float64
+            Samples.
+        k : torch.LongTensor, shape (n,)
+            Component labels (only with ``return_components=True``).
+        """
         k = torch.multinomial(self.weights, int(n), replacement=True, generator=generator)
         eps = torch.randn(int(n), self.event_shape[0], generator=generator, dtype=torch.float64)
         x = self.means[k] + self.stds[k] * eps
         return (x, k) if return_components else x
 
     def metadata(self) -> dict:
+        """JSON-serialisable description; see :meth:`TargetSystem.metadata`.
+
+        Returns
+        -------
+        dict
+            The base keys plus ``n_components``, ``weights`` (list of K floats) and ``units``.
+        """
         meta = super().metadata()
         meta.update(n_components=self.n_components, weights=self.weights.tolist(), units="reduced (kT = 1)")
         return meta
 
 
 def two_modes(dim: int = 2, separation: float = 8.0) -> GaussianMixture:
-    """``gmm-two-modes``: weights 2/3 and 1/3, unit-width components ``separation`` widths apart."""
+    """``gmm-two-modes``: weights 2/3 and 1/3, unit-width components ``separation`` widths apart.
+
+    Parameters
+    ----------
+    dim : int
+        Dimension D.
+    separation : float
+        Distance between the two centres along (1, …, 1)/√D, in component widths (before
+        standardisation).
+
+    Returns
+    -------
+    GaussianMixture
+        Standardised, reduced units (kT = 1).
+    """
     direction = np.ones(dim) / np.sqrt(dim)
     means = np.stack([-0.5 * separation * direction, 0.5 * separation * direction])
     return GaussianMixture(means, np.ones(2), [2.0, 1.0], name="gmm-two-modes")
@@ -158,7 +240,22 @@ def two_modes(dim: int = 2, separation: float = 8.0) -> GaussianMixture:
 
 def forty_modes(dim: int = 2, seed: int = 0, loc_scale: float = 40.0) -> GaussianMixture:
     """``gmm-40``: 40 equal-weight components, centres uniform in [-loc_scale, loc_scale]^dim
-    (numpy Generator with ``seed``), diagonal variance softplus(1)."""
+    (numpy Generator with ``seed``), diagonal variance softplus(1).
+
+    Parameters
+    ----------
+    dim : int
+        Dimension D.
+    seed : int
+        Seed of ``numpy.random.default_rng`` for the centres.
+    loc_scale : float
+        Half-width of the box of centres (before standardisation).
+
+    Returns
+    -------
+    GaussianMixture
+        Standardised, reduced units (kT = 1).
+    """
     rng = np.random.default_rng(seed)
     means = rng.uniform(-loc_scale, loc_scale, size=(40, dim))
     std = math.sqrt(F.softplus(torch.tensor(1.0, dtype=torch.float64)).item())
