@@ -99,7 +99,13 @@ _set_positions, _get_state, _energy_of, _forces_into = _state_accessors()
 
 
 def available_platforms() -> list[str]:
-    """Names of the OpenMM platforms available in this installation, e.g. ``["Reference", "CPU"]``."""
+    """Names of the OpenMM platforms available in this installation.
+
+    Returns
+    -------
+    list of str
+        E.g. ``["Reference", "CPU"]`` (plus ``"CUDA"``, ``"OpenCL"`` where available).
+    """
     return [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
 
 

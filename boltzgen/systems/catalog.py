@@ -12,7 +12,23 @@ from .base import TargetSystem
 
 
 def data_path(filename: str) -> str:
-    """Absolute path of a data file shipped under ``systems/`` (installed or in a checkout)."""
+    """Absolute path of a data file shipped under ``systems/`` (installed or in a checkout).
+
+    Parameters
+    ----------
+    filename : str
+        File name, e.g. ``"aldp.pdb"``.
+
+    Returns
+    -------
+    str
+        Absolute path.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is in neither place.
+    """
     try:
         candidate = resources.files("boltzgen.builtin_systems") / filename
         if candidate.is_file():
@@ -88,7 +104,19 @@ SIMULATE_DEFAULTS = {
 
 
 def simulate_defaults(name: str) -> dict:
-    """Default :func:`boltzgen.md.simulate` options for a system (empty for unknown names)."""
+    """Default :func:`boltzgen.md.simulate` options for a system.
+
+    Parameters
+    ----------
+    name : str
+        System name.
+
+    Returns
+    -------
+    dict
+        A copy of the defaults (e.g. ``replicas``, ``t_max`` in K, ``stride``,
+        ``equilibration`` in steps); empty for unknown names.
+    """
     return dict(SIMULATE_DEFAULTS.get(name, {}))
 
 
@@ -107,6 +135,17 @@ def load(name: str, **options) -> TargetSystem:
         System options: ``dim`` (and ``seed``) for the Gaussian mixtures; ``temperature``,
         ``platform``, ``n_workers`` for the OpenMM systems; ``oscillator_scale`` for LJ.
 
+    Returns
+    -------
+    TargetSystem
+
+    Raises
+    ------
+    KeyError
+        For an unknown name.
+    TypeError
+        For options the system does not take.
+
     Examples
     --------
     >>> target = load("gmm-40", dim=128)
@@ -121,12 +160,24 @@ def load(name: str, **options) -> TargetSystem:
 
 
 def names() -> list[str]:
-    """Names of the built-in systems."""
+    """Names of the built-in systems.
+
+    Returns
+    -------
+    list of str
+    """
     return list(BUILTIN)
 
 
 def describe() -> list[dict]:
-    """One row per built-in system: name, atoms (or dimension), force field, temperature."""
+    """One row per built-in system: name, atoms (or dimension), force field, temperature.
+
+    Returns
+    -------
+    list of dict
+        Keys ``name``, ``n_atoms`` (None for mixtures), ``dim``, ``forcefield``,
+        ``temperature_K`` (K), ``units``, ``description``.
+    """
     rows = []
     for name, (_, description, forcefield, temperature) in BUILTIN.items():
         reduced = temperature == REDUCED_UNIT_TEMPERATURE
@@ -149,6 +200,36 @@ def resolve(system: Optional[str] = None, *, pdb=None, forcefield=None, system_x
     Exactly one of: ``system`` (a built-in name), ``pdb`` + ``forcefield`` (structure and OpenMM
     force-field XML files), or ``system_xml`` + ``topology`` (a serialized OpenMM System and any
     topology file mdtraj reads). ``temperature`` (K) overrides the default of molecular targets.
+
+    Parameters
+    ----------
+    system : str, optional
+        A built-in system name (see :func:`names`).
+    pdb : path, optional
+        PDB structure (with ``forcefield``).
+    forcefield : list of str, optional
+        OpenMM force-field XML names or paths (with ``pdb``).
+    system_xml : path, optional
+        Serialized OpenMM System (with ``topology``).
+    topology : path, optional
+        Topology file mdtraj reads, with start coordinates or ``positions`` in ``options``
+        (with ``system_xml``).
+    temperature : float, optional
+        Temperature in K (default: the system's, 300 K for OpenMM files).
+    dim : int, optional
+        Dimension of the Gaussian-mixture systems.
+    **options
+        Passed on to :func:`load`, :func:`~boltzgen.systems.openmm_target.from_pdb` or
+        :func:`~boltzgen.systems.openmm_target.from_openmm` (``platform``, ``n_workers``, …).
+
+    Returns
+    -------
+    TargetSystem
+
+    Raises
+    ------
+    ValueError
+        Unless the target is named in exactly one way.
     """
     given = [system is not None, pdb is not None or forcefield is not None, system_xml is not None or topology is not None]
     if sum(given) != 1:

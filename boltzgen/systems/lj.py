@@ -54,6 +54,21 @@ def lj_openmm_system(n_particles: int, oscillator_scale: float = 1.0, mass: floa
     The pair term is a ``CustomNonbondedForce`` without cutoff; the restraint to the centre of
     geometry is a ``CustomCentroidBondForce`` between each particle and the centroid of all
     particles (equal weights).
+
+    Parameters
+    ----------
+    n_particles : int
+        Number of particles N.
+    oscillator_scale : float
+        Prefactor of the harmonic restraint (kJ/mol/nm²; 1 in the published convention).
+    mass : float
+        Mass of each particle, in dalton (only matters for dynamics).
+
+    Returns
+    -------
+    openmm.System
+        Energies in kJ/mol, which equal kT units at
+        :data:`boltzgen.units.REDUCED_UNIT_TEMPERATURE`.
     """
     system = openmm.System()
     for _ in range(n_particles):
@@ -75,7 +90,18 @@ def lj_openmm_system(n_particles: int, oscillator_scale: float = 1.0, mass: floa
 
 def fcc_cluster(n_particles: int) -> np.ndarray:
     """The ``n_particles`` sites of an FCC lattice (nearest-neighbour distance 1) closest to a
-    site, centred: a compact, low-energy start configuration, shape (N, 3)."""
+    site, centred: a compact, low-energy start configuration.
+
+    Parameters
+    ----------
+    n_particles : int
+        Number of particles N.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, 3), float64
+        Coordinates in reduced length units (r_m = 1, i.e. nm in the OpenMM form), mean zero.
+    """
     k = int(np.ceil(n_particles ** (1 / 3))) + 2
     base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     cells = np.array(list(itertools.product(range(-k, k + 1), repeat=3)), dtype=float)
@@ -87,7 +113,17 @@ def fcc_cluster(n_particles: int) -> np.ndarray:
 
 def cluster_topology(n_particles: int):
     """An mdtraj topology of ``n_particles`` identical particles (atom name "LJ", labelled argon),
-    so that cluster samples are mdtraj trajectories and networks see identical atom types."""
+    so that cluster samples are mdtraj trajectories and networks see identical atom types.
+
+    Parameters
+    ----------
+    n_particles : int
+        Number of particles N (one single-atom residue "LJ" each, one chain).
+
+    Returns
+    -------
+    mdtraj.Topology
+    """
     import mdtraj
 
     topology = mdtraj.Topology()
@@ -106,6 +142,8 @@ class LennardJonesCluster(TargetSystem):
         Number of particles N.
     oscillator_scale : float
         Strength of the harmonic restraint to the centre of geometry.
+    name : str, optional
+        System name (default ``f"lj{n_particles}"``).
     """
 
     def __init__(self, n_particles: int, oscillator_scale: float = 1.0, name: str | None = None):
@@ -120,10 +158,23 @@ class LennardJonesCluster(TargetSystem):
         return lj_reduced_energy(x, self.oscillator_scale)
 
     def openmm_system(self) -> openmm.System:
-        """The equivalent OpenMM System (kJ/mol at kT = 1 kJ/mol, nm)."""
+        """The equivalent OpenMM System (kJ/mol at kT = 1 kJ/mol, nm).
+
+        Returns
+        -------
+        openmm.System
+            See :func:`lj_openmm_system`.
+        """
         return lj_openmm_system(self.event_shape[0], self.oscillator_scale)
 
     def metadata(self) -> dict:
+        """JSON-serialisable description; see :meth:`TargetSystem.metadata`.
+
+        Returns
+        -------
+        dict
+            The base keys plus ``energy`` (formula), ``oscillator_scale`` and ``units``.
+        """
         meta = super().metadata()
         meta.update(energy="sum_{i!=j} [r^-12 - 2 r^-6] + 0.5*sum_i |x_i - mean|^2",
                     oscillator_scale=self.oscillator_scale, units="reduced (eps = 1, r_m = 1, kT = 1)")

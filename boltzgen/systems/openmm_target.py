@@ -94,6 +94,7 @@ class OpenMMTarget(TargetSystem):
 
     @property
     def openmm_topology(self) -> app.Topology:
+        """openmm.app.Topology: the topology converted to OpenMM (a new object on each access)."""
         return self.topology.to_openmm()
 
     def _positions(self) -> torch.Tensor:
@@ -103,17 +104,41 @@ class OpenMMTarget(TargetSystem):
         return _OpenMMReducedEnergy.apply(x, self.bridge)
 
     def reduced_energy_and_force(self, x):
+        """Reduced energies and forces straight from OpenMM (one bridge call, no autograd).
+
+        Parameters
+        ----------
+        x : array_like, shape (B, N, 3) or (N, 3)
+            Configurations in nm.
+
+        Returns
+        -------
+        u : torch.Tensor, shape (B,), float64
+            Reduced energies U/kT; ``+inf`` where not evaluable.
+        force : torch.Tensor, shape (B, N, 3), float64
+            −∇u in kT/nm; zero where ``u`` is not finite.
+        """
         x = self.check_batch(x).detach().to(torch.float64)
         u, force = self.bridge.evaluate(x.cpu().numpy(), forces=True)
         return torch.from_numpy(u), torch.from_numpy(force)
 
     def metadata(self) -> dict:
+        """JSON-serialisable description; see :meth:`TargetSystem.metadata`.
+
+        Returns
+        -------
+        dict
+            The base keys, the ``description`` entries (force-field and source files) and
+            ``n_atoms``.
+        """
         meta = super().metadata()
         meta.update(self.description)
         meta["n_atoms"] = self.event_shape[0]
         return meta
 
     def close(self) -> None:
+        """Shut down the energy bridge's worker processes (if started). Idempotent; the bridge
+        restarts on the next energy evaluation."""
         if self._bridge is not None:
             self._bridge.close()
             self._bridge = None
@@ -165,6 +190,22 @@ def from_openmm(system, topology, temperature: float = 300.0, *, positions=None,
         Temperature in K.
     positions : array (N, 3) nm, optional
         Start configuration (required when the topology carries no coordinates).
+    name : str, optional
+        System name used in metadata (default ``"openmm-system"``).
+    platform : str
+        OpenMM platform for energies (``"auto"`` picks the fastest).
+    n_workers : int, optional
+        Worker processes of the energy pool (default: number of cores; 0 evaluates in-process).
+
+    Returns
+    -------
+    OpenMMTarget
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing files, a file that is not a serialized System, an atom-count mismatch, or no
+        start positions.
     """
     description = {}
     if not isinstance(system, openmm.System):
@@ -211,6 +252,22 @@ def from_pdb(pdb, forcefield: Sequence[str], temperature: float = 300.0, *, name
         Force-field XML names or paths, e.g. ``["amber99sbildn.xml", "amber99_obc.xml"]``.
     temperature : float
         Temperature in K.
+    name : str, optional
+        System name used in metadata (default: the PDB file name without extension).
+    platform : str
+        OpenMM platform for energies (``"auto"`` picks the fastest).
+    n_workers : int, optional
+        Worker processes of the energy pool (default: number of cores; 0 evaluates in-process).
+
+    Returns
+    -------
+    OpenMMTarget
+        Start positions from the PDB file (nm).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing PDB file, unknown force field, or a force field that cannot parametrise it.
     """
     pdb = os.fspath(pdb)
     if not os.path.exists(pdb):
