@@ -36,7 +36,23 @@ NETWORKS: dict[str, type[EnergyNetwork]] = {"mlp": MLPEnergy, "egnn": EGNNEnergy
 
 
 def default_config(kind: str) -> dict[str, Any]:
-    """The default sizes and options of a network kind (the keys :func:`build_network` accepts)."""
+    """The default sizes and options of a network kind (the keys :func:`build_network` accepts).
+
+    Parameters
+    ----------
+    kind : {"mlp", "egnn", "e3nn"}
+        Network family.
+
+    Returns
+    -------
+    dict
+        Keyword arguments of the network class with their defaults (``topology`` excluded).
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind.
+    """
     cls = _network_class(kind)
     return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
             if p.default is not inspect.Parameter.empty and name != "topology"}

@@ -36,6 +36,22 @@ def hidden_irreps(scalar_channels: int, vector_channels: int, lmax: int, parity:
 
     O(3) (``parity=True``): ``S×0e + V×1o + V×2e + …`` (the parities of spherical harmonics).
     SE(3) (``parity=False``): ``S×0e + V×0o`` and V copies of each l ≥ 1 with both parities.
+
+    Parameters
+    ----------
+    scalar_channels : int
+        Multiplicity S of the scalars 0e.
+    vector_channels : int
+        Multiplicity V of every l ≥ 1 irrep (and of 0o for SE(3)).
+    lmax : int
+        Largest rotation order l.
+    parity : bool
+        O(3) features (natural parities only) or SE(3) features (both parities).
+
+    Returns
+    -------
+    e3nn.o3.Irreps
+        Sorted and simplified.
     """
     irreps = [(scalar_channels, (0, 1))]
     if not parity:
@@ -71,7 +87,18 @@ class BesselBasis(nn.Module):
         self.n_basis = int(n_basis)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        """Basis values, (E,) -> (E, K)."""
+        """Basis values at a batch of distances.
+
+        Parameters
+        ----------
+        r : torch.Tensor, shape (E,)
+            Distances, in the units of ``cutoff`` (dimensionless model coordinates).
+
+        Returns
+        -------
+        torch.Tensor, shape (E, K)
+            b_k(r), dtype of ``r``.
+        """
         k = self.k.to(r.dtype)
         scale = math.sqrt(2.0 / self.cutoff) * math.pi / self.cutoff
         return scale * k * torch.sinc(k * r.unsqueeze(-1) / self.cutoff)

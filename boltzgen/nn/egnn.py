@@ -134,8 +134,28 @@ class EGNNLayer(MessagePassing):
 
     def message(self, target_term_i: torch.Tensor, source_term_j: torch.Tensor, pos_i: torch.Tensor,
                 pos_j: torch.Tensor, graph: BatchGraph) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Messages m_ij (pairs, hidden) and coordinate displacements (pairs, 3) (``None`` when the
-        layer keeps the coordinates); pairs in either layout of ``graph``."""
+        """Messages m_ij and coordinate displacements of every pair (edge j → i), in either layout
+        of ``graph``.
+
+        Parameters
+        ----------
+        target_term_i : torch.Tensor, shape (E, hidden) or (B, N, 1, hidden)
+            Projection of [h_i, τ(t)] (with the bias) at the target atom of each pair.
+        source_term_j : torch.Tensor, shape (E, hidden) or (B, 1, N, hidden)
+            Projection of h_j at the source atom.
+        pos_i, pos_j : torch.Tensor, shape (E, 3) or broadcastable to (B, N, N, 3)
+            Positions of the target and source atoms (dimensionless model coordinates).
+        graph : BatchGraph
+            The pairs; its :meth:`~boltzgen.nn.features.BatchGraph.edge_weight` multiplies the
+            messages.
+
+        Returns
+        -------
+        messages : torch.Tensor, shape (pairs..., hidden)
+            m_ij, weighted by the edge weight.
+        displacement : torch.Tensor, shape (pairs..., 3), or None
+            (x_i − x_j) tanh(φ_x(m_ij)); ``None`` when the layer keeps the coordinates.
+        """
         diff = pos_i - pos_j
         r2 = diff.pow(2).sum(-1, keepdim=True)
         pre = torch.addcmul(target_term_i + source_term_j, r2, self.edge_input.part_weight(2).squeeze(1))
@@ -145,7 +165,23 @@ class EGNNLayer(MessagePassing):
 
     def aggregate(self, inputs: tuple[torch.Tensor, Optional[torch.Tensor]], index: torch.Tensor,
                   dim_size: Optional[int] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Sum messages and displacements onto their target nodes."""
+        """Sum messages and displacements onto their target nodes.
+
+        Parameters
+        ----------
+        inputs : tuple of (torch.Tensor, torch.Tensor or None)
+            Per-edge messages (E, hidden) and displacements (E, 3) (or ``None``), from
+            :meth:`message`.
+        index : torch.LongTensor, shape (E,)
+            Target node of each edge.
+        dim_size : int, optional
+            Number of nodes B·N.
+
+        Returns
+        -------
+        tuple of (torch.Tensor, torch.Tensor or None)
+            Summed messages (B·N, hidden) and displacements (B·N, 3) (or ``None``).
+        """
         return tuple(None if values is None else sum_onto_nodes(values, index, dim_size) for values in inputs)
 
 

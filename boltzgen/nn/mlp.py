@@ -29,6 +29,11 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.SiLU, zero_last: 
         Zero the weights and bias of the last layer, so that the MLP starts as the zero map.
     bias_last : bool
         Whether the last layer has a bias.
+
+    Returns
+    -------
+    torch.nn.Sequential
+        Maps (..., sizes[0]) to (..., sizes[-1]).
     """
     sizes = [int(s) for s in sizes]
     if len(sizes) < 2:
@@ -58,6 +63,8 @@ class ConcatLinear(nn.Linear):
         Sizes of the concatenated parts.
     out_features : int
         Output size.
+    bias : bool
+        Whether the layer has a bias b.
     """
 
     def __init__(self, in_sizes: Sequence[int], out_features: int, bias: bool = True):
@@ -65,12 +72,36 @@ class ConcatLinear(nn.Linear):
         super().__init__(sum(self.in_sizes), out_features, bias=bias)
 
     def part_weight(self, index: int) -> torch.Tensor:
-        """The block W_index of the weight, shape (out_features, in_sizes[index])."""
+        """The block W_index of the weight (a view, so gradients flow to the full weight).
+
+        Parameters
+        ----------
+        index : int
+            Which concatenated part.
+
+        Returns
+        -------
+        torch.Tensor, shape (out_features, in_sizes[index])
+        """
         start = sum(self.in_sizes[:index])
         return self.weight[:, start:start + self.in_sizes[index]]
 
     def part(self, index: int, inputs: torch.Tensor, with_bias: bool = False) -> torch.Tensor:
-        """W_index · inputs (+ b), inputs of shape (..., in_sizes[index]) -> (..., out_features)."""
+        """Apply one part of the layer: W_index · inputs (+ b).
+
+        Parameters
+        ----------
+        index : int
+            Which concatenated part.
+        inputs : torch.Tensor, shape (..., in_sizes[index])
+            Values of that part.
+        with_bias : bool
+            Add the bias b (add it in exactly one of the parts that are summed).
+
+        Returns
+        -------
+        torch.Tensor, shape (..., out_features)
+        """
         return nn.functional.linear(inputs, self.part_weight(index), self.bias if with_bias else None)
 
 
@@ -82,7 +113,13 @@ def init_variance_preserving(linears: Sequence[nn.Linear]) -> None:
     """Initialise a chain Linear → SiLU → Linear → … so that unit-variance inputs give
     unit-variance outputs (the convention of e3nn's ``FullyConnectedNet``, whose tensor products
     expect weights of order 1): weights N(0, gain² / fan_in), gain 1 for the first layer and
-    :data:`SILU_GAIN` after each SiLU; zero biases."""
+    :data:`SILU_GAIN` after each SiLU; zero biases.
+
+    Parameters
+    ----------
+    linears : sequence of torch.nn.Linear
+        The layers of the chain, in order (modified in place).
+    """
     with torch.no_grad():
         for i, linear in enumerate(linears):
             gain = 1.0 if i == 0 else SILU_GAIN
@@ -92,7 +129,18 @@ def init_variance_preserving(linears: Sequence[nn.Linear]) -> None:
 
 
 def zero_init(module: nn.Module) -> nn.Module:
-    """Set every parameter of ``module`` to zero (in place) and return it."""
+    """Set every parameter of ``module`` to zero (in place) and return it.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Module to zero.
+
+    Returns
+    -------
+    torch.nn.Module
+        The same ``module``.
+    """
     with torch.no_grad():
         for parameter in module.parameters():
             parameter.zero_()

@@ -77,5 +77,16 @@ class TimeEmbedding(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """Embed times, shape (B,) -> (B, out_dim)."""
+        """Embed a batch of times.
+
+        Parameters
+        ----------
+        t : torch.Tensor, shape (B,)
+            Diffusion times in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape (B, out_dim)
+            Learned embedding, dtype of the parameters.
+        """
         return self.mlp(self.features(t))
