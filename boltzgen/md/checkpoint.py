@@ -59,7 +59,21 @@ def write_checkpoint(path: str, parameters: dict, state: dict, arrays: dict) -> 
 
 
 def parameter_mismatch(stored: dict, current: dict) -> list[str]:
-    """Human-readable differences between stored and current parameters (``n_samples`` excepted)."""
+    """Human-readable differences between stored and current parameters (``n_samples`` excepted).
+
+    Parameters
+    ----------
+    stored : dict
+        Parameters read from a checkpoint (already JSON-canonical).
+    current : dict
+        Parameters of the current run (compared after a JSON round trip).
+
+    Returns
+    -------
+    list of str
+        One ``"key: old in the checkpoint, new now"`` line per differing key; empty when the run
+        can resume.
+    """
     current = _canonical(current)
     problems = []
     for key in sorted(set(stored) | set(current)):
@@ -73,6 +87,13 @@ def parameter_mismatch(stored: dict, current: dict) -> list[str]:
 
 def read_checkpoint(path: str, parameters: dict) -> Optional[tuple[dict, dict]]:
     """Load a checkpoint written with the same ``parameters``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Checkpoint file.
+    parameters : dict
+        Parameters of the current run; must match the stored ones (``n_samples`` may differ).
 
     Returns
     -------

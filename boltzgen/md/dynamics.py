@@ -24,7 +24,22 @@ from .checkpoint import read_checkpoint, write_checkpoint
 
 
 def temperature_ladder(temperature: float, t_max: float, replicas: int) -> np.ndarray:
-    """Geometric temperature ladder (K), shape (replicas,), from ``temperature`` to ``t_max``."""
+    """Geometric temperature ladder T_k = T_0 (T_max / T_0)^(k / (R − 1)).
+
+    Parameters
+    ----------
+    temperature : float
+        Target (lowest) temperature T_0, in K.
+    t_max : float
+        Highest temperature, in K (ignored for one replica).
+    replicas : int
+        Number of replicas R.
+
+    Returns
+    -------
+    numpy.ndarray, shape (replicas,), float64
+        Temperatures in K, from ``temperature`` to ``t_max``.
+    """
     if replicas == 1:
         return np.array([float(temperature)])
     return float(temperature) * (float(t_max) / float(temperature)) ** (np.arange(replicas) / (replicas - 1))
@@ -85,7 +100,18 @@ class ReplicaSet:
         return len(self.contexts)
 
     def start(self, positions: np.ndarray, minimize: bool, velocity_seeds) -> None:
-        """Set start positions (nm), minimise once (on replica 0) and draw Maxwell velocities."""
+        """Set start positions, minimise once (on replica 0) and draw Maxwell velocities.
+
+        Parameters
+        ----------
+        positions : numpy.ndarray, shape (N, 3)
+            Start configuration, in nm (the same for every replica).
+        minimize : bool
+            Run OpenMM's local energy minimiser on replica 0 first; all replicas start from
+            its result.
+        velocity_seeds : sequence of int
+            Seed of each replica's Maxwell–Boltzmann velocities (at its own temperature).
+        """
         self.contexts[0].setPositions(positions * unit.nanometer)
         if minimize:
             openmm.LocalEnergyMinimizer.minimize(self.contexts[0])
@@ -95,22 +121,52 @@ class ReplicaSet:
             context.setVelocitiesToTemperature(temp * unit.kelvin, int(seed))
 
     def step(self, n: int) -> None:
+        """Advance every replica by ``n`` integrator steps (one after another).
+
+        Parameters
+        ----------
+        n : int
+            Number of steps (of ``timestep`` fs each).
+        """
         for integrator in self.integrators:
             integrator.step(int(n))
 
     def potential_energies(self) -> np.ndarray:
-        """Potential energy of every replica, kJ/mol, shape (R,); +inf where not finite."""
+        """Potential energy of every replica.
+
+        Returns
+        -------
+        numpy.ndarray, shape (R,), float64
+            U in kJ/mol; +inf where not finite.
+        """
         u = np.array([c.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
                       for c in self.contexts], dtype=np.float64)
         return np.where(np.isfinite(u), u, np.inf)
 
     def positions(self, k: int) -> np.ndarray:
-        """Positions of replica k, nm, shape (N, 3), float64."""
+        """Positions of one replica.
+
+        Parameters
+        ----------
+        k : int
+            Replica index (0 is the target temperature).
+
+        Returns
+        -------
+        numpy.ndarray, shape (N, 3), float64
+            Positions in nm.
+        """
         state = self.contexts[k].getState(getPositions=True)
         return np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
 
     def swap(self, i: int, j: int) -> None:
-        """Exchange configurations of replicas i and j, rescaling velocities by sqrt(T_new/T_old)."""
+        """Exchange configurations of replicas i and j, rescaling velocities by sqrt(T_new/T_old).
+
+        Parameters
+        ----------
+        i, j : int
+            Replica indices.
+        """
         si = self.contexts[i].getState(getPositions=True, getVelocities=True)
         sj = self.contexts[j].getState(getPositions=True, getVelocities=True)
         scale = math.sqrt(self.temperatures[i] / self.temperatures[j])
@@ -120,17 +176,45 @@ class ReplicaSet:
         self.contexts[j].setVelocities(si.getVelocities(asNumpy=True) / scale)
 
     def checkpoints(self) -> list[np.ndarray]:
-        """``Context.createCheckpoint()`` of every replica as uint8 arrays."""
+        """``Context.createCheckpoint()`` of every replica as uint8 arrays.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One uint8 array per replica (positions, velocities, integrator RNG state).
+        """
         return [np.frombuffer(c.createCheckpoint(), dtype=np.uint8).copy() for c in self.contexts]
 
     def load(self, checkpoints) -> None:
+        """Restore every replica from :meth:`checkpoints` output.
+
+        Parameters
+        ----------
+        checkpoints : sequence of array_like of uint8
+            One OpenMM Context checkpoint per replica, in replica order.
+        """
         for context, data in zip(self.contexts, checkpoints):
             context.loadCheckpoint(np.asarray(data, dtype=np.uint8).tobytes())
 
 
 @dataclass
 class MDOutput:
-    """Frames of the target-temperature replica and run statistics (see :func:`run_dynamics`)."""
+    """Frames of the target-temperature replica and run statistics (see :func:`run_dynamics`).
+
+    Attributes
+    ----------
+    positions : numpy.ndarray, shape (n, N, 3), float64
+        Saved frames of replica 0 (the target temperature), nm.
+    replica_potential_energy : numpy.ndarray, shape (n, R), float64
+        Potential energy (kJ/mol) of every replica at each saved frame (column 0: the target
+        temperature).
+    replica_positions : numpy.ndarray, shape (R, n, N, 3), or None
+        Frames of every replica, nm (only with ``keep_replicas``).
+    info : dict
+        ``temperatures_K``, ``exchange_acceptance`` and ``exchange_attempts`` per neighbouring
+        pair, ``round_trips``, ``mean_potential_energy_kJ_per_mol`` per replica, ``total_steps``,
+        ``simulated_time_ps`` (ps), ``wall_time_s`` (s), ``frames_from_checkpoint``.
+    """
 
     positions: np.ndarray
     replica_potential_energy: np.ndarray
@@ -163,6 +247,34 @@ def run_dynamics(target, n_samples: int, params: dict, *, checkpoint: Optional[s
     Frames are saved every ``stride`` steps after ``equilibration`` steps; the step counter
     includes equilibration, exchanges happen whenever it is a multiple of ``exchange_interval``
     (exchange statistics count only after equilibration).
+
+    Parameters
+    ----------
+    target : OpenMMTarget
+        Its ``system`` is simulated from ``target.positions`` (nm).
+    n_samples : int
+        Number of frames to return.
+    params : dict
+        Resolved parameters: ``temperature`` and ``t_max`` (K), ``replicas``, ``timestep`` (fs),
+        ``friction`` (1/ps), ``platform``, ``threads``, ``seed``, ``minimize``,
+        ``equilibration``, ``stride`` and ``exchange_interval`` (steps), ``keep_replicas``.
+    checkpoint : str or None
+        Checkpoint file to resume from and write to (``None``: no checkpointing).
+    checkpoint_every : int
+        Write the checkpoint after this many new frames (and at the end).
+    callback : callable(int), optional
+        Called with the number of frames after each saved frame.
+    bar : tqdm-like
+        Progress bar (``update``, ``set_description``).
+
+    Returns
+    -------
+    MDOutput
+
+    Raises
+    ------
+    RuntimeError
+        When a replica's energy becomes non-finite (unstable integration).
     """
     temps = temperature_ladder(params["temperature"], params["t_max"], params["replicas"])
     n_rep = len(temps)

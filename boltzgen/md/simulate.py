@@ -83,7 +83,15 @@ class SimulationResult:
         return int(self.positions.shape[0])
 
     def save(self, path: str) -> None:
-        """Write a sample file (:func:`boltzgen.io.save_samples`): mdtraj HDF5 for molecules."""
+        """Write a sample file (:func:`boltzgen.io.save_samples`): mdtraj HDF5 for molecules.
+
+        Parameters
+        ----------
+        path : str
+            Output file (written atomically). Besides positions (nm) and reduced energies it
+            stores ``potential_energy`` (kJ/mol) and, for replica exchange,
+            ``replica_potential_energy`` (kJ/mol) when present.
+        """
         from ..io import save_samples
 
         extra = {}
