@@ -59,7 +59,20 @@ LOG_FIELDS = ["step", "phase", "lr", "total", "dsm", "clf", "clf_accuracy", "gra
 
 # ---------------------------------------------------------------------------- configuration
 def deep_update(base: dict, update: Optional[dict]) -> dict:
-    """A copy of ``base`` with ``update`` merged in recursively."""
+    """A copy of ``base`` with ``update`` merged in recursively.
+
+    Parameters
+    ----------
+    base : dict
+        Nested configuration (not modified).
+    update : dict or None
+        Values to merge in: nested dicts are merged key by key, anything else replaces.
+
+    Returns
+    -------
+    dict
+        A deep copy.
+    """
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -70,7 +83,18 @@ def deep_update(base: dict, update: Optional[dict]) -> dict:
 
 
 def system_config_path(system: str) -> Optional[str]:
-    """Path of the shipped training defaults of a built-in system (``systems/<name>.train.yaml``)."""
+    """Path of the shipped training defaults of a built-in system (``systems/<name>.train.yaml``).
+
+    Parameters
+    ----------
+    system : str
+        System name.
+
+    Returns
+    -------
+    str or None
+        ``None`` when the system ships no training defaults.
+    """
     from .systems.catalog import data_path
 
     try:
@@ -80,7 +104,25 @@ def system_config_path(system: str) -> Optional[str]:
 
 
 def read_yaml(path: str) -> dict:
-    """Read a YAML mapping with ``yaml.safe_load``; clear errors for missing or malformed files."""
+    """Read a YAML mapping with ``yaml.safe_load``; clear errors for missing or malformed files.
+
+    Parameters
+    ----------
+    path : str
+        YAML file.
+
+    Returns
+    -------
+    dict
+        Its contents (``{}`` for an empty file).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        For invalid YAML or a top level that is not a mapping.
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file not found: {path}")
     with open(path) as handle:
@@ -95,7 +137,22 @@ def read_yaml(path: str) -> dict:
 
 def resolve_config(system: Optional[str] = None, config_file: Optional[str] = None,
                    overrides: Optional[dict] = None) -> dict:
-    """BASE_CONFIG, then the system's shipped defaults, then a user config file, then overrides."""
+    """BASE_CONFIG, then the system's shipped defaults, then a user config file, then overrides.
+
+    Parameters
+    ----------
+    system : str, optional
+        Built-in system whose ``systems/<name>.train.yaml`` applies (if it has one).
+    config_file : str, optional
+        User YAML file.
+    overrides : dict, optional
+        Nested options merged last (e.g. ``{"train": {"steps": 100}}``).
+
+    Returns
+    -------
+    dict
+        The validated configuration (see :func:`validate_config`).
+    """
     config = copy.deepcopy(BASE_CONFIG)
     if system is not None:
         path = system_config_path(system)
@@ -109,7 +166,19 @@ def resolve_config(system: Optional[str] = None, config_file: Optional[str] = No
 
 
 def validate_config(config: dict) -> None:
-    """Raise ValueError naming the first bad option."""
+    """Raise ValueError naming the first bad option.
+
+    Parameters
+    ----------
+    config : dict
+        A full configuration (the keys of ``BASE_CONFIG``).
+
+    Raises
+    ------
+    ValueError
+        For the first invalid option (loss kind, levels, k, step counts, val_fraction,
+        optimizer, pretrain_dsm_steps).
+    """
     loss = config["loss"]
     if loss["kind"] not in LOSSES:
         raise ValueError(f"loss.kind must be one of {LOSSES}, got {loss['kind']!r}")
@@ -185,6 +254,8 @@ class TrainedModel(torch.nn.Module):
         The training configuration.
     metadata : dict
         What the run recorded about its data (``system``, ``data``, ``n_data``).
+    topology : mdtraj.Topology or None
+        Atoms of molecular data.
     """
 
     def __init__(self, inner: EnergyModel, length_scale: float, config: Optional[dict] = None, topology=None,
@@ -198,23 +269,55 @@ class TrainedModel(torch.nn.Module):
 
     @property
     def t_min(self) -> float:
+        """float: smallest diffusion time trained on (of ``inner``)."""
         return self.inner.t_min
 
     @property
     def schedule(self):
+        """Schedule: the forward diffusion of ``inner`` (acting on y = x / length_scale)."""
         return self.inner.schedule
 
     @property
     def event_shape(self) -> tuple:
+        """tuple of int: shape of one configuration, (N, 3) or (D,)."""
         return self.inner.event_shape
 
     def energy(self, x, t) -> torch.Tensor:
-        """E_θ(x, t), shape (B,), for x of shape (B, *event_shape) in data units."""
+        """E_θ(x, t) of configurations in data units.
+
+        Parameters
+        ----------
+        x : array_like, shape (B, *event_shape)
+            Configurations in the units of the training data (nm for molecules).
+        t : float or torch.Tensor of shape (B,)
+            Diffusion time(s).
+
+        Returns
+        -------
+        torch.Tensor, shape (B,)
+            Reduced (dimensionless) energies, defined up to one constant per t; dtype of the
+            model's parameters.
+        """
         x = torch.as_tensor(x)
         return self.inner.energy(x.to(self._dtype()) / self.length_scale, t)
 
     def score(self, x, t, create_graph: bool = False) -> torch.Tensor:
-        """−∇ₓE_θ(x, t), shape (B, *event_shape), in 1/(data unit)."""
+        """Score −∇ₓE_θ(x, t) of configurations in data units.
+
+        Parameters
+        ----------
+        x : array_like, shape (B, *event_shape)
+            Configurations in the units of the training data (nm for molecules).
+        t : float or torch.Tensor of shape (B,)
+            Diffusion time(s).
+        create_graph : bool
+            Keep the graph of the score (for losses of the score).
+
+        Returns
+        -------
+        torch.Tensor, shape (B, *event_shape)
+            −∇ₓE, in 1/(data unit) (1/nm for molecules).
+        """
         x = torch.as_tensor(x)
         return self.inner.score(x.to(self._dtype()) / self.length_scale, t, create_graph) / self.length_scale
 
@@ -347,6 +450,14 @@ class Trainer:
         return os.path.join(self.run_dir, name)
 
     def checkpoint_state(self) -> dict:
+        """Everything :meth:`resume` needs to continue the run bit for bit.
+
+        Returns
+        -------
+        dict
+            ``step``, model, EMA and optimiser state dicts, the batch generator's and torch's RNG
+            states, ``config``, ``length_scale``, ``best_val`` and ``boltzgen_version``.
+        """
         return {"step": self.step, "model": self.model.inner.state_dict(), "ema": self.ema.state_dict(),
                 "optimiser": self.optimiser.state_dict(), "generator": self.generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "config": self.config, "length_scale": self.length_scale,
@@ -379,7 +490,19 @@ class Trainer:
                 mdtraj.Trajectory(xyz, self.topology).save_pdb(tmp)
 
     def resume(self) -> bool:
-        """Load checkpoint.pt from the run directory if there is one; True if resumed."""
+        """Load checkpoint.pt from the run directory if there is one.
+
+        Returns
+        -------
+        bool
+            True if a checkpoint was loaded (the training log is truncated to its step).
+
+        Raises
+        ------
+        ValueError
+            If the checkpoint was written with a different net, model, loss, optim,
+            pretraining or seed configuration.
+        """
         path = self._path("checkpoint.pt")
         if not os.path.exists(path):
             return False
@@ -448,7 +571,19 @@ class Trainer:
         return data[idx]
 
     def train_step(self) -> dict:
-        """One optimisation step; returns the loss parts as floats."""
+        """One optimisation step (learning-rate schedule, loss, gradient clipping, EMA update).
+
+        Returns
+        -------
+        dict
+            The scalar loss parts as floats (``total``, ``dsm``, ``clf``, ``clf_accuracy`` as
+            computed), plus ``phase`` (the loss kind), ``lr`` and ``grad_norm`` (before clipping).
+
+        Raises
+        ------
+        FloatingPointError
+            On a non-finite gradient.
+        """
         cfg, o = self.config["train"], self.config["optim"]
         factor = _lr_factor(self.step, int(cfg["steps"]), int(o["warmup_steps"]), bool(o["cosine"]),
                             float(o["min_lr_factor"]))
@@ -480,7 +615,19 @@ class Trainer:
         return out
 
     def validate(self, model: Optional[EnergyModel] = None) -> dict:
-        """Validation losses of the EMA model on the held-out split (fixed noise; same objective)."""
+        """Validation losses of the EMA model on the held-out split (fixed noise; same objective).
+
+        Parameters
+        ----------
+        model : EnergyModel, optional
+            Model to evaluate (default: the EMA model).
+
+        Returns
+        -------
+        dict
+            ``val_total``, ``val_dsm``, ``val_clf`` (floats, those the objective has); empty
+            without validation data.
+        """
         if self.val_data.shape[0] == 0:
             return {}
         model = self.ema if model is None else model
@@ -491,7 +638,15 @@ class Trainer:
         return {f"val_{k}": float(v.detach()) for k, v in parts.items() if k in ("total", "dsm", "clf") and torch.is_tensor(v)}
 
     def fit(self) -> dict:
-        """Train to ``train.steps`` (resuming from a checkpoint if present); returns metrics."""
+        """Train to ``train.steps`` (resuming from a checkpoint if present).
+
+        Returns
+        -------
+        dict
+            Metrics, also written to ``metrics.json``: ``steps``, ``resumed``, ``wall_time_s``
+            (s), ``length_scale``, ``n_train``, ``n_val``, ``final`` (last loss parts),
+            ``validation``, ``boltzgen_version`` and the trainer's metadata.
+        """
         from tqdm.auto import tqdm
 
         cfg = self.config["train"]
@@ -544,7 +699,33 @@ class Trainer:
 
 def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = None, config_file: Optional[str] = None,
                     overrides: Optional[dict] = None, progress: bool = True) -> dict:
-    """Train on a sample file written by ``boltzgen simulate``; returns the metrics."""
+    """Train on a sample file written by ``boltzgen simulate``.
+
+    Parameters
+    ----------
+    data_path : str
+        Sample file of unweighted configurations (MD or exact samples).
+    run_dir : str
+        Output directory (an existing checkpoint there is resumed).
+    system : str, optional
+        System name for the shipped training defaults (default: the file's metadata).
+    config_file : str, optional
+        User YAML configuration.
+    overrides : dict, optional
+        Nested options merged last.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        The metrics of :meth:`Trainer.fit`.
+
+    Raises
+    ------
+    ValueError
+        If the file holds weighted samples.
+    """
     samples = load_samples(data_path)
     system = system or samples.metadata.get("system")
     config = resolve_config(system, config_file, overrides)
