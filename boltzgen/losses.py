@@ -400,6 +400,37 @@ def compute_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] =
 
     ``"dsm"`` uses k noisy copies per x_0 (the fair baseline of ``"dsm+diffclf"`` with the same
     ``k``); ``"diffclf"`` is the classification term alone; ``"dsm+diffclf"`` the combination.
+
+    Parameters
+    ----------
+    model : energy model (see the module docstring)
+    x0 : tensor, shape (B, *event_shape)
+        Clean data in model units (standardised; centred, for molecules).
+    generator : torch.Generator, optional
+        Source of the levels and the noise.
+    loss : {"dsm", "diffclf", "dsm+diffclf"}
+        The objective.
+    k : int
+        Noisy copies (levels) per x_0.
+    lambda_clf : float
+        Weight of the classification term (``"dsm+diffclf"`` only).
+    levels, grid
+        Level sampling (:func:`sample_levels`).
+    weighting : callable, optional
+        Extra DSM weight w(t) per noisy sample (``"dsm"`` and ``"dsm+diffclf"``).
+    clf_samples : {"all", "one"}
+        As in :func:`diffclf_loss` (``"diffclf"`` and ``"dsm+diffclf"``).
+
+    Returns
+    -------
+    dict
+        That of :func:`dsm_loss`, :func:`diffclf_loss` or :func:`dsm_diffclf_loss`: ``total``
+        (scalar tensor with graph, dimensionless) and its parts.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``loss``.
     """
     if loss == "dsm":
         return dsm_loss(model, x0, generator, k=k, levels=levels, grid=grid, weighting=weighting)
