@@ -33,7 +33,21 @@ def _energy(model, y: torch.Tensor, t: float, batch: int = 8192) -> torch.Tensor
 
 
 def rescaled(target: GaussianMixture, length_scale: float) -> GaussianMixture:
-    """The mixture of y = x / length_scale for x ~ target (exact)."""
+    """The mixture of y = x / length_scale for x ~ target (exact).
+
+    Parameters
+    ----------
+    target : GaussianMixture
+        Mixture of x.
+    length_scale : float
+        s in y = x / s (units of x per unit of y).
+
+    Returns
+    -------
+    GaussianMixture
+        Means and standard deviations divided by s, same weights (not re-standardised);
+        ``target`` itself when s = 1.
+    """
     if length_scale == 1.0:
         return target
     return GaussianMixture(target.means / length_scale, target.stds / length_scale, target.weights,
@@ -52,11 +66,29 @@ def mode_weights(model, target: GaussianMixture, t: Optional[float] = None, *, l
     the mass of the region where component k is the most responsible (at time t) is
     Z_k = E_{q_k}[exp(−E_θ(y, t)) 1{y in region k} / q_k(y)].
 
+    Parameters
+    ----------
+    model : EnergyModel
+        Model in its own coordinates y (``energy``, ``t_min``, optionally ``schedule``).
+    target : GaussianMixture
+        The exact mixture of x.
+    t : float, optional
+        Diffusion time (default ``model.t_min``).
+    length_scale : float
+        s in y = x / s.
+    n_per_mode : int
+        Proposal samples per component.
+    generator : torch.Generator, optional
+        Source of randomness (default: seeded with 0).
+    scales : sequence of float
+        Width factors c of the defensive proposal mixture (positive).
+
     Returns
     -------
     dict
-        ``weights`` (K,) estimated relative masses, ``true`` (K,) the exact masses of the same
-        regions under p_t, ``ess_fraction`` (K,) of each estimate, ``max_relative_error``.
+        ``t``, ``weights`` (K,) estimated relative masses, ``true`` (K,) the exact masses of the
+        same regions under p_t, ``ess_fraction`` (K,) of each estimate, ``max_relative_error``
+        (all plain floats / lists).
     """
     from .diffusion import VPSchedule
 
@@ -103,6 +135,21 @@ def chain_classification_loss(model, target: GaussianMixture, *, n_levels: int =
     sample x_{t_j} are ℓ_i = −E_θ(x_{t_j}, t_i) + F(t_i), i = 1..L, and the loss is the mean
     cross-entropy with label j (chance: ln L).
 
+    Parameters
+    ----------
+    model : EnergyModel
+        Model in its own coordinates y (``energy``, ``log_normaliser``, ``schedule``, ``t_min``).
+    target : GaussianMixture
+        The exact mixture of x.
+    n_levels : int
+        Number of levels L.
+    n_chains : int
+        Number of independent chains.
+    length_scale : float
+        s in y = x / s.
+    generator : torch.Generator, optional
+        Source of randomness (default: seeded with 1).
+
     Returns
     -------
     dict
@@ -138,6 +185,26 @@ def marginal_ess(model, target: GaussianMixture, times: Sequence[float], *, n: i
     """ESS fraction of exact samples of p_t reweighted to the model density exp(−E_θ(·, t)).
 
     log w = −E_θ(y, t) − log p_t(y) for y ~ p_t; ESS fraction = (Σw)² / (n Σw²) (1 for a perfect model).
+
+    Parameters
+    ----------
+    model : EnergyModel
+        Model in its own coordinates y (``energy``, ``schedule``).
+    target : GaussianMixture
+        The exact mixture of x.
+    times : sequence of float
+        Diffusion times to evaluate.
+    n : int
+        Exact samples per time.
+    length_scale : float
+        s in y = x / s.
+    generator : torch.Generator, optional
+        Source of randomness (default: seeded with 2).
+
+    Returns
+    -------
+    list of dict
+        One ``{"t": float, "ess_fraction": float}`` per time.
     """
     target = rescaled(target, length_scale)
     g = generator or torch.Generator().manual_seed(2)

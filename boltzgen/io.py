@@ -28,7 +28,18 @@ _META_ATTR = "boltzgen_metadata"
 
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success it is renamed to ``path`` atomically."""
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Final file name (its directory is created).
+
+    Yields
+    ------
+    str
+        Temporary file name in the same directory (same extension); removed if the block raises.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -49,14 +60,32 @@ def atomic_path(path: str) -> Iterator[str]:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented JSON, atomically.
+
+    Parameters
+    ----------
+    path : str
+        Output file.
+    obj : object
+        JSON-serialisable data (numpy values are converted by :func:`json_default`).
+    """
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
         json.dump(obj, handle, indent=2, sort_keys=True, default=json_default)
         handle.write("\n")
 
 
 def json_default(obj):
-    """``json.dump`` hook: numpy scalars and arrays as numbers and lists, anything else as its str."""
+    """``json.dump`` hook: numpy scalars and arrays as numbers and lists, anything else as its str.
+
+    Parameters
+    ----------
+    obj : object
+        A value ``json`` cannot serialise.
+
+    Returns
+    -------
+    int, float, bool, list or str
+    """
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -90,7 +119,18 @@ class Samples:
         return int(self.x.shape[0])
 
     def trajectory(self):
-        """The configurations as an ``mdtraj.Trajectory`` (molecular systems only)."""
+        """The configurations as an ``mdtraj.Trajectory`` (molecular systems only).
+
+        Returns
+        -------
+        mdtraj.Trajectory
+            B frames, coordinates as float32 nm (weights are not attached).
+
+        Raises
+        ------
+        ValueError
+            Without a topology.
+        """
         import mdtraj
 
         if self.topology is None:
@@ -159,6 +199,11 @@ def save_samples(path: str, x, *, topology=None, log_weights=None, log_q=None, r
 
 def load_samples(path: str) -> Samples:
     """Read a sample file written by :func:`save_samples` (or any mdtraj HDF5 trajectory).
+
+    Parameters
+    ----------
+    path : str or path-like
+        HDF5 sample file.
 
     Returns
     -------
