@@ -290,7 +290,22 @@ class EnergyModel(nn.Module):
         return e, score
 
     def score(self, x: torch.Tensor, t, create_graph: bool = False) -> torch.Tensor:
-        """Score s_θ(x, t) = −∇ₓE_θ(x, t), shape (B, *event_shape) (see :meth:`energy_and_score`)."""
+        """Score s_θ(x, t) = −∇ₓE_θ(x, t), the second output of :meth:`energy_and_score`.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, *event_shape)
+            Configurations, in units of the data.
+        t : float or torch.Tensor of shape (B,)
+            Diffusion time(s).
+        create_graph : bool
+            Keep the graph of the score (then it is not detached).
+
+        Returns
+        -------
+        torch.Tensor, shape (B, *event_shape)
+            The score, units 1/x; mean-free for mean-free models.
+        """
         return self.energy_and_score(x, t, create_graph)[1]
 
     def denoise(self, x: torch.Tensor, t) -> torch.Tensor:

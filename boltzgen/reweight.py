@@ -41,6 +41,13 @@ def check_compatible(x: np.ndarray, topology, target, what: str = "the samples")
         Topology stored with the configurations.
     target : TargetSystem
         The target; its ``event_shape`` and ``topology`` are compared.
+    what : str
+        How to name the configurations in error messages (default ``"the samples"``).
+
+    Raises
+    ------
+    ValueError
+        On a shape, atom-count or element mismatch.
     """
     name = target.name
     event = tuple(target.event_shape)
@@ -72,8 +79,27 @@ def check_compatible(x: np.ndarray, topology, target, what: str = "the samples")
 def resolve_log_q(log_q, samples, samples_path: str) -> tuple[np.ndarray, str]:
     """The proposal log-density of each sample, and a description of where it came from.
 
-    ``log_q`` may be an array (B,); the name of an array in the sample file (``"log_q"`` or any
-    extra array); a path to a ``.npy`` file; or None for the file's own ``log_q``.
+    Parameters
+    ----------
+    log_q : array_like of shape (B,), str, path-like or None
+        An array of log q; the name of an array in the sample file (``"log_q"`` or any extra
+        array); a path to a ``.npy`` file; or None for the file's own ``log_q``.
+    samples : Samples
+        The loaded sample file.
+    samples_path : str
+        Its path (for messages).
+
+    Returns
+    -------
+    log_q : numpy.ndarray, shape (B,), float64
+        Proposal log-densities (in the units of the samples' coordinates, nm for molecules).
+    source : str
+        ``"file:<name>"``, ``"array"`` or the absolute path of the ``.npy`` file.
+
+    Raises
+    ------
+    ValueError
+        When there is no such array, the shape is not (B,), or a value is not finite.
     """
     n = len(samples)
     if log_q is None:

@@ -26,8 +26,17 @@ def assert_gradient_matches_finite_differences(energy: EnergyFn, x: torch.Tensor
         Points at which to check.
     eps : float
         Finite-difference step (units of x).
+    rtol, atol : float
+        Relative and absolute tolerances of ``torch.allclose`` (energy units per unit of x).
     n_coords : int
         Number of randomly chosen coordinates per configuration to check.
+    generator : torch.Generator, optional
+        Chooses the coordinates (default: seeded with 0).
+
+    Raises
+    ------
+    AssertionError
+        Naming the first coordinate whose derivative differs.
     """
     x = x.detach().to(torch.float64).clone().requires_grad_(True)
     with torch.enable_grad():
@@ -175,6 +184,11 @@ class CallCounter(torch.nn.Module):
     """Wraps a network ``net(x, t)`` and records ``(batch size, x.requires_grad)`` of every call,
     to check that an objective or sampler makes no duplicate network passes.
 
+    Parameters
+    ----------
+    inner : torch.nn.Module
+        The wrapped network ``inner(x, t) -> (B,)``.
+
     Attributes
     ----------
     calls : list of (int, bool)
@@ -186,5 +200,19 @@ class CallCounter(torch.nn.Module):
         self.calls: list[tuple[int, bool]] = []
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Record the call, then evaluate the wrapped network.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, *event_shape)
+            Network input.
+        t : torch.Tensor, shape (B,)
+            Diffusion times.
+
+        Returns
+        -------
+        torch.Tensor, shape (B,)
+            ``inner(x, t)``.
+        """
         self.calls.append((x.shape[0], x.requires_grad))
         return self.inner(x, t)

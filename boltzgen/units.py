@@ -17,7 +17,23 @@ REDUCED_UNIT_TEMPERATURE = 1.0 / MOLAR_GAS_CONSTANT
 
 
 def kT_of(temperature: float) -> float:
-    """Thermal energy kT in kJ/mol at ``temperature`` (K)."""
+    """Thermal energy kT = R T in kJ/mol.
+
+    Parameters
+    ----------
+    temperature : float
+        Temperature in K (positive).
+
+    Returns
+    -------
+    float
+        kT in kJ/mol (R = :data:`MOLAR_GAS_CONSTANT`, OpenMM's value).
+
+    Raises
+    ------
+    ValueError
+        For a non-positive temperature.
+    """
     temperature = float(temperature)
     if not temperature > 0.0:
         raise ValueError(f"temperature must be positive (K), got {temperature}")

@@ -178,7 +178,18 @@ def ess(log_w) -> float:
 
 
 def ess_fraction(log_w) -> float:
-    """Kish ESS divided by the number of samples B, in (0, 1]."""
+    """Kish ESS divided by the number of samples B.
+
+    Parameters
+    ----------
+    log_w : array, shape (B,)
+        Log-weights (−inf allowed; not all of them).
+
+    Returns
+    -------
+    float
+        ESS / B ∈ [1/B, 1].
+    """
     lw = _check_log_w(log_w)
     return ess(lw) / lw.shape[0]
 
@@ -436,7 +447,18 @@ def phi_psi(x_or_traj, topology=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def has_phi(topology) -> bool:
-    """True when the topology has a backbone φ torsion (alanine-dipeptide-like molecules)."""
+    """True when the topology has a backbone φ torsion (alanine-dipeptide-like molecules).
+
+    Parameters
+    ----------
+    topology : mdtraj.Topology or None
+        Topology to inspect.
+
+    Returns
+    -------
+    bool
+        False for ``None`` and for topologies mdtraj cannot analyse.
+    """
     import mdtraj
 
     if topology is None:
