@@ -47,10 +47,17 @@ def run_command(argv: Sequence[str], *, log: Optional[Callable[[str], None]] = N
     log : callable, optional
         Receives the command line before it runs.
 
+    Returns
+    -------
+    float
+        Wall time of the command, in seconds.
+
     Raises
     ------
     RuntimeError
         If the command fails (non-zero exit status); the message names the command.
+    KeyboardInterrupt
+        If the command was interrupted (exit status 130).
     """
     from .cli import main
 
