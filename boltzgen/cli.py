@@ -86,6 +86,18 @@ def _emit(metrics: dict, args, path: Optional[str]) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_systems(args) -> int:
+    """``boltzgen systems``: print the built-in systems (a table, or JSON with ``--json``).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options of the sub-command (``json``).
+
+    Returns
+    -------
+    int
+        Exit status 0.
+    """
     from .systems import describe
 
     rows = describe()
@@ -104,6 +116,26 @@ def cmd_systems(args) -> int:
 
 
 def cmd_simulate(args) -> int:
+    """``boltzgen simulate``: Boltzmann samples of a target (MD / replica exchange, MCMC or exact)
+    written to a sample file, resumable through ``OUTPUT.checkpoint``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options (see ``boltzgen simulate --help``): the target, ``n``, ``output``,
+        ``seed``, and MD options ``timestep`` (fs), ``friction`` (1/ps), ``t_max`` (K),
+        ``stride``, ``equilibration``, ``replicas``, ``exchange_interval``.
+
+    Returns
+    -------
+    int
+        Exit status 0; metrics.json is written beside the output (or to ``--metrics``).
+
+    Raises
+    ------
+    CommandError
+        For invalid options or targets (exit status 2 through :func:`main`).
+    """
     from .io import save_samples
     from .md import simulate
 
@@ -142,6 +174,25 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """``boltzgen train``: train an energy model on a sample file into a run directory.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options (see ``boltzgen train --help``): ``data``, ``output`` (run directory),
+        ``system``, ``config``, and overrides ``loss``, ``net``, ``steps``, ``batch_size``,
+        ``seed``, ``threads``.
+
+    Returns
+    -------
+    int
+        Exit status 0.
+
+    Raises
+    ------
+    CommandError
+        For unreadable data, a bad configuration or weighted samples.
+    """
     from .train import train_from_file
 
     overrides: dict = {}
@@ -170,6 +221,26 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    """``boltzgen sample``: SMC (or a plain reverse SDE) from a trained model, reweighted to the
+    target, written to a weighted sample file (with ΔF in kT for alanine-dipeptide-like targets).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options (see ``boltzgen sample --help``): ``run_dir``, the target (default: the
+        system the model was trained on), ``n``, ``method``, ``steps``, ``mcmc_steps``,
+        ``anneal``, ``no_chirality``, ``output``, ``seed``.
+
+    Returns
+    -------
+    int
+        Exit status 0; metrics.json is written beside the output (or to ``--metrics``).
+
+    Raises
+    ------
+    CommandError
+        For a missing model, an unnamed target or a shape mismatch.
+    """
     import torch
 
     from .io import save_samples
@@ -243,6 +314,24 @@ def cmd_sample(args) -> int:
 
 
 def cmd_reweight(args) -> int:
+    """``boltzgen reweight``: importance weights of a sample file against a target.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options (see ``boltzgen reweight --help``): ``samples``, the target, ``log_q``,
+        ``output``, ``n_bootstrap``, ``seed``.
+
+    Returns
+    -------
+    int
+        Exit status 0; metrics.json is written beside the output (or to ``--metrics``).
+
+    Raises
+    ------
+    CommandError
+        For a missing file or incompatible samples.
+    """
     from .reweight import reweight_samples
 
     if not os.path.exists(args.samples):
@@ -273,6 +362,24 @@ def cmd_reweight(args) -> int:
 
 
 def cmd_analyze(args) -> int:
+    """``boltzgen analyze``: plots and metrics of a sample file into a report directory.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options (see ``boltzgen analyze --help``): ``samples``, ``output``, ``reference``,
+        ``run_dir``, ``seed``.
+
+    Returns
+    -------
+    int
+        Exit status 0.
+
+    Raises
+    ------
+    CommandError
+        For missing files or unreadable samples.
+    """
     from .report import analyze
 
     for label, path in (("sample file", args.samples), ("reference file", args.reference)):
@@ -299,6 +406,24 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
+    """``boltzgen quickstart``: the whole chain (simulate, train, sample, analyze) on alanine
+    dipeptide in vacuum (300 K), with a summary of ESS, ΔF (kT) and energy W2 (kT).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options (see ``boltzgen quickstart --help``): ``output``, ``fast``, ``seed``.
+
+    Returns
+    -------
+    int
+        Exit status 0.
+
+    Raises
+    ------
+    CommandError
+        If a stage fails.
+    """
     from .pipeline import QUICKSTART_SIZES, run_pipeline
 
     sizes = dict(QUICKSTART_SIZES["fast" if args.fast else "default"])
@@ -333,6 +458,25 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_bench_bridge(args) -> int:
+    """``boltzgen bench bridge``: throughput (evaluations/s) of the OpenMM energy pool against a
+    plain single-Context loop.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options (see ``boltzgen bench bridge --help``): the target, ``batch``,
+        ``workers``, ``platform``, ``output``, ``seed``.
+
+    Returns
+    -------
+    int
+        Exit status 0.
+
+    Raises
+    ------
+    CommandError
+        If the target is not an OpenMM system.
+    """
     from .bench import bench_bridge
 
     target = _target_from_args(args)
@@ -353,6 +497,13 @@ def cmd_bench_bridge(args) -> int:
 
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``boltzgen`` with all sub-commands.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Each sub-command's parser sets ``func`` to its ``cmd_*`` function.
+    """
     parser = argparse.ArgumentParser(prog="boltzgen", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"boltzgen {__version__}")
@@ -473,6 +624,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``boltzgen`` command.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments after ``boltzgen`` (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 2 for usage errors (:class:`CommandError`, printed as one
+        line) or no sub-command, 130 when interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
