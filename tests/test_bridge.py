@@ -313,3 +313,22 @@ def test_bench_bridge_reports_rates_and_exact_energies(system):
     assert result["speedup_vs_plain_loop"] == pytest.approx(result["bridge_per_s"] / result["plain_loop_per_s"])
     assert result["platform"] == "Reference" and result["n_workers"] == 2 and result["batch"] == 64
     assert result["max_rel_energy_diff_vs_plain"] <= 1e-9
+
+
+def test_script_without_main_guard_does_not_rerun_in_workers(tmp_path):
+    """A user script with no ``if __name__ == "__main__":`` guard works: the spawned workers do not
+    re-run it (they would print twice more, or fail during start-up)."""
+    import subprocess
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from boltzgen.systems import load\n"
+        "print('script body ran', flush=True)\n"
+        "target = load('aldp-vacuum', n_workers=2, platform='Reference')\n"
+        "u = target.reduced_energy(target.positions[None].repeat(3, 1, 1))\n"
+        "print('energies', len(u), flush=True)\n"
+        "target.close()\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("script body ran") == 1
+    assert "energies 3" in out.stdout

@@ -26,6 +26,7 @@ reduced forces -du/dx in kT/nm, kT = R T in kJ/mol.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -33,8 +34,10 @@ import multiprocessing
 import os
 import runpy
 import signal
+import sys
 import threading
 import time
+import types
 import weakref
 from collections import deque
 from multiprocessing import connection as mp_connection
@@ -357,6 +360,25 @@ def _worker_main(conn, system_xml: str, platform_name: str, slot: int) -> None:
 
 
 # ------------------------------------------------------------------------------ the pool
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start processes without re-running the user's ``__main__`` script in them.
+
+    A spawned child normally re-imports the parent's main script, so a script that uses boltzgen
+    without an ``if __name__ == "__main__":`` guard would run again in every energy worker (and
+    fail there). The workers need nothing from ``__main__`` (their code is this module, run by
+    path), so it is replaced by an empty module while :meth:`multiprocessing.Process.start`
+    records what the child should import.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
 class _Worker:
     __slots__ = ("process", "conn")
 
@@ -414,7 +436,8 @@ class _Pool:
         if masked:
             old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
         try:
-            process.start()
+            with _main_module_hidden():
+                process.start()
         finally:
             if masked:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
