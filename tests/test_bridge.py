@@ -325,10 +325,10 @@ def test_script_without_main_guard_does_not_rerun_in_workers(tmp_path):
         "from boltzgen.systems import load\n"
         "print('script body ran', flush=True)\n"
         "target = load('aldp-vacuum', n_workers=2, platform='Reference')\n"
-        "u = target.reduced_energy(target.positions[None].repeat(3, 1, 1))\n"
+        "u = target.reduced_energy(target.positions[None].repeat(512, 1, 1))\n"
         "print('energies', len(u), flush=True)\n"
         "target.close()\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("script body ran") == 1
-    assert "energies 3" in out.stdout
+    assert "energies 512" in out.stdout
