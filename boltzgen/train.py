@@ -391,6 +391,30 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def ema_decay(decay: float, step: int) -> float:
+    """EMA decay used after optimisation step ``step`` (0-based): min(decay, (1 + step) / (10 + step)).
+
+    The warm-up keeps the average from clinging to the initial weights in short runs: with a
+    fixed 0.999, the EMA after 1000 steps still holds 37 % of the untrained network (on CPU
+    budgets of a few thousand steps this made the EMA model much worse than the trained one);
+    with the warm-up it averages over roughly the last 10 % of the steps until it reaches
+    ``decay``.
+
+    Parameters
+    ----------
+    decay : float
+        The configured decay ``optim.ema`` (0 disables averaging).
+    step : int
+        Optimisation steps done before this update.
+
+    Returns
+    -------
+    float
+        The decay of this update.
+    """
+    return min(float(decay), (1.0 + step) / (10.0 + step))
+
+
 class Trainer:
     """Trains an energy model on standardised configurations; see the module docstring.
 
@@ -605,7 +629,7 @@ class Trainer:
         if not torch.isfinite(norm):
             raise FloatingPointError(f"non-finite gradient at step {self.step}; lower optim.lr or raise model.t_min")
         self.optimiser.step()
-        decay = float(o["ema"])
+        decay = ema_decay(float(o["ema"]), self.step)
         with torch.no_grad():
             for p_ema, p in zip(self.ema.parameters(), self.model.inner.parameters()):
                 p_ema.lerp_(p, 1.0 - decay)

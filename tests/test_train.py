@@ -146,3 +146,20 @@ def test_model_options_and_log_snr_levels_reach_the_model(tmp_path, gmm_data):
     assert math.isfinite(parts["total"]) and "clf" in parts
     with pytest.raises(ValueError):
         resolve_config(overrides={"loss": {"levels": "log-uniform"}})
+
+
+def test_ema_decay_warms_up_then_reaches_the_configured_value():
+    from boltzgen.train import ema_decay
+
+    assert ema_decay(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay(0.999, 10**6) == 0.999
+    assert ema_decay(0.0, 5) == 0.0
+    values = [ema_decay(0.999, s) for s in range(0, 20000, 500)]
+    assert values == sorted(values)
+    # after n steps the initial weights keep prod(decays) of the average: small with the warm-up,
+    # 37 % after 1000 steps of a fixed 0.999
+    kept = 1.0
+    for step in range(1000):
+        kept *= ema_decay(0.999, step)
+    assert kept < 0.02
