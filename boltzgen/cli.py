@@ -276,8 +276,8 @@ def cmd_sample(args) -> int:
             x, log_w, u = result.x, result.log_weights.numpy(), result.reduced_energy.numpy()
             summary = result.summary()
             acceptance = [a for a in summary["acceptance"] if a is not None]
-            # The headline ESS is that of the last reweighting, before any resampling at that level:
-            # after a resampling step the weights are uniform and their ESS says nothing.
+            # The headline ESS is that of the last reweighting; SMC never resamples after it, so it
+            # is also the ESS of the weights in the output file.
             ess_fraction = float(result.ess[-1])
             metrics = {"ess": ess_fraction * args.n, "ess_fraction": ess_fraction,
                        "ess_fraction_final_weights": result.ess_fraction, "resampled_levels": len(result.resampled),

@@ -379,7 +379,7 @@ def analyze(path: str, out_dir: str, reference: Optional[str] = None, *, run_dir
         W._check_log_w(ref_lw, f"log_weights of {reference}")
         W._require_some_weight(ref_lw, f"log_weights of {reference}")
         metrics.update(reference_n=len(ref), reference_ess=W.ess(ref_lw))
-        t_s, t_r = meta.get("temperature"), (ref.metadata or {}).get("temperature")
+        t_s, t_r = meta.get("temperature_K"), (ref.metadata or {}).get("temperature_K")
         if t_s is not None and t_r is not None and t_s != t_r:
             notes.append(f"temperatures differ (samples {t_s}, reference {t_r}): reduced energies are not comparable")
 

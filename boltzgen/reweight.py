@@ -139,7 +139,7 @@ def resolve_log_q(log_q, samples, samples_path: str) -> tuple[np.ndarray, str]:
 def _energies(target, x: np.ndarray, progress: bool) -> np.ndarray:
     chunks = range(0, x.shape[0], CHUNK)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         chunks = tqdm(chunks, desc="energies", unit="chunk", dynamic_ncols=True)
     out = []

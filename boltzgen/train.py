@@ -671,7 +671,7 @@ class Trainer:
             (s), ``length_scale``, ``n_train``, ``n_val``, ``final`` (last loss parts),
             ``validation``, ``boltzgen_version`` and the trainer's metadata.
         """
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         cfg = self.config["train"]
         if cfg.get("threads"):

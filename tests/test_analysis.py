@@ -287,6 +287,19 @@ def test_analyze_toy_target_skips_torsions(tmp_path):
     assert any("not a molecular system" in n for n in metrics["notes"])
 
 
+def test_analyze_notes_reference_at_another_temperature(tmp_path):
+    from boltzgen.report import analyze
+
+    rng = np.random.default_rng(15)
+    path, ref = str(tmp_path / "a.h5"), str(tmp_path / "b.h5")
+    save_samples(path, rng.normal(size=(40, 2)), reduced_energy=rng.normal(size=40), metadata={"temperature_K": 300.0})
+    save_samples(ref, rng.normal(size=(40, 2)), reduced_energy=rng.normal(size=40), metadata={"temperature_K": 350.0})
+    notes = analyze(path, str(tmp_path / "out"), ref)["notes"]
+    assert any("temperatures differ" in n for n in notes)
+    save_samples(ref, rng.normal(size=(40, 2)), reduced_energy=rng.normal(size=40), metadata={"temperature_K": 300.0})
+    assert not any("temperatures differ" in n for n in analyze(path, str(tmp_path / "out2"), ref)["notes"])
+
+
 def test_cli_analyze_errors(tmp_path, aldp, capsys):
     samples = str(tmp_path / "s.h5")
     save_samples(samples, _frames(aldp, 5, np.random.default_rng(14)), topology=aldp.topology)

@@ -315,7 +315,7 @@ def simulate(target, n_samples: int, *, method: str = "auto", seed: int = 0, tem
     params = _resolve(target, method, options, seed, temperature)
     checkpoint = None if checkpoint is None else str(checkpoint)
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     # MCMC shows the chains' own step bar (burn-in included) instead of a frame bar.
     bar = tqdm(total=n_samples, desc=f"simulate {target.name} ({method})", unit="frame", file=sys.stderr,

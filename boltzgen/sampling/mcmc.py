@@ -414,7 +414,7 @@ def run_mcmc(x0: Optional[torch.Tensor], energy: Energy, n_steps: int, generator
     extra = {"n_leapfrog": n_leapfrog} if kernel == "hmc" else {}
     total = burn_in + n_steps
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(total=total, initial=min(state.step, total), desc=f"{kernel} chains", unit="step",
                file=sys.stderr, disable=not progress, leave=False)

@@ -20,7 +20,7 @@ unnormalised densities
 3. **Annealing to the target**: at each β_k, log w += (β_k − β_{k−1}) (E(y, t_min) − u(ℓ y)); MCMC
    moves use the target's forces (``target.reduced_energy_and_force``, the only place the target
    is called — once per particle for the first β, then once per MALA step or per leapfrog step).
-4. After every reweighting, **resample** (systematic by default) when ESS/N < ``ess_threshold``;
+4. After every reweighting but the last, **resample** (systematic by default) when ESS/N < ``ess_threshold``;
    then, optionally, **MCMC moves** (MALA or HMC, :mod:`boltzgen.sampling.mcmc`) that leave the
    current density invariant. Step sizes h = κ · h_ref: h_ref follows the scale of the level's
    density (from the median gradient norm of the particles entering the moves, unless a step
@@ -484,9 +484,11 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
 
     ess_tr, acc_tr, h_tr, t_tr, b_tr, resampled = [], [], [], [], [], []
 
-    def maybe_resample(lw, tensors):
+    def maybe_resample(lw, tensors, final=False):
+        # Never after the last reweighting: the output keeps its importance weights (resampling
+        # there would only add noise and hide the ESS of the final weights).
         level = len(ess_tr) - 1
-        if ess_tr[-1] < ess_threshold:
+        if ess_tr[-1] < ess_threshold and not final:
             if not bool(torch.isfinite(lw).any()):
                 raise RuntimeError(f"SMC: every particle has weight zero at level {level} "
                                    f"(t = {t_tr[-1]:g}, beta = {b_tr[-1]:g})")
@@ -501,7 +503,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         t_tr.append(float(t))
         b_tr.append(float(beta))
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(total=len(times) - 1 + len(beta_grid), desc="SMC", unit="level", file=sys.stderr,
                disable=not progress, leave=False)
@@ -530,7 +532,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
             lw = _add_log_w(lw, -e_new + e + log_l - log_m)
             y, e, g = y_new, e_new, g_new
             record(lw, t_next, 0.0)
-            lw, (y, e, g) = maybe_resample(lw, [y, e, g])
+            lw, (y, e, g) = maybe_resample(lw, [y, e, g], final=target is None and t_next == times[-1])
             if int(mcmc_steps) > 0:
                 def energy_t(z, _t=t_next):
                     return model_eval(z, _t)
@@ -589,7 +591,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                                    torch.full_like(u, -math.inf))
                 lw = _add_log_w(lw, incr)
                 record(lw, tmin, beta)
-                lw, (y, e, g, u, gu) = maybe_resample(lw, [y, e, g, u, gu])
+                lw, (y, e, g, u, gu) = maybe_resample(lw, [y, e, g, u, gu], final=beta == beta_grid[-1])
                 if int(anneal_mcmc_steps) > 0:
                     def energy_b(z, _b=beta):
                         ez, gz = model_eval(z, tmin)
