@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--mcmc-steps", type=int, default=defaults["mcmc_steps"], help="MALA moves per level")
     parser.add_argument("--anneal", type=int, default=defaults["anneal"], help="annealing levels to the target")
     parser.add_argument("--losses", default=",".join(LOSSES), help="objectives to compare")
+    parser.add_argument("--threads", type=int, help="torch threads of training (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the whole chain")
 
@@ -83,7 +84,8 @@ def run_chain(system: str, args, *, reference_options=(), data_options=(), ancho
         summary = run_pipeline(os.path.join(args.work, loss), system=system, data=files["data"], loss=loss,
                                train_steps=args.steps, batch_size=args.batch_size, n_samples=args.n_samples,
                                smc_steps=args.smc_steps, mcmc_steps=args.mcmc_steps, anneal=args.anneal,
-                               reference=files["reference"], seed=args.seed, progress=False, log=log)
+                               reference=files["reference"], seed=args.seed, progress=False, log=log,
+                               train_options=("--threads", args.threads) if args.threads else ())
         trained = _read_json(os.path.join(args.work, loss, "run", "metrics.json"))
         summary["train_seconds_per_step"] = trained["wall_time_s"] / max(1, trained["steps"])
         results[loss] = summary
@@ -94,7 +96,7 @@ def run_chain(system: str, args, *, reference_options=(), data_options=(), ancho
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "quick": bool(args.quick),
         "sizes": {k: getattr(args, k) for k in ("n_reference", "n_data", "steps", "batch_size", "n_samples",
-                                                  "smc_steps", "mcmc_steps", "anneal", "seed")},
+                                                  "smc_steps", "mcmc_steps", "anneal", "seed", "threads")},
         "budget": "equal for both objectives: same steps, batch and k (same number of DSM evaluations); "
                   "dsm+diffclf adds energy-only evaluations, visible in train_seconds_per_step",
         "reference": {"file": os.path.abspath(files["reference"]), "n": args.n_reference,
