@@ -173,6 +173,10 @@ def run_pipeline(out_dir: str, *, system: str = "aldp-vacuum", data: Optional[st
         "log_z": sampled.get("log_z"), "n_reflected": sampled.get("n_reflected"),
         "delta_f_kT": sampled.get("delta_f_kT"), "delta_f_err_kT": sampled.get("delta_f_err_kT"),
     }
+    # The summary carries the SMC trace and names the sample file, like the metrics.json that
+    # `boltzgen sample` writes beside its output: `boltzgen analyze` finds the ESS trace there.
+    summary.update(output=os.path.abspath(samples), smc=sampled.get("smc"))
+    write_json(os.path.join(out_dir, "metrics.json"), summary)
     if analyze:
         reference = reference or data
         report_dir = os.path.join(out_dir, "report")

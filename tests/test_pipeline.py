@@ -1,0 +1,42 @@
+"""`boltzgen quickstart --fast`: the whole chain (simulate, train, SMC, analyze) as a smoke run."""
+
+import json
+import os
+
+import mdtraj
+import numpy as np
+
+from boltzgen.cli import main
+from boltzgen.io import load_samples
+
+
+def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
+    out = str(tmp_path / "qs")
+    assert main(["quickstart", "-o", out, "--fast", "--no-progress"]) == 0
+    printed = capsys.readouterr().err
+    for command in ("boltzgen simulate aldp-vacuum", "boltzgen train", "boltzgen sample", "boltzgen analyze"):
+        assert command in printed, f"{command!r} not printed"
+    assert "summary" in printed and "ESS" in printed
+
+    traj = mdtraj.load(os.path.join(out, "samples.h5"))
+    samples = load_samples(os.path.join(out, "samples.h5"))
+    assert traj.n_atoms == 22 and traj.n_frames == samples.x.shape[0] == 32
+    assert samples.log_weights is not None and np.isfinite(samples.log_weights).any()
+    assert samples.metadata["command"] == "sample" and samples.metadata["system"] == "aldp-vacuum"
+
+    with open(os.path.join(out, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    assert metrics["command"] == "quickstart" and metrics["fast"] is True
+    assert 0 < metrics["ess"] <= 32 and 0 < metrics["ess_fraction"] <= 1
+    assert set(metrics["stage_seconds"]) == {"simulate", "train", "sample", "analyze"}
+    assert metrics["energy_w2"] is not None and metrics["energy_w2"] >= 0
+    for name in ("index.html", "ramachandran.png", "torsion_profiles.png", "energy_histogram.png",
+                 "ess_trace.png", "training_loss.png"):
+        assert os.path.exists(os.path.join(out, "report", name)), name
+    html = open(os.path.join(out, "report", "index.html")).read()
+    assert "ess_trace.png" in html
+
+    # a second run resumes: data and samples are reused, training finds its finished checkpoint
+    assert main(["quickstart", "-o", out, "--fast", "--no-progress", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["stage_seconds"]["simulate"] == 0.0 and again["stage_seconds"]["sample"] == 0.0
