@@ -86,8 +86,9 @@ def run_chain(system: str, args, *, reference_options=(), data_options=(), ancho
                                smc_steps=args.smc_steps, mcmc_steps=args.mcmc_steps, anneal=args.anneal,
                                reference=files["reference"], seed=args.seed, progress=False, log=log,
                                train_options=("--threads", args.threads) if args.threads else ())
-        trained = _read_json(os.path.join(args.work, loss, "run", "metrics.json"))
-        summary["train_seconds_per_step"] = trained["wall_time_s"] / max(1, trained["steps"])
+        seconds, steps = _training_seconds(os.path.join(args.work, loss, "run", "train_log.csv"))
+        summary["train_seconds"] = seconds  # summed over the training log: right for resumed runs too
+        summary["train_seconds_per_step"] = seconds / max(1, steps)
         results[loss] = summary
 
     reference_metrics = _read_json(os.path.join(args.work, "reference.metrics.json"))
@@ -95,6 +96,7 @@ def run_chain(system: str, args, *, reference_options=(), data_options=(), ancho
         "benchmark": f"{system} chain", "system": system, "boltzgen_version": __version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "quick": bool(args.quick),
+        "load_average_1_5_15_min": list(os.getloadavg()),  # wall times are inflated on a busy machine
         "sizes": {k: getattr(args, k) for k in ("n_reference", "n_data", "steps", "batch_size", "n_samples",
                                                   "smc_steps", "mcmc_steps", "anneal", "seed", "threads")},
         "budget": "equal for both objectives: same steps, batch and k (same number of DSM evaluations); "
@@ -111,6 +113,21 @@ def run_chain(system: str, args, *, reference_options=(), data_options=(), ancho
         handle.write(markdown(out))
     print(markdown(out))
     return out
+
+
+def _training_seconds(log_path: str) -> tuple[float, int]:
+    """(optimisation seconds, steps) of a run from its train_log.csv (mean seconds per step of
+    each logged window times the window's steps)."""
+    import csv
+
+    total, previous = 0.0, 0
+    with open(log_path) as handle:
+        for row in csv.DictReader(handle):
+            step = int(row["step"])
+            if row.get("seconds"):
+                total += float(row["seconds"]) * (step - previous)
+            previous = step
+    return total, previous
 
 
 def _read_json(path: str) -> dict:
@@ -137,7 +154,7 @@ def markdown(out: dict) -> str:
                else f"{r['reference_delta_f_kT']:.2f} ± {f(r.get('reference_delta_f_err_kT'), '.2f')}")
         s = r["stage_seconds"]
         lines.append(f"| {loss} | {f(r.get('ess_fraction'))} | {f(r.get('energy_w2'))} | {f(r.get('torsion_w2'))} "
-                     f"| {df} | {ref} | {f(r.get('train_seconds_per_step'), '.2f')} | {f(s.get('train'), '.0f')} "
+                     f"| {df} | {ref} | {f(r.get('train_seconds_per_step'), '.2f')} | {f(r.get('train_seconds'), '.0f')} "
                      f"| {f(s.get('sample'), '.0f')} |")
     if out.get("published_anchors"):
         lines += ["", f"published anchors: {out['published_anchors']}"]
