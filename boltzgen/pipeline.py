@@ -155,7 +155,8 @@ def run_pipeline(out_dir: str, *, system: str = "aldp-vacuum", data: Optional[st
         if value is not None:
             train_argv += [flag, value]
     seconds["train"] = run_command([*train_argv, *train_options, *quiet], log=log)
-    write_json(stage("train"), _read_json(os.path.join(run_dir, "metrics.json")))
+    trained = _read_json(os.path.join(run_dir, "metrics.json"))
+    write_json(stage("train"), trained)
 
     samples = os.path.join(out_dir, "samples.h5")
     if os.path.exists(samples) and os.path.exists(stage("sample")):
@@ -168,7 +169,7 @@ def run_pipeline(out_dir: str, *, system: str = "aldp-vacuum", data: Optional[st
     sampled = _read_json(stage("sample"))
 
     summary = {
-        "system": system, "loss": _read_json(os.path.join(run_dir, "metrics.json")).get("loss", loss),
+        "system": system, "loss": trained.get("loss", loss),
         "n_samples": n_samples, "ess": sampled.get("ess"), "ess_fraction": sampled.get("ess_fraction"),
         "log_z": sampled.get("log_z"), "n_reflected": sampled.get("n_reflected"),
         "delta_f_kT": sampled.get("delta_f_kT"), "delta_f_err_kT": sampled.get("delta_f_err_kT"),
