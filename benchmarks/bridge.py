@@ -17,7 +17,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     parser.add_argument("--platform", default="auto", help="OpenMM platform (default auto: the fastest)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise added to the positions")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds, best reported")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds, best reported")
     args = parser.parse_args(argv)
 
     # Imported here, not at the top: spawned workers re-import this script as their __main__.

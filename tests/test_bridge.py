@@ -307,12 +307,27 @@ def test_bench_bridge_reports_rates_and_exact_energies(system):
     from boltzgen.bench import bench_bridge
 
     result = bench_bridge(system, T, chain_positions(), batch=64, n_workers=2, platform="Reference", rounds=1)
-    for key in ("plain_loop_per_s", "bare_getstate_per_s", "bridge_per_s", "limit_per_s"):
+    for key in ("plain_loop_per_s", "bare_getstate_per_s", "bare_getstate_concurrent_per_s", "bridge_per_s",
+                "limit_per_s", "single_context_limit_per_s"):
         assert result[key] > 0
-    assert result["limit_per_s"] == pytest.approx(result["n_cores"] * result["bare_getstate_per_s"])
+    assert result["limit_per_s"] == pytest.approx(result["n_cores"] * result["bare_getstate_concurrent_per_s"])
+    assert result["single_context_limit_per_s"] == pytest.approx(result["n_cores"] * result["bare_getstate_per_s"])
+    assert result["fraction_of_limit"] == pytest.approx(result["bridge_per_s"] / result["limit_per_s"])
     assert result["speedup_vs_plain_loop"] == pytest.approx(result["bridge_per_s"] / result["plain_loop_per_s"])
     assert result["platform"] == "Reference" and result["n_workers"] == 2 and result["batch"] == 64
     assert result["max_rel_energy_diff_vs_plain"] <= 1e-9
+
+
+def test_bare_getstate_timing_in_every_worker_leaves_the_pool_usable(system):
+    """All workers time bare getState at once and answer; evaluation still works afterwards."""
+    with EnergyBridge(system, T, platform="Reference", n_workers=2, min_batch_per_worker=1) as b:
+        seconds = b.bare_getstate_seconds(chain_positions(), calls=20)
+        assert len(seconds) == 2 and all(0 < s < 1 for s in seconds)
+        u, f = b.evaluate(batch(8))
+        u_ref, _ = direct(system, batch(8))
+        np.testing.assert_allclose(u, u_ref, rtol=1e-10)
+        with pytest.raises(ValueError, match="calls"):
+            b.bare_getstate_seconds(chain_positions(), calls=0)
 
 
 def test_script_without_main_guard_does_not_rerun_in_workers(tmp_path):

@@ -184,6 +184,21 @@ def _evaluate_rows(context: openmm.Context, x: np.ndarray, energy: np.ndarray, f
         progress[slot] = offset + len(x)
 
 
+def _bare_getstate_seconds(context: openmm.Context, positions: np.ndarray, calls: int) -> float:
+    """Seconds per bare ``getState`` call (energy and forces) with ``positions`` (N, 3) nm set once.
+
+    The rate that bounds any evaluation loop on one core: it leaves out setting positions and
+    reading the results. One warm-up call precedes the ``calls`` timed ones.
+    """
+    _set_positions(context, np.ascontiguousarray(positions, dtype=np.float64))
+    types = _ENERGY | _FORCES
+    _get_state(context, types, False, -1)
+    start = time.perf_counter()
+    for _ in range(calls):
+        _get_state(context, types, False, -1)
+    return (time.perf_counter() - start) / calls
+
+
 def _sanitize(energy: np.ndarray, force: Optional[np.ndarray]) -> None:
     """Mark rows with a non-finite energy or force as failed: energy NaN, force zero (idempotent).
 
@@ -320,6 +335,8 @@ def _worker_main(conn, system_xml: str, platform_name: str, slot: int) -> None:
 
     Messages received: ``("eval", shm_name, capacity, n_atoms, n_slots, start, stop, forces)`` -
     evaluate configurations ``start:stop`` of the shared block, then reply ``("done", stop)``;
+    ``("bare", positions, calls)`` - time ``calls`` bare ``getState`` calls (energy and forces) on
+    ``positions`` set once and reply ``("bare", seconds_per_call)`` (the throughput benchmark);
     ``("stop",)`` or a closed pipe (parent gone) - exit. Sent once at start: ``("ready", pid)`` or
     ``("error", message)``.
     """
@@ -339,6 +356,9 @@ def _worker_main(conn, system_xml: str, platform_name: str, slot: int) -> None:
                 message = conn.recv()
             except EOFError:
                 break
+            if message[0] == "bare":
+                conn.send(("bare", _bare_getstate_seconds(context, message[1], message[2])))
+                continue
             if message[0] != "eval":
                 break
             _, name, capacity, n_atoms, n_slots, start, stop, forces = message
@@ -528,6 +548,38 @@ class _Pool:
         self._capacity = batch
 
     # -- evaluation ------------------------------------------------------------------------
+    def bare_getstate_seconds(self, positions: np.ndarray, calls: int) -> list[float]:
+        """Per worker, seconds per bare ``getState`` call, all workers timed at the same time.
+
+        Parameters
+        ----------
+        positions : ndarray, shape (N, 3)
+            Positions in nm, set once in every worker.
+        calls : int
+            Timed calls per worker.
+
+        Returns
+        -------
+        list of float
+            One value per worker, in slot order.
+        """
+        self._ensure_started()
+        positions = np.ascontiguousarray(positions, dtype=np.float64)
+        try:
+            for worker in self._workers:
+                worker.conn.send(("bare", positions, int(calls)))
+            replies = []
+            deadline = time.monotonic() + self.start_timeout
+            for worker in self._workers:
+                if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                    raise RuntimeError("an energy worker did not answer the getState timing request")
+                status, seconds = worker.conn.recv()
+                replies.append(float(seconds))
+            return replies
+        except BaseException:  # leave no worker with an unread reply
+            self.shutdown(graceful=False)
+            raise
+
     def run(self, x: np.ndarray, forces: bool):
         """Evaluate a batch on the workers.
 
@@ -787,6 +839,35 @@ class EnergyBridge:
             else:
                 energy, force = self._pool.run(x, forces)
             return _reduce(energy, force, self._beta)
+
+    def bare_getstate_seconds(self, positions, calls: int) -> list[float]:
+        """Per worker, seconds per bare ``getState`` call, all workers timed concurrently.
+
+        The per-core rate that bounds :meth:`evaluate` when every core is busy (for throughput
+        benchmarks): each worker sets ``positions`` once and times ``calls`` calls of
+        ``getState`` with energy and forces, all at the same time.
+
+        Parameters
+        ----------
+        positions : array-like, shape (N, 3)
+            Positions in nm.
+        calls : int
+            Timed calls per worker (>= 1).
+
+        Returns
+        -------
+        list of float
+            Seconds per call, one value per worker (one value, measured in-process, without a pool).
+        """
+        positions = np.asarray(self._as_batch(positions)[0], dtype=np.float64)
+        if int(calls) < 1:
+            raise ValueError(f"calls must be >= 1, got {calls}")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("EnergyBridge is closed")
+            if self._pool is None:
+                return [_bare_getstate_seconds(self._parent_context(), positions, int(calls))]
+            return self._pool.bare_getstate_seconds(positions, int(calls))
 
     def close(self) -> None:
         """Stop the worker processes and free shared memory; further :meth:`evaluate` calls raise."""
