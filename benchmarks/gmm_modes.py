@@ -31,6 +31,7 @@ CASES = {
     "two-modes-d32": ("gmm-two-modes", 32),
     "gmm40-d2": ("gmm-40", 2),
     "gmm40-d32": ("gmm-40", 32),
+    "gmm40-d128": ("gmm-40", 128),
 }
 DEFAULT_CASES = "two-modes-d2,two-modes-d32,gmm40-d2"
 METHODS = ("dsm", "dsm+diffclf")

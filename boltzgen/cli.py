@@ -229,7 +229,8 @@ def cmd_sample(args) -> int:
     args : argparse.Namespace
         Parsed options (see ``boltzgen sample --help``): ``run_dir``, the target (default: the
         system the model was trained on), ``n``, ``method``, ``steps``, ``mcmc_steps``,
-        ``anneal``, ``no_chirality``, ``output``, ``seed``.
+        ``anneal``, ``anneal_cess``, ``anneal_mcmc_steps``, ``final_mcmc_steps``, ``no_chirality``,
+        ``output``, ``seed``.
 
     Returns
     -------
@@ -270,9 +271,12 @@ def cmd_sample(args) -> int:
         if args.method == "smc":
             centres = chiral_centres(target.topology) if target.topology is not None else None
             use_chirality = centres is not None and len(centres) > 0 and not args.no_chirality
+            if not 0.0 <= args.anneal_cess < 1.0:
+                raise CommandError(f"--anneal-cess must lie in [0, 1), got {args.anneal_cess}")
             result = smc_sample(model, target, args.n, generator, n_steps=args.steps, mcmc_steps=args.mcmc_steps,
-                                n_anneal=args.anneal, chirality=True if use_chirality else None,
-                                progress=not args.no_progress)
+                                n_anneal=args.anneal, anneal_cess=args.anneal_cess or None,
+                                anneal_mcmc_steps=args.anneal_mcmc_steps, final_mcmc_steps=args.final_mcmc_steps,
+                                chirality=True if use_chirality else None, progress=not args.no_progress)
             x, log_w, u = result.x, result.log_weights.numpy(), result.reduced_energy.numpy()
             summary = result.summary()
             acceptance = [a for a in summary["acceptance"] if a is not None]
@@ -282,7 +286,8 @@ def cmd_sample(args) -> int:
             metrics = {"ess": ess_fraction * args.n, "ess_fraction": ess_fraction,
                        "ess_fraction_final_weights": result.ess_fraction, "resampled_levels": len(result.resampled),
                        "log_z": result.log_z, "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
-                       "n_reflected": int(result.n_reflected), "smc": summary}
+                       "n_reflected": int(result.n_reflected), "n_anneal_levels": summary["n_anneal_levels"],
+                       "final_acceptance": summary["final_acceptance"], "smc": summary}
         else:
             x = reverse_sde(model, args.n, generator, n_steps=args.steps)
             log_w, u, metrics = None, target.reduced_energy(x).detach().numpy(), {"n_reflected": 0}
@@ -563,7 +568,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["smc", "sde"], default="smc", help="sampler (default smc)")
     p.add_argument("--steps", type=int, default=100, help="diffusion steps from t = 1 to t_min (default 100)")
     p.add_argument("--mcmc-steps", type=int, default=0, help="MALA moves per diffusion level (default 0)")
-    p.add_argument("--anneal", type=int, default=16, help="annealing levels from the model to the target (default 16)")
+    p.add_argument("--anneal", type=int, default=64,
+                   help="annealing levels from the model to the target: the most with --anneal-cess, else a "
+                        "linear beta grid of this many (default 64)")
+    p.add_argument("--anneal-cess", type=float, default=0.9,
+                   help="adaptive beta grid: each level keeps this conditional ESS (default 0.9; 0 for the "
+                        "linear grid of --anneal levels)")
+    p.add_argument("--anneal-mcmc-steps", type=int, default=2,
+                   help="MALA moves per annealing level (model and target forces; default 2)")
+    p.add_argument("--final-mcmc-steps", type=int, default=50,
+                   help="MALA moves on the target alone after the last reweighting (target forces only, the "
+                        "weights stay valid; default 50)")
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_sample)

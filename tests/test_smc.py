@@ -157,6 +157,54 @@ def test_smc_wrong_model_recovers_true_mode_weights(wrong):
     assert abs(q - expected) < 4.5 * se_q and abs(q - 2 / 3) > 4.5 * se_q
 
 
+def test_conditional_ess_formula_and_adaptive_increment():
+    from boltzgen.sampling.smc import conditional_ess, next_beta_increment
+
+    g = torch.Generator().manual_seed(5)
+    log_w = torch.randn(50, generator=g, dtype=torch.float64)
+    log_w[7] = -math.inf
+    incr = torch.randn(50, generator=g, dtype=torch.float64) * 2.0
+    w = np.exp(log_w.numpy() - np.logaddexp.reduce(log_w.numpy()))
+    v = np.exp(incr.numpy())
+    expected = (w * v).sum() ** 2 / (w * v**2).sum()
+    assert conditional_ess(log_w, incr) == pytest.approx(expected, rel=1e-12)
+    assert conditional_ess(log_w, torch.full_like(incr, 3.0)) == pytest.approx(1.0)
+    # the increment hits the target CESS, or is the whole remaining step when that is cheap enough
+    slope = incr * 10.0
+    slope[3] = -math.inf  # a dead particle
+    step = next_beta_increment(log_w, slope, 0.7, 0.9)
+    assert 0 < step < 0.7
+    assert conditional_ess(log_w, torch.where(torch.isfinite(slope), step * slope, slope)) == pytest.approx(0.9, abs=1e-6)
+    assert next_beta_increment(log_w, 1e-6 * incr, 0.7, 0.9) == 0.7
+
+
+def test_smc_adaptive_annealing_and_final_moves_recover_mode_weights():
+    """A wrong model (equal mode weights, shifted, too wide) annealed on an adaptive β grid: each
+    level keeps the CESS at the target, the grid ends at 1, and the weights recover 2/3 : 1/3;
+    moves on the target after the last reweighting keep them (and the reported energies)."""
+    target = two_modes(2)
+    wrong_gmm = GaussianMixture(target.means + 0.15, 1.3 * target.stds, [1.0, 1.0], standardise=False)
+    model = ExactMarginalModel(wrong_gmm)
+    r = smc_sample(model, target, 2000, torch.Generator().manual_seed(4), n_steps=30, n_anneal=50,
+                   anneal_cess=0.97, anneal_mcmc_steps=2, final_mcmc_steps=5)
+    betas = r.beta[r.beta > 0]
+    assert 2 < len(betas) < 50 and float(betas[-1]) == 1.0 and bool((betas[1:] > betas[:-1]).all())
+    assert r.summary()["n_anneal_levels"] == len(betas)
+    p, se = weighted_mode_fraction(target, r)
+    assert abs(p - 2 / 3) < 4.5 * se, (p, se)
+    assert abs(r.log_z) < 0.15
+    assert 0.3 < r.final_acceptance < 0.9
+    torch.testing.assert_close(r.reduced_energy, target.reduced_energy(r.x))
+    with pytest.raises(ValueError, match="anneal_cess"):
+        smc_sample(model, target, 10, torch.Generator().manual_seed(0), n_steps=2, anneal_cess=1.5)
+    with pytest.raises(ValueError, match="either betas"):
+        smc_sample(model, target, 10, torch.Generator().manual_seed(0), n_steps=2, anneal_cess=0.5, betas=[1.0])
+    # a cap on the levels: the last one jumps to beta = 1
+    capped = smc_sample(model, target, 200, torch.Generator().manual_seed(4), n_steps=10, n_anneal=2,
+                        anneal_cess=0.99, anneal_mcmc_steps=1)
+    assert [float(b) for b in capped.beta[capped.beta > 0]][-1] == 1.0 and int((capped.beta > 0).sum()) == 2
+
+
 @pytest.mark.parametrize("mcmc", ["mala", "hmc"])
 def test_smc_mcmc_moves_in_the_diffusion_stage(mcmc):
     target = two_modes(2)

@@ -20,6 +20,10 @@ unnormalised densities
 3. **Annealing to the target**: at each β_k, log w += (β_k − β_{k−1}) (E(y, t_min) − u(ℓ y)); MCMC
    moves use the target's forces (``target.reduced_energy_and_force``, the only place the target
    is called — once per particle for the first β, then once per MALA step or per leapfrog step).
+   The β grid is fixed (linear, or given) or adaptive (``anneal_cess``): each β_k is the largest
+   whose increment keeps the conditional ESS at a target value, chosen from the energies at hand.
+   After β = 1, optional moves on the target alone (``final_mcmc_steps``) relax the particles
+   without changing their weights (they leave exp(−u) invariant and need no model evaluation).
 4. After every reweighting but the last, **resample** (systematic by default) when ESS/N < ``ess_threshold``;
    then, optionally, **MCMC moves** (MALA or HMC, :mod:`boltzgen.sampling.mcmc`) that leave the
    current density invariant. Step sizes h = κ · h_ref: h_ref follows the scale of the level's
@@ -65,7 +69,7 @@ from .sde import (
     prior_log_prob, prior_variance, reverse_kernel, sample_prior, time_grid, unwrap_model,
 )
 
-__all__ = ["ExactMarginalModel", "SMCResult", "smc_sample"]
+__all__ = ["ExactMarginalModel", "SMCResult", "conditional_ess", "next_beta_increment", "smc_sample"]
 
 LOG2 = math.log(2.0)
 
@@ -225,6 +229,8 @@ class SMCResult:
         ℓ, units of x per unit of y.
     dim : int
         Degrees of freedom d.
+    final_acceptance : float
+        Mean acceptance of the moves on the target after the last reweighting (NaN if none ran).
     """
 
     x: torch.Tensor
@@ -243,6 +249,7 @@ class SMCResult:
     n_reflected: int = 0
     length_scale: float = 1.0
     dim: int = 0
+    final_acceptance: float = math.nan
 
     @property
     def n_particles(self) -> int:
@@ -279,6 +286,8 @@ class SMCResult:
             "n_resampling": len(self.resampled), "resampled": list(self.resampled),
             "n_model_evals": self.n_model_evals, "n_target_evals": self.n_target_evals,
             "n_reflected": self.n_reflected, "length_scale": self.length_scale, "dim": self.dim,
+            "n_anneal_levels": int((self.beta > 0).sum()),
+            "final_acceptance": self.final_acceptance if math.isfinite(self.final_acceptance) else None,
             "ess": lst(self.ess), "acceptance": lst(self.acceptance), "step_size": lst(self.step_size),
             "t": lst(self.t), "beta": lst(self.beta),
         }
@@ -299,6 +308,73 @@ def _add_log_w(lw: torch.Tensor, incr: torch.Tensor) -> torch.Tensor:
     """lw + incr with −inf (not NaN) for dead particles and non-finite increments."""
     out = lw + incr
     return torch.where(torch.isnan(out) | (out == math.inf), torch.full_like(out, -math.inf), out)
+
+
+def conditional_ess(log_w: torch.Tensor, log_increment: torch.Tensor) -> float:
+    """Conditional ESS of an incremental reweighting, as a fraction in [0, 1].
+
+    CESS = (Σ_i W_i w_i)² / Σ_i W_i w_i² with W the normalised current weights and w the
+    incremental weights (Zhou, Johansen & Aston 2016): the ESS fraction the increment alone
+    would leave, 1 when it is constant over the particles.
+
+    Parameters
+    ----------
+    log_w : tensor, shape (B,)
+        Current log-weights (−inf for dead particles).
+    log_increment : tensor, shape (B,)
+        Log incremental weights (−inf allowed).
+
+    Returns
+    -------
+    float
+        The CESS fraction (0 if no live particle keeps any weight).
+    """
+    log_w_norm = log_w - torch.logsumexp(log_w, 0)
+    a = torch.logsumexp(log_w_norm + log_increment, 0)
+    b = torch.logsumexp(log_w_norm + 2.0 * log_increment, 0)
+    if not bool(torch.isfinite(a)) or not bool(torch.isfinite(b)):
+        return 0.0
+    return float(torch.exp(2.0 * a - b).clamp(max=1.0))
+
+
+def next_beta_increment(log_w: torch.Tensor, slope: torch.Tensor, remaining: float, cess: float,
+                        iterations: int = 60) -> float:
+    """The largest Δβ ≤ ``remaining`` whose increment Δβ · ``slope`` keeps the CESS at ``cess``.
+
+    Parameters
+    ----------
+    log_w : tensor, shape (B,)
+        Current log-weights.
+    slope : tensor, shape (B,)
+        d log w / dβ of each particle: E − u in the annealing (−inf for dead particles).
+    remaining : float
+        1 − β: the largest possible increment.
+    cess : float in (0, 1)
+        Target conditional ESS fraction.
+    iterations : int
+        Bisection steps.
+
+    Returns
+    -------
+    float
+        Δβ in (0, remaining]; ``remaining`` when even the full step keeps the CESS above target.
+    """
+    live = torch.isfinite(slope)
+    centred = torch.where(live, slope - slope[live].mean() if bool(live.any()) else slope, slope)
+
+    def cess_of(step: float) -> float:
+        return conditional_ess(log_w, step * centred)
+
+    if cess_of(remaining) >= cess:
+        return remaining
+    lo, hi = 0.0, remaining
+    for _ in range(int(iterations)):
+        mid = 0.5 * (lo + hi)
+        if cess_of(mid) >= cess:
+            lo = mid
+        else:
+            hi = mid
+    return max(lo, remaining * 1e-9)  # always move forward
 
 
 def _median_sq_norm(g: torch.Tensor) -> float:
@@ -356,9 +432,9 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                resampling: str = "systematic", mcmc: str = "mala", mcmc_steps: int = 0,
                step_size: Optional[float] = None, target_acceptance: Optional[float] = None,
                n_leapfrog: int = 5, adapt_rate: float = 1.0, n_anneal: int = 16,
-               betas: Optional[Sequence[float]] = None, anneal_mcmc_steps: int = 5,
-               anneal_step_size: Optional[float] = None, chirality=None, batch_size: Optional[int] = None,
-               progress: bool = False) -> SMCResult:
+               betas: Optional[Sequence[float]] = None, anneal_cess: Optional[float] = None,
+               anneal_mcmc_steps: int = 5, anneal_step_size: Optional[float] = None, final_mcmc_steps: int = 0,
+               chirality=None, batch_size: Optional[int] = None, progress: bool = False) -> SMCResult:
     """SMC from the prior through the learned diffusion marginals to the target (module docstring).
 
     Parameters
@@ -402,14 +478,26 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
     n_anneal : int
         Number of β levels of the final stage, linear in β (default 16); ignored when ``betas``
         is given; 0 jumps straight to the target (plain importance sampling of the last stage).
+        With ``anneal_cess``, the largest number of levels (the last one then jumps to β = 1).
     betas : sequence of float, optional
         Explicit increasing β grid ending at 1.
+    anneal_cess : float in (0, 1), optional
+        Adaptive β grid: each next β is the largest one whose incremental weights keep the
+        conditional ESS (Zhou, Johansen & Aston 2016; 1 = no loss) at this value, found by
+        bisection on the energies already at hand (no extra evaluations). The number of levels
+        then follows the mismatch between model and target: about std(E − u) · sqrt(2 (1 − c))⁻¹
+        levels for a small loss 1 − c.
     anneal_mcmc_steps : int
         Moves per β level (default 5), using the target's forces.
     anneal_step_size : float, optional
         Step size of the annealing moves (y units), then multiplied by the adapted κ; default:
         automatic, from the median norm of ∇[(1 − β) E + β u] at each level (for a Gaussian of
         variance s² per coordinate, d / ‖∇U‖² ≈ s²), with κ carried over from the diffusion stage.
+    final_mcmc_steps : int
+        Moves on the target alone after the last reweighting (default 0). They leave exp(−u)
+        invariant, so the weights stay as they are, and they need only the target's forces (no
+        model evaluation): a cheap way to relax the particles locally (energy distribution) and to
+        spread resampled copies apart. The step size is adapted after every move.
     chirality : None, True, or (K, 4) array of (N, CA, C, CB) indices
         Fold the particles onto the L-form at t_min (True: the centres of ``target.topology``).
     batch_size : int, optional
@@ -435,8 +523,12 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         raise ValueError(f"unknown MCMC kernel {mcmc!r}; choose one of {sorted(DEFAULT_TARGET_ACCEPTANCE)}")
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
-    if int(mcmc_steps) < 0 or int(anneal_mcmc_steps) < 0:
-        raise ValueError("mcmc_steps and anneal_mcmc_steps must be non-negative")
+    if int(mcmc_steps) < 0 or int(anneal_mcmc_steps) < 0 or int(final_mcmc_steps) < 0:
+        raise ValueError("mcmc_steps, anneal_mcmc_steps and final_mcmc_steps must be non-negative")
+    if anneal_cess is not None and not 0.0 < float(anneal_cess) < 1.0:
+        raise ValueError(f"anneal_cess must lie in (0, 1), got {anneal_cess}")
+    if anneal_cess is not None and betas is not None:
+        raise ValueError("give either betas (a fixed grid) or anneal_cess (an adaptive one), not both")
     alpha_star = DEFAULT_TARGET_ACCEPTANCE[mcmc] if target_acceptance is None else float(target_acceptance)
     ev = _event_shape(m)
     mf = _mean_free(m)
@@ -458,6 +550,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         beta_grid = [(i + 1) / k for i in range(k)]
         if int(n_anneal) == 0:
             anneal_mcmc_steps = 0
+    max_levels = len(beta_grid)  # with anneal_cess: an upper bound, the grid is chosen on the way
     centres = None
     if chirality is not None and chirality is not False:
         if chirality is True:
@@ -584,14 +677,22 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
             a_steps = _StepSize(mcmc, d, anneal_step_size, adapt_rate, alpha_star)
             if a_steps.auto and steps.auto and int(mcmc_steps) > 0:
                 a_steps.kappa = steps.kappa
-            beta_prev = 0.0
-            for beta in beta_grid:
+            beta_prev, level = 0.0, 0
+            while beta_prev < 1.0:
                 ref = e - fold
-                incr = torch.where(torch.isfinite(u) & torch.isfinite(ref), (beta - beta_prev) * (ref - u),
-                                   torch.full_like(u, -math.inf))
+                ok = torch.isfinite(u) & torch.isfinite(ref)
+                slope = torch.where(ok, ref - u, torch.full_like(u, -math.inf))  # d log w / d beta
+                if anneal_cess is None:
+                    beta = beta_grid[level]
+                elif level == max_levels - 1:
+                    beta = 1.0
+                else:
+                    beta = beta_prev + next_beta_increment(lw, slope, 1.0 - beta_prev, float(anneal_cess))
+                level += 1
+                incr = torch.where(ok, (beta - beta_prev) * slope, torch.full_like(u, -math.inf))
                 lw = _add_log_w(lw, incr)
                 record(lw, tmin, beta)
-                lw, (y, e, g, u, gu) = maybe_resample(lw, [y, e, g, u, gu], final=beta == beta_grid[-1])
+                lw, (y, e, g, u, gu) = maybe_resample(lw, [y, e, g, u, gu], final=beta >= 1.0)
                 if int(anneal_mcmc_steps) > 0:
                     def energy_b(z, _b=beta):
                         ez, gz = model_eval(z, tmin)
@@ -624,6 +725,15 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                     h_tr.append(math.nan)
                 beta_prev = beta
                 bar.update(1)
+
+            # ---------------------------------------------------------- moves on the target alone
+            final_acc = []
+            for _ in range(int(final_mcmc_steps)):
+                h_f = a_steps.value(gu)
+                out = step_fn(y, target_eval, h_f, generator, mean_free=mf, current=(u, gu), **extra)
+                y, u, gu = out.x, out.energy, out.grad
+                final_acc.append(float(out.accept_prob.mean()))
+                a_steps.update(final_acc[-1])
     finally:
         bar.close()
 
@@ -635,4 +745,5 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         reduced_energy=None if u is None else u.detach(), ess=f64(ess_tr), acceptance=f64(acc_tr),
         step_size=f64(h_tr), t=f64(t_tr), beta=f64(b_tr), resampled=resampled, n_model_evals=count.model,
         n_target_evals=count.target, n_reflected=n_reflected, length_scale=ls, dim=d,
+        final_acceptance=float(np.mean(final_acc)) if target is not None and final_acc else math.nan,
     )
