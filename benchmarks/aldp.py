@@ -27,7 +27,7 @@ if __name__ == "__main__":
     parser.add_argument("--system", default="aldp-vacuum", choices=["aldp-vacuum", "aldp-implicit"])
     add_arguments(parser, dict(work="bench-work/aldp", out="bench-results/aldp.json", n_reference=10000,
                                n_data=4000, steps=1500, batch_size=64, n_samples=1024, smc_steps=100,
-                               mcmc_steps=0, anneal=64))
+                               mcmc_steps=0, anneal=16))
     args = parser.parse_args()
     if args.quick:
         reference_options = data_options = ("--replicas", "2", "--equilibration", "500", "--stride", "50")

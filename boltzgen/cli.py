@@ -229,7 +229,7 @@ def cmd_sample(args) -> int:
     args : argparse.Namespace
         Parsed options (see ``boltzgen sample --help``): ``run_dir``, the target (default: the
         system the model was trained on), ``n``, ``method``, ``steps``, ``mcmc_steps``,
-        ``anneal``, ``anneal_cess``, ``anneal_mcmc_steps``, ``final_mcmc_steps``, ``no_chirality``,
+        ``anneal``, ``anneal_cess``, ``max_anneal``, ``anneal_mcmc_steps``, ``final_mcmc_steps``, ``no_chirality``,
         ``output``, ``seed``.
 
     Returns
@@ -274,7 +274,7 @@ def cmd_sample(args) -> int:
             if not 0.0 <= args.anneal_cess < 1.0:
                 raise CommandError(f"--anneal-cess must lie in [0, 1), got {args.anneal_cess}")
             result = smc_sample(model, target, args.n, generator, n_steps=args.steps, mcmc_steps=args.mcmc_steps,
-                                n_anneal=args.anneal, anneal_cess=args.anneal_cess or None,
+                                n_anneal=args.anneal, anneal_cess=args.anneal_cess or None, max_anneal=args.max_anneal,
                                 anneal_mcmc_steps=args.anneal_mcmc_steps, final_mcmc_steps=args.final_mcmc_steps,
                                 chirality=True if use_chirality else None, progress=not args.no_progress)
             x, log_w, u = result.x, result.log_weights.numpy(), result.reduced_energy.numpy()
@@ -568,14 +568,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["smc", "sde"], default="smc", help="sampler (default smc)")
     p.add_argument("--steps", type=int, default=100, help="diffusion steps from t = 1 to t_min (default 100)")
     p.add_argument("--mcmc-steps", type=int, default=0, help="MALA moves per diffusion level (default 0)")
-    p.add_argument("--anneal", type=int, default=64,
-                   help="annealing levels from the model to the target: the most with --anneal-cess, else a "
-                        "linear beta grid of this many (default 64)")
+    p.add_argument("--anneal", type=int, default=16,
+                   help="annealing levels from the model to the target: a linear beta grid of this many, or the "
+                        "fewest with --anneal-cess (default 16)")
     p.add_argument("--anneal-cess", type=float, default=0.9,
-                   help="adaptive beta grid: each level keeps this conditional ESS (default 0.9; 0 for the "
-                        "linear grid of --anneal levels)")
-    p.add_argument("--anneal-mcmc-steps", type=int, default=2,
-                   help="MALA moves per annealing level (model and target forces; default 2)")
+                   help="adaptive beta grid: more levels where one would lose more than this conditional ESS "
+                        "(default 0.9; 0 for the linear grid of --anneal levels)")
+    p.add_argument("--max-anneal", type=int, default=64, help="the most annealing levels with --anneal-cess (default 64)")
+    p.add_argument("--anneal-mcmc-steps", type=int, default=5,
+                   help="MALA moves per annealing level (model and target forces; default 5)")
     p.add_argument("--final-mcmc-steps", type=int, default=50,
                    help="MALA moves on the target alone after the last reweighting (target forces only, the "
                         "weights stay valid; default 50)")

@@ -31,7 +31,7 @@ __all__ = ["QUICKSTART_SIZES", "run_command", "run_pipeline"]
 #: cores; "fast" is a smoke run of about a minute that exercises every stage.
 QUICKSTART_SIZES = {
     "default": dict(n_data=2000, train_steps=1000, batch_size=64, n_samples=512, smc_steps=100, mcmc_steps=0,
-                    anneal=64),
+                    anneal=16),
     "fast": dict(n_data=100, train_steps=20, batch_size=16, n_samples=32, smc_steps=10, mcmc_steps=0, anneal=4,
                  simulate_options=("--replicas", "1", "--equilibration", "200", "--stride", "20")),
 }
@@ -84,7 +84,7 @@ def run_pipeline(out_dir: str, *, system: str = "aldp-vacuum", data: Optional[st
                  simulate_options: Sequence[str] = (), train_steps: Optional[int] = None,
                  batch_size: Optional[int] = None, loss: Optional[str] = None, config: Optional[str] = None,
                  train_options: Sequence[str] = (), n_samples: int = 512, smc_steps: int = 100, mcmc_steps: int = 0,
-                 anneal: int = 64, sample_options: Sequence[str] = (), reference: Optional[str] = None,
+                 anneal: int = 16, sample_options: Sequence[str] = (), reference: Optional[str] = None,
                  seed: int = 0, progress: bool = True, analyze: bool = True,
                  log: Optional[Callable[[str], None]] = None) -> dict:
     """Run simulate → train → sample → analyze into ``out_dir``; returns the summary metrics.
@@ -110,7 +110,7 @@ def run_pipeline(out_dir: str, *, system: str = "aldp-vacuum", data: Optional[st
         ``--steps``, ``--batch-size``, ``--loss``, ``--config`` of ``boltzgen train`` (None: the
         system's defaults).
     n_samples, smc_steps, mcmc_steps, anneal : int
-        ``-n``, ``--steps``, ``--mcmc-steps``, ``--anneal`` (at most this many levels of the adaptive
+        ``-n``, ``--steps``, ``--mcmc-steps``, ``--anneal`` (the fewest levels of the adaptive
         β grid) of ``boltzgen sample``; its other options keep their defaults unless
         ``sample_options`` sets them.
     reference : str, optional

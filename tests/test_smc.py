@@ -185,10 +185,10 @@ def test_smc_adaptive_annealing_and_final_moves_recover_mode_weights():
     target = two_modes(2)
     wrong_gmm = GaussianMixture(target.means + 0.15, 1.3 * target.stds, [1.0, 1.0], standardise=False)
     model = ExactMarginalModel(wrong_gmm)
-    r = smc_sample(model, target, 2000, torch.Generator().manual_seed(4), n_steps=30, n_anneal=50,
+    r = smc_sample(model, target, 2000, torch.Generator().manual_seed(4), n_steps=30, n_anneal=2,
                    anneal_cess=0.97, anneal_mcmc_steps=2, final_mcmc_steps=5)
     betas = r.beta[r.beta > 0]
-    assert 2 < len(betas) < 50 and float(betas[-1]) == 1.0 and bool((betas[1:] > betas[:-1]).all())
+    assert 2 < len(betas) < 64 and float(betas[-1]) == 1.0 and bool((betas[1:] > betas[:-1]).all())
     assert r.summary()["n_anneal_levels"] == len(betas)
     p, se = weighted_mode_fraction(target, r)
     assert abs(p - 2 / 3) < 4.5 * se, (p, se)
@@ -199,10 +199,13 @@ def test_smc_adaptive_annealing_and_final_moves_recover_mode_weights():
         smc_sample(model, target, 10, torch.Generator().manual_seed(0), n_steps=2, anneal_cess=1.5)
     with pytest.raises(ValueError, match="either betas"):
         smc_sample(model, target, 10, torch.Generator().manual_seed(0), n_steps=2, anneal_cess=0.5, betas=[1.0])
-    # a cap on the levels: the last one jumps to beta = 1
+    # at most max_anneal levels (the last one jumps to beta = 1), at least n_anneal
     capped = smc_sample(model, target, 200, torch.Generator().manual_seed(4), n_steps=10, n_anneal=2,
-                        anneal_cess=0.99, anneal_mcmc_steps=1)
-    assert [float(b) for b in capped.beta[capped.beta > 0]][-1] == 1.0 and int((capped.beta > 0).sum()) == 2
+                        anneal_cess=0.99, max_anneal=3, anneal_mcmc_steps=1)
+    assert [float(b) for b in capped.beta[capped.beta > 0]][-1] == 1.0 and int((capped.beta > 0).sum()) == 3
+    floor = smc_sample(model, target, 200, torch.Generator().manual_seed(4), n_steps=10, n_anneal=8,
+                       anneal_cess=0.01, anneal_mcmc_steps=1)
+    np.testing.assert_allclose(floor.beta[floor.beta > 0].numpy(), np.arange(1, 9) / 8, atol=1e-12)
 
 
 @pytest.mark.parametrize("mcmc", ["mala", "hmc"])

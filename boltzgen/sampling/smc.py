@@ -432,7 +432,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                resampling: str = "systematic", mcmc: str = "mala", mcmc_steps: int = 0,
                step_size: Optional[float] = None, target_acceptance: Optional[float] = None,
                n_leapfrog: int = 5, adapt_rate: float = 1.0, n_anneal: int = 16,
-               betas: Optional[Sequence[float]] = None, anneal_cess: Optional[float] = None,
+               betas: Optional[Sequence[float]] = None, anneal_cess: Optional[float] = None, max_anneal: int = 64,
                anneal_mcmc_steps: int = 5, anneal_step_size: Optional[float] = None, final_mcmc_steps: int = 0,
                chirality=None, batch_size: Optional[int] = None, progress: bool = False) -> SMCResult:
     """SMC from the prior through the learned diffusion marginals to the target (module docstring).
@@ -478,7 +478,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
     n_anneal : int
         Number of β levels of the final stage, linear in β (default 16); ignored when ``betas``
         is given; 0 jumps straight to the target (plain importance sampling of the last stage).
-        With ``anneal_cess``, the largest number of levels (the last one then jumps to β = 1).
+        With ``anneal_cess``, the fewest levels: no step of β is larger than 1 / ``n_anneal``.
     betas : sequence of float, optional
         Explicit increasing β grid ending at 1.
     anneal_cess : float in (0, 1), optional
@@ -486,7 +486,10 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         conditional ESS (Zhou, Johansen & Aston 2016; 1 = no loss) at this value, found by
         bisection on the energies already at hand (no extra evaluations). The number of levels
         then follows the mismatch between model and target: about std(E − u) · sqrt(2 (1 − c))⁻¹
-        levels for a small loss 1 − c.
+        levels for a small loss 1 − c, at least ``n_anneal`` (more levels also mean more moves,
+        which keep the particles diverse) and at most ``max_anneal``.
+    max_anneal : int
+        With ``anneal_cess``: the most levels (default 64); the last one then jumps to β = 1.
     anneal_mcmc_steps : int
         Moves per β level (default 5), using the target's forces.
     anneal_step_size : float, optional
@@ -550,7 +553,11 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         beta_grid = [(i + 1) / k for i in range(k)]
         if int(n_anneal) == 0:
             anneal_mcmc_steps = 0
-    max_levels = len(beta_grid)  # with anneal_cess: an upper bound, the grid is chosen on the way
+    if anneal_cess is not None:  # the grid is chosen on the way: steps of at most 1/n_anneal, at most max_anneal
+        max_levels = max(int(max_anneal), len(beta_grid))
+        max_increment = 1.0 / len(beta_grid)
+        if int(max_anneal) < 1:
+            raise ValueError(f"max_anneal must be at least 1, got {max_anneal}")
     centres = None
     if chirality is not None and chirality is not False:
         if chirality is True:
@@ -687,7 +694,9 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                 elif level == max_levels - 1:
                     beta = 1.0
                 else:
-                    beta = beta_prev + next_beta_increment(lw, slope, 1.0 - beta_prev, float(anneal_cess))
+                    remaining = 1.0 - beta_prev
+                    step = next_beta_increment(lw, slope, min(remaining, max_increment), float(anneal_cess))
+                    beta = 1.0 if step >= remaining * (1.0 - 1e-12) else beta_prev + step
                 level += 1
                 incr = torch.where(ok, (beta - beta_prev) * slope, torch.full_like(u, -math.inf))
                 lw = _add_log_w(lw, incr)
