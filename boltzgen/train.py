@@ -135,6 +135,18 @@ def read_yaml(path: str) -> dict:
     return data
 
 
+def _relevant(config: dict, key: str):
+    """``config[key]`` without the settings that cannot change the run (for the resume check).
+
+    A DSM-only run ignores the DiffCLF options (``lambda_clf``, ``clf_samples``), so a changed
+    default of those does not block resuming it.
+    """
+    value = config.get(key)
+    if key == "loss" and isinstance(value, dict) and value.get("kind") == "dsm":
+        value = {k: v for k, v in value.items() if k not in ("lambda_clf", "clf_samples")}
+    return value
+
+
 def resolve_config(system: Optional[str] = None, config_file: Optional[str] = None,
                    overrides: Optional[dict] = None) -> dict:
     """BASE_CONFIG, then the system's shipped defaults, then a user config file, then overrides.
@@ -532,7 +544,7 @@ class Trainer:
             return False
         state = _torch_load(path)
         for key in ("net", "model", "loss", "optim", "pretrain_dsm_steps", "seed"):
-            if state["config"].get(key) != self.config.get(key):
+            if _relevant(state["config"], key) != _relevant(self.config, key):
                 raise ValueError(f"{self.run_dir} holds a run with a different {key!r} configuration "
                                  f"({state['config'].get(key)} vs {self.config.get(key)}); use a new run directory")
         self.model.inner.load_state_dict(state["model"])

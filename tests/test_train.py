@@ -103,6 +103,22 @@ def test_bad_inputs_give_clear_errors(tmp_path, gmm_data):
         Trainer(other, gmm_data, str(run), progress=False).fit()
 
 
+def test_dsm_run_resumes_when_only_diffclf_options_change(tmp_path, gmm_data):
+    """lambda_clf and clf_samples cannot change a DSM-only run: a new default of them does not
+    block its resume; a change of an option DSM uses does."""
+    dsm = {**SMALL, "loss": {"kind": "dsm", "lambda_clf": 1.0}}
+    run = str(tmp_path / "dsm")
+    Trainer(resolve_config(overrides=dsm), gmm_data, run, progress=False).fit()
+    changed = {**SMALL, "loss": {"kind": "dsm", "lambda_clf": 0.02, "clf_samples": "one"},
+               "train": {**SMALL["train"], "steps": SMALL["train"]["steps"] + 2}}
+    trainer = Trainer(resolve_config(overrides=changed), gmm_data, run, progress=False)
+    trainer.fit()
+    assert trainer.step == SMALL["train"]["steps"] + 2
+    with pytest.raises(ValueError, match="different 'loss' configuration"):
+        Trainer(resolve_config(overrides={**SMALL, "loss": {"kind": "dsm", "k": 3}}), gmm_data, run,
+                progress=False).fit()
+
+
 def test_cli_train_on_simulated_file(tmp_path, capsys):
     data = tmp_path / "data.h5"
     assert main(["simulate", "gmm-two-modes", "-n", "300", "-o", str(data), "--no-progress", "--seed", "1"]) == 0
