@@ -99,8 +99,10 @@ def run_chain(system: str, args, *, reference_options=(), data_options=(), ancho
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "quick": bool(args.quick),
         "load_average_1_5_15_min": list(os.getloadavg()),  # wall times are inflated on a busy machine
-        "sizes": {k: getattr(args, k) for k in ("n_reference", "n_data", "steps", "batch_size", "n_samples",
-                                                  "smc_steps", "mcmc_steps", "anneal", "seed", "threads")},
+        "sizes": {**{k: getattr(args, k) for k in ("n_reference", "n_data", "steps", "batch_size", "n_samples",
+                                                     "smc_steps", "mcmc_steps", "anneal", "seed", "threads")},
+                  # what the (possibly reused) files hold, not what was asked for
+                  **{f"n_{stage}": _n_frames(path) for stage, path in files.items()}},
         "budget": "equal for both objectives: same steps, batch and k (same number of DSM evaluations); "
                   "dsm+diffclf adds energy-only evaluations, visible in train_seconds_per_step",
         "reference": {"file": os.path.abspath(files["reference"]), "n": args.n_reference,
@@ -132,6 +134,13 @@ def _training_seconds(log_path: str) -> tuple[float, int]:
     return total, previous
 
 
+def _n_frames(path: str) -> int:
+    """Number of configurations in a sample file."""
+    from boltzgen.io import load_samples
+
+    return int(load_samples(path).x.shape[0])
+
+
 def _read_json(path: str) -> dict:
     """The JSON object in ``path``, or {} if there is none (e.g. a reused file from an older run)."""
     if not os.path.exists(path):
@@ -147,14 +156,15 @@ def markdown(out: dict) -> str:
 
     lines = [f"# {out['benchmark']} ({out['date']}, {out['machine']}, boltzgen {out['boltzgen_version']})", "",
              f"sizes: {out['sizes']}", "",
-             "| objective | ESS fraction | energy W2 (kT) | torsion W2 (rad) | ΔF φ>0 vs φ<0 (kT) | reference ΔF (kT) "
-             "| s/step | train s | SMC s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| objective | ESS fraction | ancestors (t = 1 / annealing) | energy W2 (kT) | torsion W2 (rad) "
+             "| ΔF φ>0 vs φ<0 (kT) | reference ΔF (kT) | s/step | train s | SMC s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for loss, r in out["results"].items():
         df = "–" if r.get("delta_f_kT") is None else f"{r['delta_f_kT']:.2f} ± {f(r.get('delta_f_err_kT'), '.2f')}"
         ref = ("–" if r.get("reference_delta_f_kT") is None
                else f"{r['reference_delta_f_kT']:.2f} ± {f(r.get('reference_delta_f_err_kT'), '.2f')}")
-        lines.append(f"| {loss} | {f(r.get('ess_fraction'))} | {f(r.get('energy_w2'))} | {f(r.get('torsion_w2'))} "
+        lines.append(f"| {loss} | {f(r.get('ess_fraction'))} | {f(r.get('n_ancestors'), 'd')} / "
+                     f"{f(r.get('n_ancestors_anneal'), 'd')} | {f(r.get('energy_w2'))} | {f(r.get('torsion_w2'))} "
                      f"| {df} | {ref} | {f(r.get('train_seconds_per_step'), '.2f')} | {f(r.get('train_seconds'), '.0f')} "
                      f"| {f(r.get('sample_seconds'), '.0f')} |")
     if out.get("published_anchors"):

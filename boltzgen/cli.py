@@ -181,7 +181,7 @@ def cmd_train(args) -> int:
     args : argparse.Namespace
         Parsed options (see ``boltzgen train --help``): ``data``, ``output`` (run directory),
         ``system``, ``config``, and overrides ``loss``, ``net``, ``steps``, ``batch_size``,
-        ``seed``, ``threads``.
+        ``pretrain_dsm_steps``, ``seed``, ``threads``.
 
     Returns
     -------
@@ -204,6 +204,8 @@ def cmd_train(args) -> int:
         overrides.setdefault("train", {})["steps"] = args.steps
     if args.batch_size is not None:
         overrides.setdefault("train", {})["batch_size"] = args.batch_size
+    if args.pretrain_dsm_steps is not None:
+        overrides["pretrain_dsm_steps"] = args.pretrain_dsm_steps
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.threads is not None:
@@ -287,6 +289,7 @@ def cmd_sample(args) -> int:
                        "ess_fraction_final_weights": result.ess_fraction, "resampled_levels": len(result.resampled),
                        "log_z": result.log_z, "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
                        "n_reflected": int(result.n_reflected), "n_anneal_levels": summary["n_anneal_levels"],
+                       "n_ancestors": result.n_ancestors, "n_ancestors_anneal": result.n_ancestors_anneal,
                        "final_acceptance": summary["final_acceptance"], "smc": summary}
         else:
             x = reverse_sde(model, args.n, generator, n_steps=args.steps)
@@ -450,7 +453,8 @@ def cmd_quickstart(args) -> int:
 
         print("\nsummary", file=sys.stderr)
         print(f"  ESS              {fmt(summary['ess'], '.1f')} of {summary['n_samples']} "
-              f"({fmt(summary['ess_fraction'], '.1%')})", file=sys.stderr)
+              f"({fmt(summary['ess_fraction'], '.1%')}; the particles descend from "
+              f"{fmt(summary.get('n_ancestors'), 'd')} of the initial ones)", file=sys.stderr)
         print(f"  F(phi>0) - F(phi<0)  {fmt(summary.get('delta_f_kT'))} +- {fmt(summary.get('delta_f_err_kT'))} kT "
               f"(reference data: {fmt(summary.get('reference_delta_f_kT'))} +- "
               f"{fmt(summary.get('reference_delta_f_err_kT'))} kT)", file=sys.stderr)
@@ -549,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--net", choices=["mlp", "egnn", "e3nn"], help="network family")
     p.add_argument("--steps", type=int, help="optimisation steps")
     p.add_argument("--batch-size", type=int, help="configurations per step")
+    p.add_argument("--pretrain-dsm-steps", type=int,
+                   help="steps of DSM alone before the objective takes over (pre-training, then fine-tuning)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")

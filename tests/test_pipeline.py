@@ -35,6 +35,10 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
         assert os.path.exists(os.path.join(out, "report", name)), name
     html = open(os.path.join(out, "report", "index.html")).read()
     assert "ess_trace.png" in html
+    # DSM pre-training, then DSM + DiffCLF fine-tuning: the log shows both phases
+    with open(os.path.join(out, "run", "train_log.csv")) as handle:
+        phases = [row.split(",")[1] for row in handle.read().splitlines()[1:]]
+    assert phases[0] == "dsm" and phases[-1] == "dsm+diffclf"
 
     # a second run resumes: data and samples are reused, training finds its finished checkpoint
     assert main(["quickstart", "-o", out, "--fast", "--no-progress", "--json"]) == 0

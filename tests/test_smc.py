@@ -206,6 +206,22 @@ def test_smc_adaptive_annealing_and_final_moves_recover_mode_weights():
     floor = smc_sample(model, target, 200, torch.Generator().manual_seed(4), n_steps=10, n_anneal=8,
                        anneal_cess=0.01, anneal_mcmc_steps=1)
     np.testing.assert_allclose(floor.beta[floor.beta > 0].numpy(), np.arange(1, 9) / 8, atol=1e-12)
+    thirds = smc_sample(model, target, 200, torch.Generator().manual_seed(4), n_steps=10, n_anneal=3,
+                        anneal_cess=0.01, anneal_mcmc_steps=1)  # 1/3 + 1/3 + 1/3 < 1 in floating point
+    np.testing.assert_allclose(thirds.beta[thirds.beta > 0].numpy(), [1 / 3, 2 / 3, 1.0], atol=1e-12)
+
+
+def test_smc_counts_the_ancestors_that_survive_resampling():
+    target = two_modes(2)
+    never = smc_sample(ExactMarginalModel(target), target, 300, torch.Generator().manual_seed(0), n_steps=10,
+                       n_anneal=2, anneal_mcmc_steps=1, ess_threshold=0.0)
+    assert never.resampled == [] and never.n_ancestors == never.n_ancestors_anneal == 300
+    always = smc_sample(ExactMarginalModel(target), target, 300, torch.Generator().manual_seed(0), n_steps=10,
+                        n_anneal=2, anneal_mcmc_steps=1, ess_threshold=1.0)
+    assert len(always.resampled) == 1 + 10 + 1  # every level but the last
+    assert 1 <= always.n_ancestors < 300 and always.n_ancestors <= always.n_ancestors_anneal <= 300
+    summary = always.summary()
+    assert summary["n_ancestors"] == always.n_ancestors and summary["n_ancestors_anneal"] == always.n_ancestors_anneal
 
 
 @pytest.mark.parametrize("mcmc", ["mala", "hmc"])

@@ -231,6 +231,10 @@ class SMCResult:
         Degrees of freedom d.
     final_acceptance : float
         Mean acceptance of the moves on the target after the last reweighting (NaN if none ran).
+    n_ancestors, n_ancestors_anneal : int
+        Distinct particles at t = 1, and at the start of the annealing, that the final particles
+        descend from (B when nothing was resampled): the diversity left after resampling, which
+        the ESS of the final weights does not show.
     """
 
     x: torch.Tensor
@@ -250,6 +254,8 @@ class SMCResult:
     length_scale: float = 1.0
     dim: int = 0
     final_acceptance: float = math.nan
+    n_ancestors: int = 0
+    n_ancestors_anneal: int = 0
 
     @property
     def n_particles(self) -> int:
@@ -287,6 +293,7 @@ class SMCResult:
             "n_model_evals": self.n_model_evals, "n_target_evals": self.n_target_evals,
             "n_reflected": self.n_reflected, "length_scale": self.length_scale, "dim": self.dim,
             "n_anneal_levels": int((self.beta > 0).sum()),
+            "n_ancestors": self.n_ancestors, "n_ancestors_anneal": self.n_ancestors_anneal,
             "final_acceptance": self.final_acceptance if math.isfinite(self.final_acceptance) else None,
             "ess": lst(self.ess), "acceptance": lst(self.acceptance), "step_size": lst(self.step_size),
             "t": lst(self.t), "beta": lst(self.beta),
@@ -583,6 +590,9 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         return e, g  # energy and its gradient ∇E
 
     ess_tr, acc_tr, h_tr, t_tr, b_tr, resampled = [], [], [], [], [], []
+    # index of each particle's ancestor at t = 1 and at the start of the annealing: how many
+    # distinct ones survive the resampling measures the diversity the ESS does not show
+    ancestors = {"start": torch.arange(n)}
 
     def maybe_resample(lw, tensors, final=False):
         # Never after the last reweighting: the output keeps its importance weights (resampling
@@ -594,6 +604,8 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                                    f"(t = {t_tr[-1]:g}, beta = {b_tr[-1]:g})")
             idx = resample(lw, generator, resampling).to(lw.device)
             tensors = [v[idx] for v in tensors]
+            for key in ancestors:
+                ancestors[key] = ancestors[key][idx]
             lw = log_mean_exp(lw).expand(n).clone()
             resampled.append(level)
         return lw, tensors
@@ -652,6 +664,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
             bar.update(1)
 
         log_z_diffusion = float(log_mean_exp(lw)) + d * math.log(ls)
+        ancestors["anneal"] = torch.arange(n)
 
         # -------------------------------------------------------------- chirality fold
         n_reflected = 0
@@ -696,6 +709,8 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                 else:
                     remaining = 1.0 - beta_prev
                     step = next_beta_increment(lw, slope, min(remaining, max_increment), float(anneal_cess))
+                    if 0.0 < remaining - step < 0.25 * max_increment:  # no sliver of a last level
+                        step = max(step, next_beta_increment(lw, slope, remaining, float(anneal_cess)))
                     beta = 1.0 if step >= remaining * (1.0 - 1e-12) else beta_prev + step
                 level += 1
                 incr = torch.where(ok, (beta - beta_prev) * slope, torch.full_like(u, -math.inf))
@@ -755,4 +770,6 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         step_size=f64(h_tr), t=f64(t_tr), beta=f64(b_tr), resampled=resampled, n_model_evals=count.model,
         n_target_evals=count.target, n_reflected=n_reflected, length_scale=ls, dim=d,
         final_acceptance=float(np.mean(final_acc)) if target is not None and final_acc else math.nan,
+        n_ancestors=int(ancestors["start"].unique().numel()),
+        n_ancestors_anneal=int(ancestors["anneal"].unique().numel()) if "anneal" in ancestors else n,
     )
