@@ -454,7 +454,7 @@ def cmd_quickstart(args) -> int:
         print("\nsummary", file=sys.stderr)
         print(f"  ESS              {fmt(summary['ess'], '.1f')} of {summary['n_samples']} "
               f"({fmt(summary['ess_fraction'], '.1%')}; the particles descend from "
-              f"{fmt(summary.get('n_ancestors'), 'd')} of the initial ones)", file=sys.stderr)
+              f"{fmt(summary.get('n_ancestors_anneal'), 'd')} of those at t_min)", file=sys.stderr)
         print(f"  F(phi>0) - F(phi<0)  {fmt(summary.get('delta_f_kT'))} +- {fmt(summary.get('delta_f_err_kT'))} kT "
               f"(reference data: {fmt(summary.get('reference_delta_f_kT'))} +- "
               f"{fmt(summary.get('reference_delta_f_err_kT'))} kT)", file=sys.stderr)
