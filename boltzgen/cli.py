@@ -457,7 +457,9 @@ def cmd_quickstart(args) -> int:
               f"{fmt(summary.get('n_ancestors_anneal'), 'd')} of those at t_min)", file=sys.stderr)
         print(f"  F(phi>0) - F(phi<0)  {fmt(summary.get('delta_f_kT'))} +- {fmt(summary.get('delta_f_err_kT'))} kT "
               f"(reference data: {fmt(summary.get('reference_delta_f_kT'))} +- "
-              f"{fmt(summary.get('reference_delta_f_err_kT'))} kT)", file=sys.stderr)
+              f"{fmt(summary.get('reference_delta_f_err_kT'))} kT)"
+              + (f"\n                   no estimate: {summary['delta_f_note']} (state B: phi > 0)"
+                 if summary.get("delta_f_note") else ""), file=sys.stderr)
         print(f"  energy W2        {fmt(summary.get('energy_w2'), '.3f')} kT against the training data", file=sys.stderr)
         print(f"  wall time        {summary['total_seconds']:.0f} s "
               f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})", file=sys.stderr)

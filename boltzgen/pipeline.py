@@ -182,6 +182,8 @@ def run_pipeline(out_dir: str, *, system: str = "aldp-vacuum", data: Optional[st
         "n_ancestors": sampled.get("n_ancestors"), "n_ancestors_anneal": sampled.get("n_ancestors_anneal"),
         "delta_f_kT": sampled.get("delta_f_kT"), "delta_f_err_kT": sampled.get("delta_f_err_kT"),
     }
+    if sampled.get("delta_f_note"):
+        summary["delta_f_note"] = sampled["delta_f_note"]
     # The summary carries the SMC trace and names the sample file, like the metrics.json that
     # `boltzgen sample` writes beside its output: `boltzgen analyze` finds the ESS trace there.
     summary.update(output=os.path.abspath(samples), smc=sampled.get("smc"))
