@@ -593,6 +593,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
     # index of each particle's ancestor at t = 1 and at the start of the annealing: how many
     # distinct ones survive the resampling measures the diversity the ESS does not show
     ancestors = {"start": torch.arange(n)}
+    final_acc: list = []  # acceptance of the moves on the target after the last reweighting
 
     def maybe_resample(lw, tensors, final=False):
         # Never after the last reweighting: the output keeps its importance weights (resampling
@@ -708,9 +709,10 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                     beta = 1.0
                 else:
                     remaining = 1.0 - beta_prev
-                    step = next_beta_increment(lw, slope, min(remaining, max_increment), float(anneal_cess))
-                    if 0.0 < remaining - step < 0.25 * max_increment:  # no sliver of a last level
-                        step = max(step, next_beta_increment(lw, slope, remaining, float(anneal_cess)))
+                    full = next_beta_increment(lw, slope, remaining, float(anneal_cess))
+                    step = min(full, max_increment)
+                    if remaining - step < 0.25 * max_increment:  # no sliver of a last level
+                        step = full
                     beta = 1.0 if step >= remaining * (1.0 - 1e-12) else beta_prev + step
                 level += 1
                 incr = torch.where(ok, (beta - beta_prev) * slope, torch.full_like(u, -math.inf))
@@ -751,7 +753,6 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                 bar.update(1)
 
             # ---------------------------------------------------------- moves on the target alone
-            final_acc = []
             for _ in range(int(final_mcmc_steps)):
                 h_f = a_steps.value(gu)
                 out = step_fn(y, target_eval, h_f, generator, mean_free=mf, current=(u, gu), **extra)
@@ -769,7 +770,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         reduced_energy=None if u is None else u.detach(), ess=f64(ess_tr), acceptance=f64(acc_tr),
         step_size=f64(h_tr), t=f64(t_tr), beta=f64(b_tr), resampled=resampled, n_model_evals=count.model,
         n_target_evals=count.target, n_reflected=n_reflected, length_scale=ls, dim=d,
-        final_acceptance=float(np.mean(final_acc)) if target is not None and final_acc else math.nan,
+        final_acceptance=float(np.mean(final_acc)) if final_acc else math.nan,
         n_ancestors=int(ancestors["start"].unique().numel()),
-        n_ancestors_anneal=int(ancestors["anneal"].unique().numel()) if "anneal" in ancestors else n,
+        n_ancestors_anneal=int(ancestors["anneal"].unique().numel()),
     )
