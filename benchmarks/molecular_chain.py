@@ -2,7 +2,9 @@
 
 One run: simulate a long reference (replica exchange for alanine dipeptide, MALA chains for LJ
 clusters) and, with another seed, the training data; then for each objective (dsm, dsm+diffclf)
-under the same budget (same steps, batch and k, hence the same number of DSM evaluations) train,
+under the same budget (same steps, batch and k, hence the same number of DSM evaluations; with
+``--pretrain-dsm-steps P`` the dsm+diffclf run spends its first P steps on DSM alone, the recipe of
+``boltzgen quickstart``) train,
 run SMC along the learned diffusion path annealed to the target, and compare the weighted samples
 with the reference:
 
@@ -41,9 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--work", default=defaults["work"], help="working directory (reused: resumes)")
     parser.add_argument("--out", default=defaults["out"], help="JSON result (a .md table is written beside it)")
     parser.add_argument("--n-reference", type=int, default=defaults["n_reference"], help="reference frames")
-    parser.add_argument("--n-data", type=int, default=defaults["n_data"], help="training frames")
+    parser.add_argument("--n-data", type=int, default=defaults["n_data"], help="training frames (per kept replica)")
     parser.add_argument("--steps", type=int, default=defaults["steps"], help="training steps per objective")
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="training batch")
+    parser.add_argument("--pretrain-dsm-steps", type=int, default=defaults.get("pretrain_dsm_steps", 0),
+                        help="of the dsm+diffclf run's steps, how many are DSM alone (pre-training, then fine-tuning)")
     parser.add_argument("--n-samples", type=int, default=defaults["n_samples"], help="SMC particles")
     parser.add_argument("--smc-steps", type=int, default=defaults["smc_steps"], help="SMC diffusion levels")
     parser.add_argument("--mcmc-steps", type=int, default=defaults["mcmc_steps"], help="MALA moves per level")
@@ -54,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the whole chain")
 
 
-QUICK = dict(n_reference=200, n_data=200, steps=20, batch_size=16, n_samples=64, smc_steps=10, anneal=4)
+QUICK = dict(n_reference=200, n_data=200, steps=20, pretrain_dsm_steps=10, batch_size=16, n_samples=64, smc_steps=10,
+             anneal=4)
 
 
 def run_chain(system: str, args, *, reference_options=(), data_options=(), anchors=None) -> dict:
@@ -81,11 +86,14 @@ def run_chain(system: str, args, *, reference_options=(), data_options=(), ancho
     results = {}
     for loss in [s for s in args.losses.split(",") if s]:
         log(f"=== {system}: {loss}")
+        train_options = ("--threads", args.threads) if args.threads else ()
+        if loss == "dsm+diffclf" and args.pretrain_dsm_steps:
+            train_options += ("--pretrain-dsm-steps", args.pretrain_dsm_steps)
         summary = run_pipeline(os.path.join(args.work, loss), system=system, data=files["data"], loss=loss,
                                train_steps=args.steps, batch_size=args.batch_size, n_samples=args.n_samples,
                                smc_steps=args.smc_steps, mcmc_steps=args.mcmc_steps, anneal=args.anneal,
                                reference=files["reference"], seed=args.seed, progress=False, log=log,
-                               train_options=("--threads", args.threads) if args.threads else ())
+                               train_options=train_options)
         seconds, steps = _training_seconds(os.path.join(args.work, loss, "run", "train_log.csv"))
         summary["train_seconds"] = seconds  # summed over the training log: right for resumed runs too
         summary["train_seconds_per_step"] = seconds / max(1, steps)
@@ -99,8 +107,9 @@ def run_chain(system: str, args, *, reference_options=(), data_options=(), ancho
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "quick": bool(args.quick),
         "load_average_1_5_15_min": list(os.getloadavg()),  # wall times are inflated on a busy machine
-        "sizes": {**{k: getattr(args, k) for k in ("n_reference", "n_data", "steps", "batch_size", "n_samples",
-                                                     "smc_steps", "mcmc_steps", "anneal", "seed", "threads")},
+        "sizes": {**{k: getattr(args, k) for k in ("n_reference", "n_data", "steps", "pretrain_dsm_steps",
+                                                     "batch_size", "n_samples", "smc_steps", "mcmc_steps", "anneal",
+                                                     "seed", "threads")},
                   # what the (possibly reused) files hold, not what was asked for
                   **{f"n_{stage}": _n_frames(path) for stage, path in files.items()}},
         "budget": "equal for both objectives: same steps, batch and k (same number of DSM evaluations); "

@@ -115,6 +115,26 @@ def cmd_systems(args) -> int:
     return 0
 
 
+def _ladder_frames(result, keep: int, kt: float):
+    """Frames of the ``keep`` coldest replicas of a replica-exchange result, coldest first.
+
+    Returns
+    -------
+    positions : ndarray, shape (keep · n, N, 3), nm
+    reduced_energy : ndarray, shape (keep · n,)
+        U / kT at the *target* temperature (kT in kJ/mol) for every frame.
+    temperature_K : ndarray, shape (keep · n,)
+        Ladder temperature each frame was sampled at.
+    """
+    import numpy as np
+
+    temps = result.metadata["temperatures_K"][:keep]
+    n = result.positions.shape[0]
+    positions = np.concatenate([result.replica_positions[k] for k in range(keep)])
+    reduced_energy = np.concatenate([result.replica_potential_energy[:, k] / kt for k in range(keep)])
+    return positions, reduced_energy, np.repeat(np.asarray(temps, dtype=np.float64), n)
+
+
 def cmd_simulate(args) -> int:
     """``boltzgen simulate``: Boltzmann samples of a target (MD / replica exchange, MCMC or exact)
     written to a sample file, resumable through ``OUTPUT.checkpoint``.
@@ -136,11 +156,15 @@ def cmd_simulate(args) -> int:
     CommandError
         For invalid options or targets (exit status 2 through :func:`main`).
     """
+    import numpy as np
+
     from .io import save_samples
     from .md import simulate
 
     if args.n < 1:
         raise CommandError(f"-n must be at least 1, got {args.n}")
+    if args.keep_replicas < 1:
+        raise CommandError(f"--keep-replicas must be at least 1, got {args.keep_replicas}")
     target = _target_from_args(args)
     checkpoint = args.output + ".checkpoint"
     from .systems.catalog import simulate_defaults
@@ -151,6 +175,13 @@ def cmd_simulate(args) -> int:
     options = {**simulate_defaults(target.name), **{k: v for k, v in options.items() if v is not None}}
     if options.get("replicas", 1) == 1:
         options.pop("t_max", None)
+    keep = int(args.keep_replicas)
+    if keep > 1:
+        if target.topology is None or options.get("replicas", 1) < keep:
+            target.close()
+            raise CommandError(f"--keep-replicas {keep} needs replica exchange (molecular MD) with at least {keep} "
+                               f"replicas; this run has {options.get('replicas', 1)}")
+        options["keep_replicas"] = True
     start = time.perf_counter()
     try:
         result = simulate(target, args.n, seed=args.seed, checkpoint=checkpoint, progress=not args.no_progress,
@@ -160,13 +191,25 @@ def cmd_simulate(args) -> int:
     finally:
         target.close()
     meta = {**target.metadata(), **result.metadata, "seed": args.seed, "command": "simulate"}
-    save_samples(args.output, result.positions, topology=target.topology, reduced_energy=result.reduced_energy,
-                 metadata=meta)
+    positions, reduced_energy, arrays = result.positions, result.reduced_energy, {}
+    log_weights = None
+    if keep > 1:
+        positions, reduced_energy, temperatures = _ladder_frames(result, keep, target.kT)
+        meta["kept_temperatures_K"] = [float(t) for t in result.metadata["temperatures_K"][:keep]]
+        arrays["temperature_K"] = temperatures
+        # As Boltzmann samples of the target, only the frames at its temperature count.
+        log_weights = np.where(np.arange(len(positions)) < len(result.positions), 0.0, -np.inf)
+    save_samples(args.output, positions, topology=target.topology, reduced_energy=reduced_energy,
+                 log_weights=log_weights, metadata=meta, extra=arrays)
     if os.path.exists(checkpoint):
         os.remove(checkpoint)
-    metrics = {"command": "simulate", "system": target.name, "n_samples": int(result.positions.shape[0]),
-               "output": os.path.abspath(args.output), "wall_time_s": time.perf_counter() - start,
-               "mean_reduced_energy": float(result.reduced_energy.mean()), **result.metadata}
+    metrics = {"command": "simulate", "system": target.name, **result.metadata,
+               "n_samples": int(positions.shape[0]), "output": os.path.abspath(args.output),
+               "wall_time_s": time.perf_counter() - start,
+               "mean_reduced_energy": float(result.reduced_energy.mean())}
+    if keep > 1:
+        metrics.update(n_samples_per_replica=int(result.positions.shape[0]),
+                       kept_temperatures_K=meta["kept_temperatures_K"])
     _emit(metrics, args, args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.output)), "metrics.json"))
     if not args.json:
         print(f"wrote {metrics['n_samples']} samples of {target.name} to {args.output}", file=sys.stderr)
@@ -540,6 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replica-exchange replicas (1: plain MD; alanine dipeptide defaults to 6 up to 1000 K)")
     p.add_argument("--t-max", type=float, help="highest temperature of the geometric replica ladder (K)")
     p.add_argument("--exchange-interval", type=int, help="MD steps between exchange attempts")
+    p.add_argument("--keep-replicas", type=int, default=1, metavar="K",
+                   help="replica exchange: keep the frames of the K coldest replicas, N per replica (default 1: "
+                        "the target temperature only). Training data for a model that must cover rare states; "
+                        "only the target-temperature frames count as Boltzmann samples of the target (the others "
+                        "get weight zero, and a per-frame temperature_K array)")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_simulate)
 

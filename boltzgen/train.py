@@ -740,7 +740,8 @@ def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = Non
     Parameters
     ----------
     data_path : str
-        Sample file of unweighted configurations (MD or exact samples).
+        Sample file of unweighted configurations (MD or exact samples), or a replica-ladder data
+        set of ``boltzgen simulate --keep-replicas K`` (every frame is trained on).
     run_dir : str
         Output directory (an existing checkpoint there is resumed).
     system : str, optional
@@ -765,7 +766,11 @@ def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = Non
     samples = load_samples(data_path)
     system = system or samples.metadata.get("system")
     config = resolve_config(system, config_file, overrides)
-    if samples.log_weights is not None and np.ptp(samples.log_weights) > 0:
+    # A replica-ladder data set (`boltzgen simulate --keep-replicas K`) weights its frames 1 at the
+    # target temperature and 0 elsewhere as samples of the target, but the model is trained on
+    # all of them: the ensemble of the kept temperatures, which reweighting corrects later.
+    ladder = "temperature_K" in samples.extra
+    if samples.log_weights is not None and not ladder and np.ptp(samples.log_weights) > 0:
         raise ValueError(f"{data_path} holds weighted samples; train on unweighted MD or exact samples")
     meta = {"system": system, "data": os.path.abspath(data_path), "n_data": len(samples)}
     trainer = Trainer(config, samples.x, run_dir, topology=samples.topology, metadata=meta, progress=progress)

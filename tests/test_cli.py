@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import mdtraj
+import pytest
 import numpy as np
 import torch
 
@@ -53,6 +54,50 @@ def test_simulate_aldp_replica_exchange_file_contract(tmp_path, capsys):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_samples"] == 6 and metrics["command"] == "simulate"
     assert not (tmp_path / "aldp.h5.checkpoint").exists()
+
+
+def test_simulate_keep_replicas_ladder_data(tmp_path, capsys):
+    """--keep-replicas K: N frames from each of the K coldest replicas, u at the *target*
+    temperature for all of them (checked against OpenMM), weight zero for the hotter frames as
+    samples of the target, a per-frame temperature; train accepts the file, analyze uses only the
+    target-temperature frames as its reference."""
+    out = tmp_path / "ladder.h5"
+    args = ["simulate", "aldp-vacuum", "-n", "5", "-o", str(out), "--replicas", "3", "--t-max", "600",
+            "--keep-replicas", "2", "--equilibration", "50", "--stride", "20", "--exchange-interval", "10",
+            "--workers", "0", "--no-progress", "--seed", "4"]
+    assert main(args) == 0
+    samples = load_samples(str(out))
+    assert samples.x.shape == (10, 22, 3) and mdtraj.load(str(out)).n_frames == 10
+    ladder = samples.metadata["temperatures_K"]
+    assert samples.metadata["kept_temperatures_K"] == ladder[:2] and ladder[0] == 300.0
+    np.testing.assert_array_equal(samples.extra["temperature_K"], np.repeat(ladder[:2], 5))
+    np.testing.assert_array_equal(samples.log_weights, np.r_[np.zeros(5), np.full(5, -np.inf)])
+    target = systems.load("aldp-vacuum", n_workers=0)
+    u = target.reduced_energy(torch.from_numpy(samples.x)).numpy()  # at 300 K, for every frame
+    target.close()
+    np.testing.assert_allclose(samples.reduced_energy, u, atol=0.05)
+    # the same seed without keeping: the target-temperature frames are the same trajectory
+    plain = tmp_path / "plain.h5"
+    args_plain = list(args)
+    i = args_plain.index("--keep-replicas")
+    del args_plain[i:i + 2]
+    args_plain[args_plain.index(str(out))] = str(plain)
+    assert main(args_plain) == 0
+    np.testing.assert_allclose(load_samples(str(plain)).x, samples.x[:5], atol=1e-6)
+    assert json.loads((tmp_path / "metrics.json").read_text())["n_samples"] == 5
+
+    from boltzgen.report import analyze
+    from boltzgen.train import train_from_file
+
+    train_from_file(str(out), str(tmp_path / "run"), overrides={"train": {"steps": 2, "batch_size": 4},
+                                                                "net": {"hidden": 8, "n_layers": 1}})
+    assert load_samples(str(out)).x.shape[0] == 10
+    report = analyze(str(plain), str(tmp_path / "report"), reference=str(out))
+    assert report["reference_n"] == 10 and report["reference_ess"] == pytest.approx(5.0)
+
+    assert main(["simulate", "aldp-vacuum", "-n", "5", "-o", str(tmp_path / "bad.h5"), "--replicas", "1",
+                 "--keep-replicas", "2", "--workers", "0"]) == 2
+    assert "--keep-replicas 2 needs replica exchange" in capsys.readouterr().err
 
 
 def test_simulate_analytic_and_lj(tmp_path, capsys):
