@@ -316,12 +316,15 @@ def cmd_sample(args) -> int:
         if args.method == "smc":
             centres = chiral_centres(target.topology) if target.topology is not None else None
             use_chirality = centres is not None and len(centres) > 0 and not args.no_chirality
+            if not 0.0 < args.tempering <= 1.0:
+                raise CommandError(f"--tempering must lie in (0, 1], got {args.tempering}")
             if not 0.0 <= args.anneal_cess < 1.0:
                 raise CommandError(f"--anneal-cess must lie in [0, 1), got {args.anneal_cess}")
             result = smc_sample(model, target, args.n, generator, n_steps=args.steps, mcmc_steps=args.mcmc_steps,
                                 n_anneal=args.anneal, anneal_cess=args.anneal_cess or None, max_anneal=args.max_anneal,
                                 anneal_mcmc_steps=args.anneal_mcmc_steps, final_mcmc_steps=args.final_mcmc_steps,
-                                chirality=True if use_chirality else None, progress=not args.no_progress)
+                                tempering=args.tempering, chirality=True if use_chirality else None,
+                                progress=not args.no_progress)
             x, log_w, u = result.x, result.log_weights.numpy(), result.reduced_energy.numpy()
             summary = result.summary()
             acceptance = [a for a in summary["acceptance"] if a is not None]
@@ -333,7 +336,8 @@ def cmd_sample(args) -> int:
                        "log_z": result.log_z, "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
                        "n_reflected": int(result.n_reflected), "n_anneal_levels": summary["n_anneal_levels"],
                        "n_ancestors": result.n_ancestors, "n_ancestors_anneal": result.n_ancestors_anneal,
-                       "final_acceptance": summary["final_acceptance"], "smc": summary}
+                       "final_acceptance": summary["final_acceptance"], "tempering": args.tempering,
+                       "smc": summary}
         else:
             x = reverse_sde(model, args.n, generator, n_steps=args.steps)
             log_w, u, metrics = None, target.reduced_energy(x).detach().numpy(), {"n_reflected": 0}
@@ -636,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-mcmc-steps", type=int, default=50,
                    help="MALA moves on the target alone after the last reweighting (target forces only, the "
                         "weights stay valid; default 50)")
+    p.add_argument("--tempering", type=float, default=1.0, metavar="B",
+                   help="exponent b in (0, 1] of the learned energies at t_min: b < 1 flattens the model's "
+                        "free-energy differences by b (as the temperature T/b would), so rare states get more "
+                        "particles; the weights correct for it (default 1: none)")
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_sample)

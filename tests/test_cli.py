@@ -156,6 +156,12 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     assert abs(metrics["log_z"]) < 1.0  # the exact normaliser of the standardised mixture is 1
     samples = load_samples(str(out))
     assert samples.x.shape == (128, 2) and samples.log_weights is not None
+    assert metrics["tempering"] == 1.0
+    assert main(["sample", str(run), "-n", "64", "-o", str(tmp_path / "tempered.h5"), "--steps", "10", "--no-progress",
+                 "--json", "--tempering", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["tempering"] == 0.5
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--tempering", "1.5"]) == 2
+    assert "--tempering must lie in (0, 1]" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "sde.h5"), "--method", "sde", "--steps", "10",
                  "--no-progress"]) == 0
     assert main(["sample", str(tmp_path), "-n", "4", "-o", str(out)]) == 2

@@ -211,6 +211,30 @@ def test_smc_adaptive_annealing_and_final_moves_recover_mode_weights():
     np.testing.assert_allclose(thirds.beta[thirds.beta > 0].numpy(), [1 / 3, 2 / 3, 1.0], atol=1e-12)
 
 
+def test_smc_tempering_puts_more_particles_in_a_rare_mode_and_the_weights_still_recover_it():
+    """A 97 : 3 mixture with the exact model: tempering the diffusion stage (b = 0.5 at t_min)
+    multiplies the particles in the rare mode (its free energy, 3.5 kT up, becomes ~1.7 kT) and
+    the weights still give 3 %, with log Z ≈ 0."""
+    base = two_modes(2)
+    target = GaussianMixture(base.means, base.stds, [0.97, 0.03], standardise=False)
+    model = ExactMarginalModel(target)
+    counts = {}
+    for b in (1.0, 0.5):
+        r = smc_sample(model, target, 2000, torch.Generator().manual_seed(0), n_steps=40, n_anneal=4,
+                       anneal_cess=0.9, anneal_mcmc_steps=2, tempering=b)
+        rare = (target.responsibilities(r.x)[:, 1] > 0.5).double()
+        counts[b] = int(rare.sum())
+        w = r.weights
+        p = float((w * rare).sum())
+        # standard error of a self-normalised estimate: sqrt(Σ w_i² (f_i − p)²)
+        se = math.sqrt(float((w**2 * (rare - p) ** 2).sum()))
+        assert abs(p - 0.03) < 4.5 * se, (b, p, se)
+        assert abs(r.log_z) < 0.1
+    assert counts[1.0] < 100 and counts[0.5] > 3 * counts[1.0], counts
+    with pytest.raises(ValueError, match="tempering"):
+        smc_sample(model, target, 10, torch.Generator().manual_seed(0), n_steps=2, tempering=0.0)
+
+
 def test_smc_counts_the_ancestors_that_survive_resampling():
     target = two_modes(2)
     never = smc_sample(ExactMarginalModel(target), target, 300, torch.Generator().manual_seed(0), n_steps=10,

@@ -441,7 +441,8 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                n_leapfrog: int = 5, adapt_rate: float = 1.0, n_anneal: int = 16,
                betas: Optional[Sequence[float]] = None, anneal_cess: Optional[float] = None, max_anneal: int = 64,
                anneal_mcmc_steps: int = 5, anneal_step_size: Optional[float] = None, final_mcmc_steps: int = 0,
-               chirality=None, batch_size: Optional[int] = None, progress: bool = False) -> SMCResult:
+               tempering: float = 1.0, chirality=None, batch_size: Optional[int] = None,
+               progress: bool = False) -> SMCResult:
     """SMC from the prior through the learned diffusion marginals to the target (module docstring).
 
     Parameters
@@ -508,6 +509,15 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         invariant, so the weights stay as they are, and they need only the target's forces (no
         model evaluation): a cheap way to relax the particles locally (energy distribution) and to
         spread resampled copies apart. The step size is adapted after every move.
+    tempering : float in (0, 1]
+        Exponent b of the learned energies at t_min (default 1: none). The diffusion stage then
+        targets exp(−b(t) E(y, t)) with b(t) falling linearly in t from 1 at t = 1 to b at t_min,
+        and the annealing starts from exp(−b E(y, t_min)). b < 1 scales the model's free-energy
+        differences between states by b, as the temperature T/b would, so rare states (a basin
+        a few kT up) get more particles and their free energy a smaller error; the weights correct
+        for it, at the price of a lower ESS (the tempered density is also wider in the stiff
+        coordinates, which the annealing has to bring back). ``log_z_diffusion`` then refers to
+        exp(−b E(y, t_min)).
     chirality : None, True, or (K, 4) array of (N, CA, C, CB) indices
         Fold the particles onto the L-form at t_min (True: the centres of ``target.topology``).
     batch_size : int, optional
@@ -537,6 +547,8 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         raise ValueError("mcmc_steps, anneal_mcmc_steps and final_mcmc_steps must be non-negative")
     if anneal_cess is not None and not 0.0 < float(anneal_cess) < 1.0:
         raise ValueError(f"anneal_cess must lie in (0, 1), got {anneal_cess}")
+    if not 0.0 < float(tempering) <= 1.0:
+        raise ValueError(f"tempering must lie in (0, 1], got {tempering}")
     if anneal_cess is not None and betas is not None:
         raise ValueError("give either betas (a fixed grid) or anneal_cess (an adaptive one), not both")
     alpha_star = DEFAULT_TARGET_ACCEPTANCE[mcmc] if target_acceptance is None else float(target_acceptance)
@@ -583,11 +595,17 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
     step_fn = mala_step if mcmc == "mala" else hmc_step
     extra = {"n_leapfrog": int(n_leapfrog)} if mcmc == "hmc" else {}
 
+    def exponent(t):  # b(t): 1 at t = 1, ``tempering`` at t_min, linear in t
+        return 1.0 - (1.0 - float(tempering)) * min(1.0, (1.0 - float(t)) / (1.0 - tmin))
+
     def model_eval(y, t):
         count.model += y.shape[0]
         e, s = model_energy_and_score(m, y, t, batch_size)
         e, g = _clean(e, -s)
-        return e, g  # energy and its gradient ∇E
+        if tempering != 1.0:
+            b = exponent(t)
+            e, g = b * e, b * g
+        return e, g  # (tempered) energy and its gradient ∇E
 
     ess_tr, acc_tr, h_tr, t_tr, b_tr, resampled = [], [], [], [], [], []
     # index of each particle's ancestor at t = 1 and at the start of the annealing: how many
