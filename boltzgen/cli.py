@@ -255,7 +255,7 @@ def cmd_train(args) -> int:
         overrides.setdefault("train", {})["threads"] = args.threads
     try:
         metrics = train_from_file(args.data, args.output, system=args.system, config_file=args.config,
-                                  overrides=overrides, progress=not args.no_progress)
+                                  overrides=overrides, progress=not args.no_progress, start_from=args.start_from)
     except (ValueError, FileNotFoundError, TypeError) as exc:
         raise CommandError(str(exc)) from None
     metrics = {"command": "train", "run_dir": os.path.abspath(args.output), **metrics}
@@ -609,6 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="configurations per step")
     p.add_argument("--pretrain-dsm-steps", type=int,
                    help="steps of DSM alone before the objective takes over (pre-training, then fine-tuning)")
+    p.add_argument("--start-from", metavar="CHECKPOINT",
+                   help="continue from another run's DSM pre-training checkpoint (same data, net, optimiser, "
+                        "steps, batch and seed; its step within both runs' --pretrain-dsm-steps): the same run "
+                        "as from step 0, so one pre-training serves several fine-tunings")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")

@@ -444,10 +444,13 @@ class Trainer:
         Stored in model.pt and metrics.json (system, data file, …).
     progress : bool
         Show a progress bar with the loss parts.
+    start_from : str, optional
+        A DSM pre-training checkpoint to start from when the run directory holds none
+        (:meth:`start_from`).
     """
 
     def __init__(self, config: dict, data, run_dir: str, *, topology=None, metadata: Optional[dict] = None,
-                 progress: bool = True):
+                 progress: bool = True, start_from: Optional[str] = None):
         validate_config(config)
         self.config = config
         self.run_dir = run_dir
@@ -480,6 +483,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed * 1000003 + self.rank)
         self.step = 0
         self.best_val: Optional[float] = None
+        self.start_checkpoint = start_from
 
     # -------------------------------------------------------------- files
     def _path(self, name: str) -> str:
@@ -547,6 +551,11 @@ class Trainer:
             if _relevant(state["config"], key) != _relevant(self.config, key):
                 raise ValueError(f"{self.run_dir} holds a run with a different {key!r} configuration "
                                  f"({state['config'].get(key)} vs {self.config.get(key)}); use a new run directory")
+        self._load_state(state)
+        self._truncate_log(self.step)
+        return True
+
+    def _load_state(self, state: dict) -> None:
         self.model.inner.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimiser.load_state_dict(state["optimiser"])
@@ -554,8 +563,66 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.best_val = state.get("best_val")
-        self._truncate_log(self.step)
-        return True
+
+    def start_from(self, path: str) -> int:
+        """Start this run from a checkpoint of another run's DSM pre-training, bit for bit.
+
+        The result is the run this configuration gives from step 0: the checkpoint's steps were
+        DSM alone, as this run's first steps are (``pretrain_dsm_steps``), with the same network,
+        model, optimiser, seed, schedule, batch and data. One pre-training can so be fine-tuned
+        with several DiffCLF settings (``lambda_clf``, ``clf_samples``). The source's log rows up
+        to the checkpoint are copied when its ``train_log.csv`` lies beside it.
+
+        Parameters
+        ----------
+        path : str
+            A ``checkpoint.pt`` (or a copy of one).
+
+        Returns
+        -------
+        int
+            The step the run continues from.
+
+        Raises
+        ------
+        ValueError
+            If the checkpoint's run differs in anything that acted before its step, or if its
+            step lies past either run's DSM-only phase.
+        """
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint to start from not found: {path}")
+        state = _torch_load(path)
+        source, step = state["config"], int(state["step"])
+        for key in ("net", "model", "optim", "seed"):
+            if source.get(key) != self.config.get(key):
+                raise ValueError(f"{path} comes from a run with a different {key!r} configuration "
+                                 f"({source.get(key)} vs {self.config.get(key)})")
+        for key in ("steps", "batch_size", "val_fraction"):
+            if source["train"].get(key) != self.config["train"].get(key):
+                raise ValueError(f"{path} comes from a run with train.{key} = {source['train'].get(key)}, this run "
+                                 f"has {self.config['train'].get(key)} (the schedule and batches would differ)")
+        for key in ("k", "levels", "grid"):
+            if source["loss"].get(key) != self.config["loss"].get(key):
+                raise ValueError(f"{path} comes from a run with loss.{key} = {source['loss'].get(key)}, this run "
+                                 f"has {self.config['loss'].get(key)}")
+        if abs(float(state["length_scale"]) - self.length_scale) > 1e-9 * self.length_scale:
+            raise ValueError(f"{path} was trained on other data (length scale {state['length_scale']:.6g} vs "
+                             f"{self.length_scale:.6g})")
+        for name, config in (("the checkpoint's run", source), ("this run", self.config)):
+            if config["loss"]["kind"] != "dsm" and step > int(config.get("pretrain_dsm_steps", 0)):
+                raise ValueError(f"{path} is at step {step}, past the DSM-only steps of {name} "
+                                 f"(pretrain_dsm_steps = {config.get('pretrain_dsm_steps', 0)})")
+        self._load_state(state)
+        self.metadata["started_from"] = {"checkpoint": os.path.abspath(path), "step": step}
+        log = os.path.join(os.path.dirname(os.path.abspath(path)), "train_log.csv")
+        if self.rank == 0 and os.path.exists(log):
+            with open(log) as handle:
+                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+            with atomic_path(self._path("train_log.csv")) as tmp, open(tmp, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, LOG_FIELDS)
+                writer.writeheader()
+                writer.writerows(rows)
+        return step
 
     def _truncate_log(self, step: int) -> None:
         path = self._path("train_log.csv")
@@ -690,6 +757,8 @@ class Trainer:
             torch.set_num_threads(int(cfg["threads"]))
         self._write_static_files()
         resumed = self.resume()
+        if not resumed and self.start_checkpoint:
+            self.start_from(self.start_checkpoint)
         total = int(cfg["steps"])
         bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not self.progress or self.rank != 0,
                    dynamic_ncols=True)
@@ -734,7 +803,7 @@ class Trainer:
 
 
 def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = None, config_file: Optional[str] = None,
-                    overrides: Optional[dict] = None, progress: bool = True) -> dict:
+                    overrides: Optional[dict] = None, progress: bool = True, start_from: Optional[str] = None) -> dict:
     """Train on a sample file written by ``boltzgen simulate``.
 
     Parameters
@@ -752,6 +821,8 @@ def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = Non
         Nested options merged last.
     progress : bool
         Show a progress bar.
+    start_from : str, optional
+        Checkpoint of another run's DSM pre-training to continue from (:meth:`Trainer.start_from`).
 
     Returns
     -------
@@ -773,5 +844,6 @@ def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = Non
     if samples.log_weights is not None and not ladder and np.ptp(samples.log_weights) > 0:
         raise ValueError(f"{data_path} holds weighted samples; train on unweighted MD or exact samples")
     meta = {"system": system, "data": os.path.abspath(data_path), "n_data": len(samples)}
-    trainer = Trainer(config, samples.x, run_dir, topology=samples.topology, metadata=meta, progress=progress)
+    trainer = Trainer(config, samples.x, run_dir, topology=samples.topology, metadata=meta, progress=progress,
+                      start_from=start_from)
     return trainer.fit()

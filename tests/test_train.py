@@ -119,6 +119,50 @@ def test_dsm_run_resumes_when_only_diffclf_options_change(tmp_path, gmm_data):
                 progress=False).fit()
 
 
+def test_fine_tuning_started_from_a_pretraining_checkpoint_is_the_run_from_scratch(tmp_path, gmm_data):
+    """--start-from: a DSM + DiffCLF run with 3 DSM pre-training steps, started from the step-3
+    checkpoint of a DSM run (or of another fine-tuning's pre-training), ends bit for bit where the
+    same run trained from step 0 ends; a checkpoint past the DSM-only steps, or of other data or
+    another schedule, is refused."""
+    tuned = {**SMALL, "loss": {"kind": "dsm+diffclf", "lambda_clf": 0.5}, "pretrain_dsm_steps": 3}
+    scratch = Trainer(resolve_config(overrides=tuned), gmm_data, str(tmp_path / "scratch"), progress=False)
+    scratch.fit()
+    dsm = Trainer(resolve_config(overrides={**SMALL, "loss": {"kind": "dsm"}}), gmm_data, str(tmp_path / "dsm"),
+                  progress=False)
+    dsm.fit()  # checkpoints at steps 3 and 6; keep the one at 3
+    pre = Trainer(resolve_config(overrides={**SMALL, "loss": {"kind": "dsm"}}), gmm_data, str(tmp_path / "pre"),
+                  progress=False)
+    pre._write_static_files()
+    for _ in range(3):
+        pre.train_step()
+    pre.save()
+    # the log of the run the checkpoint came from (the DSM run's: the same first steps)
+    (tmp_path / "pre" / "train_log.csv").write_text((tmp_path / "dsm" / "train_log.csv").read_text())
+    branched = Trainer(resolve_config(overrides=tuned), gmm_data, str(tmp_path / "branched"), progress=False,
+                       start_from=str(tmp_path / "pre" / "checkpoint.pt"))
+    metrics = branched.fit()
+    assert not metrics["resumed"] and metrics["started_from"]["step"] == 3
+    for a, b in zip(scratch.model.inner.state_dict().values(), branched.model.inner.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(scratch.ema.state_dict().values(), branched.ema.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with open(tmp_path / "branched" / "train_log.csv") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [2, 3, 4, 6]
+    # refused: past the pre-training of this run, other data, another schedule
+    with pytest.raises(ValueError, match="past the DSM-only steps of this run"):
+        Trainer(resolve_config(overrides=tuned), gmm_data, str(tmp_path / "late"), progress=False,
+                start_from=str(tmp_path / "dsm" / "checkpoint.pt")).fit()
+    with pytest.raises(ValueError, match="other data"):
+        Trainer(resolve_config(overrides=tuned), 2.0 * gmm_data, str(tmp_path / "data"), progress=False,
+                start_from=str(tmp_path / "pre" / "checkpoint.pt")).fit()
+    longer = {**tuned, "train": {**SMALL["train"], "steps": 8}}
+    with pytest.raises(ValueError, match="train.steps"):
+        Trainer(resolve_config(overrides=longer), gmm_data, str(tmp_path / "long"), progress=False,
+                start_from=str(tmp_path / "pre" / "checkpoint.pt")).fit()
+    assert main(["train", "--data", str(tmp_path / "missing.h5"), "-o", str(tmp_path / "x"),
+                 "--start-from", "nowhere.pt"]) == 2
+
+
 def test_cli_train_on_simulated_file(tmp_path, capsys):
     data = tmp_path / "data.h5"
     assert main(["simulate", "gmm-two-modes", "-n", "300", "-o", str(data), "--no-progress", "--seed", "1"]) == 0
