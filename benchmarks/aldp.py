@@ -4,7 +4,7 @@ Stages (each a ``boltzgen`` command, timed; see ``benchmarks/molecular_chain.py`
 replica-exchange reference and independent training data (6 replicas, 300-1000 K, 300 K frames
 kept; the training data keep the frames of the three coldest replicas, 300-486 K, so that the rare
 φ > 0 states are in them), training of the EGNN energy with each objective under the same budget
-(DSM; DSM + DiffCLF with the shipped λ = 1), SMC along the learned
+(DSM; 2000 steps of DSM pre-training, then DSM + DiffCLF), SMC along the learned
 diffusion path annealed to the OpenMM energy, and the comparison: ESS fraction, energy W2 (kT),
 torsion W2 on the (φ, ψ) torus (rad), ΔF(φ > 0 vs φ < 0) with bootstrap errors against the
 reference's, wall time per stage.
@@ -28,7 +28,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--system", default="aldp-vacuum", choices=["aldp-vacuum", "aldp-implicit"])
     add_arguments(parser, dict(work="bench-work/aldp", out="bench-results/aldp.json", n_reference=10000,
-                               n_data=2000, steps=3000, pretrain_dsm_steps=0, batch_size=64, n_samples=1024,
+                               n_data=2000, steps=3000, pretrain_dsm_steps=2000, batch_size=64, n_samples=1024,
                                smc_steps=100, mcmc_steps=0, anneal=16))
     parser.add_argument("--keep-replicas", type=int, default=3,
                         help="training data: frames of this many of the coldest replicas (n-data each)")
