@@ -615,22 +615,21 @@ class Trainer:
         self._load_state(state)
         self.metadata["started_from"] = {"checkpoint": os.path.abspath(path), "step": step}
         log = os.path.join(os.path.dirname(os.path.abspath(path)), "train_log.csv")
-        if self.rank == 0 and os.path.exists(log):
-            with open(log) as handle:
-                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
-            with atomic_path(self._path("train_log.csv")) as tmp, open(tmp, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, LOG_FIELDS)
-                writer.writeheader()
-                writer.writerows(rows)
+        if self.rank == 0:
+            self._copy_log_until(log, step)
         return step
 
     def _truncate_log(self, step: int) -> None:
-        path = self._path("train_log.csv")
-        if not os.path.exists(path):
+        self._copy_log_until(self._path("train_log.csv"), step)
+
+    def _copy_log_until(self, source: str, step: int) -> None:
+        """Make this run's train_log.csv the rows of ``source`` up to ``step`` (atomically; nothing
+        if ``source`` does not exist)."""
+        if not os.path.exists(source):
             return
-        with open(path) as handle:
+        with open(source) as handle:
             rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        with atomic_path(self._path("train_log.csv")) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, LOG_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
