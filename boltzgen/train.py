@@ -58,6 +58,48 @@ LOG_FIELDS = ["step", "phase", "lr", "total", "dsm", "clf", "clf_accuracy", "gra
 
 
 # ---------------------------------------------------------------------------- configuration
+def lambda_clf_at(value, step: int) -> float:
+    """The DiffCLF weight λ_clf in force at a training step.
+
+    Parameters
+    ----------
+    value : float or list of [step, float] pairs
+        ``loss.lambda_clf``: one number for the whole run, or a piecewise-constant schedule
+        ``[[0, λ_0], [s_1, λ_1], …]`` (λ_i from step s_i on; steps increasing, the first 0).
+    step : int
+        Training step (0-based).
+
+    Returns
+    -------
+    float
+    """
+    if not isinstance(value, (list, tuple)):
+        return float(value)
+    current = float(value[0][1])
+    for start, lam in value:
+        if step >= int(start):
+            current = float(lam)
+    return current
+
+
+def _check_lambda_clf(value) -> None:
+    """Raise ValueError unless ``value`` is a number ≥ 0 or a valid [[step, λ], …] schedule."""
+    if not isinstance(value, (list, tuple)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
+            raise ValueError(f"loss.lambda_clf must be a number >= 0 or a schedule, got {value!r}")
+        return
+    bad = ValueError("loss.lambda_clf must be a number or a schedule [[0, lambda_0], [step_1, lambda_1], ...] "
+                     f"with increasing steps starting at 0 and lambdas >= 0, got {value!r}")
+    if not value or any(not isinstance(pair, (list, tuple)) or len(pair) != 2 for pair in value):
+        raise bad
+    steps = [pair[0] for pair in value]
+    if any(not isinstance(s, int) or isinstance(s, bool) for s in steps) or steps[0] != 0 \
+            or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise bad
+    if any(isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0.0 for _, lam in value):
+        raise bad
+
+
 def deep_update(base: dict, update: Optional[dict]) -> dict:
     """A copy of ``base`` with ``update`` merged in recursively.
 
@@ -188,8 +230,8 @@ def validate_config(config: dict) -> None:
     Raises
     ------
     ValueError
-        For the first invalid option (loss kind, levels, k, step counts, val_fraction,
-        optimizer, pretrain_dsm_steps).
+        For the first invalid option (loss kind, levels, lambda_clf, k, step counts,
+        val_fraction, optimizer, pretrain_dsm_steps).
     """
     loss = config["loss"]
     if loss["kind"] not in LOSSES:
@@ -198,6 +240,7 @@ def validate_config(config: dict) -> None:
         raise ValueError(f"loss.levels must be one of {LEVEL_MODES}, got {loss['levels']!r}")
     if loss.get("clf_samples", "all") not in CLF_SAMPLES:
         raise ValueError(f"loss.clf_samples must be one of {CLF_SAMPLES}, got {loss['clf_samples']!r}")
+    _check_lambda_clf(loss["lambda_clf"])
     if int(loss["k"]) < 2 and loss["kind"] != "dsm":
         raise ValueError(f"loss.k must be at least 2 for {loss['kind']}, got {loss['k']}")
     train = config["train"]
@@ -665,7 +708,7 @@ class Trainer:
     def _loss_options(self, step: int) -> dict:
         loss = self.config["loss"]
         kind = "dsm" if step < int(self.config["pretrain_dsm_steps"]) else loss["kind"]
-        return dict(loss=kind, k=int(loss["k"]), lambda_clf=float(loss["lambda_clf"]), levels=loss["levels"],
+        return dict(loss=kind, k=int(loss["k"]), lambda_clf=lambda_clf_at(loss["lambda_clf"], step), levels=loss["levels"],
                     grid=loss["grid"], clf_samples=loss.get("clf_samples", "all"))
 
     def _batch(self, data: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -223,3 +223,23 @@ def test_ema_decay_warms_up_then_reaches_the_configured_value():
     for step in range(1000):
         kept *= ema_decay(0.999, step)
     assert kept < 0.02
+
+
+def test_lambda_clf_schedule_weights_the_classification_loss_step_by_step(tmp_path, gmm_data):
+    """loss.lambda_clf as [[0, 1.0], [2, 0.25], [4, 0.0]]: each step's total loss is its DSM part
+    plus the lambda in force at that step times its DiffCLF part; bad schedules are refused."""
+    from boltzgen.train import lambda_clf_at
+
+    schedule = [[0, 1.0], [2, 0.25], [4, 0.0]]
+    overrides = {**SMALL, "loss": {"kind": "dsm+diffclf", "lambda_clf": schedule}}
+    trainer = Trainer(resolve_config(overrides=overrides), gmm_data, str(tmp_path / "run"), progress=False)
+    expected = [1.0, 1.0, 0.25, 0.25, 0.0, 0.0]
+    for step, lam in enumerate(expected):
+        assert lambda_clf_at(schedule, step) == lam
+        parts = trainer.train_step()
+        assert parts["clf"] > 0.0
+        assert parts["total"] == pytest.approx(parts["dsm"] + lam * parts["clf"], rel=1e-6, abs=1e-7)
+    assert lambda_clf_at(0.3, 10**6) == 0.3
+    for bad in ([[1, 1.0]], [[0, 1.0], [0, 0.5]], [[0, 1.0], [5, -0.1]], [[0, 1.0, 2]], [], "1.0", -0.5):
+        with pytest.raises(ValueError, match="lambda_clf"):
+            resolve_config(overrides={"loss": {"lambda_clf": bad}})
