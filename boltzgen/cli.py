@@ -274,7 +274,8 @@ def cmd_sample(args) -> int:
     args : argparse.Namespace
         Parsed options (see ``boltzgen sample --help``): ``run_dir``, the target (default: the
         system the model was trained on), ``n``, ``method``, ``steps``, ``mcmc_steps``,
-        ``anneal``, ``anneal_cess``, ``max_anneal``, ``anneal_mcmc_steps``, ``final_mcmc_steps``, ``no_chirality``,
+        ``anneal``, ``anneal_cess``, ``max_anneal``, ``anneal_mcmc_steps``, ``final_mcmc_steps``, ``tempering``,
+        ``per_state_resampling``, ``no_chirality``,
         ``output``, ``seed``.
 
     Returns
@@ -287,6 +288,7 @@ def cmd_sample(args) -> int:
     CommandError
         For a missing model, an unnamed target or a shape mismatch.
     """
+    import numpy as np
     import torch
 
     from .io import save_samples
@@ -320,11 +322,20 @@ def cmd_sample(args) -> int:
                 raise CommandError(f"--tempering must lie in (0, 1], got {args.tempering}")
             if not 0.0 <= args.anneal_cess < 1.0:
                 raise CommandError(f"--anneal-cess must lie in [0, 1), got {args.anneal_cess}")
+            states = None
+            if args.per_state_resampling:
+                if target.topology is None or not has_phi(target.topology):
+                    raise CommandError(f"--per-state-resampling needs a peptide with one phi torsion; "
+                                       f"{target.name} has none")
+                topology = target.topology
+
+                def states(x):  # 1 for phi > 0, 0 for phi < 0
+                    return phi_states(x.cpu().numpy(), topology)[1].astype(np.int64)
             result = smc_sample(model, target, args.n, generator, n_steps=args.steps, mcmc_steps=args.mcmc_steps,
                                 n_anneal=args.anneal, anneal_cess=args.anneal_cess or None, max_anneal=args.max_anneal,
                                 anneal_mcmc_steps=args.anneal_mcmc_steps, final_mcmc_steps=args.final_mcmc_steps,
-                                tempering=args.tempering, chirality=True if use_chirality else None,
-                                progress=not args.no_progress)
+                                tempering=args.tempering, states=states,
+                                chirality=True if use_chirality else None, progress=not args.no_progress)
             x, log_w, u = result.x, result.log_weights.numpy(), result.reduced_energy.numpy()
             summary = result.summary()
             acceptance = [a for a in summary["acceptance"] if a is not None]
@@ -337,6 +348,7 @@ def cmd_sample(args) -> int:
                        "n_reflected": int(result.n_reflected), "n_anneal_levels": summary["n_anneal_levels"],
                        "n_ancestors": result.n_ancestors, "n_ancestors_anneal": result.n_ancestors_anneal,
                        "final_acceptance": summary["final_acceptance"], "tempering": args.tempering,
+                       "per_state_resampling": bool(args.per_state_resampling),
                        "smc": summary}
         else:
             x = reverse_sde(model, args.n, generator, n_steps=args.steps)
@@ -648,6 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exponent b in (0, 1] of the learned energies at t_min: b < 1 flattens the model's "
                         "free-energy differences by b (as the temperature T/b would), so rare states get more "
                         "particles; the weights correct for it (default 1: none)")
+    p.add_argument("--per-state-resampling", action="store_true",
+                   help="resample within the states phi < 0 and phi > 0 separately (peptides with one phi "
+                        "torsion): a state the model puts too high keeps its particles, with small weights, "
+                        "until the annealing corrects them (default: resample all particles together)")
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_sample)

@@ -162,6 +162,8 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["tempering"] == 0.5
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--tempering", "1.5"]) == 2
     assert "--tempering must lie in (0, 1]" in capsys.readouterr().err
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--per-state-resampling"]) == 2
+    assert "needs a peptide with one phi torsion" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "sde.h5"), "--method", "sde", "--steps", "10",
                  "--no-progress"]) == 0
     assert main(["sample", str(tmp_path), "-n", "4", "-o", str(out)]) == 2

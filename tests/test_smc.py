@@ -85,6 +85,41 @@ def test_resampling_is_unbiased(method):
         assert bool(((counts - n * w).abs() < 1.0 + 1e-9).all())
 
 
+@pytest.mark.parametrize("method", ["systematic", "multinomial"])
+def test_resampling_within_states_keeps_each_state_and_is_unbiased(method):
+    """resample_by_state: every live state keeps its number of particles and its total weight
+    exactly; the weight a particle passes on is w_i in expectation; the slots of a state whose
+    weights are all zero go to the live states in proportion to their total weights."""
+    from boltzgen.sampling.resampling import resample_by_state
+
+    g = torch.Generator().manual_seed(0)
+    log_w = torch.randn(12, generator=g, dtype=torch.float64) * 1.5
+    log_w[:3] -= 30.0  # state 0: far lighter than the others, as a state the model puts too high
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2])
+    reps, passed = 3000, torch.zeros(12, dtype=torch.float64)
+    for _ in range(reps):
+        idx, new = resample_by_state(log_w, labels, g, method)
+        assert bool((labels[idx] == labels).all())  # every slot stays in its state
+        for s in range(3):
+            torch.testing.assert_close(torch.logsumexp(new[labels == s], 0), torch.logsumexp(log_w[labels == s], 0))
+        passed += torch.zeros(12, dtype=torch.float64).index_add_(0, idx, new.exp())
+    mean = passed / reps
+    for s in range(3):  # relative to the state's weight: E[passed_i] = w_i
+        m = labels == s
+        ratio = mean[m] / log_w[m].exp()
+        assert bool(((ratio - 1.0).abs() < 0.15).all()), (s, ratio)
+    # a dead state gives its slots away; the totals of the live ones are kept
+    dead = log_w.clone()
+    dead[labels == 2] = -math.inf
+    idx, new = resample_by_state(dead, labels, g, method)
+    assert bool((labels[idx] != 2).all())
+    torch.testing.assert_close(torch.logsumexp(new, 0), torch.logsumexp(dead, 0))
+    # nothing to do when every state's ESS is above the threshold
+    assert resample_by_state(torch.zeros(12, dtype=torch.float64), labels, g, method, ess_threshold=0.5) is None
+    with pytest.raises(ValueError, match="labels"):
+        resample_by_state(log_w, labels[:5], g, method)
+
+
 def test_systematic_has_lower_variance_than_multinomial():
     g = torch.Generator().manual_seed(1)
     n, reps = 32, 2000
@@ -233,6 +268,33 @@ def test_smc_tempering_puts_more_particles_in_a_rare_mode_and_the_weights_still_
     assert counts[1.0] < 100 and counts[0.5] > 3 * counts[1.0], counts
     with pytest.raises(ValueError, match="tempering"):
         smc_sample(model, target, 10, torch.Generator().manual_seed(0), n_steps=2, tempering=0.0)
+
+
+@pytest.mark.parametrize("perturbed", [False, True])
+def test_smc_resampling_within_states_still_recovers_the_mode_weights(perturbed):
+    """SMC with ``states`` (the side of the midpoint): with the exact model ESS ≈ 1, log Z ≈ 0 and
+    2/3 : 1/3; with a deliberately wrong model the weights still give 2/3 (resampling at
+    ESS < 0.9, so it happens often)."""
+    target = two_modes(2)
+    perturbation = (lambda y, t: 0.8 * torch.sin(3 * y[:, 0])) if perturbed else None
+    model = ExactMarginalModel(target, perturbation=perturbation)
+    seen = []
+
+    def side(x):
+        labels = (x.sum(1) > 0).long()
+        seen.append(labels.clone())
+        return labels
+
+    r = smc_sample(model, target, 2000, torch.Generator().manual_seed(1), n_steps=30, n_anneal=4,
+                   anneal_cess=0.9, anneal_mcmc_steps=2, states=side, ess_threshold=0.9)
+    assert len(seen) > 30 and (r.resampled or not perturbed)
+    p, se = weighted_mode_fraction(target, r)
+    assert abs(p - 2 / 3) < 4.5 * se, (p, se)
+    if not perturbed:
+        assert abs(r.log_z) < 0.1 and r.ess_fraction > 0.8
+    with pytest.raises(ValueError, match="integer labels"):
+        smc_sample(model, target, 10, torch.Generator().manual_seed(0), n_steps=2,
+                   states=lambda x: torch.zeros(3, dtype=torch.long), ess_threshold=1.0)
 
 
 def test_smc_counts_the_ancestors_that_survive_resampling():

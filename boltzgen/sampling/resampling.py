@@ -23,7 +23,7 @@ import torch
 
 __all__ = [
     "RESAMPLING_METHODS", "resample", "systematic_resample", "stratified_resample", "multinomial_resample",
-    "residual_resample", "normalised_weights", "ess_fraction", "log_mean_exp",
+    "residual_resample", "resample_by_state", "normalised_weights", "ess_fraction", "log_mean_exp",
 ]
 
 
@@ -269,3 +269,69 @@ def resample(log_w, generator: Optional[torch.Generator] = None, method: str = "
     if method not in RESAMPLING_METHODS:
         raise ValueError(f"unknown resampling method {method!r}; choose one of {sorted(RESAMPLING_METHODS)}")
     return RESAMPLING_METHODS[method](log_w, n, generator)
+
+
+def resample_by_state(log_w, labels, generator: Optional[torch.Generator] = None, method: str = "systematic",
+                      ess_threshold: float = 1.0) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Resample within each state separately: every state keeps its particles and its total weight.
+
+    Particles with label s (n_s of them, total weight W_s) are replaced by n_s draws from their own
+    weights, each with weight W_s / n_s. This is unbiased for every state's weighted measure —
+    E[Σ_copies w'] = w_i for each particle i — so the weighted population, ``log_mean_exp`` of the
+    log-weights (the normaliser estimate) and each state's total weight are unchanged in
+    expectation and exactly, respectively. A state whose particles all have weight zero gives its
+    slots to the live states, in proportion to their total weights (drawn with ``method``).
+
+    Used by SMC when the model's free energies of states are wrong: resampling on the global
+    weights would empty a state the model puts too high, before the annealing to the target can
+    correct its weight; resampling within states keeps its particles (with small weights).
+
+    Parameters
+    ----------
+    log_w : array_like, shape (B,)
+        Log-weights (−inf allowed, not all).
+    labels : array_like, shape (B,)
+        Integer state of each particle.
+    generator : torch.Generator, optional
+    method : {"systematic", "stratified", "multinomial", "residual"}
+        Scheme used within each state.
+    ess_threshold : float
+        A state is resampled only when its own ESS fraction is below this (default 1: always), or
+        when it receives the slots of an emptied state.
+
+    Returns
+    -------
+    (indices, log_w) : LongTensor (B,), float64 tensor (B,)
+        Ancestor of every slot and the new log-weights; None when no state needed resampling.
+
+    Raises
+    ------
+    ValueError
+        For invalid log-weights, all-zero weights, or labels of another shape.
+    """
+    lw = _check(log_w)
+    labels = torch.as_tensor(labels, device=lw.device).reshape(-1)
+    if labels.shape != lw.shape:
+        raise ValueError(f"labels have shape {tuple(labels.shape)}, the log-weights {tuple(lw.shape)}")
+    live, dead = [], []
+    for state in torch.unique(labels):
+        members = torch.nonzero(labels == state).reshape(-1)
+        (live if bool(torch.isfinite(lw[members]).any()) else dead).append(members)
+    extra = torch.zeros(len(live), dtype=torch.long)
+    free = torch.cat(dead) if dead else torch.zeros(0, dtype=torch.long, device=lw.device)
+    if free.numel():
+        totals = torch.stack([torch.logsumexp(lw[m], 0) for m in live])
+        extra = torch.bincount(resample(totals, generator, method, n=int(free.numel())).cpu(), minlength=len(live))
+    index = torch.arange(lw.numel(), device=lw.device)
+    new = lw.clone()
+    changed, used = False, 0
+    for members, n_extra in zip(live, extra.tolist()):
+        if n_extra == 0 and ess_fraction(lw[members]) >= ess_threshold:
+            continue
+        slots = torch.cat([members, free[used:used + n_extra]])
+        used += n_extra
+        pick = resample(lw[members], generator, method, n=int(slots.numel())).to(lw.device)
+        index[slots] = members[pick]
+        new[slots] = torch.logsumexp(lw[members], 0) - math.log(slots.numel())
+        changed = True
+    return (index, new) if changed else None

@@ -24,7 +24,8 @@ unnormalised densities
    whose increment keeps the conditional ESS at a target value, chosen from the energies at hand.
    After β = 1, optional moves on the target alone (``final_mcmc_steps``) relax the particles
    without changing their weights (they leave exp(−u) invariant and need no model evaluation).
-4. After every reweighting but the last, **resample** (systematic by default) when ESS/N < ``ess_threshold``;
+4. After every reweighting but the last, **resample** (systematic by default) when ESS/N < ``ess_threshold``
+   (with ``states``: within each metastable state, so each keeps its particles and its weight);
    then, optionally, **MCMC moves** (MALA or HMC, :mod:`boltzgen.sampling.mcmc`) that leave the
    current density invariant. Step sizes h = κ · h_ref: h_ref follows the scale of the level's
    density (from the median gradient norm of the particles entering the moves, unless a step
@@ -55,7 +56,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ import torch
 from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
 from .chirality import chiral_centres, fix_chirality, in_l_region
 from .mcmc import DEFAULT_TARGET_ACCEPTANCE, hmc_step, mala_step
-from .resampling import RESAMPLING_METHODS, ess_fraction, log_mean_exp, resample
+from .resampling import RESAMPLING_METHODS, ess_fraction, log_mean_exp, resample, resample_by_state
 from .sde import (
     SDE_METHODS, TIME_SPACINGS, _event_shape, _mean_free, _model_device, _sigma_data, _t_min, model_energy_and_score,
     prior_log_prob, prior_variance, reverse_kernel, sample_prior, time_grid, unwrap_model,
@@ -441,8 +442,8 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                n_leapfrog: int = 5, adapt_rate: float = 1.0, n_anneal: int = 16,
                betas: Optional[Sequence[float]] = None, anneal_cess: Optional[float] = None, max_anneal: int = 64,
                anneal_mcmc_steps: int = 5, anneal_step_size: Optional[float] = None, final_mcmc_steps: int = 0,
-               tempering: float = 1.0, chirality=None, batch_size: Optional[int] = None,
-               progress: bool = False) -> SMCResult:
+               tempering: float = 1.0, states: Optional[Callable] = None, chirality=None,
+               batch_size: Optional[int] = None, progress: bool = False) -> SMCResult:
     """SMC from the prior through the learned diffusion marginals to the target (module docstring).
 
     Parameters
@@ -518,6 +519,16 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         for it, at the price of a lower ESS (the tempered density is also wider in the stiff
         coordinates, which the annealing has to bring back). ``log_z_diffusion`` then refers to
         exp(−b E(y, t_min)).
+    states : callable, optional
+        x (B, *event_shape) float64 tensor in the target's units → (B,) integer labels of
+        metastable states (e.g. φ > 0 and φ < 0 of a peptide; configurations are folded onto the
+        L-form first when ``chirality`` is on). Resampling then happens within each state
+        (:func:`~boltzgen.sampling.resampling.resample_by_state`), each state's ESS decides
+        whether it is resampled, and an adaptive β step keeps the conditional ESS of every state
+        at ``anneal_cess``. A state the model puts too high (DSM's mode blindness) keeps the
+        particles the proposals put there, with small weights, instead of losing them before the
+        annealing corrects its weight; the estimator stays consistent (only the resampling
+        changes). The labels of noisy configurations at t > t_min need not mean anything.
     chirality : None, True, or (K, 4) array of (N, CA, C, CB) indices
         Fold the particles onto the L-form at t_min (True: the centres of ``target.topology``).
     batch_size : int, optional
@@ -613,20 +624,36 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
     ancestors = {"start": torch.arange(n)}
     final_acc: list = []  # acceptance of the moves on the target after the last reweighting
 
+    def state_labels(z):
+        if centres is not None:
+            z = fix_chirality(z, centres)[0]
+        labels = torch.as_tensor(np.asarray(states((ls * z).detach())), device=z.device).reshape(-1)
+        if labels.shape != (z.shape[0],) or torch.is_floating_point(labels):
+            raise ValueError(f"states must map {z.shape[0]} configurations to {z.shape[0]} integer labels, "
+                             f"got {labels.dtype} of shape {tuple(labels.shape)}")
+        return labels
+
     def maybe_resample(lw, tensors, final=False):
         # Never after the last reweighting: the output keeps its importance weights (resampling
-        # there would only add noise and hide the ESS of the final weights).
+        # there would only add noise and hide the ESS of the final weights). ``tensors[0]`` is y.
         level = len(ess_tr) - 1
-        if ess_tr[-1] < ess_threshold and not final:
-            if not bool(torch.isfinite(lw).any()):
-                raise RuntimeError(f"SMC: every particle has weight zero at level {level} "
-                                   f"(t = {t_tr[-1]:g}, beta = {b_tr[-1]:g})")
+        if final or (states is None and ess_tr[-1] >= ess_threshold):
+            return lw, tensors
+        if not bool(torch.isfinite(lw).any()):
+            raise RuntimeError(f"SMC: every particle has weight zero at level {level} "
+                               f"(t = {t_tr[-1]:g}, beta = {b_tr[-1]:g})")
+        if states is not None:
+            out = resample_by_state(lw, state_labels(tensors[0]), generator, resampling, ess_threshold)
+            if out is None:
+                return lw, tensors
+            idx, lw = out
+        else:
             idx = resample(lw, generator, resampling).to(lw.device)
-            tensors = [v[idx] for v in tensors]
-            for key in ancestors:
-                ancestors[key] = ancestors[key][idx]
             lw = log_mean_exp(lw).expand(n).clone()
-            resampled.append(level)
+        tensors = [v[idx] for v in tensors]
+        for key in ancestors:
+            ancestors[key] = ancestors[key][idx]
+        resampled.append(level)
         return lw, tensors
 
     def record(lw, t, beta):
@@ -727,7 +754,14 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                     beta = 1.0
                 else:
                     remaining = 1.0 - beta_prev
-                    full = next_beta_increment(lw, slope, remaining, float(anneal_cess))
+                    if states is None:
+                        full = next_beta_increment(lw, slope, remaining, float(anneal_cess))
+                    else:  # the smallest step any state allows
+                        labels = state_labels(y)
+                        steps_ok = [next_beta_increment(lw[labels == s_], slope[labels == s_], remaining,
+                                                        float(anneal_cess)) for s_ in torch.unique(labels)
+                                    if bool(torch.isfinite(lw[labels == s_] + slope[labels == s_]).any())]
+                        full = min(steps_ok, default=remaining)
                     step = min(full, max_increment)
                     if remaining - step < 0.25 * max_increment:  # no sliver of a last level
                         step = full
