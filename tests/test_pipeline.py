@@ -47,3 +47,9 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     assert main(["quickstart", "-o", out, "--fast", "--no-progress", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["stage_seconds"]["simulate"] == 0.0 and again["stage_seconds"]["sample"] == 0.0
+
+    # SMC resampling within the phi states of the peptide (boltzgen sample --per-state-resampling)
+    assert main(["sample", os.path.join(out, "run"), "-n", "16", "-o", str(tmp_path / "states.h5"), "--steps", "5",
+                 "--anneal", "2", "--final-mcmc-steps", "2", "--per-state-resampling", "--no-progress", "--json"]) == 0
+    by_state = json.loads(capsys.readouterr().out)
+    assert by_state["per_state_resampling"] is True and 0 < by_state["ess_fraction"] <= 1
