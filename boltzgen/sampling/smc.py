@@ -64,7 +64,7 @@ import torch
 from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
 from .chirality import chiral_centres, fix_chirality, in_l_region
 from .mcmc import DEFAULT_TARGET_ACCEPTANCE, hmc_step, mala_step
-from .resampling import RESAMPLING_METHODS, ess_fraction, log_mean_exp, resample, resample_by_state
+from .resampling import RESAMPLING_METHODS, ess_fraction, log_mean_exp, resample_by_state
 from .sde import (
     SDE_METHODS, TIME_SPACINGS, _event_shape, _mean_free, _model_device, _sigma_data, _t_min, model_energy_and_score,
     prior_log_prob, prior_variance, reverse_kernel, sample_prior, time_grid, unwrap_model,
@@ -635,21 +635,19 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
 
     def maybe_resample(lw, tensors, final=False):
         # Never after the last reweighting: the output keeps its importance weights (resampling
-        # there would only add noise and hide the ESS of the final weights). ``tensors[0]`` is y.
+        # there would only add noise and hide the ESS of the final weights). ``tensors[0]`` is y;
+        # without ``states`` all particles form one state (resampled when the global ESS is low).
         level = len(ess_tr) - 1
         if final or (states is None and ess_tr[-1] >= ess_threshold):
             return lw, tensors
         if not bool(torch.isfinite(lw).any()):
             raise RuntimeError(f"SMC: every particle has weight zero at level {level} "
                                f"(t = {t_tr[-1]:g}, beta = {b_tr[-1]:g})")
-        if states is not None:
-            out = resample_by_state(lw, state_labels(tensors[0]), generator, resampling, ess_threshold)
-            if out is None:
-                return lw, tensors
-            idx, lw = out
-        else:
-            idx = resample(lw, generator, resampling).to(lw.device)
-            lw = log_mean_exp(lw).expand(n).clone()
+        labels = state_labels(tensors[0]) if states is not None else torch.zeros(n, dtype=torch.long)
+        out = resample_by_state(lw, labels, generator, resampling, ess_threshold)
+        if out is None:
+            return lw, tensors
+        idx, lw = out
         tensors = [v[idx] for v in tensors]
         for key in ancestors:
             ancestors[key] = ancestors[key][idx]
@@ -758,10 +756,10 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                         full = next_beta_increment(lw, slope, remaining, float(anneal_cess))
                     else:  # the smallest step any state allows
                         labels = state_labels(y)
-                        steps_ok = [next_beta_increment(lw[labels == s_], slope[labels == s_], remaining,
-                                                        float(anneal_cess)) for s_ in torch.unique(labels)
-                                    if bool(torch.isfinite(lw[labels == s_] + slope[labels == s_]).any())]
-                        full = min(steps_ok, default=remaining)
+                        masks = [labels == s_ for s_ in torch.unique(labels)]
+                        full = min((next_beta_increment(lw[m], slope[m], remaining, float(anneal_cess))
+                                    for m in masks if bool(torch.isfinite(lw[m] + slope[m]).any())),
+                                   default=remaining)
                     step = min(full, max_increment)
                     if remaining - step < 0.25 * max_increment:  # no sliver of a last level
                         step = full
