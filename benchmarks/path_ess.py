@@ -36,7 +36,8 @@ def path_ess(run_dir: str, n: int, steps: int, seed: int) -> dict:
     start = time.perf_counter()
     result = smc_sample(model, None, n, torch.Generator().manual_seed(seed), n_steps=steps, ess_threshold=0.0)
     t, ess = result.t.numpy(), result.ess.numpy()
-    at = {f"{t[int(np.argmin(np.abs(t - x)))]:.3f}": float(ess[int(np.argmin(np.abs(t - x)))]) for x in REPORT_TIMES}
+    nearest = [int(np.argmin(np.abs(t - x))) for x in REPORT_TIMES]
+    at = {f"{t[i]:.3f}": float(ess[i]) for i in nearest}
     at[f"{t[-1]:.3g}"] = float(ess[-1])
     return {"run_dir": os.path.abspath(run_dir), "ess_fraction_at_t": at, "ess_fraction_t_min": float(ess[-1]),
             "seconds": time.perf_counter() - start}
