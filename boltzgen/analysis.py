@@ -186,7 +186,7 @@ class _Binned:
 
 
 def free_energy_profile(values, log_w=None, bins=60, range=(-math.pi, math.pi), n_bootstrap: int = 200,
-                        seed=0) -> FreeEnergyProfile:
+                        seed=0, block_size: int = 1) -> FreeEnergyProfile:
     """Free-energy profile F(s) = −ln p(s) of weighted samples of a collective variable s, in kT.
 
     p is the histogram density of the whole (weighted) sample, samples outside ``range``
@@ -208,6 +208,10 @@ def free_energy_profile(values, log_w=None, bins=60, range=(-math.pi, math.pi), 
         0 skips the bootstrap.
     seed : int, numpy Generator or None
         Random state of the bootstrap.
+    block_size : int
+        Block length of the bootstrap (:func:`boltzgen.weights.bootstrap`): 1 for independent
+        samples, longer than the correlation time for a trajectory (see
+        :func:`boltzgen.weights.block_size_for`).
 
     Returns
     -------
@@ -252,7 +256,7 @@ def free_energy_profile(values, log_w=None, bins=60, range=(-math.pi, math.pi), 
         reps = np.empty((int(n_bootstrap), n_bins))
         with np.errstate(divide="ignore"):
             for r in builtins_range(int(n_bootstrap)):
-                c = np.bincount(rng.integers(0, n, size=n), minlength=n)[binned.order]
+                c = np.bincount(W.bootstrap_indices(n, rng, block_size), minlength=n)[binned.order]
                 reps[r] = binned.log_density(lw_sorted + np.log(c))
         finite = np.isfinite(reps)
         with np.errstate(invalid="ignore"):

@@ -9,7 +9,9 @@ sample`` or ``boltzgen reweight``: weighted), optionally a reference sample file
 - ``energy_histogram.png``: weighted histograms of the reduced energy against the reference;
 - ``ess_trace.png``: the ESS fraction along the SMC levels (when SMC metrics are found);
 - ``training_loss.png``: the training-loss curves of the run that made the samples;
-- ``metrics.json``: n, ESS, W2 distances to the reference, ΔF = F(φ > 0) − F(φ < 0);
+- ``metrics.json``: n, ESS, W2 distances to the reference, ΔF = F(φ > 0) − F(φ < 0) (errors of
+  files from ``boltzgen simulate``, time-ordered MD frames, by a block bootstrap:
+  ``bootstrap_block_size``);
 - ``index.html``: one page with the figures and a metrics table.
 
 Figures use matplotlib's Agg canvas directly (no pyplot), so the global backend of an interactive
@@ -68,6 +70,16 @@ def _save(fig, out_dir: str, name: str, figures: dict, key: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     figures[key] = name
+
+
+def _block_size(samples, tors) -> int:
+    """Bootstrap block length of a sample file: for time-ordered frames (``boltzgen simulate``:
+    MD or MCMC chains) from the correlation of the φ states (:func:`boltzgen.weights.block_size_for`),
+    else 1 (independent particles)."""
+    if samples is None or tors is None or (samples.metadata or {}).get("command") != "simulate":
+        return 1
+    phi = np.asarray(tors[0])
+    return W.block_size_for(np.stack([phi < 0, phi > 0], 1).astype(np.float64))
 
 
 def _log_w(samples) -> np.ndarray:
@@ -172,14 +184,14 @@ def _plot_ramachandran(out_dir, figures, tors, lw, ref_tors, ref_lw):
     _save(fig, out_dir, "ramachandran.png", figures, "ramachandran")
 
 
-def _plot_profiles(out_dir, figures, tors, lw, ref_tors, ref_lw, seed):
+def _plot_profiles(out_dir, figures, tors, lw, ref_tors, ref_lw, seed, blocks=(1, 1)):
     fig, axes = _figure(2, width=5.0, height=3.8)
     for k, (ax, name) in enumerate(zip(axes, ("φ", "ψ"))):
-        series = [("samples", tors[k], lw, "C0", "-")]
+        series = [("samples", tors[k], lw, "C0", "-", blocks[0])]
         if ref_tors is not None:
-            series.append(("reference", ref_tors[k], ref_lw, "C1", "--"))
-        for label, values, w, color, style in series:
-            prof = A.free_energy_profile(values, w, bins=60, n_bootstrap=100, seed=seed)
+            series.append(("reference", ref_tors[k], ref_lw, "C1", "--", blocks[1]))
+        for label, values, w, color, style, block in series:
+            prof = A.free_energy_profile(values, w, bins=60, n_bootstrap=100, seed=seed, block_size=block)
             f = np.where(np.isfinite(prof.f_kT), prof.f_kT, np.nan)
             ax.plot(prof.centers, f, style, color=color, label=label)
             err = np.where(np.isfinite(prof.f_err_kT), prof.f_err_kT, np.nan)
@@ -268,7 +280,8 @@ def _plot_training(out_dir, figures, log: dict) -> None:
 # ---------------------------------------------------------------------------- html
 _CAPTIONS = {
     "ramachandran": "Weighted Ramachandran free-energy map F(φ, ψ) in kT (white: no weight).",
-    "torsion_profiles": "Free-energy profiles along φ and ψ, bands one bootstrap standard error.",
+    "torsion_profiles": "Free-energy profiles along φ and ψ, bands one bootstrap standard error "
+                        "(block bootstrap for MD trajectories).",
     "energy_histogram": "Weighted reduced-energy histograms.",
     "ess_trace": "ESS fraction after each SMC reweighting (dotted: resampling).",
     "training_loss": "Training and validation losses (train_log.csv).",
@@ -407,10 +420,15 @@ def analyze(path: str, out_dir: str, reference: Optional[str] = None, *, run_dir
         notes.append("not a molecular system: torsion plots and metrics skipped")
     if tors is not None:
         _plot_ramachandran(out_dir, figures, tors, lw, ref_tors, ref_lw)
-        _plot_profiles(out_dir, figures, tors, lw, ref_tors, ref_lw, seed)
-        for prefix, (phi, _), w in [("", tors, lw)] + ([("reference_", ref_tors, ref_lw)] if ref_tors else []):
+        # MD frames are correlated in time: block bootstrap, blocks set by the slow φ states
+        # (independent SMC or importance-sampling particles: the plain bootstrap)
+        blocks = [_block_size(source, t) for source, t in ((samples, tors), (ref, ref_tors))]
+        _plot_profiles(out_dir, figures, tors, lw, ref_tors, ref_lw, seed, blocks)
+        runs = [("", tors, lw, blocks[0])] + ([("reference_", ref_tors, ref_lw, blocks[1])] if ref_tors else [])
+        for prefix, (phi, _), w, block in runs:
+            metrics[f"{prefix}bootstrap_block_size"] = block
             try:
-                est = W.delta_f(w, phi < 0, phi > 0, n_bootstrap=200, seed=seed)
+                est = W.delta_f(w, phi < 0, phi > 0, n_bootstrap=200, seed=seed, block_size=block)
             except ValueError as exc:
                 metrics[f"{prefix}delta_f_kT"] = None
                 notes.append(f"{prefix}delta_f (phi > 0 vs phi < 0): {exc}")

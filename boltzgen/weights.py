@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = [
     "Estimate", "log_weights", "logsumexp", "normalized_weights", "ess", "ess_fraction", "log_z",
-    "expectation", "delta_f", "bootstrap", "phi_psi", "phi_states", "has_phi", "PHI_ATOMS", "PSI_ATOMS",
+    "expectation", "delta_f", "bootstrap", "bootstrap_indices", "block_size_for", "phi_psi", "phi_states", "has_phi", "PHI_ATOMS", "PSI_ATOMS",
 ]
 
 #: Zero-based atoms of φ and ψ in the built-in alanine-dipeptide topology (``systems/aldp.pdb``),
@@ -195,10 +195,15 @@ def ess_fraction(log_w) -> float:
 
 
 # ---------------------------------------------------------------------------- bootstrap
-def bootstrap(statistic: Callable[..., Any], *arrays, n_bootstrap: int = 200, seed: SeedLike = 0) -> np.ndarray:
+def bootstrap(statistic: Callable[..., Any], *arrays, n_bootstrap: int = 200, seed: SeedLike = 0,
+              block_size: int = 1) -> np.ndarray:
     """Non-parametric bootstrap: the statistic on ``n_bootstrap`` resamplings of the samples.
 
-    Rows (the first axis) of all ``arrays`` are resampled jointly with replacement.
+    Rows (the first axis) of all ``arrays`` are resampled jointly with replacement. With
+    ``block_size`` b > 1 it is the circular block bootstrap (Politis & Romano 1992): ⌈B / b⌉
+    runs of b consecutive rows, each starting at a uniform random row and wrapping around, cut to
+    B rows. Use it for time series (MD frames), whose correlations the plain bootstrap (b = 1)
+    ignores; b should exceed the correlation time (:func:`block_size_for`).
 
     Parameters
     ----------
@@ -209,6 +214,8 @@ def bootstrap(statistic: Callable[..., Any], *arrays, n_bootstrap: int = 200, se
         Number of replicates.
     seed : int, numpy Generator or None
         Random state (a seeded ``numpy.random.Generator`` is built from an int).
+    block_size : int
+        Rows per block (default 1: independent rows).
 
     Returns
     -------
@@ -227,9 +234,71 @@ def bootstrap(statistic: Callable[..., Any], *arrays, n_bootstrap: int = 200, se
     rng = _rng(seed)
     out = []
     for _ in range(int(n_bootstrap)):
-        idx = rng.integers(0, n, size=n)
+        idx = bootstrap_indices(n, rng, block_size)
         out.append(np.asarray(statistic(*(a[idx] for a in arrays)), dtype=np.float64))
     return np.stack(out)
+
+
+def bootstrap_indices(n: int, rng: np.random.Generator, block_size: int = 1) -> np.ndarray:
+    """Row indices of one bootstrap replicate of n rows (circular blocks of ``block_size``).
+
+    Parameters
+    ----------
+    n : int
+        Rows B.
+    rng : numpy.random.Generator
+    block_size : int
+        b ≥ 1 (capped at n): ⌈n / b⌉ runs of b consecutive rows from uniform random starts,
+        wrapping around, cut to n rows; b = 1 is the plain bootstrap.
+
+    Returns
+    -------
+    ndarray of int64, shape (n,)
+    """
+    b = int(block_size)
+    if b < 1 or b != block_size:
+        raise ValueError(f"block_size must be a positive integer, got {block_size}")
+    b = min(b, n)
+    starts = rng.integers(0, n, size=-(-n // b))
+    return ((starts[:, None] + np.arange(b)[None, :]) % n).reshape(-1)[:n]
+
+
+def block_size_for(series, min_blocks: int = 16) -> int:
+    """Block length for the block bootstrap of a time series, by Flyvbjerg–Petersen blocking.
+
+    The series is averaged over blocks of 1, 2, 4, … rows; the standard error of its mean
+    estimated from the block means grows with the block length until the blocks are longer than
+    the correlation time, then levels off. This returns the block length (a power of 2, with at
+    least ``min_blocks`` blocks) at which that estimate is largest: a conservative choice, since
+    too short a block underestimates the error of correlated data.
+
+    Parameters
+    ----------
+    series : array, shape (T,) or (T, k)
+        The observable(s) along the trajectory (e.g. the indicator of a state); with k columns the
+        largest block length over the columns.
+    min_blocks : int
+        Fewest blocks allowed (default 16).
+
+    Returns
+    -------
+    int
+        Block length in rows (1 for uncorrelated data or series shorter than 2 · min_blocks).
+    """
+    f = _as_float64(series, "series")
+    f = f.reshape(f.shape[0], -1)
+    best = 1
+    for col in f.T:
+        b, top, size = 1, -1.0, 1
+        while f.shape[0] // b >= int(min_blocks):
+            m = f.shape[0] // b
+            means = col[: m * b].reshape(m, b).mean(1)
+            se = float(means.std(ddof=1) / math.sqrt(m))
+            if se > top:
+                top, size = se, b
+            b *= 2
+        best = max(best, size)
+    return best
 
 
 def _bootstrap_error(replicates: np.ndarray, what: str) -> Any:
@@ -345,7 +414,8 @@ def _state_mask(state, name: str, n: int, x) -> np.ndarray:
     return mask
 
 
-def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike = 0) -> Estimate:
+def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike = 0,
+            block_size: Union[int, str] = 1) -> Estimate:
     """Free-energy difference ΔF_AB = F_B − F_A = −ln(Σ_{x∈B} w / Σ_{x∈A} w), in kT.
 
     Parameters
@@ -361,6 +431,11 @@ def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike
         Bootstrap replicates for the standard error.
     seed : int, numpy Generator or None
         Random state of the bootstrap.
+    block_size : int or "auto"
+        Block length of the bootstrap (:func:`bootstrap`): 1 (default) for independent samples
+        (importance sampling, SMC); for a time-ordered trajectory (MD, replica exchange) a length
+        above its correlation time, or ``"auto"`` for :func:`block_size_for` of the two state
+        indicators. The plain bootstrap of correlated frames underestimates the error.
 
     Returns
     -------
@@ -390,7 +465,11 @@ def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike
             return -(logsumexp(lw_[b_]) - logsumexp(lw_[a_])) if a_.any() and b_.any() else np.nan
 
     value = float(stat(lw, a, b))
-    reps = bootstrap(stat, lw, a, b, n_bootstrap=n_bootstrap, seed=seed)
+    if isinstance(block_size, str):
+        if block_size != "auto":
+            raise ValueError(f"block_size must be a positive integer or 'auto', got {block_size!r}")
+        block_size = block_size_for(np.stack([a, b], 1).astype(np.float64))
+    reps = bootstrap(stat, lw, a, b, n_bootstrap=n_bootstrap, seed=seed, block_size=block_size)
     return Estimate(value, _bootstrap_error(reps, "delta_f"))
 
 
