@@ -32,9 +32,14 @@ if __name__ == "__main__":
                                smc_steps=100, mcmc_steps=0, anneal=16))
     parser.add_argument("--keep-replicas", type=int, default=3,
                         help="training data: frames of this many of the coldest replicas (n-data each)")
+    parser.add_argument("--data-stride", type=int,
+                        help="training data: MD steps (1 fs each) between frames (default: simulate's, 500 = 1 ns of "
+                             "replica exchange for 2000 frames; 2500 gives 5 ns and about 9 times more phi > 0 frames)")
     args = parser.parse_args()
     if args.quick:
         reference_options = data_options = ("--replicas", "2", "--equilibration", "500", "--stride", "50")
     else:
         reference_options, data_options = (), ("--keep-replicas", args.keep_replicas)
+        if args.data_stride:
+            data_options += ("--stride", args.data_stride)
     run_chain(args.system, args, reference_options=reference_options, data_options=data_options, anchors=ANCHORS)
