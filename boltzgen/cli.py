@@ -42,6 +42,19 @@ def _add_file_command_options(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
 
 
+def _block_size_arg(value: str):
+    """``--block-size``: a positive integer or ``auto``."""
+    if value == "auto":
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"block size must be a positive integer or 'auto', got {value!r}")
+    return size
+
+
 def _add_target(parser: argparse.ArgumentParser, positional: bool = False) -> None:
     group = parser.add_argument_group("target (name it one way)")
     if positional:
@@ -387,7 +400,7 @@ def cmd_reweight(args) -> int:
     ----------
     args : argparse.Namespace
         Parsed options (see ``boltzgen reweight --help``): ``samples``, the target, ``log_q``,
-        ``output``, ``n_bootstrap``, ``seed``.
+        ``output``, ``n_bootstrap``, ``block_size``, ``seed``.
 
     Returns
     -------
@@ -407,7 +420,8 @@ def cmd_reweight(args) -> int:
     start = time.perf_counter()
     try:
         metrics = reweight_samples(args.samples, target, log_q=args.log_q, out_path=args.output, seed=args.seed,
-                                   n_bootstrap=args.n_bootstrap, progress=not args.no_progress)
+                                   n_bootstrap=args.n_bootstrap, block_size=args.block_size,
+                                   progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from None
     finally:
@@ -680,6 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: FILE's log_q array)")
     p.add_argument("-o", "--output", required=True, help="output weighted sample file (.h5)")
     p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap replicates of the Delta F error (default 200)")
+    p.add_argument("--block-size", type=_block_size_arg,
+                   help="block length of the bootstrap in frames, or 'auto' (from the correlation of the phi "
+                        "states); default: auto for files from `boltzgen simulate` (correlated MD frames), else 1")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_reweight)
 

@@ -197,6 +197,25 @@ def save_samples(path: str, x, *, topology=None, log_weights=None, log_q=None, r
             handle.attrs[_META_ATTR] = meta_json
 
 
+def is_md_trajectory(metadata: Optional[dict]) -> bool:
+    """Whether a sample file's frames are an MD trajectory in time order (``boltzgen simulate``
+    with MD or replica exchange, or a reweighting of one): correlated frames, whose statistical
+    errors need a block bootstrap (:func:`boltzgen.weights.block_size_for`).
+
+    Parameters
+    ----------
+    metadata : dict or None
+        ``Samples.metadata``.
+
+    Returns
+    -------
+    bool
+    """
+    meta = metadata or {}
+    source = meta.get("source_metadata") if isinstance(meta.get("source_metadata"), dict) else {}
+    return meta.get("method") == "md" or (meta.get("command") == "reweight" and source.get("method") == "md")
+
+
 def load_samples(path: str) -> Samples:
     """Read a sample file written by :func:`save_samples` (or any mdtraj HDF5 trajectory).
 

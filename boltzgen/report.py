@@ -10,7 +10,7 @@ sample`` or ``boltzgen reweight``: weighted), optionally a reference sample file
 - ``ess_trace.png``: the ESS fraction along the SMC levels (when SMC metrics are found);
 - ``training_loss.png``: the training-loss curves of the run that made the samples;
 - ``metrics.json``: n, ESS, W2 distances to the reference, ΔF = F(φ > 0) − F(φ < 0) (errors of
-  files from ``boltzgen simulate``, time-ordered MD frames, by a block bootstrap:
+  MD trajectories, time-ordered correlated frames, by a block bootstrap:
   ``bootstrap_block_size``);
 - ``index.html``: one page with the figures and a metrics table.
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from . import analysis as A
 from . import weights as W
-from .io import atomic_path, load_samples, write_json
+from .io import atomic_path, is_md_trajectory, load_samples, write_json
 
 __all__ = ["analyze"]
 
@@ -73,10 +73,10 @@ def _save(fig, out_dir: str, name: str, figures: dict, key: str) -> None:
 
 
 def _block_size(samples, tors) -> int:
-    """Bootstrap block length of a sample file: for time-ordered frames (``boltzgen simulate``:
-    MD or MCMC chains) from the correlation of the φ states (:func:`boltzgen.weights.block_size_for`),
-    else 1 (independent particles)."""
-    if samples is None or tors is None or (samples.metadata or {}).get("command") != "simulate":
+    """Bootstrap block length of a sample file: for an MD trajectory (:func:`boltzgen.io.is_md_trajectory`)
+    from the correlation of the φ states (:func:`boltzgen.weights.block_size_for`), else 1
+    (independent particles)."""
+    if samples is None or tors is None or not is_md_trajectory(samples.metadata):
         return 1
     phi = np.asarray(tors[0])
     return W.block_size_for(np.stack([phi < 0, phi > 0], 1).astype(np.float64))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import weights as W
-from .io import load_samples, save_samples
+from .io import is_md_trajectory, load_samples, save_samples
 
 __all__ = ["reweight_samples", "check_compatible", "resolve_log_q"]
 
@@ -151,7 +151,7 @@ def _energies(target, x: np.ndarray, progress: bool) -> np.ndarray:
 
 
 def reweight_samples(samples_path: str, target, log_q=None, out_path: Optional[str] = None, *, seed: int = 0,
-                     n_bootstrap: int = 200, progress: bool = False) -> dict:
+                     n_bootstrap: int = 200, block_size=None, progress: bool = False) -> dict:
     """Importance-weight the samples of a file against a target and write a weighted sample file.
 
     Parameters
@@ -169,6 +169,10 @@ def reweight_samples(samples_path: str, target, log_q=None, out_path: Optional[s
         Seed of the bootstrap errors.
     n_bootstrap : int
         Bootstrap replicates of the ΔF error.
+    block_size : int, "auto" or None
+        Block length of the bootstrap (:func:`boltzgen.weights.delta_f`): 1 for independent
+        samples, ``"auto"`` for a trajectory. None (default): ``"auto"`` for MD trajectories
+        (:func:`boltzgen.io.is_md_trajectory`), else 1.
     progress : bool
         Progress bar over the energy evaluation.
 
@@ -177,8 +181,8 @@ def reweight_samples(samples_path: str, target, log_q=None, out_path: Optional[s
     dict
         ``n``, ``n_infinite_energy``, ``ess``, ``ess_fraction``, ``log_z``, ``log_z_err`` and, when the
         molecule has a φ torsion, ``delta_f_kT`` and ``delta_f_err_kT`` (ΔF = F(φ > 0) − F(φ < 0) in kT,
-        None with ``delta_f_note`` when a state has no weight) and the state counts; plus the
-        system, source and output paths.
+        None with ``delta_f_note`` when a state has no weight), ``bootstrap_block_size`` and the
+        state counts; plus the system, source and output paths.
 
     Raises
     ------
@@ -225,8 +229,13 @@ def reweight_samples(samples_path: str, target, log_q=None, out_path: Optional[s
         in_a, in_b = W.phi_states(x, topology)
         metrics.update(n_phi_negative=int(in_a.sum()), n_phi_positive=int(in_b.sum()),
                        delta_f_kT=None, delta_f_err_kT=None)
+        if block_size is None:
+            block_size = "auto" if is_md_trajectory(samples.metadata) else 1
+        if block_size == "auto":
+            block_size = W.block_size_for(np.stack([in_a, in_b], 1).astype(np.float64))
+        metrics["bootstrap_block_size"] = int(block_size)
         try:
-            df = W.delta_f(lw, in_a, in_b, n_bootstrap=n_bootstrap, seed=seed)
+            df = W.delta_f(lw, in_a, in_b, n_bootstrap=n_bootstrap, seed=seed, block_size=block_size)
         except ValueError as exc:
             metrics["delta_f_note"] = f"phi > 0 vs phi < 0: {exc}"
         else:

@@ -275,9 +275,10 @@ def test_analyze_unweighted_without_reference_smc_or_energies(tmp_path, aldp):
 
 
 def test_analyze_uses_a_block_bootstrap_for_md_trajectories(tmp_path, aldp):
-    """A file written by ``boltzgen simulate`` holds time-ordered frames: its ΔF error comes from a
-    block bootstrap (blocks from the correlation of the φ states), larger than the plain bootstrap's
-    when the states come in long runs; the same frames from a sampler are treated as independent."""
+    """An MD trajectory (``method: md``, as ``boltzgen simulate`` writes) holds time-ordered frames:
+    its ΔF error comes from a block bootstrap (blocks from the correlation of the φ states), larger
+    than the plain bootstrap's when the states come in long runs; the same frames from SMC are
+    treated as independent."""
     from boltzgen.report import analyze
 
     rng = np.random.default_rng(21)
@@ -285,14 +286,14 @@ def test_analyze_uses_a_block_bootstrap_for_md_trajectories(tmp_path, aldp):
     runs = np.repeat(rng.random(64) < 0.3, 8)  # the state changes only every 8 frames
     x[runs] *= -1.0  # mirrored frames have phi > 0
     errors = {}
-    for command in ("simulate", "sample"):
-        path = str(tmp_path / f"{command}.h5")
-        save_samples(path, x, topology=aldp.topology, metadata={"system": "aldp-vacuum", "command": command})
-        metrics = analyze(path, str(tmp_path / command))
+    for method in ("md", "smc"):
+        path = str(tmp_path / f"{method}.h5")
+        save_samples(path, x, topology=aldp.topology, metadata={"system": "aldp-vacuum", "method": method})
+        metrics = analyze(path, str(tmp_path / method))
         assert metrics["delta_f_kT"] == pytest.approx(-math.log(runs.mean() / (1 - runs.mean())), abs=1e-9)
-        errors[command] = (metrics["bootstrap_block_size"], metrics["delta_f_err_kT"])
-    assert errors["sample"][0] == 1 and errors["simulate"][0] >= 8
-    assert errors["simulate"][1] > 2.0 * errors["sample"][1], errors  # sqrt(8) for runs of 8
+        errors[method] = (metrics["bootstrap_block_size"], metrics["delta_f_err_kT"])
+    assert errors["smc"][0] == 1 and errors["md"][0] >= 8
+    assert errors["md"][1] > 2.0 * errors["smc"][1], errors  # sqrt(8) for runs of 8
 
 
 def test_analyze_toy_target_skips_torsions(tmp_path):

@@ -132,6 +132,32 @@ def test_reweight_exact_proposal_gives_uniform_weights(tmp_path):
         reweight_samples(str(path), systems.load("gmm-two-modes", dim=2))
 
 
+def test_reweight_uses_a_block_bootstrap_for_md_trajectories(aldp, tmp_path):
+    """The frames of an MD file (``method: md``) are correlated: with states in runs of 8 frames
+    the default error is the block bootstrap's (block ≥ 8), about sqrt(8) times the plain one,
+    which ``block_size=1`` still gives; a file of independent samples gets the plain bootstrap."""
+    rng = np.random.default_rng(2)
+    x = aldp.positions.numpy()[None] + 0.002 * rng.standard_normal((256, 22, 3))
+    runs = np.repeat(rng.random(32) < 0.3, 8)
+    x[runs] *= -1.0
+    log_q = -aldp.reduced_energy(torch.from_numpy(x)).numpy()  # equal weights: the states' counts decide
+    path = str(tmp_path / "md.h5")
+    save_samples(path, x, topology=aldp.topology, log_q=log_q, metadata={"system": "aldp-vacuum", "method": "md"})
+    md = reweight_samples(path, aldp, seed=0)
+    plain = reweight_samples(path, aldp, seed=0, block_size=1)
+    assert md["bootstrap_block_size"] >= 8 and plain["bootstrap_block_size"] == 1
+    assert md["delta_f_kT"] == plain["delta_f_kT"]
+    assert md["delta_f_err_kT"] > 2.0 * plain["delta_f_err_kT"]
+    fixed = reweight_samples(path, aldp, seed=0, block_size=8)
+    assert fixed["bootstrap_block_size"] == 8
+    # a reweighted MD file is still an MD trajectory; SMC particles are not
+    out = str(tmp_path / "w.h5")
+    reweight_samples(path, aldp, seed=0, out_path=out)
+    assert reweight_samples(out, aldp, log_q=log_q, seed=0)["bootstrap_block_size"] >= 8
+    save_samples(path, x, topology=aldp.topology, log_q=log_q, metadata={"system": "aldp-vacuum", "method": "smc"})
+    assert reweight_samples(path, aldp, seed=0)["bootstrap_block_size"] == 1
+
+
 def test_cli_reweight(aldp_file, tmp_path, capsys):
     from boltzgen import cli
 
@@ -148,3 +174,10 @@ def test_cli_reweight(aldp_file, tmp_path, capsys):
     assert cli.main(["reweight", str(path), "--system", "aldp-vacuum", "--workers", "0", "--log-q", "nope",
                      "-o", str(out)]) == 2
     assert "neither an array" in capsys.readouterr().err
+    assert cli.main(["reweight", str(path), "--system", "aldp-vacuum", "--workers", "0", "--log-q", "log_q",
+                     "-o", str(out), "--json", "--block-size", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["bootstrap_block_size"] == 4
+    with pytest.raises(SystemExit):
+        cli.main(["reweight", str(path), "--system", "aldp-vacuum", "--log-q", "log_q", "-o", str(out),
+                  "--block-size", "0"])
+    assert "block size must be a positive integer or 'auto'" in capsys.readouterr().err
