@@ -696,7 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap replicates of the Delta F error (default 200)")
     p.add_argument("--block-size", type=_block_size_arg,
                    help="block length of the bootstrap in frames, or 'auto' (from the correlation of the phi "
-                        "states); default: auto for files from `boltzgen simulate` (correlated MD frames), else 1")
+                        "states); default: auto for MD trajectories (files from `boltzgen simulate` with MD or replica "
+                        "exchange, and reweightings of them), else 1")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_reweight)
 

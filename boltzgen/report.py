@@ -74,12 +74,12 @@ def _save(fig, out_dir: str, name: str, figures: dict, key: str) -> None:
 
 def _block_size(samples, tors) -> int:
     """Bootstrap block length of a sample file: for an MD trajectory (:func:`boltzgen.io.is_md_trajectory`)
-    from the correlation of the φ states (:func:`boltzgen.weights.block_size_for`), else 1
+    from the correlation of the φ states (:func:`boltzgen.weights.resolve_block_size`), else 1
     (independent particles)."""
     if samples is None or tors is None or not is_md_trajectory(samples.metadata):
         return 1
     phi = np.asarray(tors[0])
-    return W.block_size_for(np.stack([phi < 0, phi > 0], 1).astype(np.float64))
+    return W.resolve_block_size("auto", phi < 0, phi > 0)
 
 
 def _log_w(samples) -> np.ndarray:

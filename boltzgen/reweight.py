@@ -231,9 +231,7 @@ def reweight_samples(samples_path: str, target, log_q=None, out_path: Optional[s
                        delta_f_kT=None, delta_f_err_kT=None)
         if block_size is None:
             block_size = "auto" if is_md_trajectory(samples.metadata) else 1
-        if block_size == "auto":
-            block_size = W.block_size_for(np.stack([in_a, in_b], 1).astype(np.float64))
-        metrics["bootstrap_block_size"] = int(block_size)
+        block_size = metrics["bootstrap_block_size"] = W.resolve_block_size(block_size, in_a, in_b)
         try:
             df = W.delta_f(lw, in_a, in_b, n_bootstrap=n_bootstrap, seed=seed, block_size=block_size)
         except ValueError as exc:

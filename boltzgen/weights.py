@@ -26,7 +26,8 @@ import numpy as np
 
 __all__ = [
     "Estimate", "log_weights", "logsumexp", "normalized_weights", "ess", "ess_fraction", "log_z",
-    "expectation", "delta_f", "bootstrap", "bootstrap_indices", "block_size_for", "phi_psi", "phi_states", "has_phi", "PHI_ATOMS", "PSI_ATOMS",
+    "expectation", "delta_f", "bootstrap", "bootstrap_indices", "block_size_for", "resolve_block_size",
+    "phi_psi", "phi_states", "has_phi", "PHI_ATOMS", "PSI_ATOMS",
 ]
 
 #: Zero-based atoms of φ and ψ in the built-in alanine-dipeptide topology (``systems/aldp.pdb``),
@@ -255,10 +256,7 @@ def bootstrap_indices(n: int, rng: np.random.Generator, block_size: int = 1) -> 
     -------
     ndarray of int64, shape (n,)
     """
-    b = int(block_size)
-    if b < 1 or b != block_size:
-        raise ValueError(f"block_size must be a positive integer, got {block_size}")
-    b = min(b, n)
+    b = min(_positive_block(block_size), n)
     starts = rng.integers(0, n, size=-(-n // b))
     return ((starts[:, None] + np.arange(b)[None, :]) % n).reshape(-1)[:n]
 
@@ -299,6 +297,35 @@ def block_size_for(series, min_blocks: int = 16) -> int:
             b *= 2
         best = max(best, size)
     return best
+
+
+def resolve_block_size(block_size: Union[int, str], in_a, in_b) -> int:
+    """The bootstrap block length for a ΔF between two states: an int as given, or ``"auto"``.
+
+    Parameters
+    ----------
+    block_size : int or "auto"
+        A positive integer, or ``"auto"``: :func:`block_size_for` of the two state indicators
+        along the samples (for a time-ordered trajectory).
+    in_a, in_b : boolean array, shape (B,)
+        State membership of each sample, in trajectory order.
+
+    Returns
+    -------
+    int
+    """
+    if isinstance(block_size, str):
+        if block_size != "auto":
+            raise ValueError(f"block_size must be a positive integer or 'auto', got {block_size!r}")
+        return block_size_for(np.stack([np.asarray(in_a), np.asarray(in_b)], 1).astype(np.float64))
+    return _positive_block(block_size)
+
+
+def _positive_block(block_size) -> int:
+    b = int(block_size)
+    if b < 1 or b != block_size:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    return b
 
 
 def _bootstrap_error(replicates: np.ndarray, what: str) -> Any:
@@ -434,8 +461,8 @@ def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike
     block_size : int or "auto"
         Block length of the bootstrap (:func:`bootstrap`): 1 (default) for independent samples
         (importance sampling, SMC); for a time-ordered trajectory (MD, replica exchange) a length
-        above its correlation time, or ``"auto"`` for :func:`block_size_for` of the two state
-        indicators. The plain bootstrap of correlated frames underestimates the error.
+        above its correlation time, or ``"auto"`` (:func:`resolve_block_size`). The plain
+        bootstrap of correlated frames underestimates the error.
 
     Returns
     -------
@@ -465,10 +492,7 @@ def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike
             return -(logsumexp(lw_[b_]) - logsumexp(lw_[a_])) if a_.any() and b_.any() else np.nan
 
     value = float(stat(lw, a, b))
-    if isinstance(block_size, str):
-        if block_size != "auto":
-            raise ValueError(f"block_size must be a positive integer or 'auto', got {block_size!r}")
-        block_size = block_size_for(np.stack([a, b], 1).astype(np.float64))
+    block_size = resolve_block_size(block_size, a, b)
     reps = bootstrap(stat, lw, a, b, n_bootstrap=n_bootstrap, seed=seed, block_size=block_size)
     return Estimate(value, _bootstrap_error(reps, "delta_f"))
 
