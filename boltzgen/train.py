@@ -27,6 +27,7 @@ import csv
 import math
 import os
 import time
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -49,7 +50,8 @@ BASE_CONFIG: dict[str, Any] = {
     "optim": {"optimizer": "adam", "lr": 1e-3, "log_normaliser_lr": None, "weight_decay": 0.0,
               "warmup_steps": 100, "cosine": True, "min_lr_factor": 0.05, "grad_clip": 1.0, "ema": 0.999},
     "train": {"steps": 2000, "batch_size": 256, "checkpoint_every": 250, "log_every": 25,
-              "val_fraction": 0.1, "val_every": 250, "val_batch_size": 256, "threads": None},
+              "val_fraction": 0.1, "val_every": 250, "val_batch_size": 256, "threads": None,
+              "phi_positive_fraction": None},
     "seed": 0,
 }
 
@@ -253,6 +255,9 @@ def validate_config(config: dict) -> None:
         raise ValueError(f"optim.optimizer must be adam or adamw, got {config['optim']['optimizer']!r}")
     if not 0 <= int(config["pretrain_dsm_steps"]) <= int(train["steps"]):
         raise ValueError("pretrain_dsm_steps must be between 0 and train.steps")
+    fraction = train.get("phi_positive_fraction")
+    if fraction is not None and not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"train.phi_positive_fraction must lie in (0, 1) or be null, got {fraction}")
 
 
 # ---------------------------------------------------------------------------- data
@@ -286,6 +291,52 @@ def prepare_data(x: np.ndarray, mean_free: bool) -> tuple[torch.Tensor, float]:
         dof = x[0].numel()
     length_scale = math.sqrt(float((x**2).sum()) / (x.shape[0] * dof))
     return (x / length_scale).float(), length_scale
+
+
+def state_draw_probabilities(in_state, fraction: float, name: str = "the state") -> torch.Tensor:
+    """Per-frame draw probabilities that put ``fraction`` of every batch, on average, in a state.
+
+    Frames in the state are drawn with probability ``fraction / n_in`` each, the others with
+    ``(1 - fraction) / n_out``: within each group the draws stay uniform.
+
+    Parameters
+    ----------
+    in_state : array of bool, shape (B,)
+        Which training frames lie in the state.
+    fraction : float
+        Expected fraction of drawn frames in the state, in (0, 1).
+    name : str
+        The state, as error messages name it.
+
+    Returns
+    -------
+    tensor, float64, shape (B,)
+        Probabilities summing to 1.
+
+    Raises
+    ------
+    ValueError
+        If the fraction lies outside (0, 1), or no frame (or every frame) lies in the state.
+    """
+    in_state = np.asarray(in_state, dtype=bool)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the fraction of a state in each batch must lie in (0, 1), got {fraction}")
+    n_in = int(in_state.sum())
+    if n_in == 0 or n_in == in_state.size:
+        raise ValueError(f"{n_in} of {in_state.size} training frames lie in {name}; oversampling it needs frames "
+                         "both in and out of it (simulate longer, or at higher temperatures)")
+    p = np.where(in_state, fraction / n_in, (1.0 - fraction) / (in_state.size - n_in))
+    return torch.as_tensor(p / p.sum(), dtype=torch.float64)
+
+
+def _phi_positive_frames(x: np.ndarray, topology) -> np.ndarray:
+    """φ > 0 indicator of training frames, for ``train.phi_positive_fraction``."""
+    from .weights import has_phi, phi_states
+
+    if topology is None or not has_phi(topology):
+        raise ValueError("train.phi_positive_fraction needs a peptide with one phi torsion (alanine dipeptide); "
+                         "these data have " + ("no topology" if topology is None else "none"))
+    return phi_states(x, topology)[1]
 
 
 # ---------------------------------------------------------------------------- model I/O
@@ -512,6 +563,20 @@ class Trainer:
         n_val = int(round(float(config["train"]["val_fraction"]) * y.shape[0]))
         self.val_data, self.train_data = y[order[:n_val]], y[order[n_val:]]
         self.topology = topology
+        # Rare-state oversampling: the model then learns a proposal with more phi > 0 weight than the
+        # data have; SMC's weights and the reweighting against the target correct it.
+        self.draw_probabilities: Optional[torch.Tensor] = None
+        fraction = config["train"].get("phi_positive_fraction")
+        if fraction is not None:
+            positive = _phi_positive_frames(data[order[n_val:].numpy()], topology)
+            n_positive = int(positive.sum())
+            self.metadata["n_train_phi_positive"] = n_positive
+            if 0 < n_positive < positive.size:
+                self.draw_probabilities = state_draw_probabilities(positive, float(fraction), "phi > 0")
+            else:  # a shipped default must not stop short runs whose data never left one state
+                warnings.warn(f"train.phi_positive_fraction = {fraction}: {n_positive} of {positive.size} training "
+                              "frames have phi > 0, so frames are drawn uniformly (simulate longer, or keep "
+                              "hotter replicas: boltzgen simulate --keep-replicas)", stacklevel=2)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same seed gives the same initial weights
             self.model = _build_model(config, event_shape, topology, self.length_scale)
@@ -594,6 +659,10 @@ class Trainer:
             if _relevant(state["config"], key) != _relevant(self.config, key):
                 raise ValueError(f"{self.run_dir} holds a run with a different {key!r} configuration "
                                  f"({state['config'].get(key)} vs {self.config.get(key)}); use a new run directory")
+        before = state["config"]["train"].get("phi_positive_fraction")
+        if before != self.config["train"].get("phi_positive_fraction"):
+            raise ValueError(f"{self.run_dir} holds a run with train.phi_positive_fraction = {before}, this run has "
+                             f"{self.config['train'].get('phi_positive_fraction')}; use a new run directory")
         self._load_state(state)
         self._truncate_log(self.step)
         return True
@@ -640,7 +709,7 @@ class Trainer:
             if source.get(key) != self.config.get(key):
                 raise ValueError(f"{path} comes from a run with a different {key!r} configuration "
                                  f"({source.get(key)} vs {self.config.get(key)})")
-        for key in ("steps", "batch_size", "val_fraction"):
+        for key in ("steps", "batch_size", "val_fraction", "phi_positive_fraction"):
             if source["train"].get(key) != self.config["train"].get(key):
                 raise ValueError(f"{path} comes from a run with train.{key} = {source['train'].get(key)}, this run "
                                  f"has {self.config['train'].get(key)} (the schedule and batches would differ)")
@@ -712,7 +781,10 @@ class Trainer:
                     grid=loss["grid"], clf_samples=loss.get("clf_samples", "all"))
 
     def _batch(self, data: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, data.shape[0], (size,), generator=generator)
+        if self.draw_probabilities is None:
+            idx = torch.randint(0, data.shape[0], (size,), generator=generator)
+        else:
+            idx = torch.multinomial(self.draw_probabilities, size, replacement=True, generator=generator)
         return data[idx]
 
     def train_step(self) -> dict:

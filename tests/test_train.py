@@ -243,3 +243,58 @@ def test_lambda_clf_schedule_weights_the_classification_loss_step_by_step(tmp_pa
     for bad in ([[1, 1.0]], [[0, 1.0], [0, 0.5]], [[0, 1.0], [5, -0.1]], [[0, 1.0, 2]], [], "1.0", -0.5):
         with pytest.raises(ValueError, match="lambda_clf"):
             resolve_config(overrides={"loss": {"lambda_clf": bad}})
+
+
+def test_phi_positive_fraction_draws_that_share_of_each_batch_from_the_rare_state(tmp_path):
+    """Oversampling phi > 0 (train.phi_positive_fraction): the drawn share matches the setting
+    (binomial tolerance), frames within each state are drawn uniformly, and bad settings are named."""
+    import mdtraj
+    from boltzgen.train import state_draw_probabilities
+    from boltzgen.weights import phi_states
+
+    from boltzgen.systems.catalog import data_path
+
+    aldp = mdtraj.load(data_path("aldp.pdb"))
+    rng = np.random.default_rng(0)
+    x = aldp.xyz[0].astype(np.float64)[None] + 0.005 * rng.standard_normal((200, aldp.n_atoms, 3))
+    x[-10:] *= -1.0  # mirrored: phi > 0
+    assert phi_states(x, aldp.topology)[1].sum() == 10
+    overrides = {**SMALL, "net": {"kind": "egnn", "hidden": 16, "n_layers": 1}}
+    config = resolve_config(overrides={**overrides, "train": {**SMALL["train"], "phi_positive_fraction": 0.3}})
+    trainer = Trainer(config, x, str(tmp_path / "run"), topology=aldp.topology, progress=False)
+    n_positive = trainer.metadata["n_train_phi_positive"]
+    assert 0 < n_positive <= 10
+    generator = torch.Generator().manual_seed(1)
+    y = torch.cat([trainer._batch(trainer.train_data, 500, generator) for _ in range(40)]).numpy()
+    positive = phi_states(y, aldp.topology)[1]
+    assert abs(positive.mean() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / y.shape[0])
+    p = trainer.draw_probabilities.numpy()
+    train_positive = phi_states(trainer.train_data.numpy(), aldp.topology)[1]
+    np.testing.assert_allclose(p[train_positive], 0.3 / n_positive)
+    np.testing.assert_allclose(p[~train_positive], 0.7 / (len(p) - n_positive))
+    # Uniform draws (the default) see phi > 0 at its share of the data.
+    plain = Trainer(resolve_config(overrides=overrides), x, str(tmp_path / "plain"), topology=aldp.topology,
+                    progress=False)
+    assert plain.draw_probabilities is None
+    y = torch.cat([plain._batch(plain.train_data, 500, generator) for _ in range(40)]).numpy()
+    share = phi_states(y, aldp.topology)[1].mean()
+    assert abs(share - n_positive / len(p)) < 4 * math.sqrt(0.05 / y.shape[0])
+    # The fraction is part of the run: a resume with another one is refused.
+    trainer.fit()
+    other = resolve_config(overrides={**overrides, "train": {**SMALL["train"], "phi_positive_fraction": 0.5}})
+    with pytest.raises(ValueError, match="phi_positive_fraction"):
+        Trainer(other, x, str(tmp_path / "run"), topology=aldp.topology, progress=False).fit()
+    # No frame in the state: a warning and uniform draws; clear errors for no peptide and a
+    # fraction outside (0, 1).
+    with pytest.warns(UserWarning, match="0 of 152 training frames have phi > 0, so frames are drawn uniformly"):
+        assert Trainer(config, x[:190], str(tmp_path / "none"), topology=aldp.topology,
+                       progress=False).draw_probabilities is None
+    with pytest.raises(ValueError, match="phi torsion"):
+        Trainer(config, x, str(tmp_path / "notop"), progress=False)
+    with pytest.raises(ValueError, match="phi_positive_fraction must lie in"):
+        Trainer(resolve_config(overrides={**overrides, "train": {**SMALL["train"], "phi_positive_fraction": 1.0}}),
+                x, str(tmp_path / "bad"), topology=aldp.topology, progress=False)
+    with pytest.raises(ValueError, match="must lie in"):
+        state_draw_probabilities(np.array([True, False]), 0.0)
+    with pytest.raises(ValueError, match="0 of 2 training frames lie in the state"):
+        state_draw_probabilities(np.array([False, False]), 0.5)
