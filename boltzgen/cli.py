@@ -87,6 +87,17 @@ def _target_from_args(args):
         raise CommandError(str(exc).strip("'\"")) from None
 
 
+def _state_delta_f(log_w, in_a, in_b) -> Optional[float]:
+    """F(B) − F(A) in kT of one weighted sample, or None when a state holds no weight."""
+    import numpy as np
+
+    from .weights import logsumexp
+
+    if not (np.isfinite(log_w[in_a]).any() and np.isfinite(log_w[in_b]).any()):
+        return None
+    return float(logsumexp(log_w[in_a]) - logsumexp(log_w[in_b]))
+
+
 def _emit(metrics: dict, args, path: Optional[str]) -> None:
     from .io import write_json
 
@@ -309,10 +320,16 @@ def cmd_sample(args) -> int:
     from .sampling.sde import reverse_sde
     from .sampling.smc import smc_sample
     from .train import load_model
-    from .weights import delta_f, has_phi, phi_states
+    from .weights import delta_f, has_phi, logsumexp, phi_states, pool_runs
+    from .weights import ess_fraction as ess_fraction_of
 
     if args.n < 1:
         raise CommandError(f"-n must be at least 1, got {args.n}")
+    if not 1 <= args.runs <= args.n:
+        raise CommandError(f"--runs must lie between 1 and -n ({args.n}), got {args.runs}")
+    if args.runs > 1 and args.method != "smc":
+        raise CommandError("--runs applies to --method smc (reverse-SDE samples are independent already)")
+    run_index = None
     try:
         model = load_model(args.run_dir)
     except (ValueError, FileNotFoundError) as exc:
@@ -344,25 +361,43 @@ def cmd_sample(args) -> int:
 
                 def states(x):  # 1 for phi > 0, 0 for phi < 0
                     return phi_states(x.cpu().numpy(), topology)[1].astype(np.int64)
-            result = smc_sample(model, target, args.n, generator, n_steps=args.steps, mcmc_steps=args.mcmc_steps,
-                                n_anneal=args.anneal, anneal_cess=args.anneal_cess or None, max_anneal=args.max_anneal,
-                                anneal_mcmc_steps=args.anneal_mcmc_steps, final_mcmc_steps=args.final_mcmc_steps,
-                                tempering=args.tempering, states=states,
-                                chirality=True if use_chirality else None, progress=not args.no_progress)
-            x, log_w, u = result.x, result.log_weights.numpy(), result.reduced_energy.numpy()
-            summary = result.summary()
-            acceptance = [a for a in summary["acceptance"] if a is not None]
-            # The headline ESS is that of the last reweighting; SMC never resamples after it, so it
-            # is also the ESS of the weights in the output file.
-            ess_fraction = float(result.ess[-1])
+            # Independent runs (--runs R): n / R particles each, pooled by their log Z estimates;
+            # their spread gives ΔF an error that includes each run's shared path history.
+            sizes = [args.n // args.runs + (1 if r < args.n % args.runs else 0) for r in range(args.runs)]
+            results = [smc_sample(model, target, size, generator, n_steps=args.steps, mcmc_steps=args.mcmc_steps,
+                                  n_anneal=args.anneal, anneal_cess=args.anneal_cess or None,
+                                  max_anneal=args.max_anneal, anneal_mcmc_steps=args.anneal_mcmc_steps,
+                                  final_mcmc_steps=args.final_mcmc_steps, tempering=args.tempering, states=states,
+                                  chirality=True if use_chirality else None, progress=not args.no_progress)
+                       for size in sizes]
+            x = torch.cat([r.x for r in results])
+            u = torch.cat([r.reduced_energy for r in results]).numpy()
+            if args.runs == 1:
+                log_w = results[0].log_weights.numpy()
+            else:
+                log_w = pool_runs([r.log_weights.numpy() for r in results], [r.log_z for r in results])
+                run_index = np.repeat(np.arange(args.runs), sizes)
+            summaries = [r.summary() for r in results]
+            acceptance = [a for sm in summaries for a in sm["acceptance"] if a is not None]
+            # The headline ESS is that of the final weights: SMC never resamples after the last
+            # reweighting, so for one run it is also the ESS of its last level.
+            ess_fraction = float(results[0].ess[-1]) if args.runs == 1 else ess_fraction_of(log_w)
+            log_z = results[0].log_z if args.runs == 1 else float(logsumexp(np.array([r.log_z for r in results]))
+                                                                   - np.log(args.runs))
             metrics = {"ess": ess_fraction * args.n, "ess_fraction": ess_fraction,
-                       "ess_fraction_final_weights": result.ess_fraction, "resampled_levels": len(result.resampled),
-                       "log_z": result.log_z, "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
-                       "n_reflected": int(result.n_reflected), "n_anneal_levels": summary["n_anneal_levels"],
-                       "n_ancestors": result.n_ancestors, "n_ancestors_anneal": result.n_ancestors_anneal,
-                       "final_acceptance": summary["final_acceptance"], "tempering": args.tempering,
-                       "per_state_resampling": bool(args.per_state_resampling),
-                       "smc": summary}
+                       "ess_fraction_final_weights": ess_fraction_of(log_w),
+                       "resampled_levels": sum(len(r.resampled) for r in results),
+                       "log_z": log_z, "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
+                       "n_reflected": int(sum(r.n_reflected for r in results)),
+                       "n_anneal_levels": max(sm["n_anneal_levels"] for sm in summaries),
+                       "n_ancestors": sum(r.n_ancestors for r in results),
+                       "n_ancestors_anneal": sum(r.n_ancestors_anneal for r in results),
+                       "final_acceptance": summaries[0]["final_acceptance"], "tempering": args.tempering,
+                       "per_state_resampling": bool(args.per_state_resampling), "runs": args.runs,
+                       "smc": summaries[0]}
+            if args.runs > 1:
+                metrics.update(log_z_runs=[r.log_z for r in results],
+                               ess_fraction_runs=[float(r.ess[-1]) for r in results], smc_runs=summaries[1:])
         else:
             x = reverse_sde(model, args.n, generator, n_steps=args.steps)
             log_w, u, metrics = None, target.reduced_energy(x).detach().numpy(), {"n_reflected": 0}
@@ -370,16 +405,22 @@ def cmd_sample(args) -> int:
         target.close()
     x = x.detach().cpu().double().numpy()
     if log_w is not None and target.topology is not None and has_phi(target.topology):
+        in_a, in_b = phi_states(x, target.topology)
         try:
-            in_a, in_b = phi_states(x, target.topology)
-            estimate = delta_f(log_w, in_a, in_b, seed=args.seed)
+            estimate = delta_f(log_w, in_a, in_b, seed=args.seed, groups=run_index)
             metrics.update(delta_f_kT=estimate.value, delta_f_err_kT=estimate.error,
+                           delta_f_error_method="bootstrap of particles" if run_index is None
+                           else f"bootstrap of the {args.runs} independent runs",
                            delta_f_definition="F(phi > 0) - F(phi < 0) in kT")
         except ValueError as exc:
             metrics.update(delta_f_kT=None, delta_f_note=str(exc))
+        if run_index is not None:
+            metrics["delta_f_runs_kT"] = [_state_delta_f(log_w[run_index == r], in_a[run_index == r],
+                                                         in_b[run_index == r]) for r in range(args.runs)]
     meta = {**target.metadata(), "command": "sample", "method": args.method, "seed": args.seed,
-            "run_dir": os.path.abspath(args.run_dir)}
-    save_samples(args.output, x, topology=target.topology, log_weights=log_w, reduced_energy=u, metadata=meta)
+            "run_dir": os.path.abspath(args.run_dir), "runs": args.runs if args.method == "smc" else 1}
+    save_samples(args.output, x, topology=target.topology, log_weights=log_w, reduced_energy=u, metadata=meta,
+                 extra=None if run_index is None else {"smc_run": run_index})
     metrics = {"command": "sample", "system": target.name, "method": args.method, "n_samples": args.n,
                "output": os.path.abspath(args.output), "wall_time_s": time.perf_counter() - start, **metrics}
     _emit(metrics, args, args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.output)), "metrics.json"))
@@ -678,6 +719,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resample within the states phi < 0 and phi > 0 separately (peptides with one phi "
                         "torsion): a state the model puts too high keeps its particles, with small weights, "
                         "until the annealing corrects them (default: resample all particles together)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="independent SMC runs sharing the -n particles, pooled by their log Z: Delta F then gets "
+                        "the error of a bootstrap over runs, which includes the run-to-run spread that the "
+                        "particles of one run share (default 1)")
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_sample)

@@ -82,6 +82,15 @@ def _block_size(samples, tors) -> int:
     return W.resolve_block_size("auto", phi < 0, phi > 0)
 
 
+def _run_groups(samples) -> Optional[np.ndarray]:
+    """Independent-run label of each particle (``boltzgen sample --runs``), or None: ΔF then
+    gets the bootstrap over runs (:func:`boltzgen.weights.delta_f` ``groups``)."""
+    runs = None if samples is None else samples.extra.get("smc_run")
+    if runs is None or np.unique(runs).size < 2:
+        return None
+    return np.asarray(runs).astype(np.int64)
+
+
 def _log_w(samples) -> np.ndarray:
     n = len(samples)
     return np.zeros(n) if samples.log_weights is None else np.asarray(samples.log_weights, dtype=np.float64)
@@ -424,11 +433,14 @@ def analyze(path: str, out_dir: str, reference: Optional[str] = None, *, run_dir
         # (independent SMC or importance-sampling particles: the plain bootstrap)
         blocks = [_block_size(source, t) for source, t in ((samples, tors), (ref, ref_tors))]
         _plot_profiles(out_dir, figures, tors, lw, ref_tors, ref_lw, seed, blocks)
-        runs = [("", tors, lw, blocks[0])] + ([("reference_", ref_tors, ref_lw, blocks[1])] if ref_tors else [])
-        for prefix, (phi, _), w, block in runs:
+        runs = [("", tors, lw, blocks[0], _run_groups(samples))]
+        runs += [("reference_", ref_tors, ref_lw, blocks[1], None)] if ref_tors else []
+        for prefix, (phi, _), w, block, groups in runs:
             metrics[f"{prefix}bootstrap_block_size"] = block
+            if groups is not None:
+                metrics[f"{prefix}bootstrap_runs"] = int(np.unique(groups).size)
             try:
-                est = W.delta_f(w, phi < 0, phi > 0, n_bootstrap=200, seed=seed, block_size=block)
+                est = W.delta_f(w, phi < 0, phi > 0, n_bootstrap=200, seed=seed, block_size=block, groups=groups)
             except ValueError as exc:
                 metrics[f"{prefix}delta_f_kT"] = None
                 notes.append(f"{prefix}delta_f (phi > 0 vs phi < 0): {exc}")

@@ -26,7 +26,8 @@ import numpy as np
 
 __all__ = [
     "Estimate", "log_weights", "logsumexp", "normalized_weights", "ess", "ess_fraction", "log_z",
-    "expectation", "delta_f", "bootstrap", "bootstrap_indices", "block_size_for", "resolve_block_size",
+    "expectation", "delta_f", "bootstrap", "bootstrap_indices", "group_members", "pool_runs", "block_size_for",
+    "resolve_block_size",
     "phi_psi", "phi_states", "has_phi", "PHI_ATOMS", "PSI_ATOMS",
 ]
 
@@ -197,14 +198,16 @@ def ess_fraction(log_w) -> float:
 
 # ---------------------------------------------------------------------------- bootstrap
 def bootstrap(statistic: Callable[..., Any], *arrays, n_bootstrap: int = 200, seed: SeedLike = 0,
-              block_size: int = 1) -> np.ndarray:
+              block_size: int = 1, groups=None) -> np.ndarray:
     """Non-parametric bootstrap: the statistic on ``n_bootstrap`` resamplings of the samples.
 
     Rows (the first axis) of all ``arrays`` are resampled jointly with replacement. With
     ``block_size`` b > 1 it is the circular block bootstrap (Politis & Romano 1992): ⌈B / b⌉
     runs of b consecutive rows, each starting at a uniform random row and wrapping around, cut to
     B rows. Use it for time series (MD frames), whose correlations the plain bootstrap (b = 1)
-    ignores; b should exceed the correlation time (:func:`block_size_for`).
+    ignores; b should exceed the correlation time (:func:`block_size_for`). With ``groups`` it
+    is the cluster bootstrap: whole groups (e.g. independent SMC runs, whose particles share one
+    path history) are drawn with replacement, as many as there are.
 
     Parameters
     ----------
@@ -217,6 +220,8 @@ def bootstrap(statistic: Callable[..., Any], *arrays, n_bootstrap: int = 200, se
         Random state (a seeded ``numpy.random.Generator`` is built from an int).
     block_size : int
         Rows per block (default 1: independent rows).
+    groups : array of int, shape (B,), optional
+        Group label of each row (cluster bootstrap; excludes ``block_size`` > 1).
 
     Returns
     -------
@@ -233,11 +238,77 @@ def bootstrap(statistic: Callable[..., Any], *arrays, n_bootstrap: int = 200, se
     if n_bootstrap < 2:
         raise ValueError(f"n_bootstrap must be at least 2, got {n_bootstrap}")
     rng = _rng(seed)
+    members = None
+    if groups is not None:
+        if _positive_block(block_size) != 1:
+            raise ValueError("bootstrap takes either groups or a block_size, not both")
+        members = group_members(groups, n)
     out = []
     for _ in range(int(n_bootstrap)):
-        idx = bootstrap_indices(n, rng, block_size)
+        if members is None:
+            idx = bootstrap_indices(n, rng, block_size)
+        else:
+            idx = np.concatenate([members[k] for k in rng.integers(0, len(members), size=len(members))])
         out.append(np.asarray(statistic(*(a[idx] for a in arrays)), dtype=np.float64))
     return np.stack(out)
+
+
+def group_members(groups, n: int) -> list:
+    """Row indices of each group, for the cluster bootstrap.
+
+    Parameters
+    ----------
+    groups : array of int, shape (B,)
+        Group label of each row.
+    n : int
+        Rows B (checked against ``groups``).
+
+    Returns
+    -------
+    list of ndarray of int64
+        One index array per distinct label, in label order.
+
+    Raises
+    ------
+    ValueError
+        If the labels are not integers of length B, or there are fewer than 2 groups.
+    """
+    groups = np.asarray(groups)
+    if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer):
+        raise ValueError(f"groups must be {n} integer labels, one per sample; got {groups.dtype} of shape {groups.shape}")
+    labels = np.unique(groups)
+    if labels.size < 2:
+        raise ValueError(f"the cluster bootstrap needs at least 2 groups (independent runs), got {labels.size}")
+    return [np.flatnonzero(groups == label) for label in labels]
+
+
+def pool_runs(log_w_runs, log_z_runs) -> np.ndarray:
+    """Log-weights of independent SMC (or importance-sampling) runs pooled into one sample.
+
+    Each run's weights are normalised and scaled by its estimate Ẑ_r of the normalising
+    constant, so the pooled weights estimate the target as one run with all the particles would
+    (Ẑ-weighted pooling: unbiased for Z · E[f]; a run whose path found little mass counts little).
+
+    Parameters
+    ----------
+    log_w_runs : sequence of arrays, shapes (B_r,)
+        Each run's log-weights.
+    log_z_runs : sequence of float
+        Each run's log Ẑ_r.
+
+    Returns
+    -------
+    ndarray, shape (Σ B_r,), float64
+        The runs' log-weights one after the other.
+    """
+    if len(log_w_runs) != len(log_z_runs) or not len(log_w_runs):
+        raise ValueError(f"need one log Z per run: {len(log_w_runs)} runs, {len(log_z_runs)} log Z values")
+    out = []
+    for lw, lz in zip(log_w_runs, log_z_runs):
+        lw = _check_log_w(lw)
+        _require_some_weight(lw)
+        out.append(lw - logsumexp(lw) + float(lz))
+    return np.concatenate(out)
 
 
 def bootstrap_indices(n: int, rng: np.random.Generator, block_size: int = 1) -> np.ndarray:
@@ -442,7 +513,7 @@ def _state_mask(state, name: str, n: int, x) -> np.ndarray:
 
 
 def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike = 0,
-            block_size: Union[int, str] = 1) -> Estimate:
+            block_size: Union[int, str] = 1, groups=None) -> Estimate:
     """Free-energy difference ΔF_AB = F_B − F_A = −ln(Σ_{x∈B} w / Σ_{x∈A} w), in kT.
 
     Parameters
@@ -463,6 +534,10 @@ def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike
         (importance sampling, SMC); for a time-ordered trajectory (MD, replica exchange) a length
         above its correlation time, or ``"auto"`` (:func:`resolve_block_size`). The plain
         bootstrap of correlated frames underestimates the error.
+    groups : array of int, shape (B,), optional
+        Independent-run label of each sample (:func:`pool_runs`): the error is then that of the
+        cluster bootstrap over runs. Particles of one SMC run share their path's weight history,
+        so the plain bootstrap of one run's particles misses the run-to-run spread of ΔF.
 
     Returns
     -------
@@ -493,7 +568,7 @@ def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike
 
     value = float(stat(lw, a, b))
     block_size = resolve_block_size(block_size, a, b)
-    reps = bootstrap(stat, lw, a, b, n_bootstrap=n_bootstrap, seed=seed, block_size=block_size)
+    reps = bootstrap(stat, lw, a, b, n_bootstrap=n_bootstrap, seed=seed, block_size=block_size, groups=groups)
     return Estimate(value, _bootstrap_error(reps, "delta_f"))
 
 

@@ -335,3 +335,25 @@ def test_cli_analyze_errors(tmp_path, aldp, capsys):
     assert main(["analyze", samples, "-o", str(tmp_path / "o"), "--reference", small]) == 2
     err = capsys.readouterr().err
     assert "22 atoms" in err and "has 10" in err
+
+
+def test_analyze_bootstraps_over_independent_smc_runs(tmp_path, aldp):
+    """A file of pooled SMC runs (``boltzgen sample --runs``, array ``smc_run``) whose φ > 0 weight
+    differs from run to run: ΔF's error is the bootstrap over runs, well above the particles' one."""
+    from boltzgen.report import analyze
+
+    rng = np.random.default_rng(5)
+    x = _frames(aldp, 512, rng)
+    positive = rng.random(512) < 0.3
+    x[positive] *= -1.0
+    run = np.repeat(np.arange(8), 64)
+    log_w = np.where(positive, np.array([1.5, -1.5, 0.5, -0.5, 2.0, -2.0, 1.0, -1.0])[run], 0.0)
+    errors = {}
+    for name, extra in (("pooled", {"smc_run": run}), ("plain", None)):
+        path = str(tmp_path / f"{name}.h5")
+        save_samples(path, x, topology=aldp.topology, log_weights=log_w, extra=extra,
+                     metadata={"system": "aldp-vacuum", "method": "smc"})
+        metrics = analyze(path, str(tmp_path / name))
+        errors[name] = metrics["delta_f_err_kT"]
+        assert metrics.get("bootstrap_runs") == (8 if extra else None)
+    assert errors["pooled"] > 3.0 * errors["plain"], errors

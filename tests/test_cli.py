@@ -166,5 +166,22 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     assert "needs a peptide with one phi torsion" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "sde.h5"), "--method", "sde", "--steps", "10",
                  "--no-progress"]) == 0
+    # Independent runs pooled by their log Z: the file says which run each particle came from.
+    pooled = tmp_path / "runs.h5"
+    assert main(["sample", str(run), "-n", "97", "-o", str(pooled), "--steps", "10", "--no-progress", "--json",
+                 "--runs", "3"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["runs"] == 3 and len(metrics["log_z_runs"]) == 3 and len(metrics["smc_runs"]) == 2
+    samples = load_samples(str(pooled))
+    assert np.bincount(samples.extra["smc_run"]).tolist() == [33, 32, 32]
+    lw, runs = samples.log_weights, samples.extra["smc_run"]
+    for r, log_z in enumerate(metrics["log_z_runs"]):  # each run's weights sum to its Z estimate
+        np.testing.assert_allclose(np.logaddexp.reduce(lw[runs == r]), log_z, atol=1e-9)
+    np.testing.assert_allclose(metrics["log_z"], np.logaddexp.reduce(metrics["log_z_runs"]) - np.log(3), atol=1e-9)
+    assert abs(metrics["log_z"]) < 1.0
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--runs", "0"]) == 2
+    assert "--runs must lie between 1 and -n (4)" in capsys.readouterr().err
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--runs", "2", "--method", "sde"]) == 2
+    assert "--runs applies to --method smc" in capsys.readouterr().err
     assert main(["sample", str(tmp_path), "-n", "4", "-o", str(out)]) == 2
     assert "model.pt missing" in capsys.readouterr().err

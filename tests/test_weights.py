@@ -250,3 +250,53 @@ def test_phi_psi_of_alanine_dipeptide():
         W.phi_psi(traj.atom_slice([0, 1, 2]))
     with pytest.raises(ValueError, match="do not match a topology of 22 atoms"):
         W.phi_psi(x[:, :21], traj.topology)
+
+
+def _runs_with_path_noise(rng, n_runs=8, n_per_run=200, p_b=0.1, path_sd=1.0):
+    """Independent 'SMC runs' whose particles share one run-level error of state B's weight."""
+    log_w, log_z, in_b, groups = [], [], [], []
+    for r in range(n_runs):
+        b = rng.random(n_per_run) < p_b
+        lw = np.where(b, rng.normal(0.0, path_sd), 0.0) + 0.1 * rng.standard_normal(n_per_run)
+        log_w.append(lw)
+        log_z.append(rng.normal(0.0, 0.3))
+        in_b.append(b)
+        groups.append(np.full(n_per_run, r))
+    return W.pool_runs(log_w, log_z), np.concatenate(in_b), np.concatenate(groups)
+
+
+def test_cluster_bootstrap_over_runs_gives_the_run_to_run_error_of_delta_f():
+    """ΔF pooled from 8 runs whose state weight carries a shared per-run error (sd 1): the
+    cluster bootstrap over runs matches the spread of the pooled estimate over 300 independent
+    repetitions; the plain bootstrap of the particles is several times too small."""
+    rng = np.random.default_rng(3)
+    values, grouped, plain = [], [], []
+    for rep in range(300):
+        lw, b, groups = _runs_with_path_noise(rng)
+        values.append(W.delta_f(lw, ~b, b, n_bootstrap=2, seed=rep).value)
+        if rep < 30:
+            grouped.append(W.delta_f(lw, ~b, b, groups=groups, n_bootstrap=200, seed=rep).error)
+            plain.append(W.delta_f(lw, ~b, b, n_bootstrap=200, seed=rep).error)
+    true_sd = float(np.std(values))
+    assert 0.25 < true_sd < 0.6  # about 1 / sqrt(8) from the per-run error
+    assert abs(np.mean(grouped) / true_sd - 1.0) < 0.3
+    assert np.mean(plain) < 0.5 * true_sd
+
+
+def test_pool_runs_weights_each_run_by_its_normalising_constant():
+    lw = W.pool_runs([np.array([0.0, 0.0]), np.array([5.0, 5.0, 5.0, 5.0])], [math.log(2.0), math.log(6.0)])
+    w = np.exp(lw)
+    np.testing.assert_allclose(w, [1.0, 1.0, 1.5, 1.5, 1.5, 1.5])  # each run sums to its Z
+    groups = np.array([0, 0, 1, 1, 1, 1])
+    assert [m.tolist() for m in W.group_members(groups, 6)] == [[0, 1], [2, 3, 4, 5]]
+    with pytest.raises(ValueError, match="one log Z per run"):
+        W.pool_runs([np.zeros(2)], [0.0, 1.0])
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        W.group_members(np.zeros(6, dtype=int), 6)
+    with pytest.raises(ValueError, match="integer labels"):
+        W.group_members(np.zeros(5, dtype=int), 6)
+    with pytest.raises(ValueError, match="either groups or a block_size"):
+        W.bootstrap(np.mean, np.arange(6.0), groups=groups, block_size=2)
+    # every replicate of the cluster bootstrap is a union of whole runs
+    reps = W.bootstrap(lambda g: np.bincount(g, minlength=2), groups, groups=groups, n_bootstrap=50, seed=0)
+    assert set(map(tuple, reps.astype(int))) <= {(4, 0), (2, 4), (0, 8)}
