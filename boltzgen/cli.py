@@ -248,7 +248,7 @@ def cmd_train(args) -> int:
     args : argparse.Namespace
         Parsed options (see ``boltzgen train --help``): ``data``, ``output`` (run directory),
         ``system``, ``config``, and overrides ``loss``, ``net``, ``steps``, ``batch_size``,
-        ``pretrain_dsm_steps``, ``seed``, ``threads``.
+        ``pretrain_dsm_steps``, ``phi_positive_fraction``, ``seed``, ``threads``.
 
     Returns
     -------
@@ -273,6 +273,13 @@ def cmd_train(args) -> int:
         overrides.setdefault("train", {})["batch_size"] = args.batch_size
     if args.pretrain_dsm_steps is not None:
         overrides["pretrain_dsm_steps"] = args.pretrain_dsm_steps
+    if args.phi_positive_fraction is not None:
+        value = args.phi_positive_fraction.strip().lower()
+        try:
+            overrides.setdefault("train", {})["phi_positive_fraction"] = None if value == "none" else float(value)
+        except ValueError:
+            raise CommandError(f"--phi-positive-fraction must be a number in (0, 1) or 'none', "
+                               f"got {args.phi_positive_fraction!r}") from None
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.threads is not None:
@@ -676,6 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="configurations per step")
     p.add_argument("--pretrain-dsm-steps", type=int,
                    help="steps of DSM alone before the objective takes over (pre-training, then fine-tuning)")
+    p.add_argument("--phi-positive-fraction", metavar="F",
+                   help="share of every batch drawn from the phi > 0 frames (peptides with one phi torsion; "
+                        "'none' draws frames uniformly; default: the system's, 0.25 for alanine dipeptide)")
     p.add_argument("--start-from", metavar="CHECKPOINT",
                    help="continue from another run's DSM pre-training checkpoint (same data, net, optimiser, "
                         "steps, batch and seed; its step within both runs' --pretrain-dsm-steps): the same run "

@@ -176,6 +176,11 @@ def test_cli_train_on_simulated_file(tmp_path, capsys):
     assert yaml.safe_load((run / "config.yaml").read_text())["loss"]["kind"] == "dsm"
     assert main(["train", "--data", str(tmp_path / "missing.h5"), "-o", str(run)]) == 2
     assert "sample file not found" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "-o", str(tmp_path / "phi"), "--config", str(config),
+                 "--phi-positive-fraction", "0.3", "--no-progress"]) == 2
+    assert "phi_positive_fraction needs a peptide with one phi torsion" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "-o", str(tmp_path / "phi"), "--phi-positive-fraction", "half"]) == 2
+    assert "--phi-positive-fraction must be a number in (0, 1) or 'none'" in capsys.readouterr().err
 
 
 def test_molecular_run_stores_topology(tmp_path):
