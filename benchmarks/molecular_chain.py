@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--smc-steps", type=int, default=defaults["smc_steps"], help="SMC diffusion levels")
     parser.add_argument("--mcmc-steps", type=int, default=defaults["mcmc_steps"], help="MALA moves per level")
     parser.add_argument("--anneal", type=int, default=defaults["anneal"], help="annealing levels to the target")
+    parser.add_argument("--runs", type=int, default=defaults.get("runs", 1),
+                        help="independent SMC runs sharing the particles (boltzgen sample --runs)")
     parser.add_argument("--losses", default=",".join(LOSSES), help="objectives to compare")
     parser.add_argument("--threads", type=int, help="torch threads of training (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -62,7 +64,8 @@ QUICK = dict(n_reference=200, n_data=200, steps=20, pretrain_dsm_steps=10, batch
              anneal=4)
 
 
-def run_chain(system: str, args, *, reference_options=(), data_options=(), anchors=None) -> dict:
+def run_chain(system: str, args, *, reference_options=(), data_options=(), train_options=(), sample_options=(),
+              anchors=None) -> dict:
     """Run the chain for ``system`` with the parsed ``args``; writes and returns the result."""
     if args.quick:
         for key, value in QUICK.items():
@@ -86,14 +89,14 @@ def run_chain(system: str, args, *, reference_options=(), data_options=(), ancho
     results = {}
     for loss in [s for s in args.losses.split(",") if s]:
         log(f"=== {system}: {loss}")
-        train_options = ("--threads", args.threads) if args.threads else ()
+        options = tuple(train_options) + (("--threads", args.threads) if args.threads else ())
         if loss == "dsm+diffclf" and args.pretrain_dsm_steps:
-            train_options += ("--pretrain-dsm-steps", args.pretrain_dsm_steps)
+            options += ("--pretrain-dsm-steps", args.pretrain_dsm_steps)
         summary = run_pipeline(os.path.join(args.work, loss), system=system, data=files["data"], loss=loss,
                                train_steps=args.steps, batch_size=args.batch_size, n_samples=args.n_samples,
                                smc_steps=args.smc_steps, mcmc_steps=args.mcmc_steps, anneal=args.anneal,
                                reference=files["reference"], seed=args.seed, progress=False, log=log,
-                               train_options=train_options)
+                               train_options=options, sample_options=("--runs", args.runs, *sample_options))
         seconds, steps = _training_seconds(os.path.join(args.work, loss, "run", "train_log.csv"))
         summary["train_seconds"] = seconds  # summed over the training log: right for resumed runs too
         summary["train_seconds_per_step"] = seconds / max(1, steps)
@@ -108,7 +111,7 @@ def run_chain(system: str, args, *, reference_options=(), data_options=(), ancho
         "quick": bool(args.quick),
         "load_average_1_5_15_min": list(os.getloadavg()),  # wall times are inflated on a busy machine
         "sizes": {**{k: getattr(args, k) for k in ("n_reference", "n_data", "steps", "pretrain_dsm_steps",
-                                                     "batch_size", "n_samples", "smc_steps", "mcmc_steps", "anneal",
+                                                     "batch_size", "n_samples", "smc_steps", "mcmc_steps", "anneal", "runs",
                                                      "seed", "threads")},
                   # what the (possibly reused) files hold, not what was asked for
                   **{f"n_{stage}": _n_frames(path) for stage, path in files.items()}},

@@ -576,9 +576,13 @@ def cmd_quickstart(args) -> int:
         print(f"  ESS              {fmt(summary['ess'], '.1f')} of {summary['n_samples']} "
               f"({fmt(summary['ess_fraction'], '.1%')}; the particles descend from "
               f"{fmt(summary.get('n_ancestors_anneal'), 'd')} of those at t_min)", file=sys.stderr)
+        per_run = summary.get("delta_f_runs_kT")
         print(f"  F(phi>0) - F(phi<0)  {fmt(summary.get('delta_f_kT'))} +- {fmt(summary.get('delta_f_err_kT'))} kT "
               f"(reference data: {fmt(summary.get('reference_delta_f_kT'))} +- "
               f"{fmt(summary.get('reference_delta_f_err_kT'))} kT)"
+              + (f"\n                   error: {summary['delta_f_error_method']}" if summary.get("delta_f_error_method")
+                 else "")
+              + (f"; runs: {', '.join(fmt(v, '.1f') for v in per_run)} kT" if per_run else "")
               + (f"\n                   no estimate: {summary['delta_f_note']} (state B: phi > 0)"
                  if summary.get("delta_f_note") else ""), file=sys.stderr)
         print(f"  energy W2        {fmt(summary.get('energy_w2'), '.3f')} kT against the training data", file=sys.stderr)

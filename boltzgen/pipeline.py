@@ -181,6 +181,8 @@ def run_pipeline(out_dir: str, *, system: str = "aldp-vacuum", data: Optional[st
         "log_z": sampled.get("log_z"), "n_reflected": sampled.get("n_reflected"),
         "n_ancestors": sampled.get("n_ancestors"), "n_ancestors_anneal": sampled.get("n_ancestors_anneal"),
         "delta_f_kT": sampled.get("delta_f_kT"), "delta_f_err_kT": sampled.get("delta_f_err_kT"),
+        "delta_f_error_method": sampled.get("delta_f_error_method"), "runs": sampled.get("runs", 1),
+        "delta_f_runs_kT": sampled.get("delta_f_runs_kT"),
     }
     if sampled.get("delta_f_note"):
         summary["delta_f_note"] = sampled["delta_f_note"]
