@@ -31,7 +31,7 @@ if __name__ == "__main__":
     parser.add_argument("--system", default="aldp-vacuum", choices=["aldp-vacuum", "aldp-implicit"])
     add_arguments(parser, dict(work="bench-work/aldp", out="bench-results/aldp.json", n_reference=10000,
                                n_data=2000, steps=3000, pretrain_dsm_steps=2000, batch_size=64, n_samples=1024,
-                               smc_steps=100, mcmc_steps=0, anneal=16, runs=4))
+                               smc_steps=400, mcmc_steps=0, anneal=16, runs=4))
     parser.add_argument("--keep-replicas", type=int, default=3,
                         help="training data: frames of this many of the coldest replicas (n-data each)")
     parser.add_argument("--data-stride", type=int, default=2500,
