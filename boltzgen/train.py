@@ -573,7 +573,7 @@ class Trainer:
             self.metadata["n_train_phi_positive"] = n_positive
             if 0 < n_positive < positive.size:
                 self.draw_probabilities = state_draw_probabilities(positive, float(fraction), "phi > 0")
-            else:  # a shipped default must not stop short runs whose data never left one state
+            else:  # a smoke run whose data never left phi < 0 must still train
                 warnings.warn(f"train.phi_positive_fraction = {fraction}: {n_positive} of {positive.size} training "
                               "frames have phi > 0, so frames are drawn uniformly (simulate longer, or keep "
                               "hotter replicas: boltzgen simulate --keep-replicas)", stacklevel=2)
