@@ -87,17 +87,6 @@ def _target_from_args(args):
         raise CommandError(str(exc).strip("'\"")) from None
 
 
-def _state_delta_f(log_w, in_a, in_b) -> Optional[float]:
-    """F(B) − F(A) in kT of one weighted sample, or None when a state holds no weight."""
-    import numpy as np
-
-    from .weights import logsumexp
-
-    if not (np.isfinite(log_w[in_a]).any() and np.isfinite(log_w[in_b]).any()):
-        return None
-    return float(logsumexp(log_w[in_a]) - logsumexp(log_w[in_b]))
-
-
 def _emit(metrics: dict, args, path: Optional[str]) -> None:
     from .io import write_json
 
@@ -327,7 +316,7 @@ def cmd_sample(args) -> int:
     from .sampling.sde import reverse_sde
     from .sampling.smc import smc_sample
     from .train import load_model
-    from .weights import delta_f, has_phi, logsumexp, phi_states, pool_runs
+    from .weights import delta_f, delta_f_point, has_phi, logsumexp, phi_states, pool_runs
     from .weights import ess_fraction as ess_fraction_of
 
     if args.n < 1:
@@ -422,8 +411,9 @@ def cmd_sample(args) -> int:
         except ValueError as exc:
             metrics.update(delta_f_kT=None, delta_f_note=str(exc))
         if run_index is not None:
-            metrics["delta_f_runs_kT"] = [_state_delta_f(log_w[run_index == r], in_a[run_index == r],
-                                                         in_b[run_index == r]) for r in range(args.runs)]
+            per_run = [delta_f_point(log_w[run_index == r], in_a[run_index == r], in_b[run_index == r])
+                       for r in range(args.runs)]
+            metrics["delta_f_runs_kT"] = [v if np.isfinite(v) else None for v in per_run]
     meta = {**target.metadata(), "command": "sample", "method": args.method, "seed": args.seed,
             "run_dir": os.path.abspath(args.run_dir), "runs": args.runs if args.method == "smc" else 1}
     save_samples(args.output, x, topology=target.topology, log_weights=log_w, reduced_energy=u, metadata=meta,
@@ -689,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of DSM alone before the objective takes over (pre-training, then fine-tuning)")
     p.add_argument("--phi-positive-fraction", metavar="F",
                    help="share of every batch drawn from the phi > 0 frames (peptides with one phi torsion; "
-                        "'none' draws frames uniformly; default: the system's, 0.25 for alanine dipeptide)")
+                        "'none' draws frames uniformly; default: the system's config, off for the built-in systems)")
     p.add_argument("--start-from", metavar="CHECKPOINT",
                    help="continue from another run's DSM pre-training checkpoint (same data, net, optimiser, "
                         "steps, batch and seed; its step within both runs' --pretrain-dsm-steps): the same run "

@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = [
     "Estimate", "log_weights", "logsumexp", "normalized_weights", "ess", "ess_fraction", "log_z",
-    "expectation", "delta_f", "bootstrap", "bootstrap_indices", "group_members", "pool_runs", "block_size_for",
+    "expectation", "delta_f", "delta_f_point", "bootstrap", "bootstrap_indices", "group_members", "pool_runs", "block_size_for",
     "resolve_block_size",
     "phi_psi", "phi_states", "has_phi", "PHI_ATOMS", "PSI_ATOMS",
 ]
@@ -562,14 +562,33 @@ def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike
             raise ValueError(f"state {name} has no weight: all {int(mask.sum())} samples in state {name} have "
                              "zero weight (log-weight -inf)")
 
-    def stat(lw_, a_, b_):
-        with np.errstate(invalid="ignore"):
-            return -(logsumexp(lw_[b_]) - logsumexp(lw_[a_])) if a_.any() and b_.any() else np.nan
-
-    value = float(stat(lw, a, b))
+    value = delta_f_point(lw, a, b)
     block_size = resolve_block_size(block_size, a, b)
-    reps = bootstrap(stat, lw, a, b, n_bootstrap=n_bootstrap, seed=seed, block_size=block_size, groups=groups)
+    reps = bootstrap(delta_f_point, lw, a, b, n_bootstrap=n_bootstrap, seed=seed, block_size=block_size, groups=groups)
     return Estimate(value, _bootstrap_error(reps, "delta_f"))
+
+
+def delta_f_point(log_w, in_a, in_b) -> float:
+    """The ΔF_AB = F_B − F_A of :func:`delta_f` without an error: nan when a state is empty or
+    holds no weight (e.g. in one bootstrap replicate, or one of several independent runs).
+
+    Parameters
+    ----------
+    log_w : array, shape (B,)
+        Log-weights.
+    in_a, in_b : boolean array, shape (B,)
+        State membership.
+
+    Returns
+    -------
+    float
+        ΔF in kT, or nan.
+    """
+    lw, a, b = np.asarray(log_w, dtype=np.float64), np.asarray(in_a, dtype=bool), np.asarray(in_b, dtype=bool)
+    if not (a.any() and b.any()):
+        return math.nan
+    with np.errstate(invalid="ignore"):
+        return float(-(logsumexp(lw[b]) - logsumexp(lw[a])))
 
 
 # ---------------------------------------------------------------------------- torsions
