@@ -569,8 +569,9 @@ def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike
 
 
 def delta_f_point(log_w, in_a, in_b) -> float:
-    """The ΔF_AB = F_B − F_A of :func:`delta_f` without an error: nan when a state is empty or
-    holds no weight (e.g. in one bootstrap replicate, or one of several independent runs).
+    """The ΔF_AB = F_B − F_A of :func:`delta_f` without an error: nan when a state is empty,
+    ±inf when a state holds no weight (e.g. in one bootstrap replicate, or one of several
+    independent runs).
 
     Parameters
     ----------
@@ -582,7 +583,7 @@ def delta_f_point(log_w, in_a, in_b) -> float:
     Returns
     -------
     float
-        ΔF in kT, or nan.
+        ΔF in kT; nan or ±inf as above.
     """
     lw, a, b = np.asarray(log_w, dtype=np.float64), np.asarray(in_a, dtype=bool), np.asarray(in_b, dtype=bool)
     if not (a.any() and b.any()):
