@@ -99,6 +99,22 @@ def test_simulate_keep_replicas_ladder_data(tmp_path, capsys):
                  "--keep-replicas", "2", "--workers", "0"]) == 2
     assert "--keep-replicas 2 needs replica exchange" in capsys.readouterr().err
 
+    # --quench: the same MD; the target-temperature frames are untouched, the hotter frames are
+    # relaxed to 300 K (their u, from OpenMM, drops below the hot frames'), and u stays exact.
+    quenched = tmp_path / "quenched.h5"
+    args_quench = [a if a != str(out) else str(quenched) for a in args] + ["--quench", "0.2"]
+    assert main(args_quench) == 0
+    cold = load_samples(str(quenched))
+    np.testing.assert_allclose(cold.x[:5], samples.x[:5], atol=1e-6)
+    np.testing.assert_array_equal(cold.log_weights, samples.log_weights)
+    assert cold.metadata["quench"]["time_ps"] == 0.2 and cold.metadata["quench"]["n_frames"] == 5
+    assert cold.reduced_energy[5:].mean() < samples.reduced_energy[5:].mean()
+    target = systems.load("aldp-vacuum", n_workers=0)
+    np.testing.assert_allclose(cold.reduced_energy, target.reduced_energy(torch.from_numpy(cold.x)).numpy(), atol=0.05)
+    target.close()
+    assert main(args_plain + ["--quench", "0.5"]) == 2
+    assert "--quench needs a positive time in ps and --keep-replicas of at least 2" in capsys.readouterr().err
+
 
 def test_simulate_analytic_and_lj(tmp_path, capsys):
     assert main(["simulate", "gmm-40", "--dim", "3", "-n", "50", "-o", str(tmp_path / "g.h5"), "--json",
