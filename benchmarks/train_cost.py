@@ -9,6 +9,12 @@ molecular systems). Steps of the three objectives are interleaved in one run, so
 hits them alike; the median per objective is reported.
 
     python benchmarks/train_cost.py [--batch 256] [--steps 12] [--k 2] [--out bench-results/train_cost.json]
+
+``--processes P`` instead times data-parallel training (``boltzgen train --processes P``, one
+thread each) against one process with P threads, at the same global batch, on a short
+alanine-dipeptide run through the CLI (rounds alternate, so background load hits both alike):
+
+    python benchmarks/train_cost.py --processes 2 --batch 64 --steps 60 --out bench-results/train_processes.json
 """
 
 from __future__ import annotations
@@ -66,6 +72,40 @@ def measure(batch: int, steps: int, k: int, threads: int, seed: int = 0, net: st
             "evaluations": n_energy, "timing": "median over interleaved steps after one warm-up round"}
 
 
+def measure_processes(processes: int, batch: int, steps: int, rounds: int = 2, seed: int = 0) -> dict:
+    """Seconds per training step of P one-thread processes and of one process with P threads."""
+    import csv
+    import shutil
+    import tempfile
+
+    from boltzgen.cli import main as boltzgen
+
+    def seconds_per_step(run_dir: str) -> float:  # mean over the logged windows after the first
+        with open(os.path.join(run_dir, "train_log.csv")) as handle:
+            rows = [float(r["seconds"]) for r in csv.DictReader(handle) if r.get("seconds")]
+        return statistics.mean(rows[1:] or rows)
+
+    times: dict[str, list] = {"one_process": [], "processes": []}
+    with tempfile.TemporaryDirectory() as work:
+        data = os.path.join(work, "data.h5")
+        assert boltzgen(["simulate", "aldp-vacuum", "-n", "200", "-o", data, "--replicas", "1", "--equilibration",
+                         "200", "--stride", "20", "--no-progress", "--seed", str(seed)]) == 0
+        for _ in range(rounds):
+            for name, options in (("one_process", ["--threads", str(processes)]),
+                                  ("processes", ["--threads", "1", "--processes", str(processes)])):
+                run = os.path.join(work, name)
+                shutil.rmtree(run, ignore_errors=True)
+                assert boltzgen(["train", "--data", data, "-o", run, "--steps", str(steps), "--batch-size", str(batch),
+                                 "--seed", str(seed), "--no-progress", *options]) == 0
+                times[name].append(seconds_per_step(run))
+    one, many = statistics.median(times["one_process"]), statistics.median(times["processes"])
+    return {"system": "aldp-vacuum", "net": "egnn (shipped defaults)", "batch": batch, "steps": steps,
+            "processes": processes, "cpu_count": os.cpu_count(), "seconds_per_step_one_process": one,
+            "seconds_per_step_processes": many, "speedup": one / many, "rounds": times,
+            "timing": f"median over {rounds} alternating rounds of the mean seconds per step after the first "
+                      "logged window; one process runs P threads, each of the P processes one"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=256)
@@ -73,9 +113,13 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--net", default="egnn", choices=["egnn", "e3nn"])
+    parser.add_argument("--processes", type=int, help="time data-parallel training over this many processes instead")
     parser.add_argument("--out", default="bench-results/train_cost.json")
     args = parser.parse_args(argv)
-    result = measure(args.batch, args.steps, args.k, args.threads, net=args.net)
+    if args.processes:
+        result = measure_processes(args.processes, args.batch, args.steps)
+    else:
+        result = measure(args.batch, args.steps, args.k, args.threads, net=args.net)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=2)

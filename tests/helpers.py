@@ -13,3 +13,35 @@ class ZeroNet(nn.Module):
 
     def forward(self, x, t):
         return self.w * x.reshape(x.shape[0], -1).sum(1)
+
+
+def two_process_training(rank: int, world: int, init_method: str, run_root: str, config: dict, data) -> None:
+    """Body of each process of ``test_train.test_two_process_training``: under a gloo process
+    group, one optimisation step (parameters saved per rank), a full run, and the same run
+    interrupted after its step-3 checkpoint and resumed; the final parameters go to
+    ``run_root/rank{rank}.pt``."""
+    import os
+
+    import torch
+
+    from boltzgen.train import Trainer
+
+    torch.distributed.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        one = Trainer(config, data, os.path.join(run_root, "one"), progress=False)
+        one.train_step()
+        full = Trainer(config, data, os.path.join(run_root, "full"), progress=False)
+        full.fit()
+        part = Trainer(config, data, os.path.join(run_root, "part"), progress=False)
+        part._write_static_files()
+        for _ in range(3):
+            part.train_step()
+        part.save()  # as after a crash right after the step-3 checkpoint
+        resumed = Trainer(config, data, os.path.join(run_root, "part"), progress=False)
+        resumed.fit()
+        torch.save({"one": one.model.inner.state_dict(), "full": full.model.inner.state_dict(),
+                    "resumed": resumed.model.inner.state_dict(), "local_batch": one.local_batch},
+                   os.path.join(run_root, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()

@@ -303,3 +303,52 @@ def test_phi_positive_fraction_draws_that_share_of_each_batch_from_the_rare_stat
         state_draw_probabilities(np.array([True, False]), 0.0)
     with pytest.raises(ValueError, match="0 of 2 training frames lie in the state"):
         state_draw_probabilities(np.array([False, False]), 0.5)
+
+
+def test_two_process_training(tmp_path, gmm_data):
+    """Data-parallel training (2 gloo processes): each draws half the batch from its own seed and
+    the step applies the average of their gradients - bit for bit the update of one process that
+    averages the two half-batch gradients itself -, both processes hold identical parameters, and
+    a run interrupted after a checkpoint resumes bit for bit (every process's batch generator is
+    in the checkpoint)."""
+    import torch.multiprocessing as mp
+
+    from boltzgen.losses import compute_loss
+    from helpers import two_process_training
+
+    config = resolve_config(overrides=SMALL)
+    mp.spawn(two_process_training, args=(2, f"file://{tmp_path / 'store'}", str(tmp_path), config, gmm_data),
+             nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["local_batch"] == SMALL["train"]["batch_size"] // 2
+    for key in ("one", "full", "resumed"):
+        for a, b in zip(ranks[0][key].values(), ranks[1][key].values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(ranks[0]["full"].values(), ranks[0]["resumed"].values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    state = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert state["world"] == 2 and not torch.equal(*state["rank_generators"])
+
+    # the first step, done in one process: the two half-batch gradients averaged by hand
+    sim = Trainer(config, gmm_data, str(tmp_path / "sim"), progress=False)
+    params = list(sim.model.inner.parameters())
+    grads = []
+    for rank in range(2):
+        generator = torch.Generator().manual_seed(int(config["seed"]) * 1000003 + rank)
+        x0 = sim._batch(sim.train_data, SMALL["train"]["batch_size"] // 2, generator)
+        sim.optimiser.zero_grad(set_to_none=True)
+        compute_loss(sim.model.inner, x0, generator, **sim._loss_options(0))["total"].backward()
+        grads.append([p.grad.clone() for p in params])
+    for p, g0, g1 in zip(params, *grads):
+        p.grad = (g0 + g1) / 2
+    for group in sim.optimiser.param_groups:
+        group["lr"] = group["base_lr"] / SMALL["optim"]["warmup_steps"]  # step 0 of the warm-up
+    clip = config["optim"].get("grad_clip")
+    torch.nn.utils.clip_grad_norm_(params, float(clip) if clip else float("inf"))
+    sim.optimiser.step()
+    for a, b in zip(sim.model.inner.state_dict().values(), ranks[0]["one"].values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # one process refuses a batch that does not split; the CLI says so
+    with pytest.raises(ValueError, match="divisible by the number of training processes"):
+        boltzgen.train.train_in_processes(3, "unused.h5", str(tmp_path / "x"), system="gmm-two-modes",
+                                          overrides=SMALL)
