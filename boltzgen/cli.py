@@ -551,7 +551,7 @@ def cmd_quickstart(args) -> int:
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed options (see ``boltzgen quickstart --help``): ``output``, ``fast``, ``seed``.
+        Parsed options (see ``boltzgen quickstart --help``): ``output``, ``fast``, ``long``, ``seed``.
 
     Returns
     -------
@@ -565,7 +565,9 @@ def cmd_quickstart(args) -> int:
     """
     from .pipeline import QUICKSTART_SIZES, run_pipeline
 
-    sizes = dict(QUICKSTART_SIZES["fast" if args.fast else "default"])
+    if args.fast and args.long:
+        raise CommandError("--fast and --long exclude each other")
+    sizes = dict(QUICKSTART_SIZES["fast" if args.fast else "long" if args.long else "default"])
     if not args.json:
         print(f"boltzgen quickstart: alanine dipeptide in vacuum (amber99sbildn, 300 K) into {args.output}/ - "
               f"replica-exchange data, DSM + DiffCLF training of an EGNN energy, SMC with OpenMM reweighting, "
@@ -576,7 +578,7 @@ def cmd_quickstart(args) -> int:
                                log=None if not args.json else (lambda line: print(line, file=sys.stderr)), **sizes)
     except RuntimeError as exc:
         raise CommandError(str(exc)) from None
-    summary = {"command": "quickstart", "fast": bool(args.fast), **summary}
+    summary = {"command": "quickstart", "fast": bool(args.fast), "long": bool(args.long), **summary}
     _emit(summary, args, os.path.join(args.output, "metrics.json"))
     if not args.json:
         def fmt(value, spec=".2f"):
@@ -802,6 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="boltzgen-quickstart", metavar="DIR",
                    help="output directory (default ./boltzgen-quickstart)")
     p.add_argument("--fast", action="store_true", help="a one-minute smoke run with tiny sizes")
+    p.add_argument("--long", action="store_true",
+                   help="about an hour: the recipe of benchmarks/aldp.py (5 ns of data, phi > 0 oversampled in "
+                        "training, 3000 steps, 4 pooled SMC runs of 400 levels), which gives Delta F with an error")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(p)
     p.set_defaults(func=cmd_quickstart)

@@ -53,3 +53,23 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
                  "--anneal", "2", "--final-mcmc-steps", "2", "--per-state-resampling", "--no-progress", "--json"]) == 0
     by_state = json.loads(capsys.readouterr().out)
     assert by_state["per_state_resampling"] is True and 0 < by_state["ess_fraction"] <= 1
+
+
+def test_quickstart_long_is_the_benchmark_recipe(capsys):
+    """--long runs the DSM + DiffCLF arm of benchmarks/aldp.py: its options parse as the commands
+    take them, and it matches the benchmark's data, training and SMC settings."""
+    from boltzgen.cli import build_parser
+    from boltzgen.pipeline import QUICKSTART_SIZES
+
+    long = QUICKSTART_SIZES["long"]
+    parser = build_parser()
+    simulate = parser.parse_args(["simulate", "aldp-vacuum", "-n", str(long["n_data"]), "-o", "x.h5",
+                                  *map(str, long["simulate_options"])])
+    assert simulate.keep_replicas == 3 and simulate.stride == 2500
+    train = parser.parse_args(["train", "--data", "x.h5", "-o", "run", *map(str, long["train_options"])])
+    assert train.pretrain_dsm_steps == 2000 and train.phi_positive_fraction == "0.25" and train.processes == 2
+    sample = parser.parse_args(["sample", "run", "-n", "8", "-o", "s.h5", *map(str, long["sample_options"])])
+    assert sample.per_state_resampling and sample.runs == 4
+    assert (long["train_steps"], long["batch_size"], long["n_samples"], long["smc_steps"]) == (3000, 64, 1024, 400)
+    assert main(["quickstart", "--fast", "--long"]) == 2
+    assert "--fast and --long exclude each other" in capsys.readouterr().err
