@@ -45,11 +45,15 @@ def temperature_ladder(temperature: float, t_max: float, replicas: int) -> np.nd
     return float(temperature) * (float(t_max) / float(temperature)) ** (np.arange(replicas) / (replicas - 1))
 
 
+def _openmm_seed_values(sequence: np.random.SeedSequence, n: int) -> list[int]:
+    """``n`` OpenMM random seeds from a SeedSequence (non-zero int32: 0 means 'random' in OpenMM)."""
+    return [int(v % (2**31 - 2)) + 1 for v in sequence.generate_state(n, dtype=np.uint32)]
+
+
 def _openmm_seeds(seed: int, replicas: int) -> tuple[list[int], list[int], np.random.Generator]:
-    """Integrator seeds, velocity seeds (non-zero int32, since 0 means 'random' in OpenMM) and the
-    numpy Generator of the exchange decisions, all derived from ``seed``."""
-    ints = np.random.SeedSequence(seed).generate_state(2 * replicas, dtype=np.uint32)
-    to_seed = [int(v % (2**31 - 2)) + 1 for v in ints]
+    """Integrator seeds, velocity seeds and the numpy Generator of the exchange decisions, all
+    derived from ``seed``."""
+    to_seed = _openmm_seed_values(np.random.SeedSequence(seed), 2 * replicas)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
     return to_seed[:replicas], to_seed[replicas:], rng
 
@@ -437,8 +441,8 @@ def quench(system: openmm.System, positions: np.ndarray, temperature: float, *, 
     n_steps = max(1, int(round(time_ps * 1000.0 / timestep)))
     integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, friction / unit.picosecond,
                                                  timestep * unit.femtosecond)
-    integer_seeds = np.random.SeedSequence(seed).generate_state(len(positions) + 1, dtype=np.uint32)
-    to_seed = [int(v % (2**31 - 2)) + 1 for v in integer_seeds]  # 0 means "random" in OpenMM
+    # a stream of its own: the replica-exchange run of the same seed uses spawn keys () and (1,)
+    to_seed = _openmm_seed_values(np.random.SeedSequence(seed, spawn_key=(2,)), len(positions) + 1)
     integrator.setRandomNumberSeed(to_seed[0])
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform))
     out = np.empty_like(positions)
