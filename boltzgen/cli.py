@@ -222,12 +222,13 @@ def cmd_simulate(args) -> int:
 
             hot = slice(len(result.positions), None)
             quench_start = time.perf_counter()
-            positions[hot], potential = quench(target.system, positions[hot], target.temperature, time_ps=args.quench,
+            settings = dict(time_ps=float(args.quench), friction=10.0, minimize=True)  # recorded as run
+            positions[hot], potential = quench(target.system, positions[hot], target.temperature, **settings,
                                                platform=result.metadata["parameters"]["platform"], seed=args.seed)
             reduced_energy[hot] = potential / target.kT
-            meta["quench"] = {"time_ps": float(args.quench), "friction_per_ps": 10.0, "minimize": True,
-                              "temperature_K": target.temperature, "n_frames": int(len(potential)),
-                              "wall_time_s": time.perf_counter() - quench_start}
+            meta["quench"] = {"time_ps": settings["time_ps"], "friction_per_ps": settings["friction"],
+                              "minimize": settings["minimize"], "temperature_K": target.temperature,
+                              "n_frames": int(len(potential)), "wall_time_s": time.perf_counter() - quench_start}
     save_samples(args.output, positions, topology=target.topology, reduced_energy=reduced_energy,
                  log_weights=log_weights, metadata=meta, extra=arrays)
     if os.path.exists(checkpoint):

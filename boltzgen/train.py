@@ -501,6 +501,37 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def local_batch_size(batch_size: int, processes: int) -> int:
+    """Each training process's share of a batch.
+
+    Parameters
+    ----------
+    batch_size : int
+        ``train.batch_size``: the configurations of one optimisation step.
+    processes : int
+        Number of data-parallel training processes.
+
+    Returns
+    -------
+    int
+        ``batch_size / processes``.
+
+    Raises
+    ------
+    ValueError
+        If the batch does not split evenly.
+    """
+    if batch_size % processes:
+        raise ValueError(f"train.batch_size = {batch_size} must be divisible by the number of training processes "
+                         f"({processes}): each draws an equal share of every batch")
+    return batch_size // processes
+
+
+def _batch_seed(seed: int, rank: int) -> int:
+    """Seed of the batch generator of training process ``rank`` (distinct streams per process)."""
+    return seed * 1000003 + rank
+
+
 def ema_decay(decay: float, step: int) -> float:
     """EMA decay used after optimisation step ``step`` (0-based): min(decay, (1 + step) / (10 + step)).
 
@@ -555,11 +586,7 @@ class Trainer:
         self.metadata = dict(metadata or {})
         self.progress = progress
         self.rank, self.world = _dist_info()
-        batch = int(config["train"]["batch_size"])
-        if batch % self.world:
-            raise ValueError(f"train.batch_size = {batch} must be divisible by the number of training processes "
-                             f"({self.world}): each draws an equal share of every batch")
-        self.local_batch = batch // self.world
+        self.local_batch = local_batch_size(int(config["train"]["batch_size"]), self.world)
         data = np.asarray(data)
         event_shape = tuple(data.shape[1:])
         mean_free = len(event_shape) == 2 and event_shape[1] == 3
@@ -597,7 +624,7 @@ class Trainer:
         self.optimiser = optimiser(groups)
         for group in self.optimiser.param_groups:
             group["base_lr"] = group["lr"]
-        self.generator = torch.Generator().manual_seed(seed * 1000003 + self.rank)
+        self.generator = torch.Generator().manual_seed(_batch_seed(seed, self.rank))
         self.step = 0
         self.best_val: Optional[float] = None
         self.start_checkpoint = start_from
@@ -714,7 +741,7 @@ class Trainer:
         else:  # the batches cannot continue bit for bit: start fresh streams, distinct per rank and step
             warnings.warn(f"the checkpoint was written by {len(generators)} training process(es), this run has "
                           f"{self.world}: training continues, with new random batches", stacklevel=2)
-            self.generator.manual_seed(int(self.config["seed"]) * 1000003 + self.rank + 7919 * (int(state["step"]) + 1))
+            self.generator.manual_seed(_batch_seed(int(self.config["seed"]), self.rank) + 7919 * (int(state["step"]) + 1))
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.best_val = state.get("best_val")
@@ -1064,10 +1091,7 @@ def train_in_processes(processes: int, data_path: str, run_dir: str, **options) 
         return {**train_from_file(data_path, run_dir, **options), "processes": 1}
     samples_system = options.get("system") or load_samples(data_path).metadata.get("system")
     config = resolve_config(samples_system, options.get("config_file"), options.get("overrides"))
-    batch = int(config["train"]["batch_size"])
-    if batch % processes:
-        raise ValueError(f"train.batch_size = {batch} must be divisible by the number of training processes "
-                         f"({processes}): each draws an equal share of every batch")
+    local_batch_size(int(config["train"]["batch_size"]), processes)  # refused here, not in a child process
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as rendezvous:
