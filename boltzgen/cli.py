@@ -23,6 +23,10 @@ from . import __version__
 # an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+#: Below this effective sample size the quickstart's summary warns that its estimates rest on a
+#: handful of samples (the self-normalised estimates and their bootstrap errors then mean little).
+MIN_TRUSTED_ESS = 10
+
 
 class CommandError(Exception):
     """A user error: printed as one line, exit status 2."""
@@ -589,6 +593,10 @@ def cmd_quickstart(args) -> int:
         print(f"  ESS              {fmt(summary['ess'], '.1f')} of {summary['n_samples']} "
               f"({fmt(summary['ess_fraction'], '.1%')}; the particles descend from "
               f"{fmt(summary.get('n_ancestors_anneal'), 'd')} of those at t_min)", file=sys.stderr)
+        if summary.get("ess") is not None and summary["ess"] < MIN_TRUSTED_ESS:
+            print(f"  warning          the weights rest on fewer than {MIN_TRUSTED_ESS} effective samples: the "
+                  f"model is too far from the force field for the estimates below to mean much (more training: "
+                  f"--long)", file=sys.stderr)
         per_run = summary.get("delta_f_runs_kT")
         print(f"  F(phi>0) - F(phi<0)  {fmt(summary.get('delta_f_kT'))} +- {fmt(summary.get('delta_f_err_kT'))} kT "
               f"(reference data: {fmt(summary.get('reference_delta_f_kT'))} +- "

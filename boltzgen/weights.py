@@ -399,28 +399,13 @@ def _positive_block(block_size) -> int:
     return b
 
 
-def _bootstrap_error(replicates: np.ndarray, what: str, *, central_fallback: bool = False) -> Any:
-    """Standard deviation over replicates; if some replicates are not finite, inf (with a warning).
-
-    With ``central_fallback`` (for replicates that are ±inf where a resample leaves a state without
-    weight, as :func:`delta_f_point` returns them), the error is instead half the width of the
-    central 68.3 % of all replicates, the infinite ones included at their ends, whenever that range
-    is finite (for a normal distribution it equals the standard deviation); inf only when more
-    replicates than that are infinite, or some are nan.
-    """
+def _bootstrap_error(replicates: np.ndarray, what: str) -> Any:
+    """Standard deviation over replicates; inf (with a warning) if some replicates are not finite."""
     finite = np.isfinite(replicates)
-    if finite.all():
-        err = np.std(replicates, axis=0, ddof=1)
-        return float(err) if np.ndim(err) == 0 else err
-    frac = 1.0 - finite.mean()
-    if central_fallback and np.ndim(replicates) == 1 and not np.isnan(replicates).any():
-        low, high = np.quantile(replicates, [0.158655, 0.841345], method="inverted_cdf")
-        if np.isfinite(low) and np.isfinite(high):
-            warnings.warn(f"{what}: {frac:.0%} of bootstrap replicates leave a state without weight (±inf); the error "
-                          "is half the width of the central 68% of the replicates", RuntimeWarning, stacklevel=3)
-            return float(0.5 * (high - low))
-    warnings.warn(f"{what}: {frac:.0%} of bootstrap replicates are undefined (too few samples with weight); "
-                  "the error is reported as inf", RuntimeWarning, stacklevel=3)
+    if not finite.all():
+        frac = 1.0 - finite.mean()
+        warnings.warn(f"{what}: {frac:.0%} of bootstrap replicates are undefined (too few samples with weight); "
+                      "the error is reported as inf", RuntimeWarning, stacklevel=3)
     with np.errstate(invalid="ignore"):
         err = np.std(replicates, axis=0, ddof=1)
     err = np.where(finite.all(axis=0), err, np.inf)
@@ -557,11 +542,10 @@ def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike
     Returns
     -------
     Estimate
-        ``(ΔF_AB, bootstrap standard error)`` in kT (floats). When some bootstrap replicates
-        leave a state without weight (ΔF = ±inf: e.g. resampled runs none of which reached
-        state B), the error is half the width of the central 68 % of the replicates, and inf
-        when that range is not finite (more than 16 % of the replicates); both with a
-        RuntimeWarning.
+        ``(ΔF_AB, bootstrap standard error)`` in kT (floats). The error is inf (with a
+        RuntimeWarning) when some bootstrap replicates leave a state without weight (e.g.
+        resampled runs none of which reached state B): a trimmed spread would hide exactly the
+        runs that say the estimate is not yet settled.
 
     Raises
     ------
@@ -583,7 +567,7 @@ def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike
     value = delta_f_point(lw, a, b)
     block_size = resolve_block_size(block_size, a, b)
     reps = bootstrap(delta_f_point, lw, a, b, n_bootstrap=n_bootstrap, seed=seed, block_size=block_size, groups=groups)
-    return Estimate(value, _bootstrap_error(reps, "delta_f", central_fallback=True))
+    return Estimate(value, _bootstrap_error(reps, "delta_f"))
 
 
 def delta_f_point(log_w, in_a, in_b) -> float:

@@ -29,6 +29,8 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
         metrics = json.load(handle)
     assert metrics["command"] == "quickstart" and metrics["fast"] is True
     assert 0 < metrics["ess"] <= 32 and 0 < metrics["ess_fraction"] <= 1
+    # the summary warns when the weights rest on a handful of samples, and only then
+    assert ("fewer than 10 effective samples" in printed) == (metrics["ess"] < 10)
     assert set(metrics["stage_seconds"]) == {"simulate", "train", "sample", "analyze"}
     assert metrics["energy_w2"] is not None and metrics["energy_w2"] >= 0
     for name in ("index.html", "ramachandran.png", "torsion_profiles.png", "energy_histogram.png",
