@@ -743,7 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output sample file (.h5)")
     p.add_argument("--method", choices=["smc", "sde"], default="smc", help="sampler (default smc)")
     p.add_argument("--steps", type=int, default=100, help="diffusion steps from t = 1 to t_min (default 100)")
-    p.add_argument("--mcmc-steps", type=int, default=0, help="MALA moves per diffusion level (default 0)")
+    p.add_argument("--mcmc-steps", type=int, default=0,
+                   help="MALA moves per diffusion level (default 0). Each costs a model evaluation, like a "
+                        "diffusion step; on alanine dipeptide 2 moves per level at 100 levels made independent "
+                        "runs agree on log Z as 400 levels without moves do")
     p.add_argument("--anneal", type=int, default=16,
                    help="annealing levels from the model to the target: a linear beta grid of this many, or the "
                         "fewest with --anneal-cess (default 16)")
