@@ -13,6 +13,9 @@ Files left in the output directory::
     report/             plots, metrics.json and index.html (boltzgen analyze)
     stages/*.json       metrics of every stage
     metrics.json        the summary: ESS, Delta F, energy W2, ..., wall time per stage
+
+Training with ``--processes`` (the ``long`` sizes) spawns processes that import the calling script
+again: call :func:`run_pipeline` from a script under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations

@@ -1057,7 +1057,11 @@ def train_in_processes(processes: int, data_path: str, run_dir: str, **options) 
     at about the cost of the smaller batch. Without ``train.threads`` each process runs
     ``cpu_count // processes`` torch threads. Checkpoints hold every process's batch generator, so
     a run resumes bit for bit with the same number of processes (with another number it resumes
-    with new random batches, and warns).
+    with new random batches, and warns). The processes are started with ``spawn``, which imports
+    the calling script again: in a script (not a notebook), call this (or ``boltzgen train
+    --processes`` through :func:`boltzgen.pipeline.run_command`) under
+    ``if __name__ == "__main__":``, or Python stops the processes with an error about the
+    "bootstrapping phase".
 
     Parameters
     ----------
