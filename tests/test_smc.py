@@ -297,6 +297,37 @@ def test_smc_resampling_within_states_still_recovers_the_mode_weights(perturbed)
                    states=lambda x: torch.zeros(3, dtype=torch.long), ess_threshold=1.0)
 
 
+@pytest.mark.parametrize("tempering", [1.0, 0.5])
+def test_smc_denoised_states_label_tweedie_estimates(tempering):
+    """With ``denoised_states`` the diffusion stage labels E[y_0 | y_t] = (y_t − σ_t² ∇E) / α_t.
+
+    Target N(μ, s² I) with μ far from the origin and the exact model: the posterior mean lies
+    within a few s of μ at every noise level (its spread is α s² / (α² s² + σ²)^½ ≤ s, at most
+    s / √b for particles of the tempered density exp(−b E)), while the noisy configurations at
+    t = 1 lie near the origin, |μ| / s = 12 standard deviations away. Resampling at every level
+    calls ``states`` at every level."""
+    mu, s = torch.tensor([3.0, -2.0], dtype=torch.float64), 0.3
+    target = GaussianMixture(mu[None], torch.full((1, 2), s, dtype=torch.float64), [1.0], standardise=False)
+    model = ExactMarginalModel(target)
+    radius = 6.0 / math.sqrt(tempering)
+    for denoise in (True, False):
+        seen = []
+
+        def states(x):
+            seen.append(float(((x - mu) / s).abs().max()))
+            return torch.zeros(x.shape[0], dtype=torch.long)
+
+        r = smc_sample(model, target, 256, torch.Generator().manual_seed(0), n_steps=20, n_anneal=2,
+                       anneal_mcmc_steps=1, states=states, denoised_states=denoise, ess_threshold=1.0,
+                       tempering=tempering)
+        assert len(seen) == 1 + 20 + 1  # the prior, every diffusion level, the first beta (not the last)
+        if denoise:
+            assert max(seen) < radius, seen
+        else:
+            assert seen[0] > 2 * radius, seen[0]
+        assert abs(r.log_z) < 0.2
+
+
 def test_smc_counts_the_ancestors_that_survive_resampling():
     target = two_modes(2)
     never = smc_sample(ExactMarginalModel(target), target, 300, torch.Generator().manual_seed(0), n_steps=10,

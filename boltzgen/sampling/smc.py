@@ -25,7 +25,8 @@ unnormalised densities
    After β = 1, optional moves on the target alone (``final_mcmc_steps``) relax the particles
    without changing their weights (they leave exp(−u) invariant and need no model evaluation).
 4. After every reweighting but the last, **resample** (systematic by default) when ESS/N < ``ess_threshold``
-   (with ``states``: within each metastable state, so each keeps its particles and its weight);
+   (with ``states``: within each metastable state, so each keeps its particles and its weight; with
+   ``denoised_states`` a particle's state during the diffusion is that of its denoised estimate);
    then, optionally, **MCMC moves** (MALA or HMC, :mod:`boltzgen.sampling.mcmc`) that leave the
    current density invariant. Step sizes h = κ · h_ref: h_ref follows the scale of the level's
    density (from the median gradient norm of the particles entering the moves, unless a step
@@ -442,7 +443,8 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                n_leapfrog: int = 5, adapt_rate: float = 1.0, n_anneal: int = 16,
                betas: Optional[Sequence[float]] = None, anneal_cess: Optional[float] = None, max_anneal: int = 64,
                anneal_mcmc_steps: int = 5, anneal_step_size: Optional[float] = None, final_mcmc_steps: int = 0,
-               tempering: float = 1.0, states: Optional[Callable] = None, chirality=None,
+               tempering: float = 1.0, states: Optional[Callable] = None, denoised_states: bool = False,
+               chirality=None,
                batch_size: Optional[int] = None, progress: bool = False) -> SMCResult:
     """SMC from the prior through the learned diffusion marginals to the target (module docstring).
 
@@ -528,7 +530,19 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         at ``anneal_cess``. A state the model puts too high (DSM's mode blindness) keeps the
         particles the proposals put there, with small weights, instead of losing them before the
         annealing corrects its weight; the estimator stays consistent (only the resampling
-        changes). The labels of noisy configurations at t > t_min need not mean anything.
+        changes). The labels of noisy configurations at t > t_min need not mean anything (but
+        see ``denoised_states``).
+    denoised_states : bool
+        During the diffusion stage, label each particle by its denoised estimate instead of its
+        noisy configuration: Tweedie's formula E[y_0 | y_t] = (y_t − σ_t² ∇E(y, t)) / α_t, from
+        the gradient at hand (no extra evaluation; untempered). Labels that need the fine
+        structure of a configuration, such as a torsion angle, are noise until the noise is
+        smaller than a bond, but the denoised estimate shows the state a particle is heading for
+        much earlier (alanine dipeptide: the φ sign of E[y_0 | y_t] agrees with the final one for
+        65–75 % of particles at t = 0.15–0.3, the noisy φ for 50 %), so each state keeps the
+        particles it is going to get. Default False: where the labels are coarse functions of the
+        coordinates (a mixture's modes) the noisy labels did as well or better. Only the
+        resampling changes; the estimator stays consistent.
     chirality : None, True, or (K, 4) array of (N, CA, C, CB) indices
         Fold the particles onto the L-form at t_min (True: the centres of ``target.topology``).
     batch_size : int, optional
@@ -633,6 +647,11 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                              f"got {labels.dtype} of shape {tuple(labels.shape)}")
         return labels
 
+    def denoised(z, grad, t):  # Tweedie: E[y_0 | y_t] = (y_t − σ_t² ∇E(y_t, t)) / α_t (grad is tempered)
+        tt = torch.tensor(float(t), dtype=torch.float64)
+        a, sg = float(m.schedule.alpha(tt)), float(m.schedule.sigma(tt))
+        return (z - sg**2 * grad / exponent(t)) / a
+
     def maybe_resample(lw, tensors, final=False):
         # Never after the last reweighting: the output keeps its importance weights (resampling
         # there would only add noise and hide the ESS of the final weights). ``tensors[0]`` is y;
@@ -643,7 +662,12 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         if not bool(torch.isfinite(lw).any()):
             raise RuntimeError(f"SMC: every particle has weight zero at level {level} "
                                f"(t = {t_tr[-1]:g}, beta = {b_tr[-1]:g})")
-        labels = state_labels(tensors[0]) if states is not None else torch.zeros(n, dtype=torch.long)
+        if states is None:
+            labels = torch.zeros(n, dtype=torch.long)
+        elif denoised_states and b_tr[-1] == 0.0 and t_tr[-1] > tmin:  # diffusion stage: E[y_0 | y_t]
+            labels = state_labels(denoised(tensors[0], tensors[2], t_tr[-1]))
+        else:
+            labels = state_labels(tensors[0])
         out = resample_by_state(lw, labels, generator, resampling, ess_threshold)
         if out is None:
             return lw, tensors
