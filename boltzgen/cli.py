@@ -389,6 +389,7 @@ def cmd_sample(args) -> int:
                                   n_anneal=args.anneal, anneal_cess=args.anneal_cess or None,
                                   max_anneal=args.max_anneal, anneal_mcmc_steps=args.anneal_mcmc_steps,
                                   final_mcmc_steps=args.final_mcmc_steps, tempering=args.tempering, states=states,
+                                  denoised_states=states is not None,
                                   chirality=True if use_chirality else None, progress=not args.no_progress)
                        for size in sizes]
             x = torch.cat([r.x for r in results])
@@ -414,7 +415,8 @@ def cmd_sample(args) -> int:
                        "n_ancestors": sum(r.n_ancestors for r in results),
                        "n_ancestors_anneal": sum(r.n_ancestors_anneal for r in results),
                        "final_acceptance": summaries[0]["final_acceptance"], "tempering": args.tempering,
-                       "per_state_resampling": bool(args.per_state_resampling), "runs": args.runs,
+                       "per_state_resampling": bool(args.per_state_resampling),
+                       "denoised_state_labels": states is not None, "runs": args.runs,
                        "smc": summaries[0]}
             if args.runs > 1:
                 metrics.update(log_z_runs=[r.log_z for r in results],
@@ -766,7 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-state-resampling", action="store_true",
                    help="resample within the states phi < 0 and phi > 0 separately (peptides with one phi "
                         "torsion): a state the model puts too high keeps its particles, with small weights, "
-                        "until the annealing corrects them (default: resample all particles together)")
+                        "until the annealing corrects them; during the diffusion a particle's state is the phi of "
+                        "its denoised estimate E[x_0 | x_t], which shows where it is heading long before its noisy "
+                        "phi does (default: resample all particles together)")
     p.add_argument("--runs", type=int, default=1,
                    help="independent SMC runs sharing the -n particles, pooled by their log Z: Delta F then gets "
                         "the error of a bootstrap over runs, which includes the run-to-run spread that the "

@@ -55,6 +55,7 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
                  "--anneal", "2", "--final-mcmc-steps", "2", "--per-state-resampling", "--no-progress", "--json"]) == 0
     by_state = json.loads(capsys.readouterr().out)
     assert by_state["per_state_resampling"] is True and 0 < by_state["ess_fraction"] <= 1
+    assert by_state["denoised_state_labels"] is True  # the phi of E[x_0 | x_t] during the diffusion
 
 
 def test_quickstart_long_is_the_benchmark_recipe(capsys):
