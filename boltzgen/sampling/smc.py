@@ -650,7 +650,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
     def denoised(z, grad, t):  # Tweedie: E[y_0 | y_t] = (y_t − σ_t² ∇E(y_t, t)) / α_t (grad is tempered)
         tt = torch.tensor(float(t), dtype=torch.float64)
         a, sg = float(m.schedule.alpha(tt)), float(m.schedule.sigma(tt))
-        return (z - sg**2 * grad / exponent(t)) / a
+        return (z - sg**2 * grad / exponent(t)) / a if a > 1e-12 else z  # α = 0: no signal left to denoise
 
     def maybe_resample(lw, tensors, final=False):
         # Never after the last reweighting: the output keeps its importance weights (resampling
