@@ -51,7 +51,8 @@ QUICKSTART_SIZES = {
                  sample_options=("--per-state-resampling", "--runs", 4)),
     "fast": dict(n_data=100, train_steps=20, batch_size=16, n_samples=32, smc_steps=10, mcmc_steps=0, anneal=4,
                  train_options=("--pretrain-dsm-steps", 10),
-                 simulate_options=("--replicas", "1", "--equilibration", "200", "--stride", "20")),
+                 simulate_options=("--replicas", "1", "--equilibration", "200", "--stride", "20"),
+                 sample_options=("--per-state-resampling", "--runs", 2)),
 }
 
 
@@ -196,7 +197,7 @@ def run_pipeline(out_dir: str, *, system: str = "aldp-vacuum", data: Optional[st
         "n_ancestors": sampled.get("n_ancestors"), "n_ancestors_anneal": sampled.get("n_ancestors_anneal"),
         "delta_f_kT": sampled.get("delta_f_kT"), "delta_f_err_kT": sampled.get("delta_f_err_kT"),
         "delta_f_error_method": sampled.get("delta_f_error_method"), "runs": sampled.get("runs", 1),
-        "delta_f_runs_kT": sampled.get("delta_f_runs_kT"),
+        "delta_f_runs_kT": sampled.get("delta_f_runs_kT"), "phi_positive_runs": sampled.get("phi_positive_runs"),
     }
     if sampled.get("delta_f_note"):
         summary["delta_f_note"] = sampled["delta_f_note"]

@@ -9,6 +9,7 @@ import yaml
 
 from boltzgen.cli import main
 from boltzgen.io import load_samples
+from boltzgen.weights import phi_states
 
 
 def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
@@ -31,6 +32,16 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     assert 0 < metrics["ess"] <= 32 and 0 < metrics["ess_fraction"] <= 1
     # the summary warns when the weights rest on a handful of samples, and only then
     assert ("fewer than 10 effective samples" in printed) == (metrics["ess"] < 10)
+    # two SMC runs resampled within the phi states: each run's phi > 0 count matches the file, and
+    # the summary warns about the runs that kept fewer than 10 phi > 0 particles, and only those
+    in_b = phi_states(samples.x, traj.topology)[1]
+    counts = [int(in_b[samples.extra["smc_run"] == r].sum()) for r in range(2)]
+    assert metrics["runs"] == 2 and metrics["phi_positive_runs"] == counts
+    few = [str(r + 1) for r, c in enumerate(counts) if c < 10]
+    if few:
+        assert f"run{'s' if len(few) > 1 else ''} {', '.join(few)} ended with fewer than 10 phi > 0" in printed
+    else:
+        assert "phi > 0 particles: such runs" not in printed
     assert set(metrics["stage_seconds"]) == {"simulate", "train", "sample", "analyze"}
     assert metrics["energy_w2"] is not None and metrics["energy_w2"] >= 0
     for name in ("index.html", "ramachandran.png", "torsion_profiles.png", "energy_histogram.png",
