@@ -442,10 +442,10 @@ def cmd_sample(args) -> int:
         except ValueError as exc:
             metrics.update(delta_f_kT=None, delta_f_note=str(exc))
         if run_index is not None:
-            per_run = [delta_f_point(log_w[run_index == r], in_a[run_index == r], in_b[run_index == r])
-                       for r in range(args.runs)]
+            in_run = [run_index == r for r in range(args.runs)]
+            per_run = [delta_f_point(log_w[m], in_a[m], in_b[m]) for m in in_run]
             metrics["delta_f_runs_kT"] = [v if np.isfinite(v) else None for v in per_run]
-            metrics["phi_positive_runs"] = [int(in_b[run_index == r].sum()) for r in range(args.runs)]
+            metrics["phi_positive_runs"] = [int(in_b[m].sum()) for m in in_run]
     meta = {**target.metadata(), "command": "sample", "method": args.method, "seed": args.seed,
             "run_dir": os.path.abspath(args.run_dir), "runs": args.runs if args.method == "smc" else 1}
     save_samples(args.output, x, topology=target.topology, log_weights=log_w, reduced_energy=u, metadata=meta,
