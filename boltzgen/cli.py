@@ -322,7 +322,7 @@ def cmd_sample(args) -> int:
     ----------
     args : argparse.Namespace
         Parsed options (see ``boltzgen sample --help``): ``run_dir``, the target (default: the
-        system the model was trained on), ``n``, ``method``, ``steps``, ``mcmc_steps``,
+        system the model was trained on), ``n``, ``method``, ``steps``, ``t_min``, ``mcmc_steps``,
         ``anneal``, ``anneal_cess``, ``max_anneal``, ``anneal_mcmc_steps``, ``final_mcmc_steps``, ``tempering``,
         ``per_state_resampling``, ``no_chirality``,
         ``output``, ``seed``.
@@ -363,6 +363,10 @@ def cmd_sample(args) -> int:
         if not model.metadata.get("system"):
             raise CommandError(f"{args.run_dir} does not say which system it was trained on; name the target")
         args.system = model.metadata["system"]
+    if args.t_min is not None and not model.t_min <= args.t_min < 1.0:
+        raise CommandError(f"--t-min must lie in [{model.t_min:g}, 1) (the model is trained down to t = "
+                           f"{model.t_min:g}), got {args.t_min:g}")
+    t_min = model.t_min if args.t_min is None else float(args.t_min)
     target = _target_from_args(args)
     if tuple(target.event_shape) != tuple(model.event_shape):
         raise CommandError(f"the model is for configurations of shape {tuple(model.event_shape)}, "
@@ -389,7 +393,8 @@ def cmd_sample(args) -> int:
             # Independent runs (--runs R): n / R particles each, pooled by their log Z estimates;
             # their spread gives ΔF an error that includes each run's shared path history.
             sizes = [args.n // args.runs + (1 if r < args.n % args.runs else 0) for r in range(args.runs)]
-            results = [smc_sample(model, target, size, generator, n_steps=args.steps, mcmc_steps=args.mcmc_steps,
+            results = [smc_sample(model, target, size, generator, n_steps=args.steps, t_min=t_min,
+                                  mcmc_steps=args.mcmc_steps,
                                   n_anneal=args.anneal, anneal_cess=args.anneal_cess or None,
                                   max_anneal=args.max_anneal, anneal_mcmc_steps=args.anneal_mcmc_steps,
                                   final_mcmc_steps=args.final_mcmc_steps, tempering=args.tempering, states=states,
@@ -426,7 +431,7 @@ def cmd_sample(args) -> int:
                 metrics.update(log_z_runs=[r.log_z for r in results],
                                ess_fraction_runs=[float(r.ess[-1]) for r in results], smc_runs=summaries[1:])
         else:
-            x = reverse_sde(model, args.n, generator, n_steps=args.steps)
+            x = reverse_sde(model, args.n, generator, n_steps=args.steps, t_min=t_min)
             log_w, u, metrics = None, target.reduced_energy(x).detach().numpy(), {"n_reflected": 0}
     finally:
         target.close()
@@ -450,7 +455,7 @@ def cmd_sample(args) -> int:
             "run_dir": os.path.abspath(args.run_dir), "runs": args.runs if args.method == "smc" else 1}
     save_samples(args.output, x, topology=target.topology, log_weights=log_w, reduced_energy=u, metadata=meta,
                  extra=None if run_index is None else {"smc_run": run_index})
-    metrics = {"command": "sample", "system": target.name, "method": args.method, "n_samples": args.n,
+    metrics = {"command": "sample", "system": target.name, "method": args.method, "n_samples": args.n, "t_min": t_min,
                "output": os.path.abspath(args.output), "wall_time_s": time.perf_counter() - start, **metrics}
     _emit(metrics, args, args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.output)), "metrics.json"))
     if not args.json:
@@ -757,6 +762,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output sample file (.h5)")
     p.add_argument("--method", choices=["smc", "sde"], default="smc", help="sampler (default smc)")
     p.add_argument("--steps", type=int, default=100, help="diffusion steps from t = 1 to t_min (default 100)")
+    p.add_argument("--t-min", type=float, default=None, metavar="T",
+                   help="last diffusion time, where the annealing to the target starts (default: the model's "
+                        "t_min; at least that)")
     p.add_argument("--mcmc-steps", type=int, default=0,
                    help="MALA moves per diffusion level (default 0). Each costs a model evaluation, like a "
                         "diffusion step; on alanine dipeptide 2 moves per level at 100 levels made independent "

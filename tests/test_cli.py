@@ -172,7 +172,13 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     assert abs(metrics["log_z"]) < 1.0  # the exact normaliser of the standardised mixture is 1
     samples = load_samples(str(out))
     assert samples.x.shape == (128, 2) and samples.log_weights is not None
-    assert metrics["tempering"] == 1.0
+    assert metrics["tempering"] == 1.0 and metrics["t_min"] == 1e-3  # the model's
+    assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "late.h5"), "--steps", "10", "--no-progress",
+                 "--json", "--t-min", "0.02"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["t_min"] == 0.02 and metrics["smc"]["t"][10] == pytest.approx(0.02)  # the diffusion ends there
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--t-min", "1e-4"]) == 2
+    assert "--t-min must lie in [0.001, 1)" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "64", "-o", str(tmp_path / "tempered.h5"), "--steps", "10", "--no-progress",
                  "--json", "--tempering", "0.5"]) == 0
     assert json.loads(capsys.readouterr().out)["tempering"] == 0.5
