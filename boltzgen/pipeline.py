@@ -31,15 +31,23 @@ from .io import write_json
 __all__ = ["QUICKSTART_SIZES", "run_command", "run_pipeline"]
 
 #: Sizes of ``boltzgen quickstart`` (aldp-vacuum). "default" fits in about 15 minutes on 2 CPU
-#: cores; "long" (about an hour) is the benchmark's recipe, which gives Delta F with an error;
-#: "fast" is a smoke run of about a minute that exercises every stage.
+#: cores and gives Delta F with the error of a bootstrap over 8 SMC runs; "long" (about 40 minutes)
+#: is the benchmark's recipe, with a smaller error; "fast" is a smoke run of about a minute that
+#: exercises every stage.
 QUICKSTART_SIZES = {
-    # DSM pre-training, then DSM + DiffCLF fine-tuning: the score is learnt first, then DiffCLF sets
-    # the energies across noise levels (DSM + DiffCLF from the first step gets the state free
-    # energies right but not yet the local geometry at CPU budgets: systems/aldp-vacuum.train.yaml).
-    "default": dict(n_data=2000, train_steps=1000, batch_size=64, n_samples=512, smc_steps=100, mcmc_steps=0,
-                    anneal=16, train_options=("--pretrain-dsm-steps", 700)),
-    # The recipe of benchmarks/aldp.py's DSM + DiffCLF arm (about an hour): 5 ns of replica exchange
+    # 1 ns of replica exchange keeping all six replicas, the hotter ones' frames relaxed to 300 K
+    # (--quench: 131 phi > 0 frames of 12 000 with seed 0); phi > 0 at a quarter of every batch; DSM
+    # pre-training, then DSM + DiffCLF fine-tuning (the score is learnt first, then DiffCLF sets the
+    # energies across noise levels: systems/aldp-vacuum.train.yaml), 1800 steps of 32 over two
+    # data-parallel processes; 8 pooled SMC runs of 128 particles resampled within the phi states,
+    # the diffusion stopped at t = 0.01: below that the briefly trained energy is rough (on the
+    # 300 K frames its E - u spreads by 10 kT at t = 0.001 against 4-5 kT at 0.005-0.05) and the
+    # runs' log Z scatter by 11 (0.01: by 2.4). Measured: README, Quickstart.
+    "default": dict(n_data=2000, train_steps=1800, batch_size=32, n_samples=1024, smc_steps=200, mcmc_steps=0,
+                    anneal=16, simulate_options=("--keep-replicas", 6, "--quench", 0.5),
+                    train_options=("--pretrain-dsm-steps", 1260, "--phi-positive-fraction", 0.25, "--processes", 2),
+                    sample_options=("--per-state-resampling", "--runs", 8, "--t-min", 0.01)),
+    # The recipe of benchmarks/aldp.py's DSM + DiffCLF arm (about 40 minutes): 5 ns of replica exchange
     # keeping the three coldest replicas (about 200 phi > 0 frames), phi > 0 at a quarter of every
     # training batch, 3000 steps over two data-parallel processes, and 4 pooled SMC runs of 256
     # particles and 400 diffusion levels resampled within the phi states: a Delta F with an error

@@ -87,3 +87,21 @@ def test_quickstart_long_is_the_benchmark_recipe(capsys):
     assert (long["train_steps"], long["batch_size"], long["n_samples"], long["smc_steps"]) == (3000, 64, 1024, 400)
     assert main(["quickstart", "--fast", "--long"]) == 2
     assert "--fast and --long exclude each other" in capsys.readouterr().err
+
+
+def test_quickstart_default_options_parse():
+    """The 15-minute recipe: quenched replica frames, phi > 0 oversampled, 8 pooled SMC runs that
+    stop the diffusion at t = 0.01 (its options parse as the commands take them)."""
+    from boltzgen.cli import build_parser
+    from boltzgen.pipeline import QUICKSTART_SIZES
+
+    default = QUICKSTART_SIZES["default"]
+    parser = build_parser()
+    simulate = parser.parse_args(["simulate", "aldp-vacuum", "-n", str(default["n_data"]), "-o", "x.h5",
+                                  *map(str, default["simulate_options"])])
+    assert simulate.keep_replicas == 6 and simulate.quench == 0.5
+    train = parser.parse_args(["train", "--data", "x.h5", "-o", "run", *map(str, default["train_options"])])
+    assert train.phi_positive_fraction == "0.25" and train.processes == 2
+    assert 0 < train.pretrain_dsm_steps < default["train_steps"]
+    sample = parser.parse_args(["sample", "run", "-n", "8", "-o", "s.h5", *map(str, default["sample_options"])])
+    assert sample.per_state_resampling and sample.runs == 8 and sample.t_min == 0.01
