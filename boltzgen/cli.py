@@ -612,7 +612,9 @@ def cmd_quickstart(args) -> int:
         per_run, counts = summary.get("delta_f_runs_kT"), summary.get("phi_positive_runs")
         print(f"  F(phi>0) - F(phi<0)  {fmt(summary.get('delta_f_kT'))} +- {fmt(summary.get('delta_f_err_kT'))} kT "
               f"(reference data: {fmt(summary.get('reference_delta_f_kT'))} +- "
-              f"{fmt(summary.get('reference_delta_f_err_kT'))} kT)"
+              f"{fmt(summary.get('reference_delta_f_err_kT'))} kT"
+              + (f", from {summary['reference_phi_positive_n']} phi > 0 frames"
+                 if summary.get("reference_phi_positive_n") is not None else "") + ")"
               + (f"\n                   error: {summary['delta_f_error_method']}" if summary.get("delta_f_error_method")
                  else "")
               + (f"; runs: {', '.join(fmt(v, '.1f') for v in per_run)} kT" if per_run else "")

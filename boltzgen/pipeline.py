@@ -219,7 +219,8 @@ def run_pipeline(out_dir: str, *, system: str = "aldp-vacuum", data: Optional[st
         seconds["analyze"] = run_command(["analyze", samples, "-o", report_dir, "--reference", reference,
                                           "--run-dir", run_dir, "--seed", seed], log=log)
         analysed = _read_json(os.path.join(report_dir, "metrics.json"))
-        for key in ("energy_w2", "torsion_w2", "reference_delta_f_kT", "reference_delta_f_err_kT"):
+        for key in ("energy_w2", "torsion_w2", "reference_delta_f_kT", "reference_delta_f_err_kT",
+                    "reference_phi_positive_n"):
             if key in analysed:
                 summary[key] = analysed[key]
         summary["reference"] = os.path.abspath(reference)

@@ -437,6 +437,7 @@ def analyze(path: str, out_dir: str, reference: Optional[str] = None, *, run_dir
         runs += [("reference_", ref_tors, ref_lw, blocks[1], None)] if ref_tors else []
         for prefix, (phi, _), w, block, groups in runs:
             metrics[f"{prefix}bootstrap_block_size"] = block
+            metrics[f"{prefix}phi_positive_n"] = int(np.sum((phi > 0) & np.isfinite(w)))  # with weight
             if groups is not None:
                 metrics[f"{prefix}bootstrap_runs"] = int(np.unique(groups).size)
             try:

@@ -256,6 +256,8 @@ def test_cli_analyze_writes_figures_metrics_and_html(tmp_path, aldp, capsys):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
     assert 1.0 <= metrics["ess"] <= 49.0
     assert metrics["reference_delta_f_kT"] == pytest.approx(-math.log(10 / 50), abs=1e-9)
+    assert metrics["reference_phi_positive_n"] == 10  # the mirrored frames
+    assert metrics["phi_positive_n"] == 15  # the mirrored ones (particle 3, without weight, is not)
     page = (out / "index.html").read_text()
     assert '<img src="ramachandran.png"' in page and "energy_w2" in page
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporaries
