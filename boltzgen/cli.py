@@ -766,7 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100, help="diffusion steps from t = 1 to t_min (default 100)")
     p.add_argument("--t-min", type=float, default=None, metavar="T",
                    help="last diffusion time, where the annealing to the target starts (default: the model's "
-                        "t_min; at least that)")
+                        "t_min; at least that). With a model far from the force field Delta F can move with it by "
+                        "more than its quoted error (README, How it works): compare two values")
     p.add_argument("--mcmc-steps", type=int, default=0,
                    help="MALA moves per diffusion level (default 0). Each costs a model evaluation, like a "
                         "diffusion step; on alanine dipeptide 2 moves per level at 100 levels made independent "
