@@ -621,6 +621,10 @@ def cmd_quickstart(args) -> int:
               + (f" (phi > 0 particles: {', '.join(map(str, counts))})" if counts else "")
               + (f"\n                   no estimate: {summary['delta_f_note']} (state B: phi > 0)"
                  if summary.get("delta_f_note") else ""), file=sys.stderr)
+        if summary.get("delta_f_kT") is not None and per_run:
+            print("  note             the error is the spread of the runs; with a model this briefly trained the "
+                  "sampler's settings (e.g. --t-min) can move Delta F by a few kT more (README, How it works)",
+                  file=sys.stderr)
         few = [r + 1 for r, c in enumerate(counts or []) if c < MIN_STATE_PARTICLES]
         if few:
             print(f"  warning          run{'s' if len(few) > 1 else ''} {', '.join(map(str, few))} ended with fewer "

@@ -42,6 +42,9 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
         assert f"run{'s' if len(few) > 1 else ''} {', '.join(few)} ended with fewer than 10 phi > 0" in printed
     else:
         assert "phi > 0 particles: such runs" not in printed
+    # a Delta F from pooled runs comes with a note that its error is only the runs' spread
+    assert ("the error is the spread of the runs" in printed) == (metrics["delta_f_kT"] is not None)
+    assert f"from {metrics['reference_phi_positive_n']} phi > 0 frames" in printed
     assert set(metrics["stage_seconds"]) == {"simulate", "train", "sample", "analyze"}
     assert metrics["energy_w2"] is not None and metrics["energy_w2"] >= 0
     for name in ("index.html", "ramachandran.png", "torsion_profiles.png", "energy_histogram.png",
