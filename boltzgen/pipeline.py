@@ -32,7 +32,8 @@ __all__ = ["QUICKSTART_SIZES", "run_command", "run_pipeline"]
 
 #: Sizes of ``boltzgen quickstart`` (aldp-vacuum). "default" fits in about 15 minutes on 2 CPU
 #: cores and gives Delta F with the error of a bootstrap over 8 SMC runs; "long" (about 40 minutes)
-#: is the benchmark's recipe, with a smaller error; "fast" is a smoke run of about a minute that
+#: is the benchmark's recipe, with a smaller quoted error (how far to trust either: README, How it
+#: works, "Where the diffusion stops"); "fast" is a smoke run of about a minute that
 #: exercises every stage.
 QUICKSTART_SIZES = {
     # 1 ns of replica exchange keeping all six replicas, the hotter ones' frames relaxed to 300 K
