@@ -324,8 +324,7 @@ class EnergyModel(nn.Module):
             Denoised configurations, in units of x (detached from the graph).
         """
         tt = self._times(t, x)
-        s = self.score(x, tt)
-        return (x + self._per_sample(self.schedule.sigma2(tt)) * s) / self._per_sample(self.schedule.alpha(tt))
+        return self.schedule.denoise(x, self.score(x, tt), self._per_sample(tt))
 
     def log_normaliser(self, t) -> torch.Tensor:
         """F(t) = −(d/2) log(2π c_t²) + f_φ(t), the logit offset of level t in DiffCLF.

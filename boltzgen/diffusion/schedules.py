@@ -144,6 +144,25 @@ class Schedule:
         """
         return self.sigma2(t).sqrt()
 
+    def denoise(self, x_t: torch.Tensor, score: torch.Tensor, t) -> torch.Tensor:
+        """Tweedie's estimate E[x_0 | x_t] = (x_t + σ_t² ∇ log p_t(x_t)) / α_t.
+
+        Parameters
+        ----------
+        x_t : torch.Tensor, shape (B, *event_shape)
+            Noisy configurations, in units of x.
+        score : torch.Tensor, shape of ``x_t``
+            ∇ log p_t at ``x_t`` (units 1/x), e.g. the model's −∇E.
+        t : float or torch.Tensor broadcastable to ``x_t``
+            Diffusion time(s) in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor, shape of ``x_t``
+            The posterior mean of x_0, in units of x.
+        """
+        return (x_t + self.sigma2(t) * score) / self.alpha(t)
+
     def drift_coef(self, t) -> torch.Tensor:
         """f(t) = d log α_t / dt, the linear drift of the forward SDE dx = f x dt + g dW.
 

@@ -647,10 +647,11 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                              f"got {labels.dtype} of shape {tuple(labels.shape)}")
         return labels
 
-    def denoised(z, grad, t):  # Tweedie: E[y_0 | y_t] = (y_t − σ_t² ∇E(y_t, t)) / α_t (grad is tempered)
+    def denoised(z, grad, t):  # Tweedie's E[y_0 | y_t], score −∇E(y_t, t) (grad is tempered: untemper it)
         tt = torch.tensor(float(t), dtype=torch.float64)
-        a, sg = float(m.schedule.alpha(tt)), float(m.schedule.sigma(tt))
-        return (z - sg**2 * grad / exponent(t)) / a if a > 1e-12 else z  # α = 0: no signal left to denoise
+        if float(m.schedule.alpha(tt)) <= 1e-12:  # α = 0: no signal left to denoise
+            return z
+        return m.schedule.denoise(z, -grad / exponent(t), tt)
 
     def maybe_resample(lw, tensors, final=False):
         # Never after the last reweighting: the output keeps its importance weights (resampling
