@@ -250,6 +250,13 @@ def prior_log_prob(model, y: torch.Tensor, prior_var: Optional[float] = None) ->
     return gaussian_log_prob(y.to(torch.float64), 0.0, c2, mean_free=_mean_free(model))
 
 
+#: Configurations per model evaluation on the CPU when no ``batch_size`` is given. On 2 CPU cores a
+#: 1024-configuration pass of the alanine-dipeptide EGNN costs 3.5 times as much per configuration
+#: as four passes of 256 (its (B, N, N, H) pair tensors no longer fit in the cache);
+#: ``benchmarks/eval_chunks.py`` measures it. On a GPU the whole batch goes in one pass.
+CPU_EVAL_CHUNK = 256
+
+
 def model_energy_and_score(model, y: torch.Tensor, t: float, batch_size: Optional[int] = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Energies E(y, t) and scores −∇E, both float64 and detached.
@@ -266,7 +273,8 @@ def model_energy_and_score(model, y: torch.Tensor, t: float, batch_size: Optiona
     t : float
         Diffusion time.
     batch_size : int, optional
-        Evaluate in chunks of this many configurations (memory).
+        Evaluate in chunks of at most this many configurations (default: :data:`CPU_EVAL_CHUNK`
+        on the CPU, all at once on a GPU; 0: all at once).
 
     Returns
     -------
@@ -275,8 +283,10 @@ def model_energy_and_score(model, y: torch.Tensor, t: float, batch_size: Optiona
     score : torch.Tensor, shape (B, *event_shape), float64
         −∇_y E(y, t), units 1/y.
     """
-    if batch_size is not None and y.shape[0] > int(batch_size):
-        parts = [model_energy_and_score(model, chunk, t, None) for chunk in torch.split(y, int(batch_size))]
+    if batch_size is None:
+        batch_size = CPU_EVAL_CHUNK if y.device.type == "cpu" else 0
+    if int(batch_size) > 0 and y.shape[0] > int(batch_size):
+        parts = [model_energy_and_score(model, chunk, t, 0) for chunk in torch.split(y, int(batch_size))]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     dtype = _model_dtype(model)
     yy = y.detach().to(dtype)
@@ -374,7 +384,8 @@ def reverse_sde(model, n: int, generator: Optional[torch.Generator] = None, *, n
     y_init : tensor, optional
         Start from these states at t = 1 (model coordinates) instead of prior draws.
     batch_size : int, optional
-        Evaluate the model in chunks of this size.
+        Evaluate the model in chunks of at most this many configurations (default: 256 on the
+        CPU, all at once on a GPU; 0: all at once; :func:`~boltzgen.sampling.sde.model_energy_and_score`).
     return_y : bool
         Return model coordinates y instead of x = length_scale · y.
 
