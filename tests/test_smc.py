@@ -120,6 +120,34 @@ def test_resampling_within_states_keeps_each_state_and_is_unbiased(method):
         resample_by_state(log_w, labels[:5], g, method)
 
 
+@pytest.mark.parametrize("method", ["systematic", "multinomial"])
+def test_balanced_resampling_within_states_shares_the_slots_equally_and_is_unbiased(method):
+    """resample_by_state(balance=True): every live state gets B / L slots (13 particles, 3 states:
+    5, 4, 4) whatever its own count, keeps its total weight exactly, and the weight a particle
+    passes on is w_i in expectation; a state with no weight gets no slot."""
+    from boltzgen.sampling.resampling import resample_by_state
+
+    g = torch.Generator().manual_seed(0)
+    log_w = torch.randn(13, generator=g, dtype=torch.float64)
+    log_w[:2] -= 5.0
+    labels = torch.tensor([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2])  # counts 2, 8, 3
+    reps, passed = 3000, torch.zeros(13, dtype=torch.float64)
+    for _ in range(reps):
+        idx, new = resample_by_state(log_w, labels, g, method, balance=True)
+        assert torch.bincount(labels[idx], minlength=3).tolist() == [5, 4, 4]
+        for s in range(3):
+            torch.testing.assert_close(torch.logsumexp(new[labels[idx] == s], 0),
+                                       torch.logsumexp(log_w[labels == s], 0))
+        passed += torch.zeros(13, dtype=torch.float64).index_add_(0, idx, new.exp())
+    ratio = passed / reps / log_w.exp()
+    assert bool(((ratio - 1.0).abs() < 0.15).all()), ratio
+    dead = log_w.clone()
+    dead[labels == 0] = -math.inf
+    idx, new = resample_by_state(dead, labels, g, method, balance=True)
+    assert torch.bincount(labels[idx], minlength=3).tolist() == [0, 7, 6]
+    torch.testing.assert_close(torch.logsumexp(new, 0), torch.logsumexp(dead, 0))
+
+
 def test_systematic_has_lower_variance_than_multinomial():
     g = torch.Generator().manual_seed(1)
     n, reps = 32, 2000
@@ -295,6 +323,35 @@ def test_smc_resampling_within_states_still_recovers_the_mode_weights(perturbed)
     with pytest.raises(ValueError, match="integer labels"):
         smc_sample(model, target, 10, torch.Generator().manual_seed(0), n_steps=2,
                    states=lambda x: torch.zeros(3, dtype=torch.long), ess_threshold=1.0)
+
+
+def test_smc_balance_states_gives_a_rare_mode_half_the_particles_and_keeps_its_weight():
+    """A 97 : 3 mixture, states = the side of the midpoint, a deliberately wrong model: with
+    ``balance_states`` the annealing starts, and ends, with half of the particles in each mode
+    (without: a few % in the rare one), and over independent runs the weights still give 3 %.
+    (Within one run the rare mode's weight is that of the diffusion stage, shared by all its
+    copies: the spread over runs, not the final weights, measures its error.)"""
+    base = two_modes(2)
+    target = GaussianMixture(base.means, base.stds, [0.97, 0.03], standardise=False)
+    model = ExactMarginalModel(target, perturbation=lambda y, t: 0.3 * torch.sin(3 * y[:, 0]))
+    mid, rare_side = float(target.means.sum(1).mean()), float(target.means[1].sum() - target.means[0].sum()) > 0
+
+    def side(x):
+        return ((x.sum(1) > mid) == rare_side).long()  # 1 in the rare mode
+
+    def run(seed, balance):
+        r = smc_sample(model, target, 500, torch.Generator().manual_seed(seed), n_steps=30, n_anneal=4,
+                       anneal_cess=0.9, anneal_mcmc_steps=2, states=side, balance_states=balance)
+        rare = side(r.x).double()
+        return int(rare.sum()), float((r.weights * rare).sum())
+
+    assert run(0, False)[0] < 50
+    out = [run(seed, True) for seed in range(8)]
+    assert all(abs(n_rare - 250) < 20 for n_rare, _ in out), out
+    p = np.array([o[1] for o in out])
+    assert abs(p.mean() - 0.03) < 4 * p.std(ddof=1) / math.sqrt(len(p)), p
+    with pytest.raises(ValueError, match="balance_states needs states"):
+        smc_sample(model, target, 10, torch.Generator().manual_seed(0), n_steps=2, balance_states=True)
 
 
 @pytest.mark.parametrize("tempering", [1.0, 0.5])

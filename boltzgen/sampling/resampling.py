@@ -272,7 +272,8 @@ def resample(log_w, generator: Optional[torch.Generator] = None, method: str = "
 
 
 def resample_by_state(log_w, labels, generator: Optional[torch.Generator] = None, method: str = "systematic",
-                      ess_threshold: float = 1.0) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+                      ess_threshold: float = 1.0, balance: bool = False
+                      ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """Resample within each state separately: every state keeps its particles and its total weight.
 
     Particles with label s (n_s of them, total weight W_s) are replaced by n_s draws from their own
@@ -298,6 +299,11 @@ def resample_by_state(log_w, labels, generator: Optional[torch.Generator] = None
     ess_threshold : float
         A state is resampled only when its own ESS fraction is below this (default 1: always), or
         when it receives the slots of an emptied state.
+    balance : bool
+        Give every state with weight an equal share of the B slots (the first B mod L states one
+        more) instead of its own count, and resample all of them. Each state keeps its total
+        weight, so this too is unbiased for every state's measure; a rare state then gets as many
+        particles as a common one (the error of its free energy is set by its particle count).
 
     Returns
     -------
@@ -317,6 +323,17 @@ def resample_by_state(log_w, labels, generator: Optional[torch.Generator] = None
     for state in torch.unique(labels):
         members = torch.nonzero(labels == state).reshape(-1)
         (live if bool(torch.isfinite(lw[members]).any()) else dead).append(members)
+    if balance:
+        index = torch.empty_like(labels, dtype=torch.long)
+        new = torch.empty_like(lw)
+        shares = [lw.numel() // len(live) + (1 if k < lw.numel() % len(live) else 0) for k in range(len(live))]
+        start = 0
+        for members, share in zip(live, shares):
+            slots = slice(start, start + share)
+            start += share
+            index[slots] = members[resample(lw[members], generator, method, n=share).to(lw.device)]
+            new[slots] = torch.logsumexp(lw[members], 0) - math.log(share)
+        return index, new
     extra = torch.zeros(len(live), dtype=torch.long)
     free = torch.cat(dead) if dead else torch.zeros(0, dtype=torch.long, device=lw.device)
     if free.numel():

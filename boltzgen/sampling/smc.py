@@ -444,7 +444,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
                betas: Optional[Sequence[float]] = None, anneal_cess: Optional[float] = None, max_anneal: int = 64,
                anneal_mcmc_steps: int = 5, anneal_step_size: Optional[float] = None, final_mcmc_steps: int = 0,
                tempering: float = 1.0, states: Optional[Callable] = None, denoised_states: bool = False,
-               chirality=None,
+               balance_states: bool = False, chirality=None,
                batch_size: Optional[int] = None, progress: bool = False) -> SMCResult:
     """SMC from the prior through the learned diffusion marginals to the target (module docstring).
 
@@ -546,7 +546,8 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
     chirality : None, True, or (K, 4) array of (N, CA, C, CB) indices
         Fold the particles onto the L-form at t_min (True: the centres of ``target.topology``).
     batch_size : int, optional
-        Evaluate the model in chunks of this many configurations.
+        Evaluate the model in chunks of at most this many configurations (default: 256 on the
+        CPU, all at once on a GPU; 0: all at once; :func:`~boltzgen.sampling.sde.model_energy_and_score`).
     progress : bool
         Show a progress bar on stderr.
 
@@ -576,6 +577,8 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         raise ValueError(f"tempering must lie in (0, 1], got {tempering}")
     if anneal_cess is not None and betas is not None:
         raise ValueError("give either betas (a fixed grid) or anneal_cess (an adaptive one), not both")
+    if balance_states and states is None:
+        raise ValueError("balance_states needs states (a function that labels the configurations)")
     alpha_star = DEFAULT_TARGET_ACCEPTANCE[mcmc] if target_acceptance is None else float(target_acceptance)
     ev = _event_shape(m)
     mf = _mean_free(m)
@@ -733,7 +736,6 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
             bar.update(1)
 
         log_z_diffusion = float(log_mean_exp(lw)) + d * math.log(ls)
-        ancestors["anneal"] = torch.arange(n)
 
         # -------------------------------------------------------------- chirality fold
         n_reflected = 0
@@ -742,6 +744,15 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
             y, n_reflected, flipped = fix_chirality(y, centres, return_mask=True)
             g = torch.where(_bcast(flipped, g), -g, g)  # ∇E(−y) = −∇E(y) for a mirror-symmetric E
             fold = LOG2
+
+        # -------------------------------------------------------------- equal shares of the states
+        if balance_states and target is not None:
+            idx, lw = resample_by_state(lw, state_labels(y), generator, resampling, balance=True)
+            y, e, g = y[idx], e[idx], g[idx]
+            for key in ancestors:
+                ancestors[key] = ancestors[key][idx]
+            resampled.append(len(ess_tr) - 1)
+        ancestors["anneal"] = torch.arange(n)
 
         # -------------------------------------------------------------- annealing to the target
         u = None
