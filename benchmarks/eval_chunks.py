@@ -24,24 +24,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see b
 
 import torch  # noqa: E402
 
-from boltzgen.energy import EnergyModel  # noqa: E402
-from boltzgen.nn import build_network  # noqa: E402
+from boltzgen.bench import random_aldp_model  # noqa: E402
 from boltzgen.sampling.sde import CPU_EVAL_CHUNK, model_energy_and_score  # noqa: E402
-from boltzgen.systems import load  # noqa: E402
 
 
 def measure(batch: int, chunks: list[int], rounds: int, seed: int = 0, net: str = "egnn") -> dict:
-    torch.manual_seed(seed)
-    target = load("aldp-vacuum", n_workers=0)
-    network = build_network(net, target.topology)
-    model = EnergyModel(network, target.event_shape, sigma_data=1.0)
-    with torch.no_grad():  # a non-trivial network: the zero-initialised last layer gets random weights
-        for p in network.final_layer.parameters():
-            p.normal_(0, 0.1)
+    target, model = random_aldp_model(net, seed)
     g = torch.Generator().manual_seed(seed)
     y = (target.positions.double()[None] + 0.01 * torch.randn(batch, *target.event_shape, generator=g,
                                                               dtype=torch.float64)) / 0.2
-    target.close()
     times = {c: [] for c in chunks}
     reference = None
     for r in range(rounds + 1):  # round 0 warms up

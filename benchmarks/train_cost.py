@@ -30,21 +30,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see b
 
 import torch  # noqa: E402
 
-from boltzgen.energy import EnergyModel  # noqa: E402
+from boltzgen.bench import random_aldp_model  # noqa: E402
 from boltzgen.losses import compute_loss  # noqa: E402
-from boltzgen.nn import build_network  # noqa: E402
-from boltzgen.systems import load  # noqa: E402
 
 
 def measure(batch: int, steps: int, k: int, threads: int, seed: int = 0, net: str = "egnn") -> dict:
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    target = load("aldp-vacuum", n_workers=0)
-    network = build_network(net, target.topology)
-    model = EnergyModel(network, target.event_shape, sigma_data=1.0)
-    with torch.no_grad():  # a non-trivial network: the zero-initialised last layer gets random weights
-        for p in network.final_layer.parameters():
-            p.normal_(0, 0.1)
+    target, model = random_aldp_model(net, seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(seed)
     x0 = target.positions.float()[None] + 0.01 * torch.randn(batch, *target.event_shape, generator=g)

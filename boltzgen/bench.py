@@ -1,4 +1,5 @@
-"""Throughput benchmark of the batched OpenMM energy bridge against the plain single-Context loop."""
+"""Benchmark helpers: throughput of the batched OpenMM energy bridge against the plain
+single-Context loop, and an untrained alanine-dipeptide energy model to time network passes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,41 @@ import openmm.unit as unit
 
 from .systems.bridge import EnergyBridge, _bare_getstate_seconds, create_context
 
-__all__ = ["bench_bridge"]
+__all__ = ["bench_bridge", "random_aldp_model"]
+
+
+def random_aldp_model(net: str = "egnn", seed: int = 0):
+    """An energy model of alanine dipeptide (vacuum) with random weights, for timing its passes.
+
+    The network's zero-initialised last layer gets N(0, 0.1²) weights too, so the energy and its
+    gradient are not trivially zero.
+
+    Parameters
+    ----------
+    net : {"egnn", "e3nn", "mlp"}
+        Network (:func:`boltzgen.nn.build_network`).
+    seed : int
+        Seed of ``torch.manual_seed``.
+
+    Returns
+    -------
+    (target, model) : TargetSystem (closed: for its positions, shapes and topology), EnergyModel
+    """
+    import torch
+
+    from .energy import EnergyModel
+    from .nn import build_network
+    from .systems import load
+
+    torch.manual_seed(seed)
+    target = load("aldp-vacuum", n_workers=0)
+    target.close()
+    network = build_network(net, target.topology)
+    model = EnergyModel(network, target.event_shape, sigma_data=1.0)
+    with torch.no_grad():
+        for p in network.final_layer.parameters():
+            p.normal_(0, 0.1)
+    return target, model
 
 
 def _plain_loop(context: openmm.Context, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
