@@ -382,6 +382,8 @@ def cmd_sample(args) -> int:
             if not 0.0 <= args.anneal_cess < 1.0:
                 raise CommandError(f"--anneal-cess must lie in [0, 1), got {args.anneal_cess}")
             states = None
+            if args.balance_states and not args.per_state_resampling:
+                raise CommandError("--balance-states needs --per-state-resampling")
             if args.per_state_resampling:
                 if target.topology is None or not has_phi(target.topology):
                     raise CommandError(f"--per-state-resampling needs a peptide with one phi torsion; "
@@ -398,7 +400,7 @@ def cmd_sample(args) -> int:
                                   n_anneal=args.anneal, anneal_cess=args.anneal_cess or None,
                                   max_anneal=args.max_anneal, anneal_mcmc_steps=args.anneal_mcmc_steps,
                                   final_mcmc_steps=args.final_mcmc_steps, tempering=args.tempering, states=states,
-                                  denoised_states=states is not None,
+                                  denoised_states=states is not None, balance_states=args.balance_states,
                                   chirality=True if use_chirality else None, progress=not args.no_progress)
                        for size in sizes]
             x = torch.cat([r.x for r in results])
@@ -425,7 +427,8 @@ def cmd_sample(args) -> int:
                        "n_ancestors_anneal": sum(r.n_ancestors_anneal for r in results),
                        "final_acceptance": summaries[0]["final_acceptance"], "tempering": args.tempering,
                        "per_state_resampling": bool(args.per_state_resampling),
-                       "denoised_state_labels": states is not None, "runs": args.runs,
+                       "denoised_state_labels": states is not None, "balance_states": bool(args.balance_states),
+                       "runs": args.runs,
                        "smc": summaries[0]}
             if args.runs > 1:
                 metrics.update(log_z_runs=[r.log_z for r in results],
@@ -798,6 +801,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "until the annealing corrects them; during the diffusion a particle's state is the phi of "
                         "its denoised estimate E[x_0 | x_t], which shows where it is heading long before its noisy "
                         "phi does (default: resample all particles together)")
+    p.add_argument("--balance-states", action="store_true",
+                   help="with --per-state-resampling: give phi < 0 and phi > 0 half of the particles each at the "
+                        "start of the annealing (each keeps its weight), so the rarer state's free energy does "
+                        "not rest on a handful of particles")
     p.add_argument("--runs", type=int, default=1,
                    help="independent SMC runs sharing the -n particles, pooled by their log Z: Delta F then gets "
                         "the error of a bootstrap over runs, which includes the run-to-run spread that the "
@@ -840,7 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("quickstart", help="the whole pipeline on alanine dipeptide (about 15 minutes on 2 cores)",
-                       description="Replica-exchange data, DSM + DiffCLF training of the EGNN energy, 8 pooled SMC "
+                       description="Replica-exchange data, DSM + DiffCLF training of the EGNN energy, 4 pooled SMC "
                                    "runs along the learned diffusion path annealed to the OpenMM energy (F(phi > 0) "
                                    "- F(phi < 0) with the error of a bootstrap over runs), and a report - the "
                                    "commands are printed as they run. Leaves DIR/samples.h5 (weighted, "

@@ -40,14 +40,16 @@ QUICKSTART_SIZES = {
     # (--quench: 131 phi > 0 frames of 12 000 with seed 0); phi > 0 at a quarter of every batch; DSM
     # pre-training, then DSM + DiffCLF fine-tuning (the score is learnt first, then DiffCLF sets the
     # energies across noise levels: systems/aldp-vacuum.train.yaml), 1800 steps of 32 over two
-    # data-parallel processes; 8 pooled SMC runs of 128 particles resampled within the phi states,
-    # the diffusion stopped at t = 0.01: below that the briefly trained energy is rough (on the
-    # 300 K frames its E - u spreads by 10 kT at t = 0.001 against 4-5 kT at 0.005-0.05) and the
-    # runs' log Z scatter by 11 (0.01: by 2.4). Measured: README, Quickstart.
-    "default": dict(n_data=2000, train_steps=1800, batch_size=32, n_samples=1024, smc_steps=200, mcmc_steps=0,
+    # data-parallel processes; 4 pooled SMC runs of 256 particles, 100 diffusion levels down to
+    # t = 0.05, resampled within the phi states, which get half of each run's particles each at the
+    # start of the annealing. Below t = 0.05 the briefly trained energy is rough, and the diffusion
+    # weights of the two phi states scatter from run to run (sd of their log ratio 0.2 at t = 0.05,
+    # 1.85 at 0.01); the annealing, up to 128 levels, covers the rest. Measured: README, Quickstart.
+    "default": dict(n_data=2000, train_steps=1800, batch_size=32, n_samples=1024, smc_steps=100, mcmc_steps=0,
                     anneal=16, simulate_options=("--keep-replicas", 6, "--quench", 0.5),
                     train_options=("--pretrain-dsm-steps", 1260, "--phi-positive-fraction", 0.25, "--processes", 2),
-                    sample_options=("--per-state-resampling", "--runs", 8, "--t-min", 0.01)),
+                    sample_options=("--per-state-resampling", "--balance-states", "--runs", 4, "--t-min", 0.05,
+                                    "--max-anneal", 128)),
     # The recipe of benchmarks/aldp.py's DSM + DiffCLF arm (about 40 minutes): 5 ns of replica exchange
     # keeping the three coldest replicas (about 200 phi > 0 frames), phi > 0 at a quarter of every
     # training batch, 3000 steps over two data-parallel processes, and 4 pooled SMC runs of 256

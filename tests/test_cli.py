@@ -179,6 +179,8 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     assert metrics["t_min"] == 0.02 and metrics["smc"]["t"][10] == pytest.approx(0.02)  # the diffusion ends there
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--t-min", "1e-4"]) == 2
     assert "--t-min must lie in [0.001, 1)" in capsys.readouterr().err
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--balance-states"]) == 2
+    assert "--balance-states needs --per-state-resampling" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "64", "-o", str(tmp_path / "tempered.h5"), "--steps", "10", "--no-progress",
                  "--json", "--tempering", "0.5"]) == 0
     assert json.loads(capsys.readouterr().out)["tempering"] == 0.5

@@ -93,8 +93,9 @@ def test_quickstart_long_is_the_benchmark_recipe(capsys):
 
 
 def test_quickstart_default_options_parse():
-    """The 15-minute recipe: quenched replica frames, phi > 0 oversampled, 8 pooled SMC runs that
-    stop the diffusion at t = 0.01 (its options parse as the commands take them)."""
+    """The 15-minute recipe: quenched replica frames, phi > 0 oversampled, 4 pooled SMC runs that
+    stop the diffusion at t = 0.05 and give both phi states half of the particles (its options
+    parse as the commands take them)."""
     from boltzgen.cli import build_parser
     from boltzgen.pipeline import QUICKSTART_SIZES
 
@@ -107,4 +108,5 @@ def test_quickstart_default_options_parse():
     assert train.phi_positive_fraction == "0.25" and train.processes == 2
     assert 0 < train.pretrain_dsm_steps < default["train_steps"]
     sample = parser.parse_args(["sample", "run", "-n", "8", "-o", "s.h5", *map(str, default["sample_options"])])
-    assert sample.per_state_resampling and sample.runs == 8 and sample.t_min == 0.01
+    assert sample.per_state_resampling and sample.balance_states and sample.runs == 4 and sample.t_min == 0.05
+    assert sample.max_anneal == 128 and default["smc_steps"] == 100
