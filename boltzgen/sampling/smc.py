@@ -543,6 +543,13 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         particles it is going to get. Default False: where the labels are coarse functions of the
         coordinates (a mixture's modes) the noisy labels did as well or better. Only the
         resampling changes; the estimator stays consistent.
+    balance_states : bool
+        At the start of the annealing, give every state the same number of particles (each keeps
+        its total weight: :func:`~boltzgen.sampling.resampling.resample_by_state` with
+        ``balance=True``; needs ``states``). The annealing estimates each state's free-energy
+        change from its own particles, so a state the model puts a few kT up would otherwise
+        rest on a handful of them, and its free energy on their luck. Particles can still leave
+        a state during the annealing.
     chirality : None, True, or (K, 4) array of (N, CA, C, CB) indices
         Fold the particles onto the L-form at t_min (True: the centres of ``target.topology``).
     batch_size : int, optional
