@@ -142,3 +142,29 @@ def test_generator_on_another_device_is_refused():
     model = gaussian_molecule().cuda()
     with pytest.raises(ValueError, match="generator"):
         reverse_sde(model, 4, torch.Generator(), n_steps=2)
+
+
+def test_model_passes_in_chunks_give_the_same_energies_and_scores():
+    """model_energy_and_score: the CPU default (chunks of CPU_EVAL_CHUNK), explicit chunks and one
+    pass (batch_size=0) agree, and every chunk is evaluated (600 = 256 + 256 + 88)."""
+    from boltzgen.sampling.sde import CPU_EVAL_CHUNK, model_energy_and_score
+
+    model = ExactMarginalModel(two_modes(3))
+    sizes = []
+    energy = model.energy
+
+    def counting(y, t):
+        sizes.append(y.shape[0])
+        return energy(y, t)
+
+    model.energy = counting
+    y = torch.randn(600, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    e0, s0 = model_energy_and_score(model, y, 0.3, 0)
+    assert sizes == [600]
+    sizes.clear()
+    e1, s1 = model_energy_and_score(model, y, 0.3)
+    assert CPU_EVAL_CHUNK == 256 and sizes == [256, 256, 88]
+    e2, s2 = model_energy_and_score(model, y, 0.3, 100)
+    for e, s in ((e1, s1), (e2, s2)):
+        torch.testing.assert_close(e, e0)
+        torch.testing.assert_close(s, s0)
