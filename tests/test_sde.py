@@ -146,7 +146,7 @@ def test_generator_on_another_device_is_refused():
 
 def test_model_passes_in_chunks_give_the_same_energies_and_scores():
     """model_energy_and_score: the CPU default (chunks of CPU_EVAL_CHUNK), explicit chunks and one
-    pass (batch_size=0) agree, and every chunk is evaluated (600 = 256 + 256 + 88)."""
+    pass (batch_size=0) agree, and every chunk is evaluated (600 = 4 · 128 + 88)."""
     from boltzgen.sampling.sde import CPU_EVAL_CHUNK, model_energy_and_score
 
     model = ExactMarginalModel(two_modes(3))
@@ -163,7 +163,7 @@ def test_model_passes_in_chunks_give_the_same_energies_and_scores():
     assert sizes == [600]
     sizes.clear()
     e1, s1 = model_energy_and_score(model, y, 0.3)
-    assert CPU_EVAL_CHUNK == 256 and sizes == [256, 256, 88]
+    assert CPU_EVAL_CHUNK == 128 and sizes == [128] * 4 + [88]
     e2, s2 = model_energy_and_score(model, y, 0.3, 100)
     for e, s in ((e1, s1), (e2, s2)):
         torch.testing.assert_close(e, e0)

@@ -251,10 +251,11 @@ def prior_log_prob(model, y: torch.Tensor, prior_var: Optional[float] = None) ->
 
 
 #: Configurations per model evaluation on the CPU when no ``batch_size`` is given. On 2 CPU cores a
-#: 1024-configuration pass of the alanine-dipeptide EGNN costs 3.5 times as much per configuration
-#: as four passes of 256 (its (B, N, N, H) pair tensors no longer fit in the cache);
-#: ``benchmarks/eval_chunks.py`` measures it. On a GPU the whole batch goes in one pass.
-CPU_EVAL_CHUNK = 256
+#: 1024-configuration pass of the alanine-dipeptide EGNN costs about 3 times as much per
+#: configuration as eight passes of 128 (its (B, N, N, H) pair tensors no longer fit in the cache;
+#: chunks of 256 cost 1.3 times as much as 128, of 64 the same); ``benchmarks/eval_chunks.py``
+#: measures it. On a GPU the whole batch goes in one pass.
+CPU_EVAL_CHUNK = 128
 
 
 def model_energy_and_score(model, y: torch.Tensor, t: float, batch_size: Optional[int] = None
@@ -384,7 +385,7 @@ def reverse_sde(model, n: int, generator: Optional[torch.Generator] = None, *, n
     y_init : tensor, optional
         Start from these states at t = 1 (model coordinates) instead of prior draws.
     batch_size : int, optional
-        Evaluate the model in chunks of at most this many configurations (default: 256 on the
+        Evaluate the model in chunks of at most this many configurations (default: 128 on the
         CPU, all at once on a GPU; 0: all at once; :func:`~boltzgen.sampling.sde.model_energy_and_score`).
     return_y : bool
         Return model coordinates y instead of x = length_scale · y.

@@ -553,7 +553,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
     chirality : None, True, or (K, 4) array of (N, CA, C, CB) indices
         Fold the particles onto the L-form at t_min (True: the centres of ``target.topology``).
     batch_size : int, optional
-        Evaluate the model in chunks of at most this many configurations (default: 256 on the
+        Evaluate the model in chunks of at most this many configurations (default: 128 on the
         CPU, all at once on a GPU; 0: all at once; :func:`~boltzgen.sampling.sde.model_energy_and_score`).
     progress : bool
         Show a progress bar on stderr.
