@@ -324,7 +324,7 @@ def cmd_sample(args) -> int:
         Parsed options (see ``boltzgen sample --help``): ``run_dir``, the target (default: the
         system the model was trained on), ``n``, ``method``, ``steps``, ``t_min``, ``mcmc_steps``,
         ``anneal``, ``anneal_cess``, ``max_anneal``, ``anneal_mcmc_steps``, ``final_mcmc_steps``, ``tempering``,
-        ``per_state_resampling``, ``no_chirality``,
+        ``per_state_resampling``, ``balance_states``, ``runs``, ``no_chirality``,
         ``output``, ``seed``.
 
     Returns

@@ -682,12 +682,13 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         out = resample_by_state(lw, labels, generator, resampling, ess_threshold)
         if out is None:
             return lw, tensors
-        idx, lw = out
-        tensors = [v[idx] for v in tensors]
+        return out[1], take(out[0], tensors)
+
+    def take(idx, tensors):  # the particles after a resampling: slot j holds ancestor idx[j]
         for key in ancestors:
             ancestors[key] = ancestors[key][idx]
-        resampled.append(level)
-        return lw, tensors
+        resampled.append(len(ess_tr) - 1)
+        return [v[idx] for v in tensors]
 
     def record(lw, t, beta):
         ess_tr.append(ess_fraction(lw))
@@ -755,10 +756,7 @@ def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[
         # -------------------------------------------------------------- equal shares of the states
         if balance_states and target is not None:
             idx, lw = resample_by_state(lw, state_labels(y), generator, resampling, balance=True)
-            y, e, g = y[idx], e[idx], g[idx]
-            for key in ancestors:
-                ancestors[key] = ancestors[key][idx]
-            resampled.append(len(ess_tr) - 1)
+            y, e, g = take(idx, [y, e, g])
         ancestors["anneal"] = torch.arange(n)
 
         # -------------------------------------------------------------- annealing to the target
