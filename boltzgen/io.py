@@ -216,8 +216,100 @@ def is_md_trajectory(metadata: Optional[dict]) -> bool:
     return meta.get("method") == "md" or (meta.get("command") == "reweight" and source.get("method") == "md")
 
 
+def topology_from_json(raw) -> "mdtraj.Topology":
+    """Build an ``mdtraj.Topology`` from the JSON text an mdtraj HDF5 file stores in ``/topology``.
+
+    This is the reading half of mdtraj's HDF5 format, done with ``json`` alone: nothing in the
+    file is unpickled or executed (PyTables, which ``mdtraj.load_hdf5`` uses, unpickles string
+    attributes that look like pickles, so a crafted file could run code).
+
+    Parameters
+    ----------
+    raw : str or bytes
+        The JSON document: chains -> residues -> atoms (name, element), and a list of bonds as
+        pairs of atom indices.
+
+    Returns
+    -------
+    mdtraj.Topology
+
+    Raises
+    ------
+    ValueError
+        When the text is not a topology document.
+    """
+    import mdtraj
+    from mdtraj.core import element as elem
+
+    try:
+        doc = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        topology = mdtraj.Topology()
+        for chain_doc in sorted(doc["chains"], key=lambda c: c["index"]):
+            chain = topology.add_chain(chain_id=chain_doc.get("chain_id"))
+            for res_doc in sorted(chain_doc["residues"], key=lambda r: r["index"]):
+                residue = topology.add_residue(str(res_doc["name"]), chain, resSeq=res_doc.get("resSeq"),
+                                               segment_id=str(res_doc.get("segmentID", "")))
+                for atom_doc in sorted(res_doc["atoms"], key=lambda a: a["index"]):
+                    try:
+                        element = elem.get_by_symbol(str(atom_doc["element"]))
+                    except KeyError:
+                        element = elem.virtual
+                    topology.add_atom(str(atom_doc["name"]), element, residue)
+        atoms = list(topology.atoms)
+        for i, j in doc.get("bonds", []):
+            topology.add_bond(atoms[int(i)], atoms[int(j)])
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"not an mdtraj topology document ({type(exc).__name__}: {exc})") from None
+    return topology
+
+
+_LENGTH_UNITS_NM = {"nanometers": 1.0, "nanometer": 1.0, "nm": 1.0, "angstroms": 0.1, "angstrom": 0.1}
+
+
+def _attr_text(value) -> str:
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(-1)[0]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _float_dataset(handle, name: str, path: str, shape_rank: int) -> np.ndarray:
+    node = handle[name]
+    if not isinstance(node, h5py.Dataset) or node.dtype.kind not in "fiu" or node.ndim != shape_rank:
+        raise ValueError(f"{path}: '{name}' must be a numeric array of rank {shape_rank}, "
+                         f"got {getattr(node, 'dtype', type(node).__name__)} of rank {getattr(node, 'ndim', '?')}")
+    try:
+        return np.asarray(node, dtype=np.float64)
+    except OSError as exc:
+        raise ValueError(f"{path}: array '{name}' cannot be read (corrupt file?): {exc}") from None
+
+
+def _read_trajectory(handle, path: str):
+    """(x (B, N, 3) float64 nm, topology) of an mdtraj HDF5 file opened with h5py."""
+    node = handle["topology"]
+    raw = node[()] if isinstance(node, h5py.Dataset) else None
+    if isinstance(raw, np.ndarray):
+        raw = raw.reshape(-1)[0] if raw.size else None
+    if not isinstance(raw, (str, bytes)):
+        raise ValueError(f"{path}: '/topology' is not mdtraj's JSON topology text")
+    try:
+        topology = topology_from_json(raw)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    x = _float_dataset(handle, "coordinates", path, 3)
+    units = _attr_text(handle["coordinates"].attrs.get("units", "nanometers")).lower()
+    if units not in _LENGTH_UNITS_NM:
+        raise ValueError(f"{path}: coordinates in unknown units {units!r}")
+    x = x * _LENGTH_UNITS_NM[units]
+    if x.shape[1:] != (topology.n_atoms, 3):
+        raise ValueError(f"{path}: coordinates of shape {x.shape} do not match a topology of {topology.n_atoms} atoms")
+    return x, topology
+
+
 def load_samples(path: str) -> Samples:
     """Read a sample file written by :func:`save_samples` (or any mdtraj HDF5 trajectory).
+
+    The file is read with h5py, dataset by dataset: no attribute is unpickled and nothing in the
+    file can run code (see :func:`topology_from_json`). Only the metadata attribute is read, as JSON.
 
     Parameters
     ----------
@@ -229,6 +321,13 @@ def load_samples(path: str) -> Samples:
     Samples
         Positions as float64 (nm for molecules), the weight arrays (None where absent),
         topology, metadata and further arrays.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist.
+    ValueError
+        When it is not an HDF5 sample file, or an array or the metadata is malformed.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -238,20 +337,32 @@ def load_samples(path: str) -> Samples:
     except OSError as exc:
         raise ValueError(f"{path} is not a readable HDF5 sample file: {exc}") from None
     with handle:
-        meta = json.loads(handle.attrs.get(_META_ATTR, "{}"))
+        try:
+            meta = json.loads(_attr_text(handle.attrs.get(_META_ATTR, "{}")))
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{path}: the metadata attribute {_META_ATTR!r} is not JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path}: the metadata attribute {_META_ATTR!r} must be a JSON object, "
+                             f"got {type(meta).__name__}")
         molecular = "topology" in handle and "coordinates" in handle
         if not molecular and "positions" not in handle:
             raise ValueError(f"{path} holds neither an mdtraj trajectory nor a 'positions' array")
-        arrays = {name: np.asarray(handle[name], dtype=np.float64) if name in handle else None for name in _ARRAYS}
+        if molecular:
+            x, topology = _read_trajectory(handle, path)
+        else:
+            positions = handle["positions"]
+            rank = positions.ndim if isinstance(positions, h5py.Dataset) else -1
+            x, topology = _float_dataset(handle, "positions", path, rank if rank in (2, 3) else 2), None
+        arrays = {name: _float_dataset(handle, name, path, 1) if name in handle else None for name in _ARRAYS}
+        for name, arr in arrays.items():
+            if arr is not None and arr.shape[0] != x.shape[0]:
+                raise ValueError(f"{path}: '{name}' has {arr.shape[0]} entries but there are {x.shape[0]} samples")
         mdtraj_nodes = {"coordinates", "topology", "time", "cell_lengths", "cell_angles", "velocities",
                         "kineticEnergy", "potentialEnergy", "temperature", "lambda"}
         skip = set(_ARRAYS) | mdtraj_nodes | {"positions"}
-        extra = {name: np.asarray(handle[name]) for name in handle if name not in skip and isinstance(handle[name], h5py.Dataset)}
-        x = None if molecular else np.asarray(handle["positions"], dtype=np.float64)
-    topology = None
-    if molecular:
-        import mdtraj
-
-        traj = mdtraj.load_hdf5(path)
-        x, topology = traj.xyz.astype(np.float64), traj.topology
+        extra = {}
+        for name in handle:
+            node = handle[name]
+            if name not in skip and isinstance(node, h5py.Dataset):
+                extra[name] = np.asarray(node)  # h5py decodes data only: it never unpickles
     return Samples(x=x, topology=topology, metadata=meta, extra=extra, **arrays)

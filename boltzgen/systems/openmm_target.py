@@ -149,6 +149,13 @@ def _read_topology_file(path: str):
     """(mdtraj topology, positions in nm or None) of any file mdtraj reads."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"topology file not found: {path}")
+    if path.lower().endswith((".h5", ".hdf5", ".hdf")):  # read safely (no PyTables, which unpickles)
+        from ..io import load_samples
+
+        samples = load_samples(path)
+        if samples.topology is None:
+            raise ValueError(f"{path} holds no molecular topology")
+        return samples.topology, samples.x[0].copy()
     try:
         traj = mdtraj.load_frame(path, 0) if not path.endswith((".prmtop", ".parm7", ".psf", ".top")) else None
     except Exception:  # topology-only formats, or files without coordinates
