@@ -59,19 +59,64 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON can hold: non-finite floats become None (null).
+
+    ``json.dump`` would write ``Infinity`` and ``NaN``, which no strict JSON reader accepts. An
+    error that is infinite (for example a bootstrap over fewer than two blocks) is therefore
+    written as null; the field beside it that explains why stays as it is.
+
+    Parameters
+    ----------
+    obj : object
+        Nested dicts, lists, tuples, numbers, numpy values, strings.
+
+    Returns
+    -------
+    object
+        The same structure with numpy values as Python values and non-finite floats as None.
+    """
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps_json(obj: Any, indent: Optional[int] = 2) -> str:
+    """Strict JSON text of ``obj`` (:func:`json_safe`; anything else unknown as its str).
+
+    Parameters
+    ----------
+    obj : object
+    indent : int or None
+
+    Returns
+    -------
+    str
+    """
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=True, default=json_default, allow_nan=False)
+
+
 def write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically.
+    """Write ``obj`` as indented strict JSON (:func:`dumps_json`), atomically.
 
     Parameters
     ----------
     path : str
         Output file.
     obj : object
-        JSON-serialisable data (numpy values are converted by :func:`json_default`).
+        JSON-serialisable data (numpy values are converted; inf and NaN become null).
     """
+    text = dumps_json(obj)
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=True, default=json_default)
-        handle.write("\n")
+        handle.write(text + "\n")
 
 
 def json_default(obj):
