@@ -350,16 +350,63 @@ def _read_trajectory(handle, path: str):
     return x, topology
 
 
-def load_samples(path: str) -> Samples:
-    """Read a sample file written by :func:`save_samples` (or any mdtraj HDF5 trajectory).
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
-    The file is read with h5py, dataset by dataset: no attribute is unpickled and nothing in the
+
+def load_trajectory(path: str, topology=None) -> Samples:
+    """Read a trajectory in any other format mdtraj reads (DCD, XTC, TRR, NetCDF, PDB, ...) as
+    unweighted samples.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Trajectory file.
+    topology : str, path-like or mdtraj.Topology, optional
+        Topology (a PDB or any topology file mdtraj reads); needed by formats without one
+        (DCD, XTC, TRR, NetCDF).
+
+    Returns
+    -------
+    Samples
+        Positions in nm as float64, the topology, metadata ``{"source_file", "source_format"}``;
+        no weights.
+
+    Raises
+    ------
+    ValueError
+        When mdtraj cannot read the file (the message names it and asks for a topology where
+        one is missing).
+    """
+    import mdtraj
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"trajectory file not found: {path}")
+    if isinstance(topology, (str, os.PathLike)) and str(topology).lower().endswith(HDF5_SUFFIXES):
+        topology = load_samples(topology).topology  # safely, without PyTables
+    try:
+        traj = mdtraj.load(path, top=topology) if topology is not None else mdtraj.load(path)
+    except (ValueError, TypeError, OSError, IndexError, KeyError) as exc:
+        hint = "" if topology is not None else " (formats without a topology, such as DCD or XTC, need --topology)"
+        raise ValueError(f"{path} is not a trajectory mdtraj can read{hint}: {exc}") from None
+    return Samples(x=traj.xyz.astype(np.float64), topology=traj.topology,
+                   metadata={"source_file": os.path.abspath(path),
+                             "source_format": os.path.splitext(path)[1].lstrip(".").lower()})
+
+
+def load_samples(path: str, topology=None) -> Samples:
+    """Read a sample file written by :func:`save_samples` (or any mdtraj HDF5 trajectory), or a
+    trajectory of another format mdtraj reads (:func:`load_trajectory`).
+
+    HDF5 files are read with h5py, dataset by dataset: no attribute is unpickled and nothing in the
     file can run code (see :func:`topology_from_json`). Only the metadata attribute is read, as JSON.
 
     Parameters
     ----------
     path : str or path-like
-        HDF5 sample file.
+        HDF5 sample file, or a trajectory file of another format.
+    topology : str, path-like or mdtraj.Topology, optional
+        Topology for trajectory formats that have none (ignored for HDF5 sample files).
 
     Returns
     -------
@@ -377,6 +424,8 @@ def load_samples(path: str) -> Samples:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"sample file not found: {path}")
+    if not h5py.is_hdf5(path) and not path.lower().endswith(HDF5_SUFFIXES):
+        return load_trajectory(path, topology)
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:

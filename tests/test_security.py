@@ -113,3 +113,22 @@ def test_malformed_files_are_refused_clearly(tmp_path, aldp, where):
             handle["coordinates"] = np.array([b"a", b"b"])
     with pytest.raises(ValueError, match=path):
         load_samples(path)
+
+
+def test_other_trajectory_formats_read_with_a_topology(tmp_path, aldp):
+    """DCD and XTC (no topology of their own) are read with --topology; without one the error says so."""
+    import mdtraj
+
+    x = np.repeat(aldp.positions.numpy()[None], 3, axis=0) + 0.001 * np.arange(3)[:, None, None]
+    traj = mdtraj.Trajectory(x.astype(np.float32), aldp.topology)
+    pdb = str(tmp_path / "top.pdb")
+    traj[0].save_pdb(pdb)
+    for ext in ("dcd", "xtc"):
+        path = str(tmp_path / f"traj.{ext}")
+        traj.save(path)
+        samples = load_samples(path, topology=pdb)
+        assert samples.x.shape == (3, 22, 3) and samples.log_weights is None
+        np.testing.assert_allclose(samples.x, x, atol=2e-3)
+        assert samples.metadata["source_format"] == ext
+        with pytest.raises(ValueError, match="need --topology"):
+            load_samples(path)
