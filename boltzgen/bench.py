@@ -12,7 +12,7 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 
-from .systems.bridge import EnergyBridge, _bare_getstate_seconds, create_context
+from .systems.bridge import EnergyBridge, bare_getstate_seconds, create_context
 
 __all__ = ["bench_bridge", "random_aldp_model"]
 
@@ -139,7 +139,7 @@ def bench_bridge(system, temperature, positions, *, batch: int = 4096, n_workers
             start = time.perf_counter()
             plain_energy, plain_force = _plain_loop(context, x)
             plain_times.append(time.perf_counter() - start)
-            bare_times.append(_bare_getstate_seconds(context, positions, calls=batch))
+            bare_times.append(bare_getstate_seconds(context, positions, calls=batch))
             concurrent_times.append(float(np.mean(bridge.bare_getstate_seconds(positions, calls=batch))))
             start = time.perf_counter()
             for _ in range(bridge_calls):  # a window as long as the single-Context measurements

@@ -75,6 +75,32 @@ class TargetSystem:
     def _positions(self) -> torch.Tensor:
         raise NotImplementedError
 
+    _UNSET = object()
+
+    @property
+    def states(self):
+        """The system's metastable states: a :class:`boltzgen.states.StateSet`, or None.
+
+        Default: :func:`boltzgen.states.default_states` of the topology (for a peptide, the joint
+        phi signs of its residues; None for targets without a topology). Set it to use other
+        states (e.g. :func:`boltzgen.states.torsion_states` or
+        :func:`boltzgen.states.function_states`); set None for none. Per-state resampling,
+        state oversampling in training and the free-energy differences between states use it.
+        """
+        states = self.__dict__.get("_states", self._UNSET)
+        if states is self._UNSET:
+            from ..states import default_states
+
+            states = default_states(self.topology) if self.topology is not None else None
+            self._states = states
+        return states
+
+    @states.setter
+    def states(self, value) -> None:
+        if value is not None and not (hasattr(value, "assign") and hasattr(value, "names")):
+            raise TypeError(f"states must be a StateSet (with assign and names) or None, got {type(value).__name__}")
+        self._states = value
+
     def metadata(self) -> dict[str, Any]:
         """JSON-serialisable description stored in sample files and run directories.
 

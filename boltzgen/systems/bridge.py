@@ -48,7 +48,7 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 
-__all__ = ["EnergyBridge", "available_platforms", "create_context"]
+__all__ = ["EnergyBridge", "available_platforms", "bare_getstate_seconds", "create_context"]
 
 _log = logging.getLogger(__name__)
 
@@ -184,11 +184,25 @@ def _evaluate_rows(context: openmm.Context, x: np.ndarray, energy: np.ndarray, f
         progress[slot] = offset + len(x)
 
 
-def _bare_getstate_seconds(context: openmm.Context, positions: np.ndarray, calls: int) -> float:
-    """Seconds per bare ``getState`` call (energy and forces) with ``positions`` (N, 3) nm set once.
+def bare_getstate_seconds(context: openmm.Context, positions: np.ndarray, calls: int) -> float:
+    """Seconds per bare ``getState`` call (energy and forces) with ``positions`` set once.
 
     The rate that bounds any evaluation loop on one core: it leaves out setting positions and
     reading the results. One warm-up call precedes the ``calls`` timed ones.
+
+    Parameters
+    ----------
+    context : openmm.Context
+        A Context of the system (e.g. from :func:`create_context`).
+    positions : ndarray, shape (N, 3)
+        Configuration in nm.
+    calls : int
+        Timed calls.
+
+    Returns
+    -------
+    float
+        Mean wall time of one call, in seconds.
     """
     _set_positions(context, np.ascontiguousarray(positions, dtype=np.float64))
     types = _ENERGY | _FORCES
@@ -357,7 +371,7 @@ def _worker_main(conn, system_xml: str, platform_name: str, slot: int) -> None:
             except EOFError:
                 break
             if message[0] == "bare":
-                conn.send(("bare", _bare_getstate_seconds(context, message[1], message[2])))
+                conn.send(("bare", bare_getstate_seconds(context, message[1], message[2])))
                 continue
             if message[0] != "eval":
                 break
@@ -866,7 +880,7 @@ class EnergyBridge:
             if self._closed:
                 raise RuntimeError("EnergyBridge is closed")
             if self._pool is None:
-                return [_bare_getstate_seconds(self._parent_context(), positions, int(calls))]
+                return [bare_getstate_seconds(self._parent_context(), positions, int(calls))]
             return self._pool.bare_getstate_seconds(positions, int(calls))
 
     def close(self) -> None:

@@ -1,8 +1,10 @@
-"""The built-in target systems and the one function that names a target everywhere."""
+"""The registry of built-in target systems (one :class:`SystemSpec` each) and the one function
+that names a target everywhere (:func:`resolve`)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Optional
@@ -77,34 +79,114 @@ def _gmm_40(dim: int = 2, seed: int = 0) -> TargetSystem:
     return forty_modes(int(dim), seed=int(seed))
 
 
-#: name -> (factory, one-line description, force field, temperature in K or None for reduced units)
-BUILTIN = {
-    "aldp-vacuum": (lambda **kw: _aldp("aldp-vacuum", **kw), "alanine dipeptide (Ace-Ala-Nme), vacuum",
-                    "amber99sbildn.xml, NoCutoff, no constraints", 300.0),
-    "aldp-implicit": (lambda **kw: _aldp("aldp-implicit", **kw), "alanine dipeptide (Ace-Ala-Nme), OBC implicit solvent",
-                      "amber99sbildn.xml + amber99_obc.xml, NoCutoff, no constraints", 300.0),
-    "lj13": (_lj(13), "Lennard-Jones cluster, 13 particles, harmonic restraint to the centre",
-             "LJ (eps = 1, r_m = 1) + 0.5 |x - mean|^2", REDUCED_UNIT_TEMPERATURE),
-    "lj55": (_lj(55), "Lennard-Jones cluster, 55 particles, harmonic restraint to the centre",
-             "LJ (eps = 1, r_m = 1) + 0.5 |x - mean|^2", REDUCED_UNIT_TEMPERATURE),
-    "gmm-two-modes": (_gmm_two_modes, "Gaussian mixture, two modes with weights 2/3 and 1/3 (option dim)",
-                      "analytic", REDUCED_UNIT_TEMPERATURE),
-    "gmm-40": (_gmm_40, "Gaussian mixture, 40 equal-weight modes in [-40, 40]^d, standardised (option dim)",
-               "analytic", REDUCED_UNIT_TEMPERATURE),
-}
+@dataclass(frozen=True)
+class SystemSpec:
+    """Everything boltzgen knows about one built-in system, in one place.
 
-#: Per-system defaults of ``boltzgen simulate`` (options of :func:`boltzgen.md.simulate`). Alanine
-#: dipeptide uses replica exchange up to 1000 K: at 600 K the phi > 0 basin is not visited within
-#: 0.5 ns, at 1000 K it is, with neighbour acceptance ~0.35 for 6 replicas. LJ55 needs a long burn-in.
-SIMULATE_DEFAULTS = {
-    "aldp-vacuum": {"replicas": 6, "t_max": 1000.0, "stride": 500, "equilibration": 10_000},
-    "aldp-implicit": {"replicas": 6, "t_max": 1000.0, "stride": 500, "equilibration": 10_000},
-    "lj55": {"equilibration": 10_000},
-}
+    Attributes
+    ----------
+    name : str
+        Catalog name (``boltzgen systems``).
+    builder : callable
+        ``builder(**options) -> TargetSystem``; the options are those :func:`load` accepts.
+    description : str
+        One line for ``boltzgen systems``.
+    forcefield : str
+        What defines the energy (force-field files, or the analytic form).
+    temperature : float
+        Temperature in K (:data:`~boltzgen.units.REDUCED_UNIT_TEMPERATURE` for reduced units).
+    n_atoms : int or None
+        Atoms (particles); None for the Gaussian mixtures, whose dimension is an option.
+    simulate : dict
+        Defaults of :func:`boltzgen.md.simulate` for this system, over the method defaults of
+        :data:`boltzgen.md.DEFAULTS` (e.g. ``replicas``, ``t_max`` in K, ``stride``,
+        ``equilibration`` in steps). Change them when the data must reach states that plain
+        dynamics at the target temperature does not visit.
+    train_config : str or None
+        File under ``systems/`` with the training defaults of ``boltzgen train``.
+    states : callable or None
+        ``states(target) -> StateSet or None``: the metastable states of the system; None keeps
+        :attr:`TargetSystem.states`'s default (:func:`boltzgen.states.default_states`).
+    """
+
+    name: str
+    builder: Callable[..., TargetSystem]
+    description: str
+    forcefield: str
+    temperature: float
+    n_atoms: Optional[int] = None
+    simulate: dict = field(default_factory=dict)
+    train_config: Optional[str] = None
+    states: Optional[Callable] = None
+
+    def simulation_defaults(self, method: str) -> dict:
+        """The :func:`boltzgen.md.simulate` options of ``method`` for this system.
+
+        Parameters
+        ----------
+        method : {"exact", "md", "mcmc"}
+
+        Returns
+        -------
+        dict
+            The method defaults of :data:`boltzgen.md.DEFAULTS`, overlaid with :attr:`simulate`.
+        """
+        from ..md.simulate import DEFAULTS
+
+        return {**DEFAULTS[method], **{k: v for k, v in self.simulate.items() if k in DEFAULTS[method]}}
+
+
+def _aldp_spec(name: str, description: str, forcefield: str) -> SystemSpec:
+    # Replica exchange up to 1000 K: the phi > 0 basin is reached within the default run only on
+    # a ladder that hot. Raise t_max or the replicas if a longer ladder is needed for another force field.
+    return SystemSpec(name, lambda **kw: _aldp(name, **kw), description, forcefield, 300.0, n_atoms=22,
+                      simulate={"replicas": 6, "t_max": 1000.0, "stride": 500, "equilibration": 10_000},
+                      train_config=f"{name}.train.yaml")
+
+
+#: The built-in systems, by name (the order of ``boltzgen systems``).
+SPECS: dict[str, SystemSpec] = {spec.name: spec for spec in (
+    _aldp_spec("aldp-vacuum", "alanine dipeptide (Ace-Ala-Nme), vacuum", "amber99sbildn.xml, NoCutoff, no constraints"),
+    _aldp_spec("aldp-implicit", "alanine dipeptide (Ace-Ala-Nme), OBC implicit solvent",
+               "amber99sbildn.xml + amber99_obc.xml, NoCutoff, no constraints"),
+    SystemSpec("lj13", _lj(13), "Lennard-Jones cluster, 13 particles, harmonic restraint to the centre",
+               "LJ (eps = 1, r_m = 1) + 0.5 |x - mean|^2", REDUCED_UNIT_TEMPERATURE, n_atoms=13,
+               train_config="lj13.train.yaml"),
+    # LJ55's MALA chains need a longer burn-in than the method default to forget their start.
+    SystemSpec("lj55", _lj(55), "Lennard-Jones cluster, 55 particles, harmonic restraint to the centre",
+               "LJ (eps = 1, r_m = 1) + 0.5 |x - mean|^2", REDUCED_UNIT_TEMPERATURE, n_atoms=55,
+               simulate={"equilibration": 10_000}, train_config="lj55.train.yaml"),
+    SystemSpec("gmm-two-modes", _gmm_two_modes, "Gaussian mixture, two modes with weights 2/3 and 1/3 (option dim)",
+               "analytic", REDUCED_UNIT_TEMPERATURE, train_config="gmm-two-modes.train.yaml"),
+    SystemSpec("gmm-40", _gmm_40, "Gaussian mixture, 40 equal-weight modes in [-40, 40]^d, standardised (option dim)",
+               "analytic", REDUCED_UNIT_TEMPERATURE, train_config="gmm-40.train.yaml"),
+)}
+
+
+def spec(name: str) -> SystemSpec:
+    """The :class:`SystemSpec` of a built-in system.
+
+    Parameters
+    ----------
+    name : str
+        A name of :func:`names`.
+
+    Returns
+    -------
+    SystemSpec
+
+    Raises
+    ------
+    KeyError
+        For an unknown name; the message lists the built-in systems.
+    """
+    if name not in SPECS:
+        raise KeyError(f"unknown system {name!r}; built-in systems: {', '.join(SPECS)}")
+    return SPECS[name]
 
 
 def simulate_defaults(name: str) -> dict:
-    """Default :func:`boltzgen.md.simulate` options for a system.
+    """The per-system :func:`boltzgen.md.simulate` options of a built-in system.
 
     Parameters
     ----------
@@ -114,13 +196,10 @@ def simulate_defaults(name: str) -> dict:
     Returns
     -------
     dict
-        A copy of the defaults (e.g. ``replicas``, ``t_max`` in K, ``stride``,
-        ``equilibration`` in steps); empty for unknown names.
+        A copy of :attr:`SystemSpec.simulate` (e.g. ``replicas``, ``t_max`` in K, ``stride``,
+        ``equilibration`` in steps); empty for names that are not built in (user targets).
     """
-    return dict(SIMULATE_DEFAULTS.get(name, {}))
-
-
-_N_ATOMS = {"aldp-vacuum": 22, "aldp-implicit": 22, "lj13": 13, "lj55": 55}
+    return dict(SPECS[name].simulate) if name in SPECS else {}
 
 
 def load(name: str, **options) -> TargetSystem:
@@ -150,13 +229,14 @@ def load(name: str, **options) -> TargetSystem:
     --------
     >>> target = load("gmm-40", dim=128)
     """
-    if name not in BUILTIN:
-        raise KeyError(f"unknown system {name!r}; built-in systems: {', '.join(BUILTIN)}")
-    factory = BUILTIN[name][0]
+    system_spec = spec(name)
     try:
-        return factory(**options)
+        target = system_spec.builder(**options)
     except TypeError as exc:
         raise TypeError(f"bad options for system {name!r}: {exc}") from None
+    if system_spec.states is not None:
+        target.states = system_spec.states(target)
+    return target
 
 
 def names() -> list[str]:
@@ -166,7 +246,7 @@ def names() -> list[str]:
     -------
     list of str
     """
-    return list(BUILTIN)
+    return list(SPECS)
 
 
 def describe() -> list[dict]:
@@ -179,16 +259,16 @@ def describe() -> list[dict]:
         ``temperature_K`` (K), ``units``, ``description``.
     """
     rows = []
-    for name, (_, description, forcefield, temperature) in BUILTIN.items():
-        reduced = temperature == REDUCED_UNIT_TEMPERATURE
+    for name, system_spec in SPECS.items():
+        reduced = system_spec.temperature == REDUCED_UNIT_TEMPERATURE
         rows.append({
             "name": name,
-            "n_atoms": _N_ATOMS.get(name),
-            "dim": "user (default 2)" if name.startswith("gmm") else 3 * _N_ATOMS[name],
-            "forcefield": forcefield,
-            "temperature_K": temperature,
+            "n_atoms": system_spec.n_atoms,
+            "dim": "user (default 2)" if system_spec.n_atoms is None else 3 * system_spec.n_atoms,
+            "forcefield": system_spec.forcefield,
+            "temperature_K": system_spec.temperature,
             "units": "reduced (kT = 1)" if reduced else "kJ/mol, nm",
-            "description": description,
+            "description": system_spec.description,
         })
     return rows
 
