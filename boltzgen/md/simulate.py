@@ -458,3 +458,71 @@ def _run_mcmc(target, n_samples, params, checkpoint, checkpoint_every, callback,
         "mcmc_wall_time_s": wall_before + time.perf_counter() - t0,
     }
     return SimulationResult(positions, reduced, info, topology=target.topology)
+
+
+# ---------------------------------------------------------------------------- replica-ladder data
+def ladder_frames(result: SimulationResult, keep: int, kT: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames of the ``keep`` coldest replicas of a replica-exchange result, coldest first.
+
+    Parameters
+    ----------
+    result : SimulationResult
+        From :func:`simulate` with ``replicas >= keep`` and ``keep_replicas=True``.
+    keep : int
+        Replicas to keep, counted from the target temperature up.
+    kT : float
+        kT of the target temperature, kJ/mol.
+
+    Returns
+    -------
+    positions : ndarray, shape (keep · n, *event_shape), nm
+    reduced_energy : ndarray, shape (keep · n,)
+        U / kT at the *target* temperature for every frame.
+    temperature_K : ndarray, shape (keep · n,)
+        Ladder temperature (K) each frame was sampled at.
+    """
+    temps = result.metadata["temperatures_K"][:keep]
+    n = result.positions.shape[0]
+    positions = np.concatenate([result.replica_positions[k] for k in range(keep)])
+    reduced_energy = np.concatenate([result.replica_potential_energy[:, k] / kT for k in range(keep)])
+    return positions, reduced_energy, np.repeat(np.asarray(temps, dtype=np.float64), n)
+
+
+#: How :func:`quench_frames` relaxes a frame after the minimisation: Langevin friction (1/ps)
+#: strong enough that velocities and the fast modes equilibrate within the quench.
+QUENCH_FRICTION = 10.0
+
+
+def quench_frames(target, positions: np.ndarray, *, time_ps: float, platform: str, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Relax frames to the target temperature (:func:`boltzgen.md.dynamics.quench`), in place.
+
+    Parameters
+    ----------
+    target : OpenMMTarget
+        The target (its ``system``, ``temperature`` in K and ``kT`` in kJ/mol).
+    positions : ndarray, shape (B, N, 3)
+        Frames in nm; overwritten with the quenched frames.
+    time_ps : float
+        Langevin dynamics after the minimisation, ps (> 0).
+    platform : str
+        OpenMM platform name.
+    seed : int
+        Seed of the Langevin integrators.
+
+    Returns
+    -------
+    reduced_energy : ndarray, shape (B,)
+        U / kT of the quenched frames at the target temperature.
+    info : dict
+        ``time_ps``, ``friction_per_ps``, ``minimize``, ``temperature_K``, ``n_frames``,
+        ``wall_time_s`` (recorded in the sample file's metadata).
+    """
+    from .dynamics import quench
+
+    start = time.perf_counter()
+    positions[:], potential = quench(target.system, positions, target.temperature, time_ps=float(time_ps),
+                                     friction=QUENCH_FRICTION, minimize=True, platform=platform, seed=seed)
+    info = {"time_ps": float(time_ps), "friction_per_ps": QUENCH_FRICTION, "minimize": True,
+            "temperature_K": target.temperature, "n_frames": int(len(potential)),
+            "wall_time_s": time.perf_counter() - start}
+    return potential / target.kT, info

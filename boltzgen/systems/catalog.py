@@ -104,6 +104,8 @@ class SystemSpec:
         dynamics at the target temperature does not visit.
     train_config : str or None
         File under ``systems/`` with the training defaults of ``boltzgen train``.
+    openmm : bool
+        True for OpenMM systems (they take ``platform`` and ``n_workers`` options).
     states : callable or None
         ``states(target) -> StateSet or None``: the metastable states of the system; None keeps
         :attr:`TargetSystem.states`'s default (:func:`boltzgen.states.default_states`).
@@ -117,6 +119,7 @@ class SystemSpec:
     n_atoms: Optional[int] = None
     simulate: dict = field(default_factory=dict)
     train_config: Optional[str] = None
+    openmm: bool = False
     states: Optional[Callable] = None
 
     def simulation_defaults(self, method: str) -> dict:
@@ -141,7 +144,7 @@ def _aldp_spec(name: str, description: str, forcefield: str) -> SystemSpec:
     # a ladder that hot. Raise t_max or the replicas if a longer ladder is needed for another force field.
     return SystemSpec(name, lambda **kw: _aldp(name, **kw), description, forcefield, 300.0, n_atoms=22,
                       simulate={"replicas": 6, "t_max": 1000.0, "stride": 500, "equilibration": 10_000},
-                      train_config=f"{name}.train.yaml")
+                      train_config=f"{name}.train.yaml", openmm=True)
 
 
 #: The built-in systems, by name (the order of ``boltzgen systems``).
