@@ -12,7 +12,7 @@ model is anything with
 
 :class:`~boltzgen.energy.EnergyModel` is such a model, and so is
 :class:`~boltzgen.sampling.smc.ExactMarginalModel` (exact energies −log p_t of a Gaussian mixture).
-A :class:`~boltzgen.train.TrainedModel` (an ``inner`` EnergyModel on y = x / length_scale) is
+A :class:`~boltzgen.model.TrainedModel` (an ``inner`` EnergyModel on y = x / length_scale) is
 unwrapped: the diffusion runs in y, and the samples are returned as x = length_scale · y in the
 target's own units.
 
@@ -46,8 +46,9 @@ import torch
 from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
 
 __all__ = [
-    "TIME_SPACINGS", "SDE_METHODS", "ODE_METHODS", "time_grid", "unwrap_model", "prior_variance", "sample_prior",
-    "prior_log_prob", "model_energy_and_score", "reverse_kernel", "reverse_sde", "probability_flow",
+    "TIME_SPACINGS", "SDE_METHODS", "ODE_METHODS", "CPU_EVAL_CHUNK", "time_grid", "unwrap_model", "model_dtype",
+    "model_device", "model_t_min", "model_mean_free", "model_sigma_data", "model_event_shape", "prior_variance",
+    "sample_prior", "prior_log_prob", "model_energy_and_score", "reverse_kernel", "reverse_sde", "probability_flow",
 ]
 
 TIME_SPACINGS = ("quadratic", "uniform", "log")
@@ -59,7 +60,7 @@ ODE_METHODS = ("heun", "euler")
 def unwrap_model(model, length_scale: Optional[float] = None):
     """(diffusion model, length scale): a TrainedModel gives (model.inner, model.length_scale).
 
-    A model with ``inner`` and ``length_scale`` attributes (:class:`~boltzgen.train.TrainedModel`)
+    A model with ``inner`` and ``length_scale`` attributes (:class:`~boltzgen.model.TrainedModel`)
     runs in y = x / length_scale; any other model runs in x itself (length scale 1) unless
     ``length_scale`` is given.
 
@@ -82,7 +83,19 @@ def unwrap_model(model, length_scale: Optional[float] = None):
     return model, 1.0 if length_scale is None else float(length_scale)
 
 
-def _model_dtype(model) -> torch.dtype:
+def model_dtype(model) -> torch.dtype:
+    """Floating-point type the model computes in.
+
+    Parameters
+    ----------
+    model : model-like
+        A ``torch.nn.Module`` (the dtype of its first parameter) or anything with ``dtype``.
+
+    Returns
+    -------
+    torch.dtype
+        The parameters' dtype, else ``model.dtype``, else float64.
+    """
     params = getattr(model, "parameters", None)
     if callable(params):
         p = next(iter(params()), None)
@@ -98,10 +111,23 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.index == b.index or a.index is None or b.index is None
 
 
-def _model_device(model, generator: Optional[torch.Generator] = None) -> torch.device:
-    """Device of the run: the model's parameters' (if any), else the generator's, else the CPU.
+def model_device(model, generator: Optional[torch.Generator] = None) -> torch.device:
+    """Device of a run: the model's parameters' (if any), else the generator's, else the CPU.
 
-    The generator must live on that device (random numbers are drawn there); a mismatch raises.
+    Parameters
+    ----------
+    model : model-like
+    generator : torch.Generator, optional
+        Must live on the model's device (random numbers are drawn there).
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        When the generator and the model's parameters are on different devices.
     """
     device = None
     params = getattr(model, "parameters", None)
@@ -118,19 +144,50 @@ def _model_device(model, generator: Optional[torch.Generator] = None) -> torch.d
     return torch.device("cpu") if device is None else device
 
 
-def _t_min(model, t_min: Optional[float]) -> float:
+def model_t_min(model, t_min: Optional[float] = None) -> float:
+    """Smallest diffusion time of a run: ``t_min`` if given, else ``model.t_min`` (default 1e-3).
+
+    Parameters
+    ----------
+    model : model-like
+    t_min : float, optional
+        An explicit value, which wins.
+
+    Returns
+    -------
+    float
+        Dimensionless diffusion time.
+    """
     return float(getattr(model, "t_min", 1e-3) if t_min is None else t_min)
 
 
-def _mean_free(model) -> bool:
+def model_mean_free(model) -> bool:
+    """Whether the model lives on the zero-centre-of-mass subspace (``model.mean_free``, default False).
+
+    Returns
+    -------
+    bool
+    """
     return bool(getattr(model, "mean_free", False))
 
 
-def _sigma_data(model) -> float:
+def model_sigma_data(model) -> float:
+    """Per-coordinate scale of the data in model units (``model.sigma_data``, default 1).
+
+    Returns
+    -------
+    float
+    """
     return float(getattr(model, "sigma_data", 1.0))
 
 
-def _event_shape(model) -> tuple:
+def model_event_shape(model) -> tuple:
+    """Shape of one configuration (``model.event_shape``), e.g. (N, 3) for molecules.
+
+    Returns
+    -------
+    tuple of int
+    """
     return tuple(int(s) for s in model.event_shape)
 
 
@@ -196,7 +253,7 @@ def prior_variance(model, t: float = 1.0) -> float:
     float
         c², in model units squared (units of y²).
     """
-    sd = _sigma_data(model)
+    sd = model_sigma_data(model)
     return _f(model.schedule.alpha(t)) ** 2 * sd * sd + _f(model.schedule.sigma2(t))
 
 
@@ -223,8 +280,8 @@ def sample_prior(model, n: int, generator: Optional[torch.Generator] = None, *, 
         Draws in model units (y).
     """
     c2 = prior_variance(model) if prior_var is None else float(prior_var)
-    device = _model_device(model, generator) if device is None else device
-    eps = sample_noise((int(n),) + _event_shape(model), generator, _mean_free(model), dtype=torch.float64,
+    device = model_device(model, generator) if device is None else device
+    eps = sample_noise((int(n),) + model_event_shape(model), generator, model_mean_free(model), dtype=torch.float64,
                        device=device)
     return math.sqrt(c2) * eps
 
@@ -247,14 +304,13 @@ def prior_log_prob(model, y: torch.Tensor, prior_var: Optional[float] = None) ->
         Log-densities with respect to the Lebesgue measure in y.
     """
     c2 = prior_variance(model) if prior_var is None else float(prior_var)
-    return gaussian_log_prob(y.to(torch.float64), 0.0, c2, mean_free=_mean_free(model))
+    return gaussian_log_prob(y.to(torch.float64), 0.0, c2, mean_free=model_mean_free(model))
 
 
-#: Configurations per model evaluation on the CPU when no ``batch_size`` is given. On 2 CPU cores a
-#: 1024-configuration pass of the alanine-dipeptide EGNN costs about 3 times as much per
-#: configuration as eight passes of 128 (its (B, N, N, H) pair tensors no longer fit in the cache;
-#: chunks of 256 cost 1.3 times as much as 128, of 64 the same); ``benchmarks/eval_chunks.py``
-#: measures it. On a GPU the whole batch goes in one pass.
+#: Configurations per model evaluation on the CPU when no ``batch_size`` is given: large passes of
+#: a pair-based network (its (B, N, N, H) tensors) fall out of the CPU cache, so chunks are cheaper
+#: per configuration. ``benchmarks/eval_chunks.py`` measures the cost per chunk size; change this
+#: when it finds a better size on your machine. On a GPU the whole batch goes in one pass.
 CPU_EVAL_CHUNK = 128
 
 
@@ -289,7 +345,7 @@ def model_energy_and_score(model, y: torch.Tensor, t: float, batch_size: Optiona
     if int(batch_size) > 0 and y.shape[0] > int(batch_size):
         parts = [model_energy_and_score(model, chunk, t, 0) for chunk in torch.split(y, int(batch_size))]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    dtype = _model_dtype(model)
+    dtype = model_dtype(model)
     yy = y.detach().to(dtype)
     if hasattr(model, "energy_and_score"):
         e, s = model.energy_and_score(yy, t)
@@ -301,17 +357,17 @@ def model_energy_and_score(model, y: torch.Tensor, t: float, batch_size: Optiona
         s = -g
     e = e.detach().to(torch.float64).reshape(y.shape[0])
     s = s.detach().to(torch.float64).reshape(y.shape)
-    if _mean_free(model):
+    if model_mean_free(model):
         s = project_mean_free(s)
     return e, s
 
 
 def _score_with_graph(model, y: torch.Tensor, t: float) -> torch.Tensor:
     """Score −∇E(y, t) with its graph (for divergences); y must require grad."""
-    e = model.energy(y.to(_model_dtype(model)), t)
+    e = model.energy(y.to(model_dtype(model)), t)
     (g,) = torch.autograd.grad(e.sum(), y, create_graph=True)
     s = -g
-    return project_mean_free(s) if _mean_free(model) else s
+    return project_mean_free(s) if model_mean_free(model) else s
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -385,8 +441,9 @@ def reverse_sde(model, n: int, generator: Optional[torch.Generator] = None, *, n
     y_init : tensor, optional
         Start from these states at t = 1 (model coordinates) instead of prior draws.
     batch_size : int, optional
-        Evaluate the model in chunks of at most this many configurations (default: 128 on the
-        CPU, all at once on a GPU; 0: all at once; :func:`~boltzgen.sampling.sde.model_energy_and_score`).
+        Evaluate the model in chunks of at most this many configurations (default:
+        :data:`CPU_EVAL_CHUNK` on the CPU, all at once on a GPU; 0: all at once;
+        :func:`model_energy_and_score`).
     return_y : bool
         Return model coordinates y instead of x = length_scale · y.
 
@@ -397,14 +454,14 @@ def reverse_sde(model, n: int, generator: Optional[torch.Generator] = None, *, n
     model, ls = unwrap_model(model, length_scale)
     if method not in SDE_METHODS:
         raise ValueError(f"unknown reverse-SDE method {method!r}; choose one of {SDE_METHODS}")
-    mf = _mean_free(model)
-    device = _model_device(model, generator)
+    mf = model_mean_free(model)
+    device = model_device(model, generator)
     y = (sample_prior(model, n, generator, device=device) if y_init is None
          else y_init.detach().to(device=device, dtype=torch.float64).clone())
-    times = time_grid(n_steps, _t_min(model, t_min), 1.0, spacing).tolist()
+    times = time_grid(n_steps, model_t_min(model, t_min), 1.0, spacing).tolist()
     for t, t_next in zip(times[:-1], times[1:]):
         _, s = model_energy_and_score(model, y, t, batch_size)
-        mean, var = reverse_kernel(model.schedule, y, s, t, t_next, method, _sigma_data(model))
+        mean, var = reverse_kernel(model.schedule, y, s, t, t_next, method, model_sigma_data(model))
         noise = sample_noise(y.shape, generator, mf, dtype=y.dtype, device=y.device)
         y = mean + math.sqrt(var) * noise
     return y if return_y else ls * y
@@ -432,11 +489,11 @@ def _velocity(model, y: torch.Tensor, t: float, batch_size, divergence: Optional
     if divergence is None:
         _, s = model_energy_and_score(model, y, t, batch_size)
         return f * y - 0.5 * g2 * s, None
-    d = event_dim(_event_shape(model), _mean_free(model))
+    d = event_dim(model_event_shape(model), model_mean_free(model))
     vels, divs = [], []
     chunks = torch.split(y, int(batch_size)) if batch_size else (y,)
     for yc in chunks:
-        yy = yc.detach().to(_model_dtype(model)).requires_grad_(True)
+        yy = yc.detach().to(model_dtype(model)).requires_grad_(True)
         with torch.enable_grad():
             s = _score_with_graph(model, yy, t)
             if divergence == "exact":
@@ -446,7 +503,7 @@ def _velocity(model, y: torch.Tensor, t: float, batch_size, divergence: Optional
                     (jb,) = torch.autograd.grad((s * b).sum(), yy, retain_graph=True)
                     div_s = div_s + (jb * b).reshape(yc.shape[0], -1).sum(1).to(torch.float64)
             else:  # Hutchinson with Gaussian probes in the (sub)space
-                eps = sample_noise(yc.shape, generator, _mean_free(model), dtype=s.dtype, device=s.device)
+                eps = sample_noise(yc.shape, generator, model_mean_free(model), dtype=s.dtype, device=s.device)
                 (je,) = torch.autograd.grad((s * eps).sum(), yy)
                 div_s = (je * eps).reshape(yc.shape[0], -1).sum(1).to(torch.float64)
         vels.append(f * yc - 0.5 * g2 * s.detach().to(torch.float64))
@@ -488,15 +545,15 @@ def probability_flow(model, n: int, generator: Optional[torch.Generator] = None,
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
     c2 = prior_variance(model)
-    device = _model_device(model, generator)
+    device = model_device(model, generator)
     y = (sample_prior(model, n, generator, prior_var=c2, device=device) if y_init is None
          else y_init.detach().to(device=device, dtype=torch.float64).clone())
     div_mode = divergence if return_log_q else None
     basis = None
     if div_mode == "exact":
-        basis = _subspace_basis(_event_shape(model), _mean_free(model), torch.float64, y.device)
+        basis = _subspace_basis(model_event_shape(model), model_mean_free(model), torch.float64, y.device)
     log_q = prior_log_prob(model, y, c2) if return_log_q else None
-    times = time_grid(n_steps, _t_min(model, t_min), 1.0, spacing).tolist()
+    times = time_grid(n_steps, model_t_min(model, t_min), 1.0, spacing).tolist()
     for t, t_next in zip(times[:-1], times[1:]):
         dt = t_next - t  # negative
         v1, d1 = _velocity(model, y, t, batch_size, div_mode, generator, basis)
@@ -510,11 +567,11 @@ def probability_flow(model, n: int, generator: Optional[torch.Generator] = None,
         y = y + 0.5 * dt * (v1 + v2)
         if return_log_q:
             log_q = log_q - 0.5 * dt * (d1 + d2)
-    if _mean_free(model):
+    if model_mean_free(model):
         y = project_mean_free(y)
     out = y if return_y else ls * y
     if not return_log_q:
         return out
     if not return_y:
-        log_q = log_q - event_dim(_event_shape(model), _mean_free(model)) * math.log(ls)
+        log_q = log_q - event_dim(model_event_shape(model), model_mean_free(model)) * math.log(ls)
     return out, log_q

@@ -1,0 +1,815 @@
+"""The stages of SMC along the diffusion path, each a function over a :class:`ParticleState`.
+
+:func:`~boltzgen.sampling.smc.smc_sample` runs them in order; each also runs alone (tests, custom
+schedules). What stays fixed during a run (model, target, settings, grids, state labels) is an
+:class:`SMCProblem`; the particles and everything that changes with them (positions, log-weights,
+energies and gradients at hand, step-size controller, ancestors, evaluation counts) are a
+:class:`ParticleState`; diagnostics go to an :class:`SMCRecorder`.
+
+1. :func:`start_at_prior` (or :func:`start_from` given particles): level 0.
+2. :func:`run_diffusion`: reverse-kernel proposals from t = 1 down to t_min, reweighting,
+   resampling, optional MCMC moves.
+3. :func:`fold_chirality`: wrong-handed particles reflected onto the L-form at t_min.
+4. :func:`run_annealing`: optional equal shares of the states (:func:`balance_states`), then
+   levels β from exp(−E(y, t_min)) to the target exp(−u), on a fixed or adaptive grid.
+5. :func:`run_final_moves`: moves on the target alone, weights unchanged.
+
+The weights, the log Z estimate and the kernels are described in :mod:`boltzgen.sampling.smc`
+and docs/design.md.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
+from .chirality import chiral_centres, fix_chirality, in_l_region
+from .mcmc import hmc_step, mala_step
+from .resampling import ess_fraction, log_mean_exp, resample_by_state
+from .sde import (
+    model_device, model_energy_and_score, model_event_shape, model_mean_free, model_sigma_data, model_t_min,
+    prior_log_prob, prior_variance, reverse_kernel, sample_prior, time_grid, unwrap_model,
+)
+from .settings import SMCSettings
+
+__all__ = [
+    "SMCProblem", "ParticleState", "SMCRecorder", "StepSize", "initial_step_size", "conditional_ess",
+    "next_beta_increment", "anneal_grid", "start_at_prior", "start_from", "maybe_resample", "run_diffusion",
+    "fold_chirality", "balance_states", "run_annealing", "run_final_moves",
+]
+
+LOG2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------- small helpers
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def _clean(e: torch.Tensor, g: torch.Tensor):
+    """Energies +inf and gradients 0 wherever either is not finite."""
+    ok = torch.isfinite(e) & torch.isfinite(g.reshape(g.shape[0], -1)).all(1)
+    return torch.where(ok, e, torch.full_like(e, math.inf)), torch.where(_bcast(ok, g), g, torch.zeros_like(g))
+
+
+def _add_log_w(lw: torch.Tensor, incr: torch.Tensor) -> torch.Tensor:
+    """lw + incr with −inf (not NaN) for dead particles and non-finite increments."""
+    out = lw + incr
+    return torch.where(torch.isnan(out) | (out == math.inf), torch.full_like(out, -math.inf), out)
+
+
+def conditional_ess(log_w: torch.Tensor, log_increment: torch.Tensor) -> float:
+    """Conditional ESS of an incremental reweighting, as a fraction in [0, 1].
+
+    CESS = (Σ_i W_i w_i)² / Σ_i W_i w_i² with W the normalised current weights and w the
+    incremental weights (Zhou, Johansen & Aston 2016): the ESS fraction the increment alone
+    would leave, 1 when it is constant over the particles.
+
+    Parameters
+    ----------
+    log_w : tensor, shape (B,)
+        Current log-weights (−inf for dead particles).
+    log_increment : tensor, shape (B,)
+        Log incremental weights (−inf allowed).
+
+    Returns
+    -------
+    float
+        The CESS fraction (0 if no live particle keeps any weight).
+    """
+    log_w_norm = log_w - torch.logsumexp(log_w, 0)
+    a = torch.logsumexp(log_w_norm + log_increment, 0)
+    b = torch.logsumexp(log_w_norm + 2.0 * log_increment, 0)
+    if not bool(torch.isfinite(a)) or not bool(torch.isfinite(b)):
+        return 0.0
+    return float(torch.exp(2.0 * a - b).clamp(max=1.0))
+
+
+def next_beta_increment(log_w: torch.Tensor, slope: torch.Tensor, remaining: float, cess: float,
+                        iterations: int = 60) -> float:
+    """The largest Δβ ≤ ``remaining`` whose increment Δβ · ``slope`` keeps the CESS at ``cess``.
+
+    Parameters
+    ----------
+    log_w : tensor, shape (B,)
+        Current log-weights.
+    slope : tensor, shape (B,)
+        d log w / dβ of each particle: E − u in the annealing (−inf for dead particles).
+    remaining : float
+        1 − β: the largest possible increment.
+    cess : float in (0, 1)
+        Target conditional ESS fraction.
+    iterations : int
+        Bisection steps.
+
+    Returns
+    -------
+    float
+        Δβ in (0, remaining]; ``remaining`` when even the full step keeps the CESS above target.
+    """
+    live = torch.isfinite(slope)
+    centred = torch.where(live, slope - slope[live].mean() if bool(live.any()) else slope, slope)
+
+    def cess_of(step: float) -> float:
+        return conditional_ess(log_w, step * centred)
+
+    if cess_of(remaining) >= cess:
+        return remaining
+    lo, hi = 0.0, remaining
+    for _ in range(int(iterations)):
+        mid = 0.5 * (lo + hi)
+        if cess_of(mid) >= cess:
+            lo = mid
+        else:
+            hi = mid
+    return max(lo, remaining * 1e-9)  # always move forward
+
+
+def initial_step_size(kernel: str, scale2: float, d: int) -> float:
+    """A step size for a Gaussian of per-coordinate variance ``scale2`` in d dimensions.
+
+    Parameters
+    ----------
+    kernel : {"mala", "hmc"}
+    scale2 : float
+        Per-coordinate variance s² (model units squared).
+    d : int
+        Dimensions.
+
+    Returns
+    -------
+    float
+        MALA h = s² d^(−1/3) or HMC ε = s d^(−1/4) (model units squared, resp. model units).
+    """
+    if kernel == "mala":
+        return scale2 * d ** (-1.0 / 3.0)
+    return math.sqrt(scale2) * d ** (-0.25)
+
+
+class StepSize:
+    """Step size h = κ · h_ref of one stage's MCMC moves.
+
+    ``auto`` (no step size given): h_ref is the step suited to a Gaussian whose per-coordinate
+    variance is d / median‖∇U‖² over the particles entering the level's moves (for N(0, s² I),
+    ‖∇U‖² ≈ d / s²; for anisotropic densities this picks the stiff directions), so the step
+    follows the shrinking scales of the diffusion. Otherwise h_ref = the given step size. κ starts
+    at 1 and is adapted between levels, log κ += rate · (mean acceptance − target): it depends
+    only on earlier levels.
+
+    Parameters
+    ----------
+    kernel : {"mala", "hmc"}
+    d : int
+        Dimensions.
+    given : float, optional
+        A fixed h_ref (model units); None for automatic.
+    rate : float
+        Adaptation rate of κ (0: κ stays 1).
+    alpha_star : float
+        Target acceptance.
+    """
+
+    def __init__(self, kernel: str, d: int, given: Optional[float], rate: float, alpha_star: float):
+        self.kernel, self.d, self.rate, self.alpha_star = kernel, d, float(rate), alpha_star
+        self.auto = given is None
+        self.ref = 1.0 if given is None else float(given)
+        self.kappa = 1.0
+        if not self.auto and not self.ref > 0:
+            raise ValueError(f"step sizes must be positive, got {given}")
+
+    def value(self, grad: torch.Tensor) -> float:
+        """The step size for moves starting from particles with gradients ``grad`` (B, *event)."""
+        if self.auto:
+            sq = grad.reshape(grad.shape[0], -1).pow(2).sum(1)
+            sq = sq[torch.isfinite(sq) & (sq > 0)]
+            m = float(sq.median()) if sq.numel() else float("nan")
+            if math.isfinite(m) and m > 0:
+                self.ref = initial_step_size(self.kernel, self.d / m, self.d)
+        return self.kappa * self.ref
+
+    def update(self, acceptance: float) -> None:
+        """Adapt κ after a level's moves with mean acceptance ``acceptance``."""
+        self.kappa *= math.exp(self.rate * (acceptance - self.alpha_star))
+
+
+def anneal_grid(settings: SMCSettings) -> list:
+    """The fixed β grid of the annealing (with ``anneal.cess``: the grid whose step bounds the adaptive one).
+
+    Parameters
+    ----------
+    settings : SMCSettings
+
+    Returns
+    -------
+    list of float
+        ``anneal.betas``, else ``n_levels`` equal steps up to 1 (one jump to 1 for 0 levels).
+    """
+    a = settings.anneal
+    if a.betas is not None:
+        return list(a.betas)
+    k = max(a.n_levels, 1)
+    return [(i + 1) / k for i in range(k)]
+
+
+# ---------------------------------------------------------------------------- the fixed parts
+@dataclass
+class SMCProblem:
+    """What stays fixed during one SMC run: model, target, settings, grids, state labels.
+
+    Build it with :meth:`build`. The evaluation methods count into the :class:`ParticleState`
+    they are given.
+
+    Attributes
+    ----------
+    model : DiffusionModel
+        The model in y (a TrainedModel unwrapped).
+    length_scale : float
+        ℓ, x = ℓ y (units of x per unit of y).
+    target : TargetSystem or None
+        The final target exp(−u(x)); None stops at t_min.
+    generator : torch.Generator or None
+    settings : SMCSettings
+    states : callable or None
+        x (B, *event) float64 tensor in target units -> (B,) integer labels.
+    centres : (K, 4) int array or None
+        Chiral centres to fold at t_min.
+    dim : int
+        Degrees of freedom d (3(N − 1) for mean-free models).
+    mean_free : bool
+    t_min : float
+    times : list of float
+        Diffusion grid from 1 down to t_min.
+    """
+
+    model: object
+    length_scale: float
+    target: object
+    generator: Optional[torch.Generator]
+    settings: SMCSettings
+    states: Optional[Callable]
+    centres: Optional[np.ndarray]
+    dim: int
+    mean_free: bool
+    t_min: float
+    times: list
+
+    @classmethod
+    def build(cls, model, target=None, generator=None, settings: Optional[SMCSettings] = None, states=None,
+              length_scale: Optional[float] = None) -> "SMCProblem":
+        """Check the model against the target and settings and fix the grids.
+
+        Parameters
+        ----------
+        model : DiffusionModel or TrainedModel
+        target : TargetSystem, optional
+        generator : torch.Generator, optional
+        settings : SMCSettings, optional
+            Default: ``SMCSettings()``.
+        states : callable or StateSet, optional
+            Labels of metastable states (a :class:`~boltzgen.states.StateSet`'s ``assign`` is used).
+        length_scale : float, optional
+            ℓ (default: the TrainedModel's, else 1).
+
+        Returns
+        -------
+        SMCProblem
+
+        Raises
+        ------
+        ValueError
+            For a shape mismatch, ``balance_states`` without ``states`` or an impossible chirality fold.
+        """
+        settings = SMCSettings() if settings is None else settings
+        if not isinstance(settings, SMCSettings):
+            raise ValueError(f"settings must be an SMCSettings, got {type(settings).__name__}")
+        m, ls = unwrap_model(model, length_scale)
+        ev = model_event_shape(m)
+        if target is not None and tuple(target.event_shape) != ev:
+            raise ValueError(f"model configurations {ev} and target configurations {tuple(target.event_shape)} differ")
+        if settings.resampling.balance_states and states is None:
+            raise ValueError("balance_states needs states (a function that labels the configurations)")
+        if states is not None and hasattr(states, "assign"):
+            states = states.assign
+        t_min = model_t_min(m, settings.diffusion.t_min)
+        times = time_grid(settings.diffusion.n_steps, t_min, 1.0, settings.diffusion.spacing).tolist()
+        return cls(model=m, length_scale=ls, target=target, generator=generator, settings=settings, states=states,
+                   centres=_resolve_centres(settings.chirality, model, target, ev), dim=event_dim(ev, model_mean_free(m)),
+                   mean_free=model_mean_free(m), t_min=t_min, times=times)
+
+    def exponent(self, t: float) -> float:
+        """Tempering exponent b(t): 1 at t = 1, ``diffusion.tempering`` at t_min, linear in t."""
+        b = self.settings.diffusion.tempering
+        return 1.0 - (1.0 - b) * min(1.0, (1.0 - float(t)) / (1.0 - self.t_min))
+
+    def model_eval(self, state: "ParticleState", y: torch.Tensor, t: float):
+        """(Tempered) model energies b(t) E(y, t) (B,) and their gradients (B, *event); +inf / 0 where not finite."""
+        state.n_model_evals += y.shape[0]
+        e, s = model_energy_and_score(self.model, y, t, self.settings.batch_size)
+        e, g = _clean(e, -s)
+        if self.settings.diffusion.tempering != 1.0:
+            b = self.exponent(t)
+            e, g = b * e, b * g
+        return e, g
+
+    def target_eval(self, state: "ParticleState", y: torch.Tensor):
+        """Target energies u(ℓ y) (B,) and gradients in y; +inf outside the L-region when folding."""
+        state.n_target_evals += y.shape[0]
+        uu, force = self.target.reduced_energy_and_force(self.length_scale * y)
+        uu = uu.to(torch.float64).to(y.device)
+        gu = -self.length_scale * force.to(torch.float64).to(y.device)
+        if self.mean_free:
+            gu = project_mean_free(gu)
+        uu, gu = _clean(uu, gu)
+        if self.centres is not None:
+            inside = in_l_region(y, self.centres)
+            uu = torch.where(inside, uu, torch.full_like(uu, math.inf))
+            gu = torch.where(_bcast(inside, gu), gu, torch.zeros_like(gu))
+        return uu, gu
+
+    def labels(self, y: torch.Tensor) -> torch.Tensor:
+        """State labels (B,) of model configurations y (folded onto the L-form first when folding)."""
+        if self.centres is not None:
+            y = fix_chirality(y, self.centres)[0]
+        labels = torch.as_tensor(np.asarray(self.states((self.length_scale * y).detach())), device=y.device).reshape(-1)
+        if labels.shape != (y.shape[0],) or torch.is_floating_point(labels):
+            raise ValueError(f"states must map {y.shape[0]} configurations to {y.shape[0]} integer labels, "
+                             f"got {labels.dtype} of shape {tuple(labels.shape)}")
+        return labels
+
+    def denoised(self, y: torch.Tensor, grad: torch.Tensor, t: float) -> torch.Tensor:
+        """Tweedie's E[y_0 | y_t] from the (tempered) gradient at hand; y itself where α_t = 0."""
+        tt = torch.tensor(float(t), dtype=torch.float64)
+        if float(self.model.schedule.alpha(tt)) <= 1e-12:
+            return y
+        return self.model.schedule.denoise(y, -grad / self.exponent(t), tt)
+
+    def step_kernel(self):
+        """(MCMC step function, its extra keyword arguments) of ``moves.kernel``."""
+        if self.settings.moves.kernel == "mala":
+            return mala_step, {}
+        return hmc_step, {"n_leapfrog": self.settings.moves.n_leapfrog}
+
+    def new_step_size(self, given: Optional[float]) -> StepSize:
+        """A step-size controller of ``moves.kernel`` with a fixed h_ref ``given`` (None: automatic)."""
+        mv = self.settings.moves
+        return StepSize(mv.kernel, self.dim, given, mv.adapt_rate, mv.acceptance)
+
+
+def _resolve_centres(chirality, model, target, event_shape) -> Optional[np.ndarray]:
+    if chirality is False:
+        return None
+    if chirality in (True, "auto"):
+        topo = getattr(target, "topology", None) if target is not None else getattr(model, "topology", None)
+        if topo is None:
+            if chirality == "auto":
+                return None
+            raise ValueError("chirality=True needs a target (or model) with a topology")
+        centres = chiral_centres(topo)
+    else:
+        centres = np.asarray(chirality, dtype=np.int64).reshape(-1, 4)
+    if len(event_shape) != 2 or event_shape[1] != 3:
+        raise ValueError("chirality fixing needs molecular (N, 3) configurations")
+    return centres if centres.shape[0] > 0 else None
+
+
+# ---------------------------------------------------------------------------- the particles
+@dataclass
+class ParticleState:
+    """The particles of an SMC run and everything that changes with them.
+
+    Attributes
+    ----------
+    y : tensor (B, *event_shape), float64
+        Positions in model coordinates.
+    log_w : tensor (B,), float64
+        Unnormalised log-weights of the densities in y (−inf for dead particles).
+    energy, grad : tensors (B,), (B, *event_shape)
+        (Tempered) model energy b(t) E(y, t) at the current time and its gradient.
+    t : float
+        Current diffusion time.
+    beta : float
+        Current annealing level (0 during the diffusion).
+    ess : float
+        ESS / B of ``log_w``.
+    level : int
+        Index of the current level (0 = the start).
+    step_size : StepSize
+        The current stage's step-size controller.
+    u, grad_u : tensors (B,), (B, *event_shape), or None
+        Target energy u(ℓ y) and its gradient in y, once the annealing has started.
+    fold : float
+        log 2 after a chirality fold (the reference density is then 2 γ_{t_min} on the L-region), else 0.
+    ancestors : dict of str -> tensor (B,) int64
+        For each key, the index of each particle's ancestor when the key was set ("start": t = 1,
+        "anneal": the start of the annealing).
+    n_model_evals, n_target_evals, n_reflected : int
+        Energy evaluations (per configuration) of the model and of the target; particles reflected.
+    log_z_diffusion : float
+        log Z estimate in x at the end of the diffusion stage (NaN before).
+    """
+
+    y: torch.Tensor
+    log_w: torch.Tensor
+    energy: torch.Tensor
+    grad: torch.Tensor
+    t: float
+    step_size: StepSize
+    beta: float = 0.0
+    ess: float = 1.0
+    level: int = 0
+    u: Optional[torch.Tensor] = None
+    grad_u: Optional[torch.Tensor] = None
+    fold: float = 0.0
+    ancestors: dict = field(default_factory=dict)
+    n_model_evals: int = 0
+    n_target_evals: int = 0
+    n_reflected: int = 0
+    log_z_diffusion: float = math.nan
+
+    @property
+    def n(self) -> int:
+        """int: number of particles B."""
+        return int(self.y.shape[0])
+
+    def take(self, idx: torch.Tensor) -> None:
+        """Apply a resampling: slot j now holds ancestor ``idx[j]`` (positions, energies, ancestors)."""
+        for key in self.ancestors:
+            self.ancestors[key] = self.ancestors[key][idx]
+        self.y, self.energy, self.grad = self.y[idx], self.energy[idx], self.grad[idx]
+        if self.u is not None:
+            self.u, self.grad_u = self.u[idx], self.grad_u[idx]
+
+
+# ---------------------------------------------------------------------------- diagnostics
+class SMCRecorder:
+    """Collects the per-level trace of an SMC run (and shows a progress bar).
+
+    Attributes
+    ----------
+    times, betas, ess_trace : list of float
+        Diffusion time, β and ESS / B after each reweighting (level 0 is the start).
+    acceptance, step_sizes : list of float
+        Mean MCMC acceptance and step size (model units) of each level's moves (NaN where none).
+    resampled : list of int
+        Levels after whose reweighting the particles were resampled.
+    final_acceptance : list of float
+        Mean acceptance of each final move on the target.
+    """
+
+    def __init__(self):
+        self.times, self.betas, self.ess_trace = [], [], []
+        self.acceptance, self.step_sizes = [], []
+        self.resampled, self.final_acceptance = [], []
+        self._bar = None
+
+    def start(self, n_levels: int, progress: bool = False) -> None:
+        """Open the progress bar for about ``n_levels`` levels (shown only with ``progress``)."""
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=n_levels, desc="SMC", unit="level", file=sys.stderr, disable=not progress, leave=False)
+
+    def level(self, t: float, beta: float, ess: float) -> None:
+        """A reweighting: its time, β and ESS / B."""
+        self.ess_trace.append(float(ess))
+        self.times.append(float(t))
+        self.betas.append(float(beta))
+
+    def moves(self, acceptance: float = math.nan, step_size: float = math.nan) -> None:
+        """The moves after a level (NaN, NaN: none)."""
+        self.acceptance.append(acceptance)
+        self.step_sizes.append(step_size)
+
+    def resampling(self, level: int) -> None:
+        """The particles were resampled after level ``level``."""
+        self.resampled.append(level)
+
+    def final_move(self, acceptance: float) -> None:
+        """One move on the target alone with mean acceptance ``acceptance``."""
+        self.final_acceptance.append(acceptance)
+
+    def advance(self) -> None:
+        """One level done (progress bar)."""
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        """Close the progress bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+# ---------------------------------------------------------------------------- stages
+def _reweight(state: ParticleState, incr: torch.Tensor, t: float, beta: float, recorder: SMCRecorder) -> None:
+    state.log_w = _add_log_w(state.log_w, incr)
+    state.t, state.beta, state.ess = float(t), float(beta), ess_fraction(state.log_w)
+    state.level += 1
+    recorder.level(t, beta, state.ess)
+
+
+def start_at_prior(problem: SMCProblem, n_particles: int, recorder: SMCRecorder) -> ParticleState:
+    """Level 0: B draws of the prior N(0, c² I) at t = 1, weighted by exp(−E(y, 1)) / prior.
+
+    Parameters
+    ----------
+    problem : SMCProblem
+    n_particles : int
+        B ≥ 1.
+    recorder : SMCRecorder
+
+    Returns
+    -------
+    ParticleState
+        At t = 1 (resampled if the ESS is already low).
+    """
+    n = int(n_particles)
+    if n < 1:
+        raise ValueError(f"n_particles must be at least 1, got {n_particles}")
+    m = problem.model
+    c2 = prior_variance(m)
+    y = sample_prior(m, n, problem.generator, prior_var=c2, device=model_device(m, problem.generator))
+    state = ParticleState(y=y, log_w=torch.zeros(n, dtype=torch.float64, device=y.device), energy=y, grad=y,
+                          t=problem.times[0], step_size=problem.new_step_size(problem.settings.diffusion.step_size),
+                          ancestors={"start": torch.arange(n)})
+    state.energy, state.grad = problem.model_eval(state, y, problem.times[0])
+    state.log_w = _add_log_w(state.log_w, -state.energy - prior_log_prob(m, y, c2))
+    state.ess = ess_fraction(state.log_w)
+    recorder.level(problem.times[0], 0.0, state.ess)
+    recorder.moves()
+    maybe_resample(state, problem, recorder)
+    if state.step_size.auto:
+        state.step_size.ref = initial_step_size(problem.settings.moves.kernel, c2, problem.dim)
+    return state
+
+
+def start_from(problem: SMCProblem, y: torch.Tensor, t: float, recorder: SMCRecorder,
+               log_w: Optional[torch.Tensor] = None) -> ParticleState:
+    """Level 0 from given particles y at diffusion time t (e.g. exact samples of p_t, to run a later stage alone).
+
+    Parameters
+    ----------
+    problem : SMCProblem
+    y : tensor (B, *event_shape)
+        Model coordinates.
+    t : float
+        Their diffusion time (``problem.t_min`` before :func:`run_annealing`).
+    recorder : SMCRecorder
+    log_w : tensor (B,), optional
+        Their log-weights (default 0: unweighted draws of the normalised density).
+
+    Returns
+    -------
+    ParticleState
+    """
+    y = y.detach().to(torch.float64)
+    n = y.shape[0]
+    lw = torch.zeros(n, dtype=torch.float64, device=y.device) if log_w is None else log_w.to(torch.float64)
+    state = ParticleState(y=y, log_w=lw, energy=y, grad=y, t=float(t), ess=ess_fraction(lw),
+                          step_size=problem.new_step_size(problem.settings.diffusion.step_size),
+                          ancestors={"start": torch.arange(n)})
+    state.energy, state.grad = problem.model_eval(state, y, t)
+    recorder.level(t, 0.0, state.ess)
+    recorder.moves()
+    return state
+
+
+def maybe_resample(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder, final: bool = False) -> None:
+    """Resample after a reweighting when the ESS (of each state, with ``states``) is below the threshold.
+
+    Never after the last reweighting (``final``): the output keeps its importance weights.
+    Without ``states`` all particles form one state. With ``states`` and
+    ``resampling.denoised_labels``, diffusion-stage particles are labelled by their denoised estimate.
+
+    Raises
+    ------
+    RuntimeError
+        When every particle has weight zero.
+    """
+    rs = problem.settings.resampling
+    if final or (problem.states is None and state.ess >= rs.ess_threshold):
+        return
+    if not bool(torch.isfinite(state.log_w).any()):
+        raise RuntimeError(f"SMC: every particle has weight zero at level {state.level} "
+                           f"(t = {state.t:g}, beta = {state.beta:g})")
+    if problem.states is None:
+        labels = torch.zeros(state.n, dtype=torch.long)
+    elif rs.denoised_labels and state.beta == 0.0 and state.t > problem.t_min:
+        labels = problem.labels(problem.denoised(state.y, state.grad, state.t))
+    else:
+        labels = problem.labels(state.y)
+    out = resample_by_state(state.log_w, labels, problem.generator, rs.method, rs.ess_threshold)
+    if out is not None:
+        state.log_w = out[1]
+        state.take(out[0])
+        recorder.resampling(state.level)
+
+
+def _diffusion_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder) -> None:
+    k = problem.settings.diffusion.mcmc_steps
+    if k == 0:
+        recorder.moves()
+        return
+    step_fn, extra = problem.step_kernel()
+    t = state.t
+
+    def energy_t(z):
+        return problem.model_eval(state, z, t)
+
+    accs = []
+    h = state.step_size.value(state.grad)
+    for _ in range(k):
+        out = step_fn(state.y, energy_t, h, problem.generator, mean_free=problem.mean_free,
+                      current=(state.energy, state.grad), **extra)
+        state.y, state.energy, state.grad = out.x, out.energy, out.grad
+        accs.append(float(out.accept_prob.mean()))
+    recorder.moves(float(np.mean(accs)), h)
+    state.step_size.update(float(np.mean(accs)))
+
+
+def run_diffusion(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder) -> ParticleState:
+    """The diffusion stage: one level per step of ``problem.times`` from the state's t = 1 to t_min.
+
+    Each level proposes y' ~ M(y' | y) (the reverse kernel of the learned score), reweights by
+    −E(y', t') + log L(y | y') + E(y, t) − log M(y' | y) with L the exact forward kernel,
+    resamples when due and runs ``diffusion.mcmc_steps`` moves on exp(−E(y, t')). Sets
+    ``state.log_z_diffusion``.
+
+    Returns
+    -------
+    ParticleState
+        The same object, at t_min.
+    """
+    m, mf, g = problem.model, problem.mean_free, problem.generator
+    kernel, sd = problem.settings.diffusion.kernel, model_sigma_data(m)
+    times = problem.times
+    for t, t_next in zip(times[:-1], times[1:]):
+        y = state.y
+        mean, var_m = reverse_kernel(m.schedule, y, -state.grad, t, t_next, kernel, sd)
+        y_new = mean + math.sqrt(var_m) * sample_noise(y.shape, g, mf, dtype=y.dtype, device=y.device)
+        e_new, g_new = problem.model_eval(state, y_new, t_next)
+        a, v = m.schedule.transition(t_next, t)
+        log_l = gaussian_log_prob(y, float(a) * y_new, float(v), mean_free=mf)
+        log_m = gaussian_log_prob(y_new, mean, var_m, mean_free=mf)
+        incr = -e_new + state.energy + log_l - log_m
+        state.y, state.energy, state.grad = y_new, e_new, g_new
+        _reweight(state, incr, t_next, 0.0, recorder)
+        maybe_resample(state, problem, recorder, final=problem.target is None and t_next == times[-1])
+        _diffusion_moves(state, problem, recorder)
+        recorder.advance()
+    state.log_z_diffusion = float(log_mean_exp(state.log_w)) + problem.dim * math.log(problem.length_scale)
+    return state
+
+
+def fold_chirality(state: ParticleState, problem: SMCProblem) -> ParticleState:
+    """Reflect wrong-handed particles onto the L-form (no-op without chiral centres).
+
+    The model must be mirror symmetric, so E and its gradient carry over (∇E(−y) = −∇E(y));
+    the reference density becomes 2 γ_{t_min} on the L-region (``state.fold`` = log 2).
+    """
+    if problem.centres is None:
+        return state
+    state.y, state.n_reflected, flipped = fix_chirality(state.y, problem.centres, return_mask=True)
+    state.grad = torch.where(_bcast(flipped, state.grad), -state.grad, state.grad)
+    state.fold = LOG2
+    return state
+
+
+def balance_states(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder) -> ParticleState:
+    """Give every state the same number of particles, each keeping its total weight (needs ``states``)."""
+    rs = problem.settings.resampling
+    idx, state.log_w = resample_by_state(state.log_w, problem.labels(state.y), problem.generator, rs.method,
+                                         balance=True)
+    state.take(idx)
+    recorder.resampling(state.level)
+    return state
+
+
+def _next_beta(state: ParticleState, problem: SMCProblem, slope: torch.Tensor, beta_prev: float, level: int,
+               grid: list) -> float:
+    """β of annealing level ``level`` + 1: the fixed grid's, or the adaptive choice (per state with ``states``)."""
+    cess = problem.settings.anneal.cess
+    if cess is None:
+        return grid[level]
+    if level == max(problem.settings.anneal.max_levels, len(grid)) - 1:
+        return 1.0
+    remaining, max_increment = 1.0 - beta_prev, 1.0 / len(grid)
+    if problem.states is None:
+        full = next_beta_increment(state.log_w, slope, remaining, cess)
+    else:  # the smallest step any state allows
+        labels = problem.labels(state.y)
+        masks = [labels == s for s in torch.unique(labels)]
+        full = min((next_beta_increment(state.log_w[k], slope[k], remaining, cess)
+                    for k in masks if bool(torch.isfinite(state.log_w[k] + slope[k]).any())), default=remaining)
+    step = min(full, max_increment)
+    if remaining - step < 0.25 * max_increment:  # no sliver of a last level
+        step = full
+    return 1.0 if step >= remaining * (1.0 - 1e-12) else beta_prev + step
+
+
+def _anneal_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder, n_moves: int) -> None:
+    if n_moves == 0:
+        recorder.moves()
+        return
+    step_fn, extra = problem.step_kernel()
+    beta, stash = state.beta, {}
+
+    def energy_b(z):  # (1 − β) E + β u, keeping both parts of the last evaluation
+        ez, gz = problem.model_eval(state, z, problem.t_min)
+        uz, guz = problem.target_eval(state, z)
+        stash["parts"] = (ez, gz, uz, guz)
+        tot = (1.0 - beta) * ez + beta * uz
+        bad = ~(torch.isfinite(ez) & torch.isfinite(uz))
+        return torch.where(bad, torch.full_like(tot, math.inf), tot), (1.0 - beta) * gz + beta * guz
+
+    accs = []
+    h = state.step_size.value((1.0 - beta) * state.grad + beta * state.grad_u)
+    for _ in range(n_moves):
+        cur = ((1.0 - beta) * state.energy + beta * state.u, (1.0 - beta) * state.grad + beta * state.grad_u)
+        out = step_fn(state.y, energy_b, h, problem.generator, mean_free=problem.mean_free, current=cur, **extra)
+        ez, gz, uz, guz = stash.pop("parts")
+        acc = out.accepted
+        state.y = out.x
+        state.energy, state.u = torch.where(acc, ez, state.energy), torch.where(acc, uz, state.u)
+        state.grad = torch.where(_bcast(acc, state.grad), gz, state.grad)
+        state.grad_u = torch.where(_bcast(acc, state.grad_u), guz, state.grad_u)
+        accs.append(float(out.accept_prob.mean()))
+    recorder.moves(float(np.mean(accs)), h)
+    state.step_size.update(float(np.mean(accs)))
+
+
+def run_annealing(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder) -> ParticleState:
+    """The annealing stage: from exp(−E(y, t_min)) (× 2 on the L-region after a fold) to the target.
+
+    With ``resampling.balance_states`` the states first get equal shares (:func:`balance_states`).
+    At each level β_k, log w += (β_k − β_{k−1}) (E(y, t_min) − fold − u(ℓ y)); then resampling
+    when due (never after β = 1) and ``anneal.mcmc_steps`` moves on (1 − β) E + β u with the
+    target's forces. The step-size controller starts from the diffusion stage's κ when that
+    stage ran automatic-step moves.
+
+    Returns
+    -------
+    ParticleState
+        The same object, at β = 1, with ``u`` and ``grad_u``.
+    """
+    s = problem.settings
+    if problem.target is None:
+        raise ValueError("the annealing needs a target")
+    if s.resampling.balance_states:
+        balance_states(state, problem, recorder)
+    state.ancestors["anneal"] = torch.arange(state.n)
+    state.u, state.grad_u = problem.target_eval(state, state.y)
+    steps = problem.new_step_size(s.anneal.step_size)
+    if steps.auto and state.step_size.auto and s.diffusion.mcmc_steps > 0:
+        steps.kappa = state.step_size.kappa
+    state.step_size = steps
+    grid = anneal_grid(s)
+    n_moves = 0 if s.anneal.betas is None and s.anneal.n_levels == 0 else s.anneal.mcmc_steps
+    beta_prev, level = 0.0, 0
+    while beta_prev < 1.0:
+        ok = torch.isfinite(state.u) & torch.isfinite(state.energy - state.fold)
+        slope = torch.where(ok, state.energy - state.fold - state.u, torch.full_like(state.u, -math.inf))
+        beta = _next_beta(state, problem, slope, beta_prev, level, grid)
+        level += 1
+        incr = torch.where(ok, (beta - beta_prev) * slope, torch.full_like(state.u, -math.inf))
+        _reweight(state, incr, problem.t_min, beta, recorder)
+        maybe_resample(state, problem, recorder, final=beta >= 1.0)
+        _anneal_moves(state, problem, recorder, n_moves)
+        beta_prev = beta
+        recorder.advance()
+    return state
+
+
+def run_final_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder) -> ParticleState:
+    """``final.mcmc_steps`` moves on the target alone; the weights stay as they are.
+
+    They leave exp(−u) invariant and need only the target's forces. The step size continues the
+    state's controller (the annealing's) and is adapted after every move.
+
+    Returns
+    -------
+    ParticleState
+        The same object.
+    """
+    if problem.target is None:
+        raise ValueError("the final moves need a target")
+    if state.u is None:
+        state.u, state.grad_u = problem.target_eval(state, state.y)
+    step_fn, extra = problem.step_kernel()
+
+    def target_energy(z):
+        return problem.target_eval(state, z)
+
+    for _ in range(problem.settings.final.mcmc_steps):
+        h = state.step_size.value(state.grad_u)
+        out = step_fn(state.y, target_energy, h, problem.generator, mean_free=problem.mean_free,
+                      current=(state.u, state.grad_u), **extra)
+        state.y, state.u, state.grad_u = out.x, out.energy, out.grad
+        recorder.final_move(float(out.accept_prob.mean()))
+        state.step_size.update(recorder.final_acceptance[-1])
+    return state
