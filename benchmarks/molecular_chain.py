@@ -15,9 +15,11 @@ with the reference:
   for alanine dipeptide, against the reference's;
 * wall time per stage.
 
-Every stage is the ``boltzgen`` command a user would run (:func:`boltzgen.pipeline.run_pipeline`);
-outputs are reused when present, so an interrupted benchmark resumes. Results: JSON plus a
-markdown table.
+Every stage is a function of :mod:`boltzgen.workflow` (the ones the ``boltzgen`` commands call;
+the equivalent command lines are printed as the chain runs). The sizes and options of each
+system's arms are the recipe ``benchmarks.<system>`` of ``systems/recipes.yaml``; the command-line
+options of the benchmark scripts override its sizes. Outputs are reused when present, so an
+interrupted benchmark resumes. Results: JSON plus a markdown table.
 """
 
 from __future__ import annotations
@@ -29,17 +31,29 @@ import platform
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see boltzgen.cli)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (as boltzgen.cli does)
 
 from boltzgen import __version__  # noqa: E402
+from boltzgen import workflow  # noqa: E402
 from boltzgen.io import write_json  # noqa: E402
-from boltzgen.pipeline import run_command, run_pipeline  # noqa: E402
 
 LOSSES = ("dsm", "dsm+diffclf")
 
 
+def recipe_sizes(recipe: dict) -> dict:
+    """The sizes of a benchmark recipe as the flat defaults of :func:`add_arguments`."""
+    settings = recipe["sample"].get("settings", {})
+    return dict(work=recipe.get("work"), out=recipe.get("out"), n_reference=recipe["reference"]["n"],
+                n_data=recipe["simulate"]["n"], steps=recipe["train"]["steps"],
+                batch_size=recipe["train"]["batch_size"],
+                pretrain_dsm_steps=recipe.get("arms", {}).get("dsm+diffclf", {}).get("pretrain_dsm_steps", 0),
+                n_samples=recipe["sample"]["n"], smc_steps=settings.get("diffusion", {}).get("n_steps", 100),
+                mcmc_steps=settings.get("diffusion", {}).get("mcmc_steps", 0),
+                anneal=settings.get("anneal", {}).get("n_levels", 16), runs=recipe["sample"].get("runs", 1))
+
+
 def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
-    """Options of a chain benchmark, with the system's defaults."""
+    """Options of a chain benchmark, with the system's defaults (:func:`recipe_sizes`)."""
     parser.add_argument("--work", default=defaults["work"], help="working directory (reused: resumes)")
     parser.add_argument("--out", default=defaults["out"], help="JSON result (a .md table is written beside it)")
     parser.add_argument("--n-reference", type=int, default=defaults["n_reference"], help="reference frames")
@@ -60,50 +74,68 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the whole chain")
 
 
-QUICK = dict(n_reference=200, n_data=200, steps=20, pretrain_dsm_steps=10, batch_size=16, n_samples=64, smc_steps=10,
-             anneal=4)
+def _plan(name: str, args, overrides: dict) -> dict:
+    """The benchmark recipe with the quick sizes (``--quick``), ``overrides`` and the sizes of ``args``."""
+    recipe = workflow.load_recipe("benchmarks", name)
+    quick = recipe.pop("quick", {})
+    if args.quick:  # the quick sizes replace the options' values, as the recipe says
+        recipe = workflow.merge(recipe, quick)
+        for key, value in recipe_sizes(recipe).items():
+            if key not in ("work", "out"):
+                setattr(args, key, value)
+    recipe = workflow.merge(recipe, overrides)
+    recipe["reference"]["n"], recipe["simulate"]["n"] = args.n_reference, args.n_data
+    recipe["train"].update(steps=args.steps, batch_size=args.batch_size)
+    if args.threads:
+        recipe["train"]["threads"] = args.threads
+    arm = recipe.setdefault("arms", {}).setdefault("dsm+diffclf", {"loss": "dsm+diffclf"})
+    arm.pop("pretrain_dsm_steps", None)
+    if args.pretrain_dsm_steps:
+        arm["pretrain_dsm_steps"] = args.pretrain_dsm_steps
+    recipe["sample"].update(n=args.n_samples, runs=args.runs)
+    recipe["sample"]["settings"] = workflow.merge(recipe["sample"].get("settings", {}), {
+        "diffusion": {"n_steps": args.smc_steps, "mcmc_steps": args.mcmc_steps}, "anneal": {"n_levels": args.anneal}})
+    return recipe
 
 
-def run_chain(system: str, args, *, reference_options=(), data_options=(), train_options=(), sample_options=(),
-              anchors=None) -> dict:
-    """Run the chain for ``system`` with the parsed ``args``; writes and returns the result."""
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+def run_chain(system: str, args, *, recipe: str | None = None, overrides: dict | None = None, anchors=None) -> dict:
+    """Run the chain for ``system`` with the parsed ``args``; writes and returns the result.
+
+    ``recipe`` names the benchmark recipe (default: the system's name); ``overrides`` is a nested
+    recipe dict merged over it before the sizes of ``args`` (e.g. ``{"simulate": {"stride": 500}}``).
+    """
+    plan = _plan(recipe or system, args, overrides or {})
     os.makedirs(args.work, exist_ok=True)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     shared: dict[str, float] = {}
     files = {}
-    for stage, n, seed, options in (("reference", args.n_reference, args.seed + 1000, reference_options),
-                                    ("data", args.n_data, args.seed, data_options)):
-        path = os.path.join(args.work, f"{stage}.h5")
-        files[stage] = path
+    for stage, seed in (("reference", args.seed + 1000), ("data", args.seed)):
+        options = {k: v for k, v in plan["reference" if stage == "reference" else "simulate"].items() if v is not None}
+        path = files[stage] = os.path.join(args.work, f"{stage}.h5")
         if os.path.exists(path):
             log(f"[{stage}] {path} exists: reused")
             shared[f"simulate_{stage}"] = None
             continue
-        shared[f"simulate_{stage}"] = run_command(
-            ["simulate", system, "-n", n, "-o", path, "--seed", seed, "--no-progress",
-             "--metrics", os.path.join(args.work, f"{stage}.metrics.json"), *options], log=log)
+        n = options.pop("n")
+        log("$ " + workflow.command_line("simulate", (system,), {"n": n, "output": path, "seed": seed, **options}))
+        start = time.perf_counter()
+        workflow.simulate_training_data(system, n, path, seed=seed, progress=False,
+                                        metrics_path=os.path.join(args.work, f"{stage}.metrics.json"), **options)
+        shared[f"simulate_{stage}"] = time.perf_counter() - start
 
     results = {}
     for loss in [s for s in args.losses.split(",") if s]:
         log(f"=== {system}: {loss}")
-        options = tuple(train_options) + (("--threads", args.threads) if args.threads else ())
-        if loss == "dsm+diffclf" and args.pretrain_dsm_steps:
-            options += ("--pretrain-dsm-steps", args.pretrain_dsm_steps)
-        summary = run_pipeline(os.path.join(args.work, loss), system=system, data=files["data"], loss=loss,
-                               train_steps=args.steps, batch_size=args.batch_size, n_samples=args.n_samples,
-                               smc_steps=args.smc_steps, mcmc_steps=args.mcmc_steps, anneal=args.anneal,
-                               reference=files["reference"], seed=args.seed, progress=False, log=log,
-                               train_options=options, sample_options=("--runs", args.runs, *sample_options))
+        arm = {"system": system, "data": files["data"], "train": {**plan["train"], **plan["arms"].get(loss, {"loss": loss})},
+               "sample": plan["sample"]}
+        summary = workflow.quickstart(os.path.join(args.work, loss), arm, seed=args.seed, progress=False, log=log,
+                                      reference=files["reference"])
         seconds, steps = _training_seconds(os.path.join(args.work, loss, "run", "train_log.csv"))
         summary["train_seconds"] = seconds  # summed over the training log: right for resumed runs too
         summary["train_seconds_per_step"] = seconds / max(1, steps)
-        # SMC wall time as measured by `boltzgen sample` (also when the samples are reused)
+        # SMC wall time as measured by the sample stage (also when the samples are reused)
         summary["sample_seconds"] = _read_json(os.path.join(args.work, loss, "stages", "sample.json")).get("wall_time_s")
         results[loss] = summary
-
     reference_metrics = _read_json(os.path.join(args.work, "reference.metrics.json"))
     out = {
         "benchmark": f"{system} chain", "system": system, "boltzgen_version": __version__,

@@ -16,20 +16,10 @@ from typing import Optional, Sequence
 
 from . import __version__
 
-# Idle OpenMP threads of torch sleep instead of spinning. On a small CPU box shared with the
-# OpenMM energy workers, other jobs or a second torch thread, spinning threads steal the cores the
-# busy ones need: a 2-thread EGNN training step took 10-20 s under load with the default policy
-# and 1.7 s with this one (benchmarks at hand: the same step, same load). Set before torch loads;
-# an explicit OMP_WAIT_POLICY in the environment wins.
+# Idle OpenMP threads of torch sleep instead of spinning: on a small CPU box shared with the
+# OpenMM energy workers, spinning threads steal the cores the busy ones need (docs/design.md).
+# Set before torch loads; an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-#: Below this effective sample size the quickstart's summary warns that its estimates rest on a
-#: handful of samples (the self-normalised estimates and their bootstrap errors then mean little).
-MIN_TRUSTED_ESS = 10
-#: An SMC run that ends with fewer particles than this in phi > 0 usually puts Delta F too high
-#: (its few particles underweight the state): 11-18 kT against 4.3 in the runs measured on
-#: alanine dipeptide (README, How it works). The quickstart summary warns about such runs.
-MIN_STATE_PARTICLES = 10
 
 
 class CommandError(Exception):
@@ -79,15 +69,18 @@ def _add_target(parser: argparse.ArgumentParser, positional: bool = False) -> No
 
 
 def _target_from_args(args):
-    from .systems import resolve
+    from .systems import names, resolve
+    from .systems.catalog import spec
 
     name = getattr(args, "system_name", None)
     if name is not None and args.system is not None and name != args.system:
         raise CommandError(f"two systems named: {name!r} and --system {args.system!r}")
     name = name or args.system
     options = {}
-    if name is None or not name.startswith(("gmm", "lj")):
+    if name is None or name not in names() or spec(name).openmm:
         options.update(platform=args.platform, n_workers=args.workers)
+    if name is not None and name not in names():
+        raise CommandError(f"unknown system {name!r}; built-in systems: {', '.join(names())}")
     try:
         return resolve(name, pdb=args.pdb, forcefield=args.forcefield, system_xml=args.system_xml,
                        topology=args.topology, temperature=args.temperature, dim=args.dim, **options)
@@ -103,6 +96,23 @@ def _emit(metrics: dict, args, path: Optional[str]) -> None:
     if args.json:
         json.dump(metrics, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
+
+
+def _target_named(args) -> bool:
+    return any(getattr(args, k, None) is not None for k in ("system_name", "system", "pdb", "forcefield",
+                                                              "system_xml", "topology"))
+
+
+def _metrics_path(args) -> str:
+    return args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.output)), "metrics.json")
+
+
+def _run(function, *arguments, **options):
+    """Call a workflow function; its user errors become one-line :class:`CommandError`s."""
+    try:
+        return function(*arguments, **options)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise CommandError(str(exc).strip("'\"")) from None
 
 
 # ---------------------------------------------------------------------------- commands
@@ -136,37 +146,13 @@ def cmd_systems(args) -> int:
     return 0
 
 
-def _ladder_frames(result, keep: int, kt: float):
-    """Frames of the ``keep`` coldest replicas of a replica-exchange result, coldest first.
-
-    Returns
-    -------
-    positions : ndarray, shape (keep · n, N, 3), nm
-    reduced_energy : ndarray, shape (keep · n,)
-        U / kT at the *target* temperature (kT in kJ/mol) for every frame.
-    temperature_K : ndarray, shape (keep · n,)
-        Ladder temperature each frame was sampled at.
-    """
-    import numpy as np
-
-    temps = result.metadata["temperatures_K"][:keep]
-    n = result.positions.shape[0]
-    positions = np.concatenate([result.replica_positions[k] for k in range(keep)])
-    reduced_energy = np.concatenate([result.replica_potential_energy[:, k] / kt for k in range(keep)])
-    return positions, reduced_energy, np.repeat(np.asarray(temps, dtype=np.float64), n)
-
-
 def cmd_simulate(args) -> int:
-    """``boltzgen simulate``: Boltzmann samples of a target (MD / replica exchange, MCMC or exact)
-    written to a sample file, resumable through ``OUTPUT.checkpoint``.
+    """``boltzgen simulate``: :func:`boltzgen.workflow.simulate_training_data` on the named target.
 
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed options (see ``boltzgen simulate --help``): the target, ``n``, ``output``,
-        ``seed``, and MD options ``timestep`` (fs), ``friction`` (1/ps), ``t_max`` (K),
-        ``stride``, ``equilibration``, ``replicas``, ``exchange_interval``, and ``keep_replicas``
-        and ``quench`` (ps) for replica-ladder training data.
+        Parsed options (see ``boltzgen simulate --help``).
 
     Returns
     -------
@@ -178,94 +164,32 @@ def cmd_simulate(args) -> int:
     CommandError
         For invalid options or targets (exit status 2 through :func:`main`).
     """
-    import numpy as np
-
-    from .io import save_samples
-    from .md import simulate
+    from .workflow import simulate_training_data
 
     if args.n < 1:
         raise CommandError(f"-n must be at least 1, got {args.n}")
-    if args.keep_replicas < 1:
-        raise CommandError(f"--keep-replicas must be at least 1, got {args.keep_replicas}")
     target = _target_from_args(args)
-    checkpoint = args.output + ".checkpoint"
-    from .systems.catalog import simulate_defaults
-
-    options = dict(stride=args.stride, equilibration=args.equilibration, timestep=args.timestep,
-                   friction=args.friction, replicas=args.replicas, t_max=args.t_max,
-                   exchange_interval=args.exchange_interval)
-    options = {**simulate_defaults(target.name), **{k: v for k, v in options.items() if v is not None}}
-    if options.get("replicas", 1) == 1:
-        options.pop("t_max", None)
-    keep = int(args.keep_replicas)
-    if keep > 1:
-        if target.topology is None or options.get("replicas", 1) < keep:
-            target.close()
-            raise CommandError(f"--keep-replicas {keep} needs replica exchange (molecular MD) with at least {keep} "
-                               f"replicas; this run has {options.get('replicas', 1)}")
-        options["keep_replicas"] = True
-    if args.quench is not None and (keep < 2 or not args.quench > 0):
-        target.close()
-        raise CommandError(f"--quench needs a positive time in ps and --keep-replicas of at least 2 (it relaxes the "
-                           f"hotter replicas' frames); got --quench {args.quench} with --keep-replicas {keep}")
-    start = time.perf_counter()
     try:
-        result = simulate(target, args.n, seed=args.seed, checkpoint=checkpoint, progress=not args.no_progress,
-                          **options)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        metrics = _run(simulate_training_data, target, args.n, args.output, seed=args.seed,
+                       keep_replicas=args.keep_replicas, quench=args.quench, progress=not args.no_progress,
+                       stride=args.stride, equilibration=args.equilibration, timestep=args.timestep,
+                       friction=args.friction, replicas=args.replicas, t_max=args.t_max,
+                       exchange_interval=args.exchange_interval)
     finally:
         target.close()
-    meta = {**target.metadata(), **result.metadata, "seed": args.seed, "command": "simulate"}
-    positions, reduced_energy, arrays = result.positions, result.reduced_energy, {}
-    log_weights = None
-    if keep > 1:
-        positions, reduced_energy, temperatures = _ladder_frames(result, keep, target.kT)
-        meta["kept_temperatures_K"] = [float(t) for t in result.metadata["temperatures_K"][:keep]]
-        arrays["temperature_K"] = temperatures
-        # As Boltzmann samples of the target, only the frames at its temperature count.
-        log_weights = np.where(np.arange(len(positions)) < len(result.positions), 0.0, -np.inf)
-        if args.quench:
-            from .md.dynamics import quench
-
-            hot = slice(len(result.positions), None)
-            quench_start = time.perf_counter()
-            settings = dict(time_ps=float(args.quench), friction=10.0, minimize=True)  # recorded as run
-            positions[hot], potential = quench(target.system, positions[hot], target.temperature, **settings,
-                                               platform=result.metadata["parameters"]["platform"], seed=args.seed)
-            reduced_energy[hot] = potential / target.kT
-            meta["quench"] = {"time_ps": settings["time_ps"], "friction_per_ps": settings["friction"],
-                              "minimize": settings["minimize"], "temperature_K": target.temperature,
-                              "n_frames": int(len(potential)), "wall_time_s": time.perf_counter() - quench_start}
-    save_samples(args.output, positions, topology=target.topology, reduced_energy=reduced_energy,
-                 log_weights=log_weights, metadata=meta, extra=arrays)
-    if os.path.exists(checkpoint):
-        os.remove(checkpoint)
-    metrics = {"command": "simulate", "system": target.name, **result.metadata,
-               "n_samples": int(positions.shape[0]), "output": os.path.abspath(args.output),
-               "wall_time_s": time.perf_counter() - start,
-               "mean_reduced_energy": float(result.reduced_energy.mean())}
-    if keep > 1:
-        metrics.update(n_samples_per_replica=int(result.positions.shape[0]),
-                       kept_temperatures_K=meta["kept_temperatures_K"])
-        if "quench" in meta:
-            metrics["quench"] = meta["quench"]
-    _emit(metrics, args, args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.output)), "metrics.json"))
+    _emit(metrics, args, _metrics_path(args))
     if not args.json:
-        print(f"wrote {metrics['n_samples']} samples of {target.name} to {args.output}", file=sys.stderr)
+        print(f"wrote {metrics['n_samples']} samples of {metrics['system']} to {args.output}", file=sys.stderr)
     return 0
 
 
 def cmd_train(args) -> int:
-    """``boltzgen train``: train an energy model on a sample file into a run directory.
+    """``boltzgen train``: :func:`boltzgen.workflow.train` on a sample file into a run directory.
 
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed options (see ``boltzgen train --help``): ``data``, ``output`` (run directory),
-        ``system``, ``config``, and overrides ``loss``, ``net``, ``steps``, ``batch_size``,
-        ``pretrain_dsm_steps``, ``phi_positive_fraction``, ``seed``, ``threads``, and
-        ``processes`` (data-parallel CPU processes).
+        Parsed options (see ``boltzgen train --help``).
 
     Returns
     -------
@@ -277,55 +201,52 @@ def cmd_train(args) -> int:
     CommandError
         For unreadable data, a bad configuration or weighted samples.
     """
-    from .train import train_in_processes
+    from .workflow import train
 
-    overrides: dict = {}
-    if args.loss:
-        overrides.setdefault("loss", {})["kind"] = args.loss
-    if args.net:
-        overrides["net"] = {"kind": args.net}
-    if args.steps is not None:
-        overrides.setdefault("train", {})["steps"] = args.steps
-    if args.batch_size is not None:
-        overrides.setdefault("train", {})["batch_size"] = args.batch_size
-    if args.pretrain_dsm_steps is not None:
-        overrides["pretrain_dsm_steps"] = args.pretrain_dsm_steps
-    if args.phi_positive_fraction is not None:
-        value = args.phi_positive_fraction.strip().lower()
+    fraction = args.state_fraction
+    if fraction is not None and fraction.strip().lower() != "none":
         try:
-            overrides.setdefault("train", {})["phi_positive_fraction"] = None if value == "none" else float(value)
+            fraction = float(fraction)
         except ValueError:
-            raise CommandError(f"--phi-positive-fraction must be a number in (0, 1) or 'none', "
-                               f"got {args.phi_positive_fraction!r}") from None
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    if args.threads is not None:
-        overrides.setdefault("train", {})["threads"] = args.threads
+            raise CommandError(f"--state-fraction must be a number in (0, 1) or 'none', got {fraction!r}") from None
     try:
-        metrics = train_in_processes(args.processes, args.data, args.output, system=args.system,
-                                     config_file=args.config, overrides=overrides, progress=not args.no_progress,
-                                     start_from=args.start_from)
+        metrics = train(args.data, args.output, system=args.system, config_file=args.config, loss=args.loss,
+                        net=args.net, steps=args.steps, batch_size=args.batch_size,
+                        pretrain_dsm_steps=args.pretrain_dsm_steps, state_fraction=fraction, threads=args.threads,
+                        processes=args.processes, seed=args.seed, start_from=args.start_from,
+                        progress=not args.no_progress)
     except (ValueError, FileNotFoundError, TypeError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
-    metrics = {"command": "train", "run_dir": os.path.abspath(args.output), **metrics}
     _emit(metrics, args, None)
     if not args.json:
         print(f"trained {metrics['steps']} steps; model in {args.output}/model.pt", file=sys.stderr)
     return 0
 
 
+def _settings_from_args(args):
+    """The SMCSettings of ``boltzgen sample``'s options (defaults: SMCSettings())."""
+    from .sampling.smc import SMCSettings
+    from .workflow import SAMPLE_OPTIONS
+
+    d = SMCSettings().to_dict()
+    for flag, (section, key), _, _ in SAMPLE_OPTIONS:
+        d[section][key] = getattr(args, flag.lstrip("-").replace("-", "_"))
+    if d["anneal"]["cess"] == 0:  # --anneal-cess 0: the linear grid
+        d["anneal"]["cess"] = None
+    d["resampling"]["balance_states"] = bool(args.balance_states)
+    if args.no_chirality:
+        d["chirality"] = False
+    return SMCSettings.from_dict(d)
+
+
 def cmd_sample(args) -> int:
-    """``boltzgen sample``: SMC (or a plain reverse SDE) from a trained model, reweighted to the
-    target, written to a weighted sample file (with ΔF in kT for alanine-dipeptide-like targets).
+    """``boltzgen sample``: :func:`boltzgen.workflow.sample` (SMC or reverse SDE) into a weighted sample file.
 
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed options (see ``boltzgen sample --help``): ``run_dir``, the target (default: the
-        system the model was trained on), ``n``, ``method``, ``steps``, ``t_min``, ``mcmc_steps``,
-        ``anneal``, ``anneal_cess``, ``max_anneal``, ``anneal_mcmc_steps``, ``final_mcmc_steps``, ``tempering``,
-        ``per_state_resampling``, ``balance_states``, ``runs``, ``no_chirality``,
-        ``output``, ``seed``.
+        Parsed options (see ``boltzgen sample --help``); the sampler options are the fields of
+        :class:`~boltzgen.sampling.smc.SMCSettings` (:data:`boltzgen.workflow.SAMPLE_OPTIONS`).
 
     Returns
     -------
@@ -335,150 +256,42 @@ def cmd_sample(args) -> int:
     Raises
     ------
     CommandError
-        For a missing model, an unnamed target or a shape mismatch.
+        For a missing model, an unnamed target, invalid settings or a shape mismatch.
     """
-    import numpy as np
-    import torch
-
-    from .io import save_samples
-    from .sampling.chirality import chiral_centres
-    from .sampling.sde import reverse_sde
-    from .sampling.smc import smc_sample
-    from .train import load_model
-    from .weights import delta_f, delta_f_point, has_phi, logsumexp, phi_states, pool_runs
-    from .weights import ess_fraction as ess_fraction_of
+    from .workflow import sample
 
     if args.n < 1:
         raise CommandError(f"-n must be at least 1, got {args.n}")
-    if not 1 <= args.runs <= args.n:
-        raise CommandError(f"--runs must lie between 1 and -n ({args.n}), got {args.runs}")
-    if args.runs > 1 and args.method != "smc":
-        raise CommandError("--runs applies to --method smc (reverse-SDE samples are independent already)")
-    run_index = None
+    settings = _run(_settings_from_args, args)
+    target = _target_from_args(args) if _target_named(args) else None
+    options = dict(platform=args.platform, n_workers=args.workers)
     try:
-        model = load_model(args.run_dir)
-    except (ValueError, FileNotFoundError) as exc:
-        raise CommandError(str(exc)) from None
-    if not any([args.system, args.pdb, args.forcefield, args.system_xml, args.topology]):
-        if not model.metadata.get("system"):
-            raise CommandError(f"{args.run_dir} does not say which system it was trained on; name the target")
-        args.system = model.metadata["system"]
-    if args.t_min is not None and not model.t_min <= args.t_min < 1.0:
-        raise CommandError(f"--t-min must lie in [{model.t_min:g}, 1) (the model is trained down to t = "
-                           f"{model.t_min:g}), got {args.t_min:g}")
-    t_min = model.t_min if args.t_min is None else float(args.t_min)
-    target = _target_from_args(args)
-    if tuple(target.event_shape) != tuple(model.event_shape):
-        raise CommandError(f"the model is for configurations of shape {tuple(model.event_shape)}, "
-                           f"the target {target.name} has {tuple(target.event_shape)}")
-    generator = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
-    try:
-        if args.method == "smc":
-            centres = chiral_centres(target.topology) if target.topology is not None else None
-            use_chirality = centres is not None and len(centres) > 0 and not args.no_chirality
-            if not 0.0 < args.tempering <= 1.0:
-                raise CommandError(f"--tempering must lie in (0, 1], got {args.tempering}")
-            if not 0.0 <= args.anneal_cess < 1.0:
-                raise CommandError(f"--anneal-cess must lie in [0, 1), got {args.anneal_cess}")
-            states = None
-            if args.balance_states and not args.per_state_resampling:
-                raise CommandError("--balance-states needs --per-state-resampling")
-            if args.per_state_resampling:
-                if target.topology is None or not has_phi(target.topology):
-                    raise CommandError(f"--per-state-resampling needs a peptide with one phi torsion; "
-                                       f"{target.name} has none")
-                topology = target.topology
-
-                def states(x):  # 1 for phi > 0, 0 for phi < 0
-                    return phi_states(x.cpu().numpy(), topology)[1].astype(np.int64)
-            # Independent runs (--runs R): n / R particles each, pooled by their log Z estimates;
-            # their spread gives ΔF an error that includes each run's shared path history.
-            sizes = [args.n // args.runs + (1 if r < args.n % args.runs else 0) for r in range(args.runs)]
-            results = [smc_sample(model, target, size, generator, n_steps=args.steps, t_min=t_min,
-                                  mcmc_steps=args.mcmc_steps,
-                                  n_anneal=args.anneal, anneal_cess=args.anneal_cess or None,
-                                  max_anneal=args.max_anneal, anneal_mcmc_steps=args.anneal_mcmc_steps,
-                                  final_mcmc_steps=args.final_mcmc_steps, tempering=args.tempering, states=states,
-                                  denoised_states=states is not None, balance_states=args.balance_states,
-                                  chirality=True if use_chirality else None, progress=not args.no_progress)
-                       for size in sizes]
-            x = torch.cat([r.x for r in results])
-            u = torch.cat([r.reduced_energy for r in results]).numpy()
-            if args.runs == 1:
-                log_w = results[0].log_weights.numpy()
-            else:
-                log_w = pool_runs([r.log_weights.numpy() for r in results], [r.log_z for r in results])
-                run_index = np.repeat(np.arange(args.runs), sizes)
-            summaries = [r.summary() for r in results]
-            acceptance = [a for sm in summaries for a in sm["acceptance"] if a is not None]
-            # The headline ESS is that of the final weights: SMC never resamples after the last
-            # reweighting, so for one run it is also the ESS of its last level.
-            ess_fraction = float(results[0].ess[-1]) if args.runs == 1 else ess_fraction_of(log_w)
-            log_z = results[0].log_z if args.runs == 1 else float(logsumexp(np.array([r.log_z for r in results]))
-                                                                   - np.log(args.runs))
-            metrics = {"ess": ess_fraction * args.n, "ess_fraction": ess_fraction,
-                       "ess_fraction_final_weights": ess_fraction_of(log_w),
-                       "resampled_levels": sum(len(r.resampled) for r in results),
-                       "log_z": log_z, "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
-                       "n_reflected": int(sum(r.n_reflected for r in results)),
-                       "n_anneal_levels": max(sm["n_anneal_levels"] for sm in summaries),
-                       "n_ancestors": sum(r.n_ancestors for r in results),
-                       "n_ancestors_anneal": sum(r.n_ancestors_anneal for r in results),
-                       "final_acceptance": summaries[0]["final_acceptance"], "tempering": args.tempering,
-                       "per_state_resampling": bool(args.per_state_resampling),
-                       "denoised_state_labels": states is not None, "balance_states": bool(args.balance_states),
-                       "runs": args.runs,
-                       "smc": summaries[0]}
-            if args.runs > 1:
-                metrics.update(log_z_runs=[r.log_z for r in results],
-                               ess_fraction_runs=[float(r.ess[-1]) for r in results], smc_runs=summaries[1:])
-        else:
-            x = reverse_sde(model, args.n, generator, n_steps=args.steps, t_min=t_min)
-            log_w, u, metrics = None, target.reduced_energy(x).detach().numpy(), {"n_reflected": 0}
+        run = _run(sample, args.run_dir, args.output, args.n, target=target, settings=settings, method=args.method,
+                   runs=args.runs, per_state_resampling=args.per_state_resampling, seed=args.seed,
+                   progress=not args.no_progress, target_options=options)
     finally:
-        target.close()
-    x = x.detach().cpu().double().numpy()
-    if log_w is not None and target.topology is not None and has_phi(target.topology):
-        in_a, in_b = phi_states(x, target.topology)
-        try:
-            estimate = delta_f(log_w, in_a, in_b, seed=args.seed, groups=run_index)
-            metrics.update(delta_f_kT=estimate.value, delta_f_err_kT=estimate.error,
-                           delta_f_error_method="bootstrap of particles" if run_index is None
-                           else f"bootstrap of the {args.runs} independent runs",
-                           delta_f_definition="F(phi > 0) - F(phi < 0) in kT")
-        except ValueError as exc:
-            metrics.update(delta_f_kT=None, delta_f_note=str(exc))
-        if run_index is not None:
-            in_run = [run_index == r for r in range(args.runs)]
-            per_run = [delta_f_point(log_w[m], in_a[m], in_b[m]) for m in in_run]
-            metrics["delta_f_runs_kT"] = [v if np.isfinite(v) else None for v in per_run]
-            metrics["phi_positive_runs"] = [int(in_b[m].sum()) for m in in_run]
-    meta = {**target.metadata(), "command": "sample", "method": args.method, "seed": args.seed,
-            "run_dir": os.path.abspath(args.run_dir), "runs": args.runs if args.method == "smc" else 1}
-    save_samples(args.output, x, topology=target.topology, log_weights=log_w, reduced_energy=u, metadata=meta,
-                 extra=None if run_index is None else {"smc_run": run_index})
-    metrics = {"command": "sample", "system": target.name, "method": args.method, "n_samples": args.n, "t_min": t_min,
-               "output": os.path.abspath(args.output), "wall_time_s": time.perf_counter() - start, **metrics}
-    _emit(metrics, args, args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.output)), "metrics.json"))
+        if target is not None:
+            target.close()
+    metrics = run.metrics
+    _emit(metrics, args, _metrics_path(args))
     if not args.json:
-        line = f"wrote {args.n} samples of {target.name} to {args.output}"
+        line = f"wrote {args.n} samples of {metrics['system']} to {args.output}"
         if args.method == "smc":
             line += f"; ESS {metrics['ess']:.1f} ({metrics['ess_fraction']:.1%}), log Z {metrics['log_z']:.3f}"
         if metrics.get("delta_f_kT") is not None:
-            line += f", F(phi>0) - F(phi<0) = {metrics['delta_f_kT']:.2f} +- {metrics['delta_f_err_kT']:.2f} kT"
+            line += (f", {metrics['delta_f_definition'][:-6]} = {metrics['delta_f_kT']:.2f} "
+                     f"+- {metrics['delta_f_err_kT']:.2f} kT")
         print(line, file=sys.stderr)
     return 0
 
 
 def cmd_reweight(args) -> int:
-    """``boltzgen reweight``: importance weights of a sample file against a target.
+    """``boltzgen reweight``: :func:`boltzgen.workflow.reweight` of a sample file against a target.
 
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed options (see ``boltzgen reweight --help``): ``samples``, the target, ``log_q``,
-        ``output``, ``n_bootstrap``, ``block_size``, ``seed``.
+        Parsed options (see ``boltzgen reweight --help``).
 
     Returns
     -------
@@ -490,44 +303,38 @@ def cmd_reweight(args) -> int:
     CommandError
         For a missing file or incompatible samples.
     """
-    from .reweight import reweight_samples
+    from .workflow import reweight
 
     if not os.path.exists(args.samples):
         raise CommandError(f"sample file not found: {args.samples}")
     target = _target_from_args(args)
-    start = time.perf_counter()
     try:
-        metrics = reweight_samples(args.samples, target, log_q=args.log_q, out_path=args.output, seed=args.seed,
-                                   n_bootstrap=args.n_bootstrap, block_size=args.block_size,
-                                   progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        raise CommandError(str(exc)) from None
+        metrics = _run(reweight, args.samples, target, args.output, log_q=args.log_q, seed=args.seed,
+                       n_bootstrap=args.n_bootstrap, block_size=args.block_size, progress=not args.no_progress)
     finally:
         target.close()
-    metrics = {"command": "reweight", **metrics, "wall_time_s": time.perf_counter() - start}
-    _emit(metrics, args, args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.output)), "metrics.json"))
+    _emit(metrics, args, _metrics_path(args))
     if not args.json:
         line = (f"ESS {metrics['ess']:.1f} of {metrics['n']} ({metrics['ess_fraction']:.1%}), "
                 f"log Z {metrics['log_z']:.3f} +- {metrics['log_z_err']:.3f}")
         if metrics.get("delta_f_kT") is not None:
             err = metrics["delta_f_err_kT"]
-            line += f", F(phi>0) - F(phi<0) = {metrics['delta_f_kT']:.2f} +- {'inf' if err is None else f'{err:.2f}'} kT"
+            line += f", Delta F = {metrics['delta_f_kT']:.2f} +- {'inf' if err is None else f'{err:.2f}'} kT"
         elif "delta_f_note" in metrics:
             line += f"; no Delta F ({metrics['delta_f_note']})"
-        if metrics["n_infinite_energy"]:
+        if metrics.get("n_infinite_energy"):
             line += f"; {metrics['n_infinite_energy']} samples had +inf energy (weight 0)"
         print(f"{line}; wrote {args.output}", file=sys.stderr)
     return 0
 
 
 def cmd_analyze(args) -> int:
-    """``boltzgen analyze``: plots and metrics of a sample file into a report directory.
+    """``boltzgen analyze``: :func:`boltzgen.workflow.analyze`, plots and metrics into a report directory.
 
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed options (see ``boltzgen analyze --help``): ``samples``, ``output``, ``reference``,
-        ``run_dir``, ``seed``.
+        Parsed options (see ``boltzgen analyze --help``).
 
     Returns
     -------
@@ -539,17 +346,9 @@ def cmd_analyze(args) -> int:
     CommandError
         For missing files or unreadable samples.
     """
-    from .report import analyze
+    from .workflow import analyze
 
-    for label, path in (("sample file", args.samples), ("reference file", args.reference)):
-        if path is not None and not os.path.exists(path):
-            raise CommandError(f"{label} not found: {path}")
-    if args.run_dir is not None and not os.path.isdir(args.run_dir):
-        raise CommandError(f"run directory not found: {args.run_dir}")
-    try:
-        metrics = analyze(args.samples, args.output, args.reference, run_dir=args.run_dir, seed=args.seed)
-    except (ValueError, FileNotFoundError) as exc:
-        raise CommandError(str(exc)) from None
+    metrics = _run(analyze, args.samples, args.output, args.reference, run_dir=args.run_dir, seed=args.seed)
     _emit(metrics, args, None)
     if not args.json:
         line = f"{metrics['n']} samples, ESS {metrics['ess']:.1f} ({metrics['ess_fraction']:.1%})"
@@ -559,14 +358,13 @@ def cmd_analyze(args) -> int:
             line += f", torsion W2 {metrics['torsion_w2']:.3g} rad"
         if metrics.get("delta_f_kT") is not None:
             err = metrics.get("delta_f_err_kT")
-            line += f", F(phi>0) - F(phi<0) = {metrics['delta_f_kT']:.2f} +- {'inf' if err is None else f'{err:.2f}'} kT"
+            line += f", Delta F = {metrics['delta_f_kT']:.2f} +- {'inf' if err is None else f'{err:.2f}'} kT"
         print(f"{line}; wrote {os.path.join(args.output, 'index.html')}", file=sys.stderr)
     return 0
 
 
 def cmd_quickstart(args) -> int:
-    """``boltzgen quickstart``: the whole chain (simulate, train, sample, analyze) on alanine
-    dipeptide in vacuum (300 K), with a summary of ESS, ΔF (kT) and energy W2 (kT).
+    """``boltzgen quickstart``: :func:`boltzgen.workflow.quickstart` on alanine dipeptide, then a summary.
 
     Parameters
     ----------
@@ -583,74 +381,107 @@ def cmd_quickstart(args) -> int:
     CommandError
         If a stage fails.
     """
-    from .pipeline import QUICKSTART_SIZES, run_pipeline
+    from .workflow import quickstart
 
     if args.fast and args.long:
         raise CommandError("--fast and --long exclude each other")
-    sizes = dict(QUICKSTART_SIZES["fast" if args.fast else "long" if args.long else "default"])
     if not args.json:
         print(f"boltzgen quickstart: alanine dipeptide in vacuum (amber99sbildn, 300 K) into {args.output}/ - "
               f"replica-exchange data, DSM + DiffCLF training of an EGNN energy, SMC with OpenMM reweighting, "
               f"report{' (--fast smoke run: tiny sizes, numbers meaningless)' if args.fast else ''}",
               file=sys.stderr)
+    recipe = "fast" if args.fast else "long" if args.long else "default"
     try:
-        summary = run_pipeline(args.output, system="aldp-vacuum", seed=args.seed, progress=not args.no_progress,
-                               log=None if not args.json else (lambda line: print(line, file=sys.stderr)), **sizes)
-    except RuntimeError as exc:
+        summary = quickstart(args.output, recipe, seed=args.seed, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
     summary = {"command": "quickstart", "fast": bool(args.fast), "long": bool(args.long), **summary}
     _emit(summary, args, os.path.join(args.output, "metrics.json"))
     if not args.json:
-        def fmt(value, spec=".2f"):
-            return "n/a" if value is None else format(value, spec)
-
-        print("\nsummary", file=sys.stderr)
-        print(f"  ESS              {fmt(summary['ess'], '.1f')} of {summary['n_samples']} "
-              f"({fmt(summary['ess_fraction'], '.1%')}; the particles descend from "
-              f"{fmt(summary.get('n_ancestors_anneal'), 'd')} of those at t_min)", file=sys.stderr)
-        if summary.get("ess") is not None and summary["ess"] < MIN_TRUSTED_ESS:
-            print(f"  warning          the weights rest on fewer than {MIN_TRUSTED_ESS} effective samples: the "
-                  f"model is too far from the force field for the estimates below to mean much (more training: "
-                  f"--long)", file=sys.stderr)
-        per_run, counts = summary.get("delta_f_runs_kT"), summary.get("phi_positive_runs")
-        print(f"  F(phi>0) - F(phi<0)  {fmt(summary.get('delta_f_kT'))} +- {fmt(summary.get('delta_f_err_kT'))} kT "
-              f"(reference data: {fmt(summary.get('reference_delta_f_kT'))} +- "
-              f"{fmt(summary.get('reference_delta_f_err_kT'))} kT"
-              + (f", from {summary['reference_phi_positive_n']} phi > 0 frames"
-                 if summary.get("reference_phi_positive_n") is not None else "") + ")"
-              + (f"\n                   error: {summary['delta_f_error_method']}" if summary.get("delta_f_error_method")
-                 else "")
-              + (f"; runs: {', '.join(fmt(v, '.1f') for v in per_run)} kT" if per_run else "")
-              + (f" (phi > 0 particles: {', '.join(map(str, counts))})" if counts else "")
-              + (f"\n                   no estimate: {summary['delta_f_note']} (state B: phi > 0)"
-                 if summary.get("delta_f_note") else ""), file=sys.stderr)
-        if summary.get("delta_f_kT") is not None and per_run:
-            print("  note             the error is the spread of the runs; with a model this briefly trained the "
-                  "sampler's settings (e.g. --t-min) can move Delta F by a few kT more (README, How it works)",
-                  file=sys.stderr)
-        few = [r + 1 for r, c in enumerate(counts or []) if c < MIN_STATE_PARTICLES]
-        if few:
-            print(f"  warning          run{'s' if len(few) > 1 else ''} {', '.join(map(str, few))} ended with fewer "
-                  f"than {MIN_STATE_PARTICLES} phi > 0 particles: such runs usually put Delta F too high (their "
-                  f"few particles underweight the state); more particles per run (-n) or runs (--runs) help",
-                  file=sys.stderr)
-        print(f"  energy W2        {fmt(summary.get('energy_w2'), '.3f')} kT against the training data", file=sys.stderr)
-        print(f"  wall time        {summary['total_seconds']:.0f} s "
-              f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})", file=sys.stderr)
-        print(f"  samples          {summary['files']['samples']}", file=sys.stderr)
-        print(f"  report           {summary['files']['report']}", file=sys.stderr)
+        print_summary(summary)
     return 0
+
+
+def _fmt(value, spec=".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def print_summary(summary: dict, file=None) -> None:
+    """Print the quickstart's summary (ESS, free energies, warnings, files) to ``file`` (stderr).
+
+    Parameters
+    ----------
+    summary : dict
+        The summary of :func:`boltzgen.workflow.quickstart`.
+    file : file object, optional
+        Default ``sys.stderr``.
+    """
+    from .workflow import MIN_TRUSTED_ESS
+
+    out = file or sys.stderr
+    print("\nsummary", file=out)
+    print(f"  ESS              {_fmt(summary.get('ess'), '.1f')} of {summary['n_samples']} "
+          f"({_fmt(summary.get('ess_fraction'), '.1%')}; the particles descend from "
+          f"{_fmt(summary.get('n_ancestors_anneal'), 'd')} of those at t_min)", file=out)
+    if summary.get("ess") is not None and summary["ess"] < MIN_TRUSTED_ESS:
+        print(f"  warning          the weights rest on fewer than {MIN_TRUSTED_ESS} effective samples: the model "
+              f"is too far from the force field for the estimates below to mean much (more training: --long)",
+              file=out)
+    _print_free_energy(summary, out)
+    print(f"  energy W2        {_fmt(summary.get('energy_w2'), '.3f')} kT against the training data", file=out)
+    print(f"  wall time        {summary['total_seconds']:.0f} s "
+          f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})", file=out)
+    print(f"  samples          {summary['files']['samples']}", file=out)
+    if "report" in summary["files"]:
+        print(f"  report           {summary['files']['report']}", file=out)
+
+
+def _print_free_energy(summary: dict, out) -> None:
+    """The ΔF lines of the summary: estimate, reference, error method, runs, warnings."""
+    import numpy as np
+
+    from .workflow import MIN_STATE_PARTICLES
+
+    names = (summary.get("states") or {}).get("names")
+    if not names:
+        print(f"  states           {summary.get('states_note', 'none')}", file=out)
+        return
+    label = summary.get("delta_f_definition", "Delta F")[:-6] if len(names) == 2 else "state free energies"
+    per_run, counts = summary.get("delta_f_runs_kT"), summary.get("state_counts_runs")
+    # the state whose particles a run can run out of: the second of two (ΔF = F_1 - F_0), else the rarest
+    rare = 1 if len(names) == 2 or not summary.get("state_counts") else int(np.argmin(summary["state_counts"]))
+    line = (f"  {label}  {_fmt(summary.get('delta_f_kT'))} +- {_fmt(summary.get('delta_f_err_kT'))} kT "
+            f"(reference data: {_fmt(summary.get('reference_delta_f_kT'))} +- "
+            f"{_fmt(summary.get('reference_delta_f_err_kT'))} kT"
+            + (f", from {summary['reference_phi_positive_n']} phi > 0 frames"
+               if summary.get("reference_phi_positive_n") is not None else "") + ")")
+    if summary.get("delta_f_error_method"):
+        line += f"\n                   error: {summary['delta_f_error_method']}"
+    if per_run:
+        line += f"; runs: {', '.join(_fmt(v, '.1f') for v in per_run)} kT"
+    if counts:
+        line += f" ({names[rare]} particles: {', '.join(str(c[rare]) for c in counts)})"
+    if summary.get("delta_f_note"):
+        line += f"\n                   no estimate: {summary['delta_f_note']}"
+    print(line, file=out)
+    if summary.get("delta_f_kT") is not None and per_run:
+        print("  note             the error is the spread of the runs; with a model this briefly trained the "
+              "sampler's settings (e.g. --t-min) can move Delta F by a few kT more (docs/design.md)", file=out)
+    few = [r + 1 for r, c in enumerate(counts or []) if c[rare] < MIN_STATE_PARTICLES]
+    if few:
+        print(f"  warning          run{'s' if len(few) > 1 else ''} {', '.join(map(str, few))} ended with fewer "
+              f"than {MIN_STATE_PARTICLES} {names[rare]} particles: such runs usually put Delta F too high (their "
+              f"few particles underweight the state); more particles per run (-n) or runs (--runs) help", file=out)
 
 
 def cmd_bench_bridge(args) -> int:
     """``boltzgen bench bridge``: throughput (evaluations/s) of the OpenMM energy pool against a
-    plain single-Context loop.
+    plain single-Context loop (:func:`boltzgen.bench.bench_bridge`).
 
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed options (see ``boltzgen bench bridge --help``): the target, ``batch``,
-        ``workers``, ``platform``, ``output``, ``seed``.
+        Parsed options (see ``boltzgen bench bridge --help``).
 
     Returns
     -------
@@ -681,6 +512,21 @@ def cmd_bench_bridge(args) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+def _add_sample_settings(parser: argparse.ArgumentParser) -> None:
+    """The sampler options of ``boltzgen sample``: one per SMCSettings field of
+    :data:`boltzgen.workflow.SAMPLE_OPTIONS`, with SMCSettings()'s defaults."""
+    from .sampling.smc import SMCSettings
+    from .workflow import SAMPLE_OPTIONS
+
+    defaults = SMCSettings().to_dict()
+    for flag, (section, key), kind, text in SAMPLE_OPTIONS:
+        default = defaults[section][key]
+        names = (flag, "--steps") if flag == "--diffusion-steps" else (flag,)
+        suffix = " (--steps is an old name)" if len(names) > 1 else ""
+        parser.add_argument(*names, dest=flag.lstrip("-").replace("-", "_"), type=kind, default=default,
+                            help=f"{text} (default {default}){suffix}" if default is not None else text + suffix)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``boltzgen`` with all sub-commands.
 
@@ -711,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestep", type=float, help="MD time step in fs (default 1)")
     p.add_argument("--friction", type=float, help="Langevin friction in 1/ps (default 1)")
     p.add_argument("--replicas", type=int,
-                   help="replica-exchange replicas (1: plain MD; alanine dipeptide defaults to 6 up to 1000 K)")
+                   help="replica-exchange replicas (1: plain MD; default: the system's, see boltzgen/systems/catalog.py)")
     p.add_argument("--t-max", type=float, help="highest temperature of the geometric replica ladder (K)")
     p.add_argument("--exchange-interval", type=int, help="MD steps between exchange attempts")
     p.add_argument("--keep-replicas", type=int, default=1, metavar="K",
@@ -722,9 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quench", type=float, metavar="PS",
                    help="with --keep-replicas: relax every frame of the hotter replicas to the target temperature "
                         "(local energy minimisation, then PS ps of Langevin dynamics at friction 10/ps), so the "
-                        "rare states the hot replicas visit come with the target's local geometry (training data; "
-                        "0.5 is enough for alanine dipeptide: the quenched frames' mean and spread of U/kT match "
-                        "the target-temperature frames')")
+                        "rare states the hot replicas visit come with the target's local geometry (training data)")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_simulate)
 
@@ -738,13 +582,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML configuration file")
     p.add_argument("--loss", choices=["dsm", "diffclf", "dsm+diffclf"], help="training objective")
     p.add_argument("--net", choices=["mlp", "egnn", "e3nn"], help="network family")
-    p.add_argument("--steps", type=int, help="optimisation steps")
+    p.add_argument("--steps", type=int, help="optimisation steps (training)")
     p.add_argument("--batch-size", type=int, help="configurations per step")
     p.add_argument("--pretrain-dsm-steps", type=int,
                    help="steps of DSM alone before the objective takes over (pre-training, then fine-tuning)")
-    p.add_argument("--phi-positive-fraction", metavar="F",
-                   help="share of every batch drawn from the phi > 0 frames (peptides with one phi torsion; "
-                        "'none' draws frames uniformly; default: the system's config, off for the built-in systems)")
+    p.add_argument("--state-fraction", "--phi-positive-fraction", dest="state_fraction", metavar="F",
+                   help="share of every batch drawn from the least-populated of the system's states ('none' draws "
+                        "frames uniformly; default: the system's config). --phi-positive-fraction is an old name")
     p.add_argument("--start-from", metavar="CHECKPOINT",
                    help="continue from another run's DSM pre-training checkpoint (same data, net, optimiser, "
                         "steps, batch and seed; its step within both runs' --pretrain-dsm-steps): the same run "
@@ -752,8 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (per process)")
     p.add_argument("--processes", type=int, default=1, metavar="P",
                    help="data-parallel training processes, each drawing batch/P of every batch, gradients "
-                        "averaged, cores / P torch threads each unless --threads says otherwise (default 1; measured "
-                        "on 2 cores: P = 2 runs a step 1.17x faster than one process with 2 threads)")
+                        "averaged, cores / P torch threads each unless --threads says otherwise (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
@@ -762,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="SMC (or reverse SDE) from a trained model -> weighted sample file",
                        description="Sequential Monte Carlo along the learned diffusion path, annealed to the "
                                    "target's energy at the end (OpenMM for molecules): weighted samples, log Z, "
-                                   "ESS; for alanine dipeptide F(phi > 0) - F(phi < 0). --method sde draws "
+                                   "ESS, and the free energies of the target's states. --method sde draws "
                                    "unweighted samples of the model itself. The target defaults to the system "
                                    "the model was trained on.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `boltzgen train`")
@@ -770,45 +613,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, required=True, help="number of particles / samples")
     p.add_argument("-o", "--output", required=True, help="output sample file (.h5)")
     p.add_argument("--method", choices=["smc", "sde"], default="smc", help="sampler (default smc)")
-    p.add_argument("--steps", type=int, default=100, help="diffusion steps from t = 1 to t_min (default 100)")
-    p.add_argument("--t-min", type=float, default=None, metavar="T",
-                   help="last diffusion time, where the annealing to the target starts (default: the model's "
-                        "t_min; at least that). With a model far from the force field Delta F can move with it by "
-                        "more than its quoted error (README, How it works): compare two values")
-    p.add_argument("--mcmc-steps", type=int, default=0,
-                   help="MALA moves per diffusion level (default 0). Each costs a model evaluation, like a "
-                        "diffusion step; on alanine dipeptide 2 moves per level at 100 levels made independent "
-                        "runs agree on log Z as 400 levels without moves do")
-    p.add_argument("--anneal", type=int, default=16,
-                   help="annealing levels from the model to the target: a linear beta grid of this many, or the "
-                        "fewest with --anneal-cess (default 16)")
-    p.add_argument("--anneal-cess", type=float, default=0.9,
-                   help="adaptive beta grid: more levels where one would lose more than this conditional ESS "
-                        "(default 0.9; 0 for the linear grid of --anneal levels)")
-    p.add_argument("--max-anneal", type=int, default=64, help="the most annealing levels with --anneal-cess (default 64)")
-    p.add_argument("--anneal-mcmc-steps", type=int, default=5,
-                   help="MALA moves per annealing level (model and target forces; default 5)")
-    p.add_argument("--final-mcmc-steps", type=int, default=50,
-                   help="MALA moves on the target alone after the last reweighting (target forces only, the "
-                        "weights stay valid; default 50)")
-    p.add_argument("--tempering", type=float, default=1.0, metavar="B",
-                   help="exponent b in (0, 1] of the learned energies at t_min: b < 1 flattens the model's "
-                        "free-energy differences by b (as the temperature T/b would), so rare states get more "
-                        "particles; the weights correct for it (default 1: none)")
+    _add_sample_settings(p)
     p.add_argument("--per-state-resampling", action="store_true",
-                   help="resample within the states phi < 0 and phi > 0 separately (peptides with one phi "
-                        "torsion): a state the model puts too high keeps its particles, with small weights, "
-                        "until the annealing corrects them; during the diffusion a particle's state is the phi of "
-                        "its denoised estimate E[x_0 | x_t], which shows where it is heading long before its noisy "
-                        "phi does (default: resample all particles together)")
+                   help="resample within the target's states (for a peptide: the joint phi signs of its residues; "
+                        "see `boltzgen systems`); during the diffusion a particle's state is that of its denoised "
+                        "estimate E[x_0 | x_t] (default: resample all particles together)")
     p.add_argument("--balance-states", action="store_true",
-                   help="with --per-state-resampling: give phi < 0 and phi > 0 half of the particles each at the "
-                        "start of the annealing (each keeps its weight), so the rarer state's free energy does "
-                        "not rest on a handful of particles")
+                   help="with --per-state-resampling: give every state the same share of the particles at the start "
+                        "of the annealing (each keeps its weight), so a rare state's free energy does not rest on a "
+                        "handful of particles")
     p.add_argument("--runs", type=int, default=1,
-                   help="independent SMC runs sharing the -n particles, pooled by their log Z: Delta F then gets "
-                        "the error of a bootstrap over runs, which includes the run-to-run spread that the "
-                        "particles of one run share (default 1)")
+                   help="independent SMC runs sharing the -n particles, pooled by their log Z: free energies then "
+                        "get the error of a bootstrap over runs, which includes the run-to-run spread (default 1)")
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_sample)
@@ -846,19 +662,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("quickstart", help="the whole pipeline on alanine dipeptide (about 15 minutes on 2 cores)",
-                       description="Replica-exchange data, DSM + DiffCLF training of the EGNN energy, 4 pooled SMC "
+    p = sub.add_parser("quickstart", help="the whole pipeline on alanine dipeptide",
+                       description="Replica-exchange data, DSM + DiffCLF training of the EGNN energy, pooled SMC "
                                    "runs along the learned diffusion path annealed to the OpenMM energy (F(phi > 0) "
                                    "- F(phi < 0) with the error of a bootstrap over runs), and a report - the "
-                                   "commands are printed as they run. Leaves DIR/samples.h5 (weighted, "
-                                   "mdtraj-loadable), DIR/metrics.json and DIR/report/index.html. Rerunning resumes.")
+                                   "equivalent commands are printed as they run. The sizes are the recipes of "
+                                   "systems/recipes.yaml. Leaves DIR/samples.h5 (weighted, mdtraj-loadable), "
+                                   "DIR/metrics.json and DIR/report/index.html. Rerunning resumes.")
     p.add_argument("-o", "--output", default="boltzgen-quickstart", metavar="DIR",
                    help="output directory (default ./boltzgen-quickstart)")
-    p.add_argument("--fast", action="store_true", help="a one-minute smoke run with tiny sizes")
+    p.add_argument("--fast", action="store_true", help="a smoke run with tiny sizes (the 'fast' recipe)")
     p.add_argument("--long", action="store_true",
-                   help="about 40 minutes: the recipe of benchmarks/aldp.py (5 ns of data, phi > 0 oversampled in "
-                        "training, 3000 steps of 64, 4 pooled SMC runs of 400 levels), which gives Delta F with a "
-                        "smaller error than the default")
+                   help="the 'long' recipe: the DSM + DiffCLF arm of benchmarks/aldp.py, a smaller error than the "
+                        "default")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(p)
     p.set_defaults(func=cmd_quickstart)

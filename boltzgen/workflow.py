@@ -1,0 +1,838 @@
+"""The workflow API: simulate → train → sample → reweight → analyze as Python functions.
+
+The ``boltzgen`` command line is a thin layer over these functions (each ``cmd_*`` parses its
+arguments, calls one of them and prints), so a Python user runs exactly what the CLI runs, with
+the same defaults and the same numbers for the same seed::
+
+    from boltzgen import workflow
+
+    workflow.simulate_training_data("gmm-two-modes", 2000, "data.h5")
+    workflow.train("data.h5", "run")
+    run = workflow.sample("run", "samples.h5", 1024, runs=4)
+    print(run.metrics["log_z"], run.metrics.get("state_free_energies_kT"))
+
+:func:`quickstart` runs the whole chain from a recipe of ``systems/recipes.yaml``. Targets are
+given as a :class:`~boltzgen.systems.TargetSystem` or a built-in name; a function that loads a
+target by name closes it again, one passed in is left to the caller. Theory and conventions:
+``docs/design.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+__all__ = ["SampleRun", "SAMPLE_OPTIONS", "simulate_training_data", "train", "sample", "reweight", "analyze",
+           "quickstart", "load_recipes", "load_recipe", "sample_settings", "merge", "command_line"]
+
+#: Below this effective sample size the quickstart's summary warns that its estimates rest on a
+#: handful of samples (self-normalised estimates and their bootstrap errors then mean little).
+MIN_TRUSTED_ESS = 10
+#: The quickstart summary warns about SMC runs that end with fewer particles than this in the
+#: rarest state: the free energy of that state then rests on their luck.
+MIN_STATE_PARTICLES = 10
+
+#: The sampler settings that ``boltzgen sample`` exposes: (flag, path in SMCSettings, type, help).
+#: The CLI builds its options from this table with SMCSettings()'s defaults, and the quickstart
+#: prints its commands with it, so the CLI, the API and the recipes are one sampler.
+SAMPLE_OPTIONS = (
+    ("--diffusion-steps", ("diffusion", "n_steps"), int, "diffusion levels from t = 1 to t_min"),
+    ("--t-min", ("diffusion", "t_min"), float,
+     "last diffusion time, where the annealing to the target starts (default: the model's t_min; at least that)"),
+    ("--mcmc-steps", ("diffusion", "mcmc_steps"), int,
+     "MALA moves per diffusion level (each costs a model evaluation, like a diffusion step)"),
+    ("--tempering", ("diffusion", "tempering"), float,
+     "exponent b in (0, 1] of the learned energies at t_min: b < 1 flattens the model's free-energy "
+     "differences by b, so rare states get more particles; the weights correct for it (1: none)"),
+    ("--anneal", ("anneal", "n_levels"), int,
+     "annealing levels from the model to the target: a linear beta grid of this many, or the fewest with "
+     "--anneal-cess"),
+    ("--anneal-cess", ("anneal", "cess"), float,
+     "adaptive beta grid: more levels where one would lose more than this conditional ESS (0: the linear grid)"),
+    ("--max-anneal", ("anneal", "max_levels"), int, "the most annealing levels with --anneal-cess"),
+    ("--anneal-mcmc-steps", ("anneal", "mcmc_steps"), int, "MALA moves per annealing level (model and target forces)"),
+    ("--final-mcmc-steps", ("final", "mcmc_steps"), int,
+     "MALA moves on the target alone after the last reweighting (target forces only; the weights stay valid)"),
+)
+
+
+# ---------------------------------------------------------------------------- helpers
+def merge(base: dict, update: Optional[dict]) -> dict:
+    """A deep copy of ``base`` with the nested dict ``update`` merged over it.
+
+    Parameters
+    ----------
+    base, update : dict
+        Nested dicts; a dict value in ``update`` is merged into the one in ``base``, any other
+        value replaces it.
+
+    Returns
+    -------
+    dict
+    """
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_recipes() -> dict:
+    """The recipes file ``systems/recipes.yaml`` (quickstart sizes, benchmark arms).
+
+    Returns
+    -------
+    dict
+        ``{"quickstart": {name: recipe}, "benchmarks": {name: recipe}}``.
+    """
+    import yaml
+
+    from .systems.catalog import data_path
+
+    with open(data_path("recipes.yaml")) as handle:
+        return yaml.safe_load(handle)
+
+
+def load_recipe(kind: str, name: str) -> dict:
+    """One recipe of ``systems/recipes.yaml``.
+
+    Parameters
+    ----------
+    kind : {"quickstart", "benchmarks"}
+    name : str
+        E.g. ``"default"``, ``"long"``, ``"fast"`` (quickstart) or ``"aldp"`` (benchmarks).
+
+    Returns
+    -------
+    dict
+        A copy of the recipe.
+
+    Raises
+    ------
+    KeyError
+        For an unknown recipe (the message lists the known ones).
+    """
+    recipes = load_recipes()[kind]
+    if name not in recipes:
+        raise KeyError(f"unknown {kind} recipe {name!r}; known: {', '.join(recipes)}")
+    return copy.deepcopy(recipes[name])
+
+
+def sample_settings(settings=None, *, progress: bool = False):
+    """An :class:`~boltzgen.sampling.smc.SMCSettings` from None, a nested dict or SMCSettings.
+
+    Parameters
+    ----------
+    settings : None, dict or SMCSettings
+        None: the defaults (those of ``boltzgen sample``); a dict: merged over the defaults.
+    progress : bool
+        Progress bar of the SMC.
+
+    Returns
+    -------
+    SMCSettings
+    """
+    from .sampling.smc import SMCSettings
+
+    if settings is None:
+        settings = SMCSettings()
+    elif isinstance(settings, dict):
+        settings = SMCSettings.from_dict(merge(SMCSettings().to_dict(), settings))
+    return dataclasses.replace(settings, progress=bool(progress))
+
+
+def _resolve_target(target, options: Optional[dict] = None):
+    """(TargetSystem, owned): a name is loaded (and owned: closed by the caller of this helper)."""
+    if isinstance(target, str):
+        from .systems.catalog import resolve, spec
+
+        options = dict(options or {})
+        if not spec(target).openmm:
+            options = {k: v for k, v in options.items() if k not in ("platform", "n_workers")}
+        return resolve(target, **options), True
+    return target, False
+
+
+def _write_metrics(metrics: dict, path: Optional[str]) -> None:
+    if path:
+        from .io import write_json
+
+        write_json(path, metrics)
+
+
+# ---------------------------------------------------------------------------- simulate
+def simulate_training_data(target, n: int, output: str, *, seed: int = 0, keep_replicas: int = 1,
+                           quench: Optional[float] = None, progress: bool = True, metrics_path: Optional[str] = None,
+                           target_options: Optional[dict] = None, **options) -> dict:
+    """Boltzmann samples of a target written to a sample file, resumable through ``OUTPUT.checkpoint``.
+
+    Parameters
+    ----------
+    target : TargetSystem or str
+        The target, or a built-in system name.
+    n : int
+        Frames (per kept replica), at least 1.
+    output : str
+        Sample file (.h5) to write.
+    seed : int
+        Seed of the simulation (and of the quench).
+    keep_replicas : int
+        Replica exchange: keep the frames of this many of the coldest replicas (training data for
+        a model that must cover rare states). Only the target-temperature frames count as
+        Boltzmann samples (the others get weight zero and a per-frame ``temperature_K`` array).
+    quench : float, optional
+        With ``keep_replicas >= 2``: relax every frame of the hotter replicas to the target
+        temperature (minimisation, then this many ps of Langevin dynamics).
+    progress : bool
+        Progress bar.
+    metrics_path : str, optional
+        Also write the metrics there (JSON).
+    target_options : dict, optional
+        Options of :func:`~boltzgen.systems.resolve` when ``target`` is a name (``platform``,
+        ``n_workers``).
+    **options
+        Options of :func:`boltzgen.md.simulate` (``stride``, ``equilibration``, ``timestep`` in fs,
+        ``friction`` in 1/ps, ``replicas``, ``t_max`` in K, ``exchange_interval``); None values
+        and missing ones take the system's defaults (:class:`~boltzgen.systems.catalog.SystemSpec`).
+
+    Returns
+    -------
+    dict
+        Metrics: ``system``, ``n_samples``, ``output``, ``wall_time_s``, ``mean_reduced_energy``,
+        the simulation's metadata, and for ladder data ``kept_temperatures_K`` and ``quench``.
+
+    Raises
+    ------
+    ValueError
+        For invalid sizes or options.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if keep_replicas < 1:
+        raise ValueError(f"keep_replicas must be at least 1, got {keep_replicas}")
+    target, owned = _resolve_target(target, target_options)
+    try:
+        return _simulate(target, int(n), output, seed, int(keep_replicas), quench, progress, metrics_path, options)
+    finally:
+        if owned:
+            target.close()
+
+
+def _simulate(target, n, output, seed, keep, quench, progress, metrics_path, options) -> dict:
+    from .io import save_samples
+    from .md import ladder_frames, quench_frames, simulate
+    from .systems.catalog import simulate_defaults
+
+    options = {**simulate_defaults(target.name), **{k: v for k, v in options.items() if v is not None}}
+    if options.get("replicas", 1) == 1:
+        options.pop("t_max", None)
+    if keep > 1:
+        if target.topology is None or options.get("replicas", 1) < keep:
+            raise ValueError(f"keeping {keep} replicas needs replica exchange (molecular MD) with at least {keep} "
+                             f"replicas; this run has {options.get('replicas', 1)}")
+        options["keep_replicas"] = True
+    if quench is not None and (keep < 2 or not quench > 0):
+        raise ValueError(f"quench needs a positive time in ps and at least 2 kept replicas (it relaxes the hotter "
+                         f"replicas' frames); got quench {quench} with {keep} kept")
+    checkpoint = output + ".checkpoint"
+    start = time.perf_counter()
+    result = simulate(target, n, seed=seed, checkpoint=checkpoint, progress=progress, **options)
+    meta = {**target.metadata(), **result.metadata, "seed": seed, "command": "simulate"}
+    positions, reduced_energy, arrays, log_weights = result.positions, result.reduced_energy, {}, None
+    if keep > 1:
+        positions, reduced_energy, arrays["temperature_K"] = ladder_frames(result, keep, target.kT)
+        meta["kept_temperatures_K"] = [float(t) for t in result.metadata["temperatures_K"][:keep]]
+        # As Boltzmann samples of the target, only the frames at its temperature count.
+        log_weights = np.where(np.arange(len(positions)) < n, 0.0, -np.inf)
+        if quench:
+            reduced_energy[n:], meta["quench"] = quench_frames(
+                target, positions[n:], time_ps=quench, platform=result.metadata["parameters"]["platform"], seed=seed)
+    save_samples(output, positions, topology=target.topology, reduced_energy=reduced_energy,
+                 log_weights=log_weights, metadata=meta, extra=arrays)
+    if os.path.exists(checkpoint):
+        os.remove(checkpoint)
+    metrics = {"command": "simulate", "system": target.name, **result.metadata,
+               "n_samples": int(positions.shape[0]), "output": os.path.abspath(output),
+               "wall_time_s": time.perf_counter() - start,
+               "mean_reduced_energy": float(result.reduced_energy.mean())}
+    if keep > 1:
+        metrics.update(n_samples_per_replica=n, kept_temperatures_K=meta["kept_temperatures_K"])
+        if "quench" in meta:
+            metrics["quench"] = meta["quench"]
+    _write_metrics(metrics, metrics_path)
+    return metrics
+
+
+# ---------------------------------------------------------------------------- train
+def train(data: str, run_dir: str, *, system: Optional[str] = None, config_file: Optional[str] = None,
+          loss: Optional[str] = None, net: Optional[str] = None, steps: Optional[int] = None,
+          batch_size: Optional[int] = None, pretrain_dsm_steps: Optional[int] = None, state_fraction=None,
+          threads: Optional[int] = None, processes: int = 1, seed: Optional[int] = None,
+          start_from: Optional[str] = None, overrides: Optional[dict] = None, progress: bool = True) -> dict:
+    """Train an energy model on a sample file into a run directory (resumes from its checkpoint).
+
+    Configuration: the built-in defaults, the system's ``systems/<name>.train.yaml``,
+    ``config_file``, ``overrides``, then the keyword arguments given here (None: not given).
+
+    Parameters
+    ----------
+    data : str
+        Sample file of unweighted samples (:func:`simulate_training_data`).
+    run_dir : str
+        Run directory (model.pt, checkpoints, train_log.csv, metrics.json, config.yaml).
+    system : str, optional
+        Built-in system the data belong to (default: from the data file).
+    config_file : str, optional
+        YAML configuration (may say ``extends: other.yaml``).
+    loss : {"dsm", "diffclf", "dsm+diffclf"}, optional
+    net : {"mlp", "egnn", "e3nn"}, optional
+    steps, batch_size, pretrain_dsm_steps : int, optional
+        Optimisation steps, configurations per step, steps of DSM alone first.
+    state_fraction : float or "none", optional
+        Share of every batch drawn from the least-populated state of the system's states;
+        ``"none"`` draws frames uniformly.
+    threads : int, optional
+        Torch CPU threads per process.
+    processes : int
+        Data-parallel CPU processes (:func:`boltzgen.parallel.train_in_processes`).
+    seed : int, optional
+        Seed (default: the config's).
+    start_from : str, optional
+        Another run's DSM pre-training checkpoint to continue from.
+    overrides : dict, optional
+        Nested configuration keys, merged before the keyword arguments.
+    progress : bool
+        Progress bar.
+
+    Returns
+    -------
+    dict
+        The training metrics with ``command`` and ``run_dir``.
+    """
+    from .parallel import train_in_processes
+
+    given = {}
+    if loss:
+        given["loss"] = {"kind": loss}
+    if net:
+        given["net"] = {"kind": net}
+    for key, value in (("steps", steps), ("batch_size", batch_size)):
+        if value is not None:
+            given.setdefault("train", {})[key] = value
+    if pretrain_dsm_steps is not None:
+        given["pretrain_dsm_steps"] = pretrain_dsm_steps
+    if state_fraction is not None:
+        off = isinstance(state_fraction, str) and state_fraction.strip().lower() == "none"
+        given["data"] = {"state_fraction": None if off else float(state_fraction)}
+    metrics = train_in_processes(processes, data, run_dir, system=system, config_file=config_file,
+                                 overrides=merge(overrides or {}, given), seed=seed, threads=threads,
+                                 progress=progress, start_from=start_from)
+    return {"command": "train", "run_dir": os.path.abspath(run_dir), **metrics}
+
+
+# ---------------------------------------------------------------------------- sample
+@dataclass
+class SampleRun:
+    """The pooled result of :func:`sample`.
+
+    Attributes
+    ----------
+    x : ndarray, shape (n, *event_shape), float64
+        Samples in the target's units (nm for molecules).
+    log_w : ndarray, shape (n,) or None
+        Log importance weights (pooled over runs by their log Z); None for ``method="sde"``.
+    u : ndarray, shape (n,)
+        Reduced energies u = U / kT of the samples.
+    run_index : ndarray, shape (n,) of int, or None
+        The SMC run each sample came from (``runs > 1``).
+    labels : ndarray, shape (n,) of int, or None
+        State labels of the target's :class:`~boltzgen.states.StateSet` (when it has one).
+    results : list of SMCResult
+        One per run (empty for ``method="sde"``).
+    metrics : dict
+        Everything ``boltzgen sample`` writes to its metrics.json: ESS, log Z, the SMC trace, and
+        per state ``state_free_energies_kT`` (F_k − F_0 in kT), ``state_counts``; for two-state
+        systems ``delta_f_kT`` ± ``delta_f_err_kT`` and, with runs, ``delta_f_runs_kT``. An
+        analysis that does not apply leaves a note (``*_note``) instead.
+    """
+
+    x: np.ndarray
+    log_w: Optional[np.ndarray]
+    u: np.ndarray
+    run_index: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    results: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+def sample(run_dir: str, output: str, n: int, *, target=None, settings=None, method: str = "smc", runs: int = 1,
+           per_state_resampling: bool = False, seed: int = 0, progress: bool = True,
+           metrics_path: Optional[str] = None, target_options: Optional[dict] = None) -> SampleRun:
+    """SMC (or a plain reverse SDE) from a trained model, reweighted to the target, written to a file.
+
+    The sample file is written before any analysis; an analysis that does not apply to the
+    target (no states, too few particles in a state) leaves a note in the metrics, never an error.
+
+    Parameters
+    ----------
+    run_dir : str
+        Run directory of :func:`train`.
+    output : str
+        Weighted sample file (.h5) to write.
+    n : int
+        Particles in all (shared by the runs).
+    target : TargetSystem or str, optional
+        Default: the system the model was trained on.
+    settings : SMCSettings or dict, optional
+        Sampler settings (:func:`sample_settings`; default: those of ``boltzgen sample``).
+    method : {"smc", "sde"}
+        ``"sde"`` draws unweighted samples of the model itself.
+    runs : int
+        Independent SMC runs sharing the ``n`` particles, pooled by their log Z: the free
+        energies then get the error of a bootstrap over runs.
+    per_state_resampling : bool
+        Resample within the states of ``target.states`` (labels of the denoised estimate during
+        the diffusion when ``settings.resampling.denoised_labels``).
+    seed : int
+        Seed of the torch generator of all runs (and of the bootstrap).
+    progress : bool
+        Progress bar.
+    metrics_path : str, optional
+        Also write the metrics there (JSON).
+    target_options : dict, optional
+        Options of :func:`~boltzgen.systems.resolve` for a target given by name.
+
+    Returns
+    -------
+    SampleRun
+
+    Raises
+    ------
+    ValueError
+        For invalid sizes or settings, a missing model or a target of another shape.
+    """
+    import torch
+
+    from .model import load_model
+
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not 1 <= runs <= n:
+        raise ValueError(f"runs must lie between 1 and n ({n}), got {runs}")
+    if runs > 1 and method != "smc":
+        raise ValueError("runs > 1 applies to method 'smc' (reverse-SDE samples are independent already)")
+    if method not in ("smc", "sde"):
+        raise ValueError(f"method must be 'smc' or 'sde', got {method!r}")
+    model = load_model(run_dir)
+    settings = _checked_settings(sample_settings(settings, progress=progress), model, per_state_resampling)
+    if target is None:
+        if not model.metadata.get("system"):
+            raise ValueError(f"{run_dir} does not say which system it was trained on; name the target")
+        target = model.metadata["system"]
+    target, owned = _resolve_target(target, target_options)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    try:
+        if tuple(target.event_shape) != tuple(model.event_shape):
+            raise ValueError(f"the model is for configurations of shape {tuple(model.event_shape)}, "
+                             f"the target {target.name} has {tuple(target.event_shape)}")
+        if per_state_resampling and target.states is None:
+            raise ValueError(f"per-state resampling needs the target's states; {target.name} has none "
+                             f"(set target.states to a boltzgen.states.StateSet)")
+        if method == "smc":
+            result = _run_smc(model, target, n, runs, settings, per_state_resampling, generator)
+        else:
+            x = torch.as_tensor(_reverse_sde(model, n, generator, settings))
+            result = SampleRun(x, None, target.reduced_energy(x).detach().numpy(), metrics={"n_reflected": 0})
+    finally:
+        if owned:
+            target.close()
+    return _finish_sample(result, target, model, run_dir, output, n, method, runs, settings, seed, start,
+                          metrics_path)
+
+
+def _checked_settings(settings, model, per_state_resampling: bool):
+    """SMCSettings with t_min filled in from the model; ValueError for a t_min below the model's."""
+    d = settings.diffusion
+    if d.t_min is not None and not model.t_min <= d.t_min < 1.0:
+        raise ValueError(f"t_min must lie in [{model.t_min:g}, 1) (the model is trained down to t = "
+                         f"{model.t_min:g}), got {d.t_min:g}")
+    if settings.resampling.balance_states and not per_state_resampling:
+        raise ValueError("balance_states needs per-state resampling")
+    diffusion = dataclasses.replace(d, t_min=model.t_min if d.t_min is None else float(d.t_min))
+    return dataclasses.replace(settings, diffusion=diffusion)
+
+
+def _reverse_sde(model, n, generator, settings):
+    from .sampling.sde import reverse_sde
+
+    return reverse_sde(model, n, generator, n_steps=settings.diffusion.n_steps, t_min=settings.diffusion.t_min)
+
+
+def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: bool, generator) -> SampleRun:
+    """R independent SMC runs of n / R particles each, pooled by their log Z estimates."""
+    import torch
+    from scipy.special import logsumexp
+
+    from .sampling.smc import smc_sample
+    from .weights import ess_fraction as ess_fraction_of
+    from .weights import pool_runs
+
+    states = None
+    if per_state_resampling:
+        state_set = target.states
+
+        def states(x):
+            return np.asarray(state_set.assign(x.detach().cpu().numpy()), dtype=np.int64)
+    sizes = [n // runs + (1 if r < n % runs else 0) for r in range(runs)]
+    results = [smc_sample(model, target, size, generator, settings=settings, states=states) for size in sizes]
+    x = torch.cat([r.x for r in results])
+    u = torch.cat([r.reduced_energy for r in results]).numpy()
+    run_index = None
+    if runs == 1:
+        log_w = results[0].log_weights.numpy()
+    else:
+        log_w = pool_runs([r.log_weights.numpy() for r in results], [r.log_z for r in results])
+        run_index = np.repeat(np.arange(runs), sizes)
+    summaries = [r.summary() for r in results]
+    acceptance = [a for sm in summaries for a in sm["acceptance"] if a is not None]
+    # The headline ESS is that of the final weights: SMC never resamples after the last
+    # reweighting, so for one run it is also the ESS of its last level.
+    ess_fraction = float(results[0].ess[-1]) if runs == 1 else ess_fraction_of(log_w)
+    log_z = results[0].log_z if runs == 1 else float(logsumexp(np.array([r.log_z for r in results])) - np.log(runs))
+    metrics = {"ess": ess_fraction * n, "ess_fraction": ess_fraction,
+               "ess_fraction_final_weights": ess_fraction_of(log_w),
+               "resampled_levels": sum(len(r.resampled) for r in results),
+               "log_z": log_z, "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
+               "n_reflected": int(sum(r.n_reflected for r in results)),
+               "n_anneal_levels": max(sm["n_anneal_levels"] for sm in summaries),
+               "n_ancestors": sum(r.n_ancestors for r in results),
+               "n_ancestors_anneal": sum(r.n_ancestors_anneal for r in results),
+               "final_acceptance": summaries[0]["final_acceptance"], "tempering": settings.diffusion.tempering,
+               "per_state_resampling": bool(per_state_resampling),
+               "denoised_state_labels": states is not None and bool(settings.resampling.denoised_labels),
+               "balance_states": bool(settings.resampling.balance_states),
+               "runs": runs, "settings": settings.to_dict(), "smc": summaries[0]}
+    if runs > 1:
+        metrics.update(log_z_runs=[r.log_z for r in results],
+                       ess_fraction_runs=[float(r.ess[-1]) for r in results], smc_runs=summaries[1:])
+    return SampleRun(x, log_w, u, run_index=run_index, results=results, metrics=metrics)
+
+
+def _finish_sample(result: SampleRun, target, model, run_dir, output, n, method, runs, settings, seed, start,
+                   metrics_path) -> SampleRun:
+    """Write the sample file, then the analyses that apply (state free energies), then the metrics."""
+    from .io import save_samples
+
+    result.x = result.x.detach().cpu().double().numpy() if hasattr(result.x, "detach") else np.asarray(result.x)
+    meta = {**target.metadata(), "command": "sample", "method": method, "seed": seed,
+            "run_dir": os.path.abspath(run_dir), "runs": runs if method == "smc" else 1}
+    save_samples(output, result.x, topology=target.topology, log_weights=result.log_w, reduced_energy=result.u,
+                 metadata=meta, extra=None if result.run_index is None else {"smc_run": result.run_index})
+    metrics = {"command": "sample", "system": target.name, "method": method, "n_samples": n,
+               "t_min": settings.diffusion.t_min, "output": os.path.abspath(output),
+               "wall_time_s": time.perf_counter() - start, **result.metrics}
+    if result.log_w is not None:
+        metrics.update(_state_analysis(result, target, seed, runs))
+    result.metrics = metrics
+    _write_metrics(metrics, metrics_path)
+    return result
+
+
+def _state_analysis(result: SampleRun, target, seed: int, runs: int) -> dict:
+    """Free energies of the target's states from the weighted samples (a note where none apply)."""
+    state_set = target.states
+    if state_set is None:
+        return {"states_note": f"{target.name} has no states (target.states is None): no free energies"}
+    try:
+        result.labels = labels = np.asarray(state_set.assign(result.x), dtype=np.int64)
+    except Exception as exc:  # an analysis never costs the samples: they are on disk already
+        return {"states_note": f"could not assign states: {exc}"}
+    names = list(state_set.names)
+    out: dict[str, Any] = {"states": {"name": state_set.name, "names": names},
+                           "state_counts": np.bincount(labels, minlength=len(names)).tolist()}
+    out.update(_state_free_energies(result.log_w, labels, len(names), seed, result.run_index))
+    if len(names) == 2:
+        out.update(_two_state_delta_f(result, labels, names, seed, runs))
+    if result.run_index is not None:
+        out["state_counts_runs"] = [np.bincount(labels[result.run_index == r], minlength=len(names)).tolist()
+                                    for r in range(runs)]
+    return out
+
+
+def _state_free_energies(log_w, labels, n_states: int, seed: int, groups) -> dict:
+    from .weights import state_free_energies
+
+    try:
+        estimates = state_free_energies(log_w, labels, n_states, groups=groups, seed=seed)
+    except ValueError as exc:
+        return {"state_free_energies_kT": None, "state_free_energies_note": str(exc)}
+    return {"state_free_energies_kT": [_finite(e.value) for e in estimates],
+            "state_free_energies_err_kT": [_finite(e.error) for e in estimates]}
+
+
+def _two_state_delta_f(result: SampleRun, labels, names, seed: int, runs: int) -> dict:
+    """F(names[1]) − F(names[0]) in kT with its bootstrap error, and per run (as for alanine dipeptide)."""
+    from .weights import delta_f, delta_f_point
+
+    in_a, in_b = labels == 0, labels == 1
+    log_w, run_index = result.log_w, result.run_index
+    out: dict[str, Any] = {}
+    try:
+        estimate = delta_f(log_w, in_a, in_b, seed=seed, groups=run_index)
+        out.update(delta_f_kT=estimate.value, delta_f_err_kT=estimate.error,
+                   delta_f_error_method="bootstrap of particles" if run_index is None
+                   else f"bootstrap of the {runs} independent runs",
+                   delta_f_definition=f"F({names[1]}) - F({names[0]}) in kT")
+    except ValueError as exc:
+        out.update(delta_f_kT=None, delta_f_note=str(exc))
+    if run_index is not None:
+        in_run = [run_index == r for r in range(runs)]
+        out["delta_f_runs_kT"] = [_finite(delta_f_point(log_w[m], in_a[m], in_b[m])) for m in in_run]
+    return out
+
+
+def _finite(value):
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+# ---------------------------------------------------------------------------- reweight, analyze
+def reweight(samples: str, target, output: str, *, log_q=None, seed: int = 0, n_bootstrap: int = 200,
+             block_size=None, progress: bool = True, metrics_path: Optional[str] = None,
+             target_options: Optional[dict] = None) -> dict:
+    """Importance weights of a sample file against a target (:func:`boltzgen.reweight.reweight_samples`).
+
+    Parameters
+    ----------
+    samples : str
+        Sample file to reweight.
+    target : TargetSystem or str
+        The target (or a built-in name).
+    output : str
+        Weighted sample file to write.
+    log_q : str or ndarray, optional
+        Proposal log-density per sample: an array name in ``samples``, a .npy file, or values
+        (default: the file's ``log_q`` array).
+    seed, n_bootstrap, block_size
+        Bootstrap of the errors (``block_size``: frames per block, ``"auto"`` or None).
+    progress : bool
+        Progress bar.
+    metrics_path : str, optional
+        Also write the metrics there (JSON).
+    target_options : dict, optional
+        Options of :func:`~boltzgen.systems.resolve` for a target given by name.
+
+    Returns
+    -------
+    dict
+        Metrics (ESS, log Z, free energies of the target's states) with ``command`` and ``wall_time_s``.
+    """
+    from .reweight import reweight_samples
+
+    if not os.path.exists(samples):
+        raise FileNotFoundError(f"sample file not found: {samples}")
+    target, owned = _resolve_target(target, target_options)
+    start = time.perf_counter()
+    try:
+        metrics = reweight_samples(samples, target, log_q=log_q, out_path=output, seed=seed,
+                                   n_bootstrap=n_bootstrap, block_size=block_size, progress=progress)
+    finally:
+        if owned:
+            target.close()
+    metrics = {"command": "reweight", **metrics, "wall_time_s": time.perf_counter() - start}
+    _write_metrics(metrics, metrics_path)
+    return metrics
+
+
+def analyze(samples: str, out_dir: str, reference: Optional[str] = None, *, run_dir: Optional[str] = None,
+            seed: int = 0) -> dict:
+    """Plots, metrics.json and index.html of a sample file in ``out_dir`` (:func:`boltzgen.report.analyze`).
+
+    Parameters
+    ----------
+    samples : str
+        Sample file (weighted or not).
+    out_dir : str
+        Report directory.
+    reference : str, optional
+        Reference sample file of the same system (W2 distances, reference free energies).
+    run_dir : str, optional
+        Run directory for the training-loss curves (default: the one recorded in the file).
+    seed : int
+        Seed of the bootstrap errors.
+
+    Returns
+    -------
+    dict
+        The report's metrics.
+    """
+    from .report import analyze as report_analyze
+
+    for label, path in (("sample file", samples), ("reference file", reference)):
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"{label} not found: {path}")
+    if run_dir is not None and not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    return report_analyze(samples, out_dir, reference, run_dir=run_dir, seed=seed)
+
+
+# ---------------------------------------------------------------------------- quickstart
+def command_line(command: str, positional=(), options: Optional[dict] = None, settings: Optional[dict] = None) -> str:
+    """The ``boltzgen`` command line that runs what a workflow call runs (printed by the quickstart).
+
+    Parameters
+    ----------
+    command : str
+        Sub-command.
+    positional : sequence
+        Positional arguments.
+    options : dict, optional
+        Keyword arguments of the workflow function; ``key_name`` becomes ``--key-name`` (``n``:
+        ``-n``, ``output``: ``-o``), True a bare flag; None and False are left out.
+    settings : dict, optional
+        Nested SMCSettings dict, written with the flags of :data:`SAMPLE_OPTIONS`.
+
+    Returns
+    -------
+    str
+    """
+    words = ["boltzgen", command, *map(str, positional)]
+    for key, value in (options or {}).items():
+        if value is None or value is False:
+            continue
+        flag = {"n": "-n", "output": "-o"}.get(key, "--" + key.replace("_", "-"))
+        words += [flag] if value is True else [flag, str(value)]
+    flags = {path: flag for flag, path, _, _ in SAMPLE_OPTIONS}
+    for section, values in (settings or {}).items():
+        for key, value in values.items():
+            flag = flags.get((section, key), "--" + key.replace("_", "-"))
+            words += [flag] if value is True else [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def quickstart(out_dir: str, recipe="default", *, seed: int = 0, progress: bool = True,
+               log: Optional[Callable[[str], None]] = None, reference: Optional[str] = None,
+               analyze_samples: bool = True) -> dict:
+    """Run simulate → train → sample → analyze from a recipe of ``systems/recipes.yaml`` into ``out_dir``.
+
+    Stages whose output exists are resumed or skipped (training resumes from its last
+    checkpoint, a finished ``samples.h5`` is not redrawn). Training over several processes
+    spawns processes that import the calling script again: call this under
+    ``if __name__ == "__main__":``.
+
+    Parameters
+    ----------
+    out_dir : str
+        Output directory: ``data.h5``, ``run/``, ``samples.h5``, ``report/``, ``stages/*.json``
+        (metrics of every stage) and ``metrics.json`` (the summary).
+    recipe : str or dict
+        A quickstart recipe name (``"default"``, ``"long"``, ``"fast"``) or a recipe dict of the
+        same form (``system``, ``simulate``, ``train``, ``sample``; ``data`` to reuse a file).
+    seed : int
+        Seed of every stage.
+    progress : bool
+        Progress bars.
+    log : callable, optional
+        Receives the equivalent command lines and notes (default: print to stderr).
+    reference : str, optional
+        Reference sample file of the report (default: the training data).
+    analyze_samples : bool
+        Write ``out_dir/report``.
+
+    Returns
+    -------
+    dict
+        The summary: ``system``, ``n_samples``, ``ess``, ``ess_fraction``, ``log_z``, state free
+        energies (``states``, ``state_free_energies_kT``, for two states ``delta_f_kT`` ±
+        ``delta_f_err_kT`` and ``delta_f_runs_kT``), the report's ``energy_w2`` and reference
+        values, ``stage_seconds``, ``total_seconds`` and ``files``; also in ``out_dir/metrics.json``.
+    """
+    from .io import write_json
+
+    plan = load_recipe("quickstart", recipe) if isinstance(recipe, str) else copy.deepcopy(recipe)
+    if log is None:
+        def log(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+    os.makedirs(os.path.join(out_dir, "stages"), exist_ok=True)
+    stage = lambda name: os.path.join(out_dir, "stages", f"{name}.json")  # noqa: E731
+    system, seconds = plan["system"], {}
+    data, run_dir = plan.get("data"), os.path.join(out_dir, "run")
+    samples = os.path.join(out_dir, "samples.h5")
+    if data is None:
+        data = os.path.join(out_dir, "data.h5")
+        seconds["simulate"] = _stage_simulate(system, data, plan.get("simulate", {}), seed, progress, stage, log)
+    train_options = {"system": system, **plan.get("train", {})}
+    log("$ " + command_line("train", (), {"data": data, "output": run_dir, **train_options, "seed": seed}))
+    start = time.perf_counter()
+    trained = train(data, run_dir, seed=seed, progress=progress, **train_options)
+    seconds["train"] = time.perf_counter() - start
+    write_json(stage("train"), trained)
+    sampled, seconds["sample"] = _stage_sample(run_dir, samples, plan.get("sample", {}), seed, progress, stage, log)
+    summary = _summary(system, trained, sampled, samples)
+    write_json(os.path.join(out_dir, "metrics.json"), summary)  # `analyze` finds the SMC trace here
+    if analyze_samples:
+        reference = reference or data
+        report_dir = os.path.join(out_dir, "report")
+        log("$ " + command_line("analyze", (samples,), {"output": report_dir, "reference": reference,
+                                                        "run_dir": run_dir, "seed": seed}))
+        start = time.perf_counter()
+        analysed = analyze(samples, report_dir, reference, run_dir=run_dir, seed=seed)
+        seconds["analyze"] = time.perf_counter() - start
+        summary.update({k: v for k, v in analysed.items() if k in ("energy_w2", "torsion_w2")
+                        or k.startswith("reference_")})
+        summary["reference"] = os.path.abspath(reference)
+    summary["stage_seconds"] = seconds
+    summary["total_seconds"] = float(sum(seconds.values()))
+    summary["files"] = {"data": os.path.abspath(data), "run_dir": os.path.abspath(run_dir),
+                        "samples": os.path.abspath(samples)}
+    if analyze_samples:
+        summary["files"]["report"] = os.path.abspath(os.path.join(out_dir, "report", "index.html"))
+    write_json(os.path.join(out_dir, "metrics.json"), summary)
+    return summary
+
+
+def _stage_simulate(system, data, options, seed, progress, stage, log) -> float:
+    if os.path.exists(data):
+        log(f"[simulate] {data} exists: reused")
+        return 0.0
+    options = dict(options)
+    n = options.pop("n")
+    log("$ " + command_line("simulate", (system,), {"n": n, "output": data, "seed": seed, **options}))
+    start = time.perf_counter()
+    simulate_training_data(system, n, data, seed=seed, progress=progress, metrics_path=stage("simulate"), **options)
+    return time.perf_counter() - start
+
+
+def _stage_sample(run_dir, samples, options, seed, progress, stage, log) -> tuple[dict, float]:
+    import json
+
+    if os.path.exists(samples) and os.path.exists(stage("sample")):
+        log(f"[sample] {samples} exists: reused")
+        with open(stage("sample")) as handle:
+            return json.load(handle), 0.0
+    options = dict(options)
+    n, settings = options.pop("n"), options.pop("settings", None)
+    log("$ " + command_line("sample", (run_dir,), {"n": n, "output": samples, **options, "seed": seed}, settings))
+    start = time.perf_counter()
+    run = sample(run_dir, samples, n, settings=settings, seed=seed, progress=progress,
+                 metrics_path=stage("sample"), **options)
+    return run.metrics, time.perf_counter() - start
+
+
+def _summary(system: str, trained: dict, sampled: dict, samples: str) -> dict:
+    keys = ("n_samples", "ess", "ess_fraction", "log_z", "n_reflected", "n_ancestors", "n_ancestors_anneal",
+            "states", "state_counts", "state_free_energies_kT", "state_free_energies_err_kT", "delta_f_kT",
+            "delta_f_err_kT", "delta_f_error_method", "delta_f_definition", "delta_f_runs_kT", "state_counts_runs",
+            "delta_f_note", "states_note")
+    summary = {"system": system, "loss": trained.get("loss"), "runs": sampled.get("runs", 1)}
+    summary.update({k: sampled.get(k) for k in keys if k in sampled})
+    # Like the metrics.json beside the output of `boltzgen sample`: analyze finds the ESS trace here.
+    summary.update(output=os.path.abspath(samples), smc=sampled.get("smc"))
+    return summary
