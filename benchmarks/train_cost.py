@@ -12,7 +12,7 @@ hits them alike; the median per objective is reported.
 
 ``--processes P`` instead times data-parallel training (``boltzgen train --processes P``, one
 thread each) against one process with P threads, at the same global batch, on a short
-alanine-dipeptide run through the CLI (rounds alternate, so background load hits both alike):
+alanine-dipeptide run through :mod:`boltzgen.workflow` (rounds alternate, so background load hits both alike):
 
     python benchmarks/train_cost.py --processes 2 --batch 64 --steps 60 --out bench-results/train_processes.json
 """
@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see boltzgen.cli)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (as boltzgen.cli does)
 
 import torch  # noqa: E402
 
@@ -70,7 +70,7 @@ def measure_processes(processes: int, batch: int, steps: int, rounds: int = 2, s
     import shutil
     import tempfile
 
-    from boltzgen.cli import main as boltzgen
+    from boltzgen import workflow
 
     def seconds_per_step(run_dir: str) -> float:  # mean over the logged windows after the first
         with open(os.path.join(run_dir, "train_log.csv")) as handle:
@@ -80,15 +80,14 @@ def measure_processes(processes: int, batch: int, steps: int, rounds: int = 2, s
     times: dict[str, list] = {"one_process": [], "processes": []}
     with tempfile.TemporaryDirectory() as work:
         data = os.path.join(work, "data.h5")
-        assert boltzgen(["simulate", "aldp-vacuum", "-n", "200", "-o", data, "--replicas", "1", "--equilibration",
-                         "200", "--stride", "20", "--no-progress", "--seed", str(seed)]) == 0
+        workflow.simulate_training_data("aldp-vacuum", 200, data, seed=seed, progress=False, replicas=1,
+                                        equilibration=200, stride=20)
         for _ in range(rounds):
-            for name, options in (("one_process", ["--threads", str(processes)]),
-                                  ("processes", ["--threads", "1", "--processes", str(processes)])):
+            for name, options in (("one_process", dict(threads=processes)),
+                                  ("processes", dict(threads=1, processes=processes))):
                 run = os.path.join(work, name)
                 shutil.rmtree(run, ignore_errors=True)
-                assert boltzgen(["train", "--data", data, "-o", run, "--steps", str(steps), "--batch-size", str(batch),
-                                 "--seed", str(seed), "--no-progress", *options]) == 0
+                workflow.train(data, run, steps=steps, batch_size=batch, seed=seed, progress=False, **options)
                 times[name].append(seconds_per_step(run))
     one, many = statistics.median(times["one_process"]), statistics.median(times["processes"])
     return {"system": "aldp-vacuum", "net": "egnn (shipped defaults)", "batch": batch, "steps": steps,
