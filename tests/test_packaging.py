@@ -57,17 +57,29 @@ def test_builtin_files_are_found_from_any_directory(tmp_path, monkeypatch):
 
 
 def test_shipped_training_defaults_build():
-    import boltzgen.systems as systems
-    from boltzgen.nn import build_network
-    from boltzgen.train import resolve_config, system_config_path
+    """Every system's shipped training config loads, and its network builds and starts at exactly 0."""
+    import torch
 
-    for name in systems.names():
-        path = system_config_path(name)
-        if path is None:
-            continue
-        config = resolve_config(name)
-        target = systems.load(name, n_workers=0) if name.startswith("aldp") else systems.load(name)
-        net = dict(config["net"])
-        kind = net.pop("kind")
-        build_network(kind, target.topology if target.topology is not None else target.event_shape, **net)
-        target.close()
+    import boltzgen.systems as systems
+    from boltzgen.config import load_train_config
+    from boltzgen.nn import build_network
+    from boltzgen.systems.catalog import SPECS, data_path
+
+    shipped = {spec.train_config: name for name, spec in SPECS.items() if spec.train_config is not None}
+    on_disk = {n for n in os.listdir(os.path.join(ROOT, "systems")) if n.endswith(".train.yaml")}
+    assert on_disk <= set(shipped), f"training configs no system uses: {sorted(on_disk - set(shipped))}"
+    for filename, name in sorted(shipped.items()):
+        assert os.path.isfile(data_path(filename)), f"{name}: {filename} is not installed"
+        config = load_train_config(system=name).to_dict()
+        target = systems.load(name, n_workers=0) if SPECS[name].openmm else systems.load(name)
+        try:
+            options = dict(config["net"])
+            kind = options.pop("kind")
+            net = build_network(kind, target.topology if target.topology is not None else target.event_shape, **options)
+            x, t = torch.randn(3, *target.event_shape), torch.full((3,), 0.5)
+            out = net(x, t)
+        finally:
+            target.close()
+        assert out.shape == (3,), f"{name}: {kind} network gives shape {tuple(out.shape)}"
+        assert torch.equal(out, torch.zeros(3)), f"{name}: an untrained {kind} network must start at exactly 0"
+        assert any(p.requires_grad for p in net.parameters()), f"{name}: {kind} network has nothing to train"
