@@ -1,0 +1,604 @@
+"""Write benchmarks/RESULTS.md from the benchmarks' JSON outputs.
+
+Every benchmark script in ``benchmarks/`` writes a JSON file (by default under ``bench-results/``,
+which git ignores). This script reads every ``*.json`` below the results directory, recognises
+which benchmark wrote it from its content (so a file renamed with ``--out`` is still found), and
+writes one markdown table per benchmark with its anchors. A benchmark without a JSON file gets a
+table that says "not run", followed by the numbers recorded in ``benchmarks/recorded.json`` (from
+earlier sessions' notes, each with its source) if there are any. The page opens with a headline
+table (DSM against DSM + DiffCLF), which this script also writes into README.md between its
+``<!-- headline:start -->`` and ``<!-- headline:end -->`` markers.
+
+    python benchmarks/results.py                   # bench-results/ -> benchmarks/RESULTS.md, README.md
+    python benchmarks/results.py --results DIR --out FILE --readme FILE
+    python benchmarks/results.py --check           # exit 1 if either file is out of date
+
+The quickstart counts as a benchmark: ``boltzgen quickstart -o bench-results/quickstart`` leaves its
+``metrics.json`` where this script finds it. Smoke runs (``--quick``, ``--fast``) are listed but
+never feed the headline. Only the standard library is used, so this runs without boltzgen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RECORDED = os.path.join(HERE, "recorded.json")
+HEADLINE_START = "<!-- headline:start -->"
+HEADLINE_END = "<!-- headline:end -->"
+DASH = "–"
+
+
+# ----------------------------------------------------------------------------- formatting
+def fmt(value, spec: str = ".3f") -> str:
+    """A number formatted with ``spec``; None, NaN and missing values as a dash."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return DASH
+    return format(value, spec)
+
+
+def plus_minus(value, error, spec: str = ".2f") -> str:
+    """``value ± error`` (an undefined error reads "± inf", as the CLI prints it)."""
+    if value is None:
+        return DASH
+    return f"{fmt(value, spec)} ± {'inf' if error is None else fmt(error, spec)}"
+
+
+def table(columns: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def smoke(blob: dict) -> bool:
+    """True for a smoke run (``--quick`` / ``--fast``) whose numbers mean nothing."""
+    return bool(blob.get("quick") or blob.get("fast"))
+
+
+# ----------------------------------------------------------------------------- benchmarks
+def chain_rows(blob: dict) -> list[list[str]]:
+    """Rows of a molecular chain result (benchmarks/aldp.py, benchmarks/lj13.py)."""
+    rows = []
+    for loss, r in blob.get("results", {}).items():
+        runs = r.get("delta_f_runs_kT")
+        rows.append(
+            [
+                blob.get("system", DASH),
+                loss,
+                fmt(r.get("ess_fraction")),
+                f"{fmt(r.get('n_ancestors'), 'd')} / {fmt(r.get('n_ancestors_anneal'), 'd')}",
+                fmt(r.get("energy_w2")),
+                fmt(r.get("torsion_w2")),
+                plus_minus(r.get("delta_f_kT"), r.get("delta_f_err_kT")),
+                ", ".join(fmt(v, ".1f") for v in runs) if runs else DASH,
+                plus_minus(r.get("reference_delta_f_kT"), r.get("reference_delta_f_err_kT")),
+                fmt(r.get("train_seconds"), ".0f"),
+                fmt(r.get("sample_seconds"), ".0f"),
+            ]
+        )
+    return rows
+
+
+def _spread(values: list[float]) -> str:
+    """Mean ± half the range (the mean alone for one value)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return DASH
+    mean = sum(values) / len(values)
+    return fmt(mean) if len(values) == 1 else f"{fmt(mean)} ± {fmt((max(values) - min(values)) / 2)}"
+
+
+def _mean(values: list[float], spec: str = ".2f") -> str:
+    values = [v for v in values if v is not None]
+    return fmt(sum(values) / len(values), spec) if values else DASH
+
+
+def gmm_groups(blob: dict) -> dict:
+    """gmm_modes results grouped by (case, method), in the order they appear."""
+    groups: dict = {}
+    for r in blob.get("results", []):
+        groups.setdefault((r["case"], r["method"]), []).append(r)
+    return groups
+
+
+def gmm_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/gmm_modes.py: one per (case, method), averaged over seeds."""
+    rows = []
+    for (case, method), rs in gmm_groups(blob).items():
+        ess = {
+            t: _mean([e["ess_fraction"] for r in rs for e in r["final"]["marginal_ess"] if e["t"] == t])
+            for t in (1e-3, 0.1, 1.0)
+        }
+        rows.append(
+            [
+                case,
+                method,
+                str(len(rs)),
+                f"{rs[0]['steps']} × {rs[0]['batch_size']}",
+                _mean([r.get("wall_s") for r in rs], ".0f"),
+                _spread([r["final"]["mode_weights"]["max_relative_error"] for r in rs]),
+                _mean([r["final"]["chain"]["loss"] for r in rs]),
+                ess[1e-3],
+                ess[0.1],
+                ess[1.0],
+            ]
+        )
+    return rows
+
+
+def bridge_rows(blob: dict) -> list[list[str]]:
+    """Row of benchmarks/bridge.py (or ``boltzgen bench bridge -o``)."""
+    return [
+        [
+            blob.get("system", DASH),
+            blob.get("platform", DASH),
+            fmt(blob.get("n_workers"), "d"),
+            fmt(blob.get("batch"), "d"),
+            fmt(blob.get("bridge_per_s"), ".0f"),
+            fmt(blob.get("plain_loop_per_s"), ".0f"),
+            fmt(blob.get("speedup_vs_plain_loop"), ".2f"),
+            fmt(blob.get("fraction_of_limit")),
+            fmt(blob.get("fraction_of_single_context_limit")),
+        ]
+    ]
+
+
+def train_cost_rows(blob: dict) -> list[list[str]]:
+    """Row of benchmarks/train_cost.py (one process, three objectives)."""
+    return [
+        [
+            blob.get("net", DASH),
+            fmt(blob.get("batch"), "d"),
+            fmt(blob.get("k"), "d"),
+            fmt(blob.get("threads"), "d"),
+            fmt(blob.get("seconds_per_step_dsm"), ".2f"),
+            fmt(blob.get("seconds_per_step_dsm_diffclf"), ".2f"),
+            fmt(blob.get("ratio"), ".2f"),
+            fmt(blob.get("seconds_per_step_dsm_diffclf_one"), ".2f"),
+            fmt(blob.get("ratio_one_sample"), ".2f"),
+        ]
+    ]
+
+
+def train_processes_rows(blob: dict) -> list[list[str]]:
+    """Row of benchmarks/train_cost.py --processes P."""
+    return [
+        [
+            fmt(blob.get("batch"), "d"),
+            fmt(blob.get("processes"), "d"),
+            fmt(blob.get("cpu_count"), "d"),
+            fmt(blob.get("seconds_per_step_one_process")),
+            fmt(blob.get("seconds_per_step_processes")),
+            fmt(blob.get("speedup"), ".2f"),
+        ]
+    ]
+
+
+def eval_chunks_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/eval_chunks.py: one per chunk size."""
+    seconds = blob.get("seconds_per_config", {})
+    ratio = next((v for k, v in blob.items() if k.startswith("ratio_to_chunk_")), {})
+    return [
+        [f"{chunk} (one pass)" if chunk == "0" else chunk, fmt(1e3 * s, ".3f"), fmt(ratio.get(chunk), ".2f")]
+        for chunk, s in seconds.items()
+    ]
+
+
+def path_ess_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/path_ess.py: one per run directory (ESS fraction at each reported t)."""
+    return [
+        [
+            os.path.basename(r["run_dir"].rstrip("/")) or r["run_dir"],
+            ", ".join(f"t = {t}: {fmt(v)}" for t, v in r["ess_fraction_at_t"].items()),
+        ]
+        for r in blob.get("runs", [])
+    ]
+
+
+def quickstart_rows(blob: dict) -> list[list[str]]:
+    """Row of ``boltzgen quickstart``'s metrics.json."""
+    recipe = "--fast" if blob.get("fast") else "--long" if blob.get("long") else "default"
+    runs = blob.get("delta_f_runs_kT")
+    return [
+        [
+            recipe,
+            plus_minus(blob.get("delta_f_kT"), blob.get("delta_f_err_kT")),
+            ", ".join(fmt(v, ".1f") for v in runs) if runs else DASH,
+            fmt(blob.get("ess_fraction"), ".2f"),
+            fmt(blob.get("energy_w2"), ".2f"),
+            fmt(blob.get("torsion_w2"), ".2f"),
+            fmt(blob.get("total_seconds"), ".0f"),
+        ]
+    ]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: how to recognise its JSON and how to tabulate it.
+
+    Attributes
+    ----------
+    name : str
+        Key in ``recorded.json`` and heading of its section.
+    command : str
+        The command that writes its JSON (with the default output path).
+    columns : list of str
+        Table header.
+    rows : callable
+        ``rows(blob) -> list[list[str]]``.
+    matches : callable
+        ``matches(blob) -> bool``: whether a JSON object came from this benchmark.
+    anchors : str
+        What the numbers should be compared with.
+    """
+
+    name: str
+    command: str
+    columns: list
+    rows: Callable[[dict], list]
+    matches: Callable[[dict], bool]
+    anchors: str = ""
+
+
+CHAIN_COLUMNS = [
+    "system",
+    "objective",
+    "ESS fraction",
+    "ancestors (t = 1 / annealing)",
+    "energy W2 (kT)",
+    "torsion W2 (rad)",
+    "ΔF (kT)",
+    "ΔF per run (kT)",
+    "reference ΔF (kT)",
+    "train s",
+    "SMC s",
+]
+
+BENCHMARKS = [
+    Benchmark(
+        "gmm_modes",
+        "python benchmarks/gmm_modes.py  # -> bench-results/gmm_modes.json",
+        [
+            "case",
+            "method",
+            "seeds",
+            "steps × batch",
+            "train s",
+            "max rel. error of mode weights",
+            "chain CE (chance 4.85)",
+            "ESS t = 1e-3",
+            "ESS t = 0.1",
+            "ESS t = 1",
+        ],
+        gmm_rows,
+        lambda b: b.get("benchmark") == "gmm_modes",
+        "exact mode weights (error 0); chain classification loss over 128 levels: chance ln 128 = 4.85, "
+        "the DiffCLF paper's gmm-40 in 128-D: 383.5 (DSM) against 4.40 (DSM + DiffCLF)",
+    ),
+    Benchmark(
+        "aldp",
+        "python benchmarks/aldp.py  # -> bench-results/aldp.json",
+        CHAIN_COLUMNS,
+        chain_rows,
+        lambda b: str(b.get("benchmark", "")).startswith("aldp") and b.get("benchmark", "").endswith("chain"),
+        "ΔF(φ > 0 vs φ < 0) of a 10 000-frame replica-exchange reference (in the table); published "
+        "Boltzmann-generator flow (GPU, aldp-implicit): ESS 0.275, energy W2 0.914 kT, torsion W2 0.189 rad",
+    ),
+    Benchmark(
+        "lj13",
+        "python benchmarks/lj13.py  # -> bench-results/lj13.json",
+        CHAIN_COLUMNS,
+        chain_rows,
+        lambda b: b.get("benchmark") == "lj13 chain",
+        "energy W2 against a 10 000-sample MALA reference",
+    ),
+    Benchmark(
+        "bridge",
+        "python benchmarks/bridge.py --out bench-results/bridge.json",
+        [
+            "system",
+            "platform",
+            "workers",
+            "batch",
+            "bridge /s",
+            "plain loop /s",
+            "speedup vs plain loop",
+            "fraction of limit",
+            "fraction of single-Context limit",
+        ],
+        bridge_rows,
+        lambda b: "bridge_per_s" in b,
+        "goals: speedup ≥ 1.6 over the plain single-Context loop; ≥ 0.7 of the limit (cores × the bare "
+        "getState rate per core with all cores busy)",
+    ),
+    Benchmark(
+        "train_cost",
+        "python benchmarks/train_cost.py  # -> bench-results/train_cost.json",
+        [
+            "net",
+            "batch",
+            "k",
+            "threads",
+            "s/step DSM",
+            "s/step DSM + DiffCLF (all)",
+            "ratio",
+            "s/step DSM + DiffCLF (one)",
+            "ratio (one)",
+        ],
+        train_cost_rows,
+        lambda b: "seconds_per_step_dsm" in b,
+        "the DiffCLF paper's full binary form costs about 1.5× a DSM step; aim for the one-sample form: ≤ 1.3×",
+    ),
+    Benchmark(
+        "train_processes",
+        "python benchmarks/train_cost.py --processes 2 --batch 64 --steps 60 --out bench-results/train_processes.json",
+        ["batch", "processes", "cores", "s/step one process (P threads)", "s/step P processes", "speedup"],
+        train_processes_rows,
+        lambda b: "seconds_per_step_processes" in b,
+        "speedup > 1: data-parallel wins",
+    ),
+    Benchmark(
+        "eval_chunks",
+        "python benchmarks/eval_chunks.py  # -> bench-results/eval_chunks.json",
+        ["chunk", "ms per configuration", "ratio to one pass"],
+        eval_chunks_rows,
+        lambda b: "seconds_per_config" in b,
+        "the samplers' CPU default chunk is boltzgen.sampling.sde.CPU_EVAL_CHUNK",
+    ),
+    Benchmark(
+        "path_ess",
+        "python benchmarks/path_ess.py RUN_DIR  # -> bench-results/path_ess.json",
+        ["run", "ESS fraction of the unresampled path weights"],
+        path_ess_rows,
+        lambda b: isinstance(b.get("runs"), list) and "n_particles" in b,
+        "exact marginals keep ESS fraction 1 down to t_min",
+    ),
+    Benchmark(
+        "quickstart",
+        "boltzgen quickstart -o bench-results/quickstart  # -> metrics.json there",
+        [
+            "recipe",
+            "ΔF φ>0 vs φ<0 (kT)",
+            "ΔF per run (kT)",
+            "ESS fraction",
+            "energy W2 (kT)",
+            "torsion W2 (rad)",
+            "wall s",
+        ],
+        quickstart_rows,
+        lambda b: b.get("command") == "quickstart",
+        "ΔF = 4.28 ± 0.31 kT from a 10 000-frame replica-exchange reference (benchmarks/aldp.py)",
+    ),
+]
+PATH_ESS_RECORDED_COLUMNS = ["run", "t = 0.36", "t = 0.25", "t = 0.16", "t = 0.09", "t_min"]
+
+
+# ----------------------------------------------------------------------------- reading
+def load_results(results_dir: str) -> dict[str, list[tuple[str, dict]]]:
+    """Every benchmark JSON below ``results_dir``, by benchmark name: ``{name: [(path, blob), ...]}``."""
+    found: dict = {b.name: [] for b in BENCHMARKS}
+    for path in sorted(glob.glob(os.path.join(results_dir, "**", "*.json"), recursive=True)):
+        try:
+            with open(path) as handle:
+                blob = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(blob, dict):
+            continue
+        for bench in BENCHMARKS:
+            if bench.matches(blob):
+                found[bench.name].append((path, blob))
+                break
+    return found
+
+
+def load_recorded(path: str = RECORDED) -> dict:
+    """The recorded numbers of ``recorded.json`` by benchmark name (empty if the file is absent)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        return json.load(handle).get("benchmarks", {})
+
+
+# ----------------------------------------------------------------------------- headline
+def _chain(found: dict, system: str) -> Optional[dict]:
+    """The newest non-smoke chain result of ``system``, or None."""
+    blobs = [b for _, b in found.get("aldp", []) + found.get("lj13", []) if b.get("system") == system and not smoke(b)]
+    return blobs[-1] if blobs else None
+
+
+def _recorded_cell(recorded: dict, name: str, match: Callable[[list], bool], column: int) -> Optional[str]:
+    for row in recorded.get(name, {}).get("rows", []):
+        if match(row):
+            return row[column]
+    return None
+
+
+def headline(found: dict, recorded: dict) -> list[list[str]]:
+    """Rows of the headline table: DSM against DSM + DiffCLF, from JSON where present, else recorded."""
+    rows = []
+    gmm = [b for _, b in found["gmm_modes"] if not smoke(b)]
+    if gmm:
+        by = {(row[0], row[1]): row for row in gmm_rows(gmm[-1])}
+        src = "bench-results"
+    else:
+        by = {(row[0], row[1]): row for row in recorded.get("gmm_modes", {}).get("rows", [])}
+        src = "recorded"
+    for case, label, col, ref in (
+        ("two-modes-d2", "gmm-two-modes, d = 2: max relative error of the 2 : 1 mode weights", 5, "0 (exact)"),
+        ("gmm40-d128", "gmm-40, d = 128: 128-level chain classification loss", 6, "chance 4.85; paper 383.5 / 4.40"),
+    ):
+        dsm, clf = by.get((case, "dsm")), by.get((case, "dsm+diffclf"))
+        rows.append([label, dsm[col] if dsm else "not run", clf[col] if clf else "not run", ref, f"gmm_modes ({src})"])
+    rows += _aldp_headline(found, recorded)
+    rows.append(_quickstart_headline(found, recorded))
+    return rows
+
+
+def _aldp_headline(found: dict, recorded: dict) -> list[list[str]]:
+    blob = _chain(found, "aldp-vacuum")
+    if blob is not None:
+        cells = {row[1]: row for row in chain_rows(blob)}
+        src = "bench-results"
+    else:
+        cells = {row[1]: row for row in recorded.get("aldp", {}).get("rows", [])}
+        src = "recorded"
+    ref = next((row[8] for row in cells.values()), DASH)
+    rows = []
+    for label, col, anchor in (
+        ("alanine dipeptide: ΔF(φ > 0 vs φ < 0), kT", 6, f"{ref} (REMD reference)"),
+        ("alanine dipeptide: ESS fraction", 2, "0.275 (published flow)"),
+        ("alanine dipeptide: energy W2, kT", 4, "0.914 (published flow)"),
+        ("alanine dipeptide: torsion W2, rad", 5, "0.189 (published flow)"),
+    ):
+        dsm, clf = cells.get("dsm"), cells.get("dsm+diffclf")
+        rows.append([label, dsm[col] if dsm else "not run", clf[col] if clf else "not run", anchor, f"aldp ({src})"])
+    return rows
+
+
+def _quickstart_headline(found: dict, recorded: dict) -> list[str]:
+    blobs = [b for _, b in found["quickstart"] if not smoke(b) and not b.get("long")]
+    if blobs:
+        value, src = quickstart_rows(blobs[-1])[0][1], "bench-results"
+    else:
+        value = _recorded_cell(recorded, "quickstart", lambda row: row[0] == "default", 1) or "not run"
+        src = "recorded"
+    return [
+        "`boltzgen quickstart`: ΔF(φ > 0 vs φ < 0), kT",
+        DASH,
+        value,
+        "4.28 ± 0.31 (REMD reference)",
+        f"quickstart ({src})",
+    ]
+
+
+HEADLINE_COLUMNS = ["measure", "DSM", "DSM + DiffCLF", "reference / anchor", "source"]
+
+
+def headline_table(found: dict, recorded: dict) -> str:
+    """The headline table between its markers (the README copies this block verbatim)."""
+    return "\n".join([HEADLINE_START, table(HEADLINE_COLUMNS, headline(found, recorded)), HEADLINE_END])
+
+
+# ----------------------------------------------------------------------------- page
+def section(bench: Benchmark, runs: list, recorded: dict, results_dir: str) -> str:
+    """The markdown section of one benchmark; ``runs`` are (label, blob) pairs of its JSON files.
+
+    Recorded numbers are shown while no JSON other than smoke runs exists.
+    """
+    out = [f"## {bench.name}", "", f"`{bench.command}`", ""]
+    if bench.anchors:
+        out += [f"Anchors: {bench.anchors}.", ""]
+    for label, blob in runs:
+        extra = ", ".join(str(blob[k]) for k in ("date", "machine", "boltzgen_version") if blob.get(k))
+        out += [
+            f"From `{label}`"
+            + (f" ({extra})" if extra else "")
+            + (" — smoke run, numbers meaningless" if smoke(blob) else "")
+            + ":",
+            "",
+        ]
+        out += [table(bench.columns, bench.rows(blob)), ""]
+    if not runs:
+        out += [
+            f"Not run: no JSON of this benchmark in `{results_dir}/`.",
+            "",
+            table(bench.columns, [["not run"] + [DASH] * (len(bench.columns) - 1)]),
+            "",
+        ]
+    entry = recorded.get(bench.name)
+    if entry and all(smoke(blob) for _, blob in runs):
+        columns = PATH_ESS_RECORDED_COLUMNS if bench.name == "path_ess" else bench.columns
+        note = f" {entry['note']}." if entry.get("note") else ""
+        out += [f"Recorded earlier (from stop notes; {entry['source']}).{note}", "", table(columns, entry["rows"]), ""]
+    return "\n".join(out)
+
+
+def render(results_dir: str, recorded_path: str = RECORDED) -> str:
+    """The whole RESULTS.md page for the JSON files below ``results_dir``."""
+    found, recorded = load_results(results_dir), load_recorded(recorded_path)
+    shown = os.path.relpath(results_dir, ROOT) if os.path.isabs(results_dir) else results_dir
+    parts = [
+        "# Benchmark results",
+        "",
+        "Generated by `python benchmarks/results.py` from the JSON files under "
+        f"`{shown}/` (git ignores that directory); do not edit by hand. Rows marked *recorded* come "
+        "from `benchmarks/recorded.json`: numbers measured in earlier work sessions whose JSON was not "
+        "kept, each with the note and commit it comes from. Timings depend on the machine and its load: "
+        "compare ratios measured in one run.",
+        "",
+        "## Headline: DSM against DSM + DiffCLF",
+        "",
+        headline_table(found, recorded),
+        "",
+        "Source *recorded*: the benchmark's section below names the stop note and commit.",
+        "",
+    ]
+    for bench in BENCHMARKS:
+        runs = [(os.path.join(shown, os.path.relpath(path, results_dir)), blob) for path, blob in found[bench.name]]
+        parts.append(section(bench, runs, recorded, shown))
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def with_headline(readme: str, block: str) -> str:
+    """``readme`` with the text between its headline markers replaced by ``block`` (markers included)."""
+    start, end = readme.find(HEADLINE_START), readme.find(HEADLINE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no {HEADLINE_START} ... {HEADLINE_END} block")
+    return readme[:start] + block + readme[end + len(HEADLINE_END) :]
+
+
+def headline_block(page: str) -> str:
+    """The headline block (markers included) of a RESULTS.md page."""
+    start, end = page.find(HEADLINE_START), page.find(HEADLINE_END)
+    return page[start : end + len(HEADLINE_END)]
+
+
+def _write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as handle:
+        handle.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None) -> int:
+    """Command line: write (or ``--check``) RESULTS.md and the README's headline block."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--results",
+        default=os.path.join(ROOT, "bench-results"),
+        help="directory searched for the benchmarks' JSON files (default bench-results/)",
+    )
+    parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"), help="page to write")
+    parser.add_argument(
+        "--readme",
+        default=os.path.join(ROOT, "README.md"),
+        help="README whose headline block is replaced by the page's (default README.md)",
+    )
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out or --readme differ")
+    args = parser.parse_args(argv)
+    page = render(args.results)
+    with open(args.readme) as handle:
+        readme = handle.read()
+    outputs = {args.out: page, args.readme: with_headline(readme, headline_block(page))}
+    if args.check:
+        stale = [path for path, text in outputs.items() if not os.path.exists(path) or open(path).read() != text]
+        for path in stale:
+            print(f"{path} is out of date: run python benchmarks/results.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        _write(path, text)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
