@@ -36,7 +36,7 @@ if __name__ == "__main__":
                         help="training data: MD steps (1 fs each) between frames; a longer run reaches the rare "
                              "state more often")
     parser.add_argument("--state-fraction", "--phi-positive-fraction", dest="state_fraction",
-                        default=str(recipe["train"]["state_fraction"]),
+                        default=recipe["train"]["state_fraction"],
                         help="share of every training batch drawn from the rarest state, both objectives "
                              "(boltzgen train --state-fraction; 'none' for uniform draws)")
     args = parser.parse_args()

@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the whole chain")
 
 
-def _plan(name: str, args, overrides: dict) -> dict:
+def chain_plan(name: str, args, overrides: dict) -> dict:
     """The benchmark recipe with the quick sizes (``--quick``), ``overrides`` and the sizes of ``args``."""
     recipe = workflow.load_recipe("benchmarks", name)
     quick = recipe.pop("quick", {})
@@ -104,7 +104,7 @@ def run_chain(system: str, args, *, recipe: str | None = None, overrides: dict |
     ``recipe`` names the benchmark recipe (default: the system's name); ``overrides`` is a nested
     recipe dict merged over it before the sizes of ``args`` (e.g. ``{"simulate": {"stride": 500}}``).
     """
-    plan = _plan(recipe or system, args, overrides or {})
+    plan = chain_plan(recipe or system, args, overrides or {})
     os.makedirs(args.work, exist_ok=True)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     shared: dict[str, float] = {}

@@ -161,7 +161,7 @@ def _evaluate_rows(context: openmm.Context, x: np.ndarray, energy: np.ndarray, f
     types = _ENERGY | (_FORCES if force is not None else 0)
     finite = np.isfinite(x).all(axis=(1, 2))
     energy[~finite] = np.nan
-    # The loop body is the hot path (~3 us of Python around a ~13 us getState for 22 atoms):
+    # The loop body is the hot path (the Python around each getState counts for small molecules):
     # rows come from iterators, scalars go through memoryviews, OpenMM through its SWIG entry points.
     energies = memoryview(energy)
     marks = memoryview(progress) if progress is not None else None
