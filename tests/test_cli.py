@@ -1,4 +1,4 @@
-"""The boltzgen command line: contracts of DESIGN.md §5 on small runs."""
+"""The boltzgen command line on small runs: the file and metrics contracts of docs/design.md."""
 
 import json
 import subprocess
@@ -89,15 +89,19 @@ def test_simulate_keep_replicas_ladder_data(tmp_path, capsys):
     from boltzgen.report import analyze
     from boltzgen.train import train_from_file
 
-    train_from_file(str(out), str(tmp_path / "run"), overrides={"train": {"steps": 2, "batch_size": 4},
-                                                                "net": {"hidden": 8, "n_layers": 1}})
-    assert load_samples(str(out)).x.shape[0] == 10
+    trained = train_from_file(str(out), str(tmp_path / "run"), overrides={"train": {"steps": 2, "batch_size": 4},
+                                                                          "net": {"hidden": 8, "n_layers": 1}})
+    # training took all ten frames (train + validation) and left a model of the peptide
+    assert trained["steps"] == 2 and trained["n_train"] + trained["n_val"] == 10
+    from boltzgen.model import load_model
+
+    assert tuple(load_model(str(tmp_path / "run")).event_shape) == (22, 3)
     report = analyze(str(plain), str(tmp_path / "report"), reference=str(out))
     assert report["reference_n"] == 10 and report["reference_ess"] == pytest.approx(5.0)
 
     assert main(["simulate", "aldp-vacuum", "-n", "5", "-o", str(tmp_path / "bad.h5"), "--replicas", "1",
                  "--keep-replicas", "2", "--workers", "0"]) == 2
-    assert "--keep-replicas 2 needs replica exchange" in capsys.readouterr().err
+    assert "keeping 2 replicas needs replica exchange" in capsys.readouterr().err
 
     # --quench: the same MD; the target-temperature frames are untouched, the hotter frames are
     # relaxed to 300 K (their u, from OpenMM, drops below the hot frames'), and u stays exact.
@@ -113,7 +117,7 @@ def test_simulate_keep_replicas_ladder_data(tmp_path, capsys):
     np.testing.assert_allclose(cold.reduced_energy, target.reduced_energy(torch.from_numpy(cold.x)).numpy(), atol=0.05)
     target.close()
     assert main(args_plain + ["--quench", "0.5"]) == 2
-    assert "--quench needs a positive time in ps and --keep-replicas of at least 2" in capsys.readouterr().err
+    assert "quench needs a positive time in ps and at least 2 kept replicas" in capsys.readouterr().err
 
 
 def test_simulate_analytic_and_lj(tmp_path, capsys):
@@ -133,6 +137,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["simulate", "no-such-system", "-n", "5", "-o", str(tmp_path / "x.h5")]) == 2
     err = capsys.readouterr().err
     assert "unknown system 'no-such-system'" in err and "Traceback" not in err
+    assert "built-in systems: " + ", ".join(systems.names()) in err
     assert main(["simulate", "gmm-40", "-n", "0", "-o", str(tmp_path / "x.h5")]) == 2
     assert "-n must be at least 1" in capsys.readouterr().err
     assert main(["simulate", "--pdb", str(tmp_path / "missing.pdb"), "--forcefield", "amber99sbildn.xml",
@@ -165,7 +170,7 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "-o", str(run), "--config", str(config), "--no-progress"]) == 0
     out = tmp_path / "smc.h5"
-    assert main(["sample", str(run), "-n", "128", "-o", str(out), "--steps", "20", "--no-progress", "--json",
+    assert main(["sample", str(run), "-n", "128", "-o", str(out), "--diffusion-steps", "20", "--no-progress", "--json",
                  "--seed", "2"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["system"] == "gmm-two-modes" and 0 < metrics["ess_fraction"] <= 1
@@ -173,21 +178,32 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     samples = load_samples(str(out))
     assert samples.x.shape == (128, 2) and samples.log_weights is not None
     assert metrics["tempering"] == 1.0 and metrics["t_min"] == 1e-3  # the model's
+    # the sampler's settings are SMCSettings()'s, the API's defaults (only t_min filled in from the model)
+    from boltzgen.sampling.smc import SMCSettings
+
+    expected = SMCSettings().to_dict()
+    expected["diffusion"].update(n_steps=20, t_min=1e-3)
+    assert metrics["settings"] == expected
+    assert "states_note" in metrics and "delta_f_kT" not in metrics  # a mixture has no states: a note, no error
+    # --steps is the old name of --diffusion-steps: the same run
+    assert main(["sample", str(run), "-n", "128", "-o", str(tmp_path / "alias.h5"), "--steps", "20", "--no-progress",
+                 "--seed", "2"]) == 0
+    np.testing.assert_array_equal(load_samples(str(tmp_path / "alias.h5")).log_weights, samples.log_weights)
     assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "late.h5"), "--steps", "10", "--no-progress",
                  "--json", "--t-min", "0.02"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["t_min"] == 0.02 and metrics["smc"]["t"][10] == pytest.approx(0.02)  # the diffusion ends there
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--t-min", "1e-4"]) == 2
-    assert "--t-min must lie in [0.001, 1)" in capsys.readouterr().err
+    assert "t_min must lie in [0.001, 1)" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--balance-states"]) == 2
-    assert "--balance-states needs --per-state-resampling" in capsys.readouterr().err
+    assert "balance_states needs per-state resampling" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "64", "-o", str(tmp_path / "tempered.h5"), "--steps", "10", "--no-progress",
                  "--json", "--tempering", "0.5"]) == 0
     assert json.loads(capsys.readouterr().out)["tempering"] == 0.5
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--tempering", "1.5"]) == 2
-    assert "--tempering must lie in (0, 1]" in capsys.readouterr().err
+    assert "diffusion.tempering: must lie in (0, 1]" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--per-state-resampling"]) == 2
-    assert "needs a peptide with one phi torsion" in capsys.readouterr().err
+    assert "per-state resampling needs the target's states; gmm-two-modes has none" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "sde.h5"), "--method", "sde", "--steps", "10",
                  "--no-progress"]) == 0
     # Independent runs pooled by their log Z: the file says which run each particle came from.
@@ -204,8 +220,8 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     np.testing.assert_allclose(metrics["log_z"], np.logaddexp.reduce(metrics["log_z_runs"]) - np.log(3), atol=1e-9)
     assert abs(metrics["log_z"]) < 1.0
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--runs", "0"]) == 2
-    assert "--runs must lie between 1 and -n (4)" in capsys.readouterr().err
+    assert "runs must lie between 1 and n (4)" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--runs", "2", "--method", "sde"]) == 2
-    assert "--runs applies to --method smc" in capsys.readouterr().err
+    assert "runs > 1 applies to method 'smc'" in capsys.readouterr().err
     assert main(["sample", str(tmp_path), "-n", "4", "-o", str(out)]) == 2
     assert "model.pt missing" in capsys.readouterr().err

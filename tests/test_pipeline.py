@@ -1,15 +1,18 @@
-"""`boltzgen quickstart --fast`: the whole chain (simulate, train, SMC, analyze) as a smoke run."""
+"""`boltzgen quickstart --fast`: the whole chain (simulate, train, SMC, analyze) as a smoke run, and
+the recipes of systems/recipes.yaml that the quickstart and the benchmarks share."""
 
 import json
 import os
 
 import mdtraj
 import numpy as np
+import pytest
 import yaml
 
+from boltzgen import workflow
 from boltzgen.cli import main
 from boltzgen.io import load_samples
-from boltzgen.weights import phi_states
+from boltzgen.states import default_states
 
 
 def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
@@ -32,19 +35,19 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     assert 0 < metrics["ess"] <= 32 and 0 < metrics["ess_fraction"] <= 1
     # the summary warns when the weights rest on a handful of samples, and only then
     assert ("fewer than 10 effective samples" in printed) == (metrics["ess"] < 10)
-    # two SMC runs resampled within the phi states: each run's phi > 0 count matches the file, and
+    # two SMC runs resampled within the phi states: each run's state counts match the file, and
     # the summary warns about the runs that kept fewer than 10 phi > 0 particles, and only those
-    in_b = phi_states(samples.x, traj.topology)[1]
-    counts = [int(in_b[samples.extra["smc_run"] == r].sum()) for r in range(2)]
-    assert metrics["runs"] == 2 and metrics["phi_positive_runs"] == counts
-    few = [str(r + 1) for r, c in enumerate(counts) if c < 10]
+    assert metrics["states"]["names"] == ["phi<0", "phi>0"]
+    labels = default_states(traj.topology).assign(samples.x)
+    counts = [np.bincount(labels[samples.extra["smc_run"] == r], minlength=2).tolist() for r in range(2)]
+    assert metrics["runs"] == 2 and metrics["state_counts_runs"] == counts
+    few = [str(r + 1) for r, c in enumerate(counts) if c[1] < 10]
     if few:
-        assert f"run{'s' if len(few) > 1 else ''} {', '.join(few)} ended with fewer than 10 phi > 0" in printed
+        assert f"run{'s' if len(few) > 1 else ''} {', '.join(few)} ended with fewer than 10 phi>0 particles" in printed
     else:
-        assert "phi > 0 particles: such runs" not in printed
+        assert "phi>0 particles: such runs" not in printed
     # a Delta F from pooled runs comes with a note that its error is only the runs' spread
     assert ("the error is the spread of the runs" in printed) == (metrics["delta_f_kT"] is not None)
-    assert f"from {metrics['reference_phi_positive_n']} phi > 0 frames" in printed
     assert set(metrics["stage_seconds"]) == {"simulate", "train", "sample", "analyze"}
     assert metrics["energy_w2"] is not None and metrics["energy_w2"] >= 0
     for name in ("index.html", "ramachandran.png", "torsion_profiles.png", "energy_histogram.png",
@@ -65,48 +68,71 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     assert again["stage_seconds"]["simulate"] == 0.0 and again["stage_seconds"]["sample"] == 0.0
 
     # SMC resampling within the phi states of the peptide (boltzgen sample --per-state-resampling)
-    assert main(["sample", os.path.join(out, "run"), "-n", "16", "-o", str(tmp_path / "states.h5"), "--steps", "5",
+    assert main(["sample", os.path.join(out, "run"), "-n", "16", "-o", str(tmp_path / "states.h5"), "--diffusion-steps", "5",
                  "--anneal", "2", "--final-mcmc-steps", "2", "--per-state-resampling", "--no-progress", "--json"]) == 0
     by_state = json.loads(capsys.readouterr().out)
     assert by_state["per_state_resampling"] is True and 0 < by_state["ess_fraction"] <= 1
     assert by_state["denoised_state_labels"] is True  # the phi of E[x_0 | x_t] during the diffusion
 
 
-def test_quickstart_long_is_the_benchmark_recipe(capsys):
-    """--long runs the DSM + DiffCLF arm of benchmarks/aldp.py: its options parse as the commands
-    take them, and it matches the benchmark's data, training and SMC settings."""
-    from boltzgen.cli import build_parser
-    from boltzgen.pipeline import QUICKSTART_SIZES
+def test_quickstart_long_is_the_benchmark_recipe():
+    """--long is the DSM + DiffCLF arm of benchmarks/aldp.py: both read systems/recipes.yaml, and the
+    plan the benchmark builds from it (its default options) has the quickstart's data, training and
+    SMC settings."""
+    import argparse
+    import sys
 
-    long = QUICKSTART_SIZES["long"]
-    parser = build_parser()
-    simulate = parser.parse_args(["simulate", "aldp-vacuum", "-n", str(long["n_data"]), "-o", "x.h5",
-                                  *map(str, long["simulate_options"])])
-    assert simulate.keep_replicas == 3 and simulate.stride == 2500
-    train = parser.parse_args(["train", "--data", "x.h5", "-o", "run", *map(str, long["train_options"])])
-    assert train.pretrain_dsm_steps == 2000 and train.phi_positive_fraction == "0.25" and train.processes == 2
-    sample = parser.parse_args(["sample", "run", "-n", "8", "-o", "s.h5", *map(str, long["sample_options"])])
-    assert sample.per_state_resampling and sample.runs == 4
-    assert (long["train_steps"], long["batch_size"], long["n_samples"], long["smc_steps"]) == (3000, 64, 1024, 400)
-    assert main(["quickstart", "--fast", "--long"]) == 2
-    assert "--fast and --long exclude each other" in capsys.readouterr().err
+    long = workflow.load_recipe("quickstart", "long")
+    bench = workflow.load_recipe("benchmarks", "aldp")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    try:
+        import molecular_chain
+    finally:
+        sys.path.pop(0)
+    parser = argparse.ArgumentParser()
+    molecular_chain.add_arguments(parser, molecular_chain.recipe_sizes(bench))
+    plan = molecular_chain.chain_plan("aldp", parser.parse_args([]), {})
+    assert plan["system"] == long["system"] == "aldp-vacuum"
+    assert plan["simulate"] == long["simulate"]
+    arm = {**plan["train"], **plan["arms"]["dsm+diffclf"]}
+    assert arm.pop("loss") == "dsm+diffclf"
+    assert arm == {k: v for k, v in long["train"].items() if k != "processes"}
+    assert plan["sample"] == workflow.merge(long["sample"], {})
 
 
-def test_quickstart_default_options_parse():
-    """The 15-minute recipe: quenched replica frames, phi > 0 oversampled, 4 pooled SMC runs that
-    stop the diffusion at t = 0.05 and give both phi states half of the particles (its options
-    parse as the commands take them)."""
-    from boltzgen.cli import build_parser
-    from boltzgen.pipeline import QUICKSTART_SIZES
+def test_recipes_are_valid_workflow_arguments():
+    """Every stage of every recipe names arguments the workflow functions take, and its SMC
+    settings parse (an unknown key is an error naming it)."""
+    import inspect
 
-    default = QUICKSTART_SIZES["default"]
-    parser = build_parser()
-    simulate = parser.parse_args(["simulate", "aldp-vacuum", "-n", str(default["n_data"]), "-o", "x.h5",
-                                  *map(str, default["simulate_options"])])
-    assert simulate.keep_replicas == 6 and simulate.quench == 0.5
-    train = parser.parse_args(["train", "--data", "x.h5", "-o", "run", *map(str, default["train_options"])])
-    assert train.phi_positive_fraction == "0.25" and train.processes == 2
-    assert 0 < train.pretrain_dsm_steps < default["train_steps"]
-    sample = parser.parse_args(["sample", "run", "-n", "8", "-o", "s.h5", *map(str, default["sample_options"])])
-    assert sample.per_state_resampling and sample.balance_states and sample.runs == 4 and sample.t_min == 0.05
-    assert sample.max_anneal == 128 and default["smc_steps"] == 100
+    from boltzgen.md import DEFAULTS
+    from boltzgen.sampling.smc import SMCSettings
+
+    simulate_options = set().union(*map(set, DEFAULTS.values())) | set(
+        inspect.signature(workflow.simulate_training_data).parameters)
+    recipes = workflow.load_recipes()
+    plans = list(recipes["quickstart"].values())
+    for bench in recipes["benchmarks"].values():
+        quick = bench.pop("quick")
+        plans += [bench, workflow.merge(bench, quick)]
+    for plan in plans:
+        for stage in ("simulate", "reference"):
+            assert set(plan.get(stage, {})) <= simulate_options, plan
+        train_options = set(plan["train"]) | {k for arm in plan.get("arms", {}).values() for k in arm}
+        assert train_options <= set(inspect.signature(workflow.train).parameters), plan
+        sample = dict(plan["sample"])
+        SMCSettings.from_dict(workflow.merge(SMCSettings().to_dict(), sample.pop("settings", {})))
+        assert set(sample) <= set(inspect.signature(workflow.sample).parameters), plan
+
+
+def test_quickstart_default_recipe():
+    """The default recipe: quenched replica frames, the rare state oversampled, pooled SMC runs that
+    stop the diffusion early and balance the states at the start of the annealing."""
+    default = workflow.load_recipe("quickstart", "default")
+    assert default["simulate"]["keep_replicas"] == 6 and default["simulate"]["quench"] == 0.5
+    assert 0 < default["train"]["pretrain_dsm_steps"] < default["train"]["steps"]
+    sample = default["sample"]
+    assert sample["per_state_resampling"] and sample["runs"] > 1
+    assert sample["settings"]["resampling"]["balance_states"] is True
+    with pytest.raises(KeyError, match="unknown quickstart recipe 'nope'; known: default, long, fast"):
+        workflow.load_recipe("quickstart", "nope")

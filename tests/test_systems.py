@@ -2,6 +2,7 @@
 Gaussian algebra, finite differences."""
 
 import math
+import os
 
 import mdtraj
 import numpy as np
@@ -248,3 +249,47 @@ def test_builtin_positions_have_finite_energy():
         u = target.reduced_energy(target.positions)
         assert torch.isfinite(u).all(), name
         target.close()
+
+
+def test_one_spec_per_builtin_system():
+    """The registry: every built-in system has one SystemSpec, and describe/load/simulate defaults
+    read it."""
+    from boltzgen.md import DEFAULTS
+    from boltzgen.systems.catalog import SPECS, data_path, simulate_defaults, spec
+
+    assert list(SPECS) == systems.names()
+    rows = {row["name"]: row for row in systems.describe()}
+    for name, s in SPECS.items():
+        assert s.name == name and rows[name]["forcefield"] == s.forcefield
+        assert rows[name]["temperature_K"] == s.temperature and rows[name]["n_atoms"] == s.n_atoms
+        assert os.path.exists(data_path(s.train_config))
+        assert simulate_defaults(name) == s.simulate
+        assert set(s.simulate) <= set().union(*map(set, DEFAULTS.values()))
+    assert spec("aldp-vacuum").simulation_defaults("md")["replicas"] == 6
+    assert simulate_defaults("my-own-molecule") == {}
+    with pytest.raises(KeyError, match="unknown system 'nope'; built-in systems: aldp-vacuum, aldp-implicit"):
+        systems.load("nope")
+
+
+def test_target_states_default_and_settable():
+    """TargetSystem.states: the default states of the topology (alanine dipeptide: the sign of phi),
+    None without a topology, and a user's StateSet when set."""
+    from boltzgen.states import default_states, function_states
+
+    target = systems.load("aldp-vacuum", n_workers=0)
+    try:
+        x = target.positions.numpy()[None]
+        expected = default_states(target.topology)
+        assert target.states is not None and tuple(target.states.names) == tuple(expected.names)
+        np.testing.assert_array_equal(target.states.assign(x), expected.assign(x))
+    finally:
+        target.close()
+    gmm = systems.load("gmm-two-modes")
+    assert gmm.states is None
+    sides = function_states(lambda x: (np.asarray(x)[:, 0] > 0).astype(np.int64), ("left", "right"), name="side")
+    gmm.states = sides
+    assert gmm.states is sides
+    gmm.states = None
+    assert gmm.states is None
+    with pytest.raises(TypeError, match="states must be a StateSet"):
+        gmm.states = "phi"

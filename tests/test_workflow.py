@@ -1,0 +1,93 @@
+"""The workflow API in Python at a tiny size: the same numbers as the command line for the same seed."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from boltzgen import workflow
+from boltzgen.cli import main
+from boltzgen.io import load_samples
+
+CONFIG = {"net": {"kind": "mlp", "hidden": 16, "n_layers": 2}, "train": {"steps": 10, "batch_size": 32, "val_every": 10}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """gmm-two-modes data and a model, by the workflow functions."""
+    root = tmp_path_factory.mktemp("workflow")
+    config = root / "small.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    metrics = workflow.simulate_training_data("gmm-two-modes", 200, str(root / "data.h5"), seed=1, progress=False)
+    assert metrics["n_samples"] == 200 and metrics["method"] == "exact"
+    trained = workflow.train(str(root / "data.h5"), str(root / "run"), config_file=str(config), seed=1, progress=False)
+    assert trained["steps"] == 10 and (root / "run" / "model.pt").exists()
+    return root, config
+
+
+def test_simulate_and_train_match_the_cli(trained, tmp_path):
+    root, config = trained
+    assert main(["simulate", "gmm-two-modes", "-n", "200", "-o", str(tmp_path / "data.h5"), "--seed", "1",
+                 "--no-progress"]) == 0
+    np.testing.assert_array_equal(load_samples(str(tmp_path / "data.h5")).x, load_samples(str(root / "data.h5")).x)
+    assert main(["train", "--data", str(root / "data.h5"), "-o", str(tmp_path / "run"), "--config", str(config),
+                 "--seed", "1", "--no-progress"]) == 0
+    from boltzgen.model import load_model
+
+    ours, theirs = load_model(str(root / "run")), load_model(str(tmp_path / "run"))
+    ours, theirs = ours.state_dict(), theirs.state_dict()
+    assert ours and list(ours) == list(theirs)
+    for key, value in ours.items():  # the same trained weights
+        np.testing.assert_array_equal(value.numpy(), theirs[key].numpy())
+
+
+def test_sample_matches_the_cli_and_pools_runs(trained, tmp_path):
+    root, _ = trained
+    settings = {"diffusion": {"n_steps": 8}, "anneal": {"n_levels": 2}, "final": {"mcmc_steps": 2}}
+    run = workflow.sample(str(root / "run"), str(tmp_path / "api.h5"), 30, settings=settings, runs=3, seed=4,
+                          progress=False)
+    assert run.x.shape == (30, 2) and run.log_w.shape == (30,) and len(run.results) == 3
+    assert np.bincount(run.run_index).tolist() == [10, 10, 10]
+    # the file holds what the function returned, written before any analysis
+    saved = load_samples(str(tmp_path / "api.h5"))
+    np.testing.assert_array_equal(saved.log_weights, run.log_w)
+    assert run.metrics["runs"] == 3 and len(run.metrics["log_z_runs"]) == 3
+    assert "states_note" in run.metrics  # a mixture has no states: a note instead of free energies
+
+    assert main(["sample", str(root / "run"), "-n", "30", "-o", str(tmp_path / "cli.h5"), "--diffusion-steps", "8",
+                 "--anneal", "2", "--final-mcmc-steps", "2", "--runs", "3", "--seed", "4", "--no-progress"]) == 0
+    cli = load_samples(str(tmp_path / "cli.h5"))
+    np.testing.assert_array_equal(cli.x, run.x)
+    np.testing.assert_array_equal(cli.log_weights, run.log_w)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["log_z"] == pytest.approx(run.metrics["log_z"], abs=0)
+    assert metrics["settings"] == run.metrics["settings"]
+
+
+def test_sample_free_energies_of_user_states(trained, tmp_path):
+    """A user's StateSet on a target without states: per-state resampling, F_k - F_0 per state and,
+    for two states, Delta F with a bootstrap error over the runs."""
+    from boltzgen.states import function_states
+    from boltzgen.systems import load
+
+    root, _ = trained
+    target = load("gmm-two-modes")
+    target.states = function_states(lambda x: (np.asarray(x)[:, 0] > 0).astype(np.int64), ("x<0", "x>0"), name="side")
+    run = workflow.sample(str(root / "run"), str(tmp_path / "states.h5"), 40, target=target, runs=2,
+                          per_state_resampling=True, seed=0, progress=False,
+                          settings={"diffusion": {"n_steps": 6}, "anneal": {"n_levels": 2}})
+    m = run.metrics
+    assert m["states"] == {"name": "side", "names": ["x<0", "x>0"]}
+    assert sum(m["state_counts"]) == 40 and len(m["state_counts_runs"]) == 2
+    assert m["per_state_resampling"] is True
+    assert m["delta_f_definition"] == "F(x>0) - F(x<0) in kT"
+    if m["delta_f_kT"] is not None:
+        assert m["state_free_energies_kT"][1] == pytest.approx(m["delta_f_kT"])
+
+
+def test_simulate_rejects_bad_sizes(tmp_path):
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        workflow.simulate_training_data("gmm-40", 0, str(tmp_path / "x.h5"))
+    with pytest.raises(KeyError, match="unknown system 'nope'; built-in systems: aldp-vacuum"):
+        workflow.simulate_training_data("nope", 5, str(tmp_path / "x.h5"))
