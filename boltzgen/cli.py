@@ -203,6 +203,8 @@ def cmd_train(args) -> int:
     """
     from .workflow import train
 
+    # The data file holds the topology; a built-in --system also selects its training defaults. A
+    # target named by files (--pdb/--forcefield, --system-xml/--topology) uses the built-in defaults.
     fraction = args.state_fraction
     if fraction is not None and fraction.strip().lower() != "none":
         try:
@@ -576,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train E_theta(x, t) with DSM, DiffCLF or both. Configuration: the built-in "
                                    "defaults, then the system's shipped defaults (systems/<name>.train.yaml), then "
                                    "--config FILE (YAML), then the flags. Resumes from RUN_DIR/checkpoint.pt.")
-    p.add_argument("--system", help="built-in system the data belong to (default: from the data file)")
+    _add_target(p)
     p.add_argument("--data", required=True, help="sample file from `boltzgen simulate`")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--config", help="YAML configuration file")
