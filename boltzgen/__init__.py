@@ -1,9 +1,9 @@
 """boltzgen: unbiased Boltzmann samples and free energies from diffusion-trained energy models.
 
-Conventions (units, shapes, reduced energies) are described in ``docs/conventions.md``.
+Conventions (units, shapes, reduced energies) are described in ``docs/design.md``.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["__version__", "load_model"]
 
@@ -11,8 +11,8 @@ __all__ = ["__version__", "load_model"]
 def load_model(run_dir):
     """The trained energy model of a ``boltzgen train`` run directory.
 
-    Same as :func:`boltzgen.train.load_model`, imported lazily so that ``import boltzgen``
-    stays light.
+    Same as :func:`boltzgen.model.load_model`, imported lazily so that ``import boltzgen``
+    stays light (no torch import).
 
     Parameters
     ----------
@@ -21,10 +21,10 @@ def load_model(run_dir):
 
     Returns
     -------
-    boltzgen.train.TrainedModel
+    boltzgen.model.TrainedModel
         EMA weights in eval mode; ``energy(x, t)`` and ``score(x, t)`` take x in data units
         (nm for molecules).
     """
-    from .train import load_model as _load_model
+    from .model import load_model as load
 
-    return _load_model(run_dir)
+    return load(run_dir)

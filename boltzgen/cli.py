@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from . import __version__
+from .version import __version__
 
 # Idle OpenMP threads of torch sleep instead of spinning: on a small CPU box shared with the
 # OpenMM energy workers, spinning threads steal the cores the busy ones need (docs/design.md).

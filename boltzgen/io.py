@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional
 import h5py
 import numpy as np
 
-from . import __version__
+from .version import __version__
 
 _ARRAYS = ("log_weights", "log_q", "reduced_energy")
 _META_ATTR = "boltzgen_metadata"

@@ -38,10 +38,11 @@ import numpy as np
 import torch
 import yaml
 
-from . import __version__
 from .energy import EnergyModel
 from .io import atomic_path, load_samples, write_json
 from .losses import CLF_SAMPLES, LEVEL_MODES, LOSSES, compute_loss
+from .model import TrainedModel, build_model, load_checkpoint, load_model  # noqa: F401  (TrainedModel, load_model: re-exported for older imports)
+from .version import __version__
 
 #: The defaults every configuration starts from (per-system files under ``systems/`` override).
 BASE_CONFIG: dict[str, Any] = {
@@ -343,148 +344,6 @@ def _phi_positive_frames(x: np.ndarray, topology) -> np.ndarray:
     return phi_states(x, topology)[1]
 
 
-# ---------------------------------------------------------------------------- model I/O
-class TrainedModel(torch.nn.Module):
-    """A trained energy model in the data's own units.
-
-    ``energy(x, t)`` and ``score(x, t)`` take x in the units of the training data (nm for
-    molecules) and t a float or a (B,) tensor; energies are reduced (dimensionless), defined up
-    to one constant per t; the score is −∇ₓE in 1/nm. The diffusion itself runs in standardised
-    coordinates y = x / length_scale: ``inner`` is the :class:`~boltzgen.energy.EnergyModel` on y.
-
-    Attributes
-    ----------
-    inner : EnergyModel
-    length_scale : float
-        Units of x per unit of y.
-    t_min : float
-        Smallest diffusion time trained on.
-    schedule : diffusion schedule of ``inner``
-    config : dict
-        The training configuration.
-    metadata : dict
-        What the run recorded about its data (``system``, ``data``, ``n_data``).
-    topology : mdtraj.Topology or None
-        Atoms of molecular data.
-    """
-
-    def __init__(self, inner: EnergyModel, length_scale: float, config: Optional[dict] = None, topology=None,
-                 metadata: Optional[dict] = None):
-        super().__init__()
-        self.inner = inner
-        self.length_scale = float(length_scale)
-        self.config = dict(config or {})
-        self.topology = topology
-        self.metadata = dict(metadata or {})
-
-    @property
-    def t_min(self) -> float:
-        """float: smallest diffusion time trained on (of ``inner``)."""
-        return self.inner.t_min
-
-    @property
-    def schedule(self):
-        """Schedule: the forward diffusion of ``inner`` (acting on y = x / length_scale)."""
-        return self.inner.schedule
-
-    @property
-    def event_shape(self) -> tuple:
-        """tuple of int: shape of one configuration, (N, 3) or (D,)."""
-        return self.inner.event_shape
-
-    def energy(self, x, t) -> torch.Tensor:
-        """E_θ(x, t) of configurations in data units.
-
-        Parameters
-        ----------
-        x : array_like, shape (B, *event_shape)
-            Configurations in the units of the training data (nm for molecules).
-        t : float or torch.Tensor of shape (B,)
-            Diffusion time(s).
-
-        Returns
-        -------
-        torch.Tensor, shape (B,)
-            Reduced (dimensionless) energies, defined up to one constant per t; dtype of the
-            model's parameters.
-        """
-        x = torch.as_tensor(x)
-        return self.inner.energy(x.to(self._dtype()) / self.length_scale, t)
-
-    def score(self, x, t, create_graph: bool = False) -> torch.Tensor:
-        """Score −∇ₓE_θ(x, t) of configurations in data units.
-
-        Parameters
-        ----------
-        x : array_like, shape (B, *event_shape)
-            Configurations in the units of the training data (nm for molecules).
-        t : float or torch.Tensor of shape (B,)
-            Diffusion time(s).
-        create_graph : bool
-            Keep the graph of the score (for losses of the score).
-
-        Returns
-        -------
-        torch.Tensor, shape (B, *event_shape)
-            −∇ₓE, in 1/(data unit) (1/nm for molecules).
-        """
-        x = torch.as_tensor(x)
-        return self.inner.score(x.to(self._dtype()) / self.length_scale, t, create_graph) / self.length_scale
-
-    def _dtype(self) -> torch.dtype:
-        return next(self.inner.parameters()).dtype
-
-
-def _build_model(config: dict, event_shape, topology, length_scale: float) -> TrainedModel:
-    from .nn import build_network
-
-    net_cfg = dict(config["net"])
-    kind = net_cfg.pop("kind")
-    target_like = topology if topology is not None else tuple(event_shape)
-    net = build_network(kind, target_like, **net_cfg)
-    m = config["model"]
-    inner = EnergyModel(net, event_shape, m["schedule"], sigma_data=1.0, t_min=m["t_min"],
-                        log_normaliser=m["log_normaliser"], n_levels=m["n_levels"],
-                        output_scale=m.get("output_scale", "none"), net_config={"kind": kind, **net.config})
-    return TrainedModel(inner, length_scale, config, topology)
-
-
-def _torch_load(path: str) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable boltzgen checkpoint (corrupt or truncated?): {exc}") from None
-
-
-def load_model(run_dir: str) -> TrainedModel:
-    """The trained model of a run directory (EMA weights), ready for sampling.
-
-    Parameters
-    ----------
-    run_dir : str
-        A directory written by ``boltzgen train``.
-
-    Returns
-    -------
-    TrainedModel
-        With ``energy(x, t)``, ``score(x, t)``, ``t_min``, ``length_scale``, in eval mode.
-    """
-    path = os.path.join(run_dir, "model.pt")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no trained model in {run_dir} (model.pt missing; has training written a checkpoint?)")
-    blob = _torch_load(path)
-    topology = None
-    if blob.get("has_topology"):
-        import mdtraj
-
-        topology = mdtraj.load_topology(os.path.join(run_dir, "topology.pdb"))
-    model = _build_model(blob["config"], blob["event_shape"], topology, blob["length_scale"])
-    model.inner.load_state_dict(blob["state_dict"])
-    model.metadata = dict(blob.get("metadata") or {})
-    model.eval()
-    return model
-
-
 # ---------------------------------------------------------------------------- trainer
 def _lr_factor(step: int, total: int, warmup: int, cosine: bool, min_factor: float) -> float:
     if warmup > 0 and step < warmup:
@@ -615,7 +474,7 @@ class Trainer:
                               "hotter replicas: boltzgen simulate --keep-replicas)", stacklevel=2)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same seed gives the same initial weights
-            self.model = _build_model(config, event_shape, topology, self.length_scale)
+            self.model = build_model(config, event_shape, topology, self.length_scale)
         self.ema = copy.deepcopy(self.model.inner).requires_grad_(False)
         o = config["optim"]
         groups = self.model.inner.parameter_groups(float(o["lr"]), o.get("log_normaliser_lr"),
@@ -718,7 +577,7 @@ class Trainer:
         path = self._path("checkpoint.pt")
         if not os.path.exists(path):
             return False
-        state = _torch_load(path)
+        state = load_checkpoint(path)
         for key in ("net", "model", "loss", "optim", "pretrain_dsm_steps", "seed"):
             if _relevant(state["config"], key) != _relevant(self.config, key):
                 raise ValueError(f"{self.run_dir} holds a run with a different {key!r} configuration "
@@ -773,7 +632,7 @@ class Trainer:
         """
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint to start from not found: {path}")
-        state = _torch_load(path)
+        state = load_checkpoint(path)
         source, step = state["config"], int(state["step"])
         for key in ("net", "model", "optim", "seed"):
             if source.get(key) != self.config.get(key):
@@ -1002,8 +861,32 @@ class Trainer:
         return metrics
 
 
+def run_overrides(overrides: Optional[dict], *, seed: Optional[int] = None, threads: Optional[int] = None) -> dict:
+    """``overrides`` with a given ``seed`` and ``threads`` merged in last (``train.threads``).
+
+    Parameters
+    ----------
+    overrides : dict or None
+        Nested configuration options.
+    seed, threads : int, optional
+        Applied when not None.
+
+    Returns
+    -------
+    dict
+        A new nested dict.
+    """
+    given: dict = {}
+    if seed is not None:
+        given["seed"] = seed
+    if threads is not None:
+        given["train"] = {"threads": threads}
+    return deep_update(overrides or {}, given)
+
+
 def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = None, config_file: Optional[str] = None,
-                    overrides: Optional[dict] = None, progress: bool = True, start_from: Optional[str] = None) -> dict:
+                    overrides: Optional[dict] = None, seed: Optional[int] = None, progress: bool = True,
+                    threads: Optional[int] = None, start_from: Optional[str] = None) -> dict:
     """Train on a sample file written by ``boltzgen simulate``.
 
     Parameters
@@ -1018,9 +901,14 @@ def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = Non
     config_file : str, optional
         User YAML configuration.
     overrides : dict, optional
-        Nested options merged last.
+        Nested options merged over the files (e.g. ``{"train": {"steps": 100}}``).
+    seed : int, optional
+        The run's seed (``seed``; default: the configuration's), applied after ``overrides``.
     progress : bool
         Show a progress bar.
+    threads : int, optional
+        Torch CPU threads (``train.threads``; default: the configuration's), applied after
+        ``overrides``.
     start_from : str, optional
         Checkpoint of another run's DSM pre-training to continue from (:meth:`Trainer.start_from`).
 
@@ -1036,7 +924,7 @@ def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = Non
     """
     samples = load_samples(data_path)
     system = system or samples.metadata.get("system")
-    config = resolve_config(system, config_file, overrides)
+    config = resolve_config(system, config_file, run_overrides(overrides, seed=seed, threads=threads))
     # A replica-ladder data set (`boltzgen simulate --keep-replicas K`) weights its frames 1 at the
     # target temperature and 0 elsewhere as samples of the target, but the model is trained on
     # all of them: the ensemble of the kept temperatures, which reweighting corrects later.
@@ -1047,79 +935,3 @@ def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = Non
     trainer = Trainer(config, samples.x, run_dir, topology=samples.topology, metadata=meta, progress=progress,
                       start_from=start_from)
     return trainer.fit()
-
-
-def train_in_processes(processes: int, data_path: str, run_dir: str, **options) -> dict:
-    """:func:`train_from_file` in ``processes`` data-parallel CPU processes (torch.distributed, gloo).
-
-    Each process draws ``batch_size / processes`` configurations per step from its own seed; the
-    gradients are averaged, so each step is a step on a batch of ``batch_size`` as in one process,
-    at about the cost of the smaller batch. Without ``train.threads`` each process runs
-    ``cpu_count // processes`` torch threads. Checkpoints hold every process's batch generator, so
-    a run resumes bit for bit with the same number of processes (with another number it resumes
-    with new random batches, and warns). The processes are started with ``spawn``, which imports
-    the calling script again: in a script (not a notebook), call this (or ``boltzgen train
-    --processes`` through :func:`boltzgen.pipeline.run_command`) under
-    ``if __name__ == "__main__":``, or Python stops the processes with an error about the
-    "bootstrapping phase".
-
-    Parameters
-    ----------
-    processes : int
-        Number of processes (1 runs :func:`train_from_file` in this process).
-    data_path, run_dir : str
-        As for :func:`train_from_file`.
-    **options
-        ``system``, ``config_file``, ``overrides``, ``progress``, ``start_from`` of
-        :func:`train_from_file`.
-
-    Returns
-    -------
-    dict
-        The metrics of :meth:`Trainer.fit` (read back from ``run_dir/metrics.json``), with
-        ``processes``.
-
-    Raises
-    ------
-    ValueError
-        If ``processes`` < 1, or the batch does not split evenly over the processes; errors of
-        the training processes are raised as RuntimeError with the process's message.
-    """
-    import json
-    import tempfile
-
-    processes = int(processes)
-    if processes < 1:
-        raise ValueError(f"the number of training processes must be at least 1, got {processes}")
-    if processes == 1:
-        return {**train_from_file(data_path, run_dir, **options), "processes": 1}
-    samples_system = options.get("system") or load_samples(data_path).metadata.get("system")
-    config = resolve_config(samples_system, options.get("config_file"), options.get("overrides"))
-    local_batch_size(int(config["train"]["batch_size"]), processes)  # refused here, not in a child process
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory() as rendezvous:
-        init = "file://" + os.path.join(rendezvous, "store")
-        try:
-            mp.spawn(_train_rank, args=(processes, init, data_path, run_dir, options), nprocs=processes, join=True)
-        except mp.ProcessRaisedException as exc:
-            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-            raise RuntimeError(f"a training process failed: {lines[-1] if lines else exc}") from None
-        except mp.ProcessExitedException as exc:
-            raise RuntimeError(f"a training process died: {exc}") from None
-    with open(os.path.join(run_dir, "metrics.json")) as handle:
-        return {**json.load(handle), "processes": processes}
-
-
-def _train_rank(rank: int, world: int, init_method: str, data_path: str, run_dir: str, options: dict) -> None:
-    """Body of one training process of :func:`train_in_processes`."""
-    torch.distributed.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # train.threads, if set, overrides it
-        options = dict(options)
-        options["progress"] = bool(options.get("progress", True)) and rank == 0
-        if rank != 0:
-            warnings.simplefilter("ignore")  # rank 0 reports the warnings once
-        train_from_file(data_path, run_dir, **options)
-    finally:
-        torch.distributed.destroy_process_group()

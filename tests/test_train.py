@@ -15,7 +15,9 @@ import boltzgen.systems as systems
 from boltzgen.cli import main
 from boltzgen.io import save_samples
 from boltzgen.testing import assert_gradient_matches_finite_differences
-from boltzgen.train import Trainer, load_model, resolve_config
+from boltzgen.model import load_model
+from boltzgen.parallel import train_in_processes
+from boltzgen.train import Trainer, resolve_config
 
 SMALL = {"net": {"kind": "mlp", "hidden": 32, "n_layers": 2},
          "train": {"steps": 6, "batch_size": 32, "checkpoint_every": 3, "log_every": 2, "val_every": 3,
@@ -350,5 +352,4 @@ def test_two_process_training(tmp_path, gmm_data):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # one process refuses a batch that does not split; the CLI says so
     with pytest.raises(ValueError, match="divisible by the number of training processes"):
-        boltzgen.train.train_in_processes(3, "unused.h5", str(tmp_path / "x"), system="gmm-two-modes",
-                                          overrides=SMALL)
+        train_in_processes(3, "unused.h5", str(tmp_path / "x"), system="gmm-two-modes", overrides=SMALL)

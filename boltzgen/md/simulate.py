@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..io import json_default
 
 METHODS = ("exact", "md", "mcmc")

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..units import kT_of
 
 

@@ -1,0 +1,116 @@
+"""Data-parallel training on CPU cores (``boltzgen train --processes P``).
+
+P processes each draw ``batch_size / P`` configurations per step from their own seed; their
+gradients are averaged (so every step is a step on a batch of ``batch_size``, as in one
+process), and only rank 0 writes files. The training loop itself is
+:class:`boltzgen.train.Trainer`, which also runs under any ``torch.distributed`` process group
+initialised by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+
+import torch
+
+from .guards import die_with_parent
+from .io import load_samples
+from .train import local_batch_size, resolve_config, run_overrides, train_from_file
+
+__all__ = ["train_in_processes", "train_rank"]
+
+
+def train_in_processes(processes: int, data_path: str, run_dir: str, **options) -> dict:
+    """:func:`boltzgen.train.train_from_file` in ``processes`` data-parallel CPU processes.
+
+    The processes form a ``torch.distributed`` gloo group. Each draws ``batch_size / processes``
+    configurations per step from its own seed; the gradients are averaged, so each step is a step
+    on a batch of ``batch_size`` as in one process, at about the cost of the smaller batch.
+    Without ``threads`` (``train.threads``) each process runs ``cpu_count // processes`` torch
+    threads. Checkpoints hold every process's batch generator, so a run resumes bit for bit with
+    the same number of processes (with another number it resumes with new random batches, and
+    warns). Killing this process ends the workers too.
+
+    The processes are started with ``spawn``, which imports the calling script again: in a script
+    (not a notebook), call this (or :func:`boltzgen.workflow.train` with ``processes > 1``) under
+    ``if __name__ == "__main__":``, or Python stops the processes with an error about the
+    "bootstrapping phase".
+
+    Parameters
+    ----------
+    processes : int
+        Number of processes (1 runs :func:`~boltzgen.train.train_from_file` in this process).
+    data_path, run_dir : str
+        As for :func:`~boltzgen.train.train_from_file`.
+    **options
+        ``system``, ``config_file``, ``overrides``, ``seed``, ``threads``, ``progress``,
+        ``start_from`` of :func:`~boltzgen.train.train_from_file`.
+
+    Returns
+    -------
+    dict
+        The metrics of :meth:`~boltzgen.train.Trainer.fit` (read back from
+        ``run_dir/metrics.json``), with ``processes``.
+
+    Raises
+    ------
+    ValueError
+        If ``processes`` < 1, or the batch does not split evenly over the processes; errors of
+        the training processes are raised as RuntimeError with the process's message.
+    """
+    processes = int(processes)
+    if processes < 1:
+        raise ValueError(f"the number of training processes must be at least 1, got {processes}")
+    if processes == 1:
+        return {**train_from_file(data_path, run_dir, **options), "processes": 1}
+    system = options.get("system") or load_samples(data_path).metadata.get("system")
+    overrides = run_overrides(options.get("overrides"), seed=options.get("seed"), threads=options.get("threads"))
+    config = resolve_config(system, options.get("config_file"), overrides)
+    local_batch_size(int(config["train"]["batch_size"]), processes)  # refused here, not in a child process
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as rendezvous:
+        init = "file://" + os.path.join(rendezvous, "store")
+        try:
+            mp.spawn(train_rank, args=(processes, init, data_path, run_dir, options), nprocs=processes, join=True)
+        except mp.ProcessRaisedException as exc:
+            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+            raise RuntimeError(f"a training process failed: {lines[-1] if lines else exc}") from None
+        except mp.ProcessExitedException as exc:
+            raise RuntimeError(f"a training process died: {exc}") from None
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        return {**json.load(handle), "processes": processes}
+
+
+def train_rank(rank: int, world: int, init_method: str, data_path: str, run_dir: str, options: dict) -> None:
+    """Body of one training process of :func:`train_in_processes`.
+
+    Ends itself when the parent process dies (:func:`boltzgen.guards.die_with_parent`), joins
+    the gloo group, and runs :func:`~boltzgen.train.train_from_file` (progress bar and warnings
+    on rank 0 only).
+
+    Parameters
+    ----------
+    rank, world : int
+        This process's rank and the number of processes.
+    init_method : str
+        ``torch.distributed`` rendezvous (a ``file://`` store).
+    data_path, run_dir : str
+        As for :func:`~boltzgen.train.train_from_file`.
+    options : dict
+        Its keyword arguments.
+    """
+    die_with_parent()
+    torch.distributed.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # train.threads, if set, overrides it
+        options = dict(options)
+        options["progress"] = bool(options.get("progress", True)) and rank == 0
+        if rank != 0:
+            warnings.simplefilter("ignore")  # rank 0 reports the warnings once
+        train_from_file(data_path, run_dir, **options)
+    finally:
+        torch.distributed.destroy_process_group()
