@@ -28,7 +28,8 @@ import torch
 from .e3nn_net import E3nnEnergy
 from .egnn import EGNNEnergy
 from .features import AtomEmbedding, atom_type_indices, identical_atom_groups
-from .mlp import EnergyNetwork, MLPEnergy, mlp
+from .layers import mlp
+from .mlp import EnergyNetwork, MLPEnergy
 from .time import FourierTimeFeatures, TimeEmbedding
 
 #: kind -> network class

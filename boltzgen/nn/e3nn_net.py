@@ -28,7 +28,7 @@ from e3nn.nn import Gate
 from torch import nn
 
 from .features import BatchGraph, MolecularEnergyNetwork, distances, sum_over_atoms
-from .mlp import ConcatLinear, init_variance_preserving, mlp, zero_init
+from .layers import ConcatLinear, init_variance_preserving, mlp, zero_init
 
 
 def hidden_irreps(scalar_channels: int, vector_channels: int, lmax: int, parity: bool) -> o3.Irreps:
@@ -56,11 +56,11 @@ def hidden_irreps(scalar_channels: int, vector_channels: int, lmax: int, parity:
     irreps = [(scalar_channels, (0, 1))]
     if not parity:
         irreps.append((vector_channels, (0, -1)))
-    for l in range(1, lmax + 1):
-        natural = (-1) ** l
-        irreps.append((vector_channels, (l, natural)))
+    for degree in range(1, lmax + 1):
+        natural = (-1) ** degree
+        irreps.append((vector_channels, (degree, natural)))
         if not parity:
-            irreps.append((vector_channels, (l, -natural)))
+            irreps.append((vector_channels, (degree, -natural)))
     return o3.Irreps(irreps).sort().irreps.simplify()
 
 

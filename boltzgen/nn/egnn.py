@@ -22,7 +22,7 @@ from torch import nn
 from torch_geometric.nn import MessagePassing
 
 from .features import BatchGraph, MolecularEnergyNetwork, sum_onto_nodes, sum_over_atoms
-from .mlp import ConcatLinear, mlp
+from .layers import ConcatLinear, mlp
 
 
 class EGNNLayer(MessagePassing):

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from .mlp import mlp
+from .layers import mlp
 
 
 class FourierTimeFeatures(nn.Module):
