@@ -32,158 +32,24 @@ import math
 import os
 import time
 import warnings
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import yaml
 
+from .config import TrainConfig, deep_update, lambda_clf_at, load_train_config, state_fraction_of
 from .energy import EnergyModel
 from .io import atomic_path, load_samples, write_json
-from .losses import CLF_SAMPLES, LEVEL_MODES, LOSSES, compute_loss
+from .losses import compute_loss
 from .model import TrainedModel, build_model, load_checkpoint, load_model  # noqa: F401  (TrainedModel, load_model: re-exported for older imports)
 from .version import __version__
-
-#: The defaults every configuration starts from (per-system files under ``systems/`` override).
-BASE_CONFIG: dict[str, Any] = {
-    "net": {"kind": "egnn"},
-    "model": {"schedule": {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0}, "t_min": 1e-3,
-              "log_normaliser": "grid", "n_levels": 64, "output_scale": "none"},
-    "loss": {"kind": "dsm+diffclf", "k": 2, "lambda_clf": 1.0, "levels": "uniform", "grid": 64,
-             "clf_samples": "all"},
-    "pretrain_dsm_steps": 0,
-    "optim": {"optimizer": "adam", "lr": 1e-3, "log_normaliser_lr": None, "weight_decay": 0.0,
-              "warmup_steps": 100, "cosine": True, "min_lr_factor": 0.05, "grad_clip": 1.0, "ema": 0.999},
-    "train": {"steps": 2000, "batch_size": 256, "checkpoint_every": 250, "log_every": 25,
-              "val_fraction": 0.1, "val_every": 250, "val_batch_size": 256, "threads": None,
-              "phi_positive_fraction": None},
-    "seed": 0,
-}
 
 LOG_FIELDS = ["step", "phase", "lr", "total", "dsm", "clf", "clf_accuracy", "grad_norm", "seconds",
               "val_total", "val_dsm", "val_clf"]
 
 
 # ---------------------------------------------------------------------------- configuration
-def lambda_clf_at(value, step: int) -> float:
-    """The DiffCLF weight λ_clf in force at a training step.
-
-    Parameters
-    ----------
-    value : float or list of [step, float] pairs
-        ``loss.lambda_clf``: one number for the whole run, or a piecewise-constant schedule
-        ``[[0, λ_0], [s_1, λ_1], …]`` (λ_i from step s_i on; steps increasing, the first 0).
-    step : int
-        Training step (0-based).
-
-    Returns
-    -------
-    float
-    """
-    if not isinstance(value, (list, tuple)):
-        return float(value)
-    current = float(value[0][1])
-    for start, lam in value:
-        if step >= int(start):
-            current = float(lam)
-    return current
-
-
-def _check_lambda_clf(value) -> None:
-    """Raise ValueError unless ``value`` is a number ≥ 0 or a valid [[step, λ], …] schedule."""
-    if not isinstance(value, (list, tuple)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
-            raise ValueError(f"loss.lambda_clf must be a number >= 0 or a schedule, got {value!r}")
-        return
-    bad = ValueError("loss.lambda_clf must be a number or a schedule [[0, lambda_0], [step_1, lambda_1], ...] "
-                     f"with increasing steps starting at 0 and lambdas >= 0, got {value!r}")
-    if not value or any(not isinstance(pair, (list, tuple)) or len(pair) != 2 for pair in value):
-        raise bad
-    steps = [pair[0] for pair in value]
-    if any(not isinstance(s, int) or isinstance(s, bool) for s in steps) or steps[0] != 0 \
-            or any(b <= a for a, b in zip(steps, steps[1:])):
-        raise bad
-    if any(isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0.0 for _, lam in value):
-        raise bad
-
-
-def deep_update(base: dict, update: Optional[dict]) -> dict:
-    """A copy of ``base`` with ``update`` merged in recursively.
-
-    Parameters
-    ----------
-    base : dict
-        Nested configuration (not modified).
-    update : dict or None
-        Values to merge in: nested dicts are merged key by key, anything else replaces.
-
-    Returns
-    -------
-    dict
-        A deep copy.
-    """
-    out = copy.deepcopy(base)
-    for key, value in (update or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_update(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def system_config_path(system: str) -> Optional[str]:
-    """Path of the shipped training defaults of a built-in system (``systems/<name>.train.yaml``).
-
-    Parameters
-    ----------
-    system : str
-        System name.
-
-    Returns
-    -------
-    str or None
-        ``None`` when the system ships no training defaults.
-    """
-    from .systems.catalog import data_path
-
-    try:
-        return data_path(f"{system}.train.yaml")
-    except FileNotFoundError:
-        return None
-
-
-def read_yaml(path: str) -> dict:
-    """Read a YAML mapping with ``yaml.safe_load``; clear errors for missing or malformed files.
-
-    Parameters
-    ----------
-    path : str
-        YAML file.
-
-    Returns
-    -------
-    dict
-        Its contents (``{}`` for an empty file).
-
-    Raises
-    ------
-    FileNotFoundError
-        If the file does not exist.
-    ValueError
-        For invalid YAML or a top level that is not a mapping.
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as handle:
-        try:
-            data = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of options, got {type(data).__name__}")
-    return data
-
-
 def _relevant(config: dict, key: str):
     """``config[key]`` without the settings that cannot change the run (for the resume check).
 
@@ -198,71 +64,31 @@ def _relevant(config: dict, key: str):
 
 def resolve_config(system: Optional[str] = None, config_file: Optional[str] = None,
                    overrides: Optional[dict] = None) -> dict:
-    """BASE_CONFIG, then the system's shipped defaults, then a user config file, then overrides.
+    """The training configuration as the nested dict the :class:`Trainer` reads.
+
+    ``load_train_config(system, config_file, overrides).to_dict()``
+    (:func:`boltzgen.config.load_train_config`): the defaults, the system's shipped
+    ``systems/<name>.train.yaml``, a user file, then ``overrides``.
 
     Parameters
     ----------
     system : str, optional
-        Built-in system whose ``systems/<name>.train.yaml`` applies (if it has one).
+        Built-in system whose shipped defaults apply (if it has any).
     config_file : str, optional
-        User YAML file.
+        User YAML file (may say ``extends: other.yaml``).
     overrides : dict, optional
         Nested options merged last (e.g. ``{"train": {"steps": 100}}``).
 
     Returns
     -------
     dict
-        The validated configuration (see :func:`validate_config`).
-    """
-    config = copy.deepcopy(BASE_CONFIG)
-    if system is not None:
-        path = system_config_path(system)
-        if path is not None:
-            config = deep_update(config, read_yaml(path))
-    if config_file is not None:
-        config = deep_update(config, read_yaml(config_file))
-    config = deep_update(config, overrides)
-    validate_config(config)
-    return config
-
-
-def validate_config(config: dict) -> None:
-    """Raise ValueError naming the first bad option.
-
-    Parameters
-    ----------
-    config : dict
-        A full configuration (the keys of ``BASE_CONFIG``).
 
     Raises
     ------
-    ValueError
-        For the first invalid option (loss kind, levels, lambda_clf, k, step counts,
-        val_fraction, optimizer, pretrain_dsm_steps).
+    boltzgen.config.ConfigError
+        For an unknown key, a wrong type or an out-of-range value, naming the key.
     """
-    loss = config["loss"]
-    if loss["kind"] not in LOSSES:
-        raise ValueError(f"loss.kind must be one of {LOSSES}, got {loss['kind']!r}")
-    if loss["levels"] not in LEVEL_MODES:
-        raise ValueError(f"loss.levels must be one of {LEVEL_MODES}, got {loss['levels']!r}")
-    if loss.get("clf_samples", "all") not in CLF_SAMPLES:
-        raise ValueError(f"loss.clf_samples must be one of {CLF_SAMPLES}, got {loss['clf_samples']!r}")
-    _check_lambda_clf(loss["lambda_clf"])
-    if int(loss["k"]) < 2 and loss["kind"] != "dsm":
-        raise ValueError(f"loss.k must be at least 2 for {loss['kind']}, got {loss['k']}")
-    train = config["train"]
-    for key in ("steps", "batch_size", "checkpoint_every", "log_every", "val_every"):
-        if int(train[key]) < 1:
-            raise ValueError(f"train.{key} must be a positive integer, got {train[key]}")
-    if not 0.0 <= float(train["val_fraction"]) < 1.0:
-        raise ValueError(f"train.val_fraction must be in [0, 1), got {train['val_fraction']}")
-    if config["optim"]["optimizer"] not in ("adam", "adamw"):
-        raise ValueError(f"optim.optimizer must be adam or adamw, got {config['optim']['optimizer']!r}")
-    if not 0 <= int(config["pretrain_dsm_steps"]) <= int(train["steps"]):
-        raise ValueError("pretrain_dsm_steps must be between 0 and train.steps")
-    fraction = train.get("phi_positive_fraction")
-    if fraction is not None and not 0.0 < float(fraction) < 1.0:
-        raise ValueError(f"train.phi_positive_fraction must lie in (0, 1) or be null, got {fraction}")
+    return load_train_config(system, config_file, overrides).to_dict()
 
 
 # ---------------------------------------------------------------------------- data
@@ -334,14 +160,44 @@ def state_draw_probabilities(in_state, fraction: float, name: str = "the state")
     return torch.as_tensor(p / p.sum(), dtype=torch.float64)
 
 
-def _phi_positive_frames(x: np.ndarray, topology) -> np.ndarray:
-    """φ > 0 indicator of training frames, for ``train.phi_positive_fraction``."""
-    from .weights import has_phi, phi_states
+def rare_state_draw_probabilities(labels, names, fraction: float, state_set: str = "states"):
+    """Draw probabilities that give the least-populated state ``fraction`` of every batch.
 
-    if topology is None or not has_phi(topology):
-        raise ValueError("train.phi_positive_fraction needs a peptide with one phi torsion (alanine dipeptide); "
-                         "these data have " + ("no topology" if topology is None else "none"))
-    return phi_states(x, topology)[1]
+    The least-populated of the states that hold at least one frame (ties: the lowest label) is
+    drawn with total probability ``fraction``, the other frames with ``1 - fraction``
+    (:func:`state_draw_probabilities`). When the frames lie in one state only, nothing can be
+    oversampled: the draws stay uniform, with a warning.
+
+    Parameters
+    ----------
+    labels : array of int, shape (B,)
+        State label of every training frame (:meth:`boltzgen.states.StateSet.assign`).
+    names : sequence of str
+        Name of each state (label k is ``names[k]``).
+    fraction : float
+        ``data.state_fraction``, in (0, 1).
+    state_set : str
+        Name of the state set, for the messages.
+
+    Returns
+    -------
+    probabilities : tensor, float64, shape (B,), or None
+        None for uniform draws.
+    info : dict
+        ``state`` (the oversampled state's name or None) and ``n_train_state`` (its frames).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(names))
+    occupied = np.flatnonzero(counts)
+    rare = int(occupied[np.argmin(counts[occupied])])
+    info = {"state": str(names[rare]), "n_train_state": int(counts[rare])}
+    if len(occupied) < 2:  # a smoke run whose data never left one state must still train
+        shown = ", ".join(f"{name}: {int(n)}" for name, n in zip(names, counts))
+        warnings.warn(f"data.state_fraction = {fraction}: all training frames lie in one state of {state_set} "
+                      f"({shown}), so frames are drawn uniformly (simulate longer, or keep hotter replicas: "
+                      "boltzgen simulate --keep-replicas)", stacklevel=3)
+        return None, {"state": None, "n_train_state": int(counts[rare])}
+    return state_draw_probabilities(labels == rare, float(fraction), str(names[rare])), info
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -420,8 +276,9 @@ class Trainer:
 
     Parameters
     ----------
-    config : dict
-        A resolved configuration (:func:`resolve_config`).
+    config : TrainConfig or dict
+        The configuration (:func:`boltzgen.config.load_train_config`, or its nested dict; a dict
+        is checked and completed with the defaults). ``trainer.config`` holds the nested dict.
     data : array, shape (B, N, 3) or (B, D)
         Training configurations in data units.
     run_dir : str
@@ -435,12 +292,17 @@ class Trainer:
     start_from : str, optional
         A DSM pre-training checkpoint to start from when the run directory holds none
         (:meth:`start_from`).
+    states : StateSet, optional
+        Metastable states for ``data.state_fraction`` (default:
+        :func:`boltzgen.states.default_states` of ``topology``).
     """
 
-    def __init__(self, config: dict, data, run_dir: str, *, topology=None, metadata: Optional[dict] = None,
-                 progress: bool = True, start_from: Optional[str] = None):
-        validate_config(config)
-        self.config = config
+    def __init__(self, config, data, run_dir: str, *, topology=None, metadata: Optional[dict] = None,
+                 progress: bool = True, start_from: Optional[str] = None, states=None):
+        if not isinstance(config, TrainConfig):
+            config = TrainConfig.from_dict(config)
+        self.settings = config
+        self.config = config = config.to_dict()
         self.run_dir = run_dir
         self.metadata = dict(metadata or {})
         self.progress = progress
@@ -458,20 +320,12 @@ class Trainer:
         n_val = int(round(float(config["train"]["val_fraction"]) * y.shape[0]))
         self.val_data, self.train_data = y[order[:n_val]], y[order[n_val:]]
         self.topology = topology
-        # Rare-state oversampling: the model then learns a proposal with more phi > 0 weight than the
-        # data have; SMC's weights and the reweighting against the target correct it.
+        # Rare-state oversampling: the model then learns a proposal with more weight in the rare
+        # state than the data have; SMC's weights and the reweighting against the target correct it.
         self.draw_probabilities: Optional[torch.Tensor] = None
-        fraction = config["train"].get("phi_positive_fraction")
+        fraction = state_fraction_of(config)
         if fraction is not None:
-            positive = _phi_positive_frames(data[order[n_val:].numpy()], topology)
-            n_positive = int(positive.sum())
-            self.metadata["n_train_phi_positive"] = n_positive
-            if 0 < n_positive < positive.size:
-                self.draw_probabilities = state_draw_probabilities(positive, float(fraction), "phi > 0")
-            else:  # a smoke run whose data never left phi < 0 must still train
-                warnings.warn(f"train.phi_positive_fraction = {fraction}: {n_positive} of {positive.size} training "
-                              "frames have phi > 0, so frames are drawn uniformly (simulate longer, or keep "
-                              "hotter replicas: boltzgen simulate --keep-replicas)", stacklevel=2)
+            self.draw_probabilities = self._oversample(data[order[n_val:].numpy()], states, float(fraction))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same seed gives the same initial weights
             self.model = build_model(config, event_shape, topology, self.length_scale)
@@ -487,6 +341,21 @@ class Trainer:
         self.step = 0
         self.best_val: Optional[float] = None
         self.start_checkpoint = start_from
+
+    def _oversample(self, train_x: np.ndarray, states, fraction: float) -> Optional[torch.Tensor]:
+        """Draw probabilities of the training frames for ``data.state_fraction`` (None: uniform)."""
+        if states is None:
+            from .states import default_states
+
+            states = default_states(self.topology)
+        if states is None:
+            raise ValueError("data.state_fraction (boltzgen train --state-fraction) needs the system's metastable "
+                             "states; these data have " + ("no topology" if self.topology is None else
+                                                           "no default states (no peptide backbone phi)"))
+        labels = np.asarray(states.assign(train_x), dtype=np.int64)
+        probabilities, info = rare_state_draw_probabilities(labels, states.names, fraction, states.name)
+        self.metadata.update(oversampled_state=info["state"], n_train_state=info["n_train_state"])
+        return probabilities
 
     # -------------------------------------------------------------- files
     def _path(self, name: str) -> str:
@@ -582,10 +451,10 @@ class Trainer:
             if _relevant(state["config"], key) != _relevant(self.config, key):
                 raise ValueError(f"{self.run_dir} holds a run with a different {key!r} configuration "
                                  f"({state['config'].get(key)} vs {self.config.get(key)}); use a new run directory")
-        before = state["config"]["train"].get("phi_positive_fraction")
-        if before != self.config["train"].get("phi_positive_fraction"):
-            raise ValueError(f"{self.run_dir} holds a run with train.phi_positive_fraction = {before}, this run has "
-                             f"{self.config['train'].get('phi_positive_fraction')}; use a new run directory")
+        before, now = state_fraction_of(state["config"]), state_fraction_of(self.config)
+        if before != now:
+            raise ValueError(f"{self.run_dir} holds a run with data.state_fraction = {before}, this run has {now}; "
+                             "use a new run directory")
         self._load_state(state)
         self._truncate_log(self.step)
         return True
@@ -638,10 +507,13 @@ class Trainer:
             if source.get(key) != self.config.get(key):
                 raise ValueError(f"{path} comes from a run with a different {key!r} configuration "
                                  f"({source.get(key)} vs {self.config.get(key)})")
-        for key in ("steps", "batch_size", "val_fraction", "phi_positive_fraction"):
+        for key in ("steps", "batch_size", "val_fraction"):
             if source["train"].get(key) != self.config["train"].get(key):
                 raise ValueError(f"{path} comes from a run with train.{key} = {source['train'].get(key)}, this run "
                                  f"has {self.config['train'].get(key)} (the schedule and batches would differ)")
+        if state_fraction_of(source) != state_fraction_of(self.config):
+            raise ValueError(f"{path} comes from a run with data.state_fraction = {state_fraction_of(source)}, this "
+                             f"run has {state_fraction_of(self.config)} (the batches would differ)")
         for key in ("k", "levels", "grid"):
             if source["loss"].get(key) != self.config["loss"].get(key):
                 raise ValueError(f"{path} comes from a run with loss.{key} = {source['loss'].get(key)}, this run "

@@ -1,0 +1,779 @@
+"""The training configuration of ``boltzgen train``: typed, validated, with the defaults in one place.
+
+A configuration is built from, in this order (later ones win, nested mappings merge key by key):
+
+1. the defaults of the dataclasses below (the only place they are written down);
+2. the system's shipped ``systems/<name>.train.yaml`` (:func:`system_config_path`);
+3. a user YAML file (``config_file``);
+4. ``overrides``, a nested dict (the CLI's and :func:`boltzgen.workflow.train`'s options).
+
+A YAML file may start from another one with ``extends: other.yaml`` (a path relative to the
+file; a bare file name that is not there names a shipped file under ``systems/``, e.g.
+``extends: aldp-vacuum.train.yaml``): the other file is merged first, then this one.
+
+Every key is checked when the configuration is built: an unknown key, a value of the wrong type
+or out of range raises :class:`ConfigError`, whose message starts with the key's path
+(``optim.lr: must be > 0, got -1``). :meth:`TrainConfig.to_dict` gives the nested dict the
+trainer reads and the run directory stores (``config.yaml``, ``model.pt``). The sections and
+what each setting does are listed in ``docs/design.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Optional, Union
+
+import yaml
+
+__all__ = ["ConfigError", "NetConfig", "ModelConfig", "LossConfig", "OptimConfig", "TrainSection", "DataConfig",
+           "TrainConfig", "load_train_config", "read_config_file", "read_yaml", "deep_update", "system_config_path",
+           "lambda_clf_at", "state_fraction_of"]
+
+
+class ConfigError(ValueError):
+    """An invalid training configuration; the message starts with the key path (``optim.lr: ...``)."""
+
+
+# ---------------------------------------------------------------------------- value checks
+def _kind_of(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def integer(path: str, value, low: Optional[int] = None, optional: bool = False):
+    """``value`` checked as an integer ≥ ``low`` (bool and float are refused).
+
+    Parameters
+    ----------
+    path : str
+        Key path for the error message.
+    value : object
+        The configured value.
+    low : int, optional
+        Smallest allowed value.
+    optional : bool
+        Whether None (YAML ``null``) is allowed.
+
+    Returns
+    -------
+    int or None
+
+    Raises
+    ------
+    ConfigError
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}: must be an integer{' or null' if optional else ''}, got {value!r} "
+                          f"({_kind_of(value)})")
+    if low is not None and value < low:
+        raise ConfigError(f"{path}: must be >= {low}, got {value}")
+    return int(value)
+
+
+def number(path: str, value, low: Optional[float] = None, high: Optional[float] = None, *,
+           low_open: bool = False, high_open: bool = False, optional: bool = False):
+    """``value`` checked as a real number in a range, returned as float (bool is refused).
+
+    Parameters
+    ----------
+    path : str
+        Key path for the error message.
+    value : object
+        The configured value.
+    low, high : float, optional
+        Bounds of the range.
+    low_open, high_open : bool
+        Whether the bound itself is excluded.
+    optional : bool
+        Whether None (YAML ``null``) is allowed.
+
+    Returns
+    -------
+    float or None
+
+    Raises
+    ------
+    ConfigError
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = " (YAML reads a number without a decimal point, such as 1e-3, as text: write 1.0e-3)" \
+            if isinstance(value, str) else ""
+        raise ConfigError(f"{path}: must be a number{' or null' if optional else ''}, got {value!r}{hint}")
+    value = float(value)
+    if value != value:
+        raise ConfigError(f"{path}: must be a number, got nan")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(f"{path}: must be {'>' if low_open else '>='} {low:g}, got {value:g}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ConfigError(f"{path}: must be {'<' if high_open else '<='} {high:g}, got {value:g}")
+    return value
+
+
+def choice(path: str, value, choices) -> str:
+    """``value`` checked as one of ``choices``.
+
+    Raises
+    ------
+    ConfigError
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{path}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
+def boolean(path: str, value) -> bool:
+    """``value`` checked as true or false.
+
+    Raises
+    ------
+    ConfigError
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: must be true or false, got {value!r}")
+    return value
+
+
+def lambda_clf(path: str, value):
+    """``loss.lambda_clf`` checked: a number ≥ 0 or a schedule ``[[0, λ_0], [s_1, λ_1], …]``.
+
+    Returns
+    -------
+    float or list
+        A number as float; a schedule as a list of [int, number] pairs.
+
+    Raises
+    ------
+    ConfigError
+    """
+    if not isinstance(value, (list, tuple)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
+            raise ConfigError(f"{path}: must be a number >= 0 or a schedule [[0, lambda_0], [step_1, lambda_1], "
+                              f"...], got {value!r}")
+        return float(value)
+    bad = ConfigError(f"{path}: a schedule must be [[0, lambda_0], [step_1, lambda_1], ...] with increasing "
+                      f"integer steps starting at 0 and lambdas >= 0, got {value!r}")
+    if not value or any(not isinstance(pair, (list, tuple)) or len(pair) != 2 for pair in value):
+        raise bad
+    steps = [pair[0] for pair in value]
+    if any(not isinstance(s, int) or isinstance(s, bool) for s in steps) or steps[0] != 0 \
+            or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise bad
+    if any(isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0.0 for _, lam in value):
+        raise bad
+    return [list(pair) for pair in value]
+
+
+def lambda_clf_at(value, step: int) -> float:
+    """The DiffCLF weight λ_clf in force at a training step.
+
+    Parameters
+    ----------
+    value : float or list of [step, float] pairs
+        ``loss.lambda_clf``: one number for the whole run, or a piecewise-constant schedule
+        ``[[0, λ_0], [s_1, λ_1], …]`` (λ_i from step s_i on; steps increasing, the first 0).
+    step : int
+        Training step (0-based).
+
+    Returns
+    -------
+    float
+    """
+    if not isinstance(value, (list, tuple)):
+        return float(value)
+    current = float(value[0][1])
+    for start, lam in value:
+        if step >= int(start):
+            current = float(lam)
+    return current
+
+
+# ---------------------------------------------------------------------------- sections
+def _setting(default, check: Callable[[str, Any], Any], *, factory: bool = False):
+    """A dataclass field whose value ``check(path, value)`` validates (and normalises)."""
+    if factory:
+        return field(default_factory=default, metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+class _Section:
+    """Base of the configuration sections: checks every field on construction; from/to dicts."""
+
+    PATH: ClassVar[str] = ""
+
+    def __post_init__(self):
+        for f in fields(self):
+            check = f.metadata.get("check")
+            if check is not None:
+                object.__setattr__(self, f.name, check(self._path(f.name), getattr(self, f.name)))
+
+    @classmethod
+    def _path(cls, name: str) -> str:
+        return f"{cls.PATH}.{name}" if cls.PATH else name
+
+    @classmethod
+    def known_keys(cls) -> list[str]:
+        """The keys this section accepts, in order."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data):
+        """The section from a mapping (missing keys keep their defaults).
+
+        Raises
+        ------
+        ConfigError
+            For a non-mapping, an unknown key or an invalid value.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.PATH or 'configuration'}: must be a mapping, got {data!r}")
+        known = cls.known_keys()
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{cls._path(str(key))}: unknown key (known: {', '.join(known)})")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        """The section as the nested dict the trainer reads."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+
+def _network_options(kind: str, options: dict) -> dict:
+    """Check network options against :func:`boltzgen.nn.default_config` (keys and value types)."""
+    from .nn import default_config
+
+    allowed = default_config(kind)
+    out = {}
+    for key, value in options.items():
+        path = f"net.{key}"
+        if key not in allowed:
+            raise ConfigError(f"{path}: unknown key for a {kind} network (known: kind, {', '.join(allowed)})")
+        default = allowed[key]
+        if isinstance(default, bool):
+            value = boolean(path, value)
+        elif isinstance(default, int):
+            value = integer(path, value, low=0)
+        elif isinstance(default, float):
+            value = number(path, value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"{path}: must be a string, got {value!r}")
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class NetConfig(_Section):
+    """``net``: the network g_θ(x, t) (:func:`boltzgen.nn.build_network`).
+
+    Attributes
+    ----------
+    kind : {"mlp", "egnn", "e3nn"}
+        ``mlp`` for toy (B, D) targets; ``egnn``/``e3nn`` for molecules (E(3)-invariant energies).
+    options : dict
+        Sizes and options of that kind (the keys of :func:`boltzgen.nn.default_config`, e.g.
+        ``hidden``, ``n_layers``); in YAML they sit beside ``kind``. Larger networks fit better
+        and train slower.
+    """
+
+    PATH: ClassVar[str] = "net"
+    kind: str = "egnn"
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from .nn import NETWORKS
+
+        object.__setattr__(self, "kind", choice("net.kind", self.kind, sorted(NETWORKS)))
+        object.__setattr__(self, "options", _network_options(self.kind, dict(self.options)))
+
+    @classmethod
+    def from_dict(cls, data):
+        if not isinstance(data, dict):
+            raise ConfigError(f"net: must be a mapping, got {data!r}")
+        data = dict(data)
+        return cls(kind=data.pop("kind", cls.kind), options=data)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **copy.deepcopy(self.options)}
+
+
+def _schedule(path: str, value) -> dict:
+    """Check a diffusion schedule mapping by building it (:func:`boltzgen.diffusion.schedule_from_config`)."""
+    from .diffusion.schedules import schedule_from_config
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: must be a mapping with a kind (vp or ve), got {value!r}")
+    choice(f"{path}.kind", value.get("kind", "vp"), ("vp", "ve"))
+    try:
+        schedule_from_config(dict(value))
+    except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return dict(value)
+
+
+def _output_scales():
+    from .energy import OUTPUT_SCALES
+
+    return OUTPUT_SCALES
+
+
+def _log_normalisers():
+    from .energy import LOG_NORMALISER_KINDS
+
+    return LOG_NORMALISER_KINDS
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """``model``: the energy model around the network (:class:`boltzgen.energy.EnergyModel`).
+
+    Attributes
+    ----------
+    schedule : dict
+        Forward diffusion: ``{"kind": "vp", "beta_min", "beta_max"}`` or a ``ve`` schedule.
+    t_min : float
+        Smallest diffusion time trained and sampled, in (0, 1); lower it for sharper targets.
+    log_normaliser : {"grid", "mlp", "none"}
+        How the learned per-time constant log Z(t) is represented (DiffCLF needs one).
+    n_levels : int
+        Grid points of the ``grid`` normaliser.
+    output_scale : {"none", "edm"}
+        ``edm`` scales the network's score to unit size at every t (molecules).
+    """
+
+    PATH: ClassVar[str] = "model"
+    schedule: dict = _setting(lambda: {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0}, _schedule, factory=True)
+    t_min: float = _setting(1e-3, lambda p, v: number(p, v, 0.0, 1.0, low_open=True, high_open=True))
+    log_normaliser: str = _setting("grid", lambda p, v: choice(p, v, _log_normalisers()))
+    n_levels: int = _setting(64, lambda p, v: integer(p, v, low=1))
+    output_scale: str = _setting("none", lambda p, v: choice(p, v, _output_scales()))
+
+
+def _losses():
+    from .losses import LOSSES
+
+    return LOSSES
+
+
+def _level_modes():
+    from .losses import LEVEL_MODES
+
+    return LEVEL_MODES
+
+
+def _clf_samples():
+    from .losses import CLF_SAMPLES
+
+    return CLF_SAMPLES
+
+
+@dataclass(frozen=True)
+class LossConfig(_Section):
+    """``loss``: the training objective (:func:`boltzgen.losses.compute_loss`).
+
+    Attributes
+    ----------
+    kind : {"dsm", "diffclf", "dsm+diffclf"}
+        DSM learns the score; DiffCLF also fixes the energies' offsets between noise levels,
+        which free energies between states need.
+    k : int
+        Noise levels classified together by DiffCLF (>= 2 unless ``kind`` is ``dsm``).
+    lambda_clf : float or list
+        DiffCLF weight: a number, or ``[[0, λ_0], [step, λ_1], …]`` (piecewise constant).
+    levels : str
+        How the noise levels of a batch are drawn (:data:`boltzgen.losses.LEVEL_MODES`).
+    grid : int
+        Points of the time grid of the ``*grid*`` level modes.
+    clf_samples : {"all", "one"}
+        ``one`` classifies one noisy sample per configuration (cheaper, unbiased).
+    """
+
+    PATH: ClassVar[str] = "loss"
+    kind: str = _setting("dsm+diffclf", lambda p, v: choice(p, v, _losses()))
+    k: int = _setting(2, lambda p, v: integer(p, v, low=1))
+    lambda_clf: Union[float, list] = _setting(1.0, lambda_clf)
+    levels: str = _setting("uniform", lambda p, v: choice(p, v, _level_modes()))
+    grid: int = _setting(64, lambda p, v: integer(p, v, low=2))
+    clf_samples: str = _setting("all", lambda p, v: choice(p, v, _clf_samples()))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kind != "dsm" and self.k < 2:
+            raise ConfigError(f"loss.k: must be >= 2 for {self.kind}, got {self.k}")
+
+
+@dataclass(frozen=True)
+class OptimConfig(_Section):
+    """``optim``: optimiser, learning-rate schedule and weight averaging.
+
+    Attributes
+    ----------
+    optimizer : {"adam", "adamw"}
+    lr : float
+        Peak learning rate (> 0); lower it if training diverges.
+    log_normaliser_lr : float or None
+        Learning rate of log Z(t) (None: ``lr``).
+    weight_decay : float
+        >= 0.
+    warmup_steps : int
+        Linear warm-up steps.
+    cosine : bool
+        Cosine decay to ``min_lr_factor * lr`` after the warm-up.
+    min_lr_factor : float
+        In [0, 1].
+    grad_clip : float or None
+        Gradient-norm clip (0 or None: no clipping).
+    ema : float
+        Decay of the weight average the run directory's model holds, in [0, 1) (0: no
+        averaging); :func:`boltzgen.train.ema_decay` warms it up.
+    """
+
+    PATH: ClassVar[str] = "optim"
+    optimizer: str = _setting("adam", lambda p, v: choice(p, v, ("adam", "adamw")))
+    lr: float = _setting(1e-3, lambda p, v: number(p, v, 0.0, low_open=True))
+    log_normaliser_lr: Optional[float] = _setting(None, lambda p, v: number(p, v, 0.0, low_open=True, optional=True))
+    weight_decay: float = _setting(0.0, lambda p, v: number(p, v, 0.0))
+    warmup_steps: int = _setting(100, lambda p, v: integer(p, v, low=0))
+    cosine: bool = _setting(True, boolean)
+    min_lr_factor: float = _setting(0.05, lambda p, v: number(p, v, 0.0, 1.0))
+    grad_clip: Optional[float] = _setting(1.0, lambda p, v: number(p, v, 0.0, optional=True))
+    ema: float = _setting(0.999, lambda p, v: number(p, v, 0.0, 1.0, high_open=True))
+
+
+@dataclass(frozen=True)
+class TrainSection(_Section):
+    """``train``: steps, batches, logging and checkpoints.
+
+    Attributes
+    ----------
+    steps : int
+        Optimisation steps.
+    batch_size : int
+        Configurations per step (split evenly over data-parallel processes).
+    checkpoint_every, log_every, val_every : int
+        Steps between checkpoints, log rows, validations.
+    val_fraction : float
+        Share of the data held out for validation, in [0, 1).
+    val_batch_size : int
+        Held-out configurations per validation.
+    threads : int or None
+        Torch CPU threads (None: torch's default).
+    """
+
+    PATH: ClassVar[str] = "train"
+    steps: int = _setting(2000, lambda p, v: integer(p, v, low=1))
+    batch_size: int = _setting(256, lambda p, v: integer(p, v, low=1))
+    checkpoint_every: int = _setting(250, lambda p, v: integer(p, v, low=1))
+    log_every: int = _setting(25, lambda p, v: integer(p, v, low=1))
+    val_fraction: float = _setting(0.1, lambda p, v: number(p, v, 0.0, 1.0, high_open=True))
+    val_every: int = _setting(250, lambda p, v: integer(p, v, low=1))
+    val_batch_size: int = _setting(256, lambda p, v: integer(p, v, low=1))
+    threads: Optional[int] = _setting(None, lambda p, v: integer(p, v, low=1, optional=True))
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """``data``: how training configurations are drawn.
+
+    Attributes
+    ----------
+    state_fraction : float or None
+        Share of every batch drawn from the least-populated state of the system's
+        :class:`~boltzgen.states.StateSet`, in (0, 1); None draws frames uniformly. Set it when a
+        metastable state is rare in the data (SMC's weights correct the oversampling).
+    """
+
+    PATH: ClassVar[str] = "data"
+    state_fraction: Optional[float] = _setting(
+        None, lambda p, v: number(p, v, 0.0, 1.0, low_open=True, high_open=True, optional=True))
+
+
+#: Old keys still read: path -> new path (a configuration may not give both).
+ALIASES = {("train", "phi_positive_fraction"): ("data", "state_fraction"),
+           ("data", "phi_positive_fraction"): ("data", "state_fraction")}
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """The whole training configuration.
+
+    Attributes
+    ----------
+    net, model, loss, optim, train, data : sections
+        See :class:`NetConfig`, :class:`ModelConfig`, :class:`LossConfig`, :class:`OptimConfig`,
+        :class:`TrainSection`, :class:`DataConfig`.
+    pretrain_dsm_steps : int
+        First steps trained with DSM alone (between 0 and ``train.steps``).
+    seed : int
+        Seed of the weights, the validation split and the batches.
+    """
+
+    net: NetConfig = field(default_factory=NetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    pretrain_dsm_steps: int = _setting(0, lambda p, v: integer(p, v, low=0))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = _setting(0, integer)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pretrain_dsm_steps > self.train.steps:
+            raise ConfigError(f"pretrain_dsm_steps: must be <= train.steps ({self.train.steps}), "
+                              f"got {self.pretrain_dsm_steps}")
+
+    @classmethod
+    def from_dict(cls, data) -> "TrainConfig":
+        """The configuration from a nested dict (missing keys keep their defaults; old aliases
+        such as ``train.phi_positive_fraction`` are read).
+
+        Raises
+        ------
+        ConfigError
+            For an unknown key, a wrong type or an out-of-range value, naming its path.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"configuration: must be a mapping, got {data!r}")
+        data = apply_aliases(data)
+        known = cls.known_keys()
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{key}: unknown key (known: {', '.join(known)})")
+        values = {}
+        for key, value in data.items():
+            section = _SECTIONS.get(key)
+            values[key] = section.from_dict(value) if section is not None else value
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """The nested dict the trainer reads (and ``config.yaml`` holds)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, _Section) else copy.deepcopy(value)
+        return out
+
+
+_SECTIONS = {"net": NetConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
+             "train": TrainSection, "data": DataConfig}
+
+
+def apply_aliases(data: dict) -> dict:
+    """A copy of a nested configuration dict with old key names moved to the new ones.
+
+    Parameters
+    ----------
+    data : dict
+        Nested configuration (not modified).
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    ConfigError
+        If both an old name and its new name are given.
+    """
+    out = copy.deepcopy(data)
+    for (section, key), (new_section, new_key) in ALIASES.items():
+        part = out.get(section)
+        if isinstance(part, dict) and key in part:
+            value = part.pop(key)
+            target = out.setdefault(new_section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{new_section}: must be a mapping, got {target!r}")
+            if new_key in target:
+                raise ConfigError(f"{section}.{key}: old name of {new_section}.{new_key}; give only one of them")
+            target[new_key] = value
+            if not part:
+                del out[section]
+    return out
+
+
+def state_fraction_of(config: dict) -> Optional[float]:
+    """``data.state_fraction`` of a nested configuration dict, also of one written before the key
+    was renamed (``train.phi_positive_fraction``; e.g. an older checkpoint's).
+
+    Parameters
+    ----------
+    config : dict
+
+    Returns
+    -------
+    float or None
+    """
+    value = (config.get("data") or {}).get("state_fraction")
+    if value is None:
+        value = (config.get("train") or {}).get("phi_positive_fraction")
+    return value
+
+
+# ---------------------------------------------------------------------------- files
+def deep_update(base: dict, update: Optional[dict]) -> dict:
+    """A copy of ``base`` with ``update`` merged in recursively.
+
+    Parameters
+    ----------
+    base : dict
+        Nested configuration (not modified).
+    update : dict or None
+        Values to merge in: nested dicts are merged key by key, anything else replaces.
+
+    Returns
+    -------
+    dict
+        A deep copy.
+    """
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str) -> dict:
+    """Read a YAML mapping with ``yaml.safe_load``; clear errors for missing or malformed files.
+
+    Parameters
+    ----------
+    path : str
+        YAML file.
+
+    Returns
+    -------
+    dict
+        Its contents (``{}`` for an empty file).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ConfigError
+        For invalid YAML or a top level that is not a mapping.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as handle:
+        try:
+            data = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of options, got {type(data).__name__}")
+    return data
+
+
+def read_config_file(path: str, _seen: tuple = ()) -> dict:
+    """A YAML configuration file with its ``extends:`` chain merged in (the extended file first).
+
+    Parameters
+    ----------
+    path : str
+        YAML file. ``extends: OTHER.yaml`` names a file relative to this one's directory; a bare
+        file name not found there names a shipped file under ``systems/``.
+
+    Returns
+    -------
+    dict
+        The merged nested options (old key names moved to the new ones), without ``extends``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file of the chain does not exist.
+    ConfigError
+        For invalid YAML, a bad ``extends`` value or a cycle.
+    """
+    real = os.path.realpath(path)
+    if real in _seen:
+        raise ConfigError(f"{path}: extends: cycle ({' -> '.join(_seen + (real,))})")
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    data = apply_aliases(data)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: extends: must be a file name, got {parent!r}")
+    other = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(parent))
+    if not os.path.exists(other) and os.path.basename(parent) == parent:
+        shipped = _shipped_file(parent)
+        other = shipped if shipped is not None else other
+    if not os.path.exists(other):
+        raise FileNotFoundError(f"{path}: extends: file not found: {other}")
+    return deep_update(read_config_file(other, _seen + (real,)), data)
+
+
+def _shipped_file(name: str) -> Optional[str]:
+    from .systems.catalog import data_path
+
+    try:
+        return data_path(name)
+    except FileNotFoundError:
+        return None
+
+
+def system_config_path(system: str) -> Optional[str]:
+    """Path of the shipped training defaults of a built-in system (its ``SystemSpec.train_config``).
+
+    Parameters
+    ----------
+    system : str
+        System name.
+
+    Returns
+    -------
+    str or None
+        ``None`` when the system ships no training defaults (or is not built in).
+    """
+    from .systems.catalog import SPECS
+
+    spec = SPECS.get(system)
+    name = spec.train_config if spec is not None else f"{system}.train.yaml"
+    return _shipped_file(name) if name else None
+
+
+def load_train_config(system: Optional[str] = None, config_file: Optional[str] = None,
+                      overrides: Optional[dict] = None) -> TrainConfig:
+    """The training configuration: defaults, the system's file, a user file, then overrides.
+
+    Parameters
+    ----------
+    system : str, optional
+        Built-in system whose shipped ``systems/<name>.train.yaml`` applies (if it has one).
+    config_file : str, optional
+        User YAML file (may say ``extends: other.yaml``).
+    overrides : dict, optional
+        Nested options merged last (e.g. ``{"train": {"steps": 100}}``).
+
+    Returns
+    -------
+    TrainConfig
+
+    Raises
+    ------
+    ConfigError
+        For an unknown key, a wrong type or an out-of-range value (the message names the key).
+    FileNotFoundError
+        For a missing file.
+    """
+    merged = TrainConfig().to_dict()
+    if system is not None:
+        path = system_config_path(system)
+        if path is not None:
+            merged = deep_update(merged, read_config_file(path))
+    if config_file is not None:
+        merged = deep_update(merged, read_config_file(config_file))
+    if overrides:
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"overrides: must be a nested mapping, got {overrides!r}")
+        merged = deep_update(merged, apply_aliases(overrides))
+    return TrainConfig.from_dict(merged)
