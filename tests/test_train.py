@@ -81,9 +81,9 @@ def test_run_directory_contract_and_load_model(tmp_path, gmm_data):
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, gmm_data):
-    with pytest.raises(ValueError, match="loss.kind must be one of"):
+    with pytest.raises(ValueError, match="loss.kind: must be one of"):
         resolve_config(overrides={"loss": {"kind": "mse"}})
-    with pytest.raises(ValueError, match="train.steps must be a positive integer"):
+    with pytest.raises(ValueError, match="train.steps: must be >= 1"):
         resolve_config(overrides={"train": {"steps": 0}})
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("net: [unclosed\n")
@@ -180,9 +180,10 @@ def test_cli_train_on_simulated_file(tmp_path, capsys):
     assert "sample file not found" in capsys.readouterr().err
     assert main(["train", "--data", str(data), "-o", str(tmp_path / "phi"), "--config", str(config),
                  "--phi-positive-fraction", "0.3", "--no-progress"]) == 2
-    assert "phi_positive_fraction needs a peptide with one phi torsion" in capsys.readouterr().err
+    assert "data.state_fraction (boltzgen train --state-fraction) needs the system's metastable states" \
+        in capsys.readouterr().err
     assert main(["train", "--data", str(data), "-o", str(tmp_path / "phi"), "--phi-positive-fraction", "half"]) == 2
-    assert "--phi-positive-fraction must be a number in (0, 1) or 'none'" in capsys.readouterr().err
+    assert "--state-fraction must be a number in (0, 1) or 'none'" in capsys.readouterr().err
 
 
 def test_molecular_run_stores_topology(tmp_path):
@@ -252,12 +253,13 @@ def test_lambda_clf_schedule_weights_the_classification_loss_step_by_step(tmp_pa
             resolve_config(overrides={"loss": {"lambda_clf": bad}})
 
 
-def test_phi_positive_fraction_draws_that_share_of_each_batch_from_the_rare_state(tmp_path):
-    """Oversampling phi > 0 (train.phi_positive_fraction): the drawn share matches the setting
+def test_state_fraction_draws_that_share_of_each_batch_from_the_rare_state(tmp_path):
+    """Oversampling the rare state (data.state_fraction; here by its old name
+    train.phi_positive_fraction) of alanine dipeptide, phi > 0: the drawn share matches the setting
     (binomial tolerance), frames within each state are drawn uniformly, and bad settings are named."""
     import mdtraj
     from boltzgen.train import state_draw_probabilities
-    from boltzgen.weights import phi_states
+    from boltzgen.states import default_states
 
     from boltzgen.systems.catalog import data_path
 
@@ -265,18 +267,19 @@ def test_phi_positive_fraction_draws_that_share_of_each_batch_from_the_rare_stat
     rng = np.random.default_rng(0)
     x = aldp.xyz[0].astype(np.float64)[None] + 0.005 * rng.standard_normal((200, aldp.n_atoms, 3))
     x[-10:] *= -1.0  # mirrored: phi > 0
-    assert phi_states(x, aldp.topology)[1].sum() == 10
+    assert (default_states(aldp.topology).assign(x) == 1).sum() == 10
     overrides = {**SMALL, "net": {"kind": "egnn", "hidden": 16, "n_layers": 1}}
     config = resolve_config(overrides={**overrides, "train": {**SMALL["train"], "phi_positive_fraction": 0.3}})
     trainer = Trainer(config, x, str(tmp_path / "run"), topology=aldp.topology, progress=False)
-    n_positive = trainer.metadata["n_train_phi_positive"]
+    n_positive = trainer.metadata["n_train_state"]
+    assert trainer.metadata["oversampled_state"] == "phi>0"
     assert 0 < n_positive <= 10
     generator = torch.Generator().manual_seed(1)
     y = torch.cat([trainer._batch(trainer.train_data, 500, generator) for _ in range(40)]).numpy()
-    positive = phi_states(y, aldp.topology)[1]
+    positive = (default_states(aldp.topology).assign(y) == 1)
     assert abs(positive.mean() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / y.shape[0])
     p = trainer.draw_probabilities.numpy()
-    train_positive = phi_states(trainer.train_data.numpy(), aldp.topology)[1]
+    train_positive = (default_states(aldp.topology).assign(trainer.train_data.numpy()) == 1)
     np.testing.assert_allclose(p[train_positive], 0.3 / n_positive)
     np.testing.assert_allclose(p[~train_positive], 0.7 / (len(p) - n_positive))
     # Uniform draws (the default) see phi > 0 at its share of the data.
@@ -284,22 +287,22 @@ def test_phi_positive_fraction_draws_that_share_of_each_batch_from_the_rare_stat
                     progress=False)
     assert plain.draw_probabilities is None
     y = torch.cat([plain._batch(plain.train_data, 500, generator) for _ in range(40)]).numpy()
-    share = phi_states(y, aldp.topology)[1].mean()
+    share = (default_states(aldp.topology).assign(y) == 1).mean()
     assert abs(share - n_positive / len(p)) < 4 * math.sqrt(0.05 / y.shape[0])
     # The fraction is part of the run: a resume with another one is refused.
     trainer.fit()
-    other = resolve_config(overrides={**overrides, "train": {**SMALL["train"], "phi_positive_fraction": 0.5}})
-    with pytest.raises(ValueError, match="phi_positive_fraction"):
+    other = resolve_config(overrides={**overrides, "data": {"state_fraction": 0.5}})
+    with pytest.raises(ValueError, match="data.state_fraction = 0.3, this run has 0.5"):
         Trainer(other, x, str(tmp_path / "run"), topology=aldp.topology, progress=False).fit()
     # No frame in the state: a warning and uniform draws; clear errors for no peptide and a
     # fraction outside (0, 1).
-    with pytest.warns(UserWarning, match="0 of 152 training frames have phi > 0, so frames are drawn uniformly"):
+    with pytest.warns(UserWarning, match=r"all training frames lie in one state of .*phi>0: 0\), so frames are drawn uniformly"):
         assert Trainer(config, x[:190], str(tmp_path / "none"), topology=aldp.topology,
                        progress=False).draw_probabilities is None
-    with pytest.raises(ValueError, match="phi torsion"):
+    with pytest.raises(ValueError, match="needs the system's metastable states; these data have no topology"):
         Trainer(config, x, str(tmp_path / "notop"), progress=False)
-    with pytest.raises(ValueError, match="phi_positive_fraction must lie in"):
-        Trainer(resolve_config(overrides={**overrides, "train": {**SMALL["train"], "phi_positive_fraction": 1.0}}),
+    with pytest.raises(ValueError, match=r"data.state_fraction: must be < 1, got 1"):
+        Trainer(resolve_config(overrides={**overrides, "data": {"state_fraction": 1.0}}),
                 x, str(tmp_path / "bad"), topology=aldp.topology, progress=False)
     with pytest.raises(ValueError, match="must lie in"):
         state_draw_probabilities(np.array([True, False]), 0.0)
@@ -353,3 +356,69 @@ def test_two_process_training(tmp_path, gmm_data):
     # one process refuses a batch that does not split; the CLI says so
     with pytest.raises(ValueError, match="divisible by the number of training processes"):
         train_in_processes(3, "unused.h5", str(tmp_path / "x"), system="gmm-two-modes", overrides=SMALL)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optim": {"learning_rate": 1e-3}}, "optim.learning_rate: unknown key (known: optimizer, lr,"),
+    ({"optim": {"lr": -1}}, "optim.lr: must be > 0, got -1"),
+    ({"optim": {"lr": "1e-3"}}, "optim.lr: must be a number"),
+    ({"optim": {"ema": 1.0}}, "optim.ema: must be < 1, got 1"),
+    ({"optim": {"ema": -0.1}}, "optim.ema: must be >= 0, got -0.1"),
+    ({"train": {"steps": True}}, "train.steps: must be an integer"),
+    ({"train": {"steps": 100.5}}, "train.steps: must be an integer"),
+    ({"train": {"batch_size": -4}}, "train.batch_size: must be >= 1, got -4"),
+    ({"optim": {"warmup_steps": -1}}, "optim.warmup_steps: must be >= 0, got -1"),
+    ({"optim": {"cosine": "yes"}}, "optim.cosine: must be true or false"),
+    ({"pretrain_dsm_steps": 5000}, "pretrain_dsm_steps: must be <= train.steps (2000), got 5000"),
+    ({"loss": {"kind": "diffclf", "k": 1}}, "loss.k: must be >= 2 for diffclf, got 1"),
+    ({"net": {"kind": "mlp", "width": 3}}, "net.width: unknown key for a mlp network"),
+    ({"net": {"kind": "cnn"}}, "net.kind: must be one of"),
+    ({"model": {"schedule": {"kind": "vp", "sigma_max": 3.0}}}, "model.schedule:"),
+    ({"data": {"state_fraction": 0.0}}, "data.state_fraction: must be > 0, got 0"),
+    ({"train": {"phi_positive_fraction": 0.3}, "data": {"state_fraction": 0.3}}, "give only one of them"),
+    ({"trian": {"steps": 3}}, "trian: unknown key (known: net, model, loss, pretrain_dsm_steps, optim, train, data"),
+])
+def test_config_errors_name_the_key(overrides, message):
+    from boltzgen.config import ConfigError, load_train_config
+
+    with pytest.raises(ConfigError) as info:
+        load_train_config(overrides=overrides)
+    assert message in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_config_files_extend_other_files_and_keep_the_trainers_dict(tmp_path):
+    from boltzgen.config import ConfigError, TrainConfig, load_train_config
+
+    (tmp_path / "base.yaml").write_text("net: {kind: mlp, hidden: 16}\noptim: {lr: 3.0e-3}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "run.yaml").write_text("extends: ../base.yaml\noptim: {warmup_steps: 5}\n")
+    config = load_train_config(config_file=str(tmp_path / "sub" / "run.yaml"), overrides={"seed": 3})
+    assert config.net.kind == "mlp" and config.net.options == {"hidden": 16}
+    assert config.optim.lr == 3e-3 and config.optim.warmup_steps == 5 and config.seed == 3
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert config.to_dict()["net"] == {"kind": "mlp", "hidden": 16}
+    # a shipped file by name; the old key name is read as the new one
+    (tmp_path / "aldp.yaml").write_text("extends: aldp-vacuum.train.yaml\ntrain: {phi_positive_fraction: 0.2}\n")
+    aldp = load_train_config(config_file=str(tmp_path / "aldp.yaml"))
+    assert aldp.to_dict() == {**load_train_config("aldp-vacuum").to_dict(), "data": {"state_fraction": 0.2}}
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_train_config(config_file=str(tmp_path / "loop.yaml"))
+    with pytest.raises(FileNotFoundError, match="extends: file not found"):
+        (tmp_path / "missing.yaml").write_text("extends: nowhere.yaml\n")
+        load_train_config(config_file=str(tmp_path / "missing.yaml"))
+    (tmp_path / "bad.yaml").write_text("optim: {learning_rate: 0.1}\n")
+    with pytest.raises(ConfigError, match="optim.learning_rate: unknown key"):
+        load_train_config(config_file=str(tmp_path / "bad.yaml"))
+
+
+def test_loading_a_model_does_not_import_the_trainer():
+    import subprocess
+    import sys
+
+    code = ("import boltzgen, boltzgen.model, sys; assert 'boltzgen.train' not in sys.modules; "
+            "assert 'boltzgen.config' not in sys.modules; import boltzgen.nn.time")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", "import boltzgen, sys; assert 'torch' not in sys.modules, 'heavy import'"],
+                   check=True)
