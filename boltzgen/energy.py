@@ -1,7 +1,7 @@
 """Time-dependent energy model E_θ(x, t) with an EDM-style Gaussian prior term and a learned
 log-normaliser F(t).
 
-The model (DESIGN.md, section 3) is
+The model (``docs/design.md``, section 3) is
 
     E_θ(x, t) = ‖x̃‖² / (2 c_t²) + λ(t) g_θ(x̃ / c_t, t),      c_t² = α_t² σ_data² + σ_t²,
 
@@ -144,7 +144,7 @@ class EnergyModel(nn.Module):
     normaliser_hidden : int
         Width of the ``"mlp"`` log-normaliser.
     output_scale : {"none", "edm"}
-        λ(t) = 1 (``"none"``, the plain parameterisation of DESIGN.md) or σ_data/σ_t (``"edm"``).
+        λ(t) = 1 (``"none"``, the plain parameterisation) or σ_data/σ_t (``"edm"``).
     net_config : dict, optional
         JSON-serialisable description of ``net``, stored in :meth:`config` for the caller's
         network factory.

@@ -4,7 +4,7 @@ A run directory holds
 
 ``config.yaml``       the resolved configuration (what ``boltzgen train`` ran with);
 ``checkpoint.pt``     the last checkpoint: model, EMA, optimiser and RNG state (atomic; resumable);
-``model.pt``          the EMA weights and everything :func:`load_model` needs;
+``model.pt``          the EMA weights and everything :func:`boltzgen.model.load_model` needs;
 ``topology.pdb``      the atoms of molecular systems (network atom embeddings are built from it);
 ``train_log.csv``     one row per logged step (loss parts, learning rate, validation losses);
 ``metrics.json``      a summary written at the end;
@@ -12,16 +12,16 @@ A run directory holds
 
 Coordinates are standardised before training: the model works in units of ``length_scale``
 (the RMS per degree of freedom of the centred data), so noise levels mean the same for nm-scale
-molecules and reduced-unit toy targets. :func:`load_model` returns a :class:`TrainedModel` whose
+molecules and reduced-unit toy targets. :func:`boltzgen.model.load_model` returns a
+:class:`~boltzgen.model.TrainedModel` whose
 ``energy`` and ``score`` take coordinates in the data's own units (nm for molecules).
 
-Data-parallel training on CPU cores (:func:`train_in_processes`, ``boltzgen train --processes
-P``): P processes each draw batch_size / P configurations from their own seed, their gradients
-are averaged (so every step is a step on a batch of batch_size, as in one process), and only rank
-0 writes files. Measured on 2 cores (alanine dipeptide, EGNN, batch 64; ``benchmarks/train_cost.py
---processes 2``): two one-thread processes take 0.48 s per step, one process with two threads 0.56
-s (1.17x). The loop also runs under any ``torch.distributed`` process group initialised by the
-caller.
+Data-parallel training on CPU cores is :func:`boltzgen.parallel.train_in_processes` (``boltzgen
+train --processes P``); the loop here also runs under any ``torch.distributed`` process group
+initialised by the caller, and only rank 0 writes files. The configuration is
+:class:`boltzgen.config.TrainConfig` (:func:`boltzgen.config.load_train_config`); the workflow
+entry point is :func:`boltzgen.workflow.train`, and :func:`boltzgen.workflow.quickstart` runs the
+whole chain.
 """
 
 from __future__ import annotations
@@ -250,11 +250,9 @@ def _batch_seed(seed: int, rank: int) -> int:
 def ema_decay(decay: float, step: int) -> float:
     """EMA decay used after optimisation step ``step`` (0-based): min(decay, (1 + step) / (10 + step)).
 
-    The warm-up keeps the average from clinging to the initial weights in short runs: with a
-    fixed 0.999, the EMA after 1000 steps still holds 37 % of the untrained network (on CPU
-    budgets of a few thousand steps this made the EMA model much worse than the trained one);
-    with the warm-up it averages over roughly the last 10 % of the steps until it reaches
-    ``decay``.
+    The warm-up keeps the average from clinging to the initial weights in short runs (with a fixed
+    decay d the EMA after n steps still holds d^n of the untrained network): until it reaches
+    ``decay`` it averages over roughly the last tenth of the steps.
 
     Parameters
     ----------
