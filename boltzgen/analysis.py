@@ -6,9 +6,11 @@ log-sum-exp, so log-weights spanning hundreds of units, or all shifted by a cons
 answers. A log-weight of −inf (weight zero) is allowed; NaN or +inf is a ValueError. Free energies
 are in kT (F = −ln p), angles in radians, reduced energies dimensionless (u = U/kT).
 
-- :func:`torsions`: backbone φ and ψ (through mdtraj, :func:`boltzgen.weights.phi_psi`);
+- :func:`torsions`: backbone φ and ψ (through mdtraj, :func:`boltzgen.states.phi_psi`; per residue
+  :func:`boltzgen.states.backbone_torsions`);
 - :func:`weighted_histogram`, :func:`free_energy_profile` (with bootstrap errors),
   :func:`free_energy_surface` (the Ramachandran free-energy map);
+- :func:`state_free_energy_metrics`: F_k − F_0 of a system's states (and ΔF for two) as metrics;
 - :func:`energy_w2`: exact 1-D Wasserstein-2 distance between two weighted energy distributions;
 - :func:`torsion_w2`: Wasserstein-2 distance on the torus of (φ, ψ), exact optimal assignment of
   ``n`` resampled points each (the convention of the equivariant-flow-matching papers, which use
@@ -22,11 +24,21 @@ import math
 from typing import NamedTuple, Optional
 
 import numpy as np
+from scipy.special import logsumexp
 
 from . import weights as W
+from .states import phi_psi
 
-__all__ = ["torsions", "weighted_histogram", "free_energy_profile", "FreeEnergyProfile", "free_energy_surface",
-           "energy_w2", "torsion_w2"]
+__all__ = [
+    "torsions",
+    "weighted_histogram",
+    "free_energy_profile",
+    "FreeEnergyProfile",
+    "free_energy_surface",
+    "energy_w2",
+    "torsion_w2",
+    "state_free_energy_metrics",
+]
 
 TWO_PI = 2.0 * math.pi
 builtins_range = builtins.range  # `range` is a parameter name below
@@ -37,10 +49,10 @@ def _log_w(log_w, n: int, name: str = "log_w") -> np.ndarray:
     """(n,) float64 log-weights (zeros for None), checked, with at least one nonzero weight."""
     if log_w is None:
         return np.zeros(n)
-    lw = W._check_log_w(log_w, name)
+    lw = W.check_log_weights(log_w, name)
     if lw.shape[0] != n:
         raise ValueError(f"{name} has {lw.shape[0]} entries but there are {n} samples")
-    W._require_some_weight(lw, name)
+    W.require_some_weight(lw, name)
     return lw
 
 
@@ -49,7 +61,7 @@ def _weighted_values(values, log_w, name: str = "values", lw_name: str = "log_w"
 
     Non-finite values are allowed only where the weight is zero.
     """
-    v = W._as_float64(values, name)
+    v = W.as_float64(values)
     if v.ndim == 0:
         v = v.reshape(1)
     if v.shape[0] == 0:
@@ -60,16 +72,17 @@ def _weighted_values(values, log_w, name: str = "values", lw_name: str = "log_w"
     bad = rows_bad & keep
     if bad.any():
         idx = np.flatnonzero(bad)
-        raise ValueError(f"{name} is not finite at {idx.size} samples with nonzero weight (indices {W._first(idx)}); "
-                         "give such samples log-weight -inf or remove them")
+        raise ValueError(
+            f"{name} is not finite at {idx.size} samples with nonzero weight (indices {W.format_indices(idx)}); "
+            "give such samples log-weight -inf or remove them"
+        )
     v, lw = v[keep], lw[keep]
-    w = np.exp(lw - W.logsumexp(lw))
-    return v, w, lw
+    return v, W.normalized_weights(lw), lw
 
 
 # ---------------------------------------------------------------------------- torsions
 def torsions(x_or_traj, topology=None) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone torsions φ and ψ in radians (mdtraj), as :func:`boltzgen.weights.phi_psi`.
+    """Backbone torsions φ and ψ in radians (mdtraj), :func:`boltzgen.states.phi_psi`.
 
     For alanine dipeptide in the built-in atom order φ is atoms (4, 6, 8, 14) and ψ is
     (6, 8, 14, 16), zero-based.
@@ -91,7 +104,7 @@ def torsions(x_or_traj, topology=None) -> tuple[np.ndarray, np.ndarray]:
     ValueError
         No topology for coordinates, mismatched atom count, or no φ torsion in the topology.
     """
-    return W.phi_psi(x_or_traj, topology)
+    return phi_psi(x_or_traj, topology)
 
 
 # ---------------------------------------------------------------------------- histograms
@@ -178,15 +191,16 @@ class _Binned:
         m = np.where(np.isfinite(m), m, 0.0)
         with np.errstate(divide="ignore"):
             log_mass = np.log(np.add.reduceat(np.exp(l_sorted - np.repeat(m, self.lengths)), self.starts)) + m
-        total = W.logsumexp(log_mass)
+        total = logsumexp(log_mass)
         out = np.full(self.log_widths.shape[0], -np.inf)
         inside = self.group_bin >= 0
         out[self.group_bin[inside]] = log_mass[inside] - total
         return out - self.log_widths
 
 
-def free_energy_profile(values, log_w=None, bins=60, range=(-math.pi, math.pi), n_bootstrap: int = 200,
-                        seed=0, block_size: int = 1) -> FreeEnergyProfile:
+def free_energy_profile(
+    values, log_w=None, bins=60, range=(-math.pi, math.pi), n_bootstrap: int = 200, seed=0, block_size: int = 1
+) -> FreeEnergyProfile:
     """Free-energy profile F(s) = −ln p(s) of weighted samples of a collective variable s, in kT.
 
     p is the histogram density of the whole (weighted) sample, samples outside ``range``
@@ -244,14 +258,14 @@ def free_energy_profile(values, log_w=None, bins=60, range=(-math.pi, math.pi), 
     s1 = np.bincount(idx[inside], weights=wrel[inside], minlength=n_bins)
     s2 = np.bincount(idx[inside], weights=wrel[inside] ** 2, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        bin_ess = np.where(s2 > 0, s1 ** 2 / np.where(s2 > 0, s2, 1.0), 0.0)
+        bin_ess = np.where(s2 > 0, s1**2 / np.where(s2 > 0, s2, 1.0), 0.0)
 
     err = np.full(n_bins, np.nan)
     if n_bootstrap:
         if int(n_bootstrap) < 2:
             raise ValueError(f"n_bootstrap must be 0 (no errors) or at least 2, got {n_bootstrap}")
         # Resampling B samples with replacement = multiplying each weight by its multiplicity c_i.
-        rng = W._rng(seed)
+        rng = W.rng_from_seed(seed)
         n = lw.shape[0]
         reps = np.empty((int(n_bootstrap), n_bins))
         with np.errstate(divide="ignore"):
@@ -288,8 +302,8 @@ def free_energy_surface(phi, psi, log_w=None, bins=60, range=((-math.pi, math.pi
     phi_edges : ndarray, shape (bins_phi + 1,)
     psi_edges : ndarray, shape (bins_psi + 1,)
     """
-    a = W._as_float64(phi, "phi").reshape(-1)
-    b = W._as_float64(psi, "psi").reshape(-1)
+    a = W.as_float64(phi).reshape(-1)
+    b = W.as_float64(psi).reshape(-1)
     if a.shape != b.shape:
         raise ValueError(f"phi has {a.shape[0]} entries but psi has {b.shape[0]}")
     v, w, _ = _weighted_values(np.stack([a, b], axis=1), log_w, name="phi/psi")
@@ -309,6 +323,9 @@ def energy_w2(u, u_ref, log_w=None, log_w_ref=None) -> float:
     For measures on the line, W2² = ∫₀¹ (F⁻¹(p) − G⁻¹(p))² dp with F⁻¹, G⁻¹ the quantile functions.
     The quantile functions of weighted empirical measures are step functions, so the integral is
     a finite sum over the merged breakpoints of the two cumulative weights: exact, with no binning.
+    POT's ``ot.wasserstein_1d(u, u_ref, w, w_ref, p=2)`` computes the same sum (its square root
+    agrees to float rounding); it is not used because POT is not a dependency of the package and
+    this sum is all that is needed.
 
     Parameters
     ----------
@@ -347,9 +364,8 @@ def energy_w2(u, u_ref, log_w=None, log_w_ref=None) -> float:
 
 def _as_angles(angles, name: str) -> np.ndarray:
     if isinstance(angles, tuple) and len(angles) == 2:  # the (phi, psi) pair of torsions()
-        angles = np.stack([W._as_float64(angles[0], name).reshape(-1), W._as_float64(angles[1], name).reshape(-1)],
-                          axis=1)
-    a = W._as_float64(angles, name)
+        angles = np.stack([W.as_float64(angles[0]).reshape(-1), W.as_float64(angles[1]).reshape(-1)], axis=1)
+    a = W.as_float64(angles)
     if a.ndim == 1:
         a = a[:, None]
     if a.ndim != 2 or a.shape[0] == 0:
@@ -373,7 +389,9 @@ def torsion_w2(angles, angles_ref, log_w=None, log_w_ref=None, n: int = 2000, se
     with probabilities equal to the normalised weights, unweighted ones with at least ``n`` points
     by drawing ``n`` without replacement. The optimal assignment between the two point sets
     (``scipy.optimize.linear_sum_assignment``, exact) gives W2 = sqrt(mean cost). This is the
-    convention of the equivariant-flow-matching papers (POT ``emd`` on the torus distance).
+    convention of the equivariant-flow-matching papers: POT's ``ot.emd2`` with uniform weights on
+    the same cost matrix gives the same optimum (to float rounding); scipy's exact assignment is
+    used because POT is not a dependency of the package.
 
     Parameters
     ----------
@@ -383,7 +401,7 @@ def torsion_w2(angles, angles_ref, log_w=None, log_w_ref=None, n: int = 2000, se
     log_w, log_w_ref : array, optional
         Log-weights of each sample (None: unweighted).
     n : int
-        Points per sample for the assignment (cost O(n³); 2000 takes about a second).
+        Points per sample for the assignment (time grows as n³).
     seed : int or None
         Random state of the resampling. Both samples are drawn with generators of the same seed,
         so identical inputs give W2 = 0.
@@ -409,3 +427,60 @@ def torsion_w2(angles, angles_ref, log_w=None, log_w_ref=None, n: int = 2000, se
     cost = np.sum(d * d, axis=-1)
     rows, cols = linear_sum_assignment(cost)
     return float(math.sqrt(cost[rows, cols].mean()))
+
+
+# ---------------------------------------------------------------------------- states
+def _finite(value) -> Optional[float]:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def state_free_energy_metrics(
+    log_w, labels, names, *, seed=0, n_bootstrap: int = 200, block_size=1, groups=None
+) -> dict:
+    """Free energies of a system's states as JSON-ready metrics (a note instead of an error).
+
+    Parameters
+    ----------
+    log_w : array, shape (B,)
+        Log-weights of the samples.
+    labels : array of int, shape (B,)
+        State label of each sample (:meth:`boltzgen.states.StateSet.assign`).
+    names : sequence of str
+        The K state names (``StateSet.names``).
+    seed, n_bootstrap, groups
+        As for :func:`boltzgen.weights.state_free_energies`.
+    block_size : int or "auto"
+        Bootstrap block length; ``"auto"`` from the state indicators (MD trajectories).
+
+    Returns
+    -------
+    dict
+        ``state_counts`` (samples per state), ``bootstrap_block_size``,
+        ``state_free_energies_kT`` and ``state_free_energies_err_kT`` (F_k − F_0 in kT, None
+        where undefined) or ``state_free_energies_note``; for two states also ``delta_f_kT``,
+        ``delta_f_err_kT`` (F(names[1]) − F(names[0]), None when undefined, then with
+        ``delta_f_note``) and ``delta_f_definition``.
+    """
+    names = list(names)
+    lab = np.asarray(labels, dtype=np.int64)
+    k = len(names)
+    block = W.resolve_block_size(block_size, *(lab == i for i in builtins_range(k)))
+    out: dict = {"state_counts": np.bincount(lab, minlength=k).tolist(), "bootstrap_block_size": block}
+    try:
+        est = W.state_free_energies(log_w, lab, k, groups=groups, seed=seed, n_bootstrap=n_bootstrap, block_size=block)
+    except ValueError as exc:
+        est = None
+        out.update(state_free_energies_kT=None, state_free_energies_note=str(exc))
+    else:
+        out.update(
+            state_free_energies_kT=[_finite(e.value) for e in est],
+            state_free_energies_err_kT=[_finite(e.error) for e in est],
+        )
+    if k == 2:
+        out["delta_f_definition"] = f"F({names[1]}) - F({names[0]}) in kT"
+        value = None if est is None else _finite(est[1].value)
+        out.update(delta_f_kT=value, delta_f_err_kT=None if value is None else _finite(est[1].error))
+        if value is None:
+            reason = out.get("state_free_energies_note") or f"no sample of {names[1]} has weight"
+            out["delta_f_note"] = f"{names[1]} vs {names[0]}: {reason}"
+    return out

@@ -4,15 +4,22 @@
 sample`` or ``boltzgen reweight``: weighted), optionally a reference sample file of the same system
 (e.g. long MD), and writes into an output directory, each file atomically:
 
-- ``ramachandran.png``: the weighted (φ, ψ) free-energy surface in kT (molecules with a backbone φ);
-- ``torsion_profiles.png``: F(φ) and F(ψ) with bootstrap error bands, the reference overlaid;
+- ``ramachandran.png``: the weighted (φ, ψ) free-energy surface in kT, one row per residue with a
+  backbone φ and ψ (peptides);
+- ``torsion_profiles.png``: F(φ) and F(ψ) of each residue with bootstrap error bands, the reference
+  overlaid;
 - ``energy_histogram.png``: weighted histograms of the reduced energy against the reference;
 - ``ess_trace.png``: the ESS fraction along the SMC levels (when SMC metrics are found);
 - ``training_loss.png``: the training-loss curves of the run that made the samples;
-- ``metrics.json``: n, ESS, W2 distances to the reference, ΔF = F(φ > 0) − F(φ < 0) (errors of
-  MD trajectories, time-ordered correlated frames, by a block bootstrap:
-  ``bootstrap_block_size``);
-- ``index.html``: one page with the figures and a metrics table.
+- ``metrics.json``: n, ESS, W2 distances to the reference, the free energies F_k − F_0 of the
+  molecule's states (:func:`boltzgen.states.default_states`: for a peptide the joint φ signs of its
+  residues; for two states, as alanine dipeptide, ΔF = F(φ > 0) − F(φ < 0)), per residue ΔF of
+  its φ sign (``per_residue``); errors of MD trajectories, time-ordered correlated frames, by a
+  block bootstrap (``bootstrap_block_size``);
+- ``index.html``: one page with the figures, a metrics table, the state and residue tables.
+
+An analysis that does not apply (no topology, no backbone, no reference, no SMC trace) is skipped
+with an entry in ``notes``; it never stops the report.
 
 Figures use matplotlib's Agg canvas directly (no pyplot), so the global backend of an interactive
 session is left alone.
@@ -32,6 +39,7 @@ import numpy as np
 from . import analysis as A
 from . import weights as W
 from .io import atomic_path, is_md_trajectory, load_samples, write_json
+from .states import backbone_states, backbone_torsions, default_states
 
 __all__ = ["analyze"]
 
@@ -55,13 +63,13 @@ def _finite_or_none(value):
     return value
 
 
-def _figure(ncols: int = 1, width: float = 5.0, height: float = 4.0):
+def _figure(ncols: int = 1, width: float = 5.0, height: float = 4.0, nrows: int = 1):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
     return fig, axes
 
 
@@ -70,16 +78,6 @@ def _save(fig, out_dir: str, name: str, figures: dict, key: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     figures[key] = name
-
-
-def _block_size(samples, tors) -> int:
-    """Bootstrap block length of a sample file: for an MD trajectory (:func:`boltzgen.io.is_md_trajectory`)
-    from the correlation of the φ states (:func:`boltzgen.weights.resolve_block_size`), else 1
-    (independent particles)."""
-    if samples is None or tors is None or not is_md_trajectory(samples.metadata):
-        return 1
-    phi = np.asarray(tors[0])
-    return W.resolve_block_size("auto", phi < 0, phi > 0)
 
 
 def _run_groups(samples) -> Optional[np.ndarray]:
@@ -107,18 +105,20 @@ def _check_compatible(samples, reference, path: str, ref_path: str) -> None:
         raise ValueError(f"one file is molecular and the other is not ({which} has no topology)")
 
 
-def _phi_psi(samples, notes: list, label: str):
-    """(phi, psi) of a molecule with one φ and one ψ, or None (with a note why not)."""
-    if samples.topology is None:
+def _backbone(samples, notes: list, label: str) -> Optional[list]:
+    """``[(residue, φ, ψ), ...]`` of the residues with a backbone φ and ψ, or None (with a note)."""
+    if samples is None or samples.topology is None:
         return None
-    if not W.has_phi(samples.topology):
-        notes.append(f"{label}: no backbone phi torsion; torsion plots and metrics skipped")
+    try:
+        tors = backbone_torsions(samples.x, samples.topology)
+    except ValueError as exc:
+        notes.append(f"{label}: {exc}; torsion plots and metrics skipped")
         return None
-    phi, psi = A.torsions(samples.x, samples.topology)
-    if phi.ndim != 1 or psi.ndim != 1:
-        notes.append(f"{label}: more than one phi/psi torsion; only alanine-dipeptide-like molecules get torsion plots")
+    residues = [key[4:-1] for key in tors if key.startswith("phi(") and f"psi{key[3:]}" in tors]
+    if not residues:
+        notes.append(f"{label}: no backbone phi and psi torsion; torsion plots and metrics skipped")
         return None
-    return phi, psi
+    return [(r, tors[f"phi({r})"], tors[f"psi({r})"]) for r in residues]
 
 
 def _read_smc(path: str, smc_metrics: Optional[dict], notes: list) -> Optional[dict]:
@@ -170,47 +170,56 @@ def _read_train_log(path: str) -> dict:
             return math.nan
 
     cols = rows[0].keys() if rows else []
-    return {c: np.array([num(r.get(c)) for r in rows]) for c in cols if c != "phase"} | \
-        {"phase": np.array([r.get("phase", "") for r in rows])}
+    return {c: np.array([num(r.get(c)) for r in rows]) for c in cols if c != "phase"} | {
+        "phase": np.array([r.get("phase", "") for r in rows])
+    }
 
 
 # ---------------------------------------------------------------------------- plots
 def _plot_ramachandran(out_dir, figures, tors, lw, ref_tors, ref_lw):
-    panels = [("samples", tors, lw)] + ([("reference", ref_tors, ref_lw)] if ref_tors is not None else [])
-    fig, axes = _figure(len(panels), width=4.8, height=4.0)
+    """One row per residue: F(φ, ψ) of the samples and, beside it, of the reference."""
+    sources = [("samples", tors, lw)] + ([("reference", ref_tors, ref_lw)] if ref_tors is not None else [])
+    fig, axes = _figure(len(sources), width=4.8, height=4.0, nrows=len(tors))
     mesh = None
-    for ax, (title, (phi, psi), w) in zip(axes, panels):
-        f, xe, ye = A.free_energy_surface(phi, psi, w, bins=60)
-        masked = np.ma.masked_invalid(np.where(np.isfinite(f), np.minimum(f, F_MAX_KT), np.nan))
-        mesh = ax.pcolormesh(xe, ye, masked.T, cmap="viridis", vmin=0.0, vmax=F_MAX_KT, shading="flat")
-        ax.set_xlim(-math.pi, math.pi)
-        ax.set_ylim(-math.pi, math.pi)
-        ax.set_xlabel("φ / rad")
-        ax.set_ylabel("ψ / rad")
-        ax.set_title(f"F(φ, ψ), {title}")
-        ax.set_aspect("equal")
+    for row in range(len(tors)):
+        for col, (title, per_residue, w) in enumerate(sources):
+            ax = axes[row * len(sources) + col]
+            residue, phi, psi = per_residue[row]
+            f, xe, ye = A.free_energy_surface(phi, psi, w, bins=60)
+            masked = np.ma.masked_invalid(np.where(np.isfinite(f), np.minimum(f, F_MAX_KT), np.nan))
+            mesh = ax.pcolormesh(xe, ye, masked.T, cmap="viridis", vmin=0.0, vmax=F_MAX_KT, shading="flat")
+            ax.set_xlim(-math.pi, math.pi)
+            ax.set_ylim(-math.pi, math.pi)
+            ax.set_xlabel("φ / rad")
+            ax.set_ylabel("ψ / rad")
+            ax.set_title(f"F(φ, ψ), {title}" + (f", {residue}" if len(tors) > 1 else ""))
+            ax.set_aspect("equal")
     fig.colorbar(mesh, ax=axes, label="F / kT")
     _save(fig, out_dir, "ramachandran.png", figures, "ramachandran")
 
 
 def _plot_profiles(out_dir, figures, tors, lw, ref_tors, ref_lw, seed, blocks=(1, 1)):
-    fig, axes = _figure(2, width=5.0, height=3.8)
-    for k, (ax, name) in enumerate(zip(axes, ("φ", "ψ"))):
-        series = [("samples", tors[k], lw, "C0", "-", blocks[0])]
-        if ref_tors is not None:
-            series.append(("reference", ref_tors[k], ref_lw, "C1", "--", blocks[1]))
-        for label, values, w, color, style, block in series:
-            prof = A.free_energy_profile(values, w, bins=60, n_bootstrap=100, seed=seed, block_size=block)
-            f = np.where(np.isfinite(prof.f_kT), prof.f_kT, np.nan)
-            ax.plot(prof.centers, f, style, color=color, label=label)
-            err = np.where(np.isfinite(prof.f_err_kT), prof.f_err_kT, np.nan)
-            ax.fill_between(prof.centers, f - err, f + err, color=color, alpha=0.25, linewidth=0)
-        ax.set_xlim(-math.pi, math.pi)
-        ax.set_ylim(bottom=-0.5)
-        ax.set_xlabel(f"{name} / rad")
-        ax.set_ylabel("F / kT")
-        ax.set_title(f"F({name}) (band: bootstrap standard error)")
-        ax.legend()
+    """One row per residue: F(φ) and F(ψ) with bootstrap bands, the reference dashed."""
+    fig, axes = _figure(2, width=5.0, height=3.8, nrows=len(tors))
+    for row, (residue, *angles) in enumerate(tors):
+        for k, name in enumerate(("φ", "ψ")):
+            ax = axes[2 * row + k]
+            series = [("samples", angles[k], lw, "C0", "-", blocks[0])]
+            if ref_tors is not None:
+                series.append(("reference", ref_tors[row][1 + k], ref_lw, "C1", "--", blocks[1]))
+            for label, values, w, color, style, block in series:
+                prof = A.free_energy_profile(values, w, bins=60, n_bootstrap=100, seed=seed, block_size=block)
+                f = np.where(np.isfinite(prof.f_kT), prof.f_kT, np.nan)
+                ax.plot(prof.centers, f, style, color=color, label=label)
+                err = np.where(np.isfinite(prof.f_err_kT), prof.f_err_kT, np.nan)
+                ax.fill_between(prof.centers, f - err, f + err, color=color, alpha=0.25, linewidth=0)
+            ax.set_xlim(-math.pi, math.pi)
+            ax.set_ylim(bottom=-0.5)
+            ax.set_xlabel(f"{name} / rad")
+            ax.set_ylabel("F / kT")
+            where = f" of {residue}" if len(tors) > 1 else ""
+            ax.set_title(f"F({name}){where} (band: bootstrap standard error)")
+            ax.legend()
     _save(fig, out_dir, "torsion_profiles.png", figures, "torsion_profiles")
 
 
@@ -288,9 +297,9 @@ def _plot_training(out_dir, figures, log: dict) -> None:
 
 # ---------------------------------------------------------------------------- html
 _CAPTIONS = {
-    "ramachandran": "Weighted Ramachandran free-energy map F(φ, ψ) in kT (white: no weight).",
-    "torsion_profiles": "Free-energy profiles along φ and ψ, bands one bootstrap standard error "
-                        "(block bootstrap for MD trajectories).",
+    "ramachandran": "Weighted Ramachandran free-energy maps F(φ, ψ) in kT, one row per residue (white: no weight).",
+    "torsion_profiles": "Free-energy profiles along φ and ψ of each residue, bands one bootstrap standard error "
+    "(block bootstrap for MD trajectories).",
     "energy_histogram": "Weighted reduced-energy histograms.",
     "ess_trace": "ESS fraction after each SMC reweighting (dotted: resampling).",
     "training_loss": "Training and validation losses (train_log.csv).",
@@ -304,12 +313,17 @@ def _fmt(value) -> str:
 
 
 def _write_html(out_dir: str, metrics: dict) -> None:
-    rows = "\n".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                     for k, v in metrics.items() if not isinstance(v, (dict, list)))
+    rows = "\n".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in metrics.items()
+        if not isinstance(v, (dict, list))
+    )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in metrics.get("notes", []))
-    figs = "\n".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(key)}">'
-                     f"<figcaption>{html.escape(_CAPTIONS.get(key, key))}</figcaption></figure>"
-                     for key, name in metrics.get("figures", {}).items())
+    figs = "\n".join(
+        f'<figure><img src="{html.escape(name)}" alt="{html.escape(key)}">'
+        f"<figcaption>{html.escape(_CAPTIONS.get(key, key))}</figcaption></figure>"
+        for key, name in metrics.get("figures", {}).items()
+    )
     title = f"boltzgen report: {os.path.basename(metrics.get('samples', ''))}"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -333,9 +347,86 @@ figcaption {{ color: #555; }}
         handle.write(page)
 
 
+# ---------------------------------------------------------------------------- torsions and states
+def _state_metrics(states, source, w, groups, seed) -> dict:
+    """:func:`boltzgen.analysis.state_free_energy_metrics` of one file (block bootstrap for MD)."""
+    block = "auto" if is_md_trajectory(source.metadata) else 1
+    return A.state_free_energy_metrics(
+        w, states.assign(source.x), states.names, seed=seed, n_bootstrap=200, block_size=block, groups=groups
+    )
+
+
+def _torsion_analysis(out_dir, figures, metrics, notes, samples, ref, lw, ref_lw, seed) -> None:
+    """Ramachandran maps, torsion profiles, state free energies, per-residue ΔF and torsion W2."""
+    tors = _backbone(samples, notes, "samples")
+    if tors is None:
+        if samples.topology is None:
+            notes.append("not a molecular system: torsion plots and metrics skipped")
+        return
+    ref_tors = _backbone(ref, [], "reference")
+    if ref_tors is not None and [r[0] for r in ref_tors] != [r[0] for r in tors]:
+        notes.append("the reference has other residues: reference torsions skipped")
+        ref_tors = None
+    states = default_states(samples.topology)
+    sources = [("", samples, lw, _run_groups(samples))] + ([("reference_", ref, ref_lw, None)] if ref_tors else [])
+    blocks = [1, 1]
+    for i, (prefix, source, w, groups) in enumerate(sources):
+        result = _state_metrics(states, source, w, groups, seed)
+        blocks[i] = result["bootstrap_block_size"]
+        if result.get("delta_f_note"):
+            notes.append(f"{prefix}delta_f: {result['delta_f_note']}")
+        if result.get("state_free_energies_note"):
+            notes.append(f"{prefix}state free energies: {result['state_free_energies_note']}")
+        if groups is not None:
+            metrics[f"{prefix}bootstrap_runs"] = int(np.unique(groups).size)
+        if len(tors) == 1:  # φ > 0 frames with weight (alanine dipeptide's rare state)
+            phi = (ref_tors if prefix else tors)[0][1]
+            metrics[f"{prefix}phi_positive_n"] = int(np.sum((phi > 0) & np.isfinite(w)))
+        definition = result.pop("delta_f_definition", None)
+        result.pop("delta_f_note", None)
+        if not prefix:
+            metrics.update(states={"name": states.name, "names": list(states.names)}, delta_f_definition=definition)
+        metrics.update({prefix + k: v for k, v in result.items()})
+    metrics["per_residue"] = _per_residue(samples, ref if ref_tors else None, lw, ref_lw, seed, blocks)
+    _plot_ramachandran(out_dir, figures, tors, lw, ref_tors, ref_lw)
+    _plot_profiles(out_dir, figures, tors, lw, ref_tors, ref_lw, seed, blocks)
+    if ref_tors is not None:
+        n_w2 = int(min(2000, max(len(samples), len(ref))))
+        columns = [np.stack([a for _, phi, psi in t for a in (phi, psi)], 1) for t in (tors, ref_tors)]
+        metrics["torsion_w2"] = A.torsion_w2(*columns, samples.log_weights, ref.log_weights, n=n_w2, seed=seed)
+        metrics["torsion_w2_n"] = n_w2
+
+
+def _per_residue(samples, ref, lw, ref_lw, seed, blocks) -> dict:
+    """ΔF = F(φ > 0) − F(φ < 0) of each residue (and of the reference), with notes where undefined."""
+    out = {}
+    for states in backbone_states(samples.topology):
+        residue = states.name[4:-1]  # "phi(ALA2)" -> "ALA2"
+        entry: dict[str, Any] = {}
+        sources = [("", samples, lw, _run_groups(samples), blocks[0])]
+        sources += [("reference_", ref, ref_lw, None, blocks[1])] if ref is not None else []
+        for prefix, source, w, groups, block in sources:
+            labels = states.assign(source.x)
+            result = A.state_free_energy_metrics(w, labels, states.names, seed=seed, block_size=block, groups=groups)
+            entry[f"{prefix}phi_positive_n"] = int(np.sum((labels == 1) & np.isfinite(w)))
+            entry[f"{prefix}delta_f_kT"] = result["delta_f_kT"]
+            entry[f"{prefix}delta_f_err_kT"] = result["delta_f_err_kT"]
+            if result.get("delta_f_note"):
+                entry[f"{prefix}note"] = result["delta_f_note"]
+        out[residue] = entry
+    return out
+
+
 # ---------------------------------------------------------------------------- entry point
-def analyze(path: str, out_dir: str, reference: Optional[str] = None, *, run_dir: Optional[str] = None,
-            smc_metrics: Optional[dict] = None, seed: int = 0) -> dict:
+def analyze(
+    path: str,
+    out_dir: str,
+    reference: Optional[str] = None,
+    *,
+    run_dir: Optional[str] = None,
+    smc_metrics: Optional[dict] = None,
+    seed: int = 0,
+) -> dict:
     """Plots and metrics of a sample file, written into ``out_dir``.
 
     Parameters
@@ -385,21 +476,25 @@ def analyze(path: str, out_dir: str, reference: Optional[str] = None, *, run_dir
     figures: dict = {}
 
     lw = _log_w(samples)
-    W._check_log_w(lw, f"log_weights of {path}")
-    W._require_some_weight(lw, f"log_weights of {path}")
+    W.check_log_weights(lw, f"log_weights of {path}")
+    W.require_some_weight(lw, f"log_weights of {path}")
     meta = samples.metadata or {}
     metrics: dict[str, Any] = {
-        "command": "analyze", "samples": os.path.abspath(path),
+        "command": "analyze",
+        "samples": os.path.abspath(path),
         "reference": os.path.abspath(reference) if reference is not None else None,
         "system": meta.get("system") or (meta.get("source_metadata") or {}).get("system"),
-        "n": len(samples), "weighted": samples.log_weights is not None,
-        "n_zero_weight": int(np.sum(~np.isfinite(lw))), "ess": W.ess(lw), "ess_fraction": W.ess_fraction(lw),
+        "n": len(samples),
+        "weighted": samples.log_weights is not None,
+        "n_zero_weight": int(np.sum(~np.isfinite(lw))),
+        "ess": W.ess(lw),
+        "ess_fraction": W.ess_fraction(lw),
     }
     ref_lw = None
     if ref is not None:
         ref_lw = _log_w(ref)
-        W._check_log_w(ref_lw, f"log_weights of {reference}")
-        W._require_some_weight(ref_lw, f"log_weights of {reference}")
+        W.check_log_weights(ref_lw, f"log_weights of {reference}")
+        W.require_some_weight(ref_lw, f"log_weights of {reference}")
         metrics.update(reference_n=len(ref), reference_ess=W.ess(ref_lw))
         t_s, t_r = meta.get("temperature_K"), (ref.metadata or {}).get("temperature_K")
         if t_s is not None and t_r is not None and t_s != t_r:
@@ -422,44 +517,17 @@ def analyze(path: str, out_dir: str, reference: Optional[str] = None, *, run_dir
         except ValueError as exc:
             notes.append(f"reduced energies: {exc}; energy metrics and histogram skipped")
 
-    # torsions
-    tors = _phi_psi(samples, notes, "samples")
-    ref_tors = _phi_psi(ref, [], "reference") if (ref is not None and tors is not None) else None
-    if tors is None and samples.topology is None:
-        notes.append("not a molecular system: torsion plots and metrics skipped")
-    if tors is not None:
-        _plot_ramachandran(out_dir, figures, tors, lw, ref_tors, ref_lw)
-        # MD frames are correlated in time: block bootstrap, blocks set by the slow φ states
-        # (independent SMC or importance-sampling particles: the plain bootstrap)
-        blocks = [_block_size(source, t) for source, t in ((samples, tors), (ref, ref_tors))]
-        _plot_profiles(out_dir, figures, tors, lw, ref_tors, ref_lw, seed, blocks)
-        runs = [("", tors, lw, blocks[0], _run_groups(samples))]
-        runs += [("reference_", ref_tors, ref_lw, blocks[1], None)] if ref_tors else []
-        for prefix, (phi, _), w, block, groups in runs:
-            metrics[f"{prefix}bootstrap_block_size"] = block
-            metrics[f"{prefix}phi_positive_n"] = int(np.sum((phi > 0) & np.isfinite(w)))  # with weight
-            if groups is not None:
-                metrics[f"{prefix}bootstrap_runs"] = int(np.unique(groups).size)
-            try:
-                est = W.delta_f(w, phi < 0, phi > 0, n_bootstrap=200, seed=seed, block_size=block, groups=groups)
-            except ValueError as exc:
-                metrics[f"{prefix}delta_f_kT"] = None
-                notes.append(f"{prefix}delta_f (phi > 0 vs phi < 0): {exc}")
-            else:
-                metrics[f"{prefix}delta_f_kT"], metrics[f"{prefix}delta_f_err_kT"] = est.value, est.error
-        metrics["delta_f_definition"] = "F(phi > 0) - F(phi < 0) in kT"
-        if ref_tors is not None:
-            n_w2 = int(min(2000, max(len(samples), len(ref))))
-            metrics["torsion_w2"] = A.torsion_w2(np.stack(tors, 1), np.stack(ref_tors, 1),
-                                                 samples.log_weights, ref.log_weights, n=n_w2, seed=seed)
-            metrics["torsion_w2_n"] = n_w2
+    _torsion_analysis(out_dir, figures, metrics, notes, samples, ref, lw, ref_lw, seed)
 
     # SMC and training
     smc = _read_smc(path, smc_metrics, notes)
     if smc is not None:
         _plot_ess(out_dir, figures, smc)
-        metrics.update(smc_min_ess_fraction=smc.get("min_ess_fraction"), smc_log_z=smc.get("log_z"),
-                       smc_n_resampling=smc.get("n_resampling"))
+        metrics.update(
+            smc_min_ess_fraction=smc.get("min_ess_fraction"),
+            smc_log_z=smc.get("log_z"),
+            smc_n_resampling=smc.get("n_resampling"),
+        )
     rd = _find_run_dir(samples, run_dir, notes)
     if rd is not None:
         log_path = os.path.join(rd, "train_log.csv")

@@ -4,13 +4,13 @@ Given samples x_i with known proposal log-density log q(x_i), the target's reduc
 u(x_i) give importance log-weights log w_i = −u(x_i) − log q(x_i) (:mod:`boltzgen.weights`).
 :func:`reweight_samples` checks that the samples belong to the target (atom count, element and
 atom-name order, finite coordinates), evaluates the energies in float64, writes a new weighted
-sample file and returns the metrics (ESS, log Z and, for alanine-dipeptide-like molecules,
-ΔF between φ > 0 and φ < 0).
+sample file and returns the metrics: ESS, log Z and, when the target has states
+(:attr:`TargetSystem.states`, :mod:`boltzgen.states`), the free energies F_k − F_0 of its states
+(for two states, as for alanine dipeptide, ΔF = F(φ > 0) − F(φ < 0)).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import weights as W
+from .analysis import state_free_energy_metrics
 from .io import is_md_trajectory, load_samples, save_samples
 
 __all__ = ["reweight_samples", "check_compatible", "resolve_log_q"]
@@ -53,13 +54,15 @@ def check_compatible(x: np.ndarray, topology, target, what: str = "the samples")
     event = tuple(target.event_shape)
     if target.is_molecular:
         if x.ndim != 3 or x.shape[2] != 3:
-            raise ValueError(f"{what} have shape {x.shape}, but the target {name} needs molecular configurations "
-                             f"(B, {event[0]}, 3)")
+            raise ValueError(
+                f"{what} have shape {x.shape}, but the target {name} needs molecular configurations (B, {event[0]}, 3)"
+            )
         if x.shape[1] != event[0]:
             raise ValueError(f"wrong atom count: {what} have {x.shape[1]} atoms but the target {name} has {event[0]}")
     elif tuple(x.shape[1:]) != event:
-        raise ValueError(f"{what} have configurations of shape {tuple(x.shape[1:])} but the target {name} expects "
-                         f"{event}")
+        raise ValueError(
+            f"{what} have configurations of shape {tuple(x.shape[1:])} but the target {name} expects {event}"
+        )
     ref = target.topology
     if topology is None or ref is None:
         return
@@ -72,8 +75,9 @@ def check_compatible(x: np.ndarray, topology, target, what: str = "the samples")
             problems.append(f"atom {mine.index} is named {mine.name} in {what} but {theirs.name} in the target")
     if problems:
         shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
-        raise ValueError(f"atom order of {what} does not match the target {name} ({len(problems)} atoms differ): "
-                         f"{shown}")
+        raise ValueError(
+            f"atom order of {what} does not match the target {name} ({len(problems)} atoms differ): {shown}"
+        )
 
 
 def resolve_log_q(log_q, samples, samples_path: str) -> tuple[np.ndarray, str]:
@@ -104,13 +108,19 @@ def resolve_log_q(log_q, samples, samples_path: str) -> tuple[np.ndarray, str]:
     n = len(samples)
     if log_q is None:
         if samples.log_q is None:
-            raise ValueError(f"no proposal log-density: {samples_path} has no 'log_q' array; pass log_q "
-                             "(--log-q: an array, the name of an array in the file, or a .npy file)")
+            raise ValueError(
+                f"no proposal log-density: {samples_path} has no 'log_q' array; pass log_q "
+                "(--log-q: an array, the name of an array in the file, or a .npy file)"
+            )
         arr, source = samples.log_q, "file:log_q"
     elif isinstance(log_q, (str, os.PathLike)):
         key = os.fspath(log_q)
-        in_file = {"log_q": samples.log_q, "log_weights": samples.log_weights,
-                   "reduced_energy": samples.reduced_energy, **samples.extra}
+        in_file = {
+            "log_q": samples.log_q,
+            "log_weights": samples.log_weights,
+            "reduced_energy": samples.reduced_energy,
+            **samples.extra,
+        }
         if key in in_file and in_file[key] is not None:
             arr, source = in_file[key], f"file:{key}"
         elif os.path.isfile(key):
@@ -123,8 +133,10 @@ def resolve_log_q(log_q, samples, samples_path: str) -> tuple[np.ndarray, str]:
             source = os.path.abspath(key)
         else:
             names = sorted(k for k, v in in_file.items() if v is not None)
-            raise ValueError(f"log q {key!r} is neither an array in {samples_path} (it has: "
-                             f"{', '.join(names) or 'no extra arrays'}) nor an existing .npy file")
+            raise ValueError(
+                f"log q {key!r} is neither an array in {samples_path} (it has: "
+                f"{', '.join(names) or 'no extra arrays'}) nor an existing .npy file"
+            )
     else:
         arr, source = log_q, "array"
     arr = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr, dtype=np.float64)
@@ -132,7 +144,7 @@ def resolve_log_q(log_q, samples, samples_path: str) -> tuple[np.ndarray, str]:
         raise ValueError(f"log q has shape {arr.shape} but there are {n} samples (expected ({n},))")
     if not np.isfinite(arr).all():
         idx = np.flatnonzero(~np.isfinite(arr))
-        raise ValueError(f"log q is not finite at {idx.size} samples (indices {W._first(idx)})")
+        raise ValueError(f"log q is not finite at {idx.size} samples (indices {W.format_indices(idx)})")
     return arr, source
 
 
@@ -145,13 +157,41 @@ def _energies(target, x: np.ndarray, progress: bool) -> np.ndarray:
     out = []
     with torch.no_grad():
         for start in chunks:
-            u = target.reduced_energy(torch.from_numpy(x[start:start + CHUNK]))
+            u = target.reduced_energy(torch.from_numpy(x[start : start + CHUNK]))
             out.append(u.detach().cpu().numpy().astype(np.float64))
     return np.concatenate(out)
 
 
-def reweight_samples(samples_path: str, target, log_q=None, out_path: Optional[str] = None, *, seed: int = 0,
-                     n_bootstrap: int = 200, block_size=None, progress: bool = False) -> dict:
+def _state_metrics(target, x, lw, metadata, seed, n_bootstrap, block_size) -> dict:
+    """Free energies of the target's states (:func:`boltzgen.analysis.state_free_energy_metrics`),
+    or a note why there are none; never an error."""
+    states = target.states
+    if states is None:
+        return {"states_note": f"{target.name} has no states: no free energies"}
+    try:
+        labels = states.assign(x)
+    except Exception as exc:  # an analysis that does not apply is a note, the weights are still written
+        return {"states_note": f"could not assign the states of {target.name}: {exc}"}
+    if block_size is None:
+        block_size = "auto" if is_md_trajectory(metadata) else 1
+    out = {"states": {"name": states.name, "names": list(states.names)}}
+    out.update(
+        state_free_energy_metrics(lw, labels, states.names, seed=seed, n_bootstrap=n_bootstrap, block_size=block_size)
+    )
+    return out
+
+
+def reweight_samples(
+    samples_path: str,
+    target,
+    log_q=None,
+    out_path: Optional[str] = None,
+    *,
+    seed: int = 0,
+    n_bootstrap: int = 200,
+    block_size=None,
+    progress: bool = False,
+) -> dict:
     """Importance-weight the samples of a file against a target and write a weighted sample file.
 
     Parameters
@@ -168,9 +208,9 @@ def reweight_samples(samples_path: str, target, log_q=None, out_path: Optional[s
     seed : int
         Seed of the bootstrap errors.
     n_bootstrap : int
-        Bootstrap replicates of the ΔF error.
+        Bootstrap replicates of the free-energy errors.
     block_size : int, "auto" or None
-        Block length of the bootstrap (:func:`boltzgen.weights.delta_f`): 1 for independent
+        Block length of the bootstrap (:func:`boltzgen.weights.state_free_energies`): 1 for independent
         samples, ``"auto"`` for a trajectory. None (default): ``"auto"`` for MD trajectories
         (:func:`boltzgen.io.is_md_trajectory`), else 1.
     progress : bool
@@ -179,10 +219,12 @@ def reweight_samples(samples_path: str, target, log_q=None, out_path: Optional[s
     Returns
     -------
     dict
-        ``n``, ``n_infinite_energy``, ``ess``, ``ess_fraction``, ``log_z``, ``log_z_err`` and, when the
-        molecule has a φ torsion, ``delta_f_kT`` and ``delta_f_err_kT`` (ΔF = F(φ > 0) − F(φ < 0) in kT,
-        None with ``delta_f_note`` when a state has no weight), ``bootstrap_block_size`` and the
-        state counts; plus the system, source and output paths.
+        ``n``, ``n_infinite_energy``, ``ess``, ``ess_fraction``, ``log_z``, ``log_z_err``; when the
+        target has states, ``states`` (name and names), ``state_counts``,
+        ``state_free_energies_kT`` / ``_err_kT`` (F_k − F_0 in kT), ``bootstrap_block_size`` and for
+        two states ``delta_f_kT`` and ``delta_f_err_kT`` (F(names[1]) − F(names[0]); alanine
+        dipeptide: F(φ > 0) − F(φ < 0); None with ``delta_f_note`` when a state has no weight);
+        without states a ``states_note``; plus the system, source and output paths.
 
     Raises
     ------
@@ -200,16 +242,20 @@ def reweight_samples(samples_path: str, target, log_q=None, out_path: Optional[s
     bad = ~np.isfinite(x.reshape(n, -1)).all(axis=1)
     if bad.any():
         idx = np.flatnonzero(bad)
-        raise ValueError(f"{idx.size} of {n} configurations in {samples_path} have non-finite coordinates "
-                         f"(indices {W._first(idx)})")
+        raise ValueError(
+            f"{idx.size} of {n} configurations in {samples_path} have non-finite coordinates "
+            f"(indices {W.format_indices(idx)})"
+        )
     lq, lq_source = resolve_log_q(log_q, samples, samples_path)
 
     u = _energies(target, x, progress)
     lw = W.log_weights(u, lq)
     n_inf = int(np.isinf(u).sum())
     if n_inf == n:
-        raise ValueError(f"all {n} samples have zero weight: the target {target.name} gives +inf reduced energy "
-                         "for every configuration (it cannot evaluate them)")
+        raise ValueError(
+            f"all {n} samples have zero weight: the target {target.name} gives +inf reduced energy "
+            "for every configuration (it cannot evaluate them)"
+        )
     lz = W.log_z(lw)
     metrics = {
         "system": target.name,
@@ -225,26 +271,21 @@ def reweight_samples(samples_path: str, target, log_q=None, out_path: Optional[s
         "seed": seed,
     }
     topology = target.topology if target.is_molecular else None
-    if topology is not None and W.has_phi(topology):
-        in_a, in_b = W.phi_states(x, topology)
-        metrics.update(n_phi_negative=int(in_a.sum()), n_phi_positive=int(in_b.sum()),
-                       delta_f_kT=None, delta_f_err_kT=None)
-        if block_size is None:
-            block_size = "auto" if is_md_trajectory(samples.metadata) else 1
-        block_size = metrics["bootstrap_block_size"] = W.resolve_block_size(block_size, in_a, in_b)
-        try:
-            df = W.delta_f(lw, in_a, in_b, n_bootstrap=n_bootstrap, seed=seed, block_size=block_size)
-        except ValueError as exc:
-            metrics["delta_f_note"] = f"phi > 0 vs phi < 0: {exc}"
-        else:
-            metrics.update(delta_f_kT=df.value, delta_f_err_kT=df.error if math.isfinite(df.error) else None)
-            metrics["delta_f_definition"] = "F(phi > 0) - F(phi < 0) in kT"
+    metrics.update(_state_metrics(target, x, lw, samples.metadata, seed, n_bootstrap, block_size))
     if out_path is not None:
-        meta = {**target.metadata(), "command": "reweight", "seed": seed, "source_file": os.path.abspath(samples_path),
-                "source_metadata": samples.metadata, "log_q_source": lq_source,
-                "ess": metrics["ess"], "log_z": metrics["log_z"]}
+        meta = {
+            **target.metadata(),
+            "command": "reweight",
+            "seed": seed,
+            "source_file": os.path.abspath(samples_path),
+            "source_metadata": samples.metadata,
+            "log_q_source": lq_source,
+            "ess": metrics["ess"],
+            "log_z": metrics["log_z"],
+        }
         extra = {k: v for k, v in samples.extra.items() if k not in ("log_weights", "log_q", "reduced_energy")}
-        save_samples(out_path, x, topology=topology, log_weights=lw, log_q=lq,
-                     reduced_energy=u, metadata=meta, extra=extra)
+        save_samples(
+            out_path, x, topology=topology, log_weights=lw, log_q=lq, reduced_energy=u, metadata=meta, extra=extra
+        )
         metrics["output"] = os.path.abspath(out_path)
     return metrics

@@ -28,8 +28,18 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 __all__ = [
-    "StateSet", "torsion_states", "function_states", "phi_states_of", "backbone_states", "joint_states",
-    "default_states", "backbone_torsions", "torsion_angles", "phi_torsions", "trajectory",
+    "StateSet",
+    "torsion_states",
+    "function_states",
+    "phi_states_of",
+    "backbone_states",
+    "joint_states",
+    "default_states",
+    "backbone_torsions",
+    "phi_psi",
+    "torsion_angles",
+    "phi_torsions",
+    "trajectory",
 ]
 
 
@@ -77,8 +87,9 @@ def _frames(x, n_atoms: int) -> np.ndarray:
     elif x.ndim == 2 and x.shape[1] == 3 * n_atoms:
         x = x.reshape(x.shape[0], n_atoms, 3)
     if x.ndim != 3 or x.shape[1:] != (n_atoms, 3):
-        raise ValueError(f"coordinates of shape {x.shape} do not match a topology of {n_atoms} atoms "
-                         f"(expected (B, {n_atoms}, 3))")
+        raise ValueError(
+            f"coordinates of shape {x.shape} do not match a topology of {n_atoms} atoms (expected (B, {n_atoms}, 3))"
+        )
     return x
 
 
@@ -87,7 +98,7 @@ def torsion_angles(x_or_traj, atoms, topology=None) -> np.ndarray:
 
     With a topology (or a Trajectory) through ``mdtraj.compute_dihedrals`` on float32
     coordinates, as mdtraj's own φ/ψ are computed; without one from the float64 coordinates
-    directly (the same formula, atan2 of the two normal vectors).
+    directly (the same formula: atan2(|b1| b0·(b1×b2), (b0×b1)·(b1×b2)) with b_i the bond vectors).
 
     Parameters
     ----------
@@ -120,8 +131,8 @@ def _dihedrals(x: np.ndarray, quads: np.ndarray) -> np.ndarray:
     p0, p1, p2, p3 = (x[:, quads[:, i]] for i in range(4))
     b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
     n1, n2 = np.cross(b0, b1), np.cross(b1, b2)
-    m1 = np.cross(n1, b1 / np.linalg.norm(b1, axis=-1, keepdims=True))
-    return np.arctan2(np.sum(m1 * n2, -1), np.sum(n1 * n2, -1))
+    y = np.linalg.norm(b1, axis=-1) * np.sum(b0 * n2, -1)
+    return np.arctan2(y, np.sum(n1 * n2, -1))
 
 
 def _residue_label(residue) -> str:
@@ -187,6 +198,35 @@ def backbone_torsions(x_or_traj, topology=None) -> dict:
     return out
 
 
+def phi_psi(x_or_traj, topology=None) -> tuple:
+    """Backbone φ and ψ as arrays: (B,) each for a molecule with one of each, else (B, K).
+
+    Parameters
+    ----------
+    x_or_traj : array (B, N, 3), (B, 3N) or (N, 3) in nm (NumPy or torch), or mdtraj.Trajectory
+    topology : mdtraj.Topology, optional
+        Required for coordinate arrays.
+
+    Returns
+    -------
+    phi, psi : ndarray, float64, radians in (−π, π]
+        Columns in residue order (:func:`backbone_torsions`).
+
+    Raises
+    ------
+    ValueError
+        No φ torsion in the topology, or coordinates that do not fit it.
+    """
+    tors = backbone_torsions(x_or_traj, topology)
+    phi = [v for k, v in tors.items() if k.startswith("phi(")]
+    psi = [v for k, v in tors.items() if k.startswith("psi(")]
+    if not phi:
+        raise ValueError("the topology has no phi torsion (needs a C-N-CA-C backbone across residues)")
+    phi = np.stack(phi, 1)
+    psi = np.stack(psi, 1) if psi else np.zeros((phi.shape[0], 0))
+    return (phi[:, 0] if phi.shape[1] == 1 else phi), (psi[:, 0] if psi.shape[1] == 1 else psi)
+
+
 # ---------------------------------------------------------------------------- state sets
 class StateSet:
     """K named metastable states of one system.
@@ -250,12 +290,15 @@ class StateSet:
         if labels.dtype == bool:
             labels = labels.astype(np.int64)
         if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or np.all(labels == np.round(labels))):
-            raise ValueError(f"states {self.name}: labels must be one integer per configuration, shape (B,); "
-                             f"got {labels.dtype} of shape {labels.shape}")
+            raise ValueError(
+                f"states {self.name}: labels must be one integer per configuration, shape (B,); "
+                f"got {labels.dtype} of shape {labels.shape}"
+            )
         labels = labels.astype(np.int64)
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.names)):
-            raise ValueError(f"states {self.name}: labels must lie in [0, {len(self.names)}), got "
-                             f"[{labels.min()}, {labels.max()}]")
+            raise ValueError(
+                f"states {self.name}: labels must lie in [0, {len(self.names)}), got [{labels.min()}, {labels.max()}]"
+            )
         return labels
 
 
@@ -279,8 +322,9 @@ def function_states(fn: Callable, names: Sequence[str], name: str = "states") ->
     return StateSet(name, names, fn)
 
 
-def torsion_states(topology, atoms, name: str, bounds: Optional[Sequence] = None,
-                   names: Optional[Sequence[str]] = None) -> StateSet:
+def torsion_states(
+    topology, atoms, name: str, bounds: Optional[Sequence] = None, names: Optional[Sequence[str]] = None
+) -> StateSet:
     """States by the value of one torsion: its sign, or given ranges.
 
     Parameters
@@ -309,8 +353,9 @@ def torsion_states(topology, atoms, name: str, bounds: Optional[Sequence] = None
     if bounds is None:
         if names is not None:
             raise ValueError("names go with bounds; the sign states are named '<name><0' and '<name>>0'")
-        return StateSet(name, (f"{name}<0", f"{name}>0"),
-                        lambda x: (torsion_angles(x, atoms, topology) > 0).astype(np.int64))
+        return StateSet(
+            name, (f"{name}<0", f"{name}>0"), lambda x: (torsion_angles(x, atoms, topology) > 0).astype(np.int64)
+        )
     ranges = [(float(lo), float(hi)) for lo, hi in bounds]
     if not ranges:
         raise ValueError("bounds must hold at least one (low, high) range")
@@ -375,8 +420,10 @@ def phi_states_of(topology, residue=None) -> StateSet:
         raise ValueError("the topology has no phi torsion (needs a C-N-CA-C backbone across residues)")
     if residue is None:
         if len(torsions) != 1:
-            raise ValueError(f"the molecule has {len(torsions)} phi torsions ({', '.join(t[0] for t in torsions)}): "
-                             "pass residue=, or use backbone_states / default_states")
+            raise ValueError(
+                f"the molecule has {len(torsions)} phi torsions ({', '.join(t[0] for t in torsions)}): "
+                "pass residue=, or use backbone_states / default_states"
+            )
         return torsion_states(topology, torsions[0][1], "phi")
     label = _residue_label(topology.residue(residue)) if isinstance(residue, (int, np.integer)) else str(residue)
     table = dict(torsions)

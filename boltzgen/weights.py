@@ -1,4 +1,4 @@
-"""Importance weights and the estimators built on them (float64 throughout).
+"""Importance weights and the estimators built on them (float64 throughout, plain arrays only).
 
 A sample x from a proposal with log-density log q(x), reweighted to the Boltzmann target
 p(x) ∝ exp(−u(x)) (u the reduced energy), has log-weight
@@ -6,14 +6,21 @@ p(x) ∝ exp(−u(x)) (u the reduced energy), has log-weight
     log w(x) = −u(x) − log q(x).
 
 Configurations the target cannot evaluate have u = +inf, hence log w = −inf (weight zero).
-Every estimator here works with log-weights through log-sum-exp, so log-weights that span
-hundreds or thousands of units, or are all shifted by a constant, give the same answers.
+Every estimator here works with log-weights through log-sum-exp (``scipy.special.logsumexp``)
+or a max shift, so log-weights that span hundreds or thousands of units, or are all shifted by a
+constant, give the same answers.
 
 Inputs may be NumPy arrays, torch tensors or sequences; outputs are NumPy float64 arrays or Python
-floats. Estimates with an error bar are :class:`Estimate` tuples ``(value, error)``.
+floats. Estimates with an error bar are :class:`Estimate` tuples ``(value, error)``. States are
+given as boolean masks or integer labels (e.g. from :meth:`boltzgen.states.StateSet.assign`);
+nothing here knows about molecules. Conventions: ``docs/design.md`` (weights).
 
 Error handling: a log-weight of NaN or +inf is a ValueError (it is a bug upstream, not a weight);
 all weights zero (every log-weight −inf) is a ValueError that says so, never a NaN.
+
+Shared helpers for other modules (public, documented): :func:`as_float64`,
+:func:`check_log_weights`, :func:`require_some_weight`, :func:`format_indices`,
+:func:`rng_from_seed`.
 """
 
 from __future__ import annotations
@@ -23,18 +30,39 @@ import warnings
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
+from scipy.special import logsumexp as _scipy_logsumexp
 
 __all__ = [
-    "Estimate", "log_weights", "logsumexp", "normalized_weights", "ess", "ess_fraction", "log_z",
-    "expectation", "delta_f", "delta_f_point", "bootstrap", "bootstrap_indices", "group_members", "pool_runs", "block_size_for",
+    "Estimate",
+    "as_float64",
+    "check_log_weights",
+    "require_some_weight",
+    "format_indices",
+    "rng_from_seed",
+    "logsumexp",
+    "log_weights",
+    "normalized_weights",
+    "ess",
+    "ess_fraction",
+    "log_z",
+    "expectation",
+    "delta_f",
+    "delta_f_point",
+    "state_free_energies",
+    "state_free_energies_point",
+    "bootstrap",
+    "bootstrap_indices",
+    "group_members",
+    "pool_runs",
+    "block_size_for",
     "resolve_block_size",
-    "phi_psi", "phi_states", "has_phi", "PHI_ATOMS", "PSI_ATOMS",
+    # deprecated wrappers around boltzgen.states (kept until every caller has moved)
+    "phi_psi",
+    "phi_states",
+    "has_phi",
+    "PHI_ATOMS",
+    "PSI_ATOMS",
 ]
-
-#: Zero-based atoms of φ and ψ in the built-in alanine-dipeptide topology (``systems/aldp.pdb``),
-#: the atom order of the published Boltzmann-generator data sets.
-PHI_ATOMS = (4, 6, 8, 14)
-PSI_ATOMS = (6, 8, 14, 16)
 
 SeedLike = Union[None, int, np.random.Generator]
 
@@ -46,16 +74,42 @@ class Estimate(NamedTuple):
     error: Any
 
 
-# ---------------------------------------------------------------------------- input handling
-def _as_float64(a, name: str) -> np.ndarray:
+# ---------------------------------------------------------------------------- shared helpers
+def as_float64(a) -> np.ndarray:
+    """A NumPy float64 array of ``a`` (torch tensors are detached and moved to the CPU).
+
+    Parameters
+    ----------
+    a : array_like or torch.Tensor
+
+    Returns
+    -------
+    ndarray, float64, the shape of ``a``
+    """
     if hasattr(a, "detach"):
         a = a.detach().cpu().numpy()
     return np.asarray(a, dtype=np.float64)
 
 
-def _check_log_w(log_w, name: str = "log_w") -> np.ndarray:
-    """(B,) float64 log-weights; NaN or +inf raise, −inf (weight zero) is allowed."""
-    lw = _as_float64(log_w, name)
+def check_log_weights(log_w, name: str = "log_w") -> np.ndarray:
+    """Checked log-weights: one per sample, finite or −inf (weight zero).
+
+    Parameters
+    ----------
+    log_w : array_like, shape (B,)
+    name : str
+        How error messages name the array.
+
+    Returns
+    -------
+    ndarray, shape (B,), float64
+
+    Raises
+    ------
+    ValueError
+        Not one-dimensional, empty, or with NaN or +inf entries.
+    """
+    lw = as_float64(log_w)
     if lw.ndim != 1:
         raise ValueError(f"{name} must be one log-weight per sample, shape (B,); got shape {lw.shape}")
     if lw.shape[0] == 0:
@@ -63,28 +117,64 @@ def _check_log_w(log_w, name: str = "log_w") -> np.ndarray:
     bad = np.isnan(lw) | (lw == np.inf)
     if bad.any():
         idx = np.flatnonzero(bad)
-        raise ValueError(f"{name} has {idx.size} NaN or +inf entries (indices {_first(idx)}); log-weights must be "
-                         "finite or -inf (weight zero)")
+        raise ValueError(
+            f"{name} has {idx.size} NaN or +inf entries (indices {format_indices(idx)}); log-weights "
+            "must be finite or -inf (weight zero)"
+        )
     return lw
 
 
-def _first(idx: np.ndarray, k: int = 5) -> str:
+def require_some_weight(log_w: np.ndarray, name: str = "log_w") -> None:
+    """Raise a ValueError that says so when every weight is zero (every log-weight −inf).
+
+    Parameters
+    ----------
+    log_w : ndarray, shape (B,)
+        Checked log-weights (:func:`check_log_weights`).
+    name : str
+        How the message names the array.
+    """
+    if not np.isfinite(log_w).any():
+        raise ValueError(
+            f"all {log_w.shape[0]} weights are zero (every entry of {name} is -inf): no sample has "
+            "nonzero weight under the target, so there is nothing to estimate"
+        )
+
+
+def format_indices(idx, k: int = 5) -> str:
+    """The first ``k`` indices as ``"3, 7, 9, ..."``, for error messages.
+
+    Parameters
+    ----------
+    idx : array of int
+    k : int
+        How many to show.
+
+    Returns
+    -------
+    str
+    """
+    idx = np.asarray(idx).reshape(-1)
     shown = ", ".join(str(int(i)) for i in idx[:k])
     return shown + (", ..." if idx.size > k else "")
 
 
-def _require_some_weight(lw: np.ndarray, name: str = "log_w") -> None:
-    if not np.isfinite(lw).any():
-        raise ValueError(f"all {lw.shape[0]} weights are zero (every entry of {name} is -inf): no sample has "
-                         "nonzero weight under the target, so there is nothing to estimate")
+def rng_from_seed(seed: SeedLike) -> np.random.Generator:
+    """A NumPy Generator: the one given, or ``numpy.random.default_rng(seed)``.
 
+    Parameters
+    ----------
+    seed : int, numpy.random.Generator or None
 
-def _rng(seed: SeedLike) -> np.random.Generator:
+    Returns
+    -------
+    numpy.random.Generator
+    """
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
 def logsumexp(a, axis: Optional[int] = None):
-    """log Σ exp(a), stable for large |a|; −inf when every entry is −inf (never NaN).
+    """log Σ exp(a) (``scipy.special.logsumexp``); −inf when every entry is −inf, without a warning.
 
     Parameters
     ----------
@@ -97,13 +187,9 @@ def logsumexp(a, axis: Optional[int] = None):
     -------
     float or ndarray
     """
-    a = _as_float64(a, "a")
-    m = np.max(a, axis=axis, keepdims=True) if a.size else np.array(-np.inf)
-    m = np.where(np.isfinite(m), m, 0.0)
     with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m
-    out = np.squeeze(out, axis=axis) if axis is not None else out.reshape(())
-    return float(out) if out.ndim == 0 else out
+        out = _scipy_logsumexp(as_float64(a), axis=axis)
+    return float(out) if np.ndim(out) == 0 else out
 
 
 # ---------------------------------------------------------------------------- weights
@@ -127,56 +213,67 @@ def log_weights(reduced_energy, log_q) -> np.ndarray:
     ValueError
         Mismatched lengths, non-finite ``log_q``, or an energy of −inf.
     """
-    u = _as_float64(reduced_energy, "reduced_energy").reshape(-1)
-    lq = _as_float64(log_q, "log_q").reshape(-1)
+    u = as_float64(reduced_energy).reshape(-1)
+    lq = as_float64(log_q).reshape(-1)
     if u.shape != lq.shape:
         raise ValueError(f"reduced_energy has {u.shape[0]} entries but log_q has {lq.shape[0]}")
     bad = ~np.isfinite(lq)
     if bad.any():
         idx = np.flatnonzero(bad)
-        raise ValueError(f"log_q has {idx.size} non-finite entries (indices {_first(idx)}); the proposal "
-                         "log-density must be finite at every sample")
+        raise ValueError(
+            f"log_q has {idx.size} non-finite entries (indices {format_indices(idx)}); the proposal "
+            "log-density must be finite at every sample"
+        )
     if (u == -np.inf).any():
         idx = np.flatnonzero(u == -np.inf)
-        raise ValueError(f"reduced_energy is -inf at {idx.size} samples (indices {_first(idx)}); "
-                         "the target energy is broken there")
+        raise ValueError(
+            f"reduced_energy is -inf at {idx.size} samples (indices {format_indices(idx)}); "
+            "the target energy is broken there"
+        )
     u = np.where(np.isnan(u), np.inf, u)
     return -u - lq
 
 
 def normalized_weights(log_w) -> np.ndarray:
-    """Self-normalised weights w_i / Σ_j w_j.
+    """Self-normalised weights w_i / Σ_j w_j, computed with a max shift (exp(log w − max log w)).
+
+    The one weight normalisation of the package: the estimators, :func:`ess` and the analysis
+    functions all use it.
 
     Parameters
     ----------
     log_w : array, shape (B,)
-        Log-weights (−inf allowed).
+        Log-weights (−inf allowed; not all of them).
 
     Returns
     -------
     ndarray, shape (B,), float64
         Non-negative, summing to 1.
     """
-    lw = _check_log_w(log_w)
-    _require_some_weight(lw)
-    return np.exp(lw - logsumexp(lw))
+    lw = check_log_weights(log_w)
+    require_some_weight(lw)
+    w = np.exp(lw - lw.max())
+    return w / w.sum()
 
 
 def ess(log_w) -> float:
-    """Kish effective sample size (Σw)² / Σw², from log-weights.
+    """Kish effective sample size (Σw)² / Σw² = 1 / Σ w̄_i² (a count), from log-weights.
+
+    The package's one ESS convention: :func:`ess` is a number of samples, :func:`ess_fraction`
+    the same divided by B.
 
     Parameters
     ----------
     log_w : array, shape (B,)
+        Log-weights (−inf allowed; not all of them).
 
     Returns
     -------
     float
         Between 1 and B.
     """
-    lw = _check_log_w(log_w)
-    _require_some_weight(lw)
-    return float(np.exp(2.0 * logsumexp(lw) - logsumexp(2.0 * lw)))
+    w = normalized_weights(log_w)
+    return float(1.0 / np.sum(w * w))
 
 
 def ess_fraction(log_w) -> float:
@@ -192,13 +289,14 @@ def ess_fraction(log_w) -> float:
     float
         ESS / B ∈ [1/B, 1].
     """
-    lw = _check_log_w(log_w)
+    lw = check_log_weights(log_w)
     return ess(lw) / lw.shape[0]
 
 
 # ---------------------------------------------------------------------------- bootstrap
-def bootstrap(statistic: Callable[..., Any], *arrays, n_bootstrap: int = 200, seed: SeedLike = 0,
-              block_size: int = 1, groups=None) -> np.ndarray:
+def bootstrap(
+    statistic: Callable[..., Any], *arrays, n_bootstrap: int = 200, seed: SeedLike = 0, block_size: int = 1, groups=None
+) -> np.ndarray:
     """Non-parametric bootstrap: the statistic on ``n_bootstrap`` resamplings of the samples.
 
     Rows (the first axis) of all ``arrays`` are resampled jointly with replacement. With
@@ -237,7 +335,7 @@ def bootstrap(statistic: Callable[..., Any], *arrays, n_bootstrap: int = 200, se
             raise ValueError(f"bootstrap arrays have different lengths: {n} and {a.shape[0]}")
     if n_bootstrap < 2:
         raise ValueError(f"n_bootstrap must be at least 2, got {n_bootstrap}")
-    rng = _rng(seed)
+    rng = rng_from_seed(seed)
     members = None
     if groups is not None:
         if _positive_block(block_size) != 1:
@@ -275,7 +373,9 @@ def group_members(groups, n: int) -> list:
     """
     groups = np.asarray(groups)
     if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer):
-        raise ValueError(f"groups must be {n} integer labels, one per sample; got {groups.dtype} of shape {groups.shape}")
+        raise ValueError(
+            f"groups must be {n} integer labels, one per sample; got {groups.dtype} of shape {groups.shape}"
+        )
     labels = np.unique(groups)
     if labels.size < 2:
         raise ValueError(f"the cluster bootstrap needs at least 2 groups (independent runs), got {labels.size}")
@@ -305,8 +405,8 @@ def pool_runs(log_w_runs, log_z_runs) -> np.ndarray:
         raise ValueError(f"need one log Z per run: {len(log_w_runs)} runs, {len(log_z_runs)} log Z values")
     out = []
     for lw, lz in zip(log_w_runs, log_z_runs):
-        lw = _check_log_w(lw)
-        _require_some_weight(lw)
+        lw = check_log_weights(lw)
+        require_some_weight(lw)
         out.append(lw - logsumexp(lw) + float(lz))
     return np.concatenate(out)
 
@@ -341,6 +441,11 @@ def block_size_for(series, min_blocks: int = 16) -> int:
     least ``min_blocks`` blocks) at which that estimate is largest: a conservative choice, since
     too short a block underestimates the error of correlated data.
 
+    pymbar's ``timeseries.statistical_inefficiency`` estimates a related but different quantity
+    (g = 1 + 2τ from the autocorrelation function, not a block length); using it would change
+    the block lengths, hence the error bars of MD trajectories, and add a dependency, so the
+    blocking estimate stays here.
+
     Parameters
     ----------
     series : array, shape (T,) or (T, k)
@@ -354,7 +459,7 @@ def block_size_for(series, min_blocks: int = 16) -> int:
     int
         Block length in rows (1 for uncorrelated data or series shorter than 2 · min_blocks).
     """
-    f = _as_float64(series, "series")
+    f = as_float64(series)
     f = f.reshape(f.shape[0], -1)
     best = 1
     for col in f.T:
@@ -370,16 +475,16 @@ def block_size_for(series, min_blocks: int = 16) -> int:
     return best
 
 
-def resolve_block_size(block_size: Union[int, str], in_a, in_b) -> int:
-    """The bootstrap block length for a ΔF between two states: an int as given, or ``"auto"``.
+def resolve_block_size(block_size: Union[int, str], *indicators) -> int:
+    """The bootstrap block length of an estimate between states: an int as given, or ``"auto"``.
 
     Parameters
     ----------
     block_size : int or "auto"
-        A positive integer, or ``"auto"``: :func:`block_size_for` of the two state indicators
-        along the samples (for a time-ordered trajectory).
-    in_a, in_b : boolean array, shape (B,)
-        State membership of each sample, in trajectory order.
+        A positive integer, or ``"auto"``: :func:`block_size_for` of the state indicators along
+        the samples (for a time-ordered trajectory).
+    *indicators : boolean arrays, shape (B,)
+        State membership of each sample, in trajectory order (e.g. ``in_a, in_b``).
 
     Returns
     -------
@@ -388,7 +493,7 @@ def resolve_block_size(block_size: Union[int, str], in_a, in_b) -> int:
     if isinstance(block_size, str):
         if block_size != "auto":
             raise ValueError(f"block_size must be a positive integer or 'auto', got {block_size!r}")
-        return block_size_for(np.stack([np.asarray(in_a), np.asarray(in_b)], 1).astype(np.float64))
+        return block_size_for(np.stack([np.asarray(m) for m in indicators], 1).astype(np.float64))
     return _positive_block(block_size)
 
 
@@ -404,8 +509,12 @@ def _bootstrap_error(replicates: np.ndarray, what: str) -> Any:
     finite = np.isfinite(replicates)
     if not finite.all():
         frac = 1.0 - finite.mean()
-        warnings.warn(f"{what}: {frac:.0%} of bootstrap replicates are undefined (too few samples with weight); "
-                      "the error is reported as inf", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{what}: {frac:.0%} of bootstrap replicates are undefined (too few samples with weight); "
+            "the error is reported as inf",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     with np.errstate(invalid="ignore"):
         err = np.std(replicates, axis=0, ddof=1)
     err = np.where(finite.all(axis=0), err, np.inf)
@@ -433,8 +542,8 @@ def log_z(log_w, *, method: str = "delta", n_bootstrap: int = 200, seed: SeedLik
     Estimate
         ``(log Ẑ, standard error)``, floats.
     """
-    lw = _check_log_w(log_w)
-    _require_some_weight(lw)
+    lw = check_log_weights(log_w)
+    require_some_weight(lw)
     n = lw.shape[0]
     value = logsumexp(lw) - math.log(n)
     if method == "delta":
@@ -466,11 +575,11 @@ def expectation(values, log_w, *, method: str = "delta", n_bootstrap: int = 200,
     Estimate
         ``(mean, standard error)``: floats for (B,) values, arrays of shape values.shape[1:] otherwise.
     """
-    lw = _check_log_w(log_w)
-    f = _as_float64(values, "values")
+    lw = check_log_weights(log_w)
+    f = as_float64(values)
     if f.ndim == 0 or f.shape[0] != lw.shape[0]:
         raise ValueError(f"values have {f.shape[0] if f.ndim else 0} rows but log_w has {lw.shape[0]} entries")
-    _require_some_weight(lw)
+    require_some_weight(lw)
     keep = np.isfinite(lw)
     lw, f = lw[keep], f[keep]
     if not np.isfinite(f).all():
@@ -478,13 +587,12 @@ def expectation(values, log_w, *, method: str = "delta", n_bootstrap: int = 200,
         raise ValueError(f"values are not finite at {rows.size} samples with nonzero weight")
 
     def mean(lw_, f_):
-        w = np.exp(lw_ - logsumexp(lw_))
-        return np.tensordot(w, f_, axes=(0, 0))
+        return np.tensordot(normalized_weights(lw_), f_, axes=(0, 0))
 
     mu = mean(lw, f)
     if method == "delta":
-        w = np.exp(lw - logsumexp(lw))
-        err = np.sqrt(np.tensordot(w ** 2, (f - mu) ** 2, axes=(0, 0)))
+        w = normalized_weights(lw)
+        err = np.sqrt(np.tensordot(w**2, (f - mu) ** 2, axes=(0, 0)))
     elif method == "bootstrap":
         err = _bootstrap_error(bootstrap(mean, lw, f, n_bootstrap=n_bootstrap, seed=seed), "expectation")
     else:
@@ -512,8 +620,17 @@ def _state_mask(state, name: str, n: int, x) -> np.ndarray:
     return mask
 
 
-def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike = 0,
-            block_size: Union[int, str] = 1, groups=None) -> Estimate:
+def delta_f(
+    log_w,
+    in_a,
+    in_b,
+    *,
+    x=None,
+    n_bootstrap: int = 200,
+    seed: SeedLike = 0,
+    block_size: Union[int, str] = 1,
+    groups=None,
+) -> Estimate:
     """Free-energy difference ΔF_AB = F_B − F_A = −ln(Σ_{x∈B} w / Σ_{x∈A} w), in kT.
 
     Parameters
@@ -552,17 +669,19 @@ def delta_f(log_w, in_a, in_b, *, x=None, n_bootstrap: int = 200, seed: SeedLike
     ValueError
         Mismatched lengths; all weights zero; a state with no sample of nonzero weight.
     """
-    lw = _check_log_w(log_w)
+    lw = check_log_weights(log_w)
     n = lw.shape[0]
     a = _state_mask(in_a, "A", n, x)
     b = _state_mask(in_b, "B", n, x)
-    _require_some_weight(lw)
+    require_some_weight(lw)
     for name, mask in (("A", a), ("B", b)):
         if not mask.any():
             raise ValueError(f"state {name} is empty: none of the {n} samples is in state {name}")
         if not np.isfinite(lw[mask]).any():
-            raise ValueError(f"state {name} has no weight: all {int(mask.sum())} samples in state {name} have "
-                             "zero weight (log-weight -inf)")
+            raise ValueError(
+                f"state {name} has no weight: all {int(mask.sum())} samples in state {name} have "
+                "zero weight (log-weight -inf)"
+            )
 
     value = delta_f_point(lw, a, b)
     block_size = resolve_block_size(block_size, a, b)
@@ -598,98 +717,166 @@ def delta_f_point(log_w, in_a, in_b) -> float:
         return float(-(logsumexp(lw[b]) - logsumexp(lw[a])))
 
 
-# ---------------------------------------------------------------------------- torsions
-def _trajectory(x_or_traj, topology):
-    import mdtraj
-
-    if isinstance(x_or_traj, mdtraj.Trajectory):
-        return x_or_traj
-    if topology is None:
-        raise ValueError("phi_psi needs a topology when given coordinates (or pass an mdtraj.Trajectory)")
-    x = _as_float64(x_or_traj, "x")
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3 or x.shape[1:] != (topology.n_atoms, 3):
-        raise ValueError(f"coordinates of shape {x.shape} do not match a topology of {topology.n_atoms} atoms "
-                         f"(expected (B, {topology.n_atoms}, 3))")
-    return mdtraj.Trajectory(x.astype(np.float32), topology)
+def _label_array(labels, n_states: int, n: int) -> np.ndarray:
+    if hasattr(labels, "detach"):
+        labels = labels.detach().cpu().numpy()
+    lab = np.asarray(labels)
+    if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(
+            f"labels must be {n} integer state labels, one per sample; got {lab.dtype} of shape {lab.shape}"
+        )
+    if int(n_states) < 1:
+        raise ValueError(f"n_states must be at least 1, got {n_states}")
+    if lab.size and (lab.min() < 0 or lab.max() >= n_states):
+        raise ValueError(f"labels must lie in [0, {n_states}), got [{lab.min()}, {lab.max()}]")
+    return lab.astype(np.int64)
 
 
-def phi_psi(x_or_traj, topology=None) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone torsions φ and ψ in radians, computed with ``mdtraj.compute_phi/psi``.
-
-    For alanine dipeptide in the built-in atom order φ is atoms (4, 6, 8, 14) and ψ (6, 8, 14, 16).
+def state_free_energies_point(log_w, labels, n_states: int) -> np.ndarray:
+    """F_k − F_0 = −ln(Σ_{x∈k} w / Σ_{x∈0} w) for every state k, in kT, without errors.
 
     Parameters
     ----------
-    x_or_traj : array (B, N, 3) or (N, 3) in nm (NumPy or torch), or mdtraj.Trajectory
-    topology : mdtraj.Topology, optional
-        Required for coordinate arrays.
+    log_w : array, shape (B,)
+        Log-weights.
+    labels : array of int, shape (B,)
+        State label of each sample, in [0, n_states).
+    n_states : int
+        Number of states K.
 
     Returns
     -------
-    phi, psi : ndarray, float64, in (−π, π]
-        Shape (B,) when the molecule has one φ (one ψ) torsion, as alanine dipeptide does;
-        (B, K) for K torsions otherwise.
+    ndarray, shape (K,), float64
+        Entry 0 is 0 when state 0 has weight; +inf for a state without weight; nan everywhere when
+        state 0 has none (e.g. in a bootstrap replicate).
+    """
+    lw = np.asarray(log_w, dtype=np.float64)
+    lab = np.asarray(labels)
+    with np.errstate(divide="ignore"):
+        log_mass = np.array([logsumexp(lw[lab == k]) for k in range(int(n_states))])
+    if not np.isfinite(log_mass[0]):
+        return np.full(int(n_states), np.nan)
+    return -(log_mass - log_mass[0])
+
+
+def state_free_energies(
+    log_w,
+    labels,
+    n_states: int,
+    *,
+    groups=None,
+    seed: SeedLike = 0,
+    n_bootstrap: int = 200,
+    block_size: Union[int, str] = 1,
+) -> list:
+    """Free energy of every state relative to state 0, F_k − F_0 in kT, with bootstrap errors.
+
+    For two states, entry 1 is :func:`delta_f` of ``labels == 0`` and ``labels == 1`` with the
+    same value and, for the same seed and options, the same error.
+
+    Parameters
+    ----------
+    log_w : array, shape (B,)
+        Log-weights of samples of the target.
+    labels : array of int, shape (B,)
+        State label of each sample in [0, n_states) (e.g. :meth:`boltzgen.states.StateSet.assign`).
+    n_states : int
+        Number of states K.
+    groups : array of int, shape (B,), optional
+        Independent-run label of each sample: the cluster bootstrap over runs (as :func:`delta_f`).
+    seed : int, numpy Generator or None
+        Random state of the bootstrap.
+    n_bootstrap : int
+        Bootstrap replicates.
+    block_size : int or "auto"
+        Block length of the bootstrap, as for :func:`delta_f` (``"auto"`` from the state
+        indicators along a trajectory).
+
+    Returns
+    -------
+    list of Estimate, length K
+        ``(F_k − F_0, standard error)`` in kT (floats); ``Estimate(0.0, 0.0)`` for k = 0. A state
+        with no sample of nonzero weight gets ``(inf, nan)``; an error is inf (with a
+        RuntimeWarning) when some replicates leave the state without weight.
 
     Raises
     ------
     ValueError
-        No φ torsion in the topology (needs a C−N−CA−C backbone across residues).
+        Bad labels or lengths, all weights zero, or state 0 without weight (the reference).
     """
-    import mdtraj
+    lw = check_log_weights(log_w)
+    lab = _label_array(labels, n_states, lw.shape[0])
+    require_some_weight(lw)
+    if not np.isfinite(lw[lab == 0]).any():
+        raise ValueError(
+            f"state 0 has no weight ({int(np.sum(lab == 0))} samples, all with log-weight -inf or none): "
+            "free energies relative to it are undefined"
+        )
+    value = state_free_energies_point(lw, lab, n_states)
+    block = resolve_block_size(block_size, *(lab == k for k in range(int(n_states))))
+    reps = bootstrap(
+        lambda a, b: state_free_energies_point(a, b, n_states),
+        lw,
+        lab,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        block_size=block,
+        groups=groups,
+    )
+    has_weight = np.isfinite(value)
+    errors = np.full(value.shape, np.nan)
+    if has_weight.any():
+        errors[has_weight] = np.atleast_1d(_bootstrap_error(reps[:, has_weight], "state_free_energies"))
+    errors[0] = 0.0
+    return [Estimate(float(v), float(e)) for v, e in zip(value, errors)]
 
-    traj = _trajectory(x_or_traj, topology)
-    _, phi = mdtraj.compute_phi(traj)
-    _, psi = mdtraj.compute_psi(traj)
-    if phi.shape[1] == 0:
-        raise ValueError("the topology has no phi torsion (needs a C-N-CA-C backbone across residues)")
-    phi, psi = phi.astype(np.float64), psi.astype(np.float64)
-    phi = phi[:, 0] if phi.shape[1] == 1 else phi
-    psi = psi[:, 0] if psi.ndim == 2 and psi.shape[1] == 1 else psi
-    return phi, psi
+
+# ---------------------------------------------------------------------------- deprecated: torsions
+#: Zero-based atoms of φ and ψ in the built-in alanine-dipeptide topology (``systems/aldp.pdb``).
+#: Deprecated: use :func:`boltzgen.states.phi_torsions` / :func:`boltzgen.states.backbone_torsions`.
+PHI_ATOMS = (4, 6, 8, 14)
+PSI_ATOMS = (6, 8, 14, 16)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"boltzgen.weights.{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+
+
+def phi_psi(x_or_traj, topology=None) -> tuple:
+    """Deprecated: φ and ψ in radians, (B,) for one torsion each, else (B, K).
+
+    Use :func:`boltzgen.states.phi_psi` or :func:`boltzgen.states.backbone_torsions`.
+    """
+    _deprecated("phi_psi", "boltzgen.states.phi_psi")
+    from .states import phi_psi as states_phi_psi
+
+    return states_phi_psi(x_or_traj, topology)
 
 
 def has_phi(topology) -> bool:
-    """True when the topology has a backbone φ torsion (alanine-dipeptide-like molecules).
+    """Deprecated: True when the topology has a backbone φ. Use :func:`boltzgen.states.phi_torsions`."""
+    _deprecated("has_phi", "boltzgen.states.phi_torsions (or default_states(top) is not None)")
+    from .states import phi_torsions
 
-    Parameters
-    ----------
-    topology : mdtraj.Topology or None
-        Topology to inspect.
+    return bool(phi_torsions(topology))
 
-    Returns
-    -------
-    bool
-        False for ``None`` and for topologies mdtraj cannot analyse.
+
+def phi_states(x_or_traj, topology=None) -> tuple:
+    """Deprecated: ``(φ < 0, φ > 0)`` masks of a molecule with one φ.
+
+    Use ``boltzgen.states.default_states(topology).assign(x)`` (label 1 is φ > 0).
     """
-    import mdtraj
+    _deprecated("phi_states", "boltzgen.states.default_states(topology).assign(x)")
+    from .states import phi_torsions, torsion_angles, trajectory
 
-    if topology is None:
-        return False
-    empty = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3), dtype=np.float32), topology)
-    try:
-        return mdtraj.compute_phi(empty)[0].shape[0] > 0
-    except Exception:  # topologies mdtraj cannot analyse (e.g. no residues)
-        return False
-
-
-def phi_states(x_or_traj, topology=None) -> tuple[np.ndarray, np.ndarray]:
-    """The standard two states of alanine dipeptide: A = {φ < 0}, B = {φ > 0}.
-
-    A holds the C7eq / β / αR basins, B the αL / C7ax basins; ``delta_f(log_w, *phi_states(x, top))``
-    is then F(φ > 0) − F(φ < 0) in kT.
-
-    Parameters
-    ----------
-    x_or_traj, topology
-        As for :func:`phi_psi`; the molecule must have exactly one φ torsion.
-
-    Returns
-    -------
-    in_a, in_b : ndarray of bool, shape (B,)
-    """
-    phi, _ = phi_psi(x_or_traj, topology)
-    if phi.ndim != 1:
-        raise ValueError(f"phi_states needs a molecule with one phi torsion; this one has {phi.shape[1]}")
+    traj = trajectory(x_or_traj, topology)
+    torsions = phi_torsions(traj.topology)
+    if not torsions:
+        raise ValueError("the topology has no phi torsion (needs a C-N-CA-C backbone across residues)")
+    if len(torsions) != 1:
+        raise ValueError(
+            f"phi_states needs a molecule with one phi torsion; this one has {len(torsions)} "
+            "(use boltzgen.states.default_states)"
+        )
+    phi = torsion_angles(traj, torsions[0][1])
     return phi < 0, phi > 0

@@ -55,9 +55,13 @@ def test_reweight_aldp_file(aldp, aldp_file, tmp_path):
     assert metrics["ess"] == pytest.approx(W.ess(lw)) and metrics["ess_fraction"] == pytest.approx(W.ess(lw) / 32)
     assert metrics["log_z"] == pytest.approx(W.log_z(lw).value)
     # Alanine dipeptide: Delta F(phi > 0 vs phi < 0) from the 8 mirrored frames.
-    assert metrics["n_phi_positive"] == 8 and metrics["n_phi_negative"] == 24
+    assert metrics["states"] == {"name": "phi", "names": ["phi<0", "phi>0"]}
+    assert metrics["state_counts"] == [24, 8] and metrics["bootstrap_block_size"] == 1
     df = W.delta_f(lw, np.arange(32) < 24, np.arange(32) >= 24, seed=0)
-    assert metrics["delta_f_kT"] == pytest.approx(df.value) and metrics["delta_f_err_kT"] == pytest.approx(df.error)
+    assert metrics["delta_f_kT"] == df.value and metrics["delta_f_err_kT"] == df.error
+    assert metrics["state_free_energies_kT"] == [0.0, df.value]
+    assert metrics["state_free_energies_err_kT"] == [0.0, df.error]
+    assert metrics["delta_f_definition"] == "F(phi>0) - F(phi<0) in kT"
     json.dumps(metrics)
     # log q given as an array, as the name of an array in the file, or as a .npy path: same weights.
     np.save(tmp_path / "lq.npy", log_q)
@@ -70,29 +74,36 @@ def test_reweight_errors_are_clear(aldp, aldp_file, tmp_path):
     path, log_q = aldp_file
     x = load_samples(str(path)).x
     top = aldp.topology
+    never = str(tmp_path / "never.h5")  # every call below fails, so none may write its output
 
     short = tmp_path / "short.h5"
     save_samples(str(short), x[:, :21], topology=top.subset(range(21)), log_q=log_q)
-    with pytest.raises(ValueError, match="wrong atom count: the samples have 21 atoms but the target aldp-vacuum has 22"):
-        reweight_samples(str(short), aldp)
+    with pytest.raises(
+        ValueError, match="wrong atom count: the samples have 21 atoms but the target aldp-vacuum has 22"
+    ):
+        reweight_samples(str(short), aldp, out_path=never)
 
     swapped = top.copy()
     h1, h2 = swapped.atom(0), swapped.atom(2)
     h1.name, h2.name = h2.name, h1.name
     names = tmp_path / "names.h5"
     save_samples(str(names), x, topology=swapped, log_q=log_q)
-    with pytest.raises(ValueError, match="2 atoms differ\\): atom 0 is named H2 in the samples but H1 in the target; "
-                                         "atom 2 is named H1"):
-        reweight_samples(str(names), aldp)
+    with pytest.raises(
+        ValueError,
+        match="2 atoms differ\\): atom 0 is named H2 in the samples but H1 in the target; atom 2 is named H1",
+    ):
+        reweight_samples(str(names), aldp, out_path=never)
 
     elements = top.copy()
     c, o = elements.atom(4), elements.atom(5)
     c.name, o.name, c.element, o.element = o.name, c.name, o.element, c.element
     order = tmp_path / "order.h5"
     save_samples(str(order), x, topology=elements, log_q=log_q)
-    with pytest.raises(ValueError, match="atom 4 is O in the samples but C in the target; atom 5 is C in the samples "
-                                         "but O in the target"):
-        reweight_samples(str(order), aldp)
+    with pytest.raises(
+        ValueError,
+        match="atom 4 is O in the samples but C in the target; atom 5 is C in the samples but O in the target",
+    ):
+        reweight_samples(str(order), aldp, out_path=never)
 
     bad = x.copy()
     bad[3, 0, 0] = np.nan
@@ -100,19 +111,22 @@ def test_reweight_errors_are_clear(aldp, aldp_file, tmp_path):
     nan_file = tmp_path / "nan.h5"
     save_samples(str(nan_file), bad, topology=top, log_q=log_q)
     with pytest.raises(ValueError, match="2 of 32 configurations .* non-finite coordinates \\(indices 3, 7\\)"):
-        reweight_samples(str(nan_file), aldp)
+        reweight_samples(str(nan_file), aldp, out_path=never)
 
     no_q = tmp_path / "noq.h5"
     save_samples(str(no_q), x, topology=top)
     with pytest.raises(ValueError, match="no proposal log-density: .*noq.h5 has no 'log_q' array"):
-        reweight_samples(str(no_q), aldp)
+        reweight_samples(str(no_q), aldp, out_path=never)
     with pytest.raises(ValueError, match="'missing' is neither an array in .* nor an existing .npy file"):
-        reweight_samples(str(no_q), aldp, log_q="missing")
+        reweight_samples(str(no_q), aldp, log_q="missing", out_path=never)
     with pytest.raises(ValueError, match="log q has shape \\(31,\\) but there are 32 samples"):
-        reweight_samples(str(no_q), aldp, log_q=log_q[:31])
+        reweight_samples(str(no_q), aldp, log_q=log_q[:31], out_path=never)
     with pytest.raises(ValueError, match="log q is not finite at 1 samples \\(indices 4\\)"):
-        reweight_samples(str(no_q), aldp, log_q=np.where(np.arange(32) == 4, np.nan, log_q))
+        reweight_samples(str(no_q), aldp, log_q=np.where(np.arange(32) == 4, np.nan, log_q), out_path=never)
     assert not (tmp_path / "never.h5").exists()
+    # the same output path is written by a call that succeeds
+    reweight_samples(str(path), aldp, out_path=never)
+    assert load_samples(never).log_weights.shape == (32,)
 
 
 def test_reweight_exact_proposal_gives_uniform_weights(tmp_path):
@@ -126,9 +140,11 @@ def test_reweight_exact_proposal_gives_uniform_weights(tmp_path):
     metrics = reweight_samples(str(path), target, out_path=str(out))
     assert metrics["ess_fraction"] == pytest.approx(1.0, abs=1e-12)
     assert metrics["log_z"] == pytest.approx(0.0, abs=1e-12) and metrics["log_z_err"] == pytest.approx(0.0, abs=1e-6)
-    assert "delta_f_kT" not in metrics
+    assert "delta_f_kT" not in metrics and "states_note" in metrics  # no states: skipped with a note
     assert np.abs(load_samples(str(out)).log_weights).max() < 1e-12
-    with pytest.raises(ValueError, match="configurations of shape \\(3,\\) but the target gmm-two-modes expects \\(2,\\)"):
+    with pytest.raises(
+        ValueError, match="configurations of shape \\(3,\\) but the target gmm-two-modes expects \\(2,\\)"
+    ):
         reweight_samples(str(path), systems.load("gmm-two-modes", dim=2))
 
 
@@ -161,23 +177,62 @@ def test_reweight_uses_a_block_bootstrap_for_md_trajectories(aldp, tmp_path):
 def test_cli_reweight(aldp_file, tmp_path, capsys):
     from boltzgen import cli
 
-    if not hasattr(cli, "cmd_reweight"):
-        pytest.skip("boltzgen reweight is not wired into the CLI yet")
     path, _ = aldp_file
     out = tmp_path / "cli" / "w.h5"
-    assert cli.main(["reweight", str(path), "--system", "aldp-vacuum", "--workers", "0", "--log-q", "log_q",
-                     "-o", str(out), "--json", "--seed", "1"]) == 0
+    assert (
+        cli.main(
+            [
+                "reweight",
+                str(path),
+                "--system",
+                "aldp-vacuum",
+                "--workers",
+                "0",
+                "--log-q",
+                "log_q",
+                "-o",
+                str(out),
+                "--json",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["command"] == "reweight" and printed["n"] == 32 and math.isfinite(printed["delta_f_kT"])
     assert json.loads((out.parent / "metrics.json").read_text())["ess"] == printed["ess"]
     assert load_samples(str(out)).log_weights.shape == (32,)
-    assert cli.main(["reweight", str(path), "--system", "aldp-vacuum", "--workers", "0", "--log-q", "nope",
-                     "-o", str(out)]) == 2
+    assert (
+        cli.main(
+            ["reweight", str(path), "--system", "aldp-vacuum", "--workers", "0", "--log-q", "nope", "-o", str(out)]
+        )
+        == 2
+    )
     assert "neither an array" in capsys.readouterr().err
-    assert cli.main(["reweight", str(path), "--system", "aldp-vacuum", "--workers", "0", "--log-q", "log_q",
-                     "-o", str(out), "--json", "--block-size", "4"]) == 0
+    assert (
+        cli.main(
+            [
+                "reweight",
+                str(path),
+                "--system",
+                "aldp-vacuum",
+                "--workers",
+                "0",
+                "--log-q",
+                "log_q",
+                "-o",
+                str(out),
+                "--json",
+                "--block-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["bootstrap_block_size"] == 4
     with pytest.raises(SystemExit):
-        cli.main(["reweight", str(path), "--system", "aldp-vacuum", "--log-q", "log_q", "-o", str(out),
-                  "--block-size", "0"])
+        cli.main(
+            ["reweight", str(path), "--system", "aldp-vacuum", "--log-q", "log_q", "-o", str(out), "--block-size", "0"]
+        )
     assert "block size must be a positive integer or 'auto'" in capsys.readouterr().err
