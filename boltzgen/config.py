@@ -27,9 +27,23 @@ from typing import Any, Callable, ClassVar, Optional, Union
 
 import yaml
 
-__all__ = ["ConfigError", "NetConfig", "ModelConfig", "LossConfig", "OptimConfig", "TrainSection", "DataConfig",
-           "TrainConfig", "load_train_config", "read_config_file", "read_yaml", "deep_update", "system_config_path",
-           "lambda_clf_at", "state_fraction_of"]
+__all__ = [
+    "ConfigError",
+    "NetConfig",
+    "ModelConfig",
+    "LossConfig",
+    "OptimConfig",
+    "TrainSection",
+    "DataConfig",
+    "TrainConfig",
+    "load_train_config",
+    "read_config_file",
+    "read_yaml",
+    "deep_update",
+    "system_config_path",
+    "lambda_clf_at",
+    "state_fraction_of",
+]
 
 
 class ConfigError(ValueError):
@@ -66,15 +80,24 @@ def integer(path: str, value, low: Optional[int] = None, optional: bool = False)
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{path}: must be an integer{' or null' if optional else ''}, got {value!r} "
-                          f"({_kind_of(value)})")
+        raise ConfigError(
+            f"{path}: must be an integer{' or null' if optional else ''}, got {value!r} ({_kind_of(value)})"
+        )
     if low is not None and value < low:
         raise ConfigError(f"{path}: must be >= {low}, got {value}")
     return int(value)
 
 
-def number(path: str, value, low: Optional[float] = None, high: Optional[float] = None, *,
-           low_open: bool = False, high_open: bool = False, optional: bool = False):
+def number(
+    path: str,
+    value,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+):
     """``value`` checked as a real number in a range, returned as float (bool is refused).
 
     Parameters
@@ -101,8 +124,11 @@ def number(path: str, value, low: Optional[float] = None, high: Optional[float] 
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = " (YAML reads a number without a decimal point, such as 1e-3, as text: write 1.0e-3)" \
-            if isinstance(value, str) else ""
+        hint = (
+            " (YAML reads a number without a decimal point, such as 1e-3, as text: write 1.0e-3)"
+            if isinstance(value, str)
+            else ""
+        )
         raise ConfigError(f"{path}: must be a number{' or null' if optional else ''}, got {value!r}{hint}")
     value = float(value)
     if value != value:
@@ -152,16 +178,22 @@ def lambda_clf(path: str, value):
     """
     if not isinstance(value, (list, tuple)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
-            raise ConfigError(f"{path}: must be a number >= 0 or a schedule [[0, lambda_0], [step_1, lambda_1], "
-                              f"...], got {value!r}")
+            raise ConfigError(
+                f"{path}: must be a number >= 0 or a schedule [[0, lambda_0], [step_1, lambda_1], ...], got {value!r}"
+            )
         return float(value)
-    bad = ConfigError(f"{path}: a schedule must be [[0, lambda_0], [step_1, lambda_1], ...] with increasing "
-                      f"integer steps starting at 0 and lambdas >= 0, got {value!r}")
+    bad = ConfigError(
+        f"{path}: a schedule must be [[0, lambda_0], [step_1, lambda_1], ...] with increasing "
+        f"integer steps starting at 0 and lambdas >= 0, got {value!r}"
+    )
     if not value or any(not isinstance(pair, (list, tuple)) or len(pair) != 2 for pair in value):
         raise bad
     steps = [pair[0] for pair in value]
-    if any(not isinstance(s, int) or isinstance(s, bool) for s in steps) or steps[0] != 0 \
-            or any(b <= a for a, b in zip(steps, steps[1:])):
+    if (
+        any(not isinstance(s, int) or isinstance(s, bool) for s in steps)
+        or steps[0] != 0
+        or any(b <= a for a, b in zip(steps, steps[1:]))
+    ):
         raise bad
     if any(isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0.0 for _, lam in value):
         raise bad
@@ -217,12 +249,27 @@ class _Section:
 
     @classmethod
     def known_keys(cls) -> list[str]:
-        """The keys this section accepts, in order."""
+        """The keys this section accepts.
+
+        Returns
+        -------
+        list of str
+            In the order of the YAML form.
+        """
         return [f.name for f in fields(cls)]
 
     @classmethod
     def from_dict(cls, data):
-        """The section from a mapping (missing keys keep their defaults).
+        """The section from a mapping.
+
+        Parameters
+        ----------
+        data : dict
+            The section's keys; missing ones keep their defaults.
+
+        Returns
+        -------
+        section
 
         Raises
         ------
@@ -238,7 +285,13 @@ class _Section:
         return cls(**data)
 
     def to_dict(self) -> dict:
-        """The section as the nested dict the trainer reads."""
+        """The section as the nested dict the trainer reads.
+
+        Returns
+        -------
+        dict
+            Key -> value (copies).
+        """
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
 
 
@@ -290,13 +343,36 @@ class NetConfig(_Section):
         object.__setattr__(self, "options", _network_options(self.kind, dict(self.options)))
 
     @classmethod
-    def from_dict(cls, data):
+    def from_dict(cls, data) -> "NetConfig":
+        """The section from its YAML form ``{"kind": ..., <options>}``.
+
+        Parameters
+        ----------
+        data : dict
+            ``kind`` (default ``egnn``) and the network's options.
+
+        Returns
+        -------
+        NetConfig
+
+        Raises
+        ------
+        ConfigError
+            For an unknown kind, an option the kind does not have, or a value of the wrong type.
+        """
         if not isinstance(data, dict):
             raise ConfigError(f"net: must be a mapping, got {data!r}")
         data = dict(data)
         return cls(kind=data.pop("kind", cls.kind), options=data)
 
     def to_dict(self) -> dict:
+        """The section's YAML form.
+
+        Returns
+        -------
+        dict
+            ``{"kind": ..., <options>}`` (a copy).
+        """
         return {"kind": self.kind, **copy.deepcopy(self.options)}
 
 
@@ -490,12 +566,15 @@ class DataConfig(_Section):
 
     PATH: ClassVar[str] = "data"
     state_fraction: Optional[float] = _setting(
-        None, lambda p, v: number(p, v, 0.0, 1.0, low_open=True, high_open=True, optional=True))
+        None, lambda p, v: number(p, v, 0.0, 1.0, low_open=True, high_open=True, optional=True)
+    )
 
 
 #: Old keys still read: path -> new path (a configuration may not give both).
-ALIASES = {("train", "phi_positive_fraction"): ("data", "state_fraction"),
-           ("data", "phi_positive_fraction"): ("data", "state_fraction")}
+ALIASES = {
+    ("train", "phi_positive_fraction"): ("data", "state_fraction"),
+    ("data", "phi_positive_fraction"): ("data", "state_fraction"),
+}
 
 
 @dataclass(frozen=True)
@@ -525,13 +604,23 @@ class TrainConfig(_Section):
     def __post_init__(self):
         super().__post_init__()
         if self.pretrain_dsm_steps > self.train.steps:
-            raise ConfigError(f"pretrain_dsm_steps: must be <= train.steps ({self.train.steps}), "
-                              f"got {self.pretrain_dsm_steps}")
+            raise ConfigError(
+                f"pretrain_dsm_steps: must be <= train.steps ({self.train.steps}), got {self.pretrain_dsm_steps}"
+            )
 
     @classmethod
     def from_dict(cls, data) -> "TrainConfig":
-        """The configuration from a nested dict (missing keys keep their defaults; old aliases
-        such as ``train.phi_positive_fraction`` are read).
+        """The configuration from a nested dict.
+
+        Parameters
+        ----------
+        data : dict
+            Nested options; missing keys keep their defaults, old names such as
+            ``train.phi_positive_fraction`` are read as the new ones.
+
+        Returns
+        -------
+        TrainConfig
 
         Raises
         ------
@@ -552,7 +641,14 @@ class TrainConfig(_Section):
         return cls(**values)
 
     def to_dict(self) -> dict:
-        """The nested dict the trainer reads (and ``config.yaml`` holds)."""
+        """The nested dict the trainer reads (and ``config.yaml`` holds).
+
+        Returns
+        -------
+        dict
+            Sections ``net``, ``model``, ``loss``, ``optim``, ``train``, ``data`` and the keys
+            ``pretrain_dsm_steps`` and ``seed`` (copies).
+        """
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -560,8 +656,14 @@ class TrainConfig(_Section):
         return out
 
 
-_SECTIONS = {"net": NetConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
-             "train": TrainSection, "data": DataConfig}
+_SECTIONS = {
+    "net": NetConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": TrainSection,
+    "data": DataConfig,
+}
 
 
 def apply_aliases(data: dict) -> dict:
@@ -672,7 +774,7 @@ def read_yaml(path: str) -> dict:
     return data
 
 
-def read_config_file(path: str, _seen: tuple = ()) -> dict:
+def read_config_file(path: str) -> dict:
     """A YAML configuration file with its ``extends:`` chain merged in (the extended file first).
 
     Parameters
@@ -693,9 +795,14 @@ def read_config_file(path: str, _seen: tuple = ()) -> dict:
     ConfigError
         For invalid YAML, a bad ``extends`` value or a cycle.
     """
+    return _read_chain(path, ())
+
+
+def _read_chain(path: str, seen: tuple) -> dict:
+    """:func:`read_config_file` with the files already on the ``extends`` chain."""
     real = os.path.realpath(path)
-    if real in _seen:
-        raise ConfigError(f"{path}: extends: cycle ({' -> '.join(_seen + (real,))})")
+    if real in seen:
+        raise ConfigError(f"{path}: extends: cycle ({' -> '.join(seen + (real,))})")
     data = read_yaml(path)
     parent = data.pop("extends", None)
     data = apply_aliases(data)
@@ -709,7 +816,7 @@ def read_config_file(path: str, _seen: tuple = ()) -> dict:
         other = shipped if shipped is not None else other
     if not os.path.exists(other):
         raise FileNotFoundError(f"{path}: extends: file not found: {other}")
-    return deep_update(read_config_file(other, _seen + (real,)), data)
+    return deep_update(_read_chain(other, seen + (real,)), data)
 
 
 def _shipped_file(name: str) -> Optional[str]:
@@ -741,8 +848,9 @@ def system_config_path(system: str) -> Optional[str]:
     return _shipped_file(name) if name else None
 
 
-def load_train_config(system: Optional[str] = None, config_file: Optional[str] = None,
-                      overrides: Optional[dict] = None) -> TrainConfig:
+def load_train_config(
+    system: Optional[str] = None, config_file: Optional[str] = None, overrides: Optional[dict] = None
+) -> TrainConfig:
     """The training configuration: defaults, the system's file, a user file, then overrides.
 
     Parameters

@@ -78,8 +78,13 @@ class LogNormaliser(nn.Module):
             self.register_buffer("grid", torch.linspace(self.t_min, 1.0, self.n_levels))
             self.values = nn.Parameter(torch.zeros(self.n_levels))
         elif kind == "mlp":
-            self.mlp = nn.Sequential(nn.Linear(1, self.hidden), nn.SiLU(), nn.Linear(self.hidden, self.hidden),
-                                     nn.SiLU(), nn.Linear(self.hidden, 1))
+            self.mlp = nn.Sequential(
+                nn.Linear(1, self.hidden),
+                nn.SiLU(),
+                nn.Linear(self.hidden, self.hidden),
+                nn.SiLU(),
+                nn.Linear(self.hidden, 1),
+            )
             nn.init.zeros_(self.mlp[-1].weight)
             nn.init.zeros_(self.mlp[-1].bias)
 
@@ -155,10 +160,21 @@ class EnergyModel(nn.Module):
     schedule, event_shape, mean_free, sigma_data, t_min, dim (degrees of freedom d)
     """
 
-    def __init__(self, net: nn.Module, event_shape: Sequence[int], schedule: Union[Schedule, dict, None] = None, *,
-                 mean_free: Optional[bool] = None, sigma_data: float = 1.0, t_min: float = 1e-3,
-                 log_normaliser: str = "grid", n_levels: int = 64, normaliser_hidden: int = 64,
-                 output_scale: str = "none", net_config: Optional[dict] = None):
+    def __init__(
+        self,
+        net: nn.Module,
+        event_shape: Sequence[int],
+        schedule: Union[Schedule, dict, None] = None,
+        *,
+        mean_free: Optional[bool] = None,
+        sigma_data: float = 1.0,
+        t_min: float = 1e-3,
+        log_normaliser: str = "grid",
+        n_levels: int = 64,
+        normaliser_hidden: int = 64,
+        output_scale: str = "none",
+        net_config: Optional[dict] = None,
+    ):
         super().__init__()
         self.event_shape = tuple(int(s) for s in event_shape)
         if mean_free is None:
@@ -240,8 +256,9 @@ class EnergyModel(nn.Module):
         c2 = self.c2(t)
         out = self.net(xc / self._per_sample(c2.sqrt()), t)
         if out.numel() != x.shape[0]:
-            raise ValueError(f"the network must return one energy per configuration ({x.shape[0]},), "
-                             f"got shape {tuple(out.shape)}")
+            raise ValueError(
+                f"the network must return one energy per configuration ({x.shape[0]},), got shape {tuple(out.shape)}"
+            )
         return 0.5 * sq_norm(xc, self._n_event) / c2 + self._lambda(t) * out.reshape(x.shape[0])
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
@@ -339,8 +356,11 @@ class EnergyModel(nn.Module):
         """
         if not isinstance(t, torch.Tensor):
             ref = next(iter(self.parameters()), None)
-            t = torch.as_tensor(t, dtype=torch.get_default_dtype() if ref is None else ref.dtype,
-                                device=None if ref is None else ref.device)
+            t = torch.as_tensor(
+                t,
+                dtype=torch.get_default_dtype() if ref is None else ref.dtype,
+                device=None if ref is None else ref.device,
+            )
         return -0.5 * self.dim * torch.log(2.0 * math.pi * self.c2(t)) + self.normaliser(t)
 
     def log_prob(self, x: torch.Tensor, t) -> torch.Tensor:
@@ -404,8 +424,9 @@ class EnergyModel(nn.Module):
         groups = [dict(params=list(self.network_parameters()), lr=lr, **options)]
         norm_params = list(self.log_normaliser_parameters())
         if norm_params:
-            groups.append(dict(params=norm_params, lr=lr if log_normaliser_lr is None else log_normaliser_lr,
-                               weight_decay=0.0))
+            groups.append(
+                dict(params=norm_params, lr=lr if log_normaliser_lr is None else log_normaliser_lr, weight_decay=0.0)
+            )
         return groups
 
     def config(self) -> dict:
@@ -458,5 +479,7 @@ class EnergyModel(nn.Module):
         -------
         str
         """
-        return (f"event_shape={self.event_shape}, mean_free={self.mean_free}, sigma_data={self.sigma_data}, "
-                f"t_min={self.t_min}, output_scale={self.output_scale!r}, schedule={self.schedule!r}")
+        return (
+            f"event_shape={self.event_shape}, mean_free={self.mean_free}, sigma_data={self.sigma_data}, "
+            f"t_min={self.t_min}, output_scale={self.output_scale!r}, schedule={self.schedule!r}"
+        )

@@ -77,16 +77,33 @@ import torch
 
 from .diffusion.noise import event_dim, sample_noise, sq_norm
 
-__all__ = ["LOSSES", "LEVEL_MODES", "CLF_SAMPLES", "sample_levels", "noise_at_levels", "dsm_loss", "diffclf_loss",
-           "dsm_diffclf_loss", "compute_loss"]
+__all__ = [
+    "LOSSES",
+    "LEVEL_MODES",
+    "CLF_SAMPLES",
+    "sample_levels",
+    "noise_at_levels",
+    "dsm_loss",
+    "diffclf_loss",
+    "dsm_diffclf_loss",
+    "compute_loss",
+]
 
 #: Names accepted by :func:`compute_loss` (and ``boltzgen train --loss``).
 LOSSES = ("dsm", "diffclf", "dsm+diffclf")
 #: Level-sampling modes of :func:`sample_levels`.
 #: Which noisy samples of each x_0 DiffCLF classifies (see the module docstring).
 CLF_SAMPLES = ("all", "one")
-LEVEL_MODES = ("uniform", "stratified", "grid", "grid-stratified",
-               "log-snr", "log-snr-stratified", "log-snr-grid", "log-snr-grid-stratified")
+LEVEL_MODES = (
+    "uniform",
+    "stratified",
+    "grid",
+    "grid-stratified",
+    "log-snr",
+    "log-snr-stratified",
+    "log-snr-grid",
+    "log-snr-grid-stratified",
+)
 
 Grid = Union[int, torch.Tensor]
 
@@ -100,9 +117,18 @@ def _grid_times(grid: Grid, t_min: float, dtype, device) -> torch.Tensor:
     return torch.linspace(t_min, 1.0, int(grid), dtype=dtype, device=device)
 
 
-def sample_levels(batch: int, k: int, t_min: float, generator: Optional[torch.Generator] = None, *,
-                  levels: str = "uniform", grid: Grid = 64, dtype: Optional[torch.dtype] = None,
-                  device=None, schedule=None) -> torch.Tensor:
+def sample_levels(
+    batch: int,
+    k: int,
+    t_min: float,
+    generator: Optional[torch.Generator] = None,
+    *,
+    levels: str = "uniform",
+    grid: Grid = 64,
+    dtype: Optional[torch.dtype] = None,
+    device=None,
+    schedule=None,
+) -> torch.Tensor:
     """Draw k sorted diffusion levels for each member of a batch.
 
     Parameters
@@ -137,7 +163,7 @@ def sample_levels(batch: int, k: int, t_min: float, generator: Optional[torch.Ge
     if dtype is None:
         dtype = grid.dtype if isinstance(grid, torch.Tensor) and "grid" in levels else torch.get_default_dtype()
     log_snr = levels.startswith("log-snr")
-    base = levels[len("log-snr-"):] if levels.startswith("log-snr-") else ("uniform" if log_snr else levels)
+    base = levels[len("log-snr-") :] if levels.startswith("log-snr-") else ("uniform" if log_snr else levels)
     to_time = _log_snr_map(schedule, t_min) if log_snr else (lambda u: t_min + (1.0 - t_min) * u)
     if base in ("uniform", "stratified"):
         u = torch.rand(batch, k, generator=generator, dtype=dtype, device=device)
@@ -181,7 +207,7 @@ def _log_snr_map(schedule, t_min: float) -> Callable[[torch.Tensor], torch.Tenso
         target = lam_hi + u.to(torch.float64) * (lam_lo - lam_hi)
         lo = torch.full_like(target, float(t_min))
         hi = torch.ones_like(target)
-        for _ in range(60):          # λ decreases in t: bisection to float64 precision
+        for _ in range(60):  # λ decreases in t: bisection to float64 precision
             mid = 0.5 * (lo + hi)
             above = _log_snr(schedule, mid) > target
             lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
@@ -192,8 +218,13 @@ def _log_snr_map(schedule, t_min: float) -> Callable[[torch.Tensor], torch.Tenso
     return to_time
 
 
-def noise_at_levels(model, x0: torch.Tensor, t: torch.Tensor, generator: Optional[torch.Generator] = None,
-                    noise: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def noise_at_levels(
+    model,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    noise: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise each clean sample at its k levels: x_{b,j} = α(t_bj) x0_b + σ(t_bj) ε_bj.
 
     Parameters
@@ -221,14 +252,37 @@ def noise_at_levels(model, x0: torch.Tensor, t: torch.Tensor, generator: Optiona
 
 def _levels(model, x0, generator, k, levels, grid, t) -> torch.Tensor:
     if t is None:
-        return sample_levels(x0.shape[0], k, model.t_min, generator, levels=levels, grid=grid,
-                             dtype=x0.dtype, device=x0.device, schedule=getattr(model, "schedule", None))
+        return sample_levels(
+            x0.shape[0],
+            k,
+            model.t_min,
+            generator,
+            levels=levels,
+            grid=grid,
+            dtype=x0.dtype,
+            device=x0.device,
+            schedule=getattr(model, "schedule", None),
+        )
     t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
     return t.reshape(x0.shape[0], -1)
 
 
-def _objective(model, x0: torch.Tensor, generator, *, k: int, levels: str, grid: Grid, t, noise,
-               use_dsm: bool, use_clf: bool, lambda_clf: float, weighting, clf_samples: str = "all") -> dict:
+def _objective(
+    model,
+    x0: torch.Tensor,
+    generator,
+    *,
+    k: int,
+    levels: str,
+    grid: Grid,
+    t,
+    noise,
+    use_dsm: bool,
+    use_clf: bool,
+    lambda_clf: float,
+    weighting,
+    clf_samples: str = "all",
+) -> dict:
     """The one implementation behind every loss: noise at k levels, then the DSM and/or CLF terms."""
     t = _levels(model, x0, generator, k, levels, grid, t)
     b, k = t.shape
@@ -258,8 +312,8 @@ def _objective(model, x0: torch.Tensor, generator, *, k: int, levels: str, grid:
         # Classify one noisy sample y_j per x_0 (j uniform), weight k: unbiased for the sum over j.
         rows = torch.arange(b, device=x0.device)
         j = torch.randint(0, k, (b,), generator=generator).to(x0.device)
-        levels_i = (j[:, None] + torch.arange(k, device=x0.device)) % k      # (B, k), column 0 is j
-        first = 1 if use_dsm else 0                                          # E(y_j, t_j) from the DSM pass
+        levels_i = (j[:, None] + torch.arange(k, device=x0.device)) % k  # (B, k), column 0 is j
+        first = 1 if use_dsm else 0  # E(y_j, t_j) from the DSM pass
         y_j = x_t.reshape((b, k) + event)[rows, j]
         x_rows = y_j.unsqueeze(1).expand((b, k - first) + event).reshape((-1,) + event)
         e_rest = model.energy(x_rows, t[rows[:, None], levels_i[:, first:]].reshape(-1)).reshape(b, k - first)
@@ -272,11 +326,11 @@ def _objective(model, x0: torch.Tensor, generator, *, k: int, levels: str, grid:
     elif use_clf:
         diag = torch.arange(k, device=x0.device)
         rows_i, cols_j = torch.meshgrid(diag, diag, indexing="ij")
-        rows_i, cols_j = rows_i.reshape(-1), cols_j.reshape(-1)          # pair p = i k + j
+        rows_i, cols_j = rows_i.reshape(-1), cols_j.reshape(-1)  # pair p = i k + j
         if use_dsm:
-            pick = rows_i != cols_j                                       # only off-diagonal pairs
+            pick = rows_i != cols_j  # only off-diagonal pairs
         else:
-            pick = torch.ones_like(rows_i, dtype=torch.bool)              # every pair, one pass
+            pick = torch.ones_like(rows_i, dtype=torch.bool)  # every pair, one pass
         i_idx, j_idx = rows_i[pick], cols_j[pick]
         x_rows = x_t.reshape((b, k) + event)[:, j_idx].reshape((-1,) + event)
         e_pick = model.energy(x_rows, t[:, i_idx].reshape(-1)).reshape(b, -1)
@@ -289,7 +343,7 @@ def _objective(model, x0: torch.Tensor, generator, *, k: int, levels: str, grid:
             energies = torch.cat([e_diag.reshape(b, k), e_pick], dim=1)[:, order]
         else:
             energies = e_pick
-        logits = -energies.reshape(b, k, k) + model.log_normaliser(t).reshape(b, k, 1)   # L[b, i, j]
+        logits = -energies.reshape(b, k, k) + model.log_normaliser(t).reshape(b, k, 1)  # L[b, i, j]
         log_post = torch.log_softmax(logits, dim=1)
         out["clf"] = -torch.diagonal(log_post, dim1=1, dim2=2).sum(dim=1).mean()
         out["clf_accuracy"] = (logits.detach().argmax(dim=1) == diag).to(x0.dtype).mean()
@@ -301,9 +355,18 @@ def _objective(model, x0: torch.Tensor, generator, *, k: int, levels: str, grid:
     return out
 
 
-def dsm_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] = None, *, k: int = 1,
-             levels: str = "uniform", grid: Grid = 64, t: Optional[torch.Tensor] = None,
-             noise: Optional[torch.Tensor] = None, weighting: Optional[Callable] = None) -> dict:
+def dsm_loss(
+    model,
+    x0: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    *,
+    k: int = 1,
+    levels: str = "uniform",
+    grid: Grid = 64,
+    t: Optional[torch.Tensor] = None,
+    noise: Optional[torch.Tensor] = None,
+    weighting: Optional[Callable] = None,
+) -> dict:
     """Denoising score matching, ‖σ_t ∇ₓE_θ(x_t, t) − ε‖² / d averaged over B k noisy samples.
 
     Parameters
@@ -329,13 +392,34 @@ def dsm_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] = Non
     -------
     dict with ``total`` = ``dsm`` (scalar tensors with graph), ``n_dsm``, ``n_energy``
     """
-    return _objective(model, x0, generator, k=k, levels=levels, grid=grid, t=t, noise=noise, use_dsm=True,
-                      use_clf=False, lambda_clf=0.0, weighting=weighting)
+    return _objective(
+        model,
+        x0,
+        generator,
+        k=k,
+        levels=levels,
+        grid=grid,
+        t=t,
+        noise=noise,
+        use_dsm=True,
+        use_clf=False,
+        lambda_clf=0.0,
+        weighting=weighting,
+    )
 
 
-def diffclf_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] = None, *, k: int = 2,
-                 levels: str = "uniform", grid: Grid = 64, t: Optional[torch.Tensor] = None,
-                 noise: Optional[torch.Tensor] = None, clf_samples: str = "all") -> dict:
+def diffclf_loss(
+    model,
+    x0: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    *,
+    k: int = 2,
+    levels: str = "uniform",
+    grid: Grid = 64,
+    t: Optional[torch.Tensor] = None,
+    noise: Optional[torch.Tensor] = None,
+    clf_samples: str = "all",
+) -> dict:
     """Diffusive classification loss alone (binary for k = 2, multi-level for k > 2).
 
     ℓ_CLF = Σ_j −log softmax_i(L_ij)|_{i=j}, L_ij = −E_θ(x_{t_j}, t_i) + F(t_i), averaged over
@@ -357,8 +441,21 @@ def diffclf_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] =
     -------
     dict with ``total`` = ``clf`` (with graph), ``clf_accuracy``, ``n_dsm`` (0), ``n_energy``
     """
-    return _objective(model, x0, generator, k=k, levels=levels, grid=grid, t=t, noise=noise, use_dsm=False,
-                      use_clf=True, lambda_clf=1.0, weighting=None, clf_samples=_check_clf_samples(clf_samples))
+    return _objective(
+        model,
+        x0,
+        generator,
+        k=k,
+        levels=levels,
+        grid=grid,
+        t=t,
+        noise=noise,
+        use_dsm=False,
+        use_clf=True,
+        lambda_clf=1.0,
+        weighting=None,
+        clf_samples=_check_clf_samples(clf_samples),
+    )
 
 
 def _check_clf_samples(clf_samples: str) -> str:
@@ -367,10 +464,20 @@ def _check_clf_samples(clf_samples: str) -> str:
     return clf_samples
 
 
-def dsm_diffclf_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] = None, *, k: int = 2,
-                     lambda_clf: float = 1.0, levels: str = "uniform", grid: Grid = 64,
-                     t: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
-                     weighting: Optional[Callable] = None, clf_samples: str = "all") -> dict:
+def dsm_diffclf_loss(
+    model,
+    x0: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    *,
+    k: int = 2,
+    lambda_clf: float = 1.0,
+    levels: str = "uniform",
+    grid: Grid = 64,
+    t: Optional[torch.Tensor] = None,
+    noise: Optional[torch.Tensor] = None,
+    weighting: Optional[Callable] = None,
+    clf_samples: str = "all",
+) -> dict:
     """L = L_DSM + λ_clf L_CLF on the same B k noisy samples.
 
     The diagonal energies and the scores come from one network pass with ``create_graph``; the
@@ -388,14 +495,36 @@ def dsm_diffclf_loss(model, x0: torch.Tensor, generator: Optional[torch.Generato
     -------
     dict with ``total``, ``dsm``, ``clf`` (with graph), ``clf_accuracy``, ``n_dsm``, ``n_energy``
     """
-    return _objective(model, x0, generator, k=k, levels=levels, grid=grid, t=t, noise=noise, use_dsm=True,
-                      use_clf=True, lambda_clf=float(lambda_clf), weighting=weighting,
-                      clf_samples=_check_clf_samples(clf_samples))
+    return _objective(
+        model,
+        x0,
+        generator,
+        k=k,
+        levels=levels,
+        grid=grid,
+        t=t,
+        noise=noise,
+        use_dsm=True,
+        use_clf=True,
+        lambda_clf=float(lambda_clf),
+        weighting=weighting,
+        clf_samples=_check_clf_samples(clf_samples),
+    )
 
 
-def compute_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] = None, *,
-                 loss: str = "dsm+diffclf", k: int = 2, lambda_clf: float = 1.0, levels: str = "uniform",
-                 grid: Grid = 64, weighting: Optional[Callable] = None, clf_samples: str = "all") -> dict:
+def compute_loss(
+    model,
+    x0: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    *,
+    loss: str = "dsm+diffclf",
+    k: int = 2,
+    lambda_clf: float = 1.0,
+    levels: str = "uniform",
+    grid: Grid = 64,
+    weighting: Optional[Callable] = None,
+    clf_samples: str = "all",
+) -> dict:
     """The objective named ``loss`` (one of :data:`LOSSES`), for trainers and the CLI.
 
     ``"dsm"`` uses k noisy copies per x_0 (the fair baseline of ``"dsm+diffclf"`` with the same
@@ -437,6 +566,15 @@ def compute_loss(model, x0: torch.Tensor, generator: Optional[torch.Generator] =
     if loss == "diffclf":
         return diffclf_loss(model, x0, generator, k=k, levels=levels, grid=grid, clf_samples=clf_samples)
     if loss == "dsm+diffclf":
-        return dsm_diffclf_loss(model, x0, generator, k=k, lambda_clf=lambda_clf, levels=levels, grid=grid,
-                                weighting=weighting, clf_samples=clf_samples)
+        return dsm_diffclf_loss(
+            model,
+            x0,
+            generator,
+            k=k,
+            lambda_clf=lambda_clf,
+            levels=levels,
+            grid=grid,
+            weighting=weighting,
+            clf_samples=clf_samples,
+        )
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")

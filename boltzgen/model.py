@@ -43,8 +43,14 @@ class TrainedModel(torch.nn.Module):
         Atoms of molecular data.
     """
 
-    def __init__(self, inner: EnergyModel, length_scale: float, config: Optional[dict] = None, topology=None,
-                 metadata: Optional[dict] = None):
+    def __init__(
+        self,
+        inner: EnergyModel,
+        length_scale: float,
+        config: Optional[dict] = None,
+        topology=None,
+        metadata: Optional[dict] = None,
+    ):
         super().__init__()
         self.inner = inner
         self.length_scale = float(length_scale)
@@ -137,9 +143,17 @@ def build_model(config: dict, event_shape, topology, length_scale: float) -> Tra
     target_like = topology if topology is not None else tuple(event_shape)
     net = build_network(kind, target_like, **net_cfg)
     m = config["model"]
-    inner = EnergyModel(net, event_shape, m["schedule"], sigma_data=1.0, t_min=m["t_min"],
-                        log_normaliser=m["log_normaliser"], n_levels=m["n_levels"],
-                        output_scale=m.get("output_scale", "none"), net_config={"kind": kind, **net.config})
+    inner = EnergyModel(
+        net,
+        event_shape,
+        m["schedule"],
+        sigma_data=1.0,
+        t_min=m["t_min"],
+        log_normaliser=m["log_normaliser"],
+        n_levels=m["n_levels"],
+        output_scale=m.get("output_scale", "none"),
+        net_config={"kind": kind, **net.config},
+    )
     return TrainedModel(inner, length_scale, config, topology)
 
 

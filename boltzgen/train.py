@@ -38,15 +38,34 @@ import numpy as np
 import torch
 import yaml
 
-from .config import TrainConfig, deep_update, lambda_clf_at, load_train_config, state_fraction_of
+from .config import (  # noqa: F401  (system_config_path: re-exported for older imports)
+    TrainConfig,
+    deep_update,
+    lambda_clf_at,
+    load_train_config,
+    state_fraction_of,
+    system_config_path,
+)
 from .energy import EnergyModel
 from .io import atomic_path, load_samples, write_json
 from .losses import compute_loss
 from .model import TrainedModel, build_model, load_checkpoint, load_model  # noqa: F401  (TrainedModel, load_model: re-exported for older imports)
 from .version import __version__
 
-LOG_FIELDS = ["step", "phase", "lr", "total", "dsm", "clf", "clf_accuracy", "grad_norm", "seconds",
-              "val_total", "val_dsm", "val_clf"]
+LOG_FIELDS = [
+    "step",
+    "phase",
+    "lr",
+    "total",
+    "dsm",
+    "clf",
+    "clf_accuracy",
+    "grad_norm",
+    "seconds",
+    "val_total",
+    "val_dsm",
+    "val_clf",
+]
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -62,8 +81,9 @@ def _relevant(config: dict, key: str):
     return value
 
 
-def resolve_config(system: Optional[str] = None, config_file: Optional[str] = None,
-                   overrides: Optional[dict] = None) -> dict:
+def resolve_config(
+    system: Optional[str] = None, config_file: Optional[str] = None, overrides: Optional[dict] = None
+) -> dict:
     """The training configuration as the nested dict the :class:`Trainer` reads.
 
     ``load_train_config(system, config_file, overrides).to_dict()``
@@ -154,8 +174,10 @@ def state_draw_probabilities(in_state, fraction: float, name: str = "the state")
         raise ValueError(f"the fraction of a state in each batch must lie in (0, 1), got {fraction}")
     n_in = int(in_state.sum())
     if n_in == 0 or n_in == in_state.size:
-        raise ValueError(f"{n_in} of {in_state.size} training frames lie in {name}; oversampling it needs frames "
-                         "both in and out of it (simulate longer, or at higher temperatures)")
+        raise ValueError(
+            f"{n_in} of {in_state.size} training frames lie in {name}; oversampling it needs frames "
+            "both in and out of it (simulate longer, or at higher temperatures)"
+        )
     p = np.where(in_state, fraction / n_in, (1.0 - fraction) / (in_state.size - n_in))
     return torch.as_tensor(p / p.sum(), dtype=torch.float64)
 
@@ -193,9 +215,12 @@ def rare_state_draw_probabilities(labels, names, fraction: float, state_set: str
     info = {"state": str(names[rare]), "n_train_state": int(counts[rare])}
     if len(occupied) < 2:  # a smoke run whose data never left one state must still train
         shown = ", ".join(f"{name}: {int(n)}" for name, n in zip(names, counts))
-        warnings.warn(f"data.state_fraction = {fraction}: all training frames lie in one state of {state_set} "
-                      f"({shown}), so frames are drawn uniformly (simulate longer, or keep hotter replicas: "
-                      "boltzgen simulate --keep-replicas)", stacklevel=3)
+        warnings.warn(
+            f"data.state_fraction = {fraction}: all training frames lie in one state of {state_set} "
+            f"({shown}), so frames are drawn uniformly (simulate longer, or keep hotter replicas: "
+            "boltzgen simulate --keep-replicas)",
+            stacklevel=3,
+        )
         return None, {"state": None, "n_train_state": int(counts[rare])}
     return state_draw_probabilities(labels == rare, float(fraction), str(names[rare])), info
 
@@ -237,8 +262,10 @@ def local_batch_size(batch_size: int, processes: int) -> int:
         If the batch does not split evenly.
     """
     if batch_size % processes:
-        raise ValueError(f"train.batch_size = {batch_size} must be divisible by the number of training processes "
-                         f"({processes}): each draws an equal share of every batch")
+        raise ValueError(
+            f"train.batch_size = {batch_size} must be divisible by the number of training processes "
+            f"({processes}): each draws an equal share of every batch"
+        )
     return batch_size // processes
 
 
@@ -295,8 +322,18 @@ class Trainer:
         :func:`boltzgen.states.default_states` of ``topology``).
     """
 
-    def __init__(self, config, data, run_dir: str, *, topology=None, metadata: Optional[dict] = None,
-                 progress: bool = True, start_from: Optional[str] = None, states=None):
+    def __init__(
+        self,
+        config,
+        data,
+        run_dir: str,
+        *,
+        topology=None,
+        metadata: Optional[dict] = None,
+        progress: bool = True,
+        start_from: Optional[str] = None,
+        states=None,
+    ):
         if not isinstance(config, TrainConfig):
             config = TrainConfig.from_dict(config)
         self.settings = config
@@ -310,7 +347,9 @@ class Trainer:
         event_shape = tuple(data.shape[1:])
         mean_free = len(event_shape) == 2 and event_shape[1] == 3
         if topology is not None and (len(event_shape) != 2 or event_shape[0] != topology.n_atoms):
-            raise ValueError(f"data have {event_shape[0] if event_shape else '?'} atoms, the topology {topology.n_atoms}")
+            raise ValueError(
+                f"data have {event_shape[0] if event_shape else '?'} atoms, the topology {topology.n_atoms}"
+            )
         y, self.length_scale = prepare_data(data, mean_free)
         seed = int(config["seed"])
         split = torch.Generator().manual_seed(seed)
@@ -329,8 +368,9 @@ class Trainer:
             self.model = build_model(config, event_shape, topology, self.length_scale)
         self.ema = copy.deepcopy(self.model.inner).requires_grad_(False)
         o = config["optim"]
-        groups = self.model.inner.parameter_groups(float(o["lr"]), o.get("log_normaliser_lr"),
-                                                   weight_decay=float(o["weight_decay"]))
+        groups = self.model.inner.parameter_groups(
+            float(o["lr"]), o.get("log_normaliser_lr"), weight_decay=float(o["weight_decay"])
+        )
         optimiser = torch.optim.AdamW if o["optimizer"] == "adamw" else torch.optim.Adam
         self.optimiser = optimiser(groups)
         for group in self.optimiser.param_groups:
@@ -347,9 +387,11 @@ class Trainer:
 
             states = default_states(self.topology)
         if states is None:
-            raise ValueError("data.state_fraction (boltzgen train --state-fraction) needs the system's metastable "
-                             "states; these data have " + ("no topology" if self.topology is None else
-                                                           "no default states (no peptide backbone phi)"))
+            raise ValueError(
+                "data.state_fraction (boltzgen train --state-fraction) needs the system's metastable "
+                "states; these data have "
+                + ("no topology" if self.topology is None else "no default states (no peptide backbone phi)")
+            )
         labels = np.asarray(states.assign(train_x), dtype=np.int64)
         probabilities, info = rare_state_draw_probabilities(labels, states.names, fraction, states.name)
         self.metadata.update(oversampled_state=info["state"], n_train_state=info["n_train_state"])
@@ -370,11 +412,20 @@ class Trainer:
             processes), torch's RNG state, ``config``, ``length_scale``, ``best_val`` and
             ``boltzgen_version``. With several processes this is a collective call.
         """
-        return {"step": self.step, "model": self.model.inner.state_dict(), "ema": self.ema.state_dict(),
-                "optimiser": self.optimiser.state_dict(), "generator": self.generator.get_state(),
-                "rank_generators": self._gather_generator_states(), "world": self.world,
-                "torch_rng": torch.get_rng_state(), "config": self.config, "length_scale": self.length_scale,
-                "best_val": self.best_val, "boltzgen_version": __version__}
+        return {
+            "step": self.step,
+            "model": self.model.inner.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "generator": self.generator.get_state(),
+            "rank_generators": self._gather_generator_states(),
+            "world": self.world,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.config,
+            "length_scale": self.length_scale,
+            "best_val": self.best_val,
+            "boltzgen_version": __version__,
+        }
 
     def _gather_generator_states(self) -> list:
         """Every rank's batch-generator state, in rank order (a collective call)."""
@@ -393,8 +444,10 @@ class Trainer:
         reference = flat.clone()
         torch.distributed.broadcast(reference, 0)
         if not torch.equal(reference, flat):
-            raise RuntimeError(f"training process {self.rank} holds other parameters than process 0 at step "
-                               f"{self.step}; the processes must apply identical updates")
+            raise RuntimeError(
+                f"training process {self.rank} holds other parameters than process 0 at step "
+                f"{self.step}; the processes must apply identical updates"
+            )
 
     def save(self) -> None:
         """Write checkpoint.pt and model.pt atomically (rank 0 writes; every rank must call it,
@@ -404,10 +457,16 @@ class Trainer:
         if self.rank == 0:
             with atomic_path(self._path("checkpoint.pt")) as tmp:
                 torch.save(state, tmp)
-            blob = {"state_dict": self.ema.state_dict(), "config": self.config,
-                    "event_shape": list(self.model.event_shape), "length_scale": self.length_scale,
-                    "has_topology": self.topology is not None, "step": self.step, "metadata": self.metadata,
-                    "boltzgen_version": __version__}
+            blob = {
+                "state_dict": self.ema.state_dict(),
+                "config": self.config,
+                "event_shape": list(self.model.event_shape),
+                "length_scale": self.length_scale,
+                "has_topology": self.topology is not None,
+                "step": self.step,
+                "metadata": self.metadata,
+                "boltzgen_version": __version__,
+            }
             with atomic_path(self._path("model.pt")) as tmp:
                 torch.save(blob, tmp)
         if self.world > 1:
@@ -447,12 +506,16 @@ class Trainer:
         state = load_checkpoint(path)
         for key in ("net", "model", "loss", "optim", "pretrain_dsm_steps", "seed"):
             if _relevant(state["config"], key) != _relevant(self.config, key):
-                raise ValueError(f"{self.run_dir} holds a run with a different {key!r} configuration "
-                                 f"({state['config'].get(key)} vs {self.config.get(key)}); use a new run directory")
+                raise ValueError(
+                    f"{self.run_dir} holds a run with a different {key!r} configuration "
+                    f"({state['config'].get(key)} vs {self.config.get(key)}); use a new run directory"
+                )
         before, now = state_fraction_of(state["config"]), state_fraction_of(self.config)
         if before != now:
-            raise ValueError(f"{self.run_dir} holds a run with data.state_fraction = {before}, this run has {now}; "
-                             "use a new run directory")
+            raise ValueError(
+                f"{self.run_dir} holds a run with data.state_fraction = {before}, this run has {now}; "
+                "use a new run directory"
+            )
         self._load_state(state)
         self._truncate_log(self.step)
         return True
@@ -465,9 +528,14 @@ class Trainer:
         if len(generators) == self.world:
             self.generator.set_state(generators[self.rank])
         else:  # the batches cannot continue bit for bit: start fresh streams, distinct per rank and step
-            warnings.warn(f"the checkpoint was written by {len(generators)} training process(es), this run has "
-                          f"{self.world}: training continues, with new random batches", stacklevel=2)
-            self.generator.manual_seed(_batch_seed(int(self.config["seed"]), self.rank) + 7919 * (int(state["step"]) + 1))
+            warnings.warn(
+                f"the checkpoint was written by {len(generators)} training process(es), this run has "
+                f"{self.world}: training continues, with new random batches",
+                stacklevel=2,
+            )
+            self.generator.manual_seed(
+                _batch_seed(int(self.config["seed"]), self.rank) + 7919 * (int(state["step"]) + 1)
+            )
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.best_val = state.get("best_val")
@@ -503,26 +571,38 @@ class Trainer:
         source, step = state["config"], int(state["step"])
         for key in ("net", "model", "optim", "seed"):
             if source.get(key) != self.config.get(key):
-                raise ValueError(f"{path} comes from a run with a different {key!r} configuration "
-                                 f"({source.get(key)} vs {self.config.get(key)})")
+                raise ValueError(
+                    f"{path} comes from a run with a different {key!r} configuration "
+                    f"({source.get(key)} vs {self.config.get(key)})"
+                )
         for key in ("steps", "batch_size", "val_fraction"):
             if source["train"].get(key) != self.config["train"].get(key):
-                raise ValueError(f"{path} comes from a run with train.{key} = {source['train'].get(key)}, this run "
-                                 f"has {self.config['train'].get(key)} (the schedule and batches would differ)")
+                raise ValueError(
+                    f"{path} comes from a run with train.{key} = {source['train'].get(key)}, this run "
+                    f"has {self.config['train'].get(key)} (the schedule and batches would differ)"
+                )
         if state_fraction_of(source) != state_fraction_of(self.config):
-            raise ValueError(f"{path} comes from a run with data.state_fraction = {state_fraction_of(source)}, this "
-                             f"run has {state_fraction_of(self.config)} (the batches would differ)")
+            raise ValueError(
+                f"{path} comes from a run with data.state_fraction = {state_fraction_of(source)}, this "
+                f"run has {state_fraction_of(self.config)} (the batches would differ)"
+            )
         for key in ("k", "levels", "grid"):
             if source["loss"].get(key) != self.config["loss"].get(key):
-                raise ValueError(f"{path} comes from a run with loss.{key} = {source['loss'].get(key)}, this run "
-                                 f"has {self.config['loss'].get(key)}")
+                raise ValueError(
+                    f"{path} comes from a run with loss.{key} = {source['loss'].get(key)}, this run "
+                    f"has {self.config['loss'].get(key)}"
+                )
         if abs(float(state["length_scale"]) - self.length_scale) > 1e-9 * self.length_scale:
-            raise ValueError(f"{path} was trained on other data (length scale {state['length_scale']:.6g} vs "
-                             f"{self.length_scale:.6g})")
+            raise ValueError(
+                f"{path} was trained on other data (length scale {state['length_scale']:.6g} vs "
+                f"{self.length_scale:.6g})"
+            )
         for name, config in (("the checkpoint's run", source), ("this run", self.config)):
             if config["loss"]["kind"] != "dsm" and step > int(config.get("pretrain_dsm_steps", 0)):
-                raise ValueError(f"{path} is at step {step}, past the DSM-only steps of {name} "
-                                 f"(pretrain_dsm_steps = {config.get('pretrain_dsm_steps', 0)})")
+                raise ValueError(
+                    f"{path} is at step {step}, past the DSM-only steps of {name} "
+                    f"(pretrain_dsm_steps = {config.get('pretrain_dsm_steps', 0)})"
+                )
         self._load_state(state)
         self.metadata["started_from"] = {"checkpoint": os.path.abspath(path), "step": step}
         log = os.path.join(os.path.dirname(os.path.abspath(path)), "train_log.csv")
@@ -576,8 +656,14 @@ class Trainer:
     def _loss_options(self, step: int) -> dict:
         loss = self.config["loss"]
         kind = "dsm" if step < int(self.config["pretrain_dsm_steps"]) else loss["kind"]
-        return dict(loss=kind, k=int(loss["k"]), lambda_clf=lambda_clf_at(loss["lambda_clf"], step), levels=loss["levels"],
-                    grid=loss["grid"], clf_samples=loss.get("clf_samples", "all"))
+        return dict(
+            loss=kind,
+            k=int(loss["k"]),
+            lambda_clf=lambda_clf_at(loss["lambda_clf"], step),
+            levels=loss["levels"],
+            grid=loss["grid"],
+            clf_samples=loss.get("clf_samples", "all"),
+        )
 
     def _batch(self, data: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
         if self.draw_probabilities is None:
@@ -601,8 +687,9 @@ class Trainer:
             On a non-finite gradient.
         """
         cfg, o = self.config["train"], self.config["optim"]
-        factor = _lr_factor(self.step, int(cfg["steps"]), int(o["warmup_steps"]), bool(o["cosine"]),
-                            float(o["min_lr_factor"]))
+        factor = _lr_factor(
+            self.step, int(cfg["steps"]), int(o["warmup_steps"]), bool(o["cosine"]), float(o["min_lr_factor"])
+        )
         for group in self.optimiser.param_groups:
             group["lr"] = group["base_lr"] * factor
         x0 = self._batch(self.train_data, self.local_batch, self.generator)
@@ -636,13 +723,14 @@ class Trainer:
         """
         params = [p for p in self.model.inner.parameters() if p.grad is not None]
         keys = sorted(scalars)
-        flat = torch.cat([p.grad.reshape(-1) for p in params]
-                         + [torch.stack([scalars[k].to(params[0].grad.dtype) for k in keys])])
+        flat = torch.cat(
+            [p.grad.reshape(-1) for p in params] + [torch.stack([scalars[k].to(params[0].grad.dtype) for k in keys])]
+        )
         torch.distributed.all_reduce(flat)
         flat /= self.world
         offset = 0
         for p in params:
-            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
             offset += p.numel()
         return dict(zip(keys, flat[offset:]))
 
@@ -667,7 +755,11 @@ class Trainer:
         size = min(int(self.config["train"]["val_batch_size"]), self.val_data.shape[0])
         x0 = self.val_data[:size]
         parts = compute_loss(model, x0, generator, **self._loss_options(int(self.config["train"]["steps"])))
-        return {f"val_{k}": float(v.detach()) for k, v in parts.items() if k in ("total", "dsm", "clf") and torch.is_tensor(v)}
+        return {
+            f"val_{k}": float(v.detach())
+            for k, v in parts.items()
+            if k in ("total", "dsm", "clf") and torch.is_tensor(v)
+        }
 
     def fit(self) -> dict:
         """Train to ``train.steps`` (resuming from a checkpoint if present).
@@ -689,8 +781,14 @@ class Trainer:
         if not resumed and self.start_checkpoint:
             self.start_from(self.start_checkpoint)
         total = int(cfg["steps"])
-        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not self.progress or self.rank != 0,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not self.progress or self.rank != 0,
+            dynamic_ncols=True,
+        )
         start = time.perf_counter()
         last = {}
         window: list[dict] = []
@@ -712,7 +810,9 @@ class Trainer:
                     val = self.validate()
                     row = {**(row or {"step": self.step, "phase": last["phase"]}), **val}
                     if val:
-                        self.best_val = val["val_total"] if self.best_val is None else min(self.best_val, val["val_total"])
+                        self.best_val = (
+                            val["val_total"] if self.best_val is None else min(self.best_val, val["val_total"])
+                        )
                 if row is not None:
                     self._log(row)
                 if self.step % int(cfg["checkpoint_every"]) == 0 or self.step == total:
@@ -722,10 +822,18 @@ class Trainer:
             if getattr(self, "_tb", None) is not None:
                 self._tb.close()
                 del self._tb
-        metrics = {"steps": self.step, "resumed": resumed, "wall_time_s": time.perf_counter() - start,
-                   "length_scale": self.length_scale, "n_train": int(self.train_data.shape[0]),
-                   "n_val": int(self.val_data.shape[0]), "final": {k: v for k, v in last.items() if k != "phase"},
-                   "validation": self.validate(), "boltzgen_version": __version__, **self.metadata}
+        metrics = {
+            "steps": self.step,
+            "resumed": resumed,
+            "wall_time_s": time.perf_counter() - start,
+            "length_scale": self.length_scale,
+            "n_train": int(self.train_data.shape[0]),
+            "n_val": int(self.val_data.shape[0]),
+            "final": {k: v for k, v in last.items() if k != "phase"},
+            "validation": self.validate(),
+            "boltzgen_version": __version__,
+            **self.metadata,
+        }
         if self.rank == 0:
             write_json(self._path("metrics.json"), metrics)
         return metrics
@@ -754,9 +862,18 @@ def run_overrides(overrides: Optional[dict], *, seed: Optional[int] = None, thre
     return deep_update(overrides or {}, given)
 
 
-def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = None, config_file: Optional[str] = None,
-                    overrides: Optional[dict] = None, seed: Optional[int] = None, progress: bool = True,
-                    threads: Optional[int] = None, start_from: Optional[str] = None) -> dict:
+def train_from_file(
+    data_path: str,
+    run_dir: str,
+    *,
+    system: Optional[str] = None,
+    config_file: Optional[str] = None,
+    overrides: Optional[dict] = None,
+    seed: Optional[int] = None,
+    progress: bool = True,
+    threads: Optional[int] = None,
+    start_from: Optional[str] = None,
+) -> dict:
     """Train on a sample file written by ``boltzgen simulate``.
 
     Parameters
@@ -802,6 +919,7 @@ def train_from_file(data_path: str, run_dir: str, *, system: Optional[str] = Non
     if samples.log_weights is not None and not ladder and np.ptp(samples.log_weights) > 0:
         raise ValueError(f"{data_path} holds weighted samples; train on unweighted MD or exact samples")
     meta = {"system": system, "data": os.path.abspath(data_path), "n_data": len(samples)}
-    trainer = Trainer(config, samples.x, run_dir, topology=samples.topology, metadata=meta, progress=progress,
-                      start_from=start_from)
+    trainer = Trainer(
+        config, samples.x, run_dir, topology=samples.topology, metadata=meta, progress=progress, start_from=start_from
+    )
     return trainer.fit()

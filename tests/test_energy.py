@@ -22,16 +22,15 @@ class TinyNet(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         d = math.prod(event_shape)
-        self.layers = nn.Sequential(nn.Linear(d + 1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                                    nn.Linear(hidden, 1))
+        self.layers = nn.Sequential(
+            nn.Linear(d + 1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
         if zero_last:
             nn.init.zeros_(self.layers[-1].weight)
             nn.init.zeros_(self.layers[-1].bias)
 
     def forward(self, x, t):
         return self.layers(torch.cat([x.flatten(1), t[:, None]], dim=1)).squeeze(-1)
-
-
 
 
 def _model(event_shape, zero=False, dtype=F64, **options):
@@ -65,7 +64,7 @@ def test_zero_network_molecule_is_the_mean_free_gaussian_marginal():
     model = _model((n_atoms, 3), zero=True, sigma_data=sigma_data)
     assert model.mean_free and model.dim == 3 * (n_atoms - 1)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(4, n_atoms, 3, generator=g, dtype=F64) + 3.0   # not centred: the COM is ignored
+    x = torch.randn(4, n_atoms, 3, generator=g, dtype=F64) + 3.0  # not centred: the COM is ignored
     t = torch.tensor([0.001, 0.2, 0.5, 1.0], dtype=F64)
     c2 = model.schedule.alpha(t) ** 2 * sigma_data**2 + model.schedule.sigma2(t)
     exact = gaussian_log_prob(x, 0.0, c2, mean_free=True)
@@ -109,7 +108,9 @@ def test_score_is_minus_energy_gradient_by_finite_differences(event_shape):
         step = torch.zeros_like(flat)
         step[:, j] = h
         with torch.no_grad():
-            fd = (model.energy((flat + step).reshape(x.shape), t) - model.energy((flat - step).reshape(x.shape), t)) / (2 * h)
+            fd = (model.energy((flat + step).reshape(x.shape), t) - model.energy((flat - step).reshape(x.shape), t)) / (
+                2 * h
+            )
         torch.testing.assert_close(score[:, j], -fd, rtol=1e-6, atol=1e-6)
 
 
@@ -124,8 +125,15 @@ def test_molecular_energy_is_translation_invariant():
 
 @pytest.mark.parametrize("kind", ["grid", "mlp", "none"])
 def test_state_dict_and_config_round_trip(kind):
-    model = _model((4, 3), log_normaliser=kind, schedule=VESchedule(spacing="edm"), sigma_data=0.5, t_min=0.01,
-                   n_levels=9, net_config={"name": "tiny", "hidden": 16})
+    model = _model(
+        (4, 3),
+        log_normaliser=kind,
+        schedule=VESchedule(spacing="edm"),
+        sigma_data=0.5,
+        t_min=0.01,
+        n_levels=9,
+        net_config={"name": "tiny", "hidden": 16},
+    )
     if kind == "mlp":
         with torch.no_grad():
             model.normaliser.mlp[-1].weight.normal_()
@@ -142,13 +150,14 @@ def test_state_dict_and_config_round_trip(kind):
 
 
 def test_log_normaliser_grid_interpolates_linearly_and_has_its_own_group():
-    model = _model((2,), zero=True, t_min=0.1, n_levels=4)          # grid 0.1, 0.4, 0.7, 1.0
+    model = _model((2,), zero=True, t_min=0.1, n_levels=4)  # grid 0.1, 0.4, 0.7, 1.0
     with torch.no_grad():
         model.normaliser.values.copy_(torch.tensor([0.0, 3.0, -3.0, 1.0]))
     t = torch.tensor([0.1, 0.25, 0.4, 0.55, 0.85, 1.0, 0.0, 1.5], dtype=F64)
     gauss = -0.5 * 2 * torch.log(2 * math.pi * model.c2(t))
-    torch.testing.assert_close(model.log_normaliser(t) - gauss,
-                               torch.tensor([0.0, 1.5, 3.0, 0.0, -1.0, 1.0, 0.0, 1.0], dtype=F64))
+    torch.testing.assert_close(
+        model.log_normaliser(t) - gauss, torch.tensor([0.0, 1.5, 3.0, 0.0, -1.0, 1.0, 0.0, 1.0], dtype=F64)
+    )
     assert model.log_normaliser(0.25).shape == ()
     groups = model.parameter_groups(1e-3, log_normaliser_lr=1e-2, weight_decay=1e-4)
     assert [gr["lr"] for gr in groups] == [1e-3, 1e-2]
@@ -164,5 +173,6 @@ def test_float32_default():
     e, s = model.energy_and_score(x, 0.5)
     assert e.dtype == torch.float32 and s.dtype == torch.float32
     assert model.log_normaliser(0.5).dtype == torch.float32
-    torch.testing.assert_close(model.denoise(x, 0.5),
-                               (x + model.schedule.sigma2(0.5).float() * s) / model.schedule.alpha(0.5).float())
+    torch.testing.assert_close(
+        model.denoise(x, 0.5), (x + model.schedule.sigma2(0.5).float() * s) / model.schedule.alpha(0.5).float()
+    )

@@ -11,8 +11,7 @@ from torch import nn
 import boltzgen.systems as systems
 from boltzgen.diffusion import VPSchedule, sample_noise
 from boltzgen.energy import EnergyModel
-from boltzgen.losses import (LEVEL_MODES, LOSSES, compute_loss, diffclf_loss, dsm_diffclf_loss, dsm_loss,
-                             sample_levels)
+from boltzgen.losses import LEVEL_MODES, LOSSES, compute_loss, diffclf_loss, dsm_diffclf_loss, dsm_loss, sample_levels
 from boltzgen.testing import CallCounter
 
 F64 = torch.float64
@@ -32,8 +31,6 @@ class TinyNet(nn.Module):
 
     def forward(self, x, t):
         return self.layers(torch.cat([x.flatten(1), t[:, None]], dim=1)).squeeze(-1)
-
-
 
 
 class ExactGMMModel(nn.Module):
@@ -130,8 +127,13 @@ def _reference(model, x0, t, noise):
             y = ys[j][None].clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(model.energy(y, t[b, j].reshape(1)).sum(), y)
             dsm_terms.append(((sched.sigma(t[b, j]) * grad[0] - noise[b, j]) ** 2).sum() / model.dim)
-        logit = [[(-model.energy(ys[j][None], t[b, i].reshape(1))[0] + model.log_normaliser(t[b, i])).detach()
-                  for j in range(k)] for i in range(k)]                                 # logit[i][j]
+        logit = [
+            [
+                (-model.energy(ys[j][None], t[b, i].reshape(1))[0] + model.log_normaliser(t[b, i])).detach()
+                for j in range(k)
+            ]
+            for i in range(k)
+        ]  # logit[i][j]
         clf = 0.0
         for j in range(k):
             clf = clf - logit[j][j] + torch.logsumexp(torch.stack([logit[i][j] for i in range(k)]), 0)
@@ -182,8 +184,9 @@ def test_one_classified_sample_per_x0_is_the_weighted_term_of_the_drawn_sample(k
     for b in range(b_size):
         for j in range(k):
             y = sched.alpha(t[b, j]) * x0[b] + sched.sigma(t[b, j]) * noise[b, j]
-            logits = torch.stack([-model.energy(y[None], t[b, i].reshape(1))[0] + model.log_normaliser(t[b, i])
-                                  for i in range(k)]).detach()
+            logits = torch.stack(
+                [-model.energy(y[None], t[b, i].reshape(1))[0] + model.log_normaliser(t[b, i]) for i in range(k)]
+            ).detach()
             terms[b, j] = torch.logsumexp(logits, 0) - logits[j]
     torch.testing.assert_close(terms.sum(1).mean(), diffclf_loss(model, x0, t=t, noise=noise, k=k)["clf"].detach())
     for seed in range(3):
@@ -255,7 +258,7 @@ def test_level_sampling_modes():
     for levels in ("uniform", "stratified"):
         t = sample_levels(n, 3, t_min, g, levels=levels, dtype=F64)
         assert t.shape == (n, 3) and (t[:, 1:] >= t[:, :-1]).all() and t.min() >= t_min and t.max() <= 1
-        pooled = t.reshape(-1)   # every level is marginally U[t_min, 1] when pooled over positions
+        pooled = t.reshape(-1)  # every level is marginally U[t_min, 1] when pooled over positions
         assert abs(pooled.mean().item() - (1 + t_min) / 2) < 5 * (1 - t_min) / math.sqrt(12 * 3 * n)
     strata = sample_levels(n, 4, 0.0, g, levels="stratified", dtype=F64)
     assert ((strata * 4).floor() == torch.arange(4, dtype=F64)).all()
@@ -267,7 +270,9 @@ def test_level_sampling_modes():
     t = sample_levels(1000, 3, t_min, g, levels="grid-stratified", grid=grid)
     idx = torch.searchsorted(grid, t)
     assert torch.equal(grid[idx], t)
-    assert set(idx[:, 0].tolist()) == {0, 1} and set(idx[:, 1].tolist()) == {2, 3} and set(idx[:, 2].tolist()) == {4, 5, 6}
+    assert (
+        set(idx[:, 0].tolist()) == {0, 1} and set(idx[:, 1].tolist()) == {2, 3} and set(idx[:, 2].tolist()) == {4, 5, 6}
+    )
     with pytest.raises(ValueError):
         sample_levels(2, 8, t_min, g, levels="grid", grid=grid)
 
@@ -283,7 +288,7 @@ def test_log_snr_level_modes():
     for levels in ("log-snr", "log-snr-stratified"):
         t = sample_levels(n, 3, t_min, g, levels=levels, dtype=F64, schedule=sched)
         assert t.shape == (n, 3) and (t[:, 1:] >= t[:, :-1]).all() and t.min() >= t_min and t.max() <= 1
-        u = (hi - lam(t)) / (hi - lo)          # uniform on [0, 1] when pooled
+        u = (hi - lam(t)) / (hi - lo)  # uniform on [0, 1] when pooled
         assert abs(u.mean().item() - 0.5) < 5 / math.sqrt(12 * 3 * n)
         if levels == "log-snr-stratified":
             assert ((u * 3).floor().clamp(max=2) == torch.arange(3, dtype=F64)).all()

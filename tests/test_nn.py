@@ -14,8 +14,16 @@ from boltzgen.testing import assert_equivariant, assert_gradient_matches_finite_
 #: Small sizes so that every check runs in well under a second per network.
 SMALL = {
     "egnn": dict(hidden=16, n_layers=3, time_dim=8, n_frequencies=4),
-    "e3nn": dict(scalar_channels=8, vector_channels=4, lmax=2, n_layers=3, n_basis=6, radial_hidden=16, time_dim=8,
-                 n_frequencies=4),
+    "e3nn": dict(
+        scalar_channels=8,
+        vector_channels=4,
+        lmax=2,
+        n_layers=3,
+        n_basis=6,
+        radial_hidden=16,
+        time_dim=8,
+        n_frequencies=4,
+    ),
 }
 ALDP_SCALE_NM = 0.15  # aldp coordinates are divided by this: dimensionless, a few units across
 
@@ -64,6 +72,7 @@ def score_fn(net, t):
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(net(x, t).sum(), x)
         return -grad
+
     return score
 
 
@@ -88,16 +97,31 @@ def case_nets(targets):
 def test_energy_is_invariant(case, case_nets):
     net, _, x, t, groups = case_nets[case]
     mirror_symmetric = CASES[case][3]
-    assert_equivariant(lambda y: net(y, t), x, kind="scalar", reflections=mirror_symmetric,
-                       permutation_groups=groups, rtol=1e-9, atol=1e-9)
+    assert_equivariant(
+        lambda y: net(y, t),
+        x,
+        kind="scalar",
+        reflections=mirror_symmetric,
+        permutation_groups=groups,
+        rtol=1e-9,
+        atol=1e-9,
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_score_is_equivariant(case, case_nets):
     net, _, x, t, groups = case_nets[case]
     mirror_symmetric = CASES[case][3]
-    assert_equivariant(score_fn(net, t), x, kind="vector", reflections=mirror_symmetric, permutation_groups=groups,
-                       n_trials=2, rtol=1e-8, atol=1e-9)
+    assert_equivariant(
+        score_fn(net, t),
+        x,
+        kind="vector",
+        reflections=mirror_symmetric,
+        permutation_groups=groups,
+        n_trials=2,
+        rtol=1e-8,
+        atol=1e-9,
+    )
 
 
 @pytest.mark.parametrize("case", [c for c, spec in CASES.items() if not spec[3]])
@@ -125,8 +149,12 @@ def test_assert_equivariant_catches_broken_symmetries():
     with pytest.raises(AssertionError, match="translation"):
         assert_equivariant(lambda y: y.pow(2).sum((-1, -2)), x, kind="scalar")
     with pytest.raises(AssertionError, match="permutation"):
-        assert_equivariant(lambda y: (y - y.mean(1, keepdim=True))[:, 0].pow(2).sum(-1), x, kind="scalar",
-                           permutation_groups=[[0, 1, 2, 3, 4]])
+        assert_equivariant(
+            lambda y: (y - y.mean(1, keepdim=True))[:, 0].pow(2).sum(-1),
+            x,
+            kind="scalar",
+            permutation_groups=[[0, 1, 2, 3, 4]],
+        )
     # and passes the right things: a centred, permutation-equivariant vector field
     assert_equivariant(lambda y: y - y.mean(1, keepdim=True), x, kind="vector", permutation_groups=[[0, 1, 2, 3, 4]])
 
@@ -252,8 +280,13 @@ def test_radius_edges_match_brute_force():
     g = torch.Generator().manual_seed(3)
     x = 2.0 * torch.randn(4, 9, 3, generator=g, dtype=torch.float64)
     edges = radius_edges(x, 2.5, max_pairs_per_chunk=200)  # several chunks
-    expected = {(b * 9 + j, b * 9 + i) for b in range(4) for i in range(9) for j in range(9)
-                if i != j and (x[b, i] - x[b, j]).norm() < 2.5}
+    expected = {
+        (b * 9 + j, b * 9 + i)
+        for b in range(4)
+        for i in range(9)
+        for j in range(9)
+        if i != j and (x[b, i] - x[b, j]).norm() < 2.5
+    }
     assert set(map(tuple, edges.T.tolist())) == expected
     everything = radius_edges(x, 1e6)
     assert set(map(tuple, everything.T.tolist())) == set(map(tuple, fully_connected_edges(4, 9).T.tolist()))

@@ -1,8 +1,8 @@
 """Trainer: exact resume, atomic files, run-directory contract, clear errors."""
 
 import csv
-import math
 import json
+import math
 import os
 
 import numpy as np
@@ -14,17 +14,24 @@ import boltzgen
 import boltzgen.systems as systems
 from boltzgen.cli import main
 from boltzgen.io import save_samples
-from boltzgen.testing import assert_gradient_matches_finite_differences
 from boltzgen.model import load_model
 from boltzgen.parallel import train_in_processes
+from boltzgen.testing import assert_gradient_matches_finite_differences
 from boltzgen.train import Trainer, resolve_config
 
-SMALL = {"net": {"kind": "mlp", "hidden": 32, "n_layers": 2},
-         "train": {"steps": 6, "batch_size": 32, "checkpoint_every": 3, "log_every": 2, "val_every": 3,
-                   "val_fraction": 0.2, "val_batch_size": 32},
-         "optim": {"warmup_steps": 2}}
-
-
+SMALL = {
+    "net": {"kind": "mlp", "hidden": 32, "n_layers": 2},
+    "train": {
+        "steps": 6,
+        "batch_size": 32,
+        "checkpoint_every": 3,
+        "log_every": 2,
+        "val_every": 3,
+        "val_fraction": 0.2,
+        "val_batch_size": 32,
+    },
+    "optim": {"warmup_steps": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +81,13 @@ def test_run_directory_contract_and_load_model(tmp_path, gmm_data):
     # energy takes data units; the diffusion runs in units of the length scale
     torch.testing.assert_close(model.energy(x, 0.1), trainer.ema.energy(x / trainer.length_scale, 0.1))
     model.double()
-    assert_gradient_matches_finite_differences(lambda y: model.energy(y, 0.2), torch.from_numpy(gmm_data[:3]),
-                                               rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(model.score(torch.from_numpy(gmm_data[:3]), 0.2),
-                               -torch.func.grad(lambda y: model.energy(y, 0.2).sum())(torch.from_numpy(gmm_data[:3])))
+    assert_gradient_matches_finite_differences(
+        lambda y: model.energy(y, 0.2), torch.from_numpy(gmm_data[:3]), rtol=1e-6, atol=1e-8
+    )
+    torch.testing.assert_close(
+        model.score(torch.from_numpy(gmm_data[:3]), 0.2),
+        -torch.func.grad(lambda y: model.energy(y, 0.2).sum())(torch.from_numpy(gmm_data[:3])),
+    )
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, gmm_data):
@@ -111,14 +121,18 @@ def test_dsm_run_resumes_when_only_diffclf_options_change(tmp_path, gmm_data):
     dsm = {**SMALL, "loss": {"kind": "dsm", "lambda_clf": 1.0}}
     run = str(tmp_path / "dsm")
     Trainer(resolve_config(overrides=dsm), gmm_data, run, progress=False).fit()
-    changed = {**SMALL, "loss": {"kind": "dsm", "lambda_clf": 0.02, "clf_samples": "one"},
-               "train": {**SMALL["train"], "steps": SMALL["train"]["steps"] + 2}}
+    changed = {
+        **SMALL,
+        "loss": {"kind": "dsm", "lambda_clf": 0.02, "clf_samples": "one"},
+        "train": {**SMALL["train"], "steps": SMALL["train"]["steps"] + 2},
+    }
     trainer = Trainer(resolve_config(overrides=changed), gmm_data, run, progress=False)
     trainer.fit()
     assert trainer.step == SMALL["train"]["steps"] + 2
     with pytest.raises(ValueError, match="different 'loss' configuration"):
-        Trainer(resolve_config(overrides={**SMALL, "loss": {"kind": "dsm", "k": 3}}), gmm_data, run,
-                progress=False).fit()
+        Trainer(
+            resolve_config(overrides={**SMALL, "loss": {"kind": "dsm", "k": 3}}), gmm_data, run, progress=False
+        ).fit()
 
 
 def test_fine_tuning_started_from_a_pretraining_checkpoint_is_the_run_from_scratch(tmp_path, gmm_data):
@@ -129,19 +143,26 @@ def test_fine_tuning_started_from_a_pretraining_checkpoint_is_the_run_from_scrat
     tuned = {**SMALL, "loss": {"kind": "dsm+diffclf", "lambda_clf": 0.5}, "pretrain_dsm_steps": 3}
     scratch = Trainer(resolve_config(overrides=tuned), gmm_data, str(tmp_path / "scratch"), progress=False)
     scratch.fit()
-    dsm = Trainer(resolve_config(overrides={**SMALL, "loss": {"kind": "dsm"}}), gmm_data, str(tmp_path / "dsm"),
-                  progress=False)
+    dsm = Trainer(
+        resolve_config(overrides={**SMALL, "loss": {"kind": "dsm"}}), gmm_data, str(tmp_path / "dsm"), progress=False
+    )
     dsm.fit()  # checkpoints at steps 3 and 6; keep the one at 3
-    pre = Trainer(resolve_config(overrides={**SMALL, "loss": {"kind": "dsm"}}), gmm_data, str(tmp_path / "pre"),
-                  progress=False)
+    pre = Trainer(
+        resolve_config(overrides={**SMALL, "loss": {"kind": "dsm"}}), gmm_data, str(tmp_path / "pre"), progress=False
+    )
     pre._write_static_files()
     for _ in range(3):
         pre.train_step()
     pre.save()
     # the log of the run the checkpoint came from (the DSM run's: the same first steps)
     (tmp_path / "pre" / "train_log.csv").write_text((tmp_path / "dsm" / "train_log.csv").read_text())
-    branched = Trainer(resolve_config(overrides=tuned), gmm_data, str(tmp_path / "branched"), progress=False,
-                       start_from=str(tmp_path / "pre" / "checkpoint.pt"))
+    branched = Trainer(
+        resolve_config(overrides=tuned),
+        gmm_data,
+        str(tmp_path / "branched"),
+        progress=False,
+        start_from=str(tmp_path / "pre" / "checkpoint.pt"),
+    )
     metrics = branched.fit()
     assert not metrics["resumed"] and metrics["started_from"]["step"] == 3
     for a, b in zip(scratch.model.inner.state_dict().values(), branched.model.inner.state_dict().values()):
@@ -152,17 +173,34 @@ def test_fine_tuning_started_from_a_pretraining_checkpoint_is_the_run_from_scrat
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [2, 3, 4, 6]
     # refused: past the pre-training of this run, other data, another schedule
     with pytest.raises(ValueError, match="past the DSM-only steps of this run"):
-        Trainer(resolve_config(overrides=tuned), gmm_data, str(tmp_path / "late"), progress=False,
-                start_from=str(tmp_path / "dsm" / "checkpoint.pt")).fit()
+        Trainer(
+            resolve_config(overrides=tuned),
+            gmm_data,
+            str(tmp_path / "late"),
+            progress=False,
+            start_from=str(tmp_path / "dsm" / "checkpoint.pt"),
+        ).fit()
     with pytest.raises(ValueError, match="other data"):
-        Trainer(resolve_config(overrides=tuned), 2.0 * gmm_data, str(tmp_path / "data"), progress=False,
-                start_from=str(tmp_path / "pre" / "checkpoint.pt")).fit()
+        Trainer(
+            resolve_config(overrides=tuned),
+            2.0 * gmm_data,
+            str(tmp_path / "data"),
+            progress=False,
+            start_from=str(tmp_path / "pre" / "checkpoint.pt"),
+        ).fit()
     longer = {**tuned, "train": {**SMALL["train"], "steps": 8}}
     with pytest.raises(ValueError, match="train.steps"):
-        Trainer(resolve_config(overrides=longer), gmm_data, str(tmp_path / "long"), progress=False,
-                start_from=str(tmp_path / "pre" / "checkpoint.pt")).fit()
-    assert main(["train", "--data", str(tmp_path / "missing.h5"), "-o", str(tmp_path / "x"),
-                 "--start-from", "nowhere.pt"]) == 2
+        Trainer(
+            resolve_config(overrides=longer),
+            gmm_data,
+            str(tmp_path / "long"),
+            progress=False,
+            start_from=str(tmp_path / "pre" / "checkpoint.pt"),
+        ).fit()
+    assert (
+        main(["train", "--data", str(tmp_path / "missing.h5"), "-o", str(tmp_path / "x"), "--start-from", "nowhere.pt"])
+        == 2
+    )
 
 
 def test_cli_train_on_simulated_file(tmp_path, capsys):
@@ -171,17 +209,52 @@ def test_cli_train_on_simulated_file(tmp_path, capsys):
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump(SMALL))
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "-o", str(run), "--config", str(config), "--loss", "dsm",
-                 "--steps", "4", "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "-o",
+                str(run),
+                "--config",
+                str(config),
+                "--loss",
+                "dsm",
+                "--steps",
+                "4",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["steps"] == 4 and out["system"] == "gmm-two-modes"
     assert yaml.safe_load((run / "config.yaml").read_text())["loss"]["kind"] == "dsm"
     assert main(["train", "--data", str(tmp_path / "missing.h5"), "-o", str(run)]) == 2
     assert "sample file not found" in capsys.readouterr().err
-    assert main(["train", "--data", str(data), "-o", str(tmp_path / "phi"), "--config", str(config),
-                 "--phi-positive-fraction", "0.3", "--no-progress"]) == 2
-    assert "data.state_fraction (boltzgen train --state-fraction) needs the system's metastable states" \
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "-o",
+                str(tmp_path / "phi"),
+                "--config",
+                str(config),
+                "--phi-positive-fraction",
+                "0.3",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert (
+        "data.state_fraction (boltzgen train --state-fraction) needs the system's metastable states"
         in capsys.readouterr().err
+    )
     assert main(["train", "--data", str(data), "-o", str(tmp_path / "phi"), "--phi-positive-fraction", "half"]) == 2
     assert "--state-fraction must be a number in (0, 1) or 'none'" in capsys.readouterr().err
 
@@ -206,8 +279,11 @@ def test_molecular_run_stores_topology(tmp_path):
 
 
 def test_model_options_and_log_snr_levels_reach_the_model(tmp_path, gmm_data):
-    overrides = {**SMALL, "model": {"output_scale": "edm"},
-                 "loss": {"kind": "dsm+diffclf", "k": 2, "levels": "log-snr-grid", "grid": 16}}
+    overrides = {
+        **SMALL,
+        "model": {"output_scale": "edm"},
+        "loss": {"kind": "dsm+diffclf", "k": 2, "levels": "log-snr-grid", "grid": 16},
+    }
     trainer = Trainer(resolve_config(overrides=overrides), gmm_data, str(tmp_path / "run"), progress=False)
     assert trainer.model.inner.output_scale == "edm"
     parts = trainer.train_step()
@@ -258,10 +334,10 @@ def test_state_fraction_draws_that_share_of_each_batch_from_the_rare_state(tmp_p
     train.phi_positive_fraction) of alanine dipeptide, phi > 0: the drawn share matches the setting
     (binomial tolerance), frames within each state are drawn uniformly, and bad settings are named."""
     import mdtraj
-    from boltzgen.train import state_draw_probabilities
-    from boltzgen.states import default_states
 
+    from boltzgen.states import default_states
     from boltzgen.systems.catalog import data_path
+    from boltzgen.train import state_draw_probabilities
 
     aldp = mdtraj.load(data_path("aldp.pdb"))
     rng = np.random.default_rng(0)
@@ -276,15 +352,16 @@ def test_state_fraction_draws_that_share_of_each_batch_from_the_rare_state(tmp_p
     assert 0 < n_positive <= 10
     generator = torch.Generator().manual_seed(1)
     y = torch.cat([trainer._batch(trainer.train_data, 500, generator) for _ in range(40)]).numpy()
-    positive = (default_states(aldp.topology).assign(y) == 1)
+    positive = default_states(aldp.topology).assign(y) == 1
     assert abs(positive.mean() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / y.shape[0])
     p = trainer.draw_probabilities.numpy()
-    train_positive = (default_states(aldp.topology).assign(trainer.train_data.numpy()) == 1)
+    train_positive = default_states(aldp.topology).assign(trainer.train_data.numpy()) == 1
     np.testing.assert_allclose(p[train_positive], 0.3 / n_positive)
     np.testing.assert_allclose(p[~train_positive], 0.7 / (len(p) - n_positive))
     # Uniform draws (the default) see phi > 0 at its share of the data.
-    plain = Trainer(resolve_config(overrides=overrides), x, str(tmp_path / "plain"), topology=aldp.topology,
-                    progress=False)
+    plain = Trainer(
+        resolve_config(overrides=overrides), x, str(tmp_path / "plain"), topology=aldp.topology, progress=False
+    )
     assert plain.draw_probabilities is None
     y = torch.cat([plain._batch(plain.train_data, 500, generator) for _ in range(40)]).numpy()
     share = (default_states(aldp.topology).assign(y) == 1).mean()
@@ -296,14 +373,23 @@ def test_state_fraction_draws_that_share_of_each_batch_from_the_rare_state(tmp_p
         Trainer(other, x, str(tmp_path / "run"), topology=aldp.topology, progress=False).fit()
     # No frame in the state: a warning and uniform draws; clear errors for no peptide and a
     # fraction outside (0, 1).
-    with pytest.warns(UserWarning, match=r"all training frames lie in one state of .*phi>0: 0\), so frames are drawn uniformly"):
-        assert Trainer(config, x[:190], str(tmp_path / "none"), topology=aldp.topology,
-                       progress=False).draw_probabilities is None
+    with pytest.warns(
+        UserWarning, match=r"all training frames lie in one state of .*phi>0: 0\), so frames are drawn uniformly"
+    ):
+        assert (
+            Trainer(config, x[:190], str(tmp_path / "none"), topology=aldp.topology, progress=False).draw_probabilities
+            is None
+        )
     with pytest.raises(ValueError, match="needs the system's metastable states; these data have no topology"):
         Trainer(config, x, str(tmp_path / "notop"), progress=False)
     with pytest.raises(ValueError, match=r"data.state_fraction: must be < 1, got 1"):
-        Trainer(resolve_config(overrides={**overrides, "data": {"state_fraction": 1.0}}),
-                x, str(tmp_path / "bad"), topology=aldp.topology, progress=False)
+        Trainer(
+            resolve_config(overrides={**overrides, "data": {"state_fraction": 1.0}}),
+            x,
+            str(tmp_path / "bad"),
+            topology=aldp.topology,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="must lie in"):
         state_draw_probabilities(np.array([True, False]), 0.0)
     with pytest.raises(ValueError, match="0 of 2 training frames lie in the state"):
@@ -317,13 +403,17 @@ def test_two_process_training(tmp_path, gmm_data):
     a run interrupted after a checkpoint resumes bit for bit (every process's batch generator is
     in the checkpoint)."""
     import torch.multiprocessing as mp
-
-    from boltzgen.losses import compute_loss
     from helpers import two_process_training
 
+    from boltzgen.losses import compute_loss
+
     config = resolve_config(overrides=SMALL)
-    mp.spawn(two_process_training, args=(2, f"file://{tmp_path / 'store'}", str(tmp_path), config, gmm_data),
-             nprocs=2, join=True)
+    mp.spawn(
+        two_process_training,
+        args=(2, f"file://{tmp_path / 'store'}", str(tmp_path), config, gmm_data),
+        nprocs=2,
+        join=True,
+    )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["local_batch"] == SMALL["train"]["batch_size"] // 2
     for key in ("one", "full", "resumed"):
@@ -358,26 +448,32 @@ def test_two_process_training(tmp_path, gmm_data):
         train_in_processes(3, "unused.h5", str(tmp_path / "x"), system="gmm-two-modes", overrides=SMALL)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"optim": {"learning_rate": 1e-3}}, "optim.learning_rate: unknown key (known: optimizer, lr,"),
-    ({"optim": {"lr": -1}}, "optim.lr: must be > 0, got -1"),
-    ({"optim": {"lr": "1e-3"}}, "optim.lr: must be a number"),
-    ({"optim": {"ema": 1.0}}, "optim.ema: must be < 1, got 1"),
-    ({"optim": {"ema": -0.1}}, "optim.ema: must be >= 0, got -0.1"),
-    ({"train": {"steps": True}}, "train.steps: must be an integer"),
-    ({"train": {"steps": 100.5}}, "train.steps: must be an integer"),
-    ({"train": {"batch_size": -4}}, "train.batch_size: must be >= 1, got -4"),
-    ({"optim": {"warmup_steps": -1}}, "optim.warmup_steps: must be >= 0, got -1"),
-    ({"optim": {"cosine": "yes"}}, "optim.cosine: must be true or false"),
-    ({"pretrain_dsm_steps": 5000}, "pretrain_dsm_steps: must be <= train.steps (2000), got 5000"),
-    ({"loss": {"kind": "diffclf", "k": 1}}, "loss.k: must be >= 2 for diffclf, got 1"),
-    ({"net": {"kind": "mlp", "width": 3}}, "net.width: unknown key for a mlp network"),
-    ({"net": {"kind": "cnn"}}, "net.kind: must be one of"),
-    ({"model": {"schedule": {"kind": "vp", "sigma_max": 3.0}}}, "model.schedule:"),
-    ({"data": {"state_fraction": 0.0}}, "data.state_fraction: must be > 0, got 0"),
-    ({"train": {"phi_positive_fraction": 0.3}, "data": {"state_fraction": 0.3}}, "give only one of them"),
-    ({"trian": {"steps": 3}}, "trian: unknown key (known: net, model, loss, pretrain_dsm_steps, optim, train, data"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optim": {"learning_rate": 1e-3}}, "optim.learning_rate: unknown key (known: optimizer, lr,"),
+        ({"optim": {"lr": -1}}, "optim.lr: must be > 0, got -1"),
+        ({"optim": {"lr": "1e-3"}}, "optim.lr: must be a number"),
+        ({"optim": {"ema": 1.0}}, "optim.ema: must be < 1, got 1"),
+        ({"optim": {"ema": -0.1}}, "optim.ema: must be >= 0, got -0.1"),
+        ({"train": {"steps": True}}, "train.steps: must be an integer"),
+        ({"train": {"steps": 100.5}}, "train.steps: must be an integer"),
+        ({"train": {"batch_size": -4}}, "train.batch_size: must be >= 1, got -4"),
+        ({"optim": {"warmup_steps": -1}}, "optim.warmup_steps: must be >= 0, got -1"),
+        ({"optim": {"cosine": "yes"}}, "optim.cosine: must be true or false"),
+        ({"pretrain_dsm_steps": 5000}, "pretrain_dsm_steps: must be <= train.steps (2000), got 5000"),
+        ({"loss": {"kind": "diffclf", "k": 1}}, "loss.k: must be >= 2 for diffclf, got 1"),
+        ({"net": {"kind": "mlp", "width": 3}}, "net.width: unknown key for a mlp network"),
+        ({"net": {"kind": "cnn"}}, "net.kind: must be one of"),
+        ({"model": {"schedule": {"kind": "vp", "sigma_max": 3.0}}}, "model.schedule:"),
+        ({"data": {"state_fraction": 0.0}}, "data.state_fraction: must be > 0, got 0"),
+        ({"train": {"phi_positive_fraction": 0.3}, "data": {"state_fraction": 0.3}}, "give only one of them"),
+        (
+            {"trian": {"steps": 3}},
+            "trian: unknown key (known: net, model, loss, pretrain_dsm_steps, optim, train, data",
+        ),
+    ],
+)
 def test_config_errors_name_the_key(overrides, message):
     from boltzgen.config import ConfigError, load_train_config
 
@@ -417,8 +513,11 @@ def test_loading_a_model_does_not_import_the_trainer():
     import subprocess
     import sys
 
-    code = ("import boltzgen, boltzgen.model, sys; assert 'boltzgen.train' not in sys.modules; "
-            "assert 'boltzgen.config' not in sys.modules; import boltzgen.nn.time")
+    code = (
+        "import boltzgen, boltzgen.model, sys; assert 'boltzgen.train' not in sys.modules; "
+        "assert 'boltzgen.config' not in sys.modules; import boltzgen.nn.time"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
-    subprocess.run([sys.executable, "-c", "import boltzgen, sys; assert 'torch' not in sys.modules, 'heavy import'"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import boltzgen, sys; assert 'torch' not in sys.modules, 'heavy import'"], check=True
+    )

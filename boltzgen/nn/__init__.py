@@ -55,8 +55,11 @@ def default_config(kind: str) -> dict[str, Any]:
         For an unknown kind.
     """
     cls = _network_class(kind)
-    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty and name != "topology"}
+    return {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty and name != "topology"
+    }
 
 
 def build_network(kind: str, target_or_shape, *, dtype: torch.dtype | None = None, **config) -> EnergyNetwork:
@@ -117,6 +120,17 @@ def _event_shape_and_topology(target_or_shape) -> tuple[tuple[int, ...], Any]:
 
 
 __all__ = [
-    "build_network", "default_config", "NETWORKS", "EnergyNetwork", "MLPEnergy", "EGNNEnergy", "E3nnEnergy",
-    "FourierTimeFeatures", "TimeEmbedding", "AtomEmbedding", "atom_type_indices", "identical_atom_groups", "mlp",
+    "build_network",
+    "default_config",
+    "NETWORKS",
+    "EnergyNetwork",
+    "MLPEnergy",
+    "EGNNEnergy",
+    "E3nnEnergy",
+    "FourierTimeFeatures",
+    "TimeEmbedding",
+    "AtomEmbedding",
+    "atom_type_indices",
+    "identical_atom_groups",
+    "mlp",
 ]

@@ -126,16 +126,29 @@ class TensorProductConvolution(nn.Module):
         Number of hidden layers of the radial MLP.
     """
 
-    def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irreps, n_basis: int,
-                 time_dim: int, radial_hidden: int, radial_layers: int):
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        irreps_target: o3.Irreps,
+        n_basis: int,
+        time_dim: int,
+        radial_hidden: int,
+        radial_layers: int,
+    ):
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
         reachable = o3.Irreps([(mul, ir) for mul, ir in irreps_target if _path_exists(self.irreps_in, irreps_sh, ir)])
         scalars = o3.Irreps([(mul, ir) for mul, ir in reachable if ir.l == 0])
         gated = o3.Irreps([(mul, ir) for mul, ir in reachable if ir.l > 0])
         gates = o3.Irreps([(gated.num_irreps, (0, 1))]) if gated.num_irreps else o3.Irreps("")
-        self.gate = Gate(scalars, [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars],
-                         gates, [torch.sigmoid] * len(gates), gated)
+        self.gate = Gate(
+            scalars,
+            [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars],
+            gates,
+            [torch.sigmoid] * len(gates),
+            gated,
+        )
         self.irreps_out = self.gate.irreps_out
         conv_out = self.gate.irreps_in
 
@@ -152,8 +165,9 @@ class TensorProductConvolution(nn.Module):
         instructions = [(i, j, permutation[k], mode, train) for i, j, k, mode, train in instructions]
 
         self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
-        self.tensor_product = o3.TensorProduct(self.irreps_in, irreps_sh, irreps_mid, instructions,
-                                               shared_weights=False, internal_weights=False)
+        self.tensor_product = o3.TensorProduct(
+            self.irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False
+        )
         self.radial_input = ConcatLinear([n_basis, time_dim], radial_hidden)
         radial_sizes = [radial_hidden] * radial_layers + [self.tensor_product.weight_numel]
         self.radial_mlp = nn.Sequential(nn.SiLU(), mlp(radial_sizes))
@@ -163,8 +177,16 @@ class TensorProductConvolution(nn.Module):
         self.self_connection = o3.Linear(self.irreps_in, conv_out)
         self.residual = self.irreps_in == self.irreps_out
 
-    def forward(self, h: torch.Tensor, graph: BatchGraph, edge_sh: torch.Tensor, edge_basis: torch.Tensor,
-                edge_weight: torch.Tensor, time_features: torch.Tensor, neighbour_norm: float) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        graph: BatchGraph,
+        edge_sh: torch.Tensor,
+        edge_basis: torch.Tensor,
+        edge_weight: torch.Tensor,
+        time_features: torch.Tensor,
+        neighbour_norm: float,
+    ) -> torch.Tensor:
         """Update node features.
 
         Parameters
@@ -240,22 +262,58 @@ class E3nnEnergy(MolecularEnergyNetwork):
 
     kind = "e3nn"
 
-    def __init__(self, n_atoms: int, topology=None, *, scalar_channels: int = 32, vector_channels: int = 8,
-                 lmax: int = 1, n_layers: int = 3, parity: bool = True, n_basis: int = 8, radial_hidden: int = 32,
-                 radial_layers: int = 1, time_dim: int = 32, atom_types: str = "residue_atom", graph: str = "auto",
-                 cutoff: float = 5.0, max_atoms_fully_connected: int = 64, neighbour_norm: Optional[float] = None,
-                 n_frequencies: int = 16, max_frequency: float = 1000.0):
-        super().__init__(n_atoms, topology, node_dim=scalar_channels, time_dim=time_dim, atom_types=atom_types,
-                         graph=graph, cutoff=cutoff, max_atoms_fully_connected=max_atoms_fully_connected,
-                         neighbour_norm=neighbour_norm, n_frequencies=n_frequencies, max_frequency=max_frequency)
+    def __init__(
+        self,
+        n_atoms: int,
+        topology=None,
+        *,
+        scalar_channels: int = 32,
+        vector_channels: int = 8,
+        lmax: int = 1,
+        n_layers: int = 3,
+        parity: bool = True,
+        n_basis: int = 8,
+        radial_hidden: int = 32,
+        radial_layers: int = 1,
+        time_dim: int = 32,
+        atom_types: str = "residue_atom",
+        graph: str = "auto",
+        cutoff: float = 5.0,
+        max_atoms_fully_connected: int = 64,
+        neighbour_norm: Optional[float] = None,
+        n_frequencies: int = 16,
+        max_frequency: float = 1000.0,
+    ):
+        super().__init__(
+            n_atoms,
+            topology,
+            node_dim=scalar_channels,
+            time_dim=time_dim,
+            atom_types=atom_types,
+            graph=graph,
+            cutoff=cutoff,
+            max_atoms_fully_connected=max_atoms_fully_connected,
+            neighbour_norm=neighbour_norm,
+            n_frequencies=n_frequencies,
+            max_frequency=max_frequency,
+        )
         if lmax < 1:
             raise ValueError(f"lmax must be at least 1, got {lmax}")
         if n_layers < (1 if parity else 3):
-            raise ValueError(f"n_layers must be at least {1 if parity else 3} (parity={parity}): pseudoscalars, "
-                             f"which tell mirror images apart, first appear in the third layer")
-        self.config.update(scalar_channels=int(scalar_channels), vector_channels=int(vector_channels), lmax=int(lmax),
-                           n_layers=int(n_layers), parity=bool(parity), n_basis=int(n_basis),
-                           radial_hidden=int(radial_hidden), radial_layers=int(radial_layers))
+            raise ValueError(
+                f"n_layers must be at least {1 if parity else 3} (parity={parity}): pseudoscalars, "
+                f"which tell mirror images apart, first appear in the third layer"
+            )
+        self.config.update(
+            scalar_channels=int(scalar_channels),
+            vector_channels=int(vector_channels),
+            lmax=int(lmax),
+            n_layers=int(n_layers),
+            parity=bool(parity),
+            n_basis=int(n_basis),
+            radial_hidden=int(radial_hidden),
+            radial_layers=int(radial_layers),
+        )
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
         self.radial_basis = BesselBasis(n_basis, cutoff)
 
@@ -264,8 +322,15 @@ class E3nnEnergy(MolecularEnergyNetwork):
         irreps = o3.Irreps(f"{scalar_channels}x0e")
         self.layers = nn.ModuleList()
         for i in range(n_layers):
-            layer = TensorProductConvolution(irreps, self.irreps_sh, invariants if i == n_layers - 1 else features,
-                                             n_basis, time_dim, radial_hidden, radial_layers)
+            layer = TensorProductConvolution(
+                irreps,
+                self.irreps_sh,
+                invariants if i == n_layers - 1 else features,
+                n_basis,
+                time_dim,
+                radial_hidden,
+                radial_layers,
+            )
             self.layers.append(layer)
             irreps = layer.irreps_out
         readout_irreps = o3.Irreps("0e") if parity else o3.Irreps("0e + 0o")
@@ -276,8 +341,9 @@ class E3nnEnergy(MolecularEnergyNetwork):
         graph = self.batch_graph(x)
         vectors = graph.vectors(x.reshape(-1, 3))
         r = distances(vectors)
-        edge_sh = o3.spherical_harmonics(self.irreps_sh, vectors / r.unsqueeze(-1), normalize=False,
-                                         normalization="component")
+        edge_sh = o3.spherical_harmonics(
+            self.irreps_sh, vectors / r.unsqueeze(-1), normalize=False, normalization="component"
+        )
         edge_basis = self.radial_basis(r)
         edge_weight = graph.edge_weight(vectors)
         time_features = self.time_embedding(t)

@@ -58,8 +58,9 @@ class EGNNLayer(MessagePassing):
             self.coordinate_weight = nn.Linear(hidden, 1)
             nn.init.xavier_uniform_(self.coordinate_weight.weight, gain=1e-3)
 
-    def forward(self, h: torch.Tensor, pos: torch.Tensor, graph: BatchGraph, time_features: torch.Tensor,
-                neighbour_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h: torch.Tensor, pos: torch.Tensor, graph: BatchGraph, time_features: torch.Tensor, neighbour_norm: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Update node features and coordinates.
 
         Parameters
@@ -81,19 +82,22 @@ class EGNNLayer(MessagePassing):
         target_term = project(0, h, with_bias=True)
         source_term = project(1, h)
         if graph.dense:
-            messages, displacement = self._dense_messages(target_term + time_term.repeat_interleave(graph.n_atoms, 0),
-                                                          source_term, pos, graph)
+            messages, displacement = self._dense_messages(
+                target_term + time_term.repeat_interleave(graph.n_atoms, 0), source_term, pos, graph
+            )
         else:
             target_term = target_term + time_term.repeat_interleave(graph.n_atoms, dim=0)
-            messages, displacement = self.propagate(graph.edge_index, target_term=target_term,
-                                                    source_term=source_term, pos=pos, graph=graph)
-        h = h + self.node_mlp(torch.cat([h, messages / neighbour_norm ** 0.5], dim=-1))
+            messages, displacement = self.propagate(
+                graph.edge_index, target_term=target_term, source_term=source_term, pos=pos, graph=graph
+            )
+        h = h + self.node_mlp(torch.cat([h, messages / neighbour_norm**0.5], dim=-1))
         if self.update_coordinates:
             pos = pos + displacement / neighbour_norm
         return h, pos
 
-    def _dense_messages(self, target_term: torch.Tensor, source_term: torch.Tensor, pos: torch.Tensor,
-                        graph: BatchGraph) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _dense_messages(
+        self, target_term: torch.Tensor, source_term: torch.Tensor, pos: torch.Tensor, graph: BatchGraph
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Σ_j m_ij and Σ_j displacements on the fully connected graph, without per-pair messages.
 
         The same function as :meth:`message` summed over j ≠ i, rearranged for speed: m_ij =
@@ -132,8 +136,14 @@ class EGNNLayer(MessagePassing):
             displacement = (diff * gate).sum(2).reshape(graph.n_nodes, 3)  # the self pair has diff = 0
         return messages, displacement
 
-    def message(self, target_term_i: torch.Tensor, source_term_j: torch.Tensor, pos_i: torch.Tensor,
-                pos_j: torch.Tensor, graph: BatchGraph) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def message(
+        self,
+        target_term_i: torch.Tensor,
+        source_term_j: torch.Tensor,
+        pos_i: torch.Tensor,
+        pos_j: torch.Tensor,
+        graph: BatchGraph,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Messages m_ij and coordinate displacements of every pair (edge j → i), in either layout
         of ``graph``.
 
@@ -163,8 +173,9 @@ class EGNNLayer(MessagePassing):
         displacement = diff * torch.tanh(self.coordinate_weight(m)) if self.update_coordinates else None
         return m, displacement
 
-    def aggregate(self, inputs: tuple[torch.Tensor, Optional[torch.Tensor]], index: torch.Tensor,
-                  dim_size: Optional[int] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def aggregate(
+        self, inputs: tuple[torch.Tensor, Optional[torch.Tensor]], index: torch.Tensor, dim_size: Optional[int] = None
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Sum messages and displacements onto their target nodes.
 
         Parameters
@@ -208,13 +219,36 @@ class EGNNEnergy(MolecularEnergyNetwork):
 
     kind = "egnn"
 
-    def __init__(self, n_atoms: int, topology=None, *, hidden: int = 64, n_layers: int = 4,
-                 update_coordinates: bool = True, time_dim: int = 32, atom_types: str = "residue_atom",
-                 graph: str = "auto", cutoff: float = 5.0, max_atoms_fully_connected: int = 64,
-                 neighbour_norm: Optional[float] = None, n_frequencies: int = 16, max_frequency: float = 1000.0):
-        super().__init__(n_atoms, topology, node_dim=hidden, time_dim=time_dim, atom_types=atom_types, graph=graph,
-                         cutoff=cutoff, max_atoms_fully_connected=max_atoms_fully_connected,
-                         neighbour_norm=neighbour_norm, n_frequencies=n_frequencies, max_frequency=max_frequency)
+    def __init__(
+        self,
+        n_atoms: int,
+        topology=None,
+        *,
+        hidden: int = 64,
+        n_layers: int = 4,
+        update_coordinates: bool = True,
+        time_dim: int = 32,
+        atom_types: str = "residue_atom",
+        graph: str = "auto",
+        cutoff: float = 5.0,
+        max_atoms_fully_connected: int = 64,
+        neighbour_norm: Optional[float] = None,
+        n_frequencies: int = 16,
+        max_frequency: float = 1000.0,
+    ):
+        super().__init__(
+            n_atoms,
+            topology,
+            node_dim=hidden,
+            time_dim=time_dim,
+            atom_types=atom_types,
+            graph=graph,
+            cutoff=cutoff,
+            max_atoms_fully_connected=max_atoms_fully_connected,
+            neighbour_norm=neighbour_norm,
+            n_frequencies=n_frequencies,
+            max_frequency=max_frequency,
+        )
         if n_layers < 1:
             raise ValueError(f"n_layers must be at least 1, got {n_layers}")
         self.config.update(hidden=int(hidden), n_layers=int(n_layers), update_coordinates=bool(update_coordinates))

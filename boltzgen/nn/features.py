@@ -175,7 +175,7 @@ def fully_connected_edges(batch_size: int, n_atoms: int, device=None) -> torch.T
     return pairs.repeat(1, batch_size) + offsets
 
 
-def radius_edges(x: torch.Tensor, cutoff: float, max_pairs_per_chunk: int = 2 ** 24) -> torch.Tensor:
+def radius_edges(x: torch.Tensor, cutoff: float, max_pairs_per_chunk: int = 2**24) -> torch.Tensor:
     """Ordered pairs i ≠ j closer than ``cutoff`` within each configuration (plain torch).
 
     Parameters
@@ -199,7 +199,7 @@ def radius_edges(x: torch.Tensor, cutoff: float, max_pairs_per_chunk: int = 2 **
     pieces = []
     with torch.no_grad():
         for start in range(0, batch_size, chunk):
-            xs = x[start:start + chunk]
+            xs = x[start : start + chunk]
             r2 = (xs.unsqueeze(1) - xs.unsqueeze(2)).pow(2).sum(-1)  # (b, i, j) = |x_j - x_i|²
             b, i, j = torch.nonzero((r2 < cutoff * cutoff) & not_self, as_tuple=True)
             node_offset = (b + start) * n_atoms
@@ -228,8 +228,12 @@ def smooth_cutoff(r: torch.Tensor, cutoff: float, power: int = 6) -> torch.Tenso
     """
     p = float(power)
     d = r / cutoff
-    poly = (1.0 - (p + 1.0) * (p + 2.0) / 2.0 * d.pow(p) + p * (p + 2.0) * d.pow(p + 1.0)
-            - p * (p + 1.0) / 2.0 * d.pow(p + 2.0))
+    poly = (
+        1.0
+        - (p + 1.0) * (p + 2.0) / 2.0 * d.pow(p)
+        + p * (p + 2.0) * d.pow(p + 1.0)
+        - p * (p + 1.0) / 2.0 * d.pow(p + 2.0)
+    )
     return torch.where(d < 1.0, poly, torch.zeros_like(poly))
 
 
@@ -296,8 +300,9 @@ class BatchGraph:
         Cutoff radius of a radius graph (units of x), for :meth:`edge_weight`.
     """
 
-    def __init__(self, batch_size: int, n_atoms: int, edge_index: Optional[torch.Tensor] = None,
-                 cutoff: Optional[float] = None):
+    def __init__(
+        self, batch_size: int, n_atoms: int, edge_index: Optional[torch.Tensor] = None, cutoff: Optional[float] = None
+    ):
         self.batch_size = int(batch_size)
         self.n_atoms = int(n_atoms)
         self.edge_index = edge_index
@@ -480,9 +485,21 @@ class MolecularEnergyNetwork(EnergyNetwork):
         Fourier time features (see :class:`boltzgen.nn.time.FourierTimeFeatures`).
     """
 
-    def __init__(self, n_atoms: int, topology, *, node_dim: int, time_dim: int, atom_types: str, graph: str,
-                 cutoff: float, max_atoms_fully_connected: int, neighbour_norm: Optional[float],
-                 n_frequencies: int, max_frequency: float):
+    def __init__(
+        self,
+        n_atoms: int,
+        topology,
+        *,
+        node_dim: int,
+        time_dim: int,
+        atom_types: str,
+        graph: str,
+        cutoff: float,
+        max_atoms_fully_connected: int,
+        neighbour_norm: Optional[float],
+        n_frequencies: int,
+        max_frequency: float,
+    ):
         super().__init__()
         if graph not in GRAPH_KINDS:
             raise ValueError(f"unknown graph {graph!r}; choose one of {GRAPH_KINDS}")
@@ -501,10 +518,14 @@ class MolecularEnergyNetwork(EnergyNetwork):
         self.time_embedding = TimeEmbedding(time_dim, n_frequencies, max_frequency)
         self.time_to_node = nn.Linear(time_dim, node_dim)
         self.config: dict[str, Any] = dict(
-            atom_types=atom_types, graph=graph, cutoff=float(cutoff),
+            atom_types=atom_types,
+            graph=graph,
+            cutoff=float(cutoff),
             max_atoms_fully_connected=int(max_atoms_fully_connected),
             neighbour_norm=None if neighbour_norm is None else float(neighbour_norm),
-            time_dim=int(time_dim), n_frequencies=int(n_frequencies), max_frequency=float(max_frequency),
+            time_dim=int(time_dim),
+            n_frequencies=int(n_frequencies),
+            max_frequency=float(max_frequency),
         )
 
     def batch_graph(self, x: torch.Tensor) -> BatchGraph:

@@ -16,8 +16,9 @@ from torch import nn
 __all__ = ["SILU_GAIN", "ConcatLinear", "init_variance_preserving", "mlp", "zero_init"]
 
 
-def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.SiLU, zero_last: bool = False,
-        bias_last: bool = True) -> nn.Sequential:
+def mlp(
+    sizes: Sequence[int], activation: type[nn.Module] = nn.SiLU, zero_last: bool = False, bias_last: bool = True
+) -> nn.Sequential:
     """A plain MLP: Linear → activation → … → Linear (no activation after the last layer).
 
     Parameters
@@ -85,7 +86,7 @@ class ConcatLinear(nn.Linear):
         torch.Tensor, shape (out_features, in_sizes[index])
         """
         start = sum(self.in_sizes[:index])
-        return self.weight[:, start:start + self.in_sizes[index]]
+        return self.weight[:, start : start + self.in_sizes[index]]
 
     def part(self, index: int, inputs: torch.Tensor, with_bias: bool = False) -> torch.Tensor:
         """Apply one part of the layer: W_index · inputs (+ b).

@@ -89,13 +89,23 @@ class MLPEnergy(EnergyNetwork):
 
     kind = "mlp"
 
-    def __init__(self, event_shape: Sequence[int], hidden: int = 128, n_layers: int = 3, n_frequencies: int = 16,
-                 max_frequency: float = 1000.0):
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        hidden: int = 128,
+        n_layers: int = 3,
+        n_frequencies: int = 16,
+        max_frequency: float = 1000.0,
+    ):
         super().__init__()
 
         self.event_shape = tuple(int(s) for s in event_shape)
-        self.config = dict(hidden=int(hidden), n_layers=int(n_layers), n_frequencies=int(n_frequencies),
-                           max_frequency=float(max_frequency))
+        self.config = dict(
+            hidden=int(hidden),
+            n_layers=int(n_layers),
+            n_frequencies=int(n_frequencies),
+            max_frequency=float(max_frequency),
+        )
         self.time_features = FourierTimeFeatures(n_frequencies, max_frequency=max_frequency)
         in_dim = math.prod(self.event_shape) + self.time_features.out_dim
         self.net = mlp([in_dim] + [hidden] * n_layers + [1], zero_last=True)

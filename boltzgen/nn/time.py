@@ -35,8 +35,9 @@ class FourierTimeFeatures(nn.Module):
             raise ValueError(f"n_frequencies must be at least 1, got {n_frequencies}")
         if not 0 < min_frequency <= max_frequency:
             raise ValueError(f"need 0 < min_frequency <= max_frequency, got {min_frequency}, {max_frequency}")
-        frequencies = torch.logspace(math.log10(min_frequency), math.log10(max_frequency), n_frequencies,
-                                     dtype=torch.float64)
+        frequencies = torch.logspace(
+            math.log10(min_frequency), math.log10(max_frequency), n_frequencies, dtype=torch.float64
+        )
         self.register_buffer("frequencies", frequencies.to(torch.get_default_dtype()), persistent=False)
         self.out_dim = 2 * n_frequencies
 
