@@ -338,8 +338,9 @@ def torsion_states(
         The torsion's name (e.g. ``"phi"``).
     bounds : sequence of (low, high) in radians, optional
         None: two states by sign, ``name<0`` → 0 (θ ≤ 0) and ``name>0`` → 1 (θ > 0). Otherwise one
-        state per range, low ≤ θ < high (a range with low > high wraps through ±π); the first
-        range that holds θ gives its label. Angles in no range get one more state, ``"other"``.
+        state per range, low ≤ θ < high with θ in [−π, π) (a range with low > high wraps through
+        ±π); the first range that holds θ gives its label. Angles in no range get one more
+        state, ``"other"``.
     names : sequence of str, optional
         State names for ``bounds`` (default ``"name[low,high)"`` in degrees).
 
@@ -379,6 +380,7 @@ def _in_range(theta, lo: float, hi: float):
 
 
 def _range_labels(theta: np.ndarray, ranges: list) -> np.ndarray:
+    theta = np.where(theta >= math.pi, theta - 2.0 * math.pi, theta)  # π and −π are one angle
     out = np.full(theta.shape, len(ranges), dtype=np.int64)
     for k in range(len(ranges) - 1, -1, -1):  # the first range that holds θ wins
         out = np.where(_in_range(theta, *ranges[k]), k, out)
@@ -386,10 +388,9 @@ def _range_labels(theta: np.ndarray, ranges: list) -> np.ndarray:
 
 
 def _covers_circle(ranges: list) -> bool:
-    """True when every angle in (−π, π] lies in some range (checked between all range ends)."""
+    """True when every angle lies in some range (checked at and between all range ends)."""
     edges = np.unique(np.clip([e for r in ranges for e in r] + [-math.pi, math.pi], -math.pi, math.pi))
     probes = np.concatenate([edges, (edges[:-1] + edges[1:]) / 2])
-    probes = probes[probes > -math.pi]
     return bool((_range_labels(probes, ranges) < len(ranges)).all())
 
 
