@@ -510,7 +510,7 @@ def _bootstrap_error(replicates: np.ndarray, what: str) -> Any:
     if not finite.all():
         frac = 1.0 - finite.mean()
         warnings.warn(
-            f"{what}: {frac:.0%} of bootstrap replicates are undefined (too few samples with weight); "
+            f"{what}: {frac:.1%} of bootstrap replicates are undefined (too few samples with weight); "
             "the error is reported as inf",
             RuntimeWarning,
             stacklevel=3,

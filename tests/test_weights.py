@@ -21,10 +21,10 @@ def gaussian_is(n, d, s, mu=None, seed=0):
     rng = np.random.default_rng(seed)
     mu = np.zeros(d) if mu is None else np.asarray(mu, float)
     x = s * rng.standard_normal((n, d))
-    log_q = -0.5 * (x ** 2).sum(1) / s ** 2 - d * math.log(s) - 0.5 * d * math.log(2 * math.pi)
+    log_q = -0.5 * (x**2).sum(1) / s**2 - d * math.log(s) - 0.5 * d * math.log(2 * math.pi)
     u = 0.5 * ((x - mu) ** 2).sum(1)
     log_z = 0.5 * d * math.log(2 * math.pi)
-    ratio = (s ** 2 / math.sqrt(2 * s ** 2 - 1)) ** d
+    ratio = (s**2 / math.sqrt(2 * s**2 - 1)) ** d
     return x, W.log_weights(u, log_q), log_z, ratio
 
 
@@ -119,8 +119,13 @@ def test_delta_f_two_state_toy_recovers_ln2_with_calibrated_error():
 
 def test_all_zero_weights_and_empty_states_raise_clear_errors():
     dead = np.full(5, -np.inf)
-    for fn in (W.ess, W.ess_fraction, W.normalized_weights, lambda lw: W.log_z(lw),
-               lambda lw: W.expectation(np.arange(5.0), lw)):
+    for fn in (
+        W.ess,
+        W.ess_fraction,
+        W.normalized_weights,
+        lambda lw: W.log_z(lw),
+        lambda lw: W.expectation(np.arange(5.0), lw),
+    ):
         with pytest.raises(ValueError, match="all 5 weights are zero"):
             fn(dead)
     with pytest.raises(ValueError, match="all 5 weights are zero"):
@@ -165,8 +170,9 @@ def test_bootstrap_helper_is_seeded():
     assert a.shape == (20,)
     np.testing.assert_array_equal(a, W.bootstrap(np.mean, data, n_bootstrap=20, seed=4))
     assert not np.array_equal(a, W.bootstrap(np.mean, data, n_bootstrap=20, seed=5))
-    pairs = W.bootstrap(lambda p, q: np.array([p.sum(), q.sum()]), data, data, n_bootstrap=5,
-                        seed=np.random.default_rng(0))
+    pairs = W.bootstrap(
+        lambda p, q: np.array([p.sum(), q.sum()]), data, data, n_bootstrap=5, seed=np.random.default_rng(0)
+    )
     assert pairs.shape == (5, 2) and (pairs[:, 0] == pairs[:, 1]).all()
     with pytest.raises(ValueError, match="different lengths"):
         W.bootstrap(np.mean, data, data[:3])
@@ -232,24 +238,88 @@ def test_bootstrap_blocks_are_circular_runs_and_block_one_is_the_plain_bootstrap
     assert W.block_size_for(np.arange(20.0)) == 1  # too short for 16 blocks of 2
 
 
-def test_phi_psi_of_alanine_dipeptide():
+def test_deprecated_phi_helpers_still_work_and_warn():
+    """weights.phi_psi / phi_states / has_phi / PHI_ATOMS: thin wrappers around boltzgen.states,
+    kept for callers that have not moved yet."""
     traj = mdtraj.load(data_path("aldp.pdb"))
     x = np.concatenate([traj.xyz, -traj.xyz]).astype(np.float64)  # the mirror image flips every torsion
-    phi, psi = W.phi_psi(x, traj.topology)
+    with pytest.deprecated_call():
+        phi, psi = W.phi_psi(x, traj.topology)
     assert phi.shape == (2,) and psi.shape == (2,) and phi.dtype == np.float64
     ref_phi = mdtraj.compute_dihedrals(traj, [W.PHI_ATOMS])[0, 0]
     ref_psi = mdtraj.compute_dihedrals(traj, [W.PSI_ATOMS])[0, 0]
     np.testing.assert_allclose(phi, [ref_phi, -ref_phi], atol=1e-5)
     np.testing.assert_allclose(psi, [ref_psi, -ref_psi], atol=1e-5)
-    np.testing.assert_allclose(W.phi_psi(torch.from_numpy(x[0]), traj.topology)[0], phi[:1], atol=1e-6)
-    np.testing.assert_allclose(W.phi_psi(traj)[0], phi[:1], atol=1e-6)
-    in_a, in_b = W.phi_states(x, traj.topology)
-    assert ref_phi < 0 and in_a.tolist() == [True, False] and in_b.tolist() == [False, True]
-    assert W.has_phi(traj.topology) and not W.has_phi(traj.topology.subset([0, 1, 2]))
-    with pytest.raises(ValueError, match="no phi torsion"):
-        W.phi_psi(traj.atom_slice([0, 1, 2]))
-    with pytest.raises(ValueError, match="do not match a topology of 22 atoms"):
-        W.phi_psi(x[:, :21], traj.topology)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        np.testing.assert_allclose(W.phi_psi(torch.from_numpy(x[0]), traj.topology)[0], phi[:1], atol=1e-6)
+        np.testing.assert_allclose(W.phi_psi(traj)[0], phi[:1], atol=1e-6)
+        in_a, in_b = W.phi_states(x, traj.topology)
+        assert ref_phi < 0 and in_a.tolist() == [True, False] and in_b.tolist() == [False, True]
+        assert W.has_phi(traj.topology) and not W.has_phi(traj.topology.subset([0, 1, 2]))
+        with pytest.raises(ValueError, match="no phi torsion"):
+            W.phi_psi(traj.atom_slice([0, 1, 2]))
+        with pytest.raises(ValueError, match="do not match a topology of 22 atoms"):
+            W.phi_psi(x[:, :21], traj.topology)
+
+
+def test_state_free_energies_of_equal_weights_are_minus_log_count_ratios():
+    """Equal weights: F_k - F_0 = -ln(n_k / n_0) exactly; an empty state is +inf (error nan)."""
+    labels = np.repeat([0, 1, 2, 4], [40, 10, 20, 25])
+    est = W.state_free_energies(np.zeros(labels.size), labels, 5, seed=0)
+    assert len(est) == 5 and est[0] == (0.0, 0.0)
+    for k, n_k in ((1, 10), (2, 20), (4, 25)):
+        assert est[k].value == pytest.approx(-math.log(n_k / 40), abs=1e-12)
+        assert 0 < est[k].error < 1
+    assert est[3].value == math.inf and math.isnan(est[3].error)
+    # a shift of every log-weight by thousands changes nothing; torch input is accepted
+    shifted = W.state_free_energies(torch.full((labels.size,), 3000.0, dtype=torch.float64), labels, 5, seed=0)
+    assert [e.value for e in shifted] == pytest.approx([e.value for e in est], abs=1e-12)
+    np.testing.assert_array_equal(W.state_free_energies_point(np.zeros(4), np.array([1, 1, 1, 2]), 3), np.nan)
+
+
+def test_state_free_energies_of_two_states_equal_delta_f_bit_for_bit():
+    rng = np.random.default_rng(4)
+    lw = rng.normal(0.0, 2.0, 600)
+    labels = (rng.random(600) < 0.3).astype(np.int64)
+    groups = np.repeat(np.arange(6), 100)
+    for options in ({}, {"groups": groups}, {"block_size": 8}, {"block_size": "auto"}):
+        est = W.state_free_energies(lw, labels, 2, seed=3, **options)
+        ref = W.delta_f(lw, labels == 0, labels == 1, seed=3, **options)
+        assert est[1].value == ref.value and est[1].error == ref.error
+
+
+def test_state_free_energies_errors_are_clear():
+    lw = np.zeros(6)
+    with pytest.raises(ValueError, match="labels must be 6 integer state labels"):
+        W.state_free_energies(lw, np.zeros(6), 2)
+    with pytest.raises(ValueError, match="labels must lie in \\[0, 2\\), got \\[0, 2\\]"):
+        W.state_free_energies(lw, np.array([0, 1, 2, 0, 0, 0]), 2)
+    with pytest.raises(ValueError, match="state 0 has no weight"):
+        W.state_free_energies(np.array([-np.inf, 0, 0, 0, 0, 0]), np.array([0, 1, 1, 1, 1, 1]), 2)
+    with pytest.raises(ValueError, match="all 6 weights are zero"):
+        W.state_free_energies(np.full(6, -np.inf), np.zeros(6, int), 1)
+
+
+def test_shared_helpers_are_public_and_check_their_input():
+    assert W.as_float64(torch.tensor([1, 2])).dtype == np.float64
+    with pytest.raises(ValueError, match="log_w must be one log-weight per sample"):
+        W.check_log_weights(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="my_w has 2 NaN or \\+inf entries \\(indices 0, 2\\)"):
+        W.check_log_weights([np.nan, 0.0, np.inf], "my_w")
+    with pytest.raises(ValueError, match="all 2 weights are zero"):
+        W.require_some_weight(np.full(2, -np.inf))
+    assert W.format_indices(np.arange(7)) == "0, 1, 2, 3, 4, ..." and W.format_indices([3]) == "3"
+    g = np.random.default_rng(1)
+    assert W.rng_from_seed(g) is g and W.rng_from_seed(5).integers(100) == np.random.default_rng(5).integers(100)
+    # one normalisation (max shift) and one ESS convention: a count, and the count over B
+    lw = np.array([0.0, math.log(3.0), -np.inf, 1000.0])
+    np.testing.assert_array_equal(W.normalized_weights(lw), [0.0, 0.0, 0.0, 1.0])
+    w = W.normalized_weights(lw[:3])
+    np.testing.assert_allclose(w, [0.25, 0.75, 0.0], rtol=1e-15)
+    assert W.ess(lw[:3]) == pytest.approx(1.0 / (0.25**2 + 0.75**2), rel=1e-15)
+    assert W.ess_fraction(lw[:3]) == pytest.approx(W.ess(lw[:3]) / 3, rel=1e-15)
+    assert W.logsumexp(np.full(3, -np.inf)) == -np.inf and W.logsumexp([0.0, 0.0]) == pytest.approx(math.log(2))
 
 
 def _runs_with_path_noise(rng, n_runs=8, n_per_run=200, p_b=0.1, path_sd=1.0):
