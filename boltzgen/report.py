@@ -312,6 +312,31 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _table(header: list, rows: list) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
+
+
+def _state_tables(metrics: dict) -> str:
+    """The state free energies and the per-residue ΔF as HTML tables ('' when there are none)."""
+    out = ""
+    names = (metrics.get("states") or {}).get("names")
+    if names:
+        f = metrics.get("state_free_energies_kT") or [None] * len(names)
+        err = metrics.get("state_free_energies_err_kT") or [None] * len(names)
+        counts = metrics.get("state_counts") or [None] * len(names)
+        rows = [[n, c, v, e] for n, c, v, e in zip(names, counts, f, err)]
+        out += "<h2>States</h2>\n" + _table(["state", "samples", "F - F_0 / kT", "error / kT"], rows)
+    per_residue = metrics.get("per_residue") or {}
+    if per_residue:
+        keys = ["phi_positive_n", "delta_f_kT", "delta_f_err_kT", "reference_delta_f_kT", "reference_delta_f_err_kT"]
+        keys = [k for k in keys if any(k in entry for entry in per_residue.values())]
+        rows = [[residue] + [entry.get(k) for k in keys] for residue, entry in per_residue.items()]
+        out += "\n<h2>Per residue: F(phi > 0) - F(phi < 0)</h2>\n" + _table(["residue"] + keys, rows)
+    return out
+
+
 def _write_html(out_dir: str, metrics: dict) -> None:
     rows = "\n".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
@@ -338,6 +363,7 @@ figcaption {{ color: #555; }}
 <table>
 {rows}
 </table>
+{_state_tables(metrics)}
 {"<h2>Notes</h2><ul>" + notes + "</ul>" if notes else ""}
 <h2>Figures</h2>
 {figs or "<p>No figures.</p>"}
@@ -379,13 +405,18 @@ def _torsion_analysis(out_dir, figures, metrics, notes, samples, ref, lw, ref_lw
             notes.append(f"{prefix}state free energies: {result['state_free_energies_note']}")
         if groups is not None:
             metrics[f"{prefix}bootstrap_runs"] = int(np.unique(groups).size)
-        if len(tors) == 1:  # φ > 0 frames with weight (alanine dipeptide's rare state)
+        if len(tors) == 1 and len(states.names) == 2:  # φ > 0 frames with weight (alanine dipeptide's rare state)
             phi = (ref_tors if prefix else tors)[0][1]
             metrics[f"{prefix}phi_positive_n"] = int(np.sum((phi > 0) & np.isfinite(w)))
         definition = result.pop("delta_f_definition", None)
         result.pop("delta_f_note", None)
+        if len(states.names) != 2:  # ΔF between two states: per residue below, not of the joint states
+            result = {k: v for k, v in result.items() if not k.startswith("delta_f")}
+            definition = None
         if not prefix:
-            metrics.update(states={"name": states.name, "names": list(states.names)}, delta_f_definition=definition)
+            metrics["states"] = {"name": states.name, "names": list(states.names)}
+            if definition is not None:
+                metrics["delta_f_definition"] = definition
         metrics.update({prefix + k: v for k, v in result.items()})
     metrics["per_residue"] = _per_residue(samples, ref if ref_tors else None, lw, ref_lw, seed, blocks)
     _plot_ramachandran(out_dir, figures, tors, lw, ref_tors, ref_lw)

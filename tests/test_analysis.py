@@ -27,7 +27,7 @@ def _frames(aldp, n, rng, noise=0.01, n_mirrored=0):
     """n noisy copies of the aldp structure (nm); the last n_mirrored mirrored (phi > 0)."""
     x = aldp.xyz[0].astype(np.float64)[None] + noise * rng.standard_normal((n, aldp.n_atoms, 3))
     if n_mirrored:
-        x[n - n_mirrored:] *= -1.0
+        x[n - n_mirrored :] *= -1.0
     return x
 
 
@@ -35,8 +35,9 @@ def _frames(aldp, n, rng, noise=0.01, n_mirrored=0):
 def test_torsions_match_mdtraj_dihedrals_in_the_published_atom_order(aldp):
     x = _frames(aldp, 7, np.random.default_rng(0), noise=0.02, n_mirrored=3)
     phi, psi = A.torsions(x, aldp.topology)
-    ref = mdtraj.compute_dihedrals(mdtraj.Trajectory(x.astype(np.float32), aldp.topology),
-                                   np.array([[4, 6, 8, 14], [6, 8, 14, 16]]))
+    ref = mdtraj.compute_dihedrals(
+        mdtraj.Trajectory(x.astype(np.float32), aldp.topology), np.array([[4, 6, 8, 14], [6, 8, 14, 16]])
+    )
     assert phi.shape == psi.shape == (7,)
     np.testing.assert_allclose(phi, ref[:, 0], atol=1e-5)
     np.testing.assert_allclose(psi, ref[:, 1], atol=1e-5)
@@ -94,8 +95,7 @@ def test_free_energy_profile_with_log_weights_spanning_hundreds_of_units():
     assert np.isnan(prof.f_err_kT).all()
     fine = np.linspace(-math.pi, math.pi, bins * 2000 + 1)
     mid = 0.5 * (fine[1:] + fine[:-1])
-    log_bin = np.array([np.log(np.sum(np.exp(kappa * (np.cos(m) - 1)))) + kappa
-                        for m in mid.reshape(bins, -1)])
+    log_bin = np.array([np.log(np.sum(np.exp(kappa * (np.cos(m) - 1)))) + kappa for m in mid.reshape(bins, -1)])
     exact = -(log_bin - log_bin.max())
     assert exact.max() > 150  # the profile spans well over a hundred kT
     np.testing.assert_allclose(prof.f_kT, exact, atol=1e-3)
@@ -169,14 +169,15 @@ def test_energy_w2_drops_zero_weight_infinities_and_refuses_weighted_ones():
 def _torus_cost(p, q):
     d = np.abs(p - q) % (2 * math.pi)
     d = np.minimum(d, 2 * math.pi - d)
-    return float(np.sum(d ** 2))
+    return float(np.sum(d**2))
 
 
 def test_torsion_w2_is_the_exact_assignment_on_the_torus():
     rng = np.random.default_rng(9)
     a, b = rng.uniform(-math.pi, math.pi, (6, 2)), rng.uniform(-math.pi, math.pi, (6, 2))
-    best = min(np.mean([_torus_cost(a[i], b[j]) for i, j in enumerate(perm)])
-               for perm in itertools.permutations(range(6)))
+    best = min(
+        np.mean([_torus_cost(a[i], b[j]) for i, j in enumerate(perm)]) for perm in itertools.permutations(range(6))
+    )
     assert A.torsion_w2(a, b, n=6) == pytest.approx(math.sqrt(best), rel=1e-12)
     assert A.torsion_w2((a[:, 0], a[:, 1]), b, n=6) == pytest.approx(math.sqrt(best), rel=1e-12)
 
@@ -214,8 +215,16 @@ def _write_run(tmp_path, aldp):
         writer = csv.DictWriter(handle, LOG_FIELDS)
         writer.writeheader()
         for step in range(1, 41):
-            row = {"step": step, "phase": "train", "lr": 1e-3, "total": 2.0 / step + 0.1, "dsm": 1.5 / step + 0.05,
-                   "clf": 0.5 / step + 0.05, "grad_norm": 1.0, "seconds": 0.01 * step}
+            row = {
+                "step": step,
+                "phase": "train",
+                "lr": 1e-3,
+                "total": 2.0 / step + 0.1,
+                "dsm": 1.5 / step + 0.05,
+                "clf": 0.5 / step + 0.05,
+                "grad_norm": 1.0,
+                "seconds": 0.01 * step,
+            }
             if step % 10 == 0:
                 row.update(val_total=2.2 / step + 0.1, val_dsm=1.6 / step + 0.05, val_clf=0.6 / step + 0.05)
             writer.writerow(row)
@@ -225,16 +234,33 @@ def _write_run(tmp_path, aldp):
     lw[3] = -np.inf
     u = rng.normal(-20.0, 3.0, 50)
     u[3] = np.inf
-    save_samples(samples, x, topology=aldp.topology, log_weights=lw, reduced_energy=u,
-                 metadata={"system": "aldp-vacuum", "temperature": 300.0, "run_dir": str(run_dir)})
-    smc = {"ess": [1.0, 0.9, 0.5, 1.0, 0.4, 0.3], "t": [1.0, 0.5, 0.01, 0.01, 0.01, 0.01],
-           "beta": [0, 0, 0, 0.5, 0.8, 1.0], "resampled": [2], "min_ess_fraction": 0.3, "log_z": -3.0,
-           "n_resampling": 1}
+    save_samples(
+        samples,
+        x,
+        topology=aldp.topology,
+        log_weights=lw,
+        reduced_energy=u,
+        metadata={"system": "aldp-vacuum", "temperature": 300.0, "run_dir": str(run_dir)},
+    )
+    smc = {
+        "ess": [1.0, 0.9, 0.5, 1.0, 0.4, 0.3],
+        "t": [1.0, 0.5, 0.01, 0.01, 0.01, 0.01],
+        "beta": [0, 0, 0, 0.5, 0.8, 1.0],
+        "resampled": [2],
+        "min_ess_fraction": 0.3,
+        "log_z": -3.0,
+        "n_resampling": 1,
+    }
     with open(tmp_path / "metrics.json", "w") as handle:
         json.dump({"command": "sample", "output": os.path.abspath(samples), "smc": smc}, handle)
     reference = str(tmp_path / "reference.h5")
-    save_samples(reference, _frames(aldp, 60, rng, n_mirrored=10), topology=aldp.topology,
-                 reduced_energy=rng.normal(-21.0, 3.0, 60), metadata={"system": "aldp-vacuum", "temperature": 300.0})
+    save_samples(
+        reference,
+        _frames(aldp, 60, rng, n_mirrored=10),
+        topology=aldp.topology,
+        reduced_energy=rng.normal(-21.0, 3.0, 60),
+        metadata={"system": "aldp-vacuum", "temperature": 300.0},
+    )
     return samples, reference
 
 
@@ -245,14 +271,33 @@ def test_cli_analyze_writes_figures_metrics_and_html(tmp_path, aldp, capsys):
     printed = json.loads(capsys.readouterr().out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert printed == metrics
-    for name in ("ramachandran.png", "torsion_profiles.png", "energy_histogram.png", "ess_trace.png",
-                 "training_loss.png", "index.html"):
+    for name in (
+        "ramachandran.png",
+        "torsion_profiles.png",
+        "energy_histogram.png",
+        "ess_trace.png",
+        "training_loss.png",
+        "index.html",
+    ):
         assert (out / name).stat().st_size > 0, name
-    assert set(metrics["figures"]) == {"ramachandran", "torsion_profiles", "energy_histogram", "ess_trace",
-                                       "training_loss"}
+    assert set(metrics["figures"]) == {
+        "ramachandran",
+        "torsion_profiles",
+        "energy_histogram",
+        "ess_trace",
+        "training_loss",
+    }
     assert metrics["n"] == 50 and metrics["weighted"] and metrics["n_zero_weight"] == 1
-    for key in ("ess", "ess_fraction", "energy_w2", "torsion_w2", "delta_f_kT", "delta_f_err_kT",
-                "reference_delta_f_kT", "mean_reduced_energy"):
+    for key in (
+        "ess",
+        "ess_fraction",
+        "energy_w2",
+        "torsion_w2",
+        "delta_f_kT",
+        "delta_f_err_kT",
+        "reference_delta_f_kT",
+        "mean_reduced_energy",
+    ):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
     assert 1.0 <= metrics["ess"] <= 49.0
     assert metrics["reference_delta_f_kT"] == pytest.approx(-math.log(10 / 50), abs=1e-9)
@@ -353,9 +398,89 @@ def test_analyze_bootstraps_over_independent_smc_runs(tmp_path, aldp):
     errors = {}
     for name, extra in (("pooled", {"smc_run": run}), ("plain", None)):
         path = str(tmp_path / f"{name}.h5")
-        save_samples(path, x, topology=aldp.topology, log_weights=log_w, extra=extra,
-                     metadata={"system": "aldp-vacuum", "method": "smc"})
+        save_samples(
+            path,
+            x,
+            topology=aldp.topology,
+            log_weights=log_w,
+            extra=extra,
+            metadata={"system": "aldp-vacuum", "method": "smc"},
+        )
         metrics = analyze(path, str(tmp_path / name))
         errors[name] = metrics["delta_f_err_kT"]
         assert metrics.get("bootstrap_runs") == (8 if extra else None)
     assert errors["pooled"] > 3.0 * errors["plain"], errors
+
+
+# ---------------------------------------------------------------------------- states
+def test_state_free_energy_metrics_of_equal_weights():
+    labels = np.repeat([0, 1], [30, 10])
+    m = A.state_free_energy_metrics(np.zeros(40), labels, ("phi<0", "phi>0"), seed=0)
+    assert m["state_counts"] == [30, 10] and m["bootstrap_block_size"] == 1
+    assert m["state_free_energies_kT"][0] == 0.0
+    assert m["state_free_energies_kT"][1] == pytest.approx(math.log(3), abs=1e-12)
+    assert m["delta_f_kT"] == m["state_free_energies_kT"][1] and m["delta_f_err_kT"] > 0
+    assert m["delta_f_definition"] == "F(phi>0) - F(phi<0) in kT"
+    # a second state without samples: no Delta F, a note; three states: no two-state keys
+    empty = A.state_free_energy_metrics(np.zeros(40), np.zeros(40, int), ("a", "b"), seed=0)
+    assert empty["delta_f_kT"] is None and "no sample of b has weight" in empty["delta_f_note"]
+    assert empty["state_free_energies_kT"] == [0.0, None]
+    three = A.state_free_energy_metrics(np.zeros(40), np.repeat([0, 1, 2], [20, 10, 10]), ("a", "b", "c"))
+    assert "delta_f_kT" not in three and three["state_free_energies_kT"][2] == pytest.approx(math.log(2))
+    no_ref = A.state_free_energy_metrics(np.zeros(40), np.ones(40, int), ("a", "b"))
+    assert no_ref["state_free_energies_kT"] is None and "state 0 has no weight" in no_ref["state_free_energies_note"]
+
+
+def _tri_alanine():
+    """Uncapped Ala-Ala-Ala as an mdtraj topology (backbone and CB): two residues have a phi."""
+    top = mdtraj.Topology()
+    chain = top.add_chain()
+    for i in range(3):
+        residue = top.add_residue("ALA", chain, resSeq=i + 1)
+        for name in ("N", "CA", "CB", "C", "O"):
+            top.add_atom(name, mdtraj.element.get_by_symbol(name[0]), residue)
+    return top
+
+
+def test_analyze_peptide_with_several_residues(tmp_path):
+    """Per residue a Ramachandran row and phi-sign Delta F, the joint-state free energies, and the
+    reference torsions; unweighted samples give exact -ln count ratios."""
+    from boltzgen.report import analyze
+    from boltzgen.states import backbone_states, default_states
+
+    top = _tri_alanine()
+    x = np.random.default_rng(3).normal(0.0, 0.3, (300, top.n_atoms, 3))
+    path, ref = str(tmp_path / "aaa.h5"), str(tmp_path / "ref.h5")
+    save_samples(path, x, topology=top)
+    save_samples(ref, x[::-1].copy(), topology=top)
+    metrics = analyze(path, str(tmp_path / "out"), reference=ref)
+    assert set(metrics["figures"]) == {"ramachandran", "torsion_profiles"}
+    assert metrics["states"]["names"] == list(default_states(top).names) and len(metrics["states"]["names"]) == 4
+    counts = np.bincount(default_states(top).assign(x), minlength=4)
+    assert metrics["state_counts"] == counts.tolist()
+    np.testing.assert_allclose(metrics["state_free_energies_kT"], -np.log(counts / counts[0]), atol=1e-9)
+    assert "delta_f_kT" not in metrics and "phi_positive_n" not in metrics  # four states, two residues
+    assert list(metrics["per_residue"]) == ["ALA2", "ALA3"]
+    for states in backbone_states(top):
+        n_pos = int(states.assign(x).sum())
+        entry = metrics["per_residue"][states.name[4:-1]]
+        assert entry["phi_positive_n"] == n_pos and entry["reference_phi_positive_n"] == n_pos
+        assert entry["delta_f_kT"] == pytest.approx(-math.log(n_pos / (300 - n_pos)), abs=1e-9)
+        assert entry["reference_delta_f_kT"] == pytest.approx(entry["delta_f_kT"], abs=1e-9)
+    assert metrics["torsion_w2"] == pytest.approx(0.0, abs=1e-12)  # the same frames in another order
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "<h2>States</h2>" in page and "<td>ALA3</td>" in page
+
+
+def test_analyze_molecule_without_backbone_notes_it(tmp_path):
+    from boltzgen.report import analyze
+
+    top = mdtraj.Topology()
+    residue = top.add_residue("LJ", top.add_chain())
+    for _ in range(4):
+        top.add_atom("Ar", mdtraj.element.argon, residue)
+    path = str(tmp_path / "lj.h5")
+    save_samples(path, np.random.default_rng(0).normal(size=(20, 4, 3)), topology=top)
+    metrics = analyze(path, str(tmp_path / "out"))
+    assert "states" not in metrics and "ramachandran" not in metrics["figures"]
+    assert any("no backbone phi and psi torsion" in n for n in metrics["notes"])
