@@ -80,6 +80,39 @@ def check_compatible(x: np.ndarray, topology, target, what: str = "the samples")
         )
 
 
+def weighted_log_q(log_weights, reduced_energy) -> np.ndarray:
+    """The proposal log-density (up to a constant) that weighted samples of a target stand for.
+
+    Samples x_i with weights w_i for a target exp(−u_old) (SMC output, or an earlier reweighting)
+    are, for any other target exp(−u_new) on the same coordinates, importance samples with
+    log w_new = log w_i + u_old(x_i) − u_new(x_i): the same as a proposal with
+    log q(x_i) = −u_old(x_i) − log w_i. The unknown constant cancels in every self-normalised
+    estimate and shifts log Z only.
+
+    Parameters
+    ----------
+    log_weights : array (B,)
+        Log-weights of the samples for their own target (−inf: weight zero).
+    reduced_energy : array (B,)
+        u_old(x_i), reduced energies of that target (+inf: not evaluable).
+
+    Returns
+    -------
+    numpy.ndarray, shape (B,), float64
+        log q; +inf where the weight is zero (such samples keep weight zero).
+    """
+    lw = W.as_float64(log_weights).reshape(-1)
+    u = W.as_float64(reduced_energy).reshape(-1)
+    if lw.shape != u.shape:
+        raise ValueError(f"log_weights {lw.shape} and reduced_energy {u.shape} differ in length")
+    with np.errstate(invalid="ignore"):
+        out = -u - lw
+    out[~(np.isfinite(lw) & np.isfinite(u))] = np.inf
+    if np.isnan(lw).any() or np.isnan(u).any():
+        raise ValueError("log_weights or reduced_energy holds NaN")
+    return out
+
+
 def resolve_log_q(log_q, samples, samples_path: str) -> tuple[np.ndarray, str]:
     """The proposal log-density of each sample, and a description of where it came from.
 
@@ -107,10 +140,12 @@ def resolve_log_q(log_q, samples, samples_path: str) -> tuple[np.ndarray, str]:
     """
     n = len(samples)
     if log_q is None:
+        if samples.log_q is None and samples.log_weights is not None and samples.reduced_energy is not None:
+            return weighted_log_q(samples.log_weights, samples.reduced_energy), "file:-reduced_energy-log_weights"
         if samples.log_q is None:
             raise ValueError(
-                f"no proposal log-density: {samples_path} has no 'log_q' array; pass log_q "
-                "(--log-q: an array, the name of an array in the file, or a .npy file)"
+                f"no proposal log-density: {samples_path} has no 'log_q' array (nor log_weights with reduced_energy); "
+                "pass log_q (--log-q: an array, the name of an array in the file, or a .npy file)"
             )
         arr, source = samples.log_q, "file:log_q"
     elif isinstance(log_q, (str, os.PathLike)):
@@ -249,7 +284,9 @@ def reweight_samples(
     lq, lq_source = resolve_log_q(log_q, samples, samples_path)
 
     u = _energies(target, x, progress)
-    lw = W.log_weights(u, lq)
+    zero = np.isposinf(lq)  # weighted input with weight zero (weighted_log_q) keeps weight zero
+    lw = W.log_weights(u, np.where(zero, 0.0, lq))
+    lw[zero] = -np.inf
     n_inf = int(np.isinf(u).sum())
     if n_inf == n:
         raise ValueError(

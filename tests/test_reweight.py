@@ -236,3 +236,29 @@ def test_cli_reweight(aldp_file, tmp_path, capsys):
             ["reweight", str(path), "--system", "aldp-vacuum", "--log-q", "log_q", "-o", str(out), "--block-size", "0"]
         )
     assert "block size must be a positive integer or 'auto'" in capsys.readouterr().err
+
+
+def test_weighted_samples_reweight_to_another_target_without_log_q(tmp_path):
+    """Samples weighted for a target A (SMC output: log_weights and reduced_energy, no log_q) are
+    reweighted to B as log w_B = log w_A + u_A − u_B (up to one constant); zero weights stay zero."""
+    from boltzgen.reweight import reweight_samples, weighted_log_q
+    from boltzgen.systems import load
+
+    target = load("gmm-two-modes", dim=2)
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.0, 1.5, (200, 2))
+    u_a = 0.5 * (x**2).sum(1) / 2.0  # any energy of the samples' own target
+    lw_a = rng.normal(0.0, 0.7, 200)
+    lw_a[:3] = -np.inf
+    path = str(tmp_path / "weighted.h5")
+    save_samples(path, x, log_weights=lw_a, reduced_energy=u_a)
+    out = str(tmp_path / "b.h5")
+    metrics = reweight_samples(path, target, out_path=out)
+    assert metrics["log_q_source"] == "file:-reduced_energy-log_weights"
+    lw_b = load_samples(out).log_weights
+    u_b = target.reduced_energy(torch.from_numpy(x)).numpy()
+    expected = lw_a + u_a - u_b
+    assert np.all(np.isneginf(lw_b[:3]))
+    shift = lw_b[3:] - expected[3:]
+    np.testing.assert_allclose(shift, shift[0], atol=1e-9)
+    np.testing.assert_array_equal(np.isinf(weighted_log_q([0.0, -np.inf], [1.0, 2.0])), [False, True])
