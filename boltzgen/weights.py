@@ -56,12 +56,6 @@ __all__ = [
     "pool_runs",
     "block_size_for",
     "resolve_block_size",
-    # deprecated wrappers around boltzgen.states (kept until every caller has moved)
-    "phi_psi",
-    "phi_states",
-    "has_phi",
-    "PHI_ATOMS",
-    "PSI_ATOMS",
 ]
 
 SeedLike = Union[None, int, np.random.Generator]
@@ -829,54 +823,3 @@ def state_free_energies(
         errors[has_weight] = np.atleast_1d(_bootstrap_error(reps[:, has_weight], "state_free_energies"))
     errors[0] = 0.0
     return [Estimate(float(v), float(e)) for v, e in zip(value, errors)]
-
-
-# ---------------------------------------------------------------------------- deprecated: torsions
-#: Zero-based atoms of φ and ψ in the built-in alanine-dipeptide topology (``systems/aldp.pdb``).
-#: Deprecated: use :func:`boltzgen.states.phi_torsions` / :func:`boltzgen.states.backbone_torsions`.
-PHI_ATOMS = (4, 6, 8, 14)
-PSI_ATOMS = (6, 8, 14, 16)
-
-
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"boltzgen.weights.{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
-
-
-def phi_psi(x_or_traj, topology=None) -> tuple:
-    """Deprecated: φ and ψ in radians, (B,) for one torsion each, else (B, K).
-
-    Use :func:`boltzgen.states.phi_psi` or :func:`boltzgen.states.backbone_torsions`.
-    """
-    _deprecated("phi_psi", "boltzgen.states.phi_psi")
-    from .states import phi_psi as states_phi_psi
-
-    return states_phi_psi(x_or_traj, topology)
-
-
-def has_phi(topology) -> bool:
-    """Deprecated: True when the topology has a backbone φ. Use :func:`boltzgen.states.phi_torsions`."""
-    _deprecated("has_phi", "boltzgen.states.phi_torsions (or default_states(top) is not None)")
-    from .states import phi_torsions
-
-    return bool(phi_torsions(topology))
-
-
-def phi_states(x_or_traj, topology=None) -> tuple:
-    """Deprecated: ``(φ < 0, φ > 0)`` masks of a molecule with one φ.
-
-    Use ``boltzgen.states.default_states(topology).assign(x)`` (label 1 is φ > 0).
-    """
-    _deprecated("phi_states", "boltzgen.states.default_states(topology).assign(x)")
-    from .states import phi_torsions, torsion_angles, trajectory
-
-    traj = trajectory(x_or_traj, topology)
-    torsions = phi_torsions(traj.topology)
-    if not torsions:
-        raise ValueError("the topology has no phi torsion (needs a C-N-CA-C backbone across residues)")
-    if len(torsions) != 1:
-        raise ValueError(
-            f"phi_states needs a molecule with one phi torsion; this one has {len(torsions)} "
-            "(use boltzgen.states.default_states)"
-        )
-    phi = torsion_angles(traj, torsions[0][1])
-    return phi < 0, phi > 0

@@ -115,9 +115,6 @@ def test_alanine_dipeptide_labels_are_the_old_phi_states_exactly():
     np.testing.assert_array_equal(states.assign(torch.from_numpy(x)), labels)
     np.testing.assert_array_equal(states.assign(mdtraj.Trajectory(x.astype(np.float32), top)), labels)
     np.testing.assert_array_equal(S.phi_states_of(top).assign(x), labels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        np.testing.assert_array_equal(W.phi_states(x, top)[1], labels.astype(bool))
     # phi and psi as arrays: (B,) each for the one residue, the published atom order
     phi, psi = S.phi_psi(x, top)
     np.testing.assert_array_equal(phi, old_phi.astype(np.float64))

@@ -238,31 +238,6 @@ def test_bootstrap_blocks_are_circular_runs_and_block_one_is_the_plain_bootstrap
     assert W.block_size_for(np.arange(20.0)) == 1  # too short for 16 blocks of 2
 
 
-def test_deprecated_phi_helpers_still_work_and_warn():
-    """weights.phi_psi / phi_states / has_phi / PHI_ATOMS: thin wrappers around boltzgen.states,
-    kept for callers that have not moved yet."""
-    traj = mdtraj.load(data_path("aldp.pdb"))
-    x = np.concatenate([traj.xyz, -traj.xyz]).astype(np.float64)  # the mirror image flips every torsion
-    with pytest.deprecated_call():
-        phi, psi = W.phi_psi(x, traj.topology)
-    assert phi.shape == (2,) and psi.shape == (2,) and phi.dtype == np.float64
-    ref_phi = mdtraj.compute_dihedrals(traj, [W.PHI_ATOMS])[0, 0]
-    ref_psi = mdtraj.compute_dihedrals(traj, [W.PSI_ATOMS])[0, 0]
-    np.testing.assert_allclose(phi, [ref_phi, -ref_phi], atol=1e-5)
-    np.testing.assert_allclose(psi, [ref_psi, -ref_psi], atol=1e-5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        np.testing.assert_allclose(W.phi_psi(torch.from_numpy(x[0]), traj.topology)[0], phi[:1], atol=1e-6)
-        np.testing.assert_allclose(W.phi_psi(traj)[0], phi[:1], atol=1e-6)
-        in_a, in_b = W.phi_states(x, traj.topology)
-        assert ref_phi < 0 and in_a.tolist() == [True, False] and in_b.tolist() == [False, True]
-        assert W.has_phi(traj.topology) and not W.has_phi(traj.topology.subset([0, 1, 2]))
-        with pytest.raises(ValueError, match="no phi torsion"):
-            W.phi_psi(traj.atom_slice([0, 1, 2]))
-        with pytest.raises(ValueError, match="do not match a topology of 22 atoms"):
-            W.phi_psi(x[:, :21], traj.topology)
-
-
 def test_state_free_energies_of_equal_weights_are_minus_log_count_ratios():
     """Equal weights: F_k - F_0 = -ln(n_k / n_0) exactly; an empty state is +inf (error nan)."""
     labels = np.repeat([0, 1, 2, 4], [40, 10, 20, 25])

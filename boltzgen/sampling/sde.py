@@ -164,6 +164,11 @@ def model_t_min(model, t_min: Optional[float] = None) -> float:
 def model_mean_free(model) -> bool:
     """Whether the model lives on the zero-centre-of-mass subspace (``model.mean_free``, default False).
 
+    Parameters
+    ----------
+    model : diffusion model
+        See :class:`~boltzgen.sampling.protocol.DiffusionModel`.
+
     Returns
     -------
     bool
@@ -174,6 +179,11 @@ def model_mean_free(model) -> bool:
 def model_sigma_data(model) -> float:
     """Per-coordinate scale of the data in model units (``model.sigma_data``, default 1).
 
+    Parameters
+    ----------
+    model : diffusion model
+        See :class:`~boltzgen.sampling.protocol.DiffusionModel`.
+
     Returns
     -------
     float
@@ -183,6 +193,11 @@ def model_sigma_data(model) -> float:
 
 def model_event_shape(model) -> tuple:
     """Shape of one configuration (``model.event_shape``), e.g. (N, 3) for molecules.
+
+    Parameters
+    ----------
+    model : diffusion model
+        See :class:`~boltzgen.sampling.protocol.DiffusionModel`.
 
     Returns
     -------

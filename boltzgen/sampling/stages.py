@@ -184,7 +184,18 @@ class StepSize:
             raise ValueError(f"step sizes must be positive, got {given}")
 
     def value(self, grad: torch.Tensor) -> float:
-        """The step size for moves starting from particles with gradients ``grad`` (B, *event)."""
+        """The step size for moves starting from particles with these gradients.
+
+        Parameters
+        ----------
+        grad : Tensor, shape (B, *event_shape)
+            Gradients of the energy the moves target.
+
+        Returns
+        -------
+        float
+            κ · h_ref in model units.
+        """
         if self.auto:
             sq = grad.reshape(grad.shape[0], -1).pow(2).sum(1)
             sq = sq[torch.isfinite(sq) & (sq > 0)]
@@ -194,7 +205,13 @@ class StepSize:
         return self.kappa * self.ref
 
     def update(self, acceptance: float) -> None:
-        """Adapt κ after a level's moves with mean acceptance ``acceptance``."""
+        """Adapt κ after a level's moves: log κ += rate · (acceptance − target acceptance).
+
+        Parameters
+        ----------
+        acceptance : float
+            Mean acceptance of the level's moves.
+        """
         self.kappa *= math.exp(self.rate * (acceptance - self.alpha_star))
 
 
@@ -303,12 +320,37 @@ class SMCProblem:
                    mean_free=model_mean_free(m), t_min=t_min, times=times)
 
     def exponent(self, t: float) -> float:
-        """Tempering exponent b(t): 1 at t = 1, ``diffusion.tempering`` at t_min, linear in t."""
+        """Tempering exponent b(t): 1 at t = 1, ``diffusion.tempering`` at t_min, linear in t.
+
+        Parameters
+        ----------
+        t : float
+            Diffusion time.
+
+        Returns
+        -------
+        float
+        """
         b = self.settings.diffusion.tempering
         return 1.0 - (1.0 - b) * min(1.0, (1.0 - float(t)) / (1.0 - self.t_min))
 
     def model_eval(self, state: "ParticleState", y: torch.Tensor, t: float):
-        """(Tempered) model energies b(t) E(y, t) (B,) and their gradients (B, *event); +inf / 0 where not finite."""
+        """(Tempered) model energies b(t) E(y, t) and their gradients; +inf / 0 where not finite.
+
+        Parameters
+        ----------
+        state : ParticleState
+            Counts the evaluations.
+        y : Tensor, shape (B, *event_shape)
+            Configurations in model units.
+        t : float
+            Diffusion time.
+
+        Returns
+        -------
+        energy : Tensor, shape (B,)
+        grad : Tensor, shape (B, *event_shape)
+        """
         state.n_model_evals += y.shape[0]
         e, s = model_energy_and_score(self.model, y, t, self.settings.batch_size)
         e, g = _clean(e, -s)
@@ -318,7 +360,22 @@ class SMCProblem:
         return e, g
 
     def target_eval(self, state: "ParticleState", y: torch.Tensor):
-        """Target energies u(ℓ y) (B,) and gradients in y; +inf outside the L-region when folding."""
+        """Target energies u(ℓ y) and their gradients in y; +inf outside the L-region when folding.
+
+        Parameters
+        ----------
+        state : ParticleState
+            Counts the evaluations.
+        y : Tensor, shape (B, *event_shape)
+            Configurations in model units.
+
+        Returns
+        -------
+        u : Tensor, shape (B,), float64
+            Reduced target energies (kT).
+        grad_u : Tensor, shape (B, *event_shape), float64
+            ∇_y u(ℓ y) (mean-free for molecules).
+        """
         state.n_target_evals += y.shape[0]
         uu, force = self.target.reduced_energy_and_force(self.length_scale * y)
         uu = uu.to(torch.float64).to(y.device)
@@ -333,7 +390,22 @@ class SMCProblem:
         return uu, gu
 
     def labels(self, y: torch.Tensor) -> torch.Tensor:
-        """State labels (B,) of model configurations y (folded onto the L-form first when folding)."""
+        """State labels of model configurations (folded onto the L-form first when folding).
+
+        Parameters
+        ----------
+        y : Tensor, shape (B, *event_shape)
+            Configurations in model units (the labeller sees ℓ y, in the target's units).
+
+        Returns
+        -------
+        Tensor, shape (B,), integer
+
+        Raises
+        ------
+        ValueError
+            When the labeller does not return one integer label per configuration.
+        """
         if self.centres is not None:
             y = fix_chirality(y, self.centres)[0]
         labels = torch.as_tensor(np.asarray(self.states((self.length_scale * y).detach())), device=y.device).reshape(-1)
@@ -343,20 +415,51 @@ class SMCProblem:
         return labels
 
     def denoised(self, y: torch.Tensor, grad: torch.Tensor, t: float) -> torch.Tensor:
-        """Tweedie's E[y_0 | y_t] from the (tempered) gradient at hand; y itself where α_t = 0."""
+        """Tweedie's E[y_0 | y_t] from the (tempered) gradient at hand; y itself where α_t = 0.
+
+        Parameters
+        ----------
+        y : Tensor, shape (B, *event_shape)
+            Noisy configurations at time t.
+        grad : Tensor, shape (B, *event_shape)
+            Gradient of the tempered energy b(t) E(y, t) (untempered here).
+        t : float
+            Diffusion time.
+
+        Returns
+        -------
+        Tensor, shape (B, *event_shape)
+        """
         tt = torch.tensor(float(t), dtype=torch.float64)
         if float(self.model.schedule.alpha(tt)) <= 1e-12:
             return y
         return self.model.schedule.denoise(y, -grad / self.exponent(t), tt)
 
     def step_kernel(self):
-        """(MCMC step function, its extra keyword arguments) of ``moves.kernel``."""
+        """The MCMC step function of ``moves.kernel`` and its extra keyword arguments.
+
+        Returns
+        -------
+        step : callable
+            :func:`~boltzgen.sampling.mcmc.mala_step` or :func:`~boltzgen.sampling.mcmc.hmc_step`.
+        options : dict
+        """
         if self.settings.moves.kernel == "mala":
             return mala_step, {}
         return hmc_step, {"n_leapfrog": self.settings.moves.n_leapfrog}
 
     def new_step_size(self, given: Optional[float]) -> StepSize:
-        """A step-size controller of ``moves.kernel`` with a fixed h_ref ``given`` (None: automatic)."""
+        """A step-size controller of ``moves.kernel``.
+
+        Parameters
+        ----------
+        given : float or None
+            Fixed reference step size in model units (None: automatic, from the gradients).
+
+        Returns
+        -------
+        StepSize
+        """
         mv = self.settings.moves
         return StepSize(mv.kernel, self.dim, given, mv.adapt_rate, mv.acceptance)
 
@@ -438,7 +541,13 @@ class ParticleState:
         return int(self.y.shape[0])
 
     def take(self, idx: torch.Tensor) -> None:
-        """Apply a resampling: slot j now holds ancestor ``idx[j]`` (positions, energies, ancestors)."""
+        """Apply a resampling: slot j now holds ancestor ``idx[j]`` (positions, energies, ancestors).
+
+        Parameters
+        ----------
+        idx : Tensor, shape (B,), int64
+            Ancestor index of each slot.
+        """
         for key in self.ancestors:
             self.ancestors[key] = self.ancestors[key][idx]
         self.y, self.energy, self.grad = self.y[idx], self.energy[idx], self.grad[idx]
@@ -469,28 +578,66 @@ class SMCRecorder:
         self._bar = None
 
     def start(self, n_levels: int, progress: bool = False) -> None:
-        """Open the progress bar for about ``n_levels`` levels (shown only with ``progress``)."""
+        """Open the progress bar.
+
+        Parameters
+        ----------
+        n_levels : int
+            About how many levels the run has.
+        progress : bool
+            Show the bar on stderr.
+        """
         from tqdm import tqdm
 
         self._bar = tqdm(total=n_levels, desc="SMC", unit="level", file=sys.stderr, disable=not progress, leave=False)
 
     def level(self, t: float, beta: float, ess: float) -> None:
-        """A reweighting: its time, β and ESS / B."""
+        """Record a reweighting.
+
+        Parameters
+        ----------
+        t : float
+            Diffusion time (t_min during the annealing).
+        beta : float
+            Annealing β (0 during the diffusion).
+        ess : float
+            ESS / B after the reweighting.
+        """
         self.ess_trace.append(float(ess))
         self.times.append(float(t))
         self.betas.append(float(beta))
 
     def moves(self, acceptance: float = math.nan, step_size: float = math.nan) -> None:
-        """The moves after a level (NaN, NaN: none)."""
+        """Record the moves after a level.
+
+        Parameters
+        ----------
+        acceptance : float
+            Mean acceptance (NaN: no moves).
+        step_size : float
+            Step size in model units (NaN: no moves).
+        """
         self.acceptance.append(acceptance)
         self.step_sizes.append(step_size)
 
     def resampling(self, level: int) -> None:
-        """The particles were resampled after level ``level``."""
+        """Record a resampling.
+
+        Parameters
+        ----------
+        level : int
+            The level after whose reweighting the particles were resampled.
+        """
         self.resampled.append(level)
 
     def final_move(self, acceptance: float) -> None:
-        """One move on the target alone with mean acceptance ``acceptance``."""
+        """Record one final move on the target alone.
+
+        Parameters
+        ----------
+        acceptance : float
+            Its mean acceptance.
+        """
         self.final_acceptance.append(acceptance)
 
     def advance(self) -> None:
@@ -586,6 +733,17 @@ def maybe_resample(state: ParticleState, problem: SMCProblem, recorder: SMCRecor
     Without ``states`` all particles form one state. With ``states`` and
     ``resampling.denoised_labels``, diffusion-stage particles are labelled by their denoised estimate.
 
+    Parameters
+    ----------
+    state : ParticleState
+        The particles.
+    problem : SMCProblem
+        Model, target, settings and states of the run.
+    recorder : SMCRecorder
+        Receives the trace.
+    final : bool
+        Whether this was the last reweighting.
+
     Raises
     ------
     RuntimeError
@@ -640,6 +798,15 @@ def run_diffusion(state: ParticleState, problem: SMCProblem, recorder: SMCRecord
     resamples when due and runs ``diffusion.mcmc_steps`` moves on exp(−E(y, t')). Sets
     ``state.log_z_diffusion``.
 
+    Parameters
+    ----------
+    state : ParticleState
+        The particles.
+    problem : SMCProblem
+        Model, target, settings and states of the run.
+    recorder : SMCRecorder
+        Receives the trace.
+
     Returns
     -------
     ParticleState
@@ -671,6 +838,18 @@ def fold_chirality(state: ParticleState, problem: SMCProblem) -> ParticleState:
 
     The model must be mirror symmetric, so E and its gradient carry over (∇E(−y) = −∇E(y));
     the reference density becomes 2 γ_{t_min} on the L-region (``state.fold`` = log 2).
+
+    Parameters
+    ----------
+    state : ParticleState
+        The particles at t_min.
+    problem : SMCProblem
+        Holds the chiral centres.
+
+    Returns
+    -------
+    ParticleState
+        The same object.
     """
     if problem.centres is None:
         return state
@@ -681,7 +860,22 @@ def fold_chirality(state: ParticleState, problem: SMCProblem) -> ParticleState:
 
 
 def balance_states(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder) -> ParticleState:
-    """Give every state the same number of particles, each keeping its total weight (needs ``states``)."""
+    """Give every state the same number of particles, each keeping its total weight (needs ``states``).
+
+    Parameters
+    ----------
+    state : ParticleState
+        The particles.
+    problem : SMCProblem
+        Model, target, settings and states of the run.
+    recorder : SMCRecorder
+        Receives the trace.
+
+    Returns
+    -------
+    ParticleState
+        The same object, resampled.
+    """
     rs = problem.settings.resampling
     idx, state.log_w = resample_by_state(state.log_w, problem.labels(state.y), problem.generator, rs.method,
                                          balance=True)
@@ -752,6 +946,15 @@ def run_annealing(state: ParticleState, problem: SMCProblem, recorder: SMCRecord
     target's forces. The step-size controller starts from the diffusion stage's κ when that
     stage ran automatic-step moves.
 
+    Parameters
+    ----------
+    state : ParticleState
+        The particles.
+    problem : SMCProblem
+        Model, target, settings and states of the run.
+    recorder : SMCRecorder
+        Receives the trace.
+
     Returns
     -------
     ParticleState
@@ -790,6 +993,15 @@ def run_final_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
 
     They leave exp(−u) invariant and need only the target's forces. The step size continues the
     state's controller (the annealing's) and is adapted after every move.
+
+    Parameters
+    ----------
+    state : ParticleState
+        The particles.
+    problem : SMCProblem
+        Model, target, settings and states of the run.
+    recorder : SMCRecorder
+        Receives the trace.
 
     Returns
     -------
