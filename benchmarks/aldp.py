@@ -22,23 +22,38 @@ from molecular_chain import add_arguments, recipe_sizes, run_chain
 
 from boltzgen.workflow import load_recipe
 
-ANCHORS = {"source": "published best flow, GPU, aldp-implicit", "ess_fraction": 0.275, "energy_w2": 0.914,
-           "torsion_w2": 0.189}
+ANCHORS = {
+    "source": "published best flow, GPU, aldp-implicit",
+    "ess_fraction": 0.275,
+    "energy_w2": 0.914,
+    "torsion_w2": 0.189,
+}
 
 if __name__ == "__main__":
     recipe = load_recipe("benchmarks", "aldp")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--system", default=recipe["system"], choices=["aldp-vacuum", "aldp-implicit"])
     add_arguments(parser, recipe_sizes(recipe))
-    parser.add_argument("--keep-replicas", type=int, default=recipe["simulate"]["keep_replicas"],
-                        help="training data: frames of this many of the coldest replicas (n-data each)")
-    parser.add_argument("--data-stride", type=int, default=recipe["simulate"]["stride"],
-                        help="training data: MD steps (1 fs each) between frames; a longer run reaches the rare "
-                             "state more often")
-    parser.add_argument("--state-fraction", "--phi-positive-fraction", dest="state_fraction",
-                        default=recipe["train"]["state_fraction"],
-                        help="share of every training batch drawn from the rarest state, both objectives "
-                             "(boltzgen train --state-fraction; 'none' for uniform draws)")
+    parser.add_argument(
+        "--keep-replicas",
+        type=int,
+        default=recipe["simulate"]["keep_replicas"],
+        help="training data: frames of this many of the coldest replicas (n-data each)",
+    )
+    parser.add_argument(
+        "--data-stride",
+        type=int,
+        default=recipe["simulate"]["stride"],
+        help="training data: MD steps (1 fs each) between frames; a longer run reaches the rare state more often",
+    )
+    parser.add_argument(
+        "--state-fraction",
+        "--phi-positive-fraction",
+        dest="state_fraction",
+        default=recipe["train"]["state_fraction"],
+        help="share of every training batch drawn from the rarest state, both objectives "
+        "(boltzgen train --state-fraction; 'none' for uniform draws)",
+    )
     args = parser.parse_args()
     overrides = {"train": {"state_fraction": args.state_fraction}}
     if not args.quick:

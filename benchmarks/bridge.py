@@ -1,6 +1,6 @@
 """Benchmark the OpenMM energy bridge on a built-in system and write the result as JSON.
 
-    python benchmarks/bridge.py --system aldp-vacuum --batch 4096 --out bench-results/bridge.json
+python benchmarks/bridge.py --system aldp-vacuum --batch 4096 --out bench-results/bridge.json
 """
 
 import argparse
@@ -27,8 +27,16 @@ def main(argv=None) -> int:
 
     target = load(args.system)
     try:
-        result = bench_bridge(target.system, target.temperature, target.positions, batch=args.batch,
-                              n_workers=args.workers, platform=args.platform, seed=args.seed, rounds=args.rounds)
+        result = bench_bridge(
+            target.system,
+            target.temperature,
+            target.positions,
+            batch=args.batch,
+            n_workers=args.workers,
+            platform=args.platform,
+            seed=args.seed,
+            rounds=args.rounds,
+        )
     finally:
         target.close()
     result = {"system": args.system, **result}

@@ -31,8 +31,10 @@ from boltzgen.sampling.sde import CPU_EVAL_CHUNK, model_energy_and_score  # noqa
 def measure(batch: int, chunks: list[int], rounds: int, seed: int = 0, net: str = "egnn") -> dict:
     target, model = random_aldp_model(net, seed)
     g = torch.Generator().manual_seed(seed)
-    y = (target.positions.double()[None] + 0.01 * torch.randn(batch, *target.event_shape, generator=g,
-                                                              dtype=torch.float64)) / 0.2
+    y = (
+        target.positions.double()[None]
+        + 0.01 * torch.randn(batch, *target.event_shape, generator=g, dtype=torch.float64)
+    ) / 0.2
     times = {c: [] for c in chunks}
     reference = None
     for r in range(rounds + 1):  # round 0 warms up
@@ -48,10 +50,15 @@ def measure(batch: int, chunks: list[int], rounds: int, seed: int = 0, net: str 
                 times[c].append(elapsed / batch)
     median = {c: statistics.median(v) for c, v in times.items()}
     base = median[chunks[0]]
-    return {"batch": batch, "net": net, "threads": torch.get_num_threads(), "rounds": rounds,
-            "cpu_eval_chunk_default": CPU_EVAL_CHUNK,
-            "seconds_per_config": {str(c): median[c] for c in chunks},
-            f"ratio_to_chunk_{chunks[0]}": {str(c): median[c] / base for c in chunks}}
+    return {
+        "batch": batch,
+        "net": net,
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "cpu_eval_chunk_default": CPU_EVAL_CHUNK,
+        "seconds_per_config": {str(c): median[c] for c in chunks},
+        f"ratio_to_chunk_{chunks[0]}": {str(c): median[c] / base for c in chunks},
+    }
 
 
 def main(argv=None) -> int:

@@ -36,8 +36,12 @@ CASES = {
 DEFAULT_CASES = "two-modes-d2,two-modes-d32,gmm40-d2"
 METHODS = ("dsm", "dsm+diffclf")
 #: Objectives --methods accepts: the loss kinds, plus "dsm+diffclf-one" (loss.clf_samples = "one").
-OBJECTIVES = {"dsm": {"kind": "dsm"}, "dsm+diffclf": {"kind": "dsm+diffclf"}, "diffclf": {"kind": "diffclf"},
-              "dsm+diffclf-one": {"kind": "dsm+diffclf", "clf_samples": "one"}}
+OBJECTIVES = {
+    "dsm": {"kind": "dsm"},
+    "dsm+diffclf": {"kind": "dsm+diffclf"},
+    "diffclf": {"kind": "diffclf"},
+    "dsm+diffclf-one": {"kind": "dsm+diffclf", "clf_samples": "one"},
+}
 ESS_TIMES = (1e-3, 1e-2, 0.1, 0.3, 1.0)
 
 
@@ -51,8 +55,11 @@ def run_one(case: str, method: str, seed: int, args) -> dict:
     system, dim = CASES[case]
     target = systems.load(system, dim=dim)
     x = target.sample(args.n_data, torch.Generator().manual_seed(10_000 + seed)).numpy()
-    overrides = {"loss": dict(OBJECTIVES[method]), "seed": seed,
-                 "train": {"val_fraction": 0.0, "checkpoint_every": 10**9, "val_every": 10**9, "log_every": 10**9}}
+    overrides = {
+        "loss": dict(OBJECTIVES[method]),
+        "seed": seed,
+        "train": {"val_fraction": 0.0, "checkpoint_every": 10**9, "val_every": 10**9, "log_every": 10**9},
+    }
     if args.steps:
         overrides["train"]["steps"] = args.steps
     if method == "dsm":
@@ -70,30 +77,57 @@ def run_one(case: str, method: str, seed: int, args) -> dict:
     curve, wall, mw = [], 0.0, None
     batch, k = int(config["train"]["batch_size"]), int(config["loss"]["k"])
     pre = int(config["pretrain_dsm_steps"]) if method != "dsm" else steps
-    n_dsm = steps * batch * k                                    # the same for both objectives
+    n_dsm = steps * batch * k  # the same for both objectives
     per_x0 = k - 1 if config["loss"].get("clf_samples") == "one" else k * (k - 1)
-    n_energy = n_dsm + (steps - pre) * batch * per_x0            # + the off-diagonal DiffCLF energies
+    n_energy = n_dsm + (steps - pre) * batch * per_x0  # + the off-diagonal DiffCLF energies
     while trainer.step < steps:
         t0 = time.perf_counter()
         trainer.train_step()
         wall += time.perf_counter() - t0
         if trainer.step in checkpoints:
-            mw = mode_weights(trainer.ema, target, length_scale=trainer.length_scale, n_per_mode=n_mc,
-                              generator=torch.Generator().manual_seed(1))
-            curve.append({"step": trainer.step, "wall_s": round(wall, 2), "rel_error": mw["max_relative_error"],
-                          "weights": mw["weights"] if target.n_components <= 4 else None,
-                          "min_ess_fraction": min(mw["ess_fraction"])})
-            print(f"  {case} {method} seed {seed}: step {trainer.step} wall {wall:.0f}s "
-                  f"rel. error {mw['max_relative_error']:.3f}", flush=True)
+            mw = mode_weights(
+                trainer.ema,
+                target,
+                length_scale=trainer.length_scale,
+                n_per_mode=n_mc,
+                generator=torch.Generator().manual_seed(1),
+            )
+            curve.append(
+                {
+                    "step": trainer.step,
+                    "wall_s": round(wall, 2),
+                    "rel_error": mw["max_relative_error"],
+                    "weights": mw["weights"] if target.n_components <= 4 else None,
+                    "min_ess_fraction": min(mw["ess_fraction"]),
+                }
+            )
+            print(
+                f"  {case} {method} seed {seed}: step {trainer.step} wall {wall:.0f}s "
+                f"rel. error {mw['max_relative_error']:.3f}",
+                flush=True,
+            )
     model, ls = trainer.ema, trainer.length_scale
-    final_mw = mw                                                # the last checkpoint is the final step
+    final_mw = mw  # the last checkpoint is the final step
     chain = chain_classification_loss(model, target, length_scale=ls, n_chains=64 if args.quick else 256)
     ess = marginal_ess(model, target, ESS_TIMES, length_scale=ls, n=n_mc)
-    return {"case": case, "system": system, "dim": dim, "method": method, "seed": seed, "steps": steps,
-            "batch_size": int(config["train"]["batch_size"]), "loss": config["loss"], "net": config["net"],
-            "optim": config["optim"], "pretrain_dsm_steps": int(config["pretrain_dsm_steps"]),
-            "n_dsm_evaluations": n_dsm, "n_energy_evaluations": n_energy, "wall_s": round(wall, 2),
-            "curve": curve, "final": {"mode_weights": final_mw, "chain": chain, "marginal_ess": ess}}
+    return {
+        "case": case,
+        "system": system,
+        "dim": dim,
+        "method": method,
+        "seed": seed,
+        "steps": steps,
+        "batch_size": int(config["train"]["batch_size"]),
+        "loss": config["loss"],
+        "net": config["net"],
+        "optim": config["optim"],
+        "pretrain_dsm_steps": int(config["pretrain_dsm_steps"]),
+        "n_dsm_evaluations": n_dsm,
+        "n_energy_evaluations": n_energy,
+        "wall_s": round(wall, 2),
+        "curve": curve,
+        "final": {"mode_weights": final_mw, "chain": chain, "marginal_ess": ess},
+    }
 
 
 def _mean_spread(values):
@@ -102,13 +136,17 @@ def _mean_spread(values):
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["# gmm_modes benchmark", "",
-             "Relative error of the mode weights of exp(−E_θ(·, t_min)) (max over modes), EMA model; "
-             "equal budgets (same steps, batch, levels, k → same number of DSM evaluations); wall = "
-             "training time only. `±` is half the range over seeds.", "",
-             "| case | method | seeds | steps × batch | DSM evals | wall s | rel. error | chain CE (chance 4.85) | "
-             "ESS t=1e-3 | ESS t=0.1 | ESS t=1 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# gmm_modes benchmark",
+        "",
+        "Relative error of the mode weights of exp(−E_θ(·, t_min)) (max over modes), EMA model; "
+        "equal budgets (same steps, batch, levels, k → same number of DSM evaluations); wall = "
+        "training time only. `±` is half the range over seeds.",
+        "",
+        "| case | method | seeds | steps × batch | DSM evals | wall s | rel. error | chain CE (chance 4.85) | "
+        "ESS t=1e-3 | ESS t=0.1 | ESS t=1 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     groups: dict = {}
     for r in results:
         groups.setdefault((r["case"], r["method"]), []).append(r)
@@ -116,13 +154,22 @@ def markdown(results: list[dict]) -> str:
         err = _mean_spread([r["final"]["mode_weights"]["max_relative_error"] for r in rs])
         wall = _mean_spread([r["wall_s"] for r in rs])
         ce = _mean_spread([r["final"]["chain"]["loss"] for r in rs])
-        ess = {t: _mean_spread([e["ess_fraction"] for r in rs for e in r["final"]["marginal_ess"] if e["t"] == t])
-               for t in (1e-3, 0.1, 1.0)}
-        lines.append(f"| {case} | {method} | {len(rs)} | {rs[0]['steps']} × {rs[0]['batch_size']} | "
-                     f"{rs[0]['n_dsm_evaluations']} | {wall[0]:.0f} | {err[0]:.3f} ± {err[1]:.3f} | "
-                     f"{ce[0]:.3f} ± {ce[1]:.3f} | " + " | ".join(f"{ess[t][0]:.2f}" for t in (1e-3, 0.1, 1.0)) + " |")
-    lines += ["", "## Error against training wall time", "",
-              "| case | method | seed | (step, wall s, rel. error) … |", "| --- | --- | --- | --- |"]
+        ess = {
+            t: _mean_spread([e["ess_fraction"] for r in rs for e in r["final"]["marginal_ess"] if e["t"] == t])
+            for t in (1e-3, 0.1, 1.0)
+        }
+        lines.append(
+            f"| {case} | {method} | {len(rs)} | {rs[0]['steps']} × {rs[0]['batch_size']} | "
+            f"{rs[0]['n_dsm_evaluations']} | {wall[0]:.0f} | {err[0]:.3f} ± {err[1]:.3f} | "
+            f"{ce[0]:.3f} ± {ce[1]:.3f} | " + " | ".join(f"{ess[t][0]:.2f}" for t in (1e-3, 0.1, 1.0)) + " |"
+        )
+    lines += [
+        "",
+        "## Error against training wall time",
+        "",
+        "| case | method | seed | (step, wall s, rel. error) … |",
+        "| --- | --- | --- | --- |",
+    ]
     for r in results:
         pts = ", ".join(f"({c['step']}, {c['wall_s']:.0f}, {c['rel_error']:.3f})" for c in r["curve"])
         lines.append(f"| {r['case']} | {r['method']} | {r['seed']} | {pts} |")
@@ -131,8 +178,11 @@ def markdown(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default=DEFAULT_CASES,
-                        help=f"comma-separated cases among {', '.join(CASES)} (default {DEFAULT_CASES}; 'all')")
+    parser.add_argument(
+        "--cases",
+        default=DEFAULT_CASES,
+        help=f"comma-separated cases among {', '.join(CASES)} (default {DEFAULT_CASES}; 'all')",
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated objectives (default both)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     parser.add_argument("--steps", type=int, default=None, help="override the shipped train.steps")
@@ -142,8 +192,12 @@ def main(argv=None) -> int:
     parser.add_argument("--n-per-mode", type=int, default=8192, help="importance samples per mode (default 8192)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", default="bench-results/gmm_modes.json", help="JSON output (markdown beside it)")
-    parser.add_argument("--merge", nargs="+", metavar="JSON",
-                        help="combine the results of earlier runs (e.g. one process per seed) into --out; no training")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="combine the results of earlier runs (e.g. one process per seed) into --out; no training",
+    )
     args = parser.parse_args(argv)
     md_path = os.path.splitext(args.out)[0] + ".md"
     if args.merge:
@@ -180,9 +234,15 @@ def main(argv=None) -> int:
         for seed in seeds:
             for method in methods:
                 results.append(run_one(case, method, seed, args))
-                blob = {"benchmark": "gmm_modes", "boltzgen_version": boltzgen.__version__, "quick": args.quick,
-                        "threads": args.threads, "machine": platform.machine(), "torch": torch.__version__,
-                        "results": results}
+                blob = {
+                    "benchmark": "gmm_modes",
+                    "boltzgen_version": boltzgen.__version__,
+                    "quick": args.quick,
+                    "threads": args.threads,
+                    "machine": platform.machine(),
+                    "torch": torch.__version__,
+                    "results": results,
+                }
                 with open(args.out, "w") as handle:
                     json.dump(blob, handle, indent=1)
                 with open(md_path, "w") as handle:

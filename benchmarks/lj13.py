@@ -16,7 +16,19 @@ from molecular_chain import add_arguments, run_chain
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser, dict(work="bench-work/lj13", out="bench-results/lj13.json", n_reference=10000,
-                               n_data=4000, steps=1500, batch_size=64, n_samples=1024, smc_steps=100,
-                               mcmc_steps=0, anneal=16))
+    add_arguments(
+        parser,
+        dict(
+            work="bench-work/lj13",
+            out="bench-results/lj13.json",
+            n_reference=10000,
+            n_data=4000,
+            steps=1500,
+            batch_size=64,
+            n_samples=1024,
+            smc_steps=100,
+            mcmc_steps=0,
+            anneal=16,
+        ),
+    )
     run_chain("lj13", parser.parse_args())

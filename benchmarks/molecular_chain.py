@@ -33,8 +33,10 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (as boltzgen.cli does)
 
-from boltzgen import __version__  # noqa: E402
-from boltzgen import workflow  # noqa: E402
+from boltzgen import (
+    __version__,  # noqa: E402
+    workflow,  # noqa: E402
+)
 from boltzgen.io import write_json  # noqa: E402
 
 LOSSES = ("dsm", "dsm+diffclf")
@@ -43,13 +45,20 @@ LOSSES = ("dsm", "dsm+diffclf")
 def recipe_sizes(recipe: dict) -> dict:
     """The sizes of a benchmark recipe as the flat defaults of :func:`add_arguments`."""
     settings = recipe["sample"].get("settings", {})
-    return dict(work=recipe.get("work"), out=recipe.get("out"), n_reference=recipe["reference"]["n"],
-                n_data=recipe["simulate"]["n"], steps=recipe["train"]["steps"],
-                batch_size=recipe["train"]["batch_size"],
-                pretrain_dsm_steps=recipe.get("arms", {}).get("dsm+diffclf", {}).get("pretrain_dsm_steps", 0),
-                n_samples=recipe["sample"]["n"], smc_steps=settings.get("diffusion", {}).get("n_steps", 100),
-                mcmc_steps=settings.get("diffusion", {}).get("mcmc_steps", 0),
-                anneal=settings.get("anneal", {}).get("n_levels", 16), runs=recipe["sample"].get("runs", 1))
+    return dict(
+        work=recipe.get("work"),
+        out=recipe.get("out"),
+        n_reference=recipe["reference"]["n"],
+        n_data=recipe["simulate"]["n"],
+        steps=recipe["train"]["steps"],
+        batch_size=recipe["train"]["batch_size"],
+        pretrain_dsm_steps=recipe.get("arms", {}).get("dsm+diffclf", {}).get("pretrain_dsm_steps", 0),
+        n_samples=recipe["sample"]["n"],
+        smc_steps=settings.get("diffusion", {}).get("n_steps", 100),
+        mcmc_steps=settings.get("diffusion", {}).get("mcmc_steps", 0),
+        anneal=settings.get("anneal", {}).get("n_levels", 16),
+        runs=recipe["sample"].get("runs", 1),
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
@@ -60,14 +69,22 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--n-data", type=int, default=defaults["n_data"], help="training frames (per kept replica)")
     parser.add_argument("--steps", type=int, default=defaults["steps"], help="training steps per objective")
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="training batch")
-    parser.add_argument("--pretrain-dsm-steps", type=int, default=defaults.get("pretrain_dsm_steps", 0),
-                        help="of the dsm+diffclf run's steps, how many are DSM alone (pre-training, then fine-tuning)")
+    parser.add_argument(
+        "--pretrain-dsm-steps",
+        type=int,
+        default=defaults.get("pretrain_dsm_steps", 0),
+        help="of the dsm+diffclf run's steps, how many are DSM alone (pre-training, then fine-tuning)",
+    )
     parser.add_argument("--n-samples", type=int, default=defaults["n_samples"], help="SMC particles")
     parser.add_argument("--smc-steps", type=int, default=defaults["smc_steps"], help="SMC diffusion levels")
     parser.add_argument("--mcmc-steps", type=int, default=defaults["mcmc_steps"], help="MALA moves per level")
     parser.add_argument("--anneal", type=int, default=defaults["anneal"], help="annealing levels to the target")
-    parser.add_argument("--runs", type=int, default=defaults.get("runs", 1),
-                        help="independent SMC runs sharing the particles (boltzgen sample --runs)")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=defaults.get("runs", 1),
+        help="independent SMC runs sharing the particles (boltzgen sample --runs)",
+    )
     parser.add_argument("--losses", default=",".join(LOSSES), help="objectives to compare")
     parser.add_argument("--threads", type=int, help="torch threads of training (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -93,8 +110,10 @@ def chain_plan(name: str, args, overrides: dict) -> dict:
     if args.pretrain_dsm_steps:
         arm["pretrain_dsm_steps"] = args.pretrain_dsm_steps
     recipe["sample"].update(n=args.n_samples, runs=args.runs)
-    recipe["sample"]["settings"] = workflow.merge(recipe["sample"].get("settings", {}), {
-        "diffusion": {"n_steps": args.smc_steps, "mcmc_steps": args.mcmc_steps}, "anneal": {"n_levels": args.anneal}})
+    recipe["sample"]["settings"] = workflow.merge(
+        recipe["sample"].get("settings", {}),
+        {"diffusion": {"n_steps": args.smc_steps, "mcmc_steps": args.mcmc_steps}, "anneal": {"n_levels": args.anneal}},
+    )
     return recipe
 
 
@@ -119,39 +138,75 @@ def run_chain(system: str, args, *, recipe: str | None = None, overrides: dict |
         n = options.pop("n")
         log("$ " + workflow.command_line("simulate", (system,), {"n": n, "output": path, "seed": seed, **options}))
         start = time.perf_counter()
-        workflow.simulate_training_data(system, n, path, seed=seed, progress=False,
-                                        metrics_path=os.path.join(args.work, f"{stage}.metrics.json"), **options)
+        workflow.simulate_training_data(
+            system,
+            n,
+            path,
+            seed=seed,
+            progress=False,
+            metrics_path=os.path.join(args.work, f"{stage}.metrics.json"),
+            **options,
+        )
         shared[f"simulate_{stage}"] = time.perf_counter() - start
 
     results = {}
     for loss in [s for s in args.losses.split(",") if s]:
         log(f"=== {system}: {loss}")
-        arm = {"system": system, "data": files["data"], "train": {**plan["train"], **plan["arms"].get(loss, {"loss": loss})},
-               "sample": plan["sample"]}
-        summary = workflow.quickstart(os.path.join(args.work, loss), arm, seed=args.seed, progress=False, log=log,
-                                      reference=files["reference"])
+        arm = {
+            "system": system,
+            "data": files["data"],
+            "train": {**plan["train"], **plan["arms"].get(loss, {"loss": loss})},
+            "sample": plan["sample"],
+        }
+        summary = workflow.quickstart(
+            os.path.join(args.work, loss), arm, seed=args.seed, progress=False, log=log, reference=files["reference"]
+        )
         seconds, steps = _training_seconds(os.path.join(args.work, loss, "run", "train_log.csv"))
         summary["train_seconds"] = seconds  # summed over the training log: right for resumed runs too
         summary["train_seconds_per_step"] = seconds / max(1, steps)
         # SMC wall time as measured by the sample stage (also when the samples are reused)
-        summary["sample_seconds"] = _read_json(os.path.join(args.work, loss, "stages", "sample.json")).get("wall_time_s")
+        summary["sample_seconds"] = _read_json(os.path.join(args.work, loss, "stages", "sample.json")).get(
+            "wall_time_s"
+        )
         results[loss] = summary
     reference_metrics = _read_json(os.path.join(args.work, "reference.metrics.json"))
     out = {
-        "benchmark": f"{system} chain", "system": system, "boltzgen_version": __version__,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "benchmark": f"{system} chain",
+        "system": system,
+        "boltzgen_version": __version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "quick": bool(args.quick),
         "load_average_1_5_15_min": list(os.getloadavg()),  # wall times are inflated on a busy machine
-        "sizes": {**{k: getattr(args, k) for k in ("n_reference", "n_data", "steps", "pretrain_dsm_steps",
-                                                     "batch_size", "n_samples", "smc_steps", "mcmc_steps", "anneal", "runs",
-                                                     "seed", "threads")},
-                  # what the (possibly reused) files hold, not what was asked for
-                  **{f"n_{stage}": _n_frames(path) for stage, path in files.items()}},
+        "sizes": {
+            **{
+                k: getattr(args, k)
+                for k in (
+                    "n_reference",
+                    "n_data",
+                    "steps",
+                    "pretrain_dsm_steps",
+                    "batch_size",
+                    "n_samples",
+                    "smc_steps",
+                    "mcmc_steps",
+                    "anneal",
+                    "runs",
+                    "seed",
+                    "threads",
+                )
+            },
+            # what the (possibly reused) files hold, not what was asked for
+            **{f"n_{stage}": _n_frames(path) for stage, path in files.items()},
+        },
         "budget": "equal for both objectives: same steps, batch and k (same number of DSM evaluations); "
-                  "dsm+diffclf adds energy-only evaluations, visible in train_seconds_per_step",
-        "reference": {"file": os.path.abspath(files["reference"]), "n": args.n_reference,
-                      "simulate_seconds": shared["simulate_reference"],
-                      "simulation": {k: v for k, v in reference_metrics.items() if k not in ("output", "command")}},
+        "dsm+diffclf adds energy-only evaluations, visible in train_seconds_per_step",
+        "reference": {
+            "file": os.path.abspath(files["reference"]),
+            "n": args.n_reference,
+            "simulate_seconds": shared["simulate_reference"],
+            "simulation": {k: v for k, v in reference_metrics.items() if k not in ("output", "command")},
+        },
         "simulate_data_seconds": shared["simulate_data"],
         "results": results,
         "published_anchors": anchors or {},
@@ -195,22 +250,32 @@ def _read_json(path: str) -> dict:
 
 def markdown(out: dict) -> str:
     """Markdown table of a chain result."""
+
     def f(value, spec=".3f"):
         return "–" if value is None else format(value, spec)
 
-    lines = [f"# {out['benchmark']} ({out['date']}, {out['machine']}, boltzgen {out['boltzgen_version']})", "",
-             f"sizes: {out['sizes']}", "",
-             "| objective | ESS fraction | ancestors (t = 1 / annealing) | energy W2 (kT) | torsion W2 (rad) "
-             "| ΔF φ>0 vs φ<0 (kT) | reference ΔF (kT) | s/step | train s | SMC s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# {out['benchmark']} ({out['date']}, {out['machine']}, boltzgen {out['boltzgen_version']})",
+        "",
+        f"sizes: {out['sizes']}",
+        "",
+        "| objective | ESS fraction | ancestors (t = 1 / annealing) | energy W2 (kT) | torsion W2 (rad) "
+        "| ΔF φ>0 vs φ<0 (kT) | reference ΔF (kT) | s/step | train s | SMC s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for loss, r in out["results"].items():
         df = "–" if r.get("delta_f_kT") is None else f"{r['delta_f_kT']:.2f} ± {f(r.get('delta_f_err_kT'), '.2f')}"
-        ref = ("–" if r.get("reference_delta_f_kT") is None
-               else f"{r['reference_delta_f_kT']:.2f} ± {f(r.get('reference_delta_f_err_kT'), '.2f')}")
-        lines.append(f"| {loss} | {f(r.get('ess_fraction'))} | {f(r.get('n_ancestors'), 'd')} / "
-                     f"{f(r.get('n_ancestors_anneal'), 'd')} | {f(r.get('energy_w2'))} | {f(r.get('torsion_w2'))} "
-                     f"| {df} | {ref} | {f(r.get('train_seconds_per_step'), '.2f')} | {f(r.get('train_seconds'), '.0f')} "
-                     f"| {f(r.get('sample_seconds'), '.0f')} |")
+        ref = (
+            "–"
+            if r.get("reference_delta_f_kT") is None
+            else f"{r['reference_delta_f_kT']:.2f} ± {f(r.get('reference_delta_f_err_kT'), '.2f')}"
+        )
+        lines.append(
+            f"| {loss} | {f(r.get('ess_fraction'))} | {f(r.get('n_ancestors'), 'd')} / "
+            f"{f(r.get('n_ancestors_anneal'), 'd')} | {f(r.get('energy_w2'))} | {f(r.get('torsion_w2'))} "
+            f"| {df} | {ref} | {f(r.get('train_seconds_per_step'), '.2f')} | {f(r.get('train_seconds'), '.0f')} "
+            f"| {f(r.get('sample_seconds'), '.0f')} |"
+        )
     if out.get("published_anchors"):
         lines += ["", f"published anchors: {out['published_anchors']}"]
     return "\n".join(lines) + "\n"

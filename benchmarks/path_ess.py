@@ -39,8 +39,12 @@ def path_ess(run_dir: str, n: int, steps: int, seed: int) -> dict:
     nearest = [int(np.argmin(np.abs(t - x))) for x in REPORT_TIMES]
     at = {f"{t[i]:.3f}": float(ess[i]) for i in nearest}
     at[f"{t[-1]:.3g}"] = float(ess[-1])
-    return {"run_dir": os.path.abspath(run_dir), "ess_fraction_at_t": at, "ess_fraction_t_min": float(ess[-1]),
-            "seconds": time.perf_counter() - start}
+    return {
+        "run_dir": os.path.abspath(run_dir),
+        "ess_fraction_at_t": at,
+        "ess_fraction_t_min": float(ess[-1]),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main(argv=None) -> int:

@@ -41,8 +41,11 @@ def measure(batch: int, steps: int, k: int, threads: int, seed: int = 0, net: st
     g = torch.Generator().manual_seed(seed)
     x0 = target.positions.float()[None] + 0.01 * torch.randn(batch, *target.event_shape, generator=g)
     x0 = (x0 - x0.mean(1, keepdim=True)) / 0.2
-    objectives = {"dsm": dict(loss="dsm"), "dsm+diffclf": dict(loss="dsm+diffclf", clf_samples="all"),
-                  "dsm+diffclf-one": dict(loss="dsm+diffclf", clf_samples="one")}
+    objectives = {
+        "dsm": dict(loss="dsm"),
+        "dsm+diffclf": dict(loss="dsm+diffclf", clf_samples="all"),
+        "dsm+diffclf-one": dict(loss="dsm+diffclf", clf_samples="one"),
+    }
     times = {name: [] for name in objectives}
     n_energy = {}
     for step in range(steps + 1):
@@ -56,12 +59,21 @@ def measure(batch: int, steps: int, k: int, threads: int, seed: int = 0, net: st
                 times[name].append(time.perf_counter() - start)
             n_energy[name] = {"n_dsm": int(parts["n_dsm"]), "n_energy": int(parts["n_energy"])}
     median = {name: statistics.median(v) for name, v in times.items()}
-    return {"system": "aldp-vacuum", "net": net, "batch": batch, "k": k, "steps": steps, "threads": threads,
-            "seconds_per_step_dsm": median["dsm"], "seconds_per_step_dsm_diffclf": median["dsm+diffclf"],
-            "seconds_per_step_dsm_diffclf_one": median["dsm+diffclf-one"],
-            "ratio": median["dsm+diffclf"] / median["dsm"],
-            "ratio_one_sample": median["dsm+diffclf-one"] / median["dsm"],
-            "evaluations": n_energy, "timing": "median over interleaved steps after one warm-up round"}
+    return {
+        "system": "aldp-vacuum",
+        "net": net,
+        "batch": batch,
+        "k": k,
+        "steps": steps,
+        "threads": threads,
+        "seconds_per_step_dsm": median["dsm"],
+        "seconds_per_step_dsm_diffclf": median["dsm+diffclf"],
+        "seconds_per_step_dsm_diffclf_one": median["dsm+diffclf-one"],
+        "ratio": median["dsm+diffclf"] / median["dsm"],
+        "ratio_one_sample": median["dsm+diffclf-one"] / median["dsm"],
+        "evaluations": n_energy,
+        "timing": "median over interleaved steps after one warm-up round",
+    }
 
 
 def measure_processes(processes: int, batch: int, steps: int, rounds: int = 2, seed: int = 0) -> dict:
@@ -80,21 +92,33 @@ def measure_processes(processes: int, batch: int, steps: int, rounds: int = 2, s
     times: dict[str, list] = {"one_process": [], "processes": []}
     with tempfile.TemporaryDirectory() as work:
         data = os.path.join(work, "data.h5")
-        workflow.simulate_training_data("aldp-vacuum", 200, data, seed=seed, progress=False, replicas=1,
-                                        equilibration=200, stride=20)
+        workflow.simulate_training_data(
+            "aldp-vacuum", 200, data, seed=seed, progress=False, replicas=1, equilibration=200, stride=20
+        )
         for _ in range(rounds):
-            for name, options in (("one_process", dict(threads=processes)),
-                                  ("processes", dict(threads=1, processes=processes))):
+            for name, options in (
+                ("one_process", dict(threads=processes)),
+                ("processes", dict(threads=1, processes=processes)),
+            ):
                 run = os.path.join(work, name)
                 shutil.rmtree(run, ignore_errors=True)
                 workflow.train(data, run, steps=steps, batch_size=batch, seed=seed, progress=False, **options)
                 times[name].append(seconds_per_step(run))
     one, many = statistics.median(times["one_process"]), statistics.median(times["processes"])
-    return {"system": "aldp-vacuum", "net": "egnn (shipped defaults)", "batch": batch, "steps": steps,
-            "processes": processes, "cpu_count": os.cpu_count(), "seconds_per_step_one_process": one,
-            "seconds_per_step_processes": many, "speedup": one / many, "rounds": times,
-            "timing": f"median over {rounds} alternating rounds of the mean seconds per step after the first "
-                      "logged window; one process runs P threads, each of the P processes one"}
+    return {
+        "system": "aldp-vacuum",
+        "net": "egnn (shipped defaults)",
+        "batch": batch,
+        "steps": steps,
+        "processes": processes,
+        "cpu_count": os.cpu_count(),
+        "seconds_per_step_one_process": one,
+        "seconds_per_step_processes": many,
+        "speedup": one / many,
+        "rounds": times,
+        "timing": f"median over {rounds} alternating rounds of the mean seconds per step after the first "
+        "logged window; one process runs P threads, each of the P processes one",
+    }
 
 
 def main(argv=None) -> int:

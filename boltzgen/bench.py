@@ -63,8 +63,18 @@ def _plain_loop(context: openmm.Context, x: np.ndarray) -> tuple[np.ndarray, np.
     return energy, force
 
 
-def bench_bridge(system, temperature, positions, *, batch: int = 4096, n_workers: Optional[int] = None,
-                 platform: str = "auto", seed: int = 0, noise: float = 0.01, rounds: int = 5) -> dict:
+def bench_bridge(
+    system,
+    temperature,
+    positions,
+    *,
+    batch: int = 4096,
+    n_workers: Optional[int] = None,
+    platform: str = "auto",
+    seed: int = 0,
+    noise: float = 0.01,
+    rounds: int = 5,
+) -> dict:
     """Measure :class:`~boltzgen.systems.bridge.EnergyBridge` throughput against its limits.
 
     The batch is ``positions`` plus Gaussian noise. In one run this measures the plain
@@ -169,9 +179,9 @@ def bench_bridge(system, temperature, positions, *, batch: int = 4096, n_workers
         "bridge_per_s": bridge_per_s,
         "bridge_mean_per_s": batch / float(np.mean(bridge_times)),
         "timing": f"best of {rounds} interleaved rounds of each measurement, after one warm-up call of each "
-                  f"(pool start excluded); a bridge round is {bridge_calls} calls on the batch; the concurrent "
-                  "bare getState rate is the mean over the workers of their rates, all timed at once; "
-                  "bridge_mean_per_s is the mean over the rounds",
+        f"(pool start excluded); a bridge round is {bridge_calls} calls on the batch; the concurrent "
+        "bare getState rate is the mean over the workers of their rates, all timed at once; "
+        "bridge_mean_per_s is the mean over the rounds",
         "rounds": {
             "plain_loop_per_s": [batch / t for t in plain_times],
             "bare_getstate_per_s": [1.0 / t for t in bare_times],

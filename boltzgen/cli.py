@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
 from .version import __version__
@@ -82,8 +81,16 @@ def _target_from_args(args):
     if name is not None and name not in names():
         raise CommandError(f"unknown system {name!r}; built-in systems: {', '.join(names())}")
     try:
-        return resolve(name, pdb=args.pdb, forcefield=args.forcefield, system_xml=args.system_xml,
-                       topology=args.topology, temperature=args.temperature, dim=args.dim, **options)
+        return resolve(
+            name,
+            pdb=args.pdb,
+            forcefield=args.forcefield,
+            system_xml=args.system_xml,
+            topology=args.topology,
+            temperature=args.temperature,
+            dim=args.dim,
+            **options,
+        )
     except (KeyError, ValueError, FileNotFoundError, TypeError) as exc:
         raise CommandError(str(exc).strip("'\"")) from None
 
@@ -99,8 +106,10 @@ def _emit(metrics: dict, args, path: Optional[str]) -> None:
 
 
 def _target_named(args) -> bool:
-    return any(getattr(args, k, None) is not None for k in ("system_name", "system", "pdb", "forcefield",
-                                                              "system_xml", "topology"))
+    return any(
+        getattr(args, k, None) is not None
+        for k in ("system_name", "system", "pdb", "forcefield", "system_xml", "topology")
+    )
 
 
 def _metrics_path(args) -> str:
@@ -170,11 +179,23 @@ def cmd_simulate(args) -> int:
         raise CommandError(f"-n must be at least 1, got {args.n}")
     target = _target_from_args(args)
     try:
-        metrics = _run(simulate_training_data, target, args.n, args.output, seed=args.seed,
-                       keep_replicas=args.keep_replicas, quench=args.quench, progress=not args.no_progress,
-                       stride=args.stride, equilibration=args.equilibration, timestep=args.timestep,
-                       friction=args.friction, replicas=args.replicas, t_max=args.t_max,
-                       exchange_interval=args.exchange_interval)
+        metrics = _run(
+            simulate_training_data,
+            target,
+            args.n,
+            args.output,
+            seed=args.seed,
+            keep_replicas=args.keep_replicas,
+            quench=args.quench,
+            progress=not args.no_progress,
+            stride=args.stride,
+            equilibration=args.equilibration,
+            timestep=args.timestep,
+            friction=args.friction,
+            replicas=args.replicas,
+            t_max=args.t_max,
+            exchange_interval=args.exchange_interval,
+        )
     finally:
         target.close()
     _emit(metrics, args, _metrics_path(args))
@@ -212,11 +233,23 @@ def cmd_train(args) -> int:
         except ValueError:
             raise CommandError(f"--state-fraction must be a number in (0, 1) or 'none', got {fraction!r}") from None
     try:
-        metrics = train(args.data, args.output, system=args.system, config_file=args.config, loss=args.loss,
-                        net=args.net, steps=args.steps, batch_size=args.batch_size,
-                        pretrain_dsm_steps=args.pretrain_dsm_steps, state_fraction=fraction, threads=args.threads,
-                        processes=args.processes, seed=args.seed, start_from=args.start_from,
-                        progress=not args.no_progress)
+        metrics = train(
+            args.data,
+            args.output,
+            system=args.system,
+            config_file=args.config,
+            loss=args.loss,
+            net=args.net,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            pretrain_dsm_steps=args.pretrain_dsm_steps,
+            state_fraction=fraction,
+            threads=args.threads,
+            processes=args.processes,
+            seed=args.seed,
+            start_from=args.start_from,
+            progress=not args.no_progress,
+        )
     except (ValueError, FileNotFoundError, TypeError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
     _emit(metrics, args, None)
@@ -268,9 +301,20 @@ def cmd_sample(args) -> int:
     target = _target_from_args(args) if _target_named(args) else None
     options = dict(platform=args.platform, n_workers=args.workers)
     try:
-        run = _run(sample, args.run_dir, args.output, args.n, target=target, settings=settings, method=args.method,
-                   runs=args.runs, per_state_resampling=args.per_state_resampling, seed=args.seed,
-                   progress=not args.no_progress, target_options=options)
+        run = _run(
+            sample,
+            args.run_dir,
+            args.output,
+            args.n,
+            target=target,
+            settings=settings,
+            method=args.method,
+            runs=args.runs,
+            per_state_resampling=args.per_state_resampling,
+            seed=args.seed,
+            progress=not args.no_progress,
+            target_options=options,
+        )
     finally:
         if target is not None:
             target.close()
@@ -281,8 +325,10 @@ def cmd_sample(args) -> int:
         if args.method == "smc":
             line += f"; ESS {metrics['ess']:.1f} ({metrics['ess_fraction']:.1%}), log Z {metrics['log_z']:.3f}"
         if metrics.get("delta_f_kT") is not None:
-            line += (f", {metrics['delta_f_definition'][:-6]} = {metrics['delta_f_kT']:.2f} "
-                     f"+- {metrics['delta_f_err_kT']:.2f} kT")
+            line += (
+                f", {metrics['delta_f_definition'][:-6]} = {metrics['delta_f_kT']:.2f} "
+                f"+- {metrics['delta_f_err_kT']:.2f} kT"
+            )
         print(line, file=sys.stderr)
     return 0
 
@@ -311,14 +357,25 @@ def cmd_reweight(args) -> int:
         raise CommandError(f"sample file not found: {args.samples}")
     target = _target_from_args(args)
     try:
-        metrics = _run(reweight, args.samples, target, args.output, log_q=args.log_q, seed=args.seed,
-                       n_bootstrap=args.n_bootstrap, block_size=args.block_size, progress=not args.no_progress)
+        metrics = _run(
+            reweight,
+            args.samples,
+            target,
+            args.output,
+            log_q=args.log_q,
+            seed=args.seed,
+            n_bootstrap=args.n_bootstrap,
+            block_size=args.block_size,
+            progress=not args.no_progress,
+        )
     finally:
         target.close()
     _emit(metrics, args, _metrics_path(args))
     if not args.json:
-        line = (f"ESS {metrics['ess']:.1f} of {metrics['n']} ({metrics['ess_fraction']:.1%}), "
-                f"log Z {metrics['log_z']:.3f} +- {metrics['log_z_err']:.3f}")
+        line = (
+            f"ESS {metrics['ess']:.1f} of {metrics['n']} ({metrics['ess_fraction']:.1%}), "
+            f"log Z {metrics['log_z']:.3f} +- {metrics['log_z_err']:.3f}"
+        )
         if metrics.get("delta_f_kT") is not None:
             err = metrics["delta_f_err_kT"]
             line += f", Delta F = {metrics['delta_f_kT']:.2f} +- {'inf' if err is None else f'{err:.2f}'} kT"
@@ -388,10 +445,12 @@ def cmd_quickstart(args) -> int:
     if args.fast and args.long:
         raise CommandError("--fast and --long exclude each other")
     if not args.json:
-        print(f"boltzgen quickstart: alanine dipeptide in vacuum (amber99sbildn, 300 K) into {args.output}/ - "
-              f"replica-exchange data, DSM + DiffCLF training of an EGNN energy, SMC with OpenMM reweighting, "
-              f"report{' (--fast smoke run: tiny sizes, numbers meaningless)' if args.fast else ''}",
-              file=sys.stderr)
+        print(
+            f"boltzgen quickstart: alanine dipeptide in vacuum (amber99sbildn, 300 K) into {args.output}/ - "
+            f"replica-exchange data, DSM + DiffCLF training of an EGNN energy, SMC with OpenMM reweighting, "
+            f"report{' (--fast smoke run: tiny sizes, numbers meaningless)' if args.fast else ''}",
+            file=sys.stderr,
+        )
     recipe = "fast" if args.fast else "long" if args.long else "default"
     try:
         summary = quickstart(args.output, recipe, seed=args.seed, progress=not args.no_progress)
@@ -422,17 +481,25 @@ def print_summary(summary: dict, file=None) -> None:
 
     out = file or sys.stderr
     print("\nsummary", file=out)
-    print(f"  ESS              {_fmt(summary.get('ess'), '.1f')} of {summary['n_samples']} "
-          f"({_fmt(summary.get('ess_fraction'), '.1%')}; the particles descend from "
-          f"{_fmt(summary.get('n_ancestors_anneal'), 'd')} of those at t_min)", file=out)
+    print(
+        f"  ESS              {_fmt(summary.get('ess'), '.1f')} of {summary['n_samples']} "
+        f"({_fmt(summary.get('ess_fraction'), '.1%')}; the particles descend from "
+        f"{_fmt(summary.get('n_ancestors_anneal'), 'd')} of those at t_min)",
+        file=out,
+    )
     if summary.get("ess") is not None and summary["ess"] < MIN_TRUSTED_ESS:
-        print(f"  warning          the weights rest on fewer than {MIN_TRUSTED_ESS} effective samples: the model "
-              f"is too far from the force field for the estimates below to mean much (more training: --long)",
-              file=out)
+        print(
+            f"  warning          the weights rest on fewer than {MIN_TRUSTED_ESS} effective samples: the model "
+            f"is too far from the force field for the estimates below to mean much (more training: --long)",
+            file=out,
+        )
     _print_free_energy(summary, out)
     print(f"  energy W2        {_fmt(summary.get('energy_w2'), '.3f')} kT against the training data", file=out)
-    print(f"  wall time        {summary['total_seconds']:.0f} s "
-          f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})", file=out)
+    print(
+        f"  wall time        {summary['total_seconds']:.0f} s "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})",
+        file=out,
+    )
     print(f"  samples          {summary['files']['samples']}", file=out)
     if "report" in summary["files"]:
         print(f"  report           {summary['files']['report']}", file=out)
@@ -452,11 +519,17 @@ def _print_free_energy(summary: dict, out) -> None:
     per_run, counts = summary.get("delta_f_runs_kT"), summary.get("state_counts_runs")
     # the state whose particles a run can run out of: the second of two (ΔF = F_1 - F_0), else the rarest
     rare = 1 if len(names) == 2 or not summary.get("state_counts") else int(np.argmin(summary["state_counts"]))
-    line = (f"  {label}  {_fmt(summary.get('delta_f_kT'))} +- {_fmt(summary.get('delta_f_err_kT'))} kT "
-            f"(reference data: {_fmt(summary.get('reference_delta_f_kT'))} +- "
-            f"{_fmt(summary.get('reference_delta_f_err_kT'))} kT"
-            + (f", from {summary['reference_phi_positive_n']} phi > 0 frames"
-               if summary.get("reference_phi_positive_n") is not None else "") + ")")
+    line = (
+        f"  {label}  {_fmt(summary.get('delta_f_kT'))} +- {_fmt(summary.get('delta_f_err_kT'))} kT "
+        f"(reference data: {_fmt(summary.get('reference_delta_f_kT'))} +- "
+        f"{_fmt(summary.get('reference_delta_f_err_kT'))} kT"
+        + (
+            f", from {summary['reference_phi_positive_n']} phi > 0 frames"
+            if summary.get("reference_phi_positive_n") is not None
+            else ""
+        )
+        + ")"
+    )
     if summary.get("delta_f_error_method"):
         line += f"\n                   error: {summary['delta_f_error_method']}"
     if per_run:
@@ -467,13 +540,19 @@ def _print_free_energy(summary: dict, out) -> None:
         line += f"\n                   no estimate: {summary['delta_f_note']}"
     print(line, file=out)
     if summary.get("delta_f_kT") is not None and per_run:
-        print("  note             the error is the spread of the runs; with a model this briefly trained the "
-              "sampler's settings (e.g. --t-min) can move Delta F by a few kT more (docs/design.md)", file=out)
+        print(
+            "  note             the error is the spread of the runs; with a model this briefly trained the "
+            "sampler's settings (e.g. --t-min) can move Delta F by a few kT more (docs/design.md)",
+            file=out,
+        )
     few = [r + 1 for r, c in enumerate(counts or []) if c[rare] < MIN_STATE_PARTICLES]
     if few:
-        print(f"  warning          run{'s' if len(few) > 1 else ''} {', '.join(map(str, few))} ended with fewer "
-              f"than {MIN_STATE_PARTICLES} {names[rare]} particles: such runs usually put Delta F too high (their "
-              f"few particles underweight the state); more particles per run (-n) or runs (--runs) help", file=out)
+        print(
+            f"  warning          run{'s' if len(few) > 1 else ''} {', '.join(map(str, few))} ended with fewer "
+            f"than {MIN_STATE_PARTICLES} {names[rare]} particles: such runs usually put Delta F too high (their "
+            f"few particles underweight the state); more particles per run (-n) or runs (--runs) help",
+            file=out,
+        )
 
 
 def cmd_bench_bridge(args) -> int:
@@ -501,15 +580,24 @@ def cmd_bench_bridge(args) -> int:
     if not hasattr(target, "system"):
         raise CommandError(f"{target.name} is not an OpenMM system; the bridge benchmark needs one")
     try:
-        result = bench_bridge(target.system, target.temperature, target.positions.numpy(), batch=args.batch,
-                              n_workers=args.workers, platform=args.platform, seed=args.seed)
+        result = bench_bridge(
+            target.system,
+            target.temperature,
+            target.positions.numpy(),
+            batch=args.batch,
+            n_workers=args.workers,
+            platform=args.platform,
+            seed=args.seed,
+        )
     finally:
         target.close()
     result = {"command": "bench bridge", "system": target.name, **result}
     _emit(result, args, args.output)
     if not args.json:
-        print(f"{target.name}: bridge {result['bridge_per_s']:.0f}/s, plain loop {result['plain_loop_per_s']:.0f}/s "
-              f"(speedup {result['speedup_vs_plain_loop']:.2f}), fraction of limit {result['fraction_of_limit']:.2f}")
+        print(
+            f"{target.name}: bridge {result['bridge_per_s']:.0f}/s, plain loop {result['plain_loop_per_s']:.0f}/s "
+            f"(speedup {result['speedup_vs_plain_loop']:.2f}), fraction of limit {result['fraction_of_limit']:.2f}"
+        )
     return 0
 
 
@@ -525,8 +613,13 @@ def _add_sample_settings(parser: argparse.ArgumentParser) -> None:
         default = defaults[section][key]
         names = (flag, "--steps") if flag == "--diffusion-steps" else (flag,)
         suffix = " (--steps is an old name)" if len(names) > 1 else ""
-        parser.add_argument(*names, dest=flag.lstrip("-").replace("-", "_"), type=kind, default=default,
-                            help=f"{text} (default {default}){suffix}" if default is not None else text + suffix)
+        parser.add_argument(
+            *names,
+            dest=flag.lstrip("-").replace("-", "_"),
+            type=kind,
+            default=default,
+            help=f"{text} (default {default}){suffix}" if default is not None else text + suffix,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -537,8 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     argparse.ArgumentParser
         Each sub-command's parser sets ``func`` to its ``cmd_*`` function.
     """
-    parser = argparse.ArgumentParser(prog="boltzgen", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="boltzgen", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"boltzgen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -546,11 +640,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_systems)
 
-    p = sub.add_parser("simulate", help="MD / replica exchange / exact samples -> sample file",
-                       description="Simulate a target and write an HDF5 sample file (mdtraj-loadable for molecules). "
-                                   "OpenMM Langevin dynamics (LangevinMiddle) for molecular systems, optionally "
-                                   "replica exchange over a geometric temperature ladder; MALA chains for LJ "
-                                   "clusters; exact draws for analytic targets. Resumes from FILE.checkpoint.")
+    p = sub.add_parser(
+        "simulate",
+        help="MD / replica exchange / exact samples -> sample file",
+        description="Simulate a target and write an HDF5 sample file (mdtraj-loadable for molecules). "
+        "OpenMM Langevin dynamics (LangevinMiddle) for molecular systems, optionally "
+        "replica exchange over a geometric temperature ladder; MALA chains for LJ "
+        "clusters; exact draws for analytic targets. Resumes from FILE.checkpoint.",
+    )
     _add_target(p, positional=True)
     p.add_argument("-n", type=int, required=True, help="number of samples (frames)")
     p.add_argument("-o", "--output", required=True, help="output sample file (.h5)")
@@ -558,26 +655,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--equilibration", type=int, help="equilibration steps before the first frame")
     p.add_argument("--timestep", type=float, help="MD time step in fs (default 1)")
     p.add_argument("--friction", type=float, help="Langevin friction in 1/ps (default 1)")
-    p.add_argument("--replicas", type=int,
-                   help="replica-exchange replicas (1: plain MD; default: the system's, see boltzgen/systems/catalog.py)")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        help="replica-exchange replicas (1: plain MD; default: the system's, see boltzgen/systems/catalog.py)",
+    )
     p.add_argument("--t-max", type=float, help="highest temperature of the geometric replica ladder (K)")
     p.add_argument("--exchange-interval", type=int, help="MD steps between exchange attempts")
-    p.add_argument("--keep-replicas", type=int, default=1, metavar="K",
-                   help="replica exchange: keep the frames of the K coldest replicas, N per replica (default 1: "
-                        "the target temperature only). Training data for a model that must cover rare states; "
-                        "only the target-temperature frames count as Boltzmann samples of the target (the others "
-                        "get weight zero, and a per-frame temperature_K array)")
-    p.add_argument("--quench", type=float, metavar="PS",
-                   help="with --keep-replicas: relax every frame of the hotter replicas to the target temperature "
-                        "(local energy minimisation, then PS ps of Langevin dynamics at friction 10/ps), so the "
-                        "rare states the hot replicas visit come with the target's local geometry (training data)")
+    p.add_argument(
+        "--keep-replicas",
+        type=int,
+        default=1,
+        metavar="K",
+        help="replica exchange: keep the frames of the K coldest replicas, N per replica (default 1: "
+        "the target temperature only). Training data for a model that must cover rare states; "
+        "only the target-temperature frames count as Boltzmann samples of the target (the others "
+        "get weight zero, and a per-frame temperature_K array)",
+    )
+    p.add_argument(
+        "--quench",
+        type=float,
+        metavar="PS",
+        help="with --keep-replicas: relax every frame of the hotter replicas to the target temperature "
+        "(local energy minimisation, then PS ps of Langevin dynamics at friction 10/ps), so the "
+        "rare states the hot replicas visit come with the target's local geometry (training data)",
+    )
     _add_file_command_options(p)
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("train", help="train an energy model on a sample file -> run directory",
-                       description="Train E_theta(x, t) with DSM, DiffCLF or both. Configuration: the built-in "
-                                   "defaults, then the system's shipped defaults (systems/<name>.train.yaml), then "
-                                   "--config FILE (YAML), then the flags. Resumes from RUN_DIR/checkpoint.pt.")
+    p = sub.add_parser(
+        "train",
+        help="train an energy model on a sample file -> run directory",
+        description="Train E_theta(x, t) with DSM, DiffCLF or both. Configuration: the built-in "
+        "defaults, then the system's shipped defaults (systems/<name>.train.yaml), then "
+        "--config FILE (YAML), then the flags. Resumes from RUN_DIR/checkpoint.pt.",
+    )
     _add_target(p)
     p.add_argument("--data", required=True, help="sample file from `boltzgen simulate`")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run directory")
@@ -586,106 +698,165 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--net", choices=["mlp", "egnn", "e3nn"], help="network family")
     p.add_argument("--steps", type=int, help="optimisation steps (training)")
     p.add_argument("--batch-size", type=int, help="configurations per step")
-    p.add_argument("--pretrain-dsm-steps", type=int,
-                   help="steps of DSM alone before the objective takes over (pre-training, then fine-tuning)")
-    p.add_argument("--state-fraction", "--phi-positive-fraction", dest="state_fraction", metavar="F",
-                   help="share of every batch drawn from the least-populated of the system's states ('none' draws "
-                        "frames uniformly; default: the system's config). --phi-positive-fraction is an old name")
-    p.add_argument("--start-from", metavar="CHECKPOINT",
-                   help="continue from another run's DSM pre-training checkpoint (same data, net, optimiser, "
-                        "steps, batch and seed; its step within both runs' --pretrain-dsm-steps): the same run "
-                        "as from step 0, so one pre-training serves several fine-tunings")
+    p.add_argument(
+        "--pretrain-dsm-steps",
+        type=int,
+        help="steps of DSM alone before the objective takes over (pre-training, then fine-tuning)",
+    )
+    p.add_argument(
+        "--state-fraction",
+        "--phi-positive-fraction",
+        dest="state_fraction",
+        metavar="F",
+        help="share of every batch drawn from the least-populated of the system's states ('none' draws "
+        "frames uniformly; default: the system's config). --phi-positive-fraction is an old name",
+    )
+    p.add_argument(
+        "--start-from",
+        metavar="CHECKPOINT",
+        help="continue from another run's DSM pre-training checkpoint (same data, net, optimiser, "
+        "steps, batch and seed; its step within both runs' --pretrain-dsm-steps): the same run "
+        "as from step 0, so one pre-training serves several fine-tunings",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (per process)")
-    p.add_argument("--processes", type=int, default=1, metavar="P",
-                   help="data-parallel training processes, each drawing batch/P of every batch, gradients "
-                        "averaged, cores / P torch threads each unless --threads says otherwise (default 1)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="P",
+        help="data-parallel training processes, each drawing batch/P of every batch, gradients "
+        "averaged, cores / P torch threads each unless --threads says otherwise (default 1)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="SMC (or reverse SDE) from a trained model -> weighted sample file",
-                       description="Sequential Monte Carlo along the learned diffusion path, annealed to the "
-                                   "target's energy at the end (OpenMM for molecules): weighted samples, log Z, "
-                                   "ESS, and the free energies of the target's states. --method sde draws "
-                                   "unweighted samples of the model itself. The target defaults to the system "
-                                   "the model was trained on.")
+    p = sub.add_parser(
+        "sample",
+        help="SMC (or reverse SDE) from a trained model -> weighted sample file",
+        description="Sequential Monte Carlo along the learned diffusion path, annealed to the "
+        "target's energy at the end (OpenMM for molecules): weighted samples, log Z, "
+        "ESS, and the free energies of the target's states. --method sde draws "
+        "unweighted samples of the model itself. The target defaults to the system "
+        "the model was trained on.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory of `boltzgen train`")
     _add_target(p)
     p.add_argument("-n", type=int, required=True, help="number of particles / samples")
     p.add_argument("-o", "--output", required=True, help="output sample file (.h5)")
     p.add_argument("--method", choices=["smc", "sde"], default="smc", help="sampler (default smc)")
     _add_sample_settings(p)
-    p.add_argument("--per-state-resampling", action="store_true",
-                   help="resample within the target's states (for a peptide: the joint phi signs of its residues; "
-                        "see `boltzgen systems`); during the diffusion a particle's state is that of its denoised "
-                        "estimate E[x_0 | x_t] (default: resample all particles together)")
-    p.add_argument("--balance-states", action="store_true",
-                   help="with --per-state-resampling: give every state the same share of the particles at the start "
-                        "of the annealing (each keeps its weight), so a rare state's free energy does not rest on a "
-                        "handful of particles")
-    p.add_argument("--runs", type=int, default=1,
-                   help="independent SMC runs sharing the -n particles, pooled by their log Z: free energies then "
-                        "get the error of a bootstrap over runs, which includes the run-to-run spread (default 1)")
+    p.add_argument(
+        "--per-state-resampling",
+        action="store_true",
+        help="resample within the target's states (for a peptide: the joint phi signs of its residues; "
+        "see `boltzgen systems`); during the diffusion a particle's state is that of its denoised "
+        "estimate E[x_0 | x_t] (default: resample all particles together)",
+    )
+    p.add_argument(
+        "--balance-states",
+        action="store_true",
+        help="with --per-state-resampling: give every state the same share of the particles at the start "
+        "of the annealing (each keeps its weight), so a rare state's free energy does not rest on a "
+        "handful of particles",
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="independent SMC runs sharing the -n particles, pooled by their log Z: free energies then "
+        "get the error of a bootstrap over runs, which includes the run-to-run spread (default 1)",
+    )
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("reweight", help="importance weights of samples against a target -> weighted sample file",
-                       description="Importance-weight the samples of FILE against a target: log w = -u(x) - log q(x) "
-                                   "with u the target's reduced energy and log q the proposal log-density of each "
-                                   "sample. Writes a weighted sample file and metrics (ESS, log Z and, for alanine "
-                                   "dipeptide, F(phi > 0) - F(phi < 0) in kT with a bootstrap error).")
+    p = sub.add_parser(
+        "reweight",
+        help="importance weights of samples against a target -> weighted sample file",
+        description="Importance-weight the samples of FILE against a target: log w = -u(x) - log q(x) "
+        "with u the target's reduced energy and log q the proposal log-density of each "
+        "sample. Writes a weighted sample file and metrics (ESS, log Z and, for alanine "
+        "dipeptide, F(phi > 0) - F(phi < 0) in kT with a bootstrap error).",
+    )
     p.add_argument("samples", metavar="FILE", help="sample file (HDF5) to reweight")
     _add_target(p)
-    p.add_argument("--log-q", metavar="ARRAY",
-                   help="proposal log-density of each sample: the name of an array in FILE or a .npy file "
-                        "(default: FILE's log_q array)")
+    p.add_argument(
+        "--log-q",
+        metavar="ARRAY",
+        help="proposal log-density of each sample: the name of an array in FILE or a .npy file "
+        "(default: FILE's log_q array)",
+    )
     p.add_argument("-o", "--output", required=True, help="output weighted sample file (.h5)")
-    p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap replicates of the Delta F error (default 200)")
-    p.add_argument("--block-size", type=_block_size_arg,
-                   help="block length of the bootstrap in frames, or 'auto' (from the correlation of the phi "
-                        "states); default: auto for MD trajectories (files from `boltzgen simulate` with MD or replica "
-                        "exchange, and reweightings of them), else 1")
+    p.add_argument(
+        "--n-bootstrap", type=int, default=200, help="bootstrap replicates of the Delta F error (default 200)"
+    )
+    p.add_argument(
+        "--block-size",
+        type=_block_size_arg,
+        help="block length of the bootstrap in frames, or 'auto' (from the correlation of the phi "
+        "states); default: auto for MD trajectories (files from `boltzgen simulate` with MD or replica "
+        "exchange, and reweightings of them), else 1",
+    )
     _add_file_command_options(p)
     p.set_defaults(func=cmd_reweight)
 
-    p = sub.add_parser("analyze", help="plots and metrics of a sample file -> report directory",
-                       description="Analyse a sample file (weighted or not): Ramachandran free-energy map and "
-                                   "F(phi), F(psi) profiles with bootstrap errors for alanine dipeptide, reduced-"
-                                   "energy histograms, the SMC ESS trace (from metrics.json beside FILE) and the "
-                                   "training losses (from the run directory). With --reference: energy and torsion "
-                                   "Wasserstein-2 distances. Writes PNGs, metrics.json and index.html into DIR.")
+    p = sub.add_parser(
+        "analyze",
+        help="plots and metrics of a sample file -> report directory",
+        description="Analyse a sample file (weighted or not): Ramachandran free-energy map and "
+        "F(phi), F(psi) profiles with bootstrap errors for alanine dipeptide, reduced-"
+        "energy histograms, the SMC ESS trace (from metrics.json beside FILE) and the "
+        "training losses (from the run directory). With --reference: energy and torsion "
+        "Wasserstein-2 distances. Writes PNGs, metrics.json and index.html into DIR.",
+    )
     p.add_argument("samples", metavar="FILE", help="sample file (HDF5)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory of the report")
     p.add_argument("--reference", metavar="FILE", help="reference sample file of the same system (e.g. long MD)")
-    p.add_argument("--run-dir", metavar="DIR",
-                   help="run directory for the training-loss curves (default: the one recorded in FILE)")
+    p.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="run directory for the training-loss curves (default: the one recorded in FILE)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("quickstart", help="the whole pipeline on alanine dipeptide",
-                       description="Replica-exchange data, DSM + DiffCLF training of the EGNN energy, pooled SMC "
-                                   "runs along the learned diffusion path annealed to the OpenMM energy (F(phi > 0) "
-                                   "- F(phi < 0) with the error of a bootstrap over runs), and a report - the "
-                                   "equivalent commands are printed as they run. The sizes are the recipes of "
-                                   "systems/recipes.yaml. Leaves DIR/samples.h5 (weighted, mdtraj-loadable), "
-                                   "DIR/metrics.json and DIR/report/index.html. Rerunning resumes.")
-    p.add_argument("-o", "--output", default="boltzgen-quickstart", metavar="DIR",
-                   help="output directory (default ./boltzgen-quickstart)")
+    p = sub.add_parser(
+        "quickstart",
+        help="the whole pipeline on alanine dipeptide",
+        description="Replica-exchange data, DSM + DiffCLF training of the EGNN energy, pooled SMC "
+        "runs along the learned diffusion path annealed to the OpenMM energy (F(phi > 0) "
+        "- F(phi < 0) with the error of a bootstrap over runs), and a report - the "
+        "equivalent commands are printed as they run. The sizes are the recipes of "
+        "systems/recipes.yaml. Leaves DIR/samples.h5 (weighted, mdtraj-loadable), "
+        "DIR/metrics.json and DIR/report/index.html. Rerunning resumes.",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default="boltzgen-quickstart",
+        metavar="DIR",
+        help="output directory (default ./boltzgen-quickstart)",
+    )
     p.add_argument("--fast", action="store_true", help="a smoke run with tiny sizes (the 'fast' recipe)")
-    p.add_argument("--long", action="store_true",
-                   help="the 'long' recipe: the DSM + DiffCLF arm of benchmarks/aldp.py, a smaller error than the "
-                        "default")
+    p.add_argument(
+        "--long",
+        action="store_true",
+        help="the 'long' recipe: the DSM + DiffCLF arm of benchmarks/aldp.py, a smaller error than the default",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(p)
     p.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
-    p = bench_sub.add_parser("bridge", help="OpenMM energy pool against the plain single-Context loop",
-                             description="Configurations per second of the batched OpenMM energy pool against the "
-                                         "plain single-Context loop and against cores x bare getState rate.")
+    p = bench_sub.add_parser(
+        "bridge",
+        help="OpenMM energy pool against the plain single-Context loop",
+        description="Configurations per second of the batched OpenMM energy pool against the "
+        "plain single-Context loop and against cores x bare getState rate.",
+    )
     _add_target(p)
     p.add_argument("--batch", type=int, default=4096, help="configurations per batch (default 4096)")
     p.add_argument("-o", "--output", help="write the JSON result here")

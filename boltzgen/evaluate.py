@@ -50,13 +50,21 @@ def rescaled(target: GaussianMixture, length_scale: float) -> GaussianMixture:
     """
     if length_scale == 1.0:
         return target
-    return GaussianMixture(target.means / length_scale, target.stds / length_scale, target.weights,
-                           name=target.name, standardise=False)
+    return GaussianMixture(
+        target.means / length_scale, target.stds / length_scale, target.weights, name=target.name, standardise=False
+    )
 
 
-def mode_weights(model, target: GaussianMixture, t: Optional[float] = None, *, length_scale: float = 1.0,
-                 n_per_mode: int = 4096, generator: Optional[torch.Generator] = None,
-                 scales: Sequence[float] = (0.7, 1.0, 1.5)) -> dict:
+def mode_weights(
+    model,
+    target: GaussianMixture,
+    t: Optional[float] = None,
+    *,
+    length_scale: float = 1.0,
+    n_per_mode: int = 4096,
+    generator: Optional[torch.Generator] = None,
+    scales: Sequence[float] = (0.7, 1.0, 1.5),
+) -> dict:
     """Relative mass of each mixture component under the model density at time t.
 
     For component k the proposal q_k is an equal mixture, over the factors c in ``scales``, of the
@@ -103,13 +111,16 @@ def mode_weights(model, target: GaussianMixture, t: Optional[float] = None, *, l
         raise ValueError(f"scales must be positive, got {scales}")
     log_z, log_true, ess = [], [], []
     for k in range(target.n_components):
-        std = torch.sqrt(a**2 * target.stds[k] ** 2 + s2)                            # (D,)
+        std = torch.sqrt(a**2 * target.stds[k] ** 2 + s2)  # (D,)
         which = torch.randint(0, c.numel(), (n_per_mode,), generator=g)
         z = torch.randn(n_per_mode, target.dim, generator=g, dtype=torch.float64)
         y = a * target.means[k] + c[which, None] * std * z
-        r = (y - a * target.means[k]) / std                                           # (n, D)
-        per_scale = (-0.5 * (r[:, None, :] / c[None, :, None]) ** 2 - torch.log(c[None, :, None] * std)
-                     - 0.5 * math.log(2 * math.pi)).sum(-1)                          # (n, S)
+        r = (y - a * target.means[k]) / std  # (n, D)
+        per_scale = (
+            -0.5 * (r[:, None, :] / c[None, :, None]) ** 2
+            - torch.log(c[None, :, None] * std)
+            - 0.5 * math.log(2 * math.pi)
+        ).sum(-1)  # (n, S)
         log_q = torch.logsumexp(per_scale, 1) - math.log(c.numel())
         region = target.responsibilities(y, t, schedule).argmax(1) == k
         log_w = -_energy(model, y, t) - log_q
@@ -118,16 +129,30 @@ def mode_weights(model, target: GaussianMixture, t: Optional[float] = None, *, l
         w = torch.softmax(log_w, 0)
         ess.append(float(1.0 / (w**2).sum()) / n_per_mode)
         log_p = target.log_prob_t(y, t, schedule)
-        log_true.append(torch.logsumexp(torch.where(region, log_p - log_q, torch.full_like(log_q, -math.inf)), 0)
-                        - math.log(n_per_mode))
+        log_true.append(
+            torch.logsumexp(torch.where(region, log_p - log_q, torch.full_like(log_q, -math.inf)), 0)
+            - math.log(n_per_mode)
+        )
     weights = torch.softmax(torch.stack(log_z), 0)
     true = torch.softmax(torch.stack(log_true), 0)
-    return {"t": t, "weights": weights.tolist(), "true": true.tolist(), "ess_fraction": ess,
-            "max_relative_error": float(((weights - true).abs() / true).max())}
+    return {
+        "t": t,
+        "weights": weights.tolist(),
+        "true": true.tolist(),
+        "ess_fraction": ess,
+        "max_relative_error": float(((weights - true).abs() / true).max()),
+    }
 
 
-def chain_classification_loss(model, target: GaussianMixture, *, n_levels: int = 128, n_chains: int = 256,
-                              length_scale: float = 1.0, generator: Optional[torch.Generator] = None) -> dict:
+def chain_classification_loss(
+    model,
+    target: GaussianMixture,
+    *,
+    n_levels: int = 128,
+    n_chains: int = 256,
+    length_scale: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+) -> dict:
     """Cross-entropy of classifying the level of each sample of a forward noising chain.
 
     Exact samples x_0 are noised sequentially through ``n_levels`` levels t_1 < … < t_L
@@ -180,8 +205,15 @@ def chain_classification_loss(model, target: GaussianMixture, *, n_levels: int =
     return {"loss": float(loss), "chance": math.log(n_levels), "accuracy": float(acc), "n_levels": n_levels}
 
 
-def marginal_ess(model, target: GaussianMixture, times: Sequence[float], *, n: int = 4096, length_scale: float = 1.0,
-                 generator: Optional[torch.Generator] = None) -> list[dict]:
+def marginal_ess(
+    model,
+    target: GaussianMixture,
+    times: Sequence[float],
+    *,
+    n: int = 4096,
+    length_scale: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+) -> list[dict]:
     """ESS fraction of exact samples of p_t reweighted to the model density exp(−E_θ(·, t)).
 
     log w = −E_θ(y, t) − log p_t(y) for y ~ p_t; ESS fraction = (Σw)² / (n Σw²) (1 for a perfect model).

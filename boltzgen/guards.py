@@ -89,16 +89,20 @@ def output_lock(path: str, what: str = "output") -> Iterator[str]:
         os.makedirs(os.path.dirname(lock_file), exist_ok=True)
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise OutputError(exc.errno, f"cannot write the {what} {os.fspath(path)}: {exc.strerror}; "
-                          f"choose a writable location") from None
+        raise OutputError(
+            exc.errno, f"cannot write the {what} {os.fspath(path)}: {exc.strerror}; choose a writable location"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise OutputLockedError(errno.EBUSY, f"the {what} {os.fspath(path)} is being written by another boltzgen "
-                                    f"run{_holder(lock_file)}; wait for it to finish or choose another output") from None
+            raise OutputLockedError(
+                errno.EBUSY,
+                f"the {what} {os.fspath(path)} is being written by another boltzgen "
+                f"run{_holder(lock_file)}; wait for it to finish or choose another output",
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {' '.join(os.path.basename(a) for a in sys.argv[:2])}".encode())
         yield lock_file
@@ -135,13 +139,18 @@ def check_writable(path: str, need_bytes: Optional[int] = None, what: str = "out
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise OutputError(errno.EACCES, f"cannot write the {what} {path}: it is read-only; choose another output")
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise OutputError(errno.EACCES, f"cannot write the {what} {path}: the directory {directory} is not writable; "
-                          f"choose another output")
+        raise OutputError(
+            errno.EACCES,
+            f"cannot write the {what} {path}: the directory {directory} is not writable; choose another output",
+        )
     if need_bytes:
         free = shutil.disk_usage(directory).free
         if free < need_bytes:
-            raise OutputError(errno.ENOSPC, f"cannot write the {what} {path}: it needs about {need_bytes / 1e6:.1f} MB "
-                              f"and {directory} has {free / 1e6:.1f} MB free")
+            raise OutputError(
+                errno.ENOSPC,
+                f"cannot write the {what} {path}: it needs about {need_bytes / 1e6:.1f} MB "
+                f"and {directory} has {free / 1e6:.1f} MB free",
+            )
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:

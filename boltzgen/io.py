@@ -192,8 +192,17 @@ def _check_array(name: str, value, n: int) -> Optional[np.ndarray]:
     return arr
 
 
-def save_samples(path: str, x, *, topology=None, log_weights=None, log_q=None, reduced_energy=None,
-                 metadata: Optional[dict] = None, extra: Optional[dict] = None) -> None:
+def save_samples(
+    path: str,
+    x,
+    *,
+    topology=None,
+    log_weights=None,
+    log_q=None,
+    reduced_energy=None,
+    metadata: Optional[dict] = None,
+    extra: Optional[dict] = None,
+) -> None:
     """Write samples to an HDF5 sample file, atomically.
 
     Parameters
@@ -213,8 +222,7 @@ def save_samples(path: str, x, *, topology=None, log_weights=None, log_q=None, r
     """
     x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
     n = x.shape[0]
-    arrays = {name: _check_array(name, value, n) for name, value in
-              zip(_ARRAYS, (log_weights, log_q, reduced_energy))}
+    arrays = {name: _check_array(name, value, n) for name, value in zip(_ARRAYS, (log_weights, log_q, reduced_energy))}
     meta = dict(metadata or {})
     meta.setdefault("boltzgen_version", __version__)
     meta_json = json.dumps(meta, default=json_default, sort_keys=True)
@@ -261,7 +269,7 @@ def is_md_trajectory(metadata: Optional[dict]) -> bool:
     return meta.get("method") == "md" or (meta.get("command") == "reweight" and source.get("method") == "md")
 
 
-def topology_from_json(raw) -> "mdtraj.Topology":
+def topology_from_json(raw):
     """Build an ``mdtraj.Topology`` from the JSON text an mdtraj HDF5 file stores in ``/topology``.
 
     This is the reading half of mdtraj's HDF5 format, done with ``json`` alone: nothing in the
@@ -292,8 +300,12 @@ def topology_from_json(raw) -> "mdtraj.Topology":
         for chain_doc in sorted(doc["chains"], key=lambda c: c["index"]):
             chain = topology.add_chain(chain_id=chain_doc.get("chain_id"))
             for res_doc in sorted(chain_doc["residues"], key=lambda r: r["index"]):
-                residue = topology.add_residue(str(res_doc["name"]), chain, resSeq=res_doc.get("resSeq"),
-                                               segment_id=str(res_doc.get("segmentID", "")))
+                residue = topology.add_residue(
+                    str(res_doc["name"]),
+                    chain,
+                    resSeq=res_doc.get("resSeq"),
+                    segment_id=str(res_doc.get("segmentID", "")),
+                )
                 for atom_doc in sorted(res_doc["atoms"], key=lambda a: a["index"]):
                     try:
                         element = elem.get_by_symbol(str(atom_doc["element"]))
@@ -320,8 +332,10 @@ def _attr_text(value) -> str:
 def _float_dataset(handle, name: str, path: str, shape_rank: int) -> np.ndarray:
     node = handle[name]
     if not isinstance(node, h5py.Dataset) or node.dtype.kind not in "fiu" or node.ndim != shape_rank:
-        raise ValueError(f"{path}: '{name}' must be a numeric array of rank {shape_rank}, "
-                         f"got {getattr(node, 'dtype', type(node).__name__)} of rank {getattr(node, 'ndim', '?')}")
+        raise ValueError(
+            f"{path}: '{name}' must be a numeric array of rank {shape_rank}, "
+            f"got {getattr(node, 'dtype', type(node).__name__)} of rank {getattr(node, 'ndim', '?')}"
+        )
     try:
         return np.asarray(node, dtype=np.float64)
     except OSError as exc:
@@ -389,9 +403,11 @@ def load_trajectory(path: str, topology=None) -> Samples:
     except (ValueError, TypeError, OSError, IndexError, KeyError) as exc:
         hint = "" if topology is not None else " (formats without a topology, such as DCD or XTC, need --topology)"
         raise ValueError(f"{path} is not a trajectory mdtraj can read{hint}: {exc}") from None
-    return Samples(x=traj.xyz.astype(np.float64), topology=traj.topology,
-                   metadata={"source_file": os.path.abspath(path),
-                             "source_format": os.path.splitext(path)[1].lstrip(".").lower()})
+    return Samples(
+        x=traj.xyz.astype(np.float64),
+        topology=traj.topology,
+        metadata={"source_file": os.path.abspath(path), "source_format": os.path.splitext(path)[1].lstrip(".").lower()},
+    )
 
 
 def load_samples(path: str, topology=None) -> Samples:
@@ -436,8 +452,9 @@ def load_samples(path: str, topology=None) -> Samples:
         except (ValueError, OSError) as exc:
             raise ValueError(f"{path}: the metadata attribute {_META_ATTR!r} is not JSON ({exc})") from None
         if not isinstance(meta, dict):
-            raise ValueError(f"{path}: the metadata attribute {_META_ATTR!r} must be a JSON object, "
-                             f"got {type(meta).__name__}")
+            raise ValueError(
+                f"{path}: the metadata attribute {_META_ATTR!r} must be a JSON object, got {type(meta).__name__}"
+            )
         molecular = "topology" in handle and "coordinates" in handle
         if not molecular and "positions" not in handle:
             raise ValueError(f"{path} holds neither an mdtraj trajectory nor a 'positions' array")
@@ -451,8 +468,18 @@ def load_samples(path: str, topology=None) -> Samples:
         for name, arr in arrays.items():
             if arr is not None and arr.shape[0] != x.shape[0]:
                 raise ValueError(f"{path}: '{name}' has {arr.shape[0]} entries but there are {x.shape[0]} samples")
-        mdtraj_nodes = {"coordinates", "topology", "time", "cell_lengths", "cell_angles", "velocities",
-                        "kineticEnergy", "potentialEnergy", "temperature", "lambda"}
+        mdtraj_nodes = {
+            "coordinates",
+            "topology",
+            "time",
+            "cell_lengths",
+            "cell_angles",
+            "velocities",
+            "kineticEnergy",
+            "potentialEnergy",
+            "temperature",
+            "lambda",
+        }
         skip = set(_ARRAYS) | mdtraj_nodes | {"positions"}
         extra = {}
         for name in handle:

@@ -13,9 +13,16 @@ import torch
 EnergyFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def assert_gradient_matches_finite_differences(energy: EnergyFn, x: torch.Tensor, *, eps: float = 1e-6,
-                                               rtol: float = 1e-5, atol: float = 1e-6, n_coords: int = 12,
-                                               generator: torch.Generator | None = None) -> None:
+def assert_gradient_matches_finite_differences(
+    energy: EnergyFn,
+    x: torch.Tensor,
+    *,
+    eps: float = 1e-6,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+    n_coords: int = 12,
+    generator: torch.Generator | None = None,
+) -> None:
     """Check autograd ∇E against central finite differences, in float64.
 
     Parameters
@@ -54,8 +61,10 @@ def assert_gradient_matches_finite_differences(energy: EnergyFn, x: torch.Tensor
         fd = (plus - minus) / (2 * eps)
         ad = grad.reshape(x.shape[0], -1)[:, j]
         if not torch.allclose(ad, fd, rtol=rtol, atol=atol):
-            raise AssertionError(f"gradient of coordinate {j} differs from finite differences: autograd {ad.tolist()}, "
-                                 f"finite differences {fd.tolist()}")
+            raise AssertionError(
+                f"gradient of coordinate {j} differs from finite differences: autograd {ad.tolist()}, "
+                f"finite differences {fd.tolist()}"
+            )
 
 
 def assert_no_batch_leak(fn: EnergyFn, x: torch.Tensor) -> None:
@@ -76,10 +85,12 @@ def assert_no_batch_leak(fn: EnergyFn, x: torch.Tensor) -> None:
             (grad,) = torch.autograd.grad(out[b], x, retain_graph=True, allow_unused=True)
             if grad is None:
                 continue
-            others = torch.cat([grad[:b], grad[b + 1:]])
+            others = torch.cat([grad[:b], grad[b + 1 :]])
             if others.abs().max() > 0:
-                raise AssertionError(f"output {b} has a gradient with respect to other batch members "
-                                     f"(max {others.abs().max().item():.3g})")
+                raise AssertionError(
+                    f"output {b} has a gradient with respect to other batch members "
+                    f"(max {others.abs().max().item():.3g})"
+                )
 
 
 def _random_orthogonal(generator: torch.Generator, reflect: bool) -> torch.Tensor:
@@ -91,10 +102,19 @@ def _random_orthogonal(generator: torch.Generator, reflect: bool) -> torch.Tenso
     return q
 
 
-def assert_equivariant(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, kind: str = "scalar",
-                       reflections: bool = True, translations: bool = True,
-                       permutation_groups: list[list[int]] | None = None, n_trials: int = 3,
-                       generator: torch.Generator | None = None, rtol: float = 1e-6, atol: float = 1e-8) -> None:
+def assert_equivariant(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    kind: str = "scalar",
+    reflections: bool = True,
+    translations: bool = True,
+    permutation_groups: list[list[int]] | None = None,
+    n_trials: int = 3,
+    generator: torch.Generator | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+) -> None:
     """Check that ``fn`` is invariant (scalars) or equivariant (vectors) under E(3) and permutations.
 
     Each trial draws a random rotation, a random reflection (rotation composed with a mirror, when
@@ -163,8 +183,14 @@ def assert_equivariant(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
             checks.append(("translation", identity, shift, None))
         if permutation_groups:
             checks.append(("permutation of identical atoms", identity, no_shift, order))
-        checks.append(("all transformations composed", reflection if reflections else rotation, shift,
-                       order if permutation_groups else None))
+        checks.append(
+            (
+                "all transformations composed",
+                reflection if reflections else rotation,
+                shift,
+                order if permutation_groups else None,
+            )
+        )
         for name, matrix, offset, perm in checks:
             moved = x @ matrix.T + offset
             expected = reference if kind == "scalar" else reference @ matrix.T
@@ -176,8 +202,10 @@ def assert_equivariant(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
             if not torch.allclose(got, expected, rtol=rtol, atol=atol):
                 deviation = (got - expected).abs().max().item()
                 what = "invariant" if kind == "scalar" else "equivariant"
-                raise AssertionError(f"not {what} under {name} (trial {trial}): max deviation {deviation:.3g} "
-                                     f"(rtol={rtol:g}, atol={atol:g})")
+                raise AssertionError(
+                    f"not {what} under {name} (trial {trial}): max deviation {deviation:.3g} "
+                    f"(rtol={rtol:g}, atol={atol:g})"
+                )
 
 
 class CallCounter(torch.nn.Module):

@@ -30,8 +30,21 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-__all__ = ["SampleRun", "SAMPLE_OPTIONS", "simulate_training_data", "train", "sample", "reweight", "analyze",
-           "quickstart", "load_recipes", "load_recipe", "sample_settings", "merge", "command_line"]
+__all__ = [
+    "SampleRun",
+    "SAMPLE_OPTIONS",
+    "simulate_training_data",
+    "train",
+    "sample",
+    "reweight",
+    "analyze",
+    "quickstart",
+    "load_recipes",
+    "load_recipe",
+    "sample_settings",
+    "merge",
+    "command_line",
+]
 
 #: Below this effective sample size the quickstart's summary warns that its estimates rest on a
 #: handful of samples (self-normalised estimates and their bootstrap errors then mean little).
@@ -45,22 +58,46 @@ MIN_STATE_PARTICLES = 10
 #: prints its commands with it, so the CLI, the API and the recipes are one sampler.
 SAMPLE_OPTIONS = (
     ("--diffusion-steps", ("diffusion", "n_steps"), int, "diffusion levels from t = 1 to t_min"),
-    ("--t-min", ("diffusion", "t_min"), float,
-     "last diffusion time, where the annealing to the target starts (default: the model's t_min; at least that)"),
-    ("--mcmc-steps", ("diffusion", "mcmc_steps"), int,
-     "MALA moves per diffusion level (each costs a model evaluation, like a diffusion step)"),
-    ("--tempering", ("diffusion", "tempering"), float,
-     "exponent b in (0, 1] of the learned energies at t_min: b < 1 flattens the model's free-energy "
-     "differences by b, so rare states get more particles; the weights correct for it (1: none)"),
-    ("--anneal", ("anneal", "n_levels"), int,
-     "annealing levels from the model to the target: a linear beta grid of this many, or the fewest with "
-     "--anneal-cess"),
-    ("--anneal-cess", ("anneal", "cess"), float,
-     "adaptive beta grid: more levels where one would lose more than this conditional ESS (0: the linear grid)"),
+    (
+        "--t-min",
+        ("diffusion", "t_min"),
+        float,
+        "last diffusion time, where the annealing to the target starts (default: the model's t_min; at least that)",
+    ),
+    (
+        "--mcmc-steps",
+        ("diffusion", "mcmc_steps"),
+        int,
+        "MALA moves per diffusion level (each costs a model evaluation, like a diffusion step)",
+    ),
+    (
+        "--tempering",
+        ("diffusion", "tempering"),
+        float,
+        "exponent b in (0, 1] of the learned energies at t_min: b < 1 flattens the model's free-energy "
+        "differences by b, so rare states get more particles; the weights correct for it (1: none)",
+    ),
+    (
+        "--anneal",
+        ("anneal", "n_levels"),
+        int,
+        "annealing levels from the model to the target: a linear beta grid of this many, or the fewest with "
+        "--anneal-cess",
+    ),
+    (
+        "--anneal-cess",
+        ("anneal", "cess"),
+        float,
+        "adaptive beta grid: more levels where one would lose more than this conditional ESS (0: the linear grid)",
+    ),
     ("--max-anneal", ("anneal", "max_levels"), int, "the most annealing levels with --anneal-cess"),
     ("--anneal-mcmc-steps", ("anneal", "mcmc_steps"), int, "MALA moves per annealing level (model and target forces)"),
-    ("--final-mcmc-steps", ("final", "mcmc_steps"), int,
-     "MALA moves on the target alone after the last reweighting (target forces only; the weights stay valid)"),
+    (
+        "--final-mcmc-steps",
+        ("final", "mcmc_steps"),
+        int,
+        "MALA moves on the target alone after the last reweighting (target forces only; the weights stay valid)",
+    ),
 )
 
 
@@ -168,9 +205,19 @@ def _write_metrics(metrics: dict, path: Optional[str]) -> None:
 
 
 # ---------------------------------------------------------------------------- simulate
-def simulate_training_data(target, n: int, output: str, *, seed: int = 0, keep_replicas: int = 1,
-                           quench: Optional[float] = None, progress: bool = True, metrics_path: Optional[str] = None,
-                           target_options: Optional[dict] = None, **options) -> dict:
+def simulate_training_data(
+    target,
+    n: int,
+    output: str,
+    *,
+    seed: int = 0,
+    keep_replicas: int = 1,
+    quench: Optional[float] = None,
+    progress: bool = True,
+    metrics_path: Optional[str] = None,
+    target_options: Optional[dict] = None,
+    **options,
+) -> dict:
     """Boltzmann samples of a target written to a sample file, resumable through ``OUTPUT.checkpoint``.
 
     Parameters
@@ -235,12 +282,16 @@ def _simulate(target, n, output, seed, keep, quench, progress, metrics_path, opt
         options.pop("t_max", None)
     if keep > 1:
         if target.topology is None or options.get("replicas", 1) < keep:
-            raise ValueError(f"keeping {keep} replicas needs replica exchange (molecular MD) with at least {keep} "
-                             f"replicas; this run has {options.get('replicas', 1)}")
+            raise ValueError(
+                f"keeping {keep} replicas needs replica exchange (molecular MD) with at least {keep} "
+                f"replicas; this run has {options.get('replicas', 1)}"
+            )
         options["keep_replicas"] = True
     if quench is not None and (keep < 2 or not quench > 0):
-        raise ValueError(f"quench needs a positive time in ps and at least 2 kept replicas (it relaxes the hotter "
-                         f"replicas' frames); got quench {quench} with {keep} kept")
+        raise ValueError(
+            f"quench needs a positive time in ps and at least 2 kept replicas (it relaxes the hotter "
+            f"replicas' frames); got quench {quench} with {keep} kept"
+        )
     checkpoint = output + ".checkpoint"
     start = time.perf_counter()
     result = simulate(target, n, seed=seed, checkpoint=checkpoint, progress=progress, **options)
@@ -253,15 +304,28 @@ def _simulate(target, n, output, seed, keep, quench, progress, metrics_path, opt
         log_weights = np.where(np.arange(len(positions)) < n, 0.0, -np.inf)
         if quench:
             reduced_energy[n:], meta["quench"] = quench_frames(
-                target, positions[n:], time_ps=quench, platform=result.metadata["parameters"]["platform"], seed=seed)
-    save_samples(output, positions, topology=target.topology, reduced_energy=reduced_energy,
-                 log_weights=log_weights, metadata=meta, extra=arrays)
+                target, positions[n:], time_ps=quench, platform=result.metadata["parameters"]["platform"], seed=seed
+            )
+    save_samples(
+        output,
+        positions,
+        topology=target.topology,
+        reduced_energy=reduced_energy,
+        log_weights=log_weights,
+        metadata=meta,
+        extra=arrays,
+    )
     if os.path.exists(checkpoint):
         os.remove(checkpoint)
-    metrics = {"command": "simulate", "system": target.name, **result.metadata,
-               "n_samples": int(positions.shape[0]), "output": os.path.abspath(output),
-               "wall_time_s": time.perf_counter() - start,
-               "mean_reduced_energy": float(result.reduced_energy.mean())}
+    metrics = {
+        "command": "simulate",
+        "system": target.name,
+        **result.metadata,
+        "n_samples": int(positions.shape[0]),
+        "output": os.path.abspath(output),
+        "wall_time_s": time.perf_counter() - start,
+        "mean_reduced_energy": float(result.reduced_energy.mean()),
+    }
     if keep > 1:
         metrics.update(n_samples_per_replica=n, kept_temperatures_K=meta["kept_temperatures_K"])
         if "quench" in meta:
@@ -271,11 +335,25 @@ def _simulate(target, n, output, seed, keep, quench, progress, metrics_path, opt
 
 
 # ---------------------------------------------------------------------------- train
-def train(data: str, run_dir: str, *, system: Optional[str] = None, config_file: Optional[str] = None,
-          loss: Optional[str] = None, net: Optional[str] = None, steps: Optional[int] = None,
-          batch_size: Optional[int] = None, pretrain_dsm_steps: Optional[int] = None, state_fraction=None,
-          threads: Optional[int] = None, processes: int = 1, seed: Optional[int] = None,
-          start_from: Optional[str] = None, overrides: Optional[dict] = None, progress: bool = True) -> dict:
+def train(
+    data: str,
+    run_dir: str,
+    *,
+    system: Optional[str] = None,
+    config_file: Optional[str] = None,
+    loss: Optional[str] = None,
+    net: Optional[str] = None,
+    steps: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    pretrain_dsm_steps: Optional[int] = None,
+    state_fraction=None,
+    threads: Optional[int] = None,
+    processes: int = 1,
+    seed: Optional[int] = None,
+    start_from: Optional[str] = None,
+    overrides: Optional[dict] = None,
+    progress: bool = True,
+) -> dict:
     """Train an energy model on a sample file into a run directory (resumes from its checkpoint).
 
     Configuration: the built-in defaults, the system's ``systems/<name>.train.yaml``,
@@ -331,9 +409,18 @@ def train(data: str, run_dir: str, *, system: Optional[str] = None, config_file:
     if state_fraction is not None:
         off = isinstance(state_fraction, str) and state_fraction.strip().lower() == "none"
         given["data"] = {"state_fraction": None if off else float(state_fraction)}
-    metrics = train_in_processes(processes, data, run_dir, system=system, config_file=config_file,
-                                 overrides=merge(overrides or {}, given), seed=seed, threads=threads,
-                                 progress=progress, start_from=start_from)
+    metrics = train_in_processes(
+        processes,
+        data,
+        run_dir,
+        system=system,
+        config_file=config_file,
+        overrides=merge(overrides or {}, given),
+        seed=seed,
+        threads=threads,
+        progress=progress,
+        start_from=start_from,
+    )
     return {"command": "train", "run_dir": os.path.abspath(run_dir), **metrics}
 
 
@@ -372,9 +459,21 @@ class SampleRun:
     metrics: dict = field(default_factory=dict)
 
 
-def sample(run_dir: str, output: str, n: int, *, target=None, settings=None, method: str = "smc", runs: int = 1,
-           per_state_resampling: bool = False, seed: int = 0, progress: bool = True,
-           metrics_path: Optional[str] = None, target_options: Optional[dict] = None) -> SampleRun:
+def sample(
+    run_dir: str,
+    output: str,
+    n: int,
+    *,
+    target=None,
+    settings=None,
+    method: str = "smc",
+    runs: int = 1,
+    per_state_resampling: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    metrics_path: Optional[str] = None,
+    target_options: Optional[dict] = None,
+) -> SampleRun:
     """SMC (or a plain reverse SDE) from a trained model, reweighted to the target, written to a file.
 
     The sample file is written before any analysis; an analysis that does not apply to the
@@ -441,11 +540,15 @@ def sample(run_dir: str, output: str, n: int, *, target=None, settings=None, met
     start = time.perf_counter()
     try:
         if tuple(target.event_shape) != tuple(model.event_shape):
-            raise ValueError(f"the model is for configurations of shape {tuple(model.event_shape)}, "
-                             f"the target {target.name} has {tuple(target.event_shape)}")
+            raise ValueError(
+                f"the model is for configurations of shape {tuple(model.event_shape)}, "
+                f"the target {target.name} has {tuple(target.event_shape)}"
+            )
         if per_state_resampling and target.states is None:
-            raise ValueError(f"per-state resampling needs the target's states; {target.name} has none "
-                             f"(set target.states to a boltzgen.states.StateSet)")
+            raise ValueError(
+                f"per-state resampling needs the target's states; {target.name} has none "
+                f"(set target.states to a boltzgen.states.StateSet)"
+            )
         if method == "smc":
             result = _run_smc(model, target, n, runs, settings, per_state_resampling, generator)
         else:
@@ -454,16 +557,17 @@ def sample(run_dir: str, output: str, n: int, *, target=None, settings=None, met
     finally:
         if owned:
             target.close()
-    return _finish_sample(result, target, model, run_dir, output, n, method, runs, settings, seed, start,
-                          metrics_path)
+    return _finish_sample(result, target, model, run_dir, output, n, method, runs, settings, seed, start, metrics_path)
 
 
 def _checked_settings(settings, model, per_state_resampling: bool):
     """SMCSettings with t_min filled in from the model; ValueError for a t_min below the model's."""
     d = settings.diffusion
     if d.t_min is not None and not model.t_min <= d.t_min < 1.0:
-        raise ValueError(f"t_min must lie in [{model.t_min:g}, 1) (the model is trained down to t = "
-                         f"{model.t_min:g}), got {d.t_min:g}")
+        raise ValueError(
+            f"t_min must lie in [{model.t_min:g}, 1) (the model is trained down to t = "
+            f"{model.t_min:g}), got {d.t_min:g}"
+        )
     if settings.resampling.balance_states and not per_state_resampling:
         raise ValueError("balance_states needs per-state resampling")
     diffusion = dataclasses.replace(d, t_min=model.t_min if d.t_min is None else float(d.t_min))
@@ -491,6 +595,7 @@ def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: b
 
         def states(x):
             return np.asarray(state_set.assign(x.detach().cpu().numpy()), dtype=np.int64)
+
     sizes = [n // runs + (1 if r < n % runs else 0) for r in range(runs)]
     results = [smc_sample(model, target, size, generator, settings=settings, states=states) for size in sizes]
     x = torch.cat([r.x for r in results])
@@ -507,38 +612,69 @@ def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: b
     # reweighting, so for one run it is also the ESS of its last level.
     ess_fraction = float(results[0].ess[-1]) if runs == 1 else ess_fraction_of(log_w)
     log_z = results[0].log_z if runs == 1 else float(logsumexp(np.array([r.log_z for r in results])) - np.log(runs))
-    metrics = {"ess": ess_fraction * n, "ess_fraction": ess_fraction,
-               "ess_fraction_final_weights": ess_fraction_of(log_w),
-               "resampled_levels": sum(len(r.resampled) for r in results),
-               "log_z": log_z, "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
-               "n_reflected": int(sum(r.n_reflected for r in results)),
-               "n_anneal_levels": max(sm["n_anneal_levels"] for sm in summaries),
-               "n_ancestors": sum(r.n_ancestors for r in results),
-               "n_ancestors_anneal": sum(r.n_ancestors_anneal for r in results),
-               "final_acceptance": summaries[0]["final_acceptance"], "tempering": settings.diffusion.tempering,
-               "per_state_resampling": bool(per_state_resampling),
-               "denoised_state_labels": states is not None and bool(settings.resampling.denoised_labels),
-               "balance_states": bool(settings.resampling.balance_states),
-               "runs": runs, "settings": settings.to_dict(), "smc": summaries[0]}
+    metrics = {
+        "ess": ess_fraction * n,
+        "ess_fraction": ess_fraction,
+        "ess_fraction_final_weights": ess_fraction_of(log_w),
+        "resampled_levels": sum(len(r.resampled) for r in results),
+        "log_z": log_z,
+        "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
+        "n_reflected": int(sum(r.n_reflected for r in results)),
+        "n_anneal_levels": max(sm["n_anneal_levels"] for sm in summaries),
+        "n_ancestors": sum(r.n_ancestors for r in results),
+        "n_ancestors_anneal": sum(r.n_ancestors_anneal for r in results),
+        "final_acceptance": summaries[0]["final_acceptance"],
+        "tempering": settings.diffusion.tempering,
+        "per_state_resampling": bool(per_state_resampling),
+        "denoised_state_labels": states is not None and bool(settings.resampling.denoised_labels),
+        "balance_states": bool(settings.resampling.balance_states),
+        "runs": runs,
+        "settings": settings.to_dict(),
+        "smc": summaries[0],
+    }
     if runs > 1:
-        metrics.update(log_z_runs=[r.log_z for r in results],
-                       ess_fraction_runs=[float(r.ess[-1]) for r in results], smc_runs=summaries[1:])
+        metrics.update(
+            log_z_runs=[r.log_z for r in results],
+            ess_fraction_runs=[float(r.ess[-1]) for r in results],
+            smc_runs=summaries[1:],
+        )
     return SampleRun(x, log_w, u, run_index=run_index, results=results, metrics=metrics)
 
 
-def _finish_sample(result: SampleRun, target, model, run_dir, output, n, method, runs, settings, seed, start,
-                   metrics_path) -> SampleRun:
+def _finish_sample(
+    result: SampleRun, target, model, run_dir, output, n, method, runs, settings, seed, start, metrics_path
+) -> SampleRun:
     """Write the sample file, then the analyses that apply (state free energies), then the metrics."""
     from .io import save_samples
 
     result.x = result.x.detach().cpu().double().numpy() if hasattr(result.x, "detach") else np.asarray(result.x)
-    meta = {**target.metadata(), "command": "sample", "method": method, "seed": seed,
-            "run_dir": os.path.abspath(run_dir), "runs": runs if method == "smc" else 1}
-    save_samples(output, result.x, topology=target.topology, log_weights=result.log_w, reduced_energy=result.u,
-                 metadata=meta, extra=None if result.run_index is None else {"smc_run": result.run_index})
-    metrics = {"command": "sample", "system": target.name, "method": method, "n_samples": n,
-               "t_min": settings.diffusion.t_min, "output": os.path.abspath(output),
-               "wall_time_s": time.perf_counter() - start, **result.metrics}
+    meta = {
+        **target.metadata(),
+        "command": "sample",
+        "method": method,
+        "seed": seed,
+        "run_dir": os.path.abspath(run_dir),
+        "runs": runs if method == "smc" else 1,
+    }
+    save_samples(
+        output,
+        result.x,
+        topology=target.topology,
+        log_weights=result.log_w,
+        reduced_energy=result.u,
+        metadata=meta,
+        extra=None if result.run_index is None else {"smc_run": result.run_index},
+    )
+    metrics = {
+        "command": "sample",
+        "system": target.name,
+        "method": method,
+        "n_samples": n,
+        "t_min": settings.diffusion.t_min,
+        "output": os.path.abspath(output),
+        "wall_time_s": time.perf_counter() - start,
+        **result.metrics,
+    }
     if result.log_w is not None:
         metrics.update(_state_analysis(result, target, seed, runs))
     result.metrics = metrics
@@ -556,14 +692,17 @@ def _state_analysis(result: SampleRun, target, seed: int, runs: int) -> dict:
     except Exception as exc:  # an analysis never costs the samples: they are on disk already
         return {"states_note": f"could not assign states: {exc}"}
     names = list(state_set.names)
-    out: dict[str, Any] = {"states": {"name": state_set.name, "names": names},
-                           "state_counts": np.bincount(labels, minlength=len(names)).tolist()}
+    out: dict[str, Any] = {
+        "states": {"name": state_set.name, "names": names},
+        "state_counts": np.bincount(labels, minlength=len(names)).tolist(),
+    }
     out.update(_state_free_energies(result.log_w, labels, len(names), seed, result.run_index))
     if len(names) == 2:
         out.update(_two_state_delta_f(result, labels, names, seed, runs))
     if result.run_index is not None:
-        out["state_counts_runs"] = [np.bincount(labels[result.run_index == r], minlength=len(names)).tolist()
-                                    for r in range(runs)]
+        out["state_counts_runs"] = [
+            np.bincount(labels[result.run_index == r], minlength=len(names)).tolist() for r in range(runs)
+        ]
     return out
 
 
@@ -574,8 +713,10 @@ def _state_free_energies(log_w, labels, n_states: int, seed: int, groups) -> dic
         estimates = state_free_energies(log_w, labels, n_states, groups=groups, seed=seed)
     except ValueError as exc:
         return {"state_free_energies_kT": None, "state_free_energies_note": str(exc)}
-    return {"state_free_energies_kT": [_finite(e.value) for e in estimates],
-            "state_free_energies_err_kT": [_finite(e.error) for e in estimates]}
+    return {
+        "state_free_energies_kT": [_finite(e.value) for e in estimates],
+        "state_free_energies_err_kT": [_finite(e.error) for e in estimates],
+    }
 
 
 def _two_state_delta_f(result: SampleRun, labels, names, seed: int, runs: int) -> dict:
@@ -587,10 +728,14 @@ def _two_state_delta_f(result: SampleRun, labels, names, seed: int, runs: int) -
     out: dict[str, Any] = {}
     try:
         estimate = delta_f(log_w, in_a, in_b, seed=seed, groups=run_index)
-        out.update(delta_f_kT=estimate.value, delta_f_err_kT=estimate.error,
-                   delta_f_error_method="bootstrap of particles" if run_index is None
-                   else f"bootstrap of the {runs} independent runs",
-                   delta_f_definition=f"F({names[1]}) - F({names[0]}) in kT")
+        out.update(
+            delta_f_kT=estimate.value,
+            delta_f_err_kT=estimate.error,
+            delta_f_error_method="bootstrap of particles"
+            if run_index is None
+            else f"bootstrap of the {runs} independent runs",
+            delta_f_definition=f"F({names[1]}) - F({names[0]}) in kT",
+        )
     except ValueError as exc:
         out.update(delta_f_kT=None, delta_f_note=str(exc))
     if run_index is not None:
@@ -604,9 +749,19 @@ def _finite(value):
 
 
 # ---------------------------------------------------------------------------- reweight, analyze
-def reweight(samples: str, target, output: str, *, log_q=None, seed: int = 0, n_bootstrap: int = 200,
-             block_size=None, progress: bool = True, metrics_path: Optional[str] = None,
-             target_options: Optional[dict] = None) -> dict:
+def reweight(
+    samples: str,
+    target,
+    output: str,
+    *,
+    log_q=None,
+    seed: int = 0,
+    n_bootstrap: int = 200,
+    block_size=None,
+    progress: bool = True,
+    metrics_path: Optional[str] = None,
+    target_options: Optional[dict] = None,
+) -> dict:
     """Importance weights of a sample file against a target (:func:`boltzgen.reweight.reweight_samples`).
 
     Parameters
@@ -641,8 +796,16 @@ def reweight(samples: str, target, output: str, *, log_q=None, seed: int = 0, n_
     target, owned = _resolve_target(target, target_options)
     start = time.perf_counter()
     try:
-        metrics = reweight_samples(samples, target, log_q=log_q, out_path=output, seed=seed,
-                                   n_bootstrap=n_bootstrap, block_size=block_size, progress=progress)
+        metrics = reweight_samples(
+            samples,
+            target,
+            log_q=log_q,
+            out_path=output,
+            seed=seed,
+            n_bootstrap=n_bootstrap,
+            block_size=block_size,
+            progress=progress,
+        )
     finally:
         if owned:
             target.close()
@@ -651,8 +814,9 @@ def reweight(samples: str, target, output: str, *, log_q=None, seed: int = 0, n_
     return metrics
 
 
-def analyze(samples: str, out_dir: str, reference: Optional[str] = None, *, run_dir: Optional[str] = None,
-            seed: int = 0) -> dict:
+def analyze(
+    samples: str, out_dir: str, reference: Optional[str] = None, *, run_dir: Optional[str] = None, seed: int = 0
+) -> dict:
     """Plots, metrics.json and index.html of a sample file in ``out_dir`` (:func:`boltzgen.report.analyze`).
 
     Parameters
@@ -717,9 +881,16 @@ def command_line(command: str, positional=(), options: Optional[dict] = None, se
     return " ".join(shlex.quote(w) for w in words)
 
 
-def quickstart(out_dir: str, recipe="default", *, seed: int = 0, progress: bool = True,
-               log: Optional[Callable[[str], None]] = None, reference: Optional[str] = None,
-               analyze_samples: bool = True) -> dict:
+def quickstart(
+    out_dir: str,
+    recipe="default",
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    log: Optional[Callable[[str], None]] = None,
+    reference: Optional[str] = None,
+    analyze_samples: bool = True,
+) -> dict:
     """Run simulate → train → sample → analyze from a recipe of ``systems/recipes.yaml`` into ``out_dir``.
 
     Stages whose output exists are resumed or skipped (training resumes from its last
@@ -758,8 +929,10 @@ def quickstart(out_dir: str, recipe="default", *, seed: int = 0, progress: bool 
 
     plan = load_recipe("quickstart", recipe) if isinstance(recipe, str) else copy.deepcopy(recipe)
     if log is None:
+
         def log(line: str) -> None:
             print(line, file=sys.stderr, flush=True)
+
     os.makedirs(os.path.join(out_dir, "stages"), exist_ok=True)
     stage = lambda name: os.path.join(out_dir, "stages", f"{name}.json")  # noqa: E731
     system, seconds = plan["system"], {}
@@ -780,18 +953,26 @@ def quickstart(out_dir: str, recipe="default", *, seed: int = 0, progress: bool 
     if analyze_samples:
         reference = reference or data
         report_dir = os.path.join(out_dir, "report")
-        log("$ " + command_line("analyze", (samples,), {"output": report_dir, "reference": reference,
-                                                        "run_dir": run_dir, "seed": seed}))
+        log(
+            "$ "
+            + command_line(
+                "analyze", (samples,), {"output": report_dir, "reference": reference, "run_dir": run_dir, "seed": seed}
+            )
+        )
         start = time.perf_counter()
         analysed = analyze(samples, report_dir, reference, run_dir=run_dir, seed=seed)
         seconds["analyze"] = time.perf_counter() - start
-        summary.update({k: v for k, v in analysed.items() if k in ("energy_w2", "torsion_w2")
-                        or k.startswith("reference_")})
+        summary.update(
+            {k: v for k, v in analysed.items() if k in ("energy_w2", "torsion_w2") or k.startswith("reference_")}
+        )
         summary["reference"] = os.path.abspath(reference)
     summary["stage_seconds"] = seconds
     summary["total_seconds"] = float(sum(seconds.values()))
-    summary["files"] = {"data": os.path.abspath(data), "run_dir": os.path.abspath(run_dir),
-                        "samples": os.path.abspath(samples)}
+    summary["files"] = {
+        "data": os.path.abspath(data),
+        "run_dir": os.path.abspath(run_dir),
+        "samples": os.path.abspath(samples),
+    }
     if analyze_samples:
         summary["files"]["report"] = os.path.abspath(os.path.join(out_dir, "report", "index.html"))
     write_json(os.path.join(out_dir, "metrics.json"), summary)
@@ -821,16 +1002,34 @@ def _stage_sample(run_dir, samples, options, seed, progress, stage, log) -> tupl
     n, settings = options.pop("n"), options.pop("settings", None)
     log("$ " + command_line("sample", (run_dir,), {"n": n, "output": samples, **options, "seed": seed}, settings))
     start = time.perf_counter()
-    run = sample(run_dir, samples, n, settings=settings, seed=seed, progress=progress,
-                 metrics_path=stage("sample"), **options)
+    run = sample(
+        run_dir, samples, n, settings=settings, seed=seed, progress=progress, metrics_path=stage("sample"), **options
+    )
     return run.metrics, time.perf_counter() - start
 
 
 def _summary(system: str, trained: dict, sampled: dict, samples: str) -> dict:
-    keys = ("n_samples", "ess", "ess_fraction", "log_z", "n_reflected", "n_ancestors", "n_ancestors_anneal",
-            "states", "state_counts", "state_free_energies_kT", "state_free_energies_err_kT", "delta_f_kT",
-            "delta_f_err_kT", "delta_f_error_method", "delta_f_definition", "delta_f_runs_kT", "state_counts_runs",
-            "delta_f_note", "states_note")
+    keys = (
+        "n_samples",
+        "ess",
+        "ess_fraction",
+        "log_z",
+        "n_reflected",
+        "n_ancestors",
+        "n_ancestors_anneal",
+        "states",
+        "state_counts",
+        "state_free_energies_kT",
+        "state_free_energies_err_kT",
+        "delta_f_kT",
+        "delta_f_err_kT",
+        "delta_f_error_method",
+        "delta_f_definition",
+        "delta_f_runs_kT",
+        "state_counts_runs",
+        "delta_f_note",
+        "states_note",
+    )
     summary = {"system": system, "loss": trained.get("loss"), "runs": sampled.get("runs", 1)}
     summary.update({k: sampled.get(k) for k in keys if k in sampled})
     # Like the metrics.json beside the output of `boltzgen sample`: analyze finds the ESS trace here.

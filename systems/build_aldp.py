@@ -20,10 +20,28 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: (residue, atom name) in the published atom order.
 ATOM_ORDER = [
-    ("ACE", "H1"), ("ACE", "CH3"), ("ACE", "H2"), ("ACE", "H3"), ("ACE", "C"), ("ACE", "O"),
-    ("ALA", "N"), ("ALA", "H"), ("ALA", "CA"), ("ALA", "HA"), ("ALA", "CB"),
-    ("ALA", "HB1"), ("ALA", "HB2"), ("ALA", "HB3"), ("ALA", "C"), ("ALA", "O"),
-    ("NME", "N"), ("NME", "H"), ("NME", "C"), ("NME", "H1"), ("NME", "H2"), ("NME", "H3"),
+    ("ACE", "H1"),
+    ("ACE", "CH3"),
+    ("ACE", "H2"),
+    ("ACE", "H3"),
+    ("ACE", "C"),
+    ("ACE", "O"),
+    ("ALA", "N"),
+    ("ALA", "H"),
+    ("ALA", "CA"),
+    ("ALA", "HA"),
+    ("ALA", "CB"),
+    ("ALA", "HB1"),
+    ("ALA", "HB2"),
+    ("ALA", "HB3"),
+    ("ALA", "C"),
+    ("ALA", "O"),
+    ("NME", "N"),
+    ("NME", "H"),
+    ("NME", "C"),
+    ("NME", "H1"),
+    ("NME", "H2"),
+    ("NME", "H3"),
 ]
 
 
@@ -34,7 +52,9 @@ def place(a, b, c, bond, angle, torsion):
     n = np.cross(b - a, bc)
     n /= np.linalg.norm(n)
     m = np.cross(n, bc)
-    d2 = np.array([-bond * np.cos(angle), bond * np.sin(angle) * np.cos(torsion), bond * np.sin(angle) * np.sin(torsion)])
+    d2 = np.array(
+        [-bond * np.cos(angle), bond * np.sin(angle) * np.cos(torsion), bond * np.sin(angle) * np.sin(torsion)]
+    )
     return c + d2[0] * bc + d2[1] * m + d2[2] * n
 
 
@@ -51,8 +71,18 @@ def heavy_atoms(phi=-80.0, psi=75.0):
     cb = place(c1, n1, ca, 0.153, 110.5, -122.5)
     if np.dot(np.cross(n1 - ca, c1 - ca), cb - ca) < 0:  # keep L-alanine
         cb = place(c1, n1, ca, 0.153, 110.5, 122.5)
-    return {("ACE", "CH3"): ch3, ("ACE", "C"): c0, ("ACE", "O"): o0, ("ALA", "N"): n1, ("ALA", "CA"): ca,
-            ("ALA", "CB"): cb, ("ALA", "C"): c1, ("ALA", "O"): o1, ("NME", "N"): n2, ("NME", "C"): c2}
+    return {
+        ("ACE", "CH3"): ch3,
+        ("ACE", "C"): c0,
+        ("ACE", "O"): o0,
+        ("ALA", "N"): n1,
+        ("ALA", "CA"): ca,
+        ("ALA", "CB"): cb,
+        ("ALA", "C"): c1,
+        ("ALA", "O"): o1,
+        ("NME", "N"): n2,
+        ("NME", "C"): c2,
+    }
 
 
 def build():
@@ -69,9 +99,17 @@ def build():
                 positions.append(openmm.Vec3(*xyz))
     atoms = list(top.atoms())
     by_name = {(a.residue.name, a.name): a for a in atoms}
-    for r1, a1, r2, a2 in [("ACE", "CH3", "ACE", "C"), ("ACE", "C", "ACE", "O"), ("ACE", "C", "ALA", "N"),
-                           ("ALA", "N", "ALA", "CA"), ("ALA", "CA", "ALA", "CB"), ("ALA", "CA", "ALA", "C"),
-                           ("ALA", "C", "ALA", "O"), ("ALA", "C", "NME", "N"), ("NME", "N", "NME", "C")]:
+    for r1, a1, r2, a2 in [
+        ("ACE", "CH3", "ACE", "C"),
+        ("ACE", "C", "ACE", "O"),
+        ("ACE", "C", "ALA", "N"),
+        ("ALA", "N", "ALA", "CA"),
+        ("ALA", "CA", "ALA", "CB"),
+        ("ALA", "CA", "ALA", "C"),
+        ("ALA", "C", "ALA", "O"),
+        ("ALA", "C", "NME", "N"),
+        ("NME", "N", "NME", "C"),
+    ]:
         top.addBond(by_name[(r1, a1)], by_name[(r2, a2)])
     forcefield = app.ForceField("amber99sbildn.xml")
     modeller = app.Modeller(top, positions * unit.nanometer)

@@ -40,8 +40,14 @@ def two_process_training(rank: int, world: int, init_method: str, run_root: str,
         part.save()  # as after a crash right after the step-3 checkpoint
         resumed = Trainer(config, data, os.path.join(run_root, "part"), progress=False)
         resumed.fit()
-        torch.save({"one": one.model.inner.state_dict(), "full": full.model.inner.state_dict(),
-                    "resumed": resumed.model.inner.state_dict(), "local_batch": one.local_batch},
-                   os.path.join(run_root, f"rank{rank}.pt"))
+        torch.save(
+            {
+                "one": one.model.inner.state_dict(),
+                "full": full.model.inner.state_dict(),
+                "resumed": resumed.model.inner.state_dict(),
+                "local_batch": one.local_batch,
+            },
+            os.path.join(run_root, f"rank{rank}.pt"),
+        )
     finally:
         torch.distributed.destroy_process_group()

@@ -307,8 +307,14 @@ def test_bench_bridge_reports_rates_and_exact_energies(system):
     from boltzgen.bench import bench_bridge
 
     result = bench_bridge(system, T, chain_positions(), batch=64, n_workers=2, platform="Reference", rounds=1)
-    for key in ("plain_loop_per_s", "bare_getstate_per_s", "bare_getstate_concurrent_per_s", "bridge_per_s",
-                "limit_per_s", "single_context_limit_per_s"):
+    for key in (
+        "plain_loop_per_s",
+        "bare_getstate_per_s",
+        "bare_getstate_concurrent_per_s",
+        "bridge_per_s",
+        "limit_per_s",
+        "single_context_limit_per_s",
+    ):
         assert result[key] > 0
     assert result["limit_per_s"] == pytest.approx(result["n_cores"] * result["bare_getstate_concurrent_per_s"])
     assert result["single_context_limit_per_s"] == pytest.approx(result["n_cores"] * result["bare_getstate_per_s"])
@@ -342,7 +348,8 @@ def test_script_without_main_guard_does_not_rerun_in_workers(tmp_path):
         "target = load('aldp-vacuum', n_workers=2, platform='Reference')\n"
         "u = target.reduced_energy(target.positions[None].repeat(512, 1, 1))\n"
         "print('energies', len(u), flush=True)\n"
-        "target.close()\n")
+        "target.close()\n"
+    )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("script body ran") == 1

@@ -26,13 +26,73 @@ def chain(tmp_path_factory):
     target = ["--pdb", pdb, "--forcefield", "amber14-all.xml"]
     data, run, samples = str(root / "data.h5"), str(root / "run"), str(root / "samples.h5")
     codes = {}
-    codes["simulate"] = main(["simulate", *target, "-n", "40", "-o", data, "--replicas", "1", "--equilibration", "100",
-                              "--stride", "10", "--workers", "0", "--no-progress", "--seed", "1"])
-    codes["train"] = main(["train", *target, "--data", data, "-o", run, "--steps", "3", "--batch-size", "8",
-                           "--net", "egnn", "--no-progress", "--seed", "1"])
-    codes["sample"] = main(["sample", run, *target, "-n", "24", "-o", samples, "--diffusion-steps", "4",
-                            "--anneal", "2", "--max-anneal", "4", "--anneal-mcmc-steps", "1", "--final-mcmc-steps", "1",
-                            "--per-state-resampling", "--runs", "2", "--no-progress", "--seed", "1"])
+    codes["simulate"] = main(
+        [
+            "simulate",
+            *target,
+            "-n",
+            "40",
+            "-o",
+            data,
+            "--replicas",
+            "1",
+            "--equilibration",
+            "100",
+            "--stride",
+            "10",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--seed",
+            "1",
+        ]
+    )
+    codes["train"] = main(
+        [
+            "train",
+            *target,
+            "--data",
+            data,
+            "-o",
+            run,
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--net",
+            "egnn",
+            "--no-progress",
+            "--seed",
+            "1",
+        ]
+    )
+    codes["sample"] = main(
+        [
+            "sample",
+            run,
+            *target,
+            "-n",
+            "24",
+            "-o",
+            samples,
+            "--diffusion-steps",
+            "4",
+            "--anneal",
+            "2",
+            "--max-anneal",
+            "4",
+            "--anneal-mcmc-steps",
+            "1",
+            "--final-mcmc-steps",
+            "1",
+            "--per-state-resampling",
+            "--runs",
+            "2",
+            "--no-progress",
+            "--seed",
+            "1",
+        ]
+    )
     codes["reweight"] = main(["reweight", samples, *target, "-o", str(root / "rw.h5")])
     codes["analyze"] = main(["analyze", samples, "-o", str(root / "report"), "--reference", data])
     return root, codes

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import mdtraj
-import pytest
 import numpy as np
+import pytest
 import torch
 
 import boltzgen.systems as systems
@@ -29,16 +29,37 @@ def test_entry_point_help_and_version():
     for command in ("systems", "simulate", "train", "sample", "reweight", "bench"):
         assert command in out.stdout
     for command in (["simulate", "--help"], ["train", "--help"], ["reweight", "--help"], ["bench", "bridge", "--help"]):
-        out = subprocess.run([sys.executable, "-m", "boltzgen.cli", *command], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "boltzgen.cli", *command], capture_output=True, text=True, check=True
+        )
         assert "--seed" in out.stdout
 
 
 def test_simulate_aldp_replica_exchange_file_contract(tmp_path, capsys):
     out = tmp_path / "aldp.h5"
-    args = ["simulate", "aldp-vacuum", "-n", "6", "-o", str(out), "--replicas", "2", "--t-max", "400",
-            "--equilibration", "50", "--stride", "20", "--exchange-interval", "10", "--workers", "0",
-            "--no-progress", "--seed", "3"]
+    args = [
+        "simulate",
+        "aldp-vacuum",
+        "-n",
+        "6",
+        "-o",
+        str(out),
+        "--replicas",
+        "2",
+        "--t-max",
+        "400",
+        "--equilibration",
+        "50",
+        "--stride",
+        "20",
+        "--exchange-interval",
+        "10",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--seed",
+        "3",
+    ]
     assert main(args) == 0
     traj = mdtraj.load(str(out))
     assert traj.n_frames == 6 and traj.n_atoms == 22
@@ -62,9 +83,31 @@ def test_simulate_keep_replicas_ladder_data(tmp_path, capsys):
     samples of the target, a per-frame temperature; train accepts the file, analyze uses only the
     target-temperature frames as its reference."""
     out = tmp_path / "ladder.h5"
-    args = ["simulate", "aldp-vacuum", "-n", "5", "-o", str(out), "--replicas", "3", "--t-max", "600",
-            "--keep-replicas", "2", "--equilibration", "50", "--stride", "20", "--exchange-interval", "10",
-            "--workers", "0", "--no-progress", "--seed", "4"]
+    args = [
+        "simulate",
+        "aldp-vacuum",
+        "-n",
+        "5",
+        "-o",
+        str(out),
+        "--replicas",
+        "3",
+        "--t-max",
+        "600",
+        "--keep-replicas",
+        "2",
+        "--equilibration",
+        "50",
+        "--stride",
+        "20",
+        "--exchange-interval",
+        "10",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--seed",
+        "4",
+    ]
     assert main(args) == 0
     samples = load_samples(str(out))
     assert samples.x.shape == (10, 22, 3) and mdtraj.load(str(out)).n_frames == 10
@@ -80,7 +123,7 @@ def test_simulate_keep_replicas_ladder_data(tmp_path, capsys):
     plain = tmp_path / "plain.h5"
     args_plain = list(args)
     i = args_plain.index("--keep-replicas")
-    del args_plain[i:i + 2]
+    del args_plain[i : i + 2]
     args_plain[args_plain.index(str(out))] = str(plain)
     assert main(args_plain) == 0
     np.testing.assert_allclose(load_samples(str(plain)).x, samples.x[:5], atol=1e-6)
@@ -89,8 +132,11 @@ def test_simulate_keep_replicas_ladder_data(tmp_path, capsys):
     from boltzgen.report import analyze
     from boltzgen.train import train_from_file
 
-    trained = train_from_file(str(out), str(tmp_path / "run"), overrides={"train": {"steps": 2, "batch_size": 4},
-                                                                          "net": {"hidden": 8, "n_layers": 1}})
+    trained = train_from_file(
+        str(out),
+        str(tmp_path / "run"),
+        overrides={"train": {"steps": 2, "batch_size": 4}, "net": {"hidden": 8, "n_layers": 1}},
+    )
     # training took all ten frames (train + validation) and left a model of the peptide
     assert trained["steps"] == 2 and trained["n_train"] + trained["n_val"] == 10
     from boltzgen.model import load_model
@@ -99,8 +145,25 @@ def test_simulate_keep_replicas_ladder_data(tmp_path, capsys):
     report = analyze(str(plain), str(tmp_path / "report"), reference=str(out))
     assert report["reference_n"] == 10 and report["reference_ess"] == pytest.approx(5.0)
 
-    assert main(["simulate", "aldp-vacuum", "-n", "5", "-o", str(tmp_path / "bad.h5"), "--replicas", "1",
-                 "--keep-replicas", "2", "--workers", "0"]) == 2
+    assert (
+        main(
+            [
+                "simulate",
+                "aldp-vacuum",
+                "-n",
+                "5",
+                "-o",
+                str(tmp_path / "bad.h5"),
+                "--replicas",
+                "1",
+                "--keep-replicas",
+                "2",
+                "--workers",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "keeping 2 replicas needs replica exchange" in capsys.readouterr().err
 
     # --quench: the same MD; the target-temperature frames are untouched, the hotter frames are
@@ -121,13 +184,31 @@ def test_simulate_keep_replicas_ladder_data(tmp_path, capsys):
 
 
 def test_simulate_analytic_and_lj(tmp_path, capsys):
-    assert main(["simulate", "gmm-40", "--dim", "3", "-n", "50", "-o", str(tmp_path / "g.h5"), "--json",
-                 "--no-progress"]) == 0
+    assert (
+        main(["simulate", "gmm-40", "--dim", "3", "-n", "50", "-o", str(tmp_path / "g.h5"), "--json", "--no-progress"])
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["method"] == "exact" and metrics["n_samples"] == 50
     assert load_samples(str(tmp_path / "g.h5")).x.shape == (50, 3)
-    assert main(["simulate", "lj13", "-n", "20", "-o", str(tmp_path / "lj.h5"), "--equilibration", "20",
-                 "--stride", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "lj13",
+                "-n",
+                "20",
+                "-o",
+                str(tmp_path / "lj.h5"),
+                "--equilibration",
+                "20",
+                "--stride",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     lj = load_samples(str(tmp_path / "lj.h5"))
     assert lj.x.shape == (20, 13, 3) and lj.topology.n_atoms == 13
     assert mdtraj.load(str(tmp_path / "lj.h5")).n_frames == 20
@@ -140,8 +221,22 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert "built-in systems: " + ", ".join(systems.names()) in err
     assert main(["simulate", "gmm-40", "-n", "0", "-o", str(tmp_path / "x.h5")]) == 2
     assert "-n must be at least 1" in capsys.readouterr().err
-    assert main(["simulate", "--pdb", str(tmp_path / "missing.pdb"), "--forcefield", "amber99sbildn.xml",
-                 "-n", "5", "-o", str(tmp_path / "x.h5")]) == 2
+    assert (
+        main(
+            [
+                "simulate",
+                "--pdb",
+                str(tmp_path / "missing.pdb"),
+                "--forcefield",
+                "amber99sbildn.xml",
+                "-n",
+                "5",
+                "-o",
+                str(tmp_path / "x.h5"),
+            ]
+        )
+        == 2
+    )
     assert "PDB file not found" in capsys.readouterr().err
     assert main(["simulate", "lj13", "--timestep", "2", "-n", "5", "-o", str(tmp_path / "x.h5")]) == 2
     assert "timestep" in capsys.readouterr().err
@@ -149,11 +244,21 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
 
 def test_bench_bridge_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "bridge", "--system", "aldp-vacuum", "--batch", "96", "--workers", "2", "--json",
-                 "-o", str(out)]) == 0
+    assert (
+        main(
+            ["bench", "bridge", "--system", "aldp-vacuum", "--batch", "96", "--workers", "2", "--json", "-o", str(out)]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
-    for key in ("speedup_vs_plain_loop", "fraction_of_limit", "plain_loop_per_s", "bare_getstate_per_s",
-                "bridge_per_s", "limit_per_s"):
+    for key in (
+        "speedup_vs_plain_loop",
+        "fraction_of_limit",
+        "plain_loop_per_s",
+        "bare_getstate_per_s",
+        "bridge_per_s",
+        "limit_per_s",
+    ):
         assert result[key] > 0
     assert result["max_rel_energy_diff_vs_plain"] < 1e-9
     assert json.loads(out.read_text())["batch"] == 96
@@ -165,13 +270,36 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     data = tmp_path / "data.h5"
     assert main(["simulate", "gmm-two-modes", "-n", "400", "-o", str(data), "--no-progress"]) == 0
     config = tmp_path / "small.yaml"
-    config.write_text(yaml.safe_dump({"net": {"kind": "mlp", "hidden": 32, "n_layers": 2},
-                                      "train": {"steps": 20, "batch_size": 64, "val_every": 20}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "net": {"kind": "mlp", "hidden": 32, "n_layers": 2},
+                "train": {"steps": 20, "batch_size": 64, "val_every": 20},
+            }
+        )
+    )
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "-o", str(run), "--config", str(config), "--no-progress"]) == 0
     out = tmp_path / "smc.h5"
-    assert main(["sample", str(run), "-n", "128", "-o", str(out), "--diffusion-steps", "20", "--no-progress", "--json",
-                 "--seed", "2"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "-n",
+                "128",
+                "-o",
+                str(out),
+                "--diffusion-steps",
+                "20",
+                "--no-progress",
+                "--json",
+                "--seed",
+                "2",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["system"] == "gmm-two-modes" and 0 < metrics["ess_fraction"] <= 1
     assert abs(metrics["log_z"]) < 1.0  # the exact normaliser of the standardised mixture is 1
@@ -186,30 +314,113 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     assert metrics["settings"] == expected
     assert "states_note" in metrics and "delta_f_kT" not in metrics  # a mixture has no states: a note, no error
     # --steps is the old name of --diffusion-steps: the same run
-    assert main(["sample", str(run), "-n", "128", "-o", str(tmp_path / "alias.h5"), "--steps", "20", "--no-progress",
-                 "--seed", "2"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "-n",
+                "128",
+                "-o",
+                str(tmp_path / "alias.h5"),
+                "--steps",
+                "20",
+                "--no-progress",
+                "--seed",
+                "2",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(load_samples(str(tmp_path / "alias.h5")).log_weights, samples.log_weights)
-    assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "late.h5"), "--steps", "10", "--no-progress",
-                 "--json", "--t-min", "0.02"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "-n",
+                "16",
+                "-o",
+                str(tmp_path / "late.h5"),
+                "--steps",
+                "10",
+                "--no-progress",
+                "--json",
+                "--t-min",
+                "0.02",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["t_min"] == 0.02 and metrics["smc"]["t"][10] == pytest.approx(0.02)  # the diffusion ends there
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--t-min", "1e-4"]) == 2
     assert "t_min must lie in [0.001, 1)" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--balance-states"]) == 2
     assert "balance_states needs per-state resampling" in capsys.readouterr().err
-    assert main(["sample", str(run), "-n", "64", "-o", str(tmp_path / "tempered.h5"), "--steps", "10", "--no-progress",
-                 "--json", "--tempering", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "-n",
+                "64",
+                "-o",
+                str(tmp_path / "tempered.h5"),
+                "--steps",
+                "10",
+                "--no-progress",
+                "--json",
+                "--tempering",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["tempering"] == 0.5
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--tempering", "1.5"]) == 2
     assert "diffusion.tempering: must lie in (0, 1]" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--per-state-resampling"]) == 2
     assert "per-state resampling needs the target's states; gmm-two-modes has none" in capsys.readouterr().err
-    assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "sde.h5"), "--method", "sde", "--steps", "10",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "-n",
+                "16",
+                "-o",
+                str(tmp_path / "sde.h5"),
+                "--method",
+                "sde",
+                "--steps",
+                "10",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     # Independent runs pooled by their log Z: the file says which run each particle came from.
     pooled = tmp_path / "runs.h5"
-    assert main(["sample", str(run), "-n", "97", "-o", str(pooled), "--steps", "10", "--no-progress", "--json",
-                 "--runs", "3"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "-n",
+                "97",
+                "-o",
+                str(pooled),
+                "--steps",
+                "10",
+                "--no-progress",
+                "--json",
+                "--runs",
+                "3",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["runs"] == 3 and len(metrics["log_z_runs"]) == 3 and len(metrics["smc_runs"]) == 2
     samples = load_samples(str(pooled))

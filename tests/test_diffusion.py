@@ -7,8 +7,16 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from boltzgen.diffusion import (VESchedule, VPSchedule, event_dim, gaussian_log_prob, project_mean_free, q_sample,
-                                sample_noise, schedule_from_config)
+from boltzgen.diffusion import (
+    VESchedule,
+    VPSchedule,
+    event_dim,
+    gaussian_log_prob,
+    project_mean_free,
+    q_sample,
+    sample_noise,
+    schedule_from_config,
+)
 
 SCHEDULES = [VPSchedule(), VPSchedule(0.5, 10.0), VESchedule(), VESchedule(0.01, 50.0, spacing="edm")]
 IDS = ["vp", "vp-custom", "ve-geometric", "ve-edm"]
@@ -61,8 +69,9 @@ def test_transitions_compose_and_match_marginals(sched):
     torch.testing.assert_close(a_st**2 * sched.sigma2(s) + v_st, sched.sigma2(t), rtol=1e-10, atol=0)
     # tiny steps stay accurate (no cancellation)
     _, v = sched.transition(torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.3 + 1e-9, dtype=torch.float64))
-    assert v.item() == pytest.approx(1e-9 * sched.d_sigma2(0.3).item()
-                                     if sched.kind == "ve" else 1e-9 * sched.beta(0.3).item(), rel=1e-5)
+    assert v.item() == pytest.approx(
+        1e-9 * sched.d_sigma2(0.3).item() if sched.kind == "ve" else 1e-9 * sched.beta(0.3).item(), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("sched", SCHEDULES, ids=IDS)

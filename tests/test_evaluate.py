@@ -20,14 +20,15 @@ class ExactModel(nn.Module):
 
         self.target = rescaled(target, length_scale)
         self.schedule, self.t_min = VPSchedule(), 1e-3
-        self.shift, self.width = shift, width          # add `shift` to the energy of mode 1; widen modes
+        self.shift, self.width = shift, width  # add `shift` to the energy of mode 1; widen modes
         self.dummy = nn.Parameter(torch.zeros((), dtype=torch.float64))
 
     def energy(self, y, t):
-        comp = self.target._component_log_prob(y.to(torch.float64), self.schedule.alpha(torch.tensor(t)),
-                                                self.schedule.sigma2(torch.tensor(t)))
+        comp = self.target._component_log_prob(
+            y.to(torch.float64), self.schedule.alpha(torch.tensor(t)), self.schedule.sigma2(torch.tensor(t))
+        )
         stds = self.target.stds
-        if self.width != 1.0:   # every component's variance multiplied by width² (same normalisation per mode)
+        if self.width != 1.0:  # every component's variance multiplied by width² (same normalisation per mode)
             a, s2 = self.schedule.alpha(torch.tensor(t)), self.schedule.sigma2(torch.tensor(t))
             var = a**2 * stds**2 + s2
             diff = y.unsqueeze(1) - a * self.target.means
@@ -44,14 +45,15 @@ def test_mode_weights_of_the_exact_model(scales):
     out = mode_weights(model, target, length_scale=2.0, n_per_mode=2048, scales=scales)
     assert out["max_relative_error"] < 1e-6
     assert out["weights"][0] == pytest.approx(2 / 3, abs=1e-3)
-    shifted = mode_weights(ExactModel(target, 2.0, shift=math.log(2.0)), target, length_scale=2.0,
-                           n_per_mode=2048, scales=scales)
-    assert shifted["weights"][0] == pytest.approx(0.8, abs=0.01)   # 2 : 1/2 after the shift
+    shifted = mode_weights(
+        ExactModel(target, 2.0, shift=math.log(2.0)), target, length_scale=2.0, n_per_mode=2048, scales=scales
+    )
+    assert shifted["weights"][0] == pytest.approx(0.8, abs=0.01)  # 2 : 1/2 after the shift
 
 
 def test_defensive_proposal_handles_wider_model_modes():
     target = systems.load("gmm-two-modes", dim=2)
-    model = ExactModel(target, 1.0, width=1.4)   # same weights, modes 1.4 times too wide
+    model = ExactModel(target, 1.0, width=1.4)  # same weights, modes 1.4 times too wide
     mixed = mode_weights(model, target, n_per_mode=4096)
     plain = mode_weights(model, target, n_per_mode=4096, scales=(1.0,))
     assert min(mixed["ess_fraction"]) > 2 * min(plain["ess_fraction"])

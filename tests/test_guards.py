@@ -28,7 +28,9 @@ def test_second_writer_is_refused_and_lock_dies_with_holder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(OutputLockedError, match=r"samples.h5 is being written by another boltzgen run \(process \d+"):
+        with pytest.raises(
+            OutputLockedError, match=r"samples.h5 is being written by another boltzgen run \(process \d+"
+        ):
             with output_lock(out, "sample file"):
                 pass
     finally:
@@ -107,5 +109,8 @@ def test_metrics_are_strict_json(tmp_path):
     text = path.read_text()
     assert "Infinity" not in text and "NaN" not in text
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict constant {c}")) == {
-        "error": None, "values": [1.0, None], "n": 3}
+        "error": None,
+        "values": [1.0, None],
+        "n": 3,
+    }
     assert json.loads(dumps_json([np.float32(2.5)])) == [2.5]

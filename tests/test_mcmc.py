@@ -6,11 +6,16 @@ import pytest
 import torch
 
 from boltzgen.sampling import (
-    ChainState, energy_and_grad, hmc_step, init_chain_state, mala_step, project_mean_free, run_hmc, run_mala,
+    ChainState,
+    energy_and_grad,
+    hmc_step,
+    init_chain_state,
+    mala_step,
+    project_mean_free,
+    run_hmc,
+    run_mala,
     run_mcmc,
 )
-
-
 
 
 def _gaussian(dim, seed=1):
@@ -103,7 +108,9 @@ def test_infinite_energy_proposals_rejected():
 
     def energy(x):
         u = 0.5 * x.pow(2).sum(-1)
-        return torch.where(x[:, 0] > 0.5, torch.full_like(u, math.inf), torch.where(x[:, 0] < -3, torch.full_like(u, math.nan), u))
+        return torch.where(
+            x[:, 0] > 0.5, torch.full_like(u, math.inf), torch.where(x[:, 0] < -3, torch.full_like(u, math.nan), u)
+        )
 
     g = torch.Generator().manual_seed(4)
     x = torch.zeros(500, 2, dtype=torch.float64)
@@ -126,8 +133,9 @@ def test_energy_and_grad_forms_agree():
     from boltzgen.systems import load
 
     target = load("lj13")
-    x = target.positions.expand(3, 13, 3) + 0.01 * torch.randn(3, 13, 3, generator=torch.Generator().manual_seed(0),
-                                                              dtype=torch.float64)
+    x = target.positions.expand(3, 13, 3) + 0.01 * torch.randn(
+        3, 13, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     u1, g1 = energy_and_grad(target, x)
     u2, g2 = energy_and_grad(target.reduced_energy, x)
     u3, g3 = energy_and_grad(lambda y: (u1, g1), x)
@@ -143,8 +151,12 @@ def test_resume_equals_uninterrupted():
     g = torch.Generator().manual_seed(7)
     part = run_mala(x0, energy, 40, g, **kw)
     assert part.samples.shape[0] == 8
-    state = ChainState(**{k: getattr(part.state, k) for k in ("x", "energy", "grad", "step_size", "step", "n_accepted",
-                                                            "samples", "sample_energy")})
+    state = ChainState(
+        **{
+            k: getattr(part.state, k)
+            for k in ("x", "energy", "grad", "step_size", "step", "n_accepted", "samples", "sample_energy")
+        }
+    )
     rest = run_mcmc(None, energy, 100, g, state=state, **kw)
     assert torch.equal(rest.samples, full.samples) and torch.equal(rest.acceptance, full.acceptance)
 

@@ -21,8 +21,6 @@ DIM = 3 * N_ATOMS
 FAST = dict(timestep=10.0, friction=10.0, stride=20, equilibration=200, progress=False)
 
 
-
-
 @pytest.fixture(scope="module")
 def harmonic():
     """N_ATOMS independent isotropic oscillators U = ½ k |x|² (k = 100 kJ/mol/nm², m = 1 amu), 300 K."""
@@ -179,21 +177,24 @@ def test_exact_sampler_mode_fractions():
     np.testing.assert_array_equal(again.positions, res.positions)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(n_samples=0), "n_samples"),
-    (dict(timestep=-1.0), "timestep"),
-    (dict(friction=0.0), "friction"),
-    (dict(replicas=3, t_max=250.0), "t_max"),
-    (dict(replicas=3, t_max=300.0), "t_max"),
-    (dict(t_max=600.0), "replicas > 1"),
-    (dict(replicas=0), "replicas"),
-    (dict(stride=0), "stride"),
-    (dict(chains=4), "chains \\(mcmc\\)"),
-    (dict(platform="Nope"), "platform"),
-    (dict(seed=-1), "seed"),
-    (dict(method="exact"), "no exact sampler"),
-    (dict(temperature=0.0), "temperature"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(n_samples=0), "n_samples"),
+        (dict(timestep=-1.0), "timestep"),
+        (dict(friction=0.0), "friction"),
+        (dict(replicas=3, t_max=250.0), "t_max"),
+        (dict(replicas=3, t_max=300.0), "t_max"),
+        (dict(t_max=600.0), "replicas > 1"),
+        (dict(replicas=0), "replicas"),
+        (dict(stride=0), "stride"),
+        (dict(chains=4), "chains \\(mcmc\\)"),
+        (dict(platform="Nope"), "platform"),
+        (dict(seed=-1), "seed"),
+        (dict(method="exact"), "no exact sampler"),
+        (dict(temperature=0.0), "temperature"),
+    ],
+)
 def test_bad_input(harmonic, kwargs, match):
     kwargs = {"n_samples": 2, "progress": False, **kwargs}
     with pytest.raises(ValueError, match=match):

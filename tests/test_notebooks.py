@@ -17,8 +17,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
-NOTEBOOKS = sorted(name for name in os.listdir(NOTEBOOK_DIR) if name.endswith(".ipynb")) \
-    if os.path.isdir(NOTEBOOK_DIR) else []
+NOTEBOOKS = (
+    sorted(name for name in os.listdir(NOTEBOOK_DIR) if name.endswith(".ipynb")) if os.path.isdir(NOTEBOOK_DIR) else []
+)
 #: Seconds any one cell may take in fast mode before the run counts as failed.
 CELL_TIMEOUT = 300
 
@@ -26,16 +27,21 @@ CELL_TIMEOUT = 300
 def _tracked_notebooks() -> list:
     """Notebooks known to git (all notebooks on disk when this is not a git checkout)."""
     try:
-        out = subprocess.run(["git", "ls-files", "--", "notebooks/*.ipynb"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()
+        out = subprocess.run(
+            ["git", "ls-files", "--", "notebooks/*.ipynb"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         out = []
     return sorted(os.path.basename(p) for p in out) or NOTEBOOKS
 
 
 def test_there_are_notebooks():
-    assert {"01_reweighting.ipynb", "02_diffclf_vs_dsm.ipynb", "03_aldp_boltzmann_generator.ipynb",
-            "04_weighted_trajectories_mdtraj.ipynb"} <= set(NOTEBOOKS)
+    assert {
+        "01_reweighting.ipynb",
+        "02_diffclf_vs_dsm.ipynb",
+        "03_aldp_boltzmann_generator.ipynb",
+        "04_weighted_trajectories_mdtraj.ipynb",
+    } <= set(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("name", _tracked_notebooks())
@@ -48,8 +54,9 @@ def test_notebook_is_committed_without_outputs(name):
     for i, cell in enumerate(code):
         assert cell.get("outputs") == [], f"{name}: code cell {i} has outputs; strip them before committing"
         assert cell.get("execution_count") is None, f"{name}: code cell {i} has an execution count"
-    assert "FAST" in "".join(code[0]["source"]) and "BOLTZGEN_NOTEBOOK_FAST" in "".join(code[0]["source"]), \
+    assert "FAST" in "".join(code[0]["source"]) and "BOLTZGEN_NOTEBOOK_FAST" in "".join(code[0]["source"]), (
         f"{name}: the first code cell must set FAST from BOLTZGEN_NOTEBOOK_FAST"
+    )
     assert nb["metadata"].get("kernelspec", {}).get("name") == "python3"
 
 
@@ -58,8 +65,11 @@ def pinned_python3_kernel(tmp_path, monkeypatch):
     """A ``python3`` kernelspec that runs this interpreter, first on JUPYTER_PATH; fast, one thread."""
     spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
     spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (tests)", "language": "python"}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (tests)",
+        "language": "python",
+    }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("BOLTZGEN_NOTEBOOK_FAST", "1")
@@ -79,11 +89,18 @@ def test_notebook_runs(name, pinned_python3_kernel):
     pytest.importorskip("ipykernel")
 
     nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
-    check = ("import os, sys, torch\n"
-             "print('KERNEL', sys.prefix, torch.get_num_threads(), os.environ.get('BOLTZGEN_NOTEBOOK_FAST'), FAST)")
+    check = (
+        "import os, sys, torch\n"
+        "print('KERNEL', sys.prefix, torch.get_num_threads(), os.environ.get('BOLTZGEN_NOTEBOOK_FAST'), FAST)"
+    )
     nb.cells.append(nbformat.v4.new_code_cell(check))
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, allow_errors=False,
-                                     resources={"metadata": {"path": pinned_python3_kernel}})
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=CELL_TIMEOUT,
+        allow_errors=False,
+        resources={"metadata": {"path": pinned_python3_kernel}},
+    )
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start

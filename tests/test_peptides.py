@@ -12,7 +12,6 @@ from boltzgen.systems.openmm_target import from_pdb
 from boltzgen.systems.peptides import build_capped_peptide, parse_sequence, write_pdb
 
 
-
 @pytest.fixture(scope="module")
 def aaa_pdb(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("aaa") / "aaa.pdb")

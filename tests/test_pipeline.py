@@ -50,8 +50,14 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     assert ("the error is the spread of the runs" in printed) == (metrics["delta_f_kT"] is not None)
     assert set(metrics["stage_seconds"]) == {"simulate", "train", "sample", "analyze"}
     assert metrics["energy_w2"] is not None and metrics["energy_w2"] >= 0
-    for name in ("index.html", "ramachandran.png", "torsion_profiles.png", "energy_histogram.png",
-                 "ess_trace.png", "training_loss.png"):
+    for name in (
+        "index.html",
+        "ramachandran.png",
+        "torsion_profiles.png",
+        "energy_histogram.png",
+        "ess_trace.png",
+        "training_loss.png",
+    ):
         assert os.path.exists(os.path.join(out, "report", name)), name
     html = open(os.path.join(out, "report", "index.html")).read()
     assert "ess_trace.png" in html
@@ -68,8 +74,28 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     assert again["stage_seconds"]["simulate"] == 0.0 and again["stage_seconds"]["sample"] == 0.0
 
     # SMC resampling within the phi states of the peptide (boltzgen sample --per-state-resampling)
-    assert main(["sample", os.path.join(out, "run"), "-n", "16", "-o", str(tmp_path / "states.h5"), "--diffusion-steps", "5",
-                 "--anneal", "2", "--final-mcmc-steps", "2", "--per-state-resampling", "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                os.path.join(out, "run"),
+                "-n",
+                "16",
+                "-o",
+                str(tmp_path / "states.h5"),
+                "--diffusion-steps",
+                "5",
+                "--anneal",
+                "2",
+                "--final-mcmc-steps",
+                "2",
+                "--per-state-resampling",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     by_state = json.loads(capsys.readouterr().out)
     assert by_state["per_state_resampling"] is True and 0 < by_state["ess_fraction"] <= 1
     assert by_state["denoised_state_labels"] is True  # the phi of E[x_0 | x_t] during the diffusion
@@ -109,7 +135,8 @@ def test_recipes_are_valid_workflow_arguments():
     from boltzgen.sampling.smc import SMCSettings
 
     simulate_options = set().union(*map(set, DEFAULTS.values())) | set(
-        inspect.signature(workflow.simulate_training_data).parameters)
+        inspect.signature(workflow.simulate_training_data).parameters
+    )
     recipes = workflow.load_recipes()
     plans = list(recipes["quickstart"].values())
     for bench in recipes["benchmarks"].values():

@@ -4,17 +4,13 @@ import math
 
 import pytest
 import torch
+from helpers import ZeroNet
 
 from boltzgen.diffusion import VESchedule, VPSchedule, gaussian_log_prob
 from boltzgen.energy import EnergyModel
 from boltzgen.sampling import ExactMarginalModel, probability_flow, reverse_kernel, reverse_sde, time_grid
 from boltzgen.systems.gmm import two_modes
 from boltzgen.train import TrainedModel
-from helpers import ZeroNet
-
-
-
-
 
 
 def gaussian_molecule(length_scale=0.1, sigma_data=1.0, dtype=torch.float32):
@@ -94,8 +90,9 @@ def test_probability_flow_exact_gmm_score_and_log_density():
     err = log_q - target.log_prob_t(x, model.t_min)
     assert float(err.abs().mean()) < 0.01 and float(err.abs().max()) < 0.1
     # the Hutchinson divergence is unbiased
-    x2, lq2 = probability_flow(model, 2000, torch.Generator().manual_seed(2), n_steps=30, return_log_q=True,
-                               divergence="hutchinson")
+    x2, lq2 = probability_flow(
+        model, 2000, torch.Generator().manual_seed(2), n_steps=30, return_log_q=True, divergence="hutchinson"
+    )
     err2 = lq2 - target.log_prob_t(x2, model.t_min)
     assert abs(float(err2.mean())) < 5 * float(err2.std()) / math.sqrt(2000) + 0.01
 
@@ -130,8 +127,9 @@ def test_mean_free_reverse_sde_and_ode_in_target_units():
     exact = gaussian_log_prob(x, 0.0, ls**2 * c2, mean_free=True)  # counts d = 9 dimensions
     torch.testing.assert_close(log_q, exact, rtol=0, atol=2e-3)
     # in model coordinates the Jacobian term is absent
-    y, log_qy = probability_flow(model, 200, torch.Generator().manual_seed(4), n_steps=40, return_log_q=True,
-                                 return_y=True)
+    y, log_qy = probability_flow(
+        model, 200, torch.Generator().manual_seed(4), n_steps=40, return_log_q=True, return_y=True
+    )
     torch.testing.assert_close(ls * y, x)
     torch.testing.assert_close(log_qy - 9 * math.log(ls), log_q)
 

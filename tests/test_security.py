@@ -35,8 +35,9 @@ def aldp():
 def _malicious_file(tmp_path, aldp, marker):
     path = str(tmp_path / "crafted.h5")
     x = np.repeat(aldp.positions.numpy()[None], 4, axis=0)
-    save_samples(path, x, topology=aldp.topology, log_q=np.zeros(4), reduced_energy=None,
-                 metadata={"system": "aldp-vacuum"})
+    save_samples(
+        path, x, topology=aldp.topology, log_q=np.zeros(4), reduced_energy=None, metadata={"system": "aldp-vacuum"}
+    )
     payload = pickle.dumps(_Payload(marker), protocol=0)
     assert payload.endswith(b".")
     with h5py.File(path, "a") as handle:

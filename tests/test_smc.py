@@ -13,17 +13,25 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import ZeroNet
 
 from boltzgen.energy import EnergyModel
 from boltzgen.sampling import (
-    ExactMarginalModel, SMCSettings, chiral_centres, count_wrong, fix_chirality, in_l_region, is_l_form, resample,
-    signed_volume, smc_sample,
+    ExactMarginalModel,
+    SMCSettings,
+    chiral_centres,
+    count_wrong,
+    fix_chirality,
+    in_l_region,
+    is_l_form,
+    resample,
+    signed_volume,
+    smc_sample,
 )
 from boltzgen.sampling.resampling import ess_fraction, log_mean_exp
 from boltzgen.systems.base import TargetSystem
 from boltzgen.systems.gmm import GaussianMixture, two_modes
 from boltzgen.units import REDUCED_UNIT_TEMPERATURE
-from helpers import ZeroNet
 
 try:
     from boltzgen.model import TrainedModel
@@ -35,14 +43,17 @@ except ImportError:  # before the model module exists
 #: What these tests were written against (and what they check): a fixed linear β grid (no adaptive
 #: cess), no final moves, no chirality fold, noisy-configuration state labels. Each test states
 #: the rest; the defaults of SMCSettings (the CLI's) differ in exactly these four.
-FIXED = {"anneal": {"cess": None}, "final": {"mcmc_steps": 0}, "chirality": False,
-         "resampling": {"denoised_labels": False}}
+FIXED = {
+    "anneal": {"cess": None},
+    "final": {"mcmc_steps": 0},
+    "chirality": False,
+    "resampling": {"denoised_labels": False},
+}
 
 
 def settings(**groups) -> SMCSettings:
     """:data:`FIXED` with some settings changed: ``settings(diffusion={"n_steps": 8}, anneal={"n_levels": 2})``."""
     return SMCSettings.from_dict(FIXED).updated(groups)
-
 
 
 class HarmonicMolecule(TargetSystem):
@@ -54,8 +65,9 @@ class HarmonicMolecule(TargetSystem):
         self.k = torch.as_tensor(k, dtype=torch.float64) / scale**2
 
     def _positions(self):
-        return 0.1 * torch.randn(self.event_shape[0], 3, generator=torch.Generator().manual_seed(0),
-                                 dtype=torch.float64)
+        return 0.1 * torch.randn(
+            self.event_shape[0], 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+        )
 
     def _reduced_energy(self, x):
         xc = x - x.mean(1, keepdim=True)
@@ -149,8 +161,9 @@ def test_balanced_resampling_within_states_shares_the_slots_equally_and_is_unbia
         idx, new = resample_by_state(log_w, labels, g, method, balance=True)
         assert torch.bincount(labels[idx], minlength=3).tolist() == [5, 4, 4]
         for s in range(3):
-            torch.testing.assert_close(torch.logsumexp(new[labels[idx] == s], 0),
-                                       torch.logsumexp(log_w[labels == s], 0))
+            torch.testing.assert_close(
+                torch.logsumexp(new[labels[idx] == s], 0), torch.logsumexp(log_w[labels == s], 0)
+            )
         passed += torch.zeros(13, dtype=torch.float64).index_add_(0, idx, new.exp())
     ratio = passed / reps / log_w.exp()
     assert bool(((ratio - 1.0).abs() < 0.15).all()), ratio
@@ -189,8 +202,13 @@ def test_smc_exact_gmm_energies():
     """E = −log p_t exactly (F = 0), target = the GMM (normalised): ESS ≈ 1, log Z ≈ 0, weights 2/3."""
     target = two_modes(2)
     model = ExactMarginalModel(target)
-    r = smc_sample(model, target, 1000, torch.Generator().manual_seed(0),
-                   settings=settings(diffusion={"n_steps": 60}, anneal={"n_levels": 8, "mcmc_steps": 2}))
+    r = smc_sample(
+        model,
+        target,
+        1000,
+        torch.Generator().manual_seed(0),
+        settings=settings(diffusion={"n_steps": 60}, anneal={"n_levels": 8, "mcmc_steps": 2}),
+    )
     assert r.x.shape == (1000, 2) and r.log_weights.dtype == torch.float64
     assert float(r.ess.min()) > 0.8 and r.ess_fraction > 0.8
     assert abs(r.log_z) < 0.05  # a few standard errors (sd ≈ 0.01 at ESS 0.9, N = 1000)
@@ -249,7 +267,9 @@ def test_conditional_ess_formula_and_adaptive_increment():
     slope[3] = -math.inf  # a dead particle
     step = next_beta_increment(log_w, slope, 0.7, 0.9)
     assert 0 < step < 0.7
-    assert conditional_ess(log_w, torch.where(torch.isfinite(slope), step * slope, slope)) == pytest.approx(0.9, abs=1e-6)
+    assert conditional_ess(log_w, torch.where(torch.isfinite(slope), step * slope, slope)) == pytest.approx(
+        0.9, abs=1e-6
+    )
     assert next_beta_increment(log_w, 1e-6 * incr, 0.7, 0.9) == 0.7
 
 
@@ -260,9 +280,15 @@ def test_smc_adaptive_annealing_and_final_moves_recover_mode_weights():
     target = two_modes(2)
     wrong_gmm = GaussianMixture(target.means + 0.15, 1.3 * target.stds, [1.0, 1.0], standardise=False)
     model = ExactMarginalModel(wrong_gmm)
-    r = smc_sample(model, target, 2000, torch.Generator().manual_seed(4),
-                   settings=settings(diffusion={"n_steps": 30}, anneal={"n_levels": 2, "cess": 0.97, "mcmc_steps": 2},
-                                     final={"mcmc_steps": 5}))
+    r = smc_sample(
+        model,
+        target,
+        2000,
+        torch.Generator().manual_seed(4),
+        settings=settings(
+            diffusion={"n_steps": 30}, anneal={"n_levels": 2, "cess": 0.97, "mcmc_steps": 2}, final={"mcmc_steps": 5}
+        ),
+    )
     betas = r.beta[r.beta > 0]
     assert 2 < len(betas) < 64 and float(betas[-1]) == 1.0 and bool((betas[1:] > betas[:-1]).all())
     assert r.summary()["n_anneal_levels"] == len(betas)
@@ -278,15 +304,17 @@ def test_smc_adaptive_annealing_and_final_moves_recover_mode_weights():
     # at most max_levels levels (the last one jumps to beta = 1), at least n_levels
 
     def adaptive(n_levels, cess, **anneal):
-        return settings(diffusion={"n_steps": 10}, anneal={"n_levels": n_levels, "cess": cess, "mcmc_steps": 1,
-                                                           **anneal})
+        return settings(
+            diffusion={"n_steps": 10}, anneal={"n_levels": n_levels, "cess": cess, "mcmc_steps": 1, **anneal}
+        )
 
     capped = smc_sample(model, target, 200, torch.Generator().manual_seed(4), settings=adaptive(2, 0.99, max_levels=3))
     assert [float(b) for b in capped.beta[capped.beta > 0]][-1] == 1.0 and int((capped.beta > 0).sum()) == 3
     floor = smc_sample(model, target, 200, torch.Generator().manual_seed(4), settings=adaptive(8, 0.01))
     np.testing.assert_allclose(floor.beta[floor.beta > 0].numpy(), np.arange(1, 9) / 8, atol=1e-12)
-    thirds = smc_sample(model, target, 200, torch.Generator().manual_seed(4),
-                        settings=adaptive(3, 0.01))  # 1/3 + 1/3 + 1/3 < 1 in floating point
+    thirds = smc_sample(
+        model, target, 200, torch.Generator().manual_seed(4), settings=adaptive(3, 0.01)
+    )  # 1/3 + 1/3 + 1/3 < 1 in floating point
     np.testing.assert_allclose(thirds.beta[thirds.beta > 0].numpy(), [1 / 3, 2 / 3, 1.0], atol=1e-12)
 
 
@@ -299,9 +327,15 @@ def test_smc_tempering_puts_more_particles_in_a_rare_mode_and_the_weights_still_
     model = ExactMarginalModel(target)
     counts = {}
     for b in (1.0, 0.5):
-        r = smc_sample(model, target, 2000, torch.Generator().manual_seed(0),
-                       settings=settings(diffusion={"n_steps": 40, "tempering": b},
-                                         anneal={"n_levels": 4, "cess": 0.9, "mcmc_steps": 2}))
+        r = smc_sample(
+            model,
+            target,
+            2000,
+            torch.Generator().manual_seed(0),
+            settings=settings(
+                diffusion={"n_steps": 40, "tempering": b}, anneal={"n_levels": 4, "cess": 0.9, "mcmc_steps": 2}
+            ),
+        )
         rare = (target.responsibilities(r.x)[:, 1] > 0.5).double()
         counts[b] = int(rare.sum())
         w = r.weights
@@ -330,17 +364,32 @@ def test_smc_resampling_within_states_still_recovers_the_mode_weights(perturbed)
         seen.append(labels.clone())
         return labels
 
-    r = smc_sample(model, target, 2000, torch.Generator().manual_seed(1), states=side,
-                   settings=settings(diffusion={"n_steps": 30}, anneal={"n_levels": 4, "cess": 0.9, "mcmc_steps": 2},
-                                     resampling={"ess_threshold": 0.9}))
+    r = smc_sample(
+        model,
+        target,
+        2000,
+        torch.Generator().manual_seed(1),
+        states=side,
+        settings=settings(
+            diffusion={"n_steps": 30},
+            anneal={"n_levels": 4, "cess": 0.9, "mcmc_steps": 2},
+            resampling={"ess_threshold": 0.9},
+        ),
+    )
     assert len(seen) > 30 and (r.resampled or not perturbed)
     p, se = weighted_mode_fraction(target, r)
     assert abs(p - 2 / 3) < 4.5 * se, (p, se)
     if not perturbed:
         assert abs(r.log_z) < 0.1 and r.ess_fraction > 0.8
     with pytest.raises(ValueError, match="integer labels"):
-        smc_sample(model, target, 10, torch.Generator().manual_seed(0), states=lambda x: torch.zeros(3, dtype=torch.long),
-                   settings=settings(diffusion={"n_steps": 2}, resampling={"ess_threshold": 1.0}))
+        smc_sample(
+            model,
+            target,
+            10,
+            torch.Generator().manual_seed(0),
+            states=lambda x: torch.zeros(3, dtype=torch.long),
+            settings=settings(diffusion={"n_steps": 2}, resampling={"ess_threshold": 1.0}),
+        )
 
 
 def test_smc_balance_states_gives_a_rare_mode_half_the_particles_and_keeps_its_weight():
@@ -358,9 +407,18 @@ def test_smc_balance_states_gives_a_rare_mode_half_the_particles_and_keeps_its_w
         return ((x.sum(1) > mid) == rare_side).long()  # 1 in the rare mode
 
     def run(seed, balance):
-        r = smc_sample(model, target, 500, torch.Generator().manual_seed(seed), states=side,
-                       settings=settings(diffusion={"n_steps": 30}, anneal={"n_levels": 4, "cess": 0.9, "mcmc_steps": 2},
-                                         resampling={"balance_states": balance}))
+        r = smc_sample(
+            model,
+            target,
+            500,
+            torch.Generator().manual_seed(seed),
+            states=side,
+            settings=settings(
+                diffusion={"n_steps": 30},
+                anneal={"n_levels": 4, "cess": 0.9, "mcmc_steps": 2},
+                resampling={"balance_states": balance},
+            ),
+        )
         rare = side(r.x).double()
         return int(rare.sum()), float((r.weights * rare).sum())
 
@@ -370,8 +428,13 @@ def test_smc_balance_states_gives_a_rare_mode_half_the_particles_and_keeps_its_w
     p = np.array([o[1] for o in out])
     assert abs(p.mean() - 0.03) < 4 * p.std(ddof=1) / math.sqrt(len(p)), p
     with pytest.raises(ValueError, match="balance_states needs states"):
-        smc_sample(model, target, 10, torch.Generator().manual_seed(0),
-                   settings=settings(diffusion={"n_steps": 2}, resampling={"balance_states": True}))
+        smc_sample(
+            model,
+            target,
+            10,
+            torch.Generator().manual_seed(0),
+            settings=settings(diffusion={"n_steps": 2}, resampling={"balance_states": True}),
+        )
 
 
 @pytest.mark.parametrize("tempering", [1.0, 0.5])
@@ -390,14 +453,22 @@ def test_smc_denoised_states_label_tweedie_estimates(tempering):
     for denoise in (True, False):
         seen = []
 
-        def states(x):
+        def states(x, seen=seen):
             seen.append(float(((x - mu) / s).abs().max()))
             return torch.zeros(x.shape[0], dtype=torch.long)
 
-        r = smc_sample(model, target, 256, torch.Generator().manual_seed(0), states=states,
-                       settings=settings(diffusion={"n_steps": 20, "tempering": tempering},
-                                         anneal={"n_levels": 2, "mcmc_steps": 1},
-                                         resampling={"denoised_labels": denoise, "ess_threshold": 1.0}))
+        r = smc_sample(
+            model,
+            target,
+            256,
+            torch.Generator().manual_seed(0),
+            states=states,
+            settings=settings(
+                diffusion={"n_steps": 20, "tempering": tempering},
+                anneal={"n_levels": 2, "mcmc_steps": 1},
+                resampling={"denoised_labels": denoise, "ess_threshold": 1.0},
+            ),
+        )
         assert len(seen) == 1 + 20 + 1  # the prior, every diffusion level, the first beta (not the last)
         if denoise:
             assert max(seen) < radius, seen
@@ -409,11 +480,21 @@ def test_smc_denoised_states_label_tweedie_estimates(tempering):
 def test_smc_counts_the_ancestors_that_survive_resampling():
     target = two_modes(2)
     run = settings(diffusion={"n_steps": 10}, anneal={"n_levels": 2, "mcmc_steps": 1})
-    never = smc_sample(ExactMarginalModel(target), target, 300, torch.Generator().manual_seed(0),
-                       settings=run.updated({"resampling": {"ess_threshold": 0.0}}))
+    never = smc_sample(
+        ExactMarginalModel(target),
+        target,
+        300,
+        torch.Generator().manual_seed(0),
+        settings=run.updated({"resampling": {"ess_threshold": 0.0}}),
+    )
     assert never.resampled == [] and never.n_ancestors == never.n_ancestors_anneal == 300
-    always = smc_sample(ExactMarginalModel(target), target, 300, torch.Generator().manual_seed(0),
-                        settings=run.updated({"resampling": {"ess_threshold": 1.0}}))
+    always = smc_sample(
+        ExactMarginalModel(target),
+        target,
+        300,
+        torch.Generator().manual_seed(0),
+        settings=run.updated({"resampling": {"ess_threshold": 1.0}}),
+    )
     assert len(always.resampled) == 1 + 10 + 1  # every level but the last
     assert 1 <= always.n_ancestors < 300 and always.n_ancestors <= always.n_ancestors_anneal <= 300
     summary = always.summary()
@@ -424,10 +505,18 @@ def test_smc_counts_the_ancestors_that_survive_resampling():
 def test_smc_mcmc_moves_in_the_diffusion_stage(mcmc):
     target = two_modes(2)
     model = ExactMarginalModel(target)
-    r = smc_sample(model, target, 500, torch.Generator().manual_seed(3),
-                   settings=settings(diffusion={"n_steps": 20, "mcmc_steps": 2, "kernel": "euler"},
-                                     anneal={"n_levels": 4, "mcmc_steps": 2}, moves={"kernel": mcmc, "n_leapfrog": 3},
-                                     resampling={"ess_threshold": 0.9}))
+    r = smc_sample(
+        model,
+        target,
+        500,
+        torch.Generator().manual_seed(3),
+        settings=settings(
+            diffusion={"n_steps": 20, "mcmc_steps": 2, "kernel": "euler"},
+            anneal={"n_levels": 4, "mcmc_steps": 2},
+            moves={"kernel": mcmc, "n_leapfrog": 3},
+            resampling={"ess_threshold": 0.9},
+        ),
+    )
     assert abs(r.log_z) < 0.1
     p, se = weighted_mode_fraction(target, r)
     assert abs(p - 2 / 3) < 4.5 * se
@@ -471,8 +560,13 @@ def test_smc_all_weights_zero_is_a_clear_error():
 
     model = ExactMarginalModel(two_modes(2))
     with pytest.raises(RuntimeError, match="weight zero"):
-        smc_sample(model, Nowhere(), 32, torch.Generator().manual_seed(0),
-                   settings=settings(diffusion={"n_steps": 4}, anneal={"n_levels": 2}))
+        smc_sample(
+            model,
+            Nowhere(),
+            32,
+            torch.Generator().manual_seed(0),
+            settings=settings(diffusion={"n_steps": 4}, anneal={"n_levels": 2}),
+        )
 
 
 # ---------------------------------------------------------------------------- molecules
@@ -484,9 +578,15 @@ def test_smc_log_z_of_mean_free_harmonic_molecule(mcmc):
     ls = 0.1
     target = HarmonicMolecule([1.0, 2.0, 0.5, 1.5], scale=1.3 * ls)
     model = gaussian_molecule_model(ls)
-    r = smc_sample(model, target, 600, torch.Generator().manual_seed(0),
-                   settings=settings(diffusion={"n_steps": 30}, anneal={"n_levels": 12, "mcmc_steps": 3},
-                                     moves={"kernel": mcmc, "n_leapfrog": 3}))
+    r = smc_sample(
+        model,
+        target,
+        600,
+        torch.Generator().manual_seed(0),
+        settings=settings(
+            diffusion={"n_steps": 30}, anneal={"n_levels": 12, "mcmc_steps": 3}, moves={"kernel": mcmc, "n_leapfrog": 3}
+        ),
+    )
     assert r.dim == 9 and r.length_scale == ls
     assert r.x.shape == (600, 4, 3)
     assert float(r.x.mean(1).abs().max()) < 1e-10  # particles stay mean-free
@@ -504,9 +604,13 @@ def test_smc_chirality_fold_halves_z():
     target = HarmonicMolecule([1.0, 2.0, 0.5, 1.5], scale=1.3 * ls)
     model = gaussian_molecule_model(ls)
     centres = np.array([[0, 1, 2, 3]])
-    r = smc_sample(model, target, 600, torch.Generator().manual_seed(1),
-                   settings=settings(diffusion={"n_steps": 20}, anneal={"n_levels": 8, "mcmc_steps": 3},
-                                     chirality=centres))
+    r = smc_sample(
+        model,
+        target,
+        600,
+        torch.Generator().manual_seed(1),
+        settings=settings(diffusion={"n_steps": 20}, anneal={"n_levels": 8, "mcmc_steps": 3}, chirality=centres),
+    )
     assert bool(in_l_region(r.x, centres).all())
     assert 200 < r.n_reflected < 400  # about half of the particles came out D
     assert abs(r.log_z - (target.exact_log_z() - math.log(2))) < 0.08
@@ -571,9 +675,14 @@ def test_smc_on_openmm_target_smoke(aldp):
     ls = 0.15
     x0 = aldp.positions
     model = GaussianAround((x0 - x0.mean(0)) / ls, 0.02)
-    r = smc_sample(model, aldp, 64, torch.Generator().manual_seed(0), length_scale=ls,
-                   settings=settings(diffusion={"n_steps": 10}, anneal={"n_levels": 4, "mcmc_steps": 2},
-                                     chirality="auto"))
+    r = smc_sample(
+        model,
+        aldp,
+        64,
+        torch.Generator().manual_seed(0),
+        length_scale=ls,
+        settings=settings(diffusion={"n_steps": 10}, anneal={"n_levels": 4, "mcmc_steps": 2}, chirality="auto"),
+    )
     assert r.x.shape == (64, 22, 3) and math.isfinite(r.log_z)
     assert r.n_target_evals == 64 * (1 + 4 * 2)
     assert bool(in_l_region(r.x, chiral_centres(aldp.topology)).all())
@@ -602,8 +711,9 @@ def test_diffusion_stage_alone_with_the_exact_model_keeps_every_weight_and_log_z
     from boltzgen.sampling import SMCProblem, SMCRecorder, run_diffusion, start_at_prior
 
     target = two_modes(2)
-    problem = SMCProblem.build(ExactMarginalModel(target), None, torch.Generator().manual_seed(0),
-                               settings(diffusion={"n_steps": 40}))
+    problem = SMCProblem.build(
+        ExactMarginalModel(target), None, torch.Generator().manual_seed(0), settings(diffusion={"n_steps": 40})
+    )
     recorder = SMCRecorder()
     state = run_diffusion(start_at_prior(problem, 1000, recorder), problem, recorder)
     assert state.t == problem.t_min and state.level == 40 and len(recorder.ess_trace) == 41
@@ -646,8 +756,13 @@ def test_final_moves_alone_keep_the_weights_and_the_target():
     g = torch.Generator().manual_seed(4)
     problem = SMCProblem.build(ExactMarginalModel(target), target, g, settings(final={"mcmc_steps": 20}))
     recorder = SMCRecorder()
-    state = start_from(problem, target.sample(2000, g).to(torch.float64), problem.t_min, recorder,
-                       log_w=torch.linspace(-1.0, 1.0, 2000, dtype=torch.float64))
+    state = start_from(
+        problem,
+        target.sample(2000, g).to(torch.float64),
+        problem.t_min,
+        recorder,
+        log_w=torch.linspace(-1.0, 1.0, 2000, dtype=torch.float64),
+    )
     log_w, evals = state.log_w.clone(), state.n_model_evals
     run_final_moves(state, problem, recorder)
     assert torch.equal(state.log_w, log_w) and state.n_model_evals == evals
@@ -663,8 +778,9 @@ def test_chirality_fold_alone_reflects_the_wrong_handed_particles():
 
     ls, centres = 0.1, np.array([[0, 1, 2, 3]])
     target = HarmonicMolecule([1.0, 2.0, 0.5, 1.5], scale=1.3 * ls)
-    problem = SMCProblem.build(gaussian_molecule_model(ls), target, torch.Generator().manual_seed(0),
-                               settings(chirality=centres))
+    problem = SMCProblem.build(
+        gaussian_molecule_model(ls), target, torch.Generator().manual_seed(0), settings(chirality=centres)
+    )
     y = torch.randn(200, 4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     state = start_from(problem, y - y.mean(1, keepdim=True), problem.t_min, SMCRecorder())
     wrong, grad = count_wrong(state.y, centres), state.grad.clone()
@@ -680,9 +796,19 @@ def test_a_recorder_receives_the_trace():
 
     target = two_modes(2)
     recorder = SMCRecorder()
-    r = smc_sample(ExactMarginalModel(target), target, 200, torch.Generator().manual_seed(0), recorder=recorder,
-                   settings=settings(diffusion={"n_steps": 10}, anneal={"n_levels": 3, "mcmc_steps": 1},
-                                     final={"mcmc_steps": 2}, resampling={"ess_threshold": 1.0}))
+    r = smc_sample(
+        ExactMarginalModel(target),
+        target,
+        200,
+        torch.Generator().manual_seed(0),
+        recorder=recorder,
+        settings=settings(
+            diffusion={"n_steps": 10},
+            anneal={"n_levels": 3, "mcmc_steps": 1},
+            final={"mcmc_steps": 2},
+            resampling={"ess_threshold": 1.0},
+        ),
+    )
     assert torch.equal(r.ess_trace, torch.tensor(recorder.ess_trace, dtype=torch.float64))
     assert r.resampled == recorder.resampled and len(recorder.resampled) == 1 + 10 + 2
     assert recorder.betas[-3:] == pytest.approx([1 / 3, 2 / 3, 1.0]) and len(recorder.final_acceptance) == 2
@@ -702,8 +828,11 @@ def test_states_may_be_a_state_set_with_assign():
         def assign(self, x):
             return side(x).numpy()
 
-    run = settings(diffusion={"n_steps": 10}, anneal={"n_levels": 2, "mcmc_steps": 1},
-                   resampling={"ess_threshold": 0.9, "balance_states": True})
+    run = settings(
+        diffusion={"n_steps": 10},
+        anneal={"n_levels": 2, "mcmc_steps": 1},
+        resampling={"ess_threshold": 0.9, "balance_states": True},
+    )
     a = smc_sample(model, target, 200, torch.Generator().manual_seed(0), states=side, settings=run)
     b = smc_sample(model, target, 200, torch.Generator().manual_seed(0), states=Sides(), settings=run)
     assert torch.equal(a.x, b.x) and torch.equal(a.log_weights, b.log_weights)
@@ -712,8 +841,13 @@ def test_states_may_be_a_state_set_with_assign():
 def test_chirality_auto_folds_only_molecules_with_chiral_centres():
     target = two_modes(2)
     model = ExactMarginalModel(target)
-    r = smc_sample(model, target, 32, torch.Generator().manual_seed(0),
-                   settings=settings(diffusion={"n_steps": 4}, anneal={"n_levels": 1}, chirality="auto"))
+    r = smc_sample(
+        model,
+        target,
+        32,
+        torch.Generator().manual_seed(0),
+        settings=settings(diffusion={"n_steps": 4}, anneal={"n_levels": 1}, chirality="auto"),
+    )
     assert r.n_reflected == 0
     with pytest.raises(ValueError, match="topology"):
         smc_sample(model, target, 32, settings=settings(chirality=True))
@@ -730,19 +864,33 @@ def test_diffusion_models_follow_the_protocol():
 # ---------------------------------------------------------------------------- settings
 def test_settings_defaults_are_the_command_line_defaults():
     s = SMCSettings()
-    assert (s.diffusion.n_steps, s.diffusion.spacing, s.diffusion.t_min, s.diffusion.kernel) == (100, "quadratic",
-                                                                                                 None, "ddpm")
+    assert (s.diffusion.n_steps, s.diffusion.spacing, s.diffusion.t_min, s.diffusion.kernel) == (
+        100,
+        "quadratic",
+        None,
+        "ddpm",
+    )
     assert (s.diffusion.mcmc_steps, s.diffusion.tempering) == (0, 1.0)
     assert (s.anneal.n_levels, s.anneal.cess, s.anneal.max_levels, s.anneal.mcmc_steps) == (16, 0.9, 64, 5)
     assert s.final.mcmc_steps == 50 and s.chirality == "auto"
     assert (s.moves.kernel, s.moves.acceptance, s.moves.n_leapfrog) == ("mala", 0.574, 5)
-    assert (s.resampling.ess_threshold, s.resampling.method, s.resampling.denoised_labels,
-            s.resampling.balance_states) == (0.5, "systematic", True, False)
+    assert (
+        s.resampling.ess_threshold,
+        s.resampling.method,
+        s.resampling.denoised_labels,
+        s.resampling.balance_states,
+    ) == (0.5, "systematic", True, False)
 
 
 def test_settings_round_trip_through_a_plain_dict():
-    s = SMCSettings.from_dict({"diffusion": {"n_steps": 7, "t_min": 0.05}, "anneal": {"betas": [0.25, 1], "cess": None},
-                               "chirality": np.array([[6, 8, 14, 10]]), "batch_size": 64})
+    s = SMCSettings.from_dict(
+        {
+            "diffusion": {"n_steps": 7, "t_min": 0.05},
+            "anneal": {"betas": [0.25, 1], "cess": None},
+            "chirality": np.array([[6, 8, 14, 10]]),
+            "batch_size": 64,
+        }
+    )
     d = s.to_dict()
     assert d["anneal"]["betas"] == [0.25, 1.0] and d["chirality"] == [[6, 8, 14, 10]]
     assert json.loads(json.dumps(d)) == d and SMCSettings.from_dict(d) == s
@@ -750,35 +898,38 @@ def test_settings_round_trip_through_a_plain_dict():
     assert SMCSettings.from_dict(None) == SMCSettings() == SMCSettings.from_dict(SMCSettings().to_dict())
 
 
-@pytest.mark.parametrize("changes, name", [
-    ({"diffusion": {"n_steps": 0}}, "diffusion.n_steps"),
-    ({"diffusion": {"n_steps": 2.5}}, "diffusion.n_steps"),
-    ({"diffusion": {"spacing": "cubic"}}, "diffusion.spacing"),
-    ({"diffusion": {"t_min": 1.0}}, "diffusion.t_min"),
-    ({"diffusion": {"kernel": "heun"}}, "diffusion.kernel"),
-    ({"diffusion": {"mcmc_steps": -1}}, "diffusion.mcmc_steps"),
-    ({"diffusion": {"step_size": 0.0}}, "diffusion.step_size"),
-    ({"diffusion": {"tempering": 1.5}}, "diffusion.tempering"),
-    ({"anneal": {"n_levels": -1}}, "anneal.n_levels"),
-    ({"anneal": {"betas": [0.5, 0.4, 1.0], "cess": None}}, "anneal.betas"),
-    ({"anneal": {"cess": 1.0}}, "anneal.cess"),
-    ({"anneal": {"max_levels": 0}}, "anneal.max_levels"),
-    ({"anneal": {"mcmc_steps": True}}, "anneal.mcmc_steps"),
-    ({"anneal": {"step_size": -0.1}}, "anneal.step_size"),
-    ({"final": {"mcmc_steps": -5}}, "final.mcmc_steps"),
-    ({"moves": {"kernel": "nuts"}}, "moves.kernel"),
-    ({"moves": {"target_acceptance": 1.0}}, "moves.target_acceptance"),
-    ({"moves": {"n_leapfrog": 0}}, "moves.n_leapfrog"),
-    ({"moves": {"adapt_rate": -1.0}}, "moves.adapt_rate"),
-    ({"resampling": {"ess_threshold": 1.5}}, "resampling.ess_threshold"),
-    ({"resampling": {"method": "greedy"}}, "resampling.method"),
-    ({"resampling": {"denoised_labels": "yes"}}, "resampling.denoised_labels"),
-    ({"chirality": "maybe"}, "chirality"),
-    ({"chirality": [[0.5, 1, 2, 3]]}, "chirality"),
-    ({"batch_size": -1}, "batch_size"),
-    ({"progress": "no"}, "progress"),
-    ({"diffusion": 3}, "diffusion"),
-])
+@pytest.mark.parametrize(
+    "changes, name",
+    [
+        ({"diffusion": {"n_steps": 0}}, "diffusion.n_steps"),
+        ({"diffusion": {"n_steps": 2.5}}, "diffusion.n_steps"),
+        ({"diffusion": {"spacing": "cubic"}}, "diffusion.spacing"),
+        ({"diffusion": {"t_min": 1.0}}, "diffusion.t_min"),
+        ({"diffusion": {"kernel": "heun"}}, "diffusion.kernel"),
+        ({"diffusion": {"mcmc_steps": -1}}, "diffusion.mcmc_steps"),
+        ({"diffusion": {"step_size": 0.0}}, "diffusion.step_size"),
+        ({"diffusion": {"tempering": 1.5}}, "diffusion.tempering"),
+        ({"anneal": {"n_levels": -1}}, "anneal.n_levels"),
+        ({"anneal": {"betas": [0.5, 0.4, 1.0], "cess": None}}, "anneal.betas"),
+        ({"anneal": {"cess": 1.0}}, "anneal.cess"),
+        ({"anneal": {"max_levels": 0}}, "anneal.max_levels"),
+        ({"anneal": {"mcmc_steps": True}}, "anneal.mcmc_steps"),
+        ({"anneal": {"step_size": -0.1}}, "anneal.step_size"),
+        ({"final": {"mcmc_steps": -5}}, "final.mcmc_steps"),
+        ({"moves": {"kernel": "nuts"}}, "moves.kernel"),
+        ({"moves": {"target_acceptance": 1.0}}, "moves.target_acceptance"),
+        ({"moves": {"n_leapfrog": 0}}, "moves.n_leapfrog"),
+        ({"moves": {"adapt_rate": -1.0}}, "moves.adapt_rate"),
+        ({"resampling": {"ess_threshold": 1.5}}, "resampling.ess_threshold"),
+        ({"resampling": {"method": "greedy"}}, "resampling.method"),
+        ({"resampling": {"denoised_labels": "yes"}}, "resampling.denoised_labels"),
+        ({"chirality": "maybe"}, "chirality"),
+        ({"chirality": [[0.5, 1, 2, 3]]}, "chirality"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"progress": "no"}, "progress"),
+        ({"diffusion": 3}, "diffusion"),
+    ],
+)
 def test_settings_reject_bad_values_naming_them(changes, name):
     with pytest.raises(ValueError, match=name.replace(".", r"\.")):
         SMCSettings.from_dict(changes)
@@ -803,9 +954,13 @@ def test_smc_normaliser_is_unbiased_over_repetitions():
     model = ExactMarginalModel(target, perturbation=lambda y, t: 0.3 * torch.sin(3 * y[:, 0]))
     z = []
     for seed in range(150):
-        r = smc_sample(model, target, 64, torch.Generator().manual_seed(seed),
-                       settings=settings(diffusion={"n_steps": 30, "mcmc_steps": 1},
-                                         anneal={"n_levels": 8, "mcmc_steps": 2}))
+        r = smc_sample(
+            model,
+            target,
+            64,
+            torch.Generator().manual_seed(seed),
+            settings=settings(diffusion={"n_steps": 30, "mcmc_steps": 1}, anneal={"n_levels": 8, "mcmc_steps": 2}),
+        )
         z.append(math.exp(r.log_z))
     z = np.asarray(z)
     assert abs(z.mean() - 1.0) < 4 * z.std() / math.sqrt(len(z))

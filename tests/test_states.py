@@ -3,7 +3,6 @@ functions, per-residue and joint backbone states, and alanine dipeptide's phi st
 before the states module existed."""
 
 import math
-import warnings
 
 import mdtraj
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 import torch
 
 from boltzgen import states as S
-from boltzgen import weights as W
 from boltzgen.systems.catalog import data_path
 
 BACKBONE_ATOMS = {"ACE": ["CH3", "C", "O"], "ALA": ["N", "CA", "CB", "C", "O"], "NME": ["N", "C"]}

@@ -107,8 +107,9 @@ def aldp_structure():
     return app.PDBFile(data_path("aldp.pdb"))
 
 
-@pytest.mark.parametrize("name,files", [("aldp-vacuum", ["amber99sbildn.xml"]),
-                                        ("aldp-implicit", ["amber99sbildn.xml", "amber99_obc.xml"])])
+@pytest.mark.parametrize(
+    "name,files", [("aldp-vacuum", ["amber99sbildn.xml"]), ("aldp-implicit", ["amber99sbildn.xml", "amber99_obc.xml"])]
+)
 def test_aldp_matches_direct_openmm(name, files, aldp_structure):
     target = systems.load(name, n_workers=0)
     try:
@@ -120,8 +121,9 @@ def test_aldp_matches_direct_openmm(name, files, aldp_structure):
         phi = mdtraj.compute_phi(mdtraj.load(data_path("aldp.pdb")))[0]
         np.testing.assert_array_equal(phi, [[4, 6, 8, 14]])
         # The reference system, built here independently of boltzgen.
-        system = app.ForceField(*files).createSystem(aldp_structure.topology, nonbondedMethod=app.NoCutoff,
-                                                     constraints=None)
+        system = app.ForceField(*files).createSystem(
+            aldp_structure.topology, nonbondedMethod=app.NoCutoff, constraints=None
+        )
         assert target.system.getNumConstraints() == 0
         force_types = {type(f).__name__ for f in target.system.getForces()}
         assert ("GBSAOBCForce" in force_types) == (name == "aldp-implicit")
@@ -158,8 +160,9 @@ def test_aldp_bad_input_gives_inf_or_clear_errors():
 
 # ---------------------------------------------------------------------------- user systems
 def test_from_openmm_objects_files_and_errors(tmp_path, aldp_structure):
-    system = app.ForceField("amber99sbildn.xml").createSystem(aldp_structure.topology, nonbondedMethod=app.NoCutoff,
-                                                               constraints=None)
+    system = app.ForceField("amber99sbildn.xml").createSystem(
+        aldp_structure.topology, nonbondedMethod=app.NoCutoff, constraints=None
+    )
     xml = tmp_path / "system.xml"
     xml.write_text(openmm.XmlSerializer.serialize(system))
     ref = systems.load("aldp-vacuum", n_workers=0)
@@ -211,8 +214,13 @@ def test_gmm_standardised_and_exact_marginals(name, dim):
     x = torch.randn(6, dim, generator=g, dtype=torch.float64)
     for t in [0.0, 0.05, 0.5, 1.0]:
         a, s2 = schedule.alpha(t).item(), schedule.sigma2(t).item()
-        ref = logsumexp([np.log(wk) + norm(a * mk, np.sqrt(a**2 * sk**2 + s2)).logpdf(x.numpy()).sum(1)
-                         for wk, mk, sk in zip(w.numpy(), mu.numpy(), s.numpy())], axis=0)
+        ref = logsumexp(
+            [
+                np.log(wk) + norm(a * mk, np.sqrt(a**2 * sk**2 + s2)).logpdf(x.numpy()).sum(1)
+                for wk, mk, sk in zip(w.numpy(), mu.numpy(), s.numpy())
+            ],
+            axis=0,
+        )
         np.testing.assert_allclose(target.log_prob_t(x, t).numpy(), ref, rtol=1e-9)
     torch.testing.assert_close(target.reduced_energy(x), -target.log_prob_t(x, 0.0))
     tb = torch.full((6,), 0.3, dtype=torch.float64)
@@ -235,8 +243,9 @@ def test_gmm_two_modes_weights_and_sampling():
     # Diffused exact samples follow p_t: mean log p_t matches an independent Monte Carlo estimate.
     schedule = VPSchedule()
     t = 0.4
-    xt = schedule.alpha(t) * x + schedule.sigma(t) * torch.randn(x.shape, generator=torch.Generator().manual_seed(2),
-                                                                  dtype=torch.float64)
+    xt = schedule.alpha(t) * x + schedule.sigma(t) * torch.randn(
+        x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
     # KL(p_t || p_t) = 0 <=> the marginal's own score integrates correctly: E[score] = 0, E[x.score] = -d.
     score = target.score_t(xt, t)
     assert score.mean(0).abs().max() < 0.03

@@ -3,14 +3,12 @@
 import math
 import warnings
 
-import mdtraj
 import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
 
 from boltzgen import weights as W
-from boltzgen.systems.catalog import data_path
 
 
 def gaussian_is(n, d, s, mu=None, seed=0):

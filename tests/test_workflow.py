@@ -10,7 +10,10 @@ from boltzgen import workflow
 from boltzgen.cli import main
 from boltzgen.io import load_samples
 
-CONFIG = {"net": {"kind": "mlp", "hidden": 16, "n_layers": 2}, "train": {"steps": 10, "batch_size": 32, "val_every": 10}}
+CONFIG = {
+    "net": {"kind": "mlp", "hidden": 16, "n_layers": 2},
+    "train": {"steps": 10, "batch_size": 32, "val_every": 10},
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +31,30 @@ def trained(tmp_path_factory):
 
 def test_simulate_and_train_match_the_cli(trained, tmp_path):
     root, config = trained
-    assert main(["simulate", "gmm-two-modes", "-n", "200", "-o", str(tmp_path / "data.h5"), "--seed", "1",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["simulate", "gmm-two-modes", "-n", "200", "-o", str(tmp_path / "data.h5"), "--seed", "1", "--no-progress"]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(load_samples(str(tmp_path / "data.h5")).x, load_samples(str(root / "data.h5")).x)
-    assert main(["train", "--data", str(root / "data.h5"), "-o", str(tmp_path / "run"), "--config", str(config),
-                 "--seed", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root / "data.h5"),
+                "-o",
+                str(tmp_path / "run"),
+                "--config",
+                str(config),
+                "--seed",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     from boltzgen.model import load_model
 
     ours, theirs = load_model(str(root / "run")), load_model(str(tmp_path / "run"))
@@ -45,8 +67,9 @@ def test_simulate_and_train_match_the_cli(trained, tmp_path):
 def test_sample_matches_the_cli_and_pools_runs(trained, tmp_path):
     root, _ = trained
     settings = {"diffusion": {"n_steps": 8}, "anneal": {"n_levels": 2}, "final": {"mcmc_steps": 2}}
-    run = workflow.sample(str(root / "run"), str(tmp_path / "api.h5"), 30, settings=settings, runs=3, seed=4,
-                          progress=False)
+    run = workflow.sample(
+        str(root / "run"), str(tmp_path / "api.h5"), 30, settings=settings, runs=3, seed=4, progress=False
+    )
     assert run.x.shape == (30, 2) and run.log_w.shape == (30,) and len(run.results) == 3
     assert np.bincount(run.run_index).tolist() == [10, 10, 10]
     # the file holds what the function returned, written before any analysis
@@ -55,8 +78,30 @@ def test_sample_matches_the_cli_and_pools_runs(trained, tmp_path):
     assert run.metrics["runs"] == 3 and len(run.metrics["log_z_runs"]) == 3
     assert "states_note" in run.metrics  # a mixture has no states: a note instead of free energies
 
-    assert main(["sample", str(root / "run"), "-n", "30", "-o", str(tmp_path / "cli.h5"), "--diffusion-steps", "8",
-                 "--anneal", "2", "--final-mcmc-steps", "2", "--runs", "3", "--seed", "4", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(root / "run"),
+                "-n",
+                "30",
+                "-o",
+                str(tmp_path / "cli.h5"),
+                "--diffusion-steps",
+                "8",
+                "--anneal",
+                "2",
+                "--final-mcmc-steps",
+                "2",
+                "--runs",
+                "3",
+                "--seed",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cli = load_samples(str(tmp_path / "cli.h5"))
     np.testing.assert_array_equal(cli.x, run.x)
     np.testing.assert_array_equal(cli.log_weights, run.log_w)
@@ -74,9 +119,17 @@ def test_sample_free_energies_of_user_states(trained, tmp_path):
     root, _ = trained
     target = load("gmm-two-modes")
     target.states = function_states(lambda x: (np.asarray(x)[:, 0] > 0).astype(np.int64), ("x<0", "x>0"), name="side")
-    run = workflow.sample(str(root / "run"), str(tmp_path / "states.h5"), 40, target=target, runs=2,
-                          per_state_resampling=True, seed=0, progress=False,
-                          settings={"diffusion": {"n_steps": 6}, "anneal": {"n_levels": 2}})
+    run = workflow.sample(
+        str(root / "run"),
+        str(tmp_path / "states.h5"),
+        40,
+        target=target,
+        runs=2,
+        per_state_resampling=True,
+        seed=0,
+        progress=False,
+        settings={"diffusion": {"n_steps": 6}, "anneal": {"n_levels": 2}},
+    )
     m = run.metrics
     assert m["states"] == {"name": "side", "names": ["x<0", "x>0"]}
     assert sum(m["state_counts"]) == 40 and len(m["state_counts_runs"]) == 2

@@ -4,6 +4,14 @@ from .noise import event_dim, gaussian_log_prob, project_mean_free, q_sample, sa
 from .schedules import Schedule, VESchedule, VPSchedule, schedule_from_config
 
 __all__ = [
-    "Schedule", "VPSchedule", "VESchedule", "schedule_from_config",
-    "project_mean_free", "event_dim", "sample_noise", "sq_norm", "gaussian_log_prob", "q_sample",
+    "Schedule",
+    "VPSchedule",
+    "VESchedule",
+    "schedule_from_config",
+    "project_mean_free",
+    "event_dim",
+    "sample_noise",
+    "sq_norm",
+    "gaussian_log_prob",
+    "q_sample",
 ]

@@ -69,8 +69,14 @@ def event_dim(event_shape: Sequence[int], mean_free: bool = False) -> int:
     return d
 
 
-def sample_noise(shape: Sequence[int], generator: Optional[torch.Generator] = None, mean_free: bool = False, *,
-                 dtype: Optional[torch.dtype] = None, device=None) -> torch.Tensor:
+def sample_noise(
+    shape: Sequence[int],
+    generator: Optional[torch.Generator] = None,
+    mean_free: bool = False,
+    *,
+    dtype: Optional[torch.dtype] = None,
+    device=None,
+) -> torch.Tensor:
     """Standard Gaussian noise, projected to the zero-centre-of-mass subspace if ``mean_free``.
 
     Parameters
@@ -114,8 +120,15 @@ def sq_norm(v: torch.Tensor, n_event_dims: int) -> torch.Tensor:
     return v.pow(2).flatten(start_dim=v.dim() - n_event_dims).sum(-1)
 
 
-def gaussian_log_prob(x: torch.Tensor, mean, var, *, mean_free: bool = False, n_atoms: Optional[int] = None,
-                      event_ndim: Optional[int] = None) -> torch.Tensor:
+def gaussian_log_prob(
+    x: torch.Tensor,
+    mean,
+    var,
+    *,
+    mean_free: bool = False,
+    n_atoms: Optional[int] = None,
+    event_ndim: Optional[int] = None,
+) -> torch.Tensor:
     """Log-density of an isotropic Gaussian N(mean, var · I) over configurations.
 
     log N(x; μ, v) = −‖x − μ‖² / (2 v) − (d / 2) log(2π v),
@@ -149,7 +162,7 @@ def gaussian_log_prob(x: torch.Tensor, mean, var, *, mean_free: bool = False, n_
         if n_atoms is not None and int(n_atoms) != x.shape[-2]:
             raise ValueError(f"n_atoms={n_atoms} but configurations have {x.shape[-2]} atoms")
         diff = project_mean_free(diff)
-    d = event_dim(x.shape[x.dim() - event_ndim:], mean_free)
+    d = event_dim(x.shape[x.dim() - event_ndim :], mean_free)
     var = torch.as_tensor(var, dtype=x.dtype, device=x.device)
     return -0.5 * sq_norm(diff, event_ndim) / var - 0.5 * d * torch.log(2 * math.pi * var)
 
@@ -159,8 +172,15 @@ def _per_sample(values: torch.Tensor, n_event_dims: int) -> torch.Tensor:
     return values.reshape(values.shape + (1,) * n_event_dims)
 
 
-def q_sample(schedule, x0: torch.Tensor, t, generator: Optional[torch.Generator] = None, *, mean_free: bool = False,
-             noise: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def q_sample(
+    schedule,
+    x0: torch.Tensor,
+    t,
+    generator: Optional[torch.Generator] = None,
+    *,
+    mean_free: bool = False,
+    noise: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward noising x_t = α_t x_0 + σ_t ε.
 
     Parameters

@@ -211,8 +211,9 @@ class Schedule:
         a = torch.exp(log_a)
         return a, self.sigma2(t) - a * a * self.sigma2(s)
 
-    def transition_log_prob(self, x_t: torch.Tensor, x_s: torch.Tensor, s, t, mean_free: bool = False,
-                            n_atoms: Optional[int] = None) -> torch.Tensor:
+    def transition_log_prob(
+        self, x_t: torch.Tensor, x_s: torch.Tensor, s, t, mean_free: bool = False, n_atoms: Optional[int] = None
+    ) -> torch.Tensor:
         """log q(x_t | x_s) of the exact forward kernel from time s to time t ≥ s.
 
         log q = −‖x_t − a x_s‖² / (2 v) − (d/2) log(2π v), with (a, v) = :meth:`transition`
@@ -239,8 +240,15 @@ class Schedule:
         a = a.reshape(a.shape + (1,) * n_ev) if a.dim() > 0 else a
         return gaussian_log_prob(x_t, a * x_s, v, mean_free=mean_free, n_atoms=n_atoms)
 
-    def q_sample(self, x0: torch.Tensor, t, generator: Optional[torch.Generator] = None, *, mean_free: bool = False,
-                 noise: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def q_sample(
+        self,
+        x0: torch.Tensor,
+        t,
+        generator: Optional[torch.Generator] = None,
+        *,
+        mean_free: bool = False,
+        noise: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward noising x_t = α_t x_0 + σ_t ε; see :func:`boltzgen.diffusion.noise.q_sample`.
 
         Returns
@@ -423,8 +431,7 @@ class VESchedule(Schedule):
 
     kind = "ve"
 
-    def __init__(self, sigma_min: float = 1e-3, sigma_max: float = 10.0, spacing: str = "geometric",
-                 rho: float = 7.0):
+    def __init__(self, sigma_min: float = 1e-3, sigma_max: float = 10.0, spacing: str = "geometric", rho: float = 7.0):
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         if spacing not in ("geometric", "edm"):
@@ -550,8 +557,13 @@ class VESchedule(Schedule):
             ``{"kind": "ve", "sigma_min": float, "sigma_max": float, "spacing": str,
             "rho": float}``.
         """
-        return {"kind": self.kind, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
-                "spacing": self.spacing, "rho": self.rho}
+        return {
+            "kind": self.kind,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "spacing": self.spacing,
+            "rho": self.rho,
+        }
 
 
 _SCHEDULES = {"vp": VPSchedule, "ve": VESchedule}

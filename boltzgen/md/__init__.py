@@ -8,4 +8,12 @@ The entry point is :func:`simulate`; see :mod:`boltzgen.md.simulate` for the met
 from .dynamics import temperature_ladder
 from .simulate import DEFAULTS, METHODS, SimulationResult, ladder_frames, quench_frames, simulate
 
-__all__ = ["simulate", "SimulationResult", "temperature_ladder", "ladder_frames", "quench_frames", "DEFAULTS", "METHODS"]
+__all__ = [
+    "simulate",
+    "SimulationResult",
+    "temperature_ladder",
+    "ladder_frames",
+    "quench_frames",
+    "DEFAULTS",
+    "METHODS",
+]

@@ -78,8 +78,16 @@ class ReplicaSet:
         Random seed of each replica's integrator.
     """
 
-    def __init__(self, system: openmm.System, temperatures, timestep: float, friction: float, platform: str,
-                 threads: Optional[int], integrator_seeds):
+    def __init__(
+        self,
+        system: openmm.System,
+        temperatures,
+        timestep: float,
+        friction: float,
+        platform: str,
+        threads: Optional[int],
+        integrator_seeds,
+    ):
         try:
             plat = openmm.Platform.getPlatformByName(platform)
         except Exception:
@@ -94,8 +102,9 @@ class ReplicaSet:
         self.betas = 1.0 / np.array([kT_of(t) for t in self.temperatures])
         self.integrators, self.contexts = [], []
         for temp, seed in zip(self.temperatures, integrator_seeds):
-            integrator = openmm.LangevinMiddleIntegrator(temp * unit.kelvin, friction / unit.picosecond,
-                                                         timestep * unit.femtosecond)
+            integrator = openmm.LangevinMiddleIntegrator(
+                temp * unit.kelvin, friction / unit.picosecond, timestep * unit.femtosecond
+            )
             integrator.setRandomNumberSeed(int(seed))
             self.integrators.append(integrator)
             self.contexts.append(openmm.Context(system, integrator, plat, properties))
@@ -119,7 +128,9 @@ class ReplicaSet:
         self.contexts[0].setPositions(positions * unit.nanometer)
         if minimize:
             openmm.LocalEnergyMinimizer.minimize(self.contexts[0])
-            positions = self.contexts[0].getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+            positions = (
+                self.contexts[0].getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+            )
         for context, temp, seed in zip(self.contexts, self.temperatures, velocity_seeds):
             context.setPositions(positions * unit.nanometer)
             context.setVelocitiesToTemperature(temp * unit.kelvin, int(seed))
@@ -143,8 +154,13 @@ class ReplicaSet:
         numpy.ndarray, shape (R,), float64
             U in kJ/mol; +inf where not finite.
         """
-        u = np.array([c.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-                      for c in self.contexts], dtype=np.float64)
+        u = np.array(
+            [
+                c.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+                for c in self.contexts
+            ],
+            dtype=np.float64,
+        )
         return np.where(np.isfinite(u), u, np.inf)
 
     def positions(self, k: int) -> np.ndarray:
@@ -226,8 +242,16 @@ class MDOutput:
     info: dict
 
 
-def _metropolis_exchange(replicas: ReplicaSet, u: np.ndarray, parity: int, rng: np.random.Generator,
-                         walkers: np.ndarray, record: bool, attempts: np.ndarray, accepted: np.ndarray) -> None:
+def _metropolis_exchange(
+    replicas: ReplicaSet,
+    u: np.ndarray,
+    parity: int,
+    rng: np.random.Generator,
+    walkers: np.ndarray,
+    record: bool,
+    attempts: np.ndarray,
+    accepted: np.ndarray,
+) -> None:
     """Attempt swaps of the pairs (k, k + 1), k ≡ parity (mod 2); updates u, walkers and counts."""
     for k in range(parity, len(replicas) - 1, 2):
         log_acc = (replicas.betas[k] - replicas.betas[k + 1]) * (u[k] - u[k + 1])
@@ -243,8 +267,16 @@ def _metropolis_exchange(replicas: ReplicaSet, u: np.ndarray, parity: int, rng: 
             walkers[k], walkers[k + 1] = walkers[k + 1], walkers[k]
 
 
-def run_dynamics(target, n_samples: int, params: dict, *, checkpoint: Optional[str], checkpoint_every: int,
-                 callback: Optional[Callable[[int], None]], bar) -> MDOutput:
+def run_dynamics(
+    target,
+    n_samples: int,
+    params: dict,
+    *,
+    checkpoint: Optional[str],
+    checkpoint_every: int,
+    callback: Optional[Callable[[int], None]],
+    bar,
+) -> MDOutput:
     """Langevin dynamics / replica exchange of an OpenMM target; see :func:`boltzgen.md.simulate`.
 
     ``params`` holds the resolved, validated parameters (the dict stored in the checkpoint).
@@ -283,8 +315,9 @@ def run_dynamics(target, n_samples: int, params: dict, *, checkpoint: Optional[s
     temps = temperature_ladder(params["temperature"], params["t_max"], params["replicas"])
     n_rep = len(temps)
     int_seeds, vel_seeds, rng = _openmm_seeds(params["seed"], n_rep)
-    replicas = ReplicaSet(target.system, temps, params["timestep"], params["friction"], params["platform"],
-                          params["threads"], int_seeds)
+    replicas = ReplicaSet(
+        target.system, temps, params["timestep"], params["friction"], params["platform"], params["threads"], int_seeds
+    )
     eq, stride, interval = params["equilibration"], params["stride"], params["exchange_interval"]
     keep = params["keep_replicas"]
 
@@ -309,15 +342,25 @@ def run_dynamics(target, n_samples: int, params: dict, *, checkpoint: Optional[s
 
     def save_state():
         arrays = {f"context_{k}": data for k, data in enumerate(replicas.checkpoints())}
-        arrays.update(positions=np.asarray(frames, dtype=np.float64).reshape((-1,) + tuple(target.event_shape)),
-                      replica_potential_energy=np.asarray(energies, dtype=np.float64).reshape(-1, n_rep),
-                      walkers=walkers, walker_last_end=last_end, exchange_attempts=attempts, exchange_accepted=accepted)
+        arrays.update(
+            positions=np.asarray(frames, dtype=np.float64).reshape((-1,) + tuple(target.event_shape)),
+            replica_potential_energy=np.asarray(energies, dtype=np.float64).reshape(-1, n_rep),
+            walkers=walkers,
+            walker_last_end=last_end,
+            exchange_attempts=attempts,
+            exchange_accepted=accepted,
+        )
         if keep:
             for k in range(n_rep):
                 arrays[f"replica_positions_{k}"] = np.asarray(replica_frames[k], dtype=np.float64).reshape(
-                    (-1,) + tuple(target.event_shape))
-        state = {"step": step, "wall_time_s": wall_before + time.perf_counter() - t0,
-                 "rng_state": rng.bit_generator.state, "round_trips": round_trips}
+                    (-1,) + tuple(target.event_shape)
+                )
+        state = {
+            "step": step,
+            "wall_time_s": wall_before + time.perf_counter() - t0,
+            "rng_state": rng.bit_generator.state,
+            "round_trips": round_trips,
+        }
         write_checkpoint(checkpoint, params, state, arrays)
 
     bar.update(min(len(frames), n_samples))
@@ -335,8 +378,10 @@ def run_dynamics(target, n_samples: int, params: dict, *, checkpoint: Optional[s
             u = replicas.potential_energies()
             if not np.isfinite(u).all():
                 bad = [f"{t:.1f} K" for t, ok in zip(temps, np.isfinite(u)) if not ok]
-                raise RuntimeError(f"the simulation became unstable (non-finite energy at {', '.join(bad)}) at step "
-                                   f"{step}; use a smaller timestep (now {params['timestep']} fs) or a lower t_max")
+                raise RuntimeError(
+                    f"the simulation became unstable (non-finite energy at {', '.join(bad)}) at step "
+                    f"{step}; use a smaller timestep (now {params['timestep']} fs) or a lower t_max"
+                )
         if frame_now:
             bar.set_description("sampling")
             frames.append(replicas.positions(0))
@@ -366,8 +411,12 @@ def run_dynamics(target, n_samples: int, params: dict, *, checkpoint: Optional[s
     positions = np.asarray(frames, dtype=np.float64).reshape((-1,) + tuple(target.event_shape))[:n_samples]
     replica_positions = None
     if keep:
-        replica_positions = np.stack([np.asarray(f, dtype=np.float64).reshape((-1,) + tuple(target.event_shape))[:n_samples]
-                                      for f in replica_frames])
+        replica_positions = np.stack(
+            [
+                np.asarray(f, dtype=np.float64).reshape((-1,) + tuple(target.event_shape))[:n_samples]
+                for f in replica_frames
+            ]
+        )
     acc = np.where(attempts > 0, accepted / np.maximum(attempts, 1), np.nan)
     info = {
         "temperatures_K": temps.tolist(),
@@ -383,9 +432,18 @@ def run_dynamics(target, n_samples: int, params: dict, *, checkpoint: Optional[s
     return MDOutput(positions, energies_arr, replica_positions, info)
 
 
-def quench(system: openmm.System, positions: np.ndarray, temperature: float, *, time_ps: float,
-           friction: float = 10.0, timestep: float = 1.0, minimize: bool = True, platform: str = "Reference",
-           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def quench(
+    system: openmm.System,
+    positions: np.ndarray,
+    temperature: float,
+    *,
+    time_ps: float,
+    friction: float = 10.0,
+    timestep: float = 1.0,
+    minimize: bool = True,
+    platform: str = "Reference",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Relax configurations to a temperature: minimise locally, then run short Langevin dynamics.
 
     Frames of hot replicas visit rare states (for alanine dipeptide, φ > 0) far more often than
@@ -439,8 +497,9 @@ def quench(system: openmm.System, positions: np.ndarray, temperature: float, *, 
     if not time_ps > 0 or not friction > 0:
         raise ValueError(f"quench time and friction must be positive, got {time_ps} ps and {friction}/ps")
     n_steps = max(1, int(round(time_ps * 1000.0 / timestep)))
-    integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, friction / unit.picosecond,
-                                                 timestep * unit.femtosecond)
+    integrator = openmm.LangevinMiddleIntegrator(
+        temperature * unit.kelvin, friction / unit.picosecond, timestep * unit.femtosecond
+    )
     # a stream of its own: the replica-exchange run of the same seed uses spawn keys () and (1,)
     to_seed = _openmm_seed_values(np.random.SeedSequence(seed, spawn_key=(2,)), len(positions) + 1)
     integrator.setRandomNumberSeed(to_seed[0])

@@ -31,18 +31,37 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ..version import __version__
 from ..io import json_default
+from ..version import __version__
 
 METHODS = ("exact", "md", "mcmc")
 
 #: Defaults of the method-specific options (``None`` in the signature means "this default").
 DEFAULTS = {
-    "md": {"timestep": 1.0, "friction": 1.0, "minimize": True, "equilibration": 10_000, "stride": 500,
-           "platform": "Reference", "threads": None, "replicas": 1, "t_max": None, "exchange_interval": 100,
-           "keep_replicas": False},
-    "mcmc": {"kernel": "mala", "chains": 128, "equilibration": 2_000, "stride": 50, "step_size": 1e-4,
-             "target_acceptance": None, "adapt": "global", "init_noise": 0.01, "n_leapfrog": 10},
+    "md": {
+        "timestep": 1.0,
+        "friction": 1.0,
+        "minimize": True,
+        "equilibration": 10_000,
+        "stride": 500,
+        "platform": "Reference",
+        "threads": None,
+        "replicas": 1,
+        "t_max": None,
+        "exchange_interval": 100,
+        "keep_replicas": False,
+    },
+    "mcmc": {
+        "kernel": "mala",
+        "chains": 128,
+        "equilibration": 2_000,
+        "stride": 50,
+        "step_size": 1e-4,
+        "target_acceptance": None,
+        "adapt": "global",
+        "init_noise": 0.01,
+        "n_leapfrog": 10,
+    },
     "exact": {},
 }
 
@@ -99,8 +118,14 @@ class SimulationResult:
             extra["potential_energy"] = self.potential_energy
         if self.replica_potential_energy is not None and self.replica_potential_energy.shape[1] > 1:
             extra["replica_potential_energy"] = self.replica_potential_energy
-        save_samples(path, self.positions, topology=self.topology, reduced_energy=self.reduced_energy,
-                     metadata=self.metadata, extra=extra)
+        save_samples(
+            path,
+            self.positions,
+            topology=self.topology,
+            reduced_energy=self.reduced_energy,
+            metadata=self.metadata,
+            extra=extra,
+        )
 
 
 # ---------------------------------------------------------------------------- validation
@@ -207,17 +232,36 @@ def _fingerprint(target) -> dict:
 
 
 # ---------------------------------------------------------------------------- entry point
-def simulate(target, n_samples: int, *, method: str = "auto", seed: int = 0, temperature: Optional[float] = None,
-             stride: Optional[int] = None, equilibration: Optional[int] = None,
-             timestep: Optional[float] = None, friction: Optional[float] = None, minimize: Optional[bool] = None,
-             platform: Optional[str] = None, threads: Optional[int] = None, replicas: Optional[int] = None,
-             t_max: Optional[float] = None, exchange_interval: Optional[int] = None,
-             keep_replicas: Optional[bool] = None,
-             kernel: Optional[str] = None, chains: Optional[int] = None, step_size: Optional[float] = None,
-             target_acceptance: Optional[float] = None, adapt: Optional[str] = None,
-             init_noise: Optional[float] = None, n_leapfrog: Optional[int] = None,
-             checkpoint: Optional[str] = None, checkpoint_every: int = 100,
-             callback: Optional[Callable[[int], None]] = None, progress: bool = True) -> SimulationResult:
+def simulate(
+    target,
+    n_samples: int,
+    *,
+    method: str = "auto",
+    seed: int = 0,
+    temperature: Optional[float] = None,
+    stride: Optional[int] = None,
+    equilibration: Optional[int] = None,
+    timestep: Optional[float] = None,
+    friction: Optional[float] = None,
+    minimize: Optional[bool] = None,
+    platform: Optional[str] = None,
+    threads: Optional[int] = None,
+    replicas: Optional[int] = None,
+    t_max: Optional[float] = None,
+    exchange_interval: Optional[int] = None,
+    keep_replicas: Optional[bool] = None,
+    kernel: Optional[str] = None,
+    chains: Optional[int] = None,
+    step_size: Optional[float] = None,
+    target_acceptance: Optional[float] = None,
+    adapt: Optional[str] = None,
+    init_noise: Optional[float] = None,
+    n_leapfrog: Optional[int] = None,
+    checkpoint: Optional[str] = None,
+    checkpoint_every: int = 100,
+    callback: Optional[Callable[[int], None]] = None,
+    progress: bool = True,
+) -> SimulationResult:
     """Draw ``n_samples`` Boltzmann samples of ``target`` (exact, OpenMM dynamics or MCMC).
 
     Method-specific options left at ``None`` take the defaults in :data:`DEFAULTS`; giving an
@@ -307,19 +351,40 @@ def simulate(target, n_samples: int, *, method: str = "auto", seed: int = 0, tem
     n_samples = int(n_samples)
     checkpoint_every = _positive("checkpoint_every", checkpoint_every, integer=True)
     method = _choose_method(target, method)
-    options = dict(stride=stride, equilibration=equilibration, timestep=timestep, friction=friction, minimize=minimize,
-                   platform=platform, threads=threads, replicas=replicas, t_max=t_max,
-                   exchange_interval=exchange_interval, keep_replicas=keep_replicas, kernel=kernel, chains=chains,
-                   step_size=step_size, target_acceptance=target_acceptance, adapt=adapt, init_noise=init_noise,
-                   n_leapfrog=n_leapfrog)
+    options = dict(
+        stride=stride,
+        equilibration=equilibration,
+        timestep=timestep,
+        friction=friction,
+        minimize=minimize,
+        platform=platform,
+        threads=threads,
+        replicas=replicas,
+        t_max=t_max,
+        exchange_interval=exchange_interval,
+        keep_replicas=keep_replicas,
+        kernel=kernel,
+        chains=chains,
+        step_size=step_size,
+        target_acceptance=target_acceptance,
+        adapt=adapt,
+        init_noise=init_noise,
+        n_leapfrog=n_leapfrog,
+    )
     params = _resolve(target, method, options, seed, temperature)
     checkpoint = None if checkpoint is None else str(checkpoint)
 
     from tqdm import tqdm
 
     # MCMC shows the chains' own step bar (burn-in included) instead of a frame bar.
-    bar = tqdm(total=n_samples, desc=f"simulate {target.name} ({method})", unit="frame", file=sys.stderr,
-               disable=not progress or method == "mcmc", dynamic_ncols=True)
+    bar = tqdm(
+        total=n_samples,
+        desc=f"simulate {target.name} ({method})",
+        unit="frame",
+        file=sys.stderr,
+        disable=not progress or method == "mcmc",
+        dynamic_ncols=True,
+    )
     start = time.perf_counter()
     try:
         if method == "exact":
@@ -358,14 +423,21 @@ def _run_exact(target, n_samples, params) -> SimulationResult:
 def _run_md(target, n_samples, params, checkpoint, checkpoint_every, callback, bar) -> SimulationResult:
     from .dynamics import run_dynamics
 
-    out = run_dynamics(target, n_samples, params, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                       callback=callback, bar=bar)
+    out = run_dynamics(
+        target, n_samples, params, checkpoint=checkpoint, checkpoint_every=checkpoint_every, callback=callback, bar=bar
+    )
     potential = out.replica_potential_energy[:, 0].copy()
     info = dict(out.info)
     info["md_wall_time_s"] = info.pop("wall_time_s")
-    return SimulationResult(out.positions, potential / target.kT, info, topology=target.topology,
-                            potential_energy=potential, replica_potential_energy=out.replica_potential_energy,
-                            replica_positions=out.replica_positions)
+    return SimulationResult(
+        out.positions,
+        potential / target.kT,
+        info,
+        topology=target.topology,
+        potential_energy=potential,
+        replica_potential_energy=out.replica_potential_energy,
+        replica_positions=out.replica_positions,
+    )
 
 
 def _scaled_energy(target, factor: float):
@@ -380,8 +452,9 @@ def _scaled_energy(target, factor: float):
     return energy
 
 
-def _run_mcmc(target, n_samples, params, checkpoint, checkpoint_every, callback, bar,
-              progress: bool) -> SimulationResult:
+def _run_mcmc(
+    target, n_samples, params, checkpoint, checkpoint_every, callback, bar, progress: bool
+) -> SimulationResult:
     from ..sampling.mcmc import ChainState, run_mcmc
     from .checkpoint import read_checkpoint, write_checkpoint
 
@@ -405,11 +478,15 @@ def _run_mcmc(target, n_samples, params, checkpoint, checkpoint_every, callback,
         saved, arrays = loaded
         generator.set_state(torch.from_numpy(arrays["generator_state"].copy()))
         state = ChainState(
-            x=torch.from_numpy(arrays["x"].copy()), energy=torch.from_numpy(arrays["energy"].copy()),
-            grad=torch.from_numpy(arrays["grad"].copy()), step_size=torch.from_numpy(arrays["step_size"].copy()),
-            step=int(saved["step"]), n_accepted=torch.from_numpy(arrays["n_accepted"].copy()),
+            x=torch.from_numpy(arrays["x"].copy()),
+            energy=torch.from_numpy(arrays["energy"].copy()),
+            grad=torch.from_numpy(arrays["grad"].copy()),
+            step_size=torch.from_numpy(arrays["step_size"].copy()),
+            step=int(saved["step"]),
+            n_accepted=torch.from_numpy(arrays["n_accepted"].copy()),
             samples=list(torch.from_numpy(arrays["samples"].copy())),
-            sample_energy=list(torch.from_numpy(arrays["sample_energy"].copy())))
+            sample_energy=list(torch.from_numpy(arrays["sample_energy"].copy())),
+        )
         wall_before, x0, resumed = float(saved["wall_time_s"]), None, len(state.samples) * chains
 
     last_saved = [resumed]
@@ -417,13 +494,18 @@ def _run_mcmc(target, n_samples, params, checkpoint, checkpoint_every, callback,
     def save_state(st: ChainState):
         ev = tuple(target.event_shape)
         arrays = {
-            "x": st.x.numpy(), "energy": st.energy.numpy(), "grad": st.grad.numpy(), "step_size": st.step_size.numpy(),
-            "n_accepted": st.n_accepted.numpy(), "generator_state": generator.get_state().numpy(),
+            "x": st.x.numpy(),
+            "energy": st.energy.numpy(),
+            "grad": st.grad.numpy(),
+            "step_size": st.step_size.numpy(),
+            "n_accepted": st.n_accepted.numpy(),
+            "generator_state": generator.get_state().numpy(),
             "samples": torch.stack(st.samples).numpy() if st.samples else np.zeros((0, chains) + ev),
             "sample_energy": torch.stack(st.sample_energy).numpy() if st.sample_energy else np.zeros((0, chains)),
         }
-        write_checkpoint(checkpoint, params, {"step": st.step, "wall_time_s": wall_before + time.perf_counter() - t0},
-                         arrays)
+        write_checkpoint(
+            checkpoint, params, {"step": st.step, "wall_time_s": wall_before + time.perf_counter() - t0}, arrays
+        )
         last_saved[0] = len(st.samples) * chains
 
     def on_save(st: ChainState):
@@ -436,10 +518,23 @@ def _run_mcmc(target, n_samples, params, checkpoint, checkpoint_every, callback,
 
     if state is not None:
         bar.update(min(resumed, n_samples))
-    run = run_mcmc(x0, energy, n_saves * stride, generator, kernel=params["kernel"], step_size=params["step_size"],
-                   burn_in=burn_in, thin=stride, adapt=params["adapt"], target_acceptance=params["target_acceptance"],
-                   mean_free=mean_free, n_leapfrog=params["n_leapfrog"], state=state, callback=on_save,
-                   progress=progress)
+    run = run_mcmc(
+        x0,
+        energy,
+        n_saves * stride,
+        generator,
+        kernel=params["kernel"],
+        step_size=params["step_size"],
+        burn_in=burn_in,
+        thin=stride,
+        adapt=params["adapt"],
+        target_acceptance=params["target_acceptance"],
+        mean_free=mean_free,
+        n_leapfrog=params["n_leapfrog"],
+        state=state,
+        callback=on_save,
+        progress=progress,
+    )
     if checkpoint and last_saved[0] != len(run.state.samples) * chains:
         save_state(run.state)
     ev = tuple(target.event_shape)
@@ -493,7 +588,9 @@ def ladder_frames(result: SimulationResult, keep: int, kT: float) -> tuple[np.nd
 QUENCH_FRICTION = 10.0
 
 
-def quench_frames(target, positions: np.ndarray, *, time_ps: float, platform: str, seed: int = 0) -> tuple[np.ndarray, dict]:
+def quench_frames(
+    target, positions: np.ndarray, *, time_ps: float, platform: str, seed: int = 0
+) -> tuple[np.ndarray, dict]:
     """Relax frames to the target temperature (:func:`boltzgen.md.dynamics.quench`), in place.
 
     Parameters
@@ -520,9 +617,22 @@ def quench_frames(target, positions: np.ndarray, *, time_ps: float, platform: st
     from .dynamics import quench
 
     start = time.perf_counter()
-    positions[:], potential = quench(target.system, positions, target.temperature, time_ps=float(time_ps),
-                                     friction=QUENCH_FRICTION, minimize=True, platform=platform, seed=seed)
-    info = {"time_ps": float(time_ps), "friction_per_ps": QUENCH_FRICTION, "minimize": True,
-            "temperature_K": target.temperature, "n_frames": int(len(potential)),
-            "wall_time_s": time.perf_counter() - start}
+    positions[:], potential = quench(
+        target.system,
+        positions,
+        target.temperature,
+        time_ps=float(time_ps),
+        friction=QUENCH_FRICTION,
+        minimize=True,
+        platform=platform,
+        seed=seed,
+    )
+    info = {
+        "time_ps": float(time_ps),
+        "friction_per_ps": QUENCH_FRICTION,
+        "minimize": True,
+        "temperature_K": target.temperature,
+        "n_frames": int(len(potential)),
+        "wall_time_s": time.perf_counter() - start,
+    }
     return potential / target.kT, info

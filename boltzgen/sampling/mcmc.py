@@ -33,8 +33,17 @@ import torch
 from ..diffusion.noise import project_mean_free
 
 __all__ = [
-    "MCMCStep", "ChainState", "MCMCResult", "energy_and_grad", "project_mean_free",
-    "mala_step", "hmc_step", "init_chain_state", "run_mcmc", "run_mala", "run_hmc",
+    "MCMCStep",
+    "ChainState",
+    "MCMCResult",
+    "energy_and_grad",
+    "project_mean_free",
+    "mala_step",
+    "hmc_step",
+    "init_chain_state",
+    "run_mcmc",
+    "run_mala",
+    "run_hmc",
     "DEFAULT_TARGET_ACCEPTANCE",
 ]
 
@@ -157,8 +166,15 @@ def _select(accept: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch
 
 
 # ---------------------------------------------------------------------------- kernels
-def mala_step(x: torch.Tensor, energy: Energy, step_size, generator: Optional[torch.Generator] = None, *,
-              mean_free: bool = False, current: Optional[tuple] = None) -> MCMCStep:
+def mala_step(
+    x: torch.Tensor,
+    energy: Energy,
+    step_size,
+    generator: Optional[torch.Generator] = None,
+    *,
+    mean_free: bool = False,
+    current: Optional[tuple] = None,
+) -> MCMCStep:
     """One Metropolis-adjusted Langevin step for every chain.
 
     Proposal x' = x − h ∇u(x) + √(2h) ξ, ξ ~ N(0, I) (projected to the zero-COM subspace when
@@ -198,8 +214,16 @@ def mala_step(x: torch.Tensor, energy: Energy, step_size, generator: Optional[to
     return MCMCStep(_select(accept, y, x), _select(accept, u_y, u), _select(accept, grad_y, grad), accept, prob)
 
 
-def hmc_step(x: torch.Tensor, energy: Energy, step_size, generator: Optional[torch.Generator] = None, *,
-             n_leapfrog: int = 10, mean_free: bool = False, current: Optional[tuple] = None) -> MCMCStep:
+def hmc_step(
+    x: torch.Tensor,
+    energy: Energy,
+    step_size,
+    generator: Optional[torch.Generator] = None,
+    *,
+    n_leapfrog: int = 10,
+    mean_free: bool = False,
+    current: Optional[tuple] = None,
+) -> MCMCStep:
     """One Hamiltonian Monte Carlo step (unit mass, leapfrog, Metropolis) for every chain.
 
     Momenta p ~ N(0, I) (projected when ``mean_free``), ``n_leapfrog`` leapfrog steps of size ε,
@@ -344,11 +368,24 @@ class MCMCResult:
     state: ChainState
 
 
-def run_mcmc(x0: Optional[torch.Tensor], energy: Energy, n_steps: int, generator: Optional[torch.Generator] = None, *,
-             kernel: str = "mala", step_size=1e-3, burn_in: int = 0, thin: int = 1, adapt: Optional[str] = "global",
-             target_acceptance: Optional[float] = None, mean_free: bool = False, n_leapfrog: int = 10,
-             state: Optional[ChainState] = None, callback: Optional[Callable[[ChainState], None]] = None,
-             progress: bool = False) -> MCMCResult:
+def run_mcmc(
+    x0: Optional[torch.Tensor],
+    energy: Energy,
+    n_steps: int,
+    generator: Optional[torch.Generator] = None,
+    *,
+    kernel: str = "mala",
+    step_size=1e-3,
+    burn_in: int = 0,
+    thin: int = 1,
+    adapt: Optional[str] = "global",
+    target_acceptance: Optional[float] = None,
+    mean_free: bool = False,
+    n_leapfrog: int = 10,
+    state: Optional[ChainState] = None,
+    callback: Optional[Callable[[ChainState], None]] = None,
+    progress: bool = False,
+) -> MCMCResult:
     """Run C chains in parallel: burn-in with step-size adaptation, then an exact, thinned chain.
 
     During the first ``burn_in`` steps the log step size follows a Robbins–Monro recursion
@@ -416,17 +453,33 @@ def run_mcmc(x0: Optional[torch.Tensor], energy: Energy, n_steps: int, generator
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=min(state.step, total), desc=f"{kernel} chains", unit="step",
-               file=sys.stderr, disable=not progress, leave=False)
+    bar = tqdm(
+        total=total,
+        initial=min(state.step, total),
+        desc=f"{kernel} chains",
+        unit="step",
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+    )
     try:
         while state.step < total:
-            out = step_fn(state.x, energy, state.step_size, generator, mean_free=mean_free,
-                          current=(state.energy, state.grad), **extra)
+            out = step_fn(
+                state.x,
+                energy,
+                state.step_size,
+                generator,
+                mean_free=mean_free,
+                current=(state.energy, state.grad),
+                **extra,
+            )
             state.x, state.energy, state.grad = out.x, out.energy, out.grad
             if state.step < burn_in:
                 if adapt is not None:
                     rate = (state.step + 1.0) ** -0.6
-                    alpha = out.accept_prob if adapt == "per_chain" else out.accept_prob.mean().expand_as(out.accept_prob)
+                    alpha = (
+                        out.accept_prob if adapt == "per_chain" else out.accept_prob.mean().expand_as(out.accept_prob)
+                    )
                     state.step_size = state.step_size * torch.exp(rate * (alpha - alpha_star))
             else:
                 state.n_accepted = state.n_accepted + out.accepted.to(torch.float64)

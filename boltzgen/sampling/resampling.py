@@ -22,8 +22,16 @@ from typing import Optional
 import torch
 
 __all__ = [
-    "RESAMPLING_METHODS", "resample", "systematic_resample", "stratified_resample", "multinomial_resample",
-    "residual_resample", "resample_by_state", "normalised_weights", "ess_fraction", "log_mean_exp",
+    "RESAMPLING_METHODS",
+    "resample",
+    "systematic_resample",
+    "stratified_resample",
+    "multinomial_resample",
+    "residual_resample",
+    "resample_by_state",
+    "normalised_weights",
+    "ess_fraction",
+    "log_mean_exp",
 ]
 
 
@@ -165,8 +173,7 @@ def stratified_resample(log_w, n: Optional[int] = None, generator: Optional[torc
     lw = _check(log_w)
     n = _n(lw, n)
     cdf = _cdf(lw)
-    u = (_rand(n, generator, cdf.device)
-         + torch.arange(n, dtype=torch.float64, device=cdf.device)) / n
+    u = (_rand(n, generator, cdf.device) + torch.arange(n, dtype=torch.float64, device=cdf.device)) / n
     return _invert(cdf, u)
 
 
@@ -239,8 +246,9 @@ RESAMPLING_METHODS = {
 }
 
 
-def resample(log_w, generator: Optional[torch.Generator] = None, method: str = "systematic",
-             n: Optional[int] = None) -> torch.Tensor:
+def resample(
+    log_w, generator: Optional[torch.Generator] = None, method: str = "systematic", n: Optional[int] = None
+) -> torch.Tensor:
     """Ancestor indices drawn by ``method`` ∈ {"systematic", "stratified", "multinomial", "residual"}.
 
     Unbiased for every method: E[#copies of i] = n w_i / Σ_j w_j.
@@ -271,9 +279,14 @@ def resample(log_w, generator: Optional[torch.Generator] = None, method: str = "
     return RESAMPLING_METHODS[method](log_w, n, generator)
 
 
-def resample_by_state(log_w, labels, generator: Optional[torch.Generator] = None, method: str = "systematic",
-                      ess_threshold: float = 1.0, balance: bool = False
-                      ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+def resample_by_state(
+    log_w,
+    labels,
+    generator: Optional[torch.Generator] = None,
+    method: str = "systematic",
+    ess_threshold: float = 1.0,
+    balance: bool = False,
+) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """Resample within each state separately: every state keeps its particles and its total weight.
 
     Particles with label s (n_s of them, total weight W_s) are replaced by n_s draws from their own
@@ -345,7 +358,7 @@ def resample_by_state(log_w, labels, generator: Optional[torch.Generator] = None
     for members, n_extra in zip(live, extra.tolist()):
         if n_extra == 0 and ess_fraction(lw[members]) >= ess_threshold:
             continue
-        slots = torch.cat([members, free[used:used + n_extra]])
+        slots = torch.cat([members, free[used : used + n_extra]])
         used += n_extra
         pick = resample(lw[members], generator, method, n=int(slots.numel())).to(lw.device)
         index[slots] = members[pick]

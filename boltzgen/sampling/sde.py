@@ -46,9 +46,25 @@ import torch
 from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
 
 __all__ = [
-    "TIME_SPACINGS", "SDE_METHODS", "ODE_METHODS", "CPU_EVAL_CHUNK", "time_grid", "unwrap_model", "model_dtype",
-    "model_device", "model_t_min", "model_mean_free", "model_sigma_data", "model_event_shape", "prior_variance",
-    "sample_prior", "prior_log_prob", "model_energy_and_score", "reverse_kernel", "reverse_sde", "probability_flow",
+    "TIME_SPACINGS",
+    "SDE_METHODS",
+    "ODE_METHODS",
+    "CPU_EVAL_CHUNK",
+    "time_grid",
+    "unwrap_model",
+    "model_dtype",
+    "model_device",
+    "model_t_min",
+    "model_mean_free",
+    "model_sigma_data",
+    "model_event_shape",
+    "prior_variance",
+    "sample_prior",
+    "prior_log_prob",
+    "model_energy_and_score",
+    "reverse_kernel",
+    "reverse_sde",
+    "probability_flow",
 ]
 
 TIME_SPACINGS = ("quadratic", "uniform", "log")
@@ -139,8 +155,10 @@ def model_device(model, generator: Optional[torch.Generator] = None) -> torch.de
         if device is None:
             return torch.device(generator.device)
         if not _same_device(device, generator.device):
-            raise ValueError(f"the generator is on {generator.device} but the model on {device}: "
-                             f"pass torch.Generator(device={str(device)!r})")
+            raise ValueError(
+                f"the generator is on {generator.device} but the model on {device}: "
+                f"pass torch.Generator(device={str(device)!r})"
+            )
     return torch.device("cpu") if device is None else device
 
 
@@ -214,8 +232,9 @@ def _f(v) -> float:
     return float(v)
 
 
-def time_grid(n_steps: int, t_min: float = 1e-3, t_max: float = 1.0, spacing: str = "quadratic",
-              device=None) -> torch.Tensor:
+def time_grid(
+    n_steps: int, t_min: float = 1e-3, t_max: float = 1.0, spacing: str = "quadratic", device=None
+) -> torch.Tensor:
     """Decreasing grid of ``n_steps + 1`` diffusion times from ``t_max`` to ``t_min`` (float64).
 
     Parameters
@@ -272,8 +291,9 @@ def prior_variance(model, t: float = 1.0) -> float:
     return _f(model.schedule.alpha(t)) ** 2 * sd * sd + _f(model.schedule.sigma2(t))
 
 
-def sample_prior(model, n: int, generator: Optional[torch.Generator] = None, *, prior_var: Optional[float] = None,
-                 device=None) -> torch.Tensor:
+def sample_prior(
+    model, n: int, generator: Optional[torch.Generator] = None, *, prior_var: Optional[float] = None, device=None
+) -> torch.Tensor:
     """n draws of the prior N(0, c² I) (mean-free for molecular models).
 
     Parameters
@@ -296,8 +316,9 @@ def sample_prior(model, n: int, generator: Optional[torch.Generator] = None, *, 
     """
     c2 = prior_variance(model) if prior_var is None else float(prior_var)
     device = model_device(model, generator) if device is None else device
-    eps = sample_noise((int(n),) + model_event_shape(model), generator, model_mean_free(model), dtype=torch.float64,
-                       device=device)
+    eps = sample_noise(
+        (int(n),) + model_event_shape(model), generator, model_mean_free(model), dtype=torch.float64, device=device
+    )
     return math.sqrt(c2) * eps
 
 
@@ -329,8 +350,9 @@ def prior_log_prob(model, y: torch.Tensor, prior_var: Optional[float] = None) ->
 CPU_EVAL_CHUNK = 128
 
 
-def model_energy_and_score(model, y: torch.Tensor, t: float, batch_size: Optional[int] = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def model_energy_and_score(
+    model, y: torch.Tensor, t: float, batch_size: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Energies E(y, t) and scores −∇E, both float64 and detached.
 
     ``y`` is cast to the model's dtype. Uses ``model.energy_and_score`` when there is one, else
@@ -386,8 +408,15 @@ def _score_with_graph(model, y: torch.Tensor, t: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- kernels
-def reverse_kernel(schedule, y: torch.Tensor, score: torch.Tensor, t: float, t_next: float,
-                   method: str = "ddpm", sigma_data: float = 1.0) -> tuple[torch.Tensor, float]:
+def reverse_kernel(
+    schedule,
+    y: torch.Tensor,
+    score: torch.Tensor,
+    t: float,
+    t_next: float,
+    method: str = "ddpm",
+    sigma_data: float = 1.0,
+) -> tuple[torch.Tensor, float]:
     """Gaussian reverse-diffusion kernel from time t to t_next < t: (mean, variance per coordinate).
 
     Parameters
@@ -430,10 +459,20 @@ def reverse_kernel(schedule, y: torch.Tensor, score: torch.Tensor, t: float, t_n
     raise ValueError(f"unknown reverse-SDE method {method!r}; choose one of {SDE_METHODS}")
 
 
-def reverse_sde(model, n: int, generator: Optional[torch.Generator] = None, *, n_steps: int = 200,
-                method: str = "ddpm", spacing: str = "quadratic", t_min: Optional[float] = None,
-                length_scale: Optional[float] = None, y_init: Optional[torch.Tensor] = None,
-                batch_size: Optional[int] = None, return_y: bool = False) -> torch.Tensor:
+def reverse_sde(
+    model,
+    n: int,
+    generator: Optional[torch.Generator] = None,
+    *,
+    n_steps: int = 200,
+    method: str = "ddpm",
+    spacing: str = "quadratic",
+    t_min: Optional[float] = None,
+    length_scale: Optional[float] = None,
+    y_init: Optional[torch.Tensor] = None,
+    batch_size: Optional[int] = None,
+    return_y: bool = False,
+) -> torch.Tensor:
     """Samples of the reverse SDE from the prior at t = 1 down to t_min (no weights).
 
     Parameters
@@ -471,8 +510,11 @@ def reverse_sde(model, n: int, generator: Optional[torch.Generator] = None, *, n
         raise ValueError(f"unknown reverse-SDE method {method!r}; choose one of {SDE_METHODS}")
     mf = model_mean_free(model)
     device = model_device(model, generator)
-    y = (sample_prior(model, n, generator, device=device) if y_init is None
-         else y_init.detach().to(device=device, dtype=torch.float64).clone())
+    y = (
+        sample_prior(model, n, generator, device=device)
+        if y_init is None
+        else y_init.detach().to(device=device, dtype=torch.float64).clone()
+    )
     times = time_grid(n_steps, model_t_min(model, t_min), 1.0, spacing).tolist()
     for t, t_next in zip(times[:-1], times[1:]):
         _, s = model_energy_and_score(model, y, t, batch_size)
@@ -497,8 +539,9 @@ def _subspace_basis(event_shape: tuple, mean_free: bool, dtype, device) -> torch
     return u[:, :d].T.reshape((d,) + event_shape).contiguous()
 
 
-def _velocity(model, y: torch.Tensor, t: float, batch_size, divergence: Optional[str], generator,
-              basis: Optional[torch.Tensor]):
+def _velocity(
+    model, y: torch.Tensor, t: float, batch_size, divergence: Optional[str], generator, basis: Optional[torch.Tensor]
+):
     """ODE velocity f y − ½ g² s (float64) and, if asked, its divergence on the (sub)space."""
     f, g2 = _f(model.schedule.drift_coef(t)), _f(model.schedule.g2(t))
     if divergence is None:
@@ -526,11 +569,22 @@ def _velocity(model, y: torch.Tensor, t: float, batch_size, divergence: Optional
     return torch.cat(vels), torch.cat(divs)
 
 
-def probability_flow(model, n: int, generator: Optional[torch.Generator] = None, *, n_steps: int = 100,
-                     method: str = "heun", spacing: str = "quadratic", t_min: Optional[float] = None,
-                     length_scale: Optional[float] = None, y_init: Optional[torch.Tensor] = None,
-                     return_log_q: bool = False, divergence: str = "exact", batch_size: Optional[int] = None,
-                     return_y: bool = False):
+def probability_flow(
+    model,
+    n: int,
+    generator: Optional[torch.Generator] = None,
+    *,
+    n_steps: int = 100,
+    method: str = "heun",
+    spacing: str = "quadratic",
+    t_min: Optional[float] = None,
+    length_scale: Optional[float] = None,
+    y_init: Optional[torch.Tensor] = None,
+    return_log_q: bool = False,
+    divergence: str = "exact",
+    batch_size: Optional[int] = None,
+    return_y: bool = False,
+):
     """Integrate the probability-flow ODE dy/dt = f y − ½ g² s(y, t) from the prior at t = 1 to t_min.
 
     Parameters
@@ -561,8 +615,11 @@ def probability_flow(model, n: int, generator: Optional[torch.Generator] = None,
         raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
     c2 = prior_variance(model)
     device = model_device(model, generator)
-    y = (sample_prior(model, n, generator, prior_var=c2, device=device) if y_init is None
-         else y_init.detach().to(device=device, dtype=torch.float64).clone())
+    y = (
+        sample_prior(model, n, generator, prior_var=c2, device=device)
+        if y_init is None
+        else y_init.detach().to(device=device, dtype=torch.float64).clone()
+    )
     div_mode = divergence if return_log_q else None
     basis = None
     if div_mode == "exact":

@@ -25,7 +25,12 @@ from .resampling import RESAMPLING_METHODS
 from .sde import SDE_METHODS, TIME_SPACINGS
 
 __all__ = [
-    "DiffusionSettings", "AnnealSettings", "FinalSettings", "MoveSettings", "ResampleSettings", "SMCSettings",
+    "DiffusionSettings",
+    "AnnealSettings",
+    "FinalSettings",
+    "MoveSettings",
+    "ResampleSettings",
+    "SMCSettings",
     "MOVE_KERNELS",
 ]
 
@@ -47,8 +52,7 @@ def _int(obj, name: str, path: str, low: int) -> None:
     object.__setattr__(obj, name, int(v))
 
 
-def _float(obj, name: str, path: str, low=None, high=None, low_open=False, high_open=False,
-           optional=False) -> None:
+def _float(obj, name: str, path: str, low=None, high=None, low_open=False, high_open=False, optional=False) -> None:
     v = getattr(obj, name)
     if v is None and optional:
         return
@@ -62,8 +66,13 @@ def _float(obj, name: str, path: str, low=None, high=None, low_open=False, high_
         hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
         if low is not None and high is not None:
             raise _fail(path, f"must lie in {lo}, {hi}", v)
-        raise _fail(path, f"must be {'>' if low_open else '>='} {low:g}" if low is not None
-                    else f"must be {'<' if high_open else '<='} {high:g}", v)
+        raise _fail(
+            path,
+            f"must be {'>' if low_open else '>='} {low:g}"
+            if low is not None
+            else f"must be {'<' if high_open else '<='} {high:g}",
+            v,
+        )
     object.__setattr__(obj, name, v)
 
 
@@ -176,8 +185,10 @@ class AnnealSettings:
             object.__setattr__(self, "betas", tuple(grid))
         _float(self, "cess", "anneal.cess", 0.0, 1.0, low_open=True, high_open=True, optional=True)
         if self.betas is not None and self.cess is not None:
-            raise ValueError("anneal.betas and anneal.cess: give either betas (a fixed grid) or cess (an adaptive "
-                             "one), not both; set cess to None to use betas")
+            raise ValueError(
+                "anneal.betas and anneal.cess: give either betas (a fixed grid) or cess (an adaptive "
+                "one), not both; set cess to None to use betas"
+            )
         _int(self, "max_levels", "anneal.max_levels", 1)
         _int(self, "mcmc_steps", "anneal.mcmc_steps", 0)
         _float(self, "step_size", "anneal.step_size", 0.0, low_open=True, optional=True)
@@ -226,8 +237,9 @@ class MoveSettings:
 
     def __post_init__(self):
         _choice(self, "kernel", "moves.kernel", MOVE_KERNELS)
-        _float(self, "target_acceptance", "moves.target_acceptance", 0.0, 1.0, low_open=True, high_open=True,
-               optional=True)
+        _float(
+            self, "target_acceptance", "moves.target_acceptance", 0.0, 1.0, low_open=True, high_open=True, optional=True
+        )
         _int(self, "n_leapfrog", "moves.n_leapfrog", 1)
         _float(self, "adapt_rate", "moves.adapt_rate", 0.0)
 
@@ -272,8 +284,13 @@ class ResampleSettings:
         _bool(self, "balance_states", "resampling.balance_states")
 
 
-_GROUPS = {"diffusion": DiffusionSettings, "anneal": AnnealSettings, "final": FinalSettings, "moves": MoveSettings,
-           "resampling": ResampleSettings}
+_GROUPS = {
+    "diffusion": DiffusionSettings,
+    "anneal": AnnealSettings,
+    "final": FinalSettings,
+    "moves": MoveSettings,
+    "resampling": ResampleSettings,
+}
 
 
 def _check_chirality(value):

@@ -72,13 +72,32 @@ from .exact import ExactMarginalModel
 from .resampling import ess_fraction, log_mean_exp
 from .settings import AnnealSettings, DiffusionSettings, FinalSettings, MoveSettings, ResampleSettings, SMCSettings
 from .stages import (
-    ParticleState, SMCProblem, SMCRecorder, anneal_grid, conditional_ess, fold_chirality, next_beta_increment,
-    run_annealing, run_diffusion, run_final_moves, start_at_prior,
+    ParticleState,
+    SMCProblem,
+    SMCRecorder,
+    anneal_grid,
+    conditional_ess,
+    fold_chirality,
+    next_beta_increment,
+    run_annealing,
+    run_diffusion,
+    run_final_moves,
+    start_at_prior,
 )
 
 __all__ = [
-    "ExactMarginalModel", "SMCResult", "SMCSettings", "DiffusionSettings", "AnnealSettings", "FinalSettings",
-    "MoveSettings", "ResampleSettings", "SMCRecorder", "conditional_ess", "next_beta_increment", "smc_sample",
+    "ExactMarginalModel",
+    "SMCResult",
+    "SMCSettings",
+    "DiffusionSettings",
+    "AnnealSettings",
+    "FinalSettings",
+    "MoveSettings",
+    "ResampleSettings",
+    "SMCRecorder",
+    "conditional_ess",
+    "next_beta_increment",
+    "smc_sample",
 ]
 
 
@@ -172,12 +191,22 @@ class SMCResult:
         f64 = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
         anneal = state.ancestors.get("anneal")
         return cls(
-            x=(ls * state.y).detach(), log_weights=lw.detach(), log_z=float(log_mean_exp(lw)),
-            log_z_diffusion=state.log_z_diffusion, reduced_energy=None if state.u is None else state.u.detach(),
-            ess=f64(recorder.ess_trace), acceptance=f64(recorder.acceptance), step_size=f64(recorder.step_sizes),
-            t=f64(recorder.times), beta=f64(recorder.betas), resampled=list(recorder.resampled),
-            n_model_evals=state.n_model_evals, n_target_evals=state.n_target_evals, n_reflected=state.n_reflected,
-            length_scale=ls, dim=problem.dim,
+            x=(ls * state.y).detach(),
+            log_weights=lw.detach(),
+            log_z=float(log_mean_exp(lw)),
+            log_z_diffusion=state.log_z_diffusion,
+            reduced_energy=None if state.u is None else state.u.detach(),
+            ess=f64(recorder.ess_trace),
+            acceptance=f64(recorder.acceptance),
+            step_size=f64(recorder.step_sizes),
+            t=f64(recorder.times),
+            beta=f64(recorder.betas),
+            resampled=list(recorder.resampled),
+            n_model_evals=state.n_model_evals,
+            n_target_evals=state.n_target_evals,
+            n_reflected=state.n_reflected,
+            length_scale=ls,
+            dim=problem.dim,
             final_acceptance=float(np.mean(recorder.final_acceptance)) if recorder.final_acceptance else math.nan,
             n_ancestors=int(state.ancestors["start"].unique().numel()),
             n_ancestors_anneal=state.n if anneal is None else int(anneal.unique().numel()),
@@ -215,27 +244,47 @@ class SMCResult:
             lists (``ess``, ``acceptance``, ``step_size``, ``t``, ``beta``; non-finite values as
             ``None``).
         """
+
         def lst(v):
             return [None if not math.isfinite(float(a)) else float(a) for a in v.tolist()]
 
         return {
-            "n_particles": self.n_particles, "log_z": self.log_z, "log_z_diffusion": self.log_z_diffusion,
-            "ess_fraction": self.ess_fraction, "min_ess_fraction": float(self.ess.min()),
-            "n_resampling": len(self.resampled), "resampled": list(self.resampled),
-            "n_model_evals": self.n_model_evals, "n_target_evals": self.n_target_evals,
-            "n_reflected": self.n_reflected, "length_scale": self.length_scale, "dim": self.dim,
+            "n_particles": self.n_particles,
+            "log_z": self.log_z,
+            "log_z_diffusion": self.log_z_diffusion,
+            "ess_fraction": self.ess_fraction,
+            "min_ess_fraction": float(self.ess.min()),
+            "n_resampling": len(self.resampled),
+            "resampled": list(self.resampled),
+            "n_model_evals": self.n_model_evals,
+            "n_target_evals": self.n_target_evals,
+            "n_reflected": self.n_reflected,
+            "length_scale": self.length_scale,
+            "dim": self.dim,
             "n_anneal_levels": int((self.beta > 0).sum()),
-            "n_ancestors": self.n_ancestors, "n_ancestors_anneal": self.n_ancestors_anneal,
+            "n_ancestors": self.n_ancestors,
+            "n_ancestors_anneal": self.n_ancestors_anneal,
             "final_acceptance": self.final_acceptance if math.isfinite(self.final_acceptance) else None,
-            "ess": lst(self.ess), "acceptance": lst(self.acceptance), "step_size": lst(self.step_size),
-            "t": lst(self.t), "beta": lst(self.beta),
+            "ess": lst(self.ess),
+            "acceptance": lst(self.acceptance),
+            "step_size": lst(self.step_size),
+            "t": lst(self.t),
+            "beta": lst(self.beta),
         }
 
 
 # ---------------------------------------------------------------------------- the sampler
-def smc_sample(model, target=None, n_particles: int = 1024, generator: Optional[torch.Generator] = None, *,
-               settings: Optional[SMCSettings] = None, states: Optional[Callable] = None,
-               recorder: Optional[SMCRecorder] = None, length_scale: Optional[float] = None) -> SMCResult:
+def smc_sample(
+    model,
+    target=None,
+    n_particles: int = 1024,
+    generator: Optional[torch.Generator] = None,
+    *,
+    settings: Optional[SMCSettings] = None,
+    states: Optional[Callable] = None,
+    recorder: Optional[SMCRecorder] = None,
+    length_scale: Optional[float] = None,
+) -> SMCResult:
     """SMC from the prior through the learned diffusion marginals to the target (module docstring).
 
     Parameters

@@ -33,15 +33,38 @@ from .chirality import chiral_centres, fix_chirality, in_l_region
 from .mcmc import hmc_step, mala_step
 from .resampling import ess_fraction, log_mean_exp, resample_by_state
 from .sde import (
-    model_device, model_energy_and_score, model_event_shape, model_mean_free, model_sigma_data, model_t_min,
-    prior_log_prob, prior_variance, reverse_kernel, sample_prior, time_grid, unwrap_model,
+    model_device,
+    model_energy_and_score,
+    model_event_shape,
+    model_mean_free,
+    model_sigma_data,
+    model_t_min,
+    prior_log_prob,
+    prior_variance,
+    reverse_kernel,
+    sample_prior,
+    time_grid,
+    unwrap_model,
 )
 from .settings import SMCSettings
 
 __all__ = [
-    "SMCProblem", "ParticleState", "SMCRecorder", "StepSize", "initial_step_size", "conditional_ess",
-    "next_beta_increment", "anneal_grid", "start_at_prior", "start_from", "maybe_resample", "run_diffusion",
-    "fold_chirality", "balance_states", "run_annealing", "run_final_moves",
+    "SMCProblem",
+    "ParticleState",
+    "SMCRecorder",
+    "StepSize",
+    "initial_step_size",
+    "conditional_ess",
+    "next_beta_increment",
+    "anneal_grid",
+    "start_at_prior",
+    "start_from",
+    "maybe_resample",
+    "run_diffusion",
+    "fold_chirality",
+    "balance_states",
+    "run_annealing",
+    "run_final_moves",
 ]
 
 LOG2 = math.log(2.0)
@@ -91,8 +114,9 @@ def conditional_ess(log_w: torch.Tensor, log_increment: torch.Tensor) -> float:
     return float(torch.exp(2.0 * a - b).clamp(max=1.0))
 
 
-def next_beta_increment(log_w: torch.Tensor, slope: torch.Tensor, remaining: float, cess: float,
-                        iterations: int = 60) -> float:
+def next_beta_increment(
+    log_w: torch.Tensor, slope: torch.Tensor, remaining: float, cess: float, iterations: int = 60
+) -> float:
     """The largest Δβ ≤ ``remaining`` whose increment Δβ · ``slope`` keeps the CESS at ``cess``.
 
     Parameters
@@ -277,8 +301,15 @@ class SMCProblem:
     times: list
 
     @classmethod
-    def build(cls, model, target=None, generator=None, settings: Optional[SMCSettings] = None, states=None,
-              length_scale: Optional[float] = None) -> "SMCProblem":
+    def build(
+        cls,
+        model,
+        target=None,
+        generator=None,
+        settings: Optional[SMCSettings] = None,
+        states=None,
+        length_scale: Optional[float] = None,
+    ) -> "SMCProblem":
         """Check the model against the target and settings and fix the grids.
 
         Parameters
@@ -315,9 +346,19 @@ class SMCProblem:
             states = states.assign
         t_min = model_t_min(m, settings.diffusion.t_min)
         times = time_grid(settings.diffusion.n_steps, t_min, 1.0, settings.diffusion.spacing).tolist()
-        return cls(model=m, length_scale=ls, target=target, generator=generator, settings=settings, states=states,
-                   centres=_resolve_centres(settings.chirality, model, target, ev), dim=event_dim(ev, model_mean_free(m)),
-                   mean_free=model_mean_free(m), t_min=t_min, times=times)
+        return cls(
+            model=m,
+            length_scale=ls,
+            target=target,
+            generator=generator,
+            settings=settings,
+            states=states,
+            centres=_resolve_centres(settings.chirality, model, target, ev),
+            dim=event_dim(ev, model_mean_free(m)),
+            mean_free=model_mean_free(m),
+            t_min=t_min,
+            times=times,
+        )
 
     def exponent(self, t: float) -> float:
         """Tempering exponent b(t): 1 at t = 1, ``diffusion.tempering`` at t_min, linear in t.
@@ -410,8 +451,10 @@ class SMCProblem:
             y = fix_chirality(y, self.centres)[0]
         labels = torch.as_tensor(np.asarray(self.states((self.length_scale * y).detach())), device=y.device).reshape(-1)
         if labels.shape != (y.shape[0],) or torch.is_floating_point(labels):
-            raise ValueError(f"states must map {y.shape[0]} configurations to {y.shape[0]} integer labels, "
-                             f"got {labels.dtype} of shape {tuple(labels.shape)}")
+            raise ValueError(
+                f"states must map {y.shape[0]} configurations to {y.shape[0]} integer labels, "
+                f"got {labels.dtype} of shape {tuple(labels.shape)}"
+            )
         return labels
 
     def denoised(self, y: torch.Tensor, grad: torch.Tensor, t: float) -> torch.Tensor:
@@ -681,9 +724,15 @@ def start_at_prior(problem: SMCProblem, n_particles: int, recorder: SMCRecorder)
     m = problem.model
     c2 = prior_variance(m)
     y = sample_prior(m, n, problem.generator, prior_var=c2, device=model_device(m, problem.generator))
-    state = ParticleState(y=y, log_w=torch.zeros(n, dtype=torch.float64, device=y.device), energy=y, grad=y,
-                          t=problem.times[0], step_size=problem.new_step_size(problem.settings.diffusion.step_size),
-                          ancestors={"start": torch.arange(n)})
+    state = ParticleState(
+        y=y,
+        log_w=torch.zeros(n, dtype=torch.float64, device=y.device),
+        energy=y,
+        grad=y,
+        t=problem.times[0],
+        step_size=problem.new_step_size(problem.settings.diffusion.step_size),
+        ancestors={"start": torch.arange(n)},
+    )
     state.energy, state.grad = problem.model_eval(state, y, problem.times[0])
     state.log_w = _add_log_w(state.log_w, -state.energy - prior_log_prob(m, y, c2))
     state.ess = ess_fraction(state.log_w)
@@ -695,8 +744,9 @@ def start_at_prior(problem: SMCProblem, n_particles: int, recorder: SMCRecorder)
     return state
 
 
-def start_from(problem: SMCProblem, y: torch.Tensor, t: float, recorder: SMCRecorder,
-               log_w: Optional[torch.Tensor] = None) -> ParticleState:
+def start_from(
+    problem: SMCProblem, y: torch.Tensor, t: float, recorder: SMCRecorder, log_w: Optional[torch.Tensor] = None
+) -> ParticleState:
     """Level 0 from given particles y at diffusion time t (e.g. exact samples of p_t, to run a later stage alone).
 
     Parameters
@@ -717,9 +767,16 @@ def start_from(problem: SMCProblem, y: torch.Tensor, t: float, recorder: SMCReco
     y = y.detach().to(torch.float64)
     n = y.shape[0]
     lw = torch.zeros(n, dtype=torch.float64, device=y.device) if log_w is None else log_w.to(torch.float64)
-    state = ParticleState(y=y, log_w=lw, energy=y, grad=y, t=float(t), ess=ess_fraction(lw),
-                          step_size=problem.new_step_size(problem.settings.diffusion.step_size),
-                          ancestors={"start": torch.arange(n)})
+    state = ParticleState(
+        y=y,
+        log_w=lw,
+        energy=y,
+        grad=y,
+        t=float(t),
+        ess=ess_fraction(lw),
+        step_size=problem.new_step_size(problem.settings.diffusion.step_size),
+        ancestors={"start": torch.arange(n)},
+    )
     state.energy, state.grad = problem.model_eval(state, y, t)
     recorder.level(t, 0.0, state.ess)
     recorder.moves()
@@ -753,8 +810,9 @@ def maybe_resample(state: ParticleState, problem: SMCProblem, recorder: SMCRecor
     if final or (problem.states is None and state.ess >= rs.ess_threshold):
         return
     if not bool(torch.isfinite(state.log_w).any()):
-        raise RuntimeError(f"SMC: every particle has weight zero at level {state.level} "
-                           f"(t = {state.t:g}, beta = {state.beta:g})")
+        raise RuntimeError(
+            f"SMC: every particle has weight zero at level {state.level} (t = {state.t:g}, beta = {state.beta:g})"
+        )
     if problem.states is None:
         labels = torch.zeros(state.n, dtype=torch.long)
     elif rs.denoised_labels and state.beta == 0.0 and state.t > problem.t_min:
@@ -782,8 +840,15 @@ def _diffusion_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRec
     accs = []
     h = state.step_size.value(state.grad)
     for _ in range(k):
-        out = step_fn(state.y, energy_t, h, problem.generator, mean_free=problem.mean_free,
-                      current=(state.energy, state.grad), **extra)
+        out = step_fn(
+            state.y,
+            energy_t,
+            h,
+            problem.generator,
+            mean_free=problem.mean_free,
+            current=(state.energy, state.grad),
+            **extra,
+        )
         state.y, state.energy, state.grad = out.x, out.energy, out.grad
         accs.append(float(out.accept_prob.mean()))
     recorder.moves(float(np.mean(accs)), h)
@@ -877,15 +942,17 @@ def balance_states(state: ParticleState, problem: SMCProblem, recorder: SMCRecor
         The same object, resampled.
     """
     rs = problem.settings.resampling
-    idx, state.log_w = resample_by_state(state.log_w, problem.labels(state.y), problem.generator, rs.method,
-                                         balance=True)
+    idx, state.log_w = resample_by_state(
+        state.log_w, problem.labels(state.y), problem.generator, rs.method, balance=True
+    )
     state.take(idx)
     recorder.resampling(state.level)
     return state
 
 
-def _next_beta(state: ParticleState, problem: SMCProblem, slope: torch.Tensor, beta_prev: float, level: int,
-               grid: list) -> float:
+def _next_beta(
+    state: ParticleState, problem: SMCProblem, slope: torch.Tensor, beta_prev: float, level: int, grid: list
+) -> float:
     """β of annealing level ``level`` + 1: the fixed grid's, or the adaptive choice (per state with ``states``)."""
     cess = problem.settings.anneal.cess
     if cess is None:
@@ -898,8 +965,14 @@ def _next_beta(state: ParticleState, problem: SMCProblem, slope: torch.Tensor, b
     else:  # the smallest step any state allows
         labels = problem.labels(state.y)
         masks = [labels == s for s in torch.unique(labels)]
-        full = min((next_beta_increment(state.log_w[k], slope[k], remaining, cess)
-                    for k in masks if bool(torch.isfinite(state.log_w[k] + slope[k]).any())), default=remaining)
+        full = min(
+            (
+                next_beta_increment(state.log_w[k], slope[k], remaining, cess)
+                for k in masks
+                if bool(torch.isfinite(state.log_w[k] + slope[k]).any())
+            ),
+            default=remaining,
+        )
     step = min(full, max_increment)
     if remaining - step < 0.25 * max_increment:  # no sliver of a last level
         step = full
@@ -1019,8 +1092,15 @@ def run_final_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
 
     for _ in range(problem.settings.final.mcmc_steps):
         h = state.step_size.value(state.grad_u)
-        out = step_fn(state.y, target_energy, h, problem.generator, mean_free=problem.mean_free,
-                      current=(state.u, state.grad_u), **extra)
+        out = step_fn(
+            state.y,
+            target_energy,
+            h,
+            problem.generator,
+            mean_free=problem.mean_free,
+            current=(state.u, state.grad_u),
+            **extra,
+        )
         state.y, state.u, state.grad_u = out.x, out.energy, out.grad
         recorder.final_move(float(out.accept_prob.mean()))
         state.step_size.update(recorder.final_acceptance[-1])

@@ -11,6 +11,15 @@ from .lj import LennardJonesCluster, lj_reduced_energy
 from .openmm_target import OpenMMTarget, from_openmm, from_pdb
 
 __all__ = [
-    "TargetSystem", "OpenMMTarget", "GaussianMixture", "LennardJonesCluster", "lj_reduced_energy",
-    "load", "names", "describe", "resolve", "from_openmm", "from_pdb",
+    "TargetSystem",
+    "OpenMMTarget",
+    "GaussianMixture",
+    "LennardJonesCluster",
+    "lj_reduced_energy",
+    "load",
+    "names",
+    "describe",
+    "resolve",
+    "from_openmm",
+    "from_pdb",
 ]

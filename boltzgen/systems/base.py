@@ -14,8 +14,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ..version import __version__
 from ..units import kT_of
+from ..version import __version__
 
 
 class TargetSystem:

@@ -80,9 +80,14 @@ def _state_accessors():
     try:
         from openmm import _openmm
 
-        return (_openmm.Context_setPositions, _openmm.Context_getState, _openmm.State_getPotentialEnergy,
-                _openmm.State__getVectorAsNumpy)
+        return (
+            _openmm.Context_setPositions,
+            _openmm.Context_getState,
+            _openmm.State_getPotentialEnergy,
+            _openmm.State__getVectorAsNumpy,
+        )
     except (ImportError, AttributeError):  # pragma: no cover - depends on the OpenMM build
+
         def set_positions(context, x):
             context.setPositions(x)
 
@@ -137,8 +142,15 @@ def create_context(system: openmm.System, platform_name: str) -> openmm.Context:
     return openmm.Context(system, openmm.VerletIntegrator(0.001), platform, _platform_properties(platform_name))
 
 
-def _evaluate_rows(context: openmm.Context, x: np.ndarray, energy: np.ndarray, force: Optional[np.ndarray],
-                   progress: Optional[np.ndarray] = None, slot: int = 0, offset: int = 0) -> None:
+def _evaluate_rows(
+    context: openmm.Context,
+    x: np.ndarray,
+    energy: np.ndarray,
+    force: Optional[np.ndarray],
+    progress: Optional[np.ndarray] = None,
+    slot: int = 0,
+    offset: int = 0,
+) -> None:
     """Evaluate the configurations ``x`` one by one on ``context`` (raw OpenMM units).
 
     Parameters
@@ -303,8 +315,10 @@ def _select_platform(system: openmm.System, requested: str):
     if str(requested).lower() != "auto":
         match = {name.lower(): name for name in available}.get(str(requested).lower())
         if match is None:
-            raise ValueError(f"unknown OpenMM platform {requested!r}; available platforms: "
-                             f"{', '.join(available)} (or 'auto' to pick the fastest)")
+            raise ValueError(
+                f"unknown OpenMM platform {requested!r}; available platforms: "
+                f"{', '.join(available)} (or 'auto' to pick the fastest)"
+            )
         return match, None
     probe = _probe_positions(system, n_rows=4)
     timings, contexts = {}, {}
@@ -317,8 +331,9 @@ def _select_platform(system: openmm.System, requested: str):
     if not timings:
         raise RuntimeError(f"no OpenMM platform can evaluate this system (tried {', '.join(available)})")
     best = min(timings, key=timings.get)
-    _log.info("platform timings (us per configuration): %s -> %s",
-              {k: round(v * 1e6, 1) for k, v in timings.items()}, best)
+    _log.info(
+        "platform timings (us per configuration): %s -> %s", {k: round(v * 1e6, 1) for k, v in timings.items()}, best
+    )
     return best, contexts[best]
 
 
@@ -382,8 +397,15 @@ def _worker_main(conn, system_xml: str, platform_name: str, slot: int) -> None:
                     shm.close()
                 shm = shared_memory.SharedMemory(name=name)
                 views = _Buffers(shm.buf, capacity, n_atoms, n_slots)
-            _evaluate_rows(context, views.x[start:stop], views.energy[start:stop],
-                           views.force[start:stop] if forces else None, views.progress, slot, start)
+            _evaluate_rows(
+                context,
+                views.x[start:stop],
+                views.energy[start:stop],
+                views.force[start:stop] if forces else None,
+                views.progress,
+                slot,
+                start,
+            )
             conn.send(("done", stop))
     except (BrokenPipeError, ConnectionResetError):
         pass  # parent gone
@@ -440,8 +462,15 @@ class _Pool:
         Smallest number of configurations handed to a worker at a time.
     """
 
-    def __init__(self, system_xml: str, n_atoms: int, platform_name: str, n_workers: int,
-                 timeout: Optional[float], min_chunk: int):
+    def __init__(
+        self,
+        system_xml: str,
+        n_atoms: int,
+        platform_name: str,
+        n_workers: int,
+        timeout: Optional[float],
+        min_chunk: int,
+    ):
         self.system_xml, self.n_atoms, self.platform_name = system_xml, n_atoms, platform_name
         self.n_workers, self.timeout, self.min_chunk = n_workers, timeout, min_chunk
         self.start_timeout = max(_MIN_START_TIMEOUT, timeout or 0.0)
@@ -460,10 +489,15 @@ class _Pool:
     def _spawn(self, slot: int) -> None:
         parent_conn, child_conn = self._mp.Pipe(duplex=True)
         process = self._mp.Process(
-            target=runpy.run_path, args=(os.path.abspath(__file__),),
-            kwargs={"run_name": _WORKER_RUN_NAME,
-                    "init_globals": {"_WORKER_ARGS": (child_conn, self.system_xml, self.platform_name, slot)}},
-            name=f"boltzgen-energy-{slot}", daemon=True)
+            target=runpy.run_path,
+            args=(os.path.abspath(__file__),),
+            kwargs={
+                "run_name": _WORKER_RUN_NAME,
+                "init_globals": {"_WORKER_ARGS": (child_conn, self.system_xml, self.platform_name, slot)},
+            },
+            name=f"boltzgen-energy-{slot}",
+            daemon=True,
+        )
         # Block SIGINT while spawning: the child inherits the mask, so a Ctrl-C cannot interrupt it
         # before it ignores SIGINT; a Ctrl-C meant for us is delivered when the mask is restored.
         masked = hasattr(signal, "pthread_sigmask")
@@ -500,8 +534,9 @@ class _Pool:
                     slot = sentinels.pop(obj)
                     if self._workers[slot].conn in pending and not self._workers[slot].conn.poll():
                         self._workers[slot].process.join(1.0)
-                        raise RuntimeError(f"energy worker exited during start-up "
-                                           f"(exit code {self._workers[slot].process.exitcode})")
+                        raise RuntimeError(
+                            f"energy worker exited during start-up (exit code {self._workers[slot].process.exitcode})"
+                        )
 
     def _ensure_started(self) -> None:
         missing = [s for s, w in enumerate(self._workers) if w is None or not w.process.is_alive()]
@@ -641,8 +676,9 @@ class _Pool:
                         self._send_chunk(slot, chunks, _take_chunk(pending, smallest, self.n_workers), watch, limit)
 
             busy = [slot for slot, chunks in enumerate(assigned) if chunks]
-            waitables = [obj for slot in busy
-                         for obj in (self._workers[slot].conn, self._workers[slot].process.sentinel)]
+            waitables = [
+                obj for slot in busy for obj in (self._workers[slot].conn, self._workers[slot].process.sentinel)
+            ]
             next_deadline = min(watch[slot][1] for slot in busy)
             wait_for = None if next_deadline == math.inf else max(0.0, next_deadline - time.monotonic())
             ready = set(mp_connection.wait(waitables, wait_for))
@@ -662,8 +698,13 @@ class _Pool:
                 if position != watch[slot][0]:
                     watch[slot] = [position, now + limit]
                 elif now >= watch[slot][1]:
-                    _log.warning("energy worker %d made no progress for %.3g s on configuration %d; "
-                                 "replacing it and marking the configuration failed", slot, limit, position)
+                    _log.warning(
+                        "energy worker %d made no progress for %.3g s on configuration %d; "
+                        "replacing it and marking the configuration failed",
+                        slot,
+                        limit,
+                        position,
+                    )
                     self._replace(slot, chunks, pending, suspects, stalled=True)
         return buffers.energy[:batch], (buffers.force[:batch] if forces else None)
 
@@ -674,8 +715,9 @@ class _Pool:
             watch[slot] = [chunk[0], time.monotonic() + limit]
         chunks.append(chunk)
         try:
-            self._workers[slot].conn.send(("eval", self._shm.name, self._capacity, self.n_atoms, self.n_workers,
-                                           chunk[0], chunk[1], self._forces))
+            self._workers[slot].conn.send(
+                ("eval", self._shm.name, self._capacity, self.n_atoms, self.n_workers, chunk[0], chunk[1], self._forces)
+            )
         except OSError:
             pass  # the worker is dead; its sentinel reports it
 
@@ -713,8 +755,12 @@ class _Pool:
                     self._buffers.force[position] = 0.0
                     position += 1
                 else:
-                    _log.warning("energy worker %d died (exit code %s) on configuration %d; retrying it once",
-                                 slot, exitcode, position)
+                    _log.warning(
+                        "energy worker %d died (exit code %s) on configuration %d; retrying it once",
+                        slot,
+                        exitcode,
+                        position,
+                    )
                     suspects.add(position)
             pending.extendleft(reversed([(a, b) for a, b in [(position, stop), *chunks] if a < b]))
             chunks.clear()
@@ -795,8 +841,16 @@ class EnergyBridge:
     Evaluation calls are serialized by a lock.
     """
 
-    def __init__(self, system, temperature, *, platform: str = "auto", n_workers: Optional[int] = None,
-                 timeout: Optional[float] = 60.0, min_batch_per_worker: int = 16):
+    def __init__(
+        self,
+        system,
+        temperature,
+        *,
+        platform: str = "auto",
+        n_workers: Optional[int] = None,
+        timeout: Optional[float] = 60.0,
+        min_batch_per_worker: int = 16,
+    ):
         self._system, self._system_xml = _as_system(system)
         self.n_atoms = self._system.getNumParticles()
         if unit.is_quantity(temperature):
@@ -817,8 +871,11 @@ class EnergyBridge:
         self.timeout = timeout
         self.min_batch_per_worker = int(min_batch_per_worker)
         self.platform_name, self._context = _select_platform(self._system, platform)
-        self._pool = (_Pool(self._system_xml, self.n_atoms, self.platform_name, n_workers, timeout,
-                            self.min_batch_per_worker) if n_workers > 0 else None)
+        self._pool = (
+            _Pool(self._system_xml, self.n_atoms, self.platform_name, n_workers, timeout, self.min_batch_per_worker)
+            if n_workers > 0
+            else None
+        )
         self._finalizer = weakref.finalize(self, _close_pool, self._pool)
         self._lock = threading.Lock()
         self._closed = False
@@ -912,8 +969,10 @@ class EnergyBridge:
         return 0 if self._pool is None else self._pool.restarts
 
     def __repr__(self) -> str:
-        return (f"EnergyBridge(n_atoms={self.n_atoms}, T={self.temperature} K, platform={self.platform_name!r}, "
-                f"n_workers={self.n_workers}{', closed' if self._closed else ''})")
+        return (
+            f"EnergyBridge(n_atoms={self.n_atoms}, T={self.temperature} K, platform={self.platform_name!r}, "
+            f"n_workers={self.n_workers}{', closed' if self._closed else ''})"
+        )
 
     # -- helpers ---------------------------------------------------------------------------
     def _as_batch(self, x) -> np.ndarray:
@@ -924,11 +983,14 @@ class EnergyBridge:
         if x.ndim == 2:
             x = x[None]
         if x.ndim != 3 or x.shape[2] != 3:
-            raise ValueError(f"positions must have shape (B, {self.n_atoms}, 3) or ({self.n_atoms}, 3) in nm, "
-                             f"got shape {shape}")
+            raise ValueError(
+                f"positions must have shape (B, {self.n_atoms}, 3) or ({self.n_atoms}, 3) in nm, got shape {shape}"
+            )
         if x.shape[1] != self.n_atoms:
-            raise ValueError(f"wrong atom count: expected {self.n_atoms} atoms (the system's), got {x.shape[1]} "
-                             f"(positions of shape {shape})")
+            raise ValueError(
+                f"wrong atom count: expected {self.n_atoms} atoms (the system's), got {x.shape[1]} "
+                f"(positions of shape {shape})"
+            )
         return x
 
     def _parent_context(self) -> openmm.Context:

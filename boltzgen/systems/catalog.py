@@ -52,8 +52,9 @@ ALDP_FORCEFIELDS = {
 def _aldp(name: str, temperature: float = 300.0, platform: str = "auto", n_workers: Optional[int] = None):
     from .openmm_target import from_pdb
 
-    target = from_pdb(data_path("aldp.pdb"), ALDP_FORCEFIELDS[name], temperature, name=name,
-                      platform=platform, n_workers=n_workers)
+    target = from_pdb(
+        data_path("aldp.pdb"), ALDP_FORCEFIELDS[name], temperature, name=name, platform=platform, n_workers=n_workers
+    )
     target.description["pdb"] = "aldp.pdb (built-in)"
     return target
 
@@ -142,28 +143,69 @@ class SystemSpec:
 def _aldp_spec(name: str, description: str, forcefield: str) -> SystemSpec:
     # Replica exchange up to 1000 K: the phi > 0 basin is reached within the default run only on
     # a ladder that hot. Raise t_max or the replicas if a longer ladder is needed for another force field.
-    return SystemSpec(name, lambda **kw: _aldp(name, **kw), description, forcefield, 300.0, n_atoms=22,
-                      simulate={"replicas": 6, "t_max": 1000.0, "stride": 500, "equilibration": 10_000},
-                      train_config=f"{name}.train.yaml", openmm=True)
+    return SystemSpec(
+        name,
+        lambda **kw: _aldp(name, **kw),
+        description,
+        forcefield,
+        300.0,
+        n_atoms=22,
+        simulate={"replicas": 6, "t_max": 1000.0, "stride": 500, "equilibration": 10_000},
+        train_config=f"{name}.train.yaml",
+        openmm=True,
+    )
 
 
 #: The built-in systems, by name (the order of ``boltzgen systems``).
-SPECS: dict[str, SystemSpec] = {spec.name: spec for spec in (
-    _aldp_spec("aldp-vacuum", "alanine dipeptide (Ace-Ala-Nme), vacuum", "amber99sbildn.xml, NoCutoff, no constraints"),
-    _aldp_spec("aldp-implicit", "alanine dipeptide (Ace-Ala-Nme), OBC implicit solvent",
-               "amber99sbildn.xml + amber99_obc.xml, NoCutoff, no constraints"),
-    SystemSpec("lj13", _lj(13), "Lennard-Jones cluster, 13 particles, harmonic restraint to the centre",
-               "LJ (eps = 1, r_m = 1) + 0.5 |x - mean|^2", REDUCED_UNIT_TEMPERATURE, n_atoms=13,
-               train_config="lj13.train.yaml"),
-    # LJ55's MALA chains need a longer burn-in than the method default to forget their start.
-    SystemSpec("lj55", _lj(55), "Lennard-Jones cluster, 55 particles, harmonic restraint to the centre",
-               "LJ (eps = 1, r_m = 1) + 0.5 |x - mean|^2", REDUCED_UNIT_TEMPERATURE, n_atoms=55,
-               simulate={"equilibration": 10_000}, train_config="lj55.train.yaml"),
-    SystemSpec("gmm-two-modes", _gmm_two_modes, "Gaussian mixture, two modes with weights 2/3 and 1/3 (option dim)",
-               "analytic", REDUCED_UNIT_TEMPERATURE, train_config="gmm-two-modes.train.yaml"),
-    SystemSpec("gmm-40", _gmm_40, "Gaussian mixture, 40 equal-weight modes in [-40, 40]^d, standardised (option dim)",
-               "analytic", REDUCED_UNIT_TEMPERATURE, train_config="gmm-40.train.yaml"),
-)}
+SPECS: dict[str, SystemSpec] = {
+    spec.name: spec
+    for spec in (
+        _aldp_spec(
+            "aldp-vacuum", "alanine dipeptide (Ace-Ala-Nme), vacuum", "amber99sbildn.xml, NoCutoff, no constraints"
+        ),
+        _aldp_spec(
+            "aldp-implicit",
+            "alanine dipeptide (Ace-Ala-Nme), OBC implicit solvent",
+            "amber99sbildn.xml + amber99_obc.xml, NoCutoff, no constraints",
+        ),
+        SystemSpec(
+            "lj13",
+            _lj(13),
+            "Lennard-Jones cluster, 13 particles, harmonic restraint to the centre",
+            "LJ (eps = 1, r_m = 1) + 0.5 |x - mean|^2",
+            REDUCED_UNIT_TEMPERATURE,
+            n_atoms=13,
+            train_config="lj13.train.yaml",
+        ),
+        # LJ55's MALA chains need a longer burn-in than the method default to forget their start.
+        SystemSpec(
+            "lj55",
+            _lj(55),
+            "Lennard-Jones cluster, 55 particles, harmonic restraint to the centre",
+            "LJ (eps = 1, r_m = 1) + 0.5 |x - mean|^2",
+            REDUCED_UNIT_TEMPERATURE,
+            n_atoms=55,
+            simulate={"equilibration": 10_000},
+            train_config="lj55.train.yaml",
+        ),
+        SystemSpec(
+            "gmm-two-modes",
+            _gmm_two_modes,
+            "Gaussian mixture, two modes with weights 2/3 and 1/3 (option dim)",
+            "analytic",
+            REDUCED_UNIT_TEMPERATURE,
+            train_config="gmm-two-modes.train.yaml",
+        ),
+        SystemSpec(
+            "gmm-40",
+            _gmm_40,
+            "Gaussian mixture, 40 equal-weight modes in [-40, 40]^d, standardised (option dim)",
+            "analytic",
+            REDUCED_UNIT_TEMPERATURE,
+            train_config="gmm-40.train.yaml",
+        ),
+    )
+}
 
 
 def spec(name: str) -> SystemSpec:
@@ -264,20 +306,31 @@ def describe() -> list[dict]:
     rows = []
     for name, system_spec in SPECS.items():
         reduced = system_spec.temperature == REDUCED_UNIT_TEMPERATURE
-        rows.append({
-            "name": name,
-            "n_atoms": system_spec.n_atoms,
-            "dim": "user (default 2)" if system_spec.n_atoms is None else 3 * system_spec.n_atoms,
-            "forcefield": system_spec.forcefield,
-            "temperature_K": system_spec.temperature,
-            "units": "reduced (kT = 1)" if reduced else "kJ/mol, nm",
-            "description": system_spec.description,
-        })
+        rows.append(
+            {
+                "name": name,
+                "n_atoms": system_spec.n_atoms,
+                "dim": "user (default 2)" if system_spec.n_atoms is None else 3 * system_spec.n_atoms,
+                "forcefield": system_spec.forcefield,
+                "temperature_K": system_spec.temperature,
+                "units": "reduced (kT = 1)" if reduced else "kJ/mol, nm",
+                "description": system_spec.description,
+            }
+        )
     return rows
 
 
-def resolve(system: Optional[str] = None, *, pdb=None, forcefield=None, system_xml=None, topology=None,
-            temperature: Optional[float] = None, dim: Optional[int] = None, **options) -> TargetSystem:
+def resolve(
+    system: Optional[str] = None,
+    *,
+    pdb=None,
+    forcefield=None,
+    system_xml=None,
+    topology=None,
+    temperature: Optional[float] = None,
+    dim: Optional[int] = None,
+    **options,
+) -> TargetSystem:
     """The one way a target is named everywhere (CLI and API).
 
     Exactly one of: ``system`` (a built-in name), ``pdb`` + ``forcefield`` (structure and OpenMM
@@ -314,10 +367,16 @@ def resolve(system: Optional[str] = None, *, pdb=None, forcefield=None, system_x
     ValueError
         Unless the target is named in exactly one way.
     """
-    given = [system is not None, pdb is not None or forcefield is not None, system_xml is not None or topology is not None]
+    given = [
+        system is not None,
+        pdb is not None or forcefield is not None,
+        system_xml is not None or topology is not None,
+    ]
     if sum(given) != 1:
-        raise ValueError("name the target in exactly one way: --system NAME, --pdb FILE --forcefield XML [XML ...], "
-                         "or --system-xml FILE --topology FILE")
+        raise ValueError(
+            "name the target in exactly one way: --system NAME, --pdb FILE --forcefield XML [XML ...], "
+            "or --system-xml FILE --topology FILE"
+        )
     if system is not None:
         if dim is not None:
             options["dim"] = dim

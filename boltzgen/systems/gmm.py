@@ -52,7 +52,9 @@ class GaussianMixture(TargetSystem):
         stds = stds.reshape(k, 1).expand(k, d).clone() if stds.dim() == 1 else stds
         weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
         if stds.shape != (k, d) or weights.shape != (k,):
-            raise ValueError(f"stds must be (K,) or (K, D) and weights (K,), got {tuple(stds.shape)}, {tuple(weights.shape)}")
+            raise ValueError(
+                f"stds must be (K,) or (K, D) and weights (K,), got {tuple(stds.shape)}, {tuple(weights.shape)}"
+            )
         if not (stds > 0).all() or not (weights > 0).all():
             raise ValueError("standard deviations and weights must be positive")
         weights = weights / weights.sum()

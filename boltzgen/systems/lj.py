@@ -147,8 +147,9 @@ class LennardJonesCluster(TargetSystem):
     """
 
     def __init__(self, n_particles: int, oscillator_scale: float = 1.0, name: str | None = None):
-        super().__init__(name or f"lj{n_particles}", (n_particles, 3), REDUCED_UNIT_TEMPERATURE,
-                         cluster_topology(n_particles))
+        super().__init__(
+            name or f"lj{n_particles}", (n_particles, 3), REDUCED_UNIT_TEMPERATURE, cluster_topology(n_particles)
+        )
         self.oscillator_scale = float(oscillator_scale)
 
     def _positions(self) -> torch.Tensor:
@@ -176,6 +177,9 @@ class LennardJonesCluster(TargetSystem):
             The base keys plus ``energy`` (formula), ``oscillator_scale`` and ``units``.
         """
         meta = super().metadata()
-        meta.update(energy="sum_{i!=j} [r^-12 - 2 r^-6] + 0.5*sum_i |x_i - mean|^2",
-                    oscillator_scale=self.oscillator_scale, units="reduced (eps = 1, r_m = 1, kT = 1)")
+        meta.update(
+            energy="sum_{i!=j} [r^-12 - 2 r^-6] + 0.5*sum_i |x_i - mean|^2",
+            oscillator_scale=self.oscillator_scale,
+            units="reduced (eps = 1, r_m = 1, kT = 1)",
+        )
         return meta

@@ -64,15 +64,29 @@ class OpenMMTarget(TargetSystem):
         Extra metadata (force-field files, implicit solvent, source files).
     """
 
-    def __init__(self, system: openmm.System, topology, positions, temperature: float, *, name: str = "openmm",
-                 platform: str = "auto", n_workers: Optional[int] = None, description: Optional[dict] = None):
+    def __init__(
+        self,
+        system: openmm.System,
+        topology,
+        positions,
+        temperature: float,
+        *,
+        name: str = "openmm",
+        platform: str = "auto",
+        n_workers: Optional[int] = None,
+        description: Optional[dict] = None,
+    ):
         topology = _to_mdtraj_topology(topology)
         n = system.getNumParticles()
         if n != topology.n_atoms:
-            raise ValueError(f"{name}: the OpenMM System has {n} particles but the topology has {topology.n_atoms} atoms")
+            raise ValueError(
+                f"{name}: the OpenMM System has {n} particles but the topology has {topology.n_atoms} atoms"
+            )
         positions = np.asarray(positions, dtype=np.float64)
         if positions.shape != (n, 3):
-            raise ValueError(f"{name}: start positions have shape {positions.shape}, expected ({n}, 3) (wrong atom count?)")
+            raise ValueError(
+                f"{name}: start positions have shape {positions.shape}, expected ({n}, 3) (wrong atom count?)"
+            )
         if not np.isfinite(positions).all():
             raise ValueError(f"{name}: start positions contain NaN or infinite coordinates")
         super().__init__(name, (n, 3), temperature, topology)
@@ -182,8 +196,16 @@ def _read_system(system) -> openmm.System:
     return obj
 
 
-def from_openmm(system, topology, temperature: float = 300.0, *, positions=None, name: Optional[str] = None,
-                platform: str = "auto", n_workers: Optional[int] = None) -> OpenMMTarget:
+def from_openmm(
+    system,
+    topology,
+    temperature: float = 300.0,
+    *,
+    positions=None,
+    name: Optional[str] = None,
+    platform: str = "auto",
+    n_workers: Optional[int] = None,
+) -> OpenMMTarget:
     """Target from any OpenMM System and a topology.
 
     Parameters
@@ -230,8 +252,16 @@ def from_openmm(system, topology, temperature: float = 300.0, *, positions=None,
         )
     if positions is None:
         raise ValueError("no start positions: pass positions=(N, 3) nm or a topology file with coordinates")
-    return OpenMMTarget(system, topology, positions, temperature, name=name or "openmm-system",
-                        platform=platform, n_workers=n_workers, description=description)
+    return OpenMMTarget(
+        system,
+        topology,
+        positions,
+        temperature,
+        name=name or "openmm-system",
+        platform=platform,
+        n_workers=n_workers,
+        description=description,
+    )
 
 
 def _load_forcefield(forcefield: Sequence[str]) -> app.ForceField:
@@ -247,8 +277,15 @@ def _load_forcefield(forcefield: Sequence[str]) -> app.ForceField:
         ) from None
 
 
-def from_pdb(pdb, forcefield: Sequence[str], temperature: float = 300.0, *, name: Optional[str] = None,
-             platform: str = "auto", n_workers: Optional[int] = None) -> OpenMMTarget:
+def from_pdb(
+    pdb,
+    forcefield: Sequence[str],
+    temperature: float = 300.0,
+    *,
+    name: Optional[str] = None,
+    platform: str = "auto",
+    n_workers: Optional[int] = None,
+) -> OpenMMTarget:
     """Target from a PDB file and OpenMM force-field XML files (NoCutoff, no constraints).
 
     Parameters
@@ -287,7 +324,19 @@ def from_pdb(pdb, forcefield: Sequence[str], temperature: float = 300.0, *, name
     except ValueError as exc:
         raise ValueError(f"force field {files} cannot parametrise {pdb}: {exc}") from None
     positions = np.asarray(structure.getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer), dtype=np.float64)
-    description = {"pdb": os.path.abspath(pdb), "forcefield": files, "nonbonded_method": "NoCutoff", "constraints": "none"}
-    return OpenMMTarget(system, structure.topology, positions, temperature,
-                        name=name or os.path.splitext(os.path.basename(pdb))[0],
-                        platform=platform, n_workers=n_workers, description=description)
+    description = {
+        "pdb": os.path.abspath(pdb),
+        "forcefield": files,
+        "nonbonded_method": "NoCutoff",
+        "constraints": "none",
+    }
+    return OpenMMTarget(
+        system,
+        structure.topology,
+        positions,
+        temperature,
+        name=name or os.path.splitext(os.path.basename(pdb))[0],
+        platform=platform,
+        n_workers=n_workers,
+        description=description,
+    )

@@ -21,9 +21,28 @@ import openmm.unit as unit
 __all__ = ["BUILDABLE", "THREE_LETTER", "parse_sequence", "build_capped_peptide", "write_pdb"]
 
 #: One-letter codes of the 20 standard amino acids.
-THREE_LETTER = {"A": "ALA", "R": "ARG", "N": "ASN", "D": "ASP", "C": "CYS", "Q": "GLN", "E": "GLU", "G": "GLY",
-                "H": "HIS", "I": "ILE", "L": "LEU", "K": "LYS", "M": "MET", "F": "PHE", "P": "PRO", "S": "SER",
-                "T": "THR", "W": "TRP", "Y": "TYR", "V": "VAL"}
+THREE_LETTER = {
+    "A": "ALA",
+    "R": "ARG",
+    "N": "ASN",
+    "D": "ASP",
+    "C": "CYS",
+    "Q": "GLN",
+    "E": "GLU",
+    "G": "GLY",
+    "H": "HIS",
+    "I": "ILE",
+    "L": "LEU",
+    "K": "LYS",
+    "M": "MET",
+    "F": "PHE",
+    "P": "PRO",
+    "S": "SER",
+    "T": "THR",
+    "W": "TRP",
+    "Y": "TYR",
+    "V": "VAL",
+}
 #: Residues whose side chains this builder places.
 BUILDABLE = ("ALA", "GLY")
 
@@ -50,8 +69,11 @@ def parse_sequence(sequence: Union[str, Sequence[str]]) -> list[str]:
     """
     if isinstance(sequence, str):
         text = sequence.strip().upper()
-        parts = text.replace("-", " ").split() if ("-" in text or " " in text or len(text) == 3
-                                                  and text in THREE_LETTER.values()) else list(text)
+        parts = (
+            text.replace("-", " ").split()
+            if ("-" in text or " " in text or len(text) == 3 and text in THREE_LETTER.values())
+            else list(text)
+        )
     else:
         parts = [str(p).strip().upper() for p in sequence]
     if not parts:
@@ -60,8 +82,10 @@ def parse_sequence(sequence: Union[str, Sequence[str]]) -> list[str]:
     for i, code in enumerate(parts):
         name = THREE_LETTER.get(code, code)
         if name not in THREE_LETTER.values():
-            raise ValueError(f"unknown residue {code!r} at position {i + 1} of the sequence "
-                             f"(one-letter codes {''.join(THREE_LETTER)} or their three-letter names)")
+            raise ValueError(
+                f"unknown residue {code!r} at position {i + 1} of the sequence "
+                f"(one-letter codes {''.join(THREE_LETTER)} or their three-letter names)"
+            )
         names.append(name)
     return names
 
@@ -73,8 +97,9 @@ def _place(a, b, c, bond, angle, torsion):
     n = np.cross(b - a, bc)
     n /= np.linalg.norm(n)
     m = np.cross(n, bc)
-    local = np.array([-bond * np.cos(angle), bond * np.sin(angle) * np.cos(torsion),
-                      bond * np.sin(angle) * np.sin(torsion)])
+    local = np.array(
+        [-bond * np.cos(angle), bond * np.sin(angle) * np.cos(torsion), bond * np.sin(angle) * np.sin(torsion)]
+    )
     return c + local[0] * bc + local[1] * m + local[2] * n
 
 
@@ -107,8 +132,14 @@ def _heavy_atoms(residues: list[str], phi: float, psi: float) -> list[tuple[int,
     return out
 
 
-def build_capped_peptide(sequence, forcefield: Sequence[str] = ("amber14-all.xml",), *, phi: float = -80.0,
-                         psi: float = 75.0, minimise: bool = True):
+def build_capped_peptide(
+    sequence,
+    forcefield: Sequence[str] = ("amber14-all.xml",),
+    *,
+    phi: float = -80.0,
+    psi: float = 75.0,
+    minimise: bool = True,
+):
     """ACE-(sequence)-NME with hydrogens, minimised in vacuum: (OpenMM topology, positions in nm).
 
     Parameters
@@ -135,8 +166,10 @@ def build_capped_peptide(sequence, forcefield: Sequence[str] = ("amber14-all.xml
     residues = parse_sequence(sequence)
     missing = sorted(set(residues) - set(BUILDABLE))
     if missing:
-        raise ValueError(f"the builder places side chains of {', '.join(BUILDABLE)} only; "
-                         f"the sequence has {', '.join(missing)}: give a PDB of your own with --pdb")
+        raise ValueError(
+            f"the builder places side chains of {', '.join(BUILDABLE)} only; "
+            f"the sequence has {', '.join(missing)}: give a PDB of your own with --pdb"
+        )
     names = ["ACE", *residues, "NME"]
     top = app.Topology()
     chain = top.addChain()
