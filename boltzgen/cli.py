@@ -877,8 +877,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 on success, 2 for usage errors (:class:`CommandError`, printed as one
-        line) or no sub-command, 130 when interrupted.
+        Exit status: 0 on success; 2 for bad input (a usage error, a bad value or file: one line
+        on stderr naming it) or no sub-command; 1 for a run that failed on the way (I/O, memory,
+        an OpenMM failure such as an unstable simulation: one line); 130 when interrupted. Any
+        other exception is a bug: its traceback is printed with a request to report it.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -887,12 +889,53 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except CommandError as exc:
-        print(f"boltzgen {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"boltzgen {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - every failure ends here, as one line or as a bug report
+        status, message = classify_error(exc)
+        if status is None:
+            import traceback
+
+            traceback.print_exc()
+            print(
+                f"boltzgen {args.command}: this is a bug in boltzgen ({type(exc).__name__}); please report it "
+                "with the command line and the traceback above",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"boltzgen {args.command}: error: {message}", file=sys.stderr)
+        return status
+
+
+def classify_error(exc: BaseException) -> tuple:
+    """How the command line reports an exception: (exit status, one-line message), or (None, None)
+    for an unexpected exception (a bug, shown with its traceback).
+
+    Parameters
+    ----------
+    exc : BaseException
+
+    Returns
+    -------
+    status : int or None
+        2 for bad input (:class:`CommandError`, ValueError, FileNotFoundError), 1 for failures
+        on the way (other OSError such as a full or read-only disk, MemoryError, OpenMM errors).
+    message : str or None
+    """
+    import openmm
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, (CommandError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return 2, text
+    if isinstance(exc, MemoryError):
+        return 1, "out of memory; use fewer samples or a smaller batch (-n, --batch-size)"
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) and str(exc.filename) not in text else ""
+        return 1, f"{text}{where}"
+    if isinstance(exc, openmm.OpenMMException):
+        return 1, f"OpenMM failed: {text} (an unstable simulation? try a smaller --timestep or check the structure)"
+    return None, None
 
 
 if __name__ == "__main__":  # pragma: no cover

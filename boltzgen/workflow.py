@@ -30,6 +30,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .guards import check_writable, output_lock
+
 __all__ = [
     "SampleRun",
     "SAMPLE_OPTIONS",
@@ -264,12 +266,14 @@ def simulate_training_data(
         raise ValueError(f"n must be at least 1, got {n}")
     if keep_replicas < 1:
         raise ValueError(f"keep_replicas must be at least 1, got {keep_replicas}")
-    target, owned = _resolve_target(target, target_options)
-    try:
-        return _simulate(target, int(n), output, seed, int(keep_replicas), quench, progress, metrics_path, options)
-    finally:
-        if owned:
-            target.close()
+    check_writable(output, what="sample file")
+    with output_lock(output, "sample file"):
+        target, owned = _resolve_target(target, target_options)
+        try:
+            return _simulate(target, int(n), output, seed, int(keep_replicas), quench, progress, metrics_path, options)
+        finally:
+            if owned:
+                target.close()
 
 
 def _simulate(target, n, output, seed, keep, quench, progress, metrics_path, options) -> dict:
@@ -396,6 +400,79 @@ def train(
     """
     from .parallel import train_in_processes
 
+    check_system_matches_data(system, data)
+    check_writable(run_dir, what="run directory")
+    with output_lock(run_dir, "run directory"):
+        return _train(
+            train_in_processes,
+            data,
+            run_dir,
+            system,
+            config_file,
+            loss,
+            net,
+            steps,
+            batch_size,
+            pretrain_dsm_steps,
+            state_fraction,
+            threads,
+            processes,
+            seed,
+            start_from,
+            overrides,
+            progress,
+        )
+
+
+def check_system_matches_data(system: Optional[str], data: str) -> None:
+    """Fail before training when ``system`` is not a built-in name or not the data file's system.
+
+    Parameters
+    ----------
+    system : str or None
+        A built-in system name (None: taken from the data file later).
+    data : str
+        Sample file of the training data.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the built-in ones) or a name that differs from
+        the ``system`` recorded in the data file's metadata.
+    FileNotFoundError
+        When the data file does not exist.
+    """
+    from .io import load_samples
+    from .systems.catalog import names
+
+    if system is None:
+        return
+    if system not in names():
+        raise ValueError(f"unknown system {system!r}; built-in systems: {', '.join(names())}")
+    recorded = load_samples(data).metadata.get("system")
+    if recorded and recorded != system and recorded in names():
+        raise ValueError(f"the data file {data} holds samples of {recorded!r}, not of --system {system!r}")
+
+
+def _train(
+    train_in_processes,
+    data,
+    run_dir,
+    system,
+    config_file,
+    loss,
+    net,
+    steps,
+    batch_size,
+    pretrain_dsm_steps,
+    state_fraction,
+    threads,
+    processes,
+    seed,
+    start_from,
+    overrides,
+    progress,
+) -> dict:
     given = {}
     if loss:
         given["loss"] = {"kind": loss}
@@ -529,35 +606,65 @@ def sample(
         raise ValueError("runs > 1 applies to method 'smc' (reverse-SDE samples are independent already)")
     if method not in ("smc", "sde"):
         raise ValueError(f"method must be 'smc' or 'sde', got {method!r}")
-    model = load_model(run_dir)
-    settings = _checked_settings(sample_settings(settings, progress=progress), model, per_state_resampling)
-    if target is None:
-        if not model.metadata.get("system"):
-            raise ValueError(f"{run_dir} does not say which system it was trained on; name the target")
-        target = model.metadata["system"]
-    target, owned = _resolve_target(target, target_options)
-    generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
+    check_writable(output, need_bytes=sample_file_bytes(n, run_dir), what="sample file")
+    with output_lock(output, "sample file"):
+        model = load_model(run_dir)
+        settings = _checked_settings(sample_settings(settings, progress=progress), model, per_state_resampling)
+        if target is None:
+            if not model.metadata.get("system"):
+                raise ValueError(f"{run_dir} does not say which system it was trained on; name the target")
+            target = model.metadata["system"]
+        target, owned = _resolve_target(target, target_options)
+        generator = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        try:
+            if tuple(target.event_shape) != tuple(model.event_shape):
+                raise ValueError(
+                    f"the model is for configurations of shape {tuple(model.event_shape)}, "
+                    f"the target {target.name} has {tuple(target.event_shape)}"
+                )
+            if per_state_resampling and target.states is None:
+                raise ValueError(
+                    f"per-state resampling needs the target's states; {target.name} has none "
+                    f"(set target.states to a boltzgen.states.StateSet)"
+                )
+            if method == "smc":
+                result = _run_smc(model, target, n, runs, settings, per_state_resampling, generator)
+            else:
+                x = torch.as_tensor(_reverse_sde(model, n, generator, settings))
+                result = SampleRun(x, None, target.reduced_energy(x).detach().numpy(), metrics={"n_reflected": 0})
+        finally:
+            if owned:
+                target.close()
+        return _finish_sample(
+            result, target, model, run_dir, output, n, method, runs, settings, seed, start, metrics_path
+        )
+
+
+def sample_file_bytes(n: int, run_dir: str) -> int:
+    """About how many bytes a sample file of ``n`` configurations of a run's model takes.
+
+    Parameters
+    ----------
+    n : int
+        Number of samples.
+    run_dir : str
+        Run directory (its ``config.yaml`` is not read: the size comes from the model file's
+        event shape when it can be read, else a molecule of 100 atoms is assumed).
+
+    Returns
+    -------
+    int
+        n · (coordinates in float32 and float64 + three float64 arrays) plus a margin.
+    """
     try:
-        if tuple(target.event_shape) != tuple(model.event_shape):
-            raise ValueError(
-                f"the model is for configurations of shape {tuple(model.event_shape)}, "
-                f"the target {target.name} has {tuple(target.event_shape)}"
-            )
-        if per_state_resampling and target.states is None:
-            raise ValueError(
-                f"per-state resampling needs the target's states; {target.name} has none "
-                f"(set target.states to a boltzgen.states.StateSet)"
-            )
-        if method == "smc":
-            result = _run_smc(model, target, n, runs, settings, per_state_resampling, generator)
-        else:
-            x = torch.as_tensor(_reverse_sde(model, n, generator, settings))
-            result = SampleRun(x, None, target.reduced_energy(x).detach().numpy(), metrics={"n_reflected": 0})
-    finally:
-        if owned:
-            target.close()
-    return _finish_sample(result, target, model, run_dir, output, n, method, runs, settings, seed, start, metrics_path)
+        from .model import load_checkpoint
+
+        shape = load_checkpoint(os.path.join(run_dir, "model.pt")).get("event_shape") or (100, 3)
+    except (OSError, ValueError):
+        shape = (100, 3)
+    per_sample = int(np.prod(shape)) * 12 + 3 * 8
+    return int(n) * per_sample + (1 << 20)
 
 
 def _checked_settings(settings, model, per_state_resampling: bool):
@@ -793,25 +900,27 @@ def reweight(
 
     if not os.path.exists(samples):
         raise FileNotFoundError(f"sample file not found: {samples}")
-    target, owned = _resolve_target(target, target_options)
-    start = time.perf_counter()
-    try:
-        metrics = reweight_samples(
-            samples,
-            target,
-            log_q=log_q,
-            out_path=output,
-            seed=seed,
-            n_bootstrap=n_bootstrap,
-            block_size=block_size,
-            progress=progress,
-        )
-    finally:
-        if owned:
-            target.close()
-    metrics = {"command": "reweight", **metrics, "wall_time_s": time.perf_counter() - start}
-    _write_metrics(metrics, metrics_path)
-    return metrics
+    check_writable(output, what="sample file")
+    with output_lock(output, "sample file"):
+        target, owned = _resolve_target(target, target_options)
+        start = time.perf_counter()
+        try:
+            metrics = reweight_samples(
+                samples,
+                target,
+                log_q=log_q,
+                out_path=output,
+                seed=seed,
+                n_bootstrap=n_bootstrap,
+                block_size=block_size,
+                progress=progress,
+            )
+        finally:
+            if owned:
+                target.close()
+        metrics = {"command": "reweight", **metrics, "wall_time_s": time.perf_counter() - start}
+        _write_metrics(metrics, metrics_path)
+        return metrics
 
 
 def analyze(
@@ -844,7 +953,9 @@ def analyze(
             raise FileNotFoundError(f"{label} not found: {path}")
     if run_dir is not None and not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    return report_analyze(samples, out_dir, reference, run_dir=run_dir, seed=seed)
+    check_writable(out_dir, what="report directory")
+    with output_lock(out_dir, "report directory"):
+        return report_analyze(samples, out_dir, reference, run_dir=run_dir, seed=seed)
 
 
 # ---------------------------------------------------------------------------- quickstart

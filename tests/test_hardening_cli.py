@@ -1,0 +1,157 @@
+"""Bad input and failures on the command line end in one clear line and a non-zero exit (issue 21)."""
+
+import numpy as np
+import pytest
+
+from boltzgen.cli import classify_error, main
+
+
+def _one_line_error(capsys, command):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith(f"boltzgen {command}: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture()
+def gmm_data(tmp_path, capsys):
+    path = str(tmp_path / "gmm.h5")
+    assert main(["simulate", "gmm-two-modes", "-n", "64", "-o", path, "--no-progress", "--seed", "0"]) == 0
+    capsys.readouterr()
+    return path
+
+
+def test_unknown_config_key_is_one_line_naming_it(tmp_path, capsys, gmm_data):
+    config = tmp_path / "c.yaml"
+    config.write_text("optim:\n  learning_rate: 0.001\n")
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--system",
+                "gmm-two-modes",
+                "--data",
+                gmm_data,
+                "-o",
+                str(run),
+                "--config",
+                str(config),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    line = _one_line_error(capsys, "train")
+    assert "optim.learning_rate" in line and "unknown" in line
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_bad_learning_rate_is_refused(tmp_path, capsys, gmm_data, value):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"optim:\n  lr: {value}\n")
+    assert (
+        main(
+            [
+                "train",
+                "--system",
+                "gmm-two-modes",
+                "--data",
+                gmm_data,
+                "-o",
+                str(tmp_path / "run"),
+                "--config",
+                str(config),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert "optim.lr" in _one_line_error(capsys, "train")
+
+
+def test_unknown_system_lists_the_names(tmp_path, capsys, gmm_data):
+    assert main(["train", "--system", "nope", "--data", gmm_data, "-o", str(tmp_path / "run"), "--no-progress"]) == 2
+    line = _one_line_error(capsys, "train")
+    assert "nope" in line and "gmm-two-modes" in line
+
+
+def test_output_under_a_regular_file_fails_at_once(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a directory")
+    status = main(["simulate", "gmm-two-modes", "-n", "10", "-o", str(blocker / "x.h5"), "--no-progress"])
+    assert status != 0
+    line = _one_line_error(capsys, "simulate")
+    assert "file.txt" in line
+
+
+def test_missing_sample_file_is_one_line(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "missing.h5"), "-o", str(tmp_path / "report")]) == 2
+    assert "missing.h5" in _one_line_error(capsys, "analyze")
+
+
+def test_corrupt_sample_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + np.random.default_rng(0).bytes(200))
+    assert main(["reweight", str(bad), "--system", "gmm-two-modes", "-o", str(tmp_path / "w.h5")]) == 2
+    assert "bad.h5" in _one_line_error(capsys, "reweight")
+    assert not (tmp_path / "w.h5").exists()
+
+
+def test_errors_are_classified():
+    import openmm
+
+    assert classify_error(ValueError("bad -n"))[0] == 2
+    assert classify_error(FileNotFoundError("nope"))[0] == 2
+    assert classify_error(PermissionError(13, "Permission denied", "/x"))[0] == 1
+    assert classify_error(MemoryError())[0] == 1
+    assert classify_error(openmm.OpenMMException("Particle coordinate is NaN"))[0] == 1
+    assert classify_error(RuntimeError("internal")) == (None, None)
+    assert classify_error(KeyError("x")) == (None, None)
+
+
+def test_system_that_does_not_match_the_data_is_refused_before_training(tmp_path, capsys, gmm_data):
+    run = tmp_path / "run"
+    assert main(["train", "--system", "gmm-40", "--data", gmm_data, "-o", str(run), "--no-progress"]) == 2
+    line = _one_line_error(capsys, "train")
+    assert "gmm-two-modes" in line and "gmm-40" in line
+    assert not (run / "model.pt").exists() and not (run / "train_log.csv").exists()
+
+
+HOLD = """
+import sys, time
+from boltzgen.guards import output_lock
+with output_lock(sys.argv[1], "output"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("command", ["simulate", "train", "sample"])
+def test_a_second_writer_is_refused(tmp_path, capsys, gmm_data, command):
+    import subprocess
+    import sys
+
+    run = str(tmp_path / "run")
+    if command == "sample":
+        assert (
+            main(["train", "--system", "gmm-two-modes", "--data", gmm_data, "-o", run, "--steps", "2", "--no-progress"])
+            == 0
+        )
+        capsys.readouterr()
+    out = {"simulate": str(tmp_path / "d.h5"), "train": run, "sample": str(tmp_path / "s.h5")}[command]
+    argv = {
+        "simulate": ["simulate", "gmm-two-modes", "-n", "10", "-o", out, "--no-progress"],
+        "train": ["train", "--system", "gmm-two-modes", "--data", gmm_data, "-o", out, "--steps", "2", "--no-progress"],
+        "sample": ["sample", run, "-n", "8", "-o", out, "--diffusion-steps", "2", "--no-progress"],
+    }[command]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, out], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(argv) == 1
+        assert "being written by another boltzgen run" in _one_line_error(capsys, command)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(argv) == 0  # once the other writer is gone
