@@ -727,6 +727,7 @@ def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: b
         "log_z": log_z,
         "acceptance": float(sum(acceptance) / len(acceptance)) if acceptance else None,
         "n_reflected": int(sum(r.n_reflected for r in results)),
+        "warnings": [f"run {i + 1}: {w}" if len(results) > 1 else w for i, r in enumerate(results) for w in r.warnings],
         "n_anneal_levels": max(sm["n_anneal_levels"] for sm in summaries),
         "n_ancestors": sum(r.n_ancestors for r in results),
         "n_ancestors_anneal": sum(r.n_ancestors_anneal for r in results),

@@ -964,3 +964,28 @@ def test_smc_normaliser_is_unbiased_over_repetitions():
         z.append(math.exp(r.log_z))
     z = np.asarray(z)
     assert abs(z.mean() - 1.0) < 4 * z.std() / math.sqrt(len(z))
+
+
+def test_sampler_says_when_the_annealing_cap_is_reached():
+    """A wrong model and a cap of 2 adaptive levels: the run jumps to beta = 1 and says so."""
+    target = two_modes(2)
+    model = ExactMarginalModel(GaussianMixture(target.means + 1.0, 0.5 * target.stds, [1.0, 1.0], standardise=False))
+    with pytest.warns(RuntimeWarning, match="reached its cap of 2 levels"):
+        r = smc_sample(
+            model,
+            target,
+            200,
+            torch.Generator().manual_seed(0),
+            settings=settings(
+                diffusion={"n_steps": 5}, anneal={"cess": 0.99, "n_levels": 1, "max_levels": 2, "mcmc_steps": 0}
+            ),
+        )
+    assert any("cap of 2 levels" in w for w in r.warnings)
+    exact = smc_sample(
+        ExactMarginalModel(target),
+        target,
+        200,
+        torch.Generator().manual_seed(0),
+        settings=settings(diffusion={"n_steps": 5}, anneal={"n_levels": 2, "mcmc_steps": 0}),
+    )
+    assert exact.warnings == []

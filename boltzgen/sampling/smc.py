@@ -102,6 +102,46 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------- result
+#: Below this many effective particles an SMC estimate is flagged as untrustworthy.
+MIN_TRUSTED_ESS = 10
+
+
+def sampler_warnings(state: ParticleState, problem: SMCProblem, log_w: torch.Tensor) -> list:
+    """What a finished run could not do as asked, each also issued as a ``RuntimeWarning``.
+
+    Parameters
+    ----------
+    state : ParticleState
+        The particles after the last stage.
+    problem : SMCProblem
+        The run's settings.
+    log_w : Tensor, shape (B,)
+        The final log-weights.
+
+    Returns
+    -------
+    list of str
+    """
+    import warnings
+
+    notes = []
+    if state.anneal_capped_at is not None:
+        notes.append(
+            f"the adaptive annealing reached its cap of {problem.settings.anneal.max_levels} levels at "
+            f"beta = {state.anneal_capped_at:.3g} and jumped to beta = 1: the last reweighting carries the rest "
+            "and the weights may degenerate (raise --max-anneal or anneal.max_levels)"
+        )
+    ess = float(ess_fraction(log_w)) * state.n if torch.isfinite(log_w).any() else 0.0
+    if ess < MIN_TRUSTED_ESS:
+        notes.append(
+            f"the final weights rest on {ess:.1f} effective particles (fewer than {MIN_TRUSTED_ESS}): "
+            "estimates from them cannot be trusted"
+        )
+    for note in notes:
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
+    return notes
+
+
 @dataclass
 class SMCResult:
     """Weighted particles and diagnostics of :func:`smc_sample`.
@@ -149,6 +189,10 @@ class SMCResult:
         the ESS of the final weights does not show.
     settings : SMCSettings or None
         The settings of the run.
+    warnings : list of str
+        What the sampler could not do as asked (the adaptive annealing reached its cap and jumped
+        to β = 1; the final weights rest on fewer than ten effective particles). Each is also
+        issued as a ``RuntimeWarning``.
     """
 
     x: torch.Tensor
@@ -171,6 +215,7 @@ class SMCResult:
     n_ancestors: int = 0
     n_ancestors_anneal: int = 0
     settings: Optional[SMCSettings] = None
+    warnings: list = field(default_factory=list)
 
     @classmethod
     def from_state(cls, state: ParticleState, problem: SMCProblem, recorder: SMCRecorder) -> "SMCResult":
@@ -190,6 +235,7 @@ class SMCResult:
         lw = state.log_w + problem.dim * math.log(ls)  # densities of x = ℓ y carry the Jacobian ℓ^{-d}
         f64 = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
         anneal = state.ancestors.get("anneal")
+        notes = sampler_warnings(state, problem, lw)
         return cls(
             x=(ls * state.y).detach(),
             log_weights=lw.detach(),
@@ -211,6 +257,7 @@ class SMCResult:
             n_ancestors=int(state.ancestors["start"].unique().numel()),
             n_ancestors_anneal=state.n if anneal is None else int(anneal.unique().numel()),
             settings=problem.settings,
+            warnings=notes,
         )
 
     @property

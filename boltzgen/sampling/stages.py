@@ -554,6 +554,8 @@ class ParticleState:
     ancestors : dict of str -> tensor (B,) int64
         For each key, the index of each particle's ancestor when the key was set ("start": t = 1,
         "anneal": the start of the annealing).
+    anneal_capped_at : float or None
+        β from which the adaptive annealing jumped to 1 because it reached ``anneal.max_levels``.
     n_model_evals, n_target_evals, n_reflected : int
         Energy evaluations (per configuration) of the model and of the target; particles reflected.
     log_z_diffusion : float
@@ -577,6 +579,7 @@ class ParticleState:
     n_target_evals: int = 0
     n_reflected: int = 0
     log_z_diffusion: float = math.nan
+    anneal_capped_at: Optional[float] = None
 
     @property
     def n(self) -> int:
@@ -958,6 +961,8 @@ def _next_beta(
     if cess is None:
         return grid[level]
     if level == max(problem.settings.anneal.max_levels, len(grid)) - 1:
+        if beta_prev < 1.0:
+            state.anneal_capped_at = beta_prev
         return 1.0
     remaining, max_increment = 1.0 - beta_prev, 1.0 / len(grid)
     if problem.states is None:
