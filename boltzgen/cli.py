@@ -933,6 +933,10 @@ def classify_error(exc: BaseException) -> tuple:
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if getattr(exc, "filename", None) and str(exc.filename) not in text else ""
         return 1, f"{text}{where}"
+    from .md.dynamics import SimulationUnstableError
+
+    if isinstance(exc, SimulationUnstableError):
+        return 1, text
     if isinstance(exc, openmm.OpenMMException):
         return 1, f"OpenMM failed: {text} (an unstable simulation? try a smaller --timestep or check the structure)"
     return None, None

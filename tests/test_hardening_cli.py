@@ -155,3 +155,37 @@ def test_a_second_writer_is_refused(tmp_path, capsys, gmm_data, command):
         holder.kill()
         holder.wait()
     assert main(argv) == 0  # once the other writer is gone
+
+
+@pytest.mark.parametrize(
+    "argv, status, words",
+    [
+        (["simulate", "gmm-two-modes", "--dim", "0", "-n", "10"], 2, "dim must be a positive integer"),
+        (["simulate", "aldp-vacuum", "-n", "2", "--platform", "NoSuchPlatform", "--replicas", "1"], 2, "Reference"),
+        (
+            [
+                "simulate",
+                "aldp-vacuum",
+                "-n",
+                "2",
+                "--timestep",
+                "50",
+                "--replicas",
+                "1",
+                "--equilibration",
+                "10",
+                "--stride",
+                "10",
+                "--workers",
+                "0",
+            ],
+            1,
+            "became unstable",
+        ),
+    ],
+)
+def test_simulate_refuses_bad_settings_in_one_line(tmp_path, capsys, argv, status, words):
+    out = tmp_path / "x.h5"
+    assert main([*argv, "-o", str(out), "--no-progress"]) == status
+    assert words in _one_line_error(capsys, "simulate")
+    assert not out.exists()

@@ -23,6 +23,10 @@ from ..units import kT_of
 from .checkpoint import read_checkpoint, write_checkpoint
 
 
+class SimulationUnstableError(RuntimeError):
+    """The dynamics produced a non-finite energy (time step too large, a clash, a bad structure)."""
+
+
 def temperature_ladder(temperature: float, t_max: float, replicas: int) -> np.ndarray:
     """Geometric temperature ladder T_k = T_0 (T_max / T_0)^(k / (R − 1)).
 
@@ -378,7 +382,7 @@ def run_dynamics(
             u = replicas.potential_energies()
             if not np.isfinite(u).all():
                 bad = [f"{t:.1f} K" for t, ok in zip(temps, np.isfinite(u)) if not ok]
-                raise RuntimeError(
+                raise SimulationUnstableError(
                     f"the simulation became unstable (non-finite energy at {', '.join(bad)}) at step "
                     f"{step}; use a smaller timestep (now {params['timestep']} fs) or a lower t_max"
                 )

@@ -68,14 +68,24 @@ def _lj(n: int) -> Callable[..., TargetSystem]:
     return make
 
 
+def _positive_dim(dim) -> int:
+    if isinstance(dim, bool) or int(dim) != dim or int(dim) < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    return int(dim)
+
+
 def _gmm_two_modes(dim: int = 2) -> TargetSystem:
     from .gmm import two_modes
+
+    dim = _positive_dim(dim)
 
     return two_modes(int(dim))
 
 
 def _gmm_40(dim: int = 2, seed: int = 0) -> TargetSystem:
     from .gmm import forty_modes
+
+    dim = _positive_dim(dim)
 
     return forty_modes(int(dim), seed=int(seed))
 

@@ -92,6 +92,14 @@ class OpenMMTarget(TargetSystem):
         super().__init__(name, (n, 3), temperature, topology)
         self.system = system
         self._start = torch.from_numpy(positions.copy())
+        if platform != "auto":
+            from .bridge import available_platforms
+
+            if platform not in available_platforms():
+                raise ValueError(
+                    f"OpenMM platform {platform!r} is not available here; available: "
+                    f"{', '.join(available_platforms())} (or 'auto')"
+                )
         self.platform = platform
         self.n_workers = n_workers
         self.description = dict(description or {})
