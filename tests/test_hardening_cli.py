@@ -189,3 +189,43 @@ def test_simulate_refuses_bad_settings_in_one_line(tmp_path, capsys, argv, statu
     assert main([*argv, "-o", str(out), "--no-progress"]) == status
     assert words in _one_line_error(capsys, "simulate")
     assert not out.exists()
+
+
+def test_resume_with_fewer_frames_keeps_the_checkpoint(tmp_path, capsys):
+    """A simulate run killed after writing its checkpoint, rerun with a smaller -n: refused, and the
+    checkpoint (with every frame) is still there."""
+    from boltzgen.md.checkpoint import frames_in, write_checkpoint
+
+    out = tmp_path / "md.h5"
+    argv = [
+        "simulate",
+        "aldp-vacuum",
+        "-n",
+        "6",
+        "-o",
+        str(out),
+        "--replicas",
+        "1",
+        "--equilibration",
+        "10",
+        "--stride",
+        "5",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    capsys.readouterr()
+    # rebuild the situation of an interrupted run: a checkpoint of 6 frames beside a missing output
+    import numpy as np
+
+    from boltzgen.md.checkpoint import read_checkpoint
+
+    ckpt = str(out) + ".checkpoint"
+    params = {"n_samples": 6}
+    write_checkpoint(ckpt, params, {"step": 30}, {"positions": np.zeros((6, 22, 3))})
+    with pytest.raises(ValueError, match="already holds 6 frames, more than the 4 asked for"):
+        read_checkpoint(ckpt, {"n_samples": 4})
+    state, arrays = read_checkpoint(ckpt, {"n_samples": 8})
+    assert frames_in(arrays) == 6
+    assert (tmp_path / "md.h5.checkpoint").exists()

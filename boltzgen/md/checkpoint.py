@@ -126,4 +126,37 @@ def read_checkpoint(path: str, parameters: dict) -> Optional[tuple[dict, dict]]:
         )
     contents.pop("format")
     state = json.loads(str(contents.pop("state")))
+    have = frames_in(contents)
+    wanted = parameters.get("n_samples")
+    chains = (
+        int(np.asarray(contents["samples"]).shape[1])
+        if "samples" in contents and np.ndim(contents["samples"]) >= 2
+        else 1
+    )
+    limit = None if wanted is None else -(-int(wanted) // max(chains, 1)) * max(chains, 1)  # MCMC saves whole rounds
+    if limit is not None and have > limit:
+        raise ValueError(
+            f"checkpoint {path} already holds {have} frames, more than the {int(wanted)} asked for; rerun with "
+            f"-n {have} or more to keep them (nothing was deleted), or remove the checkpoint to start afresh"
+        )
     return state, contents
+
+
+def frames_in(arrays: dict) -> int:
+    """How many frames a checkpoint's arrays hold (MD: ``positions``; MCMC: ``samples`` of all chains).
+
+    Parameters
+    ----------
+    arrays : dict of str -> ndarray
+        The arrays of :func:`read_checkpoint`.
+
+    Returns
+    -------
+    int
+    """
+    if "positions" in arrays:
+        return int(np.asarray(arrays["positions"]).shape[0])
+    if "samples" in arrays:
+        samples = np.asarray(arrays["samples"])
+        return int(samples.shape[0] * samples.shape[1]) if samples.ndim >= 2 else 0
+    return 0
