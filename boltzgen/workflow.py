@@ -402,26 +402,21 @@ def train(
 
     check_system_matches_data(system, data)
     check_writable(run_dir, what="run directory")
+    given = _train_overrides(loss, net, steps, batch_size, pretrain_dsm_steps, state_fraction)
     with output_lock(run_dir, "run directory"):
-        return _train(
-            train_in_processes,
+        metrics = train_in_processes(
+            processes,
             data,
             run_dir,
-            system,
-            config_file,
-            loss,
-            net,
-            steps,
-            batch_size,
-            pretrain_dsm_steps,
-            state_fraction,
-            threads,
-            processes,
-            seed,
-            start_from,
-            overrides,
-            progress,
+            system=system,
+            config_file=config_file,
+            overrides=merge(overrides or {}, given),
+            seed=seed,
+            threads=threads,
+            progress=progress,
+            start_from=start_from,
         )
+    return {"command": "train", "run_dir": os.path.abspath(run_dir), **metrics}
 
 
 def check_system_matches_data(system: Optional[str], data: str) -> None:
@@ -454,25 +449,8 @@ def check_system_matches_data(system: Optional[str], data: str) -> None:
         raise ValueError(f"the data file {data} holds samples of {recorded!r}, not of --system {system!r}")
 
 
-def _train(
-    train_in_processes,
-    data,
-    run_dir,
-    system,
-    config_file,
-    loss,
-    net,
-    steps,
-    batch_size,
-    pretrain_dsm_steps,
-    state_fraction,
-    threads,
-    processes,
-    seed,
-    start_from,
-    overrides,
-    progress,
-) -> dict:
+def _train_overrides(loss, net, steps, batch_size, pretrain_dsm_steps, state_fraction) -> dict:
+    """The nested configuration keys that :func:`train`'s keyword arguments set."""
     given = {}
     if loss:
         given["loss"] = {"kind": loss}
@@ -486,19 +464,7 @@ def _train(
     if state_fraction is not None:
         off = isinstance(state_fraction, str) and state_fraction.strip().lower() == "none"
         given["data"] = {"state_fraction": None if off else float(state_fraction)}
-    metrics = train_in_processes(
-        processes,
-        data,
-        run_dir,
-        system=system,
-        config_file=config_file,
-        overrides=merge(overrides or {}, given),
-        seed=seed,
-        threads=threads,
-        progress=progress,
-        start_from=start_from,
-    )
-    return {"command": "train", "run_dir": os.path.abspath(run_dir), **metrics}
+    return given
 
 
 # ---------------------------------------------------------------------------- sample
