@@ -268,7 +268,7 @@ def reweight_samples(
         coordinates, a missing or malformed log q, or all weights zero.
     """
     samples_path = os.fspath(samples_path)
-    samples = load_samples(samples_path)
+    samples = load_samples(samples_path, topology=target.topology if target.is_molecular else None)
     x = np.asarray(samples.x, dtype=np.float64)
     n = x.shape[0]
     if n == 0:

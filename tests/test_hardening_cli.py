@@ -229,3 +229,38 @@ def test_resume_with_fewer_frames_keeps_the_checkpoint(tmp_path, capsys):
     state, arrays = read_checkpoint(ckpt, {"n_samples": 8})
     assert frames_in(arrays) == 6
     assert (tmp_path / "md.h5.checkpoint").exists()
+
+
+def test_reweight_reads_a_dcd_with_the_targets_topology(tmp_path, capsys):
+    """MD from another program (DCD, no topology inside) reweighted against a built-in target."""
+    import mdtraj
+
+    from boltzgen.io import load_samples
+    from boltzgen.systems import load
+
+    target = load("aldp-vacuum", n_workers=0)
+    x = np.repeat(target.positions.numpy()[None], 3, axis=0) + 0.002 * np.arange(3)[:, None, None]
+    dcd = str(tmp_path / "md.dcd")
+    mdtraj.Trajectory(x.astype(np.float32), target.topology).save_dcd(dcd)
+    target.close()
+    np.save(tmp_path / "lq.npy", np.zeros(3))
+    out = str(tmp_path / "w.h5")
+    assert (
+        main(
+            [
+                "reweight",
+                dcd,
+                "--system",
+                "aldp-vacuum",
+                "--log-q",
+                str(tmp_path / "lq.npy"),
+                "-o",
+                out,
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert load_samples(out).x.shape == (3, 22, 3)
