@@ -142,6 +142,13 @@ def resolve_log_q(log_q, samples, samples_path: str) -> tuple[np.ndarray, str]:
     if log_q is None:
         if samples.log_q is None and samples.log_weights is not None and samples.reduced_energy is not None:
             return weighted_log_q(samples.log_weights, samples.reduced_energy), "file:-reduced_energy-log_weights"
+        if (
+            samples.log_q is None
+            and samples.reduced_energy is not None
+            and samples.metadata.get("command") == "simulate"
+        ):
+            # boltzgen simulate's frames are samples of exp(-u) of their own target: log q = -u + const
+            return weighted_log_q(np.zeros(n), samples.reduced_energy), "file:-reduced_energy"
         if samples.log_q is None:
             raise ValueError(
                 f"no proposal log-density: {samples_path} has no 'log_q' array (nor log_weights with reduced_energy); "

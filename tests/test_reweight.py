@@ -262,3 +262,17 @@ def test_weighted_samples_reweight_to_another_target_without_log_q(tmp_path):
     shift = lw_b[3:] - expected[3:]
     np.testing.assert_allclose(shift, shift[0], atol=1e-9)
     np.testing.assert_array_equal(np.isinf(weighted_log_q([0.0, -np.inf], [1.0, 2.0])), [False, True])
+
+
+def test_md_of_one_target_reweights_to_another_from_its_energies(tmp_path):
+    """Frames of boltzgen simulate (samples of exp(-u_A)) need no log q: log w_B = u_A - u_B + const."""
+    from boltzgen.cli import main
+
+    data = str(tmp_path / "a.h5")
+    assert main(["simulate", "gmm-two-modes", "-n", "50", "-o", data, "--no-progress"]) == 0
+    out = str(tmp_path / "b.h5")
+    assert main(["reweight", data, "--system", "gmm-40", "-o", out]) == 0
+    a, b = load_samples(data), load_samples(out)
+    u_b = systems.load("gmm-40").reduced_energy(torch.from_numpy(a.x)).numpy()
+    shift = b.log_weights - (a.reduced_energy - u_b)
+    np.testing.assert_allclose(shift, shift[0], atol=1e-8)
