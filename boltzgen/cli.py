@@ -21,8 +21,9 @@ from .version import __version__
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-class CommandError(Exception):
-    """A user error: printed as one line, exit status 2."""
+class CommandError(ValueError):
+    """A user error: printed as one line, exit status 2 (a ValueError, so :func:`main` reports it
+    like every other bad input)."""
 
 
 # ---------------------------------------------------------------------------- shared options
@@ -271,7 +272,15 @@ def _settings_from_args(args):
     d["resampling"]["balance_states"] = bool(args.balance_states)
     if args.no_chirality:
         d["chirality"] = False
-    return SMCSettings.from_dict(d)
+    try:
+        return SMCSettings.from_dict(d)
+    except ValueError as exc:  # name the option the user typed, not the settings key behind it
+        message = str(exc)
+        for flag, (section, key), _, _ in SAMPLE_OPTIONS:
+            prefix = f"{section}.{key}: "
+            if message.startswith(prefix):
+                raise CommandError(f"{flag} {message[len(prefix) :]}") from None
+        raise
 
 
 def cmd_sample(args) -> int:
@@ -890,7 +899,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(f"boltzgen {args.command}: interrupted", file=sys.stderr)
+        print(f"boltzgen {args.command}: error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every failure ends here, as one line or as a bug report
         status, message = classify_error(exc)

@@ -199,6 +199,33 @@ def _resolve_target(target, options: Optional[dict] = None):
     return target, False
 
 
+def _check_output(path, what: str, need_bytes: Optional[int] = None, directory: bool = False) -> None:
+    """Fail before any computing when an output cannot be written: a location under a regular
+    file, a file where a directory belongs (or the other way round), a read-only location or too
+    little free space (:func:`boltzgen.guards.check_writable`).
+
+    Raises
+    ------
+    OutputError
+    """
+    import errno
+
+    from .guards import OutputError
+
+    full = os.path.abspath(os.fspath(path))
+    if os.path.exists(full) and os.path.isdir(full) != directory:
+        kind = "a file" if os.path.isdir(full) is False else "a directory"
+        raise OutputError(errno.EEXIST, f"cannot write the {what} {full}: it is {kind}; choose another output")
+    probe = os.path.dirname(full)
+    while probe and not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise OutputError(
+            errno.ENOTDIR, f"cannot write the {what} {full}: {probe} is a file, not a directory; choose another output"
+        )
+    check_writable(full, need_bytes=need_bytes, what=what)
+
+
 def _write_metrics(metrics: dict, path: Optional[str]) -> None:
     if path:
         from .io import write_json
@@ -266,7 +293,7 @@ def simulate_training_data(
         raise ValueError(f"n must be at least 1, got {n}")
     if keep_replicas < 1:
         raise ValueError(f"keep_replicas must be at least 1, got {keep_replicas}")
-    check_writable(output, what="sample file")
+    _check_output(output, "sample file")
     with output_lock(output, "sample file"):
         target, owned = _resolve_target(target, target_options)
         try:
@@ -401,7 +428,7 @@ def train(
     from .parallel import train_in_processes
 
     check_system_matches_data(system, data)
-    check_writable(run_dir, what="run directory")
+    _check_output(run_dir, "run directory", directory=True)
     given = _train_overrides(loss, net, steps, batch_size, pretrain_dsm_steps, state_fraction)
     with output_lock(run_dir, "run directory"):
         metrics = train_in_processes(
@@ -572,7 +599,7 @@ def sample(
         raise ValueError("runs > 1 applies to method 'smc' (reverse-SDE samples are independent already)")
     if method not in ("smc", "sde"):
         raise ValueError(f"method must be 'smc' or 'sde', got {method!r}")
-    check_writable(output, need_bytes=sample_file_bytes(n, run_dir), what="sample file")
+    _check_output(output, "sample file", need_bytes=sample_file_bytes(n, run_dir))
     with output_lock(output, "sample file"):
         model = load_model(run_dir)
         settings = _checked_settings(sample_settings(settings, progress=progress), model, per_state_resampling)
@@ -867,7 +894,7 @@ def reweight(
 
     if not os.path.exists(samples):
         raise FileNotFoundError(f"sample file not found: {samples}")
-    check_writable(output, what="sample file")
+    _check_output(output, "sample file")
     with output_lock(output, "sample file"):
         target, owned = _resolve_target(target, target_options)
         start = time.perf_counter()
@@ -920,7 +947,7 @@ def analyze(
             raise FileNotFoundError(f"{label} not found: {path}")
     if run_dir is not None and not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    check_writable(out_dir, what="report directory")
+    _check_output(out_dir, "report directory", directory=True)
     with output_lock(out_dir, "report directory"):
         return report_analyze(samples, out_dir, reference, run_dir=run_dir, seed=seed)
 

@@ -379,7 +379,7 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     )
     assert json.loads(capsys.readouterr().out)["tempering"] == 0.5
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--tempering", "1.5"]) == 2
-    assert "diffusion.tempering: must lie in (0, 1]" in capsys.readouterr().err
+    assert "--tempering must lie in (0, 1]" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--per-state-resampling"]) == 2
     assert "per-state resampling needs the target's states; gmm-two-modes has none" in capsys.readouterr().err
     assert (
