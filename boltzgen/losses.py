@@ -63,6 +63,30 @@ one more, energy-only pass. :func:`dsm_loss` with the same ``k`` and ``levels`` 
 DSM-only baseline: it draws the same number B k of noisy samples from the same distribution of
 times, so its value is distributed exactly like the DSM part of the combined loss.
 
+**Target score matching** (``force=`` given: the reduced forces f = −∇u of the clean samples,
+in model units). For x_t = α_t x_0 + σ_t ε the target score identity
+
+    ∇ log p_t(x_t) = E[∇ log p_0(x_0) | x_t] / α_t = E[f(x_0) | x_t] / α_t
+
+makes σ_t f(x_0)/α_t an unbiased regression target for σ_t s(x_t, t), like DSM's −ε, and any
+t-dependent mix of the two stays unbiased. The DSM term then regresses on
+
+    T = w_t σ_t f(x_0)/α_t − (1 − w_t) ε,      w_t = α_t² / (α_t² + κ σ_t²).
+
+For a Gaussian mode of stiffness κ (model units) T is the exact score with zero variance, so
+``kappa`` is a stiffness: :func:`mean_stiffness` estimates it from the forces as ⟨‖f‖²⟩/d, which
+for Boltzmann samples equals the mean curvature ⟨∇²u⟩/d. At small σ_t (w → 1) the target is the
+force, whose variance vanishes as σ_t → 0, exactly where DSM's −ε/σ_t is noisiest; at large σ_t it
+is DSM. When the data were not drawn from exp(−u) (hotter replicas, oversampled states) the force
+term still teaches the target's score wherever the data lie, which is what the low-noise end of the
+model is for; DiffCLF and the SMC weights correct the rest.
+
+**Energy pinning** (``energy=`` and ``lambda_pin > 0``): the spread over the batch of
+E_θ(x_0, t_pin) − u(x_0), i.e. mean((r − mean r)²) with r = E_θ(x_0, t_pin) − u(x_0), in kT², added
+with weight ``lambda_pin``. It ties the model's low-noise energy to the force field up to one
+constant. It is exact only where p_{t_pin} ≈ p_0, i.e. σ(t_pin) well below the thermal width of
+the stiffest bond (docs/theory.md).
+
 Every function returns a dict with ``total`` (the scalar to minimise, with its graph), the parts
 ``dsm`` and/or ``clf`` (with graph), and detached diagnostics: ``clf_accuracy`` (fraction of
 noisy samples whose level has the largest logit), ``n_dsm`` and ``n_energy`` (numbers of score
@@ -75,7 +99,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .diffusion.noise import event_dim, sample_noise, sq_norm
+from .diffusion.noise import event_dim, project_mean_free, sample_noise, sq_norm
 
 __all__ = [
     "LOSSES",
@@ -87,6 +111,8 @@ __all__ = [
     "diffclf_loss",
     "dsm_diffclf_loss",
     "compute_loss",
+    "target_score_weight",
+    "mean_stiffness",
 ]
 
 #: Names accepted by :func:`compute_loss` (and ``boltzgen train --loss``).
@@ -267,6 +293,62 @@ def _levels(model, x0, generator, k, levels, grid, t) -> torch.Tensor:
     return t.reshape(x0.shape[0], -1)
 
 
+def target_score_weight(schedule, t: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Weight w_t = α_t² / (α_t² + κ σ_t²) of the force term in the target-score DSM mix.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The model's noise schedule.
+    t : tensor, shape (M,)
+        Diffusion times.
+    kappa : float
+        Stiffness (model units, 1/length²) at which the mix has zero variance; > 0.
+
+    Returns
+    -------
+    tensor, shape (M,), in (0, 1]
+    """
+    if not kappa > 0:
+        raise ValueError(f"kappa must be > 0, got {kappa}")
+    a2 = schedule.alpha(t) ** 2
+    return a2 / (a2 + float(kappa) * schedule.sigma(t) ** 2)
+
+
+def mean_stiffness(force: torch.Tensor, mean_free: bool) -> float:
+    """κ = ⟨‖f‖²⟩ / d, the mean stiffness of the data (model units, 1/length²).
+
+    For Boltzmann samples of u, ⟨‖∇u‖²⟩ = ⟨∇²u⟩ (integration by parts), so this is the average
+    curvature per degree of freedom: for a Gaussian with per-coordinate stiffness k it is k.
+
+    Parameters
+    ----------
+    force : tensor, shape (B, *event_shape)
+        Reduced forces −∇u of the samples in model units.
+    mean_free : bool
+        Molecular (mean-free) configurations: d = 3(N − 1).
+
+    Returns
+    -------
+    float
+    """
+    event = tuple(force.shape[1:])
+    f = project_mean_free(force) if mean_free else force
+    value = float(sq_norm(f.to(torch.float64), len(event)).mean()) / event_dim(event, mean_free)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"the forces give no usable stiffness (mean squared force per coordinate {value})")
+    return value
+
+
+def _pin(model, x0, energy, lambda_pin, t_pin, out) -> torch.Tensor:
+    """Spread of E_θ(x0, t_pin) − u(x0) over the batch (kT²)."""
+    t = torch.full((x0.shape[0],), float(model.t_min if t_pin is None else t_pin), dtype=x0.dtype, device=x0.device)
+    r = model.energy(x0, t) - energy.to(x0)
+    r = r - r.mean()
+    out["pin"] = (r**2).mean()
+    return lambda_pin * out["pin"]
+
+
 def _objective(
     model,
     x0: torch.Tensor,
@@ -282,12 +364,22 @@ def _objective(
     lambda_clf: float,
     weighting,
     clf_samples: str = "all",
+    force: Optional[torch.Tensor] = None,
+    kappa: Optional[float] = None,
+    energy: Optional[torch.Tensor] = None,
+    lambda_pin: float = 0.0,
+    t_pin: Optional[float] = None,
 ) -> dict:
-    """The one implementation behind every loss: noise at k levels, then the DSM and/or CLF terms."""
+    """The one implementation behind every loss: noise at k levels, then the DSM (or target-score)
+    term, the CLF term and the energy pin."""
     t = _levels(model, x0, generator, k, levels, grid, t)
     b, k = t.shape
     if use_clf and k < 2:
         raise ValueError(f"DiffCLF needs k >= 2 levels, got {k}")
+    if force is not None and (kappa is None or tuple(force.shape) != tuple(x0.shape)):
+        raise ValueError(f"target score matching needs kappa and forces of shape {tuple(x0.shape)}")
+    if lambda_pin > 0 and (energy is None or energy.shape != (x0.shape[0],)):
+        raise ValueError(f"energy pinning needs reduced energies of shape ({x0.shape[0]},)")
     event = tuple(x0.shape[1:])
     n_ev = len(event)
     x_t, eps = noise_at_levels(model, x0, t, generator, noise)
@@ -301,7 +393,14 @@ def _objective(
         # (with create_graph) the scores.
         e_diag, score = model.energy_and_score(x_t, t_flat, create_graph=True)
         sigma = model.schedule.sigma(t_flat).reshape((-1,) + (1,) * n_ev)
-        per_sample = sq_norm(sigma * score + eps, n_ev) / event_dim(model.event_shape, model.mean_free)
+        target = -eps
+        if force is not None:
+            f = project_mean_free(force.to(x0)) if model.mean_free else force.to(x0)
+            f = f.unsqueeze(1).expand((b, k) + event).reshape((b * k,) + event)
+            w = target_score_weight(model.schedule, t_flat, kappa).reshape(sigma.shape)
+            alpha = model.schedule.alpha(t_flat).reshape(sigma.shape)
+            target = w * sigma * f / alpha - (1.0 - w) * eps
+        per_sample = sq_norm(sigma * score - target, n_ev) / event_dim(model.event_shape, model.mean_free)
         if weighting is not None:
             per_sample = weighting(t_flat) * per_sample
         out["dsm"] = per_sample.mean()
@@ -349,6 +448,10 @@ def _objective(
         out["clf_accuracy"] = (logits.detach().argmax(dim=1) == diag).to(x0.dtype).mean()
         total = total + lambda_clf * out["clf"]
 
+    if energy is not None and lambda_pin > 0:
+        total = total + _pin(model, x0, energy, lambda_pin, t_pin, out)
+        n_energy += b
+
     out["total"] = total
     out["n_dsm"] = b * k if use_dsm else 0
     out["n_energy"] = n_energy
@@ -366,6 +469,11 @@ def dsm_loss(
     t: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
     weighting: Optional[Callable] = None,
+    force: Optional[torch.Tensor] = None,
+    kappa: Optional[float] = None,
+    energy: Optional[torch.Tensor] = None,
+    lambda_pin: float = 0.0,
+    t_pin: Optional[float] = None,
 ) -> dict:
     """Denoising score matching, ‖σ_t ∇ₓE_θ(x_t, t) − ε‖² / d averaged over B k noisy samples.
 
@@ -387,6 +495,17 @@ def dsm_loss(
         Explicit noise ε.
     weighting : callable, optional
         Extra weight w(t) per noisy sample (t of shape (B k,)); default 1.
+    force : tensor, shape (B, *event_shape), optional
+        Reduced forces −∇u of ``x0`` in model units: the DSM term regresses on the target-score
+        mix (see the module docstring) instead of −ε.
+    kappa : float, optional
+        Stiffness of the mix (needed with ``force``; :func:`mean_stiffness`).
+    energy : tensor, shape (B,), optional
+        Reduced energies u of ``x0`` (kT), for the energy pin.
+    lambda_pin : float
+        Weight of the energy pin (0: off).
+    t_pin : float, optional
+        Time of the energy pin (default: the model's ``t_min``).
 
     Returns
     -------
@@ -405,6 +524,11 @@ def dsm_loss(
         use_clf=False,
         lambda_clf=0.0,
         weighting=weighting,
+        force=force,
+        kappa=kappa,
+        energy=energy,
+        lambda_pin=float(lambda_pin),
+        t_pin=t_pin,
     )
 
 
@@ -419,6 +543,9 @@ def diffclf_loss(
     t: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
     clf_samples: str = "all",
+    energy: Optional[torch.Tensor] = None,
+    lambda_pin: float = 0.0,
+    t_pin: Optional[float] = None,
 ) -> dict:
     """Diffusive classification loss alone (binary for k = 2, multi-level for k > 2).
 
@@ -436,6 +563,12 @@ def diffclf_loss(
     clf_samples : {"all", "one"}
         Classify all k noisy samples of each x_0, or one drawn uniformly with weight k (an
         unbiased estimate with k − 1 energy evaluations per x_0; see the module docstring).
+    energy : tensor, shape (B,), optional
+        Reduced energies u of ``x0`` (kT), for the energy pin.
+    lambda_pin : float
+        Weight of the energy pin (0: off).
+    t_pin : float, optional
+        Time of the energy pin (default: the model's ``t_min``).
 
     Returns
     -------
@@ -455,6 +588,9 @@ def diffclf_loss(
         lambda_clf=1.0,
         weighting=None,
         clf_samples=_check_clf_samples(clf_samples),
+        energy=energy,
+        lambda_pin=float(lambda_pin),
+        t_pin=t_pin,
     )
 
 
@@ -477,6 +613,11 @@ def dsm_diffclf_loss(
     noise: Optional[torch.Tensor] = None,
     weighting: Optional[Callable] = None,
     clf_samples: str = "all",
+    force: Optional[torch.Tensor] = None,
+    kappa: Optional[float] = None,
+    energy: Optional[torch.Tensor] = None,
+    lambda_pin: float = 0.0,
+    t_pin: Optional[float] = None,
 ) -> dict:
     """L = L_DSM + λ_clf L_CLF on the same B k noisy samples.
 
@@ -490,6 +631,17 @@ def dsm_diffclf_loss(
         As in :func:`dsm_loss` and :func:`diffclf_loss`.
     lambda_clf : float
         Weight of the classification term (default 1).
+    force : tensor, shape (B, *event_shape), optional
+        Reduced forces −∇u of ``x0`` in model units: the DSM term regresses on the target-score
+        mix (see the module docstring) instead of −ε.
+    kappa : float, optional
+        Stiffness of the mix (needed with ``force``; :func:`mean_stiffness`).
+    energy : tensor, shape (B,), optional
+        Reduced energies u of ``x0`` (kT), for the energy pin.
+    lambda_pin : float
+        Weight of the energy pin (0: off).
+    t_pin : float, optional
+        Time of the energy pin (default: the model's ``t_min``).
 
     Returns
     -------
@@ -509,6 +661,11 @@ def dsm_diffclf_loss(
         lambda_clf=float(lambda_clf),
         weighting=weighting,
         clf_samples=_check_clf_samples(clf_samples),
+        force=force,
+        kappa=kappa,
+        energy=energy,
+        lambda_pin=float(lambda_pin),
+        t_pin=t_pin,
     )
 
 
@@ -524,6 +681,11 @@ def compute_loss(
     grid: Grid = 64,
     weighting: Optional[Callable] = None,
     clf_samples: str = "all",
+    force: Optional[torch.Tensor] = None,
+    kappa: Optional[float] = None,
+    energy: Optional[torch.Tensor] = None,
+    lambda_pin: float = 0.0,
+    t_pin: Optional[float] = None,
 ) -> dict:
     """The objective named ``loss`` (one of :data:`LOSSES`), for trainers and the CLI.
 
@@ -549,6 +711,10 @@ def compute_loss(
         Extra DSM weight w(t) per noisy sample (``"dsm"`` and ``"dsm+diffclf"``).
     clf_samples : {"all", "one"}
         As in :func:`diffclf_loss` (``"diffclf"`` and ``"dsm+diffclf"``).
+    force, kappa : optional
+        Target score matching (``"dsm"`` and ``"dsm+diffclf"``; see :func:`dsm_loss`).
+    energy, lambda_pin, t_pin : optional
+        The energy pin (every loss; see :func:`dsm_loss`).
 
     Returns
     -------
@@ -561,10 +727,13 @@ def compute_loss(
     ValueError
         For an unknown ``loss``.
     """
+    pin = dict(energy=energy, lambda_pin=lambda_pin, t_pin=t_pin)
     if loss == "dsm":
-        return dsm_loss(model, x0, generator, k=k, levels=levels, grid=grid, weighting=weighting)
+        return dsm_loss(
+            model, x0, generator, k=k, levels=levels, grid=grid, weighting=weighting, force=force, kappa=kappa, **pin
+        )
     if loss == "diffclf":
-        return diffclf_loss(model, x0, generator, k=k, levels=levels, grid=grid, clf_samples=clf_samples)
+        return diffclf_loss(model, x0, generator, k=k, levels=levels, grid=grid, clf_samples=clf_samples, **pin)
     if loss == "dsm+diffclf":
         return dsm_diffclf_loss(
             model,
@@ -576,5 +745,8 @@ def compute_loss(
             grid=grid,
             weighting=weighting,
             clf_samples=clf_samples,
+            force=force,
+            kappa=kappa,
+            **pin,
         )
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
