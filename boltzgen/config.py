@@ -420,6 +420,11 @@ class ModelConfig(_Section):
         Grid points of the ``grid`` normaliser.
     output_scale : {"none", "edm"}
         ``edm`` scales the network's score to unit size at every t (molecules).
+    prior : {"none", "bonded"}
+        ``bonded`` builds the force field's bonds, angles and torsions into the energy, diffused
+        to each t (:class:`boltzgen.nn.prior.BondedPrior`; OpenMM targets only).
+    prior_fade_width : float
+        Noise-to-signal ratio σ_t/α_t (model units) at which the prior has faded to half.
     """
 
     PATH: ClassVar[str] = "model"
@@ -428,6 +433,8 @@ class ModelConfig(_Section):
     log_normaliser: str = _setting("grid", lambda p, v: choice(p, v, _log_normalisers()))
     n_levels: int = _setting(64, lambda p, v: integer(p, v, low=1))
     output_scale: str = _setting("none", lambda p, v: choice(p, v, _output_scales()))
+    prior: str = _setting("none", lambda p, v: choice(p, v, ("none", "bonded")))
+    prior_fade_width: float = _setting(0.1, lambda p, v: number(p, v, 0.0, low_open=True))
 
 
 def _losses():
@@ -467,6 +474,17 @@ class LossConfig(_Section):
         Points of the time grid of the ``*grid*`` level modes.
     clf_samples : {"all", "one"}
         ``one`` classifies one noisy sample per configuration (cheaper, unbiased).
+    target_score : bool
+        Regress the score on the data's forces mixed with DSM's noise (target score matching;
+        needs forces in the data, or a known system to compute them).
+    kappa : "auto" or float
+        Stiffness (model units) of the target-score mix; ``auto`` takes the data's mean
+        stiffness ⟨‖f‖²⟩/d (:func:`boltzgen.losses.mean_stiffness`).
+    lambda_pin : float
+        Weight of the energy pin, the spread of E(x, t_pin) − u(x) over a batch (0: off; needs
+        reduced energies in the data).
+    pin_time : float or None
+        t_pin (default: the model's t_min).
     """
 
     PATH: ClassVar[str] = "loss"
@@ -476,6 +494,12 @@ class LossConfig(_Section):
     levels: str = _setting("uniform", lambda p, v: choice(p, v, _level_modes()))
     grid: int = _setting(64, lambda p, v: integer(p, v, low=2))
     clf_samples: str = _setting("all", lambda p, v: choice(p, v, _clf_samples()))
+    target_score: bool = _setting(False, boolean)
+    kappa: Union[str, float] = _setting("auto", lambda p, v: v if v == "auto" else number(p, v, 0.0, low_open=True))
+    lambda_pin: float = _setting(0.0, lambda p, v: number(p, v, 0.0))
+    pin_time: Optional[float] = _setting(
+        None, lambda p, v: number(p, v, 0.0, 1.0, low_open=True, high_open=True, optional=True)
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -3,7 +3,7 @@ log-normaliser F(t).
 
 The model (``docs/design.md``, section 3) is
 
-    E_θ(x, t) = ‖x̃‖² / (2 c_t²) + λ(t) g_θ(x̃ / c_t, t),      c_t² = α_t² σ_data² + σ_t²,
+    E_θ(x, t) = ‖x̃‖² / (2 c_t²) + λ(t) g_θ(x̃ / c_t, t) [+ E_prior(x̃, t)],      c_t² = α_t² σ_data² + σ_t²,
 
 with x̃ = x − x̄ (the mean over atoms subtracted) for mean-free molecular configurations and
 x̃ = x otherwise, g_θ a network ``net(x, t) -> (B,)`` and λ(t) an output scale (1, or
@@ -26,6 +26,9 @@ exact normalised log-density log N(x; 0, c_t² I); in general −E_θ + F is the
 log p_t (DiffCLF determines F only up to one constant shared by all t). f_φ's parameters form
 their own group (:meth:`EnergyModel.parameter_groups`) so a trainer can give them their own
 learning rate.
+
+E_prior, when the model has one, is the force field's bonded terms diffused to time t
+(:class:`boltzgen.nn.prior.BondedPrior`); the network then learns the rest.
 
 Energies are reduced (dimensionless); x has the units of the data (nm for molecules).
 """
@@ -174,6 +177,7 @@ class EnergyModel(nn.Module):
         normaliser_hidden: int = 64,
         output_scale: str = "none",
         net_config: Optional[dict] = None,
+        prior: Optional[dict] = None,
     ):
         super().__init__()
         self.event_shape = tuple(int(s) for s in event_shape)
@@ -192,6 +196,9 @@ class EnergyModel(nn.Module):
         self.net = net
         self.normaliser = LogNormaliser(log_normaliser, self.t_min, n_levels, normaliser_hidden)
         self.net_config = None if net_config is None else dict(net_config)
+        from .nn.prior import prior_from_config
+
+        self.prior = prior_from_config(prior)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -259,7 +266,10 @@ class EnergyModel(nn.Module):
             raise ValueError(
                 f"the network must return one energy per configuration ({x.shape[0]},), got shape {tuple(out.shape)}"
             )
-        return 0.5 * sq_norm(xc, self._n_event) / c2 + self._lambda(t) * out.reshape(x.shape[0])
+        energy = 0.5 * sq_norm(xc, self._n_event) / c2 + self._lambda(t) * out.reshape(x.shape[0])
+        if self.prior is not None:
+            energy = energy + self.prior(xc, self.schedule.alpha(t), self.schedule.sigma(t))
+        return energy
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         """Energy E_θ(x, t); same as :meth:`energy`.
@@ -436,7 +446,8 @@ class EnergyModel(nn.Module):
         -------
         dict
             Constructor keyword arguments (``event_shape``, ``schedule`` as a dict, ``mean_free``,
-            ``sigma_data``, ``t_min``, log-normaliser settings, ``output_scale``, ``net_config``).
+            ``sigma_data``, ``t_min``, log-normaliser settings, ``output_scale``, ``net_config``,
+            ``prior``: the force-field prior's terms or None).
         """
         return {
             "event_shape": list(self.event_shape),
@@ -449,6 +460,7 @@ class EnergyModel(nn.Module):
             "normaliser_hidden": self.normaliser.hidden,
             "output_scale": self.output_scale,
             "net_config": self.net_config,
+            "prior": None if self.prior is None else self.prior.config(),
         }
 
     @classmethod

@@ -1,7 +1,8 @@
 """Sample files (HDF5) and atomic file writes.
 
 A sample file for a molecular system is an mdtraj HDF5 trajectory (``mdtraj.load`` opens it) with
-extra float64 arrays ``log_weights``, ``log_q`` and ``reduced_energy`` where known, and the
+extra float64 arrays ``log_weights``, ``log_q`` and ``reduced_energy`` where known (and
+``reduced_force``, −∇u in kT/nm with the positions' shape, for training data), and the
 metadata (system, temperature, force field, seed, boltzgen version) as JSON in the root attribute
 ``boltzgen_metadata``. For toy targets the same arrays stand beside a float64 ``positions`` array
 of shape (B, D). Files are written to a temporary name and renamed, so a crash never leaves a
@@ -146,6 +147,8 @@ class Samples:
     ----------
     x : ndarray, shape (B, N, 3) in nm, or (B, D); float64
     log_weights, log_q, reduced_energy : ndarray (B,) float64, or None
+    reduced_force : ndarray, shape of ``x``, float64, or None
+        −∇u of each sample (kT/nm for molecules) at the target's temperature.
     topology : mdtraj.Topology or None
     metadata : dict
     extra : dict of str -> ndarray
@@ -156,6 +159,7 @@ class Samples:
     log_weights: Optional[np.ndarray] = None
     log_q: Optional[np.ndarray] = None
     reduced_energy: Optional[np.ndarray] = None
+    reduced_force: Optional[np.ndarray] = None
     topology: Any = None
     metadata: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -200,6 +204,7 @@ def save_samples(
     log_weights=None,
     log_q=None,
     reduced_energy=None,
+    reduced_force=None,
     metadata: Optional[dict] = None,
     extra: Optional[dict] = None,
 ) -> None:
@@ -215,6 +220,8 @@ def save_samples(
         Makes the file an mdtraj HDF5 trajectory.
     log_weights, log_q, reduced_energy : array (B,), optional
         Importance log-weights, proposal log-density and reduced target energy of each sample.
+    reduced_force : array, shape of ``x``, optional
+        Reduced forces −∇u (kT/nm for molecules).
     metadata : dict, optional
         JSON-serialisable description; the boltzgen version is added.
     extra : dict of str -> array, optional
@@ -223,6 +230,10 @@ def save_samples(
     x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
     n = x.shape[0]
     arrays = {name: _check_array(name, value, n) for name, value in zip(_ARRAYS, (log_weights, log_q, reduced_energy))}
+    if reduced_force is not None:
+        reduced_force = np.asarray(reduced_force, dtype=np.float64)
+        if reduced_force.shape != x.shape:
+            raise ValueError(f"reduced_force has shape {reduced_force.shape}, the positions {x.shape}")
     meta = dict(metadata or {})
     meta.setdefault("boltzgen_version", __version__)
     meta_json = json.dumps(meta, default=json_default, sort_keys=True)
@@ -243,6 +254,8 @@ def save_samples(
             for name, arr in arrays.items():
                 if arr is not None:
                     handle.create_dataset(name, data=arr)
+            if reduced_force is not None:
+                handle.create_dataset("reduced_force", data=reduced_force)
             for name, value in (extra or {}).items():
                 if name in handle:
                     raise ValueError(f"extra array name {name!r} is reserved")
@@ -468,6 +481,9 @@ def load_samples(path: str, topology=None) -> Samples:
         for name, arr in arrays.items():
             if arr is not None and arr.shape[0] != x.shape[0]:
                 raise ValueError(f"{path}: '{name}' has {arr.shape[0]} entries but there are {x.shape[0]} samples")
+        force = _float_dataset(handle, "reduced_force", path, x.ndim) if "reduced_force" in handle else None
+        if force is not None and force.shape != x.shape:
+            raise ValueError(f"{path}: 'reduced_force' has shape {force.shape}, the positions {x.shape}")
         mdtraj_nodes = {
             "coordinates",
             "topology",
@@ -480,10 +496,10 @@ def load_samples(path: str, topology=None) -> Samples:
             "temperature",
             "lambda",
         }
-        skip = set(_ARRAYS) | mdtraj_nodes | {"positions"}
+        skip = set(_ARRAYS) | mdtraj_nodes | {"positions", "reduced_force"}
         extra = {}
         for name in handle:
             node = handle[name]
             if name not in skip and isinstance(node, h5py.Dataset):
                 extra[name] = np.asarray(node)  # h5py decodes data only: it never unpickles
-    return Samples(x=x, topology=topology, metadata=meta, extra=extra, **arrays)
+    return Samples(x=x, topology=topology, metadata=meta, extra=extra, reduced_force=force, **arrays)

@@ -116,7 +116,7 @@ class TrainedModel(torch.nn.Module):
         return next(self.inner.parameters()).dtype
 
 
-def build_model(config: dict, event_shape, topology, length_scale: float) -> TrainedModel:
+def build_model(config: dict, event_shape, topology, length_scale: float, prior=None) -> TrainedModel:
     """An untrained :class:`TrainedModel` as a training configuration describes it.
 
     Parameters
@@ -130,11 +130,18 @@ def build_model(config: dict, event_shape, topology, length_scale: float) -> Tra
         Atoms of molecular data (network atom embeddings are built from it).
     length_scale : float
         Units of x per unit of the standardised coordinates y.
+    prior : BondedPrior, optional
+        The force-field prior (needed when ``model.prior`` is ``bonded``).
 
     Returns
     -------
     TrainedModel
         With freshly initialised weights (drawn from torch's global generator).
+
+    Raises
+    ------
+    ValueError
+        When the configuration asks for a prior and none is given.
     """
     from .nn import build_network
 
@@ -153,8 +160,20 @@ def build_model(config: dict, event_shape, topology, length_scale: float) -> Tra
         n_levels=m["n_levels"],
         output_scale=m.get("output_scale", "none"),
         net_config={"kind": kind, **net.config},
+        prior=_prior_config(m, prior),
     )
     return TrainedModel(inner, length_scale, config, topology)
+
+
+def _prior_config(model_section: dict, prior) -> Optional[dict]:
+    if model_section.get("prior", "none") == "none":
+        return None
+    if prior is None:
+        raise ValueError(
+            "model.prior: bonded needs the target's OpenMM force field; name the system (--system) or "
+            "set model.prior: none"
+        )
+    return prior.config()
 
 
 def load_checkpoint(path: str) -> dict:

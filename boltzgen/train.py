@@ -65,7 +65,18 @@ LOG_FIELDS = [
     "val_total",
     "val_dsm",
     "val_clf",
+    "pin",
+    "val_pin",
+    "val_energy_gap_std_kT",
+    "val_energy_gap_std_within_kT",
+    "val_dF_error_kT",
+    "val_score_residual_t0.01",
 ]
+
+
+#: The energy pin wants σ(t_pin) below this fraction of the stiffest coordinate's thermal width
+#: (a harmonic mode of width w then has E(x, t_pin) − u(x) ∝ σ²/(w² + σ²) ≈ 4 % of its energy).
+PIN_SIGMA_OVER_WIDTH = 0.2
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -318,8 +329,18 @@ class Trainer:
         A DSM pre-training checkpoint to start from when the run directory holds none
         (:meth:`start_from`).
     states : StateSet, optional
-        Metastable states for ``data.state_fraction`` (default:
+        Metastable states for ``data.state_fraction`` and the per-state diagnostics (default:
         :func:`boltzgen.states.default_states` of ``topology``).
+    energies : array, shape (B,), optional
+        Reduced target energies u of the configurations (kT): the energy pin and the
+        diagnostics.
+    forces : array, shape of ``data``, optional
+        Reduced forces −∇u (kT per data unit of length): target score matching.
+    target_frames : array of bool, shape (B,), optional
+        Which configurations are samples of the target itself (default: all); the diagnostics
+        use the held-out ones (a replica ladder's hotter frames are not).
+    target : OpenMMTarget, optional
+        The target, for ``model.prior: bonded`` (its force field's bonded terms).
     """
 
     def __init__(
@@ -333,6 +354,10 @@ class Trainer:
         progress: bool = True,
         start_from: Optional[str] = None,
         states=None,
+        energies=None,
+        forces=None,
+        target_frames=None,
+        target=None,
     ):
         if not isinstance(config, TrainConfig):
             config = TrainConfig.from_dict(config)
@@ -357,6 +382,8 @@ class Trainer:
         n_val = int(round(float(config["train"]["val_fraction"]) * y.shape[0]))
         self.val_data, self.train_data = y[order[:n_val]], y[order[n_val:]]
         self.topology = topology
+        self._physics(config, data, energies, forces, target_frames, order[:n_val], order[n_val:])
+        self.states = states
         # Rare-state oversampling: the model then learns a proposal with more weight in the rare
         # state than the data have; SMC's weights and the reweighting against the target correct it.
         self.draw_probabilities: Optional[torch.Tensor] = None
@@ -365,7 +392,7 @@ class Trainer:
             self.draw_probabilities = self._oversample(data[order[n_val:].numpy()], states, float(fraction))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same seed gives the same initial weights
-            self.model = build_model(config, event_shape, topology, self.length_scale)
+            self.model = build_model(config, event_shape, topology, self.length_scale, prior=self._prior(target))
         self.ema = copy.deepcopy(self.model.inner).requires_grad_(False)
         o = config["optim"]
         groups = self.model.inner.parameter_groups(
@@ -379,6 +406,79 @@ class Trainer:
         self.step = 0
         self.best_val: Optional[float] = None
         self.start_checkpoint = start_from
+
+    def _prior(self, target):
+        """The force-field prior of ``model.prior: bonded`` in model units (None otherwise)."""
+        if self.config["model"]["prior"] == "none" or target is None or getattr(target, "system", None) is None:
+            return None
+        from .nn.prior import BondedPrior
+
+        prior = BondedPrior.from_openmm(
+            target.system, self.length_scale, float(target.kT), float(self.config["model"]["prior_fade_width"])
+        )
+        self.metadata["prior_terms"] = prior.extra_repr()
+        return prior
+
+    def _physics(self, config, data, energies, forces, target_frames, val_idx, train_idx) -> None:
+        """Energies, forces (model units) and the target-frame mask, split like the data."""
+        loss, n = config["loss"], data.shape[0]
+        if loss["target_score"] and forces is None:
+            raise ValueError(
+                "loss.target_score needs the forces of the training data: train on a file written by "
+                "boltzgen simulate, or name the system (--system) so that they can be computed"
+            )
+        if float(loss["lambda_pin"]) > 0 and energies is None:
+            raise ValueError("loss.lambda_pin needs the reduced energies of the training data (reduced_energy)")
+        u = None if energies is None else torch.as_tensor(np.asarray(energies, dtype=np.float64).reshape(-1))
+        if u is not None and (u.shape[0] != n or not torch.isfinite(u).all()):
+            raise ValueError(f"need {n} finite reduced energies, got {u.shape[0]} (or non-finite values)")
+        f = None
+        if forces is not None:
+            f = torch.as_tensor(np.asarray(forces, dtype=np.float64))
+            if f.shape != data.shape or not torch.isfinite(f).all():
+                raise ValueError(f"forces must be finite with the data's shape {data.shape}, got {tuple(f.shape)}")
+            # model coordinates y = x / L: -grad_y u = L (-grad_x u)
+            f = f * self.length_scale
+            if self.val_data.dim() == 3:
+                f = f - f.mean(dim=-2, keepdim=True)
+            f = f.float()
+        mask = torch.ones(n, dtype=torch.bool) if target_frames is None else torch.as_tensor(target_frames).bool()
+        self.train_u, self.val_u = (None, None) if u is None else (u[train_idx], u[val_idx])
+        self.train_force, self.val_force = (None, None) if f is None else (f[train_idx], f[val_idx])
+        self.val_target = mask[val_idx]
+        self.kappa: Optional[float] = None
+        if f is not None and float(loss["lambda_pin"]) > 0:
+            self._check_pin_time(config, f)
+        if loss["target_score"]:
+            from .losses import mean_stiffness
+
+            auto = loss["kappa"] == "auto"
+            self.kappa = mean_stiffness(self.train_force, self.val_data.dim() == 3) if auto else float(loss["kappa"])
+            self.metadata["kappa"] = self.kappa
+
+    def _check_pin_time(self, config: dict, f: torch.Tensor) -> None:
+        """Warn when σ(t_pin) is not well below the thermal width of the stiffest coordinate.
+
+        The pin equates E(x, t_pin) with u(x), which holds only where p_{t_pin} ≈ p_0. The
+        stiffest coordinate's stiffness is estimated from the forces as max over coordinates (atoms,
+        for molecules) of ⟨f²⟩ per degree of freedom; its thermal width is 1/√stiffness.
+        """
+        from .diffusion.schedules import schedule_from_config
+
+        schedule = schedule_from_config(config["model"]["schedule"])
+        t_pin = config["loss"]["pin_time"] or config["model"]["t_min"]
+        per_coordinate = (f.double() ** 2).mean(0)
+        stiffest = float(per_coordinate.mean(-1).max() if f.dim() == 3 else per_coordinate.max())
+        ratio = float(schedule.sigma(torch.tensor(float(t_pin), dtype=torch.float64))) * math.sqrt(stiffest)
+        self.metadata["pin_sigma_over_width"] = ratio
+        if ratio > PIN_SIGMA_OVER_WIDTH:
+            warnings.warn(
+                f"the energy pin at t = {t_pin:g} smears the stiffest coordinate: sigma(t_pin) is {ratio:.2f} of its "
+                f"thermal width (want < {PIN_SIGMA_OVER_WIDTH}); E(x, t_pin) then differs from u(x) by more than a "
+                "constant. Lower model.t_min or loss.pin_time",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _oversample(self, train_x: np.ndarray, states, fraction: float) -> Optional[torch.Tensor]:
         """Draw probabilities of the training frames for ``data.state_fraction`` (None: uniform)."""
@@ -663,14 +763,26 @@ class Trainer:
             levels=loss["levels"],
             grid=loss["grid"],
             clf_samples=loss.get("clf_samples", "all"),
+            kappa=self.kappa,
+            lambda_pin=float(loss["lambda_pin"]),
+            t_pin=loss["pin_time"],
         )
+
+    def _physics_batch(self, idx: torch.Tensor, forces, energies) -> dict:
+        """The forces and energies of the frames ``idx`` that the objective uses."""
+        out = {}
+        if self.kappa is not None:
+            out["force"] = forces[idx]
+        if float(self.config["loss"]["lambda_pin"]) > 0:
+            out["energy"] = energies[idx]
+        return out
 
     def _batch(self, data: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
         if self.draw_probabilities is None:
             idx = torch.randint(0, data.shape[0], (size,), generator=generator)
         else:
             idx = torch.multinomial(self.draw_probabilities, size, replacement=True, generator=generator)
-        return data[idx]
+        return idx
 
     def train_step(self) -> dict:
         """One optimisation step (learning-rate schedule, loss, gradient clipping, EMA update).
@@ -692,9 +804,10 @@ class Trainer:
         )
         for group in self.optimiser.param_groups:
             group["lr"] = group["base_lr"] * factor
-        x0 = self._batch(self.train_data, self.local_batch, self.generator)
+        idx = self._batch(self.train_data, self.local_batch, self.generator)
         options = self._loss_options(self.step)
-        parts = compute_loss(self.model.inner, x0, self.generator, **options)
+        physics = self._physics_batch(idx, self.train_force, self.train_u)
+        parts = compute_loss(self.model.inner, self.train_data[idx], self.generator, **options, **physics)
         self.optimiser.zero_grad(set_to_none=True)
         parts["total"].backward()
         scalars = {k: v.detach() for k, v in parts.items() if torch.is_tensor(v) and v.numel() == 1}
@@ -754,12 +867,34 @@ class Trainer:
         generator = torch.Generator().manual_seed(int(self.config["seed"]) + 12345)
         size = min(int(self.config["train"]["val_batch_size"]), self.val_data.shape[0])
         x0 = self.val_data[:size]
-        parts = compute_loss(model, x0, generator, **self._loss_options(int(self.config["train"]["steps"])))
-        return {
+        physics = self._physics_batch(torch.arange(size), self.val_force, self.val_u)
+        parts = compute_loss(model, x0, generator, **self._loss_options(int(self.config["train"]["steps"])), **physics)
+        out = {
             f"val_{k}": float(v.detach())
             for k, v in parts.items()
-            if k in ("total", "dsm", "clf") and torch.is_tensor(v)
+            if k in ("total", "dsm", "clf", "pin") and torch.is_tensor(v)
         }
+        if self.val_u is not None:
+            from .diagnostics import model_diagnostics
+
+            out.update(model_diagnostics(model, *self._diagnostic_frames(), self.length_scale, kappa=self.kappa))
+        return out
+
+    def _diagnostic_frames(self):
+        """Held-out samples of the target: (y, u, forces or None, state labels or None, names)."""
+        pick = self.val_target.nonzero().reshape(-1)[:512]
+        y, u = self.val_data[pick], self.val_u[pick]
+        f = None if self.val_force is None else self.val_force[pick]
+        states = self.states
+        if states is None and self.topology is not None:
+            from .states import default_states
+
+            states = default_states(self.topology)
+        labels, names = None, None
+        if states is not None and y.shape[0] > 0:
+            x = (y.double() * self.length_scale).numpy()
+            labels, names = np.asarray(states.assign(x)), list(states.names)
+        return y, u, f, labels, names
 
     def fit(self) -> dict:
         """Train to ``train.steps`` (resuming from a checkpoint if present).
@@ -919,7 +1054,75 @@ def train_from_file(
     if samples.log_weights is not None and not ladder and np.ptp(samples.log_weights) > 0:
         raise ValueError(f"{data_path} holds weighted samples; train on unweighted MD or exact samples")
     meta = {"system": system, "data": os.path.abspath(data_path), "n_data": len(samples)}
+    target = _target_for(system, config, samples)
+    try:
+        energies, forces = physics_of(samples, target)
+    except BaseException:
+        _close(target)
+        raise
+    target_frames = None if samples.log_weights is None else np.isfinite(samples.log_weights)
     trainer = Trainer(
-        config, samples.x, run_dir, topology=samples.topology, metadata=meta, progress=progress, start_from=start_from
+        config,
+        samples.x,
+        run_dir,
+        topology=samples.topology,
+        metadata=meta,
+        progress=progress,
+        start_from=start_from,
+        energies=energies,
+        forces=forces,
+        target_frames=target_frames,
+        target=target,
     )
+    _close(target)
     return trainer.fit()
+
+
+def _close(target) -> None:
+    close = getattr(target, "close", None)
+    if close is not None:
+        close()
+
+
+def _target_for(system: Optional[str], config: dict, samples):
+    """The built-in target ``system`` when training needs it (missing forces or energies, or the
+    force-field prior), else None."""
+    from .systems.catalog import names
+
+    loss = config["loss"]
+    need = (loss["target_score"] and samples.reduced_force is None) or config["model"]["prior"] != "none"
+    need = need or (float(loss["lambda_pin"]) > 0 and samples.reduced_energy is None)
+    if not need or not system or system not in names():
+        return None
+    from .systems import load
+    from .systems.catalog import spec
+
+    return load(system, n_workers=0) if spec(system).openmm else load(system)
+
+
+def physics_of(samples, target=None):
+    """The reduced energies and forces of training samples: from the file, or computed.
+
+    Files of ``boltzgen simulate`` carry both. For others (a user's own trajectory) they are
+    computed with the target's force field when a target is given.
+
+    Parameters
+    ----------
+    samples : boltzgen.io.Samples
+        The training data.
+    target : TargetSystem, optional
+        The data's target.
+
+    Returns
+    -------
+    energies : ndarray (B,) or None
+        Reduced energies (kT).
+    forces : ndarray, shape of ``samples.x``, or None
+        Reduced forces (kT per unit length).
+    """
+    energies, forces = samples.reduced_energy, samples.reduced_force
+    if target is not None and (forces is None or energies is None):
+        from .systems import energies_and_forces
+
+        energies, forces = energies_and_forces(target, samples.x)
+    return energies, forces

@@ -306,6 +306,7 @@ def simulate_training_data(
 def _simulate(target, n, output, seed, keep, quench, progress, metrics_path, options) -> dict:
     from .io import save_samples
     from .md import ladder_frames, quench_frames, simulate
+    from .systems import energies_and_forces
     from .systems.catalog import simulate_defaults
 
     options = {**simulate_defaults(target.name), **{k: v for k, v in options.items() if v is not None}}
@@ -337,11 +338,17 @@ def _simulate(target, n, output, seed, keep, quench, progress, metrics_path, opt
             reduced_energy[n:], meta["quench"] = quench_frames(
                 target, positions[n:], time_ps=quench, platform=result.metadata["parameters"]["platform"], seed=seed
             )
+    # The forces of every frame for target score matching (boltzgen.losses), at the target's
+    # temperature like the energies; one bridge call per chunk, cheap beside the MD.
+    # (Of the coordinates as stored: mdtraj keeps float32.)
+    stored = positions.astype(np.float32).astype(np.float64) if target.topology is not None else positions
+    _, reduced_force = energies_and_forces(target, stored)
     save_samples(
         output,
         positions,
         topology=target.topology,
         reduced_energy=reduced_energy,
+        reduced_force=reduced_force,
         log_weights=log_weights,
         metadata=meta,
         extra=arrays,

@@ -241,3 +241,41 @@ class TargetSystem:
 
     def close(self) -> None:
         """Release resources (worker processes of OpenMM targets). Idempotent."""
+
+
+def energies_and_forces(target, x, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Reduced energies and forces of many configurations, evaluated in chunks.
+
+    Parameters
+    ----------
+    target : TargetSystem
+        The target (``reduced_energy_and_force``).
+    x : array_like, shape (B, *event_shape)
+        Configurations (nm for molecules).
+    chunk_size : int
+        Configurations per call (bounds the memory of one call).
+
+    Returns
+    -------
+    u : ndarray, shape (B,), float64
+        Reduced energies u = U/kT.
+    force : ndarray, shape (B, *event_shape), float64
+        −∇u (kT/nm for molecules).
+
+    Raises
+    ------
+    ValueError
+        If a configuration cannot be evaluated (non-finite energy).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    us, fs = [], []
+    for start in range(0, x.shape[0], max(1, int(chunk_size))):
+        u, f = target.reduced_energy_and_force(torch.from_numpy(x[start : start + chunk_size]))
+        us.append(u.detach().cpu().numpy())
+        fs.append(f.detach().cpu().numpy())
+    u = np.concatenate(us) if us else np.zeros(0)
+    force = np.concatenate(fs) if fs else np.zeros_like(x)
+    bad = ~np.isfinite(u) | ~np.isfinite(force.reshape(len(u), -1)).all(1)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} configurations have no finite energy or force under {target.name}")
+    return u, force

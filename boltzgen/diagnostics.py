@@ -1,0 +1,141 @@
+"""How close a trained energy model is to the force field, measured on held-out target samples.
+
+The SMC sampler ends its diffusion at the model's t_min and anneals from there to exp(−u); the
+closer E_θ(x, t_min) is to u(x) + const on the target's own configurations, the less the
+annealing has to correct and the higher the final ESS. Three measures (all in kT, on samples x of
+the target, configurations in model units y = x / L):
+
+- the spread std(r) of r(x) = E_θ(x, t_min) − u(x), over all samples and within each metastable
+  state (a constant offset is free; a spread of s kT costs ESS roughly like exp(−s²));
+- the error of the model's own state free energies: for states A and B,
+  ΔF_θ(A − B) − ΔF_u(A − B) = −log⟨e^{−r}⟩_A + log⟨e^{−r}⟩_B (averages over target samples in
+  each state; exact, as ∫_A e^{−E} = ∫_A e^{−u} e^{−r}), against the most populated state;
+- the score residual at a few times: mean ‖σ_t s_θ(x_t, t) − T‖² / d for the regression target T
+  of training (the target-score mix when forces are given, else −ε): the squared score error plus
+  the target's own variance, which the force term makes small at small t.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .diffusion.noise import event_dim, project_mean_free, sample_noise, sq_norm
+
+__all__ = ["model_diagnostics", "DIAGNOSTIC_TIMES"]
+
+#: Times of the score residual (clipped below at the model's t_min).
+DIAGNOSTIC_TIMES = (0.001, 0.01, 0.1, 0.5)
+
+
+def _energies(model, y: torch.Tensor, t: float, chunk: int = 256) -> torch.Tensor:
+    dtype = next(model.parameters()).dtype
+    out = []
+    with torch.no_grad():
+        for part in torch.split(y, chunk):
+            out.append(model.energy(part.to(dtype), torch.full((part.shape[0],), t, dtype=dtype)).double())
+    return torch.cat(out)
+
+
+def _score_residual(model, y, force, kappa, t: float, generator) -> float:
+    from .losses import target_score_weight
+
+    dtype = next(model.parameters()).dtype
+    y = y.to(dtype)
+    tt = torch.full((y.shape[0],), t, dtype=dtype)
+    eps = sample_noise(tuple(y.shape), generator, model.mean_free, dtype=dtype)
+    x_t, eps = model.schedule.q_sample(y, tt, noise=eps)
+    n_ev = y.dim() - 1
+    sigma = model.schedule.sigma(tt).reshape((-1,) + (1,) * n_ev)
+    target = -eps
+    if force is not None and kappa is not None:
+        f = force.to(dtype)
+        f = project_mean_free(f) if model.mean_free else f
+        w = target_score_weight(model.schedule, tt, kappa).reshape(sigma.shape)
+        alpha = model.schedule.alpha(tt).reshape(sigma.shape)
+        target = w * sigma * f / alpha - (1.0 - w) * eps
+    with torch.enable_grad():
+        _, score = model.energy_and_score(x_t, tt)
+    residual = sq_norm(sigma * score.detach() - target, n_ev) / event_dim(model.event_shape, model.mean_free)
+    return float(residual.mean())
+
+
+def model_diagnostics(
+    model,
+    y: torch.Tensor,
+    u: torch.Tensor,
+    force: Optional[torch.Tensor],
+    labels: Optional[np.ndarray],
+    names: Optional[Sequence[str]],
+    length_scale: float,
+    *,
+    kappa: Optional[float] = None,
+    times: Sequence[float] = DIAGNOSTIC_TIMES,
+    seed: int = 0,
+) -> dict:
+    """Energy gap, state free-energy error and score residual of a model on target samples.
+
+    Parameters
+    ----------
+    model : EnergyModel
+        In model coordinates (``TrainedModel.inner``, or a trainer's EMA model).
+    y : tensor, shape (B, *event_shape)
+        Samples of the target in model units (x / ``length_scale``).
+    u : tensor, shape (B,)
+        Their reduced energies (kT).
+    force : tensor, shape of ``y``, or None
+        Their reduced forces in model units (for the score residual's target).
+    labels : array of int, shape (B,), or None
+        State index of each sample (−1: none).
+    names : sequence of str, or None
+        State names, indexed by ``labels``.
+    length_scale : float
+        L of y = x / L (recorded only; the energies do not depend on it).
+    kappa : float, optional
+        Stiffness of the target-score mix (with ``force``).
+    times : sequence of float
+        Times of the score residual.
+    seed : int
+        Seed of the residual's noise.
+
+    Returns
+    -------
+    dict of str -> float
+        ``val_energy_gap_std_kT``; per state ``val_energy_gap_std_kT_<state>`` and, for every
+        state but the most populated, ``val_dF_error_kT_<state>`` (model minus target, kT), with
+        the summaries ``val_energy_gap_std_within_kT`` (the largest within-state spread) and
+        ``val_dF_error_kT`` (the largest error, signed);
+        ``val_score_residual_t<t>`` for each time. Empty without samples.
+    """
+    if y.shape[0] < 2 or u is None:
+        return {}
+    r = _energies(model, y, float(model.t_min)) - u.double()
+    out = {"val_energy_gap_std_kT": float(r.std())}
+    if labels is not None and names:
+        labels = np.asarray(labels)
+        counts = [int((labels == i).sum()) for i in range(len(names))]
+        ref = int(np.argmax(counts))
+        log_mean = {}
+        for i, name in enumerate(names):
+            pick = torch.from_numpy(labels == i)
+            if counts[i] >= 2:
+                out[f"val_energy_gap_std_kT_{name}"] = float(r[pick].std())
+            if counts[i] >= 1:
+                log_mean[i] = float(torch.logsumexp(-r[pick], 0)) - math.log(counts[i])
+        for i, name in enumerate(names):
+            if i != ref and i in log_mean:
+                out[f"val_dF_error_kT_{name}"] = -log_mean[i] + log_mean[ref]
+        within = [v for k, v in out.items() if k.startswith("val_energy_gap_std_kT_")]
+        errors = [v for k, v in out.items() if k.startswith("val_dF_error_kT_")]
+        if within:
+            out["val_energy_gap_std_within_kT"] = max(within)
+        if errors:
+            out["val_dF_error_kT"] = max(errors, key=abs)
+    generator = torch.Generator().manual_seed(seed)
+    for t in times:
+        t = max(float(t), float(model.t_min))
+        out[f"val_score_residual_t{t:g}"] = _score_residual(model, y, force, kappa, t, generator)
+    return out

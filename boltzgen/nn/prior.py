@@ -1,0 +1,216 @@
+"""The force field's bonded terms as a fixed, diffused prior energy of the model.
+
+A network has to resolve bond lengths to about a hundredth of the data's length scale to give the
+energy of the force field at low noise; the bonded terms are known in closed form, so the model
+carries them instead (``docs/theory.md``, "A force-field prior"):
+
+    E_prior(x, t) = f(t) [ Σ_bonds ½ k_b(t) (r − α_t r₀)² + Σ_angles ½ k_θ(t) (θ − θ₀)²
+                           + Σ_torsions k_φ (1 + cos(n φ − φ₀)) ],
+
+with x in model units (nm / L) and every k reduced (kT per unit²). k_b(t) = k_b / (α_t² + 2 k_b σ_t²)
+and k_θ(t) = k_θ / (1 + k_θ G σ_t²/α_t²), G = Σ_atoms ‖∂θ/∂x‖² at the equilibrium geometry, are the
+stiffnesses of a harmonic coordinate whose atoms are each noised by σ_t: the exact diffusion
+marginal of one harmonic bond (to first order in σ/r₀ for angles). At t → 0 the prior is the
+bonded energy itself. f(t) = 1 / (1 + (σ_t / (α_t w))²), w = ``fade_width`` model units, fades it
+out where the noise is larger than a bond's length change, so at t = 1 the model is its Gaussian
+prior term again. Torsions enter only with phases 0 or π (the others are not invariant under
+reflection, and the model's energy must be).
+
+All terms depend on distances, angles and cos of dihedrals, so the prior is E(3)-invariant.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["BondedPrior", "prior_from_config"]
+
+
+def _angle_g(r1: float, r2: float, theta0: float) -> float:
+    """Σ over the three atoms of ‖∂θ/∂x‖² for bond lengths r1, r2 and angle θ0."""
+    return 2.0 / r1**2 + 2.0 / r2**2 - 2.0 * math.cos(theta0) / (r1 * r2)
+
+
+class BondedPrior(nn.Module):
+    """Diffused harmonic bonds and angles, and periodic torsions, in model units.
+
+    Parameters
+    ----------
+    bonds : list of [i, j, r0, k]
+        Atom indices, equilibrium length (model units) and reduced stiffness (kT / unit²).
+    angles : list of [i, j, k, theta0, k_theta]
+        Atom indices (j the centre), equilibrium angle (rad), reduced stiffness (kT / rad²).
+    torsions : list of [i, j, k, l, n, phase, k_phi]
+        Periodicity, phase (0 or π) and reduced barrier (kT).
+    fade_width : float
+        w of the fade f(t) (model units of noise per unit of signal).
+    """
+
+    def __init__(self, bonds, angles, torsions, fade_width: float = 0.1):
+        super().__init__()
+        self.fade_width = float(fade_width)
+        bonds, angles, torsions = list(bonds), list(angles), list(torsions)
+        self.register_buffer("bond_idx", torch.tensor([b[:2] for b in bonds], dtype=torch.long).reshape(-1, 2))
+        self.register_buffer("bond_par", torch.tensor([b[2:] for b in bonds], dtype=torch.float64).reshape(-1, 2))
+        self.register_buffer("angle_idx", torch.tensor([a[:3] for a in angles], dtype=torch.long).reshape(-1, 3))
+        self.register_buffer("angle_par", torch.tensor([a[3:] for a in angles], dtype=torch.float64).reshape(-1, 2))
+        self.register_buffer("tors_idx", torch.tensor([d[:4] for d in torsions], dtype=torch.long).reshape(-1, 4))
+        self.register_buffer("tors_par", torch.tensor([d[4:] for d in torsions], dtype=torch.float64).reshape(-1, 3))
+        lengths = {(min(b[0], b[1]), max(b[0], b[1])): float(b[2]) for b in bonds}
+        g = []
+        for i, j, k, theta0, _ in angles:
+            r1 = lengths.get((min(i, j), max(i, j)), 1.0)
+            r2 = lengths.get((min(j, k), max(j, k)), 1.0)
+            g.append(_angle_g(r1, r2, float(theta0)))
+        self.register_buffer("angle_g", torch.tensor(g, dtype=torch.float64))
+        self._bonds, self._angles, self._torsions = bonds, angles, torsions
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_openmm(cls, system, length_scale: float, kT: float, fade_width: float = 0.1) -> "BondedPrior":
+        """The bonded terms of an OpenMM ``System`` in model units.
+
+        Parameters
+        ----------
+        system : openmm.System
+            With ``HarmonicBondForce``, ``HarmonicAngleForce`` and ``PeriodicTorsionForce`` terms
+            (any others are left to the network).
+        length_scale : float
+            L in nm of the model coordinates y = x / L.
+        kT : float
+            kJ/mol at the target's temperature.
+        fade_width : float
+            As in the class.
+
+        Returns
+        -------
+        BondedPrior
+        """
+        import openmm
+
+        L, bonds, angles, torsions = float(length_scale), [], [], []
+        for force in system.getForces():
+            if isinstance(force, openmm.HarmonicBondForce):
+                for n in range(force.getNumBonds()):
+                    i, j, r0, k = force.getBondParameters(n)
+                    r0, k = r0.value_in_unit(r0.unit), k.value_in_unit(k.unit)  # nm, kJ/mol/nm²
+                    if k > 0:
+                        bonds.append([int(i), int(j), r0 / L, k * L**2 / kT])
+            elif isinstance(force, openmm.HarmonicAngleForce):
+                for n in range(force.getNumAngles()):
+                    i, j, k, theta0, k_theta = force.getAngleParameters(n)
+                    theta0, k_theta = theta0.value_in_unit(theta0.unit), k_theta.value_in_unit(k_theta.unit)
+                    if k_theta > 0:
+                        angles.append([int(i), int(j), int(k), theta0, k_theta / kT])
+            elif isinstance(force, openmm.PeriodicTorsionForce):
+                for n in range(force.getNumTorsions()):
+                    i, j, k, m, per, phase, k_phi = force.getTorsionParameters(n)
+                    phase, k_phi = phase.value_in_unit(phase.unit), k_phi.value_in_unit(k_phi.unit)
+                    reflection_invariant = min(abs(math.sin(phase)), 1.0) < 1e-6
+                    if k_phi != 0 and reflection_invariant:
+                        torsions.append([int(i), int(j), int(k), int(m), int(per), phase, k_phi / kT])
+        return cls(bonds, angles, torsions, fade_width)
+
+    def config(self) -> dict:
+        """Plain lists that rebuild this prior (``BondedPrior(**config)``).
+
+        Returns
+        -------
+        dict
+        """
+        return {
+            "bonds": self._bonds,
+            "angles": self._angles,
+            "torsions": self._torsions,
+            "fade_width": self.fade_width,
+        }
+
+    # ------------------------------------------------------------------ energy
+    def fade(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """f(t) = 1 / (1 + (σ_t / (α_t w))²).
+
+        Parameters
+        ----------
+        alpha, sigma : tensor, shape (B,)
+
+        Returns
+        -------
+        tensor, shape (B,)
+        """
+        return 1.0 / (1.0 + (sigma / (alpha * self.fade_width)) ** 2)
+
+    def forward(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """E_prior(x, t) for configurations in model units.
+
+        Parameters
+        ----------
+        x : tensor, shape (B, N, 3)
+            Model units.
+        alpha, sigma : tensor, shape (B,)
+            α_t and σ_t of each configuration's time.
+
+        Returns
+        -------
+        tensor, shape (B,), dtype of x (kT)
+        """
+        dtype = x.dtype
+        a, s = alpha.to(dtype)[:, None], sigma.to(dtype)[:, None]
+        energy = x.new_zeros(x.shape[0])
+        if self.bond_idx.shape[0]:
+            r0, k = self.bond_par[:, 0].to(dtype), self.bond_par[:, 1].to(dtype)
+            d = x[:, self.bond_idx[:, 0]] - x[:, self.bond_idx[:, 1]]
+            r = torch.sqrt((d**2).sum(-1) + 1e-12)
+            k_t = k / (a**2 + 2.0 * k * s**2)
+            energy = energy + (0.5 * k_t * (r - a * r0) ** 2).sum(-1)
+        if self.angle_idx.shape[0]:
+            theta0, k = self.angle_par[:, 0].to(dtype), self.angle_par[:, 1].to(dtype)
+            u = x[:, self.angle_idx[:, 0]] - x[:, self.angle_idx[:, 1]]
+            v = x[:, self.angle_idx[:, 2]] - x[:, self.angle_idx[:, 1]]
+            cos = (u * v).sum(-1) / torch.sqrt((u**2).sum(-1) * (v**2).sum(-1) + 1e-12)
+            theta = torch.acos(cos.clamp(-1.0 + 1e-7, 1.0 - 1e-7))
+            k_t = k / (1.0 + k * self.angle_g.to(dtype) * (s / a) ** 2)
+            energy = energy + (0.5 * k_t * (theta - theta0) ** 2).sum(-1)
+        if self.tors_idx.shape[0]:
+            n, phase, k = (self.tors_par[:, c].to(dtype) for c in range(3))
+            p = [x[:, self.tors_idx[:, c]] for c in range(4)]
+            phi = _dihedral(*p)
+            energy = energy + (k * (1.0 + torch.cos(n * phi - phase))).sum(-1)
+        return self.fade(alpha.to(dtype), sigma.to(dtype)) * energy
+
+    def extra_repr(self) -> str:
+        """Sizes shown by ``repr``.
+
+        Returns
+        -------
+        str
+        """
+        return (
+            f"bonds={self.bond_idx.shape[0]}, angles={self.angle_idx.shape[0]}, "
+            f"torsions={self.tors_idx.shape[0]}, fade_width={self.fade_width}"
+        )
+
+
+def _dihedral(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor) -> torch.Tensor:
+    """Dihedral angle (rad) of four point sets of shape (B, M, 3), as OpenMM defines it."""
+    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
+    n1, n2 = torch.cross(b0, b1, dim=-1), torch.cross(b1, b2, dim=-1)
+    m = torch.cross(n1, b1 / torch.sqrt((b1**2).sum(-1, keepdim=True) + 1e-12), dim=-1)
+    return torch.atan2((m * n2).sum(-1), (n1 * n2).sum(-1))
+
+
+def prior_from_config(config: Optional[dict]) -> Optional[BondedPrior]:
+    """Rebuild a :class:`BondedPrior` from :meth:`BondedPrior.config` (None: no prior).
+
+    Parameters
+    ----------
+    config : dict or None
+
+    Returns
+    -------
+    BondedPrior or None
+    """
+    return None if not config else BondedPrior(**config)
