@@ -423,8 +423,10 @@ class ModelConfig(_Section):
     prior : {"none", "bonded"}
         ``bonded`` builds the force field's bonds, angles and torsions into the energy, diffused
         to each t (:class:`boltzgen.nn.prior.BondedPrior`; OpenMM targets only).
-    prior_fade_width : float
-        Noise-to-signal ratio σ_t/α_t (model units) at which the prior has faded to half.
+    prior_fade_width : "auto" or float
+        Noise-to-signal ratio σ_t/α_t (model units) at which the prior has faded to half;
+        ``auto``: the thermal width of the stiffest bond, beyond which summing separately diffused
+        terms overstates the curvature.
     """
 
     PATH: ClassVar[str] = "model"
@@ -434,7 +436,9 @@ class ModelConfig(_Section):
     n_levels: int = _setting(64, lambda p, v: integer(p, v, low=1))
     output_scale: str = _setting("none", lambda p, v: choice(p, v, _output_scales()))
     prior: str = _setting("none", lambda p, v: choice(p, v, ("none", "bonded")))
-    prior_fade_width: float = _setting(0.1, lambda p, v: number(p, v, 0.0, low_open=True))
+    prior_fade_width: Union[str, float] = _setting(
+        "auto", lambda p, v: v if v == "auto" else number(p, v, 0.0, low_open=True)
+    )
 
 
 def _losses():

@@ -8,7 +8,9 @@ The model (``docs/design.md``, section 3) is
 with x̃ = x − x̄ (the mean over atoms subtracted) for mean-free molecular configurations and
 x̃ = x otherwise, g_θ a network ``net(x, t) -> (B,)`` and λ(t) an output scale (1, or
 σ_data / σ_t with ``output_scale="edm"``, which gives the network's contribution to the score the
-magnitude of EDM's preconditioned denoiser). With g_θ = 0 the energy is exactly that of
+magnitude of EDM's preconditioned denoiser; with a force-field prior, σ_t is floored smoothly
+at the prior's fade width, √(σ_t² + w²), since the stiff part of the energy is then the prior's).
+With g_θ = 0 the energy is exactly that of
 N(0, c_t² I), the diffusion marginal of Gaussian data N(0, σ_data² I); a zero-initialised last
 layer therefore starts training from that marginal.
 
@@ -156,6 +158,8 @@ class EnergyModel(nn.Module):
     net_config : dict, optional
         JSON-serialisable description of ``net``, stored in :meth:`config` for the caller's
         network factory.
+    prior : dict, optional
+        :meth:`boltzgen.nn.prior.BondedPrior.config` of a force-field prior added to the energy.
 
     Attributes
     ----------
@@ -240,7 +244,12 @@ class EnergyModel(nn.Module):
 
     def _lambda(self, t: torch.Tensor) -> torch.Tensor:
         if self.output_scale == "edm":
-            return self.sigma_data / self.schedule.sigma(t).clamp_min(1e-8)
+            sigma = self.schedule.sigma(t)
+            if self.prior is not None:
+                # With the force field's stiff terms in the prior, the network's part of the energy
+                # stays of order kT as sigma -> 0: its scale stops growing below the prior's width.
+                return self.sigma_data / torch.sqrt(sigma**2 + self.prior.fade_width**2)
+            return self.sigma_data / sigma.clamp_min(1e-8)
         return torch.ones_like(t)
 
     # ------------------------------------------------------------------ energies

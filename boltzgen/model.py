@@ -130,8 +130,9 @@ def build_model(config: dict, event_shape, topology, length_scale: float, prior=
         Atoms of molecular data (network atom embeddings are built from it).
     length_scale : float
         Units of x per unit of the standardised coordinates y.
-    prior : BondedPrior, optional
-        The force-field prior (needed when ``model.prior`` is ``bonded``).
+    prior : BondedPrior or dict, optional
+        The force-field prior, or its :meth:`~boltzgen.nn.prior.BondedPrior.config` (needed when
+        ``model.prior`` is ``bonded``).
 
     Returns
     -------
@@ -168,6 +169,8 @@ def build_model(config: dict, event_shape, topology, length_scale: float, prior=
 def _prior_config(model_section: dict, prior) -> Optional[dict]:
     if model_section.get("prior", "none") == "none":
         return None
+    if isinstance(prior, dict):
+        return prior
     if prior is None:
         raise ValueError(
             "model.prior: bonded needs the target's OpenMM force field; name the system (--system) or "
@@ -222,7 +225,7 @@ def load_model(run_dir: str) -> TrainedModel:
         import mdtraj
 
         topology = mdtraj.load_topology(os.path.join(run_dir, "topology.pdb"))
-    model = build_model(blob["config"], blob["event_shape"], topology, blob["length_scale"])
+    model = build_model(blob["config"], blob["event_shape"], topology, blob["length_scale"], prior=blob.get("prior"))
     model.inner.load_state_dict(blob["state_dict"])
     model.metadata = dict(blob.get("metadata") or {})
     model.eval()

@@ -414,7 +414,7 @@ class Trainer:
         from .nn.prior import BondedPrior
 
         prior = BondedPrior.from_openmm(
-            target.system, self.length_scale, float(target.kT), float(self.config["model"]["prior_fade_width"])
+            target.system, self.length_scale, float(target.kT), self.config["model"]["prior_fade_width"]
         )
         self.metadata["prior_terms"] = prior.extra_repr()
         return prior
@@ -563,6 +563,7 @@ class Trainer:
                 "event_shape": list(self.model.event_shape),
                 "length_scale": self.length_scale,
                 "has_topology": self.topology is not None,
+                "prior": self.model.inner.config()["prior"],
                 "step": self.step,
                 "metadata": self.metadata,
                 "boltzgen_version": __version__,

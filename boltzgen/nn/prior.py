@@ -71,7 +71,7 @@ class BondedPrior(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_openmm(cls, system, length_scale: float, kT: float, fade_width: float = 0.1) -> "BondedPrior":
+    def from_openmm(cls, system, length_scale: float, kT: float, fade_width="auto") -> "BondedPrior":
         """The bonded terms of an OpenMM ``System`` in model units.
 
         Parameters
@@ -83,8 +83,10 @@ class BondedPrior(nn.Module):
             L in nm of the model coordinates y = x / L.
         kT : float
             kJ/mol at the target's temperature.
-        fade_width : float
-            As in the class.
+        fade_width : float or "auto"
+            As in the class; ``auto`` takes the thermal width 1/√k of the stiffest bond (model
+            units), the noise level beyond which the separately diffused terms, which share atoms,
+            add up to more curvature than a diffused density can have (at most 1/σ_t²).
 
         Returns
         -------
@@ -113,7 +115,9 @@ class BondedPrior(nn.Module):
                     reflection_invariant = min(abs(math.sin(phase)), 1.0) < 1e-6
                     if k_phi != 0 and reflection_invariant:
                         torsions.append([int(i), int(j), int(k), int(m), int(per), phase, k_phi / kT])
-        return cls(bonds, angles, torsions, fade_width)
+        if fade_width == "auto":
+            fade_width = min((1.0 / math.sqrt(b[3]) for b in bonds), default=0.1)
+        return cls(bonds, angles, torsions, float(fade_width))
 
     def config(self) -> dict:
         """Plain lists that rebuild this prior (``BondedPrior(**config)``).

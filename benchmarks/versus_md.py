@@ -1,0 +1,188 @@
+"""boltzgen against replica exchange given the same wall clock on the same cores (alanine dipeptide).
+
+The comparison an MD lab makes: ΔF(φ > 0 − φ < 0) of alanine dipeptide in vacuum at 300 K from
+
+(a) replica exchange alone: two independent runs side by side (one per core; 6 replicas up to
+    1000 K, the system's defaults), as long as the pipeline took, pooled; and
+(b) the whole boltzgen pipeline (``boltzgen quickstart``: its own MD for the training data,
+    training, SMC, reweighting), whose wall time sets the budget of (a),
+
+for several seeds each. The reference is the pool of every replica-exchange run of the benchmark
+(tens of ns over independent runs; its error is the spread of the runs over √runs); an arm's own
+runs are left out of the reference it is compared with, so no run is compared with itself. Output:
+per seed both arms' ΔF with their reported errors and wall times, and per arm the bias (mean minus
+reference), the spread over seeds and the RMS error, in JSON and a markdown table.
+
+    python benchmarks/versus_md.py                          # seeds 0 1 2 -> bench-results/versus_md.json
+    python benchmarks/versus_md.py --seeds 0 --recipe fast  # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def _remd(args) -> dict:
+    """One replica-exchange run of ``n`` target-temperature frames (one core)."""
+    seed, n, path = args
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from boltzgen import workflow
+
+    start = time.perf_counter()
+    workflow.simulate_training_data("aldp-vacuum", n, path, seed=seed, progress=False, target_options={"n_workers": 0})
+    return {"seed": seed, "frames": n, "path": path, "seconds": time.perf_counter() - start}
+
+
+def frames_per_second(work: str) -> tuple[float, float]:
+    """(frames per second, fixed seconds) of one replica-exchange run, from two short runs."""
+    sizes, times = (20, 80), []
+    for n in sizes:
+        times.append(_remd((999, n, os.path.join(work, f"calibrate{n}.h5")))["seconds"])
+    rate = (sizes[1] - sizes[0]) / max(times[1] - times[0], 1e-6)
+    return rate, max(times[0] - sizes[0] / rate, 0.0)
+
+
+def phi_labels(path: str) -> np.ndarray:
+    """State labels (0: φ < 0, 1: φ > 0) of a sample file's frames."""
+    from boltzgen.io import load_samples
+    from boltzgen.states import default_states
+
+    samples = load_samples(path)
+    return np.asarray(default_states(samples.topology).assign(samples.x))
+
+
+def delta_f_of_runs(paths: list[str]) -> tuple[float, float]:
+    """ΔF(φ > 0 − φ < 0) in kT of pooled unweighted MD runs, and its error: the spread of the
+    runs' own ΔF over √runs (frames of one run are correlated; φ > 0 comes in bursts)."""
+    labels = [phi_labels(p) for p in paths]
+    pooled = np.concatenate(labels)
+    value = -math.log(max((pooled == 1).mean(), 1e-12) / max((pooled == 0).mean(), 1e-12))
+    per_run = [-math.log(max((lab == 1).mean(), 1e-12) / max((lab == 0).mean(), 1e-12)) for lab in labels]
+    err = float(np.std(per_run, ddof=1) / math.sqrt(len(per_run))) if len(per_run) > 1 else float("inf")
+    return value, err
+
+
+def pipeline(seed: int, recipe: str, out_dir: str) -> dict:
+    from boltzgen import workflow
+
+    start = time.perf_counter()
+    summary = workflow.quickstart(out_dir, recipe, seed=seed, progress=False, log=lambda _: None)
+    return {
+        "seed": seed,
+        "delta_f_kT": summary.get("delta_f_kT"),
+        "delta_f_err_kT": summary.get("delta_f_err_kT"),
+        "ess_fraction": summary.get("ess_fraction"),
+        "energy_w2": summary.get("energy_w2"),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def arm_summary(values: list, reference: list) -> dict:
+    """Bias, spread and RMS error of one arm's ΔF over seeds (each against its own reference)."""
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    r = np.array(reference, dtype=float)
+    ok = np.isfinite(v)
+    if not ok.any():
+        return {"bias_kT": None, "spread_kT": None, "rmse_kT": None, "n": 0}
+    err = v[ok] - r[ok]
+    return {
+        "bias_kT": float(err.mean()),
+        "spread_kT": float(v[ok].std(ddof=1)) if ok.sum() > 1 else None,
+        "rmse_kT": float(np.sqrt((err**2).mean())),
+        "n": int(ok.sum()),
+    }
+
+
+def markdown(out: dict) -> str:
+    def f(x, spec=".2f"):
+        return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+    lines = [
+        f"Reference ΔF(φ > 0 − φ < 0) = {f(out['reference']['delta_f_kT'])} ± "
+        f"{f(out['reference']['delta_f_err_kT'])} kT ({out['reference']['runs']} replica-exchange runs, "
+        f"{out['reference']['frames']} frames at 300 K).",
+        "",
+        "| seed | wall s | boltzgen ΔF (kT) | REMD ΔF (kT), same wall clock, 2 runs | reference for REMD |",
+        "|---|---|---|---|---|",
+    ]
+    for row in out["seeds"]:
+        p, m = row["pipeline"], row["remd"]
+        lines.append(
+            f"| {row['seed']} | {f(p['seconds'], '.0f')} | {f(p['delta_f_kT'])} ± {f(p['delta_f_err_kT'])} | "
+            f"{f(m['delta_f_kT'])} ± {f(m['delta_f_err_kT'])} | {f(m['reference_kT'])} |"
+        )
+    lines += ["", "| arm | bias (kT) | spread over seeds (kT) | RMS error (kT) |", "|---|---|---|---|"]
+    for arm in ("pipeline", "remd"):
+        s = out["summary"][arm]
+        lines.append(f"| {arm} | {f(s['bias_kT'])} | {f(s['spread_kT'])} | {f(s['rmse_kT'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--recipe", default="default", help="quickstart recipe of systems/recipes.yaml")
+    parser.add_argument("--work", default="bench-results/versus_md", help="working directory (resumable)")
+    parser.add_argument("--out", default="bench-results/versus_md.json")
+    args = parser.parse_args(argv)
+    os.makedirs(args.work, exist_ok=True)
+    rate, fixed = frames_per_second(args.work)
+    rows = []
+    for seed in args.seeds:
+        pipe = pipeline(seed, args.recipe, os.path.join(args.work, f"pipeline-{seed}"))
+        n = max(10, int(rate * max(pipe["seconds"] - fixed, 1.0)))
+        jobs = [(1000 + 2 * seed + k, n, os.path.join(args.work, f"remd-{seed}-{k}.h5")) for k in range(2)]
+        start = time.perf_counter()
+        with mp.get_context("spawn").Pool(2) as pool:
+            runs = pool.map(_remd, jobs)
+        remd_seconds = time.perf_counter() - start
+        value, err = delta_f_of_runs([r["path"] for r in runs])
+        rows.append(
+            {
+                "seed": seed,
+                "pipeline": pipe,
+                "remd": {"delta_f_kT": value, "delta_f_err_kT": err, "frames_per_run": n, "seconds": remd_seconds},
+            }
+        )
+    all_runs = {row["seed"]: [os.path.join(args.work, f"remd-{row['seed']}-{k}.h5") for k in range(2)] for row in rows}
+    every = [p for paths in all_runs.values() for p in paths]
+    ref, ref_err = delta_f_of_runs(every)
+    for row in rows:  # leave the arm's own runs out of its reference
+        others = [p for s, paths in all_runs.items() if s != row["seed"] for p in paths]
+        row["remd"]["reference_kT"] = delta_f_of_runs(others)[0] if len(others) >= 2 else None
+    out = {
+        "system": "aldp-vacuum",
+        "recipe": args.recipe,
+        "cpu_count": os.cpu_count(),
+        "remd_frames_per_second": rate,
+        "reference": {
+            "delta_f_kT": ref,
+            "delta_f_err_kT": ref_err,
+            "runs": len(every),
+            "frames": int(sum(len(phi_labels(p)) for p in every)),
+        },
+        "seeds": rows,
+    }
+    out["summary"] = {
+        "pipeline": arm_summary([r["pipeline"]["delta_f_kT"] for r in rows], [ref] * len(rows)),
+        "remd": arm_summary([r["remd"]["delta_f_kT"] for r in rows], [r["remd"]["reference_kT"] or ref for r in rows]),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(out, handle, indent=2)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as handle:
+        handle.write(markdown(out))
+    print(markdown(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
