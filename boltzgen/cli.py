@@ -376,6 +376,8 @@ def cmd_reweight(args) -> int:
             n_bootstrap=args.n_bootstrap,
             block_size=args.block_size,
             progress=not args.no_progress,
+            log_q_from_energy=args.log_q_from_energy,
+            proposal_temperature=args.proposal_temperature,
         )
     finally:
         target.close()
@@ -796,6 +798,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARRAY",
         help="proposal log-density of each sample: the name of an array in FILE or a .npy file "
         "(default: FILE's log_q array)",
+    )
+    p.add_argument(
+        "--log-q-from-energy",
+        metavar="EFILE",
+        help="instead of --log-q: potential energies U_A in kJ/mol of the proposal, one per frame of FILE "
+        "(text file, one number a line, or .npy), for frames drawn from exp(-U_A/kT_A) such as MD under "
+        "another force field; log q = -U_A/(k_B T_A)",
+    )
+    p.add_argument(
+        "--proposal-temperature",
+        type=float,
+        metavar="K",
+        help="T_A in kelvin for --log-q-from-energy (default: the target's temperature)",
     )
     p.add_argument("-o", "--output", required=True, help="output weighted sample file (.h5)")
     p.add_argument(

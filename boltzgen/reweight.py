@@ -20,8 +20,9 @@ import torch
 from . import weights as W
 from .analysis import state_free_energy_metrics
 from .io import is_md_trajectory, load_samples, save_samples
+from .units import kT_of
 
-__all__ = ["reweight_samples", "check_compatible", "resolve_log_q"]
+__all__ = ["reweight_samples", "check_compatible", "resolve_log_q", "log_q_from_energy"]
 
 #: Configurations per energy call (keeps memory flat and drives the progress bar).
 CHUNK = 4096
@@ -190,6 +191,91 @@ def resolve_log_q(log_q, samples, samples_path: str) -> tuple[np.ndarray, str]:
     return arr, source
 
 
+def log_q_from_energy(energy, n: int, temperature: float) -> tuple[np.ndarray, str]:
+    """Proposal log-density of Boltzmann samples of a force field A from their energies U_A.
+
+    Frames drawn from exp(−U_A / kT_A) (MD under force field A at temperature T_A) have
+    log q(x) = −U_A(x) / (k_B T_A) up to a constant, which cancels in every self-normalised
+    estimate and shifts log Z only.
+
+    Parameters
+    ----------
+    energy : array_like of shape (B,), str or path-like
+        Potential energies U_A in kJ/mol, one per frame: values, a ``.npy`` file, or a text file
+        that :func:`numpy.loadtxt` reads (one number per frame).
+    n : int
+        Number of frames of the samples the energies belong to.
+    temperature : float
+        T_A in K (positive, finite).
+
+    Returns
+    -------
+    log_q : numpy.ndarray, shape (B,), float64
+        −U_A / kT_A with kT_A from :func:`boltzgen.units.kT_of`.
+    source : str
+        ``"energy:<absolute path> at <T> K"`` or ``"energy:array at <T> K"``.
+
+    Raises
+    ------
+    ValueError
+        For an unreadable file, a count that differs from ``n``, a non-finite energy or a
+        non-positive temperature.
+    """
+    temperature = float(temperature)
+    if not (np.isfinite(temperature) and temperature > 0.0):
+        raise ValueError(
+            f"proposal temperature (--proposal-temperature) must be positive (kelvin), got {temperature:g}"
+        )
+    kT = kT_of(temperature)
+    if isinstance(energy, (str, os.PathLike)):
+        path = os.fspath(energy)
+        if not os.path.isfile(path):
+            raise ValueError(f"proposal energy file not found: {path}")
+        try:
+            arr = np.load(path, allow_pickle=False) if path.endswith(".npy") else np.loadtxt(path, dtype=np.float64)
+        except Exception as exc:
+            raise ValueError(f"cannot read proposal energies from {path}: {exc}") from None
+        name, where = f"energy file {path}", os.path.abspath(path)
+    else:
+        arr, name, where = energy, "proposal energies", "array"
+    arr = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr, dtype=np.float64)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    arr = arr.reshape(-1) if arr.ndim == 0 else arr
+    if arr.ndim != 1:
+        raise ValueError(f"{name} has shape {arr.shape}; give one energy per frame (one number a line)")
+    if arr.shape[0] != n:
+        raise ValueError(f"{name} has {arr.shape[0]} energies but the samples have {n} frames")
+    if not np.isfinite(arr).all():
+        idx = np.flatnonzero(~np.isfinite(arr))
+        raise ValueError(f"{name} has non-finite energies at {idx.size} frames (indices {W.format_indices(idx)})")
+    return -arr / kT, f"energy:{where} at {temperature:g} K"
+
+
+def _proposal_log_q(log_q, energy, temperature, samples, samples_path: str, target) -> tuple[np.ndarray, str]:
+    """log q from ``log_q`` (:func:`resolve_log_q`) or from proposal energies (:func:`log_q_from_energy`)."""
+    if energy is None:
+        if temperature is not None:
+            raise ValueError(
+                "a proposal temperature (--proposal-temperature) needs proposal energies (--log-q-from-energy)"
+            )
+        return resolve_log_q(log_q, samples, samples_path)
+    if log_q is not None:
+        raise ValueError("give log q (--log-q) or proposal energies (--log-q-from-energy), not both")
+    if samples.log_q is not None:
+        raise ValueError(
+            f"{samples_path} already carries a 'log_q' array and proposal energies (--log-q-from-energy) "
+            "were given: which one is the proposal is ambiguous; refusing"
+        )
+    lw = samples.log_weights
+    if lw is not None and np.asarray(lw).size and not np.all(np.asarray(lw) == np.asarray(lw).reshape(-1)[0]):
+        raise ValueError(
+            f"{samples_path} carries unequal log_weights: its frames are not plain samples of the proposal "
+            "whose energies (--log-q-from-energy) were given; refusing"
+        )
+    return log_q_from_energy(energy, len(samples), target.temperature if temperature is None else temperature)
+
+
 def _energies(target, x: np.ndarray, progress: bool) -> np.ndarray:
     chunks = range(0, x.shape[0], CHUNK)
     if progress:
@@ -233,6 +319,8 @@ def reweight_samples(
     n_bootstrap: int = 200,
     block_size=None,
     progress: bool = False,
+    log_q_from_energy=None,
+    proposal_temperature: Optional[float] = None,
 ) -> dict:
     """Importance-weight the samples of a file against a target and write a weighted sample file.
 
@@ -257,6 +345,13 @@ def reweight_samples(
         (:func:`boltzgen.io.is_md_trajectory`), else 1.
     progress : bool
         Progress bar over the energy evaluation.
+    log_q_from_energy : array (B,), str or None
+        Instead of ``log_q``: the proposal's potential energies U_A in kJ/mol, one per frame
+        (values, a ``.npy`` file or a text file), for frames drawn from exp(−U_A / kT_A), as MD
+        under another force field; then log q = −U_A / kT_A (:func:`log_q_from_energy`). Refused
+        together with ``log_q``, with a file that carries ``log_q`` or with unequal log_weights.
+    proposal_temperature : float, optional
+        T_A in K for ``log_q_from_energy`` (default: the target's temperature); only with it.
 
     Returns
     -------
@@ -272,7 +367,8 @@ def reweight_samples(
     ------
     ValueError
         Samples that do not match the target (shape, atom count, atom order), non-finite
-        coordinates, a missing or malformed log q, or all weights zero.
+        coordinates, a missing or malformed log q or proposal energy, an ambiguous proposal, or all
+        weights zero.
     """
     samples_path = os.fspath(samples_path)
     samples = load_samples(samples_path, topology=target.topology if target.is_molecular else None)
@@ -288,7 +384,7 @@ def reweight_samples(
             f"{idx.size} of {n} configurations in {samples_path} have non-finite coordinates "
             f"(indices {W.format_indices(idx)})"
         )
-    lq, lq_source = resolve_log_q(log_q, samples, samples_path)
+    lq, lq_source = _proposal_log_q(log_q, log_q_from_energy, proposal_temperature, samples, samples_path, target)
 
     u = _energies(target, x, progress)
     zero = np.isposinf(lq)  # weighted input with weight zero (weighted_log_q) keeps weight zero

@@ -869,6 +869,8 @@ def reweight(
     progress: bool = True,
     metrics_path: Optional[str] = None,
     target_options: Optional[dict] = None,
+    log_q_from_energy=None,
+    proposal_temperature: Optional[float] = None,
 ) -> dict:
     """Importance weights of a sample file against a target (:func:`boltzgen.reweight.reweight_samples`).
 
@@ -891,6 +893,11 @@ def reweight(
         Also write the metrics there (JSON).
     target_options : dict, optional
         Options of :func:`~boltzgen.systems.resolve` for a target given by name.
+    log_q_from_energy : str or ndarray, optional
+        Instead of ``log_q``: the proposal's potential energies U_A (kJ/mol, one per frame; a text
+        or .npy file, or values) of frames drawn from exp(−U_A / kT_A); log q = −U_A / kT_A.
+    proposal_temperature : float, optional
+        T_A in K for ``log_q_from_energy`` (default: the target's temperature).
 
     Returns
     -------
@@ -915,6 +922,8 @@ def reweight(
                 n_bootstrap=n_bootstrap,
                 block_size=block_size,
                 progress=progress,
+                log_q_from_energy=log_q_from_energy,
+                proposal_temperature=proposal_temperature,
             )
         finally:
             if owned:
