@@ -43,10 +43,10 @@ def _remd(args) -> dict:
 
 def frames_per_second(work: str) -> tuple[float, float]:
     """(frames per second, fixed seconds) of one replica-exchange run, from two short runs."""
-    sizes, times = (20, 80), []
+    sizes, times = (100, 600), []  # the difference must take many seconds to be timed reliably
     for n in sizes:
         times.append(_remd((999, n, os.path.join(work, f"calibrate{n}.h5")))["seconds"])
-    rate = (sizes[1] - sizes[0]) / max(times[1] - times[0], 1e-6)
+    rate = (sizes[1] - sizes[0]) / max(times[1] - times[0], 1.0)
     return rate, max(times[0] - sizes[0] / rate, 0.0)
 
 
@@ -152,6 +152,8 @@ def main(argv=None) -> int:
                 "remd": {"delta_f_kT": value, "delta_f_err_kT": err, "frames_per_run": n, "seconds": remd_seconds},
             }
         )
+        with open(args.out + ".partial", "w") as handle:  # what is done so far, should a later seed fail
+            json.dump({"remd_frames_per_second": rate, "seeds": rows}, handle, indent=2)
     all_runs = {row["seed"]: [os.path.join(args.work, f"remd-{row['seed']}-{k}.h5") for k in range(2)] for row in rows}
     every = [p for paths in all_runs.values() for p in paths]
     ref, ref_err = delta_f_of_runs(every)
