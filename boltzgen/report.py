@@ -16,7 +16,12 @@ sample`` or ``boltzgen reweight``: weighted), optionally a reference sample file
   residues; for two states, as alanine dipeptide, ΔF = F(φ > 0) − F(φ < 0)), per residue ΔF of
   its φ sign (``per_residue``); errors of MD trajectories, time-ordered correlated frames, by a
   block bootstrap (``bootstrap_block_size``);
-- ``index.html``: one page with the figures, a metrics table, the state and residue tables.
+- ``index.html``: one page that leads, before any figure, with the answer (ΔF with its error in kT
+  for two states, else the state free energies; the ESS and the number of distinct SMC ancestors)
+  and a verdict in plain words (:func:`report_verdict`), then metrics tables labelled in words with
+  units, the state and residue tables, the notes and the figures. The machine-readable names of
+  the metrics are those of ``metrics.json``; on the page they appear only as ``data-metric``
+  attributes of the table rows.
 
 An analysis that does not apply (no topology, no backbone, no reference, no SMC trace) is skipped
 with an entry in ``notes``; it never stops the report.
@@ -41,10 +46,24 @@ from . import weights as W
 from .io import atomic_path, is_md_trajectory, load_samples, write_json
 from .states import backbone_states, backbone_torsions, default_states
 
-__all__ = ["analyze"]
+__all__ = ["analyze", "report_verdict"]
 
 #: Colour-scale ceiling of free-energy maps and profiles, kT.
 F_MAX_KT = 12.0
+
+#: Fewest effective samples the verdict accepts: below it a handful of samples carry the weights.
+ESS_MIN = 10.0
+
+#: Largest Wasserstein-2 distance (kT) between the reduced-energy distributions of the samples and
+#: of the reference that the verdict accepts (the mean-energy difference when W2 is missing; W2 is
+#: never below it). The energy of a molecule with d degrees of freedom spreads over about
+#: sqrt(d/2) kT (5-6 kT for alanine dipeptide), and two finite samples of one distribution differ
+#: by about 1 kT in W2 at a hundred effective samples; 2 kT more is a systematic difference: the
+#: samples miss or misweight part of the target's energy distribution.
+ENERGY_W2_MAX_KT = 2.0
+
+#: The verdict when no check fails.
+TRUSTED = "These numbers can be trusted."
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -123,7 +142,7 @@ def _backbone(samples, notes: list, label: str) -> Optional[list]:
 
 def _read_smc(path: str, smc_metrics: Optional[dict], notes: list) -> Optional[dict]:
     if smc_metrics is not None:
-        summary = smc_metrics.get("smc", smc_metrics)
+        summary = _with_all_ancestors(smc_metrics.get("smc", smc_metrics), smc_metrics)
         return summary if summary.get("ess") else None
     metrics_path = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
     if not os.path.exists(metrics_path):
@@ -142,7 +161,14 @@ def _read_smc(path: str, smc_metrics: Optional[dict], notes: list) -> Optional[d
     if output and os.path.abspath(output) != os.path.abspath(path):
         notes.append(f"{metrics_path} describes {output}, not this file: ESS trace skipped")
         return None
-    return metrics["smc"]
+    return _with_all_ancestors(metrics["smc"], metrics)
+
+
+def _with_all_ancestors(summary: dict, metrics: dict) -> dict:
+    """The SMC summary (of the first run) with ``n_ancestors`` of all runs when ``metrics`` has it."""
+    if metrics is not summary and metrics.get("n_ancestors") is not None:
+        return {**summary, "n_ancestors": metrics["n_ancestors"]}
+    return summary
 
 
 def _find_run_dir(samples, run_dir: Optional[str], notes: list) -> Optional[str]:
@@ -295,6 +321,137 @@ def _plot_training(out_dir, figures, log: dict) -> None:
     _save(fig, out_dir, "training_loss.png", figures, "training_loss")
 
 
+# ---------------------------------------------------------------------------- verdict
+def _number(value) -> Optional[float]:
+    """A finite float, or None (None, NaN, inf, non-numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _error_bar_problem(summary: dict) -> Optional[str]:
+    """The sentence of the error-bar check, or None: a free energy without a finite error, or an
+    error from fewer than two bootstrap blocks or independent runs."""
+    names = list((summary.get("states") or {}).get("names") or [])
+    values = summary.get("state_free_energies_kT")
+    errors = summary.get("state_free_energies_err_kT")
+    if "delta_f_kT" in summary and (len(names) == 2 or not names):
+        pairs = [("ΔF", summary.get("delta_f_kT"), summary.get("delta_f_err_kT"))]
+    elif isinstance(values, list):
+        errors = errors if isinstance(errors, list) else [None] * len(values)
+        pairs = [(f"F({n}) - F({names[0]})", v, e) for n, v, e in zip(names[1:], values[1:], errors[1:])]
+    else:
+        return None
+    missing = [what for what, v, e in pairs if _number(v) is not None and _number(e) is None]
+    if missing:
+        return (
+            f"The error bar of {', '.join(missing)} is infinite or missing: fewer than two bootstrap "
+            "blocks or independent runs give it a value."
+        )
+    if not any(_number(v) is not None for _, v, _ in pairs):
+        return None
+    runs = summary.get("bootstrap_runs")
+    if runs is not None and _number(runs) is not None and runs < 2:
+        return f"The error bars rest on {int(runs)} independent run: fewer than two, so they mean nothing."
+    n, block = _number(summary.get("n")), _number(summary.get("bootstrap_block_size"))
+    if runs is None and n is not None and block is not None and block > 0 and n / block < 2:
+        return (
+            f"The error bars rest on fewer than two bootstrap blocks ({int(block)} correlated frames "
+            f"per block, {int(n)} frames): they do not measure the statistical error."
+        )
+    return None
+
+
+def _empty_states(summary: dict) -> list:
+    """One sentence per state without samples or without weight."""
+    names = list((summary.get("states") or {}).get("names") or [])
+    if not names:
+        return []
+    counts = summary.get("state_counts")
+    counts = counts if isinstance(counts, list) and len(counts) == len(names) else [None] * len(names)
+    values = summary.get("state_free_energies_kT")
+    if isinstance(values, list) and len(values) == len(names):
+        weightless = [v is None or (isinstance(v, float) and not math.isfinite(v)) for v in values]
+    elif "state_free_energies_kT" in summary and values is None:  # undefined: state 0 has no weight
+        weightless = [True] + [False] * (len(names) - 1)
+    elif len(names) == 2 and "delta_f_kT" in summary:
+        weightless = [False, _number(summary.get("delta_f_kT")) is None]
+    else:
+        weightless = [False] * len(names)
+    out = []
+    for name, count, no_weight in zip(names, counts, weightless):
+        if count == 0:
+            out.append(f"State {name} is empty: no sample falls in it.")
+        elif no_weight:
+            what = f"its {count} samples carry" if count is not None else "its samples carry"
+            out.append(f"State {name} is empty: {what} no weight.")
+    return out
+
+
+def _reference_problem(summary: dict) -> Optional[str]:
+    """The sentence of the reference check, or None (close, or nothing to compare)."""
+    w2 = _number(summary.get("energy_w2"))
+    if w2 is not None:
+        if w2 > ENERGY_W2_MAX_KT:
+            return (
+                f"The samples are far from the reference: their reduced-energy distributions are "
+                f"{w2:.3g} kT apart (Wasserstein-2 distance; more than {ENERGY_W2_MAX_KT:g} kT)."
+            )
+        return None
+    mean, ref_mean = _number(summary.get("mean_reduced_energy")), _number(summary.get("reference_mean_reduced_energy"))
+    if mean is not None and ref_mean is not None and abs(mean - ref_mean) > ENERGY_W2_MAX_KT:
+        return (
+            f"The samples are far from the reference: their mean reduced energies differ by "
+            f"{abs(mean - ref_mean):.3g} kT (more than {ENERGY_W2_MAX_KT:g} kT)."
+        )
+    return None
+
+
+def report_verdict(summary: dict) -> list:
+    """The report's verdict in plain words: whether the numbers of an analysis can be trusted.
+
+    Four checks, each giving one sentence when it fails: the ESS is under :data:`ESS_MIN` ("The
+    weights rest on N effective samples"); a free energy has an infinite or missing error bar, or
+    its error comes from fewer than two bootstrap blocks or independent runs; a state has no sample
+    or no weight ("State X is empty", one sentence per state); the samples are far from the
+    reference (energy Wasserstein-2 distance, else the mean-energy difference, above
+    :data:`ENERGY_W2_MAX_KT` kT; only when the summary has them, i.e. a reference was given).
+    A pure function of the summary: no files, no HTML.
+
+    Parameters
+    ----------
+    summary : dict
+        Metrics as :func:`analyze` returns them (the keys of ``metrics.json``); the keys read are
+        ``ess``, ``n``, ``states`` (``{"names": [...]}``), ``state_counts``,
+        ``state_free_energies_kT``, ``state_free_energies_err_kT``, ``delta_f_kT``,
+        ``delta_f_err_kT``, ``bootstrap_block_size``, ``bootstrap_runs``, ``energy_w2``,
+        ``mean_reduced_energy`` and ``reference_mean_reduced_energy``. Missing keys skip their
+        check; None stands for a non-finite number (as in ``metrics.json``).
+
+    Returns
+    -------
+    list of str
+        ``[TRUSTED]`` ("These numbers can be trusted.") when every check passes, else one
+        sentence per failed check (and per empty state), in the order above.
+    """
+    problems = []
+    ess = _number(summary.get("ess"))
+    if ess is not None and ess < ESS_MIN:
+        problems.append(
+            f"The weights rest on {ess:.3g} effective samples (fewer than {ESS_MIN:g}): a few samples "
+            "decide every estimate."
+        )
+    error_bar = _error_bar_problem(summary)
+    if error_bar:
+        problems.append(error_bar)
+    problems += _empty_states(summary)
+    reference = _reference_problem(summary)
+    if reference:
+        problems.append(reference)
+    return problems or [TRUSTED]
+
+
 # ---------------------------------------------------------------------------- html
 _CAPTIONS = {
     "ramachandran": "Weighted Ramachandran free-energy maps F(φ, ψ) in kT, one row per residue (white: no weight).",
@@ -307,8 +464,12 @@ _CAPTIONS = {
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "undefined"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value + 0.0:.6g}"  # + 0.0: no "-0"
     return str(value)
 
 
@@ -318,34 +479,181 @@ def _table(header: list, rows: list) -> str:
     return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
 
 
+#: The metrics tables of the page: (title, [(metrics.json key, label in words with its unit)]).
+#: Scalars not listed here (``command``, notes) are in ``metrics.json`` only.
+_METRIC_TABLES = (
+    (
+        "Samples",
+        [
+            ("samples", "Sample file"),
+            ("system", "System"),
+            ("n", "Samples"),
+            ("weighted", "Weighted"),
+            ("n_zero_weight", "Samples with zero weight"),
+            ("ess", "Effective sample size (samples)"),
+            ("ess_fraction", "Effective sample size (fraction of the samples)"),
+            ("n_ancestors", "Distinct SMC ancestors of the final samples"),
+            ("mean_reduced_energy", "Mean reduced energy (kT)"),
+        ],
+    ),
+    (
+        "Free energies",
+        [
+            ("delta_f_definition", "Free-energy difference: definition"),
+            ("delta_f_kT", "Free-energy difference (kT)"),
+            ("delta_f_err_kT", "Free-energy difference: standard error (kT)"),
+            ("phi_positive_n", "Samples with φ > 0 and nonzero weight"),
+            ("bootstrap_block_size", "Bootstrap block length (frames)"),
+            ("bootstrap_runs", "Independent runs in the bootstrap"),
+        ],
+    ),
+    (
+        "Comparison with the reference",
+        [
+            ("reference", "Reference file"),
+            ("reference_n", "Reference samples"),
+            ("reference_ess", "Reference effective sample size (samples)"),
+            ("reference_mean_reduced_energy", "Reference mean reduced energy (kT)"),
+            ("energy_w2", "Energy Wasserstein-2 distance to the reference (kT)"),
+            ("torsion_w2", "Torsion Wasserstein-2 distance to the reference (rad)"),
+            ("torsion_w2_n", "Resampled configurations of the torsion distance"),
+            ("reference_delta_f_kT", "Reference free-energy difference (kT)"),
+            ("reference_delta_f_err_kT", "Reference free-energy difference: standard error (kT)"),
+            ("reference_phi_positive_n", "Reference samples with φ > 0 and nonzero weight"),
+            ("reference_bootstrap_block_size", "Reference bootstrap block length (frames)"),
+        ],
+    ),
+    (
+        "Sequential Monte Carlo",
+        [
+            ("smc_min_ess_fraction", "Smallest effective sample size along the levels (fraction of the particles)"),
+            ("smc_log_z", "Log normalising constant, log Z"),
+            ("smc_n_resampling", "Resampling steps"),
+        ],
+    ),
+    ("Training", [("run_dir", "Training run directory")]),
+)
+
+
+def _metric_tables(metrics: dict) -> str:
+    """The scalar metrics as tables labelled in words (each row's metrics.json key in ``data-metric``)."""
+    out = []
+    for title, entries in _METRIC_TABLES:
+        rows = [
+            f'<tr data-metric="{html.escape(key)}"><th>{html.escape(label)}</th>'
+            f"<td>{html.escape(_fmt(metrics[key]))}</td></tr>"
+            for key, label in entries
+            if key in metrics and not (key == "reference" and metrics[key] is None)
+        ]
+        if rows:
+            out.append(f"<h3>{html.escape(title)}</h3>\n<table>\n" + "\n".join(rows) + "\n</table>")
+    return "\n".join(out)
+
+
 def _state_tables(metrics: dict) -> str:
     """The state free energies and the per-residue ΔF as HTML tables ('' when there are none)."""
     out = ""
     names = (metrics.get("states") or {}).get("names")
     if names:
-        f = metrics.get("state_free_energies_kT") or [None] * len(names)
-        err = metrics.get("state_free_energies_err_kT") or [None] * len(names)
-        counts = metrics.get("state_counts") or [None] * len(names)
-        rows = [[n, c, v, e] for n, c, v, e in zip(names, counts, f, err)]
-        out += "<h2>States</h2>\n" + _table(["state", "samples", "F - F_0 / kT", "error / kT"], rows)
+        none = [None] * len(names)
+        columns = [("State", list(names)), ("Samples", metrics.get("state_counts") or none)]
+        columns += [
+            (f"Free energy relative to {names[0]} (kT)", metrics.get("state_free_energies_kT") or none),
+            ("Standard error (kT)", metrics.get("state_free_energies_err_kT") or none),
+        ]
+        if "reference_state_counts" in metrics:
+            columns += [
+                ("Reference samples", metrics.get("reference_state_counts") or none),
+                ("Reference free energy (kT)", metrics.get("reference_state_free_energies_kT") or none),
+                ("Reference standard error (kT)", metrics.get("reference_state_free_energies_err_kT") or none),
+            ]
+        rows = [list(row) for row in zip(*(values for _, values in columns))]
+        out += "<h2>States</h2>\n" + _table([title for title, _ in columns], rows)
     per_residue = metrics.get("per_residue") or {}
     if per_residue:
-        keys = ["phi_positive_n", "delta_f_kT", "delta_f_err_kT", "reference_delta_f_kT", "reference_delta_f_err_kT"]
-        keys = [k for k in keys if any(k in entry for entry in per_residue.values())]
+        labels = {
+            "phi_positive_n": "Samples with φ > 0",
+            "delta_f_kT": "Free-energy difference (kT)",
+            "delta_f_err_kT": "Standard error (kT)",
+            "reference_delta_f_kT": "Reference free-energy difference (kT)",
+            "reference_delta_f_err_kT": "Reference standard error (kT)",
+        }
+        keys = [k for k in labels if any(k in entry for entry in per_residue.values())]
         rows = [[residue] + [entry.get(k) for k in keys] for residue, entry in per_residue.items()]
-        out += "\n<h2>Per residue: F(phi > 0) - F(phi < 0)</h2>\n" + _table(["residue"] + keys, rows)
+        header = ["Residue"] + [labels[k] for k in keys]
+        out += "\n<h2>Per residue: F(φ &gt; 0) − F(φ &lt; 0)</h2>\n" + _table(header, rows)
     return out
 
 
+def _with_error(value, error) -> str:
+    """``1.23 ± 0.45 kT``; the error as ∞ when missing."""
+    if _number(value) is None:
+        return "undefined"
+    err = _number(error)
+    return f"{value:.2f} ± {'∞' if err is None else f'{err:.2f}'} kT"
+
+
+def _answer(metrics: dict) -> str:
+    """The page's first section: ΔF (two states) or the state free energies, the ESS, the ancestors."""
+    names = list((metrics.get("states") or {}).get("names") or [])
+    parts = []
+    if len(names) == 2 and "delta_f_kT" in metrics:
+        definition = metrics.get("delta_f_definition") or f"F({names[1]}) - F({names[0]})"
+        definition = definition.removesuffix(" in kT").replace(" - ", " − ")
+        value = _with_error(metrics.get("delta_f_kT"), metrics.get("delta_f_err_kT"))
+        parts.append(
+            f'<p class="headline">Free-energy difference ΔF = {html.escape(definition)} = '
+            f"<strong>{html.escape(value)}</strong></p>"
+        )
+    elif names:
+        values = metrics.get("state_free_energies_kT") or [None] * len(names)
+        errors = metrics.get("state_free_energies_err_kT") or [None] * len(names)
+        items = "".join(
+            f"<li>F({html.escape(n)}) − F({html.escape(names[0])}) = <strong>{html.escape(_with_error(v, e))}"
+            "</strong></li>"
+            for n, v, e in zip(names[1:], values[1:], errors[1:])
+        )
+        parts.append(
+            f'<p class="headline">State free energies relative to {html.escape(names[0])}:</p><ul>{items}</ul>'
+        )
+    else:
+        parts.append('<p class="headline">No states are defined for this system, so there are no free energies.</p>')
+    ess, fraction, n = metrics.get("ess"), metrics.get("ess_fraction"), metrics.get("n")
+    if _number(ess) is not None:
+        share = f" ({100.0 * fraction:.1f} %)" if _number(fraction) is not None else ""
+        line = f"Effective sample size: <strong>{ess:.1f}</strong> of {n} samples{share}."
+        if metrics.get("n_ancestors") is not None:
+            line += f" Distinct ancestors (SMC): <strong>{int(metrics['n_ancestors'])}</strong>."
+        parts.append(f"<p>{line}</p>")
+    return '<section id="answer">\n<h2>Answer</h2>\n' + "\n".join(parts) + "\n</section>"
+
+
+def _verdict_box(metrics: dict) -> str:
+    """The verdict of :func:`report_verdict` as a box, with what the checks covered when it is clean."""
+    verdict = report_verdict(metrics)
+    if verdict == [TRUSTED]:
+        checked = [f"at least {ESS_MIN:g} effective samples"]
+        if (metrics.get("states") or {}).get("names"):
+            checked += [
+                "finite error bars from two or more bootstrap blocks or runs",
+                "every state sampled with weight",
+            ]
+        if _number(metrics.get("energy_w2")) is not None or _number(metrics.get("reference_mean_reduced_energy")):
+            checked.append(f"energies within {ENERGY_W2_MAX_KT:g} kT of the reference")
+        else:
+            checked.append("no reference energies to compare with (not checked)")
+        body = f'<p><strong>{html.escape(TRUSTED)}</strong></p>\n<p class="scope">Checked: {html.escape("; ".join(checked))}.</p>'
+        kind = "ok"
+    else:
+        body = "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in verdict) + "</ul>"
+        kind = "warn"
+    return f'<section id="verdict" class="verdict {kind}">\n<h2>Verdict</h2>\n{body}\n</section>'
+
+
 def _write_html(out_dir: str, metrics: dict) -> None:
-    rows = "\n".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
-        for k, v in metrics.items()
-        if not isinstance(v, (dict, list))
-    )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in metrics.get("notes", []))
     figs = "\n".join(
-        f'<figure><img src="{html.escape(name)}" alt="{html.escape(key)}">'
+        f'<figure><img src="{html.escape(name)}" alt="{html.escape(_CAPTIONS.get(key, key))}">'
         f"<figcaption>{html.escape(_CAPTIONS.get(key, key))}</figcaption></figure>"
         for key, name in metrics.get("figures", {}).items()
     )
@@ -356,13 +664,17 @@ def _write_html(out_dir: str, metrics: dict) -> None:
 body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }}
 th {{ background: #f4f4f4; font-weight: normal; }} figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
-figcaption {{ color: #555; }}
+figcaption {{ color: #555; }} .headline {{ font-size: 1.25em; }}
+.verdict {{ border: 2px solid; border-radius: 6px; padding: 0.2em 1em; margin: 1em 0; }}
+.verdict.ok {{ border-color: #2a7d2a; background: #eef8ee; }} .verdict.warn {{ border-color: #b35900; background: #fff4e5; }}
+.scope {{ color: #555; font-size: 0.9em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
+{_answer(metrics)}
+{_verdict_box(metrics)}
 <h2>Metrics</h2>
-<table>
-{rows}
-</table>
+<p class="scope">The same numbers, under their machine-readable names, are in metrics.json.</p>
+{_metric_tables(metrics)}
 {_state_tables(metrics)}
 {"<h2>Notes</h2><ul>" + notes + "</ul>" if notes else ""}
 <h2>Figures</h2>
@@ -487,7 +799,9 @@ def analyze(
         ``n``, ``weighted``, ``n_zero_weight``, ``ess``, ``ess_fraction``, ``mean_reduced_energy``
         (kT), with a reference ``energy_w2`` (kT) and ``torsion_w2`` (rad); for alanine-dipeptide-like
         molecules ``delta_f_kT`` and ``delta_f_err_kT`` = F(φ > 0) − F(φ < 0) in kT (and the same of
-        the reference); ``figures`` (name → file) and ``notes`` (what was skipped and why).
+        the reference); ``n_ancestors`` (distinct SMC ancestors of the final particles, all runs)
+        when the SMC metrics have it; ``figures`` (name → file) and ``notes`` (what was skipped
+        and why). :func:`report_verdict` of them heads ``index.html``.
 
     Raises
     ------
@@ -554,6 +868,8 @@ def analyze(
     smc = _read_smc(path, smc_metrics, notes)
     if smc is not None:
         _plot_ess(out_dir, figures, smc)
+        if smc.get("n_ancestors") is not None:
+            metrics["n_ancestors"] = smc["n_ancestors"]
         metrics.update(
             smc_min_ess_fraction=smc.get("min_ess_fraction"),
             smc_log_z=smc.get("log_z"),
