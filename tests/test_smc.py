@@ -989,3 +989,19 @@ def test_sampler_says_when_the_annealing_cap_is_reached():
         settings=settings(diffusion={"n_steps": 5}, anneal={"n_levels": 2, "mcmc_steps": 0}),
     )
     assert exact.warnings == []
+
+
+def test_a_state_without_weight_at_the_end_is_reported():
+    """A named state that no weighted particle reaches is a warning in the result, not a silent gap."""
+    from boltzgen.states import function_states
+
+    target = two_modes(2)
+    model = ExactMarginalModel(target)
+    run = settings(diffusion={"n_steps": 10}, anneal={"n_levels": 2, "mcmc_steps": 1})
+    far = function_states(lambda x: (torch.as_tensor(x)[:, 0] > 1e3).long().numpy(), ["near", "far"])
+    with pytest.warns(RuntimeWarning, match="state far holds no particle"):
+        result = smc_sample(model, target, 64, torch.Generator().manual_seed(0), states=far, settings=run)
+    assert any("state far" in w for w in result.warnings) and not any("state near" in w for w in result.warnings)
+    sides = function_states(lambda x: (torch.as_tensor(x).sum(1) > 0).long().numpy(), ["left", "right"])
+    result = smc_sample(model, target, 64, torch.Generator().manual_seed(0), states=sides, settings=run)
+    assert not any("holds no particle" in w for w in result.warnings)

@@ -137,9 +137,25 @@ def sampler_warnings(state: ParticleState, problem: SMCProblem, log_w: torch.Ten
             f"the final weights rest on {ess:.1f} effective particles (fewer than {MIN_TRUSTED_ESS}): "
             "estimates from them cannot be trusted"
         )
+    notes.extend(_empty_state_notes(state, problem, log_w))
     for note in notes:
         warnings.warn(note, RuntimeWarning, stacklevel=3)
     return notes
+
+
+def _empty_state_notes(state: ParticleState, problem: SMCProblem, log_w: torch.Tensor) -> list:
+    """One note per named metastable state that holds no particle with weight at the end."""
+    names = getattr(getattr(problem.states, "__self__", None), "names", None)
+    if problem.states is None or not names:
+        return []
+    labels = np.asarray(problem.states((problem.length_scale * state.y).detach())).reshape(-1)
+    weighted = torch.isfinite(log_w).cpu().numpy()
+    return [
+        f"state {name} holds no particle with weight at the end: its free energy is unknown (more particles, "
+        "--balance-states, or a model whose samples reach it)"
+        for k, name in enumerate(names)
+        if not np.any(weighted & (labels == k))
+    ]
 
 
 @dataclass
