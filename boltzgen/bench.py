@@ -131,6 +131,16 @@ def bench_bridge(
     if hasattr(positions, "detach"):
         positions = positions.detach().cpu().numpy()
     positions = np.asarray(positions, dtype=np.float64)
+    if isinstance(batch, bool) or int(batch) != batch or batch < 1:
+        raise ValueError(f"batch must be a whole number of configurations >= 1, got {batch}")
+    from .guards import check_memory
+
+    # the configurations, two sets of forces, the bridge's shared copies: about eight arrays
+    check_memory(
+        8 * 8 * int(batch) * positions.size,
+        f"{batch} configurations of {positions.shape[0]} atoms",
+        "a smaller --batch",
+    )
     rng = np.random.default_rng(seed)
     x = positions[None] + noise * rng.standard_normal((batch,) + positions.shape)
 

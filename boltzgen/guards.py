@@ -23,7 +23,16 @@ import signal
 import sys
 from typing import Iterator, Optional
 
-__all__ = ["OutputError", "OutputLockedError", "lock_path_for", "output_lock", "check_writable", "die_with_parent"]
+__all__ = [
+    "OutputError",
+    "OutputLockedError",
+    "lock_path_for",
+    "output_lock",
+    "check_writable",
+    "check_memory",
+    "available_memory",
+    "die_with_parent",
+]
 
 
 class OutputError(OSError):
@@ -151,6 +160,51 @@ def check_writable(path: str, need_bytes: Optional[int] = None, what: str = "out
                 f"cannot write the {what} {path}: it needs about {need_bytes / 1e6:.1f} MB "
                 f"and {directory} has {free / 1e6:.1f} MB free",
             )
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None if unknown.
+
+    Returns
+    -------
+    int or None
+    """
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need_bytes: int, what: str, fix: str) -> None:
+    """Refuse up front a job whose arrays will not fit in the available memory.
+
+    Parameters
+    ----------
+    need_bytes : int
+        An estimate of the job's peak memory (bytes).
+    what : str
+        The job, for the message (e.g. "4096 particles of 22 atoms").
+    fix : str
+        What to change, for the message (e.g. "a smaller -n").
+
+    Raises
+    ------
+    ValueError
+        When ``need_bytes`` exceeds the available memory.
+    """
+    free = available_memory()
+    if free is not None and need_bytes > free:
+        raise ValueError(
+            f"{what} need about {need_bytes / 2**30:.1f} GiB of memory and {free / 2**30:.1f} GiB are available; "
+            f"use {fix}"
+        )
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:

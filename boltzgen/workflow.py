@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .guards import check_writable, output_lock
+from .guards import check_memory, check_writable, output_lock
 
 __all__ = [
     "SampleRun",
@@ -607,6 +607,11 @@ def sample(
     if method not in ("smc", "sde"):
         raise ValueError(f"method must be 'smc' or 'sde', got {method!r}")
     _check_output(output, "sample file", need_bytes=sample_file_bytes(n, run_dir))
+    check_memory(
+        SMC_BYTES_PER_COORDINATE * n * _coordinates_per_sample(run_dir),
+        f"{n} particles",
+        "a smaller -n, or several runs of the sampler one after another pooled with boltzgen reweight",
+    )
     with output_lock(output, "sample file"):
         model = load_model(run_dir)
         settings = _checked_settings(sample_settings(settings, progress=progress), model, per_state_resampling)
@@ -657,14 +662,23 @@ def sample_file_bytes(n: int, run_dir: str) -> int:
     int
         n · (coordinates in float32 and float64 + three float64 arrays) plus a margin.
     """
+    per_sample = _coordinates_per_sample(run_dir) * 12 + 3 * 8
+    return int(n) * per_sample + (1 << 20)
+
+
+def _coordinates_per_sample(run_dir: str) -> int:
     try:
         from .model import load_checkpoint
 
         shape = load_checkpoint(os.path.join(run_dir, "model.pt")).get("event_shape") or (100, 3)
     except (OSError, ValueError):
         shape = (100, 3)
-    per_sample = int(np.prod(shape)) * 12 + 3 * 8
-    return int(n) * per_sample + (1 << 20)
+    return int(np.prod(shape))
+
+
+#: Bytes the SMC holds per particle coordinate at its peak (positions, gradients of the model and
+#: the target, proposals and weights in float64; model evaluations are chunked).
+SMC_BYTES_PER_COORDINATE = 96
 
 
 def _checked_settings(settings, model, per_state_resampling: bool):
