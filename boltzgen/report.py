@@ -184,6 +184,21 @@ def _find_run_dir(samples, run_dir: Optional[str], notes: list) -> Optional[str]
     return None
 
 
+def _model_diagnostics(run_dir: str) -> dict:
+    """The training run's diagnostics on held-out target frames (its metrics.json), if it has them."""
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as handle:
+            validation = json.load(handle).get("validation") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    keys = {
+        "val_energy_gap_std_kT": "model_energy_gap_std_kT",
+        "val_energy_gap_std_within_kT": "model_energy_gap_std_within_kT",
+        "val_dF_error_kT": "model_state_dF_error_kT",
+    }
+    return {new: validation[old] for old, new in keys.items() if isinstance(validation.get(old), (int, float))}
+
+
 def _read_train_log(path: str) -> dict:
     """Columns of train_log.csv as float arrays (NaN where empty), split by phase."""
     with open(path, newline="") as handle:
@@ -531,7 +546,15 @@ _METRIC_TABLES = (
             ("smc_n_resampling", "Resampling steps"),
         ],
     ),
-    ("Training", [("run_dir", "Training run directory")]),
+    (
+        "Training",
+        [
+            ("run_dir", "Training run directory"),
+            ("model_energy_gap_std_kT", "Model energy at t_min minus the force field: spread on held-out frames (kT)"),
+            ("model_energy_gap_std_within_kT", "The same spread within the worst state (kT)"),
+            ("model_state_dF_error_kT", "Model's own state free-energy difference minus the force field's (kT)"),
+        ],
+    ),
 )
 
 
@@ -887,6 +910,7 @@ def analyze(
             else:
                 _plot_training(out_dir, figures, log)
                 metrics["run_dir"] = os.path.abspath(rd)
+        metrics.update(_model_diagnostics(rd))
 
     metrics["figures"] = figures
     metrics["notes"] = notes

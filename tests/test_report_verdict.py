@@ -289,3 +289,23 @@ def test_page_renders_in_a_headless_browser(report, tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_report_shows_the_training_runs_model_diagnostics(tmp_path):
+    """A run directory's held-out diagnostics (E - u spread, model dF error) appear in words."""
+    import json
+
+    aldp = mdtraj.load(PDB)
+    rng = np.random.default_rng(6)
+    x = aldp.xyz[0].astype(np.float64)[None] + 0.01 * rng.standard_normal((20, aldp.n_atoms, 3))
+    samples = str(tmp_path / "s.h5")
+    save_samples(samples, x, topology=aldp.topology, log_weights=np.zeros(20), metadata={"system": "aldp-vacuum"})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_log.csv").write_text("step,phase,total,val_total\n10,dsm,1.0,1.1\n20,dsm,0.9,1.0\n")
+    validation = {"val_energy_gap_std_kT": 0.97, "val_energy_gap_std_within_kT": 0.99, "val_dF_error_kT": 0.79}
+    (run / "metrics.json").write_text(json.dumps({"validation": validation}))
+    metrics = analyze(samples, str(tmp_path / "out"), run_dir=str(run))
+    assert metrics["model_energy_gap_std_kT"] == 0.97 and metrics["model_state_dF_error_kT"] == 0.79
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "Model energy at t_min minus the force field" in page
