@@ -264,3 +264,44 @@ def test_reweight_reads_a_dcd_with_the_targets_topology(tmp_path, capsys):
         == 0
     )
     assert load_samples(out).x.shape == (3, 22, 3)
+
+
+def test_killed_train_processes_leave_no_worker_and_the_rerun_is_undisturbed(tmp_path, gmm_data):
+    """Case 2: `boltzgen train --processes 2` killed with SIGKILL takes its workers with it; a rerun
+    resumes and its log holds exactly one row per logged step (no stray writer adds rows)."""
+    import csv
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "net: {kind: mlp, hidden: 32, n_layers: 2}\nloss: {kind: dsm, k: 1}\n"
+        "train: {steps: 300, batch_size: 8, log_every: 20, checkpoint_every: 20, val_every: 1000}\n"
+    )
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "boltzgen.cli", "train", "--data", gmm_data, "-o", str(run)]
+    args += ["--config", str(config), "--processes", "2", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").exists():
+        assert time.time() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.2)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "no worker processes"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    for p in alive:
+        p.kill()
+    assert not alive, f"{len(alive)} workers outlived the killed trainer"
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    time.sleep(1.0)  # a stray writer would append after the rerun ends
+    with open(run / "train_log.csv") as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert steps == list(range(20, 301, 20))
