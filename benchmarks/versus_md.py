@@ -132,8 +132,17 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", default="default", help="quickstart recipe of systems/recipes.yaml")
     parser.add_argument("--work", default="bench-results/versus_md", help="working directory (resumable)")
     parser.add_argument("--out", default="bench-results/versus_md.json")
+    parser.add_argument(
+        "--summarize-partial",
+        action="store_true",
+        help="only tabulate the seeds already finished (OUT.partial), e.g. after a run was stopped",
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
+    if args.summarize_partial:
+        with open(args.out + ".partial") as handle:
+            done = json.load(handle)
+        return finish(args, done["remd_frames_per_second"], done["seeds"])
     rate, fixed = frames_per_second(args.work)
     rows = []
     for seed in args.seeds:
@@ -154,6 +163,11 @@ def main(argv=None) -> int:
         )
         with open(args.out + ".partial", "w") as handle:  # what is done so far, should a later seed fail
             json.dump({"remd_frames_per_second": rate, "seeds": rows}, handle, indent=2)
+    return finish(args, rate, rows)
+
+
+def finish(args, rate: float, rows: list) -> int:
+    """Reference, summary, JSON and markdown from the finished seeds."""
     all_runs = {row["seed"]: [os.path.join(args.work, f"remd-{row['seed']}-{k}.h5") for k in range(2)] for row in rows}
     every = [p for paths in all_runs.values() for p in paths]
     ref, ref_err = delta_f_of_runs(every)
