@@ -166,8 +166,9 @@ def _read_smc(path: str, smc_metrics: Optional[dict], notes: list) -> Optional[d
 
 def _with_all_ancestors(summary: dict, metrics: dict) -> dict:
     """The SMC summary (of the first run) with ``n_ancestors`` of all runs when ``metrics`` has it."""
-    if metrics is not summary and metrics.get("n_ancestors") is not None:
-        return {**summary, "n_ancestors": metrics["n_ancestors"]}
+    if metrics is not summary:
+        extra = {"n_ancestors": metrics.get("n_ancestors"), "sampler_warnings": metrics.get("warnings")}
+        return {**summary, **{k: v for k, v in extra.items() if v is not None}}
     return summary
 
 
@@ -441,7 +442,8 @@ def report_verdict(summary: dict) -> list:
         ``ess``, ``n``, ``states`` (``{"names": [...]}``), ``state_counts``,
         ``state_free_energies_kT``, ``state_free_energies_err_kT``, ``delta_f_kT``,
         ``delta_f_err_kT``, ``bootstrap_block_size``, ``bootstrap_runs``, ``energy_w2``,
-        ``mean_reduced_energy`` and ``reference_mean_reduced_energy``. Missing keys skip their
+        ``mean_reduced_energy``, ``reference_mean_reduced_energy`` and ``sampler_warnings`` (what
+        the sampler said it could not do; one sentence each). Missing keys skip their
         check; None stands for a non-finite number (as in ``metrics.json``).
 
     Returns
@@ -464,6 +466,7 @@ def report_verdict(summary: dict) -> list:
     reference = _reference_problem(summary)
     if reference:
         problems.append(reference)
+    problems += [f"The sampler reported: {note}." for note in summary.get("sampler_warnings") or []]
     return problems or [TRUSTED]
 
 
@@ -893,6 +896,8 @@ def analyze(
         _plot_ess(out_dir, figures, smc)
         if smc.get("n_ancestors") is not None:
             metrics["n_ancestors"] = smc["n_ancestors"]
+        if smc.get("sampler_warnings"):
+            metrics["sampler_warnings"] = list(smc["sampler_warnings"])
         metrics.update(
             smc_min_ess_fraction=smc.get("min_ess_fraction"),
             smc_log_z=smc.get("log_z"),

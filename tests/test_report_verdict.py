@@ -309,3 +309,9 @@ def test_report_shows_the_training_runs_model_diagnostics(tmp_path):
     assert metrics["model_energy_gap_std_kT"] == 0.97 and metrics["model_state_dF_error_kT"] == 0.79
     page = (tmp_path / "out" / "index.html").read_text()
     assert "Model energy at t_min minus the force field" in page
+
+
+def test_sampler_warnings_reach_the_verdict():
+    summary = {"ess": 500.0, "n": 1000, "sampler_warnings": ["the adaptive annealing reached its cap of 128 levels"]}
+    verdict = report_verdict(summary)
+    assert verdict == ["The sampler reported: the adaptive annealing reached its cap of 128 levels."]
