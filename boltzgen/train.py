@@ -778,12 +778,13 @@ class Trainer:
             out["energy"] = energies[idx]
         return out
 
-    def _batch(self, data: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    def _batch_indices(self, data: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
         if self.draw_probabilities is None:
-            idx = torch.randint(0, data.shape[0], (size,), generator=generator)
-        else:
-            idx = torch.multinomial(self.draw_probabilities, size, replacement=True, generator=generator)
-        return idx
+            return torch.randint(0, data.shape[0], (size,), generator=generator)
+        return torch.multinomial(self.draw_probabilities, size, replacement=True, generator=generator)
+
+    def _batch(self, data: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+        return data[self._batch_indices(data, size, generator)]
 
     def train_step(self) -> dict:
         """One optimisation step (learning-rate schedule, loss, gradient clipping, EMA update).
@@ -805,7 +806,7 @@ class Trainer:
         )
         for group in self.optimiser.param_groups:
             group["lr"] = group["base_lr"] * factor
-        idx = self._batch(self.train_data, self.local_batch, self.generator)
+        idx = self._batch_indices(self.train_data, self.local_batch, self.generator)
         options = self._loss_options(self.step)
         physics = self._physics_batch(idx, self.train_force, self.train_u)
         parts = compute_loss(self.model.inner, self.train_data[idx], self.generator, **options, **physics)

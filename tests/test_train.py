@@ -351,7 +351,7 @@ def test_state_fraction_draws_that_share_of_each_batch_from_the_rare_state(tmp_p
     assert trainer.metadata["oversampled_state"] == "phi>0"
     assert 0 < n_positive <= 10
     generator = torch.Generator().manual_seed(1)
-    y = torch.cat([trainer.train_data[trainer._batch(trainer.train_data, 500, generator)] for _ in range(40)]).numpy()
+    y = torch.cat([trainer._batch(trainer.train_data, 500, generator) for _ in range(40)]).numpy()
     positive = default_states(aldp.topology).assign(y) == 1
     assert abs(positive.mean() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / y.shape[0])
     p = trainer.draw_probabilities.numpy()
