@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .diffusion.noise import event_dim, project_mean_free, sample_noise, sq_norm
+from .diffusion.noise import event_dim, sample_noise, sq_norm
 
 __all__ = ["model_diagnostics", "DIAGNOSTIC_TIMES"]
 
@@ -41,7 +41,7 @@ def _energies(model, y: torch.Tensor, t: float, chunk: int = 256) -> torch.Tenso
 
 
 def _score_residual(model, y, force, kappa, t: float, generator) -> float:
-    from .losses import target_score_weight
+    from .losses import score_target
 
     dtype = next(model.parameters()).dtype
     y = y.to(dtype)
@@ -50,13 +50,7 @@ def _score_residual(model, y, force, kappa, t: float, generator) -> float:
     x_t, eps = model.schedule.q_sample(y, tt, noise=eps)
     n_ev = y.dim() - 1
     sigma = model.schedule.sigma(tt).reshape((-1,) + (1,) * n_ev)
-    target = -eps
-    if force is not None and kappa is not None:
-        f = force.to(dtype)
-        f = project_mean_free(f) if model.mean_free else f
-        w = target_score_weight(model.schedule, tt, kappa).reshape(sigma.shape)
-        alpha = model.schedule.alpha(tt).reshape(sigma.shape)
-        target = w * sigma * f / alpha - (1.0 - w) * eps
+    target = score_target(model, tt, eps, force if kappa is not None else None, kappa)
     with torch.enable_grad():
         _, score = model.energy_and_score(x_t, tt)
     residual = sq_norm(sigma * score.detach() - target, n_ev) / event_dim(model.event_shape, model.mean_free)

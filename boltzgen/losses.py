@@ -112,6 +112,7 @@ __all__ = [
     "dsm_diffclf_loss",
     "compute_loss",
     "target_score_weight",
+    "score_target",
     "mean_stiffness",
 ]
 
@@ -315,6 +316,35 @@ def target_score_weight(schedule, t: torch.Tensor, kappa: float) -> torch.Tensor
     return a2 / (a2 + float(kappa) * schedule.sigma(t) ** 2)
 
 
+def score_target(model, t: torch.Tensor, eps: torch.Tensor, force=None, kappa=None) -> torch.Tensor:
+    """The regression target T of σ_t s_θ(x_t, t): −ε, or the target-score mix with forces.
+
+    Parameters
+    ----------
+    model : energy model (uses ``schedule``, ``mean_free``)
+    t : tensor, shape (M,)
+        Times of the noisy samples.
+    eps : tensor, shape (M, *event_shape)
+        Their noise ε.
+    force : tensor, shape of ``eps``, optional
+        Reduced forces of their clean samples (model units).
+    kappa : float, optional
+        Stiffness of the mix (with ``force``).
+
+    Returns
+    -------
+    tensor, shape of ``eps``
+        T = w σ f/α − (1 − w) ε (see the module docstring), or −ε without forces.
+    """
+    if force is None:
+        return -eps
+    shape = (-1,) + (1,) * (eps.dim() - 1)
+    f = project_mean_free(force.to(eps)) if model.mean_free else force.to(eps)
+    sigma, alpha = model.schedule.sigma(t).reshape(shape), model.schedule.alpha(t).reshape(shape)
+    w = target_score_weight(model.schedule, t, kappa).reshape(shape)
+    return w * sigma * f / alpha - (1.0 - w) * eps
+
+
 def mean_stiffness(force: torch.Tensor, mean_free: bool) -> float:
     """κ = ⟨‖f‖²⟩ / d, the mean stiffness of the data (model units, 1/length²).
 
@@ -393,13 +423,8 @@ def _objective(
         # (with create_graph) the scores.
         e_diag, score = model.energy_and_score(x_t, t_flat, create_graph=True)
         sigma = model.schedule.sigma(t_flat).reshape((-1,) + (1,) * n_ev)
-        target = -eps
-        if force is not None:
-            f = project_mean_free(force.to(x0)) if model.mean_free else force.to(x0)
-            f = f.unsqueeze(1).expand((b, k) + event).reshape((b * k,) + event)
-            w = target_score_weight(model.schedule, t_flat, kappa).reshape(sigma.shape)
-            alpha = model.schedule.alpha(t_flat).reshape(sigma.shape)
-            target = w * sigma * f / alpha - (1.0 - w) * eps
+        f = None if force is None else force.unsqueeze(1).expand((b, k) + event).reshape((b * k,) + event)
+        target = score_target(model, t_flat, eps, f, kappa)
         per_sample = sq_norm(sigma * score - target, n_ev) / event_dim(model.event_shape, model.mean_free)
         if weighting is not None:
             per_sample = weighting(t_flat) * per_sample
