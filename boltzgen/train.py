@@ -383,7 +383,12 @@ class Trainer:
         self.val_data, self.train_data = y[order[:n_val]], y[order[n_val:]]
         self.topology = topology
         self._physics(config, data, energies, forces, target_frames, order[:n_val], order[n_val:])
+        if states is None and topology is not None:
+            from .states import default_states
+
+            states = default_states(topology)
         self.states = states
+        self._diagnostic_cache: Optional[tuple] = None
         # Rare-state oversampling: the model then learns a proposal with more weight in the rare
         # state than the data have; SMC's weights and the reweighting against the target correct it.
         self.draw_probabilities: Optional[torch.Tensor] = None
@@ -482,10 +487,6 @@ class Trainer:
 
     def _oversample(self, train_x: np.ndarray, states, fraction: float) -> Optional[torch.Tensor]:
         """Draw probabilities of the training frames for ``data.state_fraction`` (None: uniform)."""
-        if states is None:
-            from .states import default_states
-
-            states = default_states(self.topology)
         if states is None:
             raise ValueError(
                 "data.state_fraction (boltzgen train --state-fraction) needs the system's metastable "
@@ -883,20 +884,18 @@ class Trainer:
         return out
 
     def _diagnostic_frames(self):
-        """Held-out samples of the target: (y, u, forces or None, state labels or None, names)."""
-        pick = self.val_target.nonzero().reshape(-1)[:512]
-        y, u = self.val_data[pick], self.val_u[pick]
-        f = None if self.val_force is None else self.val_force[pick]
-        states = self.states
-        if states is None and self.topology is not None:
-            from .states import default_states
-
-            states = default_states(self.topology)
-        labels, names = None, None
-        if states is not None and y.shape[0] > 0:
-            x = (y.double() * self.length_scale).numpy()
-            labels, names = np.asarray(states.assign(x)), list(states.names)
-        return y, u, f, labels, names
+        """Held-out samples of the target: (y, u, forces or None, state labels or None, names),
+        chosen and labelled once (the split is fixed)."""
+        if self._diagnostic_cache is None:
+            pick = self.val_target.nonzero().reshape(-1)[:512]
+            y, u = self.val_data[pick], self.val_u[pick]
+            f = None if self.val_force is None else self.val_force[pick]
+            labels, names = None, None
+            if self.states is not None and y.shape[0] > 0:
+                x = (y.double() * self.length_scale).numpy()
+                labels, names = np.asarray(self.states.assign(x)), list(self.states.names)
+            self._diagnostic_cache = (y, u, f, labels, names)
+        return self._diagnostic_cache
 
     def fit(self) -> dict:
         """Train to ``train.steps`` (resuming from a checkpoint if present).
@@ -1057,33 +1056,25 @@ def train_from_file(
         raise ValueError(f"{data_path} holds weighted samples; train on unweighted MD or exact samples")
     meta = {"system": system, "data": os.path.abspath(data_path), "n_data": len(samples)}
     target = _target_for(system, config, samples)
-    try:
+    try:  # the target is needed only to build the trainer (forces, the force-field prior)
         energies, forces = physics_of(samples, target)
-    except BaseException:
-        _close(target)
-        raise
-    target_frames = None if samples.log_weights is None else np.isfinite(samples.log_weights)
-    trainer = Trainer(
-        config,
-        samples.x,
-        run_dir,
-        topology=samples.topology,
-        metadata=meta,
-        progress=progress,
-        start_from=start_from,
-        energies=energies,
-        forces=forces,
-        target_frames=target_frames,
-        target=target,
-    )
-    _close(target)
+        trainer = Trainer(
+            config,
+            samples.x,
+            run_dir,
+            topology=samples.topology,
+            metadata=meta,
+            progress=progress,
+            start_from=start_from,
+            energies=energies,
+            forces=forces,
+            target_frames=None if samples.log_weights is None else np.isfinite(samples.log_weights),
+            target=target,
+        )
+    finally:
+        if target is not None and hasattr(target, "close"):
+            target.close()
     return trainer.fit()
-
-
-def _close(target) -> None:
-    close = getattr(target, "close", None)
-    if close is not None:
-        close()
 
 
 def _target_for(system: Optional[str], config: dict, samples):
