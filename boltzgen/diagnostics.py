@@ -24,20 +24,12 @@ import numpy as np
 import torch
 
 from .diffusion.noise import event_dim, sample_noise, sq_norm
+from .evaluate import model_energies
 
 __all__ = ["model_diagnostics", "DIAGNOSTIC_TIMES"]
 
 #: Times of the score residual (clipped below at the model's t_min).
 DIAGNOSTIC_TIMES = (0.001, 0.01, 0.1, 0.5)
-
-
-def _energies(model, y: torch.Tensor, t: float, chunk: int = 256) -> torch.Tensor:
-    dtype = next(model.parameters()).dtype
-    out = []
-    with torch.no_grad():
-        for part in torch.split(y, chunk):
-            out.append(model.energy(part.to(dtype), torch.full((part.shape[0],), t, dtype=dtype)).double())
-    return torch.cat(out)
 
 
 def _score_residual(model, y, force, kappa, t: float, generator) -> float:
@@ -106,7 +98,7 @@ def model_diagnostics(
     """
     if y.shape[0] < 2 or u is None:
         return {}
-    r = _energies(model, y, float(model.t_min)) - u.double()
+    r = model_energies(model, y, float(model.t_min), batch=256) - u.double()
     out = {"val_energy_gap_std_kT": float(r.std())}
     if labels is not None and names:
         labels = np.asarray(labels)

@@ -23,7 +23,24 @@ import torch
 from .systems.gmm import GaussianMixture
 
 
-def _energy(model, y: torch.Tensor, t: float, batch: int = 8192) -> torch.Tensor:
+def model_energies(model, y: torch.Tensor, t: float, batch: int = 8192) -> torch.Tensor:
+    """E_θ(y, t) of many configurations, without gradients, in chunks.
+
+    Parameters
+    ----------
+    model : EnergyModel
+        In its own coordinates (cast to its parameters' dtype).
+    y : tensor, shape (B, *event_shape)
+        Configurations in model units.
+    t : float
+        Diffusion time.
+    batch : int
+        Configurations per network pass.
+
+    Returns
+    -------
+    tensor, shape (B,), float64
+    """
     dtype = next(model.parameters()).dtype
     out = []
     with torch.no_grad():
@@ -123,7 +140,7 @@ def mode_weights(
         ).sum(-1)  # (n, S)
         log_q = torch.logsumexp(per_scale, 1) - math.log(c.numel())
         region = target.responsibilities(y, t, schedule).argmax(1) == k
-        log_w = -_energy(model, y, t) - log_q
+        log_w = -model_energies(model, y, t) - log_q
         log_w = torch.where(region, log_w, torch.full_like(log_w, -math.inf))
         log_z.append(torch.logsumexp(log_w, 0) - math.log(n_per_mode))
         w = torch.softmax(log_w, 0)
@@ -198,7 +215,7 @@ def chain_classification_loss(
     with torch.no_grad():
         for i, t in enumerate(levels.tolist()):
             f = model.log_normaliser(torch.tensor([t], dtype=next(model.parameters()).dtype)).to(torch.float64)
-            logits[:, :, i] = (-_energy(model, flat, t) + f).reshape(n_chains, n_levels)
+            logits[:, :, i] = (-model_energies(model, flat, t) + f).reshape(n_chains, n_levels)
     labels = torch.arange(n_levels).expand(n_chains, n_levels)
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, n_levels), labels.reshape(-1))
     acc = (logits.argmax(-1) == labels).double().mean()
@@ -245,7 +262,7 @@ def marginal_ess(
     for t in times:
         x0 = target.sample(n, g)
         y = schedule.alpha(t) * x0 + schedule.sigma(t) * torch.randn(x0.shape, generator=g, dtype=torch.float64)
-        log_w = -_energy(model, y, t) - target.log_prob_t(y, t, schedule)
+        log_w = -model_energies(model, y, t) - target.log_prob_t(y, t, schedule)
         w = torch.softmax(log_w, 0)
         out.append({"t": float(t), "ess_fraction": float(1.0 / (w**2).sum()) / n})
     return out

@@ -588,12 +588,8 @@ def diffclf_loss(
     clf_samples : {"all", "one"}
         Classify all k noisy samples of each x_0, or one drawn uniformly with weight k (an
         unbiased estimate with k − 1 energy evaluations per x_0; see the module docstring).
-    energy : tensor, shape (B,), optional
-        Reduced energies u of ``x0`` (kT), for the energy pin.
-    lambda_pin : float
-        Weight of the energy pin (0: off).
-    t_pin : float, optional
-        Time of the energy pin (default: the model's ``t_min``).
+    energy, lambda_pin, t_pin : optional
+        The energy pin, as in :func:`dsm_loss`.
 
     Returns
     -------
@@ -656,17 +652,8 @@ def dsm_diffclf_loss(
         As in :func:`dsm_loss` and :func:`diffclf_loss`.
     lambda_clf : float
         Weight of the classification term (default 1).
-    force : tensor, shape (B, *event_shape), optional
-        Reduced forces −∇u of ``x0`` in model units: the DSM term regresses on the target-score
-        mix (see the module docstring) instead of −ε.
-    kappa : float, optional
-        Stiffness of the mix (needed with ``force``; :func:`mean_stiffness`).
-    energy : tensor, shape (B,), optional
-        Reduced energies u of ``x0`` (kT), for the energy pin.
-    lambda_pin : float
-        Weight of the energy pin (0: off).
-    t_pin : float, optional
-        Time of the energy pin (default: the model's ``t_min``).
+    force, kappa, energy, lambda_pin, t_pin : optional
+        Target score matching and the energy pin, as in :func:`dsm_loss`.
 
     Returns
     -------
