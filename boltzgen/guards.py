@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 from typing import Iterator, Optional
 
 __all__ = [
@@ -147,7 +148,7 @@ def check_writable(path: str, need_bytes: Optional[int] = None, what: str = "out
     directory = probe if os.path.isdir(probe) else os.path.dirname(probe)
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise OutputError(errno.EACCES, f"cannot write the {what} {path}: it is read-only; choose another output")
-    if not os.access(directory, os.W_OK | os.X_OK):
+    if not _can_create_in(directory):
         raise OutputError(
             errno.EACCES,
             f"cannot write the {what} {path}: the directory {directory} is not writable; choose another output",
@@ -160,6 +161,20 @@ def check_writable(path: str, need_bytes: Optional[int] = None, what: str = "out
                 f"cannot write the {what} {path}: it needs about {need_bytes / 1e6:.1f} MB "
                 f"and {directory} has {free / 1e6:.1f} MB free",
             )
+
+
+def _can_create_in(directory: str) -> bool:
+    """Whether a file can be created in ``directory``: tried, not inferred from the mode bits.
+
+    ``os.access`` answers yes to root for any directory, also on read-only or pseudo file
+    systems; creating (and removing) a hidden probe file is the only test that holds for every
+    user and file system.
+    """
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".boltzgen-probe-"):
+            return True
+    except OSError:
+        return False
 
 
 def available_memory() -> Optional[int]:

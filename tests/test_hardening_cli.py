@@ -86,6 +86,21 @@ def test_output_under_a_regular_file_fails_at_once(tmp_path, capsys):
     assert "file.txt" in line
 
 
+def test_unwritable_output_fails_before_any_computing(tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        target = "/sys/boltzgen-out/g.h5"  # sysfs refuses every user, root included
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        target = str(ro / "g.h5")
+    assert main(["simulate", "gmm-two-modes", "-n", "64", "-o", target, "--no-progress"]) != 0
+    line = _one_line_error(capsys, "simulate")
+    assert "not writable" in line and "choose another output" in line
+
+
 def test_missing_sample_file_is_one_line(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "missing.h5"), "-o", str(tmp_path / "report")]) == 2
     assert "missing.h5" in _one_line_error(capsys, "analyze")
