@@ -59,7 +59,21 @@ def _add_target(parser: argparse.ArgumentParser, positional: bool = False) -> No
         group.add_argument("system_name", nargs="?", metavar="SYSTEM", help="built-in system (see `boltzgen systems`)")
     group.add_argument("--system", help="built-in system name")
     group.add_argument("--pdb", help="structure file (all atoms) for --forcefield")
-    group.add_argument("--forcefield", nargs="+", metavar="XML", help="OpenMM force-field XML files")
+    group.add_argument(
+        "--forcefield", nargs="+", metavar="XML", help="OpenMM force-field XML files (with --pdb or --sequence)"
+    )
+    group.add_argument(
+        "--sequence",
+        metavar="SEQ",
+        help="a capped peptide built from its sequence (ACE-SEQ-NME; one-letter 'AAA' or three-letter "
+        "'ALA-ALA-ALA' codes), with --forcefield (default amber14-all.xml) and --solvent",
+    )
+    group.add_argument(
+        "--solvent",
+        metavar="MODEL",
+        help="with --sequence: vacuum (default) or an OpenMM implicit model: obc1, obc2, gbn, gbn2, hct, "
+        "obc-legacy (amber99_obc.xml)",
+    )
     group.add_argument("--system-xml", help="serialized OpenMM System (XmlSerializer)")
     group.add_argument("--topology", help="topology for --system-xml: any file mdtraj reads")
     group.add_argument("--temperature", type=float, help="temperature in K (molecular targets)")
@@ -88,12 +102,26 @@ def _target_from_args(args):
             forcefield=args.forcefield,
             system_xml=args.system_xml,
             topology=args.topology,
+            sequence=args.sequence,
+            solvent=args.solvent,
             temperature=args.temperature,
             dim=args.dim,
             **options,
         )
     except (KeyError, ValueError, FileNotFoundError, TypeError) as exc:
         raise CommandError(str(exc).strip("'\"")) from None
+
+
+def _recipe_from_args(args) -> Optional[dict]:
+    """The target flags as :func:`boltzgen.systems.resolve` arguments (nothing built), or None."""
+    keys = ("pdb", "forcefield", "system_xml", "topology", "sequence", "solvent", "temperature")
+    recipe = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if not recipe or (set(recipe) == {"temperature"}):
+        return None
+    for k in ("pdb", "system_xml", "topology"):
+        if k in recipe:
+            recipe[k] = os.path.abspath(recipe[k])
+    return recipe
 
 
 def _emit(metrics: dict, args, path: Optional[str]) -> None:
@@ -109,7 +137,7 @@ def _emit(metrics: dict, args, path: Optional[str]) -> None:
 def _target_named(args) -> bool:
     return any(
         getattr(args, k, None) is not None
-        for k in ("system_name", "system", "pdb", "forcefield", "system_xml", "topology")
+        for k in ("system_name", "system", "pdb", "forcefield", "system_xml", "topology", "sequence", "solvent")
     )
 
 
@@ -250,6 +278,7 @@ def cmd_train(args) -> int:
             seed=args.seed,
             start_from=args.start_from,
             progress=not args.no_progress,
+            target=_recipe_from_args(args),
         )
     except (ValueError, FileNotFoundError, TypeError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None
@@ -418,7 +447,20 @@ def cmd_analyze(args) -> int:
     """
     from .workflow import analyze
 
-    metrics = _run(analyze, args.samples, args.output, args.reference, run_dir=args.run_dir, seed=args.seed)
+    target = _target_from_args(args) if _target_named(args) else None  # its topology, for DCD/XTC files
+    try:
+        metrics = _run(
+            analyze,
+            args.samples,
+            args.output,
+            args.reference,
+            run_dir=args.run_dir,
+            seed=args.seed,
+            topology=None if target is None else target.topology,
+        )
+    finally:
+        if target is not None:
+            target.close()
     _emit(metrics, args, None)
     if not args.json:
         line = f"{metrics['n']} samples, ESS {metrics['ess']:.1f} ({metrics['ess_fraction']:.1%})"
@@ -835,8 +877,9 @@ def build_parser() -> argparse.ArgumentParser:
         "training losses (from the run directory). With --reference: energy and torsion "
         "Wasserstein-2 distances. Writes PNGs, metrics.json and index.html into DIR.",
     )
-    p.add_argument("samples", metavar="FILE", help="sample file (HDF5)")
+    p.add_argument("samples", metavar="FILE", help="sample file (HDF5), or a trajectory mdtraj reads with a target")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory of the report")
+    _add_target(p)
     p.add_argument("--reference", metavar="FILE", help="reference sample file of the same system (e.g. long MD)")
     p.add_argument(
         "--run-dir",

@@ -37,6 +37,7 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "load_train_config",
+    "derived_defaults",
     "read_config_file",
     "read_yaml",
     "deep_update",
@@ -876,8 +877,52 @@ def system_config_path(system: str) -> Optional[str]:
     return _shipped_file(name) if name else None
 
 
+#: Per-step cost grows with the atoms (EGNN edges ~ N²); the batch of a derived config shrinks so a
+#: step of an N-atom molecule costs about what a step of the reference system does.
+_REFERENCE_CONFIGS = {"molecule": ("aldp-vacuum.train.yaml", 22), "cluster": ("lj13.train.yaml", 13)}
+
+
+def derived_defaults(event_shape, molecular: bool) -> dict:
+    """Training defaults for data of a system that ships no config, from its size and kind.
+
+    A molecule (data with a topology) starts from the alanine-dipeptide recipe, a particle
+    cluster (no topology, 3-D particles) from LJ13's, anything else (vectors) from the
+    Gaussian-mixture recipe; the batch is scaled by (reference atoms / atoms), at least 16, so
+    the cost per step stays near the reference system's while the model sees as many atoms per
+    step.
+
+    Parameters
+    ----------
+    event_shape : tuple of int
+        Shape of one configuration: (N, 3) for particles, (d,) for vectors.
+    molecular : bool
+        Whether the data have a molecular topology.
+
+    Returns
+    -------
+    dict
+        Nested config over the built-in defaults (what ``systems/<name>.train.yaml`` would hold).
+    """
+    shape = tuple(int(v) for v in event_shape)
+    if len(shape) != 2 or shape[1] != 3:
+        return read_config_file(_shipped_file("gmm-two-modes.train.yaml"))
+    name, atoms = _REFERENCE_CONFIGS["molecule" if molecular else "cluster"]
+    config = read_config_file(_shipped_file(name))
+    batch = int(config.get("train", {}).get("batch_size", 128))
+    scaled = max(16, int(round(batch * atoms / max(shape[0], 1) / 8.0)) * 8)
+    config.setdefault("train", {})["batch_size"] = min(batch, scaled)
+    if molecular:
+        config.setdefault("data", {})["state_fraction"] = None
+    return config
+
+
 def load_train_config(
-    system: Optional[str] = None, config_file: Optional[str] = None, overrides: Optional[dict] = None
+    system: Optional[str] = None,
+    config_file: Optional[str] = None,
+    overrides: Optional[dict] = None,
+    *,
+    event_shape=None,
+    molecular: bool = False,
 ) -> TrainConfig:
     """The training configuration: defaults, the system's file, a user file, then overrides.
 
@@ -889,6 +934,11 @@ def load_train_config(
         User YAML file (may say ``extends: other.yaml``).
     overrides : dict, optional
         Nested options merged last (e.g. ``{"train": {"steps": 100}}``).
+    event_shape : tuple of int, optional
+        Shape of one configuration of the data: when ``system`` ships no config, the defaults
+        come from :func:`derived_defaults` instead.
+    molecular : bool
+        Whether the data have a molecular topology (with ``event_shape``).
 
     Returns
     -------
@@ -902,10 +952,11 @@ def load_train_config(
         For a missing file.
     """
     merged = TrainConfig().to_dict()
-    if system is not None:
-        path = system_config_path(system)
-        if path is not None:
-            merged = deep_update(merged, read_config_file(path))
+    path = system_config_path(system) if system is not None else None
+    if path is not None:
+        merged = deep_update(merged, read_config_file(path))
+    elif event_shape is not None:
+        merged = deep_update(merged, derived_defaults(event_shape, molecular))
     if config_file is not None:
         merged = deep_update(merged, read_config_file(config_file))
     if overrides:

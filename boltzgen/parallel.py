@@ -16,6 +16,7 @@ import warnings
 
 import torch
 
+from .config import system_config_path
 from .guards import die_with_parent
 from .io import load_samples
 from .train import local_batch_size, resolve_config, run_overrides, train_from_file
@@ -66,9 +67,13 @@ def train_in_processes(processes: int, data_path: str, run_dir: str, **options) 
         raise ValueError(f"the number of training processes must be at least 1, got {processes}")
     if processes == 1:
         return {**train_from_file(data_path, run_dir, **options), "processes": 1}
-    system = options.get("system") or load_samples(data_path).metadata.get("system")
+    system, event_shape, molecular = options.get("system"), None, False
+    if system is None or system_config_path(system) is None:  # the data decide the defaults
+        samples = load_samples(data_path)
+        system = system or samples.metadata.get("system")
+        event_shape, molecular = samples.x.shape[1:], samples.topology is not None
     overrides = run_overrides(options.get("overrides"), seed=options.get("seed"), threads=options.get("threads"))
-    config = resolve_config(system, options.get("config_file"), overrides)
+    config = resolve_config(system, options.get("config_file"), overrides, event_shape=event_shape, molecular=molecular)
     local_batch_size(int(config["train"]["batch_size"]), processes)  # refused here, not in a child process
     import torch.multiprocessing as mp
 

@@ -442,7 +442,8 @@ def report_verdict(summary: dict) -> list:
         ``ess``, ``n``, ``states`` (``{"names": [...]}``), ``state_counts``,
         ``state_free_energies_kT``, ``state_free_energies_err_kT``, ``delta_f_kT``,
         ``delta_f_err_kT``, ``bootstrap_block_size``, ``bootstrap_runs``, ``energy_w2``,
-        ``mean_reduced_energy``, ``reference_mean_reduced_energy`` and ``sampler_warnings`` (what
+        ``mean_reduced_energy``, ``reference_mean_reduced_energy``, ``d_centre_fraction``,
+        ``cis_bond_fraction`` and ``sampler_warnings`` (what
         the sampler said it could not do; one sentence each). Missing keys skip their
         check; None stands for a non-finite number (as in ``metrics.json``).
 
@@ -466,8 +467,26 @@ def report_verdict(summary: dict) -> list:
     reference = _reference_problem(summary)
     if reference:
         problems.append(reference)
+    problems += _structure_problems(summary)
     problems += [f"The sampler reported: {note}." for note in summary.get("sampler_warnings") or []]
     return problems or [TRUSTED]
+
+
+#: Weight on D-amino acids or cis peptide bonds above which the verdict warns (MD of an L-peptide
+#: with trans bonds has none; the force fields make both many kT unlikely at room temperature).
+STRUCTURE_MAX = 0.01
+
+
+def _structure_problems(summary: dict) -> list:
+    out = []
+    for key, what in (("d_centre_fraction", "a D-amino acid"), ("cis_bond_fraction", "a cis peptide bond")):
+        value = _number(summary.get(key))
+        if value is not None and value > STRUCTURE_MAX:
+            out.append(
+                f"{value:.1%} of the weight sits on samples with {what}, which the force field makes "
+                "very unlikely: the sampler has not converged."
+            )
+    return out
 
 
 # ---------------------------------------------------------------------------- html
@@ -512,6 +531,8 @@ _METRIC_TABLES = (
             ("ess_fraction", "Effective sample size (fraction of the samples)"),
             ("n_ancestors", "Distinct SMC ancestors of the final samples"),
             ("mean_reduced_energy", "Mean reduced energy (kT)"),
+            ("d_centre_fraction", "Weight on samples with a D-amino acid (fraction)"),
+            ("cis_bond_fraction", "Weight on samples with a cis peptide bond (fraction)"),
         ],
     ),
     (
@@ -787,6 +808,36 @@ def _per_residue(samples, ref, lw, ref_lw, seed, blocks) -> dict:
 
 
 # ---------------------------------------------------------------------------- entry point
+def structure_fractions(samples, log_w) -> dict:
+    """Weighted share of peptide samples with a D-Cα or a cis peptide bond (both 0 for MD of an
+    L-peptide with trans bonds); empty for samples without a peptide backbone.
+
+    Parameters
+    ----------
+    samples : boltzgen.io.Samples
+    log_w : array (B,)
+        Log-weights of the samples.
+
+    Returns
+    -------
+    dict
+        ``d_centre_fraction``, ``cis_bond_fraction`` (weighted, in [0, 1]), or {}.
+    """
+    from .states import chiral_centres, peptide_bonds
+    from .systems.peptides import check_peptide
+
+    top = samples.topology
+    if top is None or (not len(chiral_centres(top)) and not len(peptide_bonds(top))):
+        return {}
+    counts = check_peptide(top, samples.x)
+    w = np.exp(np.asarray(log_w, dtype=np.float64) - np.max(log_w))
+    w /= w.sum()
+    return {
+        "d_centre_fraction": float(np.sum(w * (counts["d_centres"] > 0))),
+        "cis_bond_fraction": float(np.sum(w * (counts["cis_bonds"] > 0))),
+    }
+
+
 def analyze(
     path: str,
     out_dir: str,
@@ -795,6 +846,7 @@ def analyze(
     run_dir: Optional[str] = None,
     smc_metrics: Optional[dict] = None,
     seed: int = 0,
+    topology=None,
 ) -> dict:
     """Plots and metrics of a sample file, written into ``out_dir``.
 
@@ -817,6 +869,8 @@ def analyze(
         ESS trace; default: the ``"smc"`` entry of the ``metrics.json`` beside the sample file.
     seed : int
         Random state of the bootstraps and of the torsion-W2 resampling.
+    topology : path or mdtraj.Topology, optional
+        Topology of a trajectory file that has none (DCD, XTC, …; :func:`boltzgen.io.load_samples`).
 
     Returns
     -------
@@ -826,8 +880,9 @@ def analyze(
         (kT), with a reference ``energy_w2`` (kT) and ``torsion_w2`` (rad); for alanine-dipeptide-like
         molecules ``delta_f_kT`` and ``delta_f_err_kT`` = F(φ > 0) − F(φ < 0) in kT (and the same of
         the reference); ``n_ancestors`` (distinct SMC ancestors of the final particles, all runs)
-        when the SMC metrics have it; ``figures`` (name → file) and ``notes`` (what was skipped
-        and why). :func:`report_verdict` of them heads ``index.html``.
+        when the SMC metrics have it; for peptides ``d_centre_fraction`` and ``cis_bond_fraction``
+        (weighted share of samples with a D-Cα or a cis peptide bond); ``figures`` (name → file)
+        and ``notes`` (what was skipped and why). :func:`report_verdict` of them heads ``index.html``.
 
     Raises
     ------
@@ -837,7 +892,7 @@ def analyze(
         Unreadable files, reference of another shape (atom count), invalid weights.
     """
     path = os.fspath(path)
-    samples = load_samples(path)
+    samples = load_samples(path, topology=topology)
     ref = None
     if reference is not None:
         ref = load_samples(reference)
@@ -889,6 +944,7 @@ def analyze(
             notes.append(f"reduced energies: {exc}; energy metrics and histogram skipped")
 
     _torsion_analysis(out_dir, figures, metrics, notes, samples, ref, lw, ref_lw, seed)
+    metrics.update(structure_fractions(samples, lw))
 
     # SMC and training
     smc = _read_smc(path, smc_metrics, notes)

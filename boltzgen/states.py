@@ -40,6 +40,9 @@ __all__ = [
     "torsion_angles",
     "phi_torsions",
     "trajectory",
+    "as_mdtraj_topology",
+    "chiral_centres",
+    "peptide_bonds",
 ]
 
 
@@ -133,6 +136,72 @@ def _dihedrals(x: np.ndarray, quads: np.ndarray) -> np.ndarray:
     n1, n2 = np.cross(b0, b1), np.cross(b1, b2)
     y = np.linalg.norm(b1, axis=-1) * np.sum(b0 * n2, -1)
     return np.arctan2(y, np.sum(n1 * n2, -1))
+
+
+def as_mdtraj_topology(topology):
+    """An mdtraj Topology for an mdtraj or OpenMM one.
+
+    Parameters
+    ----------
+    topology : mdtraj.Topology or openmm.app.Topology
+
+    Returns
+    -------
+    mdtraj.Topology
+    """
+    if hasattr(topology, "residues") and hasattr(topology, "n_atoms"):
+        return topology
+    import mdtraj
+
+    return mdtraj.Topology.from_openmm(topology)
+
+
+def chiral_centres(topology) -> np.ndarray:
+    """The (N, CA, C, CB) atom indices of every residue that has all four atoms (Cα centres).
+
+    Parameters
+    ----------
+    topology : mdtraj.Topology (or openmm.app.Topology)
+
+    Returns
+    -------
+    numpy int64 array, shape (K, 4); K = 0 for achiral molecules (glycine only, LJ clusters)
+    """
+    if topology is None:
+        return np.zeros((0, 4), dtype=np.int64)
+    topology = as_mdtraj_topology(topology)
+    out = []
+    for res in topology.residues:
+        names = {atom.name: atom.index for atom in res.atoms}
+        if all(k in names for k in ("N", "CA", "C", "CB")):
+            out.append([names["N"], names["CA"], names["C"], names["CB"]])
+    return np.asarray(out, dtype=np.int64).reshape(-1, 4)
+
+
+def peptide_bonds(topology) -> np.ndarray:
+    """The (CA_i, C_i, N_i+1, CA_i+1) atoms of every peptide bond's ω torsion (caps included).
+
+    The caps' methyl carbons stand in for CA (ACE's CH3, NME's C).
+
+    Parameters
+    ----------
+    topology : mdtraj.Topology or openmm.app.Topology
+
+    Returns
+    -------
+    numpy int64 array, shape (K, 4)
+    """
+    top = as_mdtraj_topology(topology)
+    out = []
+    residues = list(top.residues)
+    for prev, nxt in zip(residues[:-1], residues[1:]):
+        a = {atom.name: atom.index for atom in prev.atoms}
+        b = {atom.name: atom.index for atom in nxt.atoms}
+        ca_prev = a.get("CA", a.get("CH3"))
+        ca_next = b.get("CA", b.get("CH3", b.get("C") if nxt.name == "NME" else None))
+        if None not in (ca_prev, a.get("C"), b.get("N"), ca_next):
+            out.append([ca_prev, a["C"], b["N"], ca_next])
+    return np.asarray(out, dtype=np.int64).reshape(-1, 4)
 
 
 def _residue_label(residue) -> str:

@@ -93,7 +93,12 @@ def _relevant(config: dict, key: str):
 
 
 def resolve_config(
-    system: Optional[str] = None, config_file: Optional[str] = None, overrides: Optional[dict] = None
+    system: Optional[str] = None,
+    config_file: Optional[str] = None,
+    overrides: Optional[dict] = None,
+    *,
+    event_shape=None,
+    molecular: bool = False,
 ) -> dict:
     """The training configuration as the nested dict the :class:`Trainer` reads.
 
@@ -109,6 +114,11 @@ def resolve_config(
         User YAML file (may say ``extends: other.yaml``).
     overrides : dict, optional
         Nested options merged last (e.g. ``{"train": {"steps": 100}}``).
+    event_shape : tuple of int, optional
+        Shape of one configuration of the data; for a system without shipped defaults they are
+        derived from it (:func:`boltzgen.config.derived_defaults`).
+    molecular : bool
+        Whether the data have a molecular topology.
 
     Returns
     -------
@@ -119,7 +129,7 @@ def resolve_config(
     boltzgen.config.ConfigError
         For an unknown key, a wrong type or an out-of-range value, naming the key.
     """
-    return load_train_config(system, config_file, overrides).to_dict()
+    return load_train_config(system, config_file, overrides, event_shape=event_shape, molecular=molecular).to_dict()
 
 
 # ---------------------------------------------------------------------------- data
@@ -1009,6 +1019,7 @@ def train_from_file(
     progress: bool = True,
     threads: Optional[int] = None,
     start_from: Optional[str] = None,
+    target: Optional[dict] = None,
 ) -> dict:
     """Train on a sample file written by ``boltzgen simulate``.
 
@@ -1034,6 +1045,11 @@ def train_from_file(
         ``overrides``.
     start_from : str, optional
         Checkpoint of another run's DSM pre-training to continue from (:meth:`Trainer.start_from`).
+    target : dict, optional
+        The data's target as :func:`boltzgen.systems.resolve` arguments (default: rebuilt from
+        the file's metadata, :func:`boltzgen.systems.target_recipe`). Recorded in the model's
+        metadata so ``boltzgen sample`` finds it; used for forces the file lacks and for the
+        force-field prior.
 
     Returns
     -------
@@ -1047,15 +1063,22 @@ def train_from_file(
     """
     samples = load_samples(data_path)
     system = system or samples.metadata.get("system")
-    config = resolve_config(system, config_file, run_overrides(overrides, seed=seed, threads=threads))
+    config = resolve_config(
+        system,
+        config_file,
+        run_overrides(overrides, seed=seed, threads=threads),
+        event_shape=samples.x.shape[1:],
+        molecular=samples.topology is not None,
+    )
     # A replica-ladder data set (`boltzgen simulate --keep-replicas K`) weights its frames 1 at the
     # target temperature and 0 elsewhere as samples of the target, but the model is trained on
     # all of them: the ensemble of the kept temperatures, which reweighting corrects later.
     ladder = "temperature_K" in samples.extra
     if samples.log_weights is not None and not ladder and np.ptp(samples.log_weights) > 0:
         raise ValueError(f"{data_path} holds weighted samples; train on unweighted MD or exact samples")
-    meta = {"system": system, "data": os.path.abspath(data_path), "n_data": len(samples)}
-    target = _target_for(system, config, samples)
+    recipe = target or _recipe_of(system, samples.metadata)
+    meta = {"system": system, "data": os.path.abspath(data_path), "n_data": len(samples), "target": recipe}
+    target = _target_for(recipe, config, samples)
     try:  # the target is needed only to build the trainer (forces, the force-field prior)
         energies, forces = physics_of(samples, target)
         trainer = Trainer(
@@ -1077,20 +1100,30 @@ def train_from_file(
     return trainer.fit()
 
 
-def _target_for(system: Optional[str], config: dict, samples):
-    """The built-in target ``system`` when training needs it (missing forces or energies, or the
-    force-field prior), else None."""
+def _recipe_of(system: Optional[str], metadata: dict) -> Optional[dict]:
+    """The data's target as resolve() arguments: a built-in ``system``, else the file's own."""
+    from .systems import target_recipe
     from .systems.catalog import names
 
+    if system and system in names():
+        return target_recipe({**metadata, "system": system})
+    return target_recipe(metadata)
+
+
+def _target_for(recipe: Optional[dict], config: dict, samples):
+    """The data's target when training needs it (missing forces or energies, or the force-field
+    prior), else None."""
     loss = config["loss"]
     need = (loss["target_score"] and samples.reduced_force is None) or config["model"]["prior"] != "none"
     need = need or (float(loss["lambda_pin"]) > 0 and samples.reduced_energy is None)
-    if not need or not system or system not in names():
+    if not need or not recipe:
         return None
-    from .systems import load
-    from .systems.catalog import spec
+    from .systems import resolve
+    from .systems.catalog import SPECS
 
-    return load(system, n_workers=0) if spec(system).openmm else load(system)
+    name = recipe.get("system")
+    options = {"n_workers": 0} if name is None or SPECS[name].openmm else {}
+    return resolve(**recipe, **options)
 
 
 def physics_of(samples, target=None):

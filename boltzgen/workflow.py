@@ -188,14 +188,16 @@ def sample_settings(settings=None, *, progress: bool = False):
 
 
 def _resolve_target(target, options: Optional[dict] = None):
-    """(TargetSystem, owned): a name is loaded (and owned: closed by the caller of this helper)."""
-    if isinstance(target, str):
+    """(TargetSystem, owned): a name or a resolve() recipe is loaded (and owned: closed by the
+    caller of this helper)."""
+    if isinstance(target, (str, dict)):
         from .systems.catalog import resolve, spec
 
+        recipe = {"system": target} if isinstance(target, str) else dict(target)
         options = dict(options or {})
-        if not spec(target).openmm:
+        if "system" in recipe and not spec(recipe["system"]).openmm:
             options = {k: v for k, v in options.items() if k not in ("platform", "n_workers")}
-        return resolve(target, **options), True
+        return resolve(**recipe, **options), True
     return target, False
 
 
@@ -309,7 +311,7 @@ def _simulate(target, n, output, seed, keep, quench, progress, metrics_path, opt
     from .systems import energies_and_forces
     from .systems.catalog import simulate_defaults
 
-    options = {**simulate_defaults(target.name), **{k: v for k, v in options.items() if v is not None}}
+    options = {**simulate_defaults(target.name, target), **{k: v for k, v in options.items() if v is not None}}
     if options.get("replicas", 1) == 1:
         options.pop("t_max", None)
     if keep > 1:
@@ -391,6 +393,7 @@ def train(
     start_from: Optional[str] = None,
     overrides: Optional[dict] = None,
     progress: bool = True,
+    target: Optional[dict] = None,
 ) -> dict:
     """Train an energy model on a sample file into a run directory (resumes from its checkpoint).
 
@@ -426,6 +429,10 @@ def train(
         Nested configuration keys, merged before the keyword arguments.
     progress : bool
         Progress bar.
+    target : dict, optional
+        The data's target as :func:`boltzgen.systems.resolve` arguments (for example
+        ``{"sequence": "AAA", "solvent": "obc2"}``), for data whose file does not say (default:
+        the file's metadata); recorded in the model so ``sample`` finds it.
 
     Returns
     -------
@@ -449,6 +456,7 @@ def train(
             threads=threads,
             progress=progress,
             start_from=start_from,
+            target=target,
         )
     return {"command": "train", "run_dir": os.path.abspath(run_dir), **metrics}
 
@@ -616,9 +624,9 @@ def sample(
         model = load_model(run_dir)
         settings = _checked_settings(sample_settings(settings, progress=progress), model, per_state_resampling)
         if target is None:
-            if not model.metadata.get("system"):
+            target = model.metadata.get("target") or model.metadata.get("system")
+            if not target:
                 raise ValueError(f"{run_dir} does not say which system it was trained on; name the target")
-            target = model.metadata["system"]
         target, owned = _resolve_target(target, target_options)
         generator = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
@@ -948,7 +956,13 @@ def reweight(
 
 
 def analyze(
-    samples: str, out_dir: str, reference: Optional[str] = None, *, run_dir: Optional[str] = None, seed: int = 0
+    samples: str,
+    out_dir: str,
+    reference: Optional[str] = None,
+    *,
+    run_dir: Optional[str] = None,
+    seed: int = 0,
+    topology=None,
 ) -> dict:
     """Plots, metrics.json and index.html of a sample file in ``out_dir`` (:func:`boltzgen.report.analyze`).
 
@@ -964,6 +978,8 @@ def analyze(
         Run directory for the training-loss curves (default: the one recorded in the file).
     seed : int
         Seed of the bootstrap errors.
+    topology : path or mdtraj.Topology, optional
+        Topology for a trajectory format without one (DCD, XTC, …), e.g. a target's.
 
     Returns
     -------
@@ -979,7 +995,7 @@ def analyze(
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     _check_output(out_dir, "report directory", directory=True)
     with output_lock(out_dir, "report directory"):
-        return report_analyze(samples, out_dir, reference, run_dir=run_dir, seed=seed)
+        return report_analyze(samples, out_dir, reference, run_dir=run_dir, seed=seed, topology=topology)
 
 
 # ---------------------------------------------------------------------------- quickstart

@@ -25,32 +25,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..states import chiral_centres
+
 __all__ = ["chiral_centres", "signed_volume", "is_l_form", "in_l_region", "fix_chirality", "count_wrong"]
-
-
-def chiral_centres(topology) -> np.ndarray:
-    """The (N, CA, C, CB) atom indices of every residue that has all four atoms (Cα centres).
-
-    Parameters
-    ----------
-    topology : mdtraj.Topology (or openmm.app.Topology)
-
-    Returns
-    -------
-    numpy int64 array, shape (K, 4); K = 0 for achiral molecules (glycine only, LJ clusters)
-    """
-    if topology is None:
-        return np.zeros((0, 4), dtype=np.int64)
-    if not hasattr(topology, "residues") or not hasattr(topology, "n_atoms"):
-        import mdtraj
-
-        topology = mdtraj.Topology.from_openmm(topology)
-    out = []
-    for res in topology.residues:
-        names = {atom.name: atom.index for atom in res.atoms}
-        if all(k in names for k in ("N", "CA", "C", "CB")):
-            out.append([names["N"], names["CA"], names["C"], names["CB"]])
-    return np.asarray(out, dtype=np.int64).reshape(-1, 4)
 
 
 def _centres(centres) -> torch.Tensor:

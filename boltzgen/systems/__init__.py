@@ -1,14 +1,16 @@
 """Target systems: Boltzmann densities exp(-u(x)) with a checked, differentiable reduced energy.
 
 Built-in systems are loaded by name with :func:`load`; any OpenMM System becomes a target with
-:func:`from_openmm` (or :func:`from_pdb` for a structure plus force-field XML files).
+:func:`from_openmm` (or :func:`from_pdb` for a structure plus force-field XML files, or
+:func:`from_sequence` for a capped peptide built from its sequence).
 """
 
 from .base import TargetSystem, energies_and_forces
-from .catalog import describe, load, names, resolve
+from .catalog import describe, load, names, resolve, target_recipe
 from .gmm import GaussianMixture
 from .lj import LennardJonesCluster, lj_reduced_energy
 from .openmm_target import OpenMMTarget, from_openmm, from_pdb
+from .peptides import from_sequence
 
 __all__ = [
     "TargetSystem",
@@ -21,6 +23,8 @@ __all__ = [
     "names",
     "describe",
     "resolve",
+    "target_recipe",
+    "from_sequence",
     "from_openmm",
     "from_pdb",
 ]

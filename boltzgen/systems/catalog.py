@@ -3,6 +3,7 @@ that names a target everywhere (:func:`resolve`)."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -57,6 +58,58 @@ def _aldp(name: str, temperature: float = 300.0, platform: str = "auto", n_worke
     )
     target.description["pdb"] = "aldp.pdb (built-in)"
     return target
+
+
+#: The capped alanine peptides of the published benchmarks: (sequence, protein force field,
+#: solvent, temperature K). Conventions in docs/conventions.md.
+ALANINE_PEPTIDES = {
+    "ala3": ("AAA", ["amber14-all.xml"], "obc1", 310.0),
+    "ala4": ("AAAA", ["amber99sbildn.xml"], "obc-legacy", 300.0),
+    "ala6": ("AAAAAA", ["amber14-all.xml"], "obc1", 310.0),
+}
+
+
+def _alanine_peptide(name: str) -> Callable[..., TargetSystem]:
+    def make(temperature: Optional[float] = None, platform: str = "auto", n_workers: Optional[int] = None):
+        from .peptides import from_sequence
+
+        sequence, forcefield, solvent, default_t = ALANINE_PEPTIDES[name]
+        t = default_t if temperature is None else temperature
+        return from_sequence(sequence, forcefield, solvent, t, name=name, platform=platform, n_workers=n_workers)
+
+    return make
+
+
+def _solvent_files(solvent: str) -> tuple:
+    from .peptides import solvent_files
+
+    return solvent_files(solvent)
+
+
+def replica_ladder(n_atoms: int, temperature: float, t_max: float = 1000.0) -> dict:
+    """Replica-exchange defaults of a molecule from its size: a geometric ladder to ``t_max``.
+
+    Neighbouring replicas exchange when their energy distributions overlap; the energy's spread
+    grows as √C_v with C_v ≈ 3N/2 k_B (harmonic), so the ratio between neighbours shrinks as
+    1/√N: ln(T_{k+1}/T_k) = c / √(3N/2), with c = 1.4 calibrated on alanine dipeptide (its 6 replicas
+    from 300 to 1000 K exchange often).
+
+    Parameters
+    ----------
+    n_atoms : int
+    temperature : float
+        Target (lowest) temperature in K.
+    t_max : float
+        Highest temperature in K.
+
+    Returns
+    -------
+    dict
+        ``replicas``, ``t_max`` (K), ``stride``, ``equilibration`` (steps) for :func:`boltzgen.md.simulate`.
+    """
+    span = math.log(max(t_max, temperature) / temperature)
+    replicas = 1 + math.ceil(span * math.sqrt(1.5 * n_atoms) / 1.4 - 1e-9)
+    return {"replicas": max(2, replicas), "t_max": float(t_max), "stride": 500, "equilibration": 10_000}
 
 
 def _lj(n: int) -> Callable[..., TargetSystem]:
@@ -178,6 +231,19 @@ SPECS: dict[str, SystemSpec] = {
             "alanine dipeptide (Ace-Ala-Nme), OBC implicit solvent",
             "amber99sbildn.xml + amber99_obc.xml, NoCutoff, no constraints",
         ),
+        *(
+            SystemSpec(
+                name,
+                _alanine_peptide(name),
+                f"capped {word}-alanine (Ace-(Ala){len(seq)}-Nme), {solvent} implicit solvent",
+                " + ".join([*ff, *_solvent_files(solvent)]) + ", NoCutoff, no constraints",
+                temp,
+                n_atoms=12 + 10 * len(seq),
+                simulate=replica_ladder(12 + 10 * len(seq), temp),
+                openmm=True,
+            )
+            for (name, (seq, ff, solvent, temp)), word in zip(ALANINE_PEPTIDES.items(), ("tri", "tetra", "hexa"))
+        ),
         SystemSpec(
             "lj13",
             _lj(13),
@@ -240,21 +306,28 @@ def spec(name: str) -> SystemSpec:
     return SPECS[name]
 
 
-def simulate_defaults(name: str) -> dict:
-    """The per-system :func:`boltzgen.md.simulate` options of a built-in system.
+def simulate_defaults(name: str, target: Optional[TargetSystem] = None) -> dict:
+    """The per-system :func:`boltzgen.md.simulate` options of a system.
 
     Parameters
     ----------
     name : str
         System name.
+    target : TargetSystem, optional
+        The target itself: a molecule that is not built in (a PDB, a sequence) gets the replica
+        ladder of its size (:func:`replica_ladder`).
 
     Returns
     -------
     dict
         A copy of :attr:`SystemSpec.simulate` (e.g. ``replicas``, ``t_max`` in K, ``stride``,
-        ``equilibration`` in steps); empty for names that are not built in (user targets).
+        ``equilibration`` in steps); for other molecules :func:`replica_ladder`; empty otherwise.
     """
-    return dict(SPECS[name].simulate) if name in SPECS else {}
+    if name in SPECS:
+        return dict(SPECS[name].simulate)
+    if target is not None and target.topology is not None and hasattr(target, "system"):
+        return replica_ladder(target.event_shape[0], target.temperature)
+    return {}
 
 
 def load(name: str, **options) -> TargetSystem:
@@ -337,6 +410,8 @@ def resolve(
     forcefield=None,
     system_xml=None,
     topology=None,
+    sequence=None,
+    solvent: Optional[str] = None,
     temperature: Optional[float] = None,
     dim: Optional[int] = None,
     **options,
@@ -344,8 +419,10 @@ def resolve(
     """The one way a target is named everywhere (CLI and API).
 
     Exactly one of: ``system`` (a built-in name), ``pdb`` + ``forcefield`` (structure and OpenMM
-    force-field XML files), or ``system_xml`` + ``topology`` (a serialized OpenMM System and any
-    topology file mdtraj reads). ``temperature`` (K) overrides the default of molecular targets.
+    force-field XML files), ``system_xml`` + ``topology`` (a serialized OpenMM System and any
+    topology file mdtraj reads), or ``sequence`` (a capped peptide built by the package, with
+    ``forcefield``, default amber14-all.xml, and ``solvent``, default vacuum). ``temperature`` (K)
+    overrides the default of molecular targets.
 
     Parameters
     ----------
@@ -354,19 +431,26 @@ def resolve(
     pdb : path, optional
         PDB structure (with ``forcefield``).
     forcefield : list of str, optional
-        OpenMM force-field XML names or paths (with ``pdb``).
+        OpenMM force-field XML names or paths (with ``pdb`` or ``sequence``).
     system_xml : path, optional
         Serialized OpenMM System (with ``topology``).
     topology : path, optional
         Topology file mdtraj reads, with start coordinates or ``positions`` in ``options``
         (with ``system_xml``).
+    sequence : str, optional
+        Residues between ACE and NME caps, one- or three-letter codes
+        (:func:`~boltzgen.systems.peptides.parse_sequence`).
+    solvent : str, optional
+        With ``sequence``: ``vacuum`` or an implicit model of
+        :data:`~boltzgen.systems.peptides.SOLVENTS`.
     temperature : float, optional
-        Temperature in K (default: the system's, 300 K for OpenMM files).
+        Temperature in K (default: the system's, 300 K for OpenMM files and sequences).
     dim : int, optional
         Dimension of the Gaussian-mixture systems.
     **options
-        Passed on to :func:`load`, :func:`~boltzgen.systems.openmm_target.from_pdb` or
-        :func:`~boltzgen.systems.openmm_target.from_openmm` (``platform``, ``n_workers``, …).
+        Passed on to :func:`load`, :func:`~boltzgen.systems.openmm_target.from_pdb`,
+        :func:`~boltzgen.systems.openmm_target.from_openmm` or
+        :func:`~boltzgen.systems.peptides.from_sequence` (``platform``, ``n_workers``, …).
 
     Returns
     -------
@@ -379,28 +463,74 @@ def resolve(
     """
     given = [
         system is not None,
-        pdb is not None or forcefield is not None,
+        pdb is not None or (forcefield is not None and sequence is None),
         system_xml is not None or topology is not None,
+        sequence is not None,
     ]
     if sum(given) != 1:
         raise ValueError(
             "name the target in exactly one way: --system NAME, --pdb FILE --forcefield XML [XML ...], "
-            "or --system-xml FILE --topology FILE"
+            "--system-xml FILE --topology FILE, or --sequence SEQ [--forcefield XML] [--solvent MODEL]"
         )
+    if solvent is not None and sequence is None:
+        raise ValueError("--solvent goes with --sequence (with --pdb, add the implicit-solvent XML to --forcefield)")
+    t = 300.0 if temperature is None else temperature
     if system is not None:
         if dim is not None:
             options["dim"] = dim
         if temperature is not None:
             options["temperature"] = temperature
         return load(system, **options)
+    if sequence is not None:
+        from .peptides import from_sequence
+
+        return from_sequence(sequence, forcefield or ["amber14-all.xml"], solvent or "vacuum", t, **options)
     if pdb is not None or forcefield is not None:
         if pdb is None or not forcefield:
             raise ValueError("--pdb and --forcefield go together")
         from .openmm_target import from_pdb
 
-        return from_pdb(pdb, forcefield, 300.0 if temperature is None else temperature, **options)
+        return from_pdb(pdb, forcefield, t, **options)
     if system_xml is None or topology is None:
         raise ValueError("--system-xml and --topology go together")
     from .openmm_target import from_openmm
 
-    return from_openmm(system_xml, os.fspath(topology), 300.0 if temperature is None else temperature, **options)
+    return from_openmm(system_xml, os.fspath(topology), t, **options)
+
+
+def target_recipe(metadata: dict) -> Optional[dict]:
+    """How to rebuild the target a sample file or a model was made for: :func:`resolve` arguments.
+
+    Parameters
+    ----------
+    metadata : dict
+        A sample file's (or run's) metadata, as :meth:`TargetSystem.metadata` wrote it.
+
+    Returns
+    -------
+    dict or None
+        ``{"system": name, "temperature": K}`` for a built-in system, ``{"sequence", "forcefield",
+        "solvent", "temperature"}`` for a peptide built from its sequence, ``{"pdb", "forcefield",
+        "temperature"}`` for a PDB target whose file still exists; None when the metadata do not
+        say enough (a serialized System, a missing PDB).
+    """
+    if not isinstance(metadata, dict):
+        return None
+    temperature = metadata.get("temperature_K")
+    recipe = None
+    name = metadata.get("system")
+    if isinstance(name, str) and name in SPECS:
+        recipe = {"system": name}
+        if SPECS[name].openmm and temperature is not None:
+            recipe["temperature"] = float(temperature)
+    elif metadata.get("sequence") and metadata.get("forcefield"):
+        recipe = {
+            "sequence": str(metadata["sequence"]),
+            "forcefield": list(metadata["forcefield"]),
+            "solvent": str(metadata.get("solvent") or "vacuum"),
+        }
+    elif isinstance(metadata.get("pdb"), str) and os.path.exists(metadata["pdb"]) and metadata.get("forcefield"):
+        recipe = {"pdb": metadata["pdb"], "forcefield": list(metadata["forcefield"])}
+    if recipe is not None and "system" not in recipe and temperature is not None:
+        recipe["temperature"] = float(temperature)
+    return recipe

@@ -272,7 +272,22 @@ def from_openmm(
     )
 
 
-def _load_forcefield(forcefield: Sequence[str]) -> app.ForceField:
+def load_forcefield(forcefield: Sequence[str]) -> app.ForceField:
+    """An OpenMM ForceField from XML names or paths, with a clear error for a bad one.
+
+    Parameters
+    ----------
+    forcefield : str or sequence of str
+
+    Returns
+    -------
+    openmm.app.ForceField
+
+    Raises
+    ------
+    ValueError
+        No file, or an unknown or unreadable one.
+    """
     files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
     if not files:
         raise ValueError("no force-field files given")
@@ -325,7 +340,7 @@ def from_pdb(
     if not os.path.exists(pdb):
         raise FileNotFoundError(f"PDB file not found: {pdb}")
     files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
-    ff = _load_forcefield(files)
+    ff = load_forcefield(files)
     structure = app.PDBFile(pdb)
     try:
         system = ff.createSystem(structure.topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False)
