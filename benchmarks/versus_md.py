@@ -15,6 +15,7 @@ reference), the spread over seeds and the RMS error, in JSON and a markdown tabl
 
     python benchmarks/versus_md.py                          # seeds 0 1 2 -> bench-results/versus_md.json
     python benchmarks/versus_md.py --seeds 0 --recipe fast  # a smoke run
+    python benchmarks/versus_md.py --seeds 0 1 2            # again: finished seeds are kept (OUT.partial)
 """
 
 from __future__ import annotations
@@ -143,9 +144,18 @@ def main(argv=None) -> int:
         with open(args.out + ".partial") as handle:
             done = json.load(handle)
         return finish(args, done["remd_frames_per_second"], done["seeds"])
-    rate, fixed = frames_per_second(args.work)
-    rows = []
+    rows, done_seeds = [], set()
+    if os.path.exists(args.out + ".partial"):  # resume: keep the finished seeds and their calibration
+        with open(args.out + ".partial") as handle:
+            done = json.load(handle)
+        rows = done["seeds"]
+        done_seeds = {row["seed"] for row in rows}
+        rate, fixed = done["remd_frames_per_second"], done.get("remd_fixed_seconds", 0.0)
+    else:
+        rate, fixed = frames_per_second(args.work)
     for seed in args.seeds:
+        if seed in done_seeds:
+            continue
         pipe = pipeline(seed, args.recipe, os.path.join(args.work, f"pipeline-{seed}"))
         n = max(10, int(rate * max(pipe["seconds"] - fixed, 1.0)))
         jobs = [(1000 + 2 * seed + k, n, os.path.join(args.work, f"remd-{seed}-{k}.h5")) for k in range(2)]
@@ -162,7 +172,7 @@ def main(argv=None) -> int:
             }
         )
         with open(args.out + ".partial", "w") as handle:  # what is done so far, should a later seed fail
-            json.dump({"remd_frames_per_second": rate, "seeds": rows}, handle, indent=2)
+            json.dump({"remd_frames_per_second": rate, "remd_fixed_seconds": fixed, "seeds": rows}, handle, indent=2)
     return finish(args, rate, rows)
 
 
