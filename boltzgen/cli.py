@@ -371,6 +371,62 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_free_energy(args) -> int:
+    """``boltzgen free-energy``: :func:`boltzgen.workflow.free_energy` between two targets.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options (see ``boltzgen free-energy --help``).
+
+    Returns
+    -------
+    int
+        Exit status 0.
+
+    Raises
+    ------
+    CommandError
+        Unknown systems, targets of other particles, a half-given route, bad settings.
+    """
+    from .systems.catalog import names
+    from .workflow import free_energy
+
+    ends = []
+    for flag, name, temperature in (
+        ("--from", args.target_from, args.temperature_from),
+        ("--to", args.target_to, args.temperature_to),
+    ):
+        if name not in names():
+            raise CommandError(f"{flag}: unknown system {name!r}; built-in systems: {', '.join(names())}")
+        ends.append({"system": name, **({} if temperature is None else {"temperature": temperature})})
+    settings = _run(_settings_from_args, args) if args.model else None
+    options = {"platform": args.platform, "n_workers": args.workers}
+    out = _run(
+        free_energy,
+        *ends,
+        run_dir=args.model,
+        samples_from=args.samples_from,
+        samples_to=args.samples_to,
+        output_dir=args.output,
+        n=args.n,
+        runs=args.runs,
+        md_frames=args.frames,
+        settings=settings,
+        seed=args.seed,
+        progress=not args.no_progress,
+        target_options=options,
+    )
+    _emit(out, args, None)
+    if not args.json:
+        err = out["delta_f_err_kT"]
+        print(
+            f"{out['delta_f_definition']}: {out['delta_f_kT']:.3f} +- {'inf' if err is None else f'{err:.3f}'} kT "
+            f"({out['route']} route, {out['wall_time_s']:.0f} s)"
+        )
+    return 0
+
+
 def cmd_reweight(args) -> int:
     """``boltzgen reweight``: :func:`boltzgen.workflow.reweight` of a sample file against a target.
 
@@ -824,6 +880,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
     _add_file_command_options(p)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "free-energy",
+        help="free-energy difference between two targets on the same molecule",
+        description="F_to - F_from = -log(Z_to / Z_from) in kT. With --model, one trained model "
+        "proposes for both targets by SMC (the model's normaliser cancels), with BAR on the two "
+        "weighted sample sets beside it; with --samples-from/--samples-to, BAR on sample files of "
+        "both ends; with neither, replica-exchange MD at both ends (into -o DIR), then BAR.",
+    )
+    p.add_argument("--from", dest="target_from", required=True, metavar="SYSTEM", help="built-in system A")
+    p.add_argument("--to", dest="target_to", required=True, metavar="SYSTEM", help="built-in system B")
+    p.add_argument("--temperature-from", type=float, metavar="K", help="temperature of A (default: its own)")
+    p.add_argument("--temperature-to", type=float, metavar="K", help="temperature of B (default: its own)")
+    p.add_argument("--model", metavar="RUN_DIR", help="run directory of `boltzgen train` (the SMC route)")
+    p.add_argument("--samples-from", metavar="FILE", help="sample file of A (the BAR route, with --samples-to)")
+    p.add_argument("--samples-to", metavar="FILE", help="sample file of B")
+    p.add_argument("-n", type=int, default=1024, help="SMC particles per target (default 1024)")
+    p.add_argument("--runs", type=int, default=4, help="independent SMC runs per target (default 4)")
+    p.add_argument("--frames", type=int, default=2000, help="MD route: frames per end (default 2000)")
+    p.add_argument("-o", "--output", metavar="DIR", help="output directory (samples, metrics.json)")
+    p.add_argument("--platform", default="auto", help="OpenMM platform for energies (default: fastest)")
+    p.add_argument("--workers", type=int, default=None, help="energy worker processes (default: cores)")
+    _add_sample_settings(p)
+    p.add_argument("--balance-states", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(p)
+    p.set_defaults(func=cmd_free_energy)
 
     p = sub.add_parser(
         "reweight",

@@ -197,6 +197,11 @@ def _resolve_target(target, options: Optional[dict] = None):
         options = dict(options or {})
         if "system" in recipe and not spec(recipe["system"]).openmm:
             options = {k: v for k, v in options.items() if k not in ("platform", "n_workers")}
+            temperature = recipe.pop("temperature", None)
+            if temperature is not None:  # analytic targets: the same reduced energy at another temperature
+                from .systems import TemperedTarget
+
+                return TemperedTarget(resolve(**recipe, **options), temperature), True
         return resolve(**recipe, **options), True
     return target, False
 
@@ -876,6 +881,160 @@ def _two_state_delta_f(result: SampleRun, labels, names, seed: int, runs: int) -
 
 def _finite(value):
     return float(value) if value is not None and np.isfinite(value) else None
+
+
+# ---------------------------------------------------------------------------- free energies between targets
+def free_energy(
+    target_from,
+    target_to,
+    *,
+    run_dir: Optional[str] = None,
+    samples_from: Optional[str] = None,
+    samples_to: Optional[str] = None,
+    output_dir: Optional[str] = None,
+    n: int = 1024,
+    runs: int = 4,
+    md_frames: int = 2000,
+    settings=None,
+    seed: int = 0,
+    progress: bool = True,
+    target_options: Optional[dict] = None,
+) -> dict:
+    """ΔF = F_to − F_from = −log(Z_to / Z_from) in kT between two targets on the same particles.
+
+    One route, by what is given (:mod:`boltzgen.free_energy`):
+
+    - ``run_dir``: a trained model proposes for both targets by SMC (``runs`` runs of ``n`` / runs
+      particles each); ΔF from the two log Z estimates, with BAR on the two weighted sample sets
+      beside it. The weighted samples are written to ``output_dir`` when given.
+    - ``samples_from`` and ``samples_to``: sample files of both ends (MD, or weighted samples);
+      BAR on them.
+    - neither: the plain MD route; ``simulate_training_data`` at both ends (the targets' default
+      replica exchange, ``md_frames`` frames each, into ``output_dir``), then BAR.
+
+    Parameters
+    ----------
+    target_from, target_to : TargetSystem, str or dict
+        The ends: targets, built-in names, or :func:`boltzgen.systems.resolve` arguments.
+    run_dir : str, optional
+        Run directory of :func:`train` (the model route).
+    samples_from, samples_to : str, optional
+        Sample files of the two ends (the samples route).
+    output_dir : str, optional
+        Where samples and ``metrics.json`` go (needed by the MD route).
+    n, runs : int
+        Particles per target and independent SMC runs (model route).
+    md_frames : int
+        Frames per end (MD route).
+    settings : SMCSettings or dict, optional
+        Sampler settings (model route).
+    seed : int
+    progress : bool
+    target_options : dict, optional
+        Options of :func:`boltzgen.systems.resolve` for targets given by name (``platform``,
+        ``n_workers``).
+
+    Returns
+    -------
+    dict
+        ``delta_f_kT``, ``delta_f_err_kT``, ``route``, ``from``, ``to``, ``wall_time_s`` and the
+        route's own numbers (:func:`boltzgen.free_energy.delta_f_from_model` or
+        :func:`~boltzgen.free_energy.delta_f_from_samples`).
+
+    Raises
+    ------
+    ValueError
+        Targets of other particles, a half-given samples route, or the MD route without an
+        output directory.
+    """
+    from .free_energy import check_same_particles
+
+    if (samples_from is None) != (samples_to is None):
+        raise ValueError("give sample files of both ends (--samples-from and --samples-to), or neither")
+    if run_dir is not None and samples_from is not None:
+        raise ValueError("choose one route: a model (--model) or sample files (--samples-from/--samples-to)")
+    route = "model" if run_dir is not None else "samples" if samples_from is not None else "md"
+    if route == "md" and output_dir is None:
+        raise ValueError("the MD route writes the simulations of both ends: give an output directory (-o DIR)")
+    if output_dir is not None:
+        _check_output(output_dir, "output directory", directory=True)
+    start = time.perf_counter()
+    a, own_a = _resolve_target(target_from, target_options)
+    try:
+        b, own_b = _resolve_target(target_to, target_options)
+        try:
+            check_same_particles(a, b)
+            if route == "model":
+                out = _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, output_dir)
+            else:
+                paths = (
+                    (samples_from, samples_to)
+                    if route == "samples"
+                    else _simulate_ends(a, b, md_frames, output_dir, seed, progress)
+                )
+                out = _free_energy_from_files(a, b, *paths, seed)
+        finally:
+            if own_b:
+                b.close()
+    finally:
+        if own_a:
+            a.close()
+    out.update({"command": "free-energy", "route": route, "from": a.name, "to": b.name})
+    out.update(delta_f_definition=f"F({b.name}) - F({a.name}) in kT", wall_time_s=time.perf_counter() - start)
+    if output_dir is not None:
+        _write_metrics(out, os.path.join(output_dir, "metrics.json"))
+    return out
+
+
+def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, output_dir) -> dict:
+    import torch
+
+    from .free_energy import delta_f_from_model
+    from .io import save_samples
+    from .model import load_model
+
+    model = load_model(run_dir)
+    if tuple(model.event_shape) != tuple(a.event_shape):
+        raise ValueError(
+            f"the model is for configurations of shape {tuple(model.event_shape)}, {a.name} has {a.event_shape}"
+        )
+    settings = _checked_settings(sample_settings(settings, progress=progress), model, False)
+    out = delta_f_from_model(
+        model, a, b, n, runs, settings=settings, generator=torch.Generator().manual_seed(seed), seed=seed
+    )
+    samples = out.pop("samples")
+    if output_dir is not None:
+        for end, target in (("a", a), ("b", b)):
+            x = samples[f"x_{end}"]
+            path = os.path.join(output_dir, f"samples_{'from' if end == 'a' else 'to'}.h5")
+            u = target.reduced_energy(torch.as_tensor(x)).detach().numpy()
+            save_samples(
+                path,
+                x,
+                topology=target.topology,
+                log_weights=samples[f"log_w_{end}"],
+                reduced_energy=u,
+                metadata={**target.metadata(), "command": "free-energy"},
+            )
+    return out
+
+
+def _simulate_ends(a, b, frames: int, output_dir: str, seed: int, progress: bool) -> tuple:
+    paths = tuple(os.path.join(output_dir, f"md_{end}.h5") for end in ("from", "to"))
+    for target, path in zip((a, b), paths):
+        simulate_training_data(target, frames, path, seed=seed, progress=progress)
+    return paths
+
+
+def _free_energy_from_files(a, b, path_a: str, path_b: str, seed: int) -> dict:
+    from .free_energy import delta_f_from_samples
+    from .io import load_samples
+
+    # log_weights None: equal weights (MD); ladder data weight the target-temperature frames only
+    ends = [load_samples(p, topology=t.topology if t.is_molecular else None) for p, t in ((path_a, a), (path_b, b))]
+    out = delta_f_from_samples(a, b, ends[0].x, ends[1].x, ends[0].log_weights, ends[1].log_weights, seed=seed)
+    out.update(samples_from=os.path.abspath(path_a), samples_to=os.path.abspath(path_b))
+    return out
 
 
 # ---------------------------------------------------------------------------- reweight, analyze

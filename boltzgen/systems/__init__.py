@@ -5,7 +5,7 @@ Built-in systems are loaded by name with :func:`load`; any OpenMM System becomes
 :func:`from_sequence` for a capped peptide built from its sequence).
 """
 
-from .base import TargetSystem, energies_and_forces
+from .base import TargetSystem, TemperedTarget, energies_and_forces
 from .catalog import describe, load, names, resolve, target_recipe
 from .gmm import GaussianMixture
 from .lj import LennardJonesCluster, lj_reduced_energy
@@ -14,6 +14,7 @@ from .peptides import from_sequence
 
 __all__ = [
     "TargetSystem",
+    "TemperedTarget",
     "energies_and_forces",
     "OpenMMTarget",
     "GaussianMixture",

@@ -243,6 +243,55 @@ class TargetSystem:
         """Release resources (worker processes of OpenMM targets). Idempotent."""
 
 
+class TemperedTarget(TargetSystem):
+    """A target at another temperature: u'(x) = (T / T') u(x), the same energy U seen at T'.
+
+    For an OpenMM target this is the same density as building it at T' (the reduced energy is
+    U/kT'); it also tempers analytic targets, whose reduced energy has no U.
+
+    Parameters
+    ----------
+    base : TargetSystem
+        The target at its own temperature T.
+    temperature : float
+        The new temperature T' (same unit as ``base.temperature``), > 0.
+    """
+
+    def __init__(self, base: TargetSystem, temperature: float):
+        if not float(temperature) > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        super().__init__(f"{base.name}@{float(temperature):g}", base.event_shape, temperature, base.topology)
+        self.base = base
+        self.factor = base.temperature / self.temperature
+
+    @property
+    def mean_free(self) -> bool:
+        """As the base target."""
+        return self.base.mean_free
+
+    def _positions(self) -> torch.Tensor:
+        return self.base.positions
+
+    def _reduced_energy(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * self.base.reduced_energy(x)
+
+    def metadata(self) -> dict:
+        """The base target's metadata at the new temperature.
+
+        Returns
+        -------
+        dict
+        """
+        meta = dict(self.base.metadata())
+        meta.update(system=self.name, temperature_K=self.temperature, kT_kJ_per_mol=self.kT)
+        meta["tempered_from_K"] = self.base.temperature
+        return meta
+
+    def close(self) -> None:
+        """Close the base target."""
+        self.base.close()
+
+
 def energies_and_forces(target, x, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Reduced energies and forces of many configurations, evaluated in chunks.
 

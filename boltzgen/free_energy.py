@@ -1,0 +1,193 @@
+"""Free-energy differences between two targets on the same particles: ΔF = F_B − F_A = −log(Z_B/Z_A).
+
+Two routes, each a plain function of its inputs:
+
+- :func:`delta_f_from_samples`: samples of both ends (MD, or weighted samples of any generator)
+  and Bennett's acceptance ratio on u_B − u_A (:func:`boltzgen.weights.bar`), with the one-sided
+  exponential averages beside it as an overlap check (they agree with BAR only when the two
+  ensembles overlap).
+- :func:`delta_f_from_model`: one learned energy model proposes for both targets; SMC along the
+  diffusion, annealed to each target, estimates log Z_A and log Z_B. Both estimates carry the
+  same unknown normaliser of the model's prior path, which cancels in the difference; BAR on the
+  two weighted sample sets gives a second estimate from the same particles.
+
+Reduced energies u = U/kT of each target at its own temperature, so ΔF is in kT and the targets
+may differ in force field, solvent or temperature (temperature transfer: the same molecule at T_A
+and T_B). Conventions: docs/theory.md, "Free energies between targets".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .weights import bar, logsumexp, normalized_weights, pool_runs
+
+__all__ = ["check_same_particles", "delta_f_from_samples", "delta_f_from_model"]
+
+
+def check_same_particles(target_a, target_b) -> None:
+    """Refuse two targets whose configurations are not the same kind of object.
+
+    Parameters
+    ----------
+    target_a, target_b : TargetSystem
+
+    Raises
+    ------
+    ValueError
+        Different shapes, or molecules whose atoms differ (element by element, in order).
+    """
+    if tuple(target_a.event_shape) != tuple(target_b.event_shape):
+        raise ValueError(
+            f"{target_a.name} has configurations of shape {tuple(target_a.event_shape)} and {target_b.name} "
+            f"{tuple(target_b.event_shape)}: a free-energy difference needs the same particles"
+        )
+    top_a, top_b = target_a.topology, target_b.topology
+    if (top_a is None) != (top_b is None):
+        raise ValueError(f"one of {target_a.name} and {target_b.name} is a molecule and the other is not")
+    if top_a is None:
+        return
+    for a, b in zip(top_a.atoms, top_b.atoms):
+        if a.element is not b.element and getattr(a.element, "symbol", None) != getattr(b.element, "symbol", None):
+            raise ValueError(
+                f"atom {a.index} is {a.element.symbol} ({a.residue}:{a.name}) in {target_a.name} but "
+                f"{b.element.symbol} ({b.residue}:{b.name}) in {target_b.name}: the targets are different molecules"
+            )
+
+
+def _energy(target, x: np.ndarray) -> np.ndarray:
+    return target.reduced_energy(torch.as_tensor(x, dtype=torch.float64)).detach().numpy()
+
+
+def _exp_average(du: np.ndarray, log_w: Optional[np.ndarray], sign: float) -> float:
+    """−sign · log E_w[exp(−sign · Δu)]: the one-sided (Zwanzig) estimate from one end."""
+    w = np.ones_like(du) / du.size if log_w is None else normalized_weights(log_w)
+    keep = w > 0
+    return float(-sign * logsumexp(np.log(w[keep]) - sign * du[keep]))
+
+
+def delta_f_from_samples(
+    target_a, target_b, x_a, x_b, log_w_a=None, log_w_b=None, *, n_bootstrap: int = 200, seed: int = 0
+) -> dict:
+    """ΔF = F_B − F_A (kT) from samples of both ends: BAR, with the one-sided averages beside it.
+
+    Parameters
+    ----------
+    target_a, target_b : TargetSystem
+        The two ends (same particles, :func:`check_same_particles`).
+    x_a, x_b : array, shape (B_A, *event_shape), (B_B, *event_shape)
+        Samples of A and of B in the targets' units.
+    log_w_a, log_w_b : array, optional
+        Their log-weights (default: equal, e.g. MD frames).
+    n_bootstrap : int
+        Bootstrap replicates of BAR's error.
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``delta_f_kT``, ``delta_f_err_kT`` (BAR), ``exp_forward_kT`` (from A's samples alone),
+        ``exp_reverse_kT`` (from B's alone), ``du_mean_a_kT``, ``du_mean_b_kT`` (mean u_B − u_A on
+        each side; their gap measures how little the ensembles overlap), ``n_a``, ``n_b``.
+    """
+    check_same_particles(target_a, target_b)
+    x_a, x_b = np.asarray(x_a, dtype=np.float64), np.asarray(x_b, dtype=np.float64)
+    du_a = _energy(target_b, x_a) - _energy(target_a, x_a)
+    du_b = _energy(target_b, x_b) - _energy(target_a, x_b)
+    est = bar(du_a, du_b, log_w_a, log_w_b, n_bootstrap=n_bootstrap, seed=seed)
+    wa = np.ones_like(du_a) / du_a.size if log_w_a is None else normalized_weights(log_w_a)
+    wb = np.ones_like(du_b) / du_b.size if log_w_b is None else normalized_weights(log_w_b)
+    return {
+        "delta_f_kT": est.value,
+        "delta_f_err_kT": est.error,
+        "method": "bar",
+        "exp_forward_kT": _exp_average(du_a, log_w_a, 1.0),
+        "exp_reverse_kT": _exp_average(du_b, log_w_b, -1.0),
+        "du_mean_a_kT": float(np.sum(wa[wa > 0] * du_a[wa > 0])),
+        "du_mean_b_kT": float(np.sum(wb[wb > 0] * du_b[wb > 0])),
+        "n_a": int(du_a.size),
+        "n_b": int(du_b.size),
+    }
+
+
+def _smc_runs(model, target, n: int, runs: int, settings, generator) -> dict:
+    """R SMC runs to one target: pooled samples, log-weights and the runs' log Z."""
+    from .sampling.smc import smc_sample
+
+    sizes = [n // runs + (1 if r < n % runs else 0) for r in range(runs)]
+    results = [smc_sample(model, target, size, generator, settings=settings) for size in sizes]
+    log_z_runs = np.array([r.log_z for r in results], dtype=np.float64)
+    log_w = pool_runs([r.log_weights.numpy() for r in results], log_z_runs)
+    return {
+        "x": torch.cat([r.x for r in results]).detach().numpy(),
+        "log_w": log_w,
+        "log_z_runs": log_z_runs,
+        "log_z": float(logsumexp(log_z_runs) - math.log(runs)),
+        "warnings": [w for r in results for w in r.warnings],
+    }
+
+
+def delta_f_from_model(
+    model, target_a, target_b, n: int = 1024, runs: int = 4, *, settings=None, generator=None, seed: int = 0
+) -> dict:
+    """ΔF = F_B − F_A (kT) from one energy model proposing for both targets by SMC.
+
+    Parameters
+    ----------
+    model : TrainedModel (or any DiffusionModel)
+        The proposal: its diffusion path to t_min, then annealing to each target.
+    target_a, target_b : TargetSystem
+        The two ends, with the model's configuration shape.
+    n : int
+        Particles per target (shared by the runs).
+    runs : int
+        Independent SMC runs per target (the error is their spread), at least 2.
+    settings : SMCSettings, optional
+        Sampler settings (default: those of ``boltzgen sample``).
+    generator : torch.Generator, optional
+    seed : int
+        Seed of BAR's bootstrap.
+
+    Returns
+    -------
+    dict
+        ``delta_f_kT`` ± ``delta_f_err_kT`` from the SMC normalisers (log Ẑ_A − log Ẑ_B, the
+        error from the spread of the runs' log Z), ``log_z_a``, ``log_z_b`` with their runs,
+        ``bar`` (:func:`delta_f_from_samples` on the two weighted sample sets), ``ess_a``,
+        ``ess_b`` (fractions) and the sampler's ``warnings``; ``samples`` holds the two pooled
+        sample sets (``x_a``, ``log_w_a``, ``x_b``, ``log_w_b``) for the caller to write.
+
+    Raises
+    ------
+    ValueError
+        Targets of other particles, or fewer than 2 runs.
+    """
+    from .weights import ess_fraction
+
+    check_same_particles(target_a, target_b)
+    if runs < 2:
+        raise ValueError(f"the error of ΔF comes from the spread of independent runs: runs must be >= 2, got {runs}")
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    ends = {name: _smc_runs(model, t, n, runs, settings, generator) for name, t in (("a", target_a), ("b", target_b))}
+    a, b = ends["a"], ends["b"]
+    # log Z of one end is the log of a mean of R unbiased Ẑ_r: its error by the delta method over runs
+    err = [np.std(np.exp(e["log_z_runs"] - e["log_z"]), ddof=1) / math.sqrt(runs) for e in (a, b)]
+    two_sided = delta_f_from_samples(target_a, target_b, a["x"], b["x"], a["log_w"], b["log_w"], seed=seed)
+    return {
+        "delta_f_kT": a["log_z"] - b["log_z"],
+        "delta_f_err_kT": float(math.hypot(*err)),
+        "method": "smc",
+        "log_z_a": a["log_z"],
+        "log_z_b": b["log_z"],
+        "log_z_runs_a": a["log_z_runs"].tolist(),
+        "log_z_runs_b": b["log_z_runs"].tolist(),
+        "ess_a": ess_fraction(a["log_w"]),
+        "ess_b": ess_fraction(b["log_w"]),
+        "bar": two_sided,
+        "warnings": [f"{target_a.name}: {w}" for w in a["warnings"]] + [f"{target_b.name}: {w}" for w in b["warnings"]],
+        "samples": {"x_a": a["x"], "log_w_a": a["log_w"], "x_b": b["x"], "log_w_b": b["log_w"]},
+    }
