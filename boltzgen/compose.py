@@ -75,9 +75,9 @@ class ComposedModel:
     def parameters(self):
         """Parameters of every component (the device and dtype of a run).
 
-        Returns
-        -------
-        iterator of torch.nn.Parameter
+        Yields
+        ------
+        torch.nn.Parameter
         """
         for m in self.models:
             if hasattr(m, "parameters"):
