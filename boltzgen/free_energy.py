@@ -156,7 +156,7 @@ def delta_f_from_model(
     -------
     dict
         ``delta_f_kT`` ± ``delta_f_err_kT`` from the SMC normalisers (log Ẑ_A − log Ẑ_B, the
-        error from the spread of the runs' log Z), ``log_z_a``, ``log_z_b`` with their runs,
+        error from the spread of the runs' log Z over √runs, both ends in quadrature), ``log_z_a``, ``log_z_b`` with their runs,
         ``bar`` (:func:`delta_f_from_samples` on the two weighted sample sets), ``ess_a``,
         ``ess_b`` (fractions) and the sampler's ``warnings``; ``samples`` holds the two pooled
         sample sets (``x_a``, ``log_w_a``, ``x_b``, ``log_w_b``) for the caller to write.
@@ -174,8 +174,9 @@ def delta_f_from_model(
     generator = generator if generator is not None else torch.Generator().manual_seed(seed)
     ends = {name: _smc_runs(model, t, n, runs, settings, generator) for name, t in (("a", target_a), ("b", target_b))}
     a, b = ends["a"], ends["b"]
-    # log Z of one end is the log of a mean of R unbiased Ẑ_r: its error by the delta method over runs
-    err = [np.std(np.exp(e["log_z_runs"] - e["log_z"]), ddof=1) / math.sqrt(runs) for e in (a, b)]
+    # the spread of the runs' log Z over √R: honest also when one run dominates the pooled Ẑ (the
+    # delta method on Ẑ_r / Ẑ is then bounded by 1 and hides that the runs disagree)
+    err = [np.std(e["log_z_runs"], ddof=1) / math.sqrt(runs) for e in (a, b)]
     two_sided = delta_f_from_samples(target_a, target_b, a["x"], b["x"], a["log_w"], b["log_w"], seed=seed)
     return {
         "delta_f_kT": a["log_z"] - b["log_z"],
