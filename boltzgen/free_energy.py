@@ -34,28 +34,30 @@ def check_same_particles(target_a, target_b) -> None:
 
     Parameters
     ----------
-    target_a, target_b : TargetSystem
+    target_a, target_b : TargetSystem (or a trained model: anything with ``event_shape``,
+        ``topology`` and a ``name``, which defaults to "the model")
 
     Raises
     ------
     ValueError
         Different shapes, or molecules whose atoms differ (element by element, in order).
     """
+    name_a, name_b = (getattr(t, "name", "the model") for t in (target_a, target_b))
     if tuple(target_a.event_shape) != tuple(target_b.event_shape):
         raise ValueError(
-            f"{target_a.name} has configurations of shape {tuple(target_a.event_shape)} and {target_b.name} "
-            f"{tuple(target_b.event_shape)}: a free-energy difference needs the same particles"
+            f"{name_a} has configurations of shape {tuple(target_a.event_shape)} and {name_b} "
+            f"{tuple(target_b.event_shape)}: they need the same particles"
         )
     top_a, top_b = target_a.topology, target_b.topology
     if (top_a is None) != (top_b is None):
-        raise ValueError(f"one of {target_a.name} and {target_b.name} is a molecule and the other is not")
+        raise ValueError(f"one of {name_a} and {name_b} is a molecule and the other is not")
     if top_a is None:
         return
     for a, b in zip(top_a.atoms, top_b.atoms):
         if a.element is not b.element and getattr(a.element, "symbol", None) != getattr(b.element, "symbol", None):
             raise ValueError(
-                f"atom {a.index} is {a.element.symbol} ({a.residue}:{a.name}) in {target_a.name} but "
-                f"{b.element.symbol} ({b.residue}:{b.name}) in {target_b.name}: the targets are different molecules"
+                f"atom {a.index} is {a.element.symbol} ({a.residue}:{a.name}) in {name_a} but "
+                f"{b.element.symbol} ({b.residue}:{b.name}) in {name_b}: they are different molecules"
             )
 
 

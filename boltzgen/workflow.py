@@ -641,6 +641,10 @@ def sample(
                     f"the model is for configurations of shape {tuple(model.event_shape)}, "
                     f"the target {target.name} has {tuple(target.event_shape)}"
                 )
+            if model.topology is not None and target.topology is not None:
+                from .free_energy import check_same_particles
+
+                check_same_particles(model, target)  # same count, other atoms: a clear error
             if per_state_resampling and target.states is None:
                 raise ValueError(
                     f"per-state resampling needs the target's states; {target.name} has none "
@@ -989,15 +993,12 @@ def free_energy(
 def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, output_dir) -> dict:
     import torch
 
-    from .free_energy import delta_f_from_model
+    from .free_energy import check_same_particles, delta_f_from_model
     from .io import save_samples
     from .model import load_model
 
     model = load_model(run_dir)
-    if tuple(model.event_shape) != tuple(a.event_shape):
-        raise ValueError(
-            f"the model is for configurations of shape {tuple(model.event_shape)}, {a.name} has {a.event_shape}"
-        )
+    check_same_particles(model, a)
     settings = _checked_settings(sample_settings(settings, progress=progress), model, False)
     out = delta_f_from_model(
         model, a, b, n, runs, settings=settings, generator=torch.Generator().manual_seed(seed), seed=seed

@@ -109,3 +109,16 @@ def test_free_energy_command_md_route_and_errors(tmp_path, capsys):
     assert "--from: unknown system 'nope'" in capsys.readouterr().err
     assert main(["free-energy", "--from", "lj13", "--to", "lj55", "-o", str(tmp_path / "x")]) == 2
     assert "same particles" in capsys.readouterr().err
+
+
+def test_same_atom_count_but_other_atoms_is_named():
+    from boltzgen.systems import from_sequence
+
+    a, b = from_sequence("AS", n_workers=0), from_sequence("SA", n_workers=0)
+    try:
+        assert a.event_shape == b.event_shape
+        with pytest.raises(ValueError, match="different molecules"):
+            check_same_particles(a, b)
+    finally:
+        a.close()
+        b.close()

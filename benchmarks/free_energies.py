@@ -1,0 +1,176 @@
+"""What a learned energy is for, against plain MD: solvation free energy and temperature transfer.
+
+Alanine dipeptide, a model trained on vacuum data at 300 K (``boltzgen quickstart``'s default
+recipe, or ``--model RUN_DIR`` of such a run):
+
+1. ΔF(vacuum → OBC implicit solvent) = F_implicit − F_vacuum in kT
+   (a) from the model: SMC to both targets, log Ẑ_vacuum − log Ẑ_implicit (``boltzgen free-energy
+       --model``), the quickstart's sampler settings;
+   (b) the OpenMM-only reference: replica exchange at both ends (the systems' default ladders) and
+       BAR on u_implicit − u_vacuum (``boltzgen free-energy`` without a model), with the one-sided
+       averages as the overlap check;
+2. ΔF(φ > 0 − φ < 0) at ``--hot`` K (default 400):
+   (a) from the same model, SMC annealed to the force field at that temperature (per-state
+       resampling, balanced states, runs pooled: as ``boltzgen sample --temperature``);
+   (b) replica exchange at that temperature (two independent runs; their spread over √2 is the error).
+
+Every arm's wall time is recorded; the model's training time (from its run's metrics) is reported
+beside it, since a user who already has the model pays only the sampling.
+
+    python benchmarks/free_energies.py --model quickstart/run          # -> bench-results/free_energies.json
+    python benchmarks/free_energies.py --model RUN --frames 200 --particles 64 --runs 2   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def sample_settings() -> dict:
+    """The quickstart's SMC settings (systems/recipes.yaml, recipe ``default``)."""
+    from boltzgen.workflow import load_recipe
+
+    return load_recipe("quickstart", "default")["sample"]["settings"]
+
+
+def solvation(model: str, frames: int, particles: int, runs: int, work: str, seed: int) -> dict:
+    from boltzgen.workflow import free_energy
+
+    out = {}
+    start = time.perf_counter()
+    out["md"] = free_energy(
+        "aldp-vacuum",
+        "aldp-implicit",
+        output_dir=os.path.join(work, "solvation-md"),
+        md_frames=frames,
+        seed=seed,
+        progress=False,
+    )
+    out["md"]["seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    out["model"] = free_energy(
+        "aldp-vacuum",
+        "aldp-implicit",
+        run_dir=model,
+        output_dir=os.path.join(work, "solvation-model"),
+        n=particles,
+        runs=runs,
+        settings=sample_settings(),
+        seed=seed,
+        progress=False,
+    )
+    out["model"]["seconds"] = time.perf_counter() - start
+    return out
+
+
+def phi_delta_f(path: str) -> float:
+    """ΔF(φ > 0 − φ < 0) in kT of an unweighted (target-temperature) sample file."""
+    from boltzgen.io import load_samples
+    from boltzgen.states import default_states
+
+    samples = load_samples(path)
+    labels = np.asarray(default_states(samples.topology).assign(samples.x))
+    return -math.log(max((labels == 1).mean(), 1e-12) / max((labels == 0).mean(), 1e-12))
+
+
+def transfer(model: str, hot: float, frames: int, particles: int, runs: int, work: str, seed: int) -> dict:
+    from boltzgen.workflow import sample, simulate_training_data
+
+    target = {"system": "aldp-vacuum", "temperature": hot}
+    settings = {**sample_settings(), "resampling": {"balance_states": True}}
+    start = time.perf_counter()
+    run = sample(
+        model,
+        os.path.join(work, f"samples_{hot:g}K.h5"),
+        particles,
+        target=target,
+        runs=runs,
+        per_state_resampling=True,
+        settings=settings,
+        seed=seed,
+        progress=False,
+        target_options={"n_workers": 0},
+    )
+    out = {"model": {k: run.metrics.get(k) for k in ("delta_f_kT", "delta_f_err_kT", "ess_fraction", "warnings")}}
+    out["model"]["seconds"] = time.perf_counter() - start
+    start, values = time.perf_counter(), []
+    for k in range(2):
+        path = os.path.join(work, f"remd_{hot:g}K_{k}.h5")
+        simulate_training_data(
+            target, frames, path, seed=seed + 100 + k, progress=False, target_options={"n_workers": 0}
+        )
+        values.append(phi_delta_f(path))
+    out["remd"] = {
+        "delta_f_kT": float(np.mean(values)),
+        "delta_f_err_kT": float(np.std(values, ddof=1) / math.sqrt(2)),
+        "runs_kT": values,
+        "frames_per_run": frames,
+        "seconds": time.perf_counter() - start,
+    }
+    return out
+
+
+def markdown(out: dict) -> str:
+    s, t = out["solvation"], out["transfer"]
+
+    def pm(d):
+        return f"{d['delta_f_kT']:.2f} ± {d['delta_f_err_kT']:.2f}"
+
+    lines = [
+        "| quantity | model route (kT) | s | plain MD route (kT) | s |",
+        "|---|---|---|---|---|",
+        f"| ΔF(vacuum → OBC) | {pm(s['model'])} (BAR on its samples {pm(s['model']['bar'])}) | "
+        f"{s['model']['seconds']:.0f} | {pm(s['md'])} (one-sided {s['md']['exp_forward_kT']:.2f} / "
+        f"{s['md']['exp_reverse_kT']:.2f}) | {s['md']['seconds']:.0f} |",
+        f"| ΔF(φ>0 − φ<0) at {out['hot_K']:g} K | {pm(t['model'])} | {t['model']['seconds']:.0f} | "
+        f"{pm(t['remd'])} | {t['remd']['seconds']:.0f} |",
+        "",
+        f"Model: {out['model']} (trained in {out['train_seconds']} s).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="run directory of a model trained on aldp-vacuum at 300 K")
+    parser.add_argument("--hot", type=float, default=400.0, help="temperature of the transfer (K)")
+    parser.add_argument("--frames", type=int, default=5000, help="MD frames per end / per REMD run")
+    parser.add_argument("--particles", type=int, default=1024, help="SMC particles per target")
+    parser.add_argument("--runs", type=int, default=4, help="SMC runs per target")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="bench-results/free_energies")
+    parser.add_argument("--out", default="bench-results/free_energies.json")
+    args = parser.parse_args(argv)
+    os.makedirs(args.work, exist_ok=True)
+    metrics_path = os.path.join(args.model, "metrics.json")
+    train_seconds = None
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as handle:
+            train_seconds = json.load(handle).get("wall_time_s")
+    out = {
+        "benchmark": "free_energies",
+        "date": datetime.date.today().isoformat(),
+        "model": os.path.abspath(args.model),
+        "train_seconds": train_seconds,
+        "hot_K": args.hot,
+        "cpu_count": os.cpu_count(),
+        "solvation": solvation(args.model, args.frames, args.particles, args.runs, args.work, args.seed),
+    }
+    out["transfer"] = transfer(args.model, args.hot, args.frames, args.particles, args.runs, args.work, args.seed)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(out, handle, indent=2, default=str)
+    print(markdown(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
