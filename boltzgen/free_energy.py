@@ -18,6 +18,7 @@ and T_B). Conventions: docs/theory.md, "Free energies between targets".
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -26,7 +27,7 @@ import torch
 
 from .weights import bar, logsumexp, normalized_weights, pool_runs
 
-__all__ = ["check_same_particles", "delta_f_from_samples", "delta_f_from_model"]
+__all__ = ["check_same_particles", "delta_f_from_samples", "delta_f_from_model", "transfer_tempering"]
 
 
 def check_same_particles(target_a, target_b) -> None:
@@ -134,7 +135,16 @@ def _smc_runs(model, target, n: int, runs: int, settings, generator) -> dict:
 
 
 def delta_f_from_model(
-    model, target_a, target_b, n: int = 1024, runs: int = 4, *, settings=None, generator=None, seed: int = 0
+    model,
+    target_a,
+    target_b,
+    n: int = 1024,
+    runs: int = 4,
+    *,
+    settings=None,
+    settings_b=None,
+    generator=None,
+    seed: int = 0,
 ) -> dict:
     """ΔF = F_B − F_A (kT) from one energy model proposing for both targets by SMC.
 
@@ -150,6 +160,9 @@ def delta_f_from_model(
         Independent SMC runs per target (the error is their spread), at least 2.
     settings : SMCSettings, optional
         Sampler settings (default: those of ``boltzgen sample``).
+    settings_b : SMCSettings, optional
+        Settings of the runs to B (default: ``settings``), e.g. tempered by
+        :func:`transfer_tempering` when B is hotter.
     generator : torch.Generator, optional
     seed : int
         Seed of BAR's bootstrap.
@@ -174,7 +187,8 @@ def delta_f_from_model(
     if runs < 2:
         raise ValueError(f"the error of ΔF comes from the spread of independent runs: runs must be >= 2, got {runs}")
     generator = generator if generator is not None else torch.Generator().manual_seed(seed)
-    ends = {name: _smc_runs(model, t, n, runs, settings, generator) for name, t in (("a", target_a), ("b", target_b))}
+    plan = (("a", target_a, settings), ("b", target_b, settings if settings_b is None else settings_b))
+    ends = {name: _smc_runs(model, t, n, runs, s, generator) for name, t, s in plan}
     a, b = ends["a"], ends["b"]
     # the spread of the runs' log Z over √R: honest also when one run dominates the pooled Ẑ (the
     # delta method on Ẑ_r / Ẑ is then bounded by 1 and hides that the runs disagree)
@@ -194,3 +208,29 @@ def delta_f_from_model(
         "warnings": [f"{target_a.name}: {w}" for w in a["warnings"]] + [f"{target_b.name}: {w}" for w in b["warnings"]],
         "samples": {"x_a": a["x"], "log_w_a": a["log_w"], "x_b": b["x"], "log_w_b": b["log_w"]},
     }
+
+
+def transfer_tempering(settings, model, target):
+    """Temper the proposal for a target hotter than the model's data (temperature transfer).
+
+    A model of the density at T_m proposes for a target at T > T_m: with the default
+    ``diffusion.tempering`` of 1 it becomes T_m / T, so the learned energies reach the target's
+    (flatter) free-energy differences at t_min (E / kT_m · T_m / T); the weights stay exact either way.
+
+    Parameters
+    ----------
+    settings : SMCSettings
+    model : TrainedModel
+        Its ``metadata["target"]["temperature"]`` is T_m (models trained before it was recorded
+        are left alone).
+    target : TargetSystem
+
+    Returns
+    -------
+    SMCSettings
+    """
+    t_model = ((model.metadata or {}).get("target") or {}).get("temperature")
+    if t_model is None or settings.diffusion.tempering != 1.0 or not target.temperature > float(t_model):
+        return settings
+    diffusion = dataclasses.replace(settings.diffusion, tempering=float(t_model) / target.temperature)
+    return dataclasses.replace(settings, diffusion=diffusion)

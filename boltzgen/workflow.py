@@ -651,6 +651,9 @@ def sample(
                     f"(set target.states to a boltzgen.states.StateSet)"
                 )
             if method == "smc":
+                from .free_energy import transfer_tempering
+
+                settings = transfer_tempering(settings, model, target)
                 result = _run_smc(model, target, n, runs, settings, per_state_resampling, generator)
             else:
                 x = torch.as_tensor(_reverse_sde(model, n, generator, settings))
@@ -993,7 +996,7 @@ def free_energy(
 def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, output_dir) -> dict:
     import torch
 
-    from .free_energy import check_same_particles, delta_f_from_model
+    from .free_energy import check_same_particles, delta_f_from_model, transfer_tempering
     from .io import save_samples
     from .model import load_model
 
@@ -1001,7 +1004,15 @@ def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, outp
     check_same_particles(model, a)
     settings = _checked_settings(sample_settings(settings, progress=progress), model, False)
     out = delta_f_from_model(
-        model, a, b, n, runs, settings=settings, generator=torch.Generator().manual_seed(seed), seed=seed
+        model,
+        a,
+        b,
+        n,
+        runs,
+        settings=transfer_tempering(settings, model, a),
+        settings_b=transfer_tempering(settings, model, b),
+        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
     )
     samples = out.pop("samples")
     if output_dir is not None:

@@ -122,3 +122,32 @@ def test_same_atom_count_but_other_atoms_is_named():
     finally:
         a.close()
         b.close()
+
+
+def test_transfer_tempering_tempers_the_proposal_and_stays_exact():
+    from boltzgen.free_energy import transfer_tempering
+
+    gmm = two_modes()
+    hot = TemperedTarget(gmm, 2.0 * gmm.temperature)
+    log_z, weights = tempered_exact(gmm, 0.5)
+    model = ExactMarginalModel(gmm, t_min=1e-3)
+    model.metadata = {"target": {"temperature": gmm.temperature}}
+    settings = SMCSettings.from_dict({"diffusion": {"n_steps": 40}, "anneal": {"n_levels": 16}})
+    tempered = transfer_tempering(settings, model, hot)
+    assert tempered.diffusion.tempering == pytest.approx(0.5)
+    assert transfer_tempering(settings, model, gmm).diffusion.tempering == 1.0  # not hotter: untouched
+    out = delta_f_from_model(
+        model,
+        gmm,
+        hot,
+        n=2000,
+        runs=4,
+        settings=settings,
+        settings_b=tempered,
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert abs(out["delta_f_kT"] + log_z) < 4 * out["delta_f_err_kT"] + 0.02
+    assert out["ess_b"] > 0.8  # the tempered proposal is (nearly) the hot target itself
+    x, lw = out["samples"]["x_b"], out["samples"]["log_w_b"]
+    w = np.exp(lw - lw.max())
+    assert abs(float(w[x @ gmm.means[0].numpy() > 0].sum() / w.sum()) - weights[0]) < 0.05
