@@ -4,7 +4,7 @@ For each system (default: aldp-vacuum 22 atoms, ala3 42, ala4 52, ala6 72, lj13,
 benchmark simulates a little training data (plain MD or MALA, one replica, a few dozen frames),
 trains with the system's own defaults (the shipped ``systems/<name>.train.yaml``, or
 :func:`boltzgen.config.derived_defaults` for the peptides that ship none: the batch scaled by
-22/N) and samples with the default SMC settings, all through :mod:`boltzgen.workflow`. Each cost
+(22/N)²) and samples with the default SMC settings, all through :mod:`boltzgen.workflow`. Each cost
 is the difference of two runs of different sizes, so start-up (loading, model building, the final
 validation and checkpoint) cancels:
 

@@ -424,7 +424,7 @@ BENCHMARKS = [
         cost_scaling_rows,
         lambda b: b.get("benchmark") == "cost_scaling",
         "each system's own training defaults (the peptides without a shipped file get "
-        "boltzgen.config.derived_defaults: the batch scaled by 22/N) and the default SMC settings, costs from "
+        "boltzgen.config.derived_defaults: the batch scaled by (22/N)²) and the default SMC settings, costs from "
         "the difference of two runs of different sizes; per configuration the fully connected EGNN's "
         "messages grow as N² (lj55's radius graph: as N); the CPU limit lies where the default number of "
         "training steps passes a working day (8 h); the adaptive annealing of a barely trained model runs "

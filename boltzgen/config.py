@@ -877,8 +877,8 @@ def system_config_path(system: str) -> Optional[str]:
     return _shipped_file(name) if name else None
 
 
-#: Per-step cost grows with the atoms (EGNN edges ~ N²); the batch of a derived config shrinks so a
-#: step of an N-atom molecule costs about what a step of the reference system does.
+#: Per-step cost grows with the atoms (EGNN edges ~ N²); the batch of a derived config shrinks as
+#: (N_ref / N)² so a step of an N-atom molecule costs about what a step of the reference system does.
 _REFERENCE_CONFIGS = {"molecule": ("aldp-vacuum.train.yaml", 22), "cluster": ("lj13.train.yaml", 13)}
 
 
@@ -887,9 +887,9 @@ def derived_defaults(event_shape, molecular: bool) -> dict:
 
     A molecule (data with a topology) starts from the alanine-dipeptide recipe, a particle
     cluster (no topology, 3-D particles) from LJ13's, anything else (vectors) from the
-    Gaussian-mixture recipe; the batch is scaled by (reference atoms / atoms), at least 16, so
-    the cost per step stays near the reference system's while the model sees as many atoms per
-    step.
+    Gaussian-mixture recipe; the batch is scaled by (reference atoms / atoms)², at least 16, since
+    a step of the fully connected network costs about N² per configuration: the cost per step
+    stays near the reference system's (benchmarks/cost_scaling.py).
 
     Parameters
     ----------
@@ -909,7 +909,7 @@ def derived_defaults(event_shape, molecular: bool) -> dict:
     name, atoms = _REFERENCE_CONFIGS["molecule" if molecular else "cluster"]
     config = read_config_file(_shipped_file(name))
     batch = int(config.get("train", {}).get("batch_size", 128))
-    scaled = max(16, int(round(batch * atoms / max(shape[0], 1) / 8.0)) * 8)
+    scaled = max(16, int(round(batch * (atoms / max(shape[0], 1)) ** 2 / 8.0)) * 8)
     config.setdefault("train", {})["batch_size"] = min(batch, scaled)
     if molecular:
         config.setdefault("data", {})["state_fraction"] = None
