@@ -86,6 +86,9 @@ def transfer(model: str, hot: float, frames: int, particles: int, runs: int, wor
 
     target = {"system": "aldp-vacuum", "temperature": hot}
     settings = {**sample_settings(), "resampling": {"balance_states": True}}
+    # the proposal tempered to the hot target (what boltzgen sample does for a model that records
+    # its 300 K; models from before that record are tempered here)
+    settings["diffusion"] = {**settings["diffusion"], "tempering": 300.0 / hot}
     start = time.perf_counter()
     run = sample(
         model,
