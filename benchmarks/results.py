@@ -185,6 +185,44 @@ def train_processes_rows(blob: dict) -> list[list[str]]:
     ]
 
 
+def free_energies_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/free_energies.py: solvation and temperature transfer, model against MD."""
+    s, t = blob.get("solvation", {}), blob.get("transfer", {})
+    train = blob.get("train_seconds")
+
+    def seconds(d):
+        return fmt(d.get("seconds"), ".0f")
+
+    rows = []
+    if s:
+        m, md = s["model"], s["md"]
+        rows.append(
+            [
+                "ΔF(vacuum → OBC)",
+                f"{plus_minus(m.get('delta_f_kT'), m.get('delta_f_err_kT'))} (BAR on its samples "
+                f"{plus_minus(m['bar'].get('delta_f_kT'), m['bar'].get('delta_f_err_kT'))})",
+                f"{seconds(m)} + {fmt(train, '.0f')} training",
+                f"{plus_minus(md.get('delta_f_kT'), md.get('delta_f_err_kT'))} (one-sided "
+                f"{fmt(md.get('exp_forward_kT'), '.2f')} / {fmt(md.get('exp_reverse_kT'), '.2f')})",
+                seconds(md),
+            ]
+        )
+    if t:
+        m, md = t["model"], t["remd"]
+        rows.append(
+            [
+                f"ΔF(φ>0 − φ<0) at {fmt(blob.get('hot_K'), 'g')} K",
+                f"{plus_minus(m.get('delta_f_kT'), m.get('delta_f_err_kT'))} (ESS {fmt(m.get('ess_fraction'), '.2f')})",
+                f"{seconds(m)} + {fmt(train, '.0f')} training",
+                f"{plus_minus(md.get('delta_f_kT'), md.get('delta_f_err_kT'))} (runs "
+                + ", ".join(fmt(v, ".2f") for v in md.get("runs_kT", []))
+                + ")",
+                seconds(md),
+            ]
+        )
+    return rows
+
+
 def cost_scaling_rows(blob: dict) -> list[list[str]]:
     """Rows of benchmarks/cost_scaling.py: one per system (a failed system names its error)."""
     rows = []
@@ -405,6 +443,16 @@ BENCHMARKS = [
         train_processes_rows,
         lambda b: "seconds_per_step_processes" in b,
         "speedup > 1: data-parallel wins",
+    ),
+    Benchmark(
+        "Free energies between targets",
+        "python benchmarks/free_energies.py --model RUN_DIR  # -> bench-results/free_energies.json",
+        ["quantity", "model route (kT)", "model s", "plain MD route (kT)", "MD s"],
+        free_energies_rows,
+        lambda b: b.get("benchmark") == "free_energies",
+        "alanine dipeptide, a model trained on 300 K vacuum data by the quickstart recipe; the plain MD "
+        "route: replica exchange at both ends and BAR (solvation), replica exchange at the new temperature "
+        "(transfer); the issue's goals: the model within 0.3 kT (solvation) and 0.5 kT (400 K) of them",
     ),
     Benchmark(
         "Cost against system size",
