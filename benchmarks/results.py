@@ -49,7 +49,8 @@ def plus_minus(value, error, spec: str = ".2f") -> str:
     """``value ± error`` (an undefined error reads "± inf", as the CLI prints it)."""
     if value is None:
         return DASH
-    return f"{fmt(value, spec)} ± {'inf' if error is None else fmt(error, spec)}"
+    undefined = error is None or (isinstance(error, float) and not math.isfinite(error))
+    return f"{fmt(value, spec)} ± {'inf' if undefined else fmt(error, spec)}"
 
 
 def table(columns: list[str], rows: list[list[str]]) -> str:
