@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .weights import bar, logsumexp, normalized_weights, pool_runs
+from .weights import bar, logsumexp, normalized_weights
 
 __all__ = ["check_same_particles", "delta_f_from_samples", "delta_f_from_model", "transfer_tempering"]
 
@@ -66,15 +66,29 @@ def _energy(target, x: np.ndarray) -> np.ndarray:
     return target.reduced_energy(torch.as_tensor(x, dtype=torch.float64)).detach().numpy()
 
 
-def _exp_average(du: np.ndarray, log_w: Optional[np.ndarray], sign: float) -> float:
+def _side_weights(du: np.ndarray, log_w: Optional[np.ndarray]) -> np.ndarray:
+    """Normalised weights of one side's samples (equal without log-weights)."""
+    return np.full(du.size, 1.0 / du.size) if log_w is None else normalized_weights(log_w)
+
+
+def _exp_average(du: np.ndarray, w: np.ndarray, sign: float) -> float:
     """−sign · log E_w[exp(−sign · Δu)]: the one-sided (Zwanzig) estimate from one end."""
-    w = np.ones_like(du) / du.size if log_w is None else normalized_weights(log_w)
     keep = w > 0
     return float(-sign * logsumexp(np.log(w[keep]) - sign * du[keep]))
 
 
 def delta_f_from_samples(
-    target_a, target_b, x_a, x_b, log_w_a=None, log_w_b=None, *, n_bootstrap: int = 200, seed: int = 0
+    target_a,
+    target_b,
+    x_a,
+    x_b,
+    log_w_a=None,
+    log_w_b=None,
+    *,
+    u_a=None,
+    u_b=None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
 ) -> dict:
     """ΔF = F_B − F_A (kT) from samples of both ends: BAR, with the one-sided averages beside it.
 
@@ -86,6 +100,9 @@ def delta_f_from_samples(
         Samples of A and of B in the targets' units.
     log_w_a, log_w_b : array, optional
         Their log-weights (default: equal, e.g. MD frames).
+    u_a, u_b : array, optional
+        u_A on the samples of A and u_B on the samples of B when already known (an SMC run's
+        own energies); computed otherwise.
     n_bootstrap : int
         Bootstrap replicates of BAR's error.
     seed : int
@@ -99,17 +116,18 @@ def delta_f_from_samples(
     """
     check_same_particles(target_a, target_b)
     x_a, x_b = np.asarray(x_a, dtype=np.float64), np.asarray(x_b, dtype=np.float64)
-    du_a = _energy(target_b, x_a) - _energy(target_a, x_a)
-    du_b = _energy(target_b, x_b) - _energy(target_a, x_b)
+    u_a = _energy(target_a, x_a) if u_a is None else np.asarray(u_a, dtype=np.float64)
+    u_b = _energy(target_b, x_b) if u_b is None else np.asarray(u_b, dtype=np.float64)
+    du_a = _energy(target_b, x_a) - u_a
+    du_b = u_b - _energy(target_a, x_b)
     est = bar(du_a, du_b, log_w_a, log_w_b, n_bootstrap=n_bootstrap, seed=seed)
-    wa = np.ones_like(du_a) / du_a.size if log_w_a is None else normalized_weights(log_w_a)
-    wb = np.ones_like(du_b) / du_b.size if log_w_b is None else normalized_weights(log_w_b)
+    wa, wb = _side_weights(du_a, log_w_a), _side_weights(du_b, log_w_b)
     return {
         "delta_f_kT": est.value,
         "delta_f_err_kT": est.error,
         "method": "bar",
-        "exp_forward_kT": _exp_average(du_a, log_w_a, 1.0),
-        "exp_reverse_kT": _exp_average(du_b, log_w_b, -1.0),
+        "exp_forward_kT": _exp_average(du_a, wa, 1.0),
+        "exp_reverse_kT": _exp_average(du_b, wb, -1.0),
         "du_mean_a_kT": float(np.sum(wa[wa > 0] * du_a[wa > 0])),
         "du_mean_b_kT": float(np.sum(wb[wb > 0] * du_b[wb > 0])),
         "n_a": int(du_a.size),
@@ -117,19 +135,18 @@ def delta_f_from_samples(
     }
 
 
-def _smc_runs(model, target, n: int, runs: int, settings, generator) -> dict:
-    """R SMC runs to one target: pooled samples, log-weights and the runs' log Z."""
-    from .sampling.smc import smc_sample
+def _smc_end(model, target, n: int, runs: int, settings, generator) -> dict:
+    """R SMC runs to one target (:func:`~boltzgen.sampling.smc.smc_runs`): pooled samples,
+    log-weights, their reduced energies and the runs' log Z."""
+    from .sampling.smc import smc_runs
 
-    sizes = [n // runs + (1 if r < n % runs else 0) for r in range(runs)]
-    results = [smc_sample(model, target, size, generator, settings=settings) for size in sizes]
-    log_z_runs = np.array([r.log_z for r in results], dtype=np.float64)
-    log_w = pool_runs([r.log_weights.numpy() for r in results], log_z_runs)
+    results, log_w, log_z = smc_runs(model, target, n, runs, generator, settings=settings)
     return {
         "x": torch.cat([r.x for r in results]).detach().numpy(),
+        "u": torch.cat([r.reduced_energy for r in results]).numpy(),
         "log_w": log_w,
-        "log_z_runs": log_z_runs,
-        "log_z": float(logsumexp(log_z_runs) - math.log(runs)),
+        "log_z_runs": np.array([r.log_z for r in results], dtype=np.float64),
+        "log_z": log_z,
         "warnings": [w for r in results for w in r.warnings],
     }
 
@@ -174,7 +191,8 @@ def delta_f_from_model(
         error from the spread of the runs' log Z over √runs, both ends in quadrature), ``log_z_a``, ``log_z_b`` with their runs,
         ``bar`` (:func:`delta_f_from_samples` on the two weighted sample sets), ``ess_a``,
         ``ess_b`` (fractions) and the sampler's ``warnings``; ``samples`` holds the two pooled
-        sample sets (``x_a``, ``log_w_a``, ``x_b``, ``log_w_b``) for the caller to write.
+        sample sets (``x_a``, ``log_w_a``, ``u_a`` (u_A on them), ``x_b``, ``log_w_b``, ``u_b``) for
+        the caller to write.
 
     Raises
     ------
@@ -188,12 +206,14 @@ def delta_f_from_model(
         raise ValueError(f"the error of ΔF comes from the spread of independent runs: runs must be >= 2, got {runs}")
     generator = generator if generator is not None else torch.Generator().manual_seed(seed)
     plan = (("a", target_a, settings), ("b", target_b, settings if settings_b is None else settings_b))
-    ends = {name: _smc_runs(model, t, n, runs, s, generator) for name, t, s in plan}
+    ends = {name: _smc_end(model, t, n, runs, s, generator) for name, t, s in plan}
     a, b = ends["a"], ends["b"]
     # the spread of the runs' log Z over √R: honest also when one run dominates the pooled Ẑ (the
     # delta method on Ẑ_r / Ẑ is then bounded by 1 and hides that the runs disagree)
     err = [np.std(e["log_z_runs"], ddof=1) / math.sqrt(runs) for e in (a, b)]
-    two_sided = delta_f_from_samples(target_a, target_b, a["x"], b["x"], a["log_w"], b["log_w"], seed=seed)
+    two_sided = delta_f_from_samples(
+        target_a, target_b, a["x"], b["x"], a["log_w"], b["log_w"], u_a=a["u"], u_b=b["u"], seed=seed
+    )
     return {
         "delta_f_kT": a["log_z"] - b["log_z"],
         "delta_f_err_kT": float(math.hypot(*err)),
@@ -206,7 +226,7 @@ def delta_f_from_model(
         "ess_b": ess_fraction(b["log_w"]),
         "bar": two_sided,
         "warnings": [f"{target_a.name}: {w}" for w in a["warnings"]] + [f"{target_b.name}: {w}" for w in b["warnings"]],
-        "samples": {"x_a": a["x"], "log_w_a": a["log_w"], "x_b": b["x"], "log_w_b": b["log_w"]},
+        "samples": {f"{k}_{end}": e[k] for end, e in (("a", a), ("b", b)) for k in ("x", "log_w", "u")},
     }
 
 

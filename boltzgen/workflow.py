@@ -724,11 +724,9 @@ def _reverse_sde(model, n, generator, settings):
 def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: bool, generator) -> SampleRun:
     """R independent SMC runs of n / R particles each, pooled by their log Z estimates."""
     import torch
-    from scipy.special import logsumexp
 
-    from .sampling.smc import smc_sample
+    from .sampling.smc import smc_runs
     from .weights import ess_fraction as ess_fraction_of
-    from .weights import pool_runs
 
     states = None
     if per_state_resampling:
@@ -737,22 +735,15 @@ def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: b
         def states(x):
             return np.asarray(state_set.assign(x.detach().cpu().numpy()), dtype=np.int64)
 
-    sizes = [n // runs + (1 if r < n % runs else 0) for r in range(runs)]
-    results = [smc_sample(model, target, size, generator, settings=settings, states=states) for size in sizes]
+    results, log_w, log_z = smc_runs(model, target, n, runs, generator, settings=settings, states=states)
     x = torch.cat([r.x for r in results])
     u = torch.cat([r.reduced_energy for r in results]).numpy()
-    run_index = None
-    if runs == 1:
-        log_w = results[0].log_weights.numpy()
-    else:
-        log_w = pool_runs([r.log_weights.numpy() for r in results], [r.log_z for r in results])
-        run_index = np.repeat(np.arange(runs), sizes)
+    run_index = None if runs == 1 else np.repeat(np.arange(runs), [r.n_particles for r in results])
     summaries = [r.summary() for r in results]
     acceptance = [a for sm in summaries for a in sm["acceptance"] if a is not None]
     # The headline ESS is that of the final weights: SMC never resamples after the last
     # reweighting, so for one run it is also the ESS of its last level.
     ess_fraction = float(results[0].ess[-1]) if runs == 1 else ess_fraction_of(log_w)
-    log_z = results[0].log_z if runs == 1 else float(logsumexp(np.array([r.log_z for r in results])) - np.log(runs))
     metrics = {
         "ess": ess_fraction * n,
         "ess_fraction": ess_fraction,
@@ -1017,15 +1008,13 @@ def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, outp
     samples = out.pop("samples")
     if output_dir is not None:
         for end, target in (("a", a), ("b", b)):
-            x = samples[f"x_{end}"]
             path = os.path.join(output_dir, f"samples_{'from' if end == 'a' else 'to'}.h5")
-            u = target.reduced_energy(torch.as_tensor(x)).detach().numpy()
             save_samples(
                 path,
-                x,
+                samples[f"x_{end}"],
                 topology=target.topology,
                 log_weights=samples[f"log_w_{end}"],
-                reduced_energy=u,
+                reduced_energy=samples[f"u_{end}"],
                 metadata={**target.metadata(), "command": "free-energy"},
             )
     return out
