@@ -1,11 +1,11 @@
 """Capped peptides built from their sequence, checked, and made into targets.
 
 :func:`build_capped_peptide` places the backbone of ACE-(residues)-NME from standard bond lengths
-and angles (trans peptide bonds, one (φ, ψ) for every residue), lets PDBFixer add the side-chain
-heavy atoms of any of the 20 standard amino acids from its templates (superposed on N, CA, C, so
-every Cα is L), lets OpenMM's ``Modeller.addHydrogens`` protonate it at pH 7 with the force
-field's templates, minimises it, and refuses the result unless :func:`check_peptide` finds every
-Cα L, every peptide bond trans and no clash. :func:`from_sequence` turns a sequence, a force field
+and angles (trans peptide bonds, one (φ, ψ) for every residue, Cβ on the L side), lets PDBFixer
+add the rest of the side-chain heavy atoms of any of the 20 standard amino acids from its
+templates (fitted to the residue's backbone and Cβ), lets OpenMM's ``Modeller.addHydrogens``
+protonate it at pH 7 with the force field's templates, minimises it, and refuses the result
+unless :func:`check_peptide` finds every Cα L, every peptide bond trans and no clash. :func:`from_sequence` turns a sequence, a force field
 and a solvent (vacuum or one of OpenMM's implicit models, :data:`SOLVENTS`) into a target.
 
 Conventions: lengths in nm, angles in degrees at this boundary (see docs/design.md).
@@ -59,7 +59,7 @@ THREE_LETTER = {
 BUILDABLE = tuple(sorted(THREE_LETTER.values()))
 
 #: Solvent models by name: the OpenMM force-field files added to the peptide's force field.
-#: ``obc``/``obc-legacy`` is the ``amber99_obc.xml`` file of the published alanine-dipeptide and
+#: ``obc-legacy`` is the ``amber99_obc.xml`` file of the published alanine-dipeptide and
 #: tetrapeptide benchmarks; the others are OpenMM's ``implicit/*.xml`` models.
 SOLVENTS = {
     "vacuum": (),
@@ -160,7 +160,7 @@ def _heavy_atoms(residues: list[str], phi: float, psi: float) -> list[tuple[int,
 
 
 def _backbone_topology(residues: list[str], phi: float, psi: float):
-    """OpenMM topology and positions (nm) of the caps and the backbone heavy atoms N, CA, C, O."""
+    """OpenMM topology and positions (nm) of the caps and the backbone heavy atoms N, CA, C, O, CB."""
     top = app.Topology()
     chain = top.addChain()
     res_objs = [top.addResidue(name, chain) for name in ["ACE", *residues, "NME"]]
@@ -269,11 +269,15 @@ def check_peptide(topology, x, clash_distance: float = 0.1) -> dict:
     omega = torsion_angles(x, bonds) if len(bonds) else np.zeros((len(x), 0))
     cis = (np.abs(omega) < np.pi / 2).sum(-1)
     close = _close_pairs(top)
-    d = np.linalg.norm(x[:, close[:, 0]] - x[:, close[:, 1]], axis=-1) if len(close) else np.zeros((len(x), 0))
+    clashes = np.zeros(len(x), dtype=np.int64)
+    for start in range(0, len(x), 256):  # frames in chunks: pairs × frames distances stay small
+        xs = x[start : start + 256]
+        d = np.linalg.norm(xs[:, close[:, 0]] - xs[:, close[:, 1]], axis=-1)
+        clashes[start : start + 256] = (d < clash_distance).sum(-1)
     return {
         "d_centres": d_count.astype(np.int64),
         "cis_bonds": np.asarray(cis, dtype=np.int64),
-        "clashes": (d < clash_distance).sum(-1).astype(np.int64),
+        "clashes": clashes,
         "frames": len(x),
     }
 
