@@ -112,12 +112,15 @@ def _target_from_args(args):
         raise CommandError(str(exc).strip("'\"")) from None
 
 
+#: The target flags that name a target by files or a sequence (``--system`` names a built-in one).
+_FILE_TARGET_KEYS = ("pdb", "forcefield", "system_xml", "topology", "sequence", "solvent")
+
+
 def _recipe_from_args(args) -> Optional[dict]:
     """The target flags as :func:`boltzgen.systems.resolve` arguments (nothing built), or None."""
-    keys = ("pdb", "forcefield", "system_xml", "topology", "sequence", "solvent", "temperature")
-    recipe = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-    if not recipe or (set(recipe) == {"temperature"}):
+    if not any(getattr(args, k, None) is not None for k in _FILE_TARGET_KEYS):
         return None
+    recipe = {k: getattr(args, k) for k in (*_FILE_TARGET_KEYS, "temperature") if getattr(args, k, None) is not None}
     for k in ("pdb", "system_xml", "topology"):
         if k in recipe:
             recipe[k] = os.path.abspath(recipe[k])
@@ -135,10 +138,7 @@ def _emit(metrics: dict, args, path: Optional[str]) -> None:
 
 
 def _target_named(args) -> bool:
-    return any(
-        getattr(args, k, None) is not None
-        for k in ("system_name", "system", "pdb", "forcefield", "system_xml", "topology", "sequence", "solvent")
-    )
+    return any(getattr(args, k, None) is not None for k in ("system_name", "system", *_FILE_TARGET_KEYS))
 
 
 def _metrics_path(args) -> str:

@@ -61,7 +61,7 @@ def _aldp(name: str, temperature: float = 300.0, platform: str = "auto", n_worke
 
 
 #: The capped alanine peptides of the published benchmarks: (sequence, protein force field,
-#: solvent, temperature K). Conventions in docs/conventions.md.
+#: solvent, temperature K). Conventions in docs/design.md (section 2, peptides from a sequence).
 ALANINE_PEPTIDES = {
     "ala3": ("AAA", ["amber14-all.xml"], "obc1", 310.0),
     "ala4": ("AAAA", ["amber99sbildn.xml"], "obc-legacy", 300.0),
