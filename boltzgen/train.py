@@ -1103,11 +1103,8 @@ def train_from_file(
 def _recipe_of(system: Optional[str], metadata: dict) -> Optional[dict]:
     """The data's target as resolve() arguments: a built-in ``system``, else the file's own."""
     from .systems import target_recipe
-    from .systems.catalog import names
 
-    if system and system in names():
-        return target_recipe({**metadata, "system": system})
-    return target_recipe(metadata)
+    return target_recipe({**metadata, "system": system} if system else metadata)
 
 
 def _target_for(recipe: Optional[dict], config: dict, samples):
