@@ -831,10 +831,13 @@ def structure_fractions(samples, log_w) -> dict:
         return {}
     counts = check_peptide(top, samples.x)
     w = np.exp(np.asarray(log_w, dtype=np.float64) - np.max(log_w))
-    w /= w.sum()
+
+    def share(mask):  # clipped: summation rounding can put an all-True share at 1 + 1e-16
+        return float(np.clip(np.sum(w[mask]) / np.sum(w), 0.0, 1.0))
+
     return {
-        "d_centre_fraction": float(np.sum(w * (counts["d_centres"] > 0))),
-        "cis_bond_fraction": float(np.sum(w * (counts["cis_bonds"] > 0))),
+        "d_centre_fraction": share(counts["d_centres"] > 0),
+        "cis_bond_fraction": share(counts["cis_bonds"] > 0),
     }
 
 

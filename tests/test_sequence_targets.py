@@ -55,6 +55,27 @@ def test_d_forms_and_cis_bonds_are_detected():
     assert counts["cis_bonds"].tolist() == [0, 0, 1]
 
 
+def test_structure_fractions_are_weighted_shares_in_the_unit_interval():
+    import mdtraj
+
+    from boltzgen.io import Samples
+    from boltzgen.report import structure_fractions
+
+    top, x = build_capped_peptide("AAA")
+    frames = np.stack([-x] * 7 + [x] * 3)  # seven mirrored (all-D) frames, three L frames
+    samples = Samples(x=frames, topology=mdtraj.Topology.from_openmm(top))
+    log_w = np.random.default_rng(3).normal(size=10) * 30.0
+    w = np.exp(log_w - log_w.max())
+    got = structure_fractions(samples, log_w)
+    assert got["d_centre_fraction"] == pytest.approx(w[:7].sum() / w.sum(), rel=1e-12)
+    assert got["cis_bond_fraction"] == 0.0
+    # all frames flagged: exactly 1 whatever the weights (summation rounding must not leave [0, 1])
+    for seed in range(20):
+        log_w = np.random.default_rng(seed).normal(size=10)
+        share = structure_fractions(Samples(x=frames[:7], topology=samples.topology), log_w[:7])
+        assert share["d_centre_fraction"] == 1.0
+
+
 def test_target_energy_matches_openmm_and_forces_match_differences():
     target = from_sequence("AWA", ["amber14-all.xml"], "obc2", 300.0, n_workers=0, platform="Reference")
     try:
