@@ -830,10 +830,11 @@ def structure_fractions(samples, log_w) -> dict:
     if top is None or (not len(chiral_centres(top)) and not len(peptide_bonds(top))):
         return {}
     counts = check_peptide(top, samples.x)
-    w = np.exp(np.asarray(log_w, dtype=np.float64) - np.max(log_w))
+    w = W.normalized_weights(log_w)
+    total = np.sum(w)  # their sum as summed here: an all-True share is then exactly 1
 
-    def share(mask):  # clipped: summation rounding can put an all-True share at 1 + 1e-16
-        return float(np.clip(np.sum(w[mask]) / np.sum(w), 0.0, 1.0))
+    def share(mask):  # clipped: a partial sum may round a hair past the total
+        return float(np.clip(np.sum(w[mask]) / total, 0.0, 1.0))
 
     return {
         "d_centre_fraction": share(counts["d_centres"] > 0),
