@@ -6,9 +6,10 @@ recipe, or ``--model RUN_DIR`` of such a run):
 1. ΔF(vacuum → OBC implicit solvent) = F_implicit − F_vacuum in kT
    (a) from the model: SMC to both targets, log Ẑ_vacuum − log Ẑ_implicit (``boltzgen free-energy
        --model``), the quickstart's sampler settings;
-   (b) the OpenMM-only reference: replica exchange at both ends (the systems' default ladders) and
-       BAR on u_implicit − u_vacuum (``boltzgen free-energy`` without a model), with the one-sided
-       averages as the overlap check;
+   (b) the OpenMM-only reference: replica exchange (the systems' default ladder) at both ends and
+       at intermediate states u_λ = (1 − λ) u_vacuum + λ u_implicit, MBAR over all of them
+       (``boltzgen free-energy`` without a model, ``--lambda-states``), with BAR on the ends alone
+       beside it;
 2. ΔF(φ > 0 − φ < 0) at ``--hot`` K (default 400):
    (a) from the same model, SMC annealed to the force field at that temperature (per-state
        resampling, balanced states, runs pooled: as ``boltzgen sample --temperature``);
@@ -41,7 +42,7 @@ def sample_settings() -> dict:
     return load_recipe("quickstart", "default")["sample"]["settings"]
 
 
-def solvation(model: str, frames: int, particles: int, runs: int, work: str, seed: int) -> dict:
+def solvation(model: str, frames: int, particles: int, runs: int, work: str, seed: int, lambda_states: int) -> dict:
     from boltzgen.workflow import free_energy
 
     out = {}
@@ -57,6 +58,7 @@ def solvation(model: str, frames: int, particles: int, runs: int, work: str, see
             "aldp-implicit",
             output_dir=os.path.join(work, "solvation-md"),
             md_frames=frames,
+            lambda_states=lambda_states,
             seed=seed,
             progress=False,
         )
@@ -137,8 +139,8 @@ def markdown(out: dict) -> str:
         "| quantity | model route (kT) | s | plain MD route (kT) | s |",
         "|---|---|---|---|---|",
         f"| ΔF(vacuum → OBC) | {pm(s['model'])} (BAR on its samples {pm(s['model']['bar'])}) | "
-        f"{s['model']['seconds']:.0f} | {pm(s['md'])} (one-sided {s['md']['exp_forward_kT']:.2f} / "
-        f"{s['md']['exp_reverse_kT']:.2f}) | {s['md']['seconds']:.0f} |",
+        f"{s['model']['seconds']:.0f} | {pm(s['md'])} (MBAR over {len(s['md']['lambdas'])} λ states; BAR on "
+        f"the ends {pm(s['md']['bar_ends'])}) | {s['md']['seconds']:.0f} |",
         f"| ΔF(φ>0 − φ<0) at {out['hot_K']:g} K | {pm(t['model'])} | {t['model']['seconds']:.0f} | "
         f"{pm(t['remd'])} | {t['remd']['seconds']:.0f} |",
         "",
@@ -151,7 +153,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="run directory of a model trained on aldp-vacuum at 300 K")
     parser.add_argument("--hot", type=float, default=400.0, help="temperature of the transfer (K)")
-    parser.add_argument("--frames", type=int, default=5000, help="MD frames per end / per REMD run")
+    parser.add_argument("--frames", type=int, default=5000, help="MD frames per λ state / per REMD run")
+    parser.add_argument("--lambda-states", type=int, default=5, help="states of the solvation reference's λ path")
     parser.add_argument("--particles", type=int, default=1024, help="SMC particles per target")
     parser.add_argument("--runs", type=int, default=4, help="SMC runs per target")
     parser.add_argument("--seed", type=int, default=0)
@@ -171,7 +174,9 @@ def main(argv=None) -> int:
         "train_seconds": train_seconds,
         "hot_K": args.hot,
         "cpu_count": os.cpu_count(),
-        "solvation": solvation(args.model, args.frames, args.particles, args.runs, args.work, args.seed),
+        "solvation": solvation(
+            args.model, args.frames, args.particles, args.runs, args.work, args.seed, args.lambda_states
+        ),
     }
     out["transfer"] = transfer(args.model, args.hot, args.frames, args.particles, args.runs, args.work, args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

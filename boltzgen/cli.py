@@ -412,6 +412,7 @@ def cmd_free_energy(args) -> int:
         n=args.n,
         runs=args.runs,
         md_frames=args.frames,
+        lambda_states=args.lambda_states,
         settings=settings,
         seed=args.seed,
         progress=not args.no_progress,
@@ -424,6 +425,13 @@ def cmd_free_energy(args) -> int:
             f"{out['delta_f_definition']}: {out['delta_f_kT']:.3f} +- {'inf' if err is None else f'{err:.3f}'} kT "
             f"({out['route']} route, {out['wall_time_s']:.0f} s)"
         )
+        if out.get("method") == "mbar":
+            ends = out["bar_ends"]
+            print(
+                f"  MBAR over {len(out['lambdas'])} lambda states (smallest neighbour overlap "
+                f"{out['overlap_min']:.2f}); BAR on the ends alone: {ends['delta_f_kT']:.3f} +- "
+                f"{ends['delta_f_err_kT']:.3f} kT"
+            )
     return 0
 
 
@@ -887,7 +895,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="F_to - F_from = -log(Z_to / Z_from) in kT. With --model, one trained model "
         "proposes for both targets by SMC (the model's normaliser cancels), with BAR on the two "
         "weighted sample sets beside it; with --samples-from/--samples-to, BAR on sample files of "
-        "both ends; with neither, replica-exchange MD at both ends (into -o DIR), then BAR.",
+        "both ends; with neither, OpenMM alone: replica-exchange MD at both ends and at intermediate "
+        "states of the linear path between them (into -o DIR), then MBAR.",
     )
     p.add_argument("--from", dest="target_from", required=True, metavar="SYSTEM", help="built-in system A")
     p.add_argument("--to", dest="target_to", required=True, metavar="SYSTEM", help="built-in system B")
@@ -898,7 +907,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-to", metavar="FILE", help="sample file of B")
     p.add_argument("-n", type=int, default=1024, help="SMC particles per target (default 1024)")
     p.add_argument("--runs", type=int, default=4, help="independent SMC runs per target (default 4)")
-    p.add_argument("--frames", type=int, default=2000, help="MD route: frames per end (default 2000)")
+    p.add_argument("--frames", type=int, default=2000, help="MD route: frames per state (default 2000)")
+    p.add_argument(
+        "--lambda-states",
+        type=int,
+        default=None,
+        metavar="K",
+        help="MD route: states on the path (1-l) u_from + l u_to, ends included (default: 5 between "
+        "two OpenMM targets at one temperature, else 2, the ends alone)",
+    )
     p.add_argument("-o", "--output", metavar="DIR", help="output directory (samples, metrics.json)")
     p.add_argument("--platform", default="auto", help="OpenMM platform for energies (default: fastest)")
     p.add_argument("--workers", type=int, default=None, help="energy worker processes (default: cores)")

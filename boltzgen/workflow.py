@@ -19,6 +19,7 @@ target by name closes it again, one passed in is left to the caller. Theory and 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -893,6 +894,7 @@ def free_energy(
     n: int = 1024,
     runs: int = 4,
     md_frames: int = 2000,
+    lambda_states: Optional[int] = None,
     settings=None,
     seed: int = 0,
     progress: bool = True,
@@ -907,8 +909,12 @@ def free_energy(
       beside it. The weighted samples are written to ``output_dir`` when given.
     - ``samples_from`` and ``samples_to``: sample files of both ends (MD, or weighted samples);
       BAR on them.
-    - neither: the plain MD route; ``simulate_training_data`` at both ends (the targets' default
-      replica exchange, ``md_frames`` frames each, into ``output_dir``), then BAR.
+    - neither: the plain MD route, with OpenMM alone. ``simulate_training_data`` (the targets'
+      default replica exchange, ``md_frames`` frames each, into ``output_dir``) at the two ends
+      and at intermediate states of the linear path u_λ = (1 − λ) u_A + λ u_B
+      (:func:`boltzgen.systems.alchemical.path_target`), then MBAR over all states
+      (:func:`boltzgen.weights.mbar_path`, each series thinned by its statistical inefficiency);
+      BAR on the two ends alone is reported beside it as ``bar_ends``.
 
     Parameters
     ----------
@@ -923,7 +929,10 @@ def free_energy(
     n, runs : int
         Particles per target and independent SMC runs (model route).
     md_frames : int
-        Frames per end (MD route).
+        Frames per state (MD route).
+    lambda_states : int, optional
+        States on the λ path of the MD route, ends included, evenly spaced in λ (2: the ends
+        alone). Default: 5 for two OpenMM targets at one temperature, else 2.
     settings : SMCSettings or dict, optional
         Sampler settings (model route).
     seed : int
@@ -957,30 +966,29 @@ def free_energy(
     if output_dir is not None:
         _check_output(output_dir, "output directory", directory=True)
     start = time.perf_counter()
-    a, own_a = _resolve_target(target_from, target_options)
-    try:
-        b, own_b = _resolve_target(target_to, target_options)
+    lock = output_lock(output_dir, "output directory") if output_dir is not None else contextlib.nullcontext()
+    with lock:
+        a, own_a = _resolve_target(target_from, target_options)
         try:
-            check_same_particles(a, b)
-            if route == "model":
-                out = _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, output_dir)
-            else:
-                paths = (
-                    (samples_from, samples_to)
-                    if route == "samples"
-                    else _simulate_ends(a, b, md_frames, output_dir, seed, progress)
-                )
-                out = _free_energy_from_files(a, b, *paths, seed)
+            b, own_b = _resolve_target(target_to, target_options)
+            try:
+                check_same_particles(a, b)
+                if route == "model":
+                    out = _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, output_dir)
+                elif route == "samples":
+                    out = _free_energy_from_files(a, b, samples_from, samples_to, seed)
+                else:
+                    out = _free_energy_by_md(a, b, lambda_states, md_frames, output_dir, seed, progress)
+            finally:
+                if own_b:
+                    b.close()
         finally:
-            if own_b:
-                b.close()
-    finally:
-        if own_a:
-            a.close()
-    out.update({"command": "free-energy", "route": route, "from": a.name, "to": b.name})
-    out.update(delta_f_definition=f"F({b.name}) - F({a.name}) in kT", wall_time_s=time.perf_counter() - start)
-    if output_dir is not None:
-        _write_metrics(out, os.path.join(output_dir, "metrics.json"))
+            if own_a:
+                a.close()
+        out.update({"command": "free-energy", "route": route, "from": a.name, "to": b.name})
+        out.update(delta_f_definition=f"F({b.name}) - F({a.name}) in kT", wall_time_s=time.perf_counter() - start)
+        if output_dir is not None:
+            _write_metrics(out, os.path.join(output_dir, "metrics.json"))
     return out
 
 
@@ -1020,11 +1028,80 @@ def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, outp
     return out
 
 
-def _simulate_ends(a, b, frames: int, output_dir: str, seed: int, progress: bool) -> tuple:
-    paths = tuple(os.path.join(output_dir, f"md_{end}.h5") for end in ("from", "to"))
-    for target, path in zip((a, b), paths):
-        simulate_training_data(target, frames, path, seed=seed, progress=progress)
-    return paths
+def path_lambda_states(a, b, lambda_states: Optional[int] = None) -> np.ndarray:
+    """λ of the MD route's states between targets ``a`` and ``b`` (see :func:`free_energy`).
+
+    Parameters
+    ----------
+    a, b : TargetSystem
+        The ends.
+    lambda_states : int, optional
+        Number of states, ends included (default: 5 for two OpenMM targets at one temperature,
+        else 2).
+
+    Returns
+    -------
+    numpy.ndarray, shape (K,)
+        Evenly spaced λ from 0 to 1.
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 states, or intermediate states between targets the λ path cannot join.
+    """
+    from .systems import OpenMMTarget
+
+    joinable = all(isinstance(t, OpenMMTarget) for t in (a, b)) and a.temperature == b.temperature
+    if lambda_states is None:
+        lambda_states = 5 if joinable else 2
+    if lambda_states < 2:
+        raise ValueError(f"the λ path needs at least its 2 ends, got {lambda_states} states")
+    if lambda_states > 2 and not joinable:
+        raise ValueError(
+            f"intermediate λ states need two OpenMM targets at one temperature ({a.name}, {a.temperature} K; "
+            f"{b.name}, {b.temperature} K): use 2 states (BAR between the ends)"
+        )
+    return np.linspace(0.0, 1.0, int(lambda_states))
+
+
+def _free_energy_by_md(a, b, lambda_states, frames: int, output_dir: str, seed: int, progress: bool) -> dict:
+    """MD at every state of the λ path (OpenMM alone), MBAR over them, BAR on the ends beside it."""
+    from .io import load_samples
+    from .systems.alchemical import path_target
+    from .systems.catalog import simulate_defaults
+    from .weights import mbar_path
+
+    lambdas = path_lambda_states(a, b, lambda_states)
+    paths, du = [], []
+    for k, lam in enumerate(lambdas):
+        end = {0: "from", len(lambdas) - 1: "to"}.get(k)
+        path = os.path.join(output_dir, f"md_{end}.h5" if end else f"md_lambda_{lam:.4f}.h5")
+        if end is None:
+            # The intermediate states take the MD settings of the first end (the same molecule).
+            target = path_target(a, b, float(lam))
+            try:
+                simulate_training_data(
+                    target, frames, path, seed=seed + k, progress=progress, **simulate_defaults(a.name, a)
+                )
+            finally:
+                target.close()
+        else:
+            simulate_training_data(a if end == "from" else b, frames, path, seed=seed + k, progress=progress)
+        x = load_samples(path, topology=a.topology if a.is_molecular else None).x
+        du.append(_reduced_energies(b, x) - _reduced_energies(a, x))
+        paths.append(path)
+    out = mbar_path(du, lambdas)
+    out.update(method="mbar", lambdas=[float(v) for v in lambdas], samples=[os.path.abspath(p) for p in paths])
+    ends = _free_energy_from_files(a, b, paths[0], paths[-1], seed)
+    out["bar_ends"] = {k: v for k, v in ends.items() if k not in ("samples_from", "samples_to")}
+    out.update(samples_from=os.path.abspath(paths[0]), samples_to=os.path.abspath(paths[-1]))
+    return out
+
+
+def _reduced_energies(target, x) -> np.ndarray:
+    import torch
+
+    return target.reduced_energy(torch.as_tensor(np.asarray(x, dtype=np.float64))).detach().numpy()
 
 
 def _free_energy_from_files(a, b, path_a: str, path_b: str, seed: int) -> dict:

@@ -2,9 +2,11 @@
 
 Built-in systems are loaded by name with :func:`load`; any OpenMM System becomes a target with
 :func:`from_openmm` (or :func:`from_pdb` for a structure plus force-field XML files, or
-:func:`from_sequence` for a capped peptide built from its sequence).
+:func:`from_sequence` for a capped peptide built from its sequence). :func:`path_target` joins two
+OpenMM targets of one molecule by the linear path (1 − λ) u_A + λ u_B.
 """
 
+from .alchemical import interpolated_system, path_target
 from .base import TargetSystem, TemperedTarget, energies_and_forces
 from .catalog import describe, load, names, resolve, target_recipe
 from .gmm import GaussianMixture
@@ -28,4 +30,6 @@ __all__ = [
     "from_sequence",
     "from_openmm",
     "from_pdb",
+    "interpolated_system",
+    "path_target",
 ]
