@@ -121,6 +121,12 @@ def _recipe_from_args(args) -> Optional[dict]:
     if not any(getattr(args, k, None) is not None for k in _FILE_TARGET_KEYS):
         return None
     recipe = {k: getattr(args, k) for k in (*_FILE_TARGET_KEYS, "temperature") if getattr(args, k, None) is not None}
+    from .systems.catalog import check_target_flags
+
+    try:  # complete before anything runs (train builds the target only at its end)
+        check_target_flags(**{k: v for k, v in recipe.items() if k != "temperature"})
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     for k in ("pdb", "system_xml", "topology"):
         if k in recipe:
             recipe[k] = os.path.abspath(recipe[k])

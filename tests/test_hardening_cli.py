@@ -320,3 +320,30 @@ def test_killed_train_processes_leave_no_worker_and_the_rerun_is_undisturbed(tmp
     with open(run / "train_log.csv") as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle)]
     assert steps == list(range(20, 301, 20))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--solvent", "obc2"], "--solvent goes with --sequence"),
+        (["--system-xml", "system.xml"], "--system-xml and --topology go together"),
+        (["--pdb", "x.pdb"], "--pdb and --forcefield go together"),
+        (["--sequence", "AA", "--pdb", "x.pdb"], "name the target in exactly one way"),
+    ],
+)
+def test_train_refuses_half_given_target_flags_before_reading_anything(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "absent.h5"), "-o", str(out), "--no-progress", *flags]) == 2
+    assert message in _one_line_error(capsys, "train")
+    assert not out.exists()
+
+
+def test_free_energy_output_directory_is_locked(tmp_path, capsys):
+    from boltzgen.guards import output_lock
+
+    out = tmp_path / "fe"
+    with output_lock(str(out), "output directory"):
+        argv = ["free-energy", "--from", "gmm-two-modes", "--to", "gmm-two-modes", "--temperature-to", "2"]
+        assert main([*argv, "-o", str(out), "--frames", "50", "--no-progress"]) != 0
+    assert "is being written by another boltzgen run" in _one_line_error(capsys, "free-energy")
+    assert not (out / "md_from.h5").exists()

@@ -403,6 +403,42 @@ def describe() -> list[dict]:
     return rows
 
 
+def check_target_flags(
+    system=None, pdb=None, forcefield=None, system_xml=None, topology=None, sequence=None, solvent=None
+) -> None:
+    """Check that a target is named in exactly one complete way, without building it.
+
+    Parameters
+    ----------
+    system, pdb, forcefield, system_xml, topology, sequence, solvent
+        As in :func:`resolve`; None where not given.
+
+    Raises
+    ------
+    ValueError
+        No way or two ways of naming the target, or one way half given (``--pdb`` without
+        ``--forcefield``, ``--system-xml`` without ``--topology``, ``--solvent`` without
+        ``--sequence``); the message names the flags that go together.
+    """
+    given = [
+        system is not None,
+        pdb is not None or (forcefield is not None and sequence is None),
+        system_xml is not None or topology is not None,
+        sequence is not None,
+    ]
+    if solvent is not None and sequence is None:
+        raise ValueError("--solvent goes with --sequence (with --pdb, add the implicit-solvent XML to --forcefield)")
+    if sum(given) != 1:
+        raise ValueError(
+            "name the target in exactly one way: --system NAME, --pdb FILE --forcefield XML [XML ...], "
+            "--system-xml FILE --topology FILE, or --sequence SEQ [--forcefield XML] [--solvent MODEL]"
+        )
+    if (pdb is not None or forcefield is not None) and sequence is None and (pdb is None or not forcefield):
+        raise ValueError("--pdb and --forcefield go together")
+    if (system_xml is None) != (topology is None):
+        raise ValueError("--system-xml and --topology go together")
+
+
 def resolve(
     system: Optional[str] = None,
     *,
@@ -461,19 +497,7 @@ def resolve(
     ValueError
         Unless the target is named in exactly one way.
     """
-    given = [
-        system is not None,
-        pdb is not None or (forcefield is not None and sequence is None),
-        system_xml is not None or topology is not None,
-        sequence is not None,
-    ]
-    if sum(given) != 1:
-        raise ValueError(
-            "name the target in exactly one way: --system NAME, --pdb FILE --forcefield XML [XML ...], "
-            "--system-xml FILE --topology FILE, or --sequence SEQ [--forcefield XML] [--solvent MODEL]"
-        )
-    if solvent is not None and sequence is None:
-        raise ValueError("--solvent goes with --sequence (with --pdb, add the implicit-solvent XML to --forcefield)")
+    check_target_flags(system, pdb, forcefield, system_xml, topology, sequence, solvent)
     t = 300.0 if temperature is None else temperature
     if system is not None:
         if dim is not None:
@@ -485,14 +509,10 @@ def resolve(
         from .peptides import from_sequence
 
         return from_sequence(sequence, forcefield or ["amber14-all.xml"], solvent or "vacuum", t, **options)
-    if pdb is not None or forcefield is not None:
-        if pdb is None or not forcefield:
-            raise ValueError("--pdb and --forcefield go together")
+    if pdb is not None:
         from .openmm_target import from_pdb
 
         return from_pdb(pdb, forcefield, t, **options)
-    if system_xml is None or topology is None:
-        raise ValueError("--system-xml and --topology go together")
     from .openmm_target import from_openmm
 
     return from_openmm(system_xml, os.fspath(topology), t, **options)
