@@ -624,6 +624,7 @@ def _state_tables(metrics: dict) -> str:
             "delta_f_err_kT": "Standard error (kT)",
             "reference_delta_f_kT": "Reference free-energy difference (kT)",
             "reference_delta_f_err_kT": "Reference standard error (kT)",
+            "torsion_w2": "Torsion W2 of (φ, ψ) (rad)",
         }
         keys = [k for k in labels if any(k in entry for entry in per_residue.values())]
         rows = [[residue] + [entry.get(k) for k in keys] for residue, entry in per_residue.items()]
@@ -785,6 +786,15 @@ def _torsion_analysis(out_dir, figures, metrics, notes, samples, ref, lw, ref_lw
         columns = [np.stack([a for _, phi, psi in t for a in (phi, psi)], 1) for t in (tors, ref_tors)]
         metrics["torsion_w2"] = A.torsion_w2(*columns, samples.log_weights, ref.log_weights, n=n_w2, seed=seed)
         metrics["torsion_w2_n"] = n_w2
+        for (residue, phi, psi), (_, ref_phi, ref_psi) in zip(tors, ref_tors):  # each residue's own torus
+            metrics["per_residue"].setdefault(residue, {})["torsion_w2"] = A.torsion_w2(
+                np.stack([phi, psi], 1),
+                np.stack([ref_phi, ref_psi], 1),
+                samples.log_weights,
+                ref.log_weights,
+                n=n_w2,
+                seed=seed,
+            )
 
 
 def _per_residue(samples, ref, lw, ref_lw, seed, blocks) -> dict:

@@ -468,6 +468,14 @@ def test_analyze_peptide_with_several_residues(tmp_path):
         assert entry["delta_f_kT"] == pytest.approx(-math.log(n_pos / (300 - n_pos)), abs=1e-9)
         assert entry["reference_delta_f_kT"] == pytest.approx(entry["delta_f_kT"], abs=1e-9)
     assert metrics["torsion_w2"] == pytest.approx(0.0, abs=1e-12)  # the same frames in another order
+    # per residue with both torsions (ALA3, the last, has no psi here)
+    assert metrics["per_residue"]["ALA2"]["torsion_w2"] == pytest.approx(0.0, abs=1e-12)
+    assert "torsion_w2" not in metrics["per_residue"]["ALA3"]
+    other = str(tmp_path / "other.h5")
+    save_samples(other, np.random.default_rng(4).normal(0.0, 0.3, (300, top.n_atoms, 3)), topology=top)
+    shifted = analyze(path, str(tmp_path / "out2"), reference=other)
+    assert shifted["per_residue"]["ALA2"]["torsion_w2"] == pytest.approx(shifted["torsion_w2"], rel=1e-9)
+    assert shifted["torsion_w2"] > 0.05
     page = (tmp_path / "out" / "index.html").read_text()
     assert "<h2>States</h2>" in page and "<td>ALA3</td>" in page
 
