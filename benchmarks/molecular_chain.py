@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
         default=defaults.get("runs", 1),
         help="independent SMC runs sharing the particles (boltzgen sample --runs)",
     )
-    parser.add_argument("--losses", default=",".join(LOSSES), help="objectives to compare")
+    parser.add_argument("--losses", default=defaults.get("losses", ",".join(LOSSES)), help="objectives to compare")
     parser.add_argument("--threads", type=int, help="torch threads of training (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the whole chain")
@@ -276,6 +276,13 @@ def markdown(out: dict) -> str:
             f"| {df} | {ref} | {f(r.get('train_seconds_per_step'), '.2f')} | {f(r.get('train_seconds'), '.0f')} "
             f"| {f(r.get('sample_seconds'), '.0f')} |"
         )
+    for loss, r in out["results"].items():
+        for residue, entry in (r.get("per_residue") or {}).items():
+            lines.append(
+                f"- {loss} {residue}: torsion W2 {f(entry.get('torsion_w2'))} rad, ΔF(φ>0 − φ<0) "
+                f"{f(entry.get('delta_f_kT'), '.2f')} ± {f(entry.get('delta_f_err_kT'), '.2f')} kT (reference "
+                f"{f(entry.get('reference_delta_f_kT'), '.2f')} ± {f(entry.get('reference_delta_f_err_kT'), '.2f')})"
+            )
     if out.get("published_anchors"):
         lines += ["", f"published anchors: {out['published_anchors']}"]
     return "\n".join(lines) + "\n"

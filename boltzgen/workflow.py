@@ -1351,7 +1351,12 @@ def quickstart(
         analysed = analyze(samples, report_dir, reference, run_dir=run_dir, seed=seed)
         seconds["analyze"] = time.perf_counter() - start
         summary.update(
-            {k: v for k, v in analysed.items() if k in ("energy_w2", "torsion_w2") or k.startswith("reference_")}
+            {
+                k: v
+                for k, v in analysed.items()
+                if k in ("energy_w2", "torsion_w2", "per_residue", "d_centre_fraction", "cis_bond_fraction")
+                or k.startswith("reference_")
+            }
         )
         summary["reference"] = os.path.abspath(reference)
     summary["stage_seconds"] = seconds
