@@ -895,6 +895,7 @@ def free_energy(
     runs: int = 4,
     md_frames: int = 2000,
     lambda_states: Optional[int] = None,
+    md_options: Optional[dict] = None,
     settings=None,
     seed: int = 0,
     progress: bool = True,
@@ -933,6 +934,9 @@ def free_energy(
     lambda_states : int, optional
         States on the λ path of the MD route, ends included, evenly spaced in λ (2: the ends
         alone). Default: 5 for two OpenMM targets at one temperature, else 2.
+    md_options : dict, optional
+        Options of :func:`boltzgen.md.simulate` for every state of the MD route (``replicas``,
+        ``t_max``, ``stride``, ``equilibration``, …) over the targets' defaults.
     settings : SMCSettings or dict, optional
         Sampler settings (model route).
     seed : int
@@ -978,7 +982,7 @@ def free_energy(
                 elif route == "samples":
                     out = _free_energy_from_files(a, b, samples_from, samples_to, seed)
                 else:
-                    out = _free_energy_by_md(a, b, lambda_states, md_frames, output_dir, seed, progress)
+                    out = _free_energy_by_md(a, b, lambda_states, md_frames, output_dir, seed, progress, md_options)
             finally:
                 if own_b:
                     b.close()
@@ -1064,7 +1068,7 @@ def path_lambda_states(a, b, lambda_states: Optional[int] = None) -> np.ndarray:
     return np.linspace(0.0, 1.0, int(lambda_states))
 
 
-def _free_energy_by_md(a, b, lambda_states, frames: int, output_dir: str, seed: int, progress: bool) -> dict:
+def _free_energy_by_md(a, b, lambda_states, frames, output_dir, seed, progress, md_options=None) -> dict:
     """MD at every state of the λ path (OpenMM alone), MBAR over them, BAR on the ends beside it."""
     from .io import load_samples
     from .systems.alchemical import path_target
@@ -1076,17 +1080,17 @@ def _free_energy_by_md(a, b, lambda_states, frames: int, output_dir: str, seed: 
     for k, lam in enumerate(lambdas):
         end = {0: "from", len(lambdas) - 1: "to"}.get(k)
         path = os.path.join(output_dir, f"md_{end}.h5" if end else f"md_lambda_{lam:.4f}.h5")
+        options = dict(md_options or {})
         if end is None:
             # The intermediate states take the MD settings of the first end (the same molecule).
             target = path_target(a, b, float(lam))
             try:
-                simulate_training_data(
-                    target, frames, path, seed=seed + k, progress=progress, **simulate_defaults(a.name, a)
-                )
+                options = {**simulate_defaults(a.name, a), **options}
+                simulate_training_data(target, frames, path, seed=seed + k, progress=progress, **options)
             finally:
                 target.close()
         else:
-            simulate_training_data(a if end == "from" else b, frames, path, seed=seed + k, progress=progress)
+            simulate_training_data(a if end == "from" else b, frames, path, seed=seed + k, progress=progress, **options)
         x = load_samples(path, topology=a.topology if a.is_molecular else None).x
         du.append(_reduced_energies(b, x) - _reduced_energies(a, x))
         paths.append(path)
