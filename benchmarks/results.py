@@ -455,6 +455,15 @@ BENCHMARKS = [
         "energy W2 against a 10 000-sample MALA reference",
     ),
     Benchmark(
+        "lj55",
+        "python benchmarks/lj55.py  # -> bench-results/lj55.json",
+        CHAIN_COLUMNS,
+        chain_rows,
+        lambda b: b.get("benchmark") == "lj55 chain",
+        "energy W2 against a 5000-sample MALA reference; published samplers trained from the energy alone "
+        "(GPU): energy W2 21–28",
+    ),
+    Benchmark(
         "peptides",
         "python benchmarks/peptides.py --system ala3  # -> bench-results/peptides-ala3.json",
         [
