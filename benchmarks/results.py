@@ -126,9 +126,9 @@ def composition_rows(blob: dict) -> list[list[str]]:
             [
                 name,
                 fmt(r.get("train_seconds"), ".0f"),
-                f"{plus_minus(p['left'], p['left_err'])} ({fmt(p['exact_left'])})",
+                f"{plus_minus(p['left'], p['left_err'], '.3f')} ({fmt(p['exact_left'])})",
                 plus_minus(p["log_z_error"], p["log_z_err"]),
-                f"{plus_minus(m['left'], m['left_err'])} ({fmt(m['exact_left'])})",
+                f"{plus_minus(m['left'], m['left_err'], '.3f')} ({fmt(m['exact_left'])})",
                 plus_minus(m["log_z_error"], m["log_z_err"]),
             ]
         )
