@@ -419,6 +419,7 @@ def cmd_free_energy(args) -> int:
         runs=args.runs,
         md_frames=args.frames,
         lambda_states=args.lambda_states,
+        path_levels=args.path_levels,
         settings=settings,
         seed=args.seed,
         progress=not args.no_progress,
@@ -899,8 +900,9 @@ def build_parser() -> argparse.ArgumentParser:
         "free-energy",
         help="free-energy difference between two targets on the same molecule",
         description="F_to - F_from = -log(Z_to / Z_from) in kT. With --model, one trained model "
-        "proposes for both targets by SMC (the model's normaliser cancels), with BAR on the two "
-        "weighted sample sets beside it; with --samples-from/--samples-to, BAR on sample files of "
+        "proposes for the first target by SMC and each run is carried on to the second along the "
+        "linear path between them (the model's normaliser cancels), with BAR on the two weighted "
+        "sample sets beside it; with --samples-from/--samples-to, BAR on sample files of "
         "both ends; with neither, OpenMM alone: replica-exchange MD at both ends and at intermediate "
         "states of the linear path between them (into -o DIR), then MBAR.",
     )
@@ -912,7 +914,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-from", metavar="FILE", help="sample file of A (the BAR route, with --samples-to)")
     p.add_argument("--samples-to", metavar="FILE", help="sample file of B")
     p.add_argument("-n", type=int, default=1024, help="SMC particles per target (default 1024)")
-    p.add_argument("--runs", type=int, default=4, help="independent SMC runs per target (default 4)")
+    p.add_argument("--runs", type=int, default=4, help="independent SMC runs (default 4)")
+    p.add_argument(
+        "--path-levels",
+        type=int,
+        default=16,
+        metavar="K",
+        help="with --model: carry each SMC run to --from on to --to in K steps of the path "
+        "(1-l) u_from + l u_to (default 16; 0: a separate SMC run to each target)",
+    )
     p.add_argument("--frames", type=int, default=2000, help="MD route: frames per state (default 2000)")
     p.add_argument(
         "--lambda-states",

@@ -27,7 +27,13 @@ import torch
 
 from .weights import bar, logsumexp, normalized_weights
 
-__all__ = ["check_same_particles", "delta_f_from_samples", "delta_f_from_model", "transfer_tempering"]
+__all__ = [
+    "check_same_particles",
+    "delta_f_from_samples",
+    "anneal_between_targets",
+    "delta_f_from_model",
+    "transfer_tempering",
+]
 
 
 def check_same_particles(target_a, target_b) -> None:
@@ -135,6 +141,108 @@ def delta_f_from_samples(
     }
 
 
+def anneal_between_targets(
+    x,
+    log_w,
+    target_a,
+    target_b,
+    *,
+    n_levels: int = 16,
+    mcmc_steps: int = 5,
+    step_size: Optional[float] = None,
+    ess_threshold: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+) -> dict:
+    """Move weighted samples of A to B by SMC along u_λ = (1 − λ) u_A + λ u_B; log(Z_B / Z_A).
+
+    At each of ``n_levels`` equal steps in λ the particles are reweighted by exp(−Δλ (u_B − u_A)),
+    resampled (systematic) when their ESS fraction falls below ``ess_threshold``, and moved by
+    ``mcmc_steps`` MALA steps that leave u_λ invariant (the step size is re-tuned between levels
+    from the acceptance of the last level, never during one). The normalised mean of each level's
+    incremental weights multiplies up to an unbiased estimate of Z_B / Z_A (Del Moral et al.
+    2006), whatever proposed the samples of A: only its weights matter, not its normaliser.
+
+    Parameters
+    ----------
+    x : tensor or array, shape (B, *event_shape)
+        Samples of A in the targets' units.
+    log_w : array, shape (B,)
+        Their log-weights as samples of A (any constant offset; −inf for weight zero).
+    target_a, target_b : TargetSystem
+        The ends (same particles).
+    n_levels : int
+        λ steps, at least 1.
+    mcmc_steps : int
+        MALA steps per level (0: reweighting alone, the annealed importance estimate).
+    step_size : float, optional
+        Initial MALA step h (units of x squared); default 1e-6 for molecules (nm²), 1e-2 otherwise.
+    ess_threshold : float
+        Resample when the ESS fraction falls below this.
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    dict
+        ``log_ratio`` (log Ẑ_B / Ẑ_A, so ΔF = −log_ratio), ``x`` (samples of B, float64 tensor),
+        ``log_w`` (their log-weights), ``u_b`` (u_B on them), ``ess_fraction`` (at the end),
+        ``n_resampling``, ``acceptance`` (mean MALA acceptance over the levels).
+
+    Raises
+    ------
+    ValueError
+        Targets of other particles, fewer than 1 level, or samples without weight.
+    """
+    from .sampling.mcmc import energy_and_grad, run_mcmc
+    from .sampling.resampling import ess_fraction, resample
+
+    check_same_particles(target_a, target_b)
+    if n_levels < 1:
+        raise ValueError(f"n_levels must be at least 1, got {n_levels}")
+    x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    log_w = torch.as_tensor(np.asarray(log_w, dtype=np.float64)).clone()
+    if x.shape[0] != log_w.shape[0] or not torch.isfinite(log_w).any():
+        raise ValueError(f"need one finite log-weight per sample ({x.shape[0]} samples, {log_w.shape[0]} log-weights)")
+    mean_free = bool(target_a.is_molecular)
+    h = step_size if step_size is not None else (1e-6 if mean_free else 1e-2)
+    u_a, g_a = energy_and_grad(target_a, x)
+    u_b, g_b = energy_and_grad(target_b, x)
+    log_ratio, n_resampling, acceptance = 0.0, 0, []
+    lambdas = np.linspace(0.0, 1.0, n_levels + 1)
+    for k in range(1, n_levels + 1):
+        lam, step = float(lambdas[k]), float(lambdas[k] - lambdas[k - 1])
+        increment = torch.where(torch.isfinite(u_b - u_a), -step * (u_b - u_a), torch.full_like(u_a, -math.inf))
+        log_ratio += float(torch.logsumexp(log_w - torch.logsumexp(log_w, 0) + increment, 0))
+        log_w = log_w + increment
+        if ess_fraction(log_w) < ess_threshold:
+            keep = resample(log_w, generator)
+            x, u_a, u_b, g_a, g_b = (v[keep] for v in (x, u_a, u_b, g_a, g_b))
+            log_w = torch.zeros_like(log_w)
+            n_resampling += 1
+        if mcmc_steps > 0:
+
+            def energy(y, lam=lam):
+                ua, ga = energy_and_grad(target_a, y)
+                ub, gb = energy_and_grad(target_b, y)
+                return (1 - lam) * ua + lam * ub, (1 - lam) * ga + lam * gb
+
+            moved = run_mcmc(x, energy, mcmc_steps, generator, step_size=h, adapt=None, mean_free=mean_free)
+            x = moved.state.x.detach()
+            rate = float(moved.acceptance.mean())
+            acceptance.append(rate)
+            h *= math.exp(2.0 * (rate - 0.574))  # for the next level (a Robbins–Monro step)
+            u_a, g_a = energy_and_grad(target_a, x)
+            u_b, g_b = energy_and_grad(target_b, x)
+    return {
+        "log_ratio": log_ratio,
+        "x": x,
+        "log_w": log_w.numpy(),
+        "u_b": u_b.numpy(),
+        "ess_fraction": ess_fraction(log_w),
+        "n_resampling": n_resampling,
+        "acceptance": float(np.mean(acceptance)) if acceptance else None,
+    }
+
+
 def _smc_end(model, target, n: int, runs: int, settings, generator) -> dict:
     """R SMC runs to one target (:func:`~boltzgen.sampling.smc.smc_runs`): pooled samples,
     log-weights, their reduced energies and the runs' log Z."""
@@ -148,7 +256,35 @@ def _smc_end(model, target, n: int, runs: int, settings, generator) -> dict:
         "log_z_runs": np.array([r.log_z for r in results], dtype=np.float64),
         "log_z": log_z,
         "warnings": [w for r in results for w in r.warnings],
+        "results": results,
     }
+
+
+def _path_end(model, target_a, target_b, n, runs, settings, generator, levels, mcmc_steps) -> tuple:
+    """SMC runs to A, each carried on to B by :func:`anneal_between_targets`: both ends' pooled
+    samples (as :func:`_smc_end` gives them) and the runs' log(Ẑ_B / Ẑ_A)."""
+    from .weights import pool_runs
+
+    a = _smc_end(model, target_a, n, runs, settings, generator)
+    results = a.pop("results")
+    moved = [
+        anneal_between_targets(
+            r.x, r.log_weights, target_a, target_b, n_levels=levels, mcmc_steps=mcmc_steps, generator=generator
+        )
+        for r in results
+    ]
+    log_ratio = np.array([m["log_ratio"] for m in moved], dtype=np.float64)
+    log_z_b_runs = a["log_z_runs"] + log_ratio
+    b = {
+        "x": torch.cat([m["x"] for m in moved]).numpy(),
+        "u": np.concatenate([m["u_b"] for m in moved]),
+        "log_w": pool_runs([m["log_w"] for m in moved], log_z_b_runs),
+        "log_z_runs": log_z_b_runs,
+        "log_z": float(logsumexp(log_z_b_runs) - math.log(runs)),
+        "warnings": [],
+        "acceptance": [m["acceptance"] for m in moved],
+    }
+    return a, b, log_ratio
 
 
 def delta_f_from_model(
@@ -160,10 +296,21 @@ def delta_f_from_model(
     *,
     settings=None,
     settings_b=None,
+    path_levels: int = 0,
+    path_mcmc_steps: int = 5,
     generator=None,
     seed: int = 0,
 ) -> dict:
     """ΔF = F_B − F_A (kT) from one energy model proposing for both targets by SMC.
+
+    Two estimators. With ``path_levels = 0`` the model proposes for each target by its own SMC
+    runs and ΔF = log Ẑ_A − log Ẑ_B: the model's normaliser cancels on average, but each end
+    carries the run-to-run noise of the whole diffusion path. With ``path_levels = K > 0`` each
+    SMC run to A is carried on to B along u_λ = (1 − λ) u_A + λ u_B in K steps
+    (:func:`anneal_between_targets`): ΔF = −log of the runs' Ẑ_A-weighted mean of Ẑ_B / Ẑ_A, in
+    which the model's normaliser and its path noise cancel exactly; only the accuracy of the
+    weighted samples of A and the overlap of the two targets set the error, and the second SMC
+    run is not needed.
 
     Parameters
     ----------
@@ -179,7 +326,11 @@ def delta_f_from_model(
         Sampler settings (default: those of ``boltzgen sample``).
     settings_b : SMCSettings, optional
         Settings of the runs to B (default: ``settings``), e.g. tempered by
-        :func:`transfer_tempering` when B is hotter.
+        :func:`transfer_tempering` when B is hotter (not used with ``path_levels``).
+    path_levels : int
+        λ steps from A to B (0: an SMC run to each target instead).
+    path_mcmc_steps : int
+        MALA steps per λ step.
     generator : torch.Generator, optional
     seed : int
         Seed of BAR's bootstrap.
@@ -188,7 +339,9 @@ def delta_f_from_model(
     -------
     dict
         ``delta_f_kT`` ± ``delta_f_err_kT`` from the SMC normalisers (log Ẑ_A − log Ẑ_B, the
-        error from the spread of the runs' log Z over √runs, both ends in quadrature), ``log_z_a``, ``log_z_b`` with their runs,
+        error from the spread of the runs' log Z over √runs, both ends in quadrature; with
+        ``path_levels`` the spread of the runs' −log(Ẑ_B / Ẑ_A) over √runs), ``method``
+        (``"smc"`` or ``"smc+path"``), ``log_z_a``, ``log_z_b`` with their runs,
         ``bar`` (:func:`delta_f_from_samples` on the two weighted sample sets), ``ess_a``,
         ``ess_b`` (fractions) and the sampler's ``warnings``; ``samples`` holds the two pooled
         sample sets (``x_a``, ``log_w_a``, ``u_a`` (u_A on them), ``x_b``, ``log_w_b``, ``u_b``) for
@@ -205,19 +358,31 @@ def delta_f_from_model(
     if runs < 2:
         raise ValueError(f"the error of ΔF comes from the spread of independent runs: runs must be >= 2, got {runs}")
     generator = generator if generator is not None else torch.Generator().manual_seed(seed)
-    plan = (("a", target_a, settings), ("b", target_b, settings if settings_b is None else settings_b))
-    ends = {name: _smc_end(model, t, n, runs, s, generator) for name, t, s in plan}
-    a, b = ends["a"], ends["b"]
-    # the spread of the runs' log Z over √R: honest also when one run dominates the pooled Ẑ (the
-    # delta method on Ẑ_r / Ẑ is then bounded by 1 and hides that the runs disagree)
-    err = [np.std(e["log_z_runs"], ddof=1) / math.sqrt(runs) for e in (a, b)]
+    path = {}
+    if path_levels > 0:
+        a, b, log_ratio = _path_end(
+            model, target_a, target_b, n, runs, settings, generator, path_levels, path_mcmc_steps
+        )
+        delta_f = float(logsumexp(a["log_z_runs"]) - logsumexp(a["log_z_runs"] + log_ratio))
+        error = float(np.std(log_ratio, ddof=1) / math.sqrt(runs))
+        path = {"path_levels": int(path_levels), "delta_f_runs_kT": (-log_ratio).tolist()}
+        path["path_acceptance"] = b.pop("acceptance")
+    else:
+        plan = (("a", target_a, settings), ("b", target_b, settings if settings_b is None else settings_b))
+        a, b = (_smc_end(model, t, n, runs, s_, generator) for _, t, s_ in plan)
+        a.pop("results"), b.pop("results")
+        delta_f = a["log_z"] - b["log_z"]
+        # the spread of the runs' log Z over √R: honest also when one run dominates the pooled Ẑ
+        # (the delta method on Ẑ_r / Ẑ is then bounded by 1 and hides that the runs disagree)
+        error = float(math.hypot(*(np.std(e["log_z_runs"], ddof=1) / math.sqrt(runs) for e in (a, b))))
     two_sided = delta_f_from_samples(
         target_a, target_b, a["x"], b["x"], a["log_w"], b["log_w"], u_a=a["u"], u_b=b["u"], seed=seed
     )
     return {
-        "delta_f_kT": a["log_z"] - b["log_z"],
-        "delta_f_err_kT": float(math.hypot(*err)),
-        "method": "smc",
+        "delta_f_kT": delta_f,
+        "delta_f_err_kT": error,
+        "method": "smc+path" if path else "smc",
+        **path,
         "log_z_a": a["log_z"],
         "log_z_b": b["log_z"],
         "log_z_runs_a": a["log_z_runs"].tolist(),

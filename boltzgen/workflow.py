@@ -896,6 +896,7 @@ def free_energy(
     md_frames: int = 2000,
     lambda_states: Optional[int] = None,
     md_options: Optional[dict] = None,
+    path_levels: int = 16,
     settings=None,
     seed: int = 0,
     progress: bool = True,
@@ -905,9 +906,13 @@ def free_energy(
 
     One route, by what is given (:mod:`boltzgen.free_energy`):
 
-    - ``run_dir``: a trained model proposes for both targets by SMC (``runs`` runs of ``n`` / runs
-      particles each); ΔF from the two log Z estimates, with BAR on the two weighted sample sets
-      beside it. The weighted samples are written to ``output_dir`` when given.
+    - ``run_dir``: a trained model proposes for the first target by SMC (``runs`` runs of
+      ``n`` / runs particles each) and each run is carried on to the second along the λ path in
+      ``path_levels`` steps; ΔF from the runs' ratios Ẑ_to / Ẑ_from, in which the model's
+      normaliser cancels exactly (``path_levels=0``: an SMC run to each target and the difference
+      of their log Z instead); BAR on the two weighted sample sets beside it
+      (:func:`boltzgen.free_energy.delta_f_from_model`). The weighted samples are written to
+      ``output_dir`` when given.
     - ``samples_from`` and ``samples_to``: sample files of both ends (MD, or weighted samples);
       BAR on them.
     - neither: the plain MD route, with OpenMM alone. ``simulate_training_data`` (the targets'
@@ -934,6 +939,8 @@ def free_energy(
     lambda_states : int, optional
         States on the λ path of the MD route, ends included, evenly spaced in λ (2: the ends
         alone). Default: 5 for two OpenMM targets at one temperature, else 2.
+    path_levels : int
+        λ steps of the model route from the first target to the second (0: two SMC runs).
     md_options : dict, optional
         Options of :func:`boltzgen.md.simulate` for every state of the MD route (``replicas``,
         ``t_max``, ``stride``, ``equilibration``, …) over the targets' defaults.
@@ -978,7 +985,9 @@ def free_energy(
             try:
                 check_same_particles(a, b)
                 if route == "model":
-                    out = _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, output_dir)
+                    out = _free_energy_by_model(
+                        run_dir, a, b, n, runs, settings, seed, progress, output_dir, path_levels
+                    )
                 elif route == "samples":
                     out = _free_energy_from_files(a, b, samples_from, samples_to, seed)
                 else:
@@ -996,7 +1005,7 @@ def free_energy(
     return out
 
 
-def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, output_dir) -> dict:
+def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, output_dir, path_levels=16) -> dict:
     import torch
 
     from .free_energy import check_same_particles, delta_f_from_model, transfer_tempering
@@ -1014,6 +1023,7 @@ def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, outp
         runs,
         settings=transfer_tempering(settings, model, a),
         settings_b=transfer_tempering(settings, model, b),
+        path_levels=path_levels,
         generator=torch.Generator().manual_seed(seed),
         seed=seed,
     )

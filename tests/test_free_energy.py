@@ -151,3 +151,50 @@ def test_transfer_tempering_tempers_the_proposal_and_stays_exact():
     x, lw = out["samples"]["x_b"], out["samples"]["log_w_b"]
     w = np.exp(lw - lw.max())
     assert abs(float(w[x @ gmm.means[0].numpy() > 0].sum() / w.sum()) - weights[0]) < 0.05
+
+
+def test_model_route_along_the_lambda_path_is_exact_and_needs_no_second_smc():
+    """SMC to A, then each run carried to B by the λ path: the exact tempered ΔF and mode weight,
+    also from a deliberately wrong model (its weights, not its normaliser, matter)."""
+    from boltzgen.free_energy import anneal_between_targets
+
+    gmm = two_modes()
+    hot = TemperedTarget(gmm, 2.0 * gmm.temperature)
+    log_z, weights = tempered_exact(gmm, 0.5)
+    settings = SMCSettings.from_dict({"diffusion": {"n_steps": 40}, "anneal": {"n_levels": 16}})
+    wrong = GaussianMixture(gmm.means.numpy(), np.ones(2), [1.0, 1.0], name="wrong weights")
+    for proposal in (gmm, wrong):
+        model = ExactMarginalModel(proposal, t_min=1e-3)
+        out = delta_f_from_model(
+            model, gmm, hot, n=2000, runs=4, settings=settings, path_levels=16,
+            generator=torch.Generator().manual_seed(2),
+        )  # fmt: skip
+        assert out["method"] == "smc+path" and len(out["delta_f_runs_kT"]) == 4
+        assert abs(out["delta_f_kT"] + log_z) < 4 * out["delta_f_err_kT"] + 0.02, (out["delta_f_kT"], -log_z)
+        assert out["delta_f_err_kT"] < 0.05
+        x, lw = out["samples"]["x_b"], out["samples"]["log_w_b"]
+        w = np.exp(lw - lw.max())
+        first = float(w[x @ gmm.means[0].numpy() > 0].sum() / w.sum())
+        assert abs(first - weights[0]) < 0.05
+    with pytest.raises(ValueError, match="n_levels must be at least 1"):
+        anneal_between_targets(gmm.sample(4), np.zeros(4), gmm, hot, n_levels=0)
+
+
+def test_free_energy_command_model_route_along_the_path(tmp_path, capsys):
+    import json
+
+    from boltzgen.cli import main
+
+    data, run = str(tmp_path / "gmm.h5"), str(tmp_path / "run")
+    assert main(["simulate", "gmm-two-modes", "-n", "256", "-o", data, "--no-progress"]) == 0
+    assert main(["train", "--data", data, "-o", run, "--steps", "20", "--no-progress"]) == 0
+    capsys.readouterr()
+    argv = ["free-energy", "--from", "gmm-two-modes", "--to", "gmm-two-modes", "--temperature-to", "2"]
+    common = ["--model", run, "-n", "128", "--runs", "2", "--diffusion-steps", "10", "--no-progress", "--json"]
+    assert main([*argv, *common, "--path-levels", "4", "-o", str(tmp_path / "fe")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["route"] == "model" and out["method"] == "smc+path" and out["path_levels"] == 4
+    assert math.isfinite(out["delta_f_kT"]) and len(out["delta_f_runs_kT"]) == 2
+    assert (tmp_path / "fe" / "samples_to.h5").exists()
+    assert main([*argv, *common, "--path-levels", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "smc"
