@@ -258,3 +258,24 @@ def test_quench_gives_target_temperature_and_keeps_basins():
         quench(system, hot[:, :2], temperature, time_ps=0.5)
     with pytest.raises(ValueError, match="positive"):
         quench(system, hot, temperature, time_ps=0.0)
+
+
+def test_md_platform_is_cpu_where_reference_interprets_the_forces():
+    """amber14's implicit/obc1.xml is a CustomGBForce (interpreted by Reference, several times slower
+    there); plain force fields stay on Reference; a CustomGBForce inside a CustomCVForce counts."""
+    import openmm
+
+    from boltzgen.md import md_platform
+    from boltzgen.systems import interpolated_system, load
+
+    vacuum, obc1 = load("aldp-vacuum", n_workers=0), load("ala3", n_workers=0)
+    assert md_platform(vacuum.system) == "Reference" and md_platform(obc1.system) == "CPU"
+    gb = next(f for f in obc1.system.getForces() if isinstance(f, openmm.CustomGBForce))
+    plain = openmm.System()
+    for _ in range(obc1.event_shape[0]):
+        plain.addParticle(1.0)
+    wrapped = openmm.CustomCVForce("g")
+    wrapped.addCollectiveVariable("g", openmm.XmlSerializer.clone(gb))
+    plain.addForce(wrapped)
+    assert md_platform(plain) == "CPU"
+    assert md_platform(interpolated_system(load("aldp-vacuum").system, load("aldp-implicit").system)) == "Reference"

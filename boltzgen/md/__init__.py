@@ -6,7 +6,7 @@ The entry point is :func:`simulate`; see :mod:`boltzgen.md.simulate` for the met
 """
 
 from .dynamics import temperature_ladder
-from .simulate import DEFAULTS, METHODS, SimulationResult, ladder_frames, quench_frames, simulate
+from .simulate import DEFAULTS, METHODS, SimulationResult, ladder_frames, md_platform, quench_frames, simulate
 
 __all__ = [
     "simulate",
@@ -14,6 +14,7 @@ __all__ = [
     "temperature_ladder",
     "ladder_frames",
     "quench_frames",
+    "md_platform",
     "DEFAULTS",
     "METHODS",
 ]

@@ -44,7 +44,7 @@ DEFAULTS = {
         "minimize": True,
         "equilibration": 10_000,
         "stride": 500,
-        "platform": "Reference",
+        "platform": "auto",
         "threads": None,
         "replicas": 1,
         "t_max": None,
@@ -159,6 +159,37 @@ def _positive(name, value, integer=False, allow_zero=False):
     return int(value) if integer else float(value)
 
 
+#: Forces that OpenMM's Reference platform evaluates through its expression interpreter, several
+#: times slower than the compiled kernels of the CPU platform (benchmarks/RESULTS.md, issue notes).
+INTERPRETED_FORCES = ("CustomGBForce", "CustomNonbondedForce", "CustomManyParticleForce", "CustomHbondForce")
+
+
+def md_platform(system) -> str:
+    """The OpenMM platform that runs MD of ``system`` fastest on a CPU (``platform="auto"``).
+
+    Reference for the plain force fields of small molecules (the least overhead per step); CPU when
+    a force is one the Reference platform interprets (:data:`INTERPRETED_FORCES`, e.g. the
+    ``CustomGBForce`` of amber14's implicit/obc1.xml), also inside a ``CustomCVForce``.
+
+    Parameters
+    ----------
+    system : openmm.System
+
+    Returns
+    -------
+    str
+        ``"CPU"`` or ``"Reference"``.
+    """
+
+    def kinds(forces):
+        for force in forces:
+            yield type(force).__name__
+            if hasattr(force, "getNumCollectiveVariables"):
+                yield from kinds(force.getCollectiveVariable(k) for k in range(force.getNumCollectiveVariables()))
+
+    return "CPU" if set(kinds(system.getForces())) & set(INTERPRETED_FORCES) else "Reference"
+
+
 def _resolve(target, method: str, options: dict, seed, temperature) -> dict:
     """Merge options with the method defaults, reject foreign options, validate values."""
     given = {k: v for k, v in options.items() if v is not None}
@@ -179,6 +210,10 @@ def _resolve(target, method: str, options: dict, seed, temperature) -> dict:
         params["stride"] = _positive("stride", params["stride"], integer=True)
         params["equilibration"] = _positive("equilibration", params["equilibration"], integer=True, allow_zero=True)
     if method == "md":
+        if params["platform"] == "auto":
+            params["platform"] = md_platform(target.system) if hasattr(target, "system") else "Reference"
+            if params["platform"] == "CPU" and params["threads"] is None:
+                params["threads"] = 1  # one replica's few atoms: a second thread costs more than it gives
         params["timestep"] = _positive("timestep (fs)", params["timestep"])
         params["friction"] = _positive("friction (1/ps)", params["friction"])
         params["replicas"] = _positive("replicas", params["replicas"], integer=True)
@@ -296,7 +331,8 @@ def simulate(
     minimize : bool
         MD: minimise the start structure first (default True).
     platform : str
-        MD: OpenMM platform, "Reference" (default, deterministic) or "CPU".
+        MD: OpenMM platform, "Reference", "CPU", or "auto" (default: :func:`md_platform`, with
+        one thread when it picks CPU).
     threads : int, optional
         MD: ``Threads`` of the CPU platform.
     replicas : int
