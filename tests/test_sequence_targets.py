@@ -199,3 +199,19 @@ def test_sequence_target_through_every_command(tmp_path, capsys):
     capsys.readouterr()
     assert main(["simulate", "--sequence", "ABA", "-n", "4", "-o", str(tmp_path / "x.h5")]) == 2
     assert "unknown residue 'B'" in capsys.readouterr().err
+
+
+def test_one_sequence_always_builds_the_same_structure():
+    """Modeller's hydrogens are placed with Python's random module: the build seeds it (and leaves
+    the caller's random state alone), so an MD checkpoint of a sequence target can be resumed."""
+    import random
+
+    from boltzgen.systems.peptides import build_capped_peptide
+
+    random.seed(123)
+    expected_next = random.random()
+    random.seed(123)
+    first = build_capped_peptide("AA")[1]
+    assert random.random() == expected_next
+    second = build_capped_peptide("AA")[1]
+    np.testing.assert_array_equal(first, second)

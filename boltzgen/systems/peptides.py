@@ -13,6 +13,7 @@ Conventions: lengths in nm, angles in degrees at this boundary (see docs/design.
 
 from __future__ import annotations
 
+import random
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -223,7 +224,15 @@ def build_capped_peptide(
     top, positions = _add_side_chains(*_backbone_topology(residues, phi, psi))
     ff = app.ForceField(*forcefield)
     modeller = app.Modeller(top, positions * unit.nanometer)
-    modeller.addHydrogens(ff, pH=7.0)
+    # Modeller places hydrogens with Python's global random module: seeded here (and the caller's
+    # state restored) so that one sequence always builds the same structure, which resuming an
+    # MD checkpoint and comparing runs need.
+    state = random.getstate()
+    try:
+        random.seed(0)
+        modeller.addHydrogens(ff, pH=7.0)
+    finally:
+        random.setstate(state)
     xyz = np.asarray(modeller.positions.value_in_unit(unit.nanometer), dtype=np.float64)
     if minimise:
         system = ff.createSystem(modeller.topology, nonbondedMethod=app.NoCutoff, constraints=None)
