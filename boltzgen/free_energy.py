@@ -29,6 +29,7 @@ from .weights import bar, logsumexp, normalized_weights
 
 __all__ = [
     "check_same_particles",
+    "reduced_energies",
     "delta_f_from_samples",
     "anneal_between_targets",
     "delta_f_from_model",
@@ -68,8 +69,21 @@ def check_same_particles(target_a, target_b) -> None:
             )
 
 
-def _energy(target, x: np.ndarray) -> np.ndarray:
-    return target.reduced_energy(torch.as_tensor(x, dtype=torch.float64)).detach().numpy()
+def reduced_energies(target, x) -> np.ndarray:
+    """u(x) of a batch as a float64 NumPy array (no gradient).
+
+    Parameters
+    ----------
+    target : TargetSystem
+    x : array or tensor, shape (B, *event_shape)
+        Configurations in the target's units.
+
+    Returns
+    -------
+    numpy.ndarray, shape (B,)
+        Reduced energies in kT; ``+inf`` where the target cannot evaluate them.
+    """
+    return target.reduced_energy(torch.as_tensor(np.asarray(x, dtype=np.float64))).detach().numpy()
 
 
 def _side_weights(du: np.ndarray, log_w: Optional[np.ndarray]) -> np.ndarray:
@@ -122,10 +136,10 @@ def delta_f_from_samples(
     """
     check_same_particles(target_a, target_b)
     x_a, x_b = np.asarray(x_a, dtype=np.float64), np.asarray(x_b, dtype=np.float64)
-    u_a = _energy(target_a, x_a) if u_a is None else np.asarray(u_a, dtype=np.float64)
-    u_b = _energy(target_b, x_b) if u_b is None else np.asarray(u_b, dtype=np.float64)
-    du_a = _energy(target_b, x_a) - u_a
-    du_b = u_b - _energy(target_a, x_b)
+    u_a = reduced_energies(target_a, x_a) if u_a is None else np.asarray(u_a, dtype=np.float64)
+    u_b = reduced_energies(target_b, x_b) if u_b is None else np.asarray(u_b, dtype=np.float64)
+    du_a = reduced_energies(target_b, x_a) - u_a
+    du_b = u_b - reduced_energies(target_a, x_b)
     est = bar(du_a, du_b, log_w_a, log_w_b, n_bootstrap=n_bootstrap, seed=seed)
     wa, wb = _side_weights(du_a, log_w_a), _side_weights(du_b, log_w_b)
     return {
@@ -204,8 +218,11 @@ def anneal_between_targets(
         raise ValueError(f"need one finite log-weight per sample ({x.shape[0]} samples, {log_w.shape[0]} log-weights)")
     mean_free = bool(target_a.is_molecular)
     h = step_size if step_size is not None else (1e-6 if mean_free else 1e-2)
-    u_a, g_a = energy_and_grad(target_a, x)
-    u_b, g_b = energy_and_grad(target_b, x)
+
+    def ends(y):  # u_A and u_B of the particles
+        return (torch.from_numpy(reduced_energies(t, y)) for t in (target_a, target_b))
+
+    u_a, u_b = ends(x)
     log_ratio, n_resampling, acceptance = 0.0, 0, []
     lambdas = np.linspace(0.0, 1.0, n_levels + 1)
     for k in range(1, n_levels + 1):
@@ -215,7 +232,7 @@ def anneal_between_targets(
         log_w = log_w + increment
         if ess_fraction(log_w) < ess_threshold:
             keep = resample(log_w, generator)
-            x, u_a, u_b, g_a, g_b = (v[keep] for v in (x, u_a, u_b, g_a, g_b))
+            x, u_a, u_b = x[keep], u_a[keep], u_b[keep]
             log_w = torch.zeros_like(log_w)
             n_resampling += 1
         if mcmc_steps > 0:
@@ -230,8 +247,7 @@ def anneal_between_targets(
             rate = float(moved.acceptance.mean())
             acceptance.append(rate)
             h *= math.exp(2.0 * (rate - 0.574))  # for the next level (a Robbins–Monro step)
-            u_a, g_a = energy_and_grad(target_a, x)
-            u_b, g_b = energy_and_grad(target_b, x)
+            u_a, u_b = ends(x)
     return {
         "log_ratio": log_ratio,
         "x": x,

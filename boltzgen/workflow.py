@@ -1080,13 +1080,14 @@ def path_lambda_states(a, b, lambda_states: Optional[int] = None) -> np.ndarray:
 
 def _free_energy_by_md(a, b, lambda_states, frames, output_dir, seed, progress, md_options=None) -> dict:
     """MD at every state of the λ path (OpenMM alone), MBAR over them, BAR on the ends beside it."""
+    from .free_energy import delta_f_from_samples, reduced_energies
     from .io import load_samples
     from .systems.alchemical import path_target
     from .systems.catalog import simulate_defaults
     from .weights import mbar_path
 
     lambdas = path_lambda_states(a, b, lambda_states)
-    paths, du = [], []
+    paths, samples, energies = [], [], []
     for k, lam in enumerate(lambdas):
         end = {0: "from", len(lambdas) - 1: "to"}.get(k)
         path = os.path.join(output_dir, f"md_{end}.h5" if end else f"md_lambda_{lam:.4f}.h5")
@@ -1101,21 +1102,17 @@ def _free_energy_by_md(a, b, lambda_states, frames, output_dir, seed, progress, 
                 target.close()
         else:
             simulate_training_data(a if end == "from" else b, frames, path, seed=seed + k, progress=progress, **options)
-        x = load_samples(path, topology=a.topology if a.is_molecular else None).x
-        du.append(_reduced_energies(b, x) - _reduced_energies(a, x))
+        samples.append(load_samples(path, topology=a.topology if a.is_molecular else None))
+        energies.append((reduced_energies(a, samples[-1].x), reduced_energies(b, samples[-1].x)))
         paths.append(path)
-    out = mbar_path(du, lambdas)
+    out = mbar_path([u_b - u_a for u_a, u_b in energies], lambdas)
     out.update(method="mbar", lambdas=[float(v) for v in lambdas], samples=[os.path.abspath(p) for p in paths])
-    ends = _free_energy_from_files(a, b, paths[0], paths[-1], seed)
-    out["bar_ends"] = {k: v for k, v in ends.items() if k not in ("samples_from", "samples_to")}
+    first, last = samples[0], samples[-1]  # BAR on the ends alone, reusing their energies
+    out["bar_ends"] = delta_f_from_samples(
+        a, b, first.x, last.x, first.log_weights, last.log_weights, u_a=energies[0][0], u_b=energies[-1][1], seed=seed
+    )
     out.update(samples_from=os.path.abspath(paths[0]), samples_to=os.path.abspath(paths[-1]))
     return out
-
-
-def _reduced_energies(target, x) -> np.ndarray:
-    import torch
-
-    return target.reduced_energy(torch.as_tensor(np.asarray(x, dtype=np.float64))).detach().numpy()
 
 
 def _free_energy_from_files(a, b, path_a: str, path_b: str, seed: int) -> dict:
