@@ -421,9 +421,11 @@ class ModelConfig(_Section):
         Grid points of the ``grid`` normaliser.
     output_scale : {"none", "edm"}
         ``edm`` scales the network's score to unit size at every t (molecules).
-    prior : {"none", "bonded"}
+    prior : {"none", "bonded", "forcefield"}
         ``bonded`` builds the force field's bonds, angles and torsions into the energy, diffused
-        to each t (:class:`boltzgen.nn.prior.BondedPrior`; OpenMM targets only).
+        to each t; ``forcefield`` adds its nonbonded pairs (Coulomb and Lennard-Jones without
+        cutoff), so that at t → 0 the prior is the whole vacuum energy
+        (:class:`boltzgen.nn.prior.ForceFieldPrior`; OpenMM targets only).
     prior_fade_width : "auto" or float
         Noise-to-signal ratio σ_t/α_t (model units) at which the prior has faded to half;
         ``auto``: the thermal width of the stiffest bond, beyond which summing separately diffused
@@ -436,10 +438,13 @@ class ModelConfig(_Section):
     log_normaliser: str = _setting("grid", lambda p, v: choice(p, v, _log_normalisers()))
     n_levels: int = _setting(64, lambda p, v: integer(p, v, low=1))
     output_scale: str = _setting("none", lambda p, v: choice(p, v, _output_scales()))
-    prior: str = _setting("none", lambda p, v: choice(p, v, ("none", "bonded")))
+    prior: str = _setting("none", lambda p, v: choice(p, v, PRIORS))
     prior_fade_width: Union[str, float] = _setting(
         "auto", lambda p, v: v if v == "auto" else number(p, v, 0.0, low_open=True)
     )
+
+
+PRIORS = ("none", "bonded", "forcefield")
 
 
 def _losses():

@@ -29,8 +29,11 @@ log p_t (DiffCLF determines F only up to one constant shared by all t). f_φ's p
 their own group (:meth:`EnergyModel.parameter_groups`) so a trainer can give them their own
 learning rate.
 
-E_prior, when the model has one, is the force field's bonded terms diffused to time t
-(:class:`boltzgen.nn.prior.BondedPrior`); the network then learns the rest.
+E_prior, when the model has one, is the force field's terms diffused to time t and faded in as
+the noise drops below the stiffest bond's width (:class:`boltzgen.nn.prior.ForceFieldPrior`); the
+network then learns the rest. A prior built from OpenMM replaces the Gaussian term as it fades in:
+that term is weighted by 1 − f(t), so at t → 0 the energy is E_prior + λ g_θ and the network has
+no ‖x̃‖² of many kT to cancel.
 
 Energies are reduced (dimensionless); x has the units of the data (nm for molecules).
 """
@@ -159,7 +162,7 @@ class EnergyModel(nn.Module):
         JSON-serialisable description of ``net``, stored in :meth:`config` for the caller's
         network factory.
     prior : dict, optional
-        :meth:`boltzgen.nn.prior.BondedPrior.config` of a force-field prior added to the energy.
+        :meth:`boltzgen.nn.prior.ForceFieldPrior.config` of a force-field prior added to the energy.
 
     Attributes
     ----------
@@ -275,10 +278,14 @@ class EnergyModel(nn.Module):
             raise ValueError(
                 f"the network must return one energy per configuration ({x.shape[0]},), got shape {tuple(out.shape)}"
             )
-        energy = 0.5 * sq_norm(xc, self._n_event) / c2 + self._lambda(t) * out.reshape(x.shape[0])
+        gaussian = 0.5 * sq_norm(xc, self._n_event) / c2
+        energy = self._lambda(t) * out.reshape(x.shape[0])
         if self.prior is not None:
-            energy = energy + self.prior(xc, self.schedule.alpha(t), self.schedule.sigma(t))
-        return energy
+            alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+            energy = energy + self.prior(xc, alpha, sigma)
+            if self.prior.replaces_gaussian:
+                gaussian = (1.0 - self.prior.fade(alpha.to(x.dtype), sigma.to(x.dtype))) * gaussian
+        return gaussian + energy
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         """Energy E_θ(x, t); same as :meth:`energy`.

@@ -130,9 +130,9 @@ def build_model(config: dict, event_shape, topology, length_scale: float, prior=
         Atoms of molecular data (network atom embeddings are built from it).
     length_scale : float
         Units of x per unit of the standardised coordinates y.
-    prior : BondedPrior or dict, optional
-        The force-field prior, or its :meth:`~boltzgen.nn.prior.BondedPrior.config` (needed when
-        ``model.prior`` is ``bonded``).
+    prior : ForceFieldPrior or dict, optional
+        The force-field prior, or its :meth:`~boltzgen.nn.prior.ForceFieldPrior.config` (needed
+        when ``model.prior`` is not ``none``).
 
     Returns
     -------
@@ -173,7 +173,7 @@ def _prior_config(model_section: dict, prior) -> Optional[dict]:
         return prior
     if prior is None:
         raise ValueError(
-            "model.prior: bonded needs the target's OpenMM force field; name the system (--system) or "
+            f"model.prior: {model_section['prior']} needs the target's OpenMM force field; name the system (--system) or "
             "set model.prior: none"
         )
     return prior.config()

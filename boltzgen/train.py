@@ -350,7 +350,7 @@ class Trainer:
         Which configurations are samples of the target itself (default: all); the diagnostics
         use the held-out ones (a replica ladder's hotter frames are not).
     target : OpenMMTarget, optional
-        The target, for ``model.prior: bonded`` (its force field's bonded terms).
+        The target, for ``model.prior`` (its force field's terms).
     """
 
     def __init__(
@@ -423,13 +423,18 @@ class Trainer:
         self.start_checkpoint = start_from
 
     def _prior(self, target):
-        """The force-field prior of ``model.prior: bonded`` in model units (None otherwise)."""
+        """The force-field prior of ``model.prior`` in model units (None for ``none``)."""
         if self.config["model"]["prior"] == "none" or target is None or getattr(target, "system", None) is None:
             return None
-        from .nn.prior import BondedPrior
+        from .nn.prior import ForceFieldPrior
 
-        prior = BondedPrior.from_openmm(
-            target.system, self.length_scale, float(target.kT), self.config["model"]["prior_fade_width"]
+        m = self.config["model"]
+        prior = ForceFieldPrior.from_openmm(
+            target.system,
+            self.length_scale,
+            float(target.kT),
+            m["prior_fade_width"],
+            nonbonded=m["prior"] == "forcefield",
         )
         self.metadata["prior_terms"] = prior.extra_repr()
         return prior

@@ -1,4 +1,4 @@
-"""The force-field prior (boltzgen.nn.prior.BondedPrior) against OpenMM and its symmetries."""
+"""The force-field prior (boltzgen.nn.prior.ForceFieldPrior) against OpenMM and its symmetries."""
 
 import math
 
@@ -11,7 +11,7 @@ import torch
 from boltzgen import systems
 from boltzgen.energy import EnergyModel
 from boltzgen.nn import build_network
-from boltzgen.nn.prior import BondedPrior
+from boltzgen.nn.prior import ForceFieldPrior
 from boltzgen.testing import assert_equivariant
 
 BONDED = ("HarmonicBondForce", "HarmonicAngleForce", "PeriodicTorsionForce")
@@ -44,7 +44,7 @@ def _configurations(target, n=4, seed=0):
 
 def test_prior_at_zero_noise_is_the_bonded_energy(aldp):
     L = 0.17
-    prior = BondedPrior.from_openmm(aldp.system, L, float(aldp.kT)).double()
+    prior = ForceFieldPrior.from_openmm(aldp.system, L, float(aldp.kT)).double()
     one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
     for x in _configurations(aldp):
         e = float(prior(torch.as_tensor(x / L)[None], one, zero))
@@ -53,7 +53,7 @@ def test_prior_at_zero_noise_is_the_bonded_energy(aldp):
 
 def test_prior_is_e3_invariant_and_fades_at_full_noise(aldp):
     L = 0.17
-    prior = BondedPrior.from_openmm(aldp.system, L, float(aldp.kT)).double()
+    prior = ForceFieldPrior.from_openmm(aldp.system, L, float(aldp.kT)).double()
     x = torch.as_tensor(np.stack(_configurations(aldp, 3)) / L)
     alpha = torch.full((3,), 0.9, dtype=torch.float64)
     sigma = torch.full((3,), 0.05, dtype=torch.float64)
@@ -70,7 +70,7 @@ def test_diffused_bond_stiffness_is_the_exact_marginal_in_one_dimension():
     """A bond of stiffness k whose two atoms are each noised by sigma: the length's marginal is
     N(alpha r0, alpha^2/k + 2 sigma^2) along the bond, which the prior's k_b(t) encodes."""
     k, r0, alpha, sigma = 400.0, 1.0, 0.8, 0.03
-    prior = BondedPrior([[0, 1, r0, k]], [], [], fade_width=1e9).double()
+    prior = ForceFieldPrior([[0, 1, r0, k]], [], [], fade_width=1e9).double()
     g = torch.Generator().manual_seed(0)
     n = 200000
     r = r0 + torch.randn(n, generator=g, dtype=torch.float64) / math.sqrt(k)
@@ -87,7 +87,7 @@ def test_diffused_bond_stiffness_is_the_exact_marginal_in_one_dimension():
 
 
 def test_model_with_prior_round_trips_through_its_config(aldp):
-    prior = BondedPrior.from_openmm(aldp.system, 0.17, float(aldp.kT))
+    prior = ForceFieldPrior.from_openmm(aldp.system, 0.17, float(aldp.kT))
     net = build_network("egnn", aldp.topology, hidden=8, n_layers=1)
     model = EnergyModel(net, (22, 3), prior=prior.config(), t_min=1e-5)
     rebuilt = EnergyModel.from_config(model.config(), net)
@@ -95,3 +95,94 @@ def test_model_with_prior_round_trips_through_its_config(aldp):
     y = torch.as_tensor(np.stack(_configurations(aldp, 2)) / 0.17).float()
     torch.testing.assert_close(rebuilt.energy(y, 1e-4), model.energy(y, 1e-4))
     assert model.prior is not None and rebuilt.prior.bond_idx.shape == (21, 2)
+
+
+def _total_energy(target, x: np.ndarray) -> float:
+    """U/kT from a direct OpenMM call."""
+    context = openmm.Context(
+        target.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
+    )
+    context.setPositions(x)
+    energy = context.getState(getEnergy=True).getPotentialEnergy()
+    return energy.value_in_unit(unit.kilojoule_per_mole) / float(target.kT)
+
+
+def test_forcefield_prior_at_zero_noise_is_the_whole_vacuum_energy(aldp):
+    L = 0.17
+    prior = ForceFieldPrior.from_openmm(aldp.system, L, float(aldp.kT), nonbonded=True).double()
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    for x in _configurations(aldp):
+        e = float(prior(torch.as_tensor(x / L)[None], one, zero))
+        assert e == pytest.approx(_total_energy(aldp, x), rel=1e-7, abs=1e-6)
+    # rebuilt from its config, it is the same energy
+    rebuilt = ForceFieldPrior(**prior.config()).double()
+    y = torch.as_tensor(np.stack(_configurations(aldp, 2)) / L)
+    a, s = torch.full((2,), 0.99, dtype=torch.float64), torch.full((2,), 0.01, dtype=torch.float64)
+    torch.testing.assert_close(rebuilt(y, a, s), prior(y, a, s))
+
+
+def test_forcefield_prior_stays_finite_on_overlapping_noisy_atoms(aldp):
+    """Noisy atoms can overlap: the softened pair distance keeps energy and score finite."""
+    prior = ForceFieldPrior.from_openmm(aldp.system, 0.17, float(aldp.kT), nonbonded=True).double()
+    x = torch.zeros(1, 22, 3, dtype=torch.float64, requires_grad=True)
+    for t_alpha, t_sigma in ((0.99, 0.05), (0.5, 0.8), (0.0064, 1.0)):
+        a, s = torch.tensor([t_alpha], dtype=torch.float64), torch.tensor([t_sigma], dtype=torch.float64)
+        e = prior(x, a, s)
+        (g,) = torch.autograd.grad(e.sum(), x)
+        assert torch.isfinite(e).all() and torch.isfinite(g).all()
+
+
+def test_nonbonded_prior_refuses_a_cutoff():
+    system = openmm.System()
+    force = openmm.NonbondedForce()
+    for _ in range(2):
+        system.addParticle(12.0)
+        force.addParticle(0.1, 0.3, 0.5)
+    force.setNonbondedMethod(openmm.NonbondedForce.CutoffNonPeriodic)
+    system.addForce(force)
+    with pytest.raises(ValueError, match="without cutoff"):
+        ForceFieldPrior.from_openmm(system, 0.17, 2.494, nonbonded=True)
+
+
+def test_model_with_forcefield_prior_is_the_force_field_at_zero_noise(aldp):
+    """The prior replaces the Gaussian term as it fades in: an untrained model (network output
+    zero) at t -> 0 is u(x) up to one constant, so the network has nothing left to cancel."""
+    L = 0.17
+    prior = ForceFieldPrior.from_openmm(aldp.system, L, float(aldp.kT), nonbonded=True)
+    net = build_network("egnn", aldp.topology, hidden=8, n_layers=1)
+    model = EnergyModel(net, (22, 3), prior=prior.config(), t_min=1e-9).double()
+    xs = _configurations(aldp, 4, seed=3)
+    y = torch.as_tensor(np.stack(xs) / L)
+    gap = model.energy(y, 1e-9).detach().numpy() - np.array([_total_energy(aldp, x) for x in xs])
+    assert np.std(gap) < 1e-4
+    # at t = 1 the Gaussian term is back and the prior is gone
+    full = model.energy(y, 1.0).detach().numpy()
+    gaussian = 0.5 * (y - y.mean(1, keepdim=True)).pow(2).sum((1, 2)).numpy() / float(model.c2(torch.tensor(1.0)))
+    np.testing.assert_allclose(full, gaussian, rtol=1e-3)
+
+
+def test_train_with_forcefield_prior_keeps_it_in_the_run(tmp_path):
+    """`boltzgen train` with model.prior: forcefield: the prior travels in model.pt, and the
+    reloaded model (no OpenMM needed) is the force field up to one constant at its t_min."""
+    from boltzgen.cli import main
+    from boltzgen.io import load_samples
+    from boltzgen.model import load_model
+
+    data = tmp_path / "aldp.h5"
+    args = ["simulate", "aldp-vacuum", "-n", "24", "-o", str(data), "--replicas", "1", "--equilibration", "50"]
+    assert main([*args, "--stride", "10", "--workers", "0", "--no-progress", "--seed", "2"]) == 0
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "net: {kind: egnn, hidden: 8, n_layers: 1}\nmodel: {prior: forcefield, t_min: 1.0e-7}\n"
+        "loss: {kind: dsm, k: 1, target_score: true, lambda_pin: 1.0}\n"
+        "train: {steps: 2, batch_size: 8, val_every: 2, checkpoint_every: 2}\n"
+    )
+    run = tmp_path / "run"
+    cmd = ["train", "--data", str(data), "-o", str(run), "--config", str(config), "--system", "aldp-vacuum"]
+    assert main([*cmd, "--no-progress"]) == 0
+    model = load_model(str(run))
+    samples = load_samples(str(data))
+    assert model.inner.prior is not None and model.inner.prior.pair_idx.shape[0] > 100
+    energies = model.energy(samples.x[:6], 1e-7).detach().double().numpy()
+    gap = energies - samples.reduced_energy[:6]
+    assert np.std(gap) < 0.5  # two steps of training: the network is still near zero at t_min

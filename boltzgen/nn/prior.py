@@ -1,11 +1,13 @@
-"""The force field's bonded terms as a fixed, diffused prior energy of the model.
+"""The force field as a fixed, diffused prior energy of the model: bonded terms, and optionally
+the nonbonded pairs.
 
 A network has to resolve bond lengths to about a hundredth of the data's length scale to give the
 energy of the force field at low noise; the bonded terms are known in closed form, so the model
 carries them instead (``docs/theory.md``, "A force-field prior"):
 
     E_prior(x, t) = f(t) [ Σ_bonds ½ k_b(t) (r − α_t r₀)² + Σ_angles ½ k_θ(t) (θ − θ₀)²
-                           + Σ_torsions k_φ (1 + cos(n φ − φ₀)) ],
+                           + Σ_torsions k_φ (1 + cos(n φ − φ₀))
+                           + Σ_pairs q_ij / ρ + 4 ε_ij ((s_ij / ρ)¹² − (s_ij / ρ)⁶) ],
 
 with x in model units (nm / L) and every k reduced (kT per unit²). k_b(t) = k_b / (α_t² + 2 k_b σ_t²)
 and k_θ(t) = k_θ / (1 + k_θ G σ_t²/α_t²), G = Σ_atoms ‖∂θ/∂x‖² at the equilibrium geometry, are the
@@ -13,7 +15,11 @@ stiffnesses of a harmonic coordinate whose atoms are each noised by σ_t: the ex
 marginal of one harmonic bond (to first order in σ/r₀ for angles). At t → 0 the prior is the
 bonded energy itself. f(t) = 1 / (1 + (σ_t / (α_t w))²), w = ``fade_width`` model units, fades it
 out where the noise is larger than a bond's length change, so at t = 1 the model is its Gaussian
-prior term again. Torsions enter only with phases 0 or π (the others are not invariant under
+prior term again. The nonbonded pairs (Coulomb and Lennard-Jones of a ``NonbondedForce`` without
+cutoff, its exceptions included) are evaluated on the signal scale and softened,
+ρ² = (r/α_t)² + 2 (σ_t/α_t)² + ((1 − f(t)) s_ij)²: the noise smears a pair distance by √2 σ_t/α_t,
+and the last term caps each pair's repulsion at O(ε) once the prior fades, so the energy stays
+bounded when noisy atoms overlap; at t → 0 it is the force field's own. Torsions enter only with phases 0 or π (the others are not invariant under
 reflection, and the model's energy must be).
 
 All terms depend on distances, angles and cos of dihedrals, so the prior is E(3)-invariant.
@@ -27,7 +33,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["BondedPrior", "prior_from_config"]
+__all__ = ["ForceFieldPrior", "prior_from_config"]
+
+ONE_4PI_EPS0 = 138.935456  # kJ mol⁻¹ nm e⁻², as OpenMM
 
 
 def _angle_g(r1: float, r2: float, theta0: float) -> float:
@@ -35,8 +43,8 @@ def _angle_g(r1: float, r2: float, theta0: float) -> float:
     return 2.0 / r1**2 + 2.0 / r2**2 - 2.0 * math.cos(theta0) / (r1 * r2)
 
 
-class BondedPrior(nn.Module):
-    """Diffused harmonic bonds and angles, and periodic torsions, in model units.
+class ForceFieldPrior(nn.Module):
+    """Diffused harmonic bonds and angles, periodic torsions and nonbonded pairs, in model units.
 
     Parameters
     ----------
@@ -48,12 +56,23 @@ class BondedPrior(nn.Module):
         Periodicity, phase (0 or π) and reduced barrier (kT).
     fade_width : float
         w of the fade f(t) (model units of noise per unit of signal).
+    pairs : list of [i, j, qq, s, eps], optional
+        Nonbonded pairs: reduced Coulomb product ``qq`` (kT · model unit, the energy is qq / r),
+        Lennard-Jones radius ``s`` (model units) and depth ``eps`` (kT).
+    replaces_gaussian : bool
+        The model fades its Gaussian reference term out as the prior fades in (by 1 − f(t)), so
+        that at t → 0 its energy is the prior plus the network, with no ‖x‖² term left for the
+        network to cancel. False (the old form) keeps the Gaussian term at every t.
     """
 
-    def __init__(self, bonds, angles, torsions, fade_width: float = 0.1):
+    def __init__(self, bonds, angles, torsions, fade_width: float = 0.1, pairs=(), replaces_gaussian: bool = False):
         super().__init__()
         self.fade_width = float(fade_width)
-        bonds, angles, torsions = list(bonds), list(angles), list(torsions)
+        self.replaces_gaussian = bool(replaces_gaussian)
+        bonds, angles, torsions, pairs = list(bonds), list(angles), list(torsions), list(pairs)
+        self.register_buffer("pair_idx", torch.tensor([p[:2] for p in pairs], dtype=torch.long).reshape(-1, 2))
+        self.register_buffer("pair_par", torch.tensor([p[2:] for p in pairs], dtype=torch.float64).reshape(-1, 3))
+        self._pairs = pairs
         self.register_buffer("bond_idx", torch.tensor([b[:2] for b in bonds], dtype=torch.long).reshape(-1, 2))
         self.register_buffer("bond_par", torch.tensor([b[2:] for b in bonds], dtype=torch.float64).reshape(-1, 2))
         self.register_buffer("angle_idx", torch.tensor([a[:3] for a in angles], dtype=torch.long).reshape(-1, 3))
@@ -71,8 +90,10 @@ class BondedPrior(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_openmm(cls, system, length_scale: float, kT: float, fade_width="auto") -> "BondedPrior":
-        """The bonded terms of an OpenMM ``System`` in model units.
+    def from_openmm(
+        cls, system, length_scale: float, kT: float, fade_width="auto", nonbonded: bool = False
+    ) -> "ForceFieldPrior":
+        """The bonded (and nonbonded) terms of an OpenMM ``System`` in model units.
 
         Parameters
         ----------
@@ -87,10 +108,18 @@ class BondedPrior(nn.Module):
             As in the class; ``auto`` takes the thermal width 1/√k of the stiffest bond (model
             units), the noise level beyond which the separately diffused terms, which share atoms,
             add up to more curvature than a diffused density can have (at most 1/σ_t²).
+        nonbonded : bool
+            Also carry the pairs of a ``NonbondedForce`` (which must have no cutoff: vacuum or
+            implicit solvent; the solvation term is left to the network).
 
         Returns
         -------
-        BondedPrior
+        ForceFieldPrior
+
+        Raises
+        ------
+        ValueError
+            For ``nonbonded`` with a cutoff, a periodic box, or no ``NonbondedForce``.
         """
         import openmm
 
@@ -117,10 +146,11 @@ class BondedPrior(nn.Module):
                         torsions.append([int(i), int(j), int(k), int(m), int(per), phase, k_phi / kT])
         if fade_width == "auto":
             fade_width = min((1.0 / math.sqrt(b[3]) for b in bonds), default=0.1)
-        return cls(bonds, angles, torsions, float(fade_width))
+        pairs = _nonbonded_pairs(system, L, kT) if nonbonded else []
+        return cls(bonds, angles, torsions, float(fade_width), pairs, replaces_gaussian=True)
 
     def config(self) -> dict:
-        """Plain lists that rebuild this prior (``BondedPrior(**config)``).
+        """Plain lists that rebuild this prior (``ForceFieldPrior(**config)``).
 
         Returns
         -------
@@ -131,6 +161,8 @@ class BondedPrior(nn.Module):
             "angles": self._angles,
             "torsions": self._torsions,
             "fade_width": self.fade_width,
+            "pairs": self._pairs,
+            "replaces_gaussian": self.replaces_gaussian,
         }
 
     # ------------------------------------------------------------------ energy
@@ -163,6 +195,7 @@ class BondedPrior(nn.Module):
         """
         dtype = x.dtype
         a, s = alpha.to(dtype)[:, None], sigma.to(dtype)[:, None]
+        fade = self.fade(alpha.to(dtype), sigma.to(dtype))
         energy = x.new_zeros(x.shape[0])
         if self.bond_idx.shape[0]:
             r0, k = self.bond_par[:, 0].to(dtype), self.bond_par[:, 1].to(dtype)
@@ -183,7 +216,14 @@ class BondedPrior(nn.Module):
             p = [x[:, self.tors_idx[:, c]] for c in range(4)]
             phi = _dihedral(*p)
             energy = energy + (k * (1.0 + torch.cos(n * phi - phase))).sum(-1)
-        return self.fade(alpha.to(dtype), sigma.to(dtype)) * energy
+        if self.pair_idx.shape[0]:
+            qq, sig, eps = (self.pair_par[:, c].to(dtype) for c in range(3))
+            d = x[:, self.pair_idx[:, 0]] - x[:, self.pair_idx[:, 1]]
+            soft = (1.0 - fade)[:, None] * sig
+            rho2 = (d**2).sum(-1) / a**2 + 2.0 * (s / a) ** 2 + soft**2 + 1e-12
+            s6 = (sig**2 / rho2) ** 3
+            energy = energy + (qq / torch.sqrt(rho2) + 4.0 * eps * (s6**2 - s6)).sum(-1)
+        return fade * energy
 
     def extra_repr(self) -> str:
         """Sizes shown by ``repr``.
@@ -194,8 +234,38 @@ class BondedPrior(nn.Module):
         """
         return (
             f"bonds={self.bond_idx.shape[0]}, angles={self.angle_idx.shape[0]}, "
-            f"torsions={self.tors_idx.shape[0]}, fade_width={self.fade_width}"
+            f"torsions={self.tors_idx.shape[0]}, pairs={self.pair_idx.shape[0]}, fade_width={self.fade_width}"
         )
+
+
+def _nonbonded_pairs(system, L: float, kT: float) -> list:
+    """[i, j, qq, s, eps] of every interacting pair of the System's ``NonbondedForce`` (model
+    units, kT): Lorentz–Berthelot pairs, then its exceptions in their place (zero ones dropped)."""
+    import openmm
+
+    forces = [f for f in system.getForces() if isinstance(f, openmm.NonbondedForce)]
+    if len(forces) != 1:
+        raise ValueError(f"a nonbonded prior needs exactly one NonbondedForce, found {len(forces)}")
+    force = forces[0]
+    if force.getNonbondedMethod() != openmm.NonbondedForce.NoCutoff or system.usesPeriodicBoundaryConditions():
+        raise ValueError("a nonbonded prior needs a NonbondedForce without cutoff or periodic box (vacuum or implicit)")
+    atoms = []
+    for n in range(force.getNumParticles()):
+        q, s, e = force.getParticleParameters(n)
+        atoms.append((q.value_in_unit(q.unit), s.value_in_unit(s.unit), e.value_in_unit(e.unit)))
+    table = {}
+    for i in range(len(atoms)):
+        for j in range(i + 1, len(atoms)):
+            (qi, si, ei), (qj, sj, ej) = atoms[i], atoms[j]
+            table[(i, j)] = (qi * qj, 0.5 * (si + sj), math.sqrt(ei * ej))
+    for n in range(force.getNumExceptions()):
+        i, j, qq, s, e = force.getExceptionParameters(n)
+        table[(min(i, j), max(i, j))] = (qq.value_in_unit(qq.unit), s.value_in_unit(s.unit), e.value_in_unit(e.unit))
+    return [
+        [i, j, ONE_4PI_EPS0 * qq / (kT * L), s / L, e / kT]
+        for (i, j), (qq, s, e) in sorted(table.items())
+        if qq != 0 or e != 0
+    ]
 
 
 def _dihedral(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor) -> torch.Tensor:
@@ -206,8 +276,8 @@ def _dihedral(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Te
     return torch.atan2((m * n2).sum(-1), (n1 * n2).sum(-1))
 
 
-def prior_from_config(config: Optional[dict]) -> Optional[BondedPrior]:
-    """Rebuild a :class:`BondedPrior` from :meth:`BondedPrior.config` (None: no prior).
+def prior_from_config(config: Optional[dict]) -> Optional[ForceFieldPrior]:
+    """Rebuild a :class:`ForceFieldPrior` from :meth:`ForceFieldPrior.config` (None: no prior).
 
     Parameters
     ----------
@@ -215,6 +285,6 @@ def prior_from_config(config: Optional[dict]) -> Optional[BondedPrior]:
 
     Returns
     -------
-    BondedPrior or None
+    ForceFieldPrior or None
     """
-    return None if not config else BondedPrior(**config)
+    return None if not config else ForceFieldPrior(**config)
