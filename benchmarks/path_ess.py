@@ -6,7 +6,10 @@ For exact marginals the weights stay equal (ESS fraction 1 down to t_min); a mod
 at neighbouring levels disagree loses ESS wherever they do, and SMC's resampling there narrows the
 population to a few ancestors before the states of the molecule have formed (the diagnosis of
 ``systems/aldp-vacuum.train.yaml``). This runs the diffusion stage only (no target, never
-resampling) and reports the ESS fraction at a few times, for one or more run directories.
+resampling) and reports the ESS fraction at a few times, for one or more run directories, beside
+the run's own held-out diagnostics of its low-noise energy (``metrics.json`` of ``boltzgen train``:
+the spread of E_θ(x, t_min) − u(x) overall and in its worst state, and the error of the model's own
+state free energies), so that the two ends of the path can be read side by side.
 
     python benchmarks/path_ess.py RUN_DIR [RUN_DIR ...] [-n 256] [--steps 100] [--out bench-results/path_ess.json]
 """
@@ -14,6 +17,7 @@ resampling) and reports the ESS fraction at a few times, for one or more run dir
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -24,17 +28,35 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from boltzgen.io import write_json  # noqa: E402
+from boltzgen.sampling.settings import SMCSettings  # noqa: E402
 from boltzgen.sampling.smc import smc_sample  # noqa: E402
 from boltzgen.train import load_model  # noqa: E402
 
 REPORT_TIMES = (0.64, 0.36, 0.25, 0.16, 0.09, 0.04)
 
 
+def low_noise_diagnostics(run_dir: str) -> dict:
+    """The training run's held-out diagnostics at t_min (kT), from its metrics.json (empty if none)."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        val = json.load(handle).get("validation", {})
+    spread = [v for k, v in val.items() if k.startswith("val_energy_gap_std_kT_")]
+    errors = [v for k, v in val.items() if k.startswith("val_dF_error_kT_")]
+    return {
+        "energy_gap_std_kT": val.get("val_energy_gap_std_kT"),
+        "energy_gap_std_worst_state_kT": max(spread) if spread else None,
+        "dF_error_kT": max(errors, key=abs) if errors else None,
+    }
+
+
 def path_ess(run_dir: str, n: int, steps: int, seed: int) -> dict:
     """ESS fraction of the unresampled path weights at the grid times nearest REPORT_TIMES and t_min."""
     model = load_model(run_dir)
     start = time.perf_counter()
-    result = smc_sample(model, None, n, torch.Generator().manual_seed(seed), n_steps=steps, ess_threshold=0.0)
+    settings = SMCSettings.from_dict({"diffusion": {"n_steps": steps}, "resampling": {"ess_threshold": 0.0}})
+    result = smc_sample(model, None, n, torch.Generator().manual_seed(seed), settings=settings)
     t, ess = result.t.numpy(), result.ess.numpy()
     nearest = [int(np.argmin(np.abs(t - x))) for x in REPORT_TIMES]
     at = {f"{t[i]:.3f}": float(ess[i]) for i in nearest}
@@ -44,6 +66,7 @@ def path_ess(run_dir: str, n: int, steps: int, seed: int) -> dict:
         "ess_fraction_at_t": at,
         "ess_fraction_t_min": float(ess[-1]),
         "seconds": time.perf_counter() - start,
+        **low_noise_diagnostics(run_dir),
     }
 
 
