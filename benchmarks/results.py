@@ -634,7 +634,16 @@ BENCHMARKS = [
         "(an arm's own runs left out of its reference)",
     ),
 ]
-PATH_ESS_RECORDED_COLUMNS = ["run", "t = 0.36", "t = 0.25", "t = 0.16", "t = 0.09", "t_min"]
+PATH_ESS_RECORDED_COLUMNS = [
+    "run",
+    "t = 0.36",
+    "t = 0.25",
+    "t = 0.16",
+    "t = 0.09",
+    "t_min",
+    "std(E − u) at t_min, kT (worst state)",
+    "model's state ΔF error, kT",
+]
 
 
 # ----------------------------------------------------------------------------- reading

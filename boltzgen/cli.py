@@ -395,7 +395,7 @@ def cmd_free_energy(args) -> int:
     CommandError
         Unknown systems, targets of other particles, a half-given route, bad settings.
     """
-    from .systems.catalog import names
+    from .systems.catalog import names, read_target_file
     from .workflow import free_energy
 
     ends = []
@@ -403,9 +403,15 @@ def cmd_free_energy(args) -> int:
         ("--from", args.target_from, args.temperature_from),
         ("--to", args.target_to, args.temperature_to),
     ):
-        if name not in names():
-            raise CommandError(f"{flag}: unknown system {name!r}; built-in systems: {', '.join(names())}")
-        ends.append({"system": name, **({} if temperature is None else {"temperature": temperature})})
+        if name in names():
+            end = {"system": name}
+        elif name.endswith((".yaml", ".yml")) and os.path.isfile(name):
+            end = _run(read_target_file, name)
+        else:
+            raise CommandError(
+                f"{flag}: {name!r} is neither a built-in system ({', '.join(names())}) nor a target file (.yaml)"
+            )
+        ends.append({**end, **({} if temperature is None else {"temperature": temperature})})
     settings = _run(_settings_from_args, args) if args.model else None
     options = {"platform": args.platform, "n_workers": args.workers}
     out = _run(
@@ -906,8 +912,12 @@ def build_parser() -> argparse.ArgumentParser:
         "both ends; with neither, OpenMM alone: replica-exchange MD at both ends and at intermediate "
         "states of the linear path between them (into -o DIR), then MBAR.",
     )
-    p.add_argument("--from", dest="target_from", required=True, metavar="SYSTEM", help="built-in system A")
-    p.add_argument("--to", dest="target_to", required=True, metavar="SYSTEM", help="built-in system B")
+    target_help = (
+        "a built-in system name or a target file: YAML with the keys of the target flags (sequence, "
+        "forcefield, solvent, pdb, system_xml, topology, temperature; paths relative to the file)"
+    )
+    p.add_argument("--from", dest="target_from", required=True, metavar="TARGET", help=f"target A: {target_help}")
+    p.add_argument("--to", dest="target_to", required=True, metavar="TARGET", help="target B, as --from")
     p.add_argument("--temperature-from", type=float, metavar="K", help="temperature of A (default: its own)")
     p.add_argument("--temperature-to", type=float, metavar="K", help="temperature of B (default: its own)")
     p.add_argument("--model", metavar="RUN_DIR", help="run directory of `boltzgen train` (the SMC route)")

@@ -94,8 +94,9 @@ def test_free_energy_command_md_route_and_errors(tmp_path, capsys):
     xs = np.linspace(-6, 6, 801)
     grid = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2)
     exact = -math.log(np.exp(0.5 * gmm.log_prob(torch.as_tensor(grid)).numpy()).sum() * (xs[1] - xs[0]) ** 2)
-    hot = str(2 * gmm.temperature)
-    argv = ["free-energy", "--from", "gmm-two-modes", "--to", "gmm-two-modes", "--temperature-to", hot]
+    hot = tmp_path / "hot.yaml"  # the second end as a target file
+    hot.write_text(f"system: gmm-two-modes\ntemperature: {2 * gmm.temperature}\n")
+    argv = ["free-energy", "--from", "gmm-two-modes", "--to", str(hot)]
     assert main([*argv, "-o", str(tmp_path / "fe"), "--frames", "3000", "--no-progress", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert abs(out["delta_f_kT"] - exact) < 4 * out["delta_f_err_kT"] + 0.01
@@ -106,7 +107,11 @@ def test_free_energy_command_md_route_and_errors(tmp_path, capsys):
     assert main([*argv, "--samples-from", str(tmp_path / "fe" / "md_from.h5")]) == 2
     assert "sample files of both ends" in capsys.readouterr().err
     assert main(["free-energy", "--from", "nope", "--to", "lj13"]) == 2
-    assert "--from: unknown system 'nope'" in capsys.readouterr().err
+    assert "--from: 'nope' is neither a built-in system" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sequence: AAA\nsolvant: obc2\n")
+    assert main(["free-energy", "--from", str(bad), "--to", "lj13"]) == 2
+    assert "solvant: unknown key" in capsys.readouterr().err
     assert main(["free-energy", "--from", "lj13", "--to", "lj55", "-o", str(tmp_path / "x")]) == 2
     assert "same particles" in capsys.readouterr().err
 

@@ -302,3 +302,37 @@ def test_target_states_default_and_settable():
     assert gmm.states is None
     with pytest.raises(TypeError, match="states must be a StateSet"):
         gmm.states = "phi"
+
+
+def test_target_file_names_a_target_like_the_flags(tmp_path):
+    """A YAML target file (system_xml + topology, paths relative to the file) builds the same
+    target as the built-in one; unknown keys and half-given targets are named."""
+    from boltzgen.systems import read_target_file, resolve
+
+    aldp = systems.load("aldp-vacuum", n_workers=0)
+    try:
+        sub = tmp_path / "inputs"
+        sub.mkdir()
+        (sub / "system.xml").write_text(openmm.XmlSerializer.serialize(aldp.system))
+        mdtraj.Trajectory(aldp.positions.numpy()[None], aldp.topology).save_pdb(str(sub / "start.pdb"))
+        spec_file = tmp_path / "target.yaml"
+        spec_file.write_text("system_xml: inputs/system.xml\ntopology: inputs/start.pdb\ntemperature: 300\n")
+        spec = read_target_file(str(spec_file))
+        assert spec["system_xml"] == str(sub / "system.xml")
+        target = resolve(**spec, n_workers=0)
+        try:
+            x = aldp.positions[None].double()
+            torch.testing.assert_close(target.reduced_energy(x), aldp.reduced_energy(x), rtol=1e-6, atol=1e-5)
+        finally:
+            target.close()
+    finally:
+        aldp.close()
+    (tmp_path / "half.yaml").write_text("system_xml: inputs/system.xml\n")
+    with pytest.raises(ValueError, match="system_xml and topology go together"):
+        read_target_file(str(tmp_path / "half.yaml"))
+    (tmp_path / "typo.yaml").write_text("sequense: AAA\n")
+    with pytest.raises(ValueError, match="sequense: unknown key"):
+        read_target_file(str(tmp_path / "typo.yaml"))
+    (tmp_path / "list.yaml").write_text("- AAA\n")
+    with pytest.raises(ValueError, match="a target file is a mapping"):
+        read_target_file(str(tmp_path / "list.yaml"))

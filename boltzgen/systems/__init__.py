@@ -8,7 +8,7 @@ OpenMM targets of one molecule by the linear path (1 − λ) u_A + λ u_B.
 
 from .alchemical import interpolated_system, path_target
 from .base import TargetSystem, TemperedTarget, energies_and_forces
-from .catalog import describe, load, names, resolve, target_recipe
+from .catalog import describe, load, names, read_target_file, resolve, target_recipe
 from .gmm import GaussianMixture
 from .lj import LennardJonesCluster, lj_reduced_energy
 from .openmm_target import OpenMMTarget, from_openmm, from_pdb
@@ -26,6 +26,7 @@ __all__ = [
     "names",
     "describe",
     "resolve",
+    "read_target_file",
     "target_recipe",
     "from_sequence",
     "from_openmm",

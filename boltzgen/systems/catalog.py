@@ -439,6 +439,60 @@ def check_target_flags(
         raise ValueError("--system-xml and --topology go together")
 
 
+TARGET_FILE_KEYS = ("system", "pdb", "forcefield", "system_xml", "topology", "sequence", "solvent", "temperature")
+_TARGET_FILE_PATHS = ("pdb", "system_xml", "topology")
+
+
+def read_target_file(path: str) -> dict:
+    """A target named in a YAML file with the keys of the target flags, as :func:`resolve` arguments.
+
+    For example ``{sequence: AAA, forcefield: [amber14-all.xml, implicit/obc2.xml]}`` or
+    ``{system_xml: system.xml, topology: start.pdb, temperature: 310}``. File paths (``pdb``,
+    ``system_xml``, ``topology``, and ``forcefield`` entries that name an existing file) are taken
+    relative to the YAML file's directory; force-field names OpenMM ships (``amber14-all.xml``)
+    stay as they are.
+
+    Parameters
+    ----------
+    path : str
+        The YAML file (read with ``yaml.safe_load``).
+
+    Returns
+    -------
+    dict
+        Keyword arguments of :func:`resolve`.
+
+    Raises
+    ------
+    ValueError
+        For a file that is not a mapping, an unknown key (named, with the known ones), or a target
+        named in none or two ways (as the target flags).
+    """
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        spec = yaml.safe_load(handle)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a target file is a mapping of {', '.join(TARGET_FILE_KEYS)}")
+    unknown = sorted(set(spec) - set(TARGET_FILE_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: {unknown[0]}: unknown key; known keys: {', '.join(TARGET_FILE_KEYS)}")
+    base = os.path.dirname(os.path.abspath(path))
+    out = dict(spec)
+    for key in _TARGET_FILE_PATHS:
+        if out.get(key) is not None:
+            out[key] = os.path.join(base, str(out[key]))
+    if out.get("forcefield") is not None:
+        files = [out["forcefield"]] if isinstance(out["forcefield"], str) else list(out["forcefield"])
+        local = (os.path.join(base, str(f)) for f in files)
+        out["forcefield"] = [p if os.path.isfile(p) else str(f) for f, p in zip(files, local)]
+    try:
+        check_target_flags(**{k: out.get(k) for k in TARGET_FILE_KEYS if k != "temperature"})
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}".replace("--system-xml", "system_xml").replace("--", "")) from None
+    return out
+
+
 def resolve(
     system: Optional[str] = None,
     *,
