@@ -19,8 +19,8 @@ prior term again. The nonbonded pairs (Coulomb and Lennard-Jones of a ``Nonbonde
 cutoff, its exceptions included) are evaluated on the signal scale and softened,
 ρ² = (r/α_t)² + 2 (σ_t/α_t)² + ((1 − f(t)) s_ij)²: the noise smears a pair distance by √2 σ_t/α_t,
 and the last term caps each pair's repulsion at O(ε) once the prior fades, so the energy stays
-bounded when noisy atoms overlap; at t → 0 it is the force field's own. Torsions enter only with phases 0 or π (the others are not invariant under
-reflection, and the model's energy must be).
+bounded when noisy atoms overlap; at t → 0 it is the force field's own. Torsions enter only with
+phases 0 or π (the others are not invariant under reflection, and the model's energy must be).
 
 All terms depend on distances, angles and cos of dihedrals, so the prior is E(3)-invariant.
 """
