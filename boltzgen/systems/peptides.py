@@ -224,13 +224,14 @@ def build_capped_peptide(
     top, positions = _add_side_chains(*_backbone_topology(residues, phi, psi))
     ff = app.ForceField(*forcefield)
     modeller = app.Modeller(top, positions * unit.nanometer)
-    # Modeller places hydrogens with Python's global random module: seeded here (and the caller's
-    # state restored) so that one sequence always builds the same structure, which resuming an
-    # MD checkpoint and comparing runs need.
+    # Modeller places hydrogens with Python's global random module and then minimises them on the
+    # fastest platform, whose multi-threaded sums differ from run to run: seeded here (the caller's
+    # state restored) and minimised on Reference, so that one sequence always builds the same
+    # structure, which resuming an MD checkpoint and comparing runs need.
     state = random.getstate()
     try:
         random.seed(0)
-        modeller.addHydrogens(ff, pH=7.0)
+        modeller.addHydrogens(ff, pH=7.0, platform=openmm.Platform.getPlatformByName("Reference"))
     finally:
         random.setstate(state)
     xyz = np.asarray(modeller.positions.value_in_unit(unit.nanometer), dtype=np.float64)
