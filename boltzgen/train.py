@@ -424,18 +424,12 @@ class Trainer:
 
     def _prior(self, target):
         """The force-field prior of ``model.prior`` in model units (None for ``none``)."""
-        if self.config["model"]["prior"] == "none" or target is None or getattr(target, "system", None) is None:
+        if self.config["model"]["prior"] == "none" or target is None:
             return None
-        from .nn.prior import ForceFieldPrior
+        from .nn.prior import prior_for_target
 
         m = self.config["model"]
-        prior = ForceFieldPrior.from_openmm(
-            target.system,
-            self.length_scale,
-            float(target.kT),
-            m["prior_fade_width"],
-            nonbonded=m["prior"] == "forcefield",
-        )
+        prior = prior_for_target(target, self.length_scale, m["prior_fade_width"], nonbonded=m["prior"] == "forcefield")
         self.metadata["prior_terms"] = prior.extra_repr()
         return prior
 

@@ -186,3 +186,45 @@ def test_train_with_forcefield_prior_keeps_it_in_the_run(tmp_path):
     energies = model.energy(samples.x[:6], 1e-7).detach().double().numpy()
     gap = energies - samples.reduced_energy[:6]
     assert np.std(gap) < 0.5  # two steps of training: the network is still near zero at t_min
+
+
+def test_lennard_jones_prior_at_zero_noise_is_the_cluster_energy():
+    """The LJ prior in model units y = x / L is the cluster's reduced energy at t -> 0, and it
+    agrees with the equivalent OpenMM System too (the independent form of the same energy)."""
+    from boltzgen.nn.prior import prior_for_target
+    from boltzgen.systems.lj import LennardJonesCluster
+
+    target = LennardJonesCluster(13)
+    x = target.positions.double()[None] + 0.05 * torch.randn(3, 13, 3, generator=torch.Generator().manual_seed(0))
+    L = 0.7
+    prior = prior_for_target(target, L).double()
+    one, zero = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    e = prior(x / L, one, zero)
+    system = target.openmm_system()
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    for k in range(3):
+        context.setPositions(x[k].numpy() * unit.nanometer)
+        u = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        assert float(e[k]) == pytest.approx(u, rel=1e-9, abs=1e-8)
+    assert_equivariant(lambda y: prior(y, one, zero), x / L, kind="scalar", generator=torch.Generator().manual_seed(1))
+    restraint_only = prior_for_target(target, L, nonbonded=False).double()
+    assert restraint_only.pair_idx.shape[0] == 0 and restraint_only.centroid_k == pytest.approx(L**2)
+
+
+def test_diffused_centroid_restraint_is_the_exact_gaussian_marginal():
+    """For x0 ~ exp(-k/2 sum |x_i - mean|^2) (mean-free) and mean-free noise, the diffused density
+    is Gaussian with per-coordinate variance alpha^2/k + sigma^2: the prior's k(t)."""
+    k, alpha, sigma = 9.0, 0.6, 0.4
+    prior = ForceFieldPrior([], [], [], fade_width=1e9, centroid_k=k).double()
+    x = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    centred = x - x.mean(1, keepdim=True)
+    a, s = torch.full((2,), alpha, dtype=torch.float64), torch.full((2,), sigma, dtype=torch.float64)
+    expected = 0.5 * centred.pow(2).sum((1, 2)) / (alpha**2 / k + sigma**2)
+    torch.testing.assert_close(prior(x, a, s), expected, rtol=1e-6, atol=0)
+
+
+def test_prior_for_target_names_an_unsupported_target():
+    from boltzgen.nn.prior import prior_for_target
+
+    with pytest.raises(ValueError, match="force-field prior needs"):
+        prior_for_target(systems.load("gmm-two-modes"), 1.0)

@@ -21,6 +21,9 @@ cutoff, its exceptions included) are evaluated on the signal scale and softened,
 and the last term caps each pair's repulsion at O(ε) once the prior fades, so the energy stays
 bounded when noisy atoms overlap; at t → 0 it is the force field's own. Torsions enter only with
 phases 0 or π (the others are not invariant under reflection, and the model's energy must be).
+A Lennard-Jones cluster's prior (:meth:`ForceFieldPrior.lennard_jones`) is its pairs plus the
+harmonic restraint to the centre of geometry, ½ k Σ‖x_i − x̄‖², whose stiffness diffuses as that of
+one noised coordinate, k(t) = k / (α_t² + k σ_t²) (the noise is mean-free).
 
 All terms depend on distances, angles and cos of dihedrals, so the prior is E(3)-invariant.
 """
@@ -33,7 +36,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["ForceFieldPrior", "prior_from_config"]
+__all__ = ["ForceFieldPrior", "prior_for_target", "prior_from_config"]
 
 ONE_4PI_EPS0 = 138.935456  # kJ mol⁻¹ nm e⁻², as OpenMM
 
@@ -63,11 +66,24 @@ class ForceFieldPrior(nn.Module):
         The model fades its Gaussian reference term out as the prior fades in (by 1 − f(t)), so
         that at t → 0 its energy is the prior plus the network, with no ‖x‖² term left for the
         network to cancel. False (the old form) keeps the Gaussian term at every t.
+    centroid_k : float
+        Reduced stiffness (kT / unit²) of a harmonic restraint ½ k Σ_i ‖x_i − x̄‖² of all atoms to
+        their centre of geometry (the Lennard-Jones clusters' oscillator term; 0: none).
     """
 
-    def __init__(self, bonds, angles, torsions, fade_width: float = 0.1, pairs=(), replaces_gaussian: bool = False):
+    def __init__(
+        self,
+        bonds,
+        angles,
+        torsions,
+        fade_width: float = 0.1,
+        pairs=(),
+        replaces_gaussian: bool = False,
+        centroid_k: float = 0.0,
+    ):
         super().__init__()
         self.fade_width = float(fade_width)
+        self.centroid_k = float(centroid_k)
         self.replaces_gaussian = bool(replaces_gaussian)
         bonds, angles, torsions, pairs = list(bonds), list(angles), list(torsions), list(pairs)
         self.register_buffer("pair_idx", torch.tensor([p[:2] for p in pairs], dtype=torch.long).reshape(-1, 2))
@@ -149,6 +165,36 @@ class ForceFieldPrior(nn.Module):
         pairs = _nonbonded_pairs(system, L, kT) if nonbonded else []
         return cls(bonds, angles, torsions, float(fade_width), pairs, replaces_gaussian=True)
 
+    @classmethod
+    def lennard_jones(
+        cls, n_particles: int, length_scale: float, oscillator_scale: float = 1.0, fade_width="auto"
+    ) -> "ForceFieldPrior":
+        """The energy of :class:`boltzgen.systems.lj.LennardJonesCluster` as a prior, in model units.
+
+        Σ_{i<j} 2 (r⁻¹² − 2 r⁻⁶) (that is 4 ε ((s/r)¹² − (s/r)⁶) with ε = 2, s = 2^(−1/6)) plus
+        ``oscillator_scale`` · ½ Σ_i ‖x_i − x̄‖², reduced units (r_m = 1, kT = 1).
+
+        Parameters
+        ----------
+        n_particles : int
+        length_scale : float
+            L in reduced lengths of the model coordinates y = x / L.
+        oscillator_scale : float
+            The cluster's restraint strength.
+        fade_width : float or "auto"
+            ``auto``: the thermal width of the pair well at r_m, 1 / √(u''(1)) = 1/12, in model units.
+
+        Returns
+        -------
+        ForceFieldPrior
+        """
+        L = float(length_scale)
+        s, eps = 2.0 ** (-1.0 / 6.0) / L, 2.0
+        pairs = [[i, j, 0.0, s, eps] for i in range(n_particles) for j in range(i + 1, n_particles)]
+        if fade_width == "auto":
+            fade_width = 1.0 / (12.0 * L)  # u''(r_m) = 2 (156 - 84) = 144 kT / r_m²
+        return cls([], [], [], float(fade_width), pairs, replaces_gaussian=True, centroid_k=oscillator_scale * L**2)
+
     def config(self) -> dict:
         """Plain lists that rebuild this prior (``ForceFieldPrior(**config)``).
 
@@ -163,6 +209,7 @@ class ForceFieldPrior(nn.Module):
             "fade_width": self.fade_width,
             "pairs": self._pairs,
             "replaces_gaussian": self.replaces_gaussian,
+            "centroid_k": self.centroid_k,
         }
 
     # ------------------------------------------------------------------ energy
@@ -223,6 +270,10 @@ class ForceFieldPrior(nn.Module):
             rho2 = (d**2).sum(-1) / a**2 + 2.0 * (s / a) ** 2 + soft**2 + 1e-12
             s6 = (sig**2 / rho2) ** 3
             energy = energy + (qq / torch.sqrt(rho2) + 4.0 * eps * (s6**2 - s6)).sum(-1)
+        if self.centroid_k:
+            k_t = self.centroid_k / (a[:, 0] ** 2 + self.centroid_k * s[:, 0] ** 2)
+            centred = x - x.mean(dim=-2, keepdim=True)
+            energy = energy + 0.5 * k_t * centred.pow(2).sum(dim=(-2, -1))
         return fade * energy
 
     def extra_repr(self) -> str:
@@ -234,7 +285,8 @@ class ForceFieldPrior(nn.Module):
         """
         return (
             f"bonds={self.bond_idx.shape[0]}, angles={self.angle_idx.shape[0]}, "
-            f"torsions={self.tors_idx.shape[0]}, pairs={self.pair_idx.shape[0]}, fade_width={self.fade_width}"
+            f"torsions={self.tors_idx.shape[0]}, pairs={self.pair_idx.shape[0]}, "
+            f"centroid_k={self.centroid_k:g}, fade_width={self.fade_width}"
         )
 
 
@@ -274,6 +326,44 @@ def _dihedral(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Te
     n1, n2 = torch.cross(b0, b1, dim=-1), torch.cross(b1, b2, dim=-1)
     m = torch.cross(n1, b1 / torch.sqrt((b1**2).sum(-1, keepdim=True) + 1e-12), dim=-1)
     return torch.atan2((m * n2).sum(-1), (n1 * n2).sum(-1))
+
+
+def prior_for_target(target, length_scale: float, fade_width="auto", nonbonded: bool = True) -> ForceFieldPrior:
+    """The prior of a target: its OpenMM force field, or a Lennard-Jones cluster's energy.
+
+    Parameters
+    ----------
+    target : boltzgen.systems.base.TargetSystem
+        An OpenMM target (with a ``system``) or a :class:`boltzgen.systems.lj.LennardJonesCluster`.
+    length_scale : float
+        L of the model coordinates (nm for OpenMM targets, reduced lengths for LJ clusters).
+    fade_width : float or "auto"
+        See :meth:`ForceFieldPrior.from_openmm` and :meth:`ForceFieldPrior.lennard_jones`.
+    nonbonded : bool
+        Carry the nonbonded pairs (``model.prior: forcefield``); False keeps the bonded terms only
+        (``bonded``; for an LJ cluster, the restraint only).
+
+    Returns
+    -------
+    ForceFieldPrior
+
+    Raises
+    ------
+    ValueError
+        For a target that has neither.
+    """
+    from ..systems.lj import LennardJonesCluster
+
+    if isinstance(target, LennardJonesCluster):
+        prior = ForceFieldPrior.lennard_jones(target.event_shape[0], length_scale, target.oscillator_scale, fade_width)
+        if not nonbonded:
+            prior = ForceFieldPrior([], [], [], prior.fade_width, [], True, prior.centroid_k)
+        return prior
+    if getattr(target, "system", None) is None:
+        raise ValueError(
+            f"a force-field prior needs an OpenMM target or a Lennard-Jones cluster, not {type(target).__name__}"
+        )
+    return ForceFieldPrior.from_openmm(target.system, length_scale, float(target.kT), fade_width, nonbonded=nonbonded)
 
 
 def prior_from_config(config: Optional[dict]) -> Optional[ForceFieldPrior]:
