@@ -239,6 +239,46 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def parse_settings(items) -> dict:
+    """``SECTION.KEY=VALUE`` strings (``boltzgen train --set``) as a nested configuration dict.
+
+    Parameters
+    ----------
+    items : sequence of str
+        Each a dotted key, ``=``, and a value read with ``yaml.safe_load`` (``1e-5`` and ``true``
+        become a number and a bool, ``null`` None).
+
+    Returns
+    -------
+    dict
+        Nested, e.g. ``{"model": {"prior": "forcefield"}}``; keys are checked by the configuration.
+
+    Raises
+    ------
+    ValueError
+        For an item without ``=`` or without a section.
+    """
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or len(path) < 2 or not all(path):
+            raise ValueError(f"--set {item!r}: want SECTION.KEY=VALUE, e.g. model.prior=forcefield")
+        value = yaml.safe_load(text)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-5 as a string; the configuration wants the number
+                value = float(value)
+            except ValueError:
+                pass
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
 def cmd_train(args) -> int:
     """``boltzgen train``: :func:`boltzgen.workflow.train` on a sample file into a run directory.
 
@@ -268,11 +308,16 @@ def cmd_train(args) -> int:
         except ValueError:
             raise CommandError(f"--state-fraction must be a number in (0, 1) or 'none', got {fraction!r}") from None
     try:
+        overrides = parse_settings(args.set)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    try:
         metrics = train(
             args.data,
             args.output,
             system=args.system,
             config_file=args.config,
+            overrides=overrides,
             loss=args.loss,
             net=args.net,
             steps=args.steps,
@@ -824,6 +869,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="sample file from `boltzgen simulate`")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--config", help="YAML configuration file")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="one configuration key over the config file (repeatable; the value is read as YAML), "
+        "e.g. --set model.prior=forcefield --set loss.lambda_pin=1",
+    )
     p.add_argument("--loss", choices=["dsm", "diffclf", "dsm+diffclf"], help="training objective")
     p.add_argument("--net", choices=["mlp", "egnn", "e3nn"], help="network family")
     p.add_argument("--steps", type=int, help="optimisation steps (training)")

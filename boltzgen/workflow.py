@@ -1247,6 +1247,23 @@ def analyze(
 
 
 # ---------------------------------------------------------------------------- quickstart
+def _leaves(tree: dict, prefix: str = ""):
+    """(dotted path, value) of every non-dict leaf of a nested dict."""
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+def _yaml_scalar(value) -> str:
+    """A leaf value as ``--set`` reads it back (YAML flow form, no trailing newline)."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 def command_line(command: str, positional=(), options: Optional[dict] = None, settings: Optional[dict] = None) -> str:
     """The ``boltzgen`` command line that runs what a workflow call runs (printed by the quickstart).
 
@@ -1258,7 +1275,8 @@ def command_line(command: str, positional=(), options: Optional[dict] = None, se
         Positional arguments.
     options : dict, optional
         Keyword arguments of the workflow function; ``key_name`` becomes ``--key-name`` (``n``:
-        ``-n``, ``output``: ``-o``), True a bare flag; None and False are left out.
+        ``-n``, ``output``: ``-o``), True a bare flag; None and False are left out; ``overrides``
+        (nested configuration keys) become ``--set SECTION.KEY=VALUE``.
     settings : dict, optional
         Nested SMCSettings dict, written with the flags of :data:`SAMPLE_OPTIONS`.
 
@@ -1269,6 +1287,9 @@ def command_line(command: str, positional=(), options: Optional[dict] = None, se
     words = ["boltzgen", command, *map(str, positional)]
     for key, value in (options or {}).items():
         if value is None or value is False:
+            continue
+        if key == "overrides":
+            words += [w for path, leaf in _leaves(value) for w in ("--set", f"{path}={_yaml_scalar(leaf)}")]
             continue
         flag = {"n": "-n", "output": "-o"}.get(key, "--" + key.replace("_", "-"))
         words += [flag] if value is True else [flag, str(value)]

@@ -257,6 +257,16 @@ def test_cli_train_on_simulated_file(tmp_path, capsys):
     )
     assert main(["train", "--data", str(data), "-o", str(tmp_path / "phi"), "--phi-positive-fraction", "half"]) == 2
     assert "--state-fraction must be a number in (0, 1) or 'none'" in capsys.readouterr().err
+    # --set: one key over the config file, read as YAML; unknown keys and bad items are named
+    cmd = ["train", "--data", str(data), "--config", str(config), "--no-progress"]
+    assert main([*cmd, "-o", str(tmp_path / "set"), "--set", "optim.lr=2e-4", "--set", "train.steps=2"]) == 0
+    written = yaml.safe_load((tmp_path / "set" / "config.yaml").read_text())
+    assert written["optim"]["lr"] == 2e-4 and written["train"]["steps"] == 2
+    capsys.readouterr()
+    assert main([*cmd, "-o", str(tmp_path / "bad"), "--set", "optim.bogus_key=1"]) == 2
+    assert "bogus_key" in capsys.readouterr().err
+    assert main([*cmd, "-o", str(tmp_path / "bad"), "--set", "lr=1"]) == 2
+    assert "want SECTION.KEY=VALUE" in capsys.readouterr().err
 
 
 def test_molecular_run_stores_topology(tmp_path):
@@ -521,3 +531,16 @@ def test_loading_a_model_does_not_import_the_trainer():
     subprocess.run(
         [sys.executable, "-c", "import boltzgen, sys; assert 'torch' not in sys.modules, 'heavy import'"], check=True
     )
+
+
+def test_printed_train_command_carries_config_overrides_as_set_flags():
+    """What the quickstart prints must run: overrides become --set items that parse back."""
+    import shlex
+
+    from boltzgen.cli import parse_settings
+    from boltzgen.workflow import command_line
+
+    overrides = {"model": {"prior": "forcefield", "t_min": 1e-5}, "loss": {"lambda_pin": 1.0, "target_score": True}}
+    words = shlex.split(command_line("train", (), {"data": "d.h5", "overrides": overrides}))
+    items = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+    assert parse_settings(items) == overrides
