@@ -404,7 +404,15 @@ def describe() -> list[dict]:
 
 
 def check_target_flags(
-    system=None, pdb=None, forcefield=None, system_xml=None, topology=None, sequence=None, solvent=None
+    system=None,
+    pdb=None,
+    forcefield=None,
+    system_xml=None,
+    topology=None,
+    sequence=None,
+    solvent=None,
+    *,
+    spelling: str = "flags",
 ) -> None:
     """Check that a target is named in exactly one complete way, without building it.
 
@@ -412,14 +420,21 @@ def check_target_flags(
     ----------
     system, pdb, forcefield, system_xml, topology, sequence, solvent
         As in :func:`resolve`; None where not given.
+    spelling : {"flags", "keys"}
+        How the messages name the fields: as command-line flags (``--system-xml``) or as the
+        keys of a target file (``system_xml``, :func:`read_target_file`).
 
     Raises
     ------
     ValueError
         No way or two ways of naming the target, or one way half given (``--pdb`` without
         ``--forcefield``, ``--system-xml`` without ``--topology``, ``--solvent`` without
-        ``--sequence``); the message names the flags that go together.
+        ``--sequence``); the message names the fields that go together.
     """
+
+    def n(field: str) -> str:
+        return field if spelling == "keys" else "--" + field.replace("_", "-")
+
     given = [
         system is not None,
         pdb is not None or (forcefield is not None and sequence is None),
@@ -427,16 +442,20 @@ def check_target_flags(
         sequence is not None,
     ]
     if solvent is not None and sequence is None:
-        raise ValueError("--solvent goes with --sequence (with --pdb, add the implicit-solvent XML to --forcefield)")
+        raise ValueError(
+            f"{n('solvent')} goes with {n('sequence')} (with {n('pdb')}, add the implicit-solvent XML to "
+            f"{n('forcefield')})"
+        )
     if sum(given) != 1:
         raise ValueError(
-            "name the target in exactly one way: --system NAME, --pdb FILE --forcefield XML [XML ...], "
-            "--system-xml FILE --topology FILE, or --sequence SEQ [--forcefield XML] [--solvent MODEL]"
+            f"name the target in exactly one way: {n('system')} NAME, {n('pdb')} FILE {n('forcefield')} XML "
+            f"[XML ...], {n('system_xml')} FILE {n('topology')} FILE, or {n('sequence')} SEQ "
+            f"[{n('forcefield')} XML] [{n('solvent')} MODEL]"
         )
     if (pdb is not None or forcefield is not None) and sequence is None and (pdb is None or not forcefield):
-        raise ValueError("--pdb and --forcefield go together")
+        raise ValueError(f"{n('pdb')} and {n('forcefield')} go together")
     if (system_xml is None) != (topology is None):
-        raise ValueError("--system-xml and --topology go together")
+        raise ValueError(f"{n('system_xml')} and {n('topology')} go together")
 
 
 TARGET_FILE_KEYS = ("system", "pdb", "forcefield", "system_xml", "topology", "sequence", "solvent", "temperature")
@@ -487,9 +506,9 @@ def read_target_file(path: str) -> dict:
         local = (os.path.join(base, str(f)) for f in files)
         out["forcefield"] = [p if os.path.isfile(p) else str(f) for f, p in zip(files, local)]
     try:
-        check_target_flags(**{k: out.get(k) for k in TARGET_FILE_KEYS if k != "temperature"})
+        check_target_flags(**{k: out.get(k) for k in TARGET_FILE_KEYS if k != "temperature"}, spelling="keys")
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}".replace("--system-xml", "system_xml").replace("--", "")) from None
+        raise ValueError(f"{path}: {exc}") from None
     return out
 
 
