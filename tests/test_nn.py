@@ -32,6 +32,8 @@ CASES = {
     "egnn-full-aldp": ("aldp", "egnn", {}, True),
     "egnn-radius-aldp": ("aldp", "egnn", dict(graph="radius", cutoff=3.0), True),
     "egnn-full-aldp-equivalent-H": ("aldp", "egnn", dict(atom_types="equivalent_hydrogens"), True),
+    "egnn-full-aldp-bond-edges": ("aldp", "egnn", dict(bond_edges=True, atom_types="equivalent_hydrogens"), True),
+    "egnn-radius-aldp-bond-edges": ("aldp", "egnn", dict(bond_edges=True, graph="radius", cutoff=3.0), True),
     "egnn-full-lj13": ("lj13", "egnn", {}, True),
     "egnn-radius-lj13": ("lj13", "egnn", dict(graph="radius", cutoff=1.8), True),
     "e3nn-O3-aldp": ("aldp", "e3nn", {}, True),
@@ -63,6 +65,9 @@ def perturb_final_layer(net: torch.nn.Module, seed: int = 0, std: float = 0.5) -
     with torch.no_grad():
         for p in net.final_layer.parameters():
             p.copy_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        for layer in getattr(net, "layers", []):  # zero-initialised bond-edge embeddings too
+            if getattr(layer, "edge_class", None) is not None:
+                layer.edge_class.weight.copy_(torch.randn(layer.edge_class.weight.shape, generator=g, dtype=p.dtype))
     return net
 
 
@@ -347,6 +352,37 @@ def test_dense_egnn_layer_equals_the_per_pair_message_formula(update_coordinates
     expected_pos = pos + displacement.reshape(-1, 3) / 4.0 if update_coordinates else pos
     assert torch.allclose(h_new, expected_h, atol=1e-12)
     assert torch.allclose(pos_new, expected_pos, atol=1e-12)
+
+
+def test_bond_distance_classes_of_alanine_dipeptide(targets):
+    """Classes 1/2/3 are the bonds, angles and proper torsions of the bond graph (each pair twice)."""
+    from boltzgen.nn.features import bond_distance_classes
+
+    topology = targets["aldp"].topology
+    classes = bond_distance_classes(topology, 22)
+    assert torch.equal(classes, classes.T) and int(classes.diagonal().abs().sum()) == 0
+    assert int((classes == 1).sum()) == 2 * topology.n_bonds
+    bonded = {(a.index, b.index) for a, b in topology.bonds} | {(b.index, a.index) for a, b in topology.bonds}
+    assert all((i, j) in bonded for i, j in (classes == 1).nonzero().tolist())
+    angles = {(i, k) for i, j in bonded for j2, k in bonded if j == j2 and i != k}
+    assert {tuple(p) for p in (classes == 2).nonzero().tolist()} == angles - bonded
+    assert torch.equal(bond_distance_classes(None, 5), torch.zeros(5, 5, dtype=torch.long))
+
+
+def test_bond_edges_change_the_energy_and_layouts_agree(targets):
+    """With trained (nonzero) bond-edge embeddings the energy depends on the bond graph, and the
+    dense and torch-geometric layouts give the same energy."""
+    aldp = targets["aldp"]
+    torch.manual_seed(3)
+    kw = dict(hidden=16, n_layers=2, bond_edges=True, neighbour_norm=21.0, dtype=torch.float64)
+    full = perturb_final_layer(build_network("egnn", aldp, graph="full", **kw))
+    sparse = build_network("egnn", aldp, graph="radius", cutoff=1000.0, **kw)  # envelope ~1
+    sparse.load_state_dict(full.state_dict())
+    x, t = configurations(aldp), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(full(x, t), sparse(x, t), rtol=1e-10, atol=1e-10)
+    plain = build_network("egnn", aldp, graph="full", **{**kw, "bond_edges": False})
+    plain.load_state_dict({k: v for k, v in full.state_dict().items() if "edge_class" not in k})
+    assert float((plain(x, t) - full(x, t)).abs().min()) > 1e-3
 
 
 def test_smooth_cutoff_vanishes_smoothly():
