@@ -479,7 +479,11 @@ STRUCTURE_MAX = 0.01
 
 def _structure_problems(summary: dict) -> list:
     out = []
-    for key, what in (("d_centre_fraction", "a D-amino acid"), ("cis_bond_fraction", "a cis peptide bond")):
+    for key, what in (
+        ("d_centre_fraction", "a D-amino acid"),
+        ("cis_bond_fraction", "a cis peptide bond"),
+        ("broken_bond_fraction", "a broken bond"),
+    ):
         value = _number(summary.get(key))
         if value is not None and value > STRUCTURE_MAX:
             out.append(
@@ -533,6 +537,7 @@ _METRIC_TABLES = (
             ("mean_reduced_energy", "Mean reduced energy (kT)"),
             ("d_centre_fraction", "Weight on samples with a D-amino acid (fraction)"),
             ("cis_bond_fraction", "Weight on samples with a cis peptide bond (fraction)"),
+            ("broken_bond_fraction", "Weight on samples with a broken bond (fraction)"),
         ],
     ),
     (
@@ -831,7 +836,8 @@ def structure_fractions(samples, log_w) -> dict:
     Returns
     -------
     dict
-        ``d_centre_fraction``, ``cis_bond_fraction`` (weighted, in [0, 1]), or {}.
+        ``d_centre_fraction``, ``cis_bond_fraction``, ``broken_bond_fraction`` (weighted, in
+        [0, 1]), or {}.
     """
     from .states import chiral_centres, peptide_bonds
     from .systems.peptides import check_peptide
@@ -849,6 +855,7 @@ def structure_fractions(samples, log_w) -> dict:
     return {
         "d_centre_fraction": share(counts["d_centres"] > 0),
         "cis_bond_fraction": share(counts["cis_bonds"] > 0),
+        "broken_bond_fraction": share(counts["broken_bonds"] > 0),
     }
 
 

@@ -1386,7 +1386,15 @@ def quickstart(
             {
                 k: v
                 for k, v in analysed.items()
-                if k in ("energy_w2", "torsion_w2", "per_residue", "d_centre_fraction", "cis_bond_fraction")
+                if k
+                in (
+                    "energy_w2",
+                    "torsion_w2",
+                    "per_residue",
+                    "d_centre_fraction",
+                    "cis_bond_fraction",
+                    "broken_bond_fraction",
+                )
                 or k.startswith("reference_")
             }
         )

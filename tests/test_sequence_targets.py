@@ -50,9 +50,12 @@ def test_d_forms_and_cis_bonds_are_detected():
     rotated = 2 * np.outer(rel @ axis, axis) - rel  # 180 degrees about the axis through C
     cis = x.copy()
     cis[moving] = x[c] + rotated
-    counts = check_peptide(top, np.stack([x, mirror, cis]), clash_distance=0.0)
-    assert counts["d_centres"].tolist() == [0, 3, 0]
-    assert counts["cis_bonds"].tolist() == [0, 0, 1]
+    stretched = x.copy()
+    stretched[moving] += 0.3 * axis  # pulls the peptide bond C-N apart: one broken bond
+    counts = check_peptide(top, np.stack([x, mirror, cis, stretched]), clash_distance=0.0)
+    assert counts["d_centres"].tolist() == [0, 3, 0, 0]
+    assert counts["cis_bonds"].tolist() == [0, 0, 1, 0]
+    assert counts["broken_bonds"].tolist() == [0, 0, 0, 1]
 
 
 def test_structure_fractions_are_weighted_shares_in_the_unit_interval():
@@ -68,7 +71,7 @@ def test_structure_fractions_are_weighted_shares_in_the_unit_interval():
     w = np.exp(log_w - log_w.max())
     got = structure_fractions(samples, log_w)
     assert got["d_centre_fraction"] == pytest.approx(w[:7].sum() / w.sum(), rel=1e-12)
-    assert got["cis_bond_fraction"] == 0.0
+    assert got["cis_bond_fraction"] == 0.0 and got["broken_bond_fraction"] == 0.0
     # all frames flagged: exactly 1 whatever the weights (summation rounding must not leave [0, 1])
     for seed in range(20):
         log_w = np.random.default_rng(seed).normal(size=10)

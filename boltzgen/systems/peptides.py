@@ -252,8 +252,14 @@ def build_capped_peptide(
     return modeller.topology, xyz
 
 
+#: Covalent bonds of a peptide (C–H 0.109, N–H 0.101, C–S 0.182 nm) lie inside this range (nm);
+#: a bond outside it is broken, the sign of a generated molecule with misplaced atoms.
+BOND_LENGTH_RANGE = (0.07, 0.22)
+
+
 def check_peptide(topology, x, clash_distance: float = 0.1) -> dict:
-    """Count what no L-peptide of the force field should show: D-centres, cis bonds, clashes.
+    """Count what no L-peptide of the force field should show: D-centres, cis bonds, clashes,
+    broken bonds.
 
     Parameters
     ----------
@@ -266,7 +272,9 @@ def check_peptide(topology, x, clash_distance: float = 0.1) -> dict:
     -------
     dict
         ``d_centres`` (B,) number of Cα in the D-form; ``cis_bonds`` (B,) peptide bonds with
-        |ω| < 90°; ``clashes`` (B,) atom pairs closer than ``clash_distance``; ``frames`` B.
+        |ω| < 90°; ``clashes`` (B,) atom pairs closer than ``clash_distance``;
+        ``broken_bonds`` (B,) bonds of the topology with a length outside
+        :data:`BOND_LENGTH_RANGE`; ``frames`` B.
     """
     from ..states import as_mdtraj_topology, chiral_centres, peptide_bonds, torsion_angles
 
@@ -284,10 +292,14 @@ def check_peptide(topology, x, clash_distance: float = 0.1) -> dict:
         xs = x[start : start + 256]
         d = np.linalg.norm(xs[:, close[:, 0]] - xs[:, close[:, 1]], axis=-1)
         clashes[start : start + 256] = (d < clash_distance).sum(-1)
+    pairs = np.array([[a.index, b.index] for a, b in top.bonds], dtype=np.int64).reshape(-1, 2)
+    length = np.linalg.norm(x[:, pairs[:, 0]] - x[:, pairs[:, 1]], axis=-1)
+    low, high = BOND_LENGTH_RANGE
     return {
         "d_centres": d_count.astype(np.int64),
         "cis_bonds": np.asarray(cis, dtype=np.int64),
         "clashes": clashes,
+        "broken_bonds": ((length < low) | (length > high)).sum(-1).astype(np.int64),
         "frames": len(x),
     }
 
