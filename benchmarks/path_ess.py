@@ -9,7 +9,10 @@ population to a few ancestors before the states of the molecule have formed (the
 resampling) and reports the ESS fraction at a few times, for one or more run directories, beside
 the run's own held-out diagnostics of its low-noise energy (``metrics.json`` of ``boltzgen train``:
 the spread of E_θ(x, t_min) − u(x) overall and in its worst state, and the error of the model's own
-state free energies), so that the two ends of the path can be read side by side.
+state free energies), so that the two ends of the path can be read side by side. For molecules it
+also counts the share of the model's own particles at t_min whose bonds are all intact
+(:func:`boltzgen.systems.peptides.check_peptide`): a particle with a misplaced atom carries a
+bond many times its length, an energy of thousands of kT, and no weight.
 
     python benchmarks/path_ess.py RUN_DIR [RUN_DIR ...] [-n 256] [--steps 100] [--out bench-results/path_ess.json]
 """
@@ -58,6 +61,11 @@ def path_ess(run_dir: str, n: int, steps: int, seed: int) -> dict:
     settings = SMCSettings.from_dict({"diffusion": {"n_steps": steps}, "resampling": {"ess_threshold": 0.0}})
     result = smc_sample(model, None, n, torch.Generator().manual_seed(seed), settings=settings)
     t, ess = result.t.numpy(), result.ess.numpy()
+    intact = None
+    if model.topology is not None and model.topology.n_bonds:  # the model's own molecules at t_min
+        from boltzgen.systems.peptides import check_peptide
+
+        intact = float(np.mean(check_peptide(model.topology, result.x.numpy())["broken_bonds"] == 0))
     nearest = [int(np.argmin(np.abs(t - x))) for x in REPORT_TIMES]
     at = {f"{t[i]:.3f}": float(ess[i]) for i in nearest}
     at[f"{t[-1]:.3g}"] = float(ess[-1])
@@ -65,6 +73,7 @@ def path_ess(run_dir: str, n: int, steps: int, seed: int) -> dict:
         "run_dir": os.path.abspath(run_dir),
         "ess_fraction_at_t": at,
         "ess_fraction_t_min": float(ess[-1]),
+        "intact_fraction_t_min": intact,
         "seconds": time.perf_counter() - start,
         **low_noise_diagnostics(run_dir),
     }
@@ -80,7 +89,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     runs = [path_ess(run, args.n, args.steps, args.seed) for run in args.run_dirs]
     for run in runs:
-        print(run["run_dir"], " ".join(f"t={k}: {v:.3f}" for k, v in run["ess_fraction_at_t"].items()), file=sys.stderr)
+        ess = " ".join(f"t={k}: {v:.3f}" for k, v in run["ess_fraction_at_t"].items())
+        print(run["run_dir"], ess, f"intact at t_min: {run['intact_fraction_t_min']}", file=sys.stderr)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_json(args.out, {"n_particles": args.n, "steps": args.steps, "seed": args.seed, "runs": runs})
     return 0

@@ -326,6 +326,7 @@ def path_ess_rows(blob: dict) -> list[list[str]]:
             ", ".join(f"t = {t}: {fmt(v)}" for t, v in r["ess_fraction_at_t"].items()),
             f"{fmt(r.get('energy_gap_std_kT'), '.2f')} ({fmt(r.get('energy_gap_std_worst_state_kT'), '.2f')})",
             fmt(r.get("dF_error_kT"), ".2f"),
+            fmt(r.get("intact_fraction_t_min"), ".2f"),
         ]
         for r in blob.get("runs", [])
     ]
@@ -600,6 +601,7 @@ BENCHMARKS = [
             "ESS fraction of the unresampled path weights",
             "std(E − u) at t_min, kT (worst state)",
             "model's state ΔF error, kT",
+            "intact molecules at t_min",
         ],
         path_ess_rows,
         lambda b: isinstance(b.get("runs"), list) and "n_particles" in b,
