@@ -114,6 +114,7 @@ __all__ = [
     "target_score_weight",
     "score_target",
     "mean_stiffness",
+    "calibrate_log_normaliser",
 ]
 
 #: Names accepted by :func:`compute_loss` (and ``boltzgen train --loss``).
@@ -762,3 +763,60 @@ def compute_loss(
             **pin,
         )
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+@torch.no_grad()
+def calibrate_log_normaliser(model, x0: torch.Tensor, generator: Optional[torch.Generator] = None) -> Optional[float]:
+    """Set the learned residual f_φ of F(t) = −log Z_t to the current energies' own normalisers.
+
+    DiffCLF's logits are −E_θ(x, t_i) + F(t_i). Before its first step F is the Gaussian term's
+    normaliser plus f_φ = 0, which can be hundreds of kT away from −log ∫ exp(−E_θ(x, t)) dx
+    (a force-field prior, a DSM pre-training): the first classification loss is then in the
+    hundreds, and the clipped gradient steps spend many steps dragging the network, not F, until F
+    has caught up. This sets F on the grid of a ``grid`` normaliser by free-energy perturbation
+    between neighbouring levels, F(t_{g+1}) − F(t_g) = −log⟨exp(−ΔE)⟩ with ΔE = E(x, t_{g+1}) −
+    E(x, t_g), averaged over the forward estimate on x ~ p_{t_g} and the backward one on
+    x ~ p_{t_{g+1}} (``x0`` noised to each level), and anchors F at t = 1, where the model is its
+    Gaussian term, to that term's normaliser. The classification loss is invariant to a constant
+    in F, so only the differences matter to it.
+
+    Parameters
+    ----------
+    model : EnergyModel
+        With a ``grid`` log-normaliser (other kinds are left as they are).
+    x0 : tensor, shape (B, *event_shape)
+        Clean training samples (model units).
+    generator : torch.Generator, optional
+        For the noise.
+
+    Returns
+    -------
+    float or None
+        Largest change of F over the grid (kT), or None when nothing was calibrated.
+    """
+    normaliser = model.normaliser
+    if normaliser.kind != "grid":
+        return None
+    dtype = normaliser.values.dtype
+    times = normaliser.grid.to(dtype)
+    energies = []  # E(x ~ p_g, t) at t = t_{g-1}, t_g, t_{g+1}
+    for g, t in enumerate(times):
+        noise = sample_noise(x0.shape, generator, model.mean_free, dtype=x0.dtype, device=x0.device)
+        xt, _ = model.schedule.q_sample(x0, torch.full((x0.shape[0],), float(t), dtype=x0.dtype), noise=noise)
+        near = {
+            h: model.energy(xt, float(times[h])).to(torch.float64) for h in (g - 1, g, g + 1) if 0 <= h < len(times)
+        }
+        energies.append(near)
+    log_b = torch.tensor(float(x0.shape[0]), dtype=torch.float64).log()
+    steps = []
+    for g in range(len(times) - 1):
+        forward = -(torch.logsumexp(-(energies[g][g + 1] - energies[g][g]), 0) - log_b)
+        backward = torch.logsumexp(-(energies[g + 1][g] - energies[g + 1][g + 1]), 0) - log_b
+        steps.append(0.5 * (forward + backward))
+    target = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.stack(steps), 0)])
+    gaussian = model.log_normaliser(times.to(torch.float64)) - normaliser(times.to(torch.float64))
+    target = target - target[-1] + gaussian[-1]  # anchored at t = 1
+    residual = (target - gaussian).to(dtype)
+    change = float((residual - normaliser.values.detach()).abs().max())
+    normaliser.values.copy_(residual)
+    return change

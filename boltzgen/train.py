@@ -48,7 +48,7 @@ from .config import (  # noqa: F401  (system_config_path: re-exported for older 
 )
 from .energy import EnergyModel
 from .io import atomic_path, load_samples, write_json
-from .losses import compute_loss
+from .losses import calibrate_log_normaliser, compute_loss
 from .model import TrainedModel, build_model, load_checkpoint, load_model  # noqa: F401  (TrainedModel, load_model: re-exported for older imports)
 from .version import __version__
 
@@ -816,8 +816,9 @@ class Trainer:
         )
         for group in self.optimiser.param_groups:
             group["lr"] = group["base_lr"] * factor
-        idx = self._batch_indices(self.train_data, self.local_batch, self.generator)
         options = self._loss_options(self.step)
+        self._calibrate_at_clf_start(options)
+        idx = self._batch_indices(self.train_data, self.local_batch, self.generator)
         physics = self._physics_batch(idx, self.train_force, self.train_u)
         parts = compute_loss(self.model.inner, self.train_data[idx], self.generator, **options, **physics)
         self.optimiser.zero_grad(set_to_none=True)
@@ -839,6 +840,26 @@ class Trainer:
         out = {k: float(v) for k, v in scalars.items()}
         out.update(phase=options["loss"], lr=self.optimiser.param_groups[0]["lr"], grad_norm=float(norm))
         return out
+
+    def _calibrate_at_clf_start(self, options: dict) -> None:
+        """At the first step with DiffCLF, set F(t) to the current energies' normalisers
+        (:func:`boltzgen.losses.calibrate_log_normaliser`), in the model and its EMA, the same on
+        every rank. Its frames come from a generator of their own, so a resumed run repeats it."""
+        first = int(self.config["pretrain_dsm_steps"]) if options["loss"] != "dsm" else -1
+        if self.step != first or options["lambda_clf"] <= 0:
+            return
+        generator = torch.Generator().manual_seed(int(self.config["seed"]) + 104729)
+        idx = self._batch_indices(self.train_data, min(256, self.train_data.shape[0]), generator)
+        change = calibrate_log_normaliser(self.model.inner, self.train_data[idx], generator)
+        if change is None:
+            return
+        values = self.model.inner.normaliser.values.detach()
+        if self.world > 1:
+            torch.distributed.broadcast(values, 0)
+        with torch.no_grad():
+            self.model.inner.normaliser.values.copy_(values)
+            self.ema.normaliser.values.copy_(values)
+        self.metadata["log_normaliser_calibration_kT"] = change
 
     def _average_over_ranks(self, scalars: dict) -> dict:
         """Average the gradients (in one flat all-reduce) and the loss parts over the ranks.

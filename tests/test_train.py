@@ -436,6 +436,7 @@ def test_two_process_training(tmp_path, gmm_data):
 
     # the first step, done in one process: the two half-batch gradients averaged by hand
     sim = Trainer(config, gmm_data, str(tmp_path / "sim"), progress=False)
+    sim._calibrate_at_clf_start(sim._loss_options(0))  # F(t) set before the first DiffCLF step
     params = list(sim.model.inner.parameters())
     grads = []
     for rank in range(2):
