@@ -424,9 +424,9 @@ class ModelConfig(_Section):
     prior : {"none", "bonded", "forcefield"}
         ``bonded`` builds the force field's bonds, angles and torsions into the energy, diffused
         to each t; ``forcefield`` adds its nonbonded pairs (Coulomb and Lennard-Jones without
-        cutoff), so that at t → 0 the prior is the whole vacuum energy
-        (:class:`boltzgen.nn.prior.ForceFieldPrior`; OpenMM targets and Lennard-Jones clusters,
-        whose pairs and restraint are their whole energy).
+        cutoff) and an OBC implicit solvent (``GBSAOBCForce``), so that at t → 0 the prior is the
+        whole energy (:class:`boltzgen.nn.prior.ForceFieldPrior`; OpenMM targets and
+        Lennard-Jones clusters, whose pairs and restraint are their whole energy).
     prior_fade_width : "auto" or float
         Noise-to-signal ratio σ_t/α_t (model units) at which the prior has faded to half;
         ``auto``: the thermal width of the stiffest bond, beyond which summing separately diffused

@@ -228,3 +228,27 @@ def test_prior_for_target_names_an_unsupported_target():
 
     with pytest.raises(ValueError, match="force-field prior needs"):
         prior_for_target(systems.load("gmm-two-modes"), 1.0)
+
+
+def test_forcefield_prior_at_zero_noise_is_the_whole_implicit_solvent_energy():
+    """aldp-implicit (amber99sbildn + OBC): the prior's OBC term makes it the whole energy."""
+    target = systems.load("aldp-implicit", n_workers=0)
+    try:
+        L = 0.17
+        prior = ForceFieldPrior.from_openmm(target.system, L, float(target.kT), nonbonded=True).double()
+        assert prior.gb is not None and "gb=OBC" in repr(prior)
+        one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+        for x in _configurations(target, 3, seed=5):
+            e = float(prior(torch.as_tensor(x / L)[None], one, zero))
+            assert e == pytest.approx(_total_energy(target, x), rel=1e-7, abs=1e-6)
+        # finite energy and score where noisy atoms overlap, and the config round trip
+        y = torch.zeros(1, 22, 3, dtype=torch.float64, requires_grad=True)
+        a, s = torch.full((1,), 0.9, dtype=torch.float64), torch.full((1,), 0.3, dtype=torch.float64)
+        (grad,) = torch.autograd.grad(prior(y, a, s).sum(), y)
+        assert torch.isfinite(grad).all()
+        rebuilt = ForceFieldPrior(**prior.config()).double()
+        z = torch.as_tensor(np.stack(_configurations(target, 2)) / L)
+        a, s = torch.full((2,), 0.99, dtype=torch.float64), torch.full((2,), 0.01, dtype=torch.float64)
+        torch.testing.assert_close(rebuilt(z, a, s), prior(z, a, s))
+    finally:
+        target.close()
