@@ -61,8 +61,11 @@ class LogNormaliser(nn.Module):
     Parameters
     ----------
     kind : {"grid", "mlp", "none"}
-        ``"grid"``: one scalar per level of the uniform grid ``linspace(t_min, 1, n_levels)``,
-        linearly interpolated (constant beyond the ends). ``"mlp"``: a two-hidden-layer SiLU MLP
+        ``"grid"``: one scalar per level of a grid from t_min to 1, geometric in t (about uniform
+        in log-SNR, where the levels of training and sampling lie; uniform in t for t_min = 0),
+        linearly interpolated (constant beyond the ends). A geometric grid lets F follow
+        −log Z_t where it changes fastest, at small t: with a force-field prior it moves by
+        hundreds of kT between t_min and the first level of a uniform grid. ``"mlp"``: a two-hidden-layer SiLU MLP
         of the rescaled time 2 (t − t_min)/(1 − t_min) − 1, last layer zero. ``"none"``: f = 0,
         no parameters.
     t_min : float
@@ -83,7 +86,11 @@ class LogNormaliser(nn.Module):
         if kind == "grid":
             if self.n_levels < 2:
                 raise ValueError(f"a grid log-normaliser needs n_levels >= 2, got {n_levels}")
-            self.register_buffer("grid", torch.linspace(self.t_min, 1.0, self.n_levels))
+            if self.t_min > 0:
+                grid = torch.logspace(math.log10(self.t_min), 0.0, self.n_levels, dtype=torch.float64).float()
+            else:
+                grid = torch.linspace(0.0, 1.0, self.n_levels)
+            self.register_buffer("grid", grid)  # a model.pt keeps its own (old ones: uniform in t)
             self.values = nn.Parameter(torch.zeros(self.n_levels))
         elif kind == "mlp":
             self.mlp = nn.Sequential(
@@ -112,10 +119,9 @@ class LogNormaliser(nn.Module):
         if self.kind == "none":
             return torch.zeros_like(t)
         if self.kind == "grid":
-            g0, g1 = self.grid[0].to(t), self.grid[-1].to(t)
-            u = ((t - g0) / (g1 - g0) * (self.n_levels - 1)).clamp(0.0, self.n_levels - 1)
-            i = u.detach().floor().clamp(max=self.n_levels - 2).long()
-            w = u - i.to(u.dtype)
+            grid = self.grid.to(t)
+            i = (torch.searchsorted(grid, t.detach().contiguous(), right=True) - 1).clamp(0, self.n_levels - 2)
+            w = ((t - grid[i]) / (grid[i + 1] - grid[i])).clamp(0.0, 1.0)
             values = self.values.to(t.dtype)
             return (1.0 - w) * values[i] + w * values[i + 1]
         tau = 2.0 * (t - self.t_min) / (1.0 - self.t_min) - 1.0

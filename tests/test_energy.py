@@ -150,13 +150,29 @@ def test_state_dict_and_config_round_trip(kind):
 
 
 def test_log_normaliser_grid_interpolates_linearly_and_has_its_own_group():
-    model = _model((2,), zero=True, t_min=0.1, n_levels=4)  # grid 0.1, 0.4, 0.7, 1.0
-    with torch.no_grad():
-        model.normaliser.values.copy_(torch.tensor([0.0, 3.0, -3.0, 1.0]))
-    t = torch.tensor([0.1, 0.25, 0.4, 0.55, 0.85, 1.0, 0.0, 1.5], dtype=F64)
-    gauss = -0.5 * 2 * torch.log(2 * math.pi * model.c2(t))
+    model = _model((2,), zero=True, t_min=0.1, n_levels=4)  # geometric grid 0.1, 0.215, 0.464, 1.0
+    grid = model.normaliser.grid.to(F64)
     torch.testing.assert_close(
-        model.log_normaliser(t) - gauss, torch.tensor([0.0, 1.5, 3.0, 0.0, -1.0, 1.0, 0.0, 1.0], dtype=F64)
+        grid, torch.tensor([0.1, 0.1 ** (2 / 3), 0.1 ** (1 / 3), 1.0], dtype=F64), rtol=1e-6, atol=0
+    )
+    values = torch.tensor([0.0, 3.0, -3.0, 1.0], dtype=F64)
+    with torch.no_grad():
+        model.normaliser.values.copy_(values)
+    mid = 0.5 * (grid[:-1] + grid[1:])
+    t = torch.cat([grid, mid, torch.tensor([0.0, 1.5], dtype=F64)])
+    gauss = -0.5 * 2 * torch.log(2 * math.pi * model.c2(t))
+    expected = torch.cat([values, 0.5 * (values[:-1] + values[1:]), values[[0, -1]]])
+    torch.testing.assert_close(model.log_normaliser(t) - gauss, expected, rtol=0, atol=1e-6)
+    # a model.pt of a uniform grid (written before the geometric one) keeps its grid and values
+    old = _model((2,), zero=True, t_min=0.1, n_levels=4)
+    old.load_state_dict({**model.state_dict(), "normaliser.grid": torch.tensor([0.1, 0.4, 0.7, 1.0])})
+    t = torch.tensor([0.1, 0.25, 0.4, 0.55, 0.85, 1.0, 0.0, 1.5], dtype=F64)
+    gauss = -0.5 * 2 * torch.log(2 * math.pi * old.c2(t))
+    torch.testing.assert_close(
+        old.log_normaliser(t) - gauss,
+        torch.tensor([0.0, 1.5, 3.0, 0.0, -1.0, 1.0, 0.0, 1.0], dtype=F64),
+        rtol=0,
+        atol=1e-6,
     )
     assert model.log_normaliser(0.25).shape == ()
     groups = model.parameter_groups(1e-3, log_normaliser_lr=1e-2, weight_decay=1e-4)
