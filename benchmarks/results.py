@@ -645,6 +645,7 @@ PATH_ESS_RECORDED_COLUMNS = [
     "t_min",
     "std(E − u) at t_min, kT (worst state)",
     "model's state ΔF error, kT",
+    "intact molecules at t_min",
 ]
 
 
