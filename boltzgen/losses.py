@@ -802,7 +802,8 @@ def calibrate_log_normaliser(model, x0: torch.Tensor, generator: Optional[torch.
     energies = []  # E(x ~ p_g, t) at t = t_{g-1}, t_g, t_{g+1}
     for g, t in enumerate(times):
         noise = sample_noise(x0.shape, generator, model.mean_free, dtype=x0.dtype, device=x0.device)
-        xt, _ = model.schedule.q_sample(x0, torch.full((x0.shape[0],), float(t), dtype=x0.dtype), noise=noise)
+        at = torch.full((x0.shape[0],), float(t), dtype=x0.dtype, device=x0.device)
+        xt, _ = model.schedule.q_sample(x0, at, noise=noise)
         near = {
             h: model.energy(xt, float(times[h])).to(torch.float64) for h in (g - 1, g, g + 1) if 0 <= h < len(times)
         }
@@ -813,7 +814,8 @@ def calibrate_log_normaliser(model, x0: torch.Tensor, generator: Optional[torch.
         forward = -(torch.logsumexp(-(energies[g][g + 1] - energies[g][g]), 0) - log_b)
         backward = torch.logsumexp(-(energies[g + 1][g] - energies[g + 1][g + 1]), 0) - log_b
         steps.append(0.5 * (forward + backward))
-    target = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.stack(steps), 0)])
+    steps = torch.stack(steps).to(normaliser.values.device)
+    target = torch.cat([steps.new_zeros(1), torch.cumsum(steps, 0)])
     gaussian = model.log_normaliser(times.to(torch.float64)) - normaliser(times.to(torch.float64))
     target = target - target[-1] + gaussian[-1]  # anchored at t = 1
     residual = (target - gaussian).to(dtype)
