@@ -43,6 +43,7 @@ __all__ = [
     "as_mdtraj_topology",
     "chiral_centres",
     "peptide_bonds",
+    "bond_separation",
 ]
 
 
@@ -176,6 +177,38 @@ def chiral_centres(topology) -> np.ndarray:
         if all(k in names for k in ("N", "CA", "C", "CB")):
             out.append([names["N"], names["CA"], names["C"], names["CB"]])
     return np.asarray(out, dtype=np.int64).reshape(-1, 4)
+
+
+def bond_separation(topology, max_bonds: int = 3) -> np.ndarray:
+    """How many bonds apart every pair of atoms is, up to ``max_bonds`` (breadth-first search).
+
+    Parameters
+    ----------
+    topology : mdtraj.Topology or openmm.app.Topology
+        Its bonds define the graph.
+    max_bonds : int
+        Pairs 1 … ``max_bonds`` bonds apart get that number; farther or unconnected pairs, and an
+        atom with itself, get 0.
+
+    Returns
+    -------
+    numpy int64 array, shape (N, N)
+        Symmetric.
+    """
+    top = as_mdtraj_topology(topology)
+    n = top.n_atoms
+    neighbours: list[list[int]] = [[] for _ in range(n)]
+    for a, b in top.bonds:
+        neighbours[a.index].append(b.index)
+        neighbours[b.index].append(a.index)
+    out = np.zeros((n, n), dtype=np.int64)
+    for start in range(n):
+        seen, frontier = {start}, [start]
+        for depth in range(1, max_bonds + 1):
+            frontier = list(dict.fromkeys(j for i in frontier for j in neighbours[i] if j not in seen))
+            seen.update(frontier)
+            out[start, frontier] = depth
+    return out
 
 
 def peptide_bonds(topology) -> np.ndarray:

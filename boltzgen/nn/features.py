@@ -107,23 +107,13 @@ def bond_distance_classes(topology, n_atoms: int, max_bonds: int = 3) -> torch.T
     long tensor, shape (N, N)
         Symmetric; invariant under permutations of atoms that the bond graph cannot tell apart.
     """
-    classes = torch.zeros(n_atoms, n_atoms, dtype=torch.long)
     if topology is None or topology.n_bonds == 0:
-        return classes
+        return torch.zeros(n_atoms, n_atoms, dtype=torch.long)
     if topology.n_atoms != n_atoms:
         raise ValueError(f"topology has {topology.n_atoms} atoms but the network is for {n_atoms}")
-    neighbours: list[list[int]] = [[] for _ in range(n_atoms)]
-    for a, b in topology.bonds:
-        neighbours[a.index].append(b.index)
-        neighbours[b.index].append(a.index)
-    for start in range(n_atoms):  # breadth-first search to depth max_bonds
-        seen, frontier = {start}, [start]
-        for depth in range(1, max_bonds + 1):
-            frontier = [j for i in frontier for j in neighbours[i] if j not in seen]
-            frontier = list(dict.fromkeys(frontier))
-            seen.update(frontier)
-            classes[start, frontier] = depth
-    return classes
+    from ..states import bond_separation
+
+    return torch.as_tensor(bond_separation(topology, max_bonds), dtype=torch.long)
 
 
 def identical_atom_groups(topology, n_atoms: int, scheme: str = "residue_atom") -> list[list[int]]:

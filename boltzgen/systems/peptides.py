@@ -306,19 +306,12 @@ def check_peptide(topology, x, clash_distance: float = 0.1) -> dict:
 
 def _close_pairs(top) -> np.ndarray:
     """Atom pairs more than three bonds apart (the pairs a force field treats as non-bonded)."""
-    n = top.n_atoms
-    adjacency = [set() for _ in range(n)]
-    for a, b in top.bonds:
-        adjacency[a.index].add(b.index)
-        adjacency[b.index].add(a.index)
-    pairs = []
-    for i in range(n):
-        near, frontier = {i}, {i}
-        for _ in range(3):
-            frontier = {k for j in frontier for k in adjacency[j]} - near
-            near |= frontier
-        pairs += [(i, j) for j in range(i + 1, n) if j not in near]
-    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    from ..states import bond_separation
+
+    separation = bond_separation(top, 3)
+    i, j = np.triu_indices(top.n_atoms, k=1)
+    far = separation[i, j] == 0
+    return np.stack([i[far], j[far]], axis=1).astype(np.int64).reshape(-1, 2)
 
 
 def solvent_files(solvent: str) -> tuple:
