@@ -472,18 +472,22 @@ def report_verdict(summary: dict) -> list:
     return problems or [TRUSTED]
 
 
-#: Weight on D-amino acids or cis peptide bonds above which the verdict warns (MD of an L-peptide
-#: with trans bonds has none; the force fields make both many kT unlikely at room temperature).
+#: Weight on D-amino acids, cis peptide bonds or broken bonds above which the verdict warns (MD of
+#: an L-peptide with trans bonds has none; the force fields make each many kT unlikely).
 STRUCTURE_MAX = 0.01
+
+#: The weighted shares of :func:`structure_fractions`: key -> (the count of
+#: :func:`boltzgen.systems.peptides.check_peptide` it is the share of, what that count counts).
+STRUCTURE_FLAWS = {
+    "d_centre_fraction": ("d_centres", "a D-amino acid"),
+    "cis_bond_fraction": ("cis_bonds", "a cis peptide bond"),
+    "broken_bond_fraction": ("broken_bonds", "a broken bond"),
+}
 
 
 def _structure_problems(summary: dict) -> list:
     out = []
-    for key, what in (
-        ("d_centre_fraction", "a D-amino acid"),
-        ("cis_bond_fraction", "a cis peptide bond"),
-        ("broken_bond_fraction", "a broken bond"),
-    ):
+    for key, (_, what) in STRUCTURE_FLAWS.items():
         value = _number(summary.get(key))
         if value is not None and value > STRUCTURE_MAX:
             out.append(
@@ -535,9 +539,7 @@ _METRIC_TABLES = (
             ("ess_fraction", "Effective sample size (fraction of the samples)"),
             ("n_ancestors", "Distinct SMC ancestors of the final samples"),
             ("mean_reduced_energy", "Mean reduced energy (kT)"),
-            ("d_centre_fraction", "Weight on samples with a D-amino acid (fraction)"),
-            ("cis_bond_fraction", "Weight on samples with a cis peptide bond (fraction)"),
-            ("broken_bond_fraction", "Weight on samples with a broken bond (fraction)"),
+            *((key, f"Weight on samples with {what} (fraction)") for key, (_, what) in STRUCTURE_FLAWS.items()),
         ],
     ),
     (
@@ -852,11 +854,7 @@ def structure_fractions(samples, log_w) -> dict:
     def share(mask):  # clipped: a partial sum may round a hair past the total
         return float(np.clip(np.sum(w[mask]) / total, 0.0, 1.0))
 
-    return {
-        "d_centre_fraction": share(counts["d_centres"] > 0),
-        "cis_bond_fraction": share(counts["cis_bonds"] > 0),
-        "broken_bond_fraction": share(counts["broken_bonds"] > 0),
-    }
+    return {key: share(counts[count] > 0) for key, (count, _) in STRUCTURE_FLAWS.items()}
 
 
 def analyze(

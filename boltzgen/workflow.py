@@ -1382,22 +1382,10 @@ def quickstart(
         start = time.perf_counter()
         analysed = analyze(samples, report_dir, reference, run_dir=run_dir, seed=seed)
         seconds["analyze"] = time.perf_counter() - start
-        summary.update(
-            {
-                k: v
-                for k, v in analysed.items()
-                if k
-                in (
-                    "energy_w2",
-                    "torsion_w2",
-                    "per_residue",
-                    "d_centre_fraction",
-                    "cis_bond_fraction",
-                    "broken_bond_fraction",
-                )
-                or k.startswith("reference_")
-            }
-        )
+        from .report import STRUCTURE_FLAWS
+
+        kept = {"energy_w2", "torsion_w2", "per_residue", *STRUCTURE_FLAWS}
+        summary.update({k: v for k, v in analysed.items() if k in kept or k.startswith("reference_")})
         summary["reference"] = os.path.abspath(reference)
     summary["stage_seconds"] = seconds
     summary["total_seconds"] = float(sum(seconds.values()))
