@@ -853,12 +853,10 @@ class Trainer:
         change = calibrate_log_normaliser(self.model.inner, self.train_data[idx], generator)
         if change is None:
             return
-        values = self.model.inner.normaliser.values.detach()
+        values = self.model.inner.normaliser.values.detach()  # shares the parameter's storage
         if self.world > 1:
-            torch.distributed.broadcast(values, 0)
-        with torch.no_grad():
-            self.model.inner.normaliser.values.copy_(values)
-            self.ema.normaliser.values.copy_(values)
+            torch.distributed.broadcast(values, 0)  # in place: every rank holds rank 0's
+        self.ema.normaliser.values.detach().copy_(values)
         self.metadata["log_normaliser_calibration_kT"] = change
 
     def _average_over_ranks(self, scalars: dict) -> dict:
