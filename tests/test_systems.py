@@ -336,3 +336,6 @@ def test_target_file_names_a_target_like_the_flags(tmp_path):
     (tmp_path / "list.yaml").write_text("- AAA\n")
     with pytest.raises(ValueError, match="a target file is a mapping"):
         read_target_file(str(tmp_path / "list.yaml"))
+    (tmp_path / "broken.yaml").write_text("sequence: [AAA\n")
+    with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
+        read_target_file(str(tmp_path / "broken.yaml"))

@@ -484,13 +484,16 @@ def read_target_file(path: str) -> dict:
     Raises
     ------
     ValueError
-        For a file that is not a mapping, an unknown key (named, with the known ones), or a target
-        named in none or two ways (as the target flags).
+        For a file that is not valid YAML or not a mapping, an unknown key (named, with the known
+        ones), or a target named in none or two ways (as the target flags).
     """
     import yaml
 
     with open(path, encoding="utf-8") as handle:
-        spec = yaml.safe_load(handle)
+        try:
+            spec = yaml.safe_load(handle)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: a target file is a mapping of {', '.join(TARGET_FILE_KEYS)}")
     unknown = sorted(set(spec) - set(TARGET_FILE_KEYS))
