@@ -181,7 +181,7 @@ class ForceFieldPrior(nn.Module):
 
     @classmethod
     def lennard_jones(
-        cls, n_particles: int, length_scale: float, oscillator_scale: float = 1.0, fade_width="auto"
+        cls, n_particles: int, length_scale: float, oscillator_scale: float = 1.0, fade_width="auto", pairs: bool = True
     ) -> "ForceFieldPrior":
         """The energy of :class:`boltzgen.systems.lj.LennardJonesCluster` as a prior, in model units.
 
@@ -197,6 +197,8 @@ class ForceFieldPrior(nn.Module):
             The cluster's restraint strength.
         fade_width : float or "auto"
             ``auto``: the thermal width of the pair well at r_m, 1 / √(u''(1)) = 1/12, in model units.
+        pairs : bool
+            Carry the pair term; False leaves the restraint alone (``model.prior: bonded``).
 
         Returns
         -------
@@ -204,10 +206,10 @@ class ForceFieldPrior(nn.Module):
         """
         L = float(length_scale)
         s, eps = 2.0 ** (-1.0 / 6.0) / L, 2.0
-        pairs = [[i, j, 0.0, s, eps] for i in range(n_particles) for j in range(i + 1, n_particles)]
+        terms = [[i, j, 0.0, s, eps] for i in range(n_particles) for j in range(i + 1, n_particles)] if pairs else []
         if fade_width == "auto":
             fade_width = 1.0 / (12.0 * L)  # u''(r_m) = 2 (156 - 84) = 144 kT / r_m²
-        return cls([], [], [], float(fade_width), pairs, replaces_gaussian=True, centroid_k=oscillator_scale * L**2)
+        return cls([], [], [], float(fade_width), terms, replaces_gaussian=True, centroid_k=oscillator_scale * L**2)
 
     def config(self) -> dict:
         """Plain lists that rebuild this prior (``ForceFieldPrior(**config)``).
@@ -468,10 +470,8 @@ def prior_for_target(target, length_scale: float, fade_width="auto", nonbonded: 
     from ..systems.lj import LennardJonesCluster
 
     if isinstance(target, LennardJonesCluster):
-        prior = ForceFieldPrior.lennard_jones(target.event_shape[0], length_scale, target.oscillator_scale, fade_width)
-        if not nonbonded:
-            prior = ForceFieldPrior([], [], [], prior.fade_width, [], True, prior.centroid_k)
-        return prior
+        n = target.event_shape[0]
+        return ForceFieldPrior.lennard_jones(n, length_scale, target.oscillator_scale, fade_width, pairs=nonbonded)
     if getattr(target, "system", None) is None:
         raise ValueError(
             f"a force-field prior needs an OpenMM target or a Lennard-Jones cluster, not {type(target).__name__}"
