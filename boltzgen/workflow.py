@@ -74,6 +74,13 @@ SAMPLE_OPTIONS = (
         "MALA moves per diffusion level (each costs a model evaluation, like a diffusion step)",
     ),
     (
+        "--diffusion-weights",
+        ("diffusion", "weights"),
+        str,
+        "how a diffusion level moves and weights: 'kernel' (reverse-diffusion proposals) or 'annealed' "
+        "(rescaling, energy change, then --mcmc-steps moves: annealed importance sampling; needs moves)",
+    ),
+    (
         "--tempering",
         ("diffusion", "tempering"),
         float,

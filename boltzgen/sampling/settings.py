@@ -32,7 +32,11 @@ __all__ = [
     "ResampleSettings",
     "SMCSettings",
     "MOVE_KERNELS",
+    "DIFFUSION_WEIGHTS",
 ]
+
+#: How the diffusion stage moves and weights particles (:class:`DiffusionSettings`).
+DIFFUSION_WEIGHTS = ("kernel", "annealed")
 
 #: MCMC kernels of the moves.
 MOVE_KERNELS = tuple(sorted(DEFAULT_TARGET_ACCEPTANCE))
@@ -113,6 +117,15 @@ class DiffusionSettings:
     step_size : float, optional
         Step size of these moves in model units (MALA h, HMC ε), times the adapted factor κ;
         default: from the median gradient norm at each level.
+    weights : {"kernel", "annealed"}
+        How a level moves and weights the particles. "kernel": a step of the reverse-diffusion
+        kernel built from the learned score, weighted by the exact forward kernel (exact
+        marginals keep equal weights; a model whose energies at neighbouring levels disagree with
+        its own score loses weight there). "annealed": annealed importance sampling along the
+        learned energies: the configurations are rescaled by the ratio of the marginals' scales
+        sqrt(α² σ_data² + σ²) of the two levels, weighted by the change of the energy there, then moved by ``mcmc_steps`` MCMC steps on exp(−E(y, t'))
+        (at least one). The weights then only ask neighbouring levels to be close, not consistent
+        with the forward process; the moves cost one model evaluation each.
     tempering : float in (0, 1]
         Exponent b of the learned energies at t_min (1: none). The stage then targets
         exp(−b(t) E(y, t)) with b(t) falling linearly from 1 at t = 1 to b at t_min: b < 1 shrinks
@@ -124,6 +137,7 @@ class DiffusionSettings:
     spacing: str = "quadratic"
     t_min: Optional[float] = None
     kernel: str = "ddpm"
+    weights: str = "kernel"
     mcmc_steps: int = 0
     step_size: Optional[float] = None
     tempering: float = 1.0
@@ -133,7 +147,10 @@ class DiffusionSettings:
         _choice(self, "spacing", "diffusion.spacing", TIME_SPACINGS)
         _float(self, "t_min", "diffusion.t_min", 0.0, 1.0, low_open=True, high_open=True, optional=True)
         _choice(self, "kernel", "diffusion.kernel", SDE_METHODS)
+        _choice(self, "weights", "diffusion.weights", DIFFUSION_WEIGHTS)
         _int(self, "mcmc_steps", "diffusion.mcmc_steps", 0)
+        if self.weights == "annealed" and self.mcmc_steps < 1:
+            raise _fail("diffusion.mcmc_steps", "must be at least 1 with diffusion.weights 'annealed'", self.mcmc_steps)
         _float(self, "step_size", "diffusion.step_size", 0.0, low_open=True, optional=True)
         _float(self, "tempering", "diffusion.tempering", 0.0, 1.0, low_open=True)
 

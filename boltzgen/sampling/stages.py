@@ -61,6 +61,7 @@ __all__ = [
     "start_from",
     "maybe_resample",
     "run_diffusion",
+    "marginal_scale",
     "fold_chirality",
     "balance_states",
     "run_annealing",
@@ -858,13 +859,68 @@ def _diffusion_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRec
     state.step_size.update(float(np.mean(accs)))
 
 
+def _kernel_step(state: ParticleState, problem: SMCProblem, t: float, t_next: float) -> torch.Tensor:
+    """Move by the reverse kernel M of the learned score; log increment with the exact forward kernel L."""
+    m, mf, g = problem.model, problem.mean_free, problem.generator
+    y = state.y
+    mean, var_m = reverse_kernel(
+        m.schedule, y, -state.grad, t, t_next, problem.settings.diffusion.kernel, model_sigma_data(m)
+    )
+    y_new = mean + math.sqrt(var_m) * sample_noise(y.shape, g, mf, dtype=y.dtype, device=y.device)
+    e_new, g_new = problem.model_eval(state, y_new, t_next)
+    a, v = m.schedule.transition(t_next, t)
+    log_l = gaussian_log_prob(y, float(a) * y_new, float(v), mean_free=mf)
+    log_m = gaussian_log_prob(y_new, mean, var_m, mean_free=mf)
+    incr = -e_new + state.energy + log_l - log_m
+    state.y, state.energy, state.grad = y_new, e_new, g_new
+    return incr
+
+
+def marginal_scale(schedule, t: float, sigma_data: float) -> float:
+    """sqrt(α_t² σ_d² + σ_t²): the per-coordinate scale of the time-t marginal of data of scale σ_d.
+
+    Parameters
+    ----------
+    schedule : noise schedule
+        With ``alpha`` and ``sigma`` of a time.
+    t : float
+        Diffusion time.
+    sigma_data : float
+        σ_d, the data's per-coordinate scale in model units.
+
+    Returns
+    -------
+    float
+        In model units.
+    """
+    tt = torch.tensor(float(t), dtype=torch.float64)
+    return math.sqrt(float(schedule.alpha(tt)) ** 2 * sigma_data**2 + float(schedule.sigma(tt)) ** 2)
+
+
+def _annealed_step(state: ParticleState, problem: SMCProblem, t: float, t_next: float) -> torch.Tensor:
+    """Rescale y by c = s(t') / s(t) (:func:`marginal_scale`, a deterministic map); log increment
+    E(y, t) − E(c y, t') + d log c.
+
+    The moves that follow (on exp(−E(y, t'))) make this annealed importance sampling.
+    """
+    m, sd = problem.model, model_sigma_data(problem.model)
+    c = marginal_scale(m.schedule, t_next, sd) / marginal_scale(m.schedule, t, sd)
+    y_new = state.y * c
+    e_new, g_new = problem.model_eval(state, y_new, t_next)
+    incr = state.energy - e_new + problem.dim * math.log(c)
+    state.y, state.energy, state.grad = y_new, e_new, g_new
+    return incr
+
+
 def run_diffusion(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder) -> ParticleState:
     """The diffusion stage: one level per step of ``problem.times`` from the state's t = 1 to t_min.
 
-    Each level proposes y' ~ M(y' | y) (the reverse kernel of the learned score), reweights by
-    −E(y', t') + log L(y | y') + E(y, t) − log M(y' | y) with L the exact forward kernel,
-    resamples when due and runs ``diffusion.mcmc_steps`` moves on exp(−E(y, t')). Sets
-    ``state.log_z_diffusion``.
+    With ``diffusion.weights`` "kernel", each level proposes y' ~ M(y' | y) (the reverse kernel of
+    the learned score) and reweights by −E(y', t') + log L(y | y') + E(y, t) − log M(y' | y) with L
+    the exact forward kernel; with "annealed", it rescales y' = c y by the ratio c of the
+    marginals' scales (:func:`marginal_scale`) and reweights by E(y, t) − E(y', t') + d log c
+    (annealed importance sampling). Then it resamples when due and runs ``diffusion.mcmc_steps``
+    moves on exp(−E(y, t')). Sets ``state.log_z_diffusion``.
 
     Parameters
     ----------
@@ -880,19 +936,10 @@ def run_diffusion(state: ParticleState, problem: SMCProblem, recorder: SMCRecord
     ParticleState
         The same object, at t_min.
     """
-    m, mf, g = problem.model, problem.mean_free, problem.generator
-    kernel, sd = problem.settings.diffusion.kernel, model_sigma_data(m)
+    step = _annealed_step if problem.settings.diffusion.weights == "annealed" else _kernel_step
     times = problem.times
     for t, t_next in zip(times[:-1], times[1:]):
-        y = state.y
-        mean, var_m = reverse_kernel(m.schedule, y, -state.grad, t, t_next, kernel, sd)
-        y_new = mean + math.sqrt(var_m) * sample_noise(y.shape, g, mf, dtype=y.dtype, device=y.device)
-        e_new, g_new = problem.model_eval(state, y_new, t_next)
-        a, v = m.schedule.transition(t_next, t)
-        log_l = gaussian_log_prob(y, float(a) * y_new, float(v), mean_free=mf)
-        log_m = gaussian_log_prob(y_new, mean, var_m, mean_free=mf)
-        incr = -e_new + state.energy + log_l - log_m
-        state.y, state.energy, state.grad = y_new, e_new, g_new
+        incr = step(state, problem, t, t_next)
         _reweight(state, incr, t_next, 0.0, recorder)
         maybe_resample(state, problem, recorder, final=problem.target is None and t_next == times[-1])
         _diffusion_moves(state, problem, recorder)
