@@ -307,7 +307,9 @@ def _network_options(kind: str, options: dict) -> dict:
         if key not in allowed:
             raise ConfigError(f"{path}: unknown key for a {kind} network (known: kind, {', '.join(allowed)})")
         default = allowed[key]
-        if isinstance(default, bool):
+        if default is None:  # an optional number (max_frequency: None is the kind's default)
+            value = None if value is None else number(path, value)
+        elif isinstance(default, bool):
             value = boolean(path, value)
         elif isinstance(default, int):
             value = integer(path, value, low=0)
@@ -316,6 +318,12 @@ def _network_options(kind: str, options: dict) -> dict:
         elif isinstance(default, str) and not isinstance(value, str):
             raise ConfigError(f"{path}: must be a string, got {value!r}")
         out[key] = value
+    if "time_features" in allowed:  # explicit, so that a stored config without it means the old "linear"
+        from .nn.time import TIME_FEATURES
+
+        out["time_features"] = choice(
+            "net.time_features", out.get("time_features", allowed["time_features"]), TIME_FEATURES
+        )
     return out
 
 

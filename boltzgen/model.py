@@ -203,6 +203,30 @@ def load_checkpoint(path: str) -> dict:
         raise ValueError(f"{path} is not a readable boltzgen checkpoint (corrupt or truncated?): {exc}") from None
 
 
+def legacy_net_options(config: dict) -> dict:
+    """A run configuration with the network options of the version that wrote it made explicit.
+
+    Models written before ``net.time_features`` existed embed t with the "linear" features; the
+    default is now "log" (:class:`boltzgen.nn.time.FourierTimeFeatures`), so a stored configuration
+    without the key means "linear".
+
+    Parameters
+    ----------
+    config : dict
+        A run configuration as stored in model.pt or checkpoint.pt.
+
+    Returns
+    -------
+    dict
+        A copy, with ``net.time_features`` set.
+    """
+    config = dict(config)
+    net = dict(config.get("net") or {})
+    net.setdefault("time_features", "linear")
+    config["net"] = net
+    return config
+
+
 def load_model(run_dir: str) -> TrainedModel:
     """The trained model of a run directory (EMA weights), ready for sampling.
 
@@ -225,7 +249,8 @@ def load_model(run_dir: str) -> TrainedModel:
         import mdtraj
 
         topology = mdtraj.load_topology(os.path.join(run_dir, "topology.pdb"))
-    model = build_model(blob["config"], blob["event_shape"], topology, blob["length_scale"], prior=blob.get("prior"))
+    config = legacy_net_options(blob["config"])
+    model = build_model(config, blob["event_shape"], topology, blob["length_scale"], prior=blob.get("prior"))
     model.inner.load_state_dict(blob["state_dict"])
     model.metadata = dict(blob.get("metadata") or {})
     model.eval()

@@ -49,7 +49,7 @@ from .config import (  # noqa: F401  (system_config_path: re-exported for older 
 from .energy import EnergyModel
 from .io import atomic_path, load_samples, write_json
 from .losses import calibrate_log_normaliser, compute_loss
-from .model import TrainedModel, build_model, load_checkpoint, load_model  # noqa: F401  (TrainedModel, load_model: re-exported for older imports)
+from .model import TrainedModel, build_model, legacy_net_options, load_checkpoint, load_model  # noqa: F401  (TrainedModel, load_model: re-exported for older imports)
 from .version import __version__
 
 LOG_FIELDS = [
@@ -615,6 +615,7 @@ class Trainer:
         if not os.path.exists(path):
             return False
         state = load_checkpoint(path)
+        state["config"] = legacy_net_options(state["config"])
         for key in ("net", "model", "loss", "optim", "pretrain_dsm_steps", "seed"):
             if _relevant(state["config"], key) != _relevant(self.config, key):
                 raise ValueError(
@@ -679,7 +680,7 @@ class Trainer:
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint to start from not found: {path}")
         state = load_checkpoint(path)
-        source, step = state["config"], int(state["step"])
+        source, step = legacy_net_options(state["config"]), int(state["step"])
         for key in ("net", "model", "optim", "seed"):
             if source.get(key) != self.config.get(key):
                 raise ValueError(

@@ -3,6 +3,7 @@ differences, independence of batch members, zero output at initialisation, doubl
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -392,3 +393,50 @@ def test_smooth_cutoff_vanishes_smoothly():
     (d2u,) = torch.autograd.grad(du.sum(), r)
     assert u[0] == 1 and u[2] == 0 and u[3] == 0 and 0 < u[1] < 1
     assert du[2].abs() < 1e-12 and d2u[2].abs() < 1e-9
+
+
+# ---------------------------------------------------------------------------- time features
+def test_log_time_features_are_sines_of_t_and_log_t_and_smooth_on_a_sampler_step():
+    """The "log" features against their formula; their largest change between neighbouring levels
+    of the sampler's 100-level grid (t ≥ 0.01) against the "linear" features of the first models
+    (ω up to 1000: a period of 0.006 in t, so an energy built on them wiggles from level to level)."""
+    from boltzgen.nn.time import LOG_TIME_FLOOR, FourierTimeFeatures
+
+    t = torch.tensor([1e-8, 1e-5, 0.01, 0.3, 1.0], dtype=torch.float64)
+    feats = FourierTimeFeatures(4, max_frequency=30.0, kind="log")
+    omega = np.geomspace(1.0, 30.0, 4)
+    v = np.log(np.maximum(t.numpy(), LOG_TIME_FLOOR)) / np.log(LOG_TIME_FLOOR)
+    angles = np.concatenate([t.numpy()[:, None] * omega, v[:, None] * omega], 1)
+    expected = np.concatenate([np.sin(angles), np.cos(angles)], 1)
+    np.testing.assert_allclose(feats(t).numpy(), expected, atol=1e-6)  # frequencies stored in float32
+    assert feats.out_dim == 16 and FourierTimeFeatures(4, kind="linear").out_dim == 8
+
+    from boltzgen.sampling.sde import time_grid
+
+    grid = torch.tensor(
+        [t for t in time_grid(100, 1e-5, spacing="quadratic").tolist() if t >= 0.01], dtype=torch.float64
+    )
+
+    def steepest(kind):  # the largest change of a feature between neighbouring levels, over t ≥ 0.01
+        f = FourierTimeFeatures(16, kind=kind)(grid)
+        return float((f[1:] - f[:-1]).abs().max())
+
+    assert steepest("log") < 0.7 and steepest("linear") > 1.5  # sin, cos: 2 is a random phase
+    with pytest.raises(ValueError, match="unknown time features"):
+        FourierTimeFeatures(4, kind="sqrt")
+
+
+def test_models_stored_before_time_features_existed_load_with_the_linear_features():
+    from boltzgen.config import ConfigError, NetConfig
+    from boltzgen.model import legacy_net_options
+
+    old = {"net": {"kind": "egnn", "hidden": 8}, "model": {}}
+    assert legacy_net_options(old)["net"]["time_features"] == "linear"
+    assert "time_features" not in old["net"]  # a copy
+    new = {"net": NetConfig.from_dict({"kind": "egnn", "hidden": 8}).to_dict()}
+    assert new["net"]["time_features"] == "log" and legacy_net_options(new)["net"]["time_features"] == "log"
+    options = {k: v for k, v in legacy_net_options(old)["net"].items() if k != "kind"}
+    linear = build_network("egnn", (5, 3), **options)
+    assert linear.time_embedding.features.out_dim == 32
+    with pytest.raises(ConfigError, match="net.time_features"):
+        NetConfig.from_dict({"kind": "egnn", "time_features": "sqrt"})

@@ -249,7 +249,8 @@ class E3nnEnergy(MolecularEnergyNetwork):
         Radius-graph cutoff, and the length over which the Bessel functions oscillate (units of
         x). On a full graph nothing is cut off: farther pairs still interact through the decaying
         Bessel functions.
-    atom_types, graph, max_atoms_fully_connected, neighbour_norm, n_frequencies, max_frequency
+    atom_types, graph, max_atoms_fully_connected, neighbour_norm, n_frequencies, max_frequency,
+    time_features
         See :class:`boltzgen.nn.features.MolecularEnergyNetwork`.
 
     Notes
@@ -282,7 +283,8 @@ class E3nnEnergy(MolecularEnergyNetwork):
         max_atoms_fully_connected: int = 64,
         neighbour_norm: Optional[float] = None,
         n_frequencies: int = 16,
-        max_frequency: float = 1000.0,
+        max_frequency: Optional[float] = None,
+        time_features: str = "log",
     ):
         super().__init__(
             n_atoms,
@@ -296,6 +298,7 @@ class E3nnEnergy(MolecularEnergyNetwork):
             neighbour_norm=neighbour_norm,
             n_frequencies=n_frequencies,
             max_frequency=max_frequency,
+            time_features=time_features,
         )
         if lmax < 1:
             raise ValueError(f"lmax must be at least 1, got {lmax}")

@@ -262,7 +262,8 @@ class EGNNEnergy(MolecularEnergyNetwork):
     bond_edges : bool
         Give every pair a learned embedding of how many bonds apart its atoms are (1, 2, 3 or
         farther; needs a topology with bonds, else all pairs share one class).
-    atom_types, graph, cutoff, max_atoms_fully_connected, neighbour_norm, n_frequencies, max_frequency
+    atom_types, graph, cutoff, max_atoms_fully_connected, neighbour_norm, n_frequencies, max_frequency,
+    time_features
         See :class:`boltzgen.nn.features.MolecularEnergyNetwork`.
     """
 
@@ -284,7 +285,8 @@ class EGNNEnergy(MolecularEnergyNetwork):
         max_atoms_fully_connected: int = 64,
         neighbour_norm: Optional[float] = None,
         n_frequencies: int = 16,
-        max_frequency: float = 1000.0,
+        max_frequency: Optional[float] = None,
+        time_features: str = "log",
     ):
         super().__init__(
             n_atoms,
@@ -298,6 +300,7 @@ class EGNNEnergy(MolecularEnergyNetwork):
             neighbour_norm=neighbour_norm,
             n_frequencies=n_frequencies,
             max_frequency=max_frequency,
+            time_features=time_features,
         )
         if n_layers < 1:
             raise ValueError(f"n_layers must be at least 1, got {n_layers}")

@@ -508,8 +508,9 @@ class MolecularEnergyNetwork(EnergyNetwork):
     neighbour_norm : float or None
         Typical number of neighbours, used to normalise summed messages; ``None``: N − 1 for a
         full graph, min(N − 1, 16) for a radius graph.
-    n_frequencies, max_frequency : int, float
-        Fourier time features (see :class:`boltzgen.nn.time.FourierTimeFeatures`).
+    n_frequencies, max_frequency, time_features : int, float or None, str
+        Fourier time features (see :class:`boltzgen.nn.time.FourierTimeFeatures`: "log" features
+        of t and log t, or "linear" ones of t alone; max_frequency None: that kind's default).
     """
 
     def __init__(
@@ -525,7 +526,8 @@ class MolecularEnergyNetwork(EnergyNetwork):
         max_atoms_fully_connected: int,
         neighbour_norm: Optional[float],
         n_frequencies: int,
-        max_frequency: float,
+        max_frequency: Optional[float],
+        time_features: str,
     ):
         super().__init__()
         if graph not in GRAPH_KINDS:
@@ -542,7 +544,7 @@ class MolecularEnergyNetwork(EnergyNetwork):
         else:
             self.neighbour_norm = float(neighbour_norm)
         self.atom_embedding = AtomEmbedding(topology, n_atoms, node_dim, atom_types)
-        self.time_embedding = TimeEmbedding(time_dim, n_frequencies, max_frequency)
+        self.time_embedding = TimeEmbedding(time_dim, n_frequencies, max_frequency, time_features)
         self.time_to_node = nn.Linear(time_dim, node_dim)
         self.config: dict[str, Any] = dict(
             atom_types=atom_types,
@@ -552,7 +554,8 @@ class MolecularEnergyNetwork(EnergyNetwork):
             neighbour_norm=None if neighbour_norm is None else float(neighbour_norm),
             time_dim=int(time_dim),
             n_frequencies=int(n_frequencies),
-            max_frequency=float(max_frequency),
+            max_frequency=None if max_frequency is None else float(max_frequency),
+            time_features=str(time_features),
         )
 
     def batch_graph(self, x: torch.Tensor) -> BatchGraph:

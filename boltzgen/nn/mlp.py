@@ -8,7 +8,7 @@ exactly 0.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -83,8 +83,10 @@ class MLPEnergy(EnergyNetwork):
         Number of hidden layers.
     n_frequencies : int
         Number of Fourier time frequencies (2 × that many time features).
-    max_frequency : float
-        Largest angular frequency of the time features.
+    max_frequency : float, optional
+        Largest angular frequency of the time features (default: that of ``time_features``).
+    time_features : {"log", "linear"}
+        Fourier features of t and log t, or of t alone (:class:`boltzgen.nn.time.FourierTimeFeatures`).
     """
 
     kind = "mlp"
@@ -95,7 +97,8 @@ class MLPEnergy(EnergyNetwork):
         hidden: int = 128,
         n_layers: int = 3,
         n_frequencies: int = 16,
-        max_frequency: float = 1000.0,
+        max_frequency: Optional[float] = None,
+        time_features: str = "log",
     ):
         super().__init__()
 
@@ -104,9 +107,10 @@ class MLPEnergy(EnergyNetwork):
             hidden=int(hidden),
             n_layers=int(n_layers),
             n_frequencies=int(n_frequencies),
-            max_frequency=float(max_frequency),
+            max_frequency=None if max_frequency is None else float(max_frequency),
+            time_features=str(time_features),
         )
-        self.time_features = FourierTimeFeatures(n_frequencies, max_frequency=max_frequency)
+        self.time_features = FourierTimeFeatures(n_frequencies, max_frequency=max_frequency, kind=time_features)
         in_dim = math.prod(self.event_shape) + self.time_features.out_dim
         self.net = mlp([in_dim] + [hidden] * n_layers + [1], zero_last=True)
         self.final_layer = self.net[-1]
