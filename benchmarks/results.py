@@ -327,6 +327,11 @@ def path_ess_rows(blob: dict) -> list[list[str]]:
             f"{fmt(r.get('energy_gap_std_kT'), '.2f')} ({fmt(r.get('energy_gap_std_worst_state_kT'), '.2f')})",
             fmt(r.get("dF_error_kT"), ".2f"),
             fmt(r.get("intact_fraction_t_min"), ".2f"),
+            "; ".join(
+                f"{w['levels']} {w['spacing']}: " + " / ".join(f"{v:.2f}" for v in w["loss_per_stretch"].values())
+                for w in r.get("weight_loss", [])
+            )
+            or DASH,
         ]
         for r in blob.get("runs", [])
     ]
@@ -602,6 +607,7 @@ BENCHMARKS = [
             "std(E − u) at t_min, kT (worst state)",
             "model's state ΔF error, kT",
             "intact molecules at t_min",
+            "−log cESS summed over t = 1–0.36 / 0.36–0.09 / 0.09–0.04 / 0.04–0.01 / 0.01–t_min, resampling at every level",
         ],
         path_ess_rows,
         lambda b: isinstance(b.get("runs"), list) and "n_particles" in b,
