@@ -206,9 +206,9 @@ def load_checkpoint(path: str) -> dict:
 def legacy_net_options(config: dict) -> dict:
     """A run configuration with the network options of the version that wrote it made explicit.
 
-    Models written before ``net.time_features`` existed embed t with the "linear" features; the
-    default is now "log" (:class:`boltzgen.nn.time.FourierTimeFeatures`), so a stored configuration
-    without the key means "linear".
+    Models written before ``net.time_features`` existed embed t with the "linear" features
+    (:class:`boltzgen.nn.time.FourierTimeFeatures`); a stored configuration without the key means
+    "linear" whatever the default of the code that reads it.
 
     Parameters
     ----------

@@ -502,10 +502,10 @@ def test_config_files_extend_other_files_and_keep_the_trainers_dict(tmp_path):
     (tmp_path / "sub" / "run.yaml").write_text("extends: ../base.yaml\noptim: {warmup_steps: 5}\n")
     config = load_train_config(config_file=str(tmp_path / "sub" / "run.yaml"), overrides={"seed": 3})
     # the time features are always explicit (a stored config without them is an older model's)
-    assert config.net.kind == "mlp" and config.net.options == {"hidden": 16, "time_features": "log"}
+    assert config.net.kind == "mlp" and config.net.options == {"hidden": 16, "time_features": "linear"}
     assert config.optim.lr == 3e-3 and config.optim.warmup_steps == 5 and config.seed == 3
     assert TrainConfig.from_dict(config.to_dict()) == config
-    assert config.to_dict()["net"] == {"kind": "mlp", "hidden": 16, "time_features": "log"}
+    assert config.to_dict()["net"] == {"kind": "mlp", "hidden": 16, "time_features": "linear"}
     # a shipped file by name; the old key name is read as the new one
     (tmp_path / "aldp.yaml").write_text("extends: aldp-vacuum.train.yaml\ntrain: {phi_positive_fraction: 0.2}\n")
     aldp = load_train_config(config_file=str(tmp_path / "aldp.yaml"))

@@ -284,7 +284,7 @@ class E3nnEnergy(MolecularEnergyNetwork):
         neighbour_norm: Optional[float] = None,
         n_frequencies: int = 16,
         max_frequency: Optional[float] = None,
-        time_features: str = "log",
+        time_features: str = "linear",
     ):
         super().__init__(
             n_atoms,

@@ -286,7 +286,7 @@ class EGNNEnergy(MolecularEnergyNetwork):
         neighbour_norm: Optional[float] = None,
         n_frequencies: int = 16,
         max_frequency: Optional[float] = None,
-        time_features: str = "log",
+        time_features: str = "linear",
     ):
         super().__init__(
             n_atoms,

@@ -98,7 +98,7 @@ class MLPEnergy(EnergyNetwork):
         n_layers: int = 3,
         n_frequencies: int = 16,
         max_frequency: Optional[float] = None,
-        time_features: str = "log",
+        time_features: str = "linear",
     ):
         super().__init__()
 

@@ -28,13 +28,13 @@ LOG_TIME_FLOOR = 1e-6
 class FourierTimeFeatures(nn.Module):
     """Fixed Fourier features of the diffusion time.
 
-    With ``kind="linear"``, φ(t) = [sin(ω_1 t), …, sin(ω_K t), cos(ω_1 t), …, cos(ω_K t)] with
+    With ``kind="linear"`` (the default), φ(t) = [sin(ω_1 t), …, sin(ω_K t), cos(ω_1 t), …, cos(ω_K t)] with
     angular frequencies ω_k spaced geometrically between ``min_frequency`` and ``max_frequency``.
     To resolve the fine changes of the noise level near t = 0 this needs ω up to ~1000, and then
     every function of φ oscillates in t with a period of a few thousandths: an energy built on it
     wiggles between neighbouring noise levels, which a sampler stepping along t sees as noise.
 
-    With ``kind="log"`` (the default), the same sines and cosines, with ω up to ~30, are taken of
+    With ``kind="log"``, the same sines and cosines, with ω up to ~30, are taken of
     t and of v = log(t) / log(t_floor) ∈ [0, 1] (t_floor = :data:`LOG_TIME_FLOOR`): v resolves the
     small times, where the noise level changes as a power of t, and every feature is smooth on the
     scale of any sampler's step. 4K features.
@@ -47,8 +47,8 @@ class FourierTimeFeatures(nn.Module):
         Smallest angular frequency (radians per unit of t or of v).
     max_frequency : float, optional
         Largest angular frequency; default :data:`DEFAULT_MAX_FREQUENCY` of ``kind``.
-    kind : {"log", "linear"}
-        Features of t and log t, or of t alone.
+    kind : {"linear", "log"}
+        Features of t alone, or of t and log t.
     """
 
     def __init__(
@@ -56,7 +56,7 @@ class FourierTimeFeatures(nn.Module):
         n_frequencies: int = 16,
         min_frequency: float = 1.0,
         max_frequency: Optional[float] = None,
-        kind: str = "log",
+        kind: str = "linear",
     ):
         super().__init__()
         if kind not in TIME_FEATURES:
@@ -110,7 +110,9 @@ class TimeEmbedding(nn.Module):
         What the features are of (see :class:`FourierTimeFeatures`).
     """
 
-    def __init__(self, out_dim: int, n_frequencies: int = 16, max_frequency: Optional[float] = None, kind: str = "log"):
+    def __init__(
+        self, out_dim: int, n_frequencies: int = 16, max_frequency: Optional[float] = None, kind: str = "linear"
+    ):
         super().__init__()
         self.features = FourierTimeFeatures(n_frequencies, max_frequency=max_frequency, kind=kind)
         self.mlp = mlp([self.features.out_dim, out_dim, out_dim])
