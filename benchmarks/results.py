@@ -317,6 +317,11 @@ def eval_chunks_rows(blob: dict) -> list[list[str]]:
     ]
 
 
+def stretches_from_t1(loss: dict) -> list:
+    """(stretch, loss) pairs of path_ess.py's ``loss_per_stretch`` from t = 1 down (JSON sorts the keys)."""
+    return sorted(loss.items(), key=lambda item: -float(item[0].split("-")[0]))
+
+
 def path_ess_rows(blob: dict) -> list[list[str]]:
     """Rows of benchmarks/path_ess.py: one per run directory (ESS fraction at each reported t, and
     the run's low-noise diagnostics)."""
@@ -328,7 +333,8 @@ def path_ess_rows(blob: dict) -> list[list[str]]:
             fmt(r.get("dF_error_kT"), ".2f"),
             fmt(r.get("intact_fraction_t_min"), ".2f"),
             "; ".join(
-                f"{w['levels']} {w['spacing']}: " + " / ".join(f"{v:.2f}" for v in w["loss_per_stretch"].values())
+                f"{w['levels']} {w['spacing']}: "
+                + " / ".join(f"{v:.2f}" for _, v in stretches_from_t1(w["loss_per_stretch"]))
                 for w in r.get("weight_loss", [])
             )
             or DASH,
@@ -652,6 +658,7 @@ PATH_ESS_RECORDED_COLUMNS = [
     "std(E − u) at t_min, kT (worst state)",
     "model's state ΔF error, kT",
     "intact molecules at t_min",
+    "weight loss per stretch (levels, spacing)",
 ]
 
 
