@@ -72,7 +72,6 @@ class FourierTimeFeatures(nn.Module):
         )
         self.register_buffer("frequencies", frequencies.to(torch.get_default_dtype()), persistent=False)
         self.kind = kind
-        self.max_frequency = float(max_frequency)
         self.out_dim = (4 if kind == "log" else 2) * n_frequencies
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:

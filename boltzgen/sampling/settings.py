@@ -123,8 +123,8 @@ class DiffusionSettings:
         marginals keep equal weights; a model whose energies at neighbouring levels disagree with
         its own score loses weight there). "annealed": annealed importance sampling along the
         learned energies: the configurations are rescaled by the ratio of the marginals' scales
-        sqrt(α² σ_data² + σ²) of the two levels, weighted by the change of the energy there, then moved by ``mcmc_steps`` MCMC steps on exp(−E(y, t'))
-        (at least one). The weights then only ask neighbouring levels to be close, not consistent
+        sqrt(α² σ_data² + σ²) of the two levels, weighted by the change of the energy there, then
+        moved by ``mcmc_steps`` MCMC steps on exp(−E(y, t')) (at least one). The weights then only ask neighbouring levels to be close, not consistent
         with the forward process; the moves cost one model evaluation each.
     tempering : float in (0, 1]
         Exponent b of the learned energies at t_min (1: none). The stage then targets

@@ -61,7 +61,6 @@ __all__ = [
     "start_from",
     "maybe_resample",
     "run_diffusion",
-    "marginal_scale",
     "fold_chirality",
     "balance_states",
     "run_annealing",
@@ -876,35 +875,13 @@ def _kernel_step(state: ParticleState, problem: SMCProblem, t: float, t_next: fl
     return incr
 
 
-def marginal_scale(schedule, t: float, sigma_data: float) -> float:
-    """sqrt(α_t² σ_d² + σ_t²): the per-coordinate scale of the time-t marginal of data of scale σ_d.
-
-    Parameters
-    ----------
-    schedule : noise schedule
-        With ``alpha`` and ``sigma`` of a time.
-    t : float
-        Diffusion time.
-    sigma_data : float
-        σ_d, the data's per-coordinate scale in model units.
-
-    Returns
-    -------
-    float
-        In model units.
-    """
-    tt = torch.tensor(float(t), dtype=torch.float64)
-    return math.sqrt(float(schedule.alpha(tt)) ** 2 * sigma_data**2 + float(schedule.sigma(tt)) ** 2)
-
-
 def _annealed_step(state: ParticleState, problem: SMCProblem, t: float, t_next: float) -> torch.Tensor:
-    """Rescale y by c = s(t') / s(t) (:func:`marginal_scale`, a deterministic map); log increment
-    E(y, t) − E(c y, t') + d log c.
+    """Rescale y by c = sqrt(c²(t') / c²(t)), the ratio of the marginals' scales
+    (:func:`prior_variance`; a deterministic map); log increment E(y, t) − E(c y, t') + d log c.
 
     The moves that follow (on exp(−E(y, t'))) make this annealed importance sampling.
     """
-    m, sd = problem.model, model_sigma_data(problem.model)
-    c = marginal_scale(m.schedule, t_next, sd) / marginal_scale(m.schedule, t, sd)
+    c = math.sqrt(prior_variance(problem.model, t_next) / prior_variance(problem.model, t))
     y_new = state.y * c
     e_new, g_new = problem.model_eval(state, y_new, t_next)
     incr = state.energy - e_new + problem.dim * math.log(c)
@@ -918,9 +895,9 @@ def run_diffusion(state: ParticleState, problem: SMCProblem, recorder: SMCRecord
     With ``diffusion.weights`` "kernel", each level proposes y' ~ M(y' | y) (the reverse kernel of
     the learned score) and reweights by −E(y', t') + log L(y | y') + E(y, t) − log M(y' | y) with L
     the exact forward kernel; with "annealed", it rescales y' = c y by the ratio c of the
-    marginals' scales (:func:`marginal_scale`) and reweights by E(y, t) − E(y', t') + d log c
-    (annealed importance sampling). Then it resamples when due and runs ``diffusion.mcmc_steps``
-    moves on exp(−E(y, t')). Sets ``state.log_z_diffusion``.
+    marginals' scales (:func:`prior_variance` at both times) and reweights by
+    E(y, t) − E(y', t') + d log c (annealed importance sampling). Then it resamples when due and
+    runs ``diffusion.mcmc_steps`` moves on exp(−E(y, t')). Sets ``state.log_z_diffusion``.
 
     Parameters
     ----------
