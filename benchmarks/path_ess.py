@@ -61,9 +61,8 @@ def low_noise_diagnostics(run_dir: str) -> dict:
     }
 
 
-def path_ess(run_dir: str, n: int, steps: int, seed: int) -> dict:
+def path_ess(run_dir: str, model, n: int, steps: int, seed: int) -> dict:
     """ESS fraction of the unresampled path weights at the grid times nearest REPORT_TIMES and t_min."""
-    model = load_model(run_dir)
     start = time.perf_counter()
     settings = SMCSettings.from_dict({"diffusion": {"n_steps": steps}, "resampling": {"ess_threshold": 0.0}})
     result = smc_sample(model, None, n, torch.Generator().manual_seed(seed), settings=settings)
@@ -86,16 +85,15 @@ def path_ess(run_dir: str, n: int, steps: int, seed: int) -> dict:
     }
 
 
-def weight_loss(run_dir: str, n: int, steps: int, spacing: str, seed: int) -> dict:
+def weight_loss(model, n: int, steps: int, spacing: str, seed: int) -> dict:
     """Sum of −log(conditional ESS) over the levels of each stretch of t, resampling at every level.
 
     With resampling at every level, each level's ESS measures its own increment alone: for exact
     marginals it stays 1 (loss 0). Summed over a stretch it estimates how far the learned
     energies of that stretch disagree with the proposals (the diffusion weights' KL there): a
     loss that does not fall as the grid is refined belongs to the model, one that falls as about
-    1 / levels to the discretisation.
+    1 / levels to the discretisation. Stretches are listed from t = 1 down.
     """
-    model = load_model(run_dir)
     start = time.perf_counter()
     settings = SMCSettings.from_dict(
         {"diffusion": {"n_steps": steps, "spacing": spacing}, "resampling": {"ess_threshold": 1.0}}
@@ -103,15 +101,15 @@ def weight_loss(run_dir: str, n: int, steps: int, spacing: str, seed: int) -> di
     result = smc_sample(model, None, n, torch.Generator().manual_seed(seed), settings=settings)
     t, ess = result.t.numpy(), result.ess.numpy()
     edges = list(STRETCHES) + [0.0]
-    loss = {
-        f"{hi:g}-{max(lo, float(t[-1])):g}": float(-np.log(ess[(t <= hi) & (t > lo)]).sum())
+    loss = [
+        {"from": hi, "to": max(lo, float(t[-1])), "loss": float(-np.log(ess[(t <= hi) & (t > lo)]).sum())}
         for hi, lo in zip(edges[:-1], edges[1:])
-    }
+    ]
     return {
         "levels": steps,
         "spacing": spacing,
         "loss_per_stretch": loss,
-        "total": sum(loss.values()),
+        "total": sum(w["loss"] for w in loss),
         "seconds": time.perf_counter() - start,
     }
 
@@ -129,15 +127,18 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", default="bench-results/path_ess.json")
     args = parser.parse_args(argv)
-    runs = [path_ess(run, args.n, args.steps, args.seed) for run in args.run_dirs]
     grids = [(int(g.split(":")[0]), g.split(":")[1]) for g in args.loss_grids.split(",") if g]
-    for run in runs:
-        run["weight_loss"] = [weight_loss(run["run_dir"], args.n, k, spacing, args.seed) for k, spacing in grids]
+    runs = []
+    for run_dir in args.run_dirs:
+        model = load_model(run_dir)
+        run = path_ess(run_dir, model, args.n, args.steps, args.seed)
+        run["weight_loss"] = [weight_loss(model, args.n, k, spacing, args.seed) for k, spacing in grids]
+        runs.append(run)
     for run in runs:
         ess = " ".join(f"t={k}: {v:.3f}" for k, v in run["ess_fraction_at_t"].items())
         print(run["run_dir"], ess, f"intact at t_min: {run['intact_fraction_t_min']}", file=sys.stderr)
         for w in run["weight_loss"]:
-            stretches = " ".join(f"{k}: {v:.2f}" for k, v in w["loss_per_stretch"].items())
+            stretches = " ".join(f"{x['from']:g}-{x['to']:g}: {x['loss']:.2f}" for x in w["loss_per_stretch"])
             print(f"  {w['levels']} {w['spacing']} levels, -log cESS summed per stretch: {stretches}", file=sys.stderr)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_json(args.out, {"n_particles": args.n, "steps": args.steps, "seed": args.seed, "runs": runs})

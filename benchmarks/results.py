@@ -317,11 +317,6 @@ def eval_chunks_rows(blob: dict) -> list[list[str]]:
     ]
 
 
-def stretches_from_t1(loss: dict) -> list:
-    """(stretch, loss) pairs of path_ess.py's ``loss_per_stretch`` from t = 1 down (JSON sorts the keys)."""
-    return sorted(loss.items(), key=lambda item: -float(item[0].split("-")[0]))
-
-
 def path_ess_rows(blob: dict) -> list[list[str]]:
     """Rows of benchmarks/path_ess.py: one per run directory (ESS fraction at each reported t, and
     the run's low-noise diagnostics)."""
@@ -333,8 +328,7 @@ def path_ess_rows(blob: dict) -> list[list[str]]:
             fmt(r.get("dF_error_kT"), ".2f"),
             fmt(r.get("intact_fraction_t_min"), ".2f"),
             "; ".join(
-                f"{w['levels']} {w['spacing']}: "
-                + " / ".join(f"{v:.2f}" for _, v in stretches_from_t1(w["loss_per_stretch"]))
+                f"{w['levels']} {w['spacing']}: " + " / ".join(f"{x['loss']:.2f}" for x in w["loss_per_stretch"])
                 for w in r.get("weight_loss", [])
             )
             or DASH,
