@@ -504,6 +504,16 @@ class LossConfig(_Section):
         reduced energies in the data).
     pin_time : float or None
         t_pin (default: the model's t_min).
+    lambda_marginal : float
+        Weight of marginal matching (0: off; needs the target): the spread of E(y, t) + log p_t(y)
+        at low t, with p_t the target's exact noisy marginal (:func:`boltzgen.losses.marginal_loss`).
+    marginal_t_max : float
+        Highest time of marginal matching; its levels are log-spaced from the model's t_min.
+    marginal_levels : int
+        Number of time levels of marginal matching.
+    marginal_frames : int
+        Noisy copies per level, computed once before training (each costs a few ms of force-field
+        Hessians on small molecules).
     """
 
     PATH: ClassVar[str] = "loss"
@@ -519,6 +529,10 @@ class LossConfig(_Section):
     pin_time: Optional[float] = _setting(
         None, lambda p, v: number(p, v, 0.0, 1.0, low_open=True, high_open=True, optional=True)
     )
+    lambda_marginal: float = _setting(0.0, lambda p, v: number(p, v, 0.0))
+    marginal_t_max: float = _setting(0.02, lambda p, v: number(p, v, 0.0, 1.0, low_open=True))
+    marginal_levels: int = _setting(8, lambda p, v: integer(p, v, low=1))
+    marginal_frames: int = _setting(256, lambda p, v: integer(p, v, low=2))
 
     def __post_init__(self):
         super().__post_init__()

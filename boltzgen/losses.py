@@ -87,6 +87,12 @@ with weight ``lambda_pin``. It ties the model's low-noise energy to the force fi
 constant. It is exact only where p_{t_pin} ≈ p_0, i.e. σ(t_pin) well below the thermal width of
 the stiffest bond (docs/theory.md).
 
+**Marginal matching** (:func:`marginal_loss`): at low noise the exact marginal of the target,
+p_t(y) ∝ ∫ exp(−u(x)) N(y; a x, v) dx, is computable from the force field alone
+(:func:`boltzgen.diffusion.laplace.marginal_pairs`, precomputed once on noisy copies of the
+data). The term is the spread of E_θ(y, t) + log p̂_t(y) over the copies at each such t: it
+extends the pin from t_pin to a band of low times, where DSM's targets are noisiest.
+
 Every function returns a dict with ``total`` (the scalar to minimise, with its graph), the parts
 ``dsm`` and/or ``clf`` (with graph), and detached diagnostics: ``clf_accuracy`` (fraction of
 noisy samples whose level has the largest logit), ``n_dsm`` and ``n_energy`` (numbers of score
@@ -115,6 +121,7 @@ __all__ = [
     "score_target",
     "mean_stiffness",
     "calibrate_log_normaliser",
+    "marginal_loss",
 ]
 
 #: Names accepted by :func:`compute_loss` (and ``boltzgen train --loss``).
@@ -822,3 +829,32 @@ def calibrate_log_normaliser(model, x0: torch.Tensor, generator: Optional[torch.
     change = float((residual - normaliser.values.detach()).abs().max())
     normaliser.values.copy_(residual)
     return change
+
+
+def marginal_loss(model, y: torch.Tensor, t: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """Spread of E_θ(y, t) + log p_t(y) within each time level, averaged over the levels (kT²).
+
+    Parameters
+    ----------
+    model : energy model
+        Has ``energy(y, t)``.
+    y : tensor, shape (L, m, *event_shape)
+        m noisy configurations at each of L times (model units), m ≥ 2.
+    t : tensor, shape (L,)
+        The times.
+    log_p : tensor, shape (L, m)
+        log of the target's exact marginal density at y, up to a constant per level
+        (:func:`boltzgen.diffusion.laplace.marginal_pairs`).
+
+    Returns
+    -------
+    tensor, scalar, with graph
+        mean over levels and copies of (r − mean_level r)², r = E_θ(y, t) + log p.
+    """
+    n_levels, m = log_p.shape
+    if m < 2:
+        raise ValueError(f"marginal matching needs at least 2 configurations per level, got {m}")
+    flat = y.reshape((n_levels * m,) + tuple(y.shape[2:]))
+    tt = t.to(flat.dtype).repeat_interleave(m)
+    r = model.energy(flat, tt).reshape(n_levels, m) + log_p.to(flat.dtype)
+    return (r - r.mean(dim=1, keepdim=True)).pow(2).mean()

@@ -71,8 +71,15 @@ LOG_FIELDS = [
     "val_energy_gap_std_within_kT",
     "val_dF_error_kT",
     "val_score_residual_t0.01",
+    "marginal",
+    "val_marginal_std_kT_t0.01",
 ]
 
+
+#: Times and held-out frames of the validation's marginal diagnostic: the spread of
+#: E(y, t) + log p_t(y) (kT) with p_t the target's exact noisy marginal (boltzgen.diffusion.laplace).
+MARGINAL_DIAGNOSTIC_TIMES = (0.002, 0.01, 0.02)
+MARGINAL_DIAGNOSTIC_FRAMES = 128
 
 #: The energy pin wants σ(t_pin) below this fraction of the stiffest coordinate's thermal width
 #: (a harmonic mode of width w then has E(x, t_pin) − u(x) ∝ σ²/(w² + σ²) ≈ 4 % of its energy).
@@ -408,6 +415,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same seed gives the same initial weights
             self.model = build_model(config, event_shape, topology, self.length_scale, prior=self._prior(target))
+        self.marginal = self._marginal_pairs(config, target, seed)
+        self.val_marginal = self._validation_marginals(target, seed)
         self.ema = copy.deepcopy(self.model.inner).requires_grad_(False)
         o = config["optim"]
         groups = self.model.inner.parameter_groups(
@@ -459,7 +468,7 @@ class Trainer:
         mask = torch.ones(n, dtype=torch.bool) if target_frames is None else torch.as_tensor(target_frames).bool()
         self.train_u, self.val_u = (None, None) if u is None else (u[train_idx], u[val_idx])
         self.train_force, self.val_force = (None, None) if f is None else (f[train_idx], f[val_idx])
-        self.val_target = mask[val_idx]
+        self.val_target, self.train_target = mask[val_idx], mask[train_idx]
         self.kappa: Optional[float] = None
         if f is not None and float(loss["lambda_pin"]) > 0:
             self._check_pin_time(config, f)
@@ -469,6 +478,76 @@ class Trainer:
             auto = loss["kappa"] == "auto"
             self.kappa = mean_stiffness(self.train_force, self.val_data.dim() == 3) if auto else float(loss["kappa"])
             self.metadata["kappa"] = self.kappa
+
+    def _marginal_pairs(self, config: dict, target, seed: int) -> Optional[tuple]:
+        """Noisy training copies and their exact log-marginals for ``loss.lambda_marginal`` (None: off).
+
+        The levels are log-spaced from the model's t_min to ``loss.marginal_t_max``; the copies
+        come from the training frames that are samples of the target itself (not a ladder's
+        hotter replicas), drawn with the run's seed, so a resumed run gets the same.
+        """
+        loss = config["loss"]
+        if float(loss["lambda_marginal"]) <= 0:
+            return None
+        if target is None:
+            raise ValueError(
+                "loss.lambda_marginal needs the target (name the system, or train on a boltzgen simulate file)"
+            )
+        from .diffusion.laplace import marginal_pairs
+
+        t_lo, t_hi = float(config["model"]["t_min"]), float(loss["marginal_t_max"])
+        if t_hi <= t_lo:
+            raise ValueError(f"loss.marginal_t_max ({t_hi:g}) must exceed model.t_min ({t_lo:g})")
+        times = np.geomspace(t_lo, t_hi, int(loss["marginal_levels"])).tolist()
+        g = torch.Generator().manual_seed(seed + 7919)
+        frames = self.train_target.nonzero().reshape(-1)  # samples of the target itself, not hotter replicas
+        if frames.numel() < 2:
+            raise ValueError("loss.lambda_marginal needs at least 2 training frames of the target itself")
+        pick = frames[torch.randperm(frames.numel(), generator=g)[: int(loss["marginal_frames"])]]
+        x0 = self.train_data[pick].double()
+        y, log_p, t = marginal_pairs(
+            self._energy_in_model_units(target),
+            x0,
+            self.model.inner.schedule,
+            times,
+            mean_free=x0.dim() == 3,
+            generator=g,
+        )
+        keep = torch.isfinite(log_p).all(0)
+        return y[:, keep].float(), log_p[:, keep], t
+
+    def _energy_in_model_units(self, target):
+        """y -> (u(L y), ∇_y u(L y)) of the target."""
+        scale = self.length_scale
+
+        def energy_and_grad(y):
+            u, force = target.reduced_energy_and_force(scale * y)
+            return u.to(torch.float64), -scale * force.to(torch.float64)
+
+        return energy_and_grad
+
+    def _validation_marginals(self, target, seed: int) -> Optional[tuple]:
+        """Noisy copies of held-out target frames at :data:`MARGINAL_DIAGNOSTIC_TIMES` with their
+        exact log-marginals (None without a target or validation frames)."""
+        if target is None or not hasattr(target, "reduced_energy_and_force"):
+            return None
+        pick = self.val_target.nonzero().reshape(-1)[:MARGINAL_DIAGNOSTIC_FRAMES]
+        times = [t for t in MARGINAL_DIAGNOSTIC_TIMES if t > float(self.config["model"]["t_min"])]
+        if pick.numel() < 2 or not times:
+            return None
+        from .diffusion.laplace import marginal_pairs
+
+        x0 = self.val_data[pick].double()
+        g = torch.Generator().manual_seed(seed + 104729)
+        y, log_p, t = marginal_pairs(
+            self._energy_in_model_units(target),
+            x0,
+            self.model.inner.schedule,
+            times,
+            mean_free=x0.dim() == 3,
+            generator=g,
+        )
+        return y.float(), log_p, t
 
     def _check_pin_time(self, config: dict, f: torch.Tensor) -> None:
         """Warn when σ(t_pin) is not well below the thermal width of the stiffest coordinate.
@@ -822,6 +901,9 @@ class Trainer:
         idx = self._batch_indices(self.train_data, self.local_batch, self.generator)
         physics = self._physics_batch(idx, self.train_force, self.train_u)
         parts = compute_loss(self.model.inner, self.train_data[idx], self.generator, **options, **physics)
+        if self.marginal is not None:
+            parts["marginal"] = self._marginal_term()
+            parts["total"] = parts["total"] + float(self.config["loss"]["lambda_marginal"]) * parts["marginal"]
         self.optimiser.zero_grad(set_to_none=True)
         parts["total"].backward()
         scalars = {k: v.detach() for k, v in parts.items() if torch.is_tensor(v) and v.numel() == 1}
@@ -841,6 +923,16 @@ class Trainer:
         out = {k: float(v) for k, v in scalars.items()}
         out.update(phase=options["loss"], lr=self.optimiser.param_groups[0]["lr"], grad_norm=float(norm))
         return out
+
+    def _marginal_term(self) -> torch.Tensor:
+        """:func:`marginal_loss` on ``batch_size`` precomputed copies spread over the levels."""
+        from .losses import marginal_loss
+
+        y, log_p, t = self.marginal
+        per_level = max(2, self.local_batch // y.shape[0])
+        idx = torch.randint(0, y.shape[1], (y.shape[0], per_level), generator=self.generator)
+        rows = torch.arange(y.shape[0])[:, None]
+        return marginal_loss(self.model.inner, y[rows, idx], t, log_p[rows, idx])
 
     def _calibrate_at_clf_start(self, options: dict) -> None:
         """At the first step with DiffCLF, set F(t) to the current energies' normalisers
@@ -910,6 +1002,13 @@ class Trainer:
             from .diagnostics import model_diagnostics
 
             out.update(model_diagnostics(model, *self._diagnostic_frames(), self.length_scale, kappa=self.kappa))
+        if self.val_marginal is not None:
+            y, log_p, t = self.val_marginal
+            with torch.no_grad():
+                for i, ti in enumerate(t.tolist()):
+                    r = model.energy(y[i], torch.full((y.shape[1],), ti, dtype=y.dtype)).double() + log_p[i]
+                    r = r[torch.isfinite(r)]
+                    out[f"val_marginal_std_kT_t{ti:g}"] = float(r.std()) if r.numel() > 1 else math.nan
         return out
 
     def _diagnostic_frames(self):
@@ -1132,6 +1231,7 @@ def _target_for(recipe: Optional[dict], config: dict, samples):
     loss = config["loss"]
     need = (loss["target_score"] and samples.reduced_force is None) or config["model"]["prior"] != "none"
     need = need or (float(loss["lambda_pin"]) > 0 and samples.reduced_energy is None)
+    need = need or float(loss["lambda_marginal"]) > 0
     if not need or not recipe:
         return None
     from .systems import resolve

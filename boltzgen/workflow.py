@@ -100,6 +100,13 @@ SAMPLE_OPTIONS = (
         float,
         "adaptive beta grid: more levels where one would lose more than this conditional ESS (0: the linear grid)",
     ),
+    (
+        "--handover",
+        ("anneal", "handover"),
+        str,
+        "from the model's last level to the target: 'geometric' (the annealing levels) or 'laplace' (one exact "
+        "importance step to clean configurations drawn near each particle's posterior mode; for a low --t-min)",
+    ),
     ("--max-anneal", ("anneal", "max_levels"), int, "the most annealing levels with --anneal-cess"),
     ("--anneal-mcmc-steps", ("anneal", "mcmc_steps"), int, "MALA moves per annealing level (model and target forces)"),
     (

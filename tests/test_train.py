@@ -546,3 +546,25 @@ def test_printed_train_command_carries_config_overrides_as_set_flags():
     words = shlex.split(command_line("train", (), {"data": "d.h5", "overrides": overrides}))
     items = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
     assert parse_settings(items) == overrides
+
+
+def test_marginal_matching_trains_and_needs_the_target(tmp_path):
+    """loss.lambda_marginal: the term is logged and lowers the model's low-noise spread; no target, clear error."""
+    target = systems.load("gmm-two-modes", dim=2)
+    data = target.sample(300, torch.Generator().manual_seed(0)).numpy()
+    overrides = {**SMALL, "loss": {"lambda_marginal": 1.0, "marginal_levels": 3, "marginal_frames": 64}}
+    config = resolve_config(overrides=overrides)
+    with pytest.raises(ValueError, match="loss.lambda_marginal needs the target"):
+        Trainer(config, data, str(tmp_path / "none"), progress=False)
+    trainer = Trainer(config, data, str(tmp_path / "run"), progress=False, target=target)
+    y, log_p, t = trainer.marginal
+    assert y.shape[:2] == (3, 64) and log_p.shape == (3, 64) and float(t[-1]) == pytest.approx(0.02)
+    metrics = trainer.fit()
+    assert all(math.isfinite(metrics["validation"][f"val_marginal_std_kT_t{t:g}"]) for t in (0.002, 0.01, 0.02))
+    with open(tmp_path / "run" / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(float(r["marginal"]) >= 0 for r in rows if r["marginal"])
+    assert any(r["marginal"] for r in rows)
+    bad = {**SMALL, "loss": {"lambda_marginal": 1.0, "marginal_t_max": 1e-4}, "model": {"t_min": 1e-3}}
+    with pytest.raises(ValueError, match="marginal_t_max"):
+        Trainer(resolve_config(overrides=bad), data, str(tmp_path / "bad"), progress=False, target=target)

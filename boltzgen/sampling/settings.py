@@ -33,10 +33,14 @@ __all__ = [
     "SMCSettings",
     "MOVE_KERNELS",
     "DIFFUSION_WEIGHTS",
+    "HANDOVERS",
 ]
 
 #: How the diffusion stage moves and weights particles (:class:`DiffusionSettings`).
 DIFFUSION_WEIGHTS = ("kernel", "annealed")
+
+#: How the sampler passes from the model's last level to the target (:class:`AnnealSettings`).
+HANDOVERS = ("geometric", "laplace")
 
 #: MCMC kernels of the moves.
 MOVE_KERNELS = tuple(sorted(DEFAULT_TARGET_ACCEPTANCE))
@@ -180,6 +184,12 @@ class AnnealSettings:
         Step size of these moves in model units, times the adapted κ (which starts from the
         diffusion stage's when that stage ran moves); default: from the median norm of
         ∇[(1 − β) E + β u] at each level.
+    handover : {"geometric", "laplace"}
+        ``geometric``: the levels above. ``laplace``: one importance step from the noisy
+        particles at t_min to clean configurations drawn from the Laplace approximation of the
+        target's posterior exp(−u(x)) N(y; a x, v) (:func:`~boltzgen.sampling.stages.run_handover`);
+        the other annealing settings are then unused. Exact at any t_min, efficient only at
+        low noise (t_min of about 0.01 or less).
     """
 
     n_levels: int = 16
@@ -188,8 +198,10 @@ class AnnealSettings:
     max_levels: int = 64
     mcmc_steps: int = 5
     step_size: Optional[float] = None
+    handover: str = "geometric"
 
     def __post_init__(self):
+        _choice(self, "handover", "anneal.handover", HANDOVERS)
         _int(self, "n_levels", "anneal.n_levels", 0)
         if self.betas is not None:
             try:

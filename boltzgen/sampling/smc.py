@@ -82,6 +82,7 @@ from .stages import (
     run_annealing,
     run_diffusion,
     run_final_moves,
+    run_handover,
     start_at_prior,
 )
 
@@ -388,9 +389,13 @@ def smc_sample(
     try:
         state = start_at_prior(problem, n_particles, recorder)
         run_diffusion(state, problem, recorder)
-        fold_chirality(state, problem)
+        if target is not None and problem.settings.anneal.handover == "laplace":
+            run_handover(state, problem, recorder)
+        else:
+            fold_chirality(state, problem)
+            if target is not None:
+                run_annealing(state, problem, recorder)
         if target is not None:
-            run_annealing(state, problem, recorder)
             run_final_moves(state, problem, recorder)
     finally:
         recorder.close()

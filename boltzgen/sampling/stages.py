@@ -11,7 +11,10 @@ energies and gradients at hand, step-size controller, ancestors, evaluation coun
    resampling, optional MCMC moves.
 3. :func:`fold_chirality`: wrong-handed particles reflected onto the L-form at t_min.
 4. :func:`run_annealing`: optional equal shares of the states (:func:`balance_states`), then
-   levels β from exp(−E(y, t_min)) to the target exp(−u), on a fixed or adaptive grid.
+   levels β from exp(−E(y, t_min)) to the target exp(−u), on a fixed or adaptive grid; or
+   :func:`run_handover` (``anneal.handover: laplace``): one importance step from the noisy
+   particles to clean ones drawn from a Laplace approximation of the target's posterior
+   (instead of 3 and 4; it folds the chirality after the step).
 5. :func:`run_final_moves`: moves on the target alone, weights unchanged.
 
 The weights, the log Z estimate and the kernels are described in :mod:`boltzgen.sampling.smc`
@@ -28,6 +31,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..diffusion.laplace import laplace_log_marginal
 from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
 from .chirality import chiral_centres, fix_chirality, in_l_region
 from .mcmc import hmc_step, mala_step
@@ -64,6 +68,7 @@ __all__ = [
     "fold_chirality",
     "balance_states",
     "run_annealing",
+    "run_handover",
     "run_final_moves",
 ]
 
@@ -1087,6 +1092,64 @@ def run_annealing(state: ParticleState, problem: SMCProblem, recorder: SMCRecord
         _anneal_moves(state, problem, recorder, n_moves)
         beta_prev = beta
         recorder.advance()
+    return state
+
+
+def run_handover(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder) -> ParticleState:
+    """The Laplace hand-over: one importance step from the noisy particles at t_min to the target.
+
+    With (a, v) the forward kernel from 0 to t_min, each particle y_t draws a clean y_0 from q,
+    the Gaussian (Laplace) approximation of the posterior exp(−u(ℓ y_0)) N(y_t; a y_0, v) at its
+    mode (damped Newton steps from Tweedie's denoised estimate,
+    :func:`~boltzgen.diffusion.laplace.laplace_log_marginal`), and is reweighted by
+
+        log w += −u(ℓ y_0) + log N(y_t; a y_0, v) − log q(y_0 | y_t) + E(y_t, t_min).
+
+    The extended target exp(−u(ℓ y_0)) N(y_t; a y_0, v) has the target as its y_0 marginal, so
+    weights and log Z are exact at any t_min; the step is efficient where q is close to the
+    posterior (low noise) and the model close to the exact marginal there. With chiral centres,
+    wrong-handed y_0 are reflected after the step (u is mirror symmetric), the reference counts
+    both hands (log w −= log 2) and mixed-handed y_0 get weight zero.
+
+    Parameters
+    ----------
+    state : ParticleState
+        The particles at t_min (not folded).
+    problem : SMCProblem
+        Model, target, settings and states of the run.
+    recorder : SMCRecorder
+        Receives the trace.
+
+    Returns
+    -------
+    ParticleState
+        The same object, at β = 1, with ``u`` and ``grad_u``.
+    """
+    if problem.target is None:
+        raise ValueError("the hand-over needs a target")
+    a, v = (float(z) for z in problem.model.schedule.transition(0.0, state.t))
+    ell = problem.length_scale
+
+    def energy_and_grad(y):
+        state.n_target_evals += y.shape[0]
+        u, force = problem.target.reduced_energy_and_force(ell * y)
+        return u.to(torch.float64).to(y.device), -ell * force.to(torch.float64).to(y.device)
+
+    start = problem.denoised(state.y, state.grad, state.t)
+    post = laplace_log_marginal(
+        energy_and_grad, state.y, a, v, start, n_draws=1, mean_free=problem.mean_free, generator=problem.generator
+    )
+    incr, y0 = post.log_w[:, 0] + state.energy, post.x[:, 0]
+    if problem.centres is not None:
+        y0, state.n_reflected = fix_chirality(y0, problem.centres)[:2]
+        incr = torch.where(in_l_region(y0, problem.centres), incr - LOG2, torch.full_like(incr, -math.inf))
+        state.fold = LOG2
+    state.ancestors["anneal"] = torch.arange(state.n)
+    state.y = y0
+    state.u, state.grad_u = problem.target_eval(state, y0)
+    _reweight(state, incr, state.t, 1.0, recorder)
+    recorder.moves()
+    recorder.advance()
     return state
 
 

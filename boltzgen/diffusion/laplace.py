@@ -1,0 +1,272 @@
+"""The exact noisy marginal of a known energy at low noise, by a Laplace-proposal importance sum.
+
+For a target density exp(−u(x)) and the forward kernel x_t = a x_0 + sqrt(v) ε, the marginal at
+time t is, up to the target's normaliser,
+
+    p_t(y) ∝ ∫ exp(−u(x)) N(y; a x, v I) dx.
+
+At low noise the integrand is sharply peaked: its log is −f(x) with
+
+    f(x) = u(x) + ‖y − a x‖² / (2 v),
+
+whose Hessian is ∇²u + (a² / v) I. :func:`laplace_log_marginal` finds the mode of f by damped
+Newton steps (with the Hessian of u by central differences of its gradient, negative curvature
+clipped to zero), then draws K points from the Gaussian q = N(mode, (∇²u⁺ + a²/v)⁻¹) and
+returns the importance estimate
+
+    log p̂_t(y) = log (1/K) Σ_k exp(−u(x_k)) N(y; a x_k, v) / q(x_k).
+
+Ẑ = p̂ is unbiased for every K ≥ 1 whatever the quality of q; q only sets its variance (zero for a
+quadratic u). For molecules (``mean_free``) every density lives on the zero-centre subspace of
+d = 3(N − 1) dimensions. Uses: the error of a learned energy E(y, t) at low t is the spread of
+E(y, t) + log p̂_t(y) over noisy configurations (a constant for the exact model), and a hand-over
+from the diffusion to the target in one importance step (docs/theory.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .noise import gaussian_log_prob, project_mean_free
+
+__all__ = ["LaplaceMarginal", "finite_difference_hessian", "laplace_log_marginal", "marginal_pairs"]
+
+
+def finite_difference_hessian(grad: Callable, x: torch.Tensor, step: float, chunk: int = 64) -> torch.Tensor:
+    """Hessians of an energy from central differences of its gradient, symmetrised.
+
+    Parameters
+    ----------
+    grad : callable
+        x (M, *event) float64 -> ∇u(x) (M, *event).
+    x : tensor, shape (B, *event), float64
+        Points.
+    step : float
+        Difference step h (units of x).
+    chunk : int
+        Points per call of ``grad`` (each costs 2 d configurations).
+
+    Returns
+    -------
+    tensor, shape (B, d, d), float64
+        H[b] = (∇²u(x_b) + ∇²u(x_b)ᵀ) / 2 with d the number of coordinates, error O(h²).
+    """
+    b, event = x.shape[0], x.shape[1:]
+    d = int(math.prod(event))
+    eye = step * torch.eye(d, dtype=x.dtype, device=x.device).reshape((d,) + tuple(event))
+    out = []
+    for i in range(0, b, chunk):
+        xc = x[i : i + chunk]
+        shifted = torch.cat(
+            [(xc[:, None] + eye).reshape((-1,) + tuple(event)), (xc[:, None] - eye).reshape((-1,) + tuple(event))]
+        )
+        g = grad(shifted).reshape(2, xc.shape[0], d, d)
+        h = (g[0] - g[1]) / (2.0 * step)
+        out.append(0.5 * (h + h.transpose(1, 2)))
+    return torch.cat(out)
+
+
+@dataclass
+class LaplaceMarginal:
+    """Result of :func:`laplace_log_marginal`.
+
+    Attributes
+    ----------
+    log_p : tensor (B,), float64
+        log p̂_t(y): log of the importance estimate of ∫ exp(−u(x)) N(y; a x, v) dx (−inf where
+        every draw had an infinite energy).
+    log_w : tensor (B, K), float64
+        The K importance log-weights of each y (their spread measures the proposal's quality).
+    x : tensor (B, K, *event), float64
+        The K draws x_k ~ q(· | y).
+    mode : tensor (B, *event), float64
+        The mode of f found by the Newton steps.
+    converged : tensor (B,), bool
+        Whether ‖∇f‖ at the mode fell below ``tol`` · sqrt(d) (in kT per unit of x).
+    """
+
+    log_p: torch.Tensor
+    log_w: torch.Tensor
+    x: torch.Tensor
+    mode: torch.Tensor
+    converged: torch.Tensor
+
+
+def _proposal_precision(hessian: torch.Tensor, kappa: float, mean_free: bool, n_atoms: int):
+    """Eigen-decomposition of A = ∇²u⁺ + κ I (on the zero-centre subspace when mean_free)."""
+    if mean_free:
+        d = hessian.shape[-1]
+        p = torch.eye(d, dtype=hessian.dtype, device=hessian.device) - torch.kron(
+            torch.full((n_atoms, n_atoms), 1.0 / n_atoms, dtype=hessian.dtype, device=hessian.device),
+            torch.eye(3, dtype=hessian.dtype, device=hessian.device),
+        )
+        hessian = p @ hessian @ p
+    lam, vec = torch.linalg.eigh(hessian)
+    return lam.clamp(min=0.0) + kappa, vec
+
+
+def _solve(lam: torch.Tensor, vec: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """A⁻¹ rhs for A = V diag(λ) Vᵀ, rhs (B, d)."""
+    return (vec @ ((vec.transpose(1, 2) @ rhs[..., None]) / lam[..., None]))[..., 0]
+
+
+def laplace_log_marginal(
+    energy_and_grad: Callable,
+    y: torch.Tensor,
+    a: float,
+    v: float,
+    start: Optional[torch.Tensor] = None,
+    *,
+    n_draws: int = 4,
+    newton_steps: int = 30,
+    hessian_step: float = 1e-4,
+    tol: float = 1e-3,
+    mean_free: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> LaplaceMarginal:
+    """log ∫ exp(−u(x)) N(y; a x, v I) dx by importance sampling from a Laplace proposal (module docstring).
+
+    Parameters
+    ----------
+    energy_and_grad : callable
+        x (M, *event) float64 -> (u (M,), ∇u (M, *event)): the reduced energy (kT) and its gradient;
+        u = +inf where not evaluable.
+    y : tensor, shape (B, *event)
+        Noisy configurations (units of x).
+    a, v : float
+        The forward kernel y = a x + sqrt(v) ε (v per coordinate, units of x²), e.g.
+        ``schedule.transition(0, t)``.
+    start : tensor (B, *event), optional
+        Where the Newton steps start (default y / a); a clean configuration near y is best.
+    n_draws : int
+        K ≥ 1 draws per y.
+    newton_steps : int
+        At most this many damped Newton steps (each halves its step until f decreases).
+    hessian_step : float
+        Central-difference step of the Hessian (units of x).
+    tol : float
+        Converged when ‖∇f‖ / sqrt(d) < tol.
+    mean_free : bool
+        Configurations (B, N, 3) on the zero-centre subspace.
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    LaplaceMarginal
+    """
+    if n_draws < 1 or newton_steps < 0:
+        raise ValueError(f"need n_draws >= 1 and newton_steps >= 0, got {n_draws} and {newton_steps}")
+    if not (a > 0 and v > 0):
+        raise ValueError(f"the kernel needs a > 0 and v > 0, got a={a}, v={v}")
+    y = y.detach().to(torch.float64)
+    b, event = y.shape[0], tuple(y.shape[1:])
+    n_atoms = event[0] if mean_free else 0
+    proj = project_mean_free if mean_free else (lambda z: z)
+    kappa = a * a / v
+
+    def grad_u(z):
+        return proj(energy_and_grad(z)[1].to(torch.float64))
+
+    def objective(z, yz):
+        u, g = energy_and_grad(z)
+        u, g = u.to(torch.float64), proj(g.to(torch.float64))
+        f = u + 0.5 * kappa * (yz / a - z).pow(2).flatten(1).sum(1)
+        return torch.where(torch.isfinite(f), f, torch.full_like(f, math.inf)), g - (a / v) * (yz - a * z)
+
+    x = proj(y / a if start is None else start.detach().to(torch.float64))
+    f, gf = objective(x, y)
+    d = gf[0].numel()
+    for _ in range(newton_steps):
+        todo = torch.isfinite(f) & (gf.flatten(1).norm(dim=1) >= tol * math.sqrt(d))
+        if not bool(todo.any()):
+            break
+        lam, vec = _proposal_precision(
+            finite_difference_hessian(grad_u, x[todo], hessian_step), kappa, mean_free, n_atoms
+        )
+        step = proj(_solve(lam, vec, -gf[todo].flatten(1)).reshape((-1,) + event))
+        xs, fs, gs = x[todo], f[todo], gf[todo]
+        scale = torch.ones(xs.shape[0], dtype=torch.float64)
+        searching = torch.ones(xs.shape[0], dtype=torch.bool)
+        for _ in range(20):  # backtracking: halve the step until f decreases
+            trial = xs + scale.reshape((-1,) + (1,) * len(event)) * step
+            ft, gt = objective(trial, y[todo])
+            ok = searching & (ft <= fs)
+            xs[ok], fs[ok], gs[ok] = trial[ok], ft[ok], gt[ok]
+            searching &= ~ok
+            scale = torch.where(searching, 0.5 * scale, scale)
+            if not bool(searching.any()):
+                break
+        x[todo], f[todo], gf[todo] = xs, fs, gs
+    converged = gf.flatten(1).norm(dim=1) < tol * math.sqrt(d)
+    lam, vec = _proposal_precision(finite_difference_hessian(grad_u, x, hessian_step), kappa, mean_free, n_atoms)
+    mode = x + proj(_solve(lam, vec, -gf.flatten(1)).reshape((-1,) + event))  # the last Newton step: mean of q
+    # draws: δ = V diag(λ^-1/2) ξ, projected; log q on the d_sub-dimensional subspace
+    xi = torch.randn((b, n_draws, d), dtype=torch.float64, generator=generator)
+    delta = proj((vec[:, None] @ (xi / lam.sqrt()[:, None])[..., None])[..., 0].reshape((b * n_draws,) + event))
+    delta = delta.reshape((b, n_draws, d))
+    quad = ((delta @ vec).pow(2) * lam[:, None]).sum(-1)
+    d_sub = d - 3 if mean_free else d
+    log_det = lam.log().sum(-1) - (3 * math.log(kappa) if mean_free else 0.0)
+    log_q = -0.5 * quad + 0.5 * log_det[:, None] - 0.5 * d_sub * math.log(2 * math.pi)
+    xk = (mode[:, None] + delta.reshape((b, n_draws) + event)).reshape((b * n_draws,) + event)
+    u = energy_and_grad(xk)[0].to(torch.float64)
+    y_rep = y[:, None].expand((b, n_draws) + event).reshape((b * n_draws,) + event)
+    log_w = (-u + gaussian_log_prob(y_rep, a * xk, v, mean_free=mean_free)).reshape(b, n_draws) - log_q
+    log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
+    log_p = torch.logsumexp(log_w, dim=1) - math.log(n_draws)
+    return LaplaceMarginal(log_p, log_w, xk.reshape((b, n_draws) + event), mode, converged)
+
+
+def marginal_pairs(
+    energy_and_grad: Callable,
+    x0: torch.Tensor,
+    schedule,
+    times,
+    *,
+    mean_free: bool = False,
+    n_draws: int = 4,
+    generator: Optional[torch.Generator] = None,
+) -> tuple:
+    """Noisy copies of clean samples at each time, with the log of their exact marginal density.
+
+    For each t in ``times``, y = a x0 + sqrt(v) ε with (a, v) = ``schedule.transition(0, t)``,
+    and log p̂_t(y) by :func:`laplace_log_marginal` started at x0. A model of the target then
+    has E(y, t) + log p̂_t(y) constant over y at each t (the training term of
+    :func:`boltzgen.losses.marginal_loss`).
+
+    Parameters
+    ----------
+    energy_and_grad : callable
+        As for :func:`laplace_log_marginal`, in the units of ``x0``.
+    x0 : tensor, shape (M, *event)
+        Clean samples of the target (float64 is used).
+    schedule : Schedule
+    times : sequence of float
+        L times in (0, 1].
+    mean_free, n_draws, generator
+        As for :func:`laplace_log_marginal` (the generator also draws ε).
+
+    Returns
+    -------
+    y : tensor (L, M, *event), float64
+    log_p : tensor (L, M), float64
+    t : tensor (L,), float64
+    """
+    x0 = x0.detach().to(torch.float64)
+    proj = project_mean_free if mean_free else (lambda z: z)
+    x0 = proj(x0)
+    ys, logs = [], []
+    for t in times:
+        a, v = (float(z) for z in schedule.transition(0.0, float(t)))
+        eps = proj(torch.randn(x0.shape, dtype=torch.float64, generator=generator))
+        y = a * x0 + math.sqrt(v) * eps
+        r = laplace_log_marginal(
+            energy_and_grad, y, a, v, start=x0, n_draws=n_draws, mean_free=mean_free, generator=generator
+        )
+        ys.append(y)
+        logs.append(r.log_p)
+    return torch.stack(ys), torch.stack(logs), torch.tensor([float(t) for t in times], dtype=torch.float64)
