@@ -337,6 +337,23 @@ def path_ess_rows(blob: dict) -> list[list[str]]:
     ]
 
 
+def marginal_error_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/marginal_error.py: one per run directory."""
+    rows = []
+    for r in blob.get("runs", []):
+        spread = r.get("estimate_spread", {})
+        rows.append(
+            [
+                os.path.basename(r["run_dir"].rstrip("/")) or r["run_dir"],
+                ", ".join(
+                    f"t = {t}: {fmt(v, '.2f')} (±{fmt(spread.get(t), '.2f')})" for t, v in r["marginal_std_kT"].items()
+                ),
+                ", ".join(f"{k}: {v}" for k, v in (r.get("state_counts") or {}).items()) or DASH,
+            ]
+        )
+    return rows
+
+
 def quickstart_rows(blob: dict) -> list[list[str]]:
     """Row of ``boltzgen quickstart``'s metrics.json."""
     recipe = "--fast" if blob.get("fast") else "--long" if blob.get("long") else "default"
@@ -613,6 +630,18 @@ BENCHMARKS = [
         lambda b: isinstance(b.get("runs"), list) and "n_particles" in b,
         "exact marginals keep ESS fraction 1 down to t_min; the issue's goal for the spread of E(x, t_min) − u(x) "
         "on held-out 300 K frames: ≤ 1 kT within each state",
+    ),
+    Benchmark(
+        "marginal_error",
+        "python benchmarks/marginal_error.py RUN_DIR --data DATA.h5  # -> bench-results/marginal_error.json",
+        [
+            "run",
+            "std(E(y, t) + log p_t(y)) over noisy target frames, kT (the estimate's own spread)",
+            "frames per state",
+        ],
+        marginal_error_rows,
+        lambda b: isinstance(b.get("runs"), list) and "times" in b and "data" in b,
+        "the exact model has 0 at every t; SMC's hand-over from the model to the force field pays for this spread",
     ),
     Benchmark(
         "quickstart",

@@ -26,7 +26,7 @@ import torch
 from .diffusion.noise import event_dim, sample_noise, sq_norm
 from .evaluate import model_energies
 
-__all__ = ["model_diagnostics", "DIAGNOSTIC_TIMES"]
+__all__ = ["model_diagnostics", "marginal_spread", "DIAGNOSTIC_TIMES"]
 
 #: Times of the score residual (clipped below at the model's t_min).
 DIAGNOSTIC_TIMES = (0.001, 0.01, 0.1, 0.5)
@@ -124,4 +124,47 @@ def model_diagnostics(
     for t in times:
         t = max(float(t), float(model.t_min))
         out[f"val_score_residual_t{t:g}"] = _score_residual(model, y, force, kappa, t, generator)
+    return out
+
+
+def marginal_spread(model, y: torch.Tensor, log_p: torch.Tensor, t: torch.Tensor, labels=None, names=None) -> dict:
+    """The model's error against the target's exact noisy marginal: spread of E(y, t) + log p_t(y).
+
+    For the exact model E(y, t) = −log p_t(y) + C(t), so the spread over noisy copies of target
+    samples at one t is zero; otherwise it is the error of the learned energy there (kT), which
+    is what SMC's weights pay for. Pairs come from :func:`boltzgen.diffusion.laplace.marginal_pairs`.
+
+    Parameters
+    ----------
+    model : EnergyModel
+        Has ``energy(y, t)`` (model coordinates).
+    y : tensor, shape (L, M, *event_shape)
+        Noisy copies at L times (model units).
+    log_p : tensor, shape (L, M)
+        Their exact log-marginals (up to a constant per time).
+    t : tensor, shape (L,)
+    labels : array of int, shape (M,), optional
+        State of the clean sample behind each copy (−1: none).
+    names : sequence of str, optional
+        State names, indexed by ``labels``.
+
+    Returns
+    -------
+    dict of str -> float
+        ``marginal_std_kT_t<t>`` per time and, with states of at least 5 copies,
+        ``marginal_std_kT_t<t>_<state>``.
+    """
+    out = {}
+    with torch.no_grad():
+        for i, ti in enumerate(t.tolist()):
+            r = model.energy(y[i], torch.full((y.shape[1],), ti, dtype=y.dtype)).double() + log_p[i].double()
+            ok = torch.isfinite(r)
+            out[f"marginal_std_kT_t{ti:g}"] = float(r[ok].std()) if int(ok.sum()) > 1 else math.nan
+            if labels is None or names is None:
+                continue
+            lab = torch.as_tensor(np.asarray(labels))
+            for k, name in enumerate(names):
+                mask = ok & (lab == k)
+                if int(mask.sum()) >= 5:
+                    out[f"marginal_std_kT_t{ti:g}_{name}"] = float(r[mask].std())
     return out

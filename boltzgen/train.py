@@ -505,7 +505,7 @@ class Trainer:
             raise ValueError("loss.lambda_marginal needs at least 2 training frames of the target itself")
         pick = frames[torch.randperm(frames.numel(), generator=g)[: int(loss["marginal_frames"])]]
         x0 = self.train_data[pick].double()
-        y, log_p, t = marginal_pairs(
+        y, log_p, t, _ = marginal_pairs(
             self._energy_in_model_units(target),
             x0,
             self.model.inner.schedule,
@@ -528,7 +528,8 @@ class Trainer:
 
     def _validation_marginals(self, target, seed: int) -> Optional[tuple]:
         """Noisy copies of held-out target frames at :data:`MARGINAL_DIAGNOSTIC_TIMES` with their
-        exact log-marginals (None without a target or validation frames)."""
+        exact log-marginals, and the frames' state labels and state names (None without a target
+        or validation frames): the arguments of :func:`boltzgen.diagnostics.marginal_spread`."""
         if target is None or not hasattr(target, "reduced_energy_and_force"):
             return None
         pick = self.val_target.nonzero().reshape(-1)[:MARGINAL_DIAGNOSTIC_FRAMES]
@@ -539,7 +540,7 @@ class Trainer:
 
         x0 = self.val_data[pick].double()
         g = torch.Generator().manual_seed(seed + 104729)
-        y, log_p, t = marginal_pairs(
+        y, log_p, t, _ = marginal_pairs(
             self._energy_in_model_units(target),
             x0,
             self.model.inner.schedule,
@@ -547,7 +548,11 @@ class Trainer:
             mean_free=x0.dim() == 3,
             generator=g,
         )
-        return y.float(), log_p, t
+        labels, names = None, None
+        if self.states is not None:
+            labels = np.asarray(self.states.assign((x0 * self.length_scale).numpy()))
+            names = list(self.states.names)
+        return y.float(), log_p, t, labels, names
 
     def _check_pin_time(self, config: dict, f: torch.Tensor) -> None:
         """Warn when σ(t_pin) is not well below the thermal width of the stiffest coordinate.
@@ -1003,12 +1008,9 @@ class Trainer:
 
             out.update(model_diagnostics(model, *self._diagnostic_frames(), self.length_scale, kappa=self.kappa))
         if self.val_marginal is not None:
-            y, log_p, t = self.val_marginal
-            with torch.no_grad():
-                for i, ti in enumerate(t.tolist()):
-                    r = model.energy(y[i], torch.full((y.shape[1],), ti, dtype=y.dtype)).double() + log_p[i]
-                    r = r[torch.isfinite(r)]
-                    out[f"val_marginal_std_kT_t{ti:g}"] = float(r.std()) if r.numel() > 1 else math.nan
+            from .diagnostics import marginal_spread
+
+            out.update({f"val_{k}": v for k, v in marginal_spread(model, *self.val_marginal).items()})
         return out
 
     def _diagnostic_frames(self):

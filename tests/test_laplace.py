@@ -89,7 +89,10 @@ def test_marginal_pairs_match_the_exact_gmm_marginal_and_its_loss_vanishes():
         return u, -force
 
     times = [1e-3, 1e-2, 0.05]
-    y, log_p, t = marginal_pairs(energy_and_grad, x0, schedule, times, generator=torch.Generator().manual_seed(5))
+    y, log_p, t, spread = marginal_pairs(
+        energy_and_grad, x0, schedule, times, generator=torch.Generator().manual_seed(5)
+    )
+    assert bool((spread < 0.05).all())
     assert y.shape == (3, 64, 2) and log_p.shape == (3, 64)
     for i, ti in enumerate(times):
         resid = log_p[i] + exact.energy(y[i], torch.full((64,), ti, dtype=torch.float64))

@@ -255,11 +255,14 @@ def marginal_pairs(
     y : tensor (L, M, *event), float64
     log_p : tensor (L, M), float64
     t : tensor (L,), float64
+    spread : tensor (L,), float64
+        Mean over the copies of the standard deviation of their K importance log-weights: the
+        estimate's own accuracy at each time (0 for a harmonic u; about its error for K draws).
     """
     x0 = x0.detach().to(torch.float64)
     proj = project_mean_free if mean_free else (lambda z: z)
     x0 = proj(x0)
-    ys, logs = [], []
+    ys, logs, spreads = [], [], []
     for t in times:
         a, v = (float(z) for z in schedule.transition(0.0, float(t)))
         eps = proj(torch.randn(x0.shape, dtype=torch.float64, generator=generator))
@@ -269,4 +272,7 @@ def marginal_pairs(
         )
         ys.append(y)
         logs.append(r.log_p)
-    return torch.stack(ys), torch.stack(logs), torch.tensor([float(t) for t in times], dtype=torch.float64)
+        finite = torch.isfinite(r.log_w).all(1)
+        spreads.append(r.log_w[finite].std(1).mean() if n_draws > 1 and bool(finite.any()) else torch.tensor(math.nan))
+    times_t = torch.tensor([float(t) for t in times], dtype=torch.float64)
+    return torch.stack(ys), torch.stack(logs), times_t, torch.stack(spreads).to(torch.float64)

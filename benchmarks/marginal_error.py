@@ -1,0 +1,121 @@
+"""A trained model's error at low noise, against the target's exact noisy marginal.
+
+At low noise the marginal of the target, p_t(y) ∝ ∫ exp(−u(x)) N(y; a x, v) dx, is computable from
+the force field alone (:mod:`boltzgen.diffusion.laplace`). For the exact model E(y, t) + log p_t(y)
+is one constant over y at each t; its spread over noisy copies of the target's own samples is the
+learned energy's error there (kT), which SMC's weights pay for wherever it hands over from the
+model to the force field. This takes frames of the target (a replica ladder's frames at the
+target temperature only), noises them at each time, and reports that spread overall and within
+each state (an equal share of frames from each state, so a rare one shows), beside the estimate's own accuracy (the spread of its importance log-weights).
+
+    python benchmarks/marginal_error.py RUN_DIR [RUN_DIR ...] --data DATA.h5 [-n 128] [--times 0.002,0.01,0.02,0.05]
+        [--out bench-results/marginal_error.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see boltzgen.cli)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from boltzgen.diagnostics import marginal_spread  # noqa: E402
+from boltzgen.diffusion import project_mean_free  # noqa: E402
+from boltzgen.diffusion.laplace import marginal_pairs  # noqa: E402
+from boltzgen.io import load_samples, write_json  # noqa: E402
+from boltzgen.model import load_model  # noqa: E402
+from boltzgen.systems import resolve  # noqa: E402
+
+
+def target_frames(path: str, temperature: float, n: int, seed: int, states=None) -> np.ndarray:
+    """Up to n frames of a sample file at the target temperature (all frames without a ladder), nm;
+    with ``states``, an equal share from each state where it has enough (so rare states show)."""
+    samples = load_samples(path)
+    x = np.asarray(samples.x, dtype=np.float64)
+    if "temperature_K" in samples.extra:
+        x = x[np.isclose(np.asarray(samples.extra["temperature_K"], dtype=np.float64), temperature)]
+    if len(x) == 0:
+        raise ValueError(f"{path} has no frames at {temperature} K")
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(len(x), dtype=np.int64) if states is None else np.asarray(states.assign(x))
+    groups = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    share = n // len(groups)
+    pick = [rng.choice(g, size=min(share, len(g)), replace=False) for g in groups]
+    rest = np.setdiff1d(np.arange(len(x)), np.concatenate(pick))
+    pick.append(rng.choice(rest, size=min(n - sum(len(p) for p in pick), len(rest)), replace=False))
+    return x[np.sort(np.concatenate(pick))]
+
+
+def marginal_error(run_dir: str, data: str, n: int, times: list, seed: int) -> dict:
+    """The spread of E(y, t) + log p_t(y) of one run's model at each time (kT), overall and per state."""
+    start = time.perf_counter()
+    model = load_model(run_dir)
+    recipe = model.metadata.get("target") or model.metadata.get("system")
+    target = resolve(**recipe) if isinstance(recipe, dict) else resolve(recipe)
+    try:
+        x0 = target_frames(data, float(target.temperature), n, seed, target.states)
+        ell = model.length_scale
+        y0 = torch.as_tensor(x0) / ell
+        if model.inner.mean_free:
+            y0 = project_mean_free(y0)
+
+        def energy_and_grad(y):
+            u, force = target.reduced_energy_and_force(ell * y)
+            return u.to(torch.float64), -ell * force.to(torch.float64)
+
+        y, log_p, t, spread = marginal_pairs(
+            energy_and_grad,
+            y0,
+            model.inner.schedule,
+            times,
+            mean_free=model.inner.mean_free,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        labels, names = None, None
+        if target.states is not None:
+            labels, names = np.asarray(target.states.assign(x0)), list(target.states.names)
+    finally:
+        if hasattr(target, "close"):
+            target.close()
+    inner = model.inner.double()
+    spreads = marginal_spread(inner, y, log_p, t, labels, names)
+    overall = {f"marginal_std_kT_t{ti:g}": f"{ti:g}" for ti in t.tolist()}
+    return {
+        "run_dir": os.path.abspath(run_dir),
+        "n_frames": int(y.shape[1]),
+        "marginal_std_kT": {t_: spreads[k] for k, t_ in overall.items()},
+        "marginal_std_kT_per_state": {k: v for k, v in spreads.items() if k not in overall},
+        "estimate_spread": {f"{ti:g}": float(s) for ti, s in zip(t.tolist(), spread.tolist())},
+        "state_counts": None if labels is None else {name: int((labels == k).sum()) for k, name in enumerate(names)},
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--data", required=True, help="sample file with frames of the target (boltzgen simulate)")
+    parser.add_argument("-n", type=int, default=128, help="frames (default 128)")
+    parser.add_argument("--times", default="0.002,0.01,0.02,0.05", help="comma-separated diffusion times")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench-results/marginal_error.json")
+    args = parser.parse_args(argv)
+    times = [float(v) for v in args.times.split(",") if v]
+    runs = [marginal_error(run_dir, args.data, args.n, times, args.seed) for run_dir in args.run_dirs]
+    for run in runs:
+        shown = " ".join(
+            f"t={t}: {v:.2f} (±{run['estimate_spread'][t]:.2f})" for t, v in run["marginal_std_kT"].items()
+        )
+        print(f"{run['run_dir']}: std(E + log p_t), kT: {shown}", file=sys.stderr)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    write_json(args.out, {"data": os.path.abspath(args.data), "times": times, "seed": args.seed, "runs": runs})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
