@@ -507,6 +507,7 @@ class LossConfig(_Section):
     lambda_marginal : float
         Weight of marginal matching (0: off; needs the target): the spread of E(y, t) + log p_t(y)
         at low t, with p_t the target's exact noisy marginal (:func:`boltzgen.losses.marginal_loss`).
+        It acts after the ``pretrain_dsm_steps``, as DiffCLF does.
     marginal_t_max : float
         Highest time of marginal matching; its levels are log-spaced from the model's t_min.
     marginal_levels : int

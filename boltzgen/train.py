@@ -493,8 +493,6 @@ class Trainer:
             raise ValueError(
                 "loss.lambda_marginal needs the target (name the system, or train on a boltzgen simulate file)"
             )
-        from .diffusion.laplace import marginal_pairs
-
         t_lo, t_hi = float(config["model"]["t_min"]), float(loss["marginal_t_max"])
         if t_hi <= t_lo:
             raise ValueError(f"loss.marginal_t_max ({t_hi:g}) must exceed model.t_min ({t_lo:g})")
@@ -504,27 +502,25 @@ class Trainer:
         if frames.numel() < 2:
             raise ValueError("loss.lambda_marginal needs at least 2 training frames of the target itself")
         pick = frames[torch.randperm(frames.numel(), generator=g)[: int(loss["marginal_frames"])]]
-        x0 = self.train_data[pick].double()
-        y, log_p, t, _ = marginal_pairs(
-            self._energy_in_model_units(target),
-            x0,
-            self.model.inner.schedule,
-            times,
-            mean_free=x0.dim() == 3,
-            generator=g,
-        )
+        y, log_p, t = self._noisy_marginals(target, self.train_data[pick].double(), times, g)
         keep = torch.isfinite(log_p).all(0)
         return y[:, keep].float(), log_p[:, keep], t
 
-    def _energy_in_model_units(self, target):
-        """y -> (u(L y), ∇_y u(L y)) of the target."""
+    def _noisy_marginals(self, target, x0: torch.Tensor, times: list, generator: torch.Generator) -> tuple:
+        """:func:`~boltzgen.diffusion.laplace.marginal_pairs` of model-unit frames x0 under the
+        target's energy u(L y): (y, log_p, t)."""
+        from .diffusion.laplace import marginal_pairs
+
         scale = self.length_scale
 
         def energy_and_grad(y):
             u, force = target.reduced_energy_and_force(scale * y)
             return u.to(torch.float64), -scale * force.to(torch.float64)
 
-        return energy_and_grad
+        y, log_p, t, _ = marginal_pairs(
+            energy_and_grad, x0, self.model.inner.schedule, times, mean_free=x0.dim() == 3, generator=generator
+        )
+        return y, log_p, t
 
     def _validation_marginals(self, target, seed: int) -> Optional[tuple]:
         """Noisy copies of held-out target frames at :data:`MARGINAL_DIAGNOSTIC_TIMES` with their
@@ -536,18 +532,8 @@ class Trainer:
         times = [t for t in MARGINAL_DIAGNOSTIC_TIMES if t > float(self.config["model"]["t_min"])]
         if pick.numel() < 2 or not times:
             return None
-        from .diffusion.laplace import marginal_pairs
-
         x0 = self.val_data[pick].double()
-        g = torch.Generator().manual_seed(seed + 104729)
-        y, log_p, t, _ = marginal_pairs(
-            self._energy_in_model_units(target),
-            x0,
-            self.model.inner.schedule,
-            times,
-            mean_free=x0.dim() == 3,
-            generator=g,
-        )
+        y, log_p, t = self._noisy_marginals(target, x0, times, torch.Generator().manual_seed(seed + 104729))
         labels, names = None, None
         if self.states is not None:
             labels = np.asarray(self.states.assign((x0 * self.length_scale).numpy()))
@@ -906,7 +892,8 @@ class Trainer:
         idx = self._batch_indices(self.train_data, self.local_batch, self.generator)
         physics = self._physics_batch(idx, self.train_force, self.train_u)
         parts = compute_loss(self.model.inner, self.train_data[idx], self.generator, **options, **physics)
-        if self.marginal is not None:
+        if self.marginal is not None and self.step >= int(self.config["pretrain_dsm_steps"]):
+            # after the DSM-only phase: from the first step it kept the network on DSM's initial plateau
             parts["marginal"] = self._marginal_term()
             parts["total"] = parts["total"] + float(self.config["loss"]["lambda_marginal"]) * parts["marginal"]
         self.optimiser.zero_grad(set_to_none=True)

@@ -552,7 +552,11 @@ def test_marginal_matching_trains_and_needs_the_target(tmp_path):
     """loss.lambda_marginal: the term is logged and lowers the model's low-noise spread; no target, clear error."""
     target = systems.load("gmm-two-modes", dim=2)
     data = target.sample(300, torch.Generator().manual_seed(0)).numpy()
-    overrides = {**SMALL, "loss": {"lambda_marginal": 1.0, "marginal_levels": 3, "marginal_frames": 64}}
+    overrides = {
+        **SMALL,
+        "loss": {"lambda_marginal": 1.0, "marginal_levels": 3, "marginal_frames": 64},
+        "pretrain_dsm_steps": 2,
+    }
     config = resolve_config(overrides=overrides)
     with pytest.raises(ValueError, match="loss.lambda_marginal needs the target"):
         Trainer(config, data, str(tmp_path / "none"), progress=False)
