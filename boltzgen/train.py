@@ -81,6 +81,9 @@ LOG_FIELDS = [
 MARGINAL_DIAGNOSTIC_TIMES = (0.002, 0.01, 0.02)
 MARGINAL_DIAGNOSTIC_FRAMES = 128
 
+#: Copies per time level in one step of marginal matching (its within-level spread needs several).
+MARGINAL_COPIES_PER_LEVEL = 8
+
 #: The energy pin wants σ(t_pin) below this fraction of the stiffest coordinate's thermal width
 #: (a harmonic mode of width w then has E(x, t_pin) − u(x) ∝ σ²/(w² + σ²) ≈ 4 % of its energy).
 PIN_SIGMA_OVER_WIDTH = 0.2
@@ -917,14 +920,17 @@ class Trainer:
         return out
 
     def _marginal_term(self) -> torch.Tensor:
-        """:func:`marginal_loss` on ``batch_size`` precomputed copies spread over the levels."""
+        """:func:`marginal_loss` on ``batch_size`` precomputed copies: :data:`MARGINAL_COPIES_PER_LEVEL`
+        from each of batch_size / that many levels drawn at random (all levels when fewer)."""
         from .losses import marginal_loss
 
         y, log_p, t = self.marginal
-        per_level = max(2, self.local_batch // y.shape[0])
-        idx = torch.randint(0, y.shape[1], (y.shape[0], per_level), generator=self.generator)
-        rows = torch.arange(y.shape[0])[:, None]
-        return marginal_loss(self.model.inner, y[rows, idx], t, log_p[rows, idx])
+        n_levels = min(y.shape[0], max(1, self.local_batch // MARGINAL_COPIES_PER_LEVEL))
+        per_level = max(2, self.local_batch // n_levels)
+        levels = torch.randperm(y.shape[0], generator=self.generator)[:n_levels]
+        idx = torch.randint(0, y.shape[1], (n_levels, per_level), generator=self.generator)
+        rows = levels[:, None]
+        return marginal_loss(self.model.inner, y[rows, idx], t[levels], log_p[rows, idx])
 
     def _calibrate_at_clf_start(self, options: dict) -> None:
         """At the first step with DiffCLF, set F(t) to the current energies' normalisers
