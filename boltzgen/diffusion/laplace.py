@@ -96,15 +96,12 @@ class LaplaceMarginal:
     converged: torch.Tensor
 
 
-def _proposal_precision(hessian: torch.Tensor, kappa: float, mean_free: bool, n_atoms: int):
+def _proposal_precision(hessian: torch.Tensor, kappa: float, event: tuple, mean_free: bool):
     """Eigen-decomposition of A = ∇²u⁺ + κ I (on the zero-centre subspace when mean_free)."""
-    if mean_free:
-        d = hessian.shape[-1]
-        p = torch.eye(d, dtype=hessian.dtype, device=hessian.device) - torch.kron(
-            torch.full((n_atoms, n_atoms), 1.0 / n_atoms, dtype=hessian.dtype, device=hessian.device),
-            torch.eye(3, dtype=hessian.dtype, device=hessian.device),
-        )
-        hessian = p @ hessian @ p
+    if mean_free:  # P H P, with P applied to the rows, then to the columns
+        b, d = hessian.shape[0], hessian.shape[-1]
+        rows = project_mean_free(hessian.reshape((b, d) + event)).reshape(b, d, d)
+        hessian = project_mean_free(rows.transpose(1, 2).reshape((b, d) + event)).reshape(b, d, d)
     lam, vec = torch.linalg.eigh(hessian)
     return lam.clamp(min=0.0) + kappa, vec
 
@@ -163,8 +160,33 @@ def laplace_log_marginal(
     if not (a > 0 and v > 0):
         raise ValueError(f"the kernel needs a > 0 and v > 0, got a={a}, v={v}")
     y = y.detach().to(torch.float64)
-    b, event = y.shape[0], tuple(y.shape[1:])
-    n_atoms = event[0] if mean_free else 0
+    proj = project_mean_free if mean_free else (lambda z: z)
+    x0 = proj(y / a if start is None else start.detach().to(torch.float64))
+    x, gf, converged = _newton_mode(energy_and_grad, y, a, v, x0, newton_steps, hessian_step, tol, mean_free)
+    lam, vec = _proposal_precision(
+        finite_difference_hessian(lambda z: proj(energy_and_grad(z)[1].to(torch.float64)), x, hessian_step),
+        a * a / v,
+        tuple(y.shape[1:]),
+        mean_free,
+    )
+    mode = x + proj(_solve(lam, vec, -gf.flatten(1)).reshape(y.shape))  # the last Newton step: mean of q
+    xk, log_q = _gaussian_draws(mode, lam, vec, a * a / v, n_draws, mean_free, generator)
+    b, k, event = y.shape[0], n_draws, tuple(y.shape[1:])
+    flat = xk.reshape((b * k,) + event)
+    u = energy_and_grad(flat)[0].to(torch.float64)
+    y_rep = y[:, None].expand((b, k) + event).reshape((b * k,) + event)
+    log_w = (-u + gaussian_log_prob(y_rep, a * flat, v, mean_free=mean_free)).reshape(b, k) - log_q
+    log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
+    log_p = torch.logsumexp(log_w, dim=1) - math.log(k)
+    return LaplaceMarginal(log_p, log_w, xk, mode, converged)
+
+
+def _newton_mode(energy_and_grad, y, a, v, x, newton_steps, hessian_step, tol, mean_free):
+    """Damped Newton steps towards the mode of f(x) = u(x) + ‖y − a x‖² / (2 v), from x.
+
+    Returns the point reached, ∇f there and whether ‖∇f‖ / sqrt(d) < tol, for each y.
+    """
+    event = tuple(y.shape[1:])
     proj = project_mean_free if mean_free else (lambda z: z)
     kappa = a * a / v
 
@@ -177,7 +199,6 @@ def laplace_log_marginal(
         f = u + 0.5 * kappa * (yz / a - z).pow(2).flatten(1).sum(1)
         return torch.where(torch.isfinite(f), f, torch.full_like(f, math.inf)), g - (a / v) * (yz - a * z)
 
-    x = proj(y / a if start is None else start.detach().to(torch.float64))
     f, gf = objective(x, y)
     d = gf[0].numel()
     for _ in range(newton_steps):
@@ -185,7 +206,7 @@ def laplace_log_marginal(
         if not bool(todo.any()):
             break
         lam, vec = _proposal_precision(
-            finite_difference_hessian(grad_u, x[todo], hessian_step), kappa, mean_free, n_atoms
+            finite_difference_hessian(grad_u, x[todo], hessian_step), kappa, event, mean_free
         )
         step = proj(_solve(lam, vec, -gf[todo].flatten(1)).reshape((-1,) + event))
         xs, fs, gs = x[todo], f[todo], gf[todo]
@@ -201,10 +222,18 @@ def laplace_log_marginal(
             if not bool(searching.any()):
                 break
         x[todo], f[todo], gf[todo] = xs, fs, gs
-    converged = gf.flatten(1).norm(dim=1) < tol * math.sqrt(d)
-    lam, vec = _proposal_precision(finite_difference_hessian(grad_u, x, hessian_step), kappa, mean_free, n_atoms)
-    mode = x + proj(_solve(lam, vec, -gf.flatten(1)).reshape((-1,) + event))  # the last Newton step: mean of q
-    # draws: δ = V diag(λ^-1/2) ξ, projected; log q on the d_sub-dimensional subspace
+    return x, gf, gf.flatten(1).norm(dim=1) < tol * math.sqrt(d)
+
+
+def _gaussian_draws(mode, lam, vec, kappa, n_draws, mean_free, generator):
+    """K draws of N(mode, A⁻¹) with A = V diag(λ) Vᵀ, and their log-densities (on the d − 3
+    dimensional zero-centre subspace when mean_free, where the translations carry λ = κ).
+
+    Returns x (B, K, *event) and log q (B, K).
+    """
+    b, event = mode.shape[0], tuple(mode.shape[1:])
+    d = lam.shape[-1]
+    proj = project_mean_free if mean_free else (lambda z: z)
     xi = torch.randn((b, n_draws, d), dtype=torch.float64, generator=generator)
     delta = proj((vec[:, None] @ (xi / lam.sqrt()[:, None])[..., None])[..., 0].reshape((b * n_draws,) + event))
     delta = delta.reshape((b, n_draws, d))
@@ -212,13 +241,7 @@ def laplace_log_marginal(
     d_sub = d - 3 if mean_free else d
     log_det = lam.log().sum(-1) - (3 * math.log(kappa) if mean_free else 0.0)
     log_q = -0.5 * quad + 0.5 * log_det[:, None] - 0.5 * d_sub * math.log(2 * math.pi)
-    xk = (mode[:, None] + delta.reshape((b, n_draws) + event)).reshape((b * n_draws,) + event)
-    u = energy_and_grad(xk)[0].to(torch.float64)
-    y_rep = y[:, None].expand((b, n_draws) + event).reshape((b * n_draws,) + event)
-    log_w = (-u + gaussian_log_prob(y_rep, a * xk, v, mean_free=mean_free)).reshape(b, n_draws) - log_q
-    log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
-    log_p = torch.logsumexp(log_w, dim=1) - math.log(n_draws)
-    return LaplaceMarginal(log_p, log_w, xk.reshape((b, n_draws) + event), mode, converged)
+    return mode[:, None] + delta.reshape((b, n_draws) + event), log_q
 
 
 def marginal_pairs(
