@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from boltzgen.diagnostics import marginal_spread  # noqa: E402
 from boltzgen.diffusion import project_mean_free  # noqa: E402
-from boltzgen.diffusion.laplace import marginal_pairs  # noqa: E402
+from boltzgen.diffusion.laplace import marginal_pairs, target_energy_in_model_units  # noqa: E402
 from boltzgen.io import load_samples, write_json  # noqa: E402
 from boltzgen.model import load_model  # noqa: E402
 from boltzgen.systems import resolve  # noqa: E402
@@ -59,17 +59,11 @@ def marginal_error(run_dir: str, data: str, n: int, times: list, seed: int) -> d
     target = resolve(**recipe) if isinstance(recipe, dict) else resolve(recipe)
     try:
         x0 = target_frames(data, float(target.temperature), n, seed, target.states)
-        ell = model.length_scale
-        y0 = torch.as_tensor(x0) / ell
+        y0 = torch.as_tensor(x0) / model.length_scale
         if model.inner.mean_free:
             y0 = project_mean_free(y0)
-
-        def energy_and_grad(y):
-            u, force = target.reduced_energy_and_force(ell * y)
-            return u.to(torch.float64), -ell * force.to(torch.float64)
-
         y, log_p, t, spread = marginal_pairs(
-            energy_and_grad,
+            target_energy_in_model_units(target, model.length_scale),
             y0,
             model.inner.schedule,
             times,
@@ -83,13 +77,13 @@ def marginal_error(run_dir: str, data: str, n: int, times: list, seed: int) -> d
         if hasattr(target, "close"):
             target.close()
     inner = model.inner.double()
-    spreads = marginal_spread(inner, y, log_p, t, labels, names)
-    overall = {f"marginal_std_kT_t{ti:g}": f"{ti:g}" for ti in t.tolist()}
+    per_state = marginal_spread(inner, y, log_p, t, labels, names)
+    overall = {f"{ti:g}": per_state.pop(f"marginal_std_kT_t{ti:g}") for ti in t.tolist()}
     return {
         "run_dir": os.path.abspath(run_dir),
         "n_frames": int(y.shape[1]),
-        "marginal_std_kT": {t_: spreads[k] for k, t_ in overall.items()},
-        "marginal_std_kT_per_state": {k: v for k, v in spreads.items() if k not in overall},
+        "marginal_std_kT": overall,
+        "marginal_std_kT_per_state": per_state,
         "estimate_spread": {f"{ti:g}": float(s) for ti, s in zip(t.tolist(), spread.tolist())},
         "state_counts": None if labels is None else {name: int((labels == k).sum()) for k, name in enumerate(names)},
         "seconds": time.perf_counter() - start,

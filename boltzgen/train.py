@@ -512,16 +512,15 @@ class Trainer:
     def _noisy_marginals(self, target, x0: torch.Tensor, times: list, generator: torch.Generator) -> tuple:
         """:func:`~boltzgen.diffusion.laplace.marginal_pairs` of model-unit frames x0 under the
         target's energy u(L y): (y, log_p, t)."""
-        from .diffusion.laplace import marginal_pairs
-
-        scale = self.length_scale
-
-        def energy_and_grad(y):
-            u, force = target.reduced_energy_and_force(scale * y)
-            return u.to(torch.float64), -scale * force.to(torch.float64)
+        from .diffusion.laplace import marginal_pairs, target_energy_in_model_units
 
         y, log_p, t, _ = marginal_pairs(
-            energy_and_grad, x0, self.model.inner.schedule, times, mean_free=x0.dim() == 3, generator=generator
+            target_energy_in_model_units(target, self.length_scale),
+            x0,
+            self.model.inner.schedule,
+            times,
+            mean_free=x0.dim() == 3,
+            generator=generator,
         )
         return y, log_p, t
 

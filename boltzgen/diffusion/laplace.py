@@ -33,7 +33,36 @@ import torch
 
 from .noise import gaussian_log_prob, project_mean_free
 
-__all__ = ["LaplaceMarginal", "finite_difference_hessian", "laplace_log_marginal", "marginal_pairs"]
+__all__ = [
+    "LaplaceMarginal",
+    "finite_difference_hessian",
+    "laplace_log_marginal",
+    "marginal_pairs",
+    "target_energy_in_model_units",
+]
+
+
+def target_energy_in_model_units(target, length_scale: float) -> Callable:
+    """The ``energy_and_grad`` of this module for a target seen in model units y = x / ℓ.
+
+    Parameters
+    ----------
+    target : TargetSystem
+        Has ``reduced_energy_and_force(x)`` (x in its own units).
+    length_scale : float
+        ℓ.
+
+    Returns
+    -------
+    callable
+        y (M, *event) -> (u(ℓ y) (M,), ∇_y u(ℓ y) = −ℓ force (M, *event)), float64 on y's device.
+    """
+
+    def energy_and_grad(y):
+        u, force = target.reduced_energy_and_force(length_scale * y)
+        return u.to(torch.float64).to(y.device), -length_scale * force.to(torch.float64).to(y.device)
+
+    return energy_and_grad
 
 
 def finite_difference_hessian(grad: Callable, x: torch.Tensor, step: float, chunk: int = 64) -> torch.Tensor:

@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..diffusion.laplace import laplace_log_marginal
+from ..diffusion.laplace import laplace_log_marginal, target_energy_in_model_units
 from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
 from .chirality import chiral_centres, fix_chirality, in_l_region
 from .mcmc import hmc_step, mala_step
@@ -1128,12 +1128,11 @@ def run_handover(state: ParticleState, problem: SMCProblem, recorder: SMCRecorde
     if problem.target is None:
         raise ValueError("the hand-over needs a target")
     a, v = (float(z) for z in problem.model.schedule.transition(0.0, state.t))
-    ell = problem.length_scale
+    target_energy = target_energy_in_model_units(problem.target, problem.length_scale)
 
-    def energy_and_grad(y):
+    def energy_and_grad(y):  # counted
         state.n_target_evals += y.shape[0]
-        u, force = problem.target.reduced_energy_and_force(ell * y)
-        return u.to(torch.float64).to(y.device), -ell * force.to(torch.float64).to(y.device)
+        return target_energy(y)
 
     start = problem.denoised(state.y, state.grad, state.t)
     post = laplace_log_marginal(
