@@ -439,6 +439,10 @@ class ModelConfig(_Section):
         Noise-to-signal ratio σ_t/α_t (model units) at which the prior has faded to half;
         ``auto``: the thermal width of the stiffest bond, beyond which summing separately diffused
         terms overstates the curvature.
+    prior_gates : {"fixed", "learned"}
+        ``fixed``: all terms fade together at ``prior_fade_width``; ``learned``: each term class
+        (bonds with and without hydrogen, angles, torsions, Coulomb, Lennard-Jones, GB, the
+        cluster restraint) fades at its own trained width and steepness, starting from the fixed fade.
     """
 
     PATH: ClassVar[str] = "model"
@@ -451,9 +455,16 @@ class ModelConfig(_Section):
     prior_fade_width: Union[str, float] = _setting(
         "auto", lambda p, v: v if v == "auto" else number(p, v, 0.0, low_open=True)
     )
+    prior_gates: str = _setting("fixed", lambda p, v: choice(p, v, _prior_gates()))
 
 
 PRIORS = ("none", "bonded", "forcefield")
+
+
+def _prior_gates():
+    from .nn.prior import GATES
+
+    return GATES
 
 
 def _losses():

@@ -435,14 +435,15 @@ class EnergyModel(nn.Module):
         return self.normaliser.parameters()
 
     def parameter_groups(self, lr: float, log_normaliser_lr: Optional[float] = None, **options) -> list[dict]:
-        """Optimizer parameter groups: the network, and the log-normaliser with its own learning rate.
+        """Optimizer parameter groups: the network, and the few scalars (the log-normaliser and a
+        prior's learned gates) with their own learning rate.
 
         Parameters
         ----------
         lr : float
             Learning rate of the network.
         log_normaliser_lr : float, optional
-            Learning rate of f_φ (default ``lr``).
+            Learning rate of f_φ and of the prior's gates (default ``lr``).
         **options
             Extra options of the network group (e.g. ``weight_decay``); the log-normaliser
             group gets ``weight_decay=0``.
@@ -450,11 +451,13 @@ class EnergyModel(nn.Module):
         Returns
         -------
         list of dict
-            One group for the network, plus one for f_φ if it has parameters; pass to a
+            One group for the network, plus one for f_φ and the gates if there are any; pass to a
             ``torch.optim`` optimizer.
         """
         groups = [dict(params=list(self.network_parameters()), lr=lr, **options)]
         norm_params = list(self.log_normaliser_parameters())
+        if self.prior is not None:
+            norm_params += list(self.prior.parameters())
         if norm_params:
             groups.append(
                 dict(params=norm_params, lr=lr if log_normaliser_lr is None else log_normaliser_lr, weight_decay=0.0)

@@ -441,7 +441,13 @@ class Trainer:
         from .nn.prior import prior_for_target
 
         m = self.config["model"]
-        prior = prior_for_target(target, self.length_scale, m["prior_fade_width"], nonbonded=m["prior"] == "forcefield")
+        prior = prior_for_target(
+            target,
+            self.length_scale,
+            m["prior_fade_width"],
+            nonbonded=m["prior"] == "forcefield",
+            gates=m["prior_gates"],
+        )
         self.metadata["prior_terms"] = prior.extra_repr()
         return prior
 
@@ -1027,7 +1033,8 @@ class Trainer:
         dict
             Metrics, also written to ``metrics.json``: ``steps``, ``resumed``, ``wall_time_s``
             (s), ``length_scale``, ``n_train``, ``n_val``, ``final`` (last loss parts),
-            ``validation``, ``boltzgen_version`` and the trainer's metadata.
+            ``validation``, ``prior_gate_half_widths`` (σ/α where each prior term class is half
+            faded, with a prior), ``boltzgen_version`` and the trainer's metadata.
         """
         from tqdm import tqdm
 
@@ -1092,6 +1099,8 @@ class Trainer:
             "boltzgen_version": __version__,
             **self.metadata,
         }
+        if self.ema.prior is not None:  # the exported (averaged) model's
+            metrics["prior_gate_half_widths"] = self.ema.prior.gate_half_widths()
         if self.rank == 0:
             write_json(self._path("metrics.json"), metrics)
         return metrics

@@ -1,5 +1,6 @@
 """The force-field prior (boltzgen.nn.prior.ForceFieldPrior) against OpenMM and its symmetries."""
 
+import json
 import math
 
 import numpy as np
@@ -173,7 +174,7 @@ def test_train_with_forcefield_prior_keeps_it_in_the_run(tmp_path):
     assert main([*args, "--stride", "10", "--workers", "0", "--no-progress", "--seed", "2"]) == 0
     config = tmp_path / "c.yaml"
     config.write_text(
-        "net: {kind: egnn, hidden: 8, n_layers: 1}\nmodel: {prior: forcefield, t_min: 1.0e-7}\n"
+        "net: {kind: egnn, hidden: 8, n_layers: 1}\nmodel: {prior: forcefield, prior_gates: learned, t_min: 1.0e-7}\n"
         "loss: {kind: dsm, k: 1, target_score: true, lambda_pin: 1.0}\n"
         "train: {steps: 2, batch_size: 8, val_every: 2, checkpoint_every: 2}\n"
     )
@@ -186,6 +187,9 @@ def test_train_with_forcefield_prior_keeps_it_in_the_run(tmp_path):
     energies = model.energy(samples.x[:6], 1e-7).detach().double().numpy()
     gap = energies - samples.reduced_energy[:6]
     assert np.std(gap) < 0.5  # two steps of training: the network is still near zero at t_min
+    widths = json.loads((run / "metrics.json").read_text())["prior_gate_half_widths"]
+    assert model.inner.prior.gates == "learned" and set(widths) >= {"bond_h", "bond", "angle", "torsion", "lj"}
+    assert widths["bond"] == pytest.approx(float(model.inner.prior.gate_log_width[1].exp()), rel=0.2)
 
 
 def test_lennard_jones_prior_at_zero_noise_is_the_cluster_energy():
@@ -252,3 +256,61 @@ def test_forcefield_prior_at_zero_noise_is_the_whole_implicit_solvent_energy():
         torch.testing.assert_close(rebuilt(z, a, s), prior(z, a, s))
     finally:
         target.close()
+
+
+def test_learned_gates_start_as_the_fixed_fade_and_each_class_halves_at_its_width(aldp):
+    """prior_gates: learned starts as the fixed prior (same energy at every t), each class's gate
+    is 1/2 where σ/α is its width, and the per-class terms sum to the fixed prior's energy / f(t)."""
+    from boltzgen.nn.prior import TERM_CLASSES
+
+    L = 0.17
+    fixed = ForceFieldPrior.from_openmm(aldp.system, L, float(aldp.kT), nonbonded=True).double()
+    learned = ForceFieldPrior.from_openmm(aldp.system, L, float(aldp.kT), nonbonded=True, gates="learned").double()
+    # the hydrogen bonds of alanine dipeptide: 12 of its 21 (every C-H and N-H)
+    assert int(learned.bond_h.sum()) == 12
+    x = torch.as_tensor(np.stack(_configurations(aldp, 3)) / L)
+    alpha = torch.tensor([1.0, 0.999, 0.98], dtype=torch.float64)
+    sigma = torch.sqrt(1.0 - alpha**2)
+    torch.testing.assert_close(learned(x, alpha, sigma), fixed(x, alpha, sigma), rtol=1e-12, atol=1e-10)
+    terms = fixed.term_energies(x, alpha, sigma)
+    torch.testing.assert_close(terms.sum(-1) * fixed.fade(alpha, sigma), fixed(x, alpha, sigma))
+    with torch.no_grad():
+        learned.gate_log_width.copy_(torch.linspace(-5.0, -2.0, len(TERM_CLASSES), dtype=torch.float64))
+    widths = learned.gate_half_widths()
+    for c, name in enumerate(TERM_CLASSES):
+        a = torch.tensor([0.9], dtype=torch.float64)
+        g = learned.gate(a, a * widths[name])
+        assert float(g[0, c].detach()) == pytest.approx(0.5, abs=1e-12)
+    # each gate falls with the noise, and the energy is the gated sum of the terms
+    a = torch.tensor([0.999, 0.99, 0.9], dtype=torch.float64)
+    g = learned.gate(a, torch.sqrt(1 - a**2))
+    assert bool((g[1:] < g[:-1]).all())
+    e = learned(x, a, torch.sqrt(1 - a**2))
+    torch.testing.assert_close(e, (g * learned.term_energies(x, a, torch.sqrt(1 - a**2))).sum(-1))
+    assert_equivariant(
+        lambda y: learned(y, a, torch.sqrt(1 - a**2)), x, kind="scalar", generator=torch.Generator().manual_seed(2)
+    )
+
+
+def test_learned_gates_train_round_trip_and_are_in_the_optimiser(aldp):
+    """The gates are parameters of the model's scalar group (the log-normaliser's learning rate);
+    they travel in the state dict; a gradient step moves them."""
+    prior = ForceFieldPrior.from_openmm(aldp.system, 0.17, float(aldp.kT), nonbonded=True, gates="learned")
+    net = build_network("egnn", aldp.topology, hidden=8, n_layers=1)
+    model = EnergyModel(net, (22, 3), prior=prior.config(), t_min=1e-5).double()
+    groups = model.parameter_groups(1e-3, log_normaliser_lr=0.01)
+    scalar_ids = {id(p) for p in groups[-1]["params"]}
+    assert id(model.prior.gate_log_width) in scalar_ids and id(model.prior.gate_log_slope) in scalar_ids
+    assert groups[-1]["lr"] == 0.01
+    y = torch.as_tensor(np.stack(_configurations(aldp, 4)) / 0.17)
+    optimiser = torch.optim.Adam(groups)
+    before = model.prior.gate_log_width.detach().clone()
+    model.energy(y, 2e-3).pow(2).mean().backward()
+    optimiser.step()
+    assert not torch.equal(model.prior.gate_log_width.detach(), before)
+    rebuilt = EnergyModel.from_config(model.config(), net).double()
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.prior.gates == "learned"
+    torch.testing.assert_close(rebuilt.energy(y, 2e-3), model.energy(y, 2e-3))
+    with pytest.raises(ValueError, match="gates must be one of"):
+        ForceFieldPrior([], [], [], gates="adaptive")

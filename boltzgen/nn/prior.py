@@ -39,9 +39,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["ForceFieldPrior", "obc_energy", "prior_for_target", "prior_from_config"]
+__all__ = ["GATES", "TERM_CLASSES", "ForceFieldPrior", "obc_energy", "prior_for_target", "prior_from_config"]
 
 ONE_4PI_EPS0 = 138.935456  # kJ mol⁻¹ nm e⁻², as OpenMM
+
+#: The prior's term classes, each with its own gate when the gates are learned.
+TERM_CLASSES = ("bond_h", "bond", "angle", "torsion", "coulomb", "lj", "gb", "centroid")
+#: How the terms fade with the noise: one fixed fade f(t), or a learned one per term class.
+GATES = ("fixed", "learned")
 
 
 def _angle_g(r1: float, r2: float, theta0: float) -> float:
@@ -76,6 +81,15 @@ class ForceFieldPrior(nn.Module):
         An OBC generalised-Born term (:func:`obc_energy`): ``charges`` (e), ``radii`` (nm),
         ``scales``, ``solute_dielectric``, ``solvent_dielectric``, ``surface_area_energy``
         (kJ/mol/nm²), ``length_scale`` (nm per model unit) and ``kT`` (kJ/mol).
+    gates : {"fixed", "learned"}
+        ``fixed``: every term is weighted by the one fade f(t). ``learned``: each term class of
+        :data:`TERM_CLASSES` by its own g_c(t) = 1 / (1 + (σ_t / (α_t w_c))^p_c), with w_c and
+        p_c trainable (initialised to ``fade_width`` and 2, so it starts as f(t)). The separately
+        diffused terms are exact for one isolated term and overstate the curvature where terms
+        share atoms; how much, and so how fast each class should hand over to the network, is
+        learned. The Gaussian term, the network's scale and the pairs' softening keep f(t).
+    hydrogen : list of bool, optional
+        Per bond, whether it involves a hydrogen (class ``bond_h``; default: none does).
     """
 
     def __init__(
@@ -88,9 +102,18 @@ class ForceFieldPrior(nn.Module):
         replaces_gaussian: bool = False,
         centroid_k: float = 0.0,
         gb: Optional[dict] = None,
+        gates: str = "fixed",
+        hydrogen=None,
     ):
         super().__init__()
+        if gates not in GATES:
+            raise ValueError(f"gates must be one of {GATES}, got {gates!r}")
         self.fade_width = float(fade_width)
+        self.gates = gates
+        if gates == "learned":
+            n = len(TERM_CLASSES)
+            self.gate_log_width = nn.Parameter(torch.full((n,), math.log(self.fade_width), dtype=torch.float64))
+            self.gate_log_slope = nn.Parameter(torch.full((n,), math.log(2.0), dtype=torch.float64))
         self.centroid_k = float(centroid_k)
         self.gb = None if not gb else dict(gb)
         if self.gb:
@@ -103,6 +126,11 @@ class ForceFieldPrior(nn.Module):
         self._pairs = pairs
         self.register_buffer("bond_idx", torch.tensor([b[:2] for b in bonds], dtype=torch.long).reshape(-1, 2))
         self.register_buffer("bond_par", torch.tensor([b[2:] for b in bonds], dtype=torch.float64).reshape(-1, 2))
+        hydrogen = [False] * len(bonds) if hydrogen is None else [bool(h) for h in hydrogen]
+        if len(hydrogen) != len(bonds):
+            raise ValueError(f"hydrogen needs one flag per bond ({len(bonds)}), got {len(hydrogen)}")
+        self._hydrogen = hydrogen
+        self.register_buffer("bond_h", torch.tensor(hydrogen, dtype=torch.bool))
         self.register_buffer("angle_idx", torch.tensor([a[:3] for a in angles], dtype=torch.long).reshape(-1, 3))
         self.register_buffer("angle_par", torch.tensor([a[3:] for a in angles], dtype=torch.float64).reshape(-1, 2))
         self.register_buffer("tors_idx", torch.tensor([d[:4] for d in torsions], dtype=torch.long).reshape(-1, 4))
@@ -119,7 +147,7 @@ class ForceFieldPrior(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_openmm(
-        cls, system, length_scale: float, kT: float, fade_width="auto", nonbonded: bool = False
+        cls, system, length_scale: float, kT: float, fade_width="auto", nonbonded: bool = False, gates: str = "fixed"
     ) -> "ForceFieldPrior":
         """The bonded (and nonbonded) terms of an OpenMM ``System`` in model units.
 
@@ -140,6 +168,8 @@ class ForceFieldPrior(nn.Module):
             Also carry the pairs of a ``NonbondedForce`` (which must have no cutoff: vacuum or
             implicit solvent) and a ``GBSAOBCForce`` if there is one (other solvation forces are
             left to the network).
+        gates : {"fixed", "learned"}
+            As in the class.
 
         Returns
         -------
@@ -177,11 +207,31 @@ class ForceFieldPrior(nn.Module):
             fade_width = min((1.0 / math.sqrt(b[3]) for b in bonds), default=0.1)
         pairs = _nonbonded_pairs(system, L, kT) if nonbonded else []
         gb = _obc_parameters(system, L, kT) if nonbonded else None
-        return cls(bonds, angles, torsions, float(fade_width), pairs, replaces_gaussian=True, gb=gb)
+        light = [
+            system.getParticleMass(i).value_in_unit(openmm.unit.dalton) < 1.5 for i in range(system.getNumParticles())
+        ]
+        hydrogen = [light[b[0]] or light[b[1]] for b in bonds]
+        return cls(
+            bonds,
+            angles,
+            torsions,
+            float(fade_width),
+            pairs,
+            replaces_gaussian=True,
+            gb=gb,
+            gates=gates,
+            hydrogen=hydrogen,
+        )
 
     @classmethod
     def lennard_jones(
-        cls, n_particles: int, length_scale: float, oscillator_scale: float = 1.0, fade_width="auto", pairs: bool = True
+        cls,
+        n_particles: int,
+        length_scale: float,
+        oscillator_scale: float = 1.0,
+        fade_width="auto",
+        pairs: bool = True,
+        gates: str = "fixed",
     ) -> "ForceFieldPrior":
         """The energy of :class:`boltzgen.systems.lj.LennardJonesCluster` as a prior, in model units.
 
@@ -199,6 +249,8 @@ class ForceFieldPrior(nn.Module):
             ``auto``: the thermal width of the pair well at r_m, 1 / √(u''(1)) = 1/12, in model units.
         pairs : bool
             Carry the pair term; False leaves the restraint alone (``model.prior: bonded``).
+        gates : {"fixed", "learned"}
+            As in the class.
 
         Returns
         -------
@@ -209,7 +261,16 @@ class ForceFieldPrior(nn.Module):
         terms = [[i, j, 0.0, s, eps] for i in range(n_particles) for j in range(i + 1, n_particles)] if pairs else []
         if fade_width == "auto":
             fade_width = 1.0 / (12.0 * L)  # u''(r_m) = 2 (156 - 84) = 144 kT / r_m²
-        return cls([], [], [], float(fade_width), terms, replaces_gaussian=True, centroid_k=oscillator_scale * L**2)
+        return cls(
+            [],
+            [],
+            [],
+            float(fade_width),
+            terms,
+            replaces_gaussian=True,
+            centroid_k=oscillator_scale * L**2,
+            gates=gates,
+        )
 
     def config(self) -> dict:
         """Plain lists that rebuild this prior (``ForceFieldPrior(**config)``).
@@ -227,6 +288,8 @@ class ForceFieldPrior(nn.Module):
             "replaces_gaussian": self.replaces_gaussian,
             "centroid_k": self.centroid_k,
             "gb": self.gb,
+            "gates": self.gates,
+            "hydrogen": self._hydrogen,
         }
 
     # ------------------------------------------------------------------ energy
@@ -243,6 +306,23 @@ class ForceFieldPrior(nn.Module):
         """
         return 1.0 / (1.0 + (sigma / (alpha * self.fade_width)) ** 2)
 
+    def gate(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The weight of each term class at each time: f(t) for all (``fixed``), or g_c(t) (``learned``).
+
+        Parameters
+        ----------
+        alpha, sigma : tensor, shape (B,)
+
+        Returns
+        -------
+        tensor, shape (B, len(TERM_CLASSES))
+        """
+        if self.gates == "fixed":
+            return self.fade(alpha, sigma)[:, None].expand(-1, len(TERM_CLASSES))
+        log_ratio = torch.log(sigma.clamp_min(1e-30) / alpha)[:, None]
+        slope, log_width = self.gate_log_slope.to(alpha.dtype).exp(), self.gate_log_width.to(alpha.dtype)
+        return torch.sigmoid(-slope * (log_ratio - log_width))
+
     def forward(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """E_prior(x, t) for configurations in model units.
 
@@ -257,16 +337,34 @@ class ForceFieldPrior(nn.Module):
         -------
         tensor, shape (B,), dtype of x (kT)
         """
+        a, s = alpha.to(x.dtype), sigma.to(x.dtype)
+        return (self.gate(a, s) * self.term_energies(x, a, s)).sum(-1)
+
+    def term_energies(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The diffused energy of each term class, before its gate.
+
+        Parameters
+        ----------
+        x : tensor, shape (B, N, 3)
+            Model units.
+        alpha, sigma : tensor, shape (B,)
+
+        Returns
+        -------
+        tensor, shape (B, len(TERM_CLASSES)), dtype of x (kT)
+            Columns in the order of :data:`TERM_CLASSES` (zero for a class the prior lacks).
+        """
         dtype = x.dtype
         a, s = alpha.to(dtype)[:, None], sigma.to(dtype)[:, None]
         fade = self.fade(alpha.to(dtype), sigma.to(dtype))
-        energy = x.new_zeros(x.shape[0])
+        terms = dict.fromkeys(TERM_CLASSES, x.new_zeros(x.shape[0]))
         if self.bond_idx.shape[0]:
             r0, k = self.bond_par[:, 0].to(dtype), self.bond_par[:, 1].to(dtype)
             d = x[:, self.bond_idx[:, 0]] - x[:, self.bond_idx[:, 1]]
             r = torch.sqrt((d**2).sum(-1) + 1e-12)
             k_t = k / (a**2 + 2.0 * k * s**2)
-            energy = energy + (0.5 * k_t * (r - a * r0) ** 2).sum(-1)
+            e = 0.5 * k_t * (r - a * r0) ** 2
+            terms["bond_h"], terms["bond"] = e[:, self.bond_h].sum(-1), e[:, ~self.bond_h].sum(-1)
         if self.angle_idx.shape[0]:
             theta0, k = self.angle_par[:, 0].to(dtype), self.angle_par[:, 1].to(dtype)
             u = x[:, self.angle_idx[:, 0]] - x[:, self.angle_idx[:, 1]]
@@ -274,19 +372,19 @@ class ForceFieldPrior(nn.Module):
             cos = (u * v).sum(-1) / torch.sqrt((u**2).sum(-1) * (v**2).sum(-1) + 1e-12)
             theta = torch.acos(cos.clamp(-1.0 + 1e-7, 1.0 - 1e-7))
             k_t = k / (1.0 + k * self.angle_g.to(dtype) * (s / a) ** 2)
-            energy = energy + (0.5 * k_t * (theta - theta0) ** 2).sum(-1)
+            terms["angle"] = (0.5 * k_t * (theta - theta0) ** 2).sum(-1)
         if self.tors_idx.shape[0]:
             n, phase, k = (self.tors_par[:, c].to(dtype) for c in range(3))
             p = [x[:, self.tors_idx[:, c]] for c in range(4)]
             phi = _dihedral(*p)
-            energy = energy + (k * (1.0 + torch.cos(n * phi - phase))).sum(-1)
+            terms["torsion"] = (k * (1.0 + torch.cos(n * phi - phase))).sum(-1)
         if self.pair_idx.shape[0]:
             qq, sig, eps = (self.pair_par[:, c].to(dtype) for c in range(3))
             d = x[:, self.pair_idx[:, 0]] - x[:, self.pair_idx[:, 1]]
             soft = (1.0 - fade)[:, None] * sig
             rho2 = (d**2).sum(-1) / a**2 + 2.0 * (s / a) ** 2 + soft**2 + 1e-12
             s6 = (sig**2 / rho2) ** 3
-            energy = energy + (qq / torch.sqrt(rho2) + 4.0 * eps * (s6**2 - s6)).sum(-1)
+            terms["coulomb"], terms["lj"] = (qq / torch.sqrt(rho2)).sum(-1), (4.0 * eps * (s6**2 - s6)).sum(-1)
         if self.gb:
             g, L = self.gb, float(self.gb["length_scale"])
             d = x[:, :, None] - x[:, None, :]
@@ -300,12 +398,24 @@ class ForceFieldPrior(nn.Module):
                 g["solvent_dielectric"],
                 g["surface_area_energy"],
             )
-            energy = energy + e_gb / float(g["kT"])
+            terms["gb"] = e_gb / float(g["kT"])
         if self.centroid_k:
             k_t = self.centroid_k / (a[:, 0] ** 2 + self.centroid_k * s[:, 0] ** 2)
             centred = x - x.mean(dim=-2, keepdim=True)
-            energy = energy + 0.5 * k_t * centred.pow(2).sum(dim=(-2, -1))
-        return fade * energy
+            terms["centroid"] = 0.5 * k_t * centred.pow(2).sum(dim=(-2, -1))
+        return torch.stack([terms[c] for c in TERM_CLASSES], dim=-1)
+
+    def gate_half_widths(self) -> dict:
+        """σ_t/α_t (model units) at which each term class's gate is one half.
+
+        Returns
+        -------
+        dict
+            Class name -> half width (all ``fade_width`` for fixed gates).
+        """
+        if self.gates == "fixed":
+            return dict.fromkeys(TERM_CLASSES, self.fade_width)
+        return {c: float(w) for c, w in zip(TERM_CLASSES, self.gate_log_width.detach().exp())}
 
     def extra_repr(self) -> str:
         """Sizes shown by ``repr``.
@@ -317,7 +427,8 @@ class ForceFieldPrior(nn.Module):
         return (
             f"bonds={self.bond_idx.shape[0]}, angles={self.angle_idx.shape[0]}, "
             f"torsions={self.tors_idx.shape[0]}, pairs={self.pair_idx.shape[0]}, "
-            f"centroid_k={self.centroid_k:g}, gb={'OBC' if self.gb else 'none'}, fade_width={self.fade_width}"
+            f"centroid_k={self.centroid_k:g}, gb={'OBC' if self.gb else 'none'}, fade_width={self.fade_width}, "
+            f"gates={self.gates}"
         )
 
 
@@ -443,7 +554,9 @@ def _dihedral(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Te
     return torch.atan2((m * n2).sum(-1), (n1 * n2).sum(-1))
 
 
-def prior_for_target(target, length_scale: float, fade_width="auto", nonbonded: bool = True) -> ForceFieldPrior:
+def prior_for_target(
+    target, length_scale: float, fade_width="auto", nonbonded: bool = True, gates: str = "fixed"
+) -> ForceFieldPrior:
     """The prior of a target: its OpenMM force field, or a Lennard-Jones cluster's energy.
 
     Parameters
@@ -457,6 +570,8 @@ def prior_for_target(target, length_scale: float, fade_width="auto", nonbonded: 
     nonbonded : bool
         Carry the nonbonded pairs (``model.prior: forcefield``); False keeps the bonded terms only
         (``bonded``; for an LJ cluster, the restraint only).
+    gates : {"fixed", "learned"}
+        See :class:`ForceFieldPrior`.
 
     Returns
     -------
@@ -471,12 +586,16 @@ def prior_for_target(target, length_scale: float, fade_width="auto", nonbonded: 
 
     if isinstance(target, LennardJonesCluster):
         n = target.event_shape[0]
-        return ForceFieldPrior.lennard_jones(n, length_scale, target.oscillator_scale, fade_width, pairs=nonbonded)
+        return ForceFieldPrior.lennard_jones(
+            n, length_scale, target.oscillator_scale, fade_width, pairs=nonbonded, gates=gates
+        )
     if getattr(target, "system", None) is None:
         raise ValueError(
             f"a force-field prior needs an OpenMM target or a Lennard-Jones cluster, not {type(target).__name__}"
         )
-    return ForceFieldPrior.from_openmm(target.system, length_scale, float(target.kT), fade_width, nonbonded=nonbonded)
+    return ForceFieldPrior.from_openmm(
+        target.system, length_scale, float(target.kT), fade_width, nonbonded=nonbonded, gates=gates
+    )
 
 
 def prior_from_config(config: Optional[dict]) -> Optional[ForceFieldPrior]:
