@@ -62,7 +62,7 @@ def marginal_error(run_dir: str, data: str, n: int, times: list, seed: int) -> d
         y0 = torch.as_tensor(x0) / model.length_scale
         if model.inner.mean_free:
             y0 = project_mean_free(y0)
-        y, log_p, t, spread = marginal_pairs(
+        y, log_p, t, spread, _ = marginal_pairs(
             target_energy_in_model_units(target, model.length_scale),
             y0,
             model.inner.schedule,

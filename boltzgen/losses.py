@@ -91,7 +91,10 @@ the stiffest bond (docs/theory.md).
 p_t(y) ∝ ∫ exp(−u(x)) N(y; a x, v) dx, is computable from the force field alone
 (:func:`boltzgen.diffusion.laplace.marginal_pairs`, precomputed once on noisy copies of the
 data). The term is the spread of E_θ(y, t) + log p̂_t(y) over the copies at each such t: it
-extends the pin from t_pin to a band of low times, where DSM's targets are noisiest.
+extends the pin from t_pin to a band of low times, where DSM's targets are noisiest. Values alone
+leave the gradient free between the copies, so the term also regresses the score on the same
+copies' exact score (the Laplace posterior mean through Tweedie's formula), a target without
+DSM's one-sample noise.
 
 Every function returns a dict with ``total`` (the scalar to minimise, with its graph), the parts
 ``dsm`` and/or ``clf`` (with graph), and detached diagnostics: ``clf_accuracy`` (fraction of
@@ -831,13 +834,16 @@ def calibrate_log_normaliser(model, x0: torch.Tensor, generator: Optional[torch.
     return change
 
 
-def marginal_loss(model, y: torch.Tensor, t: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-    """Spread of E_θ(y, t) + log p_t(y) within each time level, averaged over the levels (kT²).
+def marginal_loss(
+    model, y: torch.Tensor, t: torch.Tensor, log_p: torch.Tensor, score: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Spread of E_θ(y, t) + log p_t(y) within each time level (kT²), plus the score's error.
 
     Parameters
     ----------
     model : energy model
-        Has ``energy(y, t)``.
+        Has ``energy(y, t)``, and with ``score`` ``energy_and_score(y, t, create_graph)`` and
+        ``schedule``.
     y : tensor, shape (L, m, *event_shape)
         m noisy configurations at each of L times (model units), m ≥ 2.
     t : tensor, shape (L,)
@@ -845,16 +851,30 @@ def marginal_loss(model, y: torch.Tensor, t: torch.Tensor, log_p: torch.Tensor) 
     log_p : tensor, shape (L, m)
         log of the target's exact marginal density at y, up to a constant per level
         (:func:`boltzgen.diffusion.laplace.marginal_pairs`).
+    score : tensor, shape (L, m, *event_shape), optional
+        ∇ log p_t(y) of the target at the same copies. Then the result adds
+        ‖σ_t (s_θ(y, t) − ∇ log p_t(y))‖² / d, on the scale of the DSM term (where σ_t ∇ log p_t is
+        −ε on average) but without noise in its target; the energies and scores come from one pass.
 
     Returns
     -------
     tensor, scalar, with graph
-        mean over levels and copies of (r − mean_level r)², r = E_θ(y, t) + log p.
+        mean over levels and copies of (r − mean_level r)², r = E_θ(y, t) + log p [+ the score term].
     """
     n_levels, m = log_p.shape
     if m < 2:
         raise ValueError(f"marginal matching needs at least 2 configurations per level, got {m}")
-    flat = y.reshape((n_levels * m,) + tuple(y.shape[2:]))
+    event = tuple(y.shape[2:])
+    flat = y.reshape((n_levels * m,) + event)
     tt = t.to(flat.dtype).repeat_interleave(m)
-    r = model.energy(flat, tt).reshape(n_levels, m) + log_p.to(flat.dtype)
-    return (r - r.mean(dim=1, keepdim=True)).pow(2).mean()
+    if score is None:
+        energy = model.energy(flat, tt)
+    else:
+        energy, model_score = model.energy_and_score(flat, tt, create_graph=True)
+    r = energy.reshape(n_levels, m) + log_p.to(flat.dtype)
+    loss = (r - r.mean(dim=1, keepdim=True)).pow(2).mean()
+    if score is not None:
+        sigma = model.schedule.sigma(tt).to(flat.dtype).reshape((-1,) + (1,) * len(event))
+        resid = sigma * (model_score - score.reshape(flat.shape).to(flat.dtype))
+        loss = loss + resid.pow(2).flatten(1).mean(1).mean()
+    return loss

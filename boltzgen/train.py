@@ -511,16 +511,17 @@ class Trainer:
         if frames.numel() < 2:
             raise ValueError("loss.lambda_marginal needs at least 2 training frames of the target itself")
         pick = frames[torch.randperm(frames.numel(), generator=g)[: int(loss["marginal_frames"])]]
-        y, log_p, t = self._noisy_marginals(target, self.train_data[pick].double(), times, g)
+        y, log_p, t, score = self._noisy_marginals(target, self.train_data[pick].double(), times, g)
         keep = torch.isfinite(log_p).all(0)
-        return y[:, keep].float(), log_p[:, keep], t
+        score = score[:, keep].float() if loss["marginal_score"] else None
+        return y[:, keep].float(), log_p[:, keep], t, score
 
     def _noisy_marginals(self, target, x0: torch.Tensor, times: list, generator: torch.Generator) -> tuple:
         """:func:`~boltzgen.diffusion.laplace.marginal_pairs` of model-unit frames x0 under the
-        target's energy u(L y): (y, log_p, t)."""
+        target's energy u(L y): (y, log_p, t, score)."""
         from .diffusion.laplace import marginal_pairs, target_energy_in_model_units
 
-        y, log_p, t, _ = marginal_pairs(
+        pairs = marginal_pairs(
             target_energy_in_model_units(target, self.length_scale),
             x0,
             self.model.inner.schedule,
@@ -528,7 +529,7 @@ class Trainer:
             mean_free=x0.dim() == 3,
             generator=generator,
         )
-        return y, log_p, t
+        return pairs.y, pairs.log_p, pairs.t, pairs.score
 
     def _validation_marginals(self, target, seed: int) -> Optional[tuple]:
         """Noisy copies of held-out target frames at :data:`MARGINAL_DIAGNOSTIC_TIMES` with their
@@ -541,7 +542,7 @@ class Trainer:
         if pick.numel() < 2 or not times:
             return None
         x0 = self.val_data[pick].double()
-        y, log_p, t = self._noisy_marginals(target, x0, times, torch.Generator().manual_seed(seed + 104729))
+        y, log_p, t, _ = self._noisy_marginals(target, x0, times, torch.Generator().manual_seed(seed + 104729))
         labels, names = None, None
         if self.states is not None:
             labels = np.asarray(self.states.assign((x0 * self.length_scale).numpy()))
@@ -929,13 +930,14 @@ class Trainer:
         from each of batch_size / that many levels drawn at random (all levels when fewer)."""
         from .losses import marginal_loss
 
-        y, log_p, t = self.marginal
+        y, log_p, t, score = self.marginal
         n_levels = min(y.shape[0], max(1, self.local_batch // MARGINAL_COPIES_PER_LEVEL))
         per_level = max(2, self.local_batch // n_levels)
         levels = torch.randperm(y.shape[0], generator=self.generator)[:n_levels]
         idx = torch.randint(0, y.shape[1], (n_levels, per_level), generator=self.generator)
         rows = levels[:, None]
-        return marginal_loss(self.model.inner, y[rows, idx], t[levels], log_p[rows, idx])
+        score = None if score is None else score[rows, idx]
+        return marginal_loss(self.model.inner, y[rows, idx], t[levels], log_p[rows, idx], score)
 
     def _calibrate_at_clf_start(self, options: dict) -> None:
         """At the first step with DiffCLF, set F(t) to the current energies' normalisers

@@ -27,6 +27,8 @@ def test_harmonic_marginal_is_exact(mean_free):
     exact = 0.5 * d * math.log(2 * math.pi / k) + gaussian_log_prob(y, 0.0, v + a * a / k, mean_free=mean_free)
     torch.testing.assert_close(r.log_p, exact, rtol=0, atol=1e-9)
     assert float(r.log_w.std(1).max()) < 1e-9 and bool(r.converged.all())
+    # Tweedie: the proposal's mean gives the exact score of the Gaussian marginal, -y / (v + a²/k)
+    torch.testing.assert_close((a * r.mode - y) / v, -y / (v + a * a / k), rtol=0, atol=1e-8)
     if mean_free:
         assert float(r.x.mean(-2).abs().max()) < 1e-12  # draws stay on the zero-centre subspace
 
@@ -89,12 +91,21 @@ def test_marginal_pairs_match_the_exact_gmm_marginal_and_its_loss_vanishes():
         return u, -force
 
     times = [1e-3, 1e-2, 0.05]
-    y, log_p, t, spread = marginal_pairs(
+    y, log_p, t, spread, score = marginal_pairs(
         energy_and_grad, x0, schedule, times, generator=torch.Generator().manual_seed(5)
     )
     assert bool((spread < 0.05).all())
-    assert y.shape == (3, 64, 2) and log_p.shape == (3, 64)
+    assert y.shape == (3, 64, 2) and log_p.shape == (3, 64) and score.shape == (3, 64, 2)
     for i, ti in enumerate(times):
-        resid = log_p[i] + exact.energy(y[i], torch.full((64,), ti, dtype=torch.float64))
+        tt = torch.full((64,), ti, dtype=torch.float64)
+        resid = log_p[i] + exact.energy(y[i], tt)
         assert float(resid.std()) < 1e-3
+        # the Laplace score against the exact one, relative to the score's own size (1/sigma_t)
+        _, exact_score = exact.energy_and_score(y[i], tt)
+        sigma = float(schedule.sigma(torch.tensor(ti)))
+        err = (sigma * (score[i] - exact_score)).abs()
+        assert float(err.max()) < 0.02 and float(err.mean()) < 1e-3
     assert float(marginal_loss(exact, y, t, log_p)) < 1e-6
+    assert float(marginal_loss(exact, y, t, log_p, score)) < 1e-5
+    # a wrong score shows, on the DSM scale
+    assert float(marginal_loss(exact, y, t, log_p, score + 1.0)) > 1e-3

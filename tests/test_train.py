@@ -561,8 +561,9 @@ def test_marginal_matching_trains_and_needs_the_target(tmp_path):
     with pytest.raises(ValueError, match="loss.lambda_marginal needs the target"):
         Trainer(config, data, str(tmp_path / "none"), progress=False)
     trainer = Trainer(config, data, str(tmp_path / "run"), progress=False, target=target)
-    y, log_p, t = trainer.marginal
+    y, log_p, t, score = trainer.marginal
     assert y.shape[:2] == (3, 64) and log_p.shape == (3, 64) and float(t[-1]) == pytest.approx(0.02)
+    assert score.shape == y.shape  # loss.marginal_score (default): the exact score of the same copies
     metrics = trainer.fit()
     assert all(math.isfinite(metrics["validation"][f"val_marginal_std_kT_t{t:g}"]) for t in (0.002, 0.01, 0.02))
     with open(tmp_path / "run" / "train_log.csv") as fh:

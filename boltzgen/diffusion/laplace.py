@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -35,6 +35,7 @@ from .noise import gaussian_log_prob, project_mean_free
 
 __all__ = [
     "LaplaceMarginal",
+    "MarginalPairs",
     "finite_difference_hessian",
     "laplace_log_marginal",
     "marginal_pairs",
@@ -113,7 +114,9 @@ class LaplaceMarginal:
     x : tensor (B, K, *event), float64
         The K draws x_k ~ q(· | y).
     mode : tensor (B, *event), float64
-        The mode of f found by the Newton steps.
+        The mean of the Laplace proposal: the mode of f after the Newton steps (and one more
+        Newton step from where they stopped). For a quadratic u it is E[x | y] exactly, so
+        (a · mode − y) / v is then the exact score ∇ log p_t(y) (Tweedie), and near it at low noise.
     converged : tensor (B,), bool
         Whether ‖∇f‖ at the mode fell below ``tol`` · sqrt(d) (in kT per unit of x).
     """
@@ -273,6 +276,16 @@ def _gaussian_draws(mode, lam, vec, kappa, n_draws, mean_free, generator):
     return mode[:, None] + delta.reshape((b, n_draws) + event), log_q
 
 
+class MarginalPairs(NamedTuple):
+    """Result of :func:`marginal_pairs` (L time levels of M noisy copies)."""
+
+    y: torch.Tensor  #: (L, M, *event): the noisy configurations
+    log_p: torch.Tensor  #: (L, M): log p̂_t(y), up to one constant per level
+    t: torch.Tensor  #: (L,): the times
+    spread: torch.Tensor  #: (L,): mean std of each copy's K importance log-weights
+    score: torch.Tensor  #: (L, M, *event): (a · mode − y) / v, the score of p_t at y (Laplace)
+
+
 def marginal_pairs(
     energy_and_grad: Callable,
     x0: torch.Tensor,
@@ -304,17 +317,18 @@ def marginal_pairs(
 
     Returns
     -------
-    y : tensor (L, M, *event), float64
-    log_p : tensor (L, M), float64
-    t : tensor (L,), float64
-    spread : tensor (L,), float64
-        Mean over the copies of the standard deviation of their K importance log-weights: the
-        estimate's own accuracy at each time (0 for a harmonic u; about its error for K draws).
+    MarginalPairs
+        ``y`` (L, M, *event), ``log_p`` (L, M), ``t`` (L,), ``spread`` (L,) and ``score``
+        (L, M, *event), all float64. ``spread`` is the mean over the copies of the standard
+        deviation of their K importance log-weights: the estimate's own accuracy at each time (0
+        for a harmonic u; about its error for K draws). ``score`` is ∇_y log p_t(y) from the
+        Laplace proposal's mean (exact for a harmonic u; it needs no draws, so it is as smooth in
+        y as the mode is, unlike a one-sample denoising target).
     """
     x0 = x0.detach().to(torch.float64)
     proj = project_mean_free if mean_free else (lambda z: z)
     x0 = proj(x0)
-    ys, logs, spreads = [], [], []
+    ys, logs, spreads, scores = [], [], [], []
     for t in times:
         a, v = (float(z) for z in schedule.transition(0.0, float(t)))
         eps = proj(torch.randn(x0.shape, dtype=torch.float64, generator=generator))
@@ -324,7 +338,9 @@ def marginal_pairs(
         )
         ys.append(y)
         logs.append(r.log_p)
+        scores.append(proj(a * r.mode - y) / v)
         finite = torch.isfinite(r.log_w).all(1)
         spreads.append(r.log_w[finite].std(1).mean() if n_draws > 1 and bool(finite.any()) else torch.tensor(math.nan))
     times_t = torch.tensor([float(t) for t in times], dtype=torch.float64)
-    return torch.stack(ys), torch.stack(logs), times_t, torch.stack(spreads).to(torch.float64)
+    spread = torch.stack(spreads).to(torch.float64)
+    return MarginalPairs(torch.stack(ys), torch.stack(logs), times_t, spread, torch.stack(scores))

@@ -130,7 +130,7 @@ class ForceFieldPrior(nn.Module):
         if len(hydrogen) != len(bonds):
             raise ValueError(f"hydrogen needs one flag per bond ({len(bonds)}), got {len(hydrogen)}")
         self._hydrogen = hydrogen
-        self.register_buffer("bond_h", torch.tensor(hydrogen, dtype=torch.bool))
+        self.register_buffer("bond_h", torch.tensor(hydrogen, dtype=torch.bool), persistent=False)  # from config
         self.register_buffer("angle_idx", torch.tensor([a[:3] for a in angles], dtype=torch.long).reshape(-1, 3))
         self.register_buffer("angle_par", torch.tensor([a[3:] for a in angles], dtype=torch.float64).reshape(-1, 2))
         self.register_buffer("tors_idx", torch.tensor([d[:4] for d in torsions], dtype=torch.long).reshape(-1, 4))
