@@ -96,6 +96,11 @@ def test_model_with_prior_round_trips_through_its_config(aldp):
     y = torch.as_tensor(np.stack(_configurations(aldp, 2)) / 0.17).float()
     torch.testing.assert_close(rebuilt.energy(y, 1e-4), model.energy(y, 1e-4))
     assert model.prior is not None and rebuilt.prior.bond_idx.shape == (21, 2)
+    # a model.pt written before the learned gates (no gates/hydrogen in its config) still loads
+    old = dict(model.config(), prior={k: v for k, v in prior.config().items() if k not in ("gates", "hydrogen")})
+    older = EnergyModel.from_config(old, net)
+    older.load_state_dict(model.state_dict())
+    torch.testing.assert_close(older.energy(y, 1e-4), model.energy(y, 1e-4))
 
 
 def _total_energy(target, x: np.ndarray) -> float:
