@@ -6,10 +6,13 @@ is one constant over y at each t; its spread over noisy copies of the target's o
 learned energy's error there (kT), which SMC's weights pay for wherever it hands over from the
 model to the force field. This takes frames of the target (a replica ladder's frames at the
 target temperature only), noises them at each time, and reports that spread overall and within
-each state (an equal share of frames from each state, so a rare one shows), beside the estimate's own accuracy (the spread of its importance log-weights).
+each state (an equal share of frames from each state, so a rare one shows; a state the target
+temperature barely visits is filled with the ladder's hotter frames of it, relaxed to the target
+temperature by a few ps of Langevin dynamics), beside the estimate's own accuracy (the spread of
+its importance log-weights).
 
     python benchmarks/marginal_error.py RUN_DIR [RUN_DIR ...] --data DATA.h5 [-n 128] [--times 0.002,0.01,0.02,0.05]
-        [--out bench-results/marginal_error.json]
+        [--relax-ps 10] [--out bench-results/marginal_error.json]
 """
 
 from __future__ import annotations
@@ -28,37 +31,54 @@ from boltzgen.diagnostics import marginal_spread  # noqa: E402
 from boltzgen.diffusion import project_mean_free  # noqa: E402
 from boltzgen.diffusion.laplace import marginal_pairs, target_energy_in_model_units  # noqa: E402
 from boltzgen.io import load_samples, write_json  # noqa: E402
+from boltzgen.md.dynamics import quench  # noqa: E402
 from boltzgen.model import load_model  # noqa: E402
 from boltzgen.systems import resolve  # noqa: E402
 
 
-def target_frames(path: str, temperature: float, n: int, seed: int, states=None) -> np.ndarray:
-    """Up to n frames of a sample file at the target temperature (all frames without a ladder), nm;
-    with ``states``, an equal share from each state where it has enough (so rare states show)."""
+def target_frames(path: str, target, n: int, seed: int, relax_ps: float = 10.0) -> np.ndarray:
+    """Up to n frames of a sample file at the target temperature (all frames without a ladder), nm,
+    with an equal share from each of the target's states. A state with too few frames at the
+    target temperature is filled from the ladder's hotter frames of that state, relaxed to the
+    target temperature by ``relax_ps`` ps of Langevin dynamics (:func:`boltzgen.md.dynamics.quench`,
+    no minimisation; frames that leave the state are dropped; 0: no filling)."""
     samples = load_samples(path)
     x = np.asarray(samples.x, dtype=np.float64)
+    hot = np.zeros((0,) + x.shape[1:])
     if "temperature_K" in samples.extra:
-        x = x[np.isclose(np.asarray(samples.extra["temperature_K"], dtype=np.float64), temperature)]
+        at_target = np.isclose(np.asarray(samples.extra["temperature_K"], dtype=np.float64), target.temperature)
+        x, hot = x[at_target], x[~at_target]
     if len(x) == 0:
-        raise ValueError(f"{path} has no frames at {temperature} K")
+        raise ValueError(f"{path} has no frames at {target.temperature} K")
     rng = np.random.default_rng(seed)
+    states = target.states
     labels = np.zeros(len(x), dtype=np.int64) if states is None else np.asarray(states.assign(x))
-    groups = [np.flatnonzero(labels == k) for k in np.unique(labels)]
-    share = n // len(groups)
-    pick = [rng.choice(g, size=min(share, len(g)), replace=False) for g in groups]
-    rest = np.setdiff1d(np.arange(len(x)), np.concatenate(pick))
-    pick.append(rng.choice(rest, size=min(n - sum(len(p) for p in pick), len(rest)), replace=False))
-    return x[np.sort(np.concatenate(pick))]
+    n_states = 1 if states is None else len(states.names)
+    share = n // n_states
+    pick = []
+    for k in range(n_states):
+        own = x[rng.permutation(np.flatnonzero(labels == k))[:share]]
+        if states is not None and len(own) < share and relax_ps > 0 and len(hot):
+            extra = hot[np.asarray(states.assign(hot)) == k]
+            extra = extra[rng.permutation(len(extra))[: 2 * (share - len(own))]]
+            if len(extra):
+                relaxed, _ = quench(
+                    target.system, extra, target.temperature, time_ps=relax_ps, minimize=False, seed=seed
+                )
+                relaxed = relaxed[np.asarray(states.assign(relaxed)) == k]
+                own = np.concatenate([own, relaxed[: share - len(own)]])
+        pick.append(own)
+    return np.concatenate(pick)
 
 
-def marginal_error(run_dir: str, data: str, n: int, times: list, seed: int) -> dict:
+def marginal_error(run_dir: str, data: str, n: int, times: list, seed: int, relax_ps: float = 10.0) -> dict:
     """The spread of E(y, t) + log p_t(y) of one run's model at each time (kT), overall and per state."""
     start = time.perf_counter()
     model = load_model(run_dir)
     recipe = model.metadata.get("target") or model.metadata.get("system")
     target = resolve(**recipe) if isinstance(recipe, dict) else resolve(recipe)
     try:
-        x0 = target_frames(data, float(target.temperature), n, seed, target.states)
+        x0 = target_frames(data, target, n, seed, relax_ps)
         y0 = torch.as_tensor(x0) / model.length_scale
         if model.inner.mean_free:
             y0 = project_mean_free(y0)
@@ -97,17 +117,24 @@ def main(argv=None) -> int:
     parser.add_argument("-n", type=int, default=128, help="frames (default 128)")
     parser.add_argument("--times", default="0.002,0.01,0.02,0.05", help="comma-separated diffusion times")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--relax-ps",
+        type=float,
+        default=10.0,
+        help="fill a state short of frames at the target temperature with hotter frames of it relaxed for this many ps (0: off)",
+    )
     parser.add_argument("--out", default="bench-results/marginal_error.json")
     args = parser.parse_args(argv)
     times = [float(v) for v in args.times.split(",") if v]
-    runs = [marginal_error(run_dir, args.data, args.n, times, args.seed) for run_dir in args.run_dirs]
+    runs = [marginal_error(run_dir, args.data, args.n, times, args.seed, args.relax_ps) for run_dir in args.run_dirs]
     for run in runs:
         shown = " ".join(
             f"t={t}: {v:.2f} (±{run['estimate_spread'][t]:.2f})" for t, v in run["marginal_std_kT"].items()
         )
         print(f"{run['run_dir']}: std(E + log p_t), kT: {shown}", file=sys.stderr)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    write_json(args.out, {"data": os.path.abspath(args.data), "times": times, "seed": args.seed, "runs": runs})
+    meta = {"data": os.path.abspath(args.data), "times": times, "seed": args.seed, "relax_ps": args.relax_ps}
+    write_json(args.out, {**meta, "runs": runs})
     return 0
 
 

@@ -527,8 +527,7 @@ class LossConfig(_Section):
         Noisy copies per level, computed once before training (each costs a few ms of force-field
         Hessians on small molecules).
     marginal_score : bool
-        Also regress the model's score on the exact score of the same copies (DSM's scale); values
-        alone leave the gradient between the copies free.
+        Also regress the model's score on the exact score of the same copies (DSM's scale).
     """
 
     PATH: ClassVar[str] = "loss"
@@ -548,7 +547,7 @@ class LossConfig(_Section):
     marginal_t_max: float = _setting(0.02, lambda p, v: number(p, v, 0.0, 1.0, low_open=True))
     marginal_levels: int = _setting(8, lambda p, v: integer(p, v, low=1))
     marginal_frames: int = _setting(256, lambda p, v: integer(p, v, low=2))
-    marginal_score: bool = _setting(True, boolean)
+    marginal_score: bool = _setting(False, boolean)
 
     def __post_init__(self):
         super().__post_init__()

@@ -91,10 +91,9 @@ the stiffest bond (docs/theory.md).
 p_t(y) ∝ ∫ exp(−u(x)) N(y; a x, v) dx, is computable from the force field alone
 (:func:`boltzgen.diffusion.laplace.marginal_pairs`, precomputed once on noisy copies of the
 data). The term is the spread of E_θ(y, t) + log p̂_t(y) over the copies at each such t: it
-extends the pin from t_pin to a band of low times, where DSM's targets are noisiest. Values alone
-leave the gradient free between the copies, so the term also regresses the score on the same
-copies' exact score (the Laplace posterior mean through Tweedie's formula), a target without
-DSM's one-sample noise.
+extends the pin from t_pin to a band of low times, where DSM's targets are noisiest. Optionally
+(``loss.marginal_score``) it also regresses the score on the same copies' exact score (the
+Laplace posterior mean through Tweedie's formula), a target without DSM's one-sample noise.
 
 Every function returns a dict with ``total`` (the scalar to minimise, with its graph), the parts
 ``dsm`` and/or ``clf`` (with graph), and detached diagnostics: ``clf_accuracy`` (fraction of

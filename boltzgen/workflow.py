@@ -62,6 +62,13 @@ MIN_STATE_PARTICLES = 10
 SAMPLE_OPTIONS = (
     ("--diffusion-steps", ("diffusion", "n_steps"), int, "diffusion levels from t = 1 to t_min"),
     (
+        "--spacing",
+        ("diffusion", "spacing"),
+        str,
+        "time grid of the diffusion levels: 'quadratic' in t, 'log' (equal ratios of t: finer at small t, where "
+        "stiff coordinates change fastest) or 'uniform'",
+    ),
+    (
         "--t-min",
         ("diffusion", "t_min"),
         float,

@@ -554,7 +554,7 @@ def test_marginal_matching_trains_and_needs_the_target(tmp_path):
     data = target.sample(300, torch.Generator().manual_seed(0)).numpy()
     overrides = {
         **SMALL,
-        "loss": {"lambda_marginal": 1.0, "marginal_levels": 3, "marginal_frames": 64},
+        "loss": {"lambda_marginal": 1.0, "marginal_levels": 3, "marginal_frames": 64, "marginal_score": True},
         "pretrain_dsm_steps": 2,
     }
     config = resolve_config(overrides=overrides)
@@ -563,7 +563,7 @@ def test_marginal_matching_trains_and_needs_the_target(tmp_path):
     trainer = Trainer(config, data, str(tmp_path / "run"), progress=False, target=target)
     y, log_p, t, score = trainer.marginal
     assert y.shape[:2] == (3, 64) and log_p.shape == (3, 64) and float(t[-1]) == pytest.approx(0.02)
-    assert score.shape == y.shape  # loss.marginal_score (default): the exact score of the same copies
+    assert score.shape == y.shape  # loss.marginal_score: the exact score of the same copies
     metrics = trainer.fit()
     assert all(math.isfinite(metrics["validation"][f"val_marginal_std_kT_t{t:g}"]) for t in (0.002, 0.01, 0.02))
     with open(tmp_path / "run" / "train_log.csv") as fh:
