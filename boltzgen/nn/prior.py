@@ -28,6 +28,10 @@ A Lennard-Jones cluster's prior (:meth:`ForceFieldPrior.lennard_jones`) is its p
 harmonic restraint to the centre of geometry, ½ k Σ‖x_i − x̄‖², whose stiffness diffuses as that of
 one noised coordinate, k(t) = k / (α_t² + k σ_t²) (the noise is mean-free).
 
+With ``gates="learned"`` each term class (:data:`TERM_CLASSES`) fades by a gate of its own,
+g_c(t) = 1 / (1 + (σ_t / (α_t w_c))^p_c), whose width and steepness are trained with the model
+(starting from f(t)); the Gaussian term, the network's scale and the pairs' softening keep f(t).
+
 All terms depend on distances, angles and cos of dihedrals, so the prior is E(3)-invariant.
 """
 
