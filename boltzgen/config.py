@@ -528,6 +528,15 @@ class LossConfig(_Section):
         Hessians on small molecules).
     marginal_score : bool
         Also regress the model's score on the exact score of the same copies (DSM's scale).
+    lambda_path : float
+        Weight of path consistency (0: off; :func:`boltzgen.losses.path_loss`): the variance of the
+        sampler's log-weight for one reverse step between neighbouring levels, on noised batch
+        frames. It acts after the DSM-only steps.
+    path_t_max : float
+        Highest level of the pairs.
+    path_levels : int
+        Levels of the sampler's grid from t = 1 to the model's t_min whose neighbours are paired
+        (``boltzgen sample --diffusion-steps``).
     """
 
     PATH: ClassVar[str] = "loss"
@@ -548,6 +557,9 @@ class LossConfig(_Section):
     marginal_levels: int = _setting(8, lambda p, v: integer(p, v, low=1))
     marginal_frames: int = _setting(256, lambda p, v: integer(p, v, low=2))
     marginal_score: bool = _setting(False, boolean)
+    lambda_path: float = _setting(0.0, lambda p, v: number(p, v, 0.0))
+    path_t_max: float = _setting(0.1, lambda p, v: number(p, v, 0.0, 1.0, low_open=True))
+    path_levels: int = _setting(100, lambda p, v: integer(p, v, low=1))
 
     def __post_init__(self):
         super().__post_init__()

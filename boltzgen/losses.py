@@ -95,6 +95,13 @@ extends the pin from t_pin to a band of low times, where DSM's targets are noisi
 (``loss.marginal_score``) it also regresses the score on the same copies' exact score (the
 Laplace posterior mean through Tweedie's formula), a target without DSM's one-sample noise.
 
+**Path consistency** (:func:`path_loss`): SMC along the diffusion weighs a step from level t to
+t' < t by −E(y', t') + E(y, t) + log L(y | y') − log M(y' | y), with L the forward kernel and M
+the reverse kernel built from the model's score. For pairs (y', y) of noised data it is one
+constant per level pair exactly when the model's energies at the two levels are one diffusion and
+M is the exact reverse kernel; its variance there (the log-variance divergence) trains what the
+sampler's weights need, which the marginals at each t alone do not fix.
+
 Every function returns a dict with ``total`` (the scalar to minimise, with its graph), the parts
 ``dsm`` and/or ``clf`` (with graph), and detached diagnostics: ``clf_accuracy`` (fraction of
 noisy samples whose level has the largest logit), ``n_dsm`` and ``n_energy`` (numbers of score
@@ -103,11 +110,12 @@ and energy evaluations, ints).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Union
 
 import torch
 
-from .diffusion.noise import event_dim, project_mean_free, sample_noise, sq_norm
+from .diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise, sq_norm
 
 __all__ = [
     "LOSSES",
@@ -124,6 +132,7 @@ __all__ = [
     "mean_stiffness",
     "calibrate_log_normaliser",
     "marginal_loss",
+    "path_loss",
 ]
 
 #: Names accepted by :func:`compute_loss` (and ``boltzgen train --loss``).
@@ -877,3 +886,63 @@ def marginal_loss(
         resid = sigma * (model_score - score.reshape(flat.shape).to(flat.dtype))
         loss = loss + resid.pow(2).flatten(1).mean(1).mean()
     return loss
+
+
+def path_loss(
+    model,
+    x0: torch.Tensor,
+    times: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    n_pairs: int = 4,
+) -> torch.Tensor:
+    """Variance of SMC's log-weight of one reverse step, within each level pair, on noised data.
+
+    For each of ``n_pairs`` neighbouring levels t' < t of ``times`` (drawn at random) and a share of
+    the batch: y' = α_{t'} x0 + σ_{t'} ε, y = a y' + √v ε₂ with (a, v) the forward kernel from t'
+    to t, and log w = −E(y', t') + E(y, t) + log L(y | y') − log M(y' | y), M the ``ddpm`` reverse
+    kernel of :func:`boltzgen.sampling.sde.reverse_kernel` with the model's score at y (kept in
+    the graph). Zero for the exact model with an exact kernel.
+
+    Parameters
+    ----------
+    model : energy model
+        ``energy``, ``energy_and_score(y, t, create_graph)``, ``schedule``, ``mean_free``
+        (``sigma_data`` if it has one).
+    x0 : tensor, shape (B, *event_shape)
+        Clean data (model units), B ≥ 2 ``n_pairs``.
+    times : tensor, shape (L + 1,)
+        Decreasing levels, as the sampler's grid (:func:`boltzgen.sampling.sde.time_grid`).
+    generator : torch.Generator, optional
+    n_pairs : int
+        Level pairs per call.
+
+    Returns
+    -------
+    tensor, scalar, with graph
+        Mean over the pairs of the variance of log w (nats²).
+    """
+    from .sampling.sde import reverse_kernel
+
+    n_pairs = max(1, min(int(n_pairs), times.numel() - 1, x0.shape[0] // 2))
+    mf = bool(getattr(model, "mean_free", False))
+    schedule = model.schedule
+    pick = torch.randperm(times.numel() - 1, generator=generator)[:n_pairs]
+    losses = []
+    for chunk, i in zip(torch.chunk(x0, n_pairs), pick.tolist()):
+        t, t_next = float(times[i]), float(times[i + 1])
+        alpha, sigma = float(schedule.alpha(t_next)), float(schedule.sigma(t_next))
+        noise = sample_noise(chunk.shape, generator, mf, dtype=chunk.dtype, device=chunk.device)
+        y_next = alpha * chunk + sigma * noise
+        a, v = (float(z) for z in schedule.transition(t_next, t))
+        noise = sample_noise(chunk.shape, generator, mf, dtype=chunk.dtype, device=chunk.device)
+        y = a * y_next + math.sqrt(v) * noise
+        e, score = model.energy_and_score(y, t, create_graph=True)
+        mean, var = reverse_kernel(schedule, y, score, t, t_next, "ddpm", getattr(model, "sigma_data", 1.0))
+        log_w = (
+            -model.energy(y_next, t_next)
+            + e
+            + gaussian_log_prob(y, a * y_next, v, mean_free=mf)
+            - gaussian_log_prob(y_next, mean, var, mean_free=mf)
+        )
+        losses.append(log_w.var())
+    return torch.stack(losses).mean()

@@ -73,6 +73,7 @@ LOG_FIELDS = [
     "val_score_residual_t0.01",
     "marginal",
     "val_marginal_std_kT_t0.01",
+    "path",
 ]
 
 
@@ -419,6 +420,7 @@ class Trainer:
             torch.manual_seed(seed)  # the same seed gives the same initial weights
             self.model = build_model(config, event_shape, topology, self.length_scale, prior=self._prior(target))
         self.marginal = self._marginal_pairs(config, target, seed)
+        self.path_times = self._path_times(config)
         self.val_marginal = self._validation_marginals(target, seed)
         self.ema = copy.deepcopy(self.model.inner).requires_grad_(False)
         o = config["optim"]
@@ -515,6 +517,22 @@ class Trainer:
         keep = torch.isfinite(log_p).all(0)
         score = score[:, keep].float() if loss["marginal_score"] else None
         return y[:, keep].float(), log_p[:, keep], t, score
+
+    @staticmethod
+    def _path_times(config: dict) -> Optional[torch.Tensor]:
+        """The sampler's levels (``loss.path_levels`` from t = 1 to the model's t_min, quadratic
+        as ``boltzgen sample``'s default grid) up to ``loss.path_t_max``, for ``loss.lambda_path``
+        (None: off)."""
+        loss = config["loss"]
+        if float(loss["lambda_path"]) <= 0:
+            return None
+        from .sampling.sde import time_grid
+
+        times = time_grid(int(loss["path_levels"]), float(config["model"]["t_min"]))
+        keep = times <= float(loss["path_t_max"])
+        if int(keep.sum()) < 2:
+            raise ValueError(f"loss.path_t_max ({loss['path_t_max']:g}) leaves fewer than 2 levels of the grid")
+        return times[keep]
 
     def _noisy_marginals(self, target, x0: torch.Tensor, times: list, generator: torch.Generator) -> tuple:
         """:func:`~boltzgen.diffusion.laplace.marginal_pairs` of model-unit frames x0 under the
@@ -905,6 +923,11 @@ class Trainer:
             # after the DSM-only phase: from the first step it kept the network on DSM's initial plateau
             parts["marginal"] = self._marginal_term()
             parts["total"] = parts["total"] + float(self.config["loss"]["lambda_marginal"]) * parts["marginal"]
+        if self.path_times is not None and self.step >= int(self.config["pretrain_dsm_steps"]):
+            from .losses import path_loss
+
+            parts["path"] = path_loss(self.model.inner, self.train_data[idx], self.path_times, self.generator)
+            parts["total"] = parts["total"] + float(self.config["loss"]["lambda_path"]) * parts["path"]
         self.optimiser.zero_grad(set_to_none=True)
         parts["total"].backward()
         scalars = {k: v.detach() for k, v in parts.items() if torch.is_tensor(v) and v.numel() == 1}

@@ -573,3 +573,22 @@ def test_marginal_matching_trains_and_needs_the_target(tmp_path):
     bad = {**SMALL, "loss": {"lambda_marginal": 1.0, "marginal_t_max": 1e-4}, "model": {"t_min": 1e-3}}
     with pytest.raises(ValueError, match="marginal_t_max"):
         Trainer(resolve_config(overrides=bad), data, str(tmp_path / "bad"), progress=False, target=target)
+
+
+def test_path_consistency_term_trains_after_the_dsm_phase(tmp_path):
+    """loss.lambda_path: logged (a variance, so ≥ 0) from the first step after the DSM-only phase,
+    absent before it; a path_t_max that leaves no pair of levels is a clear error."""
+    target = systems.load("gmm-two-modes", dim=2)
+    data = target.sample(300, torch.Generator().manual_seed(0)).numpy()
+    overrides = {**SMALL, "loss": {"lambda_path": 0.1, "path_levels": 20}, "pretrain_dsm_steps": 2}
+    trainer = Trainer(resolve_config(overrides=overrides), data, str(tmp_path / "run"), progress=False)
+    assert float(trainer.path_times.max()) <= 0.1 and trainer.path_times.numel() >= 2
+    trainer.fit()
+    with open(tmp_path / "run" / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    logged = [r for r in rows if r["path"]]
+    assert logged and all(float(r["path"]) >= 0 for r in logged)
+    assert all(int(r["step"]) > 2 for r in logged)
+    bad = {**overrides, "loss": {"lambda_path": 0.1, "path_levels": 20, "path_t_max": 1e-4}}
+    with pytest.raises(ValueError, match="path_t_max"):
+        Trainer(resolve_config(overrides=bad), data, str(tmp_path / "bad"), progress=False)
