@@ -115,6 +115,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from .diffusion.kernels import reverse_kernel
 from .diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise, sq_norm
 
 __all__ = [
@@ -900,7 +901,7 @@ def path_loss(
     For each of ``n_pairs`` neighbouring levels t' < t of ``times`` (drawn at random) and a share of
     the batch: y' = α_{t'} x0 + σ_{t'} ε, y = a y' + √v ε₂ with (a, v) the forward kernel from t'
     to t, and log w = −E(y', t') + E(y, t) + log L(y | y') − log M(y' | y), M the ``ddpm`` reverse
-    kernel of :func:`boltzgen.sampling.sde.reverse_kernel` with the model's score at y (kept in
+    kernel of :func:`boltzgen.diffusion.kernels.reverse_kernel` with the model's score at y (kept in
     the graph). Zero for the exact model with an exact kernel.
 
     Parameters
@@ -911,7 +912,7 @@ def path_loss(
     x0 : tensor, shape (B, *event_shape)
         Clean data (model units), B ≥ 2 ``n_pairs``.
     times : tensor, shape (L + 1,)
-        Decreasing levels, as the sampler's grid (:func:`boltzgen.sampling.sde.time_grid`).
+        Decreasing levels, as the sampler's grid (:func:`boltzgen.diffusion.kernels.time_grid`).
     generator : torch.Generator, optional
     n_pairs : int
         Level pairs per call.
@@ -921,8 +922,6 @@ def path_loss(
     tensor, scalar, with graph
         Mean over the pairs of the variance of log w (nats²).
     """
-    from .sampling.sde import reverse_kernel
-
     n_pairs = max(1, min(int(n_pairs), times.numel() - 1, x0.shape[0] // 2))
     mf = bool(getattr(model, "mean_free", False))
     schedule = model.schedule

@@ -526,7 +526,7 @@ class Trainer:
         loss = config["loss"]
         if float(loss["lambda_path"]) <= 0:
             return None
-        from .sampling.sde import time_grid
+        from .diffusion.kernels import time_grid
 
         times = time_grid(int(loss["path_levels"]), float(config["model"]["t_min"]))
         keep = times <= float(loss["path_t_max"])
