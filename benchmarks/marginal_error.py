@@ -28,7 +28,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from boltzgen.diagnostics import marginal_spread  # noqa: E402
-from boltzgen.diffusion import project_mean_free  # noqa: E402
 from boltzgen.diffusion.laplace import marginal_pairs, target_energy_in_model_units  # noqa: E402
 from boltzgen.io import load_samples, write_json  # noqa: E402
 from boltzgen.md.dynamics import quench  # noqa: E402
@@ -55,11 +54,14 @@ def target_frames(path: str, target, n: int, seed: int, relax_ps: float = 10.0) 
     labels = np.zeros(len(x), dtype=np.int64) if states is None else np.asarray(states.assign(x))
     n_states = 1 if states is None else len(states.names)
     share = n // n_states
+    hot_labels = None  # assigned once, when a state first needs filling
     pick = []
     for k in range(n_states):
         own = x[rng.permutation(np.flatnonzero(labels == k))[:share]]
         if states is not None and len(own) < share and relax_ps > 0 and len(hot):
-            extra = hot[np.asarray(states.assign(hot)) == k]
+            if hot_labels is None:
+                hot_labels = np.asarray(states.assign(hot))
+            extra = hot[hot_labels == k]
             extra = extra[rng.permutation(len(extra))[: 2 * (share - len(own))]]
             if len(extra):
                 relaxed, _ = quench(
@@ -79,9 +81,7 @@ def marginal_error(run_dir: str, data: str, n: int, times: list, seed: int, rela
     target = resolve(**recipe) if isinstance(recipe, dict) else resolve(recipe)
     try:
         x0 = target_frames(data, target, n, seed, relax_ps)
-        y0 = torch.as_tensor(x0) / model.length_scale
-        if model.inner.mean_free:
-            y0 = project_mean_free(y0)
+        y0 = torch.as_tensor(x0) / model.length_scale  # marginal_pairs centres it when mean_free
         y, log_p, t, spread, _ = marginal_pairs(
             target_energy_in_model_units(target, model.length_scale),
             y0,

@@ -155,14 +155,14 @@ def marginal_spread(model, y: torch.Tensor, log_p: torch.Tensor, t: torch.Tensor
         ``marginal_std_kT_t<t>_<state>``.
     """
     out = {}
+    lab = None if labels is None or names is None else torch.as_tensor(np.asarray(labels))
     with torch.no_grad():
         for i, ti in enumerate(t.tolist()):
             r = model.energy(y[i], torch.full((y.shape[1],), ti, dtype=y.dtype)).double() + log_p[i].double()
             ok = torch.isfinite(r)
             out[f"marginal_std_kT_t{ti:g}"] = float(r[ok].std()) if int(ok.sum()) > 1 else math.nan
-            if labels is None or names is None:
+            if lab is None:
                 continue
-            lab = torch.as_tensor(np.asarray(labels))
             for k, name in enumerate(names):
                 mask = ok & (lab == k)
                 if int(mask.sum()) >= 5:

@@ -48,7 +48,7 @@ from .config import (  # noqa: F401  (system_config_path: re-exported for older 
 )
 from .energy import EnergyModel
 from .io import atomic_path, load_samples, write_json
-from .losses import calibrate_log_normaliser, compute_loss
+from .losses import calibrate_log_normaliser, compute_loss, marginal_loss, path_loss
 from .model import TrainedModel, build_model, legacy_net_options, load_checkpoint, load_model  # noqa: F401  (TrainedModel, load_model: re-exported for older imports)
 from .version import __version__
 
@@ -919,13 +919,13 @@ class Trainer:
         idx = self._batch_indices(self.train_data, self.local_batch, self.generator)
         physics = self._physics_batch(idx, self.train_force, self.train_u)
         parts = compute_loss(self.model.inner, self.train_data[idx], self.generator, **options, **physics)
-        if self.marginal is not None and self.step >= int(self.config["pretrain_dsm_steps"]):
-            # after the DSM-only phase: from the first step it kept the network on DSM's initial plateau
+        # the extra terms act after the DSM-only phase: from the first step marginal matching kept
+        # the network on DSM's initial plateau
+        after_dsm = self.step >= int(self.config["pretrain_dsm_steps"])
+        if self.marginal is not None and after_dsm:
             parts["marginal"] = self._marginal_term()
             parts["total"] = parts["total"] + float(self.config["loss"]["lambda_marginal"]) * parts["marginal"]
-        if self.path_times is not None and self.step >= int(self.config["pretrain_dsm_steps"]):
-            from .losses import path_loss
-
+        if self.path_times is not None and after_dsm:
             parts["path"] = path_loss(self.model.inner, self.train_data[idx], self.path_times, self.generator)
             parts["total"] = parts["total"] + float(self.config["loss"]["lambda_path"]) * parts["path"]
         self.optimiser.zero_grad(set_to_none=True)
@@ -951,8 +951,6 @@ class Trainer:
     def _marginal_term(self) -> torch.Tensor:
         """:func:`marginal_loss` on ``batch_size`` precomputed copies: :data:`MARGINAL_COPIES_PER_LEVEL`
         from each of batch_size / that many levels drawn at random (all levels when fewer)."""
-        from .losses import marginal_loss
-
         y, log_p, t, score = self.marginal
         n_levels = min(y.shape[0], max(1, self.local_batch // MARGINAL_COPIES_PER_LEVEL))
         per_level = max(2, self.local_batch // n_levels)

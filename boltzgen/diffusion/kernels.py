@@ -16,10 +16,6 @@ TIME_SPACINGS = ("quadratic", "uniform", "log")
 SDE_METHODS = ("ddpm", "euler")
 
 
-def _f(v) -> float:
-    return float(v)
-
-
 def time_grid(
     n_steps: int, t_min: float = 1e-3, t_max: float = 1.0, spacing: str = "quadratic", device=None
 ) -> torch.Tensor:
@@ -98,14 +94,13 @@ def reverse_kernel(
     if not t_next < t:
         raise ValueError(f"a reverse step needs t_next < t, got t={t}, t_next={t_next}")
     if method == "ddpm":
-        a, v = schedule.transition(t_next, t)
-        a, v = _f(a), _f(v)
+        a, v = (float(z) for z in schedule.transition(t_next, t))
         sd2 = float(sigma_data) ** 2
-        c2_next = _f(schedule.alpha(t_next)) ** 2 * sd2 + _f(schedule.sigma2(t_next))
-        c2 = _f(schedule.alpha(t)) ** 2 * sd2 + _f(schedule.sigma2(t))
+        c2_next = float(schedule.alpha(t_next)) ** 2 * sd2 + float(schedule.sigma2(t_next))
+        c2 = float(schedule.alpha(t)) ** 2 * sd2 + float(schedule.sigma2(t))
         return (y + v * score) / a, v * c2_next / c2
     if method == "euler":
         dt = t - t_next
-        f, g2 = _f(schedule.drift_coef(t)), _f(schedule.g2(t))
+        f, g2 = float(schedule.drift_coef(t)), float(schedule.g2(t))
         return y - dt * (f * y - g2 * score), g2 * dt
     raise ValueError(f"unknown reverse-SDE method {method!r}; choose one of {SDE_METHODS}")
