@@ -621,6 +621,10 @@ class TrainSection(_Section):
         Share of the data held out for validation, in [0, 1).
     val_batch_size : int
         Held-out configurations per validation.
+    sample_check : int
+        Reverse-diffusion samples drawn from the final model whose target energy is compared with
+        held-out target frames (:func:`boltzgen.diagnostics.sample_quality`; 0: no check). Needs a
+        known target.
     threads : int or None
         Torch CPU threads (None: torch's default).
     """
@@ -633,6 +637,7 @@ class TrainSection(_Section):
     val_fraction: float = _setting(0.1, lambda p, v: number(p, v, 0.0, 1.0, high_open=True))
     val_every: int = _setting(250, lambda p, v: integer(p, v, low=1))
     val_batch_size: int = _setting(256, lambda p, v: integer(p, v, low=1))
+    sample_check: int = _setting(64, lambda p, v: integer(p, v, low=0))
     threads: Optional[int] = _setting(None, lambda p, v: integer(p, v, low=1, optional=True))
 
 

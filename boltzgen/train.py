@@ -1241,7 +1241,46 @@ def train_from_file(
     finally:
         if target is not None and hasattr(target, "close"):
             target.close()
-    return trainer.fit()
+    metrics = trainer.fit()
+    if trainer.rank == 0 and int(config["train"]["sample_check"]) > 0 and recipe:
+        metrics["sample_check"] = sample_check(trainer, recipe)
+        write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    return metrics
+
+
+def sample_check(trainer: Trainer, recipe: dict) -> dict:
+    """:func:`boltzgen.diagnostics.sample_quality` of a trained run against its held-out target
+    frames (``train.sample_check`` samples; empty with fewer than 2 such frames).
+
+    Parameters
+    ----------
+    trainer : Trainer
+        After :meth:`Trainer.fit` (its run directory holds ``model.pt``).
+    recipe : dict
+        The data's target as :func:`boltzgen.systems.resolve` arguments.
+
+    Returns
+    -------
+    dict
+    """
+    from .diagnostics import sample_quality
+    from .systems import resolve
+    from .systems.catalog import SPECS
+
+    y = trainer._diagnostic_frames()[0]
+    if y.shape[0] < 2:
+        return {}
+    name = recipe.get("system")
+    target = resolve(**recipe, **({"n_workers": 0} if name is None or SPECS[name].openmm else {}))
+    try:
+        model = load_model(trainer.run_dir)
+        n = int(trainer.config["train"]["sample_check"])
+        return sample_quality(
+            model, target, y.double() * trainer.length_scale, n=max(n, 2), seed=int(trainer.config["seed"])
+        )
+    finally:
+        if hasattr(target, "close"):
+            target.close()
 
 
 def _recipe_of(system: Optional[str], metadata: dict) -> Optional[dict]:

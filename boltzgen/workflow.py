@@ -740,7 +740,8 @@ def _checked_settings(settings, model, per_state_resampling: bool):
 def _reverse_sde(model, n, generator, settings):
     from .sampling.sde import reverse_sde
 
-    return reverse_sde(model, n, generator, n_steps=settings.diffusion.n_steps, t_min=settings.diffusion.t_min)
+    d = settings.diffusion
+    return reverse_sde(model, n, generator, n_steps=d.n_steps, t_min=d.t_min, mcmc_steps=d.mcmc_steps)
 
 
 def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: bool, generator) -> SampleRun:

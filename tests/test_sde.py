@@ -166,3 +166,30 @@ def test_model_passes_in_chunks_give_the_same_energies_and_scores():
     for e, s in ((e1, s1), (e2, s2)):
         torch.testing.assert_close(e, e0)
         torch.testing.assert_close(s, s0)
+
+
+def test_corrector_moves_restore_the_marginal_that_coarse_steps_miss():
+    """Two Euler steps leave the Gaussian molecule's variance far from the exact c²(t_min) ℓ²;
+    Metropolis-adjusted corrector moves on the model's energy at each level bring it back."""
+    ls, n = 0.1, 3000
+    model = gaussian_molecule(ls, dtype=torch.float64)
+    c2 = float(model.inner.c2(torch.tensor(model.t_min, dtype=torch.float64)))
+    expected = ls**2 * c2 * (1 - 1 / 4)
+    tol = 4.5 * math.sqrt(2 / n)
+
+    def rel_var_error(x):
+        return float((x.reshape(n, -1).var(0) / expected - 1).abs().max())
+
+    coarse = reverse_sde(model, n, torch.Generator().manual_seed(5), n_steps=2, method="euler")
+    assert rel_var_error(coarse) > 5 * tol
+    fixed = reverse_sde(model, n, torch.Generator().manual_seed(5), n_steps=2, method="euler", mcmc_steps=40)
+    assert float(fixed.mean(1).abs().max()) < 1e-12
+    assert rel_var_error(fixed) < tol
+    with pytest.raises(ValueError, match="mcmc_steps"):
+        reverse_sde(model, 4, n_steps=2, mcmc_steps=-1)
+
+
+def test_corrector_moves_keep_the_exact_gmm_marginal():
+    target = two_modes(2)
+    x = reverse_sde(ExactMarginalModel(target), 4000, torch.Generator().manual_seed(6), n_steps=100, mcmc_steps=2)
+    check_gmm_moments(target, x)

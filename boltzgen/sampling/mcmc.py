@@ -45,6 +45,8 @@ __all__ = [
     "run_mala",
     "run_hmc",
     "DEFAULT_TARGET_ACCEPTANCE",
+    "StepSize",
+    "initial_step_size",
 ]
 
 #: Default target acceptance of step-size adaptation per kernel (0.574 is the optimal MALA rate).
@@ -546,3 +548,88 @@ def run_hmc(x0, energy: Energy, n_steps: int, generator: Optional[torch.Generato
     MCMCResult
     """
     return run_mcmc(x0, energy, n_steps, generator, kernel="hmc", **options)
+
+
+# ---------------------------------------------------------------------------- step sizes
+def initial_step_size(kernel: str, scale2: float, d: int) -> float:
+    """A step size for a Gaussian of per-coordinate variance ``scale2`` in d dimensions.
+
+    Parameters
+    ----------
+    kernel : {"mala", "hmc"}
+    scale2 : float
+        Per-coordinate variance s² (model units squared).
+    d : int
+        Dimensions.
+
+    Returns
+    -------
+    float
+        MALA h = s² d^(−1/3) or HMC ε = s d^(−1/4) (model units squared, resp. model units).
+    """
+    if kernel == "mala":
+        return scale2 * d ** (-1.0 / 3.0)
+    return math.sqrt(scale2) * d ** (-0.25)
+
+
+class StepSize:
+    """Step size h = κ · h_ref of one stage's MCMC moves.
+
+    ``auto`` (no step size given): h_ref is the step suited to a Gaussian whose per-coordinate
+    variance is d / median‖∇U‖² over the particles entering the level's moves (for N(0, s² I),
+    ‖∇U‖² ≈ d / s²; for anisotropic densities this picks the stiff directions), so the step
+    follows the shrinking scales of the diffusion. Otherwise h_ref = the given step size. κ starts
+    at 1 and is adapted between levels, log κ += rate · (mean acceptance − target): it depends
+    only on earlier levels.
+
+    Parameters
+    ----------
+    kernel : {"mala", "hmc"}
+    d : int
+        Dimensions.
+    given : float, optional
+        A fixed h_ref (model units); None for automatic.
+    rate : float
+        Adaptation rate of κ (0: κ stays 1).
+    alpha_star : float
+        Target acceptance.
+    """
+
+    def __init__(self, kernel: str, d: int, given: Optional[float], rate: float, alpha_star: float):
+        self.kernel, self.d, self.rate, self.alpha_star = kernel, d, float(rate), alpha_star
+        self.auto = given is None
+        self.ref = 1.0 if given is None else float(given)
+        self.kappa = 1.0
+        if not self.auto and not self.ref > 0:
+            raise ValueError(f"step sizes must be positive, got {given}")
+
+    def value(self, grad: torch.Tensor) -> float:
+        """The step size for moves starting from particles with these gradients.
+
+        Parameters
+        ----------
+        grad : Tensor, shape (B, *event_shape)
+            Gradients of the energy the moves target.
+
+        Returns
+        -------
+        float
+            κ · h_ref in model units.
+        """
+        if self.auto:
+            sq = grad.reshape(grad.shape[0], -1).pow(2).sum(1)
+            sq = sq[torch.isfinite(sq) & (sq > 0)]
+            m = float(sq.median()) if sq.numel() else float("nan")
+            if math.isfinite(m) and m > 0:
+                self.ref = initial_step_size(self.kernel, self.d / m, self.d)
+        return self.kappa * self.ref
+
+    def update(self, acceptance: float) -> None:
+        """Adapt κ after a level's moves: log κ += rate · (acceptance − target acceptance).
+
+        Parameters
+        ----------
+        acceptance : float
+            Mean acceptance of the level's moves.
+        """
+        self.kappa *= math.exp(self.rate * (acceptance - self.alpha_star))
