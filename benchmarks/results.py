@@ -354,6 +354,24 @@ def marginal_error_rows(blob: dict) -> list[list[str]]:
     return rows
 
 
+def sample_quality_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/sample_quality.py: one per run directory and sampler setting."""
+    rows = []
+    for r in blob.get("runs", []):
+        for s in r.get("settings", []):
+            terms = s.get("sample_term_excess_kT") or {}
+            rows.append(
+                [
+                    os.path.basename(r["run_dir"].rstrip("/")) or r["run_dir"],
+                    f"{s['mcmc_steps']} moves, {s['spacing']}, t_min {r['t_min']:g}",
+                    f"{fmt(s['sample_energy_excess_kT'], '.1f')} / {fmt(s['sample_energy_excess_p90_kT'], '.1f')}",
+                    ", ".join(f"{k} {v:.1f}" for k, v in terms.items()) or DASH,
+                    fmt(s.get("wall_ratio"), ".2f"),
+                ]
+            )
+    return rows
+
+
 def quickstart_rows(blob: dict) -> list[list[str]]:
     """Row of ``boltzgen quickstart``'s metrics.json."""
     recipe = "--fast" if blob.get("fast") else "--long" if blob.get("long") else "default"
@@ -642,6 +660,21 @@ BENCHMARKS = [
         marginal_error_rows,
         lambda b: isinstance(b.get("runs"), list) and "times" in b and "data" in b,
         "the exact model has 0 at every t; SMC's hand-over from the model to the force field pays for this spread",
+    ),
+    Benchmark(
+        "sample_quality",
+        "python benchmarks/sample_quality.py RUN_DIR --data DATA.h5  # -> bench-results/sample_quality.json",
+        [
+            "run",
+            "sampler (corrector moves per level, time grid)",
+            "target energy above held-out frames, kT (median / 90th percentile)",
+            "median excess per term class, kT",
+            "wall time vs the first setting",
+        ],
+        sample_quality_rows,
+        lambda b: b.get("benchmark") == "sample_quality",
+        "a model whose reverse diffusion ends on the target has 0; the excess is what the hand-over "
+        "to the force field has to reweight away",
     ),
     Benchmark(
         "quickstart",

@@ -183,6 +183,8 @@ def sample_quality(
     n: int = 64,
     n_steps: int = 100,
     mcmc_steps: int = 0,
+    spacing: str = "quadratic",
+    t_min: Optional[float] = None,
     seed: int = 0,
 ) -> dict:
     """The target energy of the model's own reverse-diffusion samples against held-out target frames.
@@ -207,6 +209,10 @@ def sample_quality(
         Their diffusion levels.
     mcmc_steps : int
         Corrector moves per level (see :func:`~boltzgen.sampling.sde.reverse_sde`).
+    spacing : {"quadratic", "uniform", "log"}
+        Time grid of the levels.
+    t_min : float, optional
+        Last time (default: the model's t_min).
     seed : int
         Seed of the samples.
 
@@ -225,9 +231,10 @@ def sample_quality(
     if int(n) < 2:
         raise ValueError(f"sample_quality needs at least 2 samples, got {n}")
     reference = torch.as_tensor(np.asarray(reference), dtype=torch.float64)
-    t_min = float(model.t_min)
+    t_min = float(model.t_min if t_min is None else t_min)
+    generator = torch.Generator().manual_seed(seed)
     y = reverse_sde(
-        model, int(n), torch.Generator().manual_seed(seed), n_steps=n_steps, mcmc_steps=mcmc_steps, return_y=True
+        model, int(n), generator, n_steps=n_steps, mcmc_steps=mcmc_steps, spacing=spacing, t_min=t_min, return_y=True
     )
     y = y / float(model.schedule.alpha(torch.tensor(t_min, dtype=torch.float64)))
     length_scale = float(getattr(model, "length_scale", 1.0))
