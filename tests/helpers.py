@@ -51,3 +51,19 @@ def two_process_training(rank: int, world: int, init_method: str, run_root: str,
         )
     finally:
         torch.distributed.destroy_process_group()
+
+
+def train_small_aldp_run(tmp_path, config_yaml: str):
+    """24 frames of alanine dipeptide MD and a `boltzgen train` run on them with ``config_yaml``:
+    (run directory, data file), both under ``tmp_path``."""
+    from boltzgen.cli import main
+
+    data = tmp_path / "aldp.h5"
+    args = ["simulate", "aldp-vacuum", "-n", "24", "-o", str(data), "--replicas", "1", "--equilibration", "50"]
+    assert main([*args, "--stride", "10", "--workers", "0", "--no-progress", "--seed", "2"]) == 0
+    config = tmp_path / "c.yaml"
+    config.write_text(config_yaml)
+    run = tmp_path / "run"
+    cmd = ["train", "--data", str(data), "-o", str(run), "--config", str(config), "--system", "aldp-vacuum"]
+    assert main([*cmd, "--no-progress"]) == 0
+    return run, data

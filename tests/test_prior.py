@@ -8,6 +8,7 @@ import openmm
 import openmm.unit as unit
 import pytest
 import torch
+from helpers import train_small_aldp_run
 
 from boltzgen import systems
 from boltzgen.energy import EnergyModel
@@ -170,22 +171,15 @@ def test_model_with_forcefield_prior_is_the_force_field_at_zero_noise(aldp):
 def test_train_with_forcefield_prior_keeps_it_in_the_run(tmp_path):
     """`boltzgen train` with model.prior: forcefield: the prior travels in model.pt, and the
     reloaded model (no OpenMM needed) is the force field up to one constant at its t_min."""
-    from boltzgen.cli import main
     from boltzgen.io import load_samples
     from boltzgen.model import load_model
 
-    data = tmp_path / "aldp.h5"
-    args = ["simulate", "aldp-vacuum", "-n", "24", "-o", str(data), "--replicas", "1", "--equilibration", "50"]
-    assert main([*args, "--stride", "10", "--workers", "0", "--no-progress", "--seed", "2"]) == 0
-    config = tmp_path / "c.yaml"
-    config.write_text(
+    run, data = train_small_aldp_run(
+        tmp_path,
         "net: {kind: egnn, hidden: 8, n_layers: 1}\nmodel: {prior: forcefield, prior_gates: learned, t_min: 1.0e-7}\n"
         "loss: {kind: dsm, k: 1, target_score: true, lambda_pin: 1.0}\n"
-        "train: {steps: 2, batch_size: 8, val_every: 2, checkpoint_every: 2}\n"
+        "train: {steps: 2, batch_size: 8, val_every: 2, checkpoint_every: 2, sample_check: 0}\n",
     )
-    run = tmp_path / "run"
-    cmd = ["train", "--data", str(data), "-o", str(run), "--config", str(config), "--system", "aldp-vacuum"]
-    assert main([*cmd, "--no-progress"]) == 0
     model = load_model(str(run))
     samples = load_samples(str(data))
     assert model.inner.prior is not None and model.inner.prior.pair_idx.shape[0] > 100

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import train_small_aldp_run
 
 from boltzgen.diagnostics import sample_quality
 from boltzgen.sampling import ExactMarginalModel
@@ -28,20 +29,12 @@ def test_exact_model_ends_on_the_target_and_a_flattened_one_does_not():
 
 
 def test_train_reports_the_sample_check_per_term_class(tmp_path):
-    from boltzgen.cli import main
-
-    data = tmp_path / "aldp.h5"
-    args = ["simulate", "aldp-vacuum", "-n", "24", "-o", str(data), "--replicas", "1", "--equilibration", "50"]
-    assert main([*args, "--stride", "10", "--workers", "0", "--no-progress", "--seed", "2"]) == 0
-    config = tmp_path / "c.yaml"
-    config.write_text(
+    run, _ = train_small_aldp_run(
+        tmp_path,
         "net: {kind: egnn, hidden: 8, n_layers: 1}\nmodel: {prior: forcefield, t_min: 1.0e-4}\n"
         "loss: {kind: dsm, k: 1}\ntrain: {steps: 2, batch_size: 8, val_every: 2, checkpoint_every: 2, "
-        "val_fraction: 0.25, sample_check: 8}\n"
+        "val_fraction: 0.25, sample_check: 8}\n",
     )
-    run = tmp_path / "run"
-    cmd = ["train", "--data", str(data), "-o", str(run), "--config", str(config), "--system", "aldp-vacuum"]
-    assert main([*cmd, "--no-progress"]) == 0
     check = json.loads((run / "metrics.json").read_text())["sample_check"]
     assert check["sample_check_n"] == 8
     assert set(check["sample_term_excess_kT"]) == {"bond_h", "bond", "angle", "torsion", "coulomb", "lj"}
