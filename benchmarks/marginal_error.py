@@ -9,7 +9,8 @@ target temperature only), noises them at each time, and reports that spread over
 each state (an equal share of frames from each state, so a rare one shows; a state the target
 temperature barely visits is filled with the ladder's hotter frames of it, relaxed to the target
 temperature by a few ps of Langevin dynamics), beside the estimate's own accuracy (the spread of
-its importance log-weights).
+its importance log-weights), and the error of the model's own state free energies at each t
+(``marginal_dF_error_kT_t<t>_<state>`` under ``marginal_std_kT_per_state``).
 
     python benchmarks/marginal_error.py RUN_DIR [RUN_DIR ...] --data DATA.h5 [-n 128] [--times 0.002,0.01,0.02,0.05]
         [--relax-ps 10] [--out bench-results/marginal_error.json]

@@ -157,7 +157,11 @@ def marginal_spread(model, y: torch.Tensor, log_p: torch.Tensor, t: torch.Tensor
     -------
     dict of str -> float
         ``marginal_std_kT_t<t>`` per time and, with states of at least 5 copies,
-        ``marginal_std_kT_t<t>_<state>``.
+        ``marginal_std_kT_t<t>_<state>`` and, for every such state but the one with the most
+        copies (the reference), ``marginal_dF_error_kT_t<t>_<state>``: the error of the model's
+        own state free energy at t, −log⟨e^{−r}⟩_state + log⟨e^{−r}⟩_reference with
+        r = E + log p_t (exact for copies of target samples, as for :func:`model_diagnostics`).
+        For a model whose energies at all t are one diffusion it does not depend on t.
     """
     out = {}
     lab = None if labels is None or names is None else torch.as_tensor(np.asarray(labels))
@@ -168,10 +172,17 @@ def marginal_spread(model, y: torch.Tensor, log_p: torch.Tensor, t: torch.Tensor
             out[f"marginal_std_kT_t{ti:g}"] = float(r[ok].std()) if int(ok.sum()) > 1 else math.nan
             if lab is None:
                 continue
+            log_mean = {}
             for k, name in enumerate(names):
                 mask = ok & (lab == k)
                 if int(mask.sum()) >= 5:
                     out[f"marginal_std_kT_t{ti:g}_{name}"] = float(r[mask].std())
+                    log_mean[k] = float(torch.logsumexp(-r[mask], 0)) - math.log(int(mask.sum()))
+            if len(log_mean) > 1:
+                ref = max(log_mean, key=lambda k: int((ok & (lab == k)).sum()))
+                for k in log_mean:
+                    if k != ref:
+                        out[f"marginal_dF_error_kT_t{ti:g}_{names[k]}"] = log_mean[ref] - log_mean[k]
     return out
 
 
