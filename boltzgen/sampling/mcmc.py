@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_TARGET_ACCEPTANCE",
     "StepSize",
     "initial_step_size",
+    "adapted_moves",
 ]
 
 #: Default target acceptance of step-size adaptation per kernel (0.574 is the optimal MALA rate).
@@ -633,3 +634,62 @@ class StepSize:
             Mean acceptance of the level's moves.
         """
         self.kappa *= math.exp(self.rate * (acceptance - self.alpha_star))
+
+
+def adapted_moves(
+    step_fn: Callable,
+    x: torch.Tensor,
+    energy: Energy,
+    current: tuple,
+    step: StepSize,
+    n_moves: int,
+    generator: Optional[torch.Generator] = None,
+    *,
+    mean_free: bool = False,
+    **options,
+) -> tuple:
+    """``n_moves`` moves of one kernel at one step size, then the step adapted to their acceptance.
+
+    The step size is ``step.value`` of the gradients at ``x``; after the moves ``step.update``
+    receives their mean acceptance (so the next call, at the next level, uses the adapted κ).
+
+    Parameters
+    ----------
+    step_fn : callable
+        :func:`mala_step` or :func:`hmc_step`.
+    x : tensor, shape (C, *event_shape)
+        Current states.
+    energy : TargetSystem or callable
+        Reduced energy (see :func:`energy_and_grad`).
+    current : (u, grad) tuple
+        Energies (C,) and gradients at ``x``.
+    step : StepSize
+        The step-size controller (changed in place).
+    n_moves : int
+        Moves (≥ 1).
+    generator : torch.Generator, optional
+    mean_free : bool
+        Keep each chain's centre of mass fixed.
+    **options
+        Passed to ``step_fn`` (``n_leapfrog`` for HMC).
+
+    Returns
+    -------
+    x : tensor
+        The states after the moves.
+    current : (u, grad) tuple
+        Their energies and gradients.
+    acceptance : float
+        Mean acceptance probability of the moves.
+    step_size : float
+        The step size they used.
+    """
+    h = step.value(current[1])
+    accs = []
+    for _ in range(int(n_moves)):
+        out = step_fn(x, energy, h, generator, mean_free=mean_free, current=current, **options)
+        x, current = out.x, (out.energy, out.grad)
+        accs.append(float(out.accept_prob.mean()))
+    acceptance = math.fsum(accs) / len(accs)
+    step.update(acceptance)
+    return x, current, acceptance, h

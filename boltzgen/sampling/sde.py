@@ -45,7 +45,7 @@ import torch
 
 from ..diffusion.kernels import SDE_METHODS, TIME_SPACINGS, reverse_kernel, time_grid
 from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
-from .mcmc import DEFAULT_TARGET_ACCEPTANCE, StepSize, energy_and_grad, mala_step
+from .mcmc import DEFAULT_TARGET_ACCEPTANCE, StepSize, adapted_moves, energy_and_grad, mala_step
 
 __all__ = [
     "TIME_SPACINGS",
@@ -437,33 +437,31 @@ def reverse_sde(
     times = time_grid(n_steps, model_t_min(model, t_min), 1.0, spacing).tolist()
     d = event_dim(model_event_shape(model), mf)
     step = StepSize("mala", d, None, 1.0, DEFAULT_TARGET_ACCEPTANCE["mala"])
+    s = None  # the score at (y, t) when the corrector has it already
     for t, t_next in zip(times[:-1], times[1:]):
-        _, s = model_energy_and_score(model, y, t, batch_size)
+        if s is None:
+            _, s = model_energy_and_score(model, y, t, batch_size)
         mean, var = reverse_kernel(model.schedule, y, s, t, t_next, method, model_sigma_data(model))
         noise = sample_noise(y.shape, generator, mf, dtype=y.dtype, device=y.device)
-        y = mean + math.sqrt(var) * noise
+        y, s = mean + math.sqrt(var) * noise, None
         if mcmc_steps:
-            y = _corrector(model, y, t_next, int(mcmc_steps), generator, batch_size, step)
+            y, s = _corrector(model, y, t_next, int(mcmc_steps), generator, batch_size, step)
     return y if return_y else ls * y
 
 
-def _corrector(model, y: torch.Tensor, t: float, n_moves: int, generator, batch_size, step) -> torch.Tensor:
-    """``n_moves`` MALA moves on exp(−E(·, t)); ``step`` (a StepSize) is adapted in place."""
+def _corrector(model, y: torch.Tensor, t: float, n_moves: int, generator, batch_size, step) -> tuple:
+    """``n_moves`` MALA moves on exp(−E(·, t)) (``step`` adapted in place): the new y and the
+    score there."""
 
     def energy(z):
         e, s = model_energy_and_score(model, z, t, batch_size)
         return e.to(torch.float64), -s
 
-    mf = model_mean_free(model)
     current = energy_and_grad(energy, y)
-    h = step.value(current[1])
-    acceptance = []
-    for _ in range(n_moves):
-        out = mala_step(y, energy, h, generator, mean_free=mf, current=current)
-        y, current = out.x, (out.energy, out.grad)
-        acceptance.append(float(out.accept_prob.mean()))
-    step.update(sum(acceptance) / len(acceptance))
-    return y
+    y, (_, grad), _, _ = adapted_moves(
+        mala_step, y, energy, current, step, n_moves, generator, mean_free=model_mean_free(model)
+    )
+    return y, -grad
 
 
 # ---------------------------------------------------------------------------- probability flow

@@ -34,7 +34,7 @@ import torch
 from ..diffusion.laplace import laplace_log_marginal, target_energy_in_model_units
 from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
 from .chirality import chiral_centres, fix_chirality, in_l_region
-from .mcmc import StepSize, hmc_step, initial_step_size, mala_step
+from .mcmc import StepSize, adapted_moves, hmc_step, initial_step_size, mala_step
 from .resampling import ess_fraction, log_mean_exp, resample_by_state
 from .sde import (
     model_device,
@@ -761,22 +761,18 @@ def _diffusion_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRec
     def energy_t(z):
         return problem.model_eval(state, z, t)
 
-    accs = []
-    h = state.step_size.value(state.grad)
-    for _ in range(k):
-        out = step_fn(
-            state.y,
-            energy_t,
-            h,
-            problem.generator,
-            mean_free=problem.mean_free,
-            current=(state.energy, state.grad),
-            **extra,
-        )
-        state.y, state.energy, state.grad = out.x, out.energy, out.grad
-        accs.append(float(out.accept_prob.mean()))
-    recorder.moves(float(np.mean(accs)), h)
-    state.step_size.update(float(np.mean(accs)))
+    state.y, (state.energy, state.grad), acceptance, h = adapted_moves(
+        step_fn,
+        state.y,
+        energy_t,
+        (state.energy, state.grad),
+        state.step_size,
+        k,
+        problem.generator,
+        mean_free=problem.mean_free,
+        **extra,
+    )
+    recorder.moves(acceptance, h)
 
 
 def _kernel_step(state: ParticleState, problem: SMCProblem, t: float, t_next: float) -> torch.Tensor:
