@@ -172,14 +172,15 @@ def marginal_spread(model, y: torch.Tensor, log_p: torch.Tensor, t: torch.Tensor
             out[f"marginal_std_kT_t{ti:g}"] = float(r[ok].std()) if int(ok.sum()) > 1 else math.nan
             if lab is None:
                 continue
-            log_mean = {}
+            log_mean, counts = {}, {}
             for k, name in enumerate(names):
                 mask = ok & (lab == k)
-                if int(mask.sum()) >= 5:
+                counts[k] = int(mask.sum())
+                if counts[k] >= 5:
                     out[f"marginal_std_kT_t{ti:g}_{name}"] = float(r[mask].std())
-                    log_mean[k] = float(torch.logsumexp(-r[mask], 0)) - math.log(int(mask.sum()))
+                    log_mean[k] = float(torch.logsumexp(-r[mask], 0)) - math.log(counts[k])
             if len(log_mean) > 1:
-                ref = max(log_mean, key=lambda k: int((ok & (lab == k)).sum()))
+                ref = max(log_mean, key=counts.get)
                 for k in log_mean:
                     if k != ref:
                         out[f"marginal_dF_error_kT_t{ti:g}_{names[k]}"] = log_mean[ref] - log_mean[k]

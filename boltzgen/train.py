@@ -1264,14 +1264,11 @@ def sample_check(trainer: Trainer, recipe: dict) -> dict:
     dict
     """
     from .diagnostics import sample_quality
-    from .systems import resolve
-    from .systems.catalog import SPECS
 
     y = trainer._diagnostic_frames()[0]
     if y.shape[0] < 2:
         return {}
-    name = recipe.get("system")
-    target = resolve(**recipe, **({"n_workers": 0} if name is None or SPECS[name].openmm else {}))
+    target = _resolve_in_process(recipe)
     try:
         model = load_model(trainer.run_dir)
         n = int(trainer.config["train"]["sample_check"])
@@ -1299,6 +1296,11 @@ def _target_for(recipe: Optional[dict], config: dict, samples):
     need = need or float(loss["lambda_marginal"]) > 0
     if not need or not recipe:
         return None
+    return _resolve_in_process(recipe)
+
+
+def _resolve_in_process(recipe: dict):
+    """The target of a recipe, an OpenMM one evaluated in this process (no worker pool)."""
     from .systems import resolve
     from .systems.catalog import SPECS
 
