@@ -38,6 +38,38 @@ def parse_settings(text: str) -> list[tuple[int, str]]:
     return out
 
 
+def run_settings(run_dir: str, model, target, reference, args) -> dict:
+    """One run directory's row per sampler setting, with wall times relative to the first."""
+    rows = []
+    for moves, spacing in parse_settings(args.settings):
+        start = time.perf_counter()
+        row = sample_quality(
+            model,
+            target,
+            reference,
+            n=args.n,
+            n_steps=args.steps,
+            mcmc_steps=moves,
+            spacing=spacing,
+            t_min=args.t_min,
+            seed=args.seed,
+        )
+        row.update(mcmc_steps=moves, spacing=spacing, wall_s=time.perf_counter() - start)
+        rows.append(row)
+        print(
+            run_dir,
+            moves,
+            spacing,
+            round(row["sample_energy_excess_kT"], 1),
+            row.get("sample_term_excess_kT"),
+            flush=True,
+        )
+    for row in rows:
+        row["wall_ratio"] = row["wall_s"] / rows[0]["wall_s"]
+    t_min = float(model.t_min if args.t_min is None else args.t_min)
+    return {"run_dir": run_dir, "t_min": t_min, "settings": rows}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run directories of boltzgen train")
@@ -51,35 +83,15 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="bench-results/sample_quality.json")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("BOLTZGEN_THREADS", "2")))
-    first = load_model(args.runs[0])
-    target = resolve(args.system or first.metadata.get("system"))
-    reference = target_frames(args.data, target, args.n, args.seed, relax_ps=0.0)
-    runs = []
-    for run_dir in args.runs:
-        model = load_model(run_dir)
-        rows = []
-        for moves, spacing in parse_settings(args.settings):
-            start = time.perf_counter()
-            row = sample_quality(
-                model,
-                target,
-                reference,
-                n=args.n,
-                n_steps=args.steps,
-                mcmc_steps=moves,
-                spacing=spacing,
-                t_min=args.t_min,
-                seed=args.seed,
-            )
-            row.update(mcmc_steps=moves, spacing=spacing, wall_s=time.perf_counter() - start)
-            rows.append(row)
-            print(
-                run_dir, moves, spacing, {k: round(v, 1) for k, v in row["sample_term_excess_kT"].items()}, flush=True
-            )
-        for row in rows:
-            row["wall_ratio"] = row["wall_s"] / rows[0]["wall_s"]
-        t_min = float(model.t_min if args.t_min is None else args.t_min)
-        runs.append({"run_dir": run_dir, "t_min": t_min, "settings": rows})
+    models = [load_model(run_dir) for run_dir in args.runs]
+    recipe = args.system or models[0].metadata.get("target") or models[0].metadata.get("system")
+    target = resolve(**recipe) if isinstance(recipe, dict) else resolve(recipe)
+    try:
+        reference = target_frames(args.data, target, args.n, args.seed, relax_ps=0.0)
+        runs = [run_settings(run_dir, model, target, reference, args) for run_dir, model in zip(args.runs, models)]
+    finally:
+        if hasattr(target, "close"):
+            target.close()
     blob = {
         "benchmark": "sample_quality",
         "data": os.path.abspath(args.data),
