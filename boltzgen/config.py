@@ -225,6 +225,15 @@ def lambda_clf_at(value, step: int) -> float:
     return current
 
 
+def _state_shares(path: str, value):
+    """``data.state_weights``: true, false, or a mapping of state names to positive shares."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{path}: must be true, false or a mapping of state names to shares, got {value!r}")
+    return {str(k): number(f"{path}.{k}", v, 0.0, low_open=True) for k, v in value.items()}
+
+
 # ---------------------------------------------------------------------------- sections
 def _setting(default, check: Callable[[str, Any], Any], *, factory: bool = False):
     """A dataclass field whose value ``check(path, value)`` validates (and normalises)."""
@@ -651,12 +660,21 @@ class DataConfig(_Section):
         Share of every batch drawn from the least-populated state of the system's
         :class:`~boltzgen.states.StateSet`, in (0, 1); None draws frames uniformly. Set it when a
         metastable state is rare in the data (SMC's weights correct the oversampling).
+    state_weights : bool or mapping
+        Weight every training frame in the objective so that each state carries a share of the
+        target, whatever the draws (oversampling) and the kept hotter replicas did to the
+        states' shares in the batches: the model then learns one set of state weights at every
+        noise level (docs/theory.md, "State weights across t"). ``true``: each state's share
+        among the frames at the target temperature; a mapping {state name: share}: the given
+        shares (every state named, positive, normalised to sum 1), for example from an earlier
+        SMC run; ``false``: off.
     """
 
     PATH: ClassVar[str] = "data"
     state_fraction: Optional[float] = _setting(
         None, lambda p, v: number(p, v, 0.0, 1.0, low_open=True, high_open=True, optional=True)
     )
+    state_weights: Any = _setting(False, lambda p, v: _state_shares(p, v))
 
 
 #: Old keys still read: path -> new path (a configuration may not give both).

@@ -390,12 +390,31 @@ def mean_stiffness(force: torch.Tensor, mean_free: bool) -> float:
     return value
 
 
-def _pin(model, x0, energy, lambda_pin, t_pin, out) -> torch.Tensor:
-    """Spread of E_θ(x0, t_pin) − u(x0) over the batch (kT²)."""
+def weighted_mean(values: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Σ w_b v_b / Σ w_b over the first axis (the plain mean without weights).
+
+    Parameters
+    ----------
+    values : tensor, shape (B,)
+    weight : tensor, shape (B,), optional
+        Non-negative weights, not all zero.
+
+    Returns
+    -------
+    tensor, scalar (with the graph of ``values``)
+    """
+    if weight is None:
+        return values.mean()
+    weight = weight.to(values)
+    return (weight * values).sum() / weight.sum()
+
+
+def _pin(model, x0, energy, lambda_pin, t_pin, out, weight=None) -> torch.Tensor:
+    """Weighted spread of E_θ(x0, t_pin) − u(x0) over the batch (kT²)."""
     t = torch.full((x0.shape[0],), float(model.t_min if t_pin is None else t_pin), dtype=x0.dtype, device=x0.device)
     r = model.energy(x0, t) - energy.to(x0)
-    r = r - r.mean()
-    out["pin"] = (r**2).mean()
+    r = r - weighted_mean(r, weight)
+    out["pin"] = weighted_mean(r**2, weight)
     return lambda_pin * out["pin"]
 
 
@@ -419,11 +438,20 @@ def _objective(
     energy: Optional[torch.Tensor] = None,
     lambda_pin: float = 0.0,
     t_pin: Optional[float] = None,
+    sample_weight: Optional[torch.Tensor] = None,
 ) -> dict:
     """The one implementation behind every loss: noise at k levels, then the DSM (or target-score)
-    term, the CLF term and the energy pin."""
+    term, the CLF term and the energy pin, each a (weighted) mean over the clean samples."""
     t = _levels(model, x0, generator, k, levels, grid, t)
     b, k = t.shape
+    if sample_weight is not None:
+        sample_weight = torch.as_tensor(sample_weight).to(x0)
+        if sample_weight.shape != (b,) or not torch.isfinite(sample_weight).all() or (sample_weight < 0).any():
+            raise ValueError(
+                f"sample_weight must hold {b} finite non-negative weights, got shape {tuple(sample_weight.shape)}"
+            )
+        if float(sample_weight.sum()) <= 0:
+            raise ValueError("sample_weight must not be all zero")
     if use_clf and k < 2:
         raise ValueError(f"DiffCLF needs k >= 2 levels, got {k}")
     if force is not None and (kappa is None or tuple(force.shape) != tuple(x0.shape)):
@@ -448,7 +476,7 @@ def _objective(
         per_sample = sq_norm(sigma * score - target, n_ev) / event_dim(model.event_shape, model.mean_free)
         if weighting is not None:
             per_sample = weighting(t_flat) * per_sample
-        out["dsm"] = per_sample.mean()
+        out["dsm"] = weighted_mean(per_sample.reshape(b, k).mean(dim=1), sample_weight)
         total = total + out["dsm"]
         n_energy += b * k
 
@@ -464,7 +492,7 @@ def _objective(
         n_energy += e_rest.numel()
         energies = torch.cat([e_diag.reshape(b, k)[rows, j][:, None], e_rest], 1) if use_dsm else e_rest
         logits = -energies + model.log_normaliser(t[rows[:, None], levels_i])  # (B, k), true class 0
-        out["clf"] = k * (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+        out["clf"] = k * weighted_mean(torch.logsumexp(logits, dim=1) - logits[:, 0], sample_weight)
         out["clf_accuracy"] = (logits.detach().argmax(dim=1) == 0).to(x0.dtype).mean()
         total = total + lambda_clf * out["clf"]
     elif use_clf:
@@ -489,12 +517,12 @@ def _objective(
             energies = e_pick
         logits = -energies.reshape(b, k, k) + model.log_normaliser(t).reshape(b, k, 1)  # L[b, i, j]
         log_post = torch.log_softmax(logits, dim=1)
-        out["clf"] = -torch.diagonal(log_post, dim1=1, dim2=2).sum(dim=1).mean()
+        out["clf"] = -weighted_mean(torch.diagonal(log_post, dim1=1, dim2=2).sum(dim=1), sample_weight)
         out["clf_accuracy"] = (logits.detach().argmax(dim=1) == diag).to(x0.dtype).mean()
         total = total + lambda_clf * out["clf"]
 
     if energy is not None and lambda_pin > 0:
-        total = total + _pin(model, x0, energy, lambda_pin, t_pin, out)
+        total = total + _pin(model, x0, energy, lambda_pin, t_pin, out, sample_weight)
         n_energy += b
 
     out["total"] = total
@@ -519,6 +547,7 @@ def dsm_loss(
     energy: Optional[torch.Tensor] = None,
     lambda_pin: float = 0.0,
     t_pin: Optional[float] = None,
+    sample_weight: Optional[torch.Tensor] = None,
 ) -> dict:
     """Denoising score matching, ‖σ_t ∇ₓE_θ(x_t, t) − ε‖² / d averaged over B k noisy samples.
 
@@ -551,6 +580,9 @@ def dsm_loss(
         Weight of the energy pin (0: off).
     t_pin : float, optional
         Time of the energy pin (default: the model's ``t_min``).
+    sample_weight : tensor, shape (B,), optional
+        Weight of each clean sample in every average of the objective (default: equal), for
+        data drawn from another distribution than the one to learn (:func:`weighted_mean`).
 
     Returns
     -------
@@ -574,6 +606,7 @@ def dsm_loss(
         energy=energy,
         lambda_pin=float(lambda_pin),
         t_pin=t_pin,
+        sample_weight=sample_weight,
     )
 
 
@@ -591,6 +624,7 @@ def diffclf_loss(
     energy: Optional[torch.Tensor] = None,
     lambda_pin: float = 0.0,
     t_pin: Optional[float] = None,
+    sample_weight: Optional[torch.Tensor] = None,
 ) -> dict:
     """Diffusive classification loss alone (binary for k = 2, multi-level for k > 2).
 
@@ -608,8 +642,8 @@ def diffclf_loss(
     clf_samples : {"all", "one"}
         Classify all k noisy samples of each x_0, or one drawn uniformly with weight k (an
         unbiased estimate with k − 1 energy evaluations per x_0; see the module docstring).
-    energy, lambda_pin, t_pin : optional
-        The energy pin, as in :func:`dsm_loss`.
+    energy, lambda_pin, t_pin, sample_weight : optional
+        The energy pin and the samples' weights, as in :func:`dsm_loss`.
 
     Returns
     -------
@@ -632,6 +666,7 @@ def diffclf_loss(
         energy=energy,
         lambda_pin=float(lambda_pin),
         t_pin=t_pin,
+        sample_weight=sample_weight,
     )
 
 
@@ -659,6 +694,7 @@ def dsm_diffclf_loss(
     energy: Optional[torch.Tensor] = None,
     lambda_pin: float = 0.0,
     t_pin: Optional[float] = None,
+    sample_weight: Optional[torch.Tensor] = None,
 ) -> dict:
     """L = L_DSM + λ_clf L_CLF on the same B k noisy samples.
 
@@ -672,8 +708,8 @@ def dsm_diffclf_loss(
         As in :func:`dsm_loss` and :func:`diffclf_loss`.
     lambda_clf : float
         Weight of the classification term (default 1).
-    force, kappa, energy, lambda_pin, t_pin : optional
-        Target score matching and the energy pin, as in :func:`dsm_loss`.
+    force, kappa, energy, lambda_pin, t_pin, sample_weight : optional
+        Target score matching, the energy pin and the samples' weights, as in :func:`dsm_loss`.
 
     Returns
     -------
@@ -698,6 +734,7 @@ def dsm_diffclf_loss(
         energy=energy,
         lambda_pin=float(lambda_pin),
         t_pin=t_pin,
+        sample_weight=sample_weight,
     )
 
 
@@ -718,6 +755,7 @@ def compute_loss(
     energy: Optional[torch.Tensor] = None,
     lambda_pin: float = 0.0,
     t_pin: Optional[float] = None,
+    sample_weight: Optional[torch.Tensor] = None,
 ) -> dict:
     """The objective named ``loss`` (one of :data:`LOSSES`), for trainers and the CLI.
 
@@ -747,6 +785,8 @@ def compute_loss(
         Target score matching (``"dsm"`` and ``"dsm+diffclf"``; see :func:`dsm_loss`).
     energy, lambda_pin, t_pin : optional
         The energy pin (every loss; see :func:`dsm_loss`).
+    sample_weight : tensor, shape (B,), optional
+        Weight of each clean sample (every loss; see :func:`dsm_loss`).
 
     Returns
     -------
@@ -759,7 +799,7 @@ def compute_loss(
     ValueError
         For an unknown ``loss``.
     """
-    pin = dict(energy=energy, lambda_pin=lambda_pin, t_pin=t_pin)
+    pin = dict(energy=energy, lambda_pin=lambda_pin, t_pin=t_pin, sample_weight=sample_weight)
     if loss == "dsm":
         return dsm_loss(
             model, x0, generator, k=k, levels=levels, grid=grid, weighting=weighting, force=force, kappa=kappa, **pin
@@ -895,6 +935,7 @@ def path_loss(
     times: torch.Tensor,
     generator: Optional[torch.Generator] = None,
     n_pairs: int = 4,
+    sample_weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Variance of SMC's log-weight of one reverse step, within each level pair, on noised data.
 
@@ -916,18 +957,21 @@ def path_loss(
     generator : torch.Generator, optional
     n_pairs : int
         Level pairs per call.
+    sample_weight : tensor, shape (B,), optional
+        Weight of each clean sample in the variances (default: equal; :func:`weighted_mean`).
 
     Returns
     -------
     tensor, scalar, with graph
-        Mean over the pairs of the variance of log w (nats²).
+        Mean over the pairs of the (weighted) variance of log w (nats²).
     """
     n_pairs = max(1, min(int(n_pairs), times.numel() - 1, x0.shape[0] // 2))
     mf = bool(getattr(model, "mean_free", False))
     schedule = model.schedule
     pick = torch.randperm(times.numel() - 1, generator=generator)[:n_pairs]
     losses = []
-    for chunk, i in zip(torch.chunk(x0, n_pairs), pick.tolist()):
+    weights = [None] * n_pairs if sample_weight is None else torch.chunk(torch.as_tensor(sample_weight).to(x0), n_pairs)
+    for chunk, w, i in zip(torch.chunk(x0, n_pairs), weights, pick.tolist()):
         t, t_next = float(times[i]), float(times[i + 1])
         alpha, sigma = float(schedule.alpha(t_next)), float(schedule.sigma(t_next))
         noise = sample_noise(chunk.shape, generator, mf, dtype=chunk.dtype, device=chunk.device)
@@ -943,5 +987,8 @@ def path_loss(
             + gaussian_log_prob(y, a * y_next, v, mean_free=mf)
             - gaussian_log_prob(y_next, mean, var, mean_free=mf)
         )
-        losses.append(log_w.var())
+        if w is None:
+            losses.append(log_w.var())
+        else:
+            losses.append(weighted_mean((log_w - weighted_mean(log_w, w)) ** 2, w))
     return torch.stack(losses).mean()

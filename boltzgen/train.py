@@ -257,6 +257,80 @@ def rare_state_draw_probabilities(labels, names, fraction: float, state_set: str
     return state_draw_probabilities(labels == rare, float(fraction), str(names[rare])), info
 
 
+def state_shares(labels, target_frames, names, given=None) -> np.ndarray:
+    """The share π_s of each state in the target, for ``data.state_weights``.
+
+    Parameters
+    ----------
+    labels : array of int, shape (B,)
+        State label of every frame.
+    target_frames : array of bool, shape (B,)
+        Which frames are samples of the target (its temperature).
+    names : sequence of str
+        State names (label k is ``names[k]``).
+    given : mapping, optional
+        {name: share} for every state (normalised here); default: the fraction of the target
+        frames in each state.
+
+    Returns
+    -------
+    array, float64, shape (len(names),), summing to 1
+
+    Raises
+    ------
+    ValueError
+        For a mapping that misses or adds a state, when no frame is a target frame, or when a
+        state holds frames but none of the target's (its share is unknown).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if given is not None:
+        if set(given) != set(names):
+            raise ValueError(
+                f"data.state_weights names the states {sorted(given)}; the data's states are {list(names)}"
+            )
+        share = np.array([float(given[n]) for n in names])
+        return share / share.sum()
+    target = np.asarray(target_frames, dtype=bool)
+    if not target.any():
+        raise ValueError("data.state_weights needs frames at the target temperature; these data have none")
+    share = np.bincount(labels[target], minlength=len(names)) / target.sum()
+    present = np.bincount(labels, minlength=len(names)) > 0
+    orphan = np.flatnonzero(present & (share == 0))
+    if orphan.size:
+        raise ValueError(
+            f"data.state_weights: {names[orphan[0]]} holds training frames but none at the target "
+            "temperature, so its share is unknown (simulate longer, or give the shares)"
+        )
+    return share
+
+
+def state_share_weights(labels, shares, draw_probabilities=None) -> torch.Tensor:
+    """Per-frame weights that give each state its share π_s in a weighted average over draws.
+
+    With frames drawn with probabilities q_i (uniform when None), frame i of state s gets
+    w_i = π_s / Q_s, Q_s = Σ_{j∈s} q_j: the draws' own distribution within each state is kept and
+    E_q[w] = 1.
+
+    Parameters
+    ----------
+    labels : array of int, shape (B,)
+        State label of every frame.
+    shares : array, shape (n_states,)
+        π_s (:func:`state_shares`), summing to 1 over the states that hold frames.
+    draw_probabilities : tensor, shape (B,), optional
+        How the frames are drawn (default: uniformly).
+
+    Returns
+    -------
+    tensor, float64, shape (B,)
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    shares = np.asarray(shares, dtype=np.float64)
+    q = np.full(labels.size, 1.0 / labels.size) if draw_probabilities is None else np.asarray(draw_probabilities)
+    drawn = np.bincount(labels, weights=q, minlength=shares.size)
+    return torch.as_tensor(shares[labels] / np.where(drawn > 0, drawn, 1.0)[labels] * (q > 0), dtype=torch.float64)
+
+
 # ---------------------------------------------------------------------------- trainer
 def _lr_factor(step: int, total: int, warmup: int, cosine: bool, min_factor: float) -> float:
     if warmup > 0 and step < warmup:
@@ -416,6 +490,10 @@ class Trainer:
         fraction = state_fraction_of(config)
         if fraction is not None:
             self.draw_probabilities = self._oversample(data[order[n_val:].numpy()], states, float(fraction))
+        self.sample_weight: Optional[torch.Tensor] = None
+        self.val_weight: Optional[torch.Tensor] = None
+        if config["data"]["state_weights"]:
+            self._state_weights(data, order[:n_val].numpy(), order[n_val:].numpy(), states)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same seed gives the same initial weights
             self.model = build_model(config, event_shape, topology, self.length_scale, prior=self._prior(target))
@@ -494,8 +572,11 @@ class Trainer:
         """Noisy training copies and their exact log-marginals for ``loss.lambda_marginal`` (None: off).
 
         The levels are log-spaced from the model's t_min to ``loss.marginal_t_max``; the copies
-        come from the training frames that are samples of the target itself (not a ladder's
-        hotter replicas), drawn with the run's seed, so a resumed run gets the same.
+        come from training frames drawn as the batches are (a rare state oversampled with
+        ``data.state_fraction``; a ladder's hotter frames included), with the run's seed, so a
+        resumed run gets the same. The exact marginal holds at any y, and the spread's minimiser,
+        E_θ = −log p_t + c, does not depend on where the copies lie: every state needs copies, and
+        the frames at the target temperature alone may hold none of a rare one.
         """
         loss = config["loss"]
         if float(loss["lambda_marginal"]) <= 0:
@@ -509,10 +590,13 @@ class Trainer:
             raise ValueError(f"loss.marginal_t_max ({t_hi:g}) must exceed model.t_min ({t_lo:g})")
         times = np.geomspace(t_lo, t_hi, int(loss["marginal_levels"])).tolist()
         g = torch.Generator().manual_seed(seed + 7919)
-        frames = self.train_target.nonzero().reshape(-1)  # samples of the target itself, not hotter replicas
-        if frames.numel() < 2:
-            raise ValueError("loss.lambda_marginal needs at least 2 training frames of the target itself")
-        pick = frames[torch.randperm(frames.numel(), generator=g)[: int(loss["marginal_frames"])]]
+        n = min(int(loss["marginal_frames"]), self.train_data.shape[0])
+        if n < 2:
+            raise ValueError("loss.lambda_marginal needs at least 2 training frames")
+        if self.draw_probabilities is None:
+            pick = torch.randperm(self.train_data.shape[0], generator=g)[:n]
+        else:
+            pick = torch.multinomial(self.draw_probabilities, n, replacement=False, generator=g)
         y, log_p, t, score = self._noisy_marginals(target, self.train_data[pick].double(), times, g)
         keep = torch.isfinite(log_p).all(0)
         score = score[:, keep].float() if loss["marginal_score"] else None
@@ -603,6 +687,21 @@ class Trainer:
         probabilities, info = rare_state_draw_probabilities(labels, states.names, fraction, states.name)
         self.metadata.update(oversampled_state=info["state"], n_train_state=info["n_train_state"])
         return probabilities
+
+    def _state_weights(self, data: np.ndarray, val_idx, train_idx, states) -> None:
+        """``data.state_weights``: the training frames' weights (for their draws) and the
+        validation frames' (taken uniformly)."""
+        if states is None:
+            raise ValueError("data.state_weights needs the system's metastable states; these data have none")
+        labels = np.asarray(states.assign(np.asarray(data)), dtype=np.int64)
+        names = list(states.names)
+        setting = self.config["data"]["state_weights"]
+        given = setting if isinstance(setting, dict) else None
+        share = state_shares(labels[train_idx], self.train_target.numpy(), names, given)
+        self.sample_weight = state_share_weights(labels[train_idx], share, self.draw_probabilities).float()
+        if len(val_idx):
+            self.val_weight = state_share_weights(labels[val_idx], share).float()
+        self.metadata["state_shares"] = {n: float(v) for n, v in zip(names, share)}
 
     # -------------------------------------------------------------- files
     def _path(self, name: str) -> str:
@@ -877,9 +976,9 @@ class Trainer:
             t_pin=loss["pin_time"],
         )
 
-    def _physics_batch(self, idx: torch.Tensor, forces, energies) -> dict:
-        """The forces and energies of the frames ``idx`` that the objective uses."""
-        out = {}
+    def _physics_batch(self, idx: torch.Tensor, forces, energies, weights=None) -> dict:
+        """The forces, energies and weights of the frames ``idx`` that the objective uses."""
+        out = {} if weights is None else {"sample_weight": weights[idx]}
         if self.kappa is not None:
             out["force"] = forces[idx]
         if float(self.config["loss"]["lambda_pin"]) > 0:
@@ -917,7 +1016,7 @@ class Trainer:
         options = self._loss_options(self.step)
         self._calibrate_at_clf_start(options)
         idx = self._batch_indices(self.train_data, self.local_batch, self.generator)
-        physics = self._physics_batch(idx, self.train_force, self.train_u)
+        physics = self._physics_batch(idx, self.train_force, self.train_u, self.sample_weight)
         parts = compute_loss(self.model.inner, self.train_data[idx], self.generator, **options, **physics)
         # the extra terms act after the DSM-only phase: from the first step marginal matching kept
         # the network on DSM's initial plateau
@@ -926,7 +1025,13 @@ class Trainer:
             parts["marginal"] = self._marginal_term()
             parts["total"] = parts["total"] + float(self.config["loss"]["lambda_marginal"]) * parts["marginal"]
         if self.path_times is not None and after_dsm:
-            parts["path"] = path_loss(self.model.inner, self.train_data[idx], self.path_times, self.generator)
+            parts["path"] = path_loss(
+                self.model.inner,
+                self.train_data[idx],
+                self.path_times,
+                self.generator,
+                sample_weight=physics.get("sample_weight"),
+            )
             parts["total"] = parts["total"] + float(self.config["loss"]["lambda_path"]) * parts["path"]
         self.optimiser.zero_grad(set_to_none=True)
         parts["total"].backward()
@@ -1017,7 +1122,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(int(self.config["seed"]) + 12345)
         size = min(int(self.config["train"]["val_batch_size"]), self.val_data.shape[0])
         x0 = self.val_data[:size]
-        physics = self._physics_batch(torch.arange(size), self.val_force, self.val_u)
+        physics = self._physics_batch(torch.arange(size), self.val_force, self.val_u, self.val_weight)
         parts = compute_loss(model, x0, generator, **self._loss_options(int(self.config["train"]["steps"])), **physics)
         out = {
             f"val_{k}": float(v.detach())

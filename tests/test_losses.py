@@ -374,3 +374,76 @@ def test_path_loss_vanishes_for_exact_marginals_and_sees_an_inconsistent_model()
     loss = path_loss(model, x0[:64], coarse, torch.Generator().manual_seed(2), n_pairs=4)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.net.parameters())
+
+
+class MixtureWeightModel(nn.Module):
+    """The exact diffused gmm-two-modes marginals with the second mode's weight a parameter:
+    E(x, t) = −log Σ_k w_k N(x; α μ_k, diag(α² s_k² + σ²)), w = (1 − sigmoid(c), sigmoid(c)), F = 0."""
+
+    def __init__(self, weight: float):
+        super().__init__()
+        self.target = systems.load("gmm-two-modes", dim=2)
+        self.schedule = VPSchedule()
+        self.t_min, self.event_shape, self.mean_free = 1e-3, (2,), False
+        self.c = nn.Parameter(torch.tensor(math.log(weight / (1 - weight)), dtype=F64))
+
+    def energy(self, x, t):
+        t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
+        a, s2 = self.schedule.alpha(t)[:, None], self.schedule.sigma2(t)[:, None]
+        means, stds = self.target.means.to(x), self.target.stds.to(x)
+        var = a[:, :, None] ** 2 * stds[None] ** 2 + s2[:, :, None]  # (B, K, D): diagonal components
+        sq = (x[:, None, :] - a[:, :, None] * means[None]) ** 2
+        log_n = (-0.5 * sq / var - 0.5 * torch.log(2 * math.pi * var)).sum(-1)
+        log_w = torch.stack([F.logsigmoid(-self.c), F.logsigmoid(self.c)])
+        return -torch.logsumexp(log_n + log_w, dim=1)
+
+    energy_and_score = ExactGMMModel.energy_and_score
+
+    def log_normaliser(self, t):
+        return torch.zeros_like(torch.as_tensor(t, dtype=F64))
+
+
+@pytest.mark.parametrize("fn", [dsm_loss, diffclf_loss], ids=["dsm", "diffclf"])
+def test_sample_weights_undo_oversampling_of_a_mode(fn):
+    """Data drawn with the rare mode oversampled to 80 %: with the weights π/q the objective is
+    stationary at the target's mode weight (1/3); without them its gradient pulls the mode weight
+    towards the draws' (so the check can fail)."""
+    model = MixtureWeightModel(1.0 / 3.0)
+    target = model.target
+    g = torch.Generator().manual_seed(7)
+    grads = {True: [], False: []}
+    for _ in range(16):
+        comp = (torch.rand(256, generator=g) < 0.8).long()  # draws: 20 % / 80 %
+        x0 = target.means[comp] + target.stds[comp] * torch.randn(256, 2, generator=g, dtype=F64)
+        w = torch.where(comp == 1, (1 / 3) / 0.8, (2 / 3) / 0.2).to(F64)
+        for weighted in (True, False):
+            gg = torch.Generator().manual_seed(len(grads[weighted]))
+            loss = fn(model, x0, gg, sample_weight=w if weighted else None)["total"]
+            grads[weighted].append(torch.autograd.grad(loss, model.c)[0])
+    for weighted, values in grads.items():
+        v = torch.stack(values)
+        mean, se = v.mean(), v.std() / math.sqrt(v.numel())
+        if weighted:
+            assert mean.abs() < 4 * se, f"weighted d/dc at the target's weights: {mean:.3g} ± {se:.2g}"
+        else:  # E falls in mode 2 when c grows: the unweighted loss wants c larger (gradient < 0)
+            assert mean < -6 * se, f"unweighted d/dc: {mean:.3g} ± {se:.2g}"
+
+
+def test_weighted_losses_equal_the_losses_of_the_batch_with_frames_repeated():
+    """Integer weights w_b: every part (DSM, DiffCLF, pin) equals the unweighted loss of the batch
+    in which sample b appears w_b times, with the same levels and noise."""
+    model = _random_model((3, 3))
+    g = torch.Generator().manual_seed(11)
+    x0 = torch.randn(5, 3, 3, generator=g, dtype=F64)
+    t = sample_levels(5, 3, model.t_min, g, dtype=F64)
+    noise = sample_noise((5, 3, 3, 3), g, model.mean_free, dtype=F64)
+    u = torch.randn(5, generator=g, dtype=F64)
+    w = torch.tensor([2.0, 0.0, 1.0, 3.0, 1.0], dtype=F64)
+    rep = torch.repeat_interleave(torch.arange(5), w.long())
+    pin = dict(lambda_pin=0.5, t_pin=0.01)
+    weighted = dsm_diffclf_loss(model, x0, t=t, noise=noise, energy=u, sample_weight=w, **pin)
+    repeated = dsm_diffclf_loss(model, x0[rep], t=t[rep], noise=noise[rep], energy=u[rep], **pin)
+    for key in ("dsm", "clf", "pin", "total"):
+        torch.testing.assert_close(weighted[key], repeated[key], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="sample_weight"):
+        dsm_loss(model, x0, t=t, noise=noise, sample_weight=-w)

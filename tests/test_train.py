@@ -406,6 +406,52 @@ def test_state_fraction_draws_that_share_of_each_batch_from_the_rare_state(tmp_p
         state_draw_probabilities(np.array([False, False]), 0.5)
 
 
+def test_state_weights_give_each_state_its_share_in_the_objective(tmp_path):
+    """data.state_weights: with phi > 0 oversampled to 30 % of the draws, the frames' weights give
+    each state the target frames' share (or the given shares) in the expected weighted average, so
+    the objective's state weights are the target's; bad settings are named."""
+    import mdtraj
+
+    from boltzgen.config import ConfigError
+    from boltzgen.states import default_states
+    from boltzgen.systems.catalog import data_path
+
+    aldp = mdtraj.load(data_path("aldp.pdb"))
+    rng = np.random.default_rng(0)
+    x = aldp.xyz[0].astype(np.float64)[None] + 0.005 * rng.standard_normal((200, aldp.n_atoms, 3))
+    x[-20:] *= -1.0  # mirrored: phi > 0
+    target = np.ones(200, dtype=bool)
+    target[-15:] = False  # 15 of the 20 phi > 0 frames are hotter replicas' frames
+    overrides = {**SMALL, "net": {"kind": "egnn", "hidden": 16, "n_layers": 1}}
+
+    def trainer(name, weights):
+        config = resolve_config(overrides={**overrides, "data": {"state_fraction": 0.3, "state_weights": weights}})
+        return Trainer(config, x, str(tmp_path / name), topology=aldp.topology, progress=False, target_frames=target)
+
+    for weights, expected in ((True, None), ({"phi<0": 3.0, "phi>0": 1.0}, [0.75, 0.25])):
+        t = trainer(str(weights)[:4], weights)
+        labels = default_states(aldp.topology).assign(t.train_data.numpy())
+        share = np.array([t.metadata["state_shares"][n] for n in ("phi<0", "phi>0")])
+        if expected is None:  # the target frames' shares
+            in_target = t.train_target.numpy()
+            expected = np.bincount(labels[in_target], minlength=2) / in_target.sum()
+        np.testing.assert_allclose(share, expected)
+        q, w = t.draw_probabilities.numpy(), t.sample_weight.double().numpy()
+        np.testing.assert_allclose([np.sum(q * w * (labels == s)) for s in (0, 1)], expected, rtol=1e-6)
+        val_labels = default_states(aldp.topology).assign(t.val_data.numpy())
+        v = t.val_weight.double().numpy()
+        np.testing.assert_allclose([np.sum(v * (val_labels == s)) / v.sum() for s in (0, 1)], expected, rtol=1e-6)
+        t.train_step()  # the weighted objective runs
+    with pytest.raises(ValueError, match=r"names the states \['phi>0'\]; the data's states are \['phi<0', 'phi>0'\]"):
+        trainer("missing", {"phi>0": 1.0})
+    target[-20:] = False  # no phi > 0 frame at the target temperature: its share is unknown
+    with pytest.raises(ValueError, match="phi>0 holds training frames but none at the target temperature"):
+        trainer("orphan", True)
+    for bad in ("yes", {"phi>0": 0.0}, {}):
+        with pytest.raises(ConfigError, match="data.state_weights"):
+            resolve_config(overrides={"data": {"state_weights": bad}})
+
+
 def test_two_process_training(tmp_path, gmm_data):
     """Data-parallel training (2 gloo processes): each draws half the batch from its own seed and
     the step applies the average of their gradients - bit for bit the update of one process that
@@ -509,7 +555,10 @@ def test_config_files_extend_other_files_and_keep_the_trainers_dict(tmp_path):
     # a shipped file by name; the old key name is read as the new one
     (tmp_path / "aldp.yaml").write_text("extends: aldp-vacuum.train.yaml\ntrain: {phi_positive_fraction: 0.2}\n")
     aldp = load_train_config(config_file=str(tmp_path / "aldp.yaml"))
-    assert aldp.to_dict() == {**load_train_config("aldp-vacuum").to_dict(), "data": {"state_fraction": 0.2}}
+    assert aldp.to_dict() == {
+        **load_train_config("aldp-vacuum").to_dict(),
+        "data": {"state_fraction": 0.2, "state_weights": False},
+    }
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_train_config(config_file=str(tmp_path / "loop.yaml"))
