@@ -537,6 +537,10 @@ class LossConfig(_Section):
         Hessians on small molecules).
     marginal_score : bool
         Also regress the model's score on the exact score of the same copies (DSM's scale).
+    marginal_model_samples : int
+        Samples of the model itself added to the copies when the term starts (0: none): the EMA
+        model's predictor–corrector reverse diffusion (100 log-spaced levels, 3 moves each), so
+        that the term also holds where the sampler's particles go, not only near the data.
     lambda_path : float
         Weight of path consistency (0: off; :func:`boltzgen.losses.path_loss`): the variance of the
         sampler's log-weight for one reverse step between neighbouring levels, on noised batch
@@ -566,6 +570,7 @@ class LossConfig(_Section):
     marginal_levels: int = _setting(8, lambda p, v: integer(p, v, low=1))
     marginal_frames: int = _setting(256, lambda p, v: integer(p, v, low=2))
     marginal_score: bool = _setting(False, boolean)
+    marginal_model_samples: int = _setting(0, lambda p, v: integer(p, v, low=0))
     lambda_path: float = _setting(0.0, lambda p, v: number(p, v, 0.0))
     path_t_max: float = _setting(0.1, lambda p, v: number(p, v, 0.0, 1.0, low_open=True))
     path_levels: int = _setting(100, lambda p, v: integer(p, v, low=1))

@@ -498,6 +498,10 @@ class Trainer:
             torch.manual_seed(seed)  # the same seed gives the same initial weights
             self.model = build_model(config, event_shape, topology, self.length_scale, prior=self._prior(target))
         self.marginal = self._marginal_pairs(config, target, seed)
+        # kept (open) for the model's own copies of marginal matching, added when the term starts
+        self._marginal_target = (
+            target if self.marginal is not None and config["loss"]["marginal_model_samples"] else None
+        )
         self.path_times = self._path_times(config)
         self.val_marginal = self._validation_marginals(target, seed)
         self.ema = copy.deepcopy(self.model.inner).requires_grad_(False)
@@ -1022,6 +1026,8 @@ class Trainer:
         # the network on DSM's initial plateau
         after_dsm = self.step >= int(self.config["pretrain_dsm_steps"])
         if self.marginal is not None and after_dsm:
+            if self._marginal_target is not None:
+                self._add_model_marginals()
             parts["marginal"] = self._marginal_term()
             parts["total"] = parts["total"] + float(self.config["loss"]["lambda_marginal"]) * parts["marginal"]
         if self.path_times is not None and after_dsm:
@@ -1052,6 +1058,37 @@ class Trainer:
         out = {k: float(v) for k, v in scalars.items()}
         out.update(phase=options["loss"], lr=self.optimiser.param_groups[0]["lr"], grad_norm=float(norm))
         return out
+
+    def _add_model_marginals(self) -> None:
+        """Add ``loss.marginal_model_samples`` copies of the EMA model's own samples to the
+        marginal-matching pairs, once (at the first step of the term, also after a resume)."""
+        from .sampling.sde import reverse_sde
+
+        loss, model = self.config["loss"], self.ema
+        g = torch.Generator().manual_seed(int(self.config["seed"]) + 15485863)
+        t_min = float(model.t_min)
+        y = reverse_sde(
+            model,
+            int(loss["marginal_model_samples"]),
+            g,
+            n_steps=100,
+            mcmc_steps=3,
+            spacing="log",
+            t_min=t_min,
+            return_y=True,
+        )
+        x0 = y.double() / float(model.schedule.alpha(torch.tensor(t_min, dtype=torch.float64)))
+        y_old, log_p_old, t, score_old = self.marginal
+        y_new, log_p, _, score = self._noisy_marginals(self._marginal_target, x0, t.tolist(), g)
+        keep = torch.isfinite(log_p).all(0)
+        self.marginal = (
+            torch.cat([y_old, y_new[:, keep].to(y_old)], 1),
+            torch.cat([log_p_old, log_p[:, keep].to(log_p_old)], 1),
+            t,
+            None if score_old is None else torch.cat([score_old, score[:, keep].to(score_old)], 1),
+        )
+        self.metadata["marginal_model_copies"] = int(keep.sum())
+        self._marginal_target = None
 
     def _marginal_term(self) -> torch.Tensor:
         """:func:`marginal_loss` on ``batch_size`` precomputed copies: :data:`MARGINAL_COPIES_PER_LEVEL`
@@ -1328,7 +1365,7 @@ def train_from_file(
     recipe = target or _recipe_of(system, samples.metadata)
     meta = {"system": system, "data": os.path.abspath(data_path), "n_data": len(samples), "target": recipe}
     target = _target_for(recipe, config, samples)
-    try:  # the target is needed only to build the trainer (forces, the force-field prior)
+    try:  # the target builds the trainer (forces, the force-field prior) and serves marginal matching
         energies, forces = physics_of(samples, target)
         trainer = Trainer(
             config,
@@ -1343,10 +1380,10 @@ def train_from_file(
             target_frames=None if samples.log_weights is None else np.isfinite(samples.log_weights),
             target=target,
         )
+        metrics = trainer.fit()
     finally:
         if target is not None and hasattr(target, "close"):
             target.close()
-    metrics = trainer.fit()
     if trainer.rank == 0 and int(config["train"]["sample_check"]) > 0 and recipe:
         metrics["sample_check"] = sample_check(trainer, recipe)
         write_json(os.path.join(run_dir, "metrics.json"), metrics)

@@ -624,6 +624,28 @@ def test_marginal_matching_trains_and_needs_the_target(tmp_path):
         Trainer(resolve_config(overrides=bad), data, str(tmp_path / "bad"), progress=False, target=target)
 
 
+def test_marginal_matching_adds_the_models_own_samples_with_their_exact_marginals(tmp_path):
+    """loss.marginal_model_samples: when the term starts, the EMA model's reverse-diffusion samples
+    join the copies, and their log-marginals are the target's exact ones (the GMM's diffused
+    density, with the same constant as the data's copies)."""
+    target = systems.load("gmm-two-modes", dim=2)
+    data = target.sample(300, torch.Generator().manual_seed(0)).numpy()
+    loss = {"lambda_marginal": 1.0, "marginal_levels": 3, "marginal_frames": 64, "marginal_model_samples": 16}
+    config = resolve_config(overrides={**SMALL, "loss": loss, "pretrain_dsm_steps": 2})
+    trainer = Trainer(config, data, str(tmp_path / "run"), progress=False, target=target)
+    assert trainer.marginal[0].shape[1] == 64
+    trainer.fit()
+    y, log_p, t, _ = trainer.marginal
+    assert (
+        y.shape[1] == 64 + trainer.metadata["marginal_model_copies"] and trainer.metadata["marginal_model_copies"] >= 14
+    )
+    schedule = trainer.model.inner.schedule
+    for i in range(t.numel()):
+        exact = target.log_prob_t(y[i].double(), t[i].expand(y.shape[1]).double(), schedule)
+        offset = (log_p[i] - exact).double()
+        assert float(offset.std()) < 0.05, (float(t[i]), float(offset.std()))
+
+
 def test_path_consistency_term_trains_after_the_dsm_phase(tmp_path):
     """loss.lambda_path: logged (a variance, so ≥ 0) from the first step after the DSM-only phase,
     absent before it; a path_t_max that leaves no pair of levels is a clear error."""
