@@ -349,9 +349,21 @@ def marginal_error_rows(blob: dict) -> list[list[str]]:
                     f"t = {t}: {fmt(v, '.2f')} (±{fmt(spread.get(t), '.2f')})" for t, v in r["marginal_std_kT"].items()
                 ),
                 ", ".join(f"{k}: {v}" for k, v in (r.get("state_counts") or {}).items()) or DASH,
+                _state_df_errors(r.get("marginal_std_kT_per_state") or {}),
             ]
         )
     return rows
+
+
+def _state_df_errors(per_state: dict) -> str:
+    """ "t = …: state +x.xx, …" from the ``marginal_dF_error_kT_t<t>_<state>`` keys (— without)."""
+    prefix = "marginal_dF_error_kT_t"
+    cells = []
+    for key, value in per_state.items():
+        if key.startswith(prefix):
+            t, state = key[len(prefix) :].split("_", 1)
+            cells.append(f"t = {t}: {state} {value:+.2f}")
+    return ", ".join(cells) or DASH
 
 
 def sample_quality_rows(blob: dict) -> list[list[str]]:
@@ -656,6 +668,7 @@ BENCHMARKS = [
             "run",
             "std(E(y, t) + log p_t(y)) over noisy target frames, kT (the estimate's own spread)",
             "frames per state",
+            "model's own state free energy minus the target's, kT",
         ],
         marginal_error_rows,
         lambda b: isinstance(b.get("runs"), list) and "times" in b and "data" in b,
