@@ -894,6 +894,12 @@ def _two_state_delta_f(result: SampleRun, labels, names, seed: int, runs: int) -
         )
     except ValueError as exc:
         out.update(delta_f_kT=None, delta_f_note=str(exc))
+    if run_index is None and out.get("delta_f_kT") is not None:
+        # one run's particles share a few ancestors: their bootstrap misses most of the error
+        result.metrics["warnings"].append(
+            f"the Delta F error is a bootstrap over the particles of one SMC run, which descend from "
+            f"{result.metrics['n_ancestors']} ancestors: it understates the error between runs (use --runs 2 or more)"
+        )
     if run_index is not None:
         in_run = [run_index == r for r in range(runs)]
         out["delta_f_runs_kT"] = [_finite(delta_f_point(log_w[m], in_a[m], in_b[m])) for m in in_run]

@@ -137,6 +137,21 @@ def test_sample_free_energies_of_user_states(trained, tmp_path):
     assert m["delta_f_definition"] == "F(x>0) - F(x<0) in kT"
     if m["delta_f_kT"] is not None:
         assert m["state_free_energies_kT"][1] == pytest.approx(m["delta_f_kT"])
+    assert not any("bootstrap over the particles of one SMC run" in w for w in m["warnings"])
+    one = workflow.sample(
+        str(root / "run"),
+        str(tmp_path / "one.h5"),
+        40,
+        target=target,
+        per_state_resampling=True,
+        seed=0,
+        progress=False,
+        settings={"diffusion": {"n_steps": 6}, "anneal": {"n_levels": 2}},
+    ).metrics
+    assert one["delta_f_error_method"] == "bootstrap of particles"
+    assert one["delta_f_kT"] is not None and any(
+        "bootstrap over the particles of one SMC run" in w for w in one["warnings"]
+    )
 
 
 def test_simulate_rejects_bad_sizes(tmp_path):
