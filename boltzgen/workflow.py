@@ -114,6 +114,14 @@ SAMPLE_OPTIONS = (
         "from the model's last level to the target: 'geometric' (the annealing levels) or 'laplace' (one exact "
         "importance step to clean configurations drawn near each particle's posterior mode; for a low --t-min)",
     ),
+    (
+        "--tilt",
+        ("tilt", "kT"),
+        float,
+        "bias in kT towards the rare states (each residue's phi > 0) along the diffusion, removed exactly on the way "
+        "to the target: those states end with more particles of distinct ancestry (0: none)",
+    ),
+    ("--tilt-t-on", ("tilt", "t_on"), float, "diffusion time below which the --tilt bias starts to grow"),
     ("--max-anneal", ("anneal", "max_levels"), int, "the most annealing levels with --anneal-cess"),
     ("--anneal-mcmc-steps", ("anneal", "mcmc_steps"), int, "MALA moves per annealing level (model and target forces)"),
     (

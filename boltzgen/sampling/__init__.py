@@ -31,7 +31,15 @@ from .resampling import (
     systematic_resample,
 )
 from .sde import probability_flow, reverse_kernel, reverse_sde, time_grid
-from .settings import AnnealSettings, DiffusionSettings, FinalSettings, MoveSettings, ResampleSettings, SMCSettings
+from .settings import (
+    AnnealSettings,
+    DiffusionSettings,
+    FinalSettings,
+    MoveSettings,
+    ResampleSettings,
+    SMCSettings,
+    TiltSettings,
+)
 from .smc import SMCResult, smc_sample
 from .stages import (
     ParticleState,
@@ -44,6 +52,7 @@ from .stages import (
     start_at_prior,
     start_from,
 )
+from .tilt import StateTilt, torsion_coordinate
 
 __all__ = [
     "ChainState",
@@ -71,6 +80,9 @@ __all__ = [
     "FinalSettings",
     "MoveSettings",
     "ResampleSettings",
+    "TiltSettings",
+    "StateTilt",
+    "torsion_coordinate",
     "SMCProblem",
     "ParticleState",
     "SMCRecorder",

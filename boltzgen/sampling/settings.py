@@ -1,8 +1,8 @@
 """Settings of :func:`~boltzgen.sampling.smc.smc_sample`, grouped by stage.
 
 One frozen dataclass per stage (:class:`DiffusionSettings`, :class:`AnnealSettings`,
-:class:`FinalSettings`), one for the MCMC moves all stages share (:class:`MoveSettings`) and one
-for the resampling (:class:`ResampleSettings`), gathered in :class:`SMCSettings`. The defaults are
+:class:`FinalSettings`), one for the MCMC moves all stages share (:class:`MoveSettings`) one
+for the resampling (:class:`ResampleSettings`) and one for the state tilt (:class:`TiltSettings`), gathered in :class:`SMCSettings`. The defaults are
 those of ``boltzgen sample``: the Python API and the command line run the same sampler. Every value
 is checked when the object is built; a wrong one raises a ``ValueError`` that names it (e.g.
 ``anneal.cess: must lie in (0, 1), got 1.5``). :meth:`SMCSettings.from_dict` reads the nested dict
@@ -30,6 +30,7 @@ __all__ = [
     "FinalSettings",
     "MoveSettings",
     "ResampleSettings",
+    "TiltSettings",
     "SMCSettings",
     "MOVE_KERNELS",
     "DIFFUSION_WEIGHTS",
@@ -313,12 +314,48 @@ class ResampleSettings:
         _bool(self, "balance_states", "resampling.balance_states")
 
 
+@dataclass(frozen=True)
+class TiltSettings:
+    """A bias towards rare states along the diffusion (:mod:`boltzgen.sampling.tilt`).
+
+    The model energies of the diffusion stage become E(y, t) − b(t) s(x), with s a smooth count
+    of the rare states (by default, of the target's residues with backbone φ > 0) and b(t)
+    rising from 0 at ``t_on`` to ``kT`` at ``t_full`` (linear in log t). More particles then end
+    in the rare states, with distinct ancestors; the annealing or hand-over to exp(−u) removes
+    the bias exactly, so weights, log Z and state free energies are the target's.
+
+    Attributes
+    ----------
+    kT : float
+        Full strength (reduced units); 0 turns the tilt off. About the model's free-energy
+        excess of one rare state gives it a fair share of the particles.
+    t_on, t_full : float in (0, 1]
+        The bias starts at ``t_on`` and is full from ``t_full`` down to t_min (t_full < t_on).
+    sharpness : float
+        κ of the default coordinate σ(κ sin φ) per residue.
+    """
+
+    kT: float = 0.0
+    t_on: float = 0.3
+    t_full: float = 0.05
+    sharpness: float = 5.0
+
+    def __post_init__(self):
+        _float(self, "kT", "tilt.kT")
+        _float(self, "t_on", "tilt.t_on", 0.0, 1.0, low_open=True)
+        _float(self, "t_full", "tilt.t_full", 0.0, 1.0, low_open=True)
+        if self.t_full >= self.t_on:
+            raise _fail("tilt.t_full", f"must be below tilt.t_on = {self.t_on}", self.t_full)
+        _float(self, "sharpness", "tilt.sharpness", 0.0, low_open=True)
+
+
 _GROUPS = {
     "diffusion": DiffusionSettings,
     "anneal": AnnealSettings,
     "final": FinalSettings,
     "moves": MoveSettings,
     "resampling": ResampleSettings,
+    "tilt": TiltSettings,
 }
 
 
@@ -353,6 +390,7 @@ class SMCSettings:
     final : FinalSettings
     moves : MoveSettings
     resampling : ResampleSettings
+    tilt : TiltSettings
     chirality : bool, "auto" or (K, 4) atom indices
         Fold the particles onto the L-form at t_min (the model must be mirror symmetric, as
         E(3)-invariant networks are). "auto": when the target (or, without one, the model) has
@@ -379,6 +417,7 @@ class SMCSettings:
     final: FinalSettings = field(default_factory=FinalSettings)
     moves: MoveSettings = field(default_factory=MoveSettings)
     resampling: ResampleSettings = field(default_factory=ResampleSettings)
+    tilt: TiltSettings = field(default_factory=TiltSettings)
     chirality: Union[bool, str, tuple] = "auto"
     batch_size: Optional[int] = None
     progress: bool = False
@@ -400,7 +439,7 @@ class SMCSettings:
         ----------
         d : dict or None
             ``{"diffusion": {...}, "anneal": {...}, "final": {...}, "moves": {...},
-            "resampling": {...}, "chirality": ..., "batch_size": ..., "progress": ...}``.
+            "resampling": {...}, "tilt": {...}, "chirality": ..., "batch_size": ..., "progress": ...}``.
 
         Returns
         -------

@@ -349,6 +349,7 @@ def smc_sample(
     states: Optional[Callable] = None,
     recorder: Optional[SMCRecorder] = None,
     length_scale: Optional[float] = None,
+    tilt_coordinate: Optional[Callable] = None,
 ) -> SMCResult:
     """SMC from the prior through the learned diffusion marginals to the target (module docstring).
 
@@ -377,12 +378,15 @@ def smc_sample(
         Receives the per-level trace (a fresh one per run by default).
     length_scale : float, optional
         ℓ (default: the TrainedModel's, else 1).
+    tilt_coordinate : callable, optional
+        With ``settings.tilt.kT`` ≠ 0, the smooth indicator of the rare states that the tilt
+        lowers (default: the target's residues with φ > 0; :mod:`boltzgen.sampling.tilt`).
 
     Returns
     -------
     SMCResult
     """
-    problem = SMCProblem.build(model, target, generator, settings, states, length_scale)
+    problem = SMCProblem.build(model, target, generator, settings, states, length_scale, tilt_coordinate)
     recorder = SMCRecorder() if recorder is None else recorder
     n_levels = len(problem.times) - 1 + (len(anneal_grid(problem.settings)) if target is not None else 0)
     recorder.start(n_levels, problem.settings.progress)

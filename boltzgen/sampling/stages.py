@@ -51,6 +51,7 @@ from .sde import (
     unwrap_model,
 )
 from .settings import SMCSettings
+from .tilt import StateTilt, torsion_coordinate
 
 __all__ = [
     "SMCProblem",
@@ -207,6 +208,8 @@ class SMCProblem:
     t_min : float
     times : list of float
         Diffusion grid from 1 down to t_min.
+    tilt : StateTilt or None
+        The bias towards rare states added to the model energies (``settings.tilt``).
     """
 
     model: object
@@ -220,6 +223,7 @@ class SMCProblem:
     mean_free: bool
     t_min: float
     times: list
+    tilt: Optional[StateTilt] = None
 
     @classmethod
     def build(
@@ -230,6 +234,7 @@ class SMCProblem:
         settings: Optional[SMCSettings] = None,
         states=None,
         length_scale: Optional[float] = None,
+        tilt_coordinate: Optional[Callable] = None,
     ) -> "SMCProblem":
         """Check the model against the target and settings and fix the grids.
 
@@ -244,6 +249,10 @@ class SMCProblem:
             Labels of metastable states (a :class:`~boltzgen.states.StateSet`'s ``assign`` is used).
         length_scale : float, optional
             ℓ (default: the TrainedModel's, else 1).
+        tilt_coordinate : callable, optional
+            With ``settings.tilt.kT`` ≠ 0: x (B, *event_shape) -> (B,) smooth indicator of the
+            rare states (:class:`~boltzgen.sampling.tilt.StateTilt`); default: the count of the
+            target's residues with φ > 0 (:func:`~boltzgen.sampling.tilt.torsion_coordinate`).
 
         Returns
         -------
@@ -252,7 +261,8 @@ class SMCProblem:
         Raises
         ------
         ValueError
-            For a shape mismatch, ``balance_states`` without ``states`` or an impossible chirality fold.
+            For a shape mismatch, ``balance_states`` without ``states``, an impossible chirality
+            fold, or a tilt without a target or without a coordinate.
         """
         settings = SMCSettings() if settings is None else settings
         if not isinstance(settings, SMCSettings):
@@ -279,6 +289,7 @@ class SMCProblem:
             mean_free=model_mean_free(m),
             t_min=t_min,
             times=times,
+            tilt=_resolve_tilt(settings.tilt, target, tilt_coordinate, ls),
         )
 
     def exponent(self, t: float) -> float:
@@ -319,6 +330,10 @@ class SMCProblem:
         if self.settings.diffusion.tempering != 1.0:
             b = self.exponent(t)
             e, g = b * e, b * g
+        bias = None if self.tilt is None else self.tilt.energy_and_grad(y, t)
+        if bias is not None:
+            gb = project_mean_free(bias[1]) if self.mean_free else bias[1]
+            e, g = e + bias[0].to(e.dtype), g + gb.to(g.dtype)
         return e, g
 
     def target_eval(self, state: "ParticleState", y: torch.Tensor):
@@ -426,6 +441,24 @@ class SMCProblem:
         """
         mv = self.settings.moves
         return StepSize(mv.kernel, self.dim, given, mv.adapt_rate, mv.acceptance)
+
+
+def _resolve_tilt(settings, target, coordinate, length_scale: float) -> Optional[StateTilt]:
+    if settings.kT == 0.0:
+        return None
+    if target is None:
+        raise ValueError("tilt.kT needs a target: the annealing to the target is what removes the tilt")
+    if coordinate is None:
+        from ..states import phi_torsions
+
+        quads = [atoms for _, atoms in phi_torsions(getattr(target, "topology", None))]
+        if not quads:
+            raise ValueError(
+                "tilt.kT needs a coordinate of the rare states: a target with backbone φ torsions, "
+                "or tilt_coordinate (a function of the configurations)"
+            )
+        coordinate = torsion_coordinate(np.stack(quads), settings.sharpness)
+    return StateTilt(coordinate, settings.kT, settings.t_on, settings.t_full, length_scale)
 
 
 def _resolve_centres(chirality, model, target, event_shape) -> Optional[np.ndarray]:
