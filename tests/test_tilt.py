@@ -9,7 +9,15 @@ import pytest
 import torch
 from test_smc import settings
 
-from boltzgen.sampling import ExactMarginalModel, SMCSettings, StateTilt, smc_sample, torsion_coordinate
+from boltzgen.sampling import (
+    ExactMarginalModel,
+    SMCSettings,
+    StateTilt,
+    chiral_centres,
+    in_l_region,
+    smc_sample,
+    torsion_coordinate,
+)
 from boltzgen.sampling.tilt import sin_dihedral
 from boltzgen.systems.catalog import data_path
 from boltzgen.systems.gmm import GaussianMixture, two_modes
@@ -44,6 +52,15 @@ def test_torsion_coordinate_is_invariant_under_rigid_motions_and_flips_under_ref
     torch.testing.assert_close(coord(moved), coord(x), rtol=0, atol=1e-12)
     # a mirror image changes the sign of every dihedral: σ(κ s) + σ(−κ s) = 1
     torch.testing.assert_close(coord(-x) + coord(x), torch.ones(16, dtype=torch.float64), rtol=0, atol=1e-12)
+    # with the chiral centre, the coordinate is that of the folded configuration: the same for a
+    # mirror image, the plain one for L-form frames and the mirror image's for the others
+    top, _ = _aldp_frames(1)
+    centres = chiral_centres(top)
+    folded = torsion_coordinate(quads, sharpness=5.0, centres=centres)
+    torch.testing.assert_close(folded(-x), folded(x), rtol=0, atol=1e-12)
+    left = in_l_region(x, centres)
+    assert 8 < int(left.sum()) < 16  # the noise flipped a few
+    torch.testing.assert_close(folded(x), torch.where(left, coord(x), coord(-x)), rtol=0, atol=0)
 
 
 def test_tilt_strength_ramps_in_log_t_and_bad_settings_are_named():

@@ -277,6 +277,7 @@ class SMCProblem:
             states = states.assign
         t_min = model_t_min(m, settings.diffusion.t_min)
         times = time_grid(settings.diffusion.n_steps, t_min, 1.0, settings.diffusion.spacing).tolist()
+        centres = _resolve_centres(settings.chirality, model, target, ev)
         return cls(
             model=m,
             length_scale=ls,
@@ -284,12 +285,12 @@ class SMCProblem:
             generator=generator,
             settings=settings,
             states=states,
-            centres=_resolve_centres(settings.chirality, model, target, ev),
+            centres=centres,
             dim=event_dim(ev, model_mean_free(m)),
             mean_free=model_mean_free(m),
             t_min=t_min,
             times=times,
-            tilt=_resolve_tilt(settings.tilt, target, tilt_coordinate, ls),
+            tilt=_resolve_tilt(settings.tilt, target, tilt_coordinate, ls, centres),
         )
 
     def exponent(self, t: float) -> float:
@@ -443,7 +444,7 @@ class SMCProblem:
         return StepSize(mv.kernel, self.dim, given, mv.adapt_rate, mv.acceptance)
 
 
-def _resolve_tilt(settings, target, coordinate, length_scale: float) -> Optional[StateTilt]:
+def _resolve_tilt(settings, target, coordinate, length_scale: float, centres) -> Optional[StateTilt]:
     if settings.kT == 0.0:
         return None
     if target is None:
@@ -457,7 +458,7 @@ def _resolve_tilt(settings, target, coordinate, length_scale: float) -> Optional
                 "tilt.kT needs a coordinate of the rare states: a target with backbone φ torsions, "
                 "or tilt_coordinate (a function of the configurations)"
             )
-        coordinate = torsion_coordinate(np.stack(quads), settings.sharpness)
+        coordinate = torsion_coordinate(np.stack(quads), settings.sharpness, centres)
     return StateTilt(coordinate, settings.kT, settings.t_on, settings.t_full, length_scale)
 
 

@@ -52,8 +52,8 @@ def sin_dihedral(x: torch.Tensor, quads) -> torch.Tensor:
     return num / torch.sqrt(num**2 + den**2 + torch.finfo(x.dtype).tiny ** 0.5)
 
 
-def torsion_coordinate(quads, sharpness: float = 5.0) -> Callable:
-    """s(x) = Σ_k σ(κ sin φ_k(x)): a smooth count of the dihedrals with φ in (0, π).
+def torsion_coordinate(quads, sharpness: float = 5.0, centres=None) -> Callable:
+    """s(x) = Σ_k σ(κ h(x) sin φ_k(x)): a smooth count of the dihedrals with φ in (0, π).
 
     Parameters
     ----------
@@ -61,18 +61,30 @@ def torsion_coordinate(quads, sharpness: float = 5.0) -> Callable:
         Atom indices of the dihedrals (e.g. every residue's backbone φ).
     sharpness : float
         κ; σ(κ sin φ) is within 1 % of the step at |sin φ| > 0.9 for κ = 5.
+    centres : array-like of int, shape (C, 4), optional
+        Chiral centres (N, CA, C, CB). With them, h(x) = +1 in the L-region and −1 in its mirror
+        image (:func:`~boltzgen.sampling.chirality.in_l_region`), so s counts the dihedrals of
+        the configuration as the chirality fold will see it: a mirror image flips every φ, and
+        an E(3)-invariant model's particles are of either hand until the fold. Without, h = 1.
 
     Returns
     -------
     callable
         x (B, N, 3) tensor -> (B,) tensor in [0, K], differentiable in x.
     """
+    from .chirality import in_l_region
+
     quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
     if quads.shape[0] == 0:
         raise ValueError("torsion_coordinate needs at least one dihedral")
+    centres = None if centres is None or len(centres) == 0 else np.asarray(centres, dtype=np.int64).reshape(-1, 4)
 
     def coordinate(x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(float(sharpness) * sin_dihedral(x, quads)).sum(-1)
+        sin = sin_dihedral(x, quads)
+        if centres is not None:
+            hand = torch.where(in_l_region(x.detach(), centres), 1.0, -1.0).to(sin.dtype)
+            sin = sin * hand[:, None]
+        return torch.sigmoid(float(sharpness) * sin).sum(-1)
 
     return coordinate
 
