@@ -38,7 +38,9 @@ def _remd(args) -> dict:
     from boltzgen import workflow
 
     start = time.perf_counter()
-    workflow.simulate_training_data("aldp-vacuum", n, path, seed=seed, progress=False, target_options={"n_workers": 0})
+    workflow.simulate_training_data(
+        "aldp-vacuum", n, path, seed=seed, progress=False, target_options={"n_workers": 0}, workers=1
+    )
     return {"seed": seed, "frames": n, "path": path, "seconds": time.perf_counter() - start}
 
 

@@ -230,6 +230,7 @@ def cmd_simulate(args) -> int:
             replicas=args.replicas,
             t_max=args.t_max,
             exchange_interval=args.exchange_interval,
+            workers=args.replica_threads,
         )
     finally:
         target.close()
@@ -837,6 +838,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--t-max", type=float, help="highest temperature of the geometric replica ladder (K)")
     p.add_argument("--exchange-interval", type=int, help="MD steps between exchange attempts")
+    p.add_argument(
+        "--replica-threads",
+        type=int,
+        metavar="N",
+        help="threads stepping the replicas at once (default: one per core, at most one per replica; the "
+        "frames do not depend on it; the Reference platform always steps them one after another)",
+    )
     p.add_argument(
         "--keep-replicas",
         type=int,

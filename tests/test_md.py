@@ -133,6 +133,19 @@ def test_md_resume_equals_uninterrupted(harmonic, tmp_path):
         simulate(harmonic, 40, checkpoint=ck, **{**kw, "stride": 10})
 
 
+def test_replicas_stepped_in_threads_give_the_same_frames(harmonic):
+    """On the CPU platform each replica's trajectory depends only on its own integrator and seed,
+    so stepping the replicas in threads changes nothing; the Reference platform (one random
+    generator per process) is stepped one after another whatever ``workers`` says."""
+    for platform, threads in (("CPU", 1), ("Reference", None)):
+        kw = dict(seed=5, replicas=3, t_max=500.0, exchange_interval=30, platform=platform, threads=threads, **FAST)
+        one = simulate(harmonic, 12, workers=1, **kw)
+        three = simulate(harmonic, 12, workers=3, **kw)
+        np.testing.assert_array_equal(three.positions, one.positions)
+        np.testing.assert_array_equal(three.replica_potential_energy, one.replica_potential_energy)
+        assert three.metadata["exchange_acceptance"] == one.metadata["exchange_acceptance"]
+
+
 def test_lj13_virial():
     """E[(x - x̄)·∇u] = 3(N - 1) on the zero-COM subspace (integration by parts)."""
     target = load("lj13")
@@ -191,6 +204,7 @@ def test_exact_sampler_mode_fractions():
         (dict(chains=4), "chains \\(mcmc\\)"),
         (dict(platform="Nope"), "platform"),
         (dict(seed=-1), "seed"),
+        (dict(workers=0), "workers"),
         (dict(method="exact"), "no exact sampler"),
         (dict(temperature=0.0), "temperature"),
     ],

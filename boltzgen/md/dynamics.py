@@ -11,7 +11,9 @@ always holds the target-temperature chain. With one replica this is plain Langev
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -63,7 +65,7 @@ def _openmm_seeds(seed: int, replicas: int) -> tuple[list[int], list[int], np.ra
 
 
 class ReplicaSet:
-    """One OpenMM Context per temperature, stepped sequentially.
+    """One OpenMM Context per temperature, stepped one after another or in parallel threads.
 
     Parameters
     ----------
@@ -80,6 +82,13 @@ class ReplicaSet:
         ``Threads`` property of the CPU platform.
     integrator_seeds : list of int
         Random seed of each replica's integrator.
+    workers : int
+        Threads that step the replicas at once (OpenMM releases the GIL while it integrates).
+        On the CPU (and GPU) platforms each replica's trajectory depends only on its own
+        integrator and seed, so any number gives the same frames. The Reference platform draws
+        its random numbers from one generator shared by all contexts of the process, so there
+        parallel stepping would race on it and change the frames: its replicas are always
+        stepped one after another.
     """
 
     def __init__(
@@ -91,6 +100,7 @@ class ReplicaSet:
         platform: str,
         threads: Optional[int],
         integrator_seeds,
+        workers: int = 1,
     ):
         try:
             plat = openmm.Platform.getPlatformByName(platform)
@@ -112,6 +122,14 @@ class ReplicaSet:
             integrator.setRandomNumberSeed(int(seed))
             self.integrators.append(integrator)
             self.contexts.append(openmm.Context(system, integrator, plat, properties))
+        workers = 1 if platform == "Reference" else min(int(workers), len(self.contexts))
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="replica") if workers > 1 else None
+
+    def close(self) -> None:
+        """Stop the stepping threads (the contexts stay usable, stepped one after another)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def __len__(self) -> int:
         return len(self.contexts)
@@ -140,15 +158,18 @@ class ReplicaSet:
             context.setVelocitiesToTemperature(temp * unit.kelvin, int(seed))
 
     def step(self, n: int) -> None:
-        """Advance every replica by ``n`` integrator steps (one after another).
+        """Advance every replica by ``n`` integrator steps (in the worker threads, if any).
 
         Parameters
         ----------
         n : int
             Number of steps (of ``timestep`` fs each).
         """
-        for integrator in self.integrators:
-            integrator.step(int(n))
+        if self._pool is None:
+            for integrator in self.integrators:
+                integrator.step(int(n))
+        else:
+            list(self._pool.map(lambda integrator: integrator.step(int(n)), self.integrators))
 
     def potential_energies(self) -> np.ndarray:
         """Potential energy of every replica.
@@ -280,6 +301,7 @@ def run_dynamics(
     checkpoint_every: int,
     callback: Optional[Callable[[int], None]],
     bar,
+    workers: Optional[int] = None,
 ) -> MDOutput:
     """Langevin dynamics / replica exchange of an OpenMM target; see :func:`boltzgen.md.simulate`.
 
@@ -306,6 +328,9 @@ def run_dynamics(
         Called with the number of frames after each saved frame.
     bar : tqdm-like
         Progress bar (``update``, ``set_description``).
+    workers : int, optional
+        Threads stepping the replicas at once (default: one per core, at most one per replica).
+        The frames do not depend on it.
 
     Returns
     -------
@@ -319,9 +344,29 @@ def run_dynamics(
     temps = temperature_ladder(params["temperature"], params["t_max"], params["replicas"])
     n_rep = len(temps)
     int_seeds, vel_seeds, rng = _openmm_seeds(params["seed"], n_rep)
+    workers = min(n_rep, os.cpu_count() or 1) if workers is None else workers
     replicas = ReplicaSet(
-        target.system, temps, params["timestep"], params["friction"], params["platform"], params["threads"], int_seeds
+        target.system,
+        temps,
+        params["timestep"],
+        params["friction"],
+        params["platform"],
+        params["threads"],
+        int_seeds,
+        workers=workers,
     )
+    try:
+        return _run_replicas(
+            target, n_samples, params, replicas, temps, rng, vel_seeds, checkpoint, checkpoint_every, callback, bar
+        )
+    finally:
+        replicas.close()
+
+
+def _run_replicas(
+    target, n_samples, params, replicas, temps, rng, vel_seeds, checkpoint, checkpoint_every, callback, bar
+):
+    n_rep = len(temps)
     eq, stride, interval = params["equilibration"], params["stride"], params["exchange_interval"]
     keep = params["keep_replicas"]
 

@@ -296,6 +296,7 @@ def simulate(
     checkpoint_every: int = 100,
     callback: Optional[Callable[[int], None]] = None,
     progress: bool = True,
+    workers: Optional[int] = None,
 ) -> SimulationResult:
     """Draw ``n_samples`` Boltzmann samples of ``target`` (exact, OpenMM dynamics or MCMC).
 
@@ -371,6 +372,9 @@ def simulate(
         Called with the number of frames saved so far after each save (after any checkpoint).
     progress : bool
         Show a tqdm progress bar on stderr.
+    workers : int, optional
+        MD: threads that step the replicas at once (default: one per core, at most one per
+        replica). The frames do not depend on it, so it is not a checkpointed parameter.
 
     Returns
     -------
@@ -386,6 +390,8 @@ def simulate(
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     n_samples = int(n_samples)
     checkpoint_every = _positive("checkpoint_every", checkpoint_every, integer=True)
+    if workers is not None:
+        workers = _positive("workers", workers, integer=True)
     method = _choose_method(target, method)
     options = dict(
         stride=stride,
@@ -427,7 +433,7 @@ def simulate(
             result = _run_exact(target, n_samples, params)
             bar.update(n_samples)
         elif method == "md":
-            result = _run_md(target, n_samples, params, checkpoint, checkpoint_every, callback, bar)
+            result = _run_md(target, n_samples, params, checkpoint, checkpoint_every, callback, bar, workers)
         else:
             result = _run_mcmc(target, n_samples, params, checkpoint, checkpoint_every, callback, bar, progress)
     finally:
@@ -456,11 +462,18 @@ def _run_exact(target, n_samples, params) -> SimulationResult:
     return SimulationResult(x.cpu().numpy(), u.cpu().numpy(), {}, topology=target.topology)
 
 
-def _run_md(target, n_samples, params, checkpoint, checkpoint_every, callback, bar) -> SimulationResult:
+def _run_md(target, n_samples, params, checkpoint, checkpoint_every, callback, bar, workers=None) -> SimulationResult:
     from .dynamics import run_dynamics
 
     out = run_dynamics(
-        target, n_samples, params, checkpoint=checkpoint, checkpoint_every=checkpoint_every, callback=callback, bar=bar
+        target,
+        n_samples,
+        params,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        callback=callback,
+        bar=bar,
+        workers=workers,
     )
     potential = out.replica_potential_energy[:, 0].copy()
     info = dict(out.info)
