@@ -232,6 +232,24 @@ def train_processes_rows(blob: dict) -> list[list[str]]:
     ]
 
 
+def replica_threads_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/replica_threads.py: one per system."""
+    return [
+        [
+            r.get("system", "–"),
+            fmt(r.get("atoms"), "d"),
+            r.get("platform", "–"),
+            fmt(r.get("replicas"), "d"),
+            fmt(r.get("cores"), "d"),
+            fmt(r.get("seconds_sequential"), ".2f"),
+            fmt(r.get("seconds_threads"), ".2f"),
+            fmt(r.get("speedup"), ".2f"),
+            "yes" if r.get("identical_frames") else "no",
+        ]
+        for r in blob.get("results", [])
+    ]
+
+
 def _md_solvation(md: dict) -> str:
     """The OpenMM-only cell: MBAR over the λ states (BAR on the ends beside it), or BAR alone."""
     value = plus_minus(md.get("delta_f_kT"), md.get("delta_f_err_kT"))
@@ -602,6 +620,14 @@ BENCHMARKS = [
         train_processes_rows,
         lambda b: "seconds_per_step_processes" in b,
         "speedup > 1: data-parallel wins",
+    ),
+    Benchmark(
+        "replica_threads",
+        "python benchmarks/replica_threads.py  # -> bench-results/replica_threads.json",
+        ["system", "atoms", "platform", "replicas", "cores", "s sequential", "s threads", "speedup", "same frames"],
+        replica_threads_rows,
+        lambda b: b.get("benchmark") == "replica_threads",
+        "1 (the Reference platform steps its replicas one after another); the same frames either way",
     ),
     Benchmark(
         "Free energies between targets",
