@@ -85,6 +85,24 @@ def gaussian_molecule_model(length_scale, dtype=torch.float32):
     return TrainedModel(inner.to(dtype), length_scale)
 
 
+def rare_mixture():
+    """A 97 : 3 two-mode mixture, a deliberately wrong exact-marginal model of it, the side of the
+    midpoint (1 in the rare mode) and a smooth version of that side (a tilt coordinate)."""
+    base = two_modes(2)
+    target = GaussianMixture(base.means, base.stds, [0.97, 0.03], standardise=False)
+    model = ExactMarginalModel(target, perturbation=lambda y, t: 0.3 * torch.sin(3 * y[:, 0]))
+    mid = float(target.means.sum(1).mean())
+    sign = 1.0 if float(target.means[1].sum() - target.means[0].sum()) > 0 else -1.0
+
+    def side(x):
+        return ((x.sum(1) - mid) * sign > 0).long()
+
+    def soft_side(x):
+        return torch.sigmoid(4 * sign * (x.sum(1) - mid))
+
+    return target, model, side, soft_side
+
+
 def weighted_mode_fraction(target, r):
     in_first = (target.responsibilities(r.x)[:, 0] > 0.5).double()
     w = r.weights
@@ -398,13 +416,7 @@ def test_smc_balance_states_gives_a_rare_mode_half_the_particles_and_keeps_its_w
     (without: a few % in the rare one), and over independent runs the weights still give 3 %.
     (Within one run the rare mode's weight is that of the diffusion stage, shared by all its
     copies: the spread over runs, not the final weights, measures its error.)"""
-    base = two_modes(2)
-    target = GaussianMixture(base.means, base.stds, [0.97, 0.03], standardise=False)
-    model = ExactMarginalModel(target, perturbation=lambda y, t: 0.3 * torch.sin(3 * y[:, 0]))
-    mid, rare_side = float(target.means.sum(1).mean()), float(target.means[1].sum() - target.means[0].sum()) > 0
-
-    def side(x):
-        return ((x.sum(1) > mid) == rare_side).long()  # 1 in the rare mode
+    target, model, side, _ = rare_mixture()
 
     def run(seed, balance):
         r = smc_sample(

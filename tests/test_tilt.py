@@ -7,10 +7,9 @@ import mdtraj
 import numpy as np
 import pytest
 import torch
-from test_smc import settings
+from test_smc import rare_mixture, settings
 
 from boltzgen.sampling import (
-    ExactMarginalModel,
     SMCSettings,
     StateTilt,
     chiral_centres,
@@ -20,7 +19,6 @@ from boltzgen.sampling import (
 )
 from boltzgen.sampling.tilt import sin_dihedral
 from boltzgen.systems.catalog import data_path
-from boltzgen.systems.gmm import GaussianMixture, two_modes
 
 
 def _aldp_frames(n=64, seed=0):
@@ -77,26 +75,12 @@ def test_tilt_strength_ramps_in_log_t_and_bad_settings_are_named():
         SMCSettings.from_dict({"tilt": {"kT": math.inf}})
 
 
-def _rare_mixture():
-    base = two_modes(2)
-    target = GaussianMixture(base.means, base.stds, [0.97, 0.03], standardise=False)
-    model = ExactMarginalModel(target, perturbation=lambda y, t: 0.3 * torch.sin(3 * y[:, 0]))
-    mid = float(target.means.sum(1).mean())
-    sign = 1.0 if float(target.means[1].sum() - target.means[0].sum()) > 0 else -1.0
-    return (
-        target,
-        model,
-        (lambda x: ((x.sum(1) - mid) * sign > 0).long()),
-        (lambda x: torch.sigmoid(4 * sign * (x.sum(1) - mid))),
-    )
-
-
 def test_smc_tilt_fills_a_rare_mode_and_its_weight_stays_exact():
     """A 97 : 3 mixture and a deliberately wrong model, states = the side of the midpoint: with a
     tilt of log(97/3) ≈ 3.5 kT towards the rare side the runs end with several times more rare
     particles, the weights still give 3 % over independent runs (and log Z ≈ 0), and the spread of
     that weight between runs is no larger than without the tilt."""
-    target, model, side, coordinate = _rare_mixture()
+    target, model, side, coordinate = rare_mixture()
 
     def run(seed, kT):
         r = smc_sample(
@@ -125,7 +109,7 @@ def test_smc_tilt_fills_a_rare_mode_and_its_weight_stays_exact():
 
 
 def test_smc_tilt_needs_a_target_and_a_coordinate():
-    target, model, _, coordinate = _rare_mixture()
+    target, model, _, coordinate = rare_mixture()
     tilt = settings(diffusion={"n_steps": 2}, tilt={"kT": 1.0})
     with pytest.raises(ValueError, match="tilt.kT needs a target"):
         smc_sample(model, None, 8, torch.Generator().manual_seed(0), settings=tilt, tilt_coordinate=coordinate)

@@ -344,7 +344,7 @@ def run_dynamics(
     temps = temperature_ladder(params["temperature"], params["t_max"], params["replicas"])
     n_rep = len(temps)
     int_seeds, vel_seeds, rng = _openmm_seeds(params["seed"], n_rep)
-    workers = min(n_rep, os.cpu_count() or 1) if workers is None else workers
+    workers = (os.cpu_count() or 1) if workers is None else workers  # ReplicaSet caps it at n_rep
     replicas = ReplicaSet(
         target.system,
         temps,

@@ -280,6 +280,25 @@ def distances(vectors: torch.Tensor) -> torch.Tensor:
     return (vectors.pow(2).sum(-1) + DISTANCE_EPS).sqrt()
 
 
+def dihedral(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor) -> torch.Tensor:
+    """Dihedral angles of four point sets, differentiable (the convention of OpenMM and mdtraj).
+
+    Parameters
+    ----------
+    p0, p1, p2, p3 : torch.Tensor, shape (..., 3)
+        The four atoms of each dihedral (any length unit: the angle is scale invariant).
+
+    Returns
+    -------
+    torch.Tensor, shape (...)
+        φ in (−π, π] radians; 0 where the atoms are collinear.
+    """
+    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
+    n1, n2 = torch.cross(b0, b1, dim=-1), torch.cross(b1, b2, dim=-1)
+    m = torch.cross(n1, b1 / torch.sqrt((b1**2).sum(-1, keepdim=True) + 1e-12), dim=-1)
+    return torch.atan2(-(m * n2).sum(-1), (n1 * n2).sum(-1))
+
+
 def sum_onto_nodes(edge_values: torch.Tensor, target: torch.Tensor, n_nodes: int) -> torch.Tensor:
     """Sum per-edge values onto their target nodes.
 

@@ -43,6 +43,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .features import dihedral
+
 __all__ = ["GATES", "TERM_CLASSES", "ForceFieldPrior", "obc_energy", "prior_for_target", "prior_from_config"]
 
 ONE_4PI_EPS0 = 138.935456  # kJ mol⁻¹ nm e⁻², as OpenMM
@@ -380,7 +382,7 @@ class ForceFieldPrior(nn.Module):
         if self.tors_idx.shape[0]:
             n, phase, k = (self.tors_par[:, c].to(dtype) for c in range(3))
             p = [x[:, self.tors_idx[:, c]] for c in range(4)]
-            phi = _dihedral(*p)
+            phi = dihedral(*p)
             terms["torsion"] = (k * (1.0 + torch.cos(n * phi - phase))).sum(-1)
         if self.pair_idx.shape[0]:
             qq, sig, eps = (self.pair_par[:, c].to(dtype) for c in range(3))
@@ -548,14 +550,6 @@ def _obc_parameters(system, L: float, kT: float) -> Optional[dict]:
         "length_scale": float(L),
         "kT": float(kT),
     }
-
-
-def _dihedral(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor) -> torch.Tensor:
-    """Dihedral angle (rad) of four point sets of shape (B, M, 3), as OpenMM defines it."""
-    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
-    n1, n2 = torch.cross(b0, b1, dim=-1), torch.cross(b1, b2, dim=-1)
-    m = torch.cross(n1, b1 / torch.sqrt((b1**2).sum(-1, keepdim=True) + 1e-12), dim=-1)
-    return torch.atan2((m * n2).sum(-1), (n1 * n2).sum(-1))
 
 
 def prior_for_target(

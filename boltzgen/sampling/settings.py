@@ -1,12 +1,13 @@
 """Settings of :func:`~boltzgen.sampling.smc.smc_sample`, grouped by stage.
 
 One frozen dataclass per stage (:class:`DiffusionSettings`, :class:`AnnealSettings`,
-:class:`FinalSettings`), one for the MCMC moves all stages share (:class:`MoveSettings`) one
-for the resampling (:class:`ResampleSettings`) and one for the state tilt (:class:`TiltSettings`), gathered in :class:`SMCSettings`. The defaults are
-those of ``boltzgen sample``: the Python API and the command line run the same sampler. Every value
-is checked when the object is built; a wrong one raises a ``ValueError`` that names it (e.g.
-``anneal.cess: must lie in (0, 1), got 1.5``). :meth:`SMCSettings.from_dict` reads the nested dict
-that :meth:`SMCSettings.to_dict` writes (a YAML or JSON file), and rejects unknown keys.
+:class:`FinalSettings`), one for the MCMC moves all stages share (:class:`MoveSettings`), one for
+the resampling (:class:`ResampleSettings`) and one for the state tilt (:class:`TiltSettings`),
+gathered in :class:`SMCSettings`. The defaults are those of ``boltzgen sample``: the Python API
+and the command line run the same sampler. Every value is checked when the object is built; a
+wrong one raises a ``ValueError`` that names it (e.g. ``anneal.cess: must lie in (0, 1), got
+1.5``). :meth:`SMCSettings.from_dict` reads the nested dict that :meth:`SMCSettings.to_dict`
+writes (a YAML or JSON file), and rejects unknown keys.
 
 The stages and what each setting does: docs/design.md and :mod:`boltzgen.sampling.smc`.
 """

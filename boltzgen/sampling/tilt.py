@@ -25,6 +25,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..nn.features import dihedral
+
 __all__ = ["StateTilt", "torsion_coordinate", "sin_dihedral"]
 
 
@@ -44,12 +46,7 @@ def sin_dihedral(x: torch.Tensor, quads) -> torch.Tensor:
         sin φ in [−1, 1]; 0 where the four atoms are collinear.
     """
     q = torch.as_tensor(np.asarray(quads, dtype=np.int64).reshape(-1, 4), device=x.device)
-    p0, p1, p2, p3 = (x[:, q[:, i]] for i in range(4))
-    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
-    c1, c2 = torch.cross(b2, b3, dim=-1), torch.cross(b1, b2, dim=-1)
-    num = (b1 * c1).sum(-1) * b2.norm(dim=-1)  # ∝ sin φ
-    den = (c1 * c2).sum(-1)  # ∝ cos φ
-    return num / torch.sqrt(num**2 + den**2 + torch.finfo(x.dtype).tiny ** 0.5)
+    return torch.sin(dihedral(*(x[:, q[:, i]] for i in range(4))))
 
 
 def torsion_coordinate(quads, sharpness: float = 5.0, centres=None) -> Callable:
