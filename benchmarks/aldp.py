@@ -14,6 +14,7 @@ arm). The published anchors are in :data:`ANCHORS`.
     python benchmarks/aldp.py                      # the recipe's sizes -> bench-results/aldp.json (+ .md)
     python benchmarks/aldp.py --quick              # smoke run of the whole chain
     python benchmarks/aldp.py --system aldp-implicit --steps 3000
+    python benchmarks/aldp.py --recipe aldp-quickstart --system aldp-implicit --losses dsm+diffclf
 """
 
 import argparse
@@ -23,15 +24,26 @@ from molecular_chain import add_arguments, recipe_sizes, run_chain
 from boltzgen.workflow import load_recipe
 
 ANCHORS = {
-    "source": "published best flow, GPU, aldp-implicit",
-    "ess_fraction": 0.275,
-    "energy_w2": 0.914,
-    "torsion_w2": 0.189,
+    "source": "published continuous-time flows trained on GPU, aldp-implicit (not the same protocol)",
+    "ECNF++": {"ess_fraction": 0.275, "energy_w2": 0.914, "torsion_w2": 0.189},
+    "FALCON": {"ess_fraction": 0.067, "energy_w2": 0.225, "torsion_w2": 0.402},
 }
 
+RECIPES = ("aldp", "aldp-quickstart")
+
 if __name__ == "__main__":
-    recipe = load_recipe("benchmarks", "aldp")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default="aldp", choices=RECIPES)
+    recipe_name = pre.parse_known_args()[0].recipe
+    recipe = load_recipe("benchmarks", recipe_name)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--recipe",
+        default="aldp",
+        choices=RECIPES,
+        help="benchmark recipe of systems/recipes.yaml: aldp (its two arms) or aldp-quickstart "
+        "(the quickstart's data, training and SMC against the long reference)",
+    )
     parser.add_argument("--system", default=recipe["system"], choices=["aldp-vacuum", "aldp-implicit"])
     add_arguments(parser, recipe_sizes(recipe))
     parser.add_argument(
@@ -43,7 +55,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--data-stride",
         type=int,
-        default=recipe["simulate"]["stride"],
+        default=recipe["simulate"].get("stride"),
         help="training data: MD steps (1 fs each) between frames; a longer run reaches the rare state more often",
     )
     parser.add_argument(
@@ -58,4 +70,8 @@ if __name__ == "__main__":
     overrides = {"train": {"state_fraction": args.state_fraction}}
     if not args.quick:
         overrides["simulate"] = {"keep_replicas": args.keep_replicas, "stride": args.data_stride or None}
-    run_chain(args.system, args, recipe="aldp", overrides=overrides, anchors=ANCHORS)
+    if args.work == recipe["work"] and args.system != recipe["system"]:
+        args.work = f"{recipe['work']}-{args.system.removeprefix('aldp-')}"
+    if args.out == recipe["out"] and args.system != recipe["system"]:
+        args.out = recipe["out"].replace(".json", f"-{args.system.removeprefix('aldp-')}.json")
+    run_chain(args.system, args, recipe=recipe_name, overrides=overrides, anchors=ANCHORS)

@@ -173,6 +173,7 @@ def run_chain(system: str, args, *, recipe: str | None = None, overrides: dict |
     out = {
         "benchmark": f"{system} chain",
         "system": system,
+        "recipe": recipe or system,
         "boltzgen_version": __version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -126,6 +126,30 @@ def test_quickstart_long_is_the_benchmark_recipe():
     assert plan["sample"] == workflow.merge(long["sample"], {})
 
 
+def test_aldp_quickstart_benchmark_is_the_quickstart_recipe():
+    """benchmarks/aldp.py --recipe aldp-quickstart measures the quickstart's default recipe: its
+    plan has the quickstart's data, training and SMC settings (the recipe repeats them, this keeps
+    the two in step)."""
+    import argparse
+    import sys
+
+    default = workflow.load_recipe("quickstart", "default")
+    bench = workflow.load_recipe("benchmarks", "aldp-quickstart")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    try:
+        import molecular_chain
+    finally:
+        sys.path.pop(0)
+    parser = argparse.ArgumentParser()
+    molecular_chain.add_arguments(parser, molecular_chain.recipe_sizes(bench))
+    plan = molecular_chain.chain_plan("aldp-quickstart", parser.parse_args([]), {})
+    assert plan["simulate"] == default["simulate"]
+    arm = {**plan["train"], **plan["arms"]["dsm+diffclf"]}
+    assert arm.pop("loss") == "dsm+diffclf"
+    assert arm == default["train"]
+    assert plan["sample"] == workflow.merge(default["sample"], {})
+
+
 def test_recipes_are_valid_workflow_arguments():
     """Every stage of every recipe names arguments the workflow functions take, and its SMC
     settings parse (an unknown key is an error naming it)."""
