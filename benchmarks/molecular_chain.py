@@ -17,8 +17,10 @@ with the reference:
 
 Every stage is a function of :mod:`boltzgen.workflow` (the ones the ``boltzgen`` commands call;
 the equivalent command lines are printed as the chain runs). The sizes and options of each
-system's arms are the recipe ``benchmarks.<system>`` of ``systems/recipes.yaml``; the command-line
-options of the benchmark scripts override its sizes. Outputs are reused when present, so an
+system's arms are the recipe ``benchmarks.<system>`` of ``systems/recipes.yaml`` (an arm names
+training options, ``overrides`` of the training configuration among them, and may carry a
+``sample`` dict of its own SMC settings merged over the recipe's); the command-line options of the
+benchmark scripts override its sizes. Outputs are reused when present, so an
 interrupted benchmark resumes. Results: JSON plus a markdown table.
 """
 
@@ -152,12 +154,9 @@ def run_chain(system: str, args, *, recipe: str | None = None, overrides: dict |
     results = {}
     for loss in [s for s in args.losses.split(",") if s]:
         log(f"=== {system}: {loss}")
-        arm = {
-            "system": system,
-            "data": files["data"],
-            "train": {**plan["train"], **plan["arms"].get(loss, {"loss": loss})},
-            "sample": plan["sample"],
-        }
+        options = dict(plan["arms"].get(loss, {"loss": loss}))
+        sample = workflow.merge(plan["sample"], options.pop("sample", {}))  # an arm's own SMC settings
+        arm = {"system": system, "data": files["data"], "train": {**plan["train"], **options}, "sample": sample}
         summary = workflow.quickstart(
             os.path.join(args.work, loss), arm, seed=args.seed, progress=False, log=log, reference=files["reference"]
         )

@@ -155,6 +155,7 @@ def test_recipes_are_valid_workflow_arguments():
     settings parse (an unknown key is an error naming it)."""
     import inspect
 
+    from boltzgen.config import TrainConfig
     from boltzgen.md import DEFAULTS
     from boltzgen.sampling.smc import SMCSettings
 
@@ -169,11 +170,15 @@ def test_recipes_are_valid_workflow_arguments():
     for plan in plans:
         for stage in ("simulate", "reference"):
             assert set(plan.get(stage, {})) <= simulate_options, plan
-        train_options = set(plan["train"]) | {k for arm in plan.get("arms", {}).values() for k in arm}
+        arms = plan.get("arms", {}).values()
+        train_options = set(plan["train"]) | {k for arm in arms for k in arm if k != "sample"}
         assert train_options <= set(inspect.signature(workflow.train).parameters), plan
-        sample = dict(plan["sample"])
-        SMCSettings.from_dict(workflow.merge(SMCSettings().to_dict(), sample.pop("settings", {})))
-        assert set(sample) <= set(inspect.signature(workflow.sample).parameters), plan
+        for arm in arms:  # an arm's configuration overrides and own SMC settings are valid
+            TrainConfig.from_dict(workflow.merge(TrainConfig().to_dict(), arm.get("overrides", {})))
+        for sample in [plan["sample"]] + [workflow.merge(plan["sample"], arm.get("sample", {})) for arm in arms]:
+            sample = dict(sample)
+            SMCSettings.from_dict(workflow.merge(SMCSettings().to_dict(), sample.pop("settings", {})))
+            assert set(sample) <= set(inspect.signature(workflow.sample).parameters), plan
 
 
 def test_quickstart_default_recipe():
