@@ -101,23 +101,28 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     assert by_state["denoised_state_labels"] is True  # the phi of E[x_0 | x_t] during the diffusion
 
 
-def test_quickstart_long_is_the_benchmark_recipe():
-    """--long is the DSM + DiffCLF arm of benchmarks/aldp.py: both read systems/recipes.yaml, and the
-    plan the benchmark builds from it (its default options) has the quickstart's data, training and
-    SMC settings."""
+def benchmark_plan(name: str) -> dict:
+    """The plan benchmarks/molecular_chain.py builds from the recipe ``benchmarks.<name>`` with its
+    default options."""
     import argparse
     import sys
 
-    long = workflow.load_recipe("quickstart", "long")
-    bench = workflow.load_recipe("benchmarks", "aldp")
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
     try:
         import molecular_chain
     finally:
         sys.path.pop(0)
     parser = argparse.ArgumentParser()
-    molecular_chain.add_arguments(parser, molecular_chain.recipe_sizes(bench))
-    plan = molecular_chain.chain_plan("aldp", parser.parse_args([]), {})
+    molecular_chain.add_arguments(parser, molecular_chain.recipe_sizes(workflow.load_recipe("benchmarks", name)))
+    return molecular_chain.chain_plan(name, parser.parse_args([]), {})
+
+
+def test_quickstart_long_is_the_benchmark_recipe():
+    """--long is the DSM + DiffCLF arm of benchmarks/aldp.py: both read systems/recipes.yaml, and the
+    plan the benchmark builds from it (its default options) has the quickstart's data, training and
+    SMC settings."""
+    long = workflow.load_recipe("quickstart", "long")
+    plan = benchmark_plan("aldp")
     assert plan["system"] == long["system"] == "aldp-vacuum"
     assert plan["simulate"] == long["simulate"]
     arm = {**plan["train"], **plan["arms"]["dsm+diffclf"]}
@@ -130,19 +135,8 @@ def test_aldp_quickstart_benchmark_is_the_quickstart_recipe():
     """benchmarks/aldp.py --recipe aldp-quickstart measures the quickstart's default recipe: its
     plan has the quickstart's data, training and SMC settings (the recipe repeats them, this keeps
     the two in step)."""
-    import argparse
-    import sys
-
     default = workflow.load_recipe("quickstart", "default")
-    bench = workflow.load_recipe("benchmarks", "aldp-quickstart")
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
-    try:
-        import molecular_chain
-    finally:
-        sys.path.pop(0)
-    parser = argparse.ArgumentParser()
-    molecular_chain.add_arguments(parser, molecular_chain.recipe_sizes(bench))
-    plan = molecular_chain.chain_plan("aldp-quickstart", parser.parse_args([]), {})
+    plan = benchmark_plan("aldp-quickstart")
     assert plan["simulate"] == default["simulate"]
     arm = {**plan["train"], **plan["arms"]["dsm+diffclf"]}
     assert arm.pop("loss") == "dsm+diffclf"
