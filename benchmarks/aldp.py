@@ -32,18 +32,17 @@ ANCHORS = {
 RECIPES = ("aldp", "aldp-quickstart")
 
 if __name__ == "__main__":
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--recipe", default="aldp", choices=RECIPES)
-    recipe_name = pre.parse_known_args()[0].recipe
-    recipe = load_recipe("benchmarks", recipe_name)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
+    pre = argparse.ArgumentParser(add_help=False)  # the recipe first: it gives the other options' defaults
+    pre.add_argument(
         "--recipe",
         default="aldp",
         choices=RECIPES,
         help="benchmark recipe of systems/recipes.yaml: aldp (its two arms) or aldp-quickstart "
         "(the quickstart's data, training and SMC against the long reference)",
     )
+    recipe_name = pre.parse_known_args()[0].recipe
+    recipe = load_recipe("benchmarks", recipe_name)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[pre])
     parser.add_argument("--system", default=recipe["system"], choices=["aldp-vacuum", "aldp-implicit"])
     add_arguments(parser, recipe_sizes(recipe))
     parser.add_argument(

@@ -8,7 +8,6 @@ frames of both must be identical (checked). Writes the speed-up as JSON.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -58,13 +57,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
     rows = [one_system(s, args.frames, args.stride, args.rounds) for s in args.systems.split(",") if s]
+    from boltzgen.io import dumps_json, write_json
+
     out = {"benchmark": "replica_threads", "load_average_1_5_15_min": list(os.getloadavg()), "results": rows}
-    text = json.dumps(out, indent=2)
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "w") as handle:
-        handle.write(text + "\n")
-    os.replace(args.out + ".tmp", args.out)
+    print(dumps_json(out))
+    write_json(args.out, out)
     return 0
 
 
