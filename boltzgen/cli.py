@@ -663,6 +663,14 @@ def print_summary(summary: dict, file=None) -> None:
         f"{_fmt(summary.get('n_ancestors_anneal'), 'd')} of those at t_min)",
         file=out,
     )
+    if summary.get("lineage_ess") is not None:
+        per_state = summary.get("lineage_ess_states") or {}
+        detail = ", ".join(f"{k} {v:.1f}" for k, v in per_state.items())
+        print(
+            f"  lineages         {summary['lineage_ess']:.1f} effective draws at t = 1 carry the weights"
+            + (f" ({detail})" if detail else ""),
+            file=out,
+        )
     if summary.get("ess") is not None and summary["ess"] < MIN_TRUSTED_ESS:
         print(
             f"  warning          the weights rest on fewer than {MIN_TRUSTED_ESS} effective samples: the model "

@@ -167,7 +167,12 @@ def _read_smc(path: str, smc_metrics: Optional[dict], notes: list) -> Optional[d
 def _with_all_ancestors(summary: dict, metrics: dict) -> dict:
     """The SMC summary (of the first run) with ``n_ancestors`` of all runs when ``metrics`` has it."""
     if metrics is not summary:
-        extra = {"n_ancestors": metrics.get("n_ancestors"), "sampler_warnings": metrics.get("warnings")}
+        extra = {
+            "n_ancestors": metrics.get("n_ancestors"),
+            "lineage_ess": metrics.get("lineage_ess"),
+            "lineage_ess_states": metrics.get("lineage_ess_states"),
+            "sampler_warnings": metrics.get("warnings"),
+        }
         return {**summary, **{k: v for k, v in extra.items() if v is not None}}
     return summary
 
@@ -538,6 +543,7 @@ _METRIC_TABLES = (
             ("ess", "Effective sample size (samples)"),
             ("ess_fraction", "Effective sample size (fraction of the samples)"),
             ("n_ancestors", "Distinct SMC ancestors of the final samples"),
+            ("lineage_ess", "Effective SMC lineages of the weights (independent draws the estimates rest on)"),
             ("mean_reduced_energy", "Mean reduced energy (kT)"),
             *((key, f"Weight on samples with {what} (fraction)") for key, (_, what) in STRUCTURE_FLAWS.items()),
         ],
@@ -679,6 +685,12 @@ def _answer(metrics: dict) -> str:
         line = f"Effective sample size: <strong>{ess:.1f}</strong> of {n} samples{share}."
         if metrics.get("n_ancestors") is not None:
             line += f" Distinct ancestors (SMC): <strong>{int(metrics['n_ancestors'])}</strong>."
+        if _number(metrics.get("lineage_ess")) is not None:
+            line += f" Effective lineages: <strong>{metrics['lineage_ess']:.1f}</strong>"
+            per_state = metrics.get("lineage_ess_states") or {}
+            if per_state:
+                line += " (" + ", ".join(f"{html.escape(str(k))} {v:.1f}" for k, v in per_state.items()) + ")"
+            line += "."
         parts.append(f"<p>{line}</p>")
     return '<section id="answer">\n<h2>Answer</h2>\n' + "\n".join(parts) + "\n</section>"
 
@@ -898,8 +910,9 @@ def analyze(
         ``n``, ``weighted``, ``n_zero_weight``, ``ess``, ``ess_fraction``, ``mean_reduced_energy``
         (kT), with a reference ``energy_w2`` (kT) and ``torsion_w2`` (rad); for alanine-dipeptide-like
         molecules ``delta_f_kT`` and ``delta_f_err_kT`` = F(φ > 0) − F(φ < 0) in kT (and the same of
-        the reference); ``n_ancestors`` (distinct SMC ancestors of the final particles, all runs)
-        when the SMC metrics have it; for peptides ``d_centre_fraction`` and ``cis_bond_fraction``
+        the reference); ``n_ancestors`` (distinct SMC ancestors of the final particles, all runs),
+        ``lineage_ess`` and per state ``lineage_ess_states`` (:func:`boltzgen.weights.lineage_ess`)
+        when the SMC metrics have them; for peptides ``d_centre_fraction`` and ``cis_bond_fraction``
         (weighted share of samples with a D-Cα or a cis peptide bond); ``figures`` (name → file)
         and ``notes`` (what was skipped and why). :func:`report_verdict` of them heads ``index.html``.
 
@@ -969,8 +982,9 @@ def analyze(
     smc = _read_smc(path, smc_metrics, notes)
     if smc is not None:
         _plot_ess(out_dir, figures, smc)
-        if smc.get("n_ancestors") is not None:
-            metrics["n_ancestors"] = smc["n_ancestors"]
+        for key in ("n_ancestors", "lineage_ess", "lineage_ess_states"):
+            if smc.get(key) is not None:
+                metrics[key] = smc[key]
         if smc.get("sampler_warnings"):
             metrics["sampler_warnings"] = list(smc["sampler_warnings"])
         metrics.update(

@@ -44,6 +44,7 @@ __all__ = [
     "normalized_weights",
     "ess",
     "ess_fraction",
+    "lineage_ess",
     "log_z",
     "expectation",
     "delta_f",
@@ -287,6 +288,44 @@ def ess_fraction(log_w) -> float:
     """
     lw = check_log_weights(log_w)
     return ess(lw) / lw.shape[0]
+
+
+def lineage_ess(log_w, lineages) -> float:
+    """Kish ESS of the weights summed over lineages: 1 / Σ_a W̄_a², W̄_a = Σ_{i: lineage_i = a} w̄_i.
+
+    SMC particles that descend from one ancestor share its history, so they are one draw, not
+    many: with ``lineages`` the index of each particle's ancestor at the start of the run (its
+    "Eve"), this counts the independent draws a weighted estimate rests on. It lies between 1 and
+    the number of distinct lineages with weight, and equals :func:`ess` when no two particles share
+    an ancestor. An estimate whose weight sits on a few lineages scatters between independent runs
+    beyond what a bootstrap over its particles shows (docs/design.md, "Weights").
+
+    Parameters
+    ----------
+    log_w : array, shape (B,)
+        Log-weights (−inf allowed; not all of them).
+    lineages : array of int, shape (B,)
+        Lineage of each sample (e.g. ``SMCResult.ancestors``; for pooled runs a label that also
+        names the run).
+
+    Returns
+    -------
+    float
+        Between 1 and the number of lineages.
+
+    Raises
+    ------
+    ValueError
+        When the shapes differ or every weight is zero.
+    """
+    lw = check_log_weights(log_w)
+    lineages = np.asarray(lineages).reshape(-1)
+    if lineages.shape != lw.shape:
+        raise ValueError(f"lineages must have one entry per log-weight ({lw.shape[0]}), got shape {lineages.shape}")
+    w = normalized_weights(lw)
+    _, index = np.unique(lineages, return_inverse=True)
+    per_lineage = np.bincount(index.reshape(-1), weights=w)
+    return float(1.0 / np.sum(per_lineage * per_lineage))
 
 
 # ---------------------------------------------------------------------------- bootstrap

@@ -563,6 +563,9 @@ class SampleRun:
         State labels of the target's :class:`~boltzgen.states.StateSet` (when it has one).
     results : list of SMCResult
         One per run (empty for ``method="sde"``).
+    lineages : ndarray, shape (n,) of int, or None
+        The SMC lineage of each sample (its run and its ancestor at t = 1 in that run), for
+        :func:`boltzgen.weights.lineage_ess`; None for ``method="sde"``.
     metrics : dict
         Everything ``boltzgen sample`` writes to its metrics.json: ESS, log Z, the SMC trace, and
         per state ``state_free_energies_kT`` (F_k − F_0 in kT), ``state_counts``; for two-state
@@ -577,6 +580,7 @@ class SampleRun:
     labels: Optional[np.ndarray] = None
     results: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    lineages: Optional[np.ndarray] = None
 
 
 def sample(
@@ -758,6 +762,7 @@ def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: b
 
     from .sampling.smc import smc_runs
     from .weights import ess_fraction as ess_fraction_of
+    from .weights import lineage_ess
 
     states = None
     if per_state_resampling:
@@ -770,6 +775,7 @@ def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: b
     x = torch.cat([r.x for r in results])
     u = torch.cat([r.reduced_energy for r in results]).numpy()
     run_index = None if runs == 1 else np.repeat(np.arange(runs), [r.n_particles for r in results])
+    lineages = np.concatenate([r.ancestors.numpy() + i * n for i, r in enumerate(results)])
     summaries = [r.summary() for r in results]
     acceptance = [a for sm in summaries for a in sm["acceptance"] if a is not None]
     # The headline ESS is that of the final weights: SMC never resamples after the last
@@ -787,6 +793,7 @@ def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: b
         "n_anneal_levels": max(sm["n_anneal_levels"] for sm in summaries),
         "n_ancestors": sum(r.n_ancestors for r in results),
         "n_ancestors_anneal": sum(r.n_ancestors_anneal for r in results),
+        "lineage_ess": lineage_ess(log_w, lineages) if np.isfinite(log_w).any() else None,
         "final_acceptance": summaries[0]["final_acceptance"],
         "tempering": settings.diffusion.tempering,
         "per_state_resampling": bool(per_state_resampling),
@@ -802,7 +809,7 @@ def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: b
             ess_fraction_runs=[float(r.ess[-1]) for r in results],
             smc_runs=summaries[1:],
         )
-    return SampleRun(x, log_w, u, run_index=run_index, results=results, metrics=metrics)
+    return SampleRun(x, log_w, u, run_index=run_index, results=results, metrics=metrics, lineages=lineages)
 
 
 def _finish_sample(
@@ -861,6 +868,8 @@ def _state_analysis(result: SampleRun, target, seed: int, runs: int) -> dict:
         "state_counts": np.bincount(labels, minlength=len(names)).tolist(),
     }
     out.update(_state_free_energies(result.log_w, labels, len(names), seed, result.run_index))
+    if result.lineages is not None:
+        out.update(_state_lineages(result, labels, names))
     if len(names) == 2:
         out.update(_two_state_delta_f(result, labels, names, seed, runs))
     if result.run_index is not None:
@@ -868,6 +877,29 @@ def _state_analysis(result: SampleRun, target, seed: int, runs: int) -> dict:
             np.bincount(labels[result.run_index == r], minlength=len(names)).tolist() for r in range(runs)
         ]
     return out
+
+
+#: Below this many effective lineages a state's SMC free energy is flagged as scattering between runs.
+MIN_STATE_LINEAGES = 5
+
+
+def _state_lineages(result: SampleRun, labels, names) -> dict:
+    """Effective lineages (:func:`boltzgen.weights.lineage_ess`) of each state's weight, with a
+    warning for each state whose free energy rests on fewer than :data:`MIN_STATE_LINEAGES`."""
+    from .weights import lineage_ess
+
+    per_state = {}
+    for k, name in enumerate(names):
+        pick = labels == k
+        if pick.any() and np.isfinite(result.log_w[pick]).any():
+            per_state[name] = lineage_ess(result.log_w[pick], result.lineages[pick])
+    for name, value in per_state.items():
+        if value < MIN_STATE_LINEAGES:
+            result.metrics["warnings"].append(
+                f"the weight of state {name} rests on {value:.1f} effective SMC lineages (particles at t = 1): "
+                "its free energy can be off by several kT beyond the quoted error (more particles or --runs)"
+            )
+    return {"lineage_ess_states": per_state}
 
 
 def _state_free_energies(log_w, labels, n_states: int, seed: int, groups) -> dict:
@@ -1474,6 +1506,8 @@ def _summary(system: str, trained: dict, sampled: dict, samples: str) -> dict:
         "n_reflected",
         "n_ancestors",
         "n_ancestors_anneal",
+        "lineage_ess",
+        "lineage_ess_states",
         "states",
         "state_counts",
         "state_free_energies_kT",

@@ -99,6 +99,15 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     by_state = json.loads(capsys.readouterr().out)
     assert by_state["per_state_resampling"] is True and 0 < by_state["ess_fraction"] <= 1
     assert by_state["denoised_state_labels"] is True  # the phi of E[x_0 | x_t] during the diffusion
+    # what the weights rest on: effective lineages, at most the distinct ancestors, per state too
+    assert 1.0 <= by_state["lineage_ess"] <= by_state["n_ancestors"]
+    names = by_state["states"]["names"]
+    weighted = [n for n, c in zip(names, by_state["state_counts"]) if c > 0]
+    assert set(by_state["lineage_ess_states"]) <= set(names) and by_state["lineage_ess_states"]
+    for name, value in by_state["lineage_ess_states"].items():
+        assert name in weighted and 1.0 - 1e-9 <= value <= by_state["n_ancestors"]
+        if value < 5:
+            assert any(f"state {name} rests on" in w for w in by_state["warnings"])
 
 
 def benchmark_plan(name: str) -> dict:

@@ -219,7 +219,7 @@ def report(tmp_path_factory):
     )
     save_samples(reference, frames(50, 10), topology=aldp.topology, reduced_energy=rng.normal(-20.0, 3.0, 50))
     out = tmp / "out"
-    smc = {"ess": [1.0, 0.6, 0.8], "n_ancestors": 17}
+    smc = {"ess": [1.0, 0.6, 0.8], "n_ancestors": 17, "lineage_ess": 6.5, "lineage_ess_states": {"phi>0": 2.25}}
     metrics = analyze(samples, str(out), reference, smc_metrics=smc)
     return metrics, out
 
@@ -238,6 +238,7 @@ def test_page_leads_with_the_answer_and_the_verdict(report):
     assert float(match.group(2)) == pytest.approx(metrics["delta_f_err_kT"], abs=0.006)
     assert f"Effective sample size: {metrics['ess']:.1f} of 40 samples ({100 * metrics['ess_fraction']:.1f} %)" in head
     assert "Distinct ancestors (SMC): 17" in head and metrics["n_ancestors"] == 17
+    assert "Effective lineages: 6.5 (phi>0 2.2)" in head and metrics["lineage_ess"] == 6.5
     # the verdict: the sentences of report_verdict, after the answer and before any figure
     verdict = report_verdict(metrics)
     assert head.index("Answer") < head.index("Verdict")

@@ -500,6 +500,9 @@ def test_smc_counts_the_ancestors_that_survive_resampling():
         settings=run.updated({"resampling": {"ess_threshold": 0.0}}),
     )
     assert never.resampled == [] and never.n_ancestors == never.n_ancestors_anneal == 300
+    # no particle shares an ancestor: the lineage ESS is the ESS of the final weights
+    assert never.ancestors.tolist() == list(range(300))
+    assert never.lineage_ess == pytest.approx(never.ess_fraction * 300, rel=1e-12)
     always = smc_sample(
         ExactMarginalModel(target),
         target,
@@ -511,6 +514,10 @@ def test_smc_counts_the_ancestors_that_survive_resampling():
     assert 1 <= always.n_ancestors < 300 and always.n_ancestors <= always.n_ancestors_anneal <= 300
     summary = always.summary()
     assert summary["n_ancestors"] == always.n_ancestors and summary["n_ancestors_anneal"] == always.n_ancestors_anneal
+    assert (
+        set(always.ancestors.tolist()) <= set(range(300)) and len(set(always.ancestors.tolist())) == always.n_ancestors
+    )
+    assert 1.0 <= always.lineage_ess <= always.n_ancestors and summary["lineage_ess"] == always.lineage_ess
 
 
 @pytest.mark.parametrize("mcmc", ["mala", "hmc"])

@@ -364,3 +364,18 @@ def test_delta_f_error_when_some_resampled_runs_never_reach_state_b():
     assert W.delta_f_point(lw[:3], np.ones(3, bool), np.zeros(3, bool)) == math.inf
     assert W.delta_f_point(lw[:3], np.zeros(3, bool), np.ones(3, bool)) == -math.inf
     assert math.isnan(W.delta_f_point(lw[:3], np.zeros(3, bool), np.zeros(3, bool)))
+
+
+def test_lineage_ess_counts_the_independent_draws_under_the_weights():
+    log_w = np.log(np.array([0.45, 0.45, 0.05, 0.05]))
+    # every sample its own lineage: the Kish ESS
+    assert W.lineage_ess(log_w, [0, 1, 2, 3]) == pytest.approx(W.ess(log_w))
+    # two lineages of weight 0.9 and 0.1: 1 / (0.81 + 0.01)
+    assert W.lineage_ess(log_w, [7, 7, 3, 3]) == pytest.approx(1.0 / 0.82)
+    # equal weights on two lineages: 2; all on one lineage: 1
+    assert W.lineage_ess(log_w, [1, 2, 2, 1]) == pytest.approx(2.0)
+    assert W.lineage_ess(log_w, [5, 5, 5, 5]) == pytest.approx(1.0)
+    # a lineage whose particles all have weight zero does not count
+    assert W.lineage_ess(np.log([0.5, 0.5, 0.0]), [0, 1, 2]) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="one entry per log-weight"):
+        W.lineage_ess(log_w, [0, 1, 2])

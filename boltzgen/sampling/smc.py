@@ -160,6 +160,14 @@ def _empty_state_notes(state: ParticleState, problem: SMCProblem, log_w: torch.T
     ]
 
 
+def _lineage_ess(log_w: torch.Tensor, ancestors: torch.Tensor) -> float:
+    from ..weights import lineage_ess
+
+    if not bool(torch.isfinite(log_w).any()):
+        return math.nan
+    return lineage_ess(log_w.detach().cpu().numpy(), ancestors.detach().cpu().numpy())
+
+
 @dataclass
 class SMCResult:
     """Weighted particles and diagnostics of :func:`smc_sample`.
@@ -205,6 +213,11 @@ class SMCResult:
         Distinct particles at t = 1, and at the start of the annealing, that the final particles
         descend from (B when nothing was resampled): the diversity left after resampling, which
         the ESS of the final weights does not show.
+    ancestors : tensor (B,), int64, or None
+        Index (0 … B − 1) of each final particle's ancestor at t = 1, its lineage.
+    lineage_ess : float
+        :func:`boltzgen.weights.lineage_ess` of the final weights over those lineages: how many
+        independent draws the weighted estimates rest on (at most ``n_ancestors``).
     settings : SMCSettings or None
         The settings of the run.
     warnings : list of str
@@ -232,6 +245,8 @@ class SMCResult:
     final_acceptance: float = math.nan
     n_ancestors: int = 0
     n_ancestors_anneal: int = 0
+    ancestors: Optional[torch.Tensor] = None
+    lineage_ess: float = math.nan
     settings: Optional[SMCSettings] = None
     warnings: list = field(default_factory=list)
 
@@ -253,6 +268,7 @@ class SMCResult:
         lw = state.log_w + problem.dim * math.log(ls)  # densities of x = ℓ y carry the Jacobian ℓ^{-d}
         f64 = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
         anneal = state.ancestors.get("anneal")
+        start = state.ancestors["start"]
         notes = sampler_warnings(state, problem, lw)
         return cls(
             x=(ls * state.y).detach(),
@@ -272,8 +288,10 @@ class SMCResult:
             length_scale=ls,
             dim=problem.dim,
             final_acceptance=float(np.mean(recorder.final_acceptance)) if recorder.final_acceptance else math.nan,
-            n_ancestors=int(state.ancestors["start"].unique().numel()),
+            n_ancestors=int(start.unique().numel()),
             n_ancestors_anneal=state.n if anneal is None else int(anneal.unique().numel()),
+            ancestors=start.detach().cpu().clone(),
+            lineage_ess=_lineage_ess(lw, start),
             settings=problem.settings,
             warnings=notes,
         )
@@ -329,6 +347,7 @@ class SMCResult:
             "n_anneal_levels": int((self.beta > 0).sum()),
             "n_ancestors": self.n_ancestors,
             "n_ancestors_anneal": self.n_ancestors_anneal,
+            "lineage_ess": self.lineage_ess if math.isfinite(self.lineage_ess) else None,
             "final_acceptance": self.final_acceptance if math.isfinite(self.final_acceptance) else None,
             "ess": lst(self.ess),
             "acceptance": lst(self.acceptance),
