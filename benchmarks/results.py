@@ -403,6 +403,36 @@ def sample_quality_rows(blob: dict) -> list[list[str]]:
     return rows
 
 
+def smc_lineages_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/smc_lineages.py: one per seed (basin shares and ancestors stage by stage)."""
+    ref = blob["reference"]
+    basins = blob["basins"]
+
+    def shares(stage: dict) -> str:
+        return " / ".join(fmt(stage[b][0], ".3f") for b in basins)
+
+    def ancestors(stage: dict) -> str:
+        return "/".join(str(stage[b][2]) for b in basins)
+
+    rows = []
+    for r in blob.get("runs", []):
+        st = r["stages"]
+        per_state = r.get("lineage_ess_states") or {}
+        rows.append(
+            [
+                f"{blob['label']} ({os.path.basename(blob['run_dir'].rstrip('/'))}, {blob['system']})",
+                str(r["seed"]),
+                f"{shares(st['diffusion end'])}; {shares(st['beta=1'])}; {shares(st['final'])}",
+                f"{ancestors(st['diffusion end'])} → {ancestors(st['beta=1'])} → {ancestors(st['final'])}",
+                f"{fmt(r['lineage_ess'], '.1f')} ({fmt(per_state.get('phi<0'), '.1f')} / {fmt(per_state.get('phi>0'), '.1f')})",
+                fmt(r.get("delta_f_kT"), ".2f"),
+                f"{' / '.join(fmt(v, '.3f') for v in ref['basin_shares'])}; {fmt(ref['anchor_delta_f_kT'], '.2f')}",
+                fmt(r.get("seconds"), ".0f"),
+            ]
+        )
+    return rows
+
+
 def quickstart_rows(blob: dict) -> list[list[str]]:
     """Row of ``boltzgen quickstart``'s metrics.json."""
     recipe = "--fast" if blob.get("fast") else "--long" if blob.get("long") else "default"
@@ -716,6 +746,24 @@ BENCHMARKS = [
         lambda b: b.get("benchmark") == "sample_quality",
         "a model whose reverse diffusion ends on the target has 0; the excess is what the hand-over "
         "to the force field has to reweight away",
+    ),
+    Benchmark(
+        "smc_lineages",
+        "python benchmarks/smc_lineages.py RUN_DIR --reference REF.h5  # -> bench-results/smc_lineages.json",
+        [
+            "setting (run, system)",
+            "seed",
+            "weight of β/PII / α_R / φ>0: end of diffusion (denoised); β = 1; after the final moves",
+            "distinct t = 1 ancestors per basin: end of diffusion → β = 1 → final",
+            "lineage ESS (φ<0 / φ>0)",
+            "ΔF φ>0 − φ<0 (kT)",
+            "reference: basin weights; ΔF (kT)",
+            "SMC s",
+        ],
+        smc_lineages_rows,
+        lambda b: b.get("benchmark") == "smc_lineages",
+        "the reference's basin weights and ΔF; an estimate that rests on a few lineages per state scatters "
+        "between seeds by more than its own bootstrap shows",
     ),
     Benchmark(
         "quickstart",

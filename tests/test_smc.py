@@ -520,6 +520,29 @@ def test_smc_counts_the_ancestors_that_survive_resampling():
     assert 1.0 <= always.lineage_ess <= always.n_ancestors and summary["lineage_ess"] == always.lineage_ess
 
 
+def test_recorder_sees_the_particles_after_every_reweighting():
+    from boltzgen.sampling.stages import SMCRecorder
+
+    class Seen(SMCRecorder):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def particles(self, state):
+            self.seen.append((state.t, state.beta, state.n, float(state.ess), state.ancestors["start"].numel()))
+
+    target = two_modes(2)
+    recorder = Seen()
+    run = settings(diffusion={"n_steps": 6}, anneal={"n_levels": 3, "mcmc_steps": 1})
+    r = smc_sample(
+        ExactMarginalModel(target), target, 50, torch.Generator().manual_seed(1), settings=run, recorder=recorder
+    )
+    assert len(recorder.seen) == len(r.ess) == len(recorder.ess_trace)  # one look per reweighting, t = 1 first
+    assert [s[3] for s in recorder.seen] == pytest.approx(r.ess.tolist())
+    assert recorder.seen[0][:2] == (1.0, 0.0) and recorder.seen[-1][1] == 1.0
+    assert all(s[2] == 50 and s[4] == 50 for s in recorder.seen)
+
+
 @pytest.mark.parametrize("mcmc", ["mala", "hmc"])
 def test_smc_mcmc_moves_in_the_diffusion_stage(mcmc):
     target = two_modes(2)

@@ -608,6 +608,19 @@ class SMCRecorder:
         self.times.append(float(t))
         self.betas.append(float(beta))
 
+    def particles(self, state: "ParticleState") -> None:
+        """Look at the particles after a reweighting (before any resampling): a no-op here.
+
+        A subclass may record more than the trace, e.g. the weight and the distinct ancestors
+        (``state.ancestors["start"]``) of each metastable state level by level
+        (``benchmarks/smc_lineages.py``). It must not change the state.
+
+        Parameters
+        ----------
+        state : ParticleState
+            The particles, their log-weights, energies and gradients at the level's t and β.
+        """
+
     def moves(self, acceptance: float = math.nan, step_size: float = math.nan) -> None:
         """Record the moves after a level.
 
@@ -659,6 +672,7 @@ def _reweight(state: ParticleState, incr: torch.Tensor, t: float, beta: float, r
     state.t, state.beta, state.ess = float(t), float(beta), ess_fraction(state.log_w)
     state.level += 1
     recorder.level(t, beta, state.ess)
+    recorder.particles(state)
 
 
 def start_at_prior(problem: SMCProblem, n_particles: int, recorder: SMCRecorder) -> ParticleState:
@@ -695,6 +709,7 @@ def start_at_prior(problem: SMCProblem, n_particles: int, recorder: SMCRecorder)
     state.log_w = _add_log_w(state.log_w, -state.energy - prior_log_prob(m, y, c2))
     state.ess = ess_fraction(state.log_w)
     recorder.level(problem.times[0], 0.0, state.ess)
+    recorder.particles(state)
     recorder.moves()
     maybe_resample(state, problem, recorder)
     if state.step_size.auto:
