@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 import os
 import shlex
 import sys
@@ -867,7 +868,8 @@ def _state_analysis(result: SampleRun, target, seed: int, runs: int) -> dict:
         "states": {"name": state_set.name, "names": names},
         "state_counts": np.bincount(labels, minlength=len(names)).tolist(),
     }
-    out.update(_state_free_energies(result.log_w, labels, len(names), seed, result.run_index))
+    groups, _ = _bootstrap_groups(result, runs)
+    out.update(_state_free_energies(result.log_w, labels, len(names), seed, groups))
     if result.lineages is not None:
         out.update(_state_lineages(result, labels, names))
     if len(names) == 2:
@@ -902,10 +904,33 @@ def _state_lineages(result: SampleRun, labels, names) -> dict:
     return {"lineage_ess_states": per_state}
 
 
+def _bootstrap_groups(result: SampleRun, runs: int) -> tuple:
+    """Clusters of the free-energy bootstrap and how to name them: the independent runs; for one
+    SMC run its lineages (each particle's ancestor at t = 1, the "Eve" clusters of Lee & Whiteley
+    2018), since particles of one lineage are one draw; None (single samples) otherwise."""
+    if result.run_index is not None:
+        return result.run_index, f"bootstrap of the {runs} independent runs"
+    if result.lineages is not None:
+        n = np.unique(result.lineages[np.isfinite(result.log_w)]).size
+        return result.lineages, f"bootstrap of the {n} lineages (ancestors at t = 1) of one SMC run"
+    return None, "bootstrap of samples"
+
+
+def _one_cluster(groups, log_w) -> bool:
+    """Whether all the weight sits in one bootstrap cluster (then no error can be estimated)."""
+    return groups is not None and np.unique(np.asarray(groups)[np.isfinite(log_w)]).size < 2
+
+
 def _state_free_energies(log_w, labels, n_states: int, seed: int, groups) -> dict:
-    from .weights import state_free_energies
+    from .weights import state_free_energies, state_free_energies_point
 
     try:
+        if _one_cluster(groups, log_w):  # one lineage carries everything: values without errors
+            values = state_free_energies_point(log_w, labels, n_states)
+            return {
+                "state_free_energies_kT": [_finite(v) for v in values],
+                "state_free_energies_err_kT": [0.0 if i == 0 else None for i in range(n_states)],
+            }
         estimates = state_free_energies(log_w, labels, n_states, groups=groups, seed=seed)
     except ValueError as exc:
         return {"state_free_energies_kT": None, "state_free_energies_note": str(exc)}
@@ -921,24 +946,26 @@ def _two_state_delta_f(result: SampleRun, labels, names, seed: int, runs: int) -
 
     in_a, in_b = labels == 0, labels == 1
     log_w, run_index = result.log_w, result.run_index
+    groups, method = _bootstrap_groups(result, runs)
     out: dict[str, Any] = {}
     try:
-        estimate = delta_f(log_w, in_a, in_b, seed=seed, groups=run_index)
+        if _one_cluster(groups, log_w):
+            estimate = (delta_f_point(log_w, in_a, in_b), math.inf)
+        else:
+            estimate = delta_f(log_w, in_a, in_b, seed=seed, groups=groups)
         out.update(
-            delta_f_kT=estimate.value,
-            delta_f_err_kT=estimate.error,
-            delta_f_error_method="bootstrap of particles"
-            if run_index is None
-            else f"bootstrap of the {runs} independent runs",
+            delta_f_kT=estimate[0],
+            delta_f_err_kT=estimate[1],
+            delta_f_error_method=method,
             delta_f_definition=f"F({names[1]}) - F({names[0]}) in kT",
         )
     except ValueError as exc:
         out.update(delta_f_kT=None, delta_f_note=str(exc))
-    if run_index is None and out.get("delta_f_kT") is not None:
-        # one run's particles share a few ancestors: their bootstrap misses most of the error
+    if run_index is None and result.lineages is not None and out.get("delta_f_kT") is not None:
+        # one run: the lineage bootstrap is the best single-run error, itself uncertain with few lineages
         result.metrics["warnings"].append(
-            f"the Delta F error is a bootstrap over the particles of one SMC run, which descend from "
-            f"{result.metrics['n_ancestors']} ancestors: it understates the error between runs (use --runs 2 or more)"
+            f"the Delta F error is a bootstrap over the lineages of one SMC run ({result.metrics['n_ancestors']} "
+            "ancestors at t = 1): with few lineages the error is itself uncertain (use --runs 2 or more)"
         )
     if run_index is not None:
         in_run = [run_index == r for r in range(runs)]

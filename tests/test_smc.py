@@ -1146,3 +1146,33 @@ def test_laplace_handover_on_a_molecule_counts_the_subspace_and_folds_after_the_
 def test_handover_setting_is_checked():
     with pytest.raises(ValueError, match="anneal.handover: must be one of"):
         SMCSettings.from_dict({"anneal": {"handover": "newton"}})
+
+
+def test_lineage_bootstrap_error_of_one_run_matches_the_spread_between_runs():
+    """One SMC run's particles share ancestors: a bootstrap over its particles understates the
+    error of ΔF between runs; one over its lineages (ancestors at t = 1, the clusters boltzgen
+    sample uses for a single run) matches the spread of independent runs."""
+    from boltzgen.weights import delta_f
+
+    d = 8
+    target = two_modes(d)
+    wrong = GaussianMixture(np.asarray(target.means) * 0.9 + 0.3, 1.4 * np.ones(2), [1.0, 1.0], standardise=False)
+    direction = np.ones(d) / np.sqrt(d)
+
+    def states(x):
+        return (np.asarray(x).reshape(len(x), -1) @ direction > 0).astype(np.int64)
+
+    run = settings(diffusion={"n_steps": 20}, anneal={"n_levels": 8, "mcmc_steps": 2}, final={"mcmc_steps": 0})
+    values, by_particle, by_lineage = [], [], []
+    for seed in range(30):
+        r = smc_sample(
+            ExactMarginalModel(wrong), target, 128, torch.Generator().manual_seed(seed), settings=run, states=states
+        )
+        lw, label = r.log_weights.numpy(), states(r.x.numpy())
+        values.append(delta_f(lw, label == 0, label == 1, seed=seed).value)
+        by_particle.append(delta_f(lw, label == 0, label == 1, seed=seed).error)
+        by_lineage.append(delta_f(lw, label == 0, label == 1, seed=seed, groups=r.ancestors.numpy()).error)
+    spread = float(np.std(values, ddof=1))
+    assert abs(np.mean(values) - math.log(2.0)) < 3 * spread / math.sqrt(len(values))  # consistent: F_B − F_A = ln 2
+    assert np.median(by_particle) < 0.7 * spread  # the particles' bootstrap understates the error
+    assert 0.7 * spread < np.median(by_lineage) < 1.4 * spread

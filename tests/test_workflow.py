@@ -137,7 +137,7 @@ def test_sample_free_energies_of_user_states(trained, tmp_path):
     assert m["delta_f_definition"] == "F(x>0) - F(x<0) in kT"
     if m["delta_f_kT"] is not None:
         assert m["state_free_energies_kT"][1] == pytest.approx(m["delta_f_kT"])
-    assert not any("bootstrap over the particles of one SMC run" in w for w in m["warnings"])
+    assert not any("bootstrap over the lineages of one SMC run" in w for w in m["warnings"])
     one = workflow.sample(
         str(root / "run"),
         str(tmp_path / "one.h5"),
@@ -148,9 +148,10 @@ def test_sample_free_energies_of_user_states(trained, tmp_path):
         progress=False,
         settings={"diffusion": {"n_steps": 6}, "anneal": {"n_levels": 2}},
     ).metrics
-    assert one["delta_f_error_method"] == "bootstrap of particles"
+    # one run: the clusters of the bootstrap are its lineages (ancestors at t = 1), not its particles
+    assert one["delta_f_error_method"].startswith("bootstrap of the ") and "lineages" in one["delta_f_error_method"]
     assert one["delta_f_kT"] is not None and any(
-        "bootstrap over the particles of one SMC run" in w for w in one["warnings"]
+        "bootstrap over the lineages of one SMC run" in w for w in one["warnings"]
     )
 
 
