@@ -126,6 +126,13 @@ SAMPLE_OPTIONS = (
     ("--max-anneal", ("anneal", "max_levels"), int, "the most annealing levels with --anneal-cess"),
     ("--anneal-mcmc-steps", ("anneal", "mcmc_steps"), int, "MALA moves per annealing level (model and target forces)"),
     (
+        "--anneal-inner-steps",
+        ("anneal", "inner_steps"),
+        int,
+        "K > 0: each annealing move is a multiple-time-step HMC proposal, K steps on the target's forces inside one "
+        "on the model's (one model evaluation per move, K times further) (0: MALA)",
+    ),
+    (
         "--final-mcmc-steps",
         ("final", "mcmc_steps"),
         int,

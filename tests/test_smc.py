@@ -612,7 +612,7 @@ def test_smc_all_weights_zero_is_a_clear_error():
 
 
 # ---------------------------------------------------------------------------- molecules
-@pytest.mark.parametrize("mcmc", ["mala", "hmc"])
+@pytest.mark.parametrize("mcmc", ["mala", "hmc", "mts"])
 def test_smc_log_z_of_mean_free_harmonic_molecule(mcmc):
     """Model: the Gaussian marginals of N(0, I) data in y = x/ℓ (ℓ = 0.1), 4 atoms, mean-free;
     target: an anisotropic harmonic molecule. log Z counts d = 9 dimensions and the Jacobian ℓ^9
@@ -626,10 +626,15 @@ def test_smc_log_z_of_mean_free_harmonic_molecule(mcmc):
         600,
         torch.Generator().manual_seed(0),
         settings=settings(
-            diffusion={"n_steps": 30}, anneal={"n_levels": 12, "mcmc_steps": 3}, moves={"kernel": mcmc, "n_leapfrog": 3}
+            diffusion={"n_steps": 30},
+            anneal={"n_levels": 12, "mcmc_steps": 3, "inner_steps": 4 if mcmc == "mts" else 0},
+            moves={"kernel": "mala" if mcmc == "mts" else mcmc, "n_leapfrog": 3},
         ),
     )
     assert r.dim == 9 and r.length_scale == ls
+    if mcmc == "mts":  # multiple-time-step HMC in the annealing, near HMC's acceptance
+        anneal_acceptance = r.acceptance[r.beta > 0]
+        assert 0.3 < float(anneal_acceptance.mean()) < 0.99
     assert r.x.shape == (600, 4, 3)
     assert float(r.x.mean(1).abs().max()) < 1e-10  # particles stay mean-free
     assert abs(r.log_z - target.exact_log_z()) < 0.08, (r.log_z, target.exact_log_z())

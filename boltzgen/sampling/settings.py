@@ -192,6 +192,12 @@ class AnnealSettings:
         target's posterior exp(−u(x)) N(y; a x, v) (:func:`~boltzgen.sampling.stages.run_handover`);
         the other annealing settings are then unused. Exact at any t_min, efficient only at
         low noise (t_min of about 0.01 or less).
+    inner_steps : int
+        0: the moves use ``moves.kernel``. K ≥ 1: each move is one multiple-time-step HMC
+        proposal (:func:`~boltzgen.sampling.mcmc.mts_hmc_step`): K leapfrog steps on the
+        target's forces inside one step on the learned energy's, so a move costs one model
+        evaluation (as a MALA move does) and K cheap force-field ones, and carries the particles
+        about K times further; its step is adapted towards HMC's acceptance.
     """
 
     n_levels: int = 16
@@ -201,9 +207,11 @@ class AnnealSettings:
     mcmc_steps: int = 5
     step_size: Optional[float] = None
     handover: str = "geometric"
+    inner_steps: int = 0
 
     def __post_init__(self):
         _choice(self, "handover", "anneal.handover", HANDOVERS)
+        _int(self, "inner_steps", "anneal.inner_steps", 0)
         _int(self, "n_levels", "anneal.n_levels", 0)
         if self.betas is not None:
             try:

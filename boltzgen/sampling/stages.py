@@ -34,7 +34,15 @@ import torch
 from ..diffusion.laplace import laplace_log_marginal, target_energy_in_model_units
 from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
 from .chirality import chiral_centres, fix_chirality, in_l_region
-from .mcmc import StepSize, adapted_moves, hmc_step, initial_step_size, mala_step
+from .mcmc import (
+    DEFAULT_TARGET_ACCEPTANCE,
+    StepSize,
+    adapted_moves,
+    hmc_step,
+    initial_step_size,
+    mala_step,
+    mts_hmc_step,
+)
 from .resampling import ess_fraction, log_mean_exp, resample_by_state
 from .sde import (
     model_device,
@@ -428,20 +436,26 @@ class SMCProblem:
             return mala_step, {}
         return hmc_step, {"n_leapfrog": self.settings.moves.n_leapfrog}
 
-    def new_step_size(self, given: Optional[float]) -> StepSize:
-        """A step-size controller of ``moves.kernel``.
+    def new_step_size(self, given: Optional[float], kernel: Optional[str] = None) -> StepSize:
+        """A step-size controller of ``moves.kernel`` (or of ``kernel``).
 
         Parameters
         ----------
         given : float or None
             Fixed reference step size in model units (None: automatic, from the gradients).
+        kernel : {"mala", "hmc"}, optional
+            Another kernel than ``moves.kernel`` (its default target acceptance then applies
+            unless ``moves.target_acceptance`` is given).
 
         Returns
         -------
         StepSize
         """
         mv = self.settings.moves
-        return StepSize(mv.kernel, self.dim, given, mv.adapt_rate, mv.acceptance)
+        if kernel is None or kernel == mv.kernel:
+            return StepSize(mv.kernel, self.dim, given, mv.adapt_rate, mv.acceptance)
+        target = DEFAULT_TARGET_ACCEPTANCE[kernel] if mv.target_acceptance is None else mv.target_acceptance
+        return StepSize(kernel, self.dim, given, mv.adapt_rate, target)
 
 
 def _resolve_tilt(settings, target, coordinate, length_scale: float, centres) -> Optional[StateTilt]:
@@ -974,9 +988,49 @@ def _next_beta(
     return 1.0 if step >= remaining * (1.0 - 1e-12) else beta_prev + step
 
 
+def _anneal_mts_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder, n_moves: int) -> None:
+    """Multiple-time-step HMC moves on (1 − β) E + β u: the model's force outside, the target's inside."""
+    beta, k = state.beta, problem.settings.anneal.inner_steps
+    eps = k * state.step_size.value((1.0 - beta) * state.grad + beta * state.grad_u)
+
+    def slow(z):
+        return problem.model_eval(state, z, problem.t_min)
+
+    def fast(z):
+        return problem.target_eval(state, z)
+
+    accs = []
+    for _ in range(n_moves):
+        current = (state.energy, state.grad, state.u, state.grad_u)
+        out = mts_hmc_step(
+            state.y,
+            slow,
+            fast,
+            eps,
+            problem.generator,
+            weights=(1.0 - beta, beta),
+            n_inner=k,
+            mean_free=problem.mean_free,
+            current=current,
+        )
+        state.y, state.energy, state.grad, state.u, state.grad_u = (
+            out.x,
+            out.slow,
+            out.slow_grad,
+            out.fast,
+            out.fast_grad,
+        )
+        accs.append(float(out.accept_prob.mean()))
+    recorder.moves(float(np.mean(accs)), eps)
+    state.step_size.update(float(np.mean(accs)))
+
+
 def _anneal_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder, n_moves: int) -> None:
     if n_moves == 0:
         recorder.moves()
+        return
+    if problem.settings.anneal.inner_steps > 0:
+        _anneal_mts_moves(state, problem, recorder, n_moves)
         return
     step_fn, extra = problem.step_kernel()
     beta, stash = state.beta, {}
@@ -1035,8 +1089,8 @@ def run_annealing(state: ParticleState, problem: SMCProblem, recorder: SMCRecord
         balance_states(state, problem, recorder)
     state.ancestors["anneal"] = torch.arange(state.n)
     state.u, state.grad_u = problem.target_eval(state, state.y)
-    steps = problem.new_step_size(s.anneal.step_size)
-    if steps.auto and state.step_size.auto and s.diffusion.mcmc_steps > 0:
+    steps = problem.new_step_size(s.anneal.step_size, "hmc" if s.anneal.inner_steps else None)
+    if steps.auto and state.step_size.auto and s.diffusion.mcmc_steps > 0 and not s.anneal.inner_steps:
         steps.kappa = state.step_size.kappa
     state.step_size = steps
     grid = anneal_grid(s)
