@@ -875,12 +875,12 @@ def _state_analysis(result: SampleRun, target, seed: int, runs: int) -> dict:
         "states": {"name": state_set.name, "names": names},
         "state_counts": np.bincount(labels, minlength=len(names)).tolist(),
     }
-    groups, _ = _bootstrap_groups(result, runs)
+    groups, method = _bootstrap_groups(result, runs)
     out.update(_state_free_energies(result.log_w, labels, len(names), seed, groups))
     if result.lineages is not None:
         out.update(_state_lineages(result, labels, names))
     if len(names) == 2:
-        out.update(_two_state_delta_f(result, labels, names, seed, runs))
+        out.update(_two_state_delta_f(result, labels, names, seed, runs, groups, method))
     if result.run_index is not None:
         out["state_counts_runs"] = [
             np.bincount(labels[result.run_index == r], minlength=len(names)).tolist() for r in range(runs)
@@ -947,13 +947,13 @@ def _state_free_energies(log_w, labels, n_states: int, seed: int, groups) -> dic
     }
 
 
-def _two_state_delta_f(result: SampleRun, labels, names, seed: int, runs: int) -> dict:
-    """F(names[1]) − F(names[0]) in kT with its bootstrap error, and per run (as for alanine dipeptide)."""
+def _two_state_delta_f(result: SampleRun, labels, names, seed: int, runs: int, groups, method: str) -> dict:
+    """F(names[1]) − F(names[0]) in kT with its bootstrap error over ``groups`` (named ``method``;
+    :func:`_bootstrap_groups`), and per run (as for alanine dipeptide)."""
     from .weights import delta_f, delta_f_point
 
     in_a, in_b = labels == 0, labels == 1
     log_w, run_index = result.log_w, result.run_index
-    groups, method = _bootstrap_groups(result, runs)
     out: dict[str, Any] = {}
     try:
         if _one_cluster(groups, log_w):

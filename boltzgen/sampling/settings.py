@@ -285,7 +285,20 @@ class MoveSettings:
     @property
     def acceptance(self) -> float:
         """float: the target acceptance in use (the given one, else the kernel's default)."""
-        return DEFAULT_TARGET_ACCEPTANCE[self.kernel] if self.target_acceptance is None else self.target_acceptance
+        return self.acceptance_for(self.kernel)
+
+    def acceptance_for(self, kernel: str) -> float:
+        """The target acceptance of ``kernel`` (the given one, else that kernel's default).
+
+        Parameters
+        ----------
+        kernel : {"mala", "hmc"}
+
+        Returns
+        -------
+        float
+        """
+        return DEFAULT_TARGET_ACCEPTANCE[kernel] if self.target_acceptance is None else self.target_acceptance
 
 
 @dataclass(frozen=True)

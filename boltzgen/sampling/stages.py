@@ -34,15 +34,7 @@ import torch
 from ..diffusion.laplace import laplace_log_marginal, target_energy_in_model_units
 from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
 from .chirality import chiral_centres, fix_chirality, in_l_region
-from .mcmc import (
-    DEFAULT_TARGET_ACCEPTANCE,
-    StepSize,
-    adapted_moves,
-    hmc_step,
-    initial_step_size,
-    mala_step,
-    mts_hmc_step,
-)
+from .mcmc import StepSize, adapted_moves, hmc_step, initial_step_size, mala_step, mts_hmc_step
 from .resampling import ess_fraction, log_mean_exp, resample_by_state
 from .sde import (
     model_device,
@@ -452,10 +444,8 @@ class SMCProblem:
         StepSize
         """
         mv = self.settings.moves
-        if kernel is None or kernel == mv.kernel:
-            return StepSize(mv.kernel, self.dim, given, mv.adapt_rate, mv.acceptance)
-        target = DEFAULT_TARGET_ACCEPTANCE[kernel] if mv.target_acceptance is None else mv.target_acceptance
-        return StepSize(kernel, self.dim, given, mv.adapt_rate, target)
+        kernel = mv.kernel if kernel is None else kernel
+        return StepSize(kernel, self.dim, given, mv.adapt_rate, mv.acceptance_for(kernel))
 
 
 def _resolve_tilt(settings, target, coordinate, length_scale: float, centres) -> Optional[StateTilt]:
