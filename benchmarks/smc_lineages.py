@@ -37,7 +37,7 @@ from boltzgen.sampling.smc import smc_sample  # noqa: E402
 from boltzgen.sampling.stages import SMCRecorder  # noqa: E402
 from boltzgen.states import phi_psi  # noqa: E402
 from boltzgen.train import load_model  # noqa: E402
-from boltzgen.weights import delta_f, lineage_ess  # noqa: E402
+from boltzgen.weights import delta_f, lineage_ess, normalized_weights  # noqa: E402
 from boltzgen.workflow import load_recipe, merge, sample_settings  # noqa: E402
 
 #: Basins of the first residue's (φ, ψ), radians: α_R is φ < 0 with ψ in this range, β/PII the rest of φ < 0.
@@ -67,13 +67,18 @@ class BasinTrace(SMCRecorder):
             t = torch.tensor(float(state.t), dtype=torch.float64)
             y = self.model.schedule.denoise(y, -state.grad, t)
         label = basins((self.length_scale * y).detach().cpu().numpy(), self.topology)
-        w = torch.softmax(state.log_w, 0).cpu().numpy() if torch.isfinite(state.log_w).any() else np.zeros(state.n)
-        anc = state.ancestors["start"].cpu().numpy()
         row = {"t": float(state.t), "beta": float(state.beta), "ess": float(state.ess)}
-        for k, name in enumerate(BASINS):
-            pick = label == k
-            row[name] = [float(w[pick].sum()), int(pick.sum()), int(np.unique(anc[pick]).size)]
+        row.update(basin_summary(label, state.log_w.cpu().numpy(), state.ancestors["start"].cpu().numpy()))
         self.rows.append(row)
+
+
+def basin_summary(label: np.ndarray, log_w: np.ndarray, ancestors: np.ndarray) -> dict:
+    """Per basin: [share of the weight, particles, distinct t = 1 ancestors] (shares 0 without weight)."""
+    w = normalized_weights(log_w) if np.isfinite(log_w).any() else np.zeros(len(log_w))
+    return {
+        name: [float(w[label == k].sum()), int((label == k).sum()), int(np.unique(ancestors[label == k]).size)]
+        for k, name in enumerate(BASINS)
+    }
 
 
 def reference_shares(path: str, topology, temperature: float) -> tuple:
@@ -106,14 +111,10 @@ def one_run(model, target, settings, n: int, seed: int) -> dict:
     seconds = time.perf_counter() - start
     lw = result.log_weights.numpy()
     label = basins(result.x.numpy(), target.topology)
-    w = torch.softmax(result.log_weights, 0).numpy()
     anc = result.ancestors.numpy()
-    final = {
-        name: [float(w[label == k].sum()), int((label == k).sum()), int(np.unique(anc[label == k]).size)]
-        for k, name in enumerate(BASINS)
-    }
+    final = basin_summary(label, lw, anc)
     phi_pos = label == 2
-    share = float(w[phi_pos].sum())
+    share = final["phi>0"][0]
     per_state = {
         name: lineage_ess(lw[pick], anc[pick])
         for name, pick in (("phi<0", ~phi_pos), ("phi>0", phi_pos))
