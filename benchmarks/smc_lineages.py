@@ -37,7 +37,7 @@ from boltzgen.sampling.smc import smc_sample  # noqa: E402
 from boltzgen.sampling.stages import SMCRecorder  # noqa: E402
 from boltzgen.states import phi_psi  # noqa: E402
 from boltzgen.train import load_model  # noqa: E402
-from boltzgen.weights import delta_f, lineage_ess, normalized_weights  # noqa: E402
+from boltzgen.weights import delta_f, delta_f_point, lineage_ess, normalized_weights  # noqa: E402
 from boltzgen.workflow import load_recipe, merge, sample_settings  # noqa: E402
 
 #: Basins of the first residue's (φ, ψ), radians: α_R is φ < 0 with ψ in this range, β/PII the rest of φ < 0.
@@ -114,7 +114,7 @@ def one_run(model, target, settings, n: int, seed: int) -> dict:
     anc = result.ancestors.numpy()
     final = basin_summary(label, lw, anc)
     phi_pos = label == 2
-    share = final["phi>0"][0]
+    delta = delta_f_point(lw, ~phi_pos, phi_pos)
     per_state = {
         name: lineage_ess(lw[pick], anc[pick])
         for name, pick in (("phi<0", ~phi_pos), ("phi>0", phi_pos))
@@ -128,7 +128,7 @@ def one_run(model, target, settings, n: int, seed: int) -> dict:
         "n_ancestors_anneal": result.n_ancestors_anneal,
         "lineage_ess": result.lineage_ess,
         "lineage_ess_states": per_state,
-        "delta_f_kT": -math.log(share / (1.0 - share)) if 0.0 < share < 1.0 else None,
+        "delta_f_kT": delta if math.isfinite(delta) else None,
         "stages": {**stage_rows(trace.rows), "final": final},
         "trace": trace.rows,
     }
