@@ -20,6 +20,7 @@ beside it, since a user who already has the model pays only the sampling.
 
     python benchmarks/free_energies.py --model quickstart/run          # -> bench-results/free_energies.json
     python benchmarks/free_energies.py --model RUN --frames 200 --particles 64 --runs 2   # a smoke run
+    python benchmarks/free_energies.py --model RUN --parts transfer     # only the temperature transfer
 """
 
 from __future__ import annotations
@@ -130,22 +131,25 @@ def transfer(model: str, hot: float, frames: int, particles: int, runs: int, wor
 
 
 def markdown(out: dict) -> str:
-    s, t = out["solvation"], out["transfer"]
+    s, t = out.get("solvation"), out.get("transfer")
 
     def pm(d):
-        return f"{d['delta_f_kT']:.2f} ± {d['delta_f_err_kT']:.2f}"
+        value, err = d.get("delta_f_kT"), d.get("delta_f_err_kT")
+        return "–" if value is None else f"{value:.2f} ± {err if err is not None else float('inf'):.2f}"
 
-    lines = [
-        "| quantity | model route (kT) | s | plain MD route (kT) | s |",
-        "|---|---|---|---|---|",
-        f"| ΔF(vacuum → OBC) | {pm(s['model'])} (BAR on its samples {pm(s['model']['bar'])}) | "
-        f"{s['model']['seconds']:.0f} | {pm(s['md'])} (MBAR over {len(s['md']['lambdas'])} λ states; BAR on "
-        f"the ends {pm(s['md']['bar_ends'])}) | {s['md']['seconds']:.0f} |",
-        f"| ΔF(φ>0 − φ<0) at {out['hot_K']:g} K | {pm(t['model'])} | {t['model']['seconds']:.0f} | "
-        f"{pm(t['remd'])} | {t['remd']['seconds']:.0f} |",
-        "",
-        f"Model: {out['model']} (trained in {out['train_seconds']} s).",
-    ]
+    lines = ["| quantity | model route (kT) | s | plain MD route (kT) | s |", "|---|---|---|---|---|"]
+    if s:
+        lines.append(
+            f"| ΔF(vacuum → OBC) | {pm(s['model'])} (BAR on its samples {pm(s['model']['bar'])}) | "
+            f"{s['model']['seconds']:.0f} | {pm(s['md'])} (MBAR over {len(s['md']['lambdas'])} λ states; BAR on "
+            f"the ends {pm(s['md']['bar_ends'])}) | {s['md']['seconds']:.0f} |"
+        )
+    if t:
+        lines.append(
+            f"| ΔF(φ>0 − φ<0) at {out['hot_K']:g} K | {pm(t['model'])} | {t['model']['seconds']:.0f} | "
+            f"{pm(t['remd'])} | {t['remd']['seconds']:.0f} |"
+        )
+    lines += ["", f"Model: {out['model']} (trained in {out['train_seconds']} s)."]
     return "\n".join(lines) + "\n"
 
 
@@ -160,6 +164,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="bench-results/free_energies")
     parser.add_argument("--out", default="bench-results/free_energies.json")
+    parser.add_argument(
+        "--parts", nargs="+", choices=["solvation", "transfer"], default=["solvation", "transfer"], help="what to run"
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
     metrics_path = os.path.join(args.model, "metrics.json")
@@ -174,11 +181,13 @@ def main(argv=None) -> int:
         "train_seconds": train_seconds,
         "hot_K": args.hot,
         "cpu_count": os.cpu_count(),
-        "solvation": solvation(
-            args.model, args.frames, args.particles, args.runs, args.work, args.seed, args.lambda_states
-        ),
     }
-    out["transfer"] = transfer(args.model, args.hot, args.frames, args.particles, args.runs, args.work, args.seed)
+    if "solvation" in args.parts:
+        out["solvation"] = solvation(
+            args.model, args.frames, args.particles, args.runs, args.work, args.seed, args.lambda_states
+        )
+    if "transfer" in args.parts:
+        out["transfer"] = transfer(args.model, args.hot, args.frames, args.particles, args.runs, args.work, args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump(out, handle, indent=2, default=str)
