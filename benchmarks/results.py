@@ -479,6 +479,24 @@ def versus_md_rows(blob: dict) -> list[list[str]]:
     return rows
 
 
+def run_pooling_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/run_pooling.py: one per case, both pooling rules' bias and RMS error."""
+    rows = []
+    for r in blob.get("rows", []):
+        z, e = r["z_weighted"], r["equal"]
+        rows.append(
+            [
+                f"d {r['d']}, shift {r['shift']:g}, width {r['width']:g}, {r['anneal_moves']} moves per level",
+                str(r["particles_per_run"]),
+                f"{blob.get('runs')} × {blob.get('groups')}",
+                f"{fmt(z['bias_kT'], '+.2f')} / {fmt(z['rmse_kT'], '.2f')}",
+                f"{fmt(e['bias_kT'], '+.2f')} / {fmt(e['rmse_kT'], '.2f')}",
+                fmt(r.get("median_sd_log_z_runs"), ".2f"),
+            ]
+        )
+    return rows
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """One benchmark: how to recognise its JSON and how to tabulate it.
@@ -764,6 +782,22 @@ BENCHMARKS = [
         lambda b: b.get("benchmark") == "smc_lineages",
         "the reference's basin weights and ΔF; an estimate that rests on a few lineages per state scatters "
         "between seeds by more than its own bootstrap shows",
+    ),
+    Benchmark(
+        "run_pooling",
+        "python benchmarks/run_pooling.py  # -> bench-results/run_pooling.json",
+        [
+            "case (wrong model of a 97 : 3 two-mode mixture)",
+            "particles per run",
+            "runs × repetitions",
+            "Ẑ-weighted pooling: bias / RMS error of ΔF (kT)",
+            "equal run weights: bias / RMS error (kT)",
+            "median spread of log Ẑ between runs",
+        ],
+        run_pooling_rows,
+        lambda b: b.get("benchmark") == "run_pooling",
+        "the exact ΔF of the mixture, ln(97/3) = 3.48 kT; boltzgen sample pools its runs by Ẑ "
+        "(boltzgen.weights.pool_runs)",
     ),
     Benchmark(
         "quickstart",
