@@ -461,6 +461,7 @@ def versus_md_rows(blob: dict) -> list[list[str]]:
                 fmt(p.get("seconds"), ".0f"),
                 plus_minus(p.get("delta_f_kT"), p.get("delta_f_err_kT")),
                 plus_minus(m.get("delta_f_kT"), m.get("delta_f_err_kT")),
+                f"{m.get('frames_equal_time', m.get('frames_per_run', DASH))} ({m.get('frames_per_run', DASH)})",
                 fmt(m.get("reference_kT"), ".2f"),
             ]
         )
@@ -473,6 +474,7 @@ def versus_md_rows(blob: dict) -> list[list[str]]:
                 DASH,
                 f"{fmt(s.get('bias_kT'), '.2f')} / {fmt(s.get('spread_kT'), '.2f')} / {fmt(s.get('rmse_kT'), '.2f')}",
                 plus_minus(ref.get("delta_f_kT"), ref.get("delta_f_err_kT")),
+                DASH,
                 DASH,
             ]
         )
@@ -821,7 +823,14 @@ BENCHMARKS = [
     Benchmark(
         "versus_md",
         "python benchmarks/versus_md.py  # -> bench-results/versus_md.json",
-        ["seed", "wall s", "boltzgen ΔF (kT)", "REMD ΔF (kT), same wall clock, 2 runs", "reference (kT)"],
+        [
+            "seed",
+            "wall s",
+            "boltzgen ΔF (kT)",
+            "REMD ΔF (kT), same wall clock, 2 runs",
+            "REMD frames per run in that wall clock (run)",
+            "reference (kT)",
+        ],
         versus_md_rows,
         lambda b: "seeds" in b and "remd_frames_per_second" in b,
         "goal: boltzgen's ΔF error (bias and spread over seeds) no worse than replica exchange given the "
