@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -45,10 +46,14 @@ def _remd(args) -> dict:
 
 
 def frames_per_second(work: str) -> tuple[float, float]:
-    """(frames per second, fixed seconds) of one replica-exchange run, from two short runs."""
+    """(frames per second, fixed seconds) of one replica-exchange run while a second runs beside it
+    on the other core, as the benchmark runs them, from two short pairs of runs (a run alone on an
+    idle machine is about 1.5 times faster, which gave replica exchange more time than boltzgen)."""
     sizes, times = (100, 600), []  # the difference must take many seconds to be timed reliably
     for n in sizes:
-        times.append(_remd((999, n, os.path.join(work, f"calibrate{n}.h5")))["seconds"])
+        jobs = [(999 - k, n, os.path.join(work, f"calibrate{n}-{k}.h5")) for k in range(2)]
+        with mp.get_context("spawn").Pool(2) as pool:
+            times.append(max(r["seconds"] for r in pool.map(_remd, jobs)))
     rate = (sizes[1] - sizes[0]) / max(times[1] - times[0], 1.0)
     return rate, max(times[0] - sizes[0] / rate, 0.0)
 
@@ -62,15 +67,24 @@ def phi_labels(path: str) -> np.ndarray:
     return np.asarray(default_states(samples.topology).assign(samples.x))
 
 
-def delta_f_of_runs(paths: list[str]) -> tuple[float, float]:
-    """ΔF(φ > 0 − φ < 0) in kT of pooled unweighted MD runs, and its error: the spread of the
-    runs' own ΔF over √runs (frames of one run are correlated; φ > 0 comes in bursts)."""
-    labels = [phi_labels(p) for p in paths]
+def delta_f_of_runs(paths: list[str], frames: Optional[int] = None) -> tuple[float, float]:
+    """ΔF(φ > 0 − φ < 0) in kT of pooled unweighted MD runs (their first ``frames`` frames, if
+    given), and its error: the spread of the runs' own ΔF over √runs (frames of one run are
+    correlated; φ > 0 comes in bursts)."""
+    labels = [phi_labels(p)[:frames] for p in paths]
     pooled = np.concatenate(labels)
     value = -math.log(max((pooled == 1).mean(), 1e-12) / max((pooled == 0).mean(), 1e-12))
     per_run = [-math.log(max((lab == 1).mean(), 1e-12) / max((lab == 0).mean(), 1e-12)) for lab in labels]
     err = float(np.std(per_run, ddof=1) / math.sqrt(len(per_run))) if len(per_run) > 1 else float("inf")
     return value, err
+
+
+def equal_time_frames(frames: int, pipeline_s: float, pair_rate: float, fixed_s: float) -> int:
+    """Frames of each replica-exchange run that the pipeline's wall time buys: the runs write their
+    frames at a steady rate after ``fixed_s`` of set-up, so when a pair took longer than the
+    pipeline (the calibration off, or another job on the machine), its first frames are what the
+    same wall clock gives at ``pair_rate`` (frames per second of a run beside another)."""
+    return max(10, min(frames, int(pair_rate * max(pipeline_s - fixed_s, 1.0))))
 
 
 def pipeline(seed: int, recipe: str, out_dir: str) -> dict:
@@ -113,14 +127,14 @@ def markdown(out: dict) -> str:
         f"{f(out['reference']['delta_f_err_kT'])} kT ({out['reference']['runs']} replica-exchange runs, "
         f"{out['reference']['frames']} frames at 300 K).",
         "",
-        "| seed | wall s | boltzgen ΔF (kT) | REMD ΔF (kT), same wall clock, 2 runs | reference for REMD |",
-        "|---|---|---|---|---|",
+        "| seed | wall s | boltzgen ΔF (kT) | REMD ΔF (kT), same wall clock, 2 runs | REMD frames per run (of those run) | reference for REMD |",
+        "|---|---|---|---|---|---|",
     ]
     for row in out["seeds"]:
         p, m = row["pipeline"], row["remd"]
         lines.append(
             f"| {row['seed']} | {f(p['seconds'], '.0f')} | {f(p['delta_f_kT'])} ± {f(p['delta_f_err_kT'])} | "
-            f"{f(m['delta_f_kT'])} ± {f(m['delta_f_err_kT'])} | {f(m['reference_kT'])} |"
+            f"{f(m['delta_f_kT'])} ± {f(m['delta_f_err_kT'])} | {m.get('frames_equal_time', m['frames_per_run'])} ({m['frames_per_run']}) | {f(m['reference_kT'])} |"
         )
     lines += ["", "| arm | bias (kT) | spread over seeds (kT) | RMS error (kT) |", "|---|---|---|---|"]
     for arm in ("pipeline", "remd"):
@@ -145,7 +159,7 @@ def main(argv=None) -> int:
     if args.summarize_partial:
         with open(args.out + ".partial") as handle:
             done = json.load(handle)
-        return finish(args, done["remd_frames_per_second"], done["seeds"])
+        return finish(args, done["remd_frames_per_second"], done["seeds"], done.get("remd_fixed_seconds", 0.0))
     rows, done_seeds = [], set()
     if os.path.exists(args.out + ".partial"):  # resume: keep the finished seeds and their calibration
         with open(args.out + ".partial") as handle:
@@ -163,34 +177,42 @@ def main(argv=None) -> int:
         jobs = [(1000 + 2 * seed + k, n, os.path.join(args.work, f"remd-{seed}-{k}.h5")) for k in range(2)]
         start = time.perf_counter()
         with mp.get_context("spawn").Pool(2) as pool:
-            runs = pool.map(_remd, jobs)
+            pool.map(_remd, jobs)
         remd_seconds = time.perf_counter() - start
-        value, err = delta_f_of_runs([r["path"] for r in runs])
         rows.append(
             {
                 "seed": seed,
                 "pipeline": pipe,
-                "remd": {"delta_f_kT": value, "delta_f_err_kT": err, "frames_per_run": n, "seconds": remd_seconds},
+                "remd": {"frames_per_run": n, "seconds": remd_seconds},
             }
         )
         with open(args.out + ".partial", "w") as handle:  # what is done so far, should a later seed fail
             json.dump({"remd_frames_per_second": rate, "remd_fixed_seconds": fixed, "seeds": rows}, handle, indent=2)
-    return finish(args, rate, rows)
+    return finish(args, rate, rows, fixed)
 
 
-def finish(args, rate: float, rows: list) -> int:
+def finish(args, rate: float, rows: list, fixed: float = 0.0) -> int:
     """Reference, summary, JSON and markdown from the finished seeds."""
     all_runs = {row["seed"]: [os.path.join(args.work, f"remd-{row['seed']}-{k}.h5") for k in range(2)] for row in rows}
     every = [p for paths in all_runs.values() for p in paths]
     ref, ref_err = delta_f_of_runs(every)
-    for row in rows:  # leave the arm's own runs out of its reference
+    # the least disturbed pair's rate: the machine may have run other work beside some pairs
+    pair_rate = max(row["remd"]["frames_per_run"] / max(row["remd"]["seconds"] - fixed, 1.0) for row in rows)
+    for row in rows:
+        m = row["remd"]
+        m["frames_equal_time"] = equal_time_frames(m["frames_per_run"], row["pipeline"]["seconds"], pair_rate, fixed)
+        m["delta_f_kT"], m["delta_f_err_kT"] = delta_f_of_runs(all_runs[row["seed"]], m["frames_equal_time"])
+        m["delta_f_all_frames_kT"] = delta_f_of_runs(all_runs[row["seed"]])[0]
+        # leave the arm's own runs out of its reference
         others = [p for s, paths in all_runs.items() if s != row["seed"] for p in paths]
-        row["remd"]["reference_kT"] = delta_f_of_runs(others)[0] if len(others) >= 2 else None
+        m["reference_kT"] = delta_f_of_runs(others)[0] if len(others) >= 2 else None
     out = {
         "system": "aldp-vacuum",
         "recipe": args.recipe,
         "cpu_count": os.cpu_count(),
         "remd_frames_per_second": rate,
+        "remd_fixed_seconds": fixed,
+        "remd_pair_frames_per_second": pair_rate,
         "reference": {
             "delta_f_kT": ref,
             "delta_f_err_kT": ref_err,
