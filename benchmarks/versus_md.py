@@ -48,9 +48,8 @@ def _remd(args) -> dict:
 def frames_per_second(work: str) -> tuple[float, float]:
     """(frames per second, fixed seconds) of one replica-exchange run while a second runs beside it
     on the other core, as the benchmark runs them, from two short pairs of runs. Short runs write
-    frames faster than the long ones (36 against 25 frames per second on this machine), so the long
-    pairs outlast the pipeline; :func:`equal_time_frames` then keeps the frames the pipeline's wall
-    clock buys."""
+    frames faster than long ones, so the long pairs outlast the pipeline; :func:`equal_time_frames`
+    then keeps the frames that the pipeline's wall clock buys."""
     sizes, times = (100, 600), []  # the difference must take many seconds to be timed reliably
     for n in sizes:
         jobs = [(999 - k, n, os.path.join(work, f"calibrate{n}-{k}.h5")) for k in range(2)]
