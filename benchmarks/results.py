@@ -886,13 +886,6 @@ def _chain(found: dict, system: str) -> Optional[dict]:
     return blobs[-1] if blobs else None
 
 
-def _recorded_cell(recorded: dict, name: str, match: Callable[[list], bool], column: int) -> Optional[str]:
-    for row in recorded.get(name, {}).get("rows", []):
-        if match(row):
-            return row[column]
-    return None
-
-
 def headline(found: dict, recorded: dict) -> list[list[str]]:
     """Rows of the headline table: DSM against DSM + DiffCLF, from JSON where present, else recorded."""
     rows = []

@@ -68,11 +68,11 @@ def phi_labels(path: str) -> np.ndarray:
     return np.asarray(default_states(samples.topology).assign(samples.x))
 
 
-def delta_f_of_runs(paths: list[str], frames: Optional[int] = None) -> tuple[float, float]:
-    """ΔF(φ > 0 − φ < 0) in kT of pooled unweighted MD runs (their first ``frames`` frames, if
-    given), and its error: the spread of the runs' own ΔF over √runs (frames of one run are
-    correlated; φ > 0 comes in bursts)."""
-    labels = [phi_labels(p)[:frames] for p in paths]
+def delta_f_of_runs(run_labels: list[np.ndarray], frames: Optional[int] = None) -> tuple[float, float]:
+    """ΔF(φ > 0 − φ < 0) in kT of pooled unweighted MD runs, given each run's frame labels
+    (:func:`phi_labels`; their first ``frames`` frames, if given), and its error: the spread of the
+    runs' own ΔF over √runs (frames of one run are correlated; φ > 0 comes in bursts)."""
+    labels = [lab[:frames] for lab in run_labels]
     pooled = np.concatenate(labels)
     value = -math.log(max((pooled == 1).mean(), 1e-12) / max((pooled == 0).mean(), 1e-12))
     per_run = [-math.log(max((lab == 1).mean(), 1e-12) / max((lab == 0).mean(), 1e-12)) for lab in labels]
@@ -194,8 +194,12 @@ def main(argv=None) -> int:
 
 def finish(args, rate: float, rows: list, fixed: float = 0.0) -> int:
     """Reference, summary, JSON and markdown from the finished seeds."""
-    all_runs = {row["seed"]: [os.path.join(args.work, f"remd-{row['seed']}-{k}.h5") for k in range(2)] for row in rows}
-    every = [p for paths in all_runs.values() for p in paths]
+    # each run's frame labels, read once
+    all_runs = {
+        row["seed"]: [phi_labels(os.path.join(args.work, f"remd-{row['seed']}-{k}.h5")) for k in range(2)]
+        for row in rows
+    }
+    every = [lab for runs in all_runs.values() for lab in runs]
     ref, ref_err = delta_f_of_runs(every)
     # the least disturbed pair's rate: the machine may have run other work beside some pairs
     pair_rate = max(row["remd"]["frames_per_run"] / max(row["remd"]["seconds"] - fixed, 1.0) for row in rows)
@@ -205,7 +209,7 @@ def finish(args, rate: float, rows: list, fixed: float = 0.0) -> int:
         m["delta_f_kT"], m["delta_f_err_kT"] = delta_f_of_runs(all_runs[row["seed"]], m["frames_equal_time"])
         m["delta_f_all_frames_kT"] = delta_f_of_runs(all_runs[row["seed"]])[0]
         # leave the arm's own runs out of its reference
-        others = [p for s, paths in all_runs.items() if s != row["seed"] for p in paths]
+        others = [lab for s, runs in all_runs.items() if s != row["seed"] for lab in runs]
         m["reference_kT"] = delta_f_of_runs(others)[0] if len(others) >= 2 else None
     out = {
         "system": "aldp-vacuum",
@@ -218,7 +222,7 @@ def finish(args, rate: float, rows: list, fixed: float = 0.0) -> int:
             "delta_f_kT": ref,
             "delta_f_err_kT": ref_err,
             "runs": len(every),
-            "frames": int(sum(len(phi_labels(p)) for p in every)),
+            "frames": int(sum(len(lab) for lab in every)),
         },
         "seeds": rows,
     }
