@@ -61,6 +61,8 @@ def chain(tmp_path_factory):
             "8",
             "--net",
             "egnn",
+            "--set",
+            "train.sample_check=2",  # the after-training sample check at its smallest
             "--no-progress",
             "--seed",
             "1",
