@@ -351,6 +351,7 @@ def _settings_from_args(args):
     if d["anneal"]["cess"] == 0:  # --anneal-cess 0: the linear grid
         d["anneal"]["cess"] = None
     d["resampling"]["balance_states"] = bool(args.balance_states)
+    d["anneal"]["keep_states"] = bool(getattr(args, "keep_states", False))
     if args.no_chirality:
         d["chirality"] = False
     try:
@@ -959,6 +960,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --per-state-resampling: give every state the same share of the particles at the start "
         "of the annealing (each keeps its weight), so a rare state's free energy does not rest on a "
         "handful of particles",
+    )
+    p.add_argument(
+        "--keep-states",
+        action="store_true",
+        help="with --per-state-resampling: reject the annealing's and final moves that would carry a "
+        "particle into another state, so every state keeps its particles to the end (exact)",
     )
     p.add_argument(
         "--runs",

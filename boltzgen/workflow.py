@@ -753,6 +753,8 @@ def _checked_settings(settings, model, per_state_resampling: bool):
         )
     if settings.resampling.balance_states and not per_state_resampling:
         raise ValueError("balance_states needs per-state resampling")
+    if settings.anneal.keep_states and not per_state_resampling:
+        raise ValueError("anneal.keep_states needs per-state resampling")
     diffusion = dataclasses.replace(d, t_min=model.t_min if d.t_min is None else float(d.t_min))
     return dataclasses.replace(settings, diffusion=diffusion)
 

@@ -449,6 +449,48 @@ def test_smc_balance_states_gives_a_rare_mode_half_the_particles_and_keeps_its_w
         )
 
 
+def test_smc_keep_states_holds_each_states_particles_and_stays_exact():
+    """States that cut the common mode of a 97 : 3 mixture in half (x_0 above its mean), so moves
+    cross the cut all the time, and the wrong model of :func:`rare_mixture`. With
+    ``anneal.keep_states`` every run ends with exactly the balanced counts (moves that cross are
+    rejected, resampling stays within states); without, the moves shift particles across. Over
+    runs the weight of the cut side and log Z match the exact values (the mixture is normalised)."""
+    from scipy.stats import norm
+
+    target, model, _, _ = rare_mixture()
+    cut = float(target.means[0, 0])
+    exact = sum(
+        float(w) * norm.sf(cut, float(m[0]), float(s[0])) for w, m, s in zip(target.weights, target.means, target.stds)
+    )
+
+    def upper(x):
+        return (x[:, 0] > cut).long()
+
+    def run(seed, keep):
+        r = smc_sample(
+            model,
+            target,
+            400,
+            torch.Generator().manual_seed(seed),
+            states=upper,
+            settings=settings(
+                diffusion={"n_steps": 30},
+                anneal={"n_levels": 4, "cess": 0.9, "mcmc_steps": 3, "keep_states": keep},
+                resampling={"balance_states": True},
+                final={"mcmc_steps": 3},
+            ),
+        )
+        side = upper(r.x)
+        return int(side.sum()), float((r.weights * side.double()).sum()), r.log_z
+
+    assert any(n != 200 for n, _, _ in (run(seed, False) for seed in range(2)))
+    out = [run(seed, True) for seed in range(10)]
+    assert all(n == 200 for n, _, _ in out), out
+    p = np.array([o[1] for o in out])
+    assert abs(p.mean() - exact) < 4 * p.std(ddof=1) / math.sqrt(len(p)), (p, exact)
+    assert abs(np.mean([o[2] for o in out])) < 0.1
+
+
 @pytest.mark.parametrize("tempering", [1.0, 0.5])
 def test_smc_denoised_states_label_tweedie_estimates(tempering):
     """With ``resampling.denoised_labels`` the diffusion stage labels E[y_0 | y_t] = (y_t − σ_t² ∇E) / α_t.

@@ -198,6 +198,13 @@ class AnnealSettings:
         target's forces inside one step on the learned energy's, so a move costs one model
         evaluation (as a MALA move does) and K cheap force-field ones, and carries the particles
         about K times further; its step is adapted towards HMC's acceptance.
+    keep_states : bool
+        With ``states``: a move (here and in the final moves) that would carry its particle into
+        another state is rejected, so every state keeps its particles from the start of the
+        annealing to the end. Exact: each state's particles then anneal along the path restricted
+        to that state, whose normaliser is the state's share of Z. Without it a state the
+        balancing filled (a rare one) loses its particles to the common one through the moves of
+        the early, smooth levels, and its weight ends on a few of them.
     """
 
     n_levels: int = 16
@@ -208,9 +215,11 @@ class AnnealSettings:
     step_size: Optional[float] = None
     handover: str = "geometric"
     inner_steps: int = 0
+    keep_states: bool = False
 
     def __post_init__(self):
         _choice(self, "handover", "anneal.handover", HANDOVERS)
+        _bool(self, "keep_states", "anneal.keep_states")
         _int(self, "inner_steps", "anneal.inner_steps", 0)
         _int(self, "n_levels", "anneal.n_levels", 0)
         if self.betas is not None:

@@ -87,6 +87,18 @@ def _clean(e: torch.Tensor, g: torch.Tensor):
     return torch.where(ok, e, torch.full_like(e, math.inf)), torch.where(_bcast(ok, g), g, torch.zeros_like(g))
 
 
+def _stay_in_states(problem: "SMCProblem", labels: Optional[torch.Tensor], old: tuple, new: tuple) -> tuple:
+    """``new`` where a move kept its particle's state (``labels``), ``old`` where it left it.
+
+    ``old`` and ``new`` are tuples of per-particle tensors whose first entry is the positions; with
+    ``labels`` None (states not kept) ``new`` itself.
+    """
+    if labels is None:
+        return new
+    stay = problem.labels(new[0]) == labels
+    return tuple(None if n is None else torch.where(_bcast(stay, n), n, o) for o, n in zip(old, new))
+
+
 def _add_log_w(lw: torch.Tensor, incr: torch.Tensor) -> torch.Tensor:
     """lw + incr with −inf (not NaN) for dead particles and non-finite increments."""
     out = lw + incr
@@ -393,6 +405,22 @@ class SMCProblem:
                 f"got {labels.dtype} of shape {tuple(labels.shape)}"
             )
         return labels
+
+    def kept_labels(self, y: torch.Tensor) -> Optional[torch.Tensor]:
+        """The labels that moves must keep (``anneal.keep_states`` with states), else None.
+
+        Parameters
+        ----------
+        y : Tensor, shape (B, *event_shape)
+            Configurations in model units.
+
+        Returns
+        -------
+        Tensor, shape (B,), integer, or None
+        """
+        if self.states is None or not self.settings.anneal.keep_states:
+            return None
+        return self.labels(y)
 
     def denoised(self, y: torch.Tensor, grad: torch.Tensor, t: float) -> torch.Tensor:
         """Tweedie's E[y_0 | y_t] from the (tempered) gradient at hand; y itself where α_t = 0.
@@ -989,7 +1017,7 @@ def _anneal_mts_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRe
     def fast(z):
         return problem.target_eval(state, z)
 
-    accs = []
+    accs, labels = [], problem.kept_labels(state.y)
     for _ in range(n_moves):
         current = (state.energy, state.grad, state.u, state.grad_u)
         out = mts_hmc_step(
@@ -1003,12 +1031,11 @@ def _anneal_mts_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRe
             mean_free=problem.mean_free,
             current=current,
         )
-        state.y, state.energy, state.grad, state.u, state.grad_u = (
-            out.x,
-            out.slow,
-            out.slow_grad,
-            out.fast,
-            out.fast_grad,
+        state.y, state.energy, state.grad, state.u, state.grad_u = _stay_in_states(
+            problem,
+            labels,
+            (state.y,) + current,
+            (out.x, out.slow, out.slow_grad, out.fast, out.fast_grad),
         )
         accs.append(float(out.accept_prob.mean()))
     recorder.moves(float(np.mean(accs)), eps)
@@ -1033,14 +1060,16 @@ def _anneal_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRecord
         bad = ~(torch.isfinite(ez) & torch.isfinite(uz))
         return torch.where(bad, torch.full_like(tot, math.inf), tot), (1.0 - beta) * gz + beta * guz
 
-    accs = []
+    accs, labels = [], problem.kept_labels(state.y)
     h = state.step_size.value((1.0 - beta) * state.grad + beta * state.grad_u)
     for _ in range(n_moves):
         cur = ((1.0 - beta) * state.energy + beta * state.u, (1.0 - beta) * state.grad + beta * state.grad_u)
         out = step_fn(state.y, energy_b, h, problem.generator, mean_free=problem.mean_free, current=cur, **extra)
         ez, gz, uz, guz = stash.pop("parts")
         acc = out.accepted
-        state.y = out.x
+        if labels is not None:
+            acc = acc & (problem.labels(out.x) == labels)
+        state.y = torch.where(_bcast(acc, out.x), out.x, state.y)
         state.energy, state.u = torch.where(acc, ez, state.energy), torch.where(acc, uz, state.u)
         state.grad = torch.where(_bcast(acc, state.grad), gz, state.grad)
         state.grad_u = torch.where(_bcast(acc, state.grad_u), guz, state.grad_u)
@@ -1186,6 +1215,7 @@ def run_final_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
     def target_energy(z):
         return problem.target_eval(state, z)
 
+    labels = problem.kept_labels(state.y)
     for _ in range(problem.settings.final.mcmc_steps):
         h = state.step_size.value(state.grad_u)
         out = step_fn(
@@ -1197,7 +1227,9 @@ def run_final_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
             current=(state.u, state.grad_u),
             **extra,
         )
-        state.y, state.u, state.grad_u = out.x, out.energy, out.grad
+        state.y, state.u, state.grad_u = _stay_in_states(
+            problem, labels, (state.y, state.u, state.grad_u), (out.x, out.energy, out.grad)
+        )
         recorder.final_move(float(out.accept_prob.mean()))
         state.step_size.update(recorder.final_acceptance[-1])
     return state
