@@ -351,7 +351,7 @@ def _settings_from_args(args):
     if d["anneal"]["cess"] == 0:  # --anneal-cess 0: the linear grid
         d["anneal"]["cess"] = None
     d["resampling"]["balance_states"] = bool(args.balance_states)
-    d["anneal"]["keep_states"] = bool(getattr(args, "keep_states", False))
+    d["anneal"]["keep_states"] = bool(args.keep_states)
     if args.no_chirality:
         d["chirality"] = False
     try:
@@ -1023,6 +1023,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="energy worker processes (default: cores)")
     _add_sample_settings(p)
     p.add_argument("--balance-states", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--keep-states", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)

@@ -1066,13 +1066,15 @@ def _anneal_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRecord
         cur = ((1.0 - beta) * state.energy + beta * state.u, (1.0 - beta) * state.grad + beta * state.grad_u)
         out = step_fn(state.y, energy_b, h, problem.generator, mean_free=problem.mean_free, current=cur, **extra)
         ez, gz, uz, guz = stash.pop("parts")
-        acc = out.accepted
-        if labels is not None:
-            acc = acc & (problem.labels(out.x) == labels)
-        state.y = torch.where(_bcast(acc, out.x), out.x, state.y)
-        state.energy, state.u = torch.where(acc, ez, state.energy), torch.where(acc, uz, state.u)
-        state.grad = torch.where(_bcast(acc, state.grad), gz, state.grad)
-        state.grad_u = torch.where(_bcast(acc, state.grad_u), guz, state.grad_u)
+        acc, before = out.accepted, (state.y, state.energy, state.grad, state.u, state.grad_u)
+        moved = (
+            out.x,
+            torch.where(acc, ez, state.energy),
+            torch.where(_bcast(acc, state.grad), gz, state.grad),
+            torch.where(acc, uz, state.u),
+            torch.where(_bcast(acc, state.grad_u), guz, state.grad_u),
+        )
+        state.y, state.energy, state.grad, state.u, state.grad_u = _stay_in_states(problem, labels, before, moved)
         accs.append(float(out.accept_prob.mean()))
     recorder.moves(float(np.mean(accs)), h)
     state.step_size.update(float(np.mean(accs)))
