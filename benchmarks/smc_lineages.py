@@ -35,22 +35,19 @@ from boltzgen import systems  # noqa: E402
 from boltzgen.io import load_samples, write_json  # noqa: E402
 from boltzgen.sampling.smc import smc_sample  # noqa: E402
 from boltzgen.sampling.stages import SMCRecorder  # noqa: E402
-from boltzgen.states import phi_psi  # noqa: E402
+from boltzgen.states import BASIN_NAMES, basin_states  # noqa: E402
 from boltzgen.train import load_model  # noqa: E402
 from boltzgen.weights import delta_f, delta_f_point, lineage_ess, normalized_weights  # noqa: E402
-from boltzgen.workflow import load_recipe, merge, sample_settings  # noqa: E402
+from boltzgen.workflow import load_recipe, merge, resampling_strata, sample_settings  # noqa: E402
 
-#: Basins of the first residue's (φ, ψ), radians: α_R is φ < 0 with ψ in this range, β/PII the rest of φ < 0.
-ALPHA_R_PSI = (-2.1, 0.87)
-BASINS = ("beta_PII", "alpha_R", "phi>0")
+BASINS = BASIN_NAMES  # β/PII, α_R, φ > 0 (boltzgen.states.basin_states_of)
 
 
 def basins(x, topology) -> np.ndarray:
     """Basin index (0 β/PII, 1 α_R, 2 φ > 0) of configurations x (B, N, 3) in nm, from the first residue."""
-    phi, psi = phi_psi(np.asarray(x), topology)
-    phi, psi = phi.reshape(len(phi), -1)[:, 0], psi.reshape(len(psi), -1)[:, 0]
-    alpha = (psi > ALPHA_R_PSI[0]) & (psi < ALPHA_R_PSI[1])
-    return np.where(phi > 0, 2, np.where(alpha, 1, 0))
+    joint = basin_states(topology)
+    first = joint.components[0] if joint.components else joint
+    return first.assign(np.asarray(x))
 
 
 class BasinTrace(SMCRecorder):
@@ -106,7 +103,13 @@ def one_run(model, target, settings, n: int, seed: int) -> dict:
     trace = BasinTrace(model.inner, target.topology, model.length_scale)
     start = time.perf_counter()
     result = smc_sample(
-        model, target, n, torch.Generator().manual_seed(seed), settings=settings, states=target.states, recorder=trace
+        model,
+        target,
+        n,
+        torch.Generator().manual_seed(seed),
+        settings=settings,
+        states=resampling_strata(target, settings.resampling.strata),
+        recorder=trace,
     )
     seconds = time.perf_counter() - start
     lw = result.log_weights.numpy()

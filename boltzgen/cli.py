@@ -352,6 +352,7 @@ def _settings_from_args(args):
         d["anneal"]["cess"] = None
     d["resampling"]["balance_states"] = bool(args.balance_states)
     d["anneal"]["keep_states"] = bool(args.keep_states)
+    d["resampling"]["strata"] = args.strata
     if args.no_chirality:
         d["chirality"] = False
     try:
@@ -968,6 +969,14 @@ def build_parser() -> argparse.ArgumentParser:
         "particle into another state, so every state keeps its particles to the end (exact)",
     )
     p.add_argument(
+        "--strata",
+        choices=["states", "basins"],
+        default="states",
+        help="with --per-state-resampling: resample within the target's states (default) or within the "
+        "Ramachandran basins of every residue (beta/PII, alpha_R, phi>0), which refine the phi signs; "
+        "the free energies are still those of the target's states",
+    )
+    p.add_argument(
         "--runs",
         type=int,
         default=1,
@@ -1024,6 +1033,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_settings(p)
     p.add_argument("--balance-states", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--keep-states", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--strata", choices=["states", "basins"], default="states", help=argparse.SUPPRESS)
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)

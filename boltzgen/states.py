@@ -11,6 +11,8 @@ Builders:
 - :func:`function_states`: a user function of the configurations;
 - :func:`phi_states_of`: the sign of one residue's backbone φ (φ < 0 → 0, φ > 0 → 1);
 - :func:`backbone_states`: one φ-sign StateSet per residue that has a φ;
+- :func:`basin_states_of`: one residue's Ramachandran basin (β/PII, α_R, φ > 0) from its (φ, ψ);
+- :func:`basin_states`: the joint basins of every residue (finer than the φ signs);
 - :func:`joint_states`: the product of several StateSets (one label per combination);
 - :func:`default_states`: a peptide's default, the joint φ signs of all its residues (for
   alanine dipeptide, with one φ, exactly the φ-sign states).
@@ -33,6 +35,10 @@ __all__ = [
     "function_states",
     "phi_states_of",
     "backbone_states",
+    "basin_states_of",
+    "basin_states",
+    "BASIN_NAMES",
+    "ALPHA_R_PSI_DEG",
     "joint_states",
     "default_states",
     "backbone_torsions",
@@ -548,6 +554,86 @@ def backbone_states(topology) -> list:
         In residue order; empty without a topology or a backbone.
     """
     return [torsion_states(topology, atoms, f"phi({label})") for label, atoms in phi_torsions(topology)]
+
+
+#: ψ range of the α_R basin (degrees, low ≤ ψ < high) among φ < 0; the rest of φ < 0 is β/PII.
+ALPHA_R_PSI_DEG = (-120.0, 50.0)
+#: Basin names of one residue, in label order.
+BASIN_NAMES = ("beta_PII", "alpha_R", "phi>0")
+
+
+def basin_states_of(topology, residue=None) -> StateSet:
+    """One residue's Ramachandran basin from its backbone (φ, ψ): 0 β/PII, 1 α_R, 2 φ > 0.
+
+    φ > 0 (α_L and C7ax) is state 2, as in :func:`phi_states_of`; among φ ≤ 0, ψ in
+    [−120°, 50°) (:data:`ALPHA_R_PSI_DEG`) is α_R and the rest β/PII (C7eq, β, PII). The basins
+    refine the φ-sign states: states 0 and 1 together are ``phi<0``.
+
+    Parameters
+    ----------
+    topology : mdtraj.Topology
+    residue : int or str, optional
+        The residue (index or label such as ``"ALA2"``); needed when more than one residue has
+        both φ and ψ. With it the names carry the label (``"alpha_R(ALA2)"``).
+
+    Returns
+    -------
+    StateSet
+        Named ``basin`` (``basin(ALA2)`` with ``residue``), states :data:`BASIN_NAMES`.
+
+    Raises
+    ------
+    ValueError
+        No residue with both φ and ψ, several and no ``residue``, or a residue without them.
+    """
+    phis, psis = dict(phi_torsions(topology)), dict(_backbone(topology, "psi"))
+    both = [label for label in phis if label in psis]
+    if not both:
+        raise ValueError("no residue has both backbone phi and psi torsions (needs a capped or longer peptide)")
+    if residue is None:
+        if len(both) != 1:
+            raise ValueError(f"{len(both)} residues have phi and psi ({', '.join(both)}): pass residue=")
+        label, suffix, name = both[0], "", "basin"
+    else:
+        label = _residue_label(topology.residue(residue)) if isinstance(residue, (int, np.integer)) else str(residue)
+        if label not in both:
+            raise ValueError(f"residue {label} lacks phi or psi; residues with both: {', '.join(both)}")
+        suffix, name = f"({label})", f"basin({label})"
+    quads = np.stack([phis[label], psis[label]])
+    lo, hi = (math.radians(v) for v in ALPHA_R_PSI_DEG)
+
+    def labels(x):
+        phi, psi = torsion_angles(x, quads, topology).T
+        return np.where(phi > 0, 2, np.where((psi >= lo) & (psi < hi), 1, 0)).astype(np.int64)
+
+    return StateSet(name, [n + suffix for n in BASIN_NAMES], labels)
+
+
+def basin_states(topology) -> Optional[StateSet]:
+    """The Ramachandran basins of every residue with φ and ψ (:func:`basin_states_of`), jointly.
+
+    For alanine dipeptide the three basins β/PII, α_R, φ > 0; with R residues the 3^R joint
+    states of :func:`joint_states`. Per-state resampling within these keeps each basin's
+    particles apart, where the φ-sign states pool β/PII and α_R.
+
+    Parameters
+    ----------
+    topology : mdtraj.Topology or None
+
+    Returns
+    -------
+    StateSet or None
+        None without a topology or without a residue that has both φ and ψ.
+    """
+    if topology is None:
+        return None
+    psis = dict(_backbone(topology, "psi"))
+    labels = [label for label, _ in phi_torsions(topology) if label in psis]
+    if not labels:
+        return None
+    if len(labels) == 1:
+        return basin_states_of(topology)
+    return joint_states([basin_states_of(topology, label) for label in labels], name="basin")
 
 
 def joint_states(state_sets: Sequence[StateSet], name: Optional[str] = None) -> StateSet:

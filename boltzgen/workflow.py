@@ -687,11 +687,8 @@ def sample(
                 from .free_energy import check_same_particles
 
                 check_same_particles(model, target)  # same count, other atoms: a clear error
-            if per_state_resampling and target.states is None:
-                raise ValueError(
-                    f"per-state resampling needs the target's states; {target.name} has none "
-                    f"(set target.states to a boltzgen.states.StateSet)"
-                )
+            if per_state_resampling:
+                resampling_strata(target, settings.resampling.strata)  # a clear error before any work
             if method == "smc":
                 from .free_energy import transfer_tempering
 
@@ -755,6 +752,8 @@ def _checked_settings(settings, model, per_state_resampling: bool):
         raise ValueError("balance_states needs per-state resampling")
     if settings.anneal.keep_states and not per_state_resampling:
         raise ValueError("anneal.keep_states needs per-state resampling")
+    if settings.resampling.strata != "states" and not per_state_resampling:
+        raise ValueError(f"resampling.strata {settings.resampling.strata!r} needs per-state resampling")
     diffusion = dataclasses.replace(d, t_min=model.t_min if d.t_min is None else float(d.t_min))
     return dataclasses.replace(settings, diffusion=diffusion)
 
@@ -764,6 +763,44 @@ def _reverse_sde(model, n, generator, settings):
 
     d = settings.diffusion
     return reverse_sde(model, n, generator, n_steps=d.n_steps, t_min=d.t_min, mcmc_steps=d.mcmc_steps)
+
+
+def resampling_strata(target, strata: str = "states"):
+    """The StateSet that per-state resampling works within (``resampling.strata``).
+
+    Parameters
+    ----------
+    target : TargetSystem
+    strata : {"states", "basins"}
+        ``"states"``: ``target.states``; ``"basins"``: the Ramachandran basins of the target's
+        residues (:func:`boltzgen.states.basin_states`), which refine its φ-sign states.
+
+    Returns
+    -------
+    StateSet
+
+    Raises
+    ------
+    ValueError
+        A target without such states (no states, or no residue with φ and ψ for basins).
+    """
+    if strata == "basins":
+        from .states import basin_states
+
+        state_set = basin_states(target.topology)
+        if state_set is None:
+            raise ValueError(
+                f"resampling.strata 'basins' needs a peptide with backbone phi and psi; {target.name} has none"
+            )
+        return state_set
+    if strata != "states":
+        raise ValueError(f"resampling.strata must be 'states' or 'basins', got {strata!r}")
+    if target.states is None:
+        raise ValueError(
+            f"per-state resampling needs the target's states; {target.name} has none "
+            "(set target.states to a boltzgen.states.StateSet)"
+        )
+    return target.states
 
 
 def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: bool, generator) -> SampleRun:
@@ -776,7 +813,7 @@ def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: b
 
     states = None
     if per_state_resampling:
-        state_set = target.states
+        state_set = resampling_strata(target, settings.resampling.strata)
 
         def states(x):
             return np.asarray(state_set.assign(x.detach().cpu().numpy()), dtype=np.int64)

@@ -382,6 +382,11 @@ def test_sample_from_a_trained_run(tmp_path, capsys):
     assert "--tempering must lie in (0, 1]" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--per-state-resampling"]) == 2
     assert "per-state resampling needs the target's states; gmm-two-modes has none" in capsys.readouterr().err
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--strata", "basins"]) == 2
+    assert "resampling.strata 'basins' needs per-state resampling" in capsys.readouterr().err
+    argv = ["sample", str(run), "-n", "4", "-o", str(tmp_path / "t.h5"), "--per-state-resampling", "--strata", "basins"]
+    assert main(argv) == 2
+    assert "'basins' needs a peptide with backbone phi and psi; gmm-two-modes has none" in capsys.readouterr().err
     assert (
         main(
             [

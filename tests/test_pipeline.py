@@ -109,6 +109,15 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
         if value < 5:
             assert any(f"state {name} rests on" in w for w in by_state["warnings"])
 
+    # resampling within the Ramachandran basins (beta/PII, alpha_R, phi>0) balanced and kept apart;
+    # the free energies are still reported for the phi states
+    argv = ["sample", os.path.join(out, "run"), "-n", "24", "-o", str(tmp_path / "basins.h5"), "--diffusion-steps"]
+    argv += ["5", "--anneal", "2", "--final-mcmc-steps", "2", "--per-state-resampling", "--balance-states"]
+    assert main(argv + ["--keep-states", "--strata", "basins", "--no-progress", "--json"]) == 0
+    by_basin = json.loads(capsys.readouterr().out)
+    assert by_basin["settings"]["resampling"]["strata"] == "basins" and by_basin["states"]["names"] == names
+    assert sum(by_basin["state_counts"]) == 24
+
 
 def benchmark_plan(name: str) -> dict:
     """The plan benchmarks/molecular_chain.py builds from the recipe ``benchmarks.<name>`` with its

@@ -176,3 +176,35 @@ def test_joint_states_encode_the_first_set_slowest():
     assert joint.name == "A×B" and len(joint) == 6 and joint.names[3] == "a1,b1"
     x = np.array([[0, 0], [0, 1], [1, 0], [2, 1]])
     np.testing.assert_array_equal(joint.assign(x), [0, 1, 2, 5])
+
+
+def test_basin_states_split_phi_below_zero_by_psi_and_refine_the_phi_signs():
+    """Alanine dipeptide: basin 2 exactly where phi > 0; among phi <= 0, alpha_R for psi in
+    [-120, 50) degrees (hand-computed torsions), beta/PII otherwise; the basins merge to the phi signs."""
+    traj = mdtraj.load(data_path("aldp.pdb"))
+    top = traj.topology
+    rng = np.random.default_rng(3)
+    x = traj.xyz[0].astype(np.float64)[None] + 0.06 * rng.standard_normal((3000, top.n_atoms, 3))
+    x[1500:] *= -1.0  # mirror images: phi > 0 too
+    basins = S.basin_states(top)
+    assert basins.name == "basin" and basins.names == ("beta_PII", "alpha_R", "phi>0")
+    labels = basins.assign(x)
+    phi = _hand_torsion(x, [4, 6, 8, 14])
+    psi = _hand_torsion(x, [6, 8, 14, 16])
+    away = (np.abs(psi - np.radians(-120.0)) > 1e-3) & (np.abs(psi - np.radians(50.0)) > 1e-3) & (np.abs(phi) > 1e-3)
+    alpha = (psi >= np.radians(-120.0)) & (psi < np.radians(50.0))
+    expected = np.where(phi > 0, 2, np.where(alpha, 1, 0))
+    np.testing.assert_array_equal(labels[away], expected[away])
+    assert set(labels.tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(labels == 2, S.default_states(top).assign(x) == 1)
+
+
+def test_basin_states_of_a_longer_peptide_are_joint_per_residue():
+    top = _topology(["ACE", "ALA", "ALA", "ALA", "NME"])
+    joint = S.basin_states(top)
+    assert len(joint) == 27 and [c.name for c in joint.components] == ["basin(ALA2)", "basin(ALA3)", "basin(ALA4)"]
+    assert joint.names[0] == "beta_PII(ALA2),beta_PII(ALA3),beta_PII(ALA4)"
+    assert S.basin_states_of(top, "ALA3").names == ("beta_PII(ALA3)", "alpha_R(ALA3)", "phi>0(ALA3)")
+    with pytest.raises(ValueError, match="3 residues have phi and psi \\(ALA2, ALA3, ALA4\\): pass residue="):
+        S.basin_states_of(top)
+    assert S.basin_states(None) is None

@@ -331,18 +331,25 @@ class ResampleSettings:
         With ``states``: at the start of the annealing, give every state the same number of
         particles (each keeps its total weight), so a state the model puts a few kT up does not
         rest on a handful of particles.
+    strata : {"states", "basins"}
+        What per-state resampling (and ``balance_states``, ``anneal.keep_states``) works within:
+        the target's states, or the Ramachandran basins of a peptide's residues
+        (:func:`boltzgen.states.basin_states`: β/PII, α_R and φ > 0 apart, where the φ-sign states
+        pool the first two). The free energies are still reported for the target's states.
     """
 
     ess_threshold: float = 0.5
     method: str = "systematic"
     denoised_labels: bool = True
     balance_states: bool = False
+    strata: str = "states"
 
     def __post_init__(self):
         _float(self, "ess_threshold", "resampling.ess_threshold", 0.0, 1.0)
         _choice(self, "method", "resampling.method", sorted(RESAMPLING_METHODS))
         _bool(self, "denoised_labels", "resampling.denoised_labels")
         _bool(self, "balance_states", "resampling.balance_states")
+        _choice(self, "strata", "resampling.strata", ["basins", "states"])
 
 
 @dataclass(frozen=True)
