@@ -14,7 +14,8 @@ sample`` or ``boltzgen reweight``: weighted), optionally a reference sample file
 - ``metrics.json``: n, ESS, W2 distances to the reference, the free energies F_k − F_0 of the
   molecule's states (:func:`boltzgen.states.default_states`: for a peptide the joint φ signs of its
   residues; for two states, as alanine dipeptide, ΔF = F(φ > 0) − F(φ < 0)), per residue ΔF of
-  its φ sign (``per_residue``); errors of MD trajectories, time-ordered correlated frames, by a
+  its φ sign and the free energies of its Ramachandran basins β/PII, α_R, φ > 0 relative to β/PII
+  (``per_residue``, :func:`boltzgen.states.basin_states_of`); errors of MD trajectories, time-ordered correlated frames, by a
   block bootstrap (``bootstrap_block_size``);
 - ``index.html``: one page that leads, before any figure, with the answer (ΔF with its error in kT
   for two states, else the state free energies; the ESS and the number of distinct SMC ancestors)
@@ -44,7 +45,7 @@ import numpy as np
 from . import analysis as A
 from . import weights as W
 from .io import atomic_path, is_md_trajectory, load_samples, write_json
-from .states import backbone_states, backbone_torsions, default_states
+from .states import BASIN_NAMES, backbone_states, backbone_torsions, basin_states_of, default_states
 
 __all__ = ["analyze", "report_verdict"]
 
@@ -643,7 +644,27 @@ def _state_tables(metrics: dict) -> str:
         rows = [[residue] + [entry.get(k) for k in keys] for residue, entry in per_residue.items()]
         header = ["Residue"] + [labels[k] for k in keys]
         out += "\n<h2>Per residue: F(φ &gt; 0) − F(φ &lt; 0)</h2>\n" + _table(header, rows)
+    keys = [key for key in BASIN_COLUMNS if any(key in entry for entry in per_residue.values())]
+    rows = [
+        [residue, basin] + [(entry.get(key) or [None] * len(entry["basins"]))[k] for key in keys]
+        for residue, entry in per_residue.items()
+        for k, basin in enumerate(entry.get("basins") or [])
+    ]
+    if rows:
+        header = ["Residue", "Basin"] + [BASIN_COLUMNS[key] for key in keys]
+        out += "\n<h2>Per residue: Ramachandran basins, F − F(β/PII)</h2>\n" + _table(header, rows)
     return out
+
+
+#: Columns of the report's basin table: metric key -> heading.
+BASIN_COLUMNS = {
+    "basin_counts": "Samples",
+    "basin_free_energies_kT": "Free energy relative to beta_PII (kT)",
+    "basin_free_energies_err_kT": "Standard error (kT)",
+    "reference_basin_counts": "Reference samples",
+    "reference_basin_free_energies_kT": "Reference free energy (kT)",
+    "reference_basin_free_energies_err_kT": "Reference standard error (kT)",
+}
 
 
 def _with_error(value, error) -> str:
@@ -832,7 +853,26 @@ def _per_residue(samples, ref, lw, ref_lw, seed, blocks) -> dict:
             entry[f"{prefix}delta_f_err_kT"] = result["delta_f_err_kT"]
             if result.get("delta_f_note"):
                 entry[f"{prefix}note"] = result["delta_f_note"]
+        entry.update(_basin_metrics(samples.topology, residue, sources, seed))
         out[residue] = entry
+    return out
+
+
+def _basin_metrics(topology, residue: str, sources, seed) -> dict:
+    """Free energies of one residue's Ramachandran basins (β/PII, α_R, φ > 0) relative to β/PII,
+    for the samples and the reference; {} for a residue without ψ."""
+    try:
+        basins = basin_states_of(topology, residue)
+    except ValueError:
+        return {}
+    out: dict[str, Any] = {"basins": list(BASIN_NAMES)}
+    for prefix, source, w, groups, block in sources:
+        result = A.state_free_energy_metrics(
+            w, basins.assign(source.x), basins.names, seed=seed, block_size=block, groups=groups
+        )
+        out[f"{prefix}basin_counts"] = result["state_counts"]
+        out[f"{prefix}basin_free_energies_kT"] = result["state_free_energies_kT"]
+        out[f"{prefix}basin_free_energies_err_kT"] = result.get("state_free_energies_err_kT")
     return out
 
 

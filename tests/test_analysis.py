@@ -446,7 +446,7 @@ def test_analyze_peptide_with_several_residues(tmp_path):
     """Per residue a Ramachandran row and phi-sign Delta F, the joint-state free energies, and the
     reference torsions; unweighted samples give exact -ln count ratios."""
     from boltzgen.report import analyze
-    from boltzgen.states import backbone_states, default_states
+    from boltzgen.states import backbone_states, basin_states_of, default_states
 
     top = _tri_alanine()
     x = np.random.default_rng(3).normal(0.0, 0.3, (300, top.n_atoms, 3))
@@ -476,8 +476,19 @@ def test_analyze_peptide_with_several_residues(tmp_path):
     shifted = analyze(path, str(tmp_path / "out2"), reference=other)
     assert shifted["per_residue"]["ALA2"]["torsion_w2"] == pytest.approx(shifted["torsion_w2"], rel=1e-9)
     assert shifted["torsion_w2"] > 0.05
+    # Ramachandran basins of each residue with phi and psi (ALA2 here): -ln count ratios to beta/PII
+    basins = basin_states_of(top, "ALA2").assign(x)
+    entry = metrics["per_residue"]["ALA2"]
+    counts = np.bincount(basins, minlength=3)
+    assert entry["basins"] == ["beta_PII", "alpha_R", "phi>0"] and entry["basin_counts"] == counts.tolist()
+    np.testing.assert_allclose(entry["basin_free_energies_kT"], -np.log(counts / counts[0]), atol=1e-9)
+    np.testing.assert_allclose(entry["reference_basin_free_energies_kT"], entry["basin_free_energies_kT"], atol=1e-9)
+    assert (
+        all(e > 0 for e in entry["basin_free_energies_err_kT"][1:]) and "basins" not in metrics["per_residue"]["ALA3"]
+    )
     page = (tmp_path / "out" / "index.html").read_text()
     assert "<h2>States</h2>" in page and "<td>ALA3</td>" in page
+    assert "Ramachandran basins" in page and "<td>alpha_R</td>" in page
 
 
 def test_analyze_molecule_without_backbone_notes_it(tmp_path):
