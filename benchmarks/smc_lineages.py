@@ -43,11 +43,15 @@ from boltzgen.workflow import load_recipe, merge, resampling_strata, sample_sett
 BASINS = BASIN_NAMES  # β/PII, α_R, φ > 0 (boltzgen.states.basin_states_of)
 
 
+def first_residue_basins(topology):
+    """The StateSet of the first residue's basins (0 β/PII, 1 α_R, 2 φ > 0)."""
+    joint = basin_states(topology)
+    return joint.components[0] if joint.components else joint
+
+
 def basins(x, topology) -> np.ndarray:
     """Basin index (0 β/PII, 1 α_R, 2 φ > 0) of configurations x (B, N, 3) in nm, from the first residue."""
-    joint = basin_states(topology)
-    first = joint.components[0] if joint.components else joint
-    return first.assign(np.asarray(x))
+    return first_residue_basins(topology).assign(np.asarray(x))
 
 
 class BasinTrace(SMCRecorder):
@@ -55,7 +59,8 @@ class BasinTrace(SMCRecorder):
 
     def __init__(self, model, topology, length_scale: float):
         super().__init__()
-        self.model, self.topology, self.length_scale = model, topology, length_scale
+        self.model, self.length_scale = model, length_scale
+        self.basins = first_residue_basins(topology)  # built once, applied at every level
         self.rows = []
 
     def particles(self, state) -> None:
@@ -63,7 +68,7 @@ class BasinTrace(SMCRecorder):
         if state.beta == 0.0 and state.t < 1.0:  # the diffusion: the basin of E[y_0 | y_t]
             t = torch.tensor(float(state.t), dtype=torch.float64)
             y = self.model.schedule.denoise(y, -state.grad, t)
-        label = basins((self.length_scale * y).detach().cpu().numpy(), self.topology)
+        label = self.basins.assign((self.length_scale * y).detach().cpu().numpy())
         row = {"t": float(state.t), "beta": float(state.beta), "ess": float(state.ess)}
         row.update(basin_summary(label, state.log_w.cpu().numpy(), state.ancestors["start"].cpu().numpy()))
         self.rows.append(row)

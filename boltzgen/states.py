@@ -562,6 +562,12 @@ ALPHA_R_PSI_DEG = (-120.0, 50.0)
 BASIN_NAMES = ("beta_PII", "alpha_R", "phi>0")
 
 
+def _phi_psi_quads(topology) -> dict:
+    """``residue label -> (2, 4) atoms of its φ and ψ`` for the residues that have both, in order."""
+    psis = dict(_backbone(topology, "psi"))
+    return {label: np.stack([atoms, psis[label]]) for label, atoms in phi_torsions(topology) if label in psis}
+
+
 def basin_states_of(topology, residue=None) -> StateSet:
     """One residue's Ramachandran basin from its backbone (φ, ψ): 0 β/PII, 1 α_R, 2 φ > 0.
 
@@ -586,8 +592,8 @@ def basin_states_of(topology, residue=None) -> StateSet:
     ValueError
         No residue with both φ and ψ, several and no ``residue``, or a residue without them.
     """
-    phis, psis = dict(phi_torsions(topology)), dict(_backbone(topology, "psi"))
-    both = [label for label in phis if label in psis]
+    quads_of = _phi_psi_quads(topology)
+    both = list(quads_of)
     if not both:
         raise ValueError("no residue has both backbone phi and psi torsions (needs a capped or longer peptide)")
     if residue is None:
@@ -599,7 +605,7 @@ def basin_states_of(topology, residue=None) -> StateSet:
         if label not in both:
             raise ValueError(f"residue {label} lacks phi or psi; residues with both: {', '.join(both)}")
         suffix, name = f"({label})", f"basin({label})"
-    quads = np.stack([phis[label], psis[label]])
+    quads = quads_of[label]
     lo, hi = (math.radians(v) for v in ALPHA_R_PSI_DEG)
 
     def labels(x):
@@ -627,8 +633,7 @@ def basin_states(topology) -> Optional[StateSet]:
     """
     if topology is None:
         return None
-    psis = dict(_backbone(topology, "psi"))
-    labels = [label for label, _ in phi_torsions(topology) if label in psis]
+    labels = list(_phi_psi_quads(topology))
     if not labels:
         return None
     if len(labels) == 1:

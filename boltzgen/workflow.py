@@ -687,13 +687,13 @@ def sample(
                 from .free_energy import check_same_particles
 
                 check_same_particles(model, target)  # same count, other atoms: a clear error
-            if per_state_resampling:
-                resampling_strata(target, settings.resampling.strata)  # a clear error before any work
+            # the StateSet to resample within: a clear error before any work
+            strata = resampling_strata(target, settings.resampling.strata) if per_state_resampling else None
             if method == "smc":
                 from .free_energy import transfer_tempering
 
                 settings = transfer_tempering(settings, model, target)
-                result = _run_smc(model, target, n, runs, settings, per_state_resampling, generator)
+                result = _run_smc(model, target, n, runs, settings, strata, generator)
             else:
                 x = torch.as_tensor(_reverse_sde(model, n, generator, settings))
                 result = SampleRun(x, None, target.reduced_energy(x).detach().numpy(), metrics={"n_reflected": 0})
@@ -803,8 +803,9 @@ def resampling_strata(target, strata: str = "states"):
     return target.states
 
 
-def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: bool, generator) -> SampleRun:
-    """R independent SMC runs of n / R particles each, pooled by their log Z estimates."""
+def _run_smc(model, target, n: int, runs: int, settings, strata, generator) -> SampleRun:
+    """R independent SMC runs of n / R particles each, pooled by their log Z estimates; with a
+    StateSet ``strata`` (:func:`resampling_strata`) resampled within its states."""
     import torch
 
     from .sampling.smc import smc_runs
@@ -812,11 +813,10 @@ def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: b
     from .weights import lineage_ess
 
     states = None
-    if per_state_resampling:
-        state_set = resampling_strata(target, settings.resampling.strata)
+    if strata is not None:
 
         def states(x):
-            return np.asarray(state_set.assign(x.detach().cpu().numpy()), dtype=np.int64)
+            return np.asarray(strata.assign(x.detach().cpu().numpy()), dtype=np.int64)
 
     results, log_w, log_z = smc_runs(model, target, n, runs, generator, settings=settings, states=states)
     x = torch.cat([r.x for r in results])
@@ -843,7 +843,7 @@ def _run_smc(model, target, n: int, runs: int, settings, per_state_resampling: b
         "lineage_ess": lineage_ess(log_w, lineages) if np.isfinite(log_w).any() else None,
         "final_acceptance": summaries[0]["final_acceptance"],
         "tempering": settings.diffusion.tempering,
-        "per_state_resampling": bool(per_state_resampling),
+        "per_state_resampling": strata is not None,
         "denoised_state_labels": states is not None and bool(settings.resampling.denoised_labels),
         "balance_states": bool(settings.resampling.balance_states),
         "runs": runs,
