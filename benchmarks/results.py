@@ -66,6 +66,14 @@ def smoke(blob: dict) -> bool:
 
 
 # ----------------------------------------------------------------------------- benchmarks
+def energy_w2_cell(r: dict) -> str:
+    """Energy W2 with, when the report gave it, the W2 that as many independent draws of the
+    reference itself would have (boltzgen.analysis.energy_w2_floor)."""
+    if r.get("energy_w2_floor") is None:
+        return fmt(r.get("energy_w2"))
+    return f"{fmt(r.get('energy_w2'))} (floor {fmt(r['energy_w2_floor'])} at {fmt(r.get('energy_w2_floor_n'), '.0f')})"
+
+
 def chain_rows(blob: dict) -> list[list[str]]:
     """Rows of a molecular chain result (benchmarks/aldp.py, benchmarks/lj13.py)."""
     rows = []
@@ -78,7 +86,7 @@ def chain_rows(blob: dict) -> list[list[str]]:
                 loss if recipe in (None, "aldp", blob.get("system")) else f"{loss}, recipe {recipe}",
                 fmt(r.get("ess_fraction")),
                 f"{fmt(r.get('n_ancestors'), 'd')} / {fmt(r.get('n_ancestors_anneal'), 'd')}",
-                fmt(r.get("energy_w2")),
+                energy_w2_cell(r),
                 fmt(r.get("torsion_w2")),
                 plus_minus(r.get("delta_f_kT"), r.get("delta_f_err_kT")),
                 ", ".join(fmt(v, ".1f") for v in runs) if runs else DASH,
@@ -101,7 +109,7 @@ def peptide_rows(blob: dict) -> list[list[str]]:
                 blob.get("system", DASH),
                 loss,
                 fmt(r.get("ess_fraction")),
-                fmt(r.get("energy_w2")),
+                energy_w2_cell(r),
                 fmt(r.get("torsion_w2")),
                 ", ".join(f"{k} {fmt(v.get('torsion_w2'))}" for k, v in residues.items()) or DASH,
                 ", ".join(

@@ -36,6 +36,7 @@ __all__ = [
     "FreeEnergyProfile",
     "free_energy_surface",
     "energy_w2",
+    "energy_w2_floor",
     "torsion_w2",
     "state_free_energy_metrics",
 ]
@@ -360,6 +361,51 @@ def energy_w2(u, u_ref, log_w=None, log_w_ref=None) -> float:
     qa = a[np.minimum(np.searchsorted(ca, levels, side="left"), a.size - 1)]
     qb = b[np.minimum(np.searchsorted(cb, levels, side="left"), b.size - 1)]
     return float(math.sqrt(max(float(np.sum(dp * (qa - qb) ** 2)), 0.0)))
+
+
+def energy_w2_floor(u_ref, n, log_w_ref=None, n_draws: int = 50, seed=0) -> float:
+    """Energy W2 that a perfect sampler of ``n`` independent samples scores against a reference.
+
+    The mean, over ``n_draws`` repetitions, of :func:`energy_w2` between ``n`` draws (with
+    replacement, by the reference's weights) from the reference and the whole reference. An
+    empirical distribution of n independent draws is itself at a W2 distance of order σ/√n from
+    the distribution it was drawn from, so a sampler's energy W2 cannot be read below this value:
+    compare ``energy_w2`` with the floor at the sampler's number of independent draws (for SMC the
+    lineage ESS, :func:`boltzgen.weights.lineage_ess`, rather than the number of particles).
+
+    Parameters
+    ----------
+    u_ref : array, shape (B_ref,)
+        Reference values (reduced energies, kT).
+    n : float
+        Number of independent draws (rounded; at least 1), e.g. an ESS.
+    log_w_ref : array, optional
+        Log-weights of the reference (None: unweighted).
+    n_draws : int
+        Repetitions averaged.
+    seed : int or None
+        Random state of the draws.
+
+    Returns
+    -------
+    float
+        Mean W2 in the unit of ``u_ref``.
+
+    Raises
+    ------
+    ValueError
+        ``n`` not finite or ``n_draws`` below 1; invalid reference values or weights.
+    """
+    if not math.isfinite(float(n)):
+        raise ValueError(f"n must be a finite number of draws, got {n}")
+    if int(n_draws) < 1:
+        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
+    b, wb, lw_b = _weighted_values(u_ref, log_w_ref, "u_ref", "log_w_ref")
+    if b.ndim != 1:
+        raise ValueError(f"energy_w2_floor needs one value per sample; got shape {b.shape}")
+    m = max(1, int(round(float(n))))
+    rng = np.random.default_rng(seed)
+    return float(np.mean([energy_w2(b[rng.choice(b.size, size=m, p=wb)], b, None, lw_b) for _ in range(int(n_draws))]))
 
 
 def _as_angles(angles, name: str) -> np.ndarray:

@@ -591,6 +591,8 @@ def cmd_analyze(args) -> int:
         line = f"{metrics['n']} samples, ESS {metrics['ess']:.1f} ({metrics['ess_fraction']:.1%})"
         if metrics.get("energy_w2") is not None:
             line += f", energy W2 {metrics['energy_w2']:.3g} kT"
+            if metrics.get("energy_w2_floor") is not None:
+                line += f" (floor {metrics['energy_w2_floor']:.3g} for {metrics['energy_w2_floor_n']:.0f} independent draws)"
         if metrics.get("torsion_w2") is not None:
             line += f", torsion W2 {metrics['torsion_w2']:.3g} rad"
         if metrics.get("delta_f_kT") is not None:

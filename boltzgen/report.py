@@ -416,9 +416,16 @@ def _reference_problem(summary: dict) -> Optional[str]:
     w2 = _number(summary.get("energy_w2"))
     if w2 is not None:
         if w2 > ENERGY_W2_MAX_KT:
+            floor, n = _number(summary.get("energy_w2_floor")), _number(summary.get("energy_w2_floor_n"))
+            why = (
+                f" {n:.0f} independent draws of the reference itself would be {floor:.3g} kT from it: "
+                "the samples rest on too few independent draws to tell more."
+                if floor is not None and n is not None and floor > 0.5 * w2
+                else ""
+            )
             return (
                 f"The samples are far from the reference: their reduced-energy distributions are "
-                f"{w2:.3g} kT apart (Wasserstein-2 distance; more than {ENERGY_W2_MAX_KT:g} kT)."
+                f"{w2:.3g} kT apart (Wasserstein-2 distance; more than {ENERGY_W2_MAX_KT:g} kT).{why}"
             )
         return None
     mean, ref_mean = _number(summary.get("mean_reduced_energy")), _number(summary.get("reference_mean_reduced_energy"))
@@ -568,6 +575,8 @@ _METRIC_TABLES = (
             ("reference_ess", "Reference effective sample size (samples)"),
             ("reference_mean_reduced_energy", "Reference mean reduced energy (kT)"),
             ("energy_w2", "Energy Wasserstein-2 distance to the reference (kT)"),
+            ("energy_w2_floor", "Energy W2 of as many independent draws of the reference itself (kT)"),
+            ("energy_w2_floor_n", "Independent draws of that floor (lineage ESS, else ESS)"),
             ("torsion_w2", "Torsion Wasserstein-2 distance to the reference (rad)"),
             ("torsion_w2_n", "Resampled configurations of the torsion distance"),
             ("reference_delta_f_kT", "Reference free-energy difference (kT)"),
@@ -948,7 +957,10 @@ def analyze(
     dict
         The metrics also written to ``out_dir/metrics.json`` (non-finite numbers as None):
         ``n``, ``weighted``, ``n_zero_weight``, ``ess``, ``ess_fraction``, ``mean_reduced_energy``
-        (kT), with a reference ``energy_w2`` (kT) and ``torsion_w2`` (rad); for alanine-dipeptide-like
+        (kT), with a reference ``energy_w2`` (kT), ``energy_w2_floor`` (the W2 of as many independent
+        draws of the reference as the samples hold: ``energy_w2_floor_n``, the lineage ESS when the
+        SMC metrics have it, else the ESS; :func:`boltzgen.analysis.energy_w2_floor`) and
+        ``torsion_w2`` (rad); for alanine-dipeptide-like
         molecules ``delta_f_kT`` and ``delta_f_err_kT`` = F(φ > 0) − F(φ < 0) in kT (and the same of
         the reference); ``n_ancestors`` (distinct SMC ancestors of the final particles, all runs),
         ``lineage_ess`` and per state ``lineage_ess_states`` (:func:`boltzgen.weights.lineage_ess`)
@@ -1032,6 +1044,11 @@ def analyze(
             smc_log_z=smc.get("log_z"),
             smc_n_resampling=smc.get("n_resampling"),
         )
+    if metrics.get("energy_w2") is not None:
+        # what n independent draws of the reference itself would score (the lineages for SMC)
+        n_independent = metrics.get("lineage_ess") or metrics["ess"]
+        metrics["energy_w2_floor_n"] = float(n_independent)
+        metrics["energy_w2_floor"] = A.energy_w2_floor(ref_u, n_independent, ref_lw, seed=seed)
     rd = _find_run_dir(samples, run_dir, notes)
     if rd is not None:
         log_path = os.path.join(rd, "train_log.csv")

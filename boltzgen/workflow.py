@@ -1483,7 +1483,7 @@ def quickstart(
     dict
         The summary: ``system``, ``n_samples``, ``ess``, ``ess_fraction``, ``log_z``, state free
         energies (``states``, ``state_free_energies_kT``, for two states ``delta_f_kT`` ±
-        ``delta_f_err_kT`` and ``delta_f_runs_kT``), the report's ``energy_w2`` and reference
+        ``delta_f_err_kT`` and ``delta_f_runs_kT``), the report's ``energy_w2`` (with its floor) and reference
         values, ``stage_seconds``, ``total_seconds`` and ``files``; also in ``out_dir/metrics.json``.
     """
     from .io import write_json
@@ -1525,7 +1525,7 @@ def quickstart(
         seconds["analyze"] = time.perf_counter() - start
         from .report import STRUCTURE_FLAWS
 
-        kept = {"energy_w2", "torsion_w2", "per_residue", *STRUCTURE_FLAWS}
+        kept = {"energy_w2", "energy_w2_floor", "energy_w2_floor_n", "torsion_w2", "per_residue", *STRUCTURE_FLAWS}
         summary.update({k: v for k, v in analysed.items() if k in kept or k.startswith("reference_")})
         summary["reference"] = os.path.abspath(reference)
     summary["stage_seconds"] = seconds

@@ -12,7 +12,7 @@ import pytest
 
 from boltzgen import analysis as A
 from boltzgen.cli import main
-from boltzgen.io import save_samples
+from boltzgen.io import load_samples, save_samples
 from boltzgen.train import LOG_FIELDS
 
 PDB = os.path.join(os.path.dirname(__file__), os.pardir, "systems", "aldp.pdb")
@@ -354,6 +354,11 @@ def test_analyze_toy_target_skips_torsions(tmp_path):
     assert set(metrics["figures"]) == {"energy_histogram", "ess_trace"}
     assert math.isfinite(metrics["energy_w2"]) and "torsion_w2" not in metrics and "delta_f_kT" not in metrics
     assert any("not a molecular system" in n for n in metrics["notes"])
+    # the floor: as many independent draws of the reference as the samples' ESS (no lineages here)
+    assert metrics["energy_w2_floor_n"] == pytest.approx(metrics["ess"])
+    assert metrics["energy_w2_floor"] == pytest.approx(
+        A.energy_w2_floor(np.asarray(load_samples(ref).reduced_energy), metrics["ess"], seed=0)
+    )
 
 
 def test_analyze_notes_reference_at_another_temperature(tmp_path):
@@ -503,3 +508,28 @@ def test_analyze_molecule_without_backbone_notes_it(tmp_path):
     metrics = analyze(path, str(tmp_path / "out"))
     assert "states" not in metrics and "ramachandran" not in metrics["figures"]
     assert any("no backbone phi and psi torsion" in n for n in metrics["notes"])
+
+
+def test_energy_w2_floor_is_the_exact_mean_for_a_two_point_reference():
+    # Reference: values 0 and 1 with equal weight. n draws with k zeros have W2^2 = |k/n - 1/2|
+    # (the quantile functions differ by 1 on a mass |k/n - 1/2|), so E[W2] is a binomial sum.
+    from scipy.stats import binom
+
+    ref = np.array([0.0, 1.0])
+    for n in (4, 25, 100):
+        k = np.arange(n + 1)
+        exact = float(np.sum(binom.pmf(k, n, 0.5) * np.sqrt(np.abs(k / n - 0.5))))
+        floor = A.energy_w2_floor(ref, n, n_draws=4000, seed=1)
+        assert floor == pytest.approx(exact, rel=0.03)
+    # weights of the reference are used: all weight on 1 leaves nothing to miss
+    assert A.energy_w2_floor(ref, 10, log_w_ref=np.array([-np.inf, 0.0])) == 0.0
+
+
+def test_energy_w2_floor_falls_like_one_over_root_n_and_rejects_bad_input():
+    ref = np.random.default_rng(0).normal(size=20000)
+    f100, f1600 = (A.energy_w2_floor(ref, n, n_draws=200, seed=2) for n in (100, 1600))
+    assert 2.5 < f100 / f1600 < 6.0  # 4x for a pure 1/sqrt(n) law; slower tails add a little
+    with pytest.raises(ValueError, match="finite"):
+        A.energy_w2_floor(ref, float("nan"))
+    with pytest.raises(ValueError, match="n_draws"):
+        A.energy_w2_floor(ref, 10, n_draws=0)
