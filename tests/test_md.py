@@ -150,7 +150,7 @@ def test_lj13_virial():
     """E[(x - x̄)·∇u] = 3(N - 1) on the zero-COM subspace (integration by parts)."""
     target = load("lj13")
     chains, saves = 64, 12
-    res = simulate(target, chains * saves, seed=0, chains=chains, progress=False)
+    res = simulate(target, chains * saves, seed=0, chains=chains, equilibration=2000, stride=50, progress=False)
     x = torch.from_numpy(res.positions)
     u, force = target.reduced_energy_and_force(x)
     np.testing.assert_allclose(res.reduced_energy, u.numpy(), rtol=1e-10)
