@@ -259,7 +259,7 @@ def markdown(out: dict) -> str:
         "",
         f"sizes: {out['sizes']}",
         "",
-        "| objective | ESS fraction | ancestors (t = 1 / annealing) | energy W2 (kT) | its floor (kT) | torsion W2 (rad) "
+        "| objective | ESS fraction | ancestors (t = 1 / annealing) | energy W2 (kT) | its floor at the ESS / lineages (kT) | torsion W2 (rad) "
         "| ΔF φ>0 vs φ<0 (kT) | reference ΔF (kT) | s/step | train s | SMC s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -272,7 +272,7 @@ def markdown(out: dict) -> str:
         )
         lines.append(
             f"| {loss} | {f(r.get('ess_fraction'))} | {f(r.get('n_ancestors'), 'd')} / "
-            f"{f(r.get('n_ancestors_anneal'), 'd')} | {f(r.get('energy_w2'))} | {f(r.get('energy_w2_floor'))} "
+            f"{f(r.get('n_ancestors_anneal'), 'd')} | {f(r.get('energy_w2'))} | {f(r.get('energy_w2_floor'))} / {f(r.get('energy_w2_floor_lineages'))} "
             f"| {f(r.get('torsion_w2'))} "
             f"| {df} | {ref} | {f(r.get('train_seconds_per_step'), '.2f')} | {f(r.get('train_seconds'), '.0f')} "
             f"| {f(r.get('sample_seconds'), '.0f')} |"

@@ -71,7 +71,10 @@ def energy_w2_cell(r: dict) -> str:
     reference itself would have (boltzgen.analysis.energy_w2_floor)."""
     if r.get("energy_w2_floor") is None:
         return fmt(r.get("energy_w2"))
-    return f"{fmt(r.get('energy_w2'))} (floor {fmt(r['energy_w2_floor'])} at {fmt(r.get('energy_w2_floor_n'), '.0f')})"
+    floors = f"floor {fmt(r['energy_w2_floor'])} at ESS {fmt(r.get('energy_w2_floor_n'), '.0f')}"
+    if r.get("energy_w2_floor_lineages") is not None:
+        floors += f", {fmt(r['energy_w2_floor_lineages'])} at the lineages"
+    return f"{fmt(r.get('energy_w2'))} ({floors})"
 
 
 def chain_rows(blob: dict) -> list[list[str]]:

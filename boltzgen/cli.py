@@ -592,7 +592,12 @@ def cmd_analyze(args) -> int:
         if metrics.get("energy_w2") is not None:
             line += f", energy W2 {metrics['energy_w2']:.3g} kT"
             if metrics.get("energy_w2_floor") is not None:
-                line += f" (floor {metrics['energy_w2_floor']:.3g} for {metrics['energy_w2_floor_n']:.0f} independent draws)"
+                line += (
+                    f" (floor {metrics['energy_w2_floor']:.3g} for {metrics['energy_w2_floor_n']:.0f} independent draws"
+                )
+                if metrics.get("energy_w2_floor_lineages") is not None:
+                    line += f", {metrics['energy_w2_floor_lineages']:.3g} for {metrics['lineage_ess']:.0f} lineages"
+                line += ")"
         if metrics.get("torsion_w2") is not None:
             line += f", torsion W2 {metrics['torsion_w2']:.3g} rad"
         if metrics.get("delta_f_kT") is not None:

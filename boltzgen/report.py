@@ -416,10 +416,17 @@ def _reference_problem(summary: dict) -> Optional[str]:
     w2 = _number(summary.get("energy_w2"))
     if w2 is not None:
         if w2 > ENERGY_W2_MAX_KT:
-            floor, n = _number(summary.get("energy_w2_floor")), _number(summary.get("energy_w2_floor_n"))
+            floor = _number(summary.get("energy_w2_floor_lineages"))
+            n, what = _number(summary.get("lineage_ess")), "lineages"
+            if floor is None:
+                floor, n, what = (
+                    _number(summary.get("energy_w2_floor")),
+                    _number(summary.get("energy_w2_floor_n")),
+                    "ESS",
+                )
             why = (
-                f" {n:.0f} independent draws of the reference itself would be {floor:.3g} kT from it: "
-                "the samples rest on too few independent draws to tell more."
+                f" As many independent draws of the reference itself as the samples' {n:.0f} ({what}) would be "
+                f"{floor:.3g} kT from it: the samples rest on too few independent draws to tell more."
                 if floor is not None and n is not None and floor > 0.5 * w2
                 else ""
             )
@@ -575,8 +582,8 @@ _METRIC_TABLES = (
             ("reference_ess", "Reference effective sample size (samples)"),
             ("reference_mean_reduced_energy", "Reference mean reduced energy (kT)"),
             ("energy_w2", "Energy Wasserstein-2 distance to the reference (kT)"),
-            ("energy_w2_floor", "Energy W2 of as many independent draws of the reference itself (kT)"),
-            ("energy_w2_floor_n", "Independent draws of that floor (lineage ESS, else ESS)"),
+            ("energy_w2_floor", "Energy W2 of ESS-many independent draws of the reference itself (kT)"),
+            ("energy_w2_floor_lineages", "The same for lineage-ESS-many draws (kT)"),
             ("torsion_w2", "Torsion Wasserstein-2 distance to the reference (rad)"),
             ("torsion_w2_n", "Resampled configurations of the torsion distance"),
             ("reference_delta_f_kT", "Reference free-energy difference (kT)"),
@@ -957,9 +964,10 @@ def analyze(
     dict
         The metrics also written to ``out_dir/metrics.json`` (non-finite numbers as None):
         ``n``, ``weighted``, ``n_zero_weight``, ``ess``, ``ess_fraction``, ``mean_reduced_energy``
-        (kT), with a reference ``energy_w2`` (kT), ``energy_w2_floor`` (the W2 of as many independent
-        draws of the reference as the samples hold: ``energy_w2_floor_n``, the lineage ESS when the
-        SMC metrics have it, else the ESS; :func:`boltzgen.analysis.energy_w2_floor`) and
+        (kT), with a reference ``energy_w2`` (kT), ``energy_w2_floor`` (the W2 of ESS-many independent
+        draws of the reference, ``energy_w2_floor_n``; :func:`boltzgen.analysis.energy_w2_floor`) and,
+        when the SMC metrics have the lineage ESS, ``energy_w2_floor_lineages`` (as many draws as
+        lineages), and
         ``torsion_w2`` (rad); for alanine-dipeptide-like
         molecules ``delta_f_kT`` and ``delta_f_err_kT`` = F(φ > 0) − F(φ < 0) in kT (and the same of
         the reference); ``n_ancestors`` (distinct SMC ancestors of the final particles, all runs),
@@ -1045,10 +1053,13 @@ def analyze(
             smc_n_resampling=smc.get("n_resampling"),
         )
     if metrics.get("energy_w2") is not None:
-        # what n independent draws of the reference itself would score (the lineages for SMC)
-        n_independent = metrics.get("lineage_ess") or metrics["ess"]
-        metrics["energy_w2_floor_n"] = float(n_independent)
-        metrics["energy_w2_floor"] = A.energy_w2_floor(ref_u, n_independent, ref_lw, seed=seed)
+        # what as many independent draws of the reference itself would score: at the ESS (moves
+        # made the particles independent) and, for SMC, at the lineage ESS (descendants of one
+        # ancestor are copies); the truth lies between, nearer the first for fast coordinates
+        metrics["energy_w2_floor_n"] = float(metrics["ess"])
+        metrics["energy_w2_floor"] = A.energy_w2_floor(ref_u, metrics["ess"], ref_lw, seed=seed)
+        if metrics.get("lineage_ess"):
+            metrics["energy_w2_floor_lineages"] = A.energy_w2_floor(ref_u, metrics["lineage_ess"], ref_lw, seed=seed)
     rd = _find_run_dir(samples, run_dir, notes)
     if rd is not None:
         log_path = os.path.join(rd, "train_log.csv")

@@ -1525,7 +1525,15 @@ def quickstart(
         seconds["analyze"] = time.perf_counter() - start
         from .report import STRUCTURE_FLAWS
 
-        kept = {"energy_w2", "energy_w2_floor", "energy_w2_floor_n", "torsion_w2", "per_residue", *STRUCTURE_FLAWS}
+        kept = {
+            "energy_w2",
+            "energy_w2_floor",
+            "energy_w2_floor_n",
+            "energy_w2_floor_lineages",
+            "torsion_w2",
+            "per_residue",
+            *STRUCTURE_FLAWS,
+        }
         summary.update({k: v for k, v in analysed.items() if k in kept or k.startswith("reference_")})
         summary["reference"] = os.path.abspath(reference)
     summary["stage_seconds"] = seconds

@@ -144,10 +144,15 @@ def test_far_from_the_reference_alone():
     assert report_verdict(_clean(energy_w2=ENERGY_W2_MAX_KT)) == [TRUSTED]
     # a floor close to the distance says why: too few independent draws to tell
     few = report_verdict(_clean(energy_w2=3.0, energy_w2_floor=2.5, energy_w2_floor_n=12.0))
-    assert len(few) == 1 and "12 independent draws" in few[0] and "2.5 kT" in few[0]
+    assert len(few) == 1 and "12 (ESS)" in few[0] and "2.5 kT" in few[0]
     assert (
         "independent draws" not in report_verdict(_clean(energy_w2=3.0, energy_w2_floor=0.2, energy_w2_floor_n=900))[0]
     )
+    # the lineages' floor, when there is one, is the one that explains
+    lin = _clean(
+        energy_w2=3.0, energy_w2_floor=0.2, energy_w2_floor_n=900, energy_w2_floor_lineages=2.8, lineage_ess=6.6
+    )
+    assert "7 (lineages)" in report_verdict(lin)[0] and "2.8 kT" in report_verdict(lin)[0]
     # without W2 the mean energies are compared
     summary = _clean(mean_reduced_energy=-10.0)
     del summary["energy_w2"]
