@@ -195,12 +195,13 @@ def test_recipes_are_valid_workflow_arguments():
 
 def test_quickstart_default_recipe():
     """The default recipe: quenched replica frames, the rare state oversampled, pooled SMC runs that
-    stop the diffusion early and balance the states at the start of the annealing."""
+    stop the diffusion early, balance the states at the start of the annealing and keep them."""
     default = workflow.load_recipe("quickstart", "default")
     assert default["simulate"]["keep_replicas"] == 6 and default["simulate"]["quench"] == 0.5
     assert 0 < default["train"]["pretrain_dsm_steps"] < default["train"]["steps"]
     sample = default["sample"]
     assert sample["per_state_resampling"] and sample["runs"] > 1
     assert sample["settings"]["resampling"]["balance_states"] is True
+    assert sample["settings"]["anneal"]["keep_states"] is True
     with pytest.raises(KeyError, match="unknown quickstart recipe 'nope'; known: default, long, fast"):
         workflow.load_recipe("quickstart", "nope")
