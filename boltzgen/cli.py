@@ -687,7 +687,10 @@ def print_summary(summary: dict, file=None) -> None:
             file=out,
         )
     _print_free_energy(summary, out)
-    print(f"  energy W2        {_fmt(summary.get('energy_w2'), '.3f')} kT against the training data", file=out)
+    floor = ""
+    if summary.get("energy_w2_floor") is not None:
+        floor = f" (as many independent draws of the data: {summary['energy_w2_floor']:.3f})"
+    print(f"  energy W2        {_fmt(summary.get('energy_w2'), '.3f')} kT against the training data{floor}", file=out)
     print(
         f"  wall time        {summary['total_seconds']:.0f} s "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})",
