@@ -67,8 +67,9 @@ def smoke(blob: dict) -> bool:
 
 # ----------------------------------------------------------------------------- benchmarks
 def energy_w2_cell(r: dict) -> str:
-    """Energy W2 with, when the report gave it, the W2 that as many independent draws of the
-    reference itself would have (boltzgen.analysis.energy_w2_floor)."""
+    """Energy W2 with, when the report gave them, its floors: the W2 of exact independent draws of
+    the reference with the samples' weights, and of as many draws as lineages
+    (boltzgen.analysis.energy_w2_floor)."""
     if r.get("energy_w2_floor") is None:
         return fmt(r.get("energy_w2"))
     floors = f"floor {fmt(r['energy_w2_floor'])} at ESS {fmt(r.get('energy_w2_floor_n'), '.0f')}"

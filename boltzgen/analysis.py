@@ -363,28 +363,33 @@ def energy_w2(u, u_ref, log_w=None, log_w_ref=None) -> float:
     return float(math.sqrt(max(float(np.sum(dp * (qa - qb) ** 2)), 0.0)))
 
 
-def energy_w2_floor(u_ref, n, log_w_ref=None, n_draws: int = 50, seed=0) -> float:
-    """Energy W2 that a perfect sampler of ``n`` independent samples scores against a reference.
+def energy_w2_floor(u_ref, n=None, log_w_ref=None, n_draws: int = 50, seed=0, log_w=None) -> float:
+    """Energy W2 that a perfect sampler scores against a reference: its sampling noise alone.
 
-    The mean, over ``n_draws`` repetitions, of :func:`energy_w2` between ``n`` draws (with
-    replacement, by the reference's weights) from the reference and the whole reference. An
-    empirical distribution of n independent draws is itself at a W2 distance of order σ/√n from
-    the distribution it was drawn from, so a sampler's energy W2 cannot be read below this value:
-    compare ``energy_w2`` with the floor at the sampler's number of independent draws (for SMC the
-    lineage ESS, :func:`boltzgen.weights.lineage_ess`, rather than the number of particles).
+    The mean, over ``n_draws`` repetitions, of :func:`energy_w2` between draws (with replacement,
+    by the reference's weights) from the reference and the whole reference: ``n`` unweighted
+    draws, or, given the log-weights ``log_w`` of a weighted sample, as many draws as it has
+    entries carrying those weights (a sampler whose particles are exact and independent but
+    weighted as these are). An empirical distribution of n independent draws sits at a W2 distance
+    of order σ/√n from the one it was drawn from, so differences of a sampler's energy W2 below
+    this value are sampling noise (a yardstick, not a bound: weights that track the target can
+    land below it). For SMC, whose particles descend from few ancestors, the floor at the lineage
+    ESS (:func:`boltzgen.weights.lineage_ess`) gives the other side.
 
     Parameters
     ----------
     u_ref : array, shape (B_ref,)
         Reference values (reduced energies, kT).
-    n : float
-        Number of independent draws (rounded; at least 1), e.g. an ESS.
+    n : float, optional
+        Number of unweighted independent draws (rounded; at least 1), e.g. a lineage ESS.
     log_w_ref : array, optional
         Log-weights of the reference (None: unweighted).
     n_draws : int
         Repetitions averaged.
     seed : int or None
         Random state of the draws.
+    log_w : array, shape (B,), optional
+        Log-weights of the sample (instead of ``n``).
 
     Returns
     -------
@@ -394,18 +399,26 @@ def energy_w2_floor(u_ref, n, log_w_ref=None, n_draws: int = 50, seed=0) -> floa
     Raises
     ------
     ValueError
-        ``n`` not finite or ``n_draws`` below 1; invalid reference values or weights.
+        Neither or both of ``n`` and ``log_w``; ``n`` not finite; ``n_draws`` below 1; invalid
+        values or weights.
     """
-    if not math.isfinite(float(n)):
-        raise ValueError(f"n must be a finite number of draws, got {n}")
+    if (n is None) == (log_w is None):
+        raise ValueError("give either n (a number of draws) or log_w (the weights of a sample)")
     if int(n_draws) < 1:
         raise ValueError(f"n_draws must be at least 1, got {n_draws}")
+    if log_w is not None:
+        lw = W.check_log_weights(log_w, "log_w")
+        W.require_some_weight(lw, "log_w")
+        m = lw.shape[0]
+    else:
+        if not math.isfinite(float(n)):
+            raise ValueError(f"n must be a finite number of draws, got {n}")
+        lw, m = None, max(1, int(round(float(n))))
     b, wb, lw_b = _weighted_values(u_ref, log_w_ref, "u_ref", "log_w_ref")
     if b.ndim != 1:
         raise ValueError(f"energy_w2_floor needs one value per sample; got shape {b.shape}")
-    m = max(1, int(round(float(n))))
     rng = np.random.default_rng(seed)
-    return float(np.mean([energy_w2(b[rng.choice(b.size, size=m, p=wb)], b, None, lw_b) for _ in range(int(n_draws))]))
+    return float(np.mean([energy_w2(b[rng.choice(b.size, size=m, p=wb)], b, lw, lw_b) for _ in range(int(n_draws))]))
 
 
 def _as_angles(angles, name: str) -> np.ndarray:

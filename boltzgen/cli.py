@@ -592,9 +592,7 @@ def cmd_analyze(args) -> int:
         if metrics.get("energy_w2") is not None:
             line += f", energy W2 {metrics['energy_w2']:.3g} kT"
             if metrics.get("energy_w2_floor") is not None:
-                line += (
-                    f" (floor {metrics['energy_w2_floor']:.3g} for {metrics['energy_w2_floor_n']:.0f} independent draws"
-                )
+                line += f" (floor {metrics['energy_w2_floor']:.3g} for exact draws with these weights"
                 if metrics.get("energy_w2_floor_lineages") is not None:
                     line += f", {metrics['energy_w2_floor_lineages']:.3g} for {metrics['lineage_ess']:.0f} lineages"
                 line += ")"
@@ -689,7 +687,7 @@ def print_summary(summary: dict, file=None) -> None:
     _print_free_energy(summary, out)
     floor = ""
     if summary.get("energy_w2_floor") is not None:
-        floor = f" (as many independent draws of the data: {summary['energy_w2_floor']:.3f})"
+        floor = f" (exact independent draws with these weights: {summary['energy_w2_floor']:.3f})"
     print(f"  energy W2        {_fmt(summary.get('energy_w2'), '.3f')} kT against the training data{floor}", file=out)
     print(
         f"  wall time        {summary['total_seconds']:.0f} s "

@@ -582,7 +582,7 @@ _METRIC_TABLES = (
             ("reference_ess", "Reference effective sample size (samples)"),
             ("reference_mean_reduced_energy", "Reference mean reduced energy (kT)"),
             ("energy_w2", "Energy Wasserstein-2 distance to the reference (kT)"),
-            ("energy_w2_floor", "Energy W2 of ESS-many independent draws of the reference itself (kT)"),
+            ("energy_w2_floor", "Energy W2 of exact independent draws with the samples' weights (kT)"),
             ("energy_w2_floor_lineages", "The same for lineage-ESS-many draws (kT)"),
             ("torsion_w2", "Torsion Wasserstein-2 distance to the reference (rad)"),
             ("torsion_w2_n", "Resampled configurations of the torsion distance"),
@@ -964,8 +964,9 @@ def analyze(
     dict
         The metrics also written to ``out_dir/metrics.json`` (non-finite numbers as None):
         ``n``, ``weighted``, ``n_zero_weight``, ``ess``, ``ess_fraction``, ``mean_reduced_energy``
-        (kT), with a reference ``energy_w2`` (kT), ``energy_w2_floor`` (the W2 of ESS-many independent
-        draws of the reference, ``energy_w2_floor_n``; :func:`boltzgen.analysis.energy_w2_floor`) and,
+        (kT), with a reference ``energy_w2`` (kT), ``energy_w2_floor`` (the W2 of independent draws of
+        the reference carrying the samples' weights, :func:`boltzgen.analysis.energy_w2_floor`; their
+        ESS ``energy_w2_floor_n``) and,
         when the SMC metrics have the lineage ESS, ``energy_w2_floor_lineages`` (as many draws as
         lineages), and
         ``torsion_w2`` (rad); for alanine-dipeptide-like
@@ -1053,11 +1054,11 @@ def analyze(
             smc_n_resampling=smc.get("n_resampling"),
         )
     if metrics.get("energy_w2") is not None:
-        # what as many independent draws of the reference itself would score: at the ESS (moves
-        # made the particles independent) and, for SMC, at the lineage ESS (descendants of one
+        # what exact independent particles with these weights would score (moves made the
+        # particles independent) and, for SMC, as many draws as lineages (descendants of one
         # ancestor are copies); the truth lies between, nearer the first for fast coordinates
         metrics["energy_w2_floor_n"] = float(metrics["ess"])
-        metrics["energy_w2_floor"] = A.energy_w2_floor(ref_u, metrics["ess"], ref_lw, seed=seed)
+        metrics["energy_w2_floor"] = A.energy_w2_floor(ref_u, log_w_ref=ref_lw, seed=seed, log_w=lw)
         if metrics.get("lineage_ess"):
             metrics["energy_w2_floor_lineages"] = A.energy_w2_floor(ref_u, metrics["lineage_ess"], ref_lw, seed=seed)
     rd = _find_run_dir(samples, run_dir, notes)

@@ -356,8 +356,9 @@ def test_analyze_toy_target_skips_torsions(tmp_path):
     assert any("not a molecular system" in n for n in metrics["notes"])
     # the floor: as many independent draws of the reference as the samples' ESS (no lineages here)
     assert metrics["energy_w2_floor_n"] == pytest.approx(metrics["ess"])
+    lw = load_samples(path).log_weights
     assert metrics["energy_w2_floor"] == pytest.approx(
-        A.energy_w2_floor(np.asarray(load_samples(ref).reduced_energy), metrics["ess"], seed=0)
+        A.energy_w2_floor(np.asarray(load_samples(ref).reduced_energy), log_w=lw, seed=0)
     )
 
 
@@ -523,6 +524,30 @@ def test_energy_w2_floor_is_the_exact_mean_for_a_two_point_reference():
         assert floor == pytest.approx(exact, rel=0.03)
     # weights of the reference are used: all weight on 1 leaves nothing to miss
     assert A.energy_w2_floor(ref, 10, log_w_ref=np.array([-np.inf, 0.0])) == 0.0
+
+
+def test_energy_w2_floor_of_a_weighted_sample():
+    ref = np.array([0.0, 1.0])
+    # equal weights are n unweighted draws (the same draws for the same seed)
+    assert A.energy_w2_floor(ref, log_w=np.zeros(25), seed=4) == pytest.approx(A.energy_w2_floor(ref, 25, seed=4))
+    # all weight on one of 40 particles: one draw, W2 = sqrt(1/2) whichever value it takes
+    one = np.full(40, -np.inf)
+    one[7] = 0.0
+    assert A.energy_w2_floor(ref, log_w=one, n_draws=20) == pytest.approx(math.sqrt(0.5))
+    # uneven weights resolve less than as many equal ones, more than their Kish ESS of draws
+    lw = np.log(np.random.default_rng(3).exponential(size=400))
+    ess = float(np.exp(2 * np.logaddexp.reduce(lw) - np.logaddexp.reduce(2 * lw)))
+    gauss = np.random.default_rng(5).normal(size=20000)
+    weighted = A.energy_w2_floor(gauss, log_w=lw, n_draws=200, seed=6)
+    assert (
+        A.energy_w2_floor(gauss, 400, n_draws=200, seed=6)
+        < weighted
+        < A.energy_w2_floor(gauss, ess, n_draws=200, seed=6)
+    )
+    with pytest.raises(ValueError, match="either n"):
+        A.energy_w2_floor(ref)
+    with pytest.raises(ValueError, match="either n"):
+        A.energy_w2_floor(ref, 10, log_w=np.zeros(10))
 
 
 def test_energy_w2_floor_falls_like_one_over_root_n_and_rejects_bad_input():

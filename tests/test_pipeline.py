@@ -50,9 +50,9 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     assert ("the error is the spread of the runs" in printed) == (metrics["delta_f_kT"] is not None)
     assert set(metrics["stage_seconds"]) == {"simulate", "train", "sample", "analyze"}
     assert metrics["energy_w2"] is not None and metrics["energy_w2"] >= 0
-    # beside it, what as many independent draws of the data would score
+    # beside it, what exact independent draws of the data with these weights would score
     assert metrics["energy_w2_floor"] > 0 and metrics["energy_w2_floor_n"] == pytest.approx(metrics["ess"])
-    assert f"as many independent draws of the data: {metrics['energy_w2_floor']:.3f}" in printed
+    assert f"exact independent draws with these weights: {metrics['energy_w2_floor']:.3f}" in printed
     for name in (
         "index.html",
         "ramachandran.png",
