@@ -966,12 +966,10 @@ def analyze(
         ``n``, ``weighted``, ``n_zero_weight``, ``ess``, ``ess_fraction``, ``mean_reduced_energy``
         (kT), with a reference ``energy_w2`` (kT), ``energy_w2_floor`` (the W2 of independent draws of
         the reference carrying the samples' weights, :func:`boltzgen.analysis.energy_w2_floor`; their
-        ESS ``energy_w2_floor_n``) and,
-        when the SMC metrics have the lineage ESS, ``energy_w2_floor_lineages`` (as many draws as
-        lineages), and
-        ``torsion_w2`` (rad); for alanine-dipeptide-like
-        molecules ``delta_f_kT`` and ``delta_f_err_kT`` = F(φ > 0) − F(φ < 0) in kT (and the same of
-        the reference); ``n_ancestors`` (distinct SMC ancestors of the final particles, all runs),
+        ESS ``energy_w2_floor_n``), when the SMC metrics have the lineage ESS also
+        ``energy_w2_floor_lineages`` (as many draws as lineages), and ``torsion_w2`` (rad); for
+        alanine-dipeptide-like molecules ``delta_f_kT`` and ``delta_f_err_kT`` = F(φ > 0) − F(φ < 0)
+        in kT (and the same of the reference); ``n_ancestors`` (distinct SMC ancestors of the final particles, all runs),
         ``lineage_ess`` and per state ``lineage_ess_states`` (:func:`boltzgen.weights.lineage_ess`)
         when the SMC metrics have them; for peptides ``d_centre_fraction`` and ``cis_bond_fraction``
         (weighted share of samples with a D-Cα or a cis peptide bond); ``figures`` (name → file)
