@@ -4,8 +4,10 @@ Alanine dipeptide, a model trained on vacuum data at 300 K (``boltzgen quickstar
 recipe, or ``--model RUN_DIR`` of such a run):
 
 1. ΔF(vacuum → OBC implicit solvent) = F_implicit − F_vacuum in kT
-   (a) from the model: SMC to both targets, log Ẑ_vacuum − log Ẑ_implicit (``boltzgen free-energy
-       --model``), the quickstart's sampler settings;
+   (a) from the model: SMC runs to vacuum, each carried on to OBC along the λ path
+       (``boltzgen free-energy --model --per-state-resampling``), the quickstart's sampler
+       settings (per-state resampling, balanced states, moves kept in their states), BAR on the
+       two weighted sample sets beside it;
    (b) the OpenMM-only reference: replica exchange (the systems' default ladder) at both ends and
        at intermediate states u_λ = (1 − λ) u_vacuum + λ u_implicit, MBAR over all of them
        (``boltzgen free-energy`` without a model, ``--lambda-states``), with BAR on the ends alone
@@ -72,7 +74,8 @@ def solvation(model: str, frames: int, particles: int, runs: int, work: str, see
         output_dir=os.path.join(work, "solvation-model"),
         n=particles,
         runs=runs,
-        settings={k: v for k, v in sample_settings().items() if k != "resampling"},  # no per-state resampling
+        settings=sample_settings(),
+        per_state_resampling=True,  # as the quickstart samples: the states' weights set ΔF
         seed=seed,
         progress=False,
     )

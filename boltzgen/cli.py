@@ -475,6 +475,7 @@ def cmd_free_energy(args) -> int:
         lambda_states=args.lambda_states,
         path_levels=args.path_levels,
         settings=settings,
+        per_state_resampling=args.per_state_resampling,
         seed=args.seed,
         progress=not args.no_progress,
         target_options=options,
@@ -1039,9 +1040,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", default="auto", help="OpenMM platform for energies (default: fastest)")
     p.add_argument("--workers", type=int, default=None, help="energy worker processes (default: cores)")
     _add_sample_settings(p)
-    p.add_argument("--balance-states", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--keep-states", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--strata", choices=["states", "basins"], default="states", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--per-state-resampling",
+        action="store_true",
+        help="with --model: resample the SMC runs within each target's states, as `boltzgen sample "
+        "--per-state-resampling` (ΔF between targets depends on the weights of the conformational states)",
+    )
+    p.add_argument("--balance-states", action="store_true", help="with --per-state-resampling: as for sample")
+    p.add_argument("--keep-states", action="store_true", help="with --per-state-resampling: as for sample")
+    p.add_argument(
+        "--strata", choices=["states", "basins"], default="states", help="with --per-state-resampling: as for sample"
+    )
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)

@@ -259,12 +259,12 @@ def anneal_between_targets(
     }
 
 
-def _smc_end(model, target, n: int, runs: int, settings, generator) -> dict:
-    """R SMC runs to one target (:func:`~boltzgen.sampling.smc.smc_runs`): pooled samples,
-    log-weights, their reduced energies and the runs' log Z."""
+def _smc_end(model, target, n: int, runs: int, settings, generator, states=None) -> dict:
+    """R SMC runs to one target (:func:`~boltzgen.sampling.smc.smc_runs`, resampled within
+    ``states`` when given): pooled samples, log-weights, their reduced energies and the runs' log Z."""
     from .sampling.smc import smc_runs
 
-    results, log_w, log_z = smc_runs(model, target, n, runs, generator, settings=settings)
+    results, log_w, log_z = smc_runs(model, target, n, runs, generator, settings=settings, states=states)
     return {
         "x": torch.cat([r.x for r in results]).detach().numpy(),
         "u": torch.cat([r.reduced_energy for r in results]).numpy(),
@@ -276,12 +276,12 @@ def _smc_end(model, target, n: int, runs: int, settings, generator) -> dict:
     }
 
 
-def _path_end(model, target_a, target_b, n, runs, settings, generator, levels, mcmc_steps) -> tuple:
+def _path_end(model, target_a, target_b, n, runs, settings, generator, levels, mcmc_steps, states=None) -> tuple:
     """SMC runs to A, each carried on to B by :func:`anneal_between_targets`: both ends' pooled
     samples (as :func:`_smc_end` gives them) and the runs' log(Ẑ_B / Ẑ_A)."""
     from .weights import pool_runs
 
-    a = _smc_end(model, target_a, n, runs, settings, generator)
+    a = _smc_end(model, target_a, n, runs, settings, generator, states)
     results = a.pop("results")
     moved = [
         anneal_between_targets(
@@ -314,6 +314,8 @@ def delta_f_from_model(
     settings_b=None,
     path_levels: int = 0,
     path_mcmc_steps: int = 5,
+    states=None,
+    states_b=None,
     generator=None,
     seed: int = 0,
 ) -> dict:
@@ -347,6 +349,12 @@ def delta_f_from_model(
         λ steps from A to B (0: an SMC run to each target instead).
     path_mcmc_steps : int
         MALA steps per λ step.
+    states, states_b : StateSet or callable, optional
+        Per-state resampling of the SMC runs to A and to B (as ``states`` of
+        :func:`~boltzgen.sampling.smc.smc_sample`; ``states_b`` defaults to ``states``, and is
+        not used with ``path_levels``): every state keeps its weight through the resampling,
+        so the weights of separated states, which set any ΔF that depends on conformation,
+        do not rest on the few lineages that survive a global resampling.
     generator : torch.Generator, optional
     seed : int
         Seed of BAR's bootstrap.
@@ -377,15 +385,18 @@ def delta_f_from_model(
     path = {}
     if path_levels > 0:
         a, b, log_ratio = _path_end(
-            model, target_a, target_b, n, runs, settings, generator, path_levels, path_mcmc_steps
+            model, target_a, target_b, n, runs, settings, generator, path_levels, path_mcmc_steps, states
         )
         delta_f = float(logsumexp(a["log_z_runs"]) - logsumexp(a["log_z_runs"] + log_ratio))
         error = float(np.std(log_ratio, ddof=1) / math.sqrt(runs))
         path = {"path_levels": int(path_levels), "delta_f_runs_kT": (-log_ratio).tolist()}
         path["path_acceptance"] = b.pop("acceptance")
     else:
-        plan = (("a", target_a, settings), ("b", target_b, settings if settings_b is None else settings_b))
-        a, b = (_smc_end(model, t, n, runs, s_, generator) for _, t, s_ in plan)
+        plan = (
+            (target_a, settings, states),
+            (target_b, settings if settings_b is None else settings_b, states if states_b is None else states_b),
+        )
+        a, b = (_smc_end(model, t, n, runs, s_, generator, st) for t, s_, st in plan)
         a.pop("results"), b.pop("results")
         delta_f = a["log_z"] - b["log_z"]
         # the spread of the runs' log Z over √R: honest also when one run dominates the pooled Ẑ

@@ -1039,6 +1039,7 @@ def free_energy(
     md_options: Optional[dict] = None,
     path_levels: int = 16,
     settings=None,
+    per_state_resampling: bool = False,
     seed: int = 0,
     progress: bool = True,
     target_options: Optional[dict] = None,
@@ -1087,6 +1088,10 @@ def free_energy(
         ``t_max``, ``stride``, ``equilibration``, …) over the targets' defaults.
     settings : SMCSettings or dict, optional
         Sampler settings (model route).
+    per_state_resampling : bool
+        Model route: resample the SMC runs within each target's states (as :func:`sample`;
+        ``settings.resampling`` and ``settings.anneal.keep_states`` act then), so that the
+        weights of its conformational states, on which ΔF between targets depends, are kept.
     seed : int
     progress : bool
     target_options : dict, optional
@@ -1127,7 +1132,7 @@ def free_energy(
                 check_same_particles(a, b)
                 if route == "model":
                     out = _free_energy_by_model(
-                        run_dir, a, b, n, runs, settings, seed, progress, output_dir, path_levels
+                        run_dir, a, b, n, runs, settings, seed, progress, output_dir, path_levels, per_state_resampling
                     )
                 elif route == "samples":
                     out = _free_energy_from_files(a, b, samples_from, samples_to, seed)
@@ -1146,7 +1151,9 @@ def free_energy(
     return out
 
 
-def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, output_dir, path_levels=16) -> dict:
+def _free_energy_by_model(
+    run_dir, a, b, n, runs, settings, seed, progress, output_dir, path_levels=16, per_state_resampling=False
+) -> dict:
     import torch
 
     from .free_energy import check_same_particles, delta_f_from_model, transfer_tempering
@@ -1155,7 +1162,10 @@ def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, outp
 
     model = load_model(run_dir)
     check_same_particles(model, a)
-    settings = _checked_settings(sample_settings(settings, progress=progress), model, False)
+    settings = _checked_settings(sample_settings(settings, progress=progress), model, per_state_resampling)
+    strata = {}
+    if per_state_resampling:  # the StateSets of both ends: a clear error before any work
+        strata = {key: resampling_strata(t, settings.resampling.strata) for key, t in (("states", a), ("states_b", b))}
     out = delta_f_from_model(
         model,
         a,
@@ -1167,7 +1177,9 @@ def _free_energy_by_model(run_dir, a, b, n, runs, settings, seed, progress, outp
         path_levels=path_levels,
         generator=torch.Generator().manual_seed(seed),
         seed=seed,
+        **strata,
     )
+    out["per_state_resampling"] = bool(per_state_resampling)
     samples = out.pop("samples")
     if output_dir is not None:
         for end, target in (("a", a), ("b", b)):

@@ -203,3 +203,47 @@ def test_free_energy_command_model_route_along_the_path(tmp_path, capsys):
     assert (tmp_path / "fe" / "samples_to.h5").exists()
     assert main([*argv, *common, "--path-levels", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "smc"
+
+
+def test_model_route_with_per_state_resampling_keeps_mode_weights_exact():
+    """Per-state resampling (balanced, moves kept in their mode) in both model routes: a model
+    with the wrong mode weights still gives the exact ΔF and the mode weight of B."""
+    from boltzgen.states import function_states
+
+    gmm = two_modes()
+    hot = TemperedTarget(gmm, 2.0 * gmm.temperature)
+    log_z, weights = tempered_exact(gmm, 0.5)
+    first_mode = gmm.means[0].numpy()
+    modes = function_states(lambda x: (np.asarray(x) @ first_mode > 0).astype(np.int64), ["first", "second"])
+    settings = SMCSettings.from_dict(
+        {
+            "diffusion": {"n_steps": 40},
+            "anneal": {"n_levels": 16, "keep_states": True},
+            "resampling": {"balance_states": True},
+        }
+    )
+    model = ExactMarginalModel(GaussianMixture(gmm.means.numpy(), np.ones(2), [1.0, 4.0], name="wrong"), t_min=1e-3)
+    for levels in (0, 8):
+        out = delta_f_from_model(
+            model, gmm, hot, n=2000, runs=4, settings=settings, path_levels=levels, states=modes,
+            generator=torch.Generator().manual_seed(3),
+        )  # fmt: skip
+        assert abs(out["delta_f_kT"] + log_z) < 4 * out["delta_f_err_kT"] + 0.02, (levels, out["delta_f_kT"], -log_z)
+        x, lw = out["samples"]["x_b"], out["samples"]["log_w_b"]
+        w = np.exp(lw - lw.max())
+        assert abs(float(w[x @ first_mode > 0].sum() / w.sum()) - weights[0]) < 0.05
+        x_a = out["samples"]["x_a"]
+        assert abs(float(np.mean(x_a @ first_mode > 0)) - 0.5) < 0.05  # balanced (without states: 0.63)
+
+
+def test_free_energy_command_per_state_resampling_needs_states(tmp_path, capsys):
+    from boltzgen.cli import main
+
+    data, run = str(tmp_path / "gmm.h5"), str(tmp_path / "run")
+    assert main(["simulate", "gmm-two-modes", "-n", "64", "-o", data, "--no-progress"]) == 0
+    assert main(["train", "--data", data, "-o", run, "--steps", "2", "--no-progress"]) == 0
+    argv = ["free-energy", "--from", "gmm-two-modes", "--to", "gmm-two-modes", "--temperature-to", "2", "--model", run]
+    assert main([*argv, "-n", "16", "--runs", "2", "--keep-states", "--no-progress"]) != 0
+    assert "keep_states needs per-state resampling" in capsys.readouterr().err
+    assert main([*argv, "-n", "16", "--runs", "2", "--per-state-resampling", "--no-progress"]) != 0
+    assert "needs the target's states" in capsys.readouterr().err
