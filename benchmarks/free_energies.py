@@ -66,6 +66,12 @@ def solvation(model: str, frames: int, particles: int, runs: int, work: str, see
             progress=False,
         )
         out["md"]["seconds"] = time.perf_counter() - start
+    done = os.path.join(work, "solvation-model", "metrics.json")
+    if os.path.exists(done):  # finished earlier (e.g. by the same `boltzgen free-energy` command): reused
+        with open(done) as handle:
+            out["model"] = json.load(handle)
+        out["model"]["seconds"] = out["model"]["wall_time_s"]
+        return out
     start = time.perf_counter()
     out["model"] = free_energy(
         "aldp-vacuum",

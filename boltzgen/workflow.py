@@ -138,6 +138,15 @@ SAMPLE_OPTIONS = (
         int,
         "MALA moves on the target alone after the last reweighting (target forces only; the weights stay valid)",
     ),
+    (
+        "--final-md-moves",
+        ("final", "md_moves"),
+        int,
+        "then this many Metropolis-adjusted MD proposals per particle with the atoms' masses (OpenMM targets; "
+        "--final-md-leapfrog steps of --final-md-timestep fs each; exact, the weights stay valid) (0: none)",
+    ),
+    ("--final-md-timestep", ("final", "md_timestep"), float, "time step of the --final-md-moves in fs"),
+    ("--final-md-leapfrog", ("final", "md_leapfrog"), int, "velocity-Verlet steps per --final-md-moves proposal"),
 )
 
 

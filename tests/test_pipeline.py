@@ -116,8 +116,10 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     # the free energies are still reported for the phi states
     argv = ["sample", os.path.join(out, "run"), "-n", "24", "-o", str(tmp_path / "basins.h5"), "--diffusion-steps"]
     argv += ["5", "--anneal", "2", "--final-mcmc-steps", "2", "--per-state-resampling", "--balance-states"]
+    argv += ["--final-md-moves", "5", "--final-md-leapfrog", "4"]  # Metropolis-adjusted MD at the end
     assert main(argv + ["--keep-states", "--strata", "basins", "--no-progress", "--json"]) == 0
     by_basin = json.loads(capsys.readouterr().out)
+    assert 0.0 < by_basin["smc"]["final_md_acceptance"] <= 1.0 and 0.0 <= by_basin["smc"]["final_md_kept"] <= 1.0
     assert by_basin["settings"]["resampling"]["strata"] == "basins" and by_basin["states"]["names"] == names
     assert sum(by_basin["state_counts"]) == 24
 

@@ -252,12 +252,29 @@ class FinalSettings:
         Moves leaving exp(−u) invariant, so the weights stay as they are; they need only the
         target's forces (no model evaluation) and relax the particles locally and spread
         resampled copies apart. 0 returns the particles as the annealing left them.
+    md_moves : int
+        After them, HMC proposals with the atoms' masses run by OpenMM (an OpenMM target only;
+        :mod:`boltzgen.sampling.openmm_hmc`): Metropolis-adjusted molecular dynamics, exact for
+        the target, that moves torsions and side chains at their thermal speeds where the
+        unit-mass moves barely shift them, so copies of one ancestor decorrelate within their
+        basin. With ``anneal.keep_states`` a block of proposals that leaves the particle's state
+        is undone. 0: none.
+    md_timestep : float
+        Velocity-Verlet step of those proposals in fs.
+    md_leapfrog : int
+        Velocity-Verlet steps per proposal (its length is md_leapfrog · md_timestep).
     """
 
     mcmc_steps: int = 50
+    md_moves: int = 0
+    md_timestep: float = 1.0
+    md_leapfrog: int = 10
 
     def __post_init__(self):
         _int(self, "mcmc_steps", "final.mcmc_steps", 0)
+        _int(self, "md_moves", "final.md_moves", 0)
+        _float(self, "md_timestep", "final.md_timestep", 0.0, low_open=True)
+        _int(self, "md_leapfrog", "final.md_leapfrog", 1)
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,9 @@ class SMCResult:
         Degrees of freedom d.
     final_acceptance : float
         Mean acceptance of the moves on the target after the last reweighting (NaN if none ran).
+    final_md_acceptance, final_md_kept : float
+        Of the final MD moves (``final.md_moves``): Metropolis acceptance, and the fraction of
+        blocks of proposals kept in their state (NaN if none ran).
     n_ancestors, n_ancestors_anneal : int
         Distinct particles at t = 1, and at the start of the annealing, that the final particles
         descend from (B when nothing was resampled): the diversity left after resampling, which
@@ -243,6 +246,8 @@ class SMCResult:
     length_scale: float = 1.0
     dim: int = 0
     final_acceptance: float = math.nan
+    final_md_acceptance: float = math.nan
+    final_md_kept: float = math.nan
     n_ancestors: int = 0
     n_ancestors_anneal: int = 0
     ancestors: Optional[torch.Tensor] = None
@@ -288,6 +293,8 @@ class SMCResult:
             length_scale=ls,
             dim=problem.dim,
             final_acceptance=float(np.mean(recorder.final_acceptance)) if recorder.final_acceptance else math.nan,
+            final_md_acceptance=math.nan if recorder.final_md_acceptance is None else recorder.final_md_acceptance,
+            final_md_kept=math.nan if recorder.final_md_kept is None else recorder.final_md_kept,
             n_ancestors=int(start.unique().numel()),
             n_ancestors_anneal=state.n if anneal is None else int(anneal.unique().numel()),
             ancestors=start.detach().cpu().clone(),
@@ -349,6 +356,8 @@ class SMCResult:
             "n_ancestors_anneal": self.n_ancestors_anneal,
             "lineage_ess": self.lineage_ess if math.isfinite(self.lineage_ess) else None,
             "final_acceptance": self.final_acceptance if math.isfinite(self.final_acceptance) else None,
+            "final_md_acceptance": self.final_md_acceptance if math.isfinite(self.final_md_acceptance) else None,
+            "final_md_kept": self.final_md_kept if math.isfinite(self.final_md_kept) else None,
             "ess": lst(self.ess),
             "acceptance": lst(self.acceptance),
             "step_size": lst(self.step_size),

@@ -602,12 +602,16 @@ class SMCRecorder:
         Levels after whose reweighting the particles were resampled.
     final_acceptance : list of float
         Mean acceptance of each final move on the target.
+    final_md_acceptance, final_md_kept : float or None
+        Of the final MD moves: the Metropolis acceptance and the fraction of blocks kept in their
+        state (None without them).
     """
 
     def __init__(self):
         self.times, self.betas, self.ess_trace = [], [], []
         self.acceptance, self.step_sizes = [], []
         self.resampled, self.final_acceptance = [], []
+        self.final_md_acceptance, self.final_md_kept = None, None
         self._bar = None
 
     def start(self, n_levels: int, progress: bool = False) -> None:
@@ -685,6 +689,18 @@ class SMCRecorder:
             Its mean acceptance.
         """
         self.final_acceptance.append(acceptance)
+
+    def final_md(self, acceptance: float, kept: float) -> None:
+        """Record the final Metropolis-adjusted MD moves (``final.md_moves``).
+
+        Parameters
+        ----------
+        acceptance : float
+            Fraction of the proposals that the Metropolis test accepted.
+        kept : float
+            Fraction of the blocks of proposals that stayed in their state.
+        """
+        self.final_md_acceptance, self.final_md_kept = acceptance, kept
 
     def advance(self) -> None:
         """One level done (progress bar)."""
@@ -1234,4 +1250,47 @@ def run_final_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
         )
         recorder.final_move(float(out.accept_prob.mean()))
         state.step_size.update(recorder.final_acceptance[-1])
+    if problem.settings.final.md_moves > 0:
+        _final_md_moves(state, problem, recorder, labels)
     return state
+
+
+def _final_md_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder, labels) -> None:
+    """``final.md_moves`` HMC proposals with the atoms' masses (OpenMM), undone per block where
+    they leave the particle's kept state or the L-region of a chirality fold."""
+    from .openmm_hmc import hmc_moves
+
+    system = getattr(problem.target, "system", None)
+    if system is None or getattr(problem.target, "temperature", None) is None:
+        raise ValueError(f"final.md_moves needs an OpenMM target; {problem.target.name} is not one")
+    final, ls = problem.settings.final, problem.length_scale
+    alive = torch.isfinite(state.log_w)
+    dtype, device = state.y.dtype, state.y.device
+
+    def allowed(old, new):
+        y = torch.as_tensor(new / ls, dtype=dtype, device=device)
+        ok = torch.ones(y.shape[0], dtype=torch.bool, device=device)
+        if labels is not None:
+            ok &= problem.labels(y) == labels[alive]
+        if problem.centres is not None:
+            ok &= in_l_region(y, problem.centres)
+        return ok.cpu().numpy()
+
+    if labels is not None:
+        labels = labels.to(device)
+    seed = int(torch.randint(1, 2**31 - 1, (1,), generator=problem.generator))
+    x, acceptance, kept = hmc_moves(
+        (ls * state.y[alive]).detach().cpu().numpy().reshape(int(alive.sum()), -1, 3),
+        system,
+        float(problem.target.temperature),
+        final.md_moves,
+        timestep=final.md_timestep,
+        n_leapfrog=final.md_leapfrog,
+        allowed=allowed,
+        seed=seed,
+    )
+    y = state.y.clone()
+    y[alive] = torch.as_tensor(x / ls, dtype=dtype, device=device).reshape(y[alive].shape)
+    state.y = y
+    state.u, state.grad_u = problem.target_eval(state, state.y)
+    recorder.final_md(acceptance, kept)
