@@ -1292,5 +1292,6 @@ def _final_md_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
     y = state.y.clone()
     y[alive] = torch.as_tensor(x / ls, dtype=dtype, device=device).reshape(y[alive].shape)
     state.y = y
+    state.n_target_evals += int(alive.sum()) * final.md_moves * final.md_leapfrog  # force evaluations in OpenMM
     state.u, state.grad_u = problem.target_eval(state, state.y)
     recorder.final_md(acceptance, kept)
