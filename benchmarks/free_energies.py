@@ -6,8 +6,10 @@ recipe, or ``--model RUN_DIR`` of such a run):
 1. ΔF(vacuum → OBC implicit solvent) = F_implicit − F_vacuum in kT
    (a) from the model: SMC runs to vacuum, each carried on to OBC along the λ path
        (``boltzgen free-energy --model --per-state-resampling``), the quickstart's sampler
-       settings (per-state resampling, balanced states, moves kept in their states), BAR on the
-       two weighted sample sets beside it;
+       settings (per-state resampling, balanced states, moves kept in their states), 4096 particles
+       in 4 runs (``--solvation-particles``: the weights of conformations that differ in their
+       solvation, C7eq against C5, rest on few lineages in smaller runs), BAR on the two weighted
+       sample sets beside it;
    (b) the OpenMM-only reference: replica exchange (the systems' default ladder) at both ends and
        at intermediate states u_λ = (1 − λ) u_vacuum + λ u_implicit, MBAR over all of them
        (``boltzgen free-energy`` without a model, ``--lambda-states``), with BAR on the ends alone
@@ -21,7 +23,7 @@ Every arm's wall time is recorded; the model's training time (from its run's met
 beside it, since a user who already has the model pays only the sampling.
 
     python benchmarks/free_energies.py --model quickstart/run          # -> bench-results/free_energies.json
-    python benchmarks/free_energies.py --model RUN --frames 200 --particles 64 --runs 2   # a smoke run
+    python benchmarks/free_energies.py --model RUN --frames 200 --particles 64 --solvation-particles 64 --runs 2  # smoke
     python benchmarks/free_energies.py --model RUN --parts transfer     # only the temperature transfer
 """
 
@@ -168,7 +170,13 @@ def main(argv=None) -> int:
     parser.add_argument("--hot", type=float, default=400.0, help="temperature of the transfer (K)")
     parser.add_argument("--frames", type=int, default=5000, help="MD frames per λ state / per REMD run")
     parser.add_argument("--lambda-states", type=int, default=5, help="states of the solvation reference's λ path")
-    parser.add_argument("--particles", type=int, default=1024, help="SMC particles per target")
+    parser.add_argument("--particles", type=int, default=1024, help="SMC particles of the temperature transfer")
+    parser.add_argument(
+        "--solvation-particles",
+        type=int,
+        default=4096,
+        help="SMC particles of the solvation arm, shared by --runs (its bias falls with the particles per run)",
+    )
     parser.add_argument("--runs", type=int, default=4, help="SMC runs per target")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="bench-results/free_energies")
@@ -193,7 +201,7 @@ def main(argv=None) -> int:
     }
     if "solvation" in args.parts:
         out["solvation"] = solvation(
-            args.model, args.frames, args.particles, args.runs, args.work, args.seed, args.lambda_states
+            args.model, args.frames, args.solvation_particles, args.runs, args.work, args.seed, args.lambda_states
         )
     if "transfer" in args.parts:
         out["transfer"] = transfer(args.model, args.hot, args.frames, args.particles, args.runs, args.work, args.seed)
