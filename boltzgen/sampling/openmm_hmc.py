@@ -21,10 +21,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-__all__ = ["hmc_integrator", "hmc_moves"]
+from ..units import kT_of
 
-#: Boltzmann's constant times Avogadro's number in kJ/(mol K) (OpenMM's value).
-_MOLAR_GAS_CONSTANT = 0.00831446261815324
+__all__ = ["hmc_integrator", "hmc_moves"]
 
 
 def hmc_integrator(temperature: float, timestep: float = 1.0, n_leapfrog: int = 10, seed: int = 1):
@@ -61,7 +60,7 @@ def hmc_integrator(temperature: float, timestep: float = 1.0, n_leapfrog: int = 
     if int(seed) < 1:
         raise ValueError(f"seed must be at least 1 (0 asks OpenMM for a random seed), got {seed}")
     integrator = openmm.CustomIntegrator(timestep * unit.femtosecond)
-    integrator.addGlobalVariable("kT", _MOLAR_GAS_CONSTANT * temperature)
+    integrator.addGlobalVariable("kT", kT_of(temperature))
     for name in ("naccept", "ntrials", "ke", "h_old", "h_new", "accept"):
         integrator.addGlobalVariable(name, 0.0)
     integrator.addPerDofVariable("x_old", 0.0)

@@ -1266,6 +1266,8 @@ def _final_md_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
     final, ls = problem.settings.final, problem.length_scale
     alive = torch.isfinite(state.log_w)
     dtype, device = state.y.dtype, state.y.device
+    if labels is not None:
+        labels = labels.to(device)
 
     def allowed(old, new):
         y = torch.as_tensor(new / ls, dtype=dtype, device=device)
@@ -1276,8 +1278,6 @@ def _final_md_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
             ok &= in_l_region(y, problem.centres)
         return ok.cpu().numpy()
 
-    if labels is not None:
-        labels = labels.to(device)
     seed = int(torch.randint(1, 2**31 - 1, (1,), generator=problem.generator))
     x, acceptance, kept = hmc_moves(
         (ls * state.y[alive]).detach().cpu().numpy().reshape(int(alive.sum()), -1, 3),
