@@ -58,6 +58,7 @@ def recipe_sizes(recipe: dict) -> dict:
         n_samples=recipe["sample"]["n"],
         smc_steps=settings.get("diffusion", {}).get("n_steps", 100),
         mcmc_steps=settings.get("diffusion", {}).get("mcmc_steps", 0),
+        spacing=settings.get("diffusion", {}).get("spacing", "quadratic"),
         anneal=settings.get("anneal", {}).get("n_levels", 16),
         runs=recipe["sample"].get("runs", 1),
     )
@@ -80,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--n-samples", type=int, default=defaults["n_samples"], help="SMC particles")
     parser.add_argument("--smc-steps", type=int, default=defaults["smc_steps"], help="SMC diffusion levels")
     parser.add_argument("--mcmc-steps", type=int, default=defaults["mcmc_steps"], help="MALA moves per level")
+    parser.add_argument(
+        "--spacing",
+        default=defaults.get("spacing", "quadratic"),
+        choices=["quadratic", "uniform", "log"],
+        help="time grid of the SMC diffusion levels (boltzgen.sampling.sde.time_grid)",
+    )
     parser.add_argument("--anneal", type=int, default=defaults["anneal"], help="annealing levels to the target")
     parser.add_argument(
         "--runs",
@@ -112,9 +119,12 @@ def chain_plan(name: str, args, overrides: dict) -> dict:
     if args.pretrain_dsm_steps:
         arm["pretrain_dsm_steps"] = args.pretrain_dsm_steps
     recipe["sample"].update(n=args.n_samples, runs=args.runs)
+    settings = recipe["sample"].get("settings", {})
+    diffusion = {"n_steps": args.smc_steps, "mcmc_steps": args.mcmc_steps}
+    if args.spacing != settings.get("diffusion", {}).get("spacing", "quadratic"):  # the sampler's default grid
+        diffusion["spacing"] = args.spacing
     recipe["sample"]["settings"] = workflow.merge(
-        recipe["sample"].get("settings", {}),
-        {"diffusion": {"n_steps": args.smc_steps, "mcmc_steps": args.mcmc_steps}, "anneal": {"n_levels": args.anneal}},
+        settings, {"diffusion": diffusion, "anneal": {"n_levels": args.anneal}}
     )
     return recipe
 
@@ -190,6 +200,7 @@ def run_chain(system: str, args, *, recipe: str | None = None, overrides: dict |
                     "n_samples",
                     "smc_steps",
                     "mcmc_steps",
+                    "spacing",
                     "anneal",
                     "runs",
                     "seed",

@@ -124,9 +124,9 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     assert sum(by_basin["state_counts"]) == 24
 
 
-def benchmark_plan(name: str) -> dict:
+def benchmark_plan(name: str, argv=()) -> dict:
     """The plan benchmarks/molecular_chain.py builds from the recipe ``benchmarks.<name>`` with its
-    default options."""
+    default options (or the command-line options ``argv``)."""
     import argparse
     import sys
 
@@ -137,7 +137,7 @@ def benchmark_plan(name: str) -> dict:
         sys.path.pop(0)
     parser = argparse.ArgumentParser()
     molecular_chain.add_arguments(parser, molecular_chain.recipe_sizes(workflow.load_recipe("benchmarks", name)))
-    return molecular_chain.chain_plan(name, parser.parse_args([]), {})
+    return molecular_chain.chain_plan(name, parser.parse_args(list(argv)), {})
 
 
 def test_quickstart_long_is_the_benchmark_recipe():
@@ -152,6 +152,16 @@ def test_quickstart_long_is_the_benchmark_recipe():
     assert arm.pop("loss") == "dsm+diffclf"
     assert arm == {k: v for k, v in long["train"].items() if k != "processes"}
     assert plan["sample"] == workflow.merge(long["sample"], {})
+
+
+def test_benchmark_spacing_option_sets_the_time_grid():
+    """--spacing puts the SMC diffusion levels on the named grid; without it the recipe's own
+    settings are left as they are (no grid is named where the recipe names none)."""
+    plan = benchmark_plan("lj13", ["--spacing", "log", "--smc-steps", "400"])
+    assert plan["sample"]["settings"]["diffusion"]["spacing"] == "log"
+    assert plan["sample"]["settings"]["diffusion"]["n_steps"] == 400
+    assert "spacing" not in benchmark_plan("lj13")["sample"]["settings"]["diffusion"]
+    assert benchmark_plan("lj55")["arms"]["forcefield-prior"]["sample"]["settings"]["diffusion"]["spacing"] == "log"
 
 
 def test_aldp_quickstart_benchmark_is_the_quickstart_recipe():
