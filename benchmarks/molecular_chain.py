@@ -40,6 +40,8 @@ from boltzgen import (
     workflow,  # noqa: E402
 )
 from boltzgen.io import write_json  # noqa: E402
+from boltzgen.sampling.sde import TIME_SPACINGS  # noqa: E402
+from boltzgen.sampling.settings import DiffusionSettings  # noqa: E402
 
 LOSSES = ("dsm", "dsm+diffclf")
 
@@ -58,7 +60,7 @@ def recipe_sizes(recipe: dict) -> dict:
         n_samples=recipe["sample"]["n"],
         smc_steps=settings.get("diffusion", {}).get("n_steps", 100),
         mcmc_steps=settings.get("diffusion", {}).get("mcmc_steps", 0),
-        spacing=settings.get("diffusion", {}).get("spacing", "quadratic"),
+        spacing=settings.get("diffusion", {}).get("spacing", DiffusionSettings.spacing),
         anneal=settings.get("anneal", {}).get("n_levels", 16),
         runs=recipe["sample"].get("runs", 1),
     )
@@ -83,8 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--mcmc-steps", type=int, default=defaults["mcmc_steps"], help="MALA moves per level")
     parser.add_argument(
         "--spacing",
-        default=defaults.get("spacing", "quadratic"),
-        choices=["quadratic", "uniform", "log"],
+        default=defaults.get("spacing", DiffusionSettings.spacing),
+        choices=TIME_SPACINGS,
         help="time grid of the SMC diffusion levels (boltzgen.sampling.sde.time_grid)",
     )
     parser.add_argument("--anneal", type=int, default=defaults["anneal"], help="annealing levels to the target")
@@ -121,7 +123,7 @@ def chain_plan(name: str, args, overrides: dict) -> dict:
     recipe["sample"].update(n=args.n_samples, runs=args.runs)
     settings = recipe["sample"].get("settings", {})
     diffusion = {"n_steps": args.smc_steps, "mcmc_steps": args.mcmc_steps}
-    if args.spacing != settings.get("diffusion", {}).get("spacing", "quadratic"):  # the sampler's default grid
+    if args.spacing != settings.get("diffusion", {}).get("spacing", DiffusionSettings.spacing):
         diffusion["spacing"] = args.spacing
     recipe["sample"]["settings"] = workflow.merge(
         settings, {"diffusion": diffusion, "anneal": {"n_levels": args.anneal}}
