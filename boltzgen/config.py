@@ -970,7 +970,8 @@ def derived_defaults(event_shape, molecular: bool) -> dict:
 
     A molecule (data with a topology) starts from the alanine-dipeptide recipe, a particle
     cluster (no topology, 3-D particles) from LJ13's, anything else (vectors) from the
-    Gaussian-mixture recipe; the batch is scaled by (reference atoms / atoms)², at least 16, since
+    Gaussian-mixture recipe. A molecule's network also gets the bond-graph edge classes and the
+    relative-chirality term (``net.bond_edges``, ``net.relative_chirality``). The batch is scaled by (reference atoms / atoms)², at least 16, since
     a step of the fully connected network costs about N² per configuration: the cost per step
     stays near the reference system's (benchmarks/cost_scaling.py).
 
@@ -996,6 +997,10 @@ def derived_defaults(event_shape, molecular: bool) -> dict:
     config.setdefault("train", {})["batch_size"] = min(batch, scaled)
     if molecular:
         config.setdefault("data", {})["state_fraction"] = None
+        # The bond graph as edge classes, and the relative hands of the Cα centres: without them a
+        # longer peptide's own samples came out with overlapping atoms and mixed-hand centres
+        # (docs/theory.md, Chirality).
+        config.setdefault("net", {}).update(bond_edges=True, relative_chirality=True)
     return config
 
 

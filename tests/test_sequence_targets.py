@@ -171,6 +171,9 @@ def test_derived_training_defaults_scale_the_batch():
     assert small["net"]["kind"] == "egnn" and small["train"]["batch_size"] == 128
     assert 16 <= large["train"]["batch_size"] < small["train"]["batch_size"]
     assert derived_defaults((10,), molecular=False)["net"]["kind"] == "mlp"
+    # a molecule's network knows its bond graph and its centres' relative hands; a cluster's not
+    assert small["net"]["bond_edges"] is True and small["net"]["relative_chirality"] is True
+    assert "relative_chirality" not in derived_defaults((13, 3), molecular=False)["net"]
 
 
 def test_sequence_target_through_every_command(tmp_path, capsys):

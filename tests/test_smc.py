@@ -19,6 +19,7 @@ from boltzgen.energy import EnergyModel
 from boltzgen.sampling import (
     ExactMarginalModel,
     SMCSettings,
+    all_l_form,
     chiral_centres,
     count_wrong,
     fix_chirality,
@@ -80,8 +81,8 @@ class HarmonicMolecule(TargetSystem):
         return 0.5 * 3 * (n - 1) * math.log(2 * math.pi) - 1.5 * float(torch.log(lam).sum())
 
 
-def gaussian_molecule_model(length_scale, dtype=torch.float32):
-    inner = EnergyModel(ZeroNet(), (4, 3), mean_free=True, sigma_data=1.0, log_normaliser="none")
+def gaussian_molecule_model(length_scale, dtype=torch.float32, n_atoms: int = 4):
+    inner = EnergyModel(ZeroNet(), (n_atoms, 3), mean_free=True, sigma_data=1.0, log_normaliser="none")
     return TrainedModel(inner.to(dtype), length_scale)
 
 
@@ -703,6 +704,26 @@ def test_smc_chirality_fold_halves_z():
     assert bool(in_l_region(r.x, centres).all())
     assert 200 < r.n_reflected < 400  # about half of the particles came out D
     assert abs(r.log_z - (target.exact_log_z() - math.log(2))) < 0.08
+
+
+def test_smc_target_is_the_all_l_region_with_two_centres():
+    """Two centres on disjoint atoms of an isotropic harmonic molecule have independent hands, a
+    quarter of space each for LL, LD, DL and DD. The fold maps DD and DL onto LL and LD; the target is
+    the all-L region, so log Z drops by log 4 and no surviving particle has a D centre."""
+    ls = 0.1
+    target = HarmonicMolecule([1.0] * 8, scale=1.3 * ls)
+    model = gaussian_molecule_model(ls, n_atoms=8)
+    centres = np.array([[0, 1, 2, 3], [4, 5, 6, 7]])
+    r = smc_sample(
+        model,
+        target,
+        800,
+        torch.Generator().manual_seed(2),
+        settings=settings(diffusion={"n_steps": 20}, anneal={"n_levels": 8, "mcmc_steps": 3}, chirality=centres),
+    )
+    alive = r.weights > 0
+    assert bool(all_l_form(r.x[alive], centres).all()) and count_wrong(r.x[alive], centres) == 0
+    assert abs(r.log_z - (target.exact_log_z() - math.log(4))) < 0.1, (r.log_z, target.exact_log_z() - math.log(4))
 
 
 # ---------------------------------------------------------------------------- alanine dipeptide

@@ -250,7 +250,7 @@ class E3nnEnergy(MolecularEnergyNetwork):
         x). On a full graph nothing is cut off: farther pairs still interact through the decaying
         Bessel functions.
     atom_types, graph, max_atoms_fully_connected, neighbour_norm, n_frequencies, max_frequency,
-    time_features
+    time_features, relative_chirality
         See :class:`boltzgen.nn.features.MolecularEnergyNetwork`.
 
     Notes
@@ -285,6 +285,7 @@ class E3nnEnergy(MolecularEnergyNetwork):
         n_frequencies: int = 16,
         max_frequency: Optional[float] = None,
         time_features: str = "linear",
+        relative_chirality: bool = False,
     ):
         super().__init__(
             n_atoms,
@@ -299,6 +300,7 @@ class E3nnEnergy(MolecularEnergyNetwork):
             n_frequencies=n_frequencies,
             max_frequency=max_frequency,
             time_features=time_features,
+            relative_chirality=relative_chirality,
         )
         if lmax < 1:
             raise ValueError(f"lmax must be at least 1, got {lmax}")
@@ -354,4 +356,4 @@ class E3nnEnergy(MolecularEnergyNetwork):
         for layer in self.layers:
             h = layer(h, graph, edge_sh, edge_basis, edge_weight, time_features, self.neighbour_norm)
         per_atom = self.readout(h)  # (B·N, 1): 0e, or (B·N, 2): 0e and 0o
-        return sum_over_atoms(per_atom.sum(-1), x.shape[0])
+        return sum_over_atoms(per_atom.sum(-1), x.shape[0]) + self.chirality_energy(x, time_features)

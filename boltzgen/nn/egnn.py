@@ -263,7 +263,7 @@ class EGNNEnergy(MolecularEnergyNetwork):
         Give every pair a learned embedding of how many bonds apart its atoms are (1, 2, 3 or
         farther; needs a topology with bonds, else all pairs share one class).
     atom_types, graph, cutoff, max_atoms_fully_connected, neighbour_norm, n_frequencies, max_frequency,
-    time_features
+    time_features, relative_chirality
         See :class:`boltzgen.nn.features.MolecularEnergyNetwork`.
     """
 
@@ -287,6 +287,7 @@ class EGNNEnergy(MolecularEnergyNetwork):
         n_frequencies: int = 16,
         max_frequency: Optional[float] = None,
         time_features: str = "linear",
+        relative_chirality: bool = False,
     ):
         super().__init__(
             n_atoms,
@@ -301,6 +302,7 @@ class EGNNEnergy(MolecularEnergyNetwork):
             n_frequencies=n_frequencies,
             max_frequency=max_frequency,
             time_features=time_features,
+            relative_chirality=relative_chirality,
         )
         if n_layers < 1:
             raise ValueError(f"n_layers must be at least 1, got {n_layers}")
@@ -329,4 +331,4 @@ class EGNNEnergy(MolecularEnergyNetwork):
         pos = x.reshape(-1, 3)
         for layer in self.layers:
             h, pos = layer(h, pos, graph, time_features, self.neighbour_norm, self.edge_classes)
-        return sum_over_atoms(self.readout(h), x.shape[0]).squeeze(-1)
+        return sum_over_atoms(self.readout(h), x.shape[0]).squeeze(-1) + self.chirality_energy(x, time_features)

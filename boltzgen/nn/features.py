@@ -19,6 +19,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..states import chiral_centres
+from .chirality import RelativeChirality
 from .mlp import EnergyNetwork
 from .time import TimeEmbedding
 
@@ -530,6 +532,10 @@ class MolecularEnergyNetwork(EnergyNetwork):
     n_frequencies, max_frequency, time_features : int, float or None, str
         Fourier time features (see :class:`boltzgen.nn.time.FourierTimeFeatures`: "log" features
         of t and log t, or "linear" ones of t alone; max_frequency None: that kind's default).
+    relative_chirality : bool
+        Add the energy term of the chiral centres' relative hands
+        (:class:`boltzgen.nn.chirality.RelativeChirality`; needs a topology with at least two
+        Cα centres, else it is zero).
     """
 
     def __init__(
@@ -547,6 +553,7 @@ class MolecularEnergyNetwork(EnergyNetwork):
         n_frequencies: int,
         max_frequency: Optional[float],
         time_features: str,
+        relative_chirality: bool = False,
     ):
         super().__init__()
         if graph not in GRAPH_KINDS:
@@ -575,7 +582,28 @@ class MolecularEnergyNetwork(EnergyNetwork):
             n_frequencies=int(n_frequencies),
             max_frequency=None if max_frequency is None else float(max_frequency),
             time_features=str(time_features),
+            relative_chirality=bool(relative_chirality),
         )
+        centres = chiral_centres(topology)
+        self.chirality = RelativeChirality(centres, time_dim) if relative_chirality and len(centres) >= 2 else None
+
+    def chirality_energy(self, x: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+        """The relative-chirality term (zeros when the network has none).
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, N, 3)
+            Coordinates (units of x).
+        time_features : torch.Tensor, shape (B, time_dim)
+            Time embedding of each configuration.
+
+        Returns
+        -------
+        torch.Tensor, shape (B,)
+        """
+        if self.chirality is None:
+            return x.new_zeros(x.shape[0])
+        return self.chirality(x, time_features)
 
     def batch_graph(self, x: torch.Tensor) -> BatchGraph:
         """The interacting pairs of a batch (full or radius graph, as configured).

@@ -6,7 +6,7 @@ Samplers are plain functions of an energy callable (or a :class:`DiffusionModel`
 ``torch.Generator``.
 """
 
-from .chirality import chiral_centres, count_wrong, fix_chirality, in_l_region, is_l_form, signed_volume
+from .chirality import all_l_form, chiral_centres, count_wrong, fix_chirality, in_l_region, is_l_form, signed_volume
 from .exact import ExactMarginalModel
 from .mcmc import (
     ChainState,
@@ -102,6 +102,7 @@ __all__ = [
     "signed_volume",
     "is_l_form",
     "in_l_region",
+    "all_l_form",
     "fix_chirality",
     "count_wrong",
 ]

@@ -13,51 +13,30 @@ Handedness of an amino acid's Cα: the signed volume
     V = ((N − CA) × (C − CA)) · (CB − CA)
 
 is positive for L-amino acids (the only form proteins use) and negative for D. Glycine (no CB)
-is not chiral. With several centres, a configuration counts as correctly handed when most
-centres are L (ties broken by the first centre); the inversion flips every centre at once and
-maps this region exactly onto its complement, so the fold stays exact. Centres that are still
-D after the fold cannot be fixed by a reflection (they are real errors of the sampler) and are
-reported by :func:`count_wrong`.
+is not chiral. With several centres, a configuration is reflected when most centres are D (ties
+broken by the first centre); the inversion flips every centre at once and maps this region
+exactly onto its complement, so the fold stays exact. Centres that are still D after the fold
+cannot be fixed by a reflection: :func:`count_wrong` counts them, and since molecular dynamics
+from an L-peptide never inverts a centre, the samplers' target is the Boltzmann density on the
+all-L region (:func:`all_l_form`), where such configurations have zero weight.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from ..nn.chirality import as_centres, signed_volume
 from ..states import chiral_centres
 
-__all__ = ["chiral_centres", "signed_volume", "is_l_form", "in_l_region", "fix_chirality", "count_wrong"]
-
-
-def _centres(centres) -> torch.Tensor:
-    c = torch.as_tensor(np.asarray(centres, dtype=np.int64))
-    if c.dim() == 1:
-        c = c.reshape(1, -1)
-    if c.dim() != 2 or c.shape[1] != 4:
-        raise ValueError(f"centres must be (K, 4) atom indices (N, CA, C, CB), got shape {tuple(c.shape)}")
-    return c
-
-
-def signed_volume(x, centres) -> torch.Tensor:
-    """V = ((N − CA) × (C − CA)) · (CB − CA) for each configuration and centre.
-
-    Parameters
-    ----------
-    x : tensor (B, N_atoms, 3) or (N_atoms, 3)
-    centres : (K, 4) atom indices (N, CA, C, CB)
-
-    Returns
-    -------
-    tensor (B, K) (or (K,) for one configuration), dtype of x; positive = L
-    """
-    x = torch.as_tensor(x)
-    single = x.dim() == 2
-    xb = x.unsqueeze(0) if single else x
-    c = _centres(centres).to(xb.device)
-    n, ca, cc, cb = (xb[:, c[:, i]] for i in range(4))  # (B, K, 3)
-    vol = (torch.cross(n - ca, cc - ca, dim=-1) * (cb - ca)).sum(-1)
-    return vol[0] if single else vol
+__all__ = [
+    "chiral_centres",
+    "signed_volume",
+    "is_l_form",
+    "in_l_region",
+    "all_l_form",
+    "fix_chirality",
+    "count_wrong",
+]
 
 
 def is_l_form(x, centres) -> torch.Tensor:
@@ -99,7 +78,7 @@ def in_l_region(x, centres) -> torch.Tensor:
     x = torch.as_tensor(x)
     single = x.dim() == 2
     xb = x.unsqueeze(0) if single else x
-    c = _centres(centres)
+    c = as_centres(centres)
     if c.shape[0] == 0:
         out = torch.ones(xb.shape[0], dtype=torch.bool, device=xb.device)
     else:
@@ -107,6 +86,37 @@ def in_l_region(x, centres) -> torch.Tensor:
         n_l = lf.sum(1)
         k = c.shape[0]
         out = (2 * n_l > k) | ((2 * n_l == k) & lf[:, 0])
+    return out[0] if single else out
+
+
+def all_l_form(x, centres) -> torch.Tensor:
+    """Whether every centre of each configuration is L-handed: the support of the target.
+
+    Molecular dynamics started from an L-peptide never inverts a centre, so the target a sampler
+    is compared with is the Boltzmann density restricted to this region. After the fold
+    (:func:`fix_chirality`) a configuration outside it has centres of both hands, which no
+    reflection can mend: the samplers give it zero weight.
+
+    Parameters
+    ----------
+    x : array_like, shape (B, N_atoms, 3) or (N_atoms, 3)
+        Configurations (nm).
+    centres : array_like, shape (K, 4)
+        Atom indices (N, CA, C, CB) of the chiral centres.
+
+    Returns
+    -------
+    torch.BoolTensor, shape (B,) (0-dim for one configuration)
+        All True when K = 0; the same as :func:`in_l_region` when K = 1.
+    """
+    x = torch.as_tensor(x)
+    single = x.dim() == 2
+    xb = x.unsqueeze(0) if single else x
+    c = as_centres(centres)
+    if c.shape[0] == 0:
+        out = torch.ones(xb.shape[0], dtype=torch.bool, device=xb.device)
+    else:
+        out = is_l_form(xb, c).all(1)
     return out[0] if single else out
 
 
@@ -125,7 +135,7 @@ def count_wrong(x, centres) -> int:
     int
         Count of (configuration, centre) pairs with signed volume ≤ 0; 0 when K = 0.
     """
-    c = _centres(centres)
+    c = as_centres(centres)
     if c.shape[0] == 0:
         return 0
     return int((~is_l_form(x, c)).sum())

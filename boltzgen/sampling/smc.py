@@ -48,9 +48,11 @@ Without a target, ``log_z`` estimates log ∫ exp(−E(x/ℓ, t_min)) dx instead
 **Chirality.** With ``chirality`` (Cα centres; by default those of the target's topology),
 wrong-handed particles are reflected at t_min (:func:`~boltzgen.sampling.chirality.fix_chirality`;
 the model must be mirror symmetric, as E(3)-invariant networks are), so the reference density becomes 2 γ_{t_min} restricted to the
-L-region; the annealing targets are restricted to it too (MCMC proposals that change handedness
-are rejected). ``log_z`` then estimates the normaliser of exp(−u) over the L-region only, which
-is Z / 2 for a mirror-symmetric force field.
+L-region. The target is exp(−u) on the all-L region
+(:func:`~boltzgen.sampling.chirality.all_l_form`): particles with centres of both hands get zero
+weight, and MCMC proposals that change any centre's hand are rejected. ``log_z`` then estimates
+the normaliser of exp(−u) over the all-L region only (Z / 2 of the mirror pair for a
+mirror-symmetric force field).
 
 **Stages.** :func:`smc_sample` runs the stages of :mod:`boltzgen.sampling.stages` in order
 (:func:`~boltzgen.sampling.stages.start_at_prior`, :func:`~boltzgen.sampling.stages.run_diffusion`,

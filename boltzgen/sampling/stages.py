@@ -33,7 +33,7 @@ import torch
 
 from ..diffusion.laplace import laplace_log_marginal, target_energy_in_model_units
 from ..diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise
-from .chirality import chiral_centres, fix_chirality, in_l_region
+from .chirality import all_l_form, chiral_centres, fix_chirality
 from .mcmc import StepSize, adapted_moves, hmc_step, initial_step_size, mala_step, mts_hmc_step
 from .resampling import ess_fraction, log_mean_exp, resample_by_state
 from .sde import (
@@ -350,7 +350,7 @@ class SMCProblem:
         return e, g
 
     def target_eval(self, state: "ParticleState", y: torch.Tensor):
-        """Target energies u(ℓ y) and their gradients in y; +inf outside the L-region when folding.
+        """Target energies u(ℓ y) and their gradients in y; +inf outside the all-L region when folding.
 
         Parameters
         ----------
@@ -374,7 +374,7 @@ class SMCProblem:
             gu = project_mean_free(gu)
         uu, gu = _clean(uu, gu)
         if self.centres is not None:
-            inside = in_l_region(y, self.centres)
+            inside = all_l_form(y, self.centres)
             uu = torch.where(inside, uu, torch.full_like(uu, math.inf))
             gu = torch.where(_bcast(inside, gu), gu, torch.zeros_like(gu))
         return uu, gu
@@ -1193,7 +1193,7 @@ def run_handover(state: ParticleState, problem: SMCProblem, recorder: SMCRecorde
     incr, y0 = post.log_w[:, 0] + state.energy, post.x[:, 0]
     if problem.centres is not None:
         y0, state.n_reflected = fix_chirality(y0, problem.centres)[:2]
-        incr = torch.where(in_l_region(y0, problem.centres), incr - LOG2, torch.full_like(incr, -math.inf))
+        incr = torch.where(all_l_form(y0, problem.centres), incr - LOG2, torch.full_like(incr, -math.inf))
         state.fold = LOG2
     state.ancestors["anneal"] = torch.arange(state.n)
     state.y = y0
@@ -1275,7 +1275,7 @@ def _final_md_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
         if labels is not None:
             ok &= problem.labels(y) == labels[alive]
         if problem.centres is not None:
-            ok &= in_l_region(y, problem.centres)
+            ok &= all_l_form(y, problem.centres)
         return ok.cpu().numpy()
 
     seed = int(torch.randint(1, 2**31 - 1, (1,), generator=problem.generator))
