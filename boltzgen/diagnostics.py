@@ -31,7 +31,7 @@ import torch
 from .diffusion.noise import event_dim, sample_noise, sq_norm
 from .evaluate import model_energies
 
-__all__ = ["model_diagnostics", "marginal_spread", "sample_quality", "DIAGNOSTIC_TIMES"]
+__all__ = ["model_diagnostics", "marginal_spread", "sample_quality", "structure_flaws", "DIAGNOSTIC_TIMES"]
 
 #: Times of the score residual (clipped below at the model's t_min).
 DIAGNOSTIC_TIMES = (0.001, 0.01, 0.1, 0.5)
@@ -234,7 +234,11 @@ def sample_quality(
         ``sample_check_n``; ``sample_energy_excess_kT`` and ``sample_energy_excess_p90_kT``: the
         median and the 90th percentile of u over the samples minus the same over ``reference``
         (kT; about 0 for a model whose reverse process ends on the target);
-        ``sample_term_excess_kT``: class -> median difference (kT), for the classes the target has.
+        ``sample_term_excess_kT``: class -> median difference (kT), for the classes the target has;
+        for a peptide, the share of samples with a D centre after the chirality fold (mixed
+        hands, which no reflection mends), a cis peptide bond, a broken bond or a clash
+        (``sample_d_centre_fraction``, ``sample_cis_bond_fraction``,
+        ``sample_broken_bond_fraction``, ``sample_clash_fraction``; all 0 for MD of an L-peptide).
     """
     from .nn.prior import TERM_CLASSES, prior_for_target
     from .sampling.sde import reverse_sde
@@ -266,4 +270,41 @@ def sample_quality(
         present = (terms_r != 0).any(0)
         diff = terms_s.median(0).values - terms_r.median(0).values
         out["sample_term_excess_kT"] = {c: float(v) for c, v, k in zip(TERM_CLASSES, diff, present) if k}
+    out.update(structure_flaws(getattr(target, "topology", None), x))
     return out
+
+
+def structure_flaws(topology, x) -> dict:
+    """Shares of peptide configurations with each flaw that MD of an L-peptide never shows.
+
+    The configurations are folded onto the L-form first
+    (:func:`~boltzgen.sampling.chirality.fix_chirality`), so a D centre left counts a
+    configuration whose centres have both hands.
+
+    Parameters
+    ----------
+    topology : mdtraj.Topology or None
+    x : array_like, shape (B, N, 3)
+        Configurations (nm).
+
+    Returns
+    -------
+    dict
+        ``sample_d_centre_fraction``, ``sample_cis_bond_fraction``, ``sample_broken_bond_fraction``
+        and ``sample_clash_fraction`` in [0, 1]; empty without a topology or a peptide backbone.
+    """
+    from .sampling.chirality import fix_chirality
+    from .states import chiral_centres, peptide_bonds
+    from .systems.peptides import check_peptide
+
+    if topology is None:
+        return {}
+    centres = chiral_centres(topology)
+    if not len(centres) and not len(peptide_bonds(topology)):
+        return {}
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    if len(centres):
+        x = fix_chirality(x, centres)[0]
+    counts = check_peptide(topology, x.numpy())
+    names = {"d_centres": "d_centre", "cis_bonds": "cis_bond", "broken_bonds": "broken_bond", "clashes": "clash"}
+    return {f"sample_{name}_fraction": float(np.mean(counts[key] > 0)) for key, name in names.items()}

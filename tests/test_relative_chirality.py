@@ -150,3 +150,21 @@ def test_relative_chirality_term_learns_the_same_hand_preference(ala3):
     assert float(loss) < 0.05 * math.log(2)
     e = term(x, tau).detach()
     assert float(e[32:].min() - e[:32].max()) > 2.0
+
+
+def test_structure_flaws_count_mixed_hands_after_the_fold(ala3):
+    """The sample check's flaw shares: an L-peptide and its mirror image have none (the fold mends
+    the mirror), a configuration with one D residue keeps its D centre."""
+    from boltzgen.diagnostics import structure_flaws
+
+    x = ala3.positions.to(torch.float64)
+    lld = invert_residue(x, ala3.topology, 3)
+    assert structure_flaws(ala3.topology, torch.stack([x, -x])) == {
+        "sample_d_centre_fraction": 0.0,
+        "sample_cis_bond_fraction": 0.0,
+        "sample_broken_bond_fraction": 0.0,
+        "sample_clash_fraction": 0.0,
+    }
+    flaws = structure_flaws(ala3.topology, torch.stack([x, lld, -lld, -x]))
+    assert flaws["sample_d_centre_fraction"] == 0.5 and flaws["sample_broken_bond_fraction"] == 0.0
+    assert structure_flaws(None, x[None]) == {}

@@ -40,6 +40,7 @@ def test_train_reports_the_sample_check_per_term_class(tmp_path):
     assert check["sample_check_n"] == 8
     assert set(check["sample_term_excess_kT"]) == {"bond_h", "bond", "angle", "torsion", "coulomb", "lj"}
     assert np.isfinite(check["sample_energy_excess_kT"])
+    assert 0.0 <= check["sample_d_centre_fraction"] <= 1.0 and 0.0 <= check["sample_cis_bond_fraction"] <= 1.0
 
 
 def test_marginal_spread_gives_the_models_state_free_energy_error():
