@@ -168,3 +168,51 @@ def test_structure_flaws_count_mixed_hands_after_the_fold(ala3):
     flaws = structure_flaws(ala3.topology, torch.stack([x, lld, -lld, -x]))
     assert flaws["sample_d_centre_fraction"] == 0.5 and flaws["sample_broken_bond_fraction"] == 0.0
     assert structure_flaws(None, x[None]) == {}
+
+
+def test_chirality_wall_follows_its_formula_in_the_energy_model(ala3):
+    """W = SNR Σ w_ij (ε softplus(−s_ij/ε))²: about 0 for L, L, L and its mirror, the formula (from
+    signed volumes computed here with numpy) for L, L, D; the energy model adds exactly W to the
+    network's part, and stays invariant under reflections."""
+    import numpy as np
+
+    from boltzgen.energy import EnergyModel
+    from boltzgen.nn.chirality import WALL_SOFTNESS
+
+    centres = chiral_centres(ala3.topology)
+    torch.manual_seed(0)
+    net = build_network("egnn", ala3, dtype=torch.float64, relative_chirality=True, hidden=16, n_layers=2)
+    with torch.no_grad():
+        net.chirality.log_wall_weight.copy_(torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64))
+    model = EnergyModel(net, (ala3.n_atoms, 3), mean_free=True, sigma_data=1.0).double()
+    x0 = ala3.positions.to(torch.float64)
+    x = torch.stack([x0, invert_residue(x0, ala3.topology, 3), -x0]) / 0.2
+    t = torch.full((3,), 0.05, dtype=torch.float64)
+    snr = (model.schedule.alpha(t) / model.schedule.sigma(t)) ** 2
+
+    p = x.numpy()
+    vol = lambda k: np.einsum(  # noqa: E731
+        "bi,bi->b",
+        np.cross(p[:, centres[k, 0]] - p[:, centres[k, 1]], p[:, centres[k, 2]] - p[:, centres[k, 1]]),
+        p[:, centres[k, 3]] - p[:, centres[k, 1]],
+    )
+    norms = [
+        np.prod([np.linalg.norm(p[:, centres[k, m]] - p[:, centres[k, 1]], axis=-1) for m in (0, 2, 3)], 0)
+        for k in range(3)
+    ]
+    c = np.stack([vol(k) / norms[k] for k in range(3)], -1)
+    eps = WALL_SOFTNESS
+    f = lambda s: (eps * np.logaddexp(0.0, -s / eps)) ** 2  # noqa: E731
+    w = np.exp([0.3, -0.2, 0.5])
+    expected = snr.numpy() * sum(w[n] * f(c[:, i] * c[:, j]) for n, (i, j) in enumerate([(0, 1), (0, 2), (1, 2)]))
+    wall = net.snr_energy(x, snr)
+    np.testing.assert_allclose(wall.detach().numpy(), expected, rtol=1e-4)
+    assert float(wall[0]) < 1e-6 and float(wall[2]) < 1e-6 and float(wall[1]) > 1.0
+    with torch.no_grad():
+        net.chirality.log_wall_weight.fill_(-30.0)  # the wall off: only the network's part is left
+        without = model.energy(x, t)
+        net.chirality.log_wall_weight.copy_(torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64))
+        torch.testing.assert_close(model.energy(x, t) - without, wall.detach(), rtol=1e-6, atol=1e-8)
+    assert_equivariant(
+        lambda y: model.energy(y, t[: y.shape[0]]), x[:2], kind="scalar", reflections=True, rtol=1e-9, atol=1e-9
+    )

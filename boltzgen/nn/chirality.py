@@ -16,7 +16,20 @@ positive when the two centres have the same hand. :class:`RelativeChirality` is 
 
 with φ a small MLP (zero at initialisation), τ(t) the network's time embedding and e_ij a learned
 embedding of the pair, so the network can learn how the same-hand preference grows as the noise
-falls. The term keeps the whole energy E(3)-invariant, so the chirality fold of the samplers
+falls.
+
+Score matching sees mixed-hand configurations only at noise levels where the noise flips centres;
+below them such configurations are off the data and their energy is whatever φ extrapolates to
+(on tri-alanine it stayed a fraction of a kT). :meth:`RelativeChirality.wall` adds what the
+diffused data's density says there: a configuration whose centres disagree lies a distance d of
+order a bond length from any same-hand one, so its log-density is lower by about α_t² d² / (2 σ_t²).
+The wall is
+
+    W(x, t) = SNR(t) Σ_{i<j} w_ij f(c_i c_j),   SNR = α_t² / σ_t²,   f(s) = (ε softplus(−s/ε))²,
+
+zero on same-hand pairs (f ≈ 0 for s > 0, about s² below 0) with learned weights w_ij = exp(ω_ij)
+(about the squared distance, in model units, that restores the pair's agreement). The energy model
+(:class:`boltzgen.energy.EnergyModel`) adds it, since only it knows α_t and σ_t. The term keeps the whole energy E(3)-invariant, so the chirality fold of the samplers
 (:mod:`boltzgen.sampling.chirality`) stays exact.
 """
 
@@ -107,6 +120,10 @@ def chirality_index(x: torch.Tensor, centres, eps: float = 1e-6) -> torch.Tensor
     return vol / (norm(a) * norm(b) * norm(d))
 
 
+#: Width ε of the wall's smooth step f(s) = (ε softplus(−s/ε))² (units of the chirality product).
+WALL_SOFTNESS = 0.05
+
+
 class RelativeChirality(nn.Module):
     """E_χ(x, t) = Σ_{i<j} φ(c_i c_j, τ(t), e_ij): an invariant energy of the centres' relative hands.
 
@@ -132,6 +149,7 @@ class RelativeChirality(nn.Module):
         self.pair_embedding = nn.Embedding(max(n_pairs, 1), hidden)
         nn.init.zeros_(self.pair_embedding.weight)
         self.output = mlp([hidden, hidden, 1], zero_last=True)
+        self.log_wall_weight = nn.Parameter(torch.zeros(max(n_pairs, 1)))
 
     @property
     def n_pairs(self) -> int:
@@ -155,8 +173,45 @@ class RelativeChirality(nn.Module):
         """
         if self.n_pairs == 0:
             return x.new_zeros(x.shape[0])
-        c = chirality_index(x, self.centres)
-        s = (c[:, self.pairs[0]] * c[:, self.pairs[1]]).unsqueeze(-1)  # (B, P, 1)
+        s = self.products(x).unsqueeze(-1)  # (B, P, 1)
         tau = time_features.unsqueeze(1).expand(-1, self.n_pairs, -1)
         h = self.input(torch.cat([s, tau], dim=-1)) + self.pair_embedding.weight[: self.n_pairs]
         return self.output(nn.functional.silu(h)).squeeze(-1).sum(-1)
+
+    def products(self, x: torch.Tensor) -> torch.Tensor:
+        """The chirality products c_i c_j of every pair i < j.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, N_atoms, 3)
+            Configurations (any length unit).
+
+        Returns
+        -------
+        torch.Tensor, shape (B, P)
+            In [−1, 1]; positive where the pair's centres have the same hand.
+        """
+        c = chirality_index(x, self.centres)
+        return c[:, self.pairs[0]] * c[:, self.pairs[1]]
+
+    def wall(self, x: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
+        """W = SNR Σ_{i<j} w_ij f(c_i c_j): zero where the centres agree, rising where they do not.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, N_atoms, 3)
+            Configurations (any length unit; noisy ones at time t).
+        snr : torch.Tensor, shape (B,)
+            α_t² / σ_t² of each configuration's time.
+
+        Returns
+        -------
+        torch.Tensor, shape (B,)
+            Reduced energies (kT); zeros without pairs.
+        """
+        if self.n_pairs == 0:
+            return x.new_zeros(x.shape[0])
+        eps = WALL_SOFTNESS
+        f = (eps * nn.functional.softplus(-self.products(x) / eps)) ** 2
+        w = self.log_wall_weight[: self.n_pairs].exp().to(f.dtype)
+        return snr.to(f.dtype) * (f * w).sum(-1)

@@ -605,6 +605,25 @@ class MolecularEnergyNetwork(EnergyNetwork):
             return x.new_zeros(x.shape[0])
         return self.chirality(x, time_features)
 
+    def snr_energy(self, x: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
+        """The relative-chirality wall (:meth:`boltzgen.nn.chirality.RelativeChirality.wall`;
+        zeros without the term), added by the energy model outside the output scaling.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, N, 3)
+            Coordinates (any length unit).
+        snr : torch.Tensor, shape (B,)
+            α_t² / σ_t² of each configuration's time.
+
+        Returns
+        -------
+        torch.Tensor, shape (B,)
+        """
+        if self.chirality is None:
+            return x.new_zeros(x.shape[0])
+        return self.chirality.wall(x, snr)
+
     def batch_graph(self, x: torch.Tensor) -> BatchGraph:
         """The interacting pairs of a batch (full or radius graph, as configured).
 
