@@ -75,18 +75,12 @@ def in_l_region(x, centres) -> torch.Tensor:
     torch.BoolTensor, shape (B,) (0-dim for one configuration)
         All True when K = 0.
     """
-    x = torch.as_tensor(x)
-    single = x.dim() == 2
-    xb = x.unsqueeze(0) if single else x
-    c = as_centres(centres)
-    if c.shape[0] == 0:
-        out = torch.ones(xb.shape[0], dtype=torch.bool, device=xb.device)
-    else:
-        lf = is_l_form(xb, c)
-        n_l = lf.sum(1)
-        k = c.shape[0]
-        out = (2 * n_l > k) | ((2 * n_l == k) & lf[:, 0])
-    return out[0] if single else out
+
+    def most_l(lf):
+        n_l, k = lf.sum(1), lf.shape[1]
+        return (2 * n_l > k) | ((2 * n_l == k) & lf[:, 0])
+
+    return _per_configuration(x, centres, most_l)
 
 
 def all_l_form(x, centres) -> torch.Tensor:
@@ -109,6 +103,11 @@ def all_l_form(x, centres) -> torch.Tensor:
     torch.BoolTensor, shape (B,) (0-dim for one configuration)
         All True when K = 0; the same as :func:`in_l_region` when K = 1.
     """
+    return _per_configuration(x, centres, lambda lf: lf.all(1))
+
+
+def _per_configuration(x, centres, rule) -> torch.Tensor:
+    """``rule`` of the (B, K) L-form mask for each configuration; all True without centres."""
     x = torch.as_tensor(x)
     single = x.dim() == 2
     xb = x.unsqueeze(0) if single else x
@@ -116,7 +115,7 @@ def all_l_form(x, centres) -> torch.Tensor:
     if c.shape[0] == 0:
         out = torch.ones(xb.shape[0], dtype=torch.bool, device=xb.device)
     else:
-        out = is_l_form(xb, c).all(1)
+        out = rule(is_l_form(xb, c))
     return out[0] if single else out
 
 
