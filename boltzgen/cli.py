@@ -1218,7 +1218,8 @@ def classify_error(exc: BaseException) -> tuple:
     -------
     status : int or None
         2 for bad input (:class:`CommandError`, ValueError, FileNotFoundError), 1 for failures
-        on the way (other OSError such as a full or read-only disk, MemoryError, OpenMM errors).
+        on the way (other OSError such as a full or read-only disk, MemoryError, OpenMM errors, an
+        SMC run whose particles all lost their weight).
     message : str or None
     """
     import openmm
@@ -1232,8 +1233,9 @@ def classify_error(exc: BaseException) -> tuple:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) and str(exc.filename) not in text else ""
         return 1, f"{text}{where}"
     from .md.dynamics import SimulationUnstableError
+    from .sampling.stages import SMCFailure
 
-    if isinstance(exc, SimulationUnstableError):
+    if isinstance(exc, (SimulationUnstableError, SMCFailure)):
         return 1, text
     if isinstance(exc, openmm.OpenMMException):
         return 1, f"OpenMM failed: {text} (an unstable simulation? try a smaller --timestep or check the structure)"

@@ -643,8 +643,11 @@ def test_smc_all_weights_zero_is_a_clear_error():
         def _reduced_energy(self, x):
             return torch.full((x.shape[0],), math.inf, dtype=torch.float64) + 0 * x.sum(1)
 
+    from boltzgen.cli import classify_error
+    from boltzgen.sampling import SMCFailure
+
     model = ExactMarginalModel(two_modes(2))
-    with pytest.raises(RuntimeError, match="weight zero"):
+    with pytest.raises(SMCFailure, match="weight zero") as failure:
         smc_sample(
             model,
             Nowhere(),
@@ -652,6 +655,8 @@ def test_smc_all_weights_zero_is_a_clear_error():
             torch.Generator().manual_seed(0),
             settings=settings(diffusion={"n_steps": 4}, anneal={"n_levels": 2}),
         )
+    status, message = classify_error(failure.value)  # the command line: one line, not a bug report
+    assert status == 1 and "outside the target's support" in message
 
 
 # ---------------------------------------------------------------------------- molecules

@@ -43,6 +43,7 @@ from .settings import (
 from .smc import SMCResult, smc_sample
 from .stages import (
     ParticleState,
+    SMCFailure,
     SMCProblem,
     SMCRecorder,
     fold_chirality,
@@ -55,6 +56,7 @@ from .stages import (
 from .tilt import StateTilt, torsion_coordinate
 
 __all__ = [
+    "SMCFailure",
     "ChainState",
     "MCMCResult",
     "MCMCStep",

@@ -54,6 +54,7 @@ from .settings import SMCSettings
 from .tilt import StateTilt, torsion_coordinate
 
 __all__ = [
+    "SMCFailure",
     "SMCProblem",
     "ParticleState",
     "SMCRecorder",
@@ -190,6 +191,12 @@ def anneal_grid(settings: SMCSettings) -> list:
         return list(a.betas)
     k = max(a.n_levels, 1)
     return [(i + 1) / k for i in range(k)]
+
+
+class SMCFailure(RuntimeError):
+    """The particles have nothing left to carry: every weight is zero (all of them outside the
+    target's support, e.g. with mixed-hand centres after the chirality fold, or outside every
+    state), so no estimate exists. A failure of the model or the settings, not of the input."""
 
 
 # ---------------------------------------------------------------------------- the fixed parts
@@ -824,15 +831,18 @@ def maybe_resample(state: ParticleState, problem: SMCProblem, recorder: SMCRecor
 
     Raises
     ------
-    RuntimeError
+    SMCFailure
         When every particle has weight zero.
     """
     rs = problem.settings.resampling
     if final or (problem.states is None and state.ess >= rs.ess_threshold):
         return
     if not bool(torch.isfinite(state.log_w).any()):
-        raise RuntimeError(
-            f"SMC: every particle has weight zero at level {state.level} (t = {state.t:g}, beta = {state.beta:g})"
+        raise SMCFailure(
+            f"SMC: every particle has weight zero at level {state.level} (t = {state.t:g}, beta = {state.beta:g}): "
+            "all of them are outside the target's support (for a peptide: centres of both hands after the "
+            "chirality fold; the sample check's sample_d_centre_fraction says how often the model makes them); "
+            "try more particles, a smaller --t-min with --mcmc-steps, or a model with net.relative_chirality"
         )
     if problem.states is None:
         labels = torch.zeros(state.n, dtype=torch.long)
