@@ -971,9 +971,10 @@ def derived_defaults(event_shape, molecular: bool) -> dict:
     A molecule (data with a topology) starts from the alanine-dipeptide recipe, a particle
     cluster (no topology, 3-D particles) from LJ13's, anything else (vectors) from the
     Gaussian-mixture recipe. A molecule's network also gets the bond-graph edge classes and the
-    relative-chirality term (``net.bond_edges``, ``net.relative_chirality``). The batch is scaled by (reference atoms / atoms)², at least 16, since
-    a step of the fully connected network costs about N² per configuration: the cost per step
-    stays near the reference system's (benchmarks/cost_scaling.py).
+    relative-chirality term (``net.bond_edges``, ``net.relative_chirality``). The batch is scaled
+    by (reference atoms / atoms)², at least 16, since a step of the fully connected network costs
+    about N² per configuration: the cost per step stays near the reference system's
+    (benchmarks/cost_scaling.py).
 
     Parameters
     ----------

@@ -286,12 +286,11 @@ class EnergyModel(nn.Module):
             )
         gaussian = 0.5 * sq_norm(xc, self._n_event) / c2
         energy = self._lambda(t) * out.reshape(x.shape[0])
+        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
         snr_energy = getattr(self.net, "snr_energy", None)
         if snr_energy is not None:  # terms whose scale the noise level sets (the chirality wall)
-            alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
             energy = energy + snr_energy(xc, (alpha / sigma.clamp_min(1e-12)) ** 2).to(energy.dtype)
         if self.prior is not None:
-            alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
             energy = energy + self.prior(xc, alpha, sigma)
             if self.prior.replaces_gaussian:
                 gaussian = (1.0 - self.prior.fade(alpha.to(x.dtype), sigma.to(x.dtype))) * gaussian

@@ -29,7 +29,8 @@ The wall is
 
 zero on same-hand pairs (f ≈ 0 for s > 0, about s² below 0) with learned weights w_ij = exp(ω_ij)
 (about the squared distance, in model units, that restores the pair's agreement). The energy model
-(:class:`boltzgen.energy.EnergyModel`) adds it, since only it knows α_t and σ_t. The term keeps the whole energy E(3)-invariant, so the chirality fold of the samplers
+(:class:`boltzgen.energy.EnergyModel`) adds it, since only it knows α_t and σ_t. Both parts keep
+the whole energy E(3)-invariant, so the chirality fold of the samplers
 (:mod:`boltzgen.sampling.chirality`) stays exact.
 """
 
