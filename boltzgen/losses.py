@@ -824,6 +824,17 @@ def compute_loss(
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
+#: Configurations per network evaluation in :func:`calibrate_log_normaliser`: its activations
+#: grow with the chunk times the atoms squared, and a whole batch of a tetra-alanine in one
+#: evaluation took several GB in each training process.
+CALIBRATION_CHUNK = 32
+
+
+def _energy_in_chunks(model, x: torch.Tensor, t: float) -> torch.Tensor:
+    """E(x, t) in float64, evaluated :data:`CALIBRATION_CHUNK` configurations at a time."""
+    return torch.cat([model.energy(part, t).to(torch.float64) for part in x.split(CALIBRATION_CHUNK)])
+
+
 @torch.no_grad()
 def calibrate_log_normaliser(model, x0: torch.Tensor, generator: Optional[torch.Generator] = None) -> Optional[float]:
     """Set the learned residual f_φ of F(t) = −log Z_t to the current energies' own normalisers.
@@ -863,9 +874,7 @@ def calibrate_log_normaliser(model, x0: torch.Tensor, generator: Optional[torch.
         noise = sample_noise(x0.shape, generator, model.mean_free, dtype=x0.dtype, device=x0.device)
         at = torch.full((x0.shape[0],), float(t), dtype=x0.dtype, device=x0.device)
         xt, _ = model.schedule.q_sample(x0, at, noise=noise)
-        near = {
-            h: model.energy(xt, float(times[h])).to(torch.float64) for h in (g - 1, g, g + 1) if 0 <= h < len(times)
-        }
+        near = {h: _energy_in_chunks(model, xt, float(times[h])) for h in (g - 1, g, g + 1) if 0 <= h < len(times)}
         energies.append(near)
     log_b = torch.tensor(float(x0.shape[0]), dtype=torch.float64).log()
     steps = []

@@ -1140,7 +1140,8 @@ class Trainer:
         return dict(zip(keys, flat[offset:]))
 
     def validate(self, model: Optional[EnergyModel] = None) -> dict:
-        """Validation losses of the EMA model on the held-out split (fixed noise; same objective).
+        """Validation losses of the EMA model on the held-out split (fixed noise; same objective),
+        averaged over chunks of about the training batch (the memory of one training step).
 
         Parameters
         ----------
@@ -1158,14 +1159,18 @@ class Trainer:
         model = self.ema if model is None else model
         generator = torch.Generator().manual_seed(int(self.config["seed"]) + 12345)
         size = min(int(self.config["train"]["val_batch_size"]), self.val_data.shape[0])
-        x0 = self.val_data[:size]
-        physics = self._physics_batch(torch.arange(size), self.val_force, self.val_u, self.val_weight)
-        parts = compute_loss(model, x0, generator, **self._loss_options(int(self.config["train"]["steps"])), **physics)
-        out = {
-            f"val_{k}": float(v.detach())
-            for k, v in parts.items()
-            if k in ("total", "dsm", "clf", "pin") and torch.is_tensor(v)
-        }
+        options = self._loss_options(int(self.config["train"]["steps"]))
+        # in chunks of about the training batch: one pass over the whole validation batch held
+        # the graph of several training steps at once (GBs for a peptide in every process)
+        chunks = torch.arange(size).tensor_split(-(-size // int(self.config["train"]["batch_size"])))
+        sums: dict = {}
+        for idx in chunks:
+            physics = self._physics_batch(idx, self.val_force, self.val_u, self.val_weight)
+            parts = compute_loss(model, self.val_data[idx], generator, **options, **physics)
+            for k, v in parts.items():
+                if k in ("total", "dsm", "clf", "pin") and torch.is_tensor(v):
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * idx.numel()
+        out = {f"val_{k}": v / size for k, v in sums.items()}
         if self.val_u is not None:
             from .diagnostics import model_diagnostics
 
@@ -1237,7 +1242,7 @@ class Trainer:
                     row.update(step=self.step, phase=last["phase"])
                     window = []
                 if self.step % int(cfg["val_every"]) == 0 or self.step == total:
-                    val = self.validate()
+                    val = self.validate() if self.rank == 0 else {}  # only rank 0 logs and saves
                     row = {**(row or {"step": self.step, "phase": last["phase"]}), **val}
                     if val:
                         self.best_val = (
@@ -1260,7 +1265,7 @@ class Trainer:
             "n_train": int(self.train_data.shape[0]),
             "n_val": int(self.val_data.shape[0]),
             "final": {k: v for k, v in last.items() if k != "phase"},
-            "validation": self.validate(),
+            "validation": self.validate() if self.rank == 0 else {},
             "boltzgen_version": __version__,
             **self.metadata,
         }

@@ -345,6 +345,21 @@ def test_calibrated_log_normaliser_is_the_exact_one_of_a_gaussian_model():
     assert calibrate_log_normaliser(other, x0) is None
 
 
+def test_calibration_evaluates_the_network_in_chunks():
+    """The calibration's energies of a large batch come from network passes of at most
+    CALIBRATION_CHUNK configurations (a whole batch of a peptide at once took GBs per training
+    process); the exact-answer test above checks the values."""
+    from boltzgen.losses import CALIBRATION_CHUNK, calibrate_log_normaliser
+
+    d = 4
+    x0 = torch.randn(5 * CALIBRATION_CHUNK + 3, d, generator=torch.Generator().manual_seed(0), dtype=F64)
+    model = EnergyModel(TimeOnlyNet(), (d,), n_levels=8, sigma_data=1.0).to(F64)
+    sizes = []
+    model.net.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    calibrate_log_normaliser(model, x0, torch.Generator().manual_seed(1))
+    assert sizes and max(sizes) <= CALIBRATION_CHUNK and sum(sizes) % x0.shape[0] == 0
+
+
 def test_path_loss_vanishes_for_exact_marginals_and_sees_an_inconsistent_model():
     """The variance of SMC's one-step log-weight on noised data: for the GMM's exact marginals only
     the kernel's discretisation is left (falling with finer levels); a t-dependent perturbation

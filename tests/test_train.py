@@ -663,3 +663,27 @@ def test_path_consistency_term_trains_after_the_dsm_phase(tmp_path):
     bad = {**overrides, "loss": {"lambda_path": 0.1, "path_levels": 20, "path_t_max": 1e-4}}
     with pytest.raises(ValueError, match="path_t_max"):
         Trainer(resolve_config(overrides=bad), data, str(tmp_path / "bad"), progress=False)
+
+
+def test_validation_runs_in_chunks_of_the_training_batch(tmp_path, gmm_data):
+    """A validation batch larger than the training batch is evaluated in chunks of about the
+    training batch (its graph would otherwise hold several training steps' worth of memory), and
+    the averaged losses match one pass over the whole batch up to the noise draws."""
+    overrides = {**SMALL, "train": {**SMALL["train"], "batch_size": 8, "val_batch_size": 64}}
+    trainer = Trainer(resolve_config(overrides=overrides), gmm_data, str(tmp_path / "run"), progress=False)
+    sizes = []
+    hook = trainer.ema.net.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    try:
+        val = trainer.validate()
+    finally:
+        hook.remove()
+    k = int(trainer.config["loss"]["k"])
+    assert sizes and max(sizes) <= k * 8
+    assert set(val) >= {"val_total", "val_dsm"} and all(math.isfinite(v) for v in val.values())
+    whole = Trainer(
+        resolve_config(overrides={**SMALL, "train": {**SMALL["train"], "batch_size": 64, "val_batch_size": 64}}),
+        gmm_data,
+        str(tmp_path / "whole"),
+        progress=False,
+    ).validate()
+    assert val["val_dsm"] == pytest.approx(whole["val_dsm"], rel=0.25)
