@@ -37,12 +37,9 @@ __all__ = ["model_diagnostics", "marginal_spread", "sample_quality", "structure_
 DIAGNOSTIC_TIMES = (0.001, 0.01, 0.1, 0.5)
 
 
-#: Configurations per score evaluation of the diagnostics.
-SCORE_CHUNK = 64
-
-
 def _score_residual(model, y, force, kappa, t: float, generator) -> float:
     from .losses import score_target
+    from .sampling.sde import model_energy_and_score
 
     dtype = next(model.parameters()).dtype
     y = y.to(dtype)
@@ -52,11 +49,8 @@ def _score_residual(model, y, force, kappa, t: float, generator) -> float:
     n_ev = y.dim() - 1
     sigma = model.schedule.sigma(tt).reshape((-1,) + (1,) * n_ev)
     target = score_target(model, tt, eps, force if kappa is not None else None, kappa)
-    with torch.enable_grad():  # in chunks: the graph of hundreds of peptide frames takes GBs
-        score = torch.cat(
-            [model.energy_and_score(x, s)[1].detach() for x, s in zip(x_t.split(SCORE_CHUNK), tt.split(SCORE_CHUNK))]
-        )
-    residual = sq_norm(sigma * score - target, n_ev) / event_dim(model.event_shape, model.mean_free)
+    _, score = model_energy_and_score(model, x_t, t)  # in chunks: hundreds of peptide frames at once took GBs
+    residual = sq_norm(sigma * score.to(dtype) - target, n_ev) / event_dim(model.event_shape, model.mean_free)
     return float(residual.mean())
 
 

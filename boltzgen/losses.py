@@ -117,6 +117,7 @@ import torch
 
 from .diffusion.kernels import reverse_kernel
 from .diffusion.noise import event_dim, gaussian_log_prob, project_mean_free, sample_noise, sq_norm
+from .evaluate import model_energies
 
 __all__ = [
     "LOSSES",
@@ -830,11 +831,6 @@ def compute_loss(
 CALIBRATION_CHUNK = 32
 
 
-def _energy_in_chunks(model, x: torch.Tensor, t: float) -> torch.Tensor:
-    """E(x, t) in float64, evaluated :data:`CALIBRATION_CHUNK` configurations at a time."""
-    return torch.cat([model.energy(part, t).to(torch.float64) for part in x.split(CALIBRATION_CHUNK)])
-
-
 @torch.no_grad()
 def calibrate_log_normaliser(model, x0: torch.Tensor, generator: Optional[torch.Generator] = None) -> Optional[float]:
     """Set the learned residual f_φ of F(t) = −log Z_t to the current energies' own normalisers.
@@ -874,7 +870,11 @@ def calibrate_log_normaliser(model, x0: torch.Tensor, generator: Optional[torch.
         noise = sample_noise(x0.shape, generator, model.mean_free, dtype=x0.dtype, device=x0.device)
         at = torch.full((x0.shape[0],), float(t), dtype=x0.dtype, device=x0.device)
         xt, _ = model.schedule.q_sample(x0, at, noise=noise)
-        near = {h: _energy_in_chunks(model, xt, float(times[h])) for h in (g - 1, g, g + 1) if 0 <= h < len(times)}
+        near = {
+            h: model_energies(model, xt, float(times[h]), batch=CALIBRATION_CHUNK)
+            for h in (g - 1, g, g + 1)
+            if 0 <= h < len(times)
+        }
         energies.append(near)
     log_b = torch.tensor(float(x0.shape[0]), dtype=torch.float64).log()
     steps = []

@@ -1181,6 +1181,10 @@ class Trainer:
             out.update({f"val_{k}": v for k, v in marginal_spread(model, *self.val_marginal).items()})
         return out
 
+    def _validate_on_rank_0(self) -> dict:
+        """:meth:`validate` on rank 0, which alone logs and saves; {} on the other ranks."""
+        return self.validate() if self.rank == 0 else {}
+
     def _diagnostic_frames(self):
         """Held-out samples of the target: (y, u, forces or None, state labels or None, names),
         chosen and labelled once (the split is fixed)."""
@@ -1227,6 +1231,7 @@ class Trainer:
         start = time.perf_counter()
         last = {}
         window: list[dict] = []
+        final_val = None  # the last step's validation, when the loop ran it (the EMA is unchanged after)
         try:
             while self.step < total:
                 t0 = time.perf_counter()
@@ -1242,7 +1247,8 @@ class Trainer:
                     row.update(step=self.step, phase=last["phase"])
                     window = []
                 if self.step % int(cfg["val_every"]) == 0 or self.step == total:
-                    val = self.validate() if self.rank == 0 else {}  # only rank 0 logs and saves
+                    val = self._validate_on_rank_0()
+                    final_val = val if self.step == total else None
                     row = {**(row or {"step": self.step, "phase": last["phase"]}), **val}
                     if val:
                         self.best_val = (
@@ -1265,7 +1271,7 @@ class Trainer:
             "n_train": int(self.train_data.shape[0]),
             "n_val": int(self.val_data.shape[0]),
             "final": {k: v for k, v in last.items() if k != "phase"},
-            "validation": self.validate() if self.rank == 0 else {},
+            "validation": self._validate_on_rank_0() if final_val is None else final_val,
             "boltzgen_version": __version__,
             **self.metadata,
         }
