@@ -77,6 +77,8 @@ def train_in_processes(processes: int, data_path: str, run_dir: str, **options) 
     local_batch_size(int(config["train"]["batch_size"]), processes)  # refused here, not in a child process
     import torch.multiprocessing as mp
 
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    before = os.stat(metrics_path).st_mtime_ns if os.path.exists(metrics_path) else None
     with tempfile.TemporaryDirectory() as rendezvous:
         init = "file://" + os.path.join(rendezvous, "store")
         try:
@@ -86,8 +88,11 @@ def train_in_processes(processes: int, data_path: str, run_dir: str, **options) 
             raise RuntimeError(f"a training process failed: {lines[-1] if lines else exc}") from None
         except mp.ProcessExitedException as exc:
             raise RuntimeError(f"a training process died: {exc}") from None
-    with open(os.path.join(run_dir, "metrics.json")) as handle:
-        return {**json.load(handle), "processes": processes}
+    with open(metrics_path) as handle:
+        metrics = {**json.load(handle), "processes": processes}
+    if before is not None and os.stat(metrics_path).st_mtime_ns == before:  # a finished run, not rewritten
+        metrics.update(resumed=True, reused=True)
+    return metrics
 
 
 def train_rank(rank: int, world: int, init_method: str, data_path: str, run_dir: str, options: dict) -> None:

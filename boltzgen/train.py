@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 import os
 import time
@@ -1208,7 +1209,9 @@ class Trainer:
             Metrics, also written to ``metrics.json``: ``steps``, ``resumed``, ``wall_time_s``
             (s), ``length_scale``, ``n_train``, ``n_val``, ``final`` (last loss parts),
             ``validation``, ``prior_gate_half_widths`` (σ/α where each prior term class is half
-            faded, with a prior), ``boltzgen_version`` and the trainer's metadata.
+            faded, with a prior), ``boltzgen_version`` and the trainer's metadata. A run that had
+            already reached ``train.steps`` returns its stored ``metrics.json`` with ``resumed``
+            and ``reused`` true, and trains, validates and writes nothing.
         """
         from tqdm import tqdm
 
@@ -1220,6 +1223,9 @@ class Trainer:
         if not resumed and self.start_checkpoint:
             self.start_from(self.start_checkpoint)
         total = int(cfg["steps"])
+        finished = self._finished_metrics(total) if resumed else None
+        if finished is not None:
+            return finished
         bar = tqdm(
             total=total,
             initial=self.step,
@@ -1280,6 +1286,21 @@ class Trainer:
         if self.rank == 0:
             write_json(self._path("metrics.json"), metrics)
         return metrics
+
+    def _finished_metrics(self, total: int) -> Optional[dict]:
+        """The stored metrics of a run that already reached ``total`` steps, or None.
+
+        A finished run entered again (a resumed workflow) returns what its end wrote instead of
+        validating and checking samples once more, so ``metrics.json`` keeps the run's own
+        numbers and wall time."""
+        path = self._path("metrics.json")
+        if self.step < total or not os.path.exists(path):
+            return None
+        with open(path) as handle:
+            stored = json.load(handle)
+        if stored.get("steps") != self.step:
+            return None
+        return {**stored, "resumed": True, "reused": True}
 
 
 def run_overrides(overrides: Optional[dict], *, seed: Optional[int] = None, threads: Optional[int] = None) -> dict:
@@ -1395,7 +1416,7 @@ def train_from_file(
     finally:
         if target is not None and hasattr(target, "close"):
             target.close()
-    if trainer.rank == 0 and int(config["train"]["sample_check"]) > 0 and recipe:
+    if trainer.rank == 0 and int(config["train"]["sample_check"]) > 0 and recipe and not metrics.get("reused"):
         metrics["sample_check"] = sample_check(trainer, recipe)
         write_json(os.path.join(run_dir, "metrics.json"), metrics)
     return metrics

@@ -1528,6 +1528,8 @@ def quickstart(
     start = time.perf_counter()
     trained = train(data, run_dir, seed=seed, progress=progress, **train_options)
     seconds["train"] = time.perf_counter() - start
+    if trained.get("reused"):
+        log(f"[train] {run_dir} had finished its steps: reused")
     write_json(stage("train"), trained)
     sampled, seconds["sample"] = _stage_sample(run_dir, samples, plan.get("sample", {}), seed, progress, stage, log)
     summary = _summary(system, trained, sampled, samples)

@@ -72,9 +72,14 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
         assert handle.read().splitlines()[-1].split(",")[1] == "dsm+diffclf"
 
     # a second run resumes: data and samples are reused, training finds its finished checkpoint
+    # and returns its metrics as they were (no second validation or sample check)
+    trained = open(os.path.join(out, "run", "metrics.json"), "rb").read()
     assert main(["quickstart", "-o", out, "--fast", "--no-progress", "--json"]) == 0
-    again = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    again = json.loads(captured.out)
     assert again["stage_seconds"]["simulate"] == 0.0 and again["stage_seconds"]["sample"] == 0.0
+    assert "had finished its steps: reused" in captured.err
+    assert open(os.path.join(out, "run", "metrics.json"), "rb").read() == trained
 
     # SMC resampling within the phi states of the peptide (boltzgen sample --per-state-resampling)
     assert (

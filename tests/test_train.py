@@ -58,6 +58,30 @@ def test_interrupted_training_resumes_exactly(tmp_path, gmm_data):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_a_finished_run_entered_again_returns_its_stored_metrics(tmp_path, gmm_data, monkeypatch):
+    """A resumed workflow that reaches a training that had finished does not validate, check
+    samples or rewrite metrics.json (its numbers and wall time stay the run's own); one with more
+    steps asked for trains on."""
+    run = tmp_path / "run"
+    config = resolve_config(overrides=SMALL)
+    first = Trainer(config, gmm_data, str(run), progress=False).fit()
+    written = (run / "metrics.json").read_bytes()
+    again = Trainer(config, gmm_data, str(run), progress=False)
+
+    def no_validation(*args, **kwargs):
+        raise AssertionError("a finished run was validated again")
+
+    monkeypatch.setattr(again, "validate", no_validation)
+    metrics = again.fit()
+    assert metrics["resumed"] and metrics["reused"] and again.step == SMALL["train"]["steps"]
+    assert metrics["validation"] == json.loads(written)["validation"]
+    assert metrics["wall_time_s"] == pytest.approx(first["wall_time_s"])
+    assert (run / "metrics.json").read_bytes() == written
+    longer = {**SMALL, "train": {**SMALL["train"], "steps": SMALL["train"]["steps"] + 1}}
+    more = Trainer(resolve_config(overrides=longer), gmm_data, str(run), progress=False).fit()
+    assert more["steps"] == SMALL["train"]["steps"] + 1 and not more.get("reused")
+
+
 def test_run_directory_contract_and_load_model(tmp_path, gmm_data):
     run = tmp_path / "run"
     config = resolve_config(overrides=SMALL)
