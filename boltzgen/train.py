@@ -504,7 +504,8 @@ class Trainer:
             target if self.marginal is not None and config["loss"]["marginal_model_samples"] else None
         )
         self.path_times = self._path_times(config)
-        self.val_marginal = self._validation_marginals(target, seed)
+        # only rank 0 validates (it alone logs and saves)
+        self.val_marginal = self._validation_marginals(target, seed) if self.rank == 0 else None
         self.ema = copy.deepcopy(self.model.inner).requires_grad_(False)
         o = config["optim"]
         groups = self.model.inner.parameter_groups(

@@ -136,8 +136,16 @@ SAMPLE_OPTIONS = (
         "--final-mcmc-steps",
         ("final", "mcmc_steps"),
         int,
-        "MALA moves on the target alone after the last reweighting (target forces only; the weights stay valid)",
+        "moves on the target alone after the last reweighting (target forces only; the weights stay valid)",
     ),
+    (
+        "--final-kernel",
+        ("final", "kernel"),
+        str,
+        "kernel of the --final-mcmc-steps moves: 'same' (the annealing's), 'mala', or 'hmc' (--final-leapfrog "
+        "target forces per move; relaxes the energy in fewer forces than MALA)",
+    ),
+    ("--final-leapfrog", ("final", "n_leapfrog"), int, "leapfrog steps per --final-kernel hmc move"),
     (
         "--final-md-moves",
         ("final", "md_moves"),

@@ -263,15 +263,27 @@ class FinalSettings:
         Velocity-Verlet step of those proposals in fs.
     md_leapfrog : int
         Velocity-Verlet steps per proposal (its length is md_leapfrog · md_timestep).
+    kernel : {"same", "mala", "hmc"}
+        Kernel of the ``mcmc_steps`` moves. "same": ``moves.kernel``, continuing the annealing's
+        step size. "mala" or "hmc": that kernel with a step size of its own (automatic from the
+        target's gradients, adapted after every move). HMC moves ``n_leapfrog`` steps per
+        proposal, so its particles travel ballistically where MALA's diffuse: the energy, a
+        slow variable for diffusive moves, relaxes in fewer force evaluations.
+    n_leapfrog : int
+        Leapfrog steps per HMC move of ``kernel: hmc`` (each step is one target force).
     """
 
     mcmc_steps: int = 50
     md_moves: int = 0
     md_timestep: float = 1.0
     md_leapfrog: int = 10
+    kernel: str = "same"
+    n_leapfrog: int = 10
 
     def __post_init__(self):
         _int(self, "mcmc_steps", "final.mcmc_steps", 0)
+        _choice(self, "kernel", "final.kernel", ("same", *MOVE_KERNELS))
+        _int(self, "n_leapfrog", "final.n_leapfrog", 1)
         _int(self, "md_moves", "final.md_moves", 0)
         _float(self, "md_timestep", "final.md_timestep", 0.0, low_open=True)
         _int(self, "md_leapfrog", "final.md_leapfrog", 1)

@@ -1217,8 +1217,9 @@ def run_handover(state: ParticleState, problem: SMCProblem, recorder: SMCRecorde
 def run_final_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder) -> ParticleState:
     """``final.mcmc_steps`` moves on the target alone; the weights stay as they are.
 
-    They leave exp(−u) invariant and need only the target's forces. The step size continues the
-    state's controller (the annealing's) and is adapted after every move.
+    They leave exp(−u) invariant and need only the target's forces. With ``final.kernel: same``
+    the step size continues the state's controller (the annealing's); with another kernel it is
+    that kernel's own, automatic from the gradients. Either is adapted after every move.
 
     Parameters
     ----------
@@ -1238,14 +1239,19 @@ def run_final_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
         raise ValueError("the final moves need a target")
     if state.u is None:
         state.u, state.grad_u = problem.target_eval(state, state.y)
+    final = problem.settings.final
     step_fn, extra = problem.step_kernel()
+    step_size = state.step_size
+    if final.kernel != "same":  # a kernel of their own, with a step size of its own
+        step_fn, extra = (hmc_step, {"n_leapfrog": final.n_leapfrog}) if final.kernel == "hmc" else (mala_step, {})
+        step_size = problem.new_step_size(None, final.kernel)
 
     def target_energy(z):
         return problem.target_eval(state, z)
 
     labels = problem.kept_labels(state.y)
-    for _ in range(problem.settings.final.mcmc_steps):
-        h = state.step_size.value(state.grad_u)
+    for _ in range(final.mcmc_steps):
+        h = step_size.value(state.grad_u)
         out = step_fn(
             state.y,
             target_energy,
@@ -1259,8 +1265,8 @@ def run_final_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
             problem, labels, (state.y, state.u, state.grad_u), (out.x, out.energy, out.grad)
         )
         recorder.final_move(float(out.accept_prob.mean()))
-        state.step_size.update(recorder.final_acceptance[-1])
-    if problem.settings.final.md_moves > 0:
+        step_size.update(recorder.final_acceptance[-1])
+    if final.md_moves > 0:
         _final_md_moves(state, problem, recorder, labels)
     return state
 
