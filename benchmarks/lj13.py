@@ -12,23 +12,11 @@ comparison: ESS fraction, energy W2 (kT) against the reference, wall time per st
 
 import argparse
 
-from molecular_chain import add_arguments, run_chain
+from molecular_chain import add_arguments, recipe_sizes, run_chain
+
+from boltzgen.workflow import load_recipe
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(
-        parser,
-        dict(
-            work="bench-work/lj13",
-            out="bench-results/lj13.json",
-            n_reference=10000,
-            n_data=4000,
-            steps=1500,
-            batch_size=64,
-            n_samples=1024,
-            smc_steps=100,
-            mcmc_steps=0,
-            anneal=16,
-        ),
-    )
+    add_arguments(parser, recipe_sizes(load_recipe("benchmarks", "lj13")))
     run_chain("lj13", parser.parse_args())
