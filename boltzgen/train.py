@@ -1426,7 +1426,7 @@ def train_from_file(
 def sample_check(trainer: Trainer, recipe: dict) -> dict:
     """:func:`boltzgen.diagnostics.sample_quality` of a trained run against its held-out target
     frames (``train.sample_check`` samples of the predictor–corrector reverse diffusion; empty
-    with fewer than 2 such frames).
+    with fewer than 2 such frames or without their target energies).
 
     Parameters
     ----------
@@ -1441,6 +1441,8 @@ def sample_check(trainer: Trainer, recipe: dict) -> dict:
     """
     from .diagnostics import sample_quality
 
+    if trainer.val_u is None:  # data without target energies: nothing to compare the samples with
+        return {}
     y = trainer._diagnostic_frames()[0]
     if y.shape[0] < 2:
         return {}

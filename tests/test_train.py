@@ -529,6 +529,22 @@ def test_two_process_training(tmp_path, gmm_data):
         train_in_processes(3, "unused.h5", str(tmp_path / "x"), system="gmm-two-modes", overrides=SMALL)
 
 
+def test_finished_two_process_run_is_reused_as_written(tmp_path, gmm_data):
+    """train_in_processes on a run directory that already reached its steps: the processes leave
+    metrics.json as it was, and the result says the run was reused. (The data hold no target
+    energies: the end-of-training sample check is skipped, where it used to fail the run.)"""
+    data = tmp_path / "data.h5"
+    save_samples(str(data), gmm_data, metadata={"system": "gmm-two-modes"})
+    run = str(tmp_path / "run")
+    options = dict(system="gmm-two-modes", overrides=SMALL, progress=False, threads=1)
+    first = train_in_processes(2, str(data), run, **options)
+    assert not first.get("reused") and first["steps"] == SMALL["train"]["steps"] and not first.get("sample_check")
+    written = open(os.path.join(run, "metrics.json"), "rb").read()
+    again = train_in_processes(2, str(data), run, **options)
+    assert again["reused"] and again["resumed"] and again["validation"] == first["validation"]
+    assert open(os.path.join(run, "metrics.json"), "rb").read() == written
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
