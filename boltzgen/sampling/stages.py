@@ -450,8 +450,15 @@ class SMCProblem:
             return y
         return self.model.schedule.denoise(y, -grad / self.exponent(t), tt)
 
-    def step_kernel(self):
-        """The MCMC step function of ``moves.kernel`` and its extra keyword arguments.
+    def step_kernel(self, kernel: Optional[str] = None, n_leapfrog: Optional[int] = None):
+        """The MCMC step function of ``moves.kernel`` (or of ``kernel``) and its extra keyword arguments.
+
+        Parameters
+        ----------
+        kernel : {"mala", "hmc"}, optional
+            Another kernel than ``moves.kernel``.
+        n_leapfrog : int, optional
+            HMC leapfrog steps per move (default: ``moves.n_leapfrog``).
 
         Returns
         -------
@@ -459,9 +466,10 @@ class SMCProblem:
             :func:`~boltzgen.sampling.mcmc.mala_step` or :func:`~boltzgen.sampling.mcmc.hmc_step`.
         options : dict
         """
-        if self.settings.moves.kernel == "mala":
+        mv = self.settings.moves
+        if (mv.kernel if kernel is None else kernel) == "mala":
             return mala_step, {}
-        return hmc_step, {"n_leapfrog": self.settings.moves.n_leapfrog}
+        return hmc_step, {"n_leapfrog": mv.n_leapfrog if n_leapfrog is None else n_leapfrog}
 
     def new_step_size(self, given: Optional[float], kernel: Optional[str] = None) -> StepSize:
         """A step-size controller of ``moves.kernel`` (or of ``kernel``).
@@ -1243,7 +1251,7 @@ def run_final_moves(state: ParticleState, problem: SMCProblem, recorder: SMCReco
     step_fn, extra = problem.step_kernel()
     step_size = state.step_size
     if final.kernel != "same":  # a kernel of their own, with a step size of its own
-        step_fn, extra = (hmc_step, {"n_leapfrog": final.n_leapfrog}) if final.kernel == "hmc" else (mala_step, {})
+        step_fn, extra = problem.step_kernel(final.kernel, final.n_leapfrog)
         step_size = problem.new_step_size(None, final.kernel)
 
     def target_energy(z):
