@@ -504,8 +504,9 @@ class Trainer:
             target if self.marginal is not None and config["loss"]["marginal_model_samples"] else None
         )
         self.path_times = self._path_times(config)
-        # only rank 0 validates (it alone logs and saves)
-        self.val_marginal = self._validation_marginals(target, seed) if self.rank == 0 else None
+        # built at the first validation, on rank 0 only (it alone validates): a finished run that
+        # is reused never validates, and these take minutes of target Hessians for a peptide
+        self._val_marginal, self._val_marginal_source = None, ((target, seed) if self.rank == 0 else None)
         self.ema = copy.deepcopy(self.model.inner).requires_grad_(False)
         o = config["optim"]
         groups = self.model.inner.parameter_groups(
@@ -656,6 +657,13 @@ class Trainer:
             labels = np.asarray(self.states.assign((x0 * self.length_scale).numpy()))
             names = list(self.states.names)
         return y.float(), log_p, t, labels, names
+
+    def _validation_marginal(self) -> Optional[tuple]:
+        """:meth:`_validation_marginals` of this run, built once at its first call."""
+        if self._val_marginal_source is not None:
+            self._val_marginal = self._validation_marginals(*self._val_marginal_source)
+            self._val_marginal_source = None
+        return self._val_marginal
 
     def _check_pin_time(self, config: dict, f: torch.Tensor) -> None:
         """Warn when σ(t_pin) is not well below the thermal width of the stiffest coordinate.
@@ -1177,10 +1185,11 @@ class Trainer:
             from .diagnostics import model_diagnostics
 
             out.update(model_diagnostics(model, *self._diagnostic_frames(), self.length_scale, kappa=self.kappa))
-        if self.val_marginal is not None:
+        marginals = self._validation_marginal()
+        if marginals is not None:
             from .diagnostics import marginal_spread
 
-            out.update({f"val_{k}": v for k, v in marginal_spread(model, *self.val_marginal).items()})
+            out.update({f"val_{k}": v for k, v in marginal_spread(model, *marginals).items()})
         return out
 
     def _validate_on_rank_0(self) -> dict:
