@@ -441,7 +441,8 @@ class ModelConfig(_Section):
     prior : {"none", "bonded", "forcefield"}
         ``bonded`` builds the force field's bonds, angles and torsions into the energy, diffused
         to each t; ``forcefield`` adds its nonbonded pairs (Coulomb and Lennard-Jones without
-        cutoff) and an OBC implicit solvent (``GBSAOBCForce``), so that at t → 0 the prior is the
+        cutoff) and an OBC implicit solvent (``GBSAOBCForce``, or the ``CustomGBForce`` of
+        ``implicit/obc1.xml`` and ``obc2.xml``), so that at t → 0 the prior is the
         whole energy (:class:`boltzgen.nn.prior.ForceFieldPrior`; OpenMM targets and
         Lennard-Jones clusters, whose pairs and restraint are their whole energy).
     prior_fade_width : "auto" or float

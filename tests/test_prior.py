@@ -257,6 +257,40 @@ def test_forcefield_prior_at_zero_noise_is_the_whole_implicit_solvent_energy():
         target.close()
 
 
+@pytest.mark.parametrize("solvent, coefficients", [("obc1", (0.8, 0.0, 2.909125)), ("obc2", (1.0, 0.8, 4.85))])
+def test_forcefield_prior_reads_the_amber14_implicit_solvents_custom_gb_force(solvent, coefficients):
+    """amber14's implicit/obc1.xml and obc2.xml build a CustomGBForce, not a GBSAOBCForce: the
+    prior reads it and is the whole implicit-solvent energy at zero noise (a direct OpenMM call);
+    a generalised-Born model it cannot compute (GBn2) is left out, not approximated."""
+    from boltzgen.nn.prior import custom_obc_parameters
+    from boltzgen.systems.peptides import from_sequence
+
+    target = from_sequence("A", solvent=solvent, temperature=310.0, n_workers=0)
+    try:
+        assert not any(isinstance(f, openmm.GBSAOBCForce) for f in target.system.getForces())
+        L = 0.2
+        prior = ForceFieldPrior.from_openmm(target.system, L, float(target.kT), nonbonded=True).double()
+        assert prior.gb is not None and tuple(prior.gb["psi_coefficients"]) == coefficients
+        one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+        for x in _configurations(target, 3, seed=2):
+            e = float(prior(torch.as_tensor(x / L)[None], one, zero))
+            # OpenMM's CustomGBForce writes 138.935485 for the Coulomb constant, its other forces 138.935456
+            assert e == pytest.approx(_total_energy(target, x), rel=1e-6, abs=1e-4)
+        rebuilt = ForceFieldPrior(**prior.config()).double()
+        z = torch.as_tensor(np.stack(_configurations(target, 2)) / L)
+        a, s = torch.full((2,), 0.99, dtype=torch.float64), torch.full((2,), 0.01, dtype=torch.float64)
+        torch.testing.assert_close(rebuilt(z, a, s), prior(z, a, s))
+    finally:
+        target.close()
+    gbn2 = from_sequence("A", solvent="gbn2", n_workers=0)
+    try:
+        (force,) = [f for f in gbn2.system.getForces() if isinstance(f, openmm.CustomGBForce)]
+        assert custom_obc_parameters(force) is None
+        assert ForceFieldPrior.from_openmm(gbn2.system, 0.2, float(gbn2.kT), nonbonded=True).gb is None
+    finally:
+        gbn2.close()
+
+
 def test_learned_gates_start_as_the_fixed_fade_and_each_class_halves_at_its_width(aldp):
     """prior_gates: learned starts as the fixed prior (same energy at every t), each class's gate
     is 1/2 where σ/α is its width, and the per-class terms sum to the fixed prior's energy / f(t)."""

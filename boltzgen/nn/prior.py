@@ -22,7 +22,7 @@ and the last term caps each pair's repulsion at O(ε) once the prior fades, so t
 bounded when noisy atoms overlap; at t → 0 it is the force field's own. Torsions enter only with
 phases 0 or π (the others are not invariant under reflection, and the model's energy must be).
 With ``nonbonded``, an OpenMM ``GBSAOBCForce`` (OBC implicit solvent, its surface-area term
-included) joins the pairs: its generalised-Born energy, Born radii and all, on the same smeared
+included), or the ``CustomGBForce`` of OpenMM's ``implicit/obc1.xml`` or ``obc2.xml``, joins the pairs: its generalised-Born energy, Born radii and all, on the same smeared
 distances, so that at t → 0 the prior is the whole implicit-solvent energy as well.
 A Lennard-Jones cluster's prior (:meth:`ForceFieldPrior.lennard_jones`) is its pairs plus the
 harmonic restraint to the centre of geometry, ½ k Σ‖x_i − x̄‖², whose stiffness diffuses as that of
@@ -38,14 +38,24 @@ All terms depend on distances, angles and cos of dihedrals, so the prior is E(3)
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from .features import dihedral
 
-__all__ = ["GATES", "TERM_CLASSES", "ForceFieldPrior", "obc_energy", "prior_for_target", "prior_from_config"]
+__all__ = [
+    "GATES",
+    "OBC1",
+    "OBC2",
+    "TERM_CLASSES",
+    "ForceFieldPrior",
+    "custom_obc_parameters",
+    "obc_energy",
+    "prior_for_target",
+    "prior_from_config",
+]
 
 ONE_4PI_EPS0 = 138.935456  # kJ mol⁻¹ nm e⁻², as OpenMM
 
@@ -53,6 +63,10 @@ ONE_4PI_EPS0 = 138.935456  # kJ mol⁻¹ nm e⁻², as OpenMM
 TERM_CLASSES = ("bond_h", "bond", "angle", "torsion", "coulomb", "lj", "gb", "centroid")
 #: How the terms fade with the noise: one fixed fade f(t), or a learned one per term class.
 GATES = ("fixed", "learned")
+#: (a, b, c) of the Born radii's tanh(a Ψ − b Ψ² + c Ψ³): OBC-II (``GBSAOBCForce``, ``implicit/obc2.xml``).
+OBC2 = (1.0, 0.8, 4.85)
+#: The same for OBC-I (``implicit/obc1.xml``, Amber's igb=2).
+OBC1 = (0.8, 0.0, 2.909125)
 
 
 def _angle_g(r1: float, r2: float, theta0: float) -> float:
@@ -403,6 +417,8 @@ class ForceFieldPrior(nn.Module):
                 g["solute_dielectric"],
                 g["solvent_dielectric"],
                 g["surface_area_energy"],
+                psi_coefficients=g.get("psi_coefficients", OBC2),
+                engulfed=g.get("engulfed", True),
             )
             terms["gb"] = e_gb / float(g["kT"])
         if self.centroid_k:
@@ -478,14 +494,18 @@ def obc_energy(
     surface_area_energy: float,
     offset: float = 0.009,
     probe_radius: float = 0.14,
+    psi_coefficients: Sequence[float] = OBC2,
+    engulfed: bool = True,
 ) -> torch.Tensor:
     """OBC generalised-Born energy with the ACE surface-area term, as OpenMM's ``GBSAOBCForce``.
 
-    Born radii B_i = 1 / (1/ρ_i − tanh(Ψ_i − 0.8 Ψ_i² + 4.85 Ψ_i³) / r_i), ρ_i = r_i − 0.009 nm,
+    Born radii B_i = 1 / (1/ρ_i − tanh(a Ψ_i − b Ψ_i² + c Ψ_i³) / r_i), ρ_i = r_i − 0.009 nm,
     Ψ_i = ρ_i/2 Σ_j of the pairwise descreening integral with the scaled radius s_j ρ_j (Onufriev,
-    Bashford & Case 2004, their OBC-II); then −138.935 (1/ε_in − 1/ε_out) [Σ_{i<j} q_i q_j / f_ij +
-    ½ Σ_i q_i² / B_i] with f_ij = √(r_ij² + B_i B_j exp(−r_ij² / 4 B_i B_j)), plus
-    Σ_i 4π γ (r_i + 0.14)² (r_i / B_i)⁶. Tested against OpenMM.
+    Bashford & Case 2004: (a, b, c) = (1, 0.8, 4.85) for their OBC-II, :data:`OBC2`, and
+    (0.8, 0, 2.909125) for OBC-I, :data:`OBC1`); then −138.935 (1/ε_in − 1/ε_out)
+    [Σ_{i<j} q_i q_j / f_ij + ½ Σ_i q_i² / B_i] with f_ij = √(r_ij² + B_i B_j exp(−r_ij² / 4 B_i B_j)),
+    plus Σ_i 4π γ (r_i + 0.14)² (r_i / B_i)⁶. Tested against OpenMM's ``GBSAOBCForce`` and the
+    ``CustomGBForce`` of its ``implicit/obc1.xml`` and ``implicit/obc2.xml``.
 
     Parameters
     ----------
@@ -498,6 +518,11 @@ def obc_energy(
         γ (kJ/mol/nm²).
     offset, probe_radius : float
         The dielectric offset and the solvent probe radius (nm), OpenMM's constants.
+    psi_coefficients : sequence of 3 float
+        (a, b, c) of the Born radii's tanh(a Ψ − b Ψ² + c Ψ³).
+    engulfed : bool
+        Add 2 (1/ρ_i − 1/L_ij) to the descreening integral where atom i lies inside atom j's
+        scaled sphere, as ``GBSAOBCForce`` does; the ``CustomGBForce`` models leave it out.
 
     Returns
     -------
@@ -515,10 +540,12 @@ def obc_energy(
     up = 1.0 / upper
     term = low - up + 0.25 * r * (up**2 - low**2) + 0.5 / r * torch.log(up / low)
     term = term + 0.25 * scaled**2 / r * (low**2 - up**2)
-    term = term + torch.where(rho_i < scaled - r, 2.0 * (1.0 / rho_i - low), torch.zeros_like(term))
+    if engulfed:
+        term = term + torch.where(rho_i < scaled - r, 2.0 * (1.0 / rho_i - low), torch.zeros_like(term))
     term = torch.where((rho_i < upper) & ~eye, term, torch.zeros_like(term))
     psi = 0.5 * rho[None, :] * term.sum(-1)
-    born = 1.0 / (1.0 / rho[None, :] - torch.tanh(psi - 0.8 * psi**2 + 4.85 * psi**3) / radii[None, :])
+    a, b, c = (float(v) for v in psi_coefficients)
+    born = 1.0 / (1.0 / rho[None, :] - torch.tanh(a * psi - b * psi**2 + c * psi**3) / radii[None, :])
     pre = -ONE_4PI_EPS0 * (1.0 / solute_dielectric - 1.0 / solvent_dielectric)
     bb = born[:, :, None] * born[:, None, :]
     f = torch.sqrt(r2 + bb * torch.exp(-r2 / (4.0 * bb)))
@@ -529,11 +556,20 @@ def obc_energy(
 
 
 def _obc_parameters(system, L: float, kT: float) -> Optional[dict]:
-    """The ``gb`` argument of :class:`ForceFieldPrior` for the System's ``GBSAOBCForce`` (None if none)."""
+    """The ``gb`` argument of :class:`ForceFieldPrior` for the System's OBC term (None if none).
+
+    Reads a ``GBSAOBCForce`` or the ``CustomGBForce`` of OpenMM's ``implicit/obc1.xml`` and
+    ``implicit/obc2.xml`` (:func:`custom_obc_parameters`); other generalised-Born models are left
+    out of the prior (the network learns them)."""
     import openmm
 
     forces = [f for f in system.getForces() if isinstance(f, openmm.GBSAOBCForce)]
     if not forces:
+        for force in system.getForces():
+            if isinstance(force, openmm.CustomGBForce):
+                gb = custom_obc_parameters(force)
+                if gb is not None:
+                    return {**gb, "length_scale": float(L), "kT": float(kT)}
         return None
     force = forces[0]
     if force.getNonbondedMethod() != openmm.GBSAOBCForce.NoCutoff:
@@ -549,6 +585,96 @@ def _obc_parameters(system, L: float, kT: float) -> Optional[dict]:
         "surface_area_energy": float(area.value_in_unit(area.unit)),
         "length_scale": float(L),
         "kT": float(kT),
+    }
+
+
+#: The descreening integral of OpenMM's OBC ``CustomGBForce`` models (spaces removed).
+_CUSTOM_OBC_I = (
+    "select(step(r+sr2-or1),0.5*(1/L-1/U+0.25*(r-sr2^2/r)*(1/(U^2)-1/(L^2))+0.5*log(L/U)/r),0);"
+    "U=r+sr2;L=max(or1,D);D=abs(r-sr2)"
+)
+#: Their Born radii, by the coefficients of tanh(a Ψ − b Ψ² + c Ψ³).
+_CUSTOM_OBC_B = {
+    OBC1: "1/(1/or-tanh(0.8*psi+2.909125*psi^3)/radius);psi=I*or;radius=or+offset;offset=0.009",
+    OBC2: "1/(1/or-tanh(psi-0.8*psi^2+4.85*psi^3)/radius);psi=I*or;radius=or+offset;offset=0.009",
+}
+
+
+def custom_obc_parameters(force) -> Optional[dict]:
+    """Charges, radii, scales and constants of an OBC model written as a ``CustomGBForce``.
+
+    OpenMM's ``implicit/obc1.xml`` and ``implicit/obc2.xml`` (the amber14 implicit solvents)
+    build a ``CustomGBForce`` (``openmm.app.internal.customgbforces``) instead of a
+    ``GBSAOBCForce``. It is recognised only when its expressions are exactly OpenMM's, without
+    cutoff or salt, so that :func:`obc_energy` computes the same energy.
+
+    Parameters
+    ----------
+    force : openmm.CustomGBForce
+
+    Returns
+    -------
+    dict or None
+        The keys of :func:`obc_energy`'s arguments (``charges``, ``radii`` (nm), ``scales``,
+        ``solute_dielectric``, ``solvent_dielectric``, ``surface_area_energy`` (kJ/mol/nm², 0
+        without the surface term), ``psi_coefficients``, ``engulfed``), or None for another
+        model.
+    """
+    import re
+
+    import openmm
+
+    def squeeze(text: str) -> str:
+        return re.sub(r"\s+", "", text)
+
+    names = [force.getPerParticleParameterName(i) for i in range(force.getNumPerParticleParameters())]
+    if names != ["charge", "or", "sr"] or force.getNumComputedValues() != 2 or force.getNumGlobalParameters():
+        return None
+    if force.getNonbondedMethod() != openmm.CustomGBForce.NoCutoff or force.getNumExclusions():
+        return None
+    (name_i, expr_i, _), (name_b, expr_b, _) = (force.getComputedValueParameters(i) for i in range(2))
+    coefficients = [c for c, e in _CUSTOM_OBC_B.items() if squeeze(expr_b) == e]
+    if (name_i, name_b) != ("I", "B") or squeeze(expr_i) != _CUSTOM_OBC_I or not coefficients:
+        return None
+    constants, area, kinds = None, 0.0, []
+    for n in range(force.getNumEnergyTerms()):
+        expr, kind = force.getEnergyTermParameters(n)
+        head, *definitions = squeeze(expr).split(";")
+        values = dict(item.split("=", 1) for item in definitions if "=" in item)
+        local = {key: values.pop(key) for key in ("f", "radius") if key in values}
+        if constants is None:
+            constants = values
+        if values != constants or "cutoff" in values:
+            return None
+        if head == "-0.5*138.935485*(1/soluteDielectric-1/solventDielectric)*charge^2/B" and not local:
+            kinds.append("self")
+        elif head == "-138.935485*(1/soluteDielectric-1/solventDielectric)*charge1*charge2/f":
+            if local != {"f": "sqrt(r^2+B1*B2*exp(-r^2/(4*B1*B2)))"}:
+                return None
+            kinds.append("pairs")
+        else:
+            if local != {"radius": "or+offset"}:
+                return None
+            found = re.fullmatch(r"([0-9.eE+-]+)\*\(radius\+0\.14\)\^2\*\(radius/B\)\^6", head)
+            if found is None:
+                return None
+            kinds.append("surface")
+            area = float(found.group(1)) / (4.0 * math.pi)
+    if sorted(kinds) not in (["pairs", "self"], ["pairs", "self", "surface"]):
+        return None
+    if float(constants.get("kappa", 0.0)) != 0.0 or abs(float(constants.get("offset", 0.009)) - 0.009) > 1e-12:
+        return None
+    params = [force.getParticleParameters(i) for i in range(force.getNumParticles())]
+    offset = 0.009
+    return {
+        "charges": [float(p[0]) for p in params],
+        "radii": [float(p[1]) + offset for p in params],
+        "scales": [float(p[2]) / float(p[1]) for p in params],
+        "solute_dielectric": float(constants["soluteDielectric"]),
+        "solvent_dielectric": float(constants["solventDielectric"]),
+        "surface_area_energy": area,
+        "psi_coefficients": list(coefficients[0]),
+        "engulfed": False,
     }
 
 
