@@ -22,8 +22,9 @@ and the last term caps each pair's repulsion at O(ε) once the prior fades, so t
 bounded when noisy atoms overlap; at t → 0 it is the force field's own. Torsions enter only with
 phases 0 or π (the others are not invariant under reflection, and the model's energy must be).
 With ``nonbonded``, an OpenMM ``GBSAOBCForce`` (OBC implicit solvent, its surface-area term
-included), or the ``CustomGBForce`` of OpenMM's ``implicit/obc1.xml`` or ``obc2.xml``, joins the pairs: its generalised-Born energy, Born radii and all, on the same smeared
-distances, so that at t → 0 the prior is the whole implicit-solvent energy as well.
+included), or the ``CustomGBForce`` of OpenMM's ``implicit/obc1.xml`` or ``obc2.xml``, joins the
+pairs: its generalised-Born energy, Born radii and all, on the same smeared distances, so that at
+t → 0 the prior is the whole implicit-solvent energy as well.
 A Lennard-Jones cluster's prior (:meth:`ForceFieldPrior.lennard_jones`) is its pairs plus the
 harmonic restraint to the centre of geometry, ½ k Σ‖x_i − x̄‖², whose stiffness diffuses as that of
 one noised coordinate, k(t) = k / (α_t² + k σ_t²) (the noise is mean-free).
@@ -646,14 +647,17 @@ def custom_obc_parameters(force) -> Optional[dict]:
             constants = values
         if values != constants or "cutoff" in values:
             return None
-        if head == "-0.5*138.935485*(1/soluteDielectric-1/solventDielectric)*charge^2/B" and not local:
+        single = kind == openmm.CustomGBForce.SingleParticle
+        if head == "-0.5*138.935485*(1/soluteDielectric-1/solventDielectric)*charge^2/B" and not local and single:
             kinds.append("self")
         elif head == "-138.935485*(1/soluteDielectric-1/solventDielectric)*charge1*charge2/f":
             if local != {"f": "sqrt(r^2+B1*B2*exp(-r^2/(4*B1*B2)))"}:
                 return None
+            if kind != openmm.CustomGBForce.ParticlePairNoExclusions:
+                return None
             kinds.append("pairs")
         else:
-            if local != {"radius": "or+offset"}:
+            if local != {"radius": "or+offset"} or not single:
                 return None
             found = re.fullmatch(r"([0-9.eE+-]+)\*\(radius\+0\.14\)\^2\*\(radius/B\)\^6", head)
             if found is None:
