@@ -117,13 +117,17 @@ def _total_energy(target, x: np.ndarray) -> float:
 def test_forcefield_prior_at_zero_noise_is_the_whole_vacuum_energy(aldp):
     L = 0.17
     prior = ForceFieldPrior.from_openmm(aldp.system, L, float(aldp.kT), nonbonded=True).double()
+    _assert_whole_energy_at_zero_noise(prior, aldp, L, rel=1e-7, abs=1e-6)
+
+
+def _assert_whole_energy_at_zero_noise(prior, target, L, *, rel, abs, seed=0):
+    """The prior at t = 0 is the target's OpenMM energy, and rebuilt from its config the same energy."""
     one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
-    for x in _configurations(aldp):
+    for x in _configurations(target, 3, seed=seed):
         e = float(prior(torch.as_tensor(x / L)[None], one, zero))
-        assert e == pytest.approx(_total_energy(aldp, x), rel=1e-7, abs=1e-6)
-    # rebuilt from its config, it is the same energy
+        assert e == pytest.approx(_total_energy(target, x), rel=rel, abs=abs)
     rebuilt = ForceFieldPrior(**prior.config()).double()
-    y = torch.as_tensor(np.stack(_configurations(aldp, 2)) / L)
+    y = torch.as_tensor(np.stack(_configurations(target, 2)) / L)
     a, s = torch.full((2,), 0.99, dtype=torch.float64), torch.full((2,), 0.01, dtype=torch.float64)
     torch.testing.assert_close(rebuilt(y, a, s), prior(y, a, s))
 
@@ -271,15 +275,8 @@ def test_forcefield_prior_reads_the_amber14_implicit_solvents_custom_gb_force(so
         L = 0.2
         prior = ForceFieldPrior.from_openmm(target.system, L, float(target.kT), nonbonded=True).double()
         assert prior.gb is not None and tuple(prior.gb["psi_coefficients"]) == coefficients
-        one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
-        for x in _configurations(target, 3, seed=2):
-            e = float(prior(torch.as_tensor(x / L)[None], one, zero))
-            # OpenMM's CustomGBForce writes 138.935485 for the Coulomb constant, its other forces 138.935456
-            assert e == pytest.approx(_total_energy(target, x), rel=1e-6, abs=1e-4)
-        rebuilt = ForceFieldPrior(**prior.config()).double()
-        z = torch.as_tensor(np.stack(_configurations(target, 2)) / L)
-        a, s = torch.full((2,), 0.99, dtype=torch.float64), torch.full((2,), 0.01, dtype=torch.float64)
-        torch.testing.assert_close(rebuilt(z, a, s), prior(z, a, s))
+        # OpenMM's CustomGBForce writes 138.935485 for the Coulomb constant, its other forces 138.935456
+        _assert_whole_energy_at_zero_noise(prior, target, L, rel=1e-6, abs=1e-4, seed=2)
     finally:
         target.close()
     gbn2 = from_sequence("A", solvent="gbn2", n_workers=0)
