@@ -25,6 +25,7 @@ import glob
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -915,7 +916,9 @@ def headline(found: dict, recorded: dict) -> list[list[str]]:
         dsm, clf = by.get((case, "dsm")), by.get((case, "dsm+diffclf"))
         rows.append([label, dsm[col] if dsm else "not run", clf[col] if clf else "not run", ref, f"gmm_modes ({src})"])
     rows += _aldp_headline(found, recorded)
-    rows += _quickstart_headline(found, recorded)
+    versus_md = _quickstart_headline(found, recorded)
+    rows += versus_md
+    rows += _latest_quickstart_headline(recorded, anchor=versus_md[0][3])
     return rows
 
 
@@ -978,6 +981,30 @@ def _quickstart_headline(found: dict, recorded: dict) -> list[list[str]]:
             f"{rms['REMD']} (replica exchange, same wall clock)",
             f"versus_md ({src})",
         ],
+    ]
+
+
+def _latest_quickstart_headline(recorded: dict, anchor: str) -> list[list[str]]:
+    """The latest whole default quickstart of each seed in the recorded quickstart rows (labelled
+    'default quickstart, seed S, commit C'), so the README shows what the current code gives
+    beside versus_md's older equal-wall-clock runs."""
+    latest = {}
+    for row in recorded.get("quickstart", {}).get("rows", []):
+        match = re.match(r"default quickstart, seed (\d+), commit ([0-9a-f]{7})", row[0])
+        if match:
+            latest[int(match.group(1))] = (match.group(2), row[1])
+    if not latest:
+        return []
+    seeds = sorted(latest)
+    commits = sorted({latest[s][0] for s in seeds})
+    return [
+        [
+            f"the default quickstart measured at the latest code, seeds {', '.join(map(str, seeds))}: ΔF, kT",
+            DASH,
+            "; ".join(latest[s][1] for s in seeds),
+            anchor,
+            f"quickstart (recorded; commits {', '.join(commits)})",
+        ]
     ]
 
 

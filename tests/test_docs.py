@@ -153,6 +153,22 @@ def test_results_reads_benchmark_json(tmp_path):
     assert "bench-results" in rows["alanine dipeptide: ESS fraction"][4]
 
 
+def test_headline_shows_the_latest_quickstart_of_each_seed(tmp_path):
+    results = _results_module()
+    found = results.load_results(str(tmp_path))
+    rows = [["x"] * 7 for _ in range(2)]
+    rows[0][:2] = ["default quickstart, seed 1, commit abcdef1 (older)", "1.00 ± 0.10"]
+    rows[1][:2] = ["default quickstart, seed 1, commit 1234567 (newer)", "2.00 ± 0.20"]
+    recorded = {
+        "quickstart": {"rows": rows + [["default quickstart, seed 0, commit 7654321", "3.00 ± 0.30"] + ["x"] * 5]}
+    }
+    last = results.headline(found, recorded)[-1]
+    assert last[0].startswith("the default quickstart measured at the latest code, seeds 0, 1")
+    assert last[2] == "3.00 ± 0.30; 2.00 ± 0.20"
+    assert "1234567" in last[4] and "abcdef1" not in last[4]
+    assert [row[0] for row in results.headline(found, {})][-1] != last[0]
+
+
 def test_readme_results_table_is_the_generated_one():
     results = _results_module()
     with open(os.path.join(ROOT, "benchmarks", "RESULTS.md"), encoding="utf-8") as handle:
