@@ -999,7 +999,7 @@ def _latest_quickstart_headline(recorded: dict, anchor: str) -> list[list[str]]:
     commits = sorted({latest[s][0] for s in seeds})
     return [
         [
-            f"the default quickstart measured at the latest code, seeds {', '.join(map(str, seeds))}: ΔF, kT",
+            f"`boltzgen quickstart`, latest whole run of seeds {', '.join(map(str, seeds))}: ΔF(φ > 0 vs φ < 0), kT",
             DASH,
             "; ".join(latest[s][1] for s in seeds),
             anchor,

@@ -163,7 +163,7 @@ def test_headline_shows_the_latest_quickstart_of_each_seed(tmp_path):
         "quickstart": {"rows": rows + [["default quickstart, seed 0, commit 7654321", "3.00 ± 0.30"] + ["x"] * 5]}
     }
     last = results.headline(found, recorded)[-1]
-    assert last[0].startswith("the default quickstart measured at the latest code, seeds 0, 1")
+    assert last[0].startswith("`boltzgen quickstart`, latest whole run of seeds 0, 1:")
     assert last[2] == "3.00 ± 0.30; 2.00 ± 0.20"
     assert "1234567" in last[4] and "abcdef1" not in last[4]
     assert [row[0] for row in results.headline(found, {})][-1] != last[0]
