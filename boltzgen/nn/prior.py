@@ -59,6 +59,8 @@ __all__ = [
 ]
 
 ONE_4PI_EPS0 = 138.935456  # kJ mol⁻¹ nm e⁻², as OpenMM
+#: OBC's dielectric offset (nm), ρ_i = r_i − offset; OpenMM's constant in every OBC model.
+OBC_OFFSET = 0.009
 
 #: The prior's term classes, each with its own gate when the gates are learned.
 TERM_CLASSES = ("bond_h", "bond", "angle", "torsion", "coulomb", "lj", "gb", "centroid")
@@ -493,7 +495,7 @@ def obc_energy(
     solute_dielectric: float,
     solvent_dielectric: float,
     surface_area_energy: float,
-    offset: float = 0.009,
+    offset: float = OBC_OFFSET,
     probe_radius: float = 0.14,
     psi_coefficients: Sequence[float] = OBC2,
     engulfed: bool = True,
@@ -666,13 +668,15 @@ def custom_obc_parameters(force) -> Optional[dict]:
             area = float(found.group(1)) / (4.0 * math.pi)
     if sorted(kinds) not in (["pairs", "self"], ["pairs", "self", "surface"]):
         return None
-    if float(constants.get("kappa", 0.0)) != 0.0 or abs(float(constants.get("offset", 0.009)) - 0.009) > 1e-12:
+    if (
+        float(constants.get("kappa", 0.0)) != 0.0
+        or abs(float(constants.get("offset", OBC_OFFSET)) - OBC_OFFSET) > 1e-12
+    ):
         return None
     params = [force.getParticleParameters(i) for i in range(force.getNumParticles())]
-    offset = 0.009
     return {
         "charges": [float(p[0]) for p in params],
-        "radii": [float(p[1]) + offset for p in params],
+        "radii": [float(p[1]) + OBC_OFFSET for p in params],
         "scales": [float(p[2]) / float(p[1]) for p in params],
         "solute_dielectric": float(constants["soluteDielectric"]),
         "solvent_dielectric": float(constants["solventDielectric"]),
