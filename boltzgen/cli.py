@@ -406,6 +406,7 @@ def cmd_sample(args) -> int:
             seed=args.seed,
             progress=not args.no_progress,
             target_options=options,
+            processes=args.processes,
         )
     finally:
         if target is not None:
@@ -991,6 +992,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="independent SMC runs sharing the -n particles, pooled by their log Z: free energies then "
         "get the error of a bootstrap over runs, which includes the run-to-run spread (default 1)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="P",
+        help="CPU processes drawing the --runs at once, cores / P torch threads each; the samples are "
+        "the same for any P (default 1)",
     )
     p.add_argument("--no-chirality", action="store_true", help="do not fold peptides onto the L-form")
     _add_file_command_options(p)

@@ -260,9 +260,9 @@ def anneal_between_targets(
 
 
 def _smc_end(model, target, n: int, runs: int, settings, generator, states=None) -> dict:
-    """R SMC runs to one target (:func:`~boltzgen.sampling.smc.smc_runs`, resampled within
+    """R SMC runs to one target (:func:`~boltzgen.sampling.runs.smc_runs`, resampled within
     ``states`` when given): pooled samples, log-weights, their reduced energies and the runs' log Z."""
-    from .sampling.smc import smc_runs
+    from .sampling.runs import smc_runs
 
     results, log_w, log_z = smc_runs(model, target, n, runs, generator, settings=settings, states=states)
     return {

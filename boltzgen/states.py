@@ -13,6 +13,7 @@ Builders:
 - :func:`backbone_states`: one φ-sign StateSet per residue that has a φ;
 - :func:`basin_states_of`: one residue's Ramachandran basin (β/PII, α_R, φ > 0) from its (φ, ψ);
 - :func:`basin_states`: the joint basins of every residue (finer than the φ signs);
+- :func:`resampling_strata`: the states a target's SMC resamples within (its own, or the basins);
 - :func:`joint_states`: the product of several StateSets (one label per combination);
 - :func:`default_states`: a peptide's default, the joint φ signs of all its residues (for
   alanine dipeptide, with one φ, exactly the φ-sign states).
@@ -37,6 +38,7 @@ __all__ = [
     "backbone_states",
     "basin_states_of",
     "basin_states",
+    "resampling_strata",
     "BASIN_NAMES",
     "ALPHA_R_PSI_DEG",
     "joint_states",
@@ -639,6 +641,42 @@ def basin_states(topology) -> Optional[StateSet]:
     if len(labels) == 1:
         return basin_states_of(topology)
     return joint_states([basin_states_of(topology, label) for label in labels], name="basin")
+
+
+def resampling_strata(target, strata: str = "states"):
+    """The StateSet that per-state resampling works within (``resampling.strata``).
+
+    Parameters
+    ----------
+    target : TargetSystem
+    strata : {"states", "basins"}
+        ``"states"``: ``target.states``; ``"basins"``: the Ramachandran basins of the target's
+        residues (:func:`boltzgen.states.basin_states`), which refine its φ-sign states.
+
+    Returns
+    -------
+    StateSet
+
+    Raises
+    ------
+    ValueError
+        A target without such states (no states, or no residue with φ and ψ for basins).
+    """
+    if strata == "basins":
+        state_set = basin_states(target.topology)
+        if state_set is None:
+            raise ValueError(
+                f"resampling.strata 'basins' needs a peptide with backbone phi and psi; {target.name} has none"
+            )
+        return state_set
+    if strata != "states":
+        raise ValueError(f"resampling.strata must be 'states' or 'basins', got {strata!r}")
+    if target.states is None:
+        raise ValueError(
+            f"per-state resampling needs the target's states; {target.name} has none "
+            "(set target.states to a boltzgen.states.StateSet)"
+        )
+    return target.states
 
 
 def joint_states(state_sets: Sequence[StateSet], name: Optional[str] = None) -> StateSet:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .guards import check_memory, check_writable, output_lock
+from .states import resampling_strata  # noqa: F401  (also boltzgen.workflow.resampling_strata, as before)
 
 __all__ = [
     "SampleRun",
@@ -622,6 +623,7 @@ def sample(
     progress: bool = True,
     metrics_path: Optional[str] = None,
     target_options: Optional[dict] = None,
+    processes: int = 1,
 ) -> SampleRun:
     """SMC (or a plain reverse SDE) from a trained model, reweighted to the target, written to a file.
 
@@ -649,13 +651,20 @@ def sample(
         Resample within the states of ``target.states`` (labels of the denoised estimate during
         the diffusion when ``settings.resampling.denoised_labels``).
     seed : int
-        Seed of the torch generator of all runs (and of the bootstrap).
+        Seed of the sample: each SMC run draws from its own seed derived from it
+        (:func:`boltzgen.sampling.runs.run_seeds`), as does the bootstrap.
     progress : bool
-        Progress bar.
+        Progress bar (one process only).
     metrics_path : str, optional
         Also write the metrics there (JSON).
     target_options : dict, optional
         Options of :func:`~boltzgen.systems.resolve` for a target given by name.
+    processes : int
+        CPU processes drawing the SMC runs at once, cores / P torch threads each
+        (:func:`boltzgen.sampling.runs.smc_runs_in_processes`; the target must be one that
+        :func:`~boltzgen.systems.catalog.target_recipe` can rebuild). The particles are the same
+        for any P. Processes are started with ``spawn``: in a script, call this under
+        ``if __name__ == "__main__":``.
 
     Returns
     -------
@@ -678,6 +687,8 @@ def sample(
         raise ValueError("runs > 1 applies to method 'smc' (reverse-SDE samples are independent already)")
     if method not in ("smc", "sde"):
         raise ValueError(f"method must be 'smc' or 'sde', got {method!r}")
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be a whole number of at least 1, got {processes!r}")
     _check_output(output, "sample file", need_bytes=sample_file_bytes(n, run_dir))
     check_memory(
         SMC_BYTES_PER_COORDINATE * n * _coordinates_per_sample(run_dir),
@@ -710,7 +721,8 @@ def sample(
                 from .free_energy import transfer_tempering
 
                 settings = transfer_tempering(settings, model, target)
-                result = _run_smc(model, target, n, runs, settings, strata, generator)
+                workers = {"run_dir": run_dir, "strata": settings.resampling.strata, "target_options": target_options}
+                result = _run_smc(model, target, n, runs, settings, strata, seed, processes, workers)
             else:
                 x = torch.as_tensor(_reverse_sde(model, n, generator, settings))
                 result = SampleRun(x, None, target.reduced_energy(x).detach().numpy(), metrics={"n_reflected": 0})
@@ -782,60 +794,36 @@ def _reverse_sde(model, n, generator, settings):
     return reverse_sde(model, n, generator, n_steps=d.n_steps, t_min=d.t_min, mcmc_steps=d.mcmc_steps)
 
 
-def resampling_strata(target, strata: str = "states"):
-    """The StateSet that per-state resampling works within (``resampling.strata``).
-
-    Parameters
-    ----------
-    target : TargetSystem
-    strata : {"states", "basins"}
-        ``"states"``: ``target.states``; ``"basins"``: the Ramachandran basins of the target's
-        residues (:func:`boltzgen.states.basin_states`), which refine its φ-sign states.
-
-    Returns
-    -------
-    StateSet
-
-    Raises
-    ------
-    ValueError
-        A target without such states (no states, or no residue with φ and ψ for basins).
-    """
-    if strata == "basins":
-        from .states import basin_states
-
-        state_set = basin_states(target.topology)
-        if state_set is None:
-            raise ValueError(
-                f"resampling.strata 'basins' needs a peptide with backbone phi and psi; {target.name} has none"
-            )
-        return state_set
-    if strata != "states":
-        raise ValueError(f"resampling.strata must be 'states' or 'basins', got {strata!r}")
-    if target.states is None:
-        raise ValueError(
-            f"per-state resampling needs the target's states; {target.name} has none "
-            "(set target.states to a boltzgen.states.StateSet)"
-        )
-    return target.states
-
-
-def _run_smc(model, target, n: int, runs: int, settings, strata, generator) -> SampleRun:
-    """R independent SMC runs of n / R particles each, pooled by their log Z estimates; with a
-    StateSet ``strata`` (:func:`resampling_strata`) resampled within its states."""
+def _run_smc(model, target, n: int, runs: int, settings, strata, seed: int, processes: int, workers: dict) -> SampleRun:
+    """R independent SMC runs of n / R particles each, each from its own seed, pooled by their log
+    Z estimates; with a StateSet ``strata`` (:func:`~boltzgen.states.resampling_strata`) resampled
+    within its states; over ``processes`` processes when P > 1 (``workers``: their run directory,
+    strata name and target options; :func:`boltzgen.sampling.runs.smc_runs_in_processes`)."""
     import torch
 
-    from .sampling.smc import smc_runs
+    from .sampling.runs import pool_results, run_seeds, run_sizes, smc_runs_in_processes
+    from .sampling.smc import smc_sample
     from .weights import ess_fraction as ess_fraction_of
     from .weights import lineage_ess
 
-    states = None
-    if strata is not None:
-
-        def states(x):
-            return np.asarray(strata.assign(x.detach().cpu().numpy()), dtype=np.int64)
-
-    results, log_w, log_z = smc_runs(model, target, n, runs, generator, settings=settings, states=states)
+    sizes, seeds = run_sizes(n, runs), run_seeds(seed, runs)
+    if processes > 1 and runs > 1:
+        results = smc_runs_in_processes(
+            workers["run_dir"],
+            target,
+            sizes,
+            seeds,
+            settings,
+            strata=workers["strata"] if strata is not None else None,
+            processes=processes,
+            target_options=workers["target_options"],
+        )
+    else:
+        results = [
+            smc_sample(model, target, size, torch.Generator().manual_seed(s), settings=settings, states=strata)
+            for size, s in zip(sizes, seeds)
+        ]
+    log_w, log_z = pool_results(results)
     x = torch.cat([r.x for r in results])
     u = torch.cat([r.reduced_energy for r in results]).numpy()
     run_index = None if runs == 1 else np.repeat(np.arange(runs), [r.n_particles for r in results])
@@ -861,7 +849,7 @@ def _run_smc(model, target, n: int, runs: int, settings, strata, generator) -> S
         "final_acceptance": summaries[0]["final_acceptance"],
         "tempering": settings.diffusion.tempering,
         "per_state_resampling": strata is not None,
-        "denoised_state_labels": states is not None and bool(settings.resampling.denoised_labels),
+        "denoised_state_labels": strata is not None and bool(settings.resampling.denoised_labels),
         "balance_states": bool(settings.resampling.balance_states),
         "runs": runs,
         "settings": settings.to_dict(),

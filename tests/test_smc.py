@@ -1279,3 +1279,17 @@ def test_lineage_bootstrap_error_of_one_run_matches_the_spread_between_runs():
     assert abs(np.mean(values) - math.log(2.0)) < 3 * spread / math.sqrt(len(values))  # consistent: F_B − F_A = ln 2
     assert np.median(by_particle) < 0.7 * spread  # the particles' bootstrap understates the error
     assert 0.7 * spread < np.median(by_lineage) < 1.4 * spread
+
+
+def test_run_seeds_and_sizes():
+    """Each run's seed depends only on the sample's seed and the run's place, never on how many runs
+    follow; the sizes share the particles, the first runs taking the remainder."""
+    from boltzgen.sampling.runs import run_seeds, run_sizes
+
+    five, three = run_seeds(7, 5), run_seeds(7, 3)
+    assert five[:3] == three and len(set(five)) == 5
+    assert run_seeds(8, 3) != three
+    assert all(0 <= s < 2**63 for s in five)
+    assert run_sizes(31, 3) == [11, 10, 10] and run_sizes(4, 4) == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="runs must lie between 1"):
+        run_sizes(3, 4)

@@ -110,6 +110,34 @@ def test_sample_matches_the_cli_and_pools_runs(trained, tmp_path):
     assert metrics["settings"] == run.metrics["settings"]
 
 
+def test_sample_in_processes_gives_the_same_particles(trained, tmp_path):
+    """Runs drawn by two processes (each from its own seed): the same particles, weights and log Z
+    as one process drawing them one after the other."""
+    root, _ = trained
+    settings = {"diffusion": {"n_steps": 6}, "anneal": {"n_levels": 2}, "final": {"mcmc_steps": 2}}
+    runs = [
+        workflow.sample(
+            str(root / "run"),
+            str(tmp_path / f"p{p}.h5"),
+            31,
+            settings=settings,
+            runs=3,
+            seed=2,
+            progress=False,
+            processes=p,
+        )
+        for p in (1, 2)
+    ]
+    np.testing.assert_array_equal(runs[0].x, runs[1].x)
+    np.testing.assert_array_equal(runs[0].log_w, runs[1].log_w)
+    assert runs[0].metrics["log_z_runs"] == runs[1].metrics["log_z_runs"]
+    assert np.bincount(runs[1].run_index).tolist() == [11, 10, 10]
+    # a different seed per run: the runs are not copies of one another
+    assert len({round(v, 12) for v in runs[0].metrics["log_z_runs"]}) == 3
+    with pytest.raises(ValueError, match="processes must be a whole number"):
+        workflow.sample(str(root / "run"), str(tmp_path / "bad.h5"), 10, runs=2, processes=0, progress=False)
+
+
 def test_sample_free_energies_of_user_states(trained, tmp_path):
     """A user's StateSet on a target without states: per-state resampling, F_k - F_0 per state and,
     for two states, Delta F with a bootstrap error over the runs."""
@@ -148,6 +176,19 @@ def test_sample_free_energies_of_user_states(trained, tmp_path):
         progress=False,
         settings={"diffusion": {"n_steps": 6}, "anneal": {"n_levels": 2}},
     ).metrics
+    # states set on a target object do not travel to worker processes: a clear error, not other states
+    with pytest.raises(ValueError, match="processes=1"):
+        workflow.sample(
+            str(root / "run"),
+            str(tmp_path / "two.h5"),
+            40,
+            target=target,
+            runs=2,
+            per_state_resampling=True,
+            progress=False,
+            processes=2,
+            settings={"diffusion": {"n_steps": 6}, "anneal": {"n_levels": 2}},
+        )
     # one run: the clusters of the bootstrap are its lineages (ancestors at t = 1), not its particles
     assert one["delta_f_error_method"].startswith("bootstrap of the ") and "lineages" in one["delta_f_error_method"]
     assert one["delta_f_kT"] is not None and any(

@@ -101,7 +101,6 @@ __all__ = [
     "conditional_ess",
     "next_beta_increment",
     "smc_sample",
-    "smc_runs",
 ]
 
 
@@ -434,44 +433,3 @@ def smc_sample(
     finally:
         recorder.close()
     return SMCResult.from_state(state, problem, recorder)
-
-
-def smc_runs(
-    model,
-    target,
-    n_particles: int,
-    runs: int,
-    generator: Optional[torch.Generator] = None,
-    *,
-    settings: Optional[SMCSettings] = None,
-    states: Optional[Callable] = None,
-) -> tuple:
-    """Independent :func:`smc_sample` runs sharing ``n_particles``, pooled by their log Z.
-
-    Parameters
-    ----------
-    model, target, generator, settings, states
-        As for :func:`smc_sample` (one generator draws all runs, one after the other).
-    n_particles : int
-        Particles in all; the first ``n_particles % runs`` runs get one more.
-    runs : int
-        Number of runs R ≥ 1.
-
-    Returns
-    -------
-    results : list of SMCResult
-        One per run.
-    log_w : ndarray, shape (n_particles,), float64
-        Pooled log-weights (:func:`boltzgen.weights.pool_runs`); one run's own log-weights for R = 1.
-    log_z : float
-        log of the mean of the runs' Ẑ_r.
-    """
-    from ..weights import pool_runs
-
-    sizes = [n_particles // runs + (1 if r < n_particles % runs else 0) for r in range(runs)]
-    results = [smc_sample(model, target, size, generator, settings=settings, states=states) for size in sizes]
-    log_z_runs = np.array([r.log_z for r in results], dtype=np.float64)
-    if runs == 1:
-        return results, results[0].log_weights.numpy(), float(log_z_runs[0])
-    log_w = pool_runs([r.log_weights.numpy() for r in results], log_z_runs)
-    return results, log_w, float(log_mean_exp(torch.as_tensor(log_z_runs)))
