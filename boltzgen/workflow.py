@@ -247,12 +247,11 @@ def _resolve_target(target, options: Optional[dict] = None):
     """(TargetSystem, owned): a name or a resolve() recipe is loaded (and owned: closed by the
     caller of this helper)."""
     if isinstance(target, (str, dict)):
-        from .systems.catalog import resolve, spec
+        from .systems.catalog import options_for, resolve, spec
 
         recipe = {"system": target} if isinstance(target, str) else dict(target)
-        options = dict(options or {})
+        options = options_for(recipe, options)
         if "system" in recipe and not spec(recipe["system"]).openmm:
-            options = {k: v for k, v in options.items() if k not in ("platform", "n_workers")}
             temperature = recipe.pop("temperature", None)
             if temperature is not None:  # analytic targets: the same reduced energy at another temperature
                 from .systems import TemperedTarget
@@ -721,8 +720,7 @@ def sample(
                 from .free_energy import transfer_tempering
 
                 settings = transfer_tempering(settings, model, target)
-                workers = {"run_dir": run_dir, "strata": settings.resampling.strata, "target_options": target_options}
-                result = _run_smc(model, target, n, runs, settings, strata, seed, processes, workers)
+                result = _run_smc(model, target, n, runs, settings, strata, seed, processes, run_dir, target_options)
             else:
                 x = torch.as_tensor(_reverse_sde(model, n, generator, settings))
                 result = SampleRun(x, None, target.reduced_energy(x).detach().numpy(), metrics={"n_reflected": 0})
@@ -794,11 +792,13 @@ def _reverse_sde(model, n, generator, settings):
     return reverse_sde(model, n, generator, n_steps=d.n_steps, t_min=d.t_min, mcmc_steps=d.mcmc_steps)
 
 
-def _run_smc(model, target, n: int, runs: int, settings, strata, seed: int, processes: int, workers: dict) -> SampleRun:
+def _run_smc(
+    model, target, n: int, runs: int, settings, strata, seed: int, processes: int, run_dir: str, target_options
+) -> SampleRun:
     """R independent SMC runs of n / R particles each, each from its own seed, pooled by their log
     Z estimates; with a StateSet ``strata`` (:func:`~boltzgen.states.resampling_strata`) resampled
-    within its states; over ``processes`` processes when P > 1 (``workers``: their run directory,
-    strata name and target options; :func:`boltzgen.sampling.runs.smc_runs_in_processes`)."""
+    within its states; over ``processes`` processes when P > 1, each loading the model of
+    ``run_dir`` (:func:`boltzgen.sampling.runs.smc_runs_in_processes`)."""
     import torch
 
     from .sampling.runs import pool_results, run_seeds, run_sizes, smc_runs_in_processes
@@ -809,14 +809,14 @@ def _run_smc(model, target, n: int, runs: int, settings, strata, seed: int, proc
     sizes, seeds = run_sizes(n, runs), run_seeds(seed, runs)
     if processes > 1 and runs > 1:
         results = smc_runs_in_processes(
-            workers["run_dir"],
+            run_dir,
             target,
             sizes,
             seeds,
             settings,
-            strata=workers["strata"] if strata is not None else None,
+            strata=None if strata is None else settings.resampling.strata,
             processes=processes,
-            target_options=workers["target_options"],
+            target_options=target_options,
         )
     else:
         results = [

@@ -223,7 +223,7 @@ def smc_runs_in_processes(
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from ..systems.catalog import target_recipe
+    from ..systems.catalog import options_for, target_recipe
 
     if len(sizes) != len(seeds):
         raise ValueError(f"need one seed per run: {len(sizes)} sizes, {len(seeds)} seeds")
@@ -236,12 +236,7 @@ def smc_runs_in_processes(
             f"the target {target.name} cannot be rebuilt in another process from its metadata (a built-in "
             "name, a sequence or an existing PDB file is needed); sample it with processes=1"
         )
-    options = {"n_workers": 0, **dict(target_options or {})}
-    if recipe.get("system") is not None:
-        from ..systems.catalog import spec
-
-        if not spec(recipe["system"]).openmm:
-            options = {k: v for k, v in options.items() if k not in ("platform", "n_workers")}
+    options = options_for(recipe, {"n_workers": 0, **dict(target_options or {})})
     options = {k: v for k, v in options.items() if v is not None}
     workers = min(int(processes), len(sizes))
     threads = max(1, (os.cpu_count() or 1) // workers) if threads is None else int(threads)

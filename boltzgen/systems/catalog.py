@@ -519,6 +519,28 @@ def read_target_file(path: str) -> dict:
     return out
 
 
+def options_for(recipe: dict, options: Optional[dict]) -> dict:
+    """The :func:`resolve` options that apply to a recipe's target: ``platform`` and ``n_workers``
+    are dropped for a built-in system that is not an OpenMM one (an analytic target takes neither).
+
+    Parameters
+    ----------
+    recipe : dict
+        :func:`resolve` arguments naming the target (``system``, ``sequence``, ``pdb``, …).
+    options : dict, optional
+        Further :func:`resolve` options.
+
+    Returns
+    -------
+    dict
+        A new dict.
+    """
+    options = dict(options or {})
+    if recipe.get("system") is not None and not spec(recipe["system"]).openmm:
+        options = {k: v for k, v in options.items() if k not in ("platform", "n_workers")}
+    return options
+
+
 def resolve(
     system: Optional[str] = None,
     *,
