@@ -236,8 +236,9 @@ def smc_runs_in_processes(
             f"the target {target.name} cannot be rebuilt in another process from its metadata (a built-in "
             "name, a sequence or an existing PDB file is needed); sample it with processes=1"
         )
-    options = options_for(recipe, {"n_workers": 0, **dict(target_options or {})})
-    options = {k: v for k, v in options.items() if v is not None}
+    # the force field in each process itself unless the caller says otherwise (None: not said)
+    given = {k: v for k, v in (target_options or {}).items() if v is not None}
+    options = options_for(recipe, {"n_workers": 0, **given})
     workers = min(int(processes), len(sizes))
     threads = max(1, (os.cpu_count() or 1) // workers) if threads is None else int(threads)
     settings = dataclasses.replace(settings, progress=False)
