@@ -64,6 +64,13 @@ MIN_STATE_PARTICLES = 10
 SAMPLE_OPTIONS = (
     ("--diffusion-steps", ("diffusion", "n_steps"), int, "diffusion levels from t = 1 to t_min"),
     (
+        "--diffusion-particle-factor",
+        ("diffusion", "particle_factor"),
+        int,
+        "the diffusion draws this many times each run's particles, resampled down to them as the annealing starts "
+        "(more independent lineages for a fraction of the annealing's cost)",
+    ),
+    (
         "--spacing",
         ("diffusion", "spacing"),
         str,
@@ -827,7 +834,8 @@ def _run_smc(
     x = torch.cat([r.x for r in results])
     u = torch.cat([r.reduced_energy for r in results]).numpy()
     run_index = None if runs == 1 else np.repeat(np.arange(runs), [r.n_particles for r in results])
-    lineages = np.concatenate([r.ancestors.numpy() + i * n for i, r in enumerate(results)])
+    span = max(int(r.ancestors.max()) + 1 for r in results)  # distinct lineage labels across runs
+    lineages = np.concatenate([r.ancestors.numpy() + i * span for i, r in enumerate(results)])
     summaries = [r.summary() for r in results]
     acceptance = [a for sm in summaries for a in sm["acceptance"] if a is not None]
     # The headline ESS is that of the final weights: SMC never resamples after the last

@@ -193,6 +193,38 @@ def test_balanced_resampling_within_states_shares_the_slots_equally_and_is_unbia
     torch.testing.assert_close(torch.logsumexp(new, 0), torch.logsumexp(dead, 0))
 
 
+@pytest.mark.parametrize("balance", [False, True])
+def test_resampling_to_fewer_slots_keeps_each_states_weight_and_the_normaliser(balance):
+    """resample_by_state(n_out=m): m slots shared by the live states (in proportion to their
+    counts, or equally with ``balance``), log_mean_exp of the log-weights (the normaliser
+    estimate of B particles) and each state's share of it unchanged exactly, and the weight a
+    particle passes on is w_i m / B in expectation."""
+    from boltzgen.sampling.resampling import resample_by_state
+
+    g = torch.Generator().manual_seed(3)
+    log_w = torch.randn(40, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0] * 30 + [1] * 8 + [2] * 2)
+    m, reps = 10, 4000
+    passed, passed2 = torch.zeros(40, dtype=torch.float64), torch.zeros(40, dtype=torch.float64)
+    for _ in range(reps):
+        idx, new = resample_by_state(log_w, labels, g, "systematic", balance=balance, n_out=m)
+        assert idx.shape == new.shape == (m,)
+        assert torch.bincount(labels[idx], minlength=3).tolist() == ([4, 3, 3] if balance else [6, 3, 1])
+        torch.testing.assert_close(log_mean_exp(new), log_mean_exp(log_w))
+        for s in range(3):
+            torch.testing.assert_close(
+                torch.logsumexp(new[labels[idx] == s], 0) - math.log(m),
+                torch.logsumexp(log_w[labels == s], 0) - math.log(40),
+            )
+        one = torch.zeros(40, dtype=torch.float64).index_add_(0, idx, new.exp())
+        passed, passed2 = passed + one, passed2 + one**2
+    mean, expected = passed / reps, log_w.exp() * m / 40
+    se = ((passed2 / reps - mean**2) / reps).sqrt()
+    assert bool(((mean - expected).abs() < 5 * se + 1e-12).all()), (mean - expected) / se
+    with pytest.raises(ValueError, match="3 states with weight into 2 slots"):
+        resample_by_state(log_w, labels, g, n_out=2)
+
+
 def test_systematic_has_lower_variance_than_multinomial():
     g = torch.Generator().manual_seed(1)
     n, reps = 32, 2000
@@ -561,6 +593,42 @@ def test_smc_counts_the_ancestors_that_survive_resampling():
         set(always.ancestors.tolist()) <= set(range(300)) and len(set(always.ancestors.tolist())) == always.n_ancestors
     )
     assert 1.0 <= always.lineage_ess <= always.n_ancestors and summary["lineage_ess"] == always.lineage_ess
+
+
+def test_a_wider_diffusion_keeps_more_lineages_and_the_weights_stay_exact():
+    """``diffusion.particle_factor`` k: the diffusion draws k B particles, the annealing starts
+    from B of them. On the 97 : 3 mixture with the wrong model of :func:`rare_mixture` (states:
+    the side of the midpoint, balanced), the runs return B particles, keep more distinct
+    ancestors than k = 1, and over independent runs the rare mode's weight is still 3 % and the
+    mean of Ẑ is the mixture's normaliser 1 (log Z is 0: the target is normalised)."""
+    target, model, side, _ = rare_mixture()
+
+    def run(seed, factor):
+        return smc_sample(
+            model,
+            target,
+            200,
+            torch.Generator().manual_seed(seed),
+            states=side,
+            settings=settings(
+                diffusion={"n_steps": 30, "particle_factor": factor},
+                anneal={"n_levels": 4, "cess": 0.9, "mcmc_steps": 2},
+                resampling={"balance_states": True},
+            ),
+        )
+
+    wide = [run(seed, 4) for seed in range(12)]
+    narrow = [run(seed, 1) for seed in range(12)]
+    assert all(r.n_particles == 200 and r.ancestors.max() < 800 for r in wide)
+    assert np.mean([r.n_ancestors for r in wide]) > 1.5 * np.mean([r.n_ancestors for r in narrow])
+    p = np.array([float((r.weights * side(r.x).double()).sum()) for r in wide])
+    assert abs(p.mean() - 0.03) < 4 * p.std(ddof=1) / math.sqrt(len(p)), p
+    z = np.exp([r.log_z for r in wide])
+    assert abs(z.mean() - 1.0) < 4 * z.std(ddof=1) / math.sqrt(len(z)), z
+    with pytest.raises(ValueError, match="particle_factor 2 needs a target"):
+        smc_sample(model, None, 10, settings=settings(diffusion={"n_steps": 2, "particle_factor": 2}))
+    with pytest.raises(ValueError, match="diffusion.particle_factor: above 1 needs anneal.handover 'geometric'"):
+        settings(diffusion={"particle_factor": 2}, anneal={"handover": "laplace"})
 
 
 def test_recorder_sees_the_particles_after_every_reweighting():
@@ -1054,6 +1122,7 @@ def test_settings_round_trip_through_a_plain_dict():
         ({"diffusion": {"mcmc_steps": -1}}, "diffusion.mcmc_steps"),
         ({"diffusion": {"step_size": 0.0}}, "diffusion.step_size"),
         ({"diffusion": {"tempering": 1.5}}, "diffusion.tempering"),
+        ({"diffusion": {"particle_factor": 0}}, "diffusion.particle_factor"),
         ({"anneal": {"n_levels": -1}}, "anneal.n_levels"),
         ({"anneal": {"betas": [0.5, 0.4, 1.0], "cess": None}}, "anneal.betas"),
         ({"anneal": {"cess": 1.0}}, "anneal.cess"),

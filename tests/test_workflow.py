@@ -138,6 +138,25 @@ def test_sample_in_processes_gives_the_same_particles(trained, tmp_path):
         workflow.sample(str(root / "run"), str(tmp_path / "bad.h5"), 10, runs=2, processes=0, progress=False)
 
 
+def test_a_wider_diffusion_from_the_cli_and_the_api_keeps_the_runs_lineages_apart(trained, tmp_path):
+    """``--diffusion-particle-factor 3`` is ``settings.diffusion.particle_factor``: each run
+    returns its own share of -n, descends from up to three times as many particles at t = 1, and
+    the pooled lineage labels of two runs never coincide."""
+    root, _ = trained
+    settings = {"diffusion": {"n_steps": 6, "particle_factor": 3}, "anneal": {"n_levels": 2}}
+    run = workflow.sample(
+        str(root / "run"), str(tmp_path / "api.h5"), 20, settings=settings, runs=2, seed=5, progress=False
+    )
+    assert run.x.shape == (20, 2) and np.bincount(run.run_index).tolist() == [10, 10]
+    assert max(int(r.ancestors.max()) for r in run.results) < 30
+    first, second = (set(run.lineages[run.run_index == k].tolist()) for k in (0, 1))
+    assert not first & second
+    args = ["sample", str(root / "run"), "-n", "20", "-o", str(tmp_path / "cli.h5"), "--diffusion-steps", "6"]
+    args += ["--anneal", "2", "--diffusion-particle-factor", "3", "--runs", "2", "--seed", "5", "--no-progress"]
+    assert main(args) == 0
+    np.testing.assert_array_equal(load_samples(str(tmp_path / "cli.h5")).log_weights, run.log_w)
+
+
 def test_sample_free_energies_of_user_states(trained, tmp_path):
     """A user's StateSet on a target without states: per-state resampling, F_k - F_0 per state and,
     for two states, Delta F with a bootstrap error over the runs."""

@@ -279,6 +279,17 @@ def resample(
     return RESAMPLING_METHODS[method](log_w, n, generator)
 
 
+def _shares(total: int, sizes: list) -> list:
+    """``total`` slots split in proportion to ``sizes`` (largest remainders), at least one each."""
+    n = len(sizes)
+    quotas = [(total - n) * s / sum(sizes) for s in sizes]
+    shares = [1 + int(q) for q in quotas]
+    order = sorted(range(n), key=lambda k: int(quotas[k]) - quotas[k])
+    for k in order[: total - sum(shares)]:
+        shares[k] += 1
+    return shares
+
+
 def resample_by_state(
     log_w,
     labels,
@@ -286,6 +297,7 @@ def resample_by_state(
     method: str = "systematic",
     ess_threshold: float = 1.0,
     balance: bool = False,
+    n_out: Optional[int] = None,
 ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """Resample within each state separately: every state keeps its particles and its total weight.
 
@@ -317,11 +329,18 @@ def resample_by_state(
         more) instead of its own count, and resample all of them. Each state keeps its total
         weight, so this too is unbiased for every state's measure; a rare state then gets as many
         particles as a common one (the error of its free energy is set by its particle count).
+    n_out : int, optional
+        Resample every state to fill this many slots instead of B (the slots shared equally with
+        ``balance``, else in proportion to the states' particle counts, at least one each). The
+        new weights are scaled by n_out / B, so ``log_mean_exp`` of the log-weights and every
+        state's share of it are unchanged in expectation: the normaliser estimate of B particles
+        carries over to n_out.
 
     Returns
     -------
-    (indices, log_w) : LongTensor (B,), float64 tensor (B,)
-        Ancestor of every slot and the new log-weights; None when no state needed resampling.
+    (indices, log_w) : LongTensor (n_out or B,), float64 tensor (n_out or B,)
+        Ancestor of every slot and the new log-weights; None when no state needed resampling
+        (never with ``balance`` or ``n_out``).
 
     Raises
     ------
@@ -336,16 +355,19 @@ def resample_by_state(
     for state in torch.unique(labels):
         members = torch.nonzero(labels == state).reshape(-1)
         (live if bool(torch.isfinite(lw[members]).any()) else dead).append(members)
-    if balance:
-        index = torch.empty_like(labels, dtype=torch.long)
-        new = torch.empty_like(lw)
-        shares = [lw.numel() // len(live) + (1 if k < lw.numel() % len(live) else 0) for k in range(len(live))]
-        start = 0
+    if balance or n_out is not None:
+        total = lw.numel() if n_out is None else int(n_out)
+        if total < len(live):
+            raise ValueError(f"cannot resample {len(live)} states with weight into {total} slots")
+        shares = _shares(total, [1] * len(live) if balance else [m.numel() for m in live])
+        index = torch.empty(total, dtype=torch.long, device=lw.device)
+        new = torch.empty(total, dtype=lw.dtype, device=lw.device)
+        scale, start = math.log(total) - math.log(lw.numel()), 0
         for members, share in zip(live, shares):
             slots = slice(start, start + share)
             start += share
             index[slots] = members[resample(lw[members], generator, method, n=share).to(lw.device)]
-            new[slots] = torch.logsumexp(lw[members], 0) - math.log(share)
+            new[slots] = torch.logsumexp(lw[members], 0) - math.log(share) + scale
         return index, new
     extra = torch.zeros(len(live), dtype=torch.long)
     free = torch.cat(dead) if dead else torch.zeros(0, dtype=torch.long, device=lw.device)

@@ -137,6 +137,15 @@ class DiffusionSettings:
         exp(−b(t) E(y, t)) with b(t) falling linearly from 1 at t = 1 to b at t_min: b < 1 shrinks
         the model's free-energy differences between states by b, so rare states get more
         particles, at the price of a lower ESS; the weights correct for it.
+    particle_factor : int
+        The stage draws this many times the run's particles, which the annealing's first step
+        resamples down to the run's number (within each state; equal shares with
+        ``resampling.balance_states``), exactly as any resampling does. A step of the diffusion
+        costs a fraction of an annealing level per particle, and the resampling along the
+        diffusion path leaves few distinct ancestors: a wider diffusion hands more independent
+        lineages to the annealing, whose estimates of the states' weights rest on them
+        (docs/theory.md, "What the estimates rest on"). Needs a target and the geometric
+        annealing.
     """
 
     n_steps: int = 100
@@ -147,9 +156,11 @@ class DiffusionSettings:
     mcmc_steps: int = 0
     step_size: Optional[float] = None
     tempering: float = 1.0
+    particle_factor: int = 1
 
     def __post_init__(self):
         _int(self, "n_steps", "diffusion.n_steps", 1)
+        _int(self, "particle_factor", "diffusion.particle_factor", 1)
         _choice(self, "spacing", "diffusion.spacing", TIME_SPACINGS)
         _float(self, "t_min", "diffusion.t_min", 0.0, 1.0, low_open=True, high_open=True, optional=True)
         _choice(self, "kernel", "diffusion.kernel", SDE_METHODS)
@@ -497,6 +508,13 @@ class SMCSettings:
         if self.batch_size is not None:
             _int(self, "batch_size", "batch_size", 0)
         _bool(self, "progress", "progress")
+        if self.diffusion.particle_factor > 1 and self.anneal.handover != "geometric":
+            raise _fail(
+                "diffusion.particle_factor",
+                f"above 1 needs anneal.handover 'geometric' (the annealing resamples the particles down), "
+                f"not {self.anneal.handover!r}",
+                self.diffusion.particle_factor,
+            )
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "SMCSettings":

@@ -6,7 +6,8 @@ unnormalised densities
     γ_1, γ_{t_1}, …, γ_{t_min}   with γ_t(y) = exp(−E(y, t))   (the learned energies), then
     π_β(y) ∝ γ_{t_min}(y)^{1−β} exp(−β u(ℓ y)),  0 < β_1 < … < β_K = 1   (the target u).
 
-1. **Start** at t = 1: y ~ q_0 = N(0, c² I) (mean-free for molecules, c² = α_1² σ_data² + σ_1²),
+1. **Start** at t = 1 (k B particles with ``diffusion.particle_factor`` k, resampled down to B
+   as the annealing starts): y ~ q_0 = N(0, c² I) (mean-free for molecules, c² = α_1² σ_data² + σ_1²),
    log w = −E(y, 1) − log q_0(y).
 2. **Diffusion steps** t → t' < t: propose y' ~ M(y' | y) = N(mean, v_M) with a reverse-diffusion
    kernel built from the learned score (:func:`~boltzgen.sampling.sde.reverse_kernel`, "ddpm" or
@@ -215,10 +216,11 @@ class SMCResult:
         blocks of proposals kept in their state (NaN if none ran).
     n_ancestors, n_ancestors_anneal : int
         Distinct particles at t = 1, and at the start of the annealing, that the final particles
-        descend from (B when nothing was resampled): the diversity left after resampling, which
+        descend from (B when nothing was resampled; at most k B at t = 1): the diversity left after resampling, which
         the ESS of the final weights does not show.
     ancestors : tensor (B,), int64, or None
-        Index (0 … B − 1) of each final particle's ancestor at t = 1, its lineage.
+        Index (0 … k B − 1, k = ``diffusion.particle_factor``) of each final particle's ancestor
+        at t = 1, its lineage.
     lineage_ess : float
         :func:`boltzgen.weights.lineage_ess` of the final weights over those lineages: how many
         independent draws the weighted estimates rest on (at most ``n_ancestors``).
@@ -390,7 +392,8 @@ def smc_sample(
     target : TargetSystem, optional
         Final target exp(−u(x)), x in its own units; None stops at t_min (samples of the model).
     n_particles : int
-        B.
+        B (the diffusion stage draws ``settings.diffusion.particle_factor`` × B, resampled down
+        to B as the annealing starts).
     generator : torch.Generator, optional
         Source of all random numbers; its device is the device of the run.
     settings : SMCSettings, optional
@@ -418,16 +421,21 @@ def smc_sample(
     problem = SMCProblem.build(model, target, generator, settings, states, length_scale, tilt_coordinate)
     recorder = SMCRecorder() if recorder is None else recorder
     n_levels = len(problem.times) - 1 + (len(anneal_grid(problem.settings)) if target is not None else 0)
+    factor = problem.settings.diffusion.particle_factor
+    if factor > 1 and target is None:
+        raise ValueError(
+            f"diffusion.particle_factor {factor} needs a target: the annealing to it resamples the particles down"
+        )
     recorder.start(n_levels, problem.settings.progress)
     try:
-        state = start_at_prior(problem, n_particles, recorder)
+        state = start_at_prior(problem, factor * n_particles, recorder)
         run_diffusion(state, problem, recorder)
         if target is not None and problem.settings.anneal.handover == "laplace":
             run_handover(state, problem, recorder)
         else:
             fold_chirality(state, problem)
             if target is not None:
-                run_annealing(state, problem, recorder)
+                run_annealing(state, problem, recorder, n_particles)
         if target is not None:
             run_final_moves(state, problem, recorder)
     finally:

@@ -10,7 +10,8 @@ energies and gradients at hand, step-size controller, ancestors, evaluation coun
 2. :func:`run_diffusion`: reverse-kernel proposals from t = 1 down to t_min, reweighting,
    resampling, optional MCMC moves.
 3. :func:`fold_chirality`: wrong-handed particles reflected onto the L-form at t_min.
-4. :func:`run_annealing`: optional equal shares of the states (:func:`balance_states`), then
+4. :func:`run_annealing`: optional equal shares of the states, or fewer particles than the
+   diffusion drew (:func:`resample_to`), then
    levels β from exp(−E(y, t_min)) to the target exp(−u), on a fixed or adaptive grid; or
    :func:`run_handover` (``anneal.handover: laplace``): one importance step from the noisy
    particles to clean ones drawn from a Laplace approximation of the target's posterior
@@ -69,6 +70,7 @@ __all__ = [
     "run_diffusion",
     "fold_chirality",
     "balance_states",
+    "resample_to",
     "run_annealing",
     "run_handover",
     "run_final_moves",
@@ -1000,11 +1002,46 @@ def balance_states(state: ParticleState, problem: SMCProblem, recorder: SMCRecor
     ParticleState
         The same object, resampled.
     """
+    return resample_to(state, problem, recorder, state.n, balance=True)
+
+
+def resample_to(
+    state: ParticleState, problem: SMCProblem, recorder: SMCRecorder, n: int, balance: bool = False
+) -> ParticleState:
+    """Resample the particles into n slots, each state keeping its total weight (unbiased; the
+    log Z estimate carries over, :func:`~boltzgen.sampling.resampling.resample_by_state`).
+
+    The states share the slots equally with ``balance`` (which needs ``states``), else in
+    proportion to their particle counts; without ``states`` all particles form one state. The
+    annealing uses it to bring the ``diffusion.particle_factor`` × n particles of the diffusion
+    stage down to n.
+
+    Parameters
+    ----------
+    state : ParticleState
+        The particles.
+    problem : SMCProblem
+        Model, target, settings and states of the run.
+    recorder : SMCRecorder
+        Receives the trace.
+    n : int
+        Particles after the resampling.
+    balance : bool
+        Equal shares per state.
+
+    Returns
+    -------
+    ParticleState
+        The same object, resampled to n particles.
+    """
     rs = problem.settings.resampling
-    idx, state.log_w = resample_by_state(
-        state.log_w, problem.labels(state.y), problem.generator, rs.method, balance=True
-    )
+    if problem.states is None:
+        labels = torch.zeros(state.n, dtype=torch.long, device=state.log_w.device)
+    else:
+        labels = problem.labels(state.y)
+    idx, state.log_w = resample_by_state(state.log_w, labels, problem.generator, rs.method, balance=balance, n_out=n)
     state.take(idx)
+    state.ess = float(ess_fraction(state.log_w))
     recorder.resampling(state.level)
     return state
 
@@ -1114,10 +1151,14 @@ def _anneal_moves(state: ParticleState, problem: SMCProblem, recorder: SMCRecord
     state.step_size.update(float(np.mean(accs)))
 
 
-def run_annealing(state: ParticleState, problem: SMCProblem, recorder: SMCRecorder) -> ParticleState:
+def run_annealing(
+    state: ParticleState, problem: SMCProblem, recorder: SMCRecorder, n_particles: Optional[int] = None
+) -> ParticleState:
     """The annealing stage: from exp(−E(y, t_min)) (× 2 on the L-region after a fold) to the target.
 
-    With ``resampling.balance_states`` the states first get equal shares (:func:`balance_states`).
+    With ``resampling.balance_states`` the states first get equal shares, and with fewer
+    ``n_particles`` than the state holds (the diffusion's ``particle_factor``) the particles are
+    first resampled down to them (:func:`resample_to`).
     At each level β_k, log w += (β_k − β_{k−1}) (E(y, t_min) − fold − u(ℓ y)); then resampling
     when due (never after β = 1) and ``anneal.mcmc_steps`` moves on (1 − β) E + β u with the
     target's forces. The step-size controller starts from the diffusion stage's κ when that
@@ -1131,6 +1172,8 @@ def run_annealing(state: ParticleState, problem: SMCProblem, recorder: SMCRecord
         Model, target, settings and states of the run.
     recorder : SMCRecorder
         Receives the trace.
+    n_particles : int, optional
+        Particles of the annealing (default: as many as the state holds).
 
     Returns
     -------
@@ -1140,8 +1183,10 @@ def run_annealing(state: ParticleState, problem: SMCProblem, recorder: SMCRecord
     s = problem.settings
     if problem.target is None:
         raise ValueError("the annealing needs a target")
-    if s.resampling.balance_states:
-        balance_states(state, problem, recorder)
+    n_particles = state.n if n_particles is None else int(n_particles)
+    balance = s.resampling.balance_states and problem.states is not None
+    if balance or n_particles != state.n:
+        resample_to(state, problem, recorder, n_particles, balance=balance)
     state.ancestors["anneal"] = torch.arange(state.n)
     state.u, state.grad_u = problem.target_eval(state, state.y)
     steps = problem.new_step_size(s.anneal.step_size, "hmc" if s.anneal.inner_steps else None)
