@@ -512,6 +512,25 @@ def run_pooling_rows(blob: dict) -> list[list[str]]:
     return rows
 
 
+def particle_factor_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/particle_factor.py: one per factor k."""
+    rows = []
+    for r in blob.get("rows", []):
+        c, b = r["rare_weight"], r["within_state_share"]
+        rows.append(
+            [
+                str(r["particle_factor"]),
+                f"{blob.get('runs')} × {blob.get('particles')}",
+                f"{c['mean']:.4f} ± {c['se']:.4f} ({c['exact']:.3f})",
+                f"{b['mean']:.3f} ± {b['se']:.3f} ({b['exact']:.3f})",
+                fmt(r.get("mean_ancestors"), ".1f"),
+                fmt(r.get("seconds_per_run"), ".2f"),
+                f"{fmt(c.get('cost_ratio'), '.2f')} / {fmt(b.get('cost_ratio'), '.2f')}",
+            ]
+        )
+    return rows
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """One benchmark: how to recognise its JSON and how to tabulate it.
@@ -813,6 +832,22 @@ BENCHMARKS = [
         lambda b: b.get("benchmark") == "run_pooling",
         "the exact ΔF of the mixture, ln(97/3) = 3.48 kT; boltzgen sample pools its runs by Ẑ "
         "(boltzgen.weights.pool_runs)",
+    ),
+    Benchmark(
+        "particle_factor",
+        "python benchmarks/particle_factor.py  # -> bench-results/particle_factor.json",
+        [
+            "diffusion.particle_factor k",
+            "runs × particles",
+            "rare mode's weight: mean ± SE (exact)",
+            "share within its state: mean ± SE (exact)",
+            "ancestors at t = 1",
+            "s per run",
+            "cost of an error vs k = 1 (SE² × s): rare / within",
+        ],
+        particle_factor_rows,
+        lambda b: b.get("benchmark") == "particle_factor",
+        "exact weights of the three-mode mixture; the quickstart's SMC settings with a wrong model",
     ),
     Benchmark(
         "quickstart",
