@@ -67,7 +67,9 @@ def one_factor(factor: int, runs: int, particles: int) -> dict:
     rare, within, ancestors = [], [], []
     start = time.perf_counter()
     for r in range(runs):
-        res = smc_sample(model, target, particles, torch.Generator().manual_seed(500 + r), settings=settings, states=states)
+        res = smc_sample(
+            model, target, particles, torch.Generator().manual_seed(500 + r), settings=settings, states=states
+        )
         w, x = res.weights, res.x
         in_c = (x[:, 0] > 0).double()
         in_b = ((x[:, 0] < 0) & (x[:, 1] > 0)).double()
