@@ -50,12 +50,11 @@ def problem():
 
 def quickstart_settings(factor: int):
     """The quickstart's SMC settings (systems/recipes.yaml) with ``particle_factor`` k."""
-    from boltzgen.sampling import SMCSettings
-    from boltzgen.workflow import load_recipe, merge
+    from boltzgen.workflow import load_recipe, merge, sample_settings
 
     sample = load_recipe("quickstart", "default")["sample"]
-    settings = merge(sample.get("settings", {}), {"diffusion": {"particle_factor": factor}})
-    return SMCSettings.from_dict(merge(SMCSettings().to_dict(), settings)).updated({"chirality": False})
+    settings = merge(sample.get("settings", {}), {"diffusion": {"particle_factor": factor}, "chirality": False})
+    return sample_settings(settings)
 
 
 def one_factor(factor: int, runs: int, particles: int) -> dict:

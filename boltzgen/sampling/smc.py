@@ -421,14 +421,9 @@ def smc_sample(
     problem = SMCProblem.build(model, target, generator, settings, states, length_scale, tilt_coordinate)
     recorder = SMCRecorder() if recorder is None else recorder
     n_levels = len(problem.times) - 1 + (len(anneal_grid(problem.settings)) if target is not None else 0)
-    factor = problem.settings.diffusion.particle_factor
-    if factor > 1 and target is None:
-        raise ValueError(
-            f"diffusion.particle_factor {factor} needs a target: the annealing to it resamples the particles down"
-        )
     recorder.start(n_levels, problem.settings.progress)
     try:
-        state = start_at_prior(problem, factor * n_particles, recorder)
+        state = start_at_prior(problem, problem.settings.diffusion.particle_factor * n_particles, recorder)
         run_diffusion(state, problem, recorder)
         if target is not None and problem.settings.anneal.handover == "laplace":
             run_handover(state, problem, recorder)

@@ -282,7 +282,8 @@ class SMCProblem:
         Raises
         ------
         ValueError
-            For a shape mismatch, ``balance_states`` without ``states``, an impossible chirality
+            For a shape mismatch, ``balance_states`` without ``states``, ``diffusion.particle_factor``
+            above 1 without a target, an impossible chirality
             fold, or a tilt without a target or without a coordinate.
         """
         settings = SMCSettings() if settings is None else settings
@@ -294,6 +295,11 @@ class SMCProblem:
             raise ValueError(f"model configurations {ev} and target configurations {tuple(target.event_shape)} differ")
         if settings.resampling.balance_states and states is None:
             raise ValueError("balance_states needs states (a function that labels the configurations)")
+        factor = settings.diffusion.particle_factor
+        if factor > 1 and target is None:
+            raise ValueError(
+                f"diffusion.particle_factor {factor} needs a target: the annealing to it resamples the particles down"
+            )
         if states is not None and hasattr(states, "assign"):
             states = states.assign
         t_min = model_t_min(m, settings.diffusion.t_min)
@@ -389,7 +395,8 @@ class SMCProblem:
         return uu, gu
 
     def labels(self, y: torch.Tensor) -> torch.Tensor:
-        """State labels of model configurations (folded onto the L-form first when folding).
+        """State labels of model configurations (folded onto the L-form first when folding); all 0
+        (one state) without ``states``.
 
         Parameters
         ----------
@@ -405,6 +412,8 @@ class SMCProblem:
         ValueError
             When the labeller does not return one integer label per configuration.
         """
+        if self.states is None:
+            return torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
         if self.centres is not None:
             y = fix_chirality(y, self.centres)[0]
         labels = torch.as_tensor(np.asarray(self.states((self.length_scale * y).detach())), device=y.device).reshape(-1)
@@ -854,9 +863,7 @@ def maybe_resample(state: ParticleState, problem: SMCProblem, recorder: SMCRecor
             "chirality fold; the sample check's sample_d_centre_fraction says how often the model makes them); "
             "try more particles, a smaller --t-min with --mcmc-steps, or a model with net.relative_chirality"
         )
-    if problem.states is None:
-        labels = torch.zeros(state.n, dtype=torch.long)
-    elif rs.denoised_labels and state.beta == 0.0 and state.t > problem.t_min:
+    if problem.states is not None and rs.denoised_labels and state.beta == 0.0 and state.t > problem.t_min:
         labels = problem.labels(problem.denoised(state.y, state.grad, state.t))
     else:
         labels = problem.labels(state.y)
@@ -1035,10 +1042,7 @@ def resample_to(
         The same object, resampled to n particles.
     """
     rs = problem.settings.resampling
-    if problem.states is None:
-        labels = torch.zeros(state.n, dtype=torch.long, device=state.log_w.device)
-    else:
-        labels = problem.labels(state.y)
+    labels = problem.labels(state.y)
     idx, state.log_w = resample_by_state(state.log_w, labels, problem.generator, rs.method, balance=balance, n_out=n)
     state.take(idx)
     state.ess = float(ess_fraction(state.log_w))
@@ -1184,9 +1188,8 @@ def run_annealing(
     if problem.target is None:
         raise ValueError("the annealing needs a target")
     n_particles = state.n if n_particles is None else int(n_particles)
-    balance = s.resampling.balance_states and problem.states is not None
-    if balance or n_particles != state.n:
-        resample_to(state, problem, recorder, n_particles, balance=balance)
+    if s.resampling.balance_states or n_particles != state.n:
+        resample_to(state, problem, recorder, n_particles, balance=s.resampling.balance_states)
     state.ancestors["anneal"] = torch.arange(state.n)
     state.u, state.grad_u = problem.target_eval(state, state.y)
     steps = problem.new_step_size(s.anneal.step_size, "hmc" if s.anneal.inner_steps else None)
