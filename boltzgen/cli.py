@@ -222,6 +222,7 @@ def cmd_simulate(args) -> int:
             seed=args.seed,
             keep_replicas=args.keep_replicas,
             quench=args.quench,
+            quench_processes=args.quench_processes,
             progress=not args.no_progress,
             stride=args.stride,
             equilibration=args.equilibration,
@@ -882,6 +883,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --keep-replicas: relax every frame of the hotter replicas to the target temperature "
         "(local energy minimisation, then PS ps of Langevin dynamics at friction 10/ps), so the "
         "rare states the hot replicas visit come with the target's local geometry (training data)",
+    )
+    p.add_argument(
+        "--quench-processes",
+        type=int,
+        metavar="P",
+        help="processes quenching the frames at once (default: one per core; the frames do not depend on it)",
     )
     _add_file_command_options(p)
     p.set_defaults(func=cmd_simulate)

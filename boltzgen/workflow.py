@@ -311,6 +311,7 @@ def simulate_training_data(
     seed: int = 0,
     keep_replicas: int = 1,
     quench: Optional[float] = None,
+    quench_processes: Optional[int] = None,
     progress: bool = True,
     metrics_path: Optional[str] = None,
     target_options: Optional[dict] = None,
@@ -335,6 +336,9 @@ def simulate_training_data(
     quench : float, optional
         With ``keep_replicas >= 2``: relax every frame of the hotter replicas to the target
         temperature (minimisation, then this many ps of Langevin dynamics).
+    quench_processes : int, optional
+        Processes that quench the frames at once (default: one per core; the frames do not
+        depend on it).
     progress : bool
         Progress bar.
     metrics_path : str, optional
@@ -366,13 +370,17 @@ def simulate_training_data(
     with output_lock(output, "sample file"):
         target, owned = _resolve_target(target, target_options)
         try:
-            return _simulate(target, int(n), output, seed, int(keep_replicas), quench, progress, metrics_path, options)
+            processes = (os.cpu_count() or 1) if quench_processes is None else quench_processes
+            quench_options = {"time_ps": quench, "processes": processes}
+            return _simulate(
+                target, int(n), output, seed, int(keep_replicas), quench_options, progress, metrics_path, options
+            )
         finally:
             if owned:
                 target.close()
 
 
-def _simulate(target, n, output, seed, keep, quench, progress, metrics_path, options) -> dict:
+def _simulate(target, n, output, seed, keep, quench_options, progress, metrics_path, options) -> dict:
     from .io import save_samples
     from .md import ladder_frames, quench_frames, simulate
     from .systems import energies_and_forces
@@ -388,6 +396,7 @@ def _simulate(target, n, output, seed, keep, quench, progress, metrics_path, opt
                 f"replicas; this run has {options.get('replicas', 1)}"
             )
         options["keep_replicas"] = True
+    quench = quench_options["time_ps"]
     if quench is not None and (keep < 2 or not quench > 0):
         raise ValueError(
             f"quench needs a positive time in ps and at least 2 kept replicas (it relaxes the hotter "
@@ -405,7 +414,7 @@ def _simulate(target, n, output, seed, keep, quench, progress, metrics_path, opt
         log_weights = np.where(np.arange(len(positions)) < n, 0.0, -np.inf)
         if quench:
             reduced_energy[n:], meta["quench"] = quench_frames(
-                target, positions[n:], time_ps=quench, platform=result.metadata["parameters"]["platform"], seed=seed
+                target, positions[n:], platform=result.metadata["parameters"]["platform"], seed=seed, **quench_options
             )
     # The forces of every frame for target score matching (boltzgen.losses), at the target's
     # temperature like the energies; one bridge call per chunk, cheap beside the MD.

@@ -169,12 +169,13 @@ def test_simulate_keep_replicas_ladder_data(tmp_path, capsys):
     # --quench: the same MD; the target-temperature frames are untouched, the hotter frames are
     # relaxed to 300 K (their u, from OpenMM, drops below the hot frames'), and u stays exact.
     quenched = tmp_path / "quenched.h5"
-    args_quench = [a if a != str(out) else str(quenched) for a in args] + ["--quench", "0.2"]
+    args_quench = [a if a != str(out) else str(quenched) for a in args] + ["--quench", "0.2", "--quench-processes", "1"]
     assert main(args_quench) == 0
     cold = load_samples(str(quenched))
     np.testing.assert_allclose(cold.x[:5], samples.x[:5], atol=1e-6)
     np.testing.assert_array_equal(cold.log_weights, samples.log_weights)
     assert cold.metadata["quench"]["time_ps"] == 0.2 and cold.metadata["quench"]["n_frames"] == 5
+    assert cold.metadata["quench"]["processes"] == 1
     assert cold.reduced_energy[5:].mean() < samples.reduced_energy[5:].mean()
     target = systems.load("aldp-vacuum", n_workers=0)
     np.testing.assert_allclose(cold.reduced_energy, target.reduced_energy(torch.from_numpy(cold.x)).numpy(), atol=0.05)

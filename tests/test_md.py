@@ -274,6 +274,24 @@ def test_quench_gives_target_temperature_and_keeps_basins():
         quench(system, hot, temperature, time_ps=0.0)
 
 
+def test_quench_frames_do_not_depend_on_the_processes(monkeypatch):
+    """The quench runs in chunks with seeds of their own: two worker processes give the frames of
+    one, bit for bit; the chunks' streams differ (no two chunks quench alike); a bad count is named."""
+    from boltzgen.md import dynamics
+
+    monkeypatch.setattr(dynamics, "QUENCH_CHUNK", 4)
+    system = _double_well_system(k=5000.0, n_atoms=3)
+    hot = np.zeros((10, 3, 3))
+    hot[..., 0] = 1.0  # identical frames: only the chunks' random streams tell them apart
+    one, e_one = dynamics.quench(system, hot, 300.0, time_ps=0.05, seed=2, processes=1)
+    two, e_two = dynamics.quench(system, hot, 300.0, time_ps=0.05, seed=2, processes=2)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(e_one, e_two)
+    assert not np.allclose(one[0], one[4]) and not np.allclose(one[4], one[8])
+    with pytest.raises(ValueError, match="quench processes must be a positive integer"):
+        dynamics.quench(system, hot, 300.0, time_ps=0.05, processes=0)
+
+
 def test_md_platform_is_cpu_where_reference_interprets_the_forces():
     """amber14's implicit/obc1.xml is a CustomGBForce (interpreted by Reference, several times slower
     there); plain force fields stay on Reference; a CustomGBForce inside a CustomCVForce counts."""

@@ -481,6 +481,12 @@ def _run_replicas(
     return MDOutput(positions, energies_arr, replica_positions, info)
 
 
+#: Frames per quench chunk. Each chunk has its own Context and random streams (its seeds derive
+#: from the seed and the chunk's index), so the quenched frames do not depend on how many
+#: processes share the chunks.
+QUENCH_CHUNK = 500
+
+
 def quench(
     system: openmm.System,
     positions: np.ndarray,
@@ -492,6 +498,7 @@ def quench(
     minimize: bool = True,
     platform: str = "Reference",
     seed: int = 0,
+    processes: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Relax configurations to a temperature: minimise locally, then run short Langevin dynamics.
 
@@ -502,6 +509,10 @@ def quench(
     the rare states at the target's local temperature. The result is not a Boltzmann sample of
     any temperature (the basins keep the hot replicas' populations); it is data for a proposal
     that importance weights correct.
+
+    The frames are quenched in chunks of :data:`QUENCH_CHUNK`, each with its own Context and
+    seeds, in ``processes`` worker processes (started with ``spawn``; the result does not depend
+    on their number).
 
     Parameters
     ----------
@@ -524,7 +535,9 @@ def quench(
     platform : str
         OpenMM platform name.
     seed : int
-        Seed of the integrator and of each frame's Maxwell–Boltzmann velocities.
+        Seed of the integrators and of each frame's Maxwell–Boltzmann velocities.
+    processes : int
+        Worker processes (1: in this process; at most one per chunk are started).
 
     Returns
     -------
@@ -536,7 +549,8 @@ def quench(
     Raises
     ------
     ValueError
-        If ``time_ps`` or ``friction`` is not positive, or the shapes do not match the system.
+        If ``time_ps``, ``friction`` or ``processes`` is not positive, or the shapes do not match
+        the system.
     RuntimeError
         If a quenched frame's energy is not finite.
     """
@@ -545,12 +559,79 @@ def quench(
         raise ValueError(f"positions must have shape (B, {system.getNumParticles()}, 3), got {positions.shape}")
     if not time_ps > 0 or not friction > 0:
         raise ValueError(f"quench time and friction must be positive, got {time_ps} ps and {friction}/ps")
-    n_steps = max(1, int(round(time_ps * 1000.0 / timestep)))
+    if isinstance(processes, bool) or int(processes) != processes or processes < 1:
+        raise ValueError(f"quench processes must be a positive integer, got {processes!r}")
+    job = dict(
+        temperature=float(temperature),
+        n_steps=max(1, int(round(time_ps * 1000.0 / timestep))),
+        friction=float(friction),
+        timestep=float(timestep),
+        minimize=bool(minimize),
+        platform=platform,
+        seed=int(seed),
+    )
+    starts = range(0, len(positions), QUENCH_CHUNK)
+    chunks = [(c, positions[a : a + QUENCH_CHUNK]) for c, a in enumerate(starts)]
+    workers = min(int(processes), len(chunks))
+    if workers <= 1:
+        done = [quench_chunk(system, x, index=c, **job) for c, x in chunks]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        xml = openmm.XmlSerializer.serialize(system)
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_quench_chunk_in_process, xml, x, c, job) for c, x in chunks]
+            done = [f.result() for f in futures]
+    out = np.concatenate([d[0] for d in done]) if done else np.empty_like(positions)
+    energy = np.concatenate([d[1] for d in done]) if done else np.empty(0)
+    bad = np.flatnonzero(~np.isfinite(energy))
+    if len(bad):
+        raise RuntimeError(f"frame {bad[0]} has a non-finite energy after quenching; use a smaller timestep")
+    return out, energy
+
+
+def quench_chunk(
+    system: openmm.System,
+    positions: np.ndarray,
+    *,
+    index: int,
+    temperature: float,
+    n_steps: int,
+    friction: float,
+    timestep: float,
+    minimize: bool,
+    platform: str,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Quench one chunk of :func:`quench` in this process (its own Context and seeds).
+
+    Parameters
+    ----------
+    system : openmm.System
+    positions : numpy.ndarray, shape (b, N, 3)
+        The chunk's configurations, nm.
+    index : int
+        The chunk's index: its seeds derive from ``seed`` and it.
+    temperature : float
+        K.
+    n_steps : int
+        Langevin steps after the minimisation.
+    friction, timestep, minimize, platform, seed
+        As for :func:`quench` (1/ps, fs).
+
+    Returns
+    -------
+    positions : numpy.ndarray, shape (b, N, 3), float64
+        nm.
+    potential_energy : numpy.ndarray, shape (b,), float64
+        kJ/mol; non-finite where the dynamics failed.
+    """
     integrator = openmm.LangevinMiddleIntegrator(
         temperature * unit.kelvin, friction / unit.picosecond, timestep * unit.femtosecond
     )
     # a stream of its own: the replica-exchange run of the same seed uses spawn keys () and (1,)
-    to_seed = _openmm_seed_values(np.random.SeedSequence(seed, spawn_key=(2,)), len(positions) + 1)
+    to_seed = _openmm_seed_values(np.random.SeedSequence(seed, spawn_key=(2, int(index))), len(positions) + 1)
     integrator.setRandomNumberSeed(to_seed[0])
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform))
     out = np.empty_like(positions)
@@ -565,5 +646,14 @@ def quench(
         out[i] = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
         energy[i] = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         if not np.isfinite(energy[i]):
-            raise RuntimeError(f"frame {i} has a non-finite energy after quenching; use a smaller timestep")
+            energy[i + 1 :] = np.nan
+            break
     return out, energy
+
+
+def _quench_chunk_in_process(xml: str, positions: np.ndarray, index: int, job: dict):
+    """:func:`quench_chunk` in a worker process, the system sent as its XML."""
+    from ..guards import die_with_parent
+
+    die_with_parent()
+    return quench_chunk(openmm.XmlSerializer.deserialize(xml), positions, index=index, **job)

@@ -638,7 +638,7 @@ QUENCH_FRICTION = 10.0
 
 
 def quench_frames(
-    target, positions: np.ndarray, *, time_ps: float, platform: str, seed: int = 0
+    target, positions: np.ndarray, *, time_ps: float, platform: str, seed: int = 0, processes: int = 1
 ) -> tuple[np.ndarray, dict]:
     """Relax frames to the target temperature (:func:`boltzgen.md.dynamics.quench`), in place.
 
@@ -654,6 +654,8 @@ def quench_frames(
         OpenMM platform name.
     seed : int
         Seed of the Langevin integrators.
+    processes : int
+        Worker processes (the frames do not depend on their number).
 
     Returns
     -------
@@ -661,7 +663,7 @@ def quench_frames(
         U / kT of the quenched frames at the target temperature.
     info : dict
         ``time_ps``, ``friction_per_ps``, ``minimize``, ``temperature_K``, ``n_frames``,
-        ``wall_time_s`` (recorded in the sample file's metadata).
+        ``processes``, ``wall_time_s`` (recorded in the sample file's metadata).
     """
     from .dynamics import quench
 
@@ -675,6 +677,7 @@ def quench_frames(
         minimize=True,
         platform=platform,
         seed=seed,
+        processes=processes,
     )
     info = {
         "time_ps": float(time_ps),
@@ -682,6 +685,7 @@ def quench_frames(
         "minimize": True,
         "temperature_K": target.temperature,
         "n_frames": int(len(potential)),
+        "processes": int(processes),
         "wall_time_s": time.perf_counter() - start,
     }
     return potential / target.kT, info
