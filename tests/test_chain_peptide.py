@@ -63,6 +63,8 @@ def chain(tmp_path_factory):
             "egnn",
             "--set",
             "train.sample_check=2",  # the after-training sample check at its smallest
+            "--set",
+            "model.n_levels=8",  # DiffCLF's normaliser grid (calibrated at the DiffCLF start) small
             "--no-progress",
             "--seed",
             "1",
