@@ -65,6 +65,10 @@ def chain(tmp_path_factory):
             "train.sample_check=2",  # the after-training sample check at its smallest
             "--set",
             "model.n_levels=8",  # DiffCLF's normaliser grid (calibrated at the DiffCLF start) small
+            "--set",
+            "net.hidden=16",  # a small network: every stage's code path at a fraction of the cost
+            "--set",
+            "net.n_layers=1",
             "--no-progress",
             "--seed",
             "1",
