@@ -33,6 +33,7 @@ __all__ = [
     "check_memory",
     "available_memory",
     "die_with_parent",
+    "main_module_hidden",
 ]
 
 
@@ -242,3 +243,25 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
     if parent == 1 or os.getppid() != parent:
         os._exit(1)
+
+
+@contextlib.contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """Start processes without re-running the user's ``__main__`` script in them.
+
+    A child started with ``spawn`` normally imports the parent's main script again, so a script
+    that uses boltzgen without an ``if __name__ == "__main__":`` guard would run again in every
+    worker (and fail there). Workers whose code lives in an importable module (or is run by path)
+    need nothing from ``__main__``, so it is replaced by an empty module while
+    :meth:`multiprocessing.Process.start` records what the child should import: start the
+    processes (submit the work to a new process pool) inside this context.
+    """
+    import types
+
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main

@@ -511,8 +511,8 @@ def quench(
     that importance weights correct.
 
     The frames are quenched in chunks of :data:`QUENCH_CHUNK`, each with its own Context and
-    seeds, in ``processes`` worker processes (started with ``spawn``; the result does not depend
-    on their number).
+    seeds, in ``processes`` worker processes (started with ``spawn``, without re-running the
+    caller's script; the result does not depend on their number).
 
     Parameters
     ----------
@@ -579,9 +579,12 @@ def quench(
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
+        from ..guards import main_module_hidden
+
         xml = openmm.XmlSerializer.serialize(system)
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_quench_chunk_in_process, xml, x, c, job) for c, x in chunks]
+            with main_module_hidden():  # the workers start within the submits: a script needs no main guard
+                futures = [pool.submit(_quench_chunk_in_process, xml, x, c, job) for c, x in chunks]
             done = [f.result() for f in futures]
     out = np.concatenate([d[0] for d in done]) if done else np.empty_like(positions)
     energy = np.concatenate([d[1] for d in done]) if done else np.empty(0)

@@ -18,7 +18,8 @@ batch over worker processes, each owning its own ``Context``:
 Workers are started with the ``spawn`` method (the parent usually has torch imported, where
 ``fork`` is unsafe). A worker runs *this file* through :func:`runpy.run_path`, so it imports only
 the standard library, numpy and openmm - never the ``boltzgen`` package (which imports torch).
-This module must therefore not import anything from ``boltzgen``.
+This module must therefore not import anything from ``boltzgen`` at its top level (the parent
+imports :func:`boltzgen.guards.main_module_hidden` where it starts a worker).
 
 Units: positions in nm; the bridge returns reduced energies u = U / kT (dimensionless) and
 reduced forces -du/dx in kT/nm, kT = R T in kJ/mol.
@@ -26,7 +27,6 @@ reduced forces -du/dx in kT/nm, kT = R T in kJ/mol.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -34,10 +34,8 @@ import multiprocessing
 import os
 import runpy
 import signal
-import sys
 import threading
 import time
-import types
 import weakref
 from collections import deque
 from multiprocessing import connection as mp_connection
@@ -416,25 +414,6 @@ def _worker_main(conn, system_xml: str, platform_name: str, slot: int) -> None:
 
 
 # ------------------------------------------------------------------------------ the pool
-@contextlib.contextmanager
-def _main_module_hidden():
-    """Start processes without re-running the user's ``__main__`` script in them.
-
-    A spawned child normally re-imports the parent's main script, so a script that uses boltzgen
-    without an ``if __name__ == "__main__":`` guard would run again in every energy worker (and
-    fail there). The workers need nothing from ``__main__`` (their code is this module, run by
-    path), so it is replaced by an empty module while :meth:`multiprocessing.Process.start`
-    records what the child should import.
-    """
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if main is not None:
-            sys.modules["__main__"] = main
-
-
 class _Worker:
     __slots__ = ("process", "conn")
 
@@ -504,7 +483,9 @@ class _Pool:
         if masked:
             old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
         try:
-            with _main_module_hidden():
+            from boltzgen.guards import main_module_hidden  # in the parent only: workers never get here
+
+            with main_module_hidden():
                 process.start()
         finally:
             if masked:
