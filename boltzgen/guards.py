@@ -255,6 +255,11 @@ def main_module_hidden() -> Iterator[None]:
     need nothing from ``__main__``, so it is replaced by an empty module while
     :meth:`multiprocessing.Process.start` records what the child should import: start the
     processes (submit the work to a new process pool) inside this context.
+
+    Yields
+    ------
+    None
+        While the context is open, ``sys.modules["__main__"]`` is an empty module.
     """
     import types
 
