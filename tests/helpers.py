@@ -1,5 +1,8 @@
 """Small test doubles shared by several test files (imported as ``helpers``; tests/ is on sys.path)."""
 
+import subprocess
+import sys
+
 import torch
 from torch import nn
 
@@ -67,3 +70,14 @@ def train_small_aldp_run(tmp_path, config_yaml: str):
     cmd = ["train", "--data", str(data), "-o", str(run), "--config", str(config), "--system", "aldp-vacuum"]
     assert main([*cmd, "--no-progress"]) == 0
     return run, data
+
+
+def run_unguarded_script(path, body: str) -> str:
+    """Run ``body`` as a user script with no ``if __name__ == "__main__":`` guard (after a line
+    that prints "script body ran"); check that it exits 0 and that its body ran once, not again in
+    any worker process it started. Returns its stdout."""
+    path.write_text("print('script body ran', flush=True)\n" + body)
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("script body ran") == 1
+    return out.stdout

@@ -339,18 +339,14 @@ def test_bare_getstate_timing_in_every_worker_leaves_the_pool_usable(system):
 def test_script_without_main_guard_does_not_rerun_in_workers(tmp_path):
     """A user script with no ``if __name__ == "__main__":`` guard works: the spawned workers do not
     re-run it (they would print twice more, or fail during start-up)."""
-    import subprocess
+    from helpers import run_unguarded_script
 
-    script = tmp_path / "unguarded.py"
-    script.write_text(
+    out = run_unguarded_script(
+        tmp_path / "unguarded.py",
         "from boltzgen.systems import load\n"
-        "print('script body ran', flush=True)\n"
         "target = load('aldp-vacuum', n_workers=2, platform='Reference')\n"
         "u = target.reduced_energy(target.positions[None].repeat(512, 1, 1))\n"
         "print('energies', len(u), flush=True)\n"
-        "target.close()\n"
+        "target.close()\n",
     )
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.count("script body ran") == 1
-    assert "energies 512" in out.stdout
+    assert "energies 512" in out

@@ -295,14 +295,12 @@ def test_quench_frames_do_not_depend_on_the_processes(monkeypatch):
 def test_quench_in_processes_needs_no_main_guard(tmp_path):
     """A user script with no ``if __name__ == "__main__":`` guard quenches in two processes: the
     spawned workers do not run the script again."""
-    import subprocess
-    import sys
+    from helpers import run_unguarded_script
 
-    script = tmp_path / "unguarded.py"
-    script.write_text(
+    out = run_unguarded_script(
+        tmp_path / "unguarded.py",
         "import numpy as np, openmm\n"
         "from boltzgen.md import dynamics\n"
-        "print('script body ran', flush=True)\n"
         "system = openmm.System()\n"
         "force = openmm.CustomExternalForce('500*(x^2+y^2+z^2)')\n"
         "system.addParticle(12.0)\n"
@@ -310,12 +308,9 @@ def test_quench_in_processes_needs_no_main_guard(tmp_path):
         "system.addForce(force)\n"
         "dynamics.QUENCH_CHUNK = 2\n"
         "x, u = dynamics.quench(system, np.zeros((4, 1, 3)), 300.0, time_ps=0.01, processes=2)\n"
-        "print('quenched', len(u), flush=True)\n"
+        "print('quenched', len(u), flush=True)\n",
     )
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.count("script body ran") == 1
-    assert "quenched 4" in out.stdout
+    assert "quenched 4" in out
 
 
 def test_md_platform_is_cpu_where_reference_interprets_the_forces():
