@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from .config import system_config_path
-from .guards import die_with_parent
+from .guards import die_with_parent, main_module_hidden
 from .io import load_samples
 from .train import local_batch_size, resolve_config, run_overrides, train_from_file
 
@@ -35,10 +35,9 @@ def train_in_processes(processes: int, data_path: str, run_dir: str, **options) 
     the same number of processes (with another number it resumes with new random batches, and
     warns). Killing this process ends the workers too.
 
-    The processes are started with ``spawn``, which imports the calling script again: in a script
-    (not a notebook), call this (or :func:`boltzgen.workflow.train` with ``processes > 1``) under
-    ``if __name__ == "__main__":``, or Python stops the processes with an error about the
-    "bootstrapping phase".
+    The processes are started with ``spawn`` without importing the calling script again
+    (:func:`boltzgen.guards.main_module_hidden`), so a script needs no
+    ``if __name__ == "__main__":`` guard.
 
     Parameters
     ----------
@@ -82,7 +81,12 @@ def train_in_processes(processes: int, data_path: str, run_dir: str, **options) 
     with tempfile.TemporaryDirectory() as rendezvous:
         init = "file://" + os.path.join(rendezvous, "store")
         try:
-            mp.spawn(train_rank, args=(processes, init, data_path, run_dir, options), nprocs=processes, join=True)
+            with main_module_hidden():  # a script needs no main guard: the workers do not import it
+                context = mp.spawn(
+                    train_rank, args=(processes, init, data_path, run_dir, options), nprocs=processes, join=False
+                )
+            while not context.join():
+                pass
         except mp.ProcessRaisedException as exc:
             lines = [line for line in str(exc).strip().splitlines() if line.strip()]
             raise RuntimeError(f"a training process failed: {lines[-1] if lines else exc}") from None

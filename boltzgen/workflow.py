@@ -678,8 +678,8 @@ def sample(
         CPU processes drawing the SMC runs at once, cores / P torch threads each
         (:func:`boltzgen.sampling.runs.smc_runs_in_processes`; the target must be one that
         :func:`~boltzgen.systems.catalog.target_recipe` can rebuild). The particles are the same
-        for any P. Processes are started with ``spawn``: in a script, call this under
-        ``if __name__ == "__main__":``.
+        for any P. The processes do not import the calling script again: a script needs no
+        ``if __name__ == "__main__":`` guard.
 
     Returns
     -------
@@ -1489,9 +1489,9 @@ def quickstart(
     """Run simulate → train → sample → analyze from a recipe of ``systems/recipes.yaml`` into ``out_dir``.
 
     Stages whose output exists are resumed or skipped (training resumes from its last
-    checkpoint, a finished ``samples.h5`` is not redrawn). Training over several processes
-    spawns processes that import the calling script again: call this under
-    ``if __name__ == "__main__":``.
+    checkpoint, a finished ``samples.h5`` is not redrawn). The worker processes of every stage
+    start without importing the calling script again: a script needs no
+    ``if __name__ == "__main__":`` guard.
 
     Parameters
     ----------

@@ -220,3 +220,26 @@ def test_simulate_rejects_bad_sizes(tmp_path):
         workflow.simulate_training_data("gmm-40", 0, str(tmp_path / "x.h5"))
     with pytest.raises(KeyError, match="unknown system 'nope'; built-in systems: aldp-vacuum"):
         workflow.simulate_training_data("nope", 5, str(tmp_path / "x.h5"))
+
+
+def test_training_and_sampling_in_processes_need_no_main_guard(tmp_path):
+    """A user script without ``if __name__ == "__main__":`` trains in two processes and draws its
+    SMC runs in two processes; its body runs once, not again in any worker."""
+    from helpers import run_unguarded_script
+
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "train": {**CONFIG["train"], "steps": 2, "threads": 1}}))
+    out = run_unguarded_script(
+        tmp_path / "user_script.py",
+        "from boltzgen import workflow\n"
+        f"root = {str(tmp_path)!r}\n"
+        "workflow.simulate_training_data('gmm-two-modes', 64, root + '/data.h5', seed=1, progress=False)\n"
+        f"m = workflow.train(root + '/data.h5', root + '/run', config_file={str(config)!r}, processes=2,"
+        " progress=False)\n"
+        "print('trained', m['processes'], m['steps'])\n"
+        "settings = {'diffusion': {'n_steps': 2}, 'anneal': {'n_levels': 1}}\n"
+        "run = workflow.sample(root + '/run', root + '/s.h5', 8, settings=settings, runs=2, processes=2,"
+        " progress=False)\n"
+        "print('sampled', run.x.shape[0])\n",
+    )
+    assert "trained 2 2" in out and "sampled 8" in out
