@@ -819,8 +819,16 @@ def _add_sample_settings(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The argument parser of ``boltzgen`` with all sub-commands.
+
+    Parameters
+    ----------
+    command : str, optional
+        The sub-command about to be parsed: the sampler options (whose defaults come from
+        :class:`~boltzgen.sampling.smc.SMCSettings`, an import of torch) are added to that
+        sub-command's parser alone, so ``boltzgen --help`` and the other sub-commands start
+        without importing torch. Default: every parser complete.
 
     Returns
     -------
@@ -832,6 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"boltzgen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    complete = lambda name: command is None or command == name  # noqa: E731
 
     p = sub.add_parser("systems", help="list the built-in systems")
     _add_common(p)
@@ -964,7 +973,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, required=True, help="number of particles / samples")
     p.add_argument("-o", "--output", required=True, help="output sample file (.h5)")
     p.add_argument("--method", choices=["smc", "sde"], default="smc", help="sampler (default smc)")
-    _add_sample_settings(p)
+    if complete("sample"):
+        _add_sample_settings(p)
     p.add_argument(
         "--per-state-resampling",
         action="store_true",
@@ -1055,7 +1065,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="DIR", help="output directory (samples, metrics.json)")
     p.add_argument("--platform", default="auto", help="OpenMM platform for energies (default: fastest)")
     p.add_argument("--workers", type=int, default=None, help="energy worker processes (default: cores)")
-    _add_sample_settings(p)
+    if complete("free-energy"):
+        _add_sample_settings(p)
     p.add_argument(
         "--per-state-resampling",
         action="store_true",
@@ -1196,7 +1207,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         an OpenMM failure such as an unstable simulation: one line); 130 when interrupted. Any
         other exception is a bug: its traceback is printed with a request to report it.
     """
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the top level has flags alone (--help, --version), so the first word is the sub-command
+    parser = build_parser(next((word for word in argv if not word.startswith("-")), ""))
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()

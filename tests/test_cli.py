@@ -38,6 +38,26 @@ def test_entry_point_help_and_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and boltzgen.__version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the sampler options, built for the command being run
+        main(["sample", "--help"])
+    assert "--diffusion-steps" in capsys.readouterr().out
+
+
+def test_help_of_commands_without_sampler_options_imports_no_torch():
+    """``boltzgen --help`` and ``boltzgen simulate --help`` answer without importing torch (seconds)."""
+    script = (
+        "import sys\n"
+        "from boltzgen.cli import main\n"
+        "for argv in (['--help'], ['simulate', '--help'], ['train', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert "usage: boltzgen simulate" in out and "usage: boltzgen train" in out
+    assert out.strip().endswith("torch imported: False")
 
 
 def test_simulate_aldp_replica_exchange_file_contract(tmp_path, capsys):
