@@ -34,6 +34,7 @@ __all__ = [
     "available_memory",
     "die_with_parent",
     "main_module_hidden",
+    "map_in_processes",
 ]
 
 
@@ -270,3 +271,34 @@ def main_module_hidden() -> Iterator[None]:
     finally:
         if main is not None:
             sys.modules["__main__"] = main
+
+
+def map_in_processes(fn, calls, processes: int) -> list:
+    """``[fn(*args) for args in calls]`` in worker processes started with ``spawn`` that do not
+    run the caller's script again.
+
+    A :class:`~concurrent.futures.ProcessPoolExecutor` on ``spawn`` starts its workers as work is
+    submitted, so every submit happens inside :func:`main_module_hidden`: a script that calls
+    this needs no ``if __name__ == "__main__":`` guard.
+
+    Parameters
+    ----------
+    fn : callable
+        A function importable by the workers (defined at the top level of a module).
+    calls : iterable of tuple
+        The arguments of each call (picklable).
+    processes : int
+        Worker processes (at least 1).
+
+    Returns
+    -------
+    list
+        The results in the order of ``calls``; a call's exception is raised here.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=int(processes), mp_context=get_context("spawn")) as pool:
+        with main_module_hidden():
+            futures = [pool.submit(fn, *args) for args in calls]
+        return [future.result() for future in futures]

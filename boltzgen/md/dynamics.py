@@ -576,16 +576,10 @@ def quench(
     if workers <= 1:
         done = [quench_chunk(system, x, index=c, **job) for c, x in chunks]
     else:
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-
-        from ..guards import main_module_hidden
+        from ..guards import map_in_processes
 
         xml = openmm.XmlSerializer.serialize(system)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            with main_module_hidden():  # the workers start within the submits: a script needs no main guard
-                futures = [pool.submit(_quench_chunk_in_process, xml, x, c, job) for c, x in chunks]
-            done = [f.result() for f in futures]
+        done = map_in_processes(_quench_chunk_in_process, [(xml, x, c, job) for c, x in chunks], workers)
     out = np.concatenate([d[0] for d in done]) if done else np.empty_like(positions)
     energy = np.concatenate([d[1] for d in done]) if done else np.empty(0)
     bad = np.flatnonzero(~np.isfinite(energy))

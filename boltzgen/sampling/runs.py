@@ -220,10 +220,8 @@ def smc_runs_in_processes(
         lengths.
     """
     import dataclasses
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
 
-    from ..guards import main_module_hidden
+    from ..guards import map_in_processes
     from ..systems.catalog import options_for, target_recipe
 
     if len(sizes) != len(seeds):
@@ -264,10 +262,7 @@ def smc_runs_in_processes(
         )
         for size, seed in zip(sizes, seeds)
     ]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        with main_module_hidden():  # the workers start within the submits: a script needs no main guard
-            futures = [pool.submit(_run_in_process, job) for job in jobs]
-        results = [future.result() for future in futures]
+    results = map_in_processes(_run_in_process, [(job,) for job in jobs], workers)
     for r, result in enumerate(results):
         for note in result.warnings:
             warnings.warn(f"run {r + 1}: {note}" if len(results) > 1 else note, RuntimeWarning, stacklevel=2)
