@@ -1533,6 +1533,7 @@ def quickstart(
     system, seconds = plan["system"], {}
     data, run_dir = plan.get("data"), os.path.join(out_dir, "run")
     samples = os.path.join(out_dir, "samples.h5")
+    _check_recipe_of_outputs(out_dir, plan, stage("recipe"))
     if data is None:
         data = os.path.join(out_dir, "data.h5")
         seconds["simulate"] = _stage_simulate(system, data, plan.get("simulate", {}), seed, progress, stage, log)
@@ -1583,6 +1584,48 @@ def quickstart(
         summary["files"]["report"] = os.path.abspath(os.path.join(out_dir, "report", "index.html"))
     write_json(os.path.join(out_dir, "metrics.json"), summary)
     return summary
+
+
+#: The parts of a quickstart recipe that each output of its directory depends on. The trained run
+#: leaves its training part to :func:`train`'s own resume check, which continues a run to more
+#: steps and refuses a checkpoint of another configuration.
+_RECIPE_PARTS = {
+    "data.h5": ("system", "data", "simulate"),
+    "run": ("system", "data", "simulate"),
+    "samples.h5": ("system", "data", "simulate", "train", "sample"),
+}
+
+
+def _check_recipe_of_outputs(out_dir: str, plan: dict, recorded_path: str) -> None:
+    """Refuse to resume into outputs that another recipe made; record this recipe for the next run.
+
+    A quickstart reuses the outputs it finds (data, trained run, samples). When ``out_dir`` records
+    the recipe that made them (``stages/recipe.json``) and an existing output depends on a part of
+    the recipe that now differs, the stage would silently keep the other recipe's result: raise
+    instead, naming the output and the part. A directory written before the record existed is
+    resumed as it is and left unrecorded.
+    """
+    import json
+
+    from .io import json_safe, write_json
+
+    plan = json_safe(plan)
+    present = [name for name in _RECIPE_PARTS if os.path.exists(os.path.join(out_dir, name))]
+    if not os.path.exists(recorded_path):
+        if not present:
+            write_json(recorded_path, plan)
+        return
+    with open(recorded_path) as handle:
+        recorded = json.load(handle)
+    for name in present:
+        changed = [part for part in _RECIPE_PARTS[name] if recorded.get(part) != plan.get(part)]
+        if changed:
+            raise ValueError(
+                f"{os.path.join(out_dir, name)} was made by another recipe (its {', '.join(changed)} "
+                f"differ{'s' if len(changed) == 1 else ''} from this one's, see {recorded_path}): choose another "
+                f"output directory, or remove {name} to make it again with this recipe"
+            )
+    write_json(recorded_path, plan)
 
 
 def _stage_simulate(system, data, options, seed, progress, stage, log) -> float:

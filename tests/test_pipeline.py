@@ -81,6 +81,23 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     assert "had finished its steps: reused" in captured.err
     assert open(os.path.join(out, "run", "metrics.json"), "rb").read() == trained
 
+    # outputs of another recipe are not resumed silently: another SMC part stops at samples.h5
+    # (nothing is overwritten), and once it is removed the same data and model draw it again
+    plan = workflow.load_recipe("quickstart", "fast")
+    plan["sample"]["n"] = 16
+    kept = open(os.path.join(out, "samples.h5"), "rb").read()
+    with pytest.raises(ValueError, match=r"samples.h5 was made by another recipe \(its sample differs"):
+        workflow.quickstart(out, plan, progress=False, log=lambda line: None)
+    assert open(os.path.join(out, "samples.h5"), "rb").read() == kept
+    os.rename(os.path.join(out, "samples.h5"), str(tmp_path / "fast-samples.h5"))
+    redrawn = workflow.quickstart(out, plan, progress=False, log=lambda line: None, analyze_samples=False)
+    assert redrawn["n_samples"] == 16 and redrawn["stage_seconds"]["simulate"] == 0.0
+    assert open(os.path.join(out, "run", "metrics.json"), "rb").read() == trained
+    other = workflow.load_recipe("quickstart", "fast")
+    other["simulate"]["n"] = 50
+    with pytest.raises(ValueError, match=r"data.h5 was made by another recipe \(its simulate differs"):
+        workflow.quickstart(out, other, progress=False, log=lambda line: None)
+
     # SMC resampling within the phi states of the peptide (boltzgen sample --per-state-resampling)
     assert (
         main(
