@@ -162,19 +162,17 @@ def benchmark_plan(name: str, argv=()) -> dict:
     return molecular_chain.chain_plan(name, parser.parse_args(list(argv)), {})
 
 
-def test_quickstart_long_is_the_benchmark_recipe():
-    """--long is the DSM + DiffCLF arm of benchmarks/aldp.py: both read systems/recipes.yaml, and the
-    plan the benchmark builds from it (its default options) has the quickstart's data, training and
-    SMC settings."""
-    long = workflow.load_recipe("quickstart", "long")
-    plan = benchmark_plan("aldp")
-    assert plan["system"] == long["system"] == "aldp-vacuum"
-    assert plan["simulate"] == long["simulate"]
-    arm = {**plan["train"], **plan["arms"]["dsm+diffclf"]}
-    assert arm.pop("loss") == "dsm+diffclf"
-    assert arm == {k: v for k, v in long["train"].items() if k != "processes"}
-    # processes only say how many cores draw the runs: the same samples for any number
-    assert plan["sample"] == {k: v for k, v in workflow.merge(long["sample"], {}).items() if k != "processes"}
+def test_quickstart_long_is_the_default_with_more_particles_per_run():
+    """--long draws from the default's data and model (the same simulate and train parts, so a
+    directory of the default can be sampled again) with more SMC particles per run, not more runs:
+    more lineages per run shrink the per-run bias that pooling runs cannot (docs/theory.md)."""
+    default, long = workflow.load_recipe("quickstart", "default"), workflow.load_recipe("quickstart", "long")
+    for part in ("system", "simulate", "train"):
+        assert long[part] == default[part], part
+    assert long["sample"]["runs"] == default["sample"]["runs"]
+    assert long["sample"]["n"] == 4 * default["sample"]["n"]
+    rest = lambda sample: {k: v for k, v in sample.items() if k != "n"}  # noqa: E731
+    assert rest(long["sample"]) == rest(default["sample"])
 
 
 def test_benchmark_spacing_option_sets_the_time_grid():
