@@ -1020,27 +1020,30 @@ def _quickstart_headline(found: dict, recorded: dict) -> list[list[str]]:
 
 
 def _latest_quickstart_headline(recorded: dict, anchor: str) -> list[list[str]]:
-    """The latest whole default quickstart of each seed in the recorded quickstart rows (labelled
-    'default quickstart, seed S, commit C'), so the README shows what the current code gives
-    beside versus_md's older equal-wall-clock runs."""
-    latest = {}
-    for row in recorded.get("quickstart", {}).get("rows", []):
-        match = re.match(r"default quickstart, seed (\d+), commit ([0-9a-f]{7})", row[0])
-        if match:
-            latest[int(match.group(1))] = (match.group(2), row[1])
-    if not latest:
-        return []
-    seeds = sorted(latest)
-    commits = sorted({latest[s][0] for s in seeds})
-    return [
-        [
-            f"`boltzgen quickstart`, latest whole run of seeds {', '.join(map(str, seeds))}: ΔF(φ > 0 vs φ < 0), kT",
-            DASH,
-            "; ".join(latest[s][1] for s in seeds),
-            anchor,
-            f"quickstart (recorded; commits {', '.join(commits)})",
-        ]
-    ]
+    """The latest whole quickstart of each seed and recipe in the recorded quickstart rows
+    (labelled 'default quickstart, seed S, commit C' or 'long quickstart, seed S, commit C'), so the
+    README shows what the current code gives beside versus_md's older equal-wall-clock runs."""
+    rows = []
+    for recipe, command in (("default", "`boltzgen quickstart`"), ("long", "`boltzgen quickstart --long`")):
+        latest = {}
+        for row in recorded.get("quickstart", {}).get("rows", []):
+            match = re.match(rf"{recipe} quickstart, seed (\d+), commit ([0-9a-f]{{7}})", row[0])
+            if match:
+                latest[int(match.group(1))] = (match.group(2), row[1])
+        if not latest:
+            continue
+        seeds = sorted(latest)
+        commits = sorted({latest[s][0] for s in seeds})
+        rows.append(
+            [
+                f"{command}, latest whole run of seeds {', '.join(map(str, seeds))}: ΔF(φ > 0 vs φ < 0), kT",
+                DASH,
+                "; ".join(latest[s][1] for s in seeds),
+                anchor,
+                f"quickstart (recorded; commits {', '.join(commits)})",
+            ]
+        )
+    return rows
 
 
 HEADLINE_COLUMNS = ["measure", "DSM", "DSM + DiffCLF", "reference / anchor", "source"]

@@ -167,6 +167,11 @@ def test_headline_shows_the_latest_quickstart_of_each_seed(tmp_path):
     assert last[2] == "3.00 ± 0.30; 2.00 ± 0.20"
     assert "1234567" in last[4] and "abcdef1" not in last[4]
     assert [row[0] for row in results.headline(found, {})][-1] != last[0]
+    # the --long recipe's runs get a row of their own after the default's
+    recorded["quickstart"]["rows"].append(["long quickstart, seed 2, commit 89abcde", "4.00 ± 0.10"] + ["x"] * 5)
+    default, long = results.headline(found, recorded)[-2:]
+    assert default == last and long[0].startswith("`boltzgen quickstart --long`, latest whole run of seeds 2:")
+    assert long[2] == "4.00 ± 0.10" and "89abcde" in long[4]
 
 
 def test_readme_results_table_is_the_generated_one():
