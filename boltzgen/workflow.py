@@ -1533,7 +1533,7 @@ def quickstart(
     system, seconds = plan["system"], {}
     data, run_dir = plan.get("data"), os.path.join(out_dir, "run")
     samples = os.path.join(out_dir, "samples.h5")
-    _check_recipe_of_outputs(out_dir, plan, stage("recipe"))
+    _check_recipe_of_outputs(out_dir, {**plan, "seed": seed}, stage("recipe"))
     if data is None:
         data = os.path.join(out_dir, "data.h5")
         seconds["simulate"] = _stage_simulate(system, data, plan.get("simulate", {}), seed, progress, stage, log)
@@ -1590,17 +1590,17 @@ def quickstart(
 #: leaves its training part to :func:`train`'s own resume check, which continues a run to more
 #: steps and refuses a checkpoint of another configuration.
 _RECIPE_PARTS = {
-    "data.h5": ("system", "data", "simulate"),
-    "run": ("system", "data", "simulate"),
-    "samples.h5": ("system", "data", "simulate", "train", "sample"),
+    "data.h5": ("seed", "system", "data", "simulate"),
+    "run": ("seed", "system", "data", "simulate"),
+    "samples.h5": ("seed", "system", "data", "simulate", "train", "sample"),
 }
 
 
 def _check_recipe_of_outputs(out_dir: str, plan: dict, recorded_path: str) -> None:
-    """Refuse to resume into outputs that another recipe made; record this recipe for the next run.
+    """Refuse to resume into outputs that another recipe or seed made; record this one for the next run.
 
     A quickstart reuses the outputs it finds (data, trained run, samples). When ``out_dir`` records
-    the recipe that made them (``stages/recipe.json``) and an existing output depends on a part of
+    the recipe and seed that made them (``stages/recipe.json``) and an existing output depends on a part of
     the recipe that now differs, the stage would silently keep the other recipe's result: raise
     instead, naming the output and the part. A directory written before the record existed is
     resumed as it is and left unrecorded.

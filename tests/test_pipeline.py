@@ -97,6 +97,8 @@ def test_quickstart_fast_leaves_samples_metrics_and_report(tmp_path, capsys):
     other["simulate"]["n"] = 50
     with pytest.raises(ValueError, match=r"data.h5 was made by another recipe \(its simulate differs"):
         workflow.quickstart(out, other, progress=False, log=lambda line: None)
+    with pytest.raises(ValueError, match=r"data.h5 was made by another recipe \(its seed differs"):
+        workflow.quickstart(out, "fast", seed=1, progress=False, log=lambda line: None)
 
     # SMC resampling within the phi states of the peptide (boltzgen sample --per-state-resampling)
     assert (
