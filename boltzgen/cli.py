@@ -1168,8 +1168,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--long",
         action="store_true",
-        help="the 'long' recipe: the default's data and model, four times the SMC particles per run "
-        "(a smaller error of the free energies; the sampling takes about four times as long)",
+        help="the 'long' recipe: the default's data and model, more SMC particles per run and more "
+        "moves per particle (a smaller error of the free energies; the sampling takes several times as long)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(p)
