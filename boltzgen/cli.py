@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .allocator import tune_malloc
 from .version import __version__
 
 # Idle OpenMP threads of torch sleep instead of spinning: on a small CPU box shared with the
@@ -1209,6 +1210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         other exception is a bug: its traceback is printed with a request to report it.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    tune_malloc()  # before any work, inherited by worker processes (boltzgen.allocator)
     # the top level has flags alone (--help, --version), so the first word is the sub-command
     parser = build_parser(next((word for word in argv if not word.startswith("-")), ""))
     args = parser.parse_args(argv)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import yaml
 
+from .allocator import tune_malloc
 from .config import (  # noqa: F401  (system_config_path: re-exported for older imports)
     TrainConfig,
     deep_update,
@@ -1228,6 +1229,7 @@ class Trainer:
         cfg = self.config["train"]
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg["threads"]))
+        tune_malloc()  # boltzgen.allocator
         self._write_static_files()
         resumed = self.resume()
         if not resumed and self.start_checkpoint:

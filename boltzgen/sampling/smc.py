@@ -71,6 +71,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..allocator import tune_malloc
 from .exact import ExactMarginalModel
 from .resampling import ess_fraction, log_mean_exp
 from .settings import AnnealSettings, DiffusionSettings, FinalSettings, MoveSettings, ResampleSettings, SMCSettings
@@ -418,6 +419,7 @@ def smc_sample(
     -------
     SMCResult
     """
+    tune_malloc()  # the model's large temporaries recycled in the process (boltzgen.allocator)
     problem = SMCProblem.build(model, target, generator, settings, states, length_scale, tilt_coordinate)
     recorder = SMCRecorder() if recorder is None else recorder
     n_levels = len(problem.times) - 1 + (len(anneal_grid(problem.settings)) if target is not None else 0)
