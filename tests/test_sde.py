@@ -143,8 +143,9 @@ def test_generator_on_another_device_is_refused():
 
 
 def test_model_passes_in_chunks_give_the_same_energies_and_scores():
-    """model_energy_and_score: the CPU default (chunks of CPU_EVAL_CHUNK), explicit chunks and one
-    pass (batch_size=0) agree, and every chunk is evaluated (600 = 4 · 128 + 88)."""
+    """model_energy_and_score: the CPU default (cpu_eval_chunk: CPU_EVAL_CHUNK configurations of
+    a flat event, the pair budget of a molecule), explicit chunks and one pass (batch_size=0)
+    agree, and every chunk is evaluated (600 = 4 · 128 + 88)."""
     from boltzgen.sampling.sde import CPU_EVAL_CHUNK, model_energy_and_score
 
     model = ExactMarginalModel(two_modes(3))
@@ -166,6 +167,33 @@ def test_model_passes_in_chunks_give_the_same_energies_and_scores():
     for e, s in ((e1, s1), (e2, s2)):
         torch.testing.assert_close(e, e0)
         torch.testing.assert_close(s, s0)
+
+
+def test_cpu_chunks_of_molecules_hold_a_fixed_number_of_atom_pairs():
+    """cpu_eval_chunk: CPU_EVAL_PAIRS // N² configurations of N atoms (at least one), CPU_EVAL_CHUNK
+    for flat events; model_energy_and_score on a molecule uses it."""
+    from boltzgen.sampling.sde import CPU_EVAL_CHUNK, CPU_EVAL_PAIRS, cpu_eval_chunk, model_energy_and_score
+
+    assert cpu_eval_chunk((22, 3)) == CPU_EVAL_PAIRS // 484 == 128  # alanine dipeptide: the chunk of before
+    assert cpu_eval_chunk((13, 3)) == CPU_EVAL_PAIRS // 169 > cpu_eval_chunk((55, 3)) == CPU_EVAL_PAIRS // 3025
+    assert cpu_eval_chunk((1000, 3)) == 1
+    assert cpu_eval_chunk((66,)) == CPU_EVAL_CHUNK
+    model = gaussian_molecule().inner
+    sizes = []
+    energy = model.energy
+
+    def counting(y, t):
+        sizes.append(y.shape[0])
+        return energy(y, t)
+
+    model.energy = counting
+    chunk = cpu_eval_chunk((4, 3))
+    y = torch.randn(2 * chunk + 5, 4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    e1, s1 = model_energy_and_score(model, y, 0.3)
+    assert sizes[:2] == [chunk, chunk] and sum(sizes) == y.shape[0]
+    e0, s0 = model_energy_and_score(model, y, 0.3, 0)
+    torch.testing.assert_close(e1, e0)
+    torch.testing.assert_close(s1, s0)
 
 
 def test_corrector_moves_restore_the_marginal_that_coarse_steps_miss():

@@ -51,7 +51,9 @@ __all__ = [
     "TIME_SPACINGS",
     "SDE_METHODS",
     "ODE_METHODS",
+    "CPU_EVAL_PAIRS",
     "CPU_EVAL_CHUNK",
+    "cpu_eval_chunk",
     "time_grid",
     "unwrap_model",
     "model_dtype",
@@ -303,11 +305,39 @@ def prior_log_prob(model, y: torch.Tensor, prior_var: Optional[float] = None) ->
     return gaussian_log_prob(y.to(torch.float64), 0.0, c2, mean_free=model_mean_free(model))
 
 
-#: Configurations per model evaluation on the CPU when no ``batch_size`` is given: large passes of
-#: a pair-based network (its (B, N, N, H) tensors) fall out of the CPU cache, so chunks are cheaper
-#: per configuration. ``benchmarks/eval_chunks.py`` measures the cost per chunk size; change this
-#: when it finds a better size on your machine. On a GPU the whole batch goes in one pass.
+#: Atom pairs per model evaluation on the CPU when no ``batch_size`` is given. A pair network's
+#: temporaries (the EGNN's (B, N, N, H) tensors) grow as B·N²; once one passes the C allocator's
+#: mmap threshold (:mod:`boltzgen.allocator`) every pass faults its pages in afresh, and large
+#: passes fall out of the CPU cache, so the default chunk is this many pairs' worth of
+#: configurations (:func:`cpu_eval_chunk`): with H = 64 float32 features a pair tensor stays
+#: below the threshold. The budget is that of 128 alanine dipeptides (22 atoms), the fixed chunk
+#: of earlier versions, whose samples it therefore reproduces. ``benchmarks/eval_chunks.py``
+#: measures the cost per chunk size for systems of several sizes; change this when it finds a
+#: better budget on your machine. On a GPU the whole batch goes in one pass.
+CPU_EVAL_PAIRS = 128 * 22 * 22
+
+#: Configurations per CPU model pass for events that are not (N, 3) atoms (flat vectors).
 CPU_EVAL_CHUNK = 128
+
+
+def cpu_eval_chunk(event_shape) -> int:
+    """Configurations per model pass on the CPU when no ``batch_size`` is given.
+
+    Parameters
+    ----------
+    event_shape : tuple of int
+        Shape of one configuration: (N, 3) for N atoms, or a flat (D,).
+
+    Returns
+    -------
+    int
+        ``max(1, CPU_EVAL_PAIRS // N²)`` for (N, 3) events (the pair budget), else
+        :data:`CPU_EVAL_CHUNK`.
+    """
+    shape = tuple(int(k) for k in event_shape)
+    if len(shape) == 2 and shape[1] == 3:
+        return max(1, CPU_EVAL_PAIRS // (shape[0] * shape[0]))
+    return CPU_EVAL_CHUNK
 
 
 def model_energy_and_score(
@@ -327,7 +357,7 @@ def model_energy_and_score(
     t : float
         Diffusion time.
     batch_size : int, optional
-        Evaluate in chunks of at most this many configurations (default: :data:`CPU_EVAL_CHUNK`
+        Evaluate in chunks of at most this many configurations (default: :func:`cpu_eval_chunk`
         on the CPU, all at once on a GPU; 0: all at once).
 
     Returns
@@ -338,7 +368,7 @@ def model_energy_and_score(
         −∇_y E(y, t), units 1/y.
     """
     if batch_size is None:
-        batch_size = CPU_EVAL_CHUNK if y.device.type == "cpu" else 0
+        batch_size = cpu_eval_chunk(y.shape[1:]) if y.device.type == "cpu" else 0
     if int(batch_size) > 0 and y.shape[0] > int(batch_size):
         parts = [model_energy_and_score(model, chunk, t, 0) for chunk in torch.split(y, int(batch_size))]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -411,7 +441,7 @@ def reverse_sde(
         Start from these states at t = 1 (model coordinates) instead of prior draws.
     batch_size : int, optional
         Evaluate the model in chunks of at most this many configurations (default:
-        :data:`CPU_EVAL_CHUNK` on the CPU, all at once on a GPU; 0: all at once;
+        :func:`cpu_eval_chunk` on the CPU, all at once on a GPU; 0: all at once;
         :func:`model_energy_and_score`).
     return_y : bool
         Return model coordinates y instead of x = length_scale · y.

@@ -476,7 +476,7 @@ class SMCSettings:
         indices (N, CA, C, CB) name the centres; False never folds.
     batch_size : int, optional
         Evaluate the model in chunks of at most this many configurations (default:
-        :data:`~boltzgen.sampling.sde.CPU_EVAL_CHUNK` on the CPU, all at once on a GPU; 0: all
+        :func:`~boltzgen.sampling.sde.cpu_eval_chunk` on the CPU, all at once on a GPU; 0: all
         at once). Lower it when a batch does not fit in memory.
     progress : bool
         Show a progress bar on stderr.
