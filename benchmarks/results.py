@@ -340,12 +340,41 @@ def cost_scaling_rows(blob: dict) -> list[list[str]]:
 
 
 def eval_chunks_rows(blob: dict) -> list[list[str]]:
-    """Rows of benchmarks/eval_chunks.py: one per chunk size."""
-    seconds = blob.get("seconds_per_config", {})
-    ratio = next((v for k, v in blob.items() if k.startswith("ratio_to_chunk_")), {})
+    """Rows of benchmarks/eval_chunks.py: one per system and chunk size."""
+    rows = []
+    for r in blob.get("systems", []):
+        n = int(r["n_atoms"])
+        for chunk, seconds in r["seconds_per_config"].items():
+            label = chunk
+            if int(chunk) == r["default_chunk"]:
+                label += " (default)"
+            elif int(chunk) == blob.get("fixed_chunk"):
+                label += " (fixed, before)"
+            rows.append(
+                [
+                    f"{r['system']} ({n})",
+                    label,
+                    str(int(chunk) * n * n),
+                    fmt(1e3 * seconds, ".3f"),
+                    fmt(r["ratio_to_default"][chunk], ".2f"),
+                ]
+            )
+    return rows
+
+
+def allocator_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/allocator.py: one per allocator setting."""
     return [
-        [f"{chunk} (one pass)" if chunk == "0" else chunk, fmt(1e3 * s, ".3f"), fmt(ratio.get(chunk), ".2f")]
-        for chunk, s in seconds.items()
+        [
+            name,
+            fmt(m["wall_s"], ".0f"),
+            fmt(m["user_s"], ".0f"),
+            fmt(m["system_s"], ".0f"),
+            fmt(m["minor_page_faults"] / 1e6, ".2f"),
+            fmt(blob["wall_ratio_to_tuned"][name], ".2f"),
+            "yes" if blob.get("identical_samples") else "no",
+        ]
+        for name, m in blob.get("settings", {}).items()
     ]
 
 
@@ -750,10 +779,34 @@ BENCHMARKS = [
     Benchmark(
         "eval_chunks",
         "python benchmarks/eval_chunks.py  # -> bench-results/eval_chunks.json",
-        ["chunk", "ms per configuration", "ratio to one pass"],
+        [
+            "system (atoms)",
+            "chunk (configurations)",
+            "atom pairs per chunk",
+            "ms per configuration",
+            "ratio to the default",
+        ],
         eval_chunks_rows,
-        lambda b: "seconds_per_config" in b,
-        "the samplers' CPU default chunk is boltzgen.sampling.sde.CPU_EVAL_CHUNK",
+        lambda b: b.get("benchmark") == "eval_chunks",
+        "the samplers' CPU default chunk is boltzgen.sampling.sde.cpu_eval_chunk: CPU_EVAL_PAIRS atom pairs' "
+        "worth of configurations; one thread per process",
+    ),
+    Benchmark(
+        "allocator",
+        "python benchmarks/allocator.py RUN_DIR  # -> bench-results/allocator.json",
+        [
+            "malloc thresholds",
+            "wall s",
+            "user CPU s",
+            "system CPU s",
+            "minor page faults (millions)",
+            "wall time / tuned",
+            "identical samples",
+        ],
+        allocator_rows,
+        lambda b: b.get("benchmark") == "allocator",
+        "the quickstart's default SMC stage on a trained model; 'tuned' is boltzgen.allocator.tune_malloc, "
+        "which the boltzgen command, the SMC and training apply",
     ),
     Benchmark(
         "path_ess",

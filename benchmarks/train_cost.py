@@ -31,12 +31,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (as bo
 
 import torch  # noqa: E402
 
+from boltzgen.allocator import tune_malloc  # noqa: E402
 from boltzgen.bench import random_aldp_model  # noqa: E402
 from boltzgen.losses import compute_loss, mean_stiffness  # noqa: E402
 
 
 def measure(batch: int, steps: int, k: int, threads: int, seed: int = 0, net: str = "egnn") -> dict:
     torch.set_num_threads(threads)
+    tune_malloc()  # as training runs (boltzgen.allocator)
     target, model = random_aldp_model(net, seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(seed)

@@ -14,14 +14,59 @@ import openmm.unit as unit
 
 from .systems.bridge import EnergyBridge, bare_getstate_seconds, create_context
 
-__all__ = ["bench_bridge", "random_aldp_model"]
+__all__ = ["bench_bridge", "random_aldp_model", "random_model"]
 
 
-def random_aldp_model(net: str = "egnn", seed: int = 0):
-    """An energy model of alanine dipeptide (vacuum) with random weights, for timing its passes.
+def random_model(system: str = "aldp-vacuum", net: Optional[str] = "egnn", seed: int = 0):
+    """An energy model of a built-in system with random weights, for timing its passes.
 
     The network's zero-initialised last layer gets N(0, 0.1²) weights too, so the energy and its
     gradient are not trivially zero.
+
+    Parameters
+    ----------
+    system : str
+        A built-in system (:func:`boltzgen.systems.names`): its event shape and topology.
+    net : {"egnn", "e3nn", "mlp"} or None
+        Network (:func:`boltzgen.nn.build_network`) at its default sizes; None: the network of the
+        system's training defaults (its shipped file, else
+        :func:`boltzgen.config.derived_defaults`), e.g. lj55's radius graph.
+    seed : int
+        Seed of ``torch.manual_seed``.
+
+    Returns
+    -------
+    (target, model) : TargetSystem (closed: for its positions, shapes and topology), EnergyModel
+    """
+    import torch
+
+    from .config import load_train_config
+    from .energy import EnergyModel
+    from .nn import build_network
+    from .systems import load
+    from .systems.catalog import spec
+
+    torch.manual_seed(seed)
+    target = load(system, n_workers=0) if spec(system).openmm else load(system)
+    if hasattr(target, "close"):
+        target.close()
+    target_like = target.topology if target.topology is not None else tuple(target.event_shape)
+    if net is None:
+        options = load_train_config(
+            system, event_shape=target.event_shape, molecular=target.topology is not None
+        ).to_dict()["net"]
+        network = build_network(options.pop("kind"), target_like, **options)
+    else:
+        network = build_network(net, target_like)
+    model = EnergyModel(network, target.event_shape, sigma_data=1.0)
+    with torch.no_grad():
+        for p in network.final_layer.parameters():
+            p.normal_(0, 0.1)
+    return target, model
+
+
+def random_aldp_model(net: str = "egnn", seed: int = 0):
+    """:func:`random_model` of alanine dipeptide in vacuum.
 
     Parameters
     ----------
@@ -32,23 +77,9 @@ def random_aldp_model(net: str = "egnn", seed: int = 0):
 
     Returns
     -------
-    (target, model) : TargetSystem (closed: for its positions, shapes and topology), EnergyModel
+    (target, model) : TargetSystem (closed), EnergyModel
     """
-    import torch
-
-    from .energy import EnergyModel
-    from .nn import build_network
-    from .systems import load
-
-    torch.manual_seed(seed)
-    target = load("aldp-vacuum", n_workers=0)
-    target.close()
-    network = build_network(net, target.topology)
-    model = EnergyModel(network, target.event_shape, sigma_data=1.0)
-    with torch.no_grad():
-        for p in network.final_layer.parameters():
-            p.normal_(0, 0.1)
-    return target, model
+    return random_model("aldp-vacuum", net, seed)
 
 
 def _plain_loop(context: openmm.Context, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
