@@ -16,6 +16,10 @@ reference), the spread over seeds and the RMS error, in JSON and a markdown tabl
     python benchmarks/versus_md.py                          # seeds 0 1 2 -> bench-results/versus_md.json
     python benchmarks/versus_md.py --seeds 0 --recipe fast  # a smoke run
     python benchmarks/versus_md.py --seeds 0 1 2            # again: finished seeds are kept (OUT.partial)
+
+Replica-exchange runs already in the work directory with at least the frames a seed needs are
+reused (they are deterministic in their seeds) and not timed: the pair rate of such seeds is the
+calibration's, measured in the same invocation.
 """
 
 from __future__ import annotations
@@ -78,6 +82,16 @@ def delta_f_of_runs(run_labels: list[np.ndarray], frames: Optional[int] = None) 
     per_run = [-math.log(max((lab == 1).mean(), 1e-12) / max((lab == 0).mean(), 1e-12)) for lab in labels]
     err = float(np.std(per_run, ddof=1) / math.sqrt(len(per_run))) if len(per_run) > 1 else float("inf")
     return value, err
+
+
+def frames_on_disk(path: str) -> Optional[int]:
+    """Frames of a finished replica-exchange file (None when there is none or it is unreadable)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        return len(phi_labels(path))
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def equal_time_frames(frames: int, pipeline_s: float, pair_rate: float, fixed_s: float) -> int:
@@ -176,17 +190,15 @@ def main(argv=None) -> int:
         pipe = pipeline(seed, args.recipe, os.path.join(args.work, f"pipeline-{seed}"))
         n = max(10, int(rate * max(pipe["seconds"] - fixed, 1.0)))
         jobs = [(1000 + 2 * seed + k, n, os.path.join(args.work, f"remd-{seed}-{k}.h5")) for k in range(2)]
-        start = time.perf_counter()
-        with mp.get_context("spawn").Pool(2) as pool:
-            pool.map(_remd, jobs)
-        remd_seconds = time.perf_counter() - start
-        rows.append(
-            {
-                "seed": seed,
-                "pipeline": pipe,
-                "remd": {"frames_per_run": n, "seconds": remd_seconds},
-            }
-        )
+        kept = [frames_on_disk(job[2]) for job in jobs]
+        if all(f is not None and f >= n for f in kept):  # deterministic in their seeds: reused, not timed
+            remd = {"frames_per_run": min(kept), "seconds": None, "reused": True}
+        else:
+            start = time.perf_counter()
+            with mp.get_context("spawn").Pool(2) as pool:
+                pool.map(_remd, jobs)
+            remd = {"frames_per_run": n, "seconds": time.perf_counter() - start}
+        rows.append({"seed": seed, "pipeline": pipe, "remd": remd})
         with open(args.out + ".partial", "w") as handle:  # what is done so far, should a later seed fail
             json.dump({"remd_frames_per_second": rate, "remd_fixed_seconds": fixed, "seeds": rows}, handle, indent=2)
     return finish(args, rate, rows, fixed)
@@ -201,8 +213,10 @@ def finish(args, rate: float, rows: list, fixed: float = 0.0) -> int:
     }
     every = [lab for runs in all_runs.values() for lab in runs]
     ref, ref_err = delta_f_of_runs(every)
-    # the least disturbed pair's rate: the machine may have run other work beside some pairs
-    pair_rate = max(row["remd"]["frames_per_run"] / max(row["remd"]["seconds"] - fixed, 1.0) for row in rows)
+    # the least disturbed pair's rate: the machine may have run other work beside some pairs; reused
+    # runs were timed on another occasion, so only the calibration speaks for them
+    timed = [row["remd"] for row in rows if row["remd"].get("seconds")]
+    pair_rate = max((m["frames_per_run"] / max(m["seconds"] - fixed, 1.0) for m in timed), default=rate)
     for row in rows:
         m = row["remd"]
         m["frames_equal_time"] = equal_time_frames(m["frames_per_run"], row["pipeline"]["seconds"], pair_rate, fixed)
