@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from boltzgen.io import write_json
+
 #: One SMC stage of the quickstart's default recipe, in a fresh process.
 SAMPLE = """
 import json, sys
@@ -92,10 +94,7 @@ def main(argv=None) -> int:
         "runs": runs,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp_out = args.out + ".tmp"
-    with open(tmp_out, "w") as fh:
-        json.dump(blob, fh, indent=2)
-    os.replace(tmp_out, args.out)
+    write_json(args.out, blob)
     json.dump({k: blob[k] for k in ("settings", "wall_ratio_to_tuned", "identical_samples")}, sys.stdout, indent=2)
     print()
     return 0

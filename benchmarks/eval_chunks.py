@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from boltzgen.allocator import tune_malloc  # noqa: E402
 from boltzgen.bench import random_model  # noqa: E402
+from boltzgen.io import write_json  # noqa: E402
 from boltzgen.sampling.sde import CPU_EVAL_PAIRS, cpu_eval_chunk, model_energy_and_score  # noqa: E402
 
 #: The CPU chunk of the samplers before the pair budget (configurations, whatever the size).
@@ -122,10 +123,7 @@ def main(argv=None) -> int:
         "systems": [measure(s, args.batch, args.factors, args.rounds, args.processes) for s in args.systems],
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0

@@ -142,6 +142,18 @@ def test_generator_on_another_device_is_refused():
         reverse_sde(model, 4, torch.Generator(), n_steps=2)
 
 
+def count_passes(model) -> list:
+    """Patch model.energy to record the batch size of every call; returns that (growing) list."""
+    sizes, energy = [], model.energy
+
+    def counting(y, t):
+        sizes.append(y.shape[0])
+        return energy(y, t)
+
+    model.energy = counting
+    return sizes
+
+
 def test_model_passes_in_chunks_give_the_same_energies_and_scores():
     """model_energy_and_score: the CPU default (cpu_eval_chunk: CPU_EVAL_CHUNK configurations of
     a flat event, the pair budget of a molecule), explicit chunks and one pass (batch_size=0)
@@ -149,14 +161,7 @@ def test_model_passes_in_chunks_give_the_same_energies_and_scores():
     from boltzgen.sampling.sde import CPU_EVAL_CHUNK, model_energy_and_score
 
     model = ExactMarginalModel(two_modes(3))
-    sizes = []
-    energy = model.energy
-
-    def counting(y, t):
-        sizes.append(y.shape[0])
-        return energy(y, t)
-
-    model.energy = counting
+    sizes = count_passes(model)
     y = torch.randn(600, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     e0, s0 = model_energy_and_score(model, y, 0.3, 0)
     assert sizes == [600]
@@ -179,14 +184,7 @@ def test_cpu_chunks_of_molecules_hold_a_fixed_number_of_atom_pairs():
     assert cpu_eval_chunk((1000, 3)) == 1
     assert cpu_eval_chunk((66,)) == CPU_EVAL_CHUNK
     model = gaussian_molecule().inner
-    sizes = []
-    energy = model.energy
-
-    def counting(y, t):
-        sizes.append(y.shape[0])
-        return energy(y, t)
-
-    model.energy = counting
+    sizes = count_passes(model)
     chunk = cpu_eval_chunk((4, 3))
     y = torch.randn(2 * chunk + 5, 4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     e1, s1 = model_energy_and_score(model, y, 0.3)
