@@ -442,3 +442,20 @@ def test_models_stored_before_time_features_existed_load_with_the_linear_feature
     assert linear.time_embedding.features.out_dim == 32
     with pytest.raises(ConfigError, match="net.time_features"):
         NetConfig.from_dict({"kind": "egnn", "time_features": "sqrt"})
+
+
+def test_random_models_for_timing_carry_the_systems_own_training_network():
+    """boltzgen.bench.random_model: net=None builds the network of the system's training defaults
+    (lj55's shipped file asks for a radius graph), a kind builds that network at its defaults; both
+    give finite energies and scores."""
+    from boltzgen.bench import random_model
+    from boltzgen.sampling.sde import model_energy_and_score
+
+    _, shipped = random_model("lj55", None)
+    _, plain = random_model("lj55", "egnn")
+    assert shipped.net.graph_kind == "radius" and plain.net.graph_kind == "full"
+    y = torch.randn(3, 55, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for model in (shipped, plain):
+        e, s = model_energy_and_score(model, y, 0.5)
+        assert e.shape == (3,) and s.shape == (3, 55, 3)
+        assert torch.isfinite(e).all() and torch.isfinite(s).all()
