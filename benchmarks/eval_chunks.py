@@ -5,9 +5,9 @@ the EGNN costs more per configuration than several small ones: its (B, N, N, H) 
 out of the cache, and the size that still fits is set by the atom pairs of a chunk, C·N², not by C
 alone. For systems of several sizes (built-in systems, each with the network of its training
 defaults and random weights), this times ``model_energy_and_score`` on B configurations for each chunk size: the
-samplers' CPU default (``boltzgen.sampling.sde.cpu_eval_chunk``, a budget of
-``CPU_EVAL_PAIRS`` pairs), multiples of it, and the fixed chunk of 128 configurations used before
-the pair budget. Chunks are timed in interleaved rounds, so background load hits them alike, in
+samplers' CPU default (``boltzgen.sampling.sde.cpu_eval_chunk``: a budget of ``CPU_EVAL_PAIRS``
+pairs on a fully connected graph, 128 configurations on a radius graph), multiples of it, and the
+fixed chunk of 128 configurations used before the pair budget. Chunks are timed in interleaved rounds, so background load hits them alike, in
 P processes at once (as ``boltzgen sample --processes P`` runs them: the cores share the last
 cache); the table gives the median per configuration and its ratio to the default.
 
@@ -32,15 +32,20 @@ import torch  # noqa: E402
 from boltzgen.allocator import tune_malloc  # noqa: E402
 from boltzgen.bench import random_model  # noqa: E402
 from boltzgen.io import write_json  # noqa: E402
-from boltzgen.sampling.sde import CPU_EVAL_PAIRS, cpu_eval_chunk, model_energy_and_score  # noqa: E402
+from boltzgen.sampling.sde import (  # noqa: E402
+    CPU_EVAL_PAIRS,
+    cpu_eval_chunk,
+    model_energy_and_score,
+    model_graph_kind,
+)
 
 #: The CPU chunk of the samplers before the pair budget (configurations, whatever the size).
 FIXED_CHUNK = 128
 
 
-def chunk_sizes(event_shape, factors) -> list[int]:
+def chunk_sizes(event_shape, graph: str, factors) -> list[int]:
     """The default chunk first, then the default times each factor and the fixed chunk, deduplicated."""
-    default = cpu_eval_chunk(event_shape)
+    default = cpu_eval_chunk(event_shape, graph)
     sizes = [default] + [max(1, round(default * f)) for f in factors] + [FIXED_CHUNK]
     return list(dict.fromkeys(sizes))
 
@@ -79,7 +84,7 @@ def measure(system: str, batch: int, factors, rounds: int, processes: int, seed:
     """One system: the median seconds per configuration of each chunk over rounds and processes."""
     _, model = random_model(system, None, seed)
     event_shape = tuple(model.event_shape)
-    chunks = chunk_sizes(event_shape, factors)
+    chunks = chunk_sizes(event_shape, model_graph_kind(model), factors)
     jobs = [(system, batch, chunks, rounds, seed + k) for k in range(processes)]
     if processes > 1:
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
@@ -91,6 +96,7 @@ def measure(system: str, batch: int, factors, rounds: int, processes: int, seed:
     return {
         "system": system,
         "n_atoms": event_shape[0],
+        "graph": model_graph_kind(model),
         "default_chunk": default,
         "seconds_per_config": {str(c): median[c] for c in chunks},
         "ratio_to_default": {str(c): median[c] / median[default] for c in chunks},

@@ -352,7 +352,7 @@ def eval_chunks_rows(blob: dict) -> list[list[str]]:
                 label += " (fixed, before)"
             rows.append(
                 [
-                    f"{r['system']} ({n})",
+                    f"{r['system']} ({n}{', radius graph' if r.get('graph') == 'radius' else ''})",
                     label,
                     str(int(chunk) * n * n),
                     fmt(1e3 * seconds, ".3f"),

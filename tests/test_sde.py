@@ -175,14 +175,28 @@ def test_model_passes_in_chunks_give_the_same_energies_and_scores():
 
 
 def test_cpu_chunks_of_molecules_hold_a_fixed_number_of_atom_pairs():
-    """cpu_eval_chunk: CPU_EVAL_PAIRS // N² configurations of N atoms (at least one), CPU_EVAL_CHUNK
-    for flat events; model_energy_and_score on a molecule uses it."""
-    from boltzgen.sampling.sde import CPU_EVAL_CHUNK, CPU_EVAL_PAIRS, cpu_eval_chunk, model_energy_and_score
+    """cpu_eval_chunk: CPU_EVAL_PAIRS // N² configurations of N atoms on a full graph (at least
+    one), CPU_EVAL_CHUNK for flat events and radius graphs; model_energy_and_score on a molecule
+    uses it, with the model's own graph."""
+    from boltzgen.bench import random_model
+    from boltzgen.sampling.sde import (
+        CPU_EVAL_CHUNK,
+        CPU_EVAL_PAIRS,
+        cpu_eval_chunk,
+        model_energy_and_score,
+        model_graph_kind,
+    )
 
     assert cpu_eval_chunk((22, 3)) == CPU_EVAL_PAIRS // 484 == 128  # alanine dipeptide: the chunk of before
     assert cpu_eval_chunk((13, 3)) == CPU_EVAL_PAIRS // 169 > cpu_eval_chunk((55, 3)) == CPU_EVAL_PAIRS // 3025
     assert cpu_eval_chunk((1000, 3)) == 1
     assert cpu_eval_chunk((66,)) == CPU_EVAL_CHUNK
+    assert cpu_eval_chunk((55, 3), "radius") == CPU_EVAL_CHUNK
+    _, lj55 = random_model("lj55", None)  # the shipped lj55 network: a radius graph
+    assert model_graph_kind(lj55) == "radius" and model_graph_kind(gaussian_molecule()) == "full"
+    sizes = count_passes(lj55)
+    model_energy_and_score(lj55, torch.randn(CPU_EVAL_CHUNK + 3, 55, 3, dtype=torch.float64), 0.5)
+    assert sizes == [CPU_EVAL_CHUNK, 3]
     model = gaussian_molecule().inner
     sizes = count_passes(model)
     chunk = cpu_eval_chunk((4, 3))

@@ -54,6 +54,7 @@ __all__ = [
     "CPU_EVAL_PAIRS",
     "CPU_EVAL_CHUNK",
     "cpu_eval_chunk",
+    "model_graph_kind",
     "time_grid",
     "unwrap_model",
     "model_dtype",
@@ -316,28 +317,48 @@ def prior_log_prob(model, y: torch.Tensor, prior_var: Optional[float] = None) ->
 #: better budget on your machine. On a GPU the whole batch goes in one pass.
 CPU_EVAL_PAIRS = 128 * 22 * 22
 
-#: Configurations per CPU model pass for events that are not (N, 3) atoms (flat vectors).
+#: Configurations per CPU model pass for events that are not (N, 3) atoms (flat vectors) and for
+#: networks on a radius graph, whose edge tensors grow with the neighbours, not with N².
 CPU_EVAL_CHUNK = 128
 
 
-def cpu_eval_chunk(event_shape) -> int:
+def cpu_eval_chunk(event_shape, graph: str = "full") -> int:
     """Configurations per model pass on the CPU when no ``batch_size`` is given.
 
     Parameters
     ----------
     event_shape : tuple of int
         Shape of one configuration: (N, 3) for N atoms, or a flat (D,).
+    graph : {"full", "radius"}
+        The network's graph (``net.graph_kind`` of the molecular networks): a fully connected
+        one has N² pairs per configuration.
 
     Returns
     -------
     int
-        ``max(1, CPU_EVAL_PAIRS // N²)`` for (N, 3) events (the pair budget), else
-        :data:`CPU_EVAL_CHUNK`.
+        ``max(1, CPU_EVAL_PAIRS // N²)`` for (N, 3) events on a full graph (the pair budget),
+        else :data:`CPU_EVAL_CHUNK`.
     """
     shape = tuple(int(k) for k in event_shape)
-    if len(shape) == 2 and shape[1] == 3:
+    if graph == "full" and len(shape) == 2 and shape[1] == 3:
         return max(1, CPU_EVAL_PAIRS // (shape[0] * shape[0]))
     return CPU_EVAL_CHUNK
+
+
+def model_graph_kind(model) -> str:
+    """The graph of a model's network: ``"radius"`` or ``"full"`` (also for models without one).
+
+    Parameters
+    ----------
+    model : model-like
+        A TrainedModel, an EnergyModel or any model with ``energy(y, t)``.
+
+    Returns
+    -------
+    str
+    """
+    net = getattr(getattr(model, "inner", model), "net", None)
+    return getattr(net, "graph_kind", "full")
 
 
 def model_energy_and_score(
@@ -368,7 +389,7 @@ def model_energy_and_score(
         −∇_y E(y, t), units 1/y.
     """
     if batch_size is None:
-        batch_size = cpu_eval_chunk(y.shape[1:]) if y.device.type == "cpu" else 0
+        batch_size = cpu_eval_chunk(y.shape[1:], model_graph_kind(model)) if y.device.type == "cpu" else 0
     if int(batch_size) > 0 and y.shape[0] > int(batch_size):
         parts = [model_energy_and_score(model, chunk, t, 0) for chunk in torch.split(y, int(batch_size))]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
