@@ -176,7 +176,7 @@ def test_model_passes_in_chunks_give_the_same_energies_and_scores():
 
 def test_cpu_chunks_of_molecules_hold_a_fixed_number_of_atom_pairs():
     """cpu_eval_chunk: CPU_EVAL_PAIRS // N² configurations of N atoms on a full graph (at least
-    one), CPU_EVAL_CHUNK for flat events and radius graphs; model_energy_and_score on a molecule
+    one, at most CPU_EVAL_CHUNK), CPU_EVAL_CHUNK for flat events and radius graphs; model_energy_and_score on a molecule
     uses it, with the model's own graph."""
     from boltzgen.bench import random_model
     from boltzgen.sampling.sde import (
@@ -188,7 +188,7 @@ def test_cpu_chunks_of_molecules_hold_a_fixed_number_of_atom_pairs():
     )
 
     assert cpu_eval_chunk((22, 3)) == CPU_EVAL_PAIRS // 484 == 128  # alanine dipeptide: the chunk of before
-    assert cpu_eval_chunk((13, 3)) == CPU_EVAL_PAIRS // 169 > cpu_eval_chunk((55, 3)) == CPU_EVAL_PAIRS // 3025
+    assert cpu_eval_chunk((13, 3)) == CPU_EVAL_CHUNK > cpu_eval_chunk((55, 3)) == CPU_EVAL_PAIRS // 3025
     assert cpu_eval_chunk((1000, 3)) == 1
     assert cpu_eval_chunk((66,)) == CPU_EVAL_CHUNK
     assert cpu_eval_chunk((55, 3), "radius") == CPU_EVAL_CHUNK
@@ -197,10 +197,11 @@ def test_cpu_chunks_of_molecules_hold_a_fixed_number_of_atom_pairs():
     sizes = count_passes(lj55)
     model_energy_and_score(lj55, torch.randn(CPU_EVAL_CHUNK + 3, 55, 3, dtype=torch.float64), 0.5)
     assert sizes == [CPU_EVAL_CHUNK, 3]
-    model = gaussian_molecule().inner
+    model = EnergyModel(ZeroNet(), (40, 3), mean_free=True, sigma_data=1.0, log_normaliser="none")
     sizes = count_passes(model)
-    chunk = cpu_eval_chunk((4, 3))
-    y = torch.randn(2 * chunk + 5, 4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    chunk = cpu_eval_chunk((40, 3))
+    assert chunk == CPU_EVAL_PAIRS // 1600 < CPU_EVAL_CHUNK
+    y = torch.randn(2 * chunk + 5, 40, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     e1, s1 = model_energy_and_score(model, y, 0.3)
     assert sizes[:2] == [chunk, chunk] and sum(sizes) == y.shape[0]
     e0, s0 = model_energy_and_score(model, y, 0.3, 0)

@@ -336,12 +336,13 @@ def cpu_eval_chunk(event_shape, graph: str = "full") -> int:
     Returns
     -------
     int
-        ``max(1, CPU_EVAL_PAIRS // N²)`` for (N, 3) events on a full graph (the pair budget),
-        else :data:`CPU_EVAL_CHUNK`.
+        :data:`CPU_EVAL_CHUNK`, and for (N, 3) events on a full graph at most
+        ``max(1, CPU_EVAL_PAIRS // N²)`` (the pair budget: fewer configurations for large molecules,
+        never more for small ones).
     """
     shape = tuple(int(k) for k in event_shape)
     if graph == "full" and len(shape) == 2 and shape[1] == 3:
-        return max(1, CPU_EVAL_PAIRS // (shape[0] * shape[0]))
+        return min(CPU_EVAL_CHUNK, max(1, CPU_EVAL_PAIRS // (shape[0] * shape[0])))
     return CPU_EVAL_CHUNK
 
 
