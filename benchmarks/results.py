@@ -354,7 +354,7 @@ def eval_chunks_rows(blob: dict) -> list[list[str]]:
                 [
                     f"{r['system']} ({n}{', radius graph' if r.get('graph') == 'radius' else ''})",
                     label,
-                    str(int(chunk) * n * n),
+                    DASH if r.get("graph") == "radius" else str(int(chunk) * n * n),
                     fmt(1e3 * seconds, ".3f"),
                     fmt(r["ratio_to_default"][chunk], ".2f"),
                 ]
