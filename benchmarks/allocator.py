@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from boltzgen.allocator import untuned_environ
 from boltzgen.io import write_json
 
 #: One SMC stage of the quickstart's default recipe, in a fresh process.
@@ -43,10 +44,11 @@ SETTINGS = {"tuned": {}, "glibc default": {"BOLTZGEN_MALLOC": "default"}}
 
 def run_once(run_dir: str, out: str, n: int, seed: int, env: dict) -> dict:
     """Wall time, CPU times and page faults of one SMC stage in a child process tree."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "BOLTZGEN_MALLOC"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", SAMPLE, run_dir, out, str(n), str(seed)], env={**clean, **env}, check=True)
+    subprocess.run(
+        [sys.executable, "-c", SAMPLE, run_dir, out, str(n), str(seed)], env={**untuned_environ(), **env}, check=True
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {

@@ -4,15 +4,16 @@ The samplers evaluate the learned energy on all particles at once. On the CPU a 
 the EGNN costs more per configuration than several small ones: its (B, N, N, H) pair tensors fall
 out of the cache, and the size that still fits is set by the atom pairs of a chunk, C·N², not by C
 alone. For systems of several sizes (built-in systems, each with the network of its training
-defaults and random weights), this times ``model_energy_and_score`` on B configurations for each chunk size: the
-samplers' CPU default (``boltzgen.sampling.sde.cpu_eval_chunk``: a budget of ``CPU_EVAL_PAIRS``
-pairs on a fully connected graph, 128 configurations on a radius graph), multiples of it, and the
-fixed chunk of 128 configurations used before the pair budget. Chunks are timed in interleaved rounds, so background load hits them alike, in
-P processes at once (as ``boltzgen sample --processes P`` runs them: the cores share the last
-cache); the table gives the median per configuration and its ratio to the default.
+defaults and random weights), this times ``model_energy_and_score`` on B configurations for each
+chunk size: the samplers' CPU default (``boltzgen.sampling.sde.cpu_eval_chunk``: at most 128
+configurations and, on a fully connected graph, at most ``CPU_EVAL_PAIRS`` pairs), multiples of
+it, and the fixed chunk of 128 configurations used before the pair budget. Chunks are timed in
+interleaved rounds, so background load hits them alike, in P processes at once (as ``boltzgen
+sample --processes P`` runs them: the cores share the last cache); the table gives the median per
+configuration and its ratio to the default.
 
     python benchmarks/eval_chunks.py [--systems aldp-vacuum lj13 ala3 lj55] [--batch 512]
-        [--factors 4 2 1 0.5 0.25] [--rounds 5] [--processes 2] [--out bench-results/eval_chunks.json]
+        [--factors 4 2 0.5 0.25] [--rounds 5] [--processes 2] [--out bench-results/eval_chunks.json]
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def _worker(args):
 def measure(system: str, batch: int, factors, rounds: int, processes: int, seed: int = 0) -> dict:
     """One system: the median seconds per configuration of each chunk over rounds and processes."""
     _, model = random_model(system, None, seed)
-    event_shape = tuple(model.event_shape)
-    chunks = chunk_sizes(event_shape, model_graph_kind(model), factors)
+    event_shape, graph = tuple(model.event_shape), model_graph_kind(model)
+    chunks = chunk_sizes(event_shape, graph, factors)
     jobs = [(system, batch, chunks, rounds, seed + k) for k in range(processes)]
     if processes > 1:
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
@@ -96,7 +97,7 @@ def measure(system: str, batch: int, factors, rounds: int, processes: int, seed:
     return {
         "system": system,
         "n_atoms": event_shape[0],
-        "graph": model_graph_kind(model),
+        "graph": graph,
         "default_chunk": default,
         "seconds_per_config": {str(c): median[c] for c in chunks},
         "ratio_to_default": {str(c): median[c] / median[default] for c in chunks},

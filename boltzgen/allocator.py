@@ -28,7 +28,7 @@ import ctypes
 import os
 import sys
 
-__all__ = ["MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "tune_malloc"]
+__all__ = ["MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "tune_malloc", "untuned_environ"]
 
 #: glibc's largest allowed mmap threshold on 64-bit systems (4 · 1024 · 1024 · sizeof(long)).
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
@@ -72,3 +72,16 @@ def tune_malloc() -> bool:
         os.environ[name] = str(value)
     _applied = True
     return True
+
+
+def untuned_environ() -> dict:
+    """This process's environment without the allocator settings (``MALLOC_*`` and
+    ``BOLTZGEN_MALLOC``), for a child process that should start with glibc's own thresholds or
+    choose its own (benchmarks and tests that compare the two).
+
+    Returns
+    -------
+    dict
+        A copy of ``os.environ`` without those variables.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "BOLTZGEN_MALLOC"}

@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+from boltzgen.allocator import untuned_environ
+
 PASSES = textwrap.dedent(
     """
     import resource, torch
@@ -27,9 +29,8 @@ PASSES = textwrap.dedent(
 
 
 def page_faults(**env) -> tuple[bool, int]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "BOLTZGEN_MALLOC"}
     out = subprocess.run(
-        [sys.executable, "-c", PASSES], env={**clean, **env}, capture_output=True, text=True, check=True
+        [sys.executable, "-c", PASSES], env={**untuned_environ(), **env}, capture_output=True, text=True, check=True
     ).stdout.split()
     return out[0] == "True", int(out[1])
 

@@ -176,8 +176,8 @@ def test_model_passes_in_chunks_give_the_same_energies_and_scores():
 
 def test_cpu_chunks_of_molecules_hold_a_fixed_number_of_atom_pairs():
     """cpu_eval_chunk: CPU_EVAL_PAIRS // N² configurations of N atoms on a full graph (at least
-    one, at most CPU_EVAL_CHUNK), CPU_EVAL_CHUNK for flat events and radius graphs; model_energy_and_score on a molecule
-    uses it, with the model's own graph."""
+    one, at most CPU_EVAL_CHUNK), CPU_EVAL_CHUNK for flat events and radius graphs;
+    model_energy_and_score on a molecule uses it, with the model's own graph."""
     from boltzgen.bench import random_model
     from boltzgen.sampling.sde import (
         CPU_EVAL_CHUNK,
