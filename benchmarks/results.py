@@ -523,6 +523,39 @@ def versus_md_rows(blob: dict) -> list[list[str]]:
     return rows
 
 
+def md_budget_rows(blob: dict) -> list[list[str]]:
+    """Rows of benchmarks/md_budget.py: replica exchange at each run length, then each boltzgen recipe
+    at its pipeline's wall time with replica exchange's fitted error at the same wall clock."""
+    rows = []
+    for r in blob.get("remd", []):
+        rows.append(
+            [
+                f"replica exchange ({r['runs']} runs, {r['pairs']} pairs)",
+                fmt(r.get("wall_s"), ".0f"),
+                str(r["frames_per_run"]),
+                fmt(r.get("single_rms_kT"), ".2f"),
+                fmt(r.get("pair_rms_kT"), ".2f"),
+                f"{fmt(r.get('single_bias_kT'), '.2f')} / {DASH}",
+                DASH,
+                fmt(r.get("fit_pair_kT"), ".2f"),
+            ]
+        )
+    for p in blob.get("boltzgen", []):
+        rows.append(
+            [
+                f"boltzgen {p['label']} ({len(p['delta_f_kT'])} seeds)",
+                fmt(p.get("seconds"), ".0f"),
+                str(p.get("remd_frames_per_run", DASH)),
+                DASH,
+                fmt(p.get("rmse_kT"), ".2f"),
+                f"{fmt(p.get('bias_kT'), '.2f')} / {fmt(p.get('spread_kT'), '.2f')}",
+                fmt(p.get("runs_implied_sd_kT"), ".2f"),
+                fmt(p.get("remd_fit_pair_kT"), ".2f"),
+            ]
+        )
+    return rows
+
+
 def run_pooling_rows(blob: dict) -> list[list[str]]:
     """Rows of benchmarks/run_pooling.py: one per case, both pooling rules' bias and RMS error."""
     rows = []
@@ -937,6 +970,24 @@ BENCHMARKS = [
         "goal: boltzgen's ΔF error (bias and spread over seeds) no worse than replica exchange given the "
         "same wall clock on the same cores; reference: every replica-exchange run of the benchmark pooled "
         "(an arm's own runs left out of its reference)",
+    ),
+    Benchmark(
+        "md_budget",
+        "python benchmarks/md_budget.py --remd RUN.h5 ... --point LABEL SECONDS METRICS.json ...  # -> bench-results/md_budget.json",
+        [
+            "arm",
+            "wall s",
+            "REMD frames per run (in that wall clock)",
+            "RMS error, one run (kT)",
+            "RMS error, two runs / the pipeline (kT)",
+            "bias / spread over seeds (kT)",
+            "sd implied by the SMC runs (kT)",
+            "REMD at that wall clock, two runs, √n fit (kT)",
+        ],
+        md_budget_rows,
+        lambda b: b.get("benchmark") == "md_budget",
+        "the pool of every replica-exchange run given (each run compared with the pool of the others); "
+        "goal as versus_md: boltzgen's error no worse than replica exchange's at the same wall clock",
     ),
 ]
 PATH_ESS_RECORDED_COLUMNS = [
