@@ -1058,7 +1058,35 @@ def headline(found: dict, recorded: dict) -> list[list[str]]:
     versus_md = _quickstart_headline(found, recorded)
     rows += versus_md
     rows += _latest_quickstart_headline(recorded, anchor=versus_md[0][3])
+    rows += _md_budget_headline(found, recorded)
     return rows
+
+
+def _md_budget_headline(found: dict, recorded: dict) -> list[list[str]]:
+    """Each boltzgen recipe of benchmarks/md_budget.py: its RMS error over seeds at its pipeline's wall
+    time (and the sd its SMC runs imply) beside replica exchange's at the same wall clock."""
+    blobs = [b for _, b in found.get("md_budget", [])]
+    if blobs:
+        rows, src = md_budget_rows(blobs[-1]), "bench-results"
+    else:
+        rows, src = recorded.get("md_budget", {}).get("rows", []), "recorded"
+    out = []
+    for row in rows:
+        match = re.match(r"boltzgen (\S+) \((\d+) seeds\)", row[0])
+        if not match:
+            continue
+        recipe, seeds = match.groups()
+        command = "`boltzgen quickstart`" if recipe == "default" else f"`boltzgen quickstart --{recipe}`"
+        out.append(
+            [
+                f"{command}, {seeds} seeds in {row[1]} s each: RMS error of ΔF (sd its SMC runs imply), kT",
+                DASH,
+                f"{row[4]} ({row[6]})",
+                f"{row[7]} (replica exchange, same wall clock, fit over independent runs)",
+                f"md_budget ({src})",
+            ]
+        )
+    return out
 
 
 def _aldp_headline(found: dict, recorded: dict) -> list[list[str]]:
