@@ -1057,8 +1057,8 @@ def headline(found: dict, recorded: dict) -> list[list[str]]:
     rows += _aldp_headline(found, recorded)
     versus_md = _quickstart_headline(found, recorded)
     rows += versus_md
-    rows += _latest_quickstart_headline(recorded, anchor=versus_md[0][3])
     rows += _md_budget_headline(found, recorded)
+    rows += _latest_quickstart_headline(recorded, anchor=versus_md[0][3])
     return rows
 
 
