@@ -35,6 +35,8 @@ import numpy as np
 from results import BENCHMARKS, md_budget_rows, table
 from versus_md import delta_f_of_runs, frames_per_second, phi_labels
 
+from boltzgen.io import atomic_path, write_json
+
 LENGTHS = (1000, 2000, 5000, 10000, 15000, 20000, 30000, 50000)
 
 
@@ -178,13 +180,11 @@ def main(argv=None) -> int:
         "boltzgen": points,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(out, handle, indent=2)
-    os.replace(tmp, args.out)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as handle:
-        handle.write(markdown(out))
-    print(markdown(out))
+    write_json(args.out, out)
+    text = markdown(out)
+    with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp, open(tmp, "w") as handle:
+        handle.write(text)
+    print(text)
     return 0
 
 
