@@ -1107,14 +1107,14 @@ def _aldp_headline(found: dict, recorded: dict) -> list[list[str]]:
 
     rows = [
         [
-            "alanine dipeptide: ΔF(φ > 0 vs φ < 0), kT",
+            "alanine dipeptide in vacuum: ΔF(φ > 0 vs φ < 0), kT",
             dsm[6] if dsm else "not run",
             clf[6] if clf else "not run",
             f"{ref} (REMD reference)",
             f"aldp ({src})",
         ],
         [
-            "alanine dipeptide: ESS fraction / energy W2, kT / torsion W2, rad",
+            "alanine dipeptide in vacuum: ESS / energy W2, kT / torsion W2, rad",
             quality(dsm),
             quality(clf),
             DASH,

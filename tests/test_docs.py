@@ -149,9 +149,9 @@ def test_results_reads_benchmark_json(tmp_path):
     found = results.load_results(str(tmp_path))
     assert [b for _, b in found["aldp"]] == [blob]
     rows = {row[0]: row for row in results.headline(found, results.load_recorded())}
-    assert rows["alanine dipeptide: ΔF(φ > 0 vs φ < 0), kT"][1:3] == ["4.00 ± 1.00", "4.00 ± 1.00"]
-    assert rows["alanine dipeptide: ESS fraction / energy W2, kT / torsion W2, rad"][1] == "0.500 / 1.000 / 0.500"
-    assert "bench-results" in rows["alanine dipeptide: ESS fraction / energy W2, kT / torsion W2, rad"][4]
+    assert rows["alanine dipeptide in vacuum: ΔF(φ > 0 vs φ < 0), kT"][1:3] == ["4.00 ± 1.00", "4.00 ± 1.00"]
+    assert rows["alanine dipeptide in vacuum: ESS / energy W2, kT / torsion W2, rad"][1] == "0.500 / 1.000 / 0.500"
+    assert "bench-results" in rows["alanine dipeptide in vacuum: ESS / energy W2, kT / torsion W2, rad"][4]
 
 
 def test_headline_shows_the_latest_quickstart_of_each_seed(tmp_path):
