@@ -118,10 +118,11 @@ def pipeline(seed: int, recipe: str, out_dir: str) -> dict:
 
 
 def arm_summary(values: list, reference: list) -> dict:
-    """Bias, spread and RMS error of one arm's ΔF over seeds (each against its own reference)."""
+    """Bias, spread and RMS error of one arm's ΔF over seeds (each against its own reference; a seed
+    whose value or reference is None is left out)."""
     v = np.array([np.nan if x is None else x for x in values], dtype=float)
-    r = np.array(reference, dtype=float)
-    ok = np.isfinite(v)
+    r = np.array([np.nan if x is None else x for x in reference], dtype=float)
+    ok = np.isfinite(v) & np.isfinite(r)
     if not ok.any():
         return {"bias_kT": None, "spread_kT": None, "rmse_kT": None, "n": 0}
     err = v[ok] - r[ok]
@@ -242,7 +243,8 @@ def finish(args, rate: float, rows: list, fixed: float = 0.0) -> int:
     }
     out["summary"] = {
         "pipeline": arm_summary([r["pipeline"]["delta_f_kT"] for r in rows], [ref] * len(rows)),
-        "remd": arm_summary([r["remd"]["delta_f_kT"] for r in rows], [r["remd"]["reference_kT"] or ref for r in rows]),
+        # a seed's replica exchange is never compared with itself: with one seed it has no reference
+        "remd": arm_summary([r["remd"]["delta_f_kT"] for r in rows], [r["remd"]["reference_kT"] for r in rows]),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:

@@ -1,5 +1,6 @@
-"""benchmarks/md_budget.py: the error of replica exchange against run length and of the boltzgen
-recipes, checked on runs whose answer is known (independent frames of a two-state system)."""
+"""benchmarks/md_budget.py and versus_md.py's summary: the error of replica exchange against run
+length and of the boltzgen recipes, checked on runs whose answer is known (independent frames of a
+two-state system) and on hand-made values."""
 
 import json
 import math
@@ -57,3 +58,18 @@ def test_boltzgen_point_bias_spread_and_the_runs_implied_error(tmp_path):
     assert point["spread_kT"] == pytest.approx(np.std([3.5, 4.1], ddof=1))
     variances = [np.var([3.0, 4.0, 3.0, 4.0], ddof=1), np.var([4.0, 4.2, 3.8, 4.4], ddof=1)]
     assert point["runs_implied_sd_kT"] == pytest.approx(math.sqrt(np.mean(variances) / 4))
+
+
+def test_versus_md_leaves_a_seed_without_an_independent_reference_out():
+    """versus_md compares each seed's replica exchange with the other seeds' runs only: a seed with
+    none (a single-seed invocation) is left out of the summary, not compared with itself."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    try:
+        import versus_md
+    finally:
+        sys.path.pop(0)
+    alone = versus_md.arm_summary([3.55], [None])
+    assert alone["n"] == 0 and alone["rmse_kT"] is None
+    two = versus_md.arm_summary([3.5, 3.9, None], [3.7, 3.6, 3.7])
+    assert two["n"] == 2
+    assert two["bias_kT"] == pytest.approx(0.05) and two["rmse_kT"] == pytest.approx(math.sqrt((0.04 + 0.09) / 2))
