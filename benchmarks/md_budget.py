@@ -49,19 +49,22 @@ def run_delta_f(labels: np.ndarray) -> float:
 def remd_curve(runs: list[np.ndarray], lengths=LENGTHS) -> list[dict]:
     """RMS error of one run and of two runs pooled, at each length that at least four runs reach.
     Each run's first n frames are compared with the pool of the other runs (all their frames)."""
+    refs: dict = {}  # the pool without the given runs, whatever the length: computed once
+
+    def pool_without(*left_out: int) -> float:
+        if left_out not in refs:
+            refs[left_out] = delta_f_of_runs([lab for j, lab in enumerate(runs) if j not in left_out])[0]
+        return refs[left_out]
+
     rows = []
     for n in lengths:
         idx = [k for k, lab in enumerate(runs) if len(lab) >= n]
         if len(idx) < 4:
             continue
-        single, pairs = [], []
-        for k in idx:
-            ref = delta_f_of_runs([lab for j, lab in enumerate(runs) if j != k])[0]
-            single.append(run_delta_f(runs[k][:n]) - ref)
-        for a, b in zip(idx[0::2], idx[1::2]):  # disjoint pairs
-            ref = delta_f_of_runs([lab for j, lab in enumerate(runs) if j not in (a, b)])[0]
-            pairs.append(delta_f_of_runs([runs[a], runs[b]], n)[0] - ref)
-        single, pairs = np.array(single), np.array(pairs)
+        single = np.array([run_delta_f(runs[k][:n]) - pool_without(k) for k in idx])
+        pairs = np.array(  # disjoint pairs
+            [delta_f_of_runs([runs[a], runs[b]], n)[0] - pool_without(a, b) for a, b in zip(idx[0::2], idx[1::2])]
+        )
         rows.append(
             {
                 "frames_per_run": n,
@@ -85,17 +88,17 @@ def fit_constant(curve: list[dict], from_frames: int = 5000) -> float:
 
 def boltzgen_point(label: str, seconds: float, files: list[str], reference: float) -> dict:
     """A recipe's ΔF over seeds and the error implied by its SMC runs' scatter."""
-    values, run_sds, runs = [], [], []
+    values, run_vars, runs = [], [], []
     for path in files:
         with open(path) as handle:
             blob = json.load(handle)
         values.append(float(blob["delta_f_kT"]))
         per_run = [x for x in blob.get("delta_f_runs_kT", []) if x is not None and math.isfinite(x)]
         if len(per_run) > 1:
-            run_sds.append(float(np.var(per_run, ddof=1)))
+            run_vars.append(float(np.var(per_run, ddof=1)))
             runs.append(len(per_run))
     err = np.array(values) - reference
-    implied = math.sqrt(np.mean(run_sds) / np.mean(runs)) if run_sds else None
+    implied = math.sqrt(np.mean(run_vars) / np.mean(runs)) if run_vars else None
     return {
         "label": label,
         "seconds": seconds,
