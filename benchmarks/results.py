@@ -621,6 +621,10 @@ class Benchmark:
     anchors: str = ""
 
 
+#: Published ESS / energy W2 (kT) / torsion W2 (rad) of flows on aldp-implicit (benchmarks/aldp.py ANCHORS),
+#: for the aldp section's anchors and the README's aldp-implicit row.
+PUBLISHED_FLOWS = {"ECNF++": "0.275 / 0.914 / 0.189", "FALCON": "0.067 / 0.225 / 0.402"}
+
 CHAIN_COLUMNS = [
     "system",
     "objective",
@@ -663,8 +667,8 @@ BENCHMARKS = [
         chain_rows,
         lambda b: str(b.get("benchmark", "")).startswith("aldp") and b.get("benchmark", "").endswith("chain"),
         "ΔF(φ > 0 vs φ < 0) of a 10 000-frame replica-exchange reference (in the table); published "
-        "flows trained on GPU for aldp-implicit: ECNF++ ESS 0.275, energy W2 0.914 kT, torsion W2 0.189 rad; "
-        "FALCON 0.067 / 0.225 / 0.402",
+        "flows trained on GPU for aldp-implicit: ECNF++ ESS {}, energy W2 {} kT, torsion W2 {} rad; "
+        "FALCON {}".format(*PUBLISHED_FLOWS["ECNF++"].split(" / "), PUBLISHED_FLOWS["FALCON"]),
     ),
     Benchmark(
         "lj13",
@@ -1134,15 +1138,12 @@ def _aldp_headline(found: dict, recorded: dict) -> list[list[str]]:
                 "aldp-implicit, the quickstart's recipe: ESS / energy W2 / torsion W2; ΔF, kT",
                 DASH,
                 f"{quality(row)}; {row[6]}",
-                f"ECNF++ {ANCHOR_ECNF}, FALCON {ANCHOR_FALCON} (published GPU flows); {row[8]} (REMD)",
+                f"ECNF++ {PUBLISHED_FLOWS['ECNF++']}, FALCON {PUBLISHED_FLOWS['FALCON']} (published GPU flows); "
+                f"{row[8]} (REMD)",
                 f"aldp ({src})",
             ]
         )
     return rows
-
-
-#: Published ESS / energy W2 (kT) / torsion W2 (rad) of flows on aldp-implicit (benchmarks/aldp.py ANCHORS).
-ANCHOR_ECNF, ANCHOR_FALCON = "0.275 / 0.914 / 0.189", "0.067 / 0.225 / 0.402"
 
 
 def _quickstart_headline(found: dict, recorded: dict) -> list[list[str]]:

@@ -35,6 +35,8 @@ from typing import Optional
 
 import numpy as np
 
+from boltzgen.io import atomic_path, write_json
+
 
 def _remd(args) -> dict:
     """One replica-exchange run of ``n`` target-temperature frames (one core)."""
@@ -247,11 +249,11 @@ def finish(args, rate: float, rows: list, fixed: float = 0.0) -> int:
         "remd": arm_summary([r["remd"]["delta_f_kT"] for r in rows], [r["remd"]["reference_kT"] for r in rows]),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(out, handle, indent=2)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as handle:
-        handle.write(markdown(out))
-    print(markdown(out))
+    write_json(args.out, out)
+    text = markdown(out)
+    with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp, open(tmp, "w") as handle:
+        handle.write(text)
+    print(text)
     return 0
 
 
