@@ -202,8 +202,8 @@ def main(argv=None) -> int:
                 pool.map(_remd, jobs)
             remd = {"frames_per_run": n, "seconds": time.perf_counter() - start}
         rows.append({"seed": seed, "pipeline": pipe, "remd": remd})
-        with open(args.out + ".partial", "w") as handle:  # what is done so far, should a later seed fail
-            json.dump({"remd_frames_per_second": rate, "remd_fixed_seconds": fixed, "seeds": rows}, handle, indent=2)
+        # what is done so far, should a later seed fail
+        write_json(args.out + ".partial", {"remd_frames_per_second": rate, "remd_fixed_seconds": fixed, "seeds": rows})
     return finish(args, rate, rows, fixed)
 
 
