@@ -9,8 +9,10 @@ initialised by the caller.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import sys
 import tempfile
 import warnings
 
@@ -22,6 +24,11 @@ from .io import load_samples
 from .train import local_batch_size, resolve_config, run_overrides, train_from_file
 
 __all__ = ["train_in_processes", "train_rank"]
+
+# How long a rank waits for the others at a collective call. The last one is the end of the run,
+# where the other ranks wait while rank 0 validates and checks samples (minutes on a large
+# system), longer than torch's default for gloo would allow.
+GROUP_TIMEOUT = datetime.timedelta(hours=12)
 
 
 def train_in_processes(processes: int, data_path: str, run_dir: str, **options) -> dict:
@@ -104,7 +111,9 @@ def train_rank(rank: int, world: int, init_method: str, data_path: str, run_dir:
 
     Ends itself when the parent process dies (:func:`boltzgen.guards.die_with_parent`), joins
     the gloo group, and runs :func:`~boltzgen.train.train_from_file` (progress bar and warnings
-    on rank 0 only).
+    on rank 0 only). The ranks leave the group together once rank 0 has written the run's files,
+    and a rank that finished leaves with ``os._exit(0)``, so it does not return: it is the body of
+    a spawned process, not a function to call in one's own.
 
     Parameters
     ----------
@@ -118,7 +127,9 @@ def train_rank(rank: int, world: int, init_method: str, data_path: str, run_dir:
         Its keyword arguments.
     """
     die_with_parent()
-    torch.distributed.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    torch.distributed.init_process_group(
+        "gloo", init_method=init_method, rank=rank, world_size=world, timeout=GROUP_TIMEOUT
+    )
     try:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # train.threads, if set, overrides it
         options = dict(options)
@@ -126,5 +137,24 @@ def train_rank(rank: int, world: int, init_method: str, data_path: str, run_dir:
         if rank != 0:
             warnings.simplefilter("ignore")  # rank 0 reports the warnings once
         train_from_file(data_path, run_dir, **options)
+        _leave_together(rank)
     finally:
         torch.distributed.destroy_process_group()
+    # The run's files are written (atomically, by rank 0). A finished worker has been seen to
+    # abort at its end ("terminate called without an active exception", once, not reproduced):
+    # leave without the interpreter's teardown of torch's native objects. An error above still
+    # leaves through torch.multiprocessing's own path, which reports it to the parent.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _leave_together(rank: int) -> None:
+    """Wait until every rank has ended its run, so that no rank tears the group down while rank 0
+    still validates and writes. If rank 0 failed after the last step, the others leave quietly:
+    the parent reports rank 0's own error, not the broken connection."""
+    try:
+        torch.distributed.barrier()
+    except RuntimeError:
+        if rank == 0:
+            raise

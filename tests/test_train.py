@@ -545,6 +545,19 @@ def test_finished_two_process_run_is_reused_as_written(tmp_path, gmm_data):
     assert open(os.path.join(run, "metrics.json"), "rb").read() == written
 
 
+def test_an_error_of_rank_0_at_the_end_is_the_one_reported(tmp_path, gmm_data):
+    """Rank 0 fails after the last step (its metrics.json cannot be written: a directory stands
+    there), while rank 1 waits for it to end the run: the error raised is rank 0's own, not rank
+    1's broken connection, and no worker is left waiting."""
+    data = tmp_path / "data.h5"
+    save_samples(str(data), gmm_data, metadata={"system": "gmm-two-modes"})
+    run = tmp_path / "run"
+    (run / "metrics.json").mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="a training process failed: IsADirectoryError"):
+        train_in_processes(2, str(data), str(run), system="gmm-two-modes", overrides=SMALL, progress=False, threads=1)
+    assert (run / "model.pt").exists()  # the steps were done and saved before the end failed
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
