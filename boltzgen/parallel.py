@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import sys
 import tempfile
 import warnings
 
@@ -111,9 +110,8 @@ def train_rank(rank: int, world: int, init_method: str, data_path: str, run_dir:
 
     Ends itself when the parent process dies (:func:`boltzgen.guards.die_with_parent`), joins
     the gloo group, and runs :func:`~boltzgen.train.train_from_file` (progress bar and warnings
-    on rank 0 only). The ranks leave the group together once rank 0 has written the run's files,
-    and a rank that finished leaves with ``os._exit(0)``, so it does not return: it is the body of
-    a spawned process, not a function to call in one's own.
+    on rank 0 only). The ranks leave the group together, once rank 0 has written the run's
+    files.
 
     Parameters
     ----------
@@ -140,13 +138,6 @@ def train_rank(rank: int, world: int, init_method: str, data_path: str, run_dir:
         _leave_together(rank)
     finally:
         torch.distributed.destroy_process_group()
-    # The run's files are written (atomically, by rank 0). A finished worker has been seen to
-    # abort at its end ("terminate called without an active exception", once, not reproduced):
-    # leave without the interpreter's teardown of torch's native objects. An error above still
-    # leaves through torch.multiprocessing's own path, which reports it to the parent.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def _leave_together(rank: int) -> None:

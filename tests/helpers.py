@@ -75,9 +75,11 @@ def train_small_aldp_run(tmp_path, config_yaml: str):
 def run_unguarded_script(path, body: str) -> str:
     """Run ``body`` as a user script with no ``if __name__ == "__main__":`` guard (after a line
     that prints "script body ran"); check that it exits 0 and that its body ran once, not again in
-    any worker process it started. Returns its stdout."""
+    any worker process it started, and that its workers left nothing for multiprocessing's
+    resource tracker to clean up (no "leaked semaphore" warning). Returns its stdout."""
     path.write_text("print('script body ran', flush=True)\n" + body)
     out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("script body ran") == 1
+    assert "leaked" not in out.stderr, out.stderr
     return out.stdout
