@@ -9,9 +9,11 @@ initialised by the caller.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import os
+import sys
 import tempfile
 import warnings
 
@@ -111,7 +113,8 @@ def train_rank(rank: int, world: int, init_method: str, data_path: str, run_dir:
     Ends itself when the parent process dies (:func:`boltzgen.guards.die_with_parent`), joins
     the gloo group, and runs :func:`~boltzgen.train.train_from_file` (progress bar and warnings
     on rank 0 only). The ranks leave the group together, once rank 0 has written the run's
-    files.
+    files, and a rank that finished ends its process here (it does not return; an error is
+    raised as usual).
 
     Parameters
     ----------
@@ -138,6 +141,7 @@ def train_rank(rank: int, world: int, init_method: str, data_path: str, run_dir:
         _leave_together(rank)
     finally:
         torch.distributed.destroy_process_group()
+    _exit_without_native_teardown()
 
 
 def _leave_together(rank: int) -> None:
@@ -149,3 +153,14 @@ def _leave_together(rank: int) -> None:
     except RuntimeError:
         if rank == 0:
             raise
+
+
+def _exit_without_native_teardown() -> None:
+    """End a finished worker: run the interpreter's exit handlers (multiprocessing's among them,
+    which give the worker's semaphores back), then leave without the native teardown, where a
+    finished worker has aborted ("terminate called without an active exception", rank 1, with
+    no Python frame left: in the C++ static destructors of the extensions)."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
