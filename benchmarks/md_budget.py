@@ -33,9 +33,7 @@ import sys
 
 import numpy as np
 from results import BENCHMARKS, md_budget_rows, table
-from versus_md import delta_f_of_runs, frames_per_second, phi_labels
-
-from boltzgen.io import atomic_path, write_json
+from versus_md import delta_f_of_runs, frames_per_second, phi_labels, write_result
 
 LENGTHS = (1000, 2000, 5000, 10000, 15000, 20000, 30000, 50000)
 
@@ -182,12 +180,7 @@ def main(argv=None) -> int:
         "remd": curve,
         "boltzgen": points,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    write_json(args.out, out)
-    text = markdown(out)
-    with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp, open(tmp, "w") as handle:
-        handle.write(text)
-    print(text)
+    write_result(args.out, out, markdown(out))
     return 0
 
 

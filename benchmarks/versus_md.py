@@ -248,13 +248,18 @@ def finish(args, rate: float, rows: list, fixed: float = 0.0) -> int:
         # a seed's replica exchange is never compared with itself: with one seed it has no reference
         "remd": arm_summary([r["remd"]["delta_f_kT"] for r in rows], [r["remd"]["reference_kT"] for r in rows]),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    write_json(args.out, out)
-    text = markdown(out)
-    with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp, open(tmp, "w") as handle:
+    write_result(args.out, out, markdown(out))
+    return 0
+
+
+def write_result(path: str, blob: dict, text: str) -> None:
+    """Write a benchmark's JSON to ``path`` and its markdown table beside it (``.md``), each
+    atomically (making the folder), and print the table."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json(path, blob)
+    with atomic_path(os.path.splitext(path)[0] + ".md") as tmp, open(tmp, "w") as handle:
         handle.write(text)
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

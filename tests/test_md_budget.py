@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 try:
     import md_budget
+    import versus_md
 finally:
     sys.path.pop(0)
 
@@ -63,11 +64,6 @@ def test_boltzgen_point_bias_spread_and_the_runs_implied_error(tmp_path):
 def test_versus_md_leaves_a_seed_without_an_independent_reference_out():
     """versus_md compares each seed's replica exchange with the other seeds' runs only: a seed with
     none (a single-seed invocation) is left out of the summary, not compared with itself."""
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
-    try:
-        import versus_md
-    finally:
-        sys.path.pop(0)
     alone = versus_md.arm_summary([3.55], [None])
     assert alone["n"] == 0 and alone["rmse_kT"] is None
     two = versus_md.arm_summary([3.5, 3.9, None], [3.7, 3.6, 3.7])
