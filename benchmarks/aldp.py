@@ -9,7 +9,8 @@ pooled by their log Z); and the comparison: ESS fraction, energy W2 (kT), torsio
 torus (rad), ΔF(φ > 0 vs φ < 0) with errors (bootstrap over the runs; the reference's: block
 bootstrap) against the reference's, wall time per stage. Sizes and options: the recipe
 ``benchmarks.aldp`` of ``systems/recipes.yaml`` (``boltzgen quickstart --long`` is its DSM + DiffCLF
-arm). The published anchors are in :data:`ANCHORS`.
+arm). The published anchors are in :data:`ANCHORS` (from
+``benchmarks/anchors.json``).
 
     python benchmarks/aldp.py                      # the recipe's sizes -> bench-results/aldp.json (+ .md)
     python benchmarks/aldp.py --quick              # smoke run of the whole chain
@@ -19,15 +20,11 @@ arm). The published anchors are in :data:`ANCHORS`.
 
 import argparse
 
-from molecular_chain import add_arguments, recipe_sizes, run_chain
+from molecular_chain import add_arguments, published_anchors, recipe_sizes, run_chain
 
 from boltzgen.workflow import load_recipe
 
-ANCHORS = {
-    "source": "published continuous-time flows trained on GPU, aldp-implicit (not the same protocol)",
-    "ECNF++": {"ess_fraction": 0.275, "energy_w2": 0.914, "torsion_w2": 0.189},
-    "FALCON": {"ess_fraction": 0.067, "energy_w2": 0.225, "torsion_w2": 0.402},
-}
+ANCHORS = published_anchors("aldp-implicit")
 
 RECIPES = ("aldp", "aldp-quickstart")
 

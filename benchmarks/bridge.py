@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+from boltzgen.io import write_text
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,9 +45,7 @@ def main(argv=None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as handle:
-            handle.write(text + "\n")
+        write_text(args.out, text + "\n")
     return 0
 
 

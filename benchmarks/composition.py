@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import sys
 import time
 
 import numpy as np
+
+from boltzgen.io import write_json
 
 WEIGHTS = {"A": (2 / 3, 1 / 3), "B": (1 / 4, 3 / 4)}
 MEANS = [[-4.0, 0.0], [4.0, 0.0]]
@@ -208,9 +209,7 @@ def main(argv=None) -> int:
         result.update(train_seconds=seconds, length_scales=scales)
         out["results"][objective] = result
         print(f"{objective}: product weight {result['product']['left']:.3f}, mixture {result['mixture']['left']:.3f}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(out, handle, indent=2)
+    write_json(args.out, out)
     print(markdown(out))
     return 0
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import sys
 import time
 import warnings
 from typing import Optional
+
+from boltzgen.io import write_json
 
 SYSTEMS = ["aldp-vacuum", "ala3", "ala4", "ala6", "lj13", "lj55"]
 QUICK = {"frames": 16, "steps": [2, 4], "particles": [4, 8]}
@@ -212,8 +213,7 @@ def main(argv=None) -> int:
             out["rows"].append(measure(name, args))
         except Exception as error:  # noqa: BLE001 - a failing system is reported, the others still run
             out["rows"].append({"name": name, "error": f"{type(error).__name__}: {error}"})
-        with open(args.out, "w") as handle:  # what is done so far
-            json.dump(out, handle, indent=2)
+        write_json(args.out, out)  # what is done so far
     print(markdown(out))
     return 0
 

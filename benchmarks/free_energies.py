@@ -39,6 +39,8 @@ import time
 
 import numpy as np
 
+from boltzgen.io import write_json
+
 
 def sample_settings() -> dict:
     """The quickstart's SMC settings (systems/recipes.yaml, recipe ``default``)."""
@@ -205,9 +207,7 @@ def main(argv=None) -> int:
         )
     if "transfer" in args.parts:
         out["transfer"] = transfer(args.model, args.hot, args.frames, args.particles, args.runs, args.work, args.seed)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(out, handle, indent=2, default=str)
+    write_json(args.out, out)
     print(markdown(out))
     return 0
 

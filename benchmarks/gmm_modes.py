@@ -26,6 +26,8 @@ import platform
 import sys
 import time
 
+from boltzgen.io import write_json, write_text
+
 CASES = {
     "two-modes-d2": ("gmm-two-modes", 2),
     "two-modes-d32": ("gmm-two-modes", 32),
@@ -206,11 +208,8 @@ def main(argv=None) -> int:
             with open(path) as handle:
                 blobs.append(json.load(handle))
         blob = {**blobs[0], "merged_from": args.merge, "results": [r for b in blobs for r in b["results"]]}
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as handle:
-            json.dump(blob, handle, indent=1)
-        with open(md_path, "w") as handle:
-            handle.write(markdown(blob["results"]))
+        write_json(args.out, blob)
+        write_text(md_path, markdown(blob["results"]))
         print(markdown(blob["results"]))
         return 0
 
@@ -243,10 +242,8 @@ def main(argv=None) -> int:
                     "torch": torch.__version__,
                     "results": results,
                 }
-                with open(args.out, "w") as handle:
-                    json.dump(blob, handle, indent=1)
-                with open(md_path, "w") as handle:
-                    handle.write(markdown(results))
+                write_json(args.out, blob)
+                write_text(md_path, markdown(results))
     print(markdown(results))
     print(f"wrote {args.out} and {md_path}")
     return 0

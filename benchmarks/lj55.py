@@ -6,8 +6,9 @@ The chain of ``benchmarks/molecular_chain.py`` with the recipe ``benchmarks.lj55
 annealed to the LJ energy, and the comparison: ESS fraction and energy W2 (kT) against the
 reference, wall time per stage. ``--losses dsm,dsm+diffclf`` runs both objectives.
 
-Published anchor (:data:`ANCHORS`): energy W2 of 21–28 for samplers trained from the energy alone
-(no data), on GPU; a data-trained model with reweighting is expected to be far closer.
+Published anchor (:data:`ANCHORS`, from ``benchmarks/anchors.json``): the energy W2 of samplers
+trained from the energy alone (no data), on GPU; a data-trained model with reweighting is expected
+to be far closer.
 
     python benchmarks/lj55.py                 # -> bench-results/lj55.json (+ .md)
     python benchmarks/lj55.py --quick
@@ -15,11 +16,11 @@ Published anchor (:data:`ANCHORS`): energy W2 of 21–28 for samplers trained fr
 
 import argparse
 
-from molecular_chain import add_arguments, recipe_sizes, run_chain
+from molecular_chain import add_arguments, published_anchors, recipe_sizes, run_chain
 
 from boltzgen.workflow import load_recipe
 
-ANCHORS = {"source": "published energy-only samplers (GPU)", "energy_w2": "21-28"}
+ANCHORS = published_anchors("lj55")
 
 if __name__ == "__main__":
     recipe = load_recipe("benchmarks", "lj55")

@@ -39,11 +39,18 @@ from boltzgen import (
     __version__,  # noqa: E402
     workflow,  # noqa: E402
 )
-from boltzgen.io import write_json  # noqa: E402
+from boltzgen.io import write_json, write_text  # noqa: E402
 from boltzgen.sampling.sde import TIME_SPACINGS  # noqa: E402
 from boltzgen.sampling.settings import DiffusionSettings  # noqa: E402
 
 LOSSES = ("dsm", "dsm+diffclf")
+ANCHORS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "anchors.json")
+
+
+def published_anchors(name: str) -> dict:
+    """The published numbers for ``name`` (a key of ``benchmarks/anchors.json``), as written there."""
+    with open(ANCHORS_FILE, encoding="utf-8") as fh:
+        return json.load(fh)[name]
 
 
 def recipe_sizes(recipe: dict) -> dict:
@@ -225,8 +232,7 @@ def run_chain(system: str, args, *, recipe: str | None = None, overrides: dict |
         "published_anchors": anchors or {},
     }
     write_json(args.out, out)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as handle:
-        handle.write(markdown(out))
+    write_text(os.path.splitext(args.out)[0] + ".md", markdown(out))
     print(markdown(out))
     return out
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
-import os
 import sys
 import time
 
 import numpy as np
 import torch
+
+from boltzgen.io import write_json
 
 #: Mode centres, widths and weights of the target, and the wrong model's weights.
 MEANS = [[-2.0, -1.5], [-2.0, 1.5], [2.0, 0.0]]
@@ -117,11 +117,7 @@ def main(argv=None) -> int:
         "quick": args.quick,
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(out, handle, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, out)
     for r in rows:
         c, b = r["rare_weight"], r["within_state_share"]
         print(

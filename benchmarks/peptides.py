@@ -9,8 +9,8 @@ the joint φ-sign states of all residues), and the comparison: ESS fraction, ene
 W2 over all (φ, ψ) and per residue (rad), ΔF(φ > 0 − φ < 0) per residue against the reference's,
 wall time per stage. One arm (DSM + DiffCLF) by default: ``--losses dsm,dsm+diffclf`` runs both.
 
-The published anchors (:data:`ANCHORS`) are a discrete-time flow trained on GPU (energy W2) and
-the ESS range reported with it; they are beside the numbers, not the same protocol.
+The published anchors (:data:`ANCHORS`, from ``benchmarks/anchors.json``) are a discrete-time
+flow trained on GPU (energy W2) and the ESS range reported with it; they are beside the numbers, not the same protocol.
 
     python benchmarks/peptides.py --system ala3        # -> bench-results/peptides-ala3.json (+ .md)
     python benchmarks/peptides.py --system ala3 --quick
@@ -18,15 +18,11 @@ the ESS range reported with it; they are beside the numbers, not the same protoc
 
 import argparse
 
-from molecular_chain import add_arguments, recipe_sizes, run_chain
+from molecular_chain import add_arguments, published_anchors, recipe_sizes, run_chain
 
 from boltzgen.workflow import load_recipe
 
-ANCHORS = {
-    "ala3": {"source": "published discrete-time flow (GPU)", "energy_w2": 0.544, "ess_fraction": "0.06-0.08"},
-    "ala4": {"source": "published discrete-time flow (GPU)", "energy_w2": 0.686, "ess_fraction": "0.06-0.08"},
-    "ala6": {"source": "published discrete-time flow (GPU)", "energy_w2": 0.892, "ess_fraction": "0.06-0.08"},
-}
+ANCHORS = {name: published_anchors(name) for name in ("ala3", "ala4", "ala6")}
 
 if __name__ == "__main__":
     recipe = load_recipe("benchmarks", "peptides")

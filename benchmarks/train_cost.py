@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from boltzgen.allocator import tune_malloc  # noqa: E402
 from boltzgen.bench import random_aldp_model  # noqa: E402
+from boltzgen.io import write_json  # noqa: E402
 from boltzgen.losses import compute_loss, mean_stiffness  # noqa: E402
 
 
@@ -146,9 +147,7 @@ def main(argv=None) -> int:
         result = measure_processes(args.processes, args.batch, args.steps)
     else:
         result = measure(args.batch, args.steps, args.k, args.threads, net=args.net)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(result, handle, indent=2)
+    write_json(args.out, result)
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0

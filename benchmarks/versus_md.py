@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from boltzgen.io import atomic_path, write_json
+from boltzgen.io import write_json, write_text
 
 
 def _remd(args) -> dict:
@@ -255,10 +255,8 @@ def finish(args, rate: float, rows: list, fixed: float = 0.0) -> int:
 def write_result(path: str, blob: dict, text: str) -> None:
     """Write a benchmark's JSON to ``path`` and its markdown table beside it (``.md``), each
     atomically (making the folder), and print the table."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_json(path, blob)
-    with atomic_path(os.path.splitext(path)[0] + ".md") as tmp, open(tmp, "w") as handle:
-        handle.write(text)
+    write_text(os.path.splitext(path)[0] + ".md", text)
     print(text)
 
 

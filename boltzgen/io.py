@@ -120,6 +120,20 @@ def write_json(path: str, obj: Any) -> None:
         handle.write(text + "\n")
 
 
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (its directory is created), as :func:`write_json` does.
+
+    Parameters
+    ----------
+    path : str
+        Output file.
+    text : str
+        The whole content.
+    """
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
 def json_default(obj):
     """``json.dump`` hook: numpy scalars and arrays as numbers and lists, anything else as its str.
 

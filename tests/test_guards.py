@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from boltzgen.guards import OutputError, OutputLockedError, check_writable, lock_path_for, output_lock
-from boltzgen.io import dumps_json, write_json
+from boltzgen.io import atomic_path, dumps_json, write_json, write_text
 
 HOLD = textwrap.dedent("""
     import sys, time
@@ -126,3 +126,17 @@ def test_metrics_are_strict_json(tmp_path):
         "n": 3,
     }
     assert json.loads(dumps_json([np.float32(2.5)])) == [2.5]
+
+
+def test_text_is_written_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "new" / "table.md"
+    write_text(path, "| a |\n")
+    assert path.read_text() == "| a |\n"
+    write_text(path, "| b |\n")
+    assert path.read_text() == "| b |\n"
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        with open(tmp, "w") as handle:
+            handle.write("| half")
+        raise RuntimeError("the writer failed")
+    assert path.read_text() == "| b |\n"  # the old file stays
+    assert sorted(p.name for p in path.parent.iterdir()) == ["table.md"]  # no temporary left
