@@ -115,9 +115,7 @@ def write_json(path: str, obj: Any) -> None:
     obj : object
         JSON-serialisable data (numpy values are converted; inf and NaN become null).
     """
-    text = dumps_json(obj)
-    with atomic_path(path) as tmp, open(tmp, "w") as handle:
-        handle.write(text + "\n")
+    write_text(path, dumps_json(obj) + "\n")
 
 
 def write_text(path: str, text: str) -> None:
