@@ -27,6 +27,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -1038,7 +1039,24 @@ def _two_state_delta_f(result: SampleRun, labels, names, seed: int, runs: int, g
     if run_index is not None:
         in_run = [run_index == r for r in range(runs)]
         out["delta_f_runs_kT"] = [_finite(delta_f_point(log_w[m], in_a[m], in_b[m])) for m in in_run]
+        if out.get("delta_f_kT") is not None:
+            out.update(_jackknife_delta_f(log_w, in_a, in_b, run_index))
     return out
+
+
+def _jackknife_delta_f(log_w, in_a, in_b, run_index) -> dict:
+    """ΔF with the leading bias of few pooled runs removed (:func:`boltzgen.weights.jackknife`
+    over the runs) and its jackknife error; None where a state rests on one run."""
+    from .weights import delta_f_point, jackknife
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # undefined: reported as None below
+        estimate = jackknife(delta_f_point, log_w, in_a, in_b, groups=run_index)
+    defined = math.isfinite(estimate.error)
+    return {
+        "delta_f_jackknife_kT": _finite(estimate.value) if defined else None,
+        "delta_f_jackknife_err_kT": _finite(estimate.error) if defined else None,
+    }
 
 
 def _finite(value):

@@ -184,6 +184,13 @@ def test_sample_free_energies_of_user_states(trained, tmp_path):
     assert m["delta_f_definition"] == "F(x>0) - F(x<0) in kT"
     if m["delta_f_kT"] is not None:
         assert m["state_free_energies_kT"][1] == pytest.approx(m["delta_f_kT"])
+        # the jackknife over two runs leaves out one run at a time, so it is built from the per-run values
+        per_run = m["delta_f_runs_kT"]
+        if None not in per_run:
+            assert m["delta_f_jackknife_kT"] == pytest.approx(2 * m["delta_f_kT"] - sum(per_run) / 2, abs=1e-9)
+            assert m["delta_f_jackknife_err_kT"] == pytest.approx(abs(per_run[0] - per_run[1]) / 2, abs=1e-9)
+        else:
+            assert m["delta_f_jackknife_kT"] is None and m["delta_f_jackknife_err_kT"] is None
     assert not any("bootstrap over the lineages of one SMC run" in w for w in m["warnings"])
     one = workflow.sample(
         str(root / "run"),
