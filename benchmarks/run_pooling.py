@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
-import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
+from scipy.stats import norm
+
+from boltzgen.io import write_json
 
 #: (dimension d, particles per run N, mean shift of the wrong model, its widths, annealing moves per level)
 CASES = [
@@ -43,7 +45,7 @@ def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float
     """Bias, spread and RMS error of both pooling rules over ``groups`` repetitions of ``runs`` SMC runs."""
     from boltzgen.sampling import ExactMarginalModel, SMCSettings, smc_sample
     from boltzgen.systems.gmm import GaussianMixture, two_modes
-    from boltzgen.weights import delta_f_point, pool_runs
+    from boltzgen.weights import delta_f_point, jackknife, pool_runs
 
     base = two_modes(d)
     means = np.asarray(base.means)
@@ -63,8 +65,9 @@ def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float
             "resampling": {"balance_states": True},
         }
     )
-    truth = -math.log(rare / (1 - rare))
-    by_z, equal, sd_log_z = [], [], []
+    z_rare = exact_rare_mass(target, axis)
+    truth = -math.log(z_rare / (1.0 - z_rare))
+    by_z, equal, jack, sd_log_z, z_states = [], [], [], [], []
     for g in range(groups):
         log_w, log_z, labels = [], [], []
         for r in range(runs):
@@ -75,7 +78,15 @@ def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float
             log_z.append(res.log_z)
             labels.append(states(res.x.numpy()))
         lab = np.concatenate(labels)
-        by_z.append(delta_f_point(pool_runs(log_w, log_z), lab == 0, lab == 1))
+        pooled = pool_runs(log_w, log_z)
+        by_z.append(delta_f_point(pooled, lab == 0, lab == 1))
+        run_of = np.repeat(np.arange(runs), [len(w) for w in log_w])
+        for r in range(runs):  # each run's Ẑ of each state: its pooled weights summed there
+            z_states.append([float(np.exp(pooled[(run_of == r) & (lab == k)]).sum()) for k in (0, 1)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an undefined correction counts as undefined below
+            estimate = jackknife(delta_f_point, pooled, lab == 0, lab == 1, groups=run_of)
+        jack.append(estimate.value if math.isfinite(estimate.error) else math.nan)
         equal.append(delta_f_point(pool_runs(log_w, [0.0] * runs), lab == 0, lab == 1))
         sd_log_z.append(float(np.std(log_z)))
     return {
@@ -87,8 +98,30 @@ def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float
         "truth_kT": truth,
         "z_weighted": summary(by_z, truth),
         "equal": summary(equal, truth),
+        "values": {"z_weighted": by_z, "equal": equal, "jackknife": jack},
+        "jackknife": summary(jack, truth),
         "median_sd_log_z_runs": float(np.median(sd_log_z)),
+        # E[Ẑ_state] / Z_state over all runs (1 for an unbiased sampler), with its standard error
+        "z_state_ratio": {
+            name: ratio_to_exact(np.asarray(z_states)[:, k], exact)
+            for k, (name, exact) in enumerate((("common", 1.0 - z_rare), ("rare", z_rare)))
+        },
     }
+
+
+def exact_rare_mass(target, axis: np.ndarray) -> float:
+    """The mass of the state x · axis > 0 of a normalised isotropic mixture: each component puts
+    Φ(axis · μ_k / σ_k) of its mass there. The components overlap the plane (the common one sits
+    2.7 of its widths from it), so this is not the rare component's weight."""
+    means = target.means.numpy() @ axis
+    stds = target.stds.numpy().reshape(len(means), -1)[:, 0]
+    weights = target.weights.numpy()
+    return float(np.sum(weights * norm.cdf(means / stds)))
+
+
+def ratio_to_exact(values: np.ndarray, exact: float) -> dict:
+    """Mean of independent estimates over the exact value, with its standard error."""
+    return {"mean": float(values.mean() / exact), "se": float(values.std(ddof=1) / math.sqrt(len(values)) / exact)}
 
 
 def summary(values: list, truth: float) -> dict:
@@ -124,14 +157,13 @@ def main(argv=None) -> int:
         "seconds": time.perf_counter() - start,
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(out, handle, indent=2)
+    write_json(args.out, out)
     for r in rows:
-        z, e = r["z_weighted"], r["equal"]
+        z, e, j = r["z_weighted"], r["equal"], r["jackknife"]
         print(
             f"d {r['d']}, N {r['particles_per_run']}: RMS error Ẑ-weighted {z['rmse_kT']:.2f} "
-            f"(bias {z['bias_kT']:+.2f}), equal {e['rmse_kT']:.2f} (bias {e['bias_kT']:+.2f}) kT"
+            f"(bias {z['bias_kT']:+.2f}), equal {e['rmse_kT']:.2f} (bias {e['bias_kT']:+.2f}), "
+            f"jackknife {j['rmse_kT']:.2f} (bias {j['bias_kT']:+.2f}; {j['undefined']} undefined) kT"
         )
     return 0
 
