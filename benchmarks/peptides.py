@@ -10,7 +10,8 @@ W2 over all (φ, ψ) and per residue (rad), ΔF(φ > 0 − φ < 0) per residue a
 wall time per stage. One arm (DSM + DiffCLF) by default: ``--losses dsm,dsm+diffclf`` runs both.
 
 The published anchors (:data:`ANCHORS`, from ``benchmarks/anchors.json``) are a discrete-time
-flow trained on GPU (energy W2) and the ESS range reported with it; they are beside the numbers, not the same protocol.
+flow trained on GPU (energy W2) and the ESS range reported with it; they are beside the numbers,
+not the same protocol.
 
     python benchmarks/peptides.py --system ala3        # -> bench-results/peptides-ala3.json (+ .md)
     python benchmarks/peptides.py --system ala3 --quick

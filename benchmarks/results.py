@@ -557,7 +557,8 @@ def md_budget_rows(blob: dict) -> list[list[str]]:
 
 
 def run_pooling_rows(blob: dict) -> list[list[str]]:
-    """Rows of benchmarks/run_pooling.py: one per case, both pooling rules' bias and RMS error."""
+    """Rows of benchmarks/run_pooling.py: one per case, the exact ΔF, the bias and RMS error of
+    each estimate (Ẑ-weighted and equal pooling, the jackknife) and E[Ẑ_state] / Z_state."""
     rows = []
     for r in blob.get("rows", []):
         ratios = r.get("z_state_ratio") or {}

@@ -388,9 +388,10 @@ def jackknife(statistic: Callable[..., float], *arrays, groups) -> Estimate:
     rows outside group g, the estimate is G θ̂ − (G − 1) mean_g θ̂₍₋g₎ (Quenouille's correction:
     a statistic that is a smooth function of the groups' means, such as a ΔF from runs pooled by
     their Ẑ, has a bias a/G + O(1/G²), and the correction removes a/G) and the error
-    √((G − 1)/G Σ_g (θ̂₍₋g₎ − mean)²) (Efron & Stein). The correction matters where the runs'
-    scatter, not their number, sets the error: a log of a pooled estimate is biased by about half
-    its relative variance.
+    √((G − 1)/G Σ_g (θ̂₍₋g₎ − mean)²) (Efron & Stein). The correction costs spread: for a ΔF
+    of few SMC runs it is a check on the bias of pooling them (a log of a pooled estimate is biased
+    by about half its relative variance over G), not a better estimate
+    (``benchmarks/run_pooling.py``).
 
     Parameters
     ----------
