@@ -10,9 +10,12 @@ mode holds ``--rare`` of the mass (alanine dipeptide's φ > 0 holds about 0.025 
 by SMC with a deliberately wrong model (an exact-marginal model of another mixture: means scaled by
 0.9 and shifted, widths ``--width``, equal weights), with the quickstart's structure: diffusion to
 t = 0.05, balanced per-state resampling, adaptive annealing. Each case repeats R runs ``--groups``
-times and reports the bias, spread and RMS error of ΔF(rare − common) of both pooling rules.
+times and reports the bias, spread and RMS error of ΔF(rare − common) of both pooling rules, and
+how often the reported error covers the exact answer: the cluster bootstrap over the R runs against
+the one over all their lineages (:func:`boltzgen.analysis.bootstrap_clusters`).
 
     python benchmarks/run_pooling.py                    # the cases below -> bench-results/run_pooling.json
+    python benchmarks/run_pooling.py --runs 2 --out bench-results/run_pooling_r2.json
     python benchmarks/run_pooling.py --groups 5 --quick # a smoke run
 """
 
@@ -43,6 +46,7 @@ CASES = [
 
 def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float, runs: int, groups: int) -> dict:
     """Bias, spread and RMS error of both pooling rules over ``groups`` repetitions of ``runs`` SMC runs."""
+    from boltzgen.analysis import bootstrap_clusters
     from boltzgen.sampling import ExactMarginalModel, SMCSettings, smc_sample
     from boltzgen.systems.gmm import GaussianMixture, two_modes
     from boltzgen.weights import delta_f_point, jackknife, pool_runs
@@ -68,8 +72,9 @@ def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float
     z_rare = exact_rare_mass(target, axis)
     truth = -math.log(z_rare / (1.0 - z_rare))
     by_z, equal, jack, sd_log_z, z_states = [], [], [], [], []
+    errors = {"runs": [], "lineages": []}
     for g in range(groups):
-        log_w, log_z, labels = [], [], []
+        log_w, log_z, labels, ancestors = [], [], [], []
         for r in range(runs):
             res = smc_sample(
                 model, target, n, torch.Generator().manual_seed(1000 * g + r), settings=settings, states=states
@@ -77,10 +82,14 @@ def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float
             log_w.append(res.log_weights.numpy())
             log_z.append(res.log_z)
             labels.append(states(res.x.numpy()))
+            ancestors.append(res.ancestors.numpy() + r * n * settings.diffusion.particle_factor)
         lab = np.concatenate(labels)
         pooled = pool_runs(log_w, log_z)
         by_z.append(delta_f_point(pooled, lab == 0, lab == 1))
         run_of = np.repeat(np.arange(runs), [len(w) for w in log_w])
+        for name, clusters in (("runs", (run_of, None)), ("lineages", (run_of, np.concatenate(ancestors)))):
+            groups_of = bootstrap_clusters(pooled, *clusters)[0]
+            errors[name].append(bootstrap_error(pooled, lab, groups_of, seed=g))
         for r in range(runs):  # each run's Ẑ of each state: its pooled weights summed there
             z_states.append([float(np.exp(pooled[(run_of == r) & (lab == k)]).sum()) for k in (0, 1)])
         with warnings.catch_warnings():
@@ -100,12 +109,42 @@ def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float
         "equal": summary(equal, truth),
         "values": {"z_weighted": by_z, "equal": equal, "jackknife": jack},
         "jackknife": summary(jack, truth),
+        # how often |ΔF − exact| < error (0.683 for a calibrated standard error) and < 2 errors (0.954)
+        "error_coverage": {name: coverage(by_z, e, truth) for name, e in errors.items()},
+        "errors": errors,
         "median_sd_log_z_runs": float(np.median(sd_log_z)),
         # E[Ẑ_state] / Z_state over all runs (1 for an unbiased sampler), with its standard error
         "z_state_ratio": {
             name: ratio_to_exact(np.asarray(z_states)[:, k], exact)
             for k, (name, exact) in enumerate((("common", 1.0 - z_rare), ("rare", z_rare)))
         },
+    }
+
+
+def bootstrap_error(pooled: np.ndarray, labels: np.ndarray, groups, seed: int) -> float:
+    """The cluster bootstrap's error of the pooled ΔF over ``groups`` (NaN when a state is empty)."""
+    from boltzgen.weights import delta_f
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            return float(delta_f(pooled, labels == 0, labels == 1, groups=groups, seed=seed).error)
+        except ValueError:
+            return math.nan
+
+
+def coverage(values: list, errors: list, truth: float) -> dict:
+    """Share of the estimates within one and two reported errors of the exact value, the RMS of
+    (value − exact) / error (1 for a calibrated error) and the median error; finite errors only."""
+    v, e = np.asarray(values, dtype=float), np.asarray(errors, dtype=float)
+    ok = np.isfinite(v) & np.isfinite(e) & (e > 0)
+    z = (v[ok] - truth) / e[ok]
+    return {
+        "within_1": float(np.mean(np.abs(z) < 1)),
+        "within_2": float(np.mean(np.abs(z) < 2)),
+        "rms_z": float(np.sqrt(np.mean(z**2))),
+        "median_error_kT": float(np.median(e[ok])),
+        "n": int(ok.sum()),
     }
 
 
@@ -163,7 +202,11 @@ def main(argv=None) -> int:
         print(
             f"d {r['d']}, N {r['particles_per_run']}: RMS error Ẑ-weighted {z['rmse_kT']:.2f} "
             f"(bias {z['bias_kT']:+.2f}), equal {e['rmse_kT']:.2f} (bias {e['bias_kT']:+.2f}), "
-            f"jackknife {j['rmse_kT']:.2f} (bias {j['bias_kT']:+.2f}; {j['undefined']} undefined) kT"
+            f"jackknife {j['rmse_kT']:.2f} (bias {j['bias_kT']:+.2f}; {j['undefined']} undefined) kT; "
+            + "; ".join(
+                f"error over {k}: {c['within_1']:.2f} within 1, {c['within_2']:.2f} within 2"
+                for k, c in r["error_coverage"].items()
+            )
         )
     return 0
 

@@ -39,6 +39,7 @@ __all__ = [
     "energy_w2_floor",
     "torsion_w2",
     "state_free_energy_metrics",
+    "bootstrap_clusters",
 ]
 
 TWO_PI = 2.0 * math.pi
@@ -489,6 +490,45 @@ def torsion_w2(angles, angles_ref, log_w=None, log_w_ref=None, n: int = 2000, se
 
 
 # ---------------------------------------------------------------------------- states
+def bootstrap_clusters(log_w, runs=None, lineages=None) -> tuple:
+    """The clusters an SMC sample's free-energy bootstrap draws, and how to name them.
+
+    Particles of one SMC lineage (the descendants of one particle at t = 1, the "Eve" clusters of
+    Lee & Whiteley 2018) are one draw, and lineages are nearly independent of each other, also
+    across independent runs: the bootstrap over all lineages gives calibrated errors where the
+    bootstrap over a few runs (two to four) understates them (docs/theory.md, "Errors of pooled
+    runs"). Without lineages (sample files written before they were kept) the runs are the
+    clusters; without either, single samples.
+
+    Parameters
+    ----------
+    log_w : array, shape (B,)
+        Log-weights of the samples (clusters without weight are not counted).
+    runs : array of int, shape (B,), optional
+        Independent-run label of each sample (``smc_run`` of a sample file).
+    lineages : array of int, shape (B,), optional
+        Lineage label of each sample, distinct across runs (``smc_lineage`` of a sample file).
+
+    Returns
+    -------
+    groups : ndarray of int, shape (B,), or None
+        Cluster label of each sample, None for the bootstrap of single samples.
+    method : str
+        The bootstrap in words, e.g. ``"bootstrap of the 84 lineages (ancestors at t = 1) of
+        4 independent SMC runs"``.
+    """
+    lw = np.asarray(log_w, dtype=np.float64)
+    n_runs = None if runs is None else int(np.unique(np.asarray(runs)).size)
+    if lineages is not None:
+        lineages = np.asarray(lineages).astype(np.int64)
+        n = int(np.unique(lineages[np.isfinite(lw)]).size)
+        of = "one SMC run" if n_runs in (None, 1) else f"{n_runs} independent SMC runs"
+        return lineages, f"bootstrap of the {n} lineages (ancestors at t = 1) of {of}"
+    if runs is not None and n_runs >= 2:
+        return np.asarray(runs).astype(np.int64), f"bootstrap of the {n_runs} independent runs"
+    return None, "bootstrap of samples"
+
+
 def _finite(value) -> Optional[float]:
     return float(value) if value is not None and math.isfinite(value) else None
 

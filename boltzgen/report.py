@@ -101,12 +101,11 @@ def _save(fig, out_dir: str, name: str, figures: dict, key: str) -> None:
 
 
 def _run_groups(samples) -> Optional[np.ndarray]:
-    """Independent-run label of each particle (``boltzgen sample --runs``), or None: ΔF then
-    gets the bootstrap over runs (:func:`boltzgen.weights.delta_f` ``groups``)."""
-    runs = None if samples is None else samples.extra.get("smc_run")
-    if runs is None or np.unique(runs).size < 2:
+    """Bootstrap cluster of each particle (:func:`boltzgen.analysis.bootstrap_clusters`): its SMC
+    lineage (``smc_lineage``), else its independent run (``smc_run``); None for single samples."""
+    if samples is None:
         return None
-    return np.asarray(runs).astype(np.int64)
+    return A.bootstrap_clusters(_log_w(samples), samples.extra.get("smc_run"), samples.extra.get("smc_lineage"))[0]
 
 
 def _log_w(samples) -> np.ndarray:
@@ -373,8 +372,11 @@ def _error_bar_problem(summary: dict) -> Optional[str]:
         )
     if not any(_number(v) is not None for _, v, _ in pairs):
         return None
+    lineages = summary.get("bootstrap_lineages")
+    if lineages is not None and _number(lineages) is not None and lineages < 2:
+        return f"The error bars rest on {int(lineages)} SMC lineage: fewer than two, so they mean nothing."
     runs = summary.get("bootstrap_runs")
-    if runs is not None and _number(runs) is not None and runs < 2:
+    if lineages is None and runs is not None and _number(runs) is not None and runs < 2:
         return f"The error bars rest on {int(runs)} independent run: fewer than two, so they mean nothing."
     n, block = _number(summary.get("n")), _number(summary.get("bootstrap_block_size"))
     if runs is None and n is not None and block is not None and block > 0 and n / block < 2:
@@ -461,7 +463,7 @@ def report_verdict(summary: dict) -> list:
         Metrics as :func:`analyze` returns them (the keys of ``metrics.json``); the keys read are
         ``ess``, ``n``, ``states`` (``{"names": [...]}``), ``state_counts``,
         ``state_free_energies_kT``, ``state_free_energies_err_kT``, ``delta_f_kT``,
-        ``delta_f_err_kT``, ``bootstrap_block_size``, ``bootstrap_runs``, ``energy_w2``,
+        ``delta_f_err_kT``, ``bootstrap_block_size``, ``bootstrap_runs``, ``bootstrap_lineages``, ``energy_w2``,
         ``mean_reduced_energy``, ``reference_mean_reduced_energy``, ``d_centre_fraction``,
         ``cis_bond_fraction`` and ``sampler_warnings`` (what
         the sampler said it could not do; one sentence each). Missing keys skip their
@@ -571,7 +573,8 @@ _METRIC_TABLES = (
             ("delta_f_err_kT", "Free-energy difference: standard error (kT)"),
             ("phi_positive_n", "Samples with φ > 0 and nonzero weight"),
             ("bootstrap_block_size", "Bootstrap block length (frames)"),
-            ("bootstrap_runs", "Independent runs in the bootstrap"),
+            ("bootstrap_runs", "Independent SMC runs"),
+            ("bootstrap_lineages", "SMC lineages in the bootstrap"),
         ],
     ),
     (
@@ -820,7 +823,11 @@ def _torsion_analysis(out_dir, figures, metrics, notes, samples, ref, lw, ref_lw
         if result.get("state_free_energies_note"):
             notes.append(f"{prefix}state free energies: {result['state_free_energies_note']}")
         if groups is not None:
-            metrics[f"{prefix}bootstrap_runs"] = int(np.unique(groups).size)
+            runs = source.extra.get("smc_run")
+            if runs is not None:
+                metrics[f"{prefix}bootstrap_runs"] = int(np.unique(runs).size)
+            if source.extra.get("smc_lineage") is not None:
+                metrics[f"{prefix}bootstrap_lineages"] = int(np.unique(groups[np.isfinite(w)]).size)
         if len(tors) == 1 and len(states.names) == 2:  # φ > 0 frames with weight (alanine dipeptide's rare state)
             phi = (ref_tors if prefix else tors)[0][1]
             metrics[f"{prefix}phi_positive_n"] = int(np.sum((phi > 0) & np.isfinite(w)))

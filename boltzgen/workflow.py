@@ -904,7 +904,7 @@ def _finish_sample(
         log_weights=result.log_w,
         reduced_energy=result.u,
         metadata=meta,
-        extra=None if result.run_index is None else {"smc_run": result.run_index},
+        extra=_sample_extra(result),
     )
     metrics = {
         "command": "sample",
@@ -973,16 +973,18 @@ def _state_lineages(result: SampleRun, labels, names) -> dict:
     return {"lineage_ess_states": per_state}
 
 
+def _sample_extra(result: SampleRun) -> Optional[dict]:
+    """The per-particle arrays a sample file keeps beside the weights: ``smc_run`` (the run of
+    each particle, with runs) and ``smc_lineage`` (its lineage over all runs), or None."""
+    extra = {"smc_run": result.run_index, "smc_lineage": result.lineages}
+    return {k: v for k, v in extra.items() if v is not None} or None
+
+
 def _bootstrap_groups(result: SampleRun, runs: int) -> tuple:
-    """Clusters of the free-energy bootstrap and how to name them: the independent runs; for one
-    SMC run its lineages (each particle's ancestor at t = 1, the "Eve" clusters of Lee & Whiteley
-    2018), since particles of one lineage are one draw; None (single samples) otherwise."""
-    if result.run_index is not None:
-        return result.run_index, f"bootstrap of the {runs} independent runs"
-    if result.lineages is not None:
-        n = np.unique(result.lineages[np.isfinite(result.log_w)]).size
-        return result.lineages, f"bootstrap of the {n} lineages (ancestors at t = 1) of one SMC run"
-    return None, "bootstrap of samples"
+    """Clusters of the free-energy bootstrap and how to name them (:func:`boltzgen.analysis.bootstrap_clusters`)."""
+    from .analysis import bootstrap_clusters
+
+    return bootstrap_clusters(result.log_w, result.run_index, result.lineages)
 
 
 def _one_cluster(groups, log_w) -> bool:

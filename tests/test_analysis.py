@@ -418,6 +418,70 @@ def test_analyze_bootstraps_over_independent_smc_runs(tmp_path, aldp):
     assert errors["pooled"] > 3.0 * errors["plain"], errors
 
 
+def test_analyze_bootstraps_over_the_lineages_a_sample_file_keeps(tmp_path, aldp):
+    """A file with ``smc_lineage`` beside ``smc_run``: the clusters of ΔF's bootstrap are the
+    lineages, counted in the metrics, and the error differs from the one over the runs alone."""
+    from boltzgen.report import analyze
+
+    rng = np.random.default_rng(6)
+    x = _frames(aldp, 256, rng)
+    lineage = np.repeat(np.arange(32), 8)  # 16 lineages in each of 2 runs, 8 particles each
+    positive = (rng.random(32) < 0.4)[lineage]
+    x[positive] *= -1.0
+    log_w = rng.normal(0.0, 0.7, 32)[lineage]
+    extra = {"smc_run": lineage // 16, "smc_lineage": lineage}
+    metrics = {}
+    for name, kept in (("lineages", extra), ("runs", {"smc_run": extra["smc_run"]})):
+        path = str(tmp_path / f"{name}.h5")
+        save_samples(path, x, topology=aldp.topology, log_weights=log_w, extra=kept, metadata={"system": "aldp-vacuum"})
+        metrics[name] = analyze(path, str(tmp_path / name))
+    assert metrics["lineages"]["bootstrap_lineages"] == 32 and metrics["lineages"]["bootstrap_runs"] == 2
+    assert "bootstrap_lineages" not in metrics["runs"] and metrics["runs"]["bootstrap_runs"] == 2
+    assert metrics["lineages"]["delta_f_kT"] == metrics["runs"]["delta_f_kT"]
+    assert metrics["lineages"]["delta_f_err_kT"] != metrics["runs"]["delta_f_err_kT"]
+
+
+def test_bootstrap_clusters_prefers_lineages_then_runs():
+    lw = np.array([0.0, 0.0, -np.inf, 0.0, 0.0, 0.0])
+    runs, lineages = np.array([0, 0, 0, 1, 1, 1]), np.array([0, 0, 1, 7, 8, 8])
+    groups, method = A.bootstrap_clusters(lw, runs, lineages)
+    np.testing.assert_array_equal(groups, lineages)
+    # the lineage without weight (label 1) is not counted
+    assert method == "bootstrap of the 3 lineages (ancestors at t = 1) of 2 independent SMC runs"
+    assert A.bootstrap_clusters(lw, None, lineages)[1].endswith("lineages (ancestors at t = 1) of one SMC run")
+    groups, method = A.bootstrap_clusters(lw, runs)
+    np.testing.assert_array_equal(groups, runs)
+    assert method == "bootstrap of the 2 independent runs"
+    assert A.bootstrap_clusters(lw, np.zeros(6, dtype=int)) == (None, "bootstrap of samples")
+    assert A.bootstrap_clusters(lw) == (None, "bootstrap of samples")
+
+
+def test_lineage_bootstrap_of_two_runs_matches_the_spread_of_delta_f():
+    """Two runs of 40 independent lineages each (8 particles per lineage, a log-normal weight and a
+    state per lineage, 20 % in state B): over 400 repetitions the bootstrap over the lineages gives
+    the spread of the pooled ΔF, while the bootstrap over the two runs scatters from far too small
+    to large (its error rests on one difference)."""
+    from boltzgen.weights import delta_f, delta_f_point
+
+    rng = np.random.default_rng(11)
+    lineage = np.repeat(np.arange(80), 8)
+    runs = lineage // 40
+    values, by_lineage, by_run = [], [], []
+    for rep in range(400):
+        b = (rng.random(80) < 0.2)[lineage]
+        if not b.any() or b.all():
+            continue
+        lw = rng.normal(0.0, 0.8, 80)[lineage]
+        values.append(delta_f_point(lw, ~b, b))
+        if rep < 40:
+            by_lineage.append(delta_f(lw, ~b, b, groups=lineage, seed=rep).error)
+            by_run.append(delta_f(lw, ~b, b, groups=runs, seed=rep).error)
+    true_sd = float(np.std(values))
+    assert abs(np.sqrt(np.mean(np.square(by_lineage))) / true_sd - 1.0) < 0.2
+    assert np.std(by_run) > 2.0 * np.std(by_lineage)  # two clusters: an error that is itself noise
+    assert np.median(by_run) < 0.85 * true_sd
+
+
 # ---------------------------------------------------------------------------- states
 def test_state_free_energy_metrics_of_equal_weights():
     labels = np.repeat([0, 1], [30, 10])

@@ -69,8 +69,9 @@ def test_low_ess_alone():
         {"delta_f_err_kT": float("inf"), "state_free_energies_err_kT": [0.0, float("inf")]},
         {"bootstrap_block_size": 600},  # 1000 frames: one block
         {"bootstrap_runs": 1},
+        {"bootstrap_runs": 2, "bootstrap_lineages": 1},  # two runs, but all the weight on one lineage
     ],
-    ids=["missing", "infinite", "one-block", "one-run"],
+    ids=["missing", "infinite", "one-block", "one-run", "one-lineage"],
 )
 def test_error_bar_from_fewer_than_two_blocks_or_runs_alone(changes):
     verdict = report_verdict(_clean(**changes))
@@ -82,6 +83,8 @@ def test_error_bar_from_fewer_than_two_blocks_or_runs_alone(changes):
 def test_error_bar_of_two_blocks_or_runs_is_fine():
     assert report_verdict(_clean(bootstrap_block_size=500)) == [TRUSTED]
     assert report_verdict(_clean(bootstrap_runs=2)) == [TRUSTED]
+    # one run's lineages are the clusters of its bootstrap: one run with many lineages is fine
+    assert report_verdict(_clean(bootstrap_runs=1, bootstrap_lineages=30)) == [TRUSTED]
 
 
 def test_error_bar_check_of_several_states_names_the_free_energy():

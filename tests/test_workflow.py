@@ -151,6 +151,10 @@ def test_a_wider_diffusion_from_the_cli_and_the_api_keeps_the_runs_lineages_apar
     assert max(int(r.ancestors.max()) for r in run.results) < 30
     first, second = (set(run.lineages[run.run_index == k].tolist()) for k in (0, 1))
     assert not first & second
+    # the sample file keeps both labels, so an analysis of it later bootstraps the same clusters
+    saved = load_samples(str(tmp_path / "api.h5")).extra
+    np.testing.assert_array_equal(saved["smc_run"], run.run_index)
+    np.testing.assert_array_equal(saved["smc_lineage"], run.lineages)
     args = ["sample", str(root / "run"), "-n", "20", "-o", str(tmp_path / "cli.h5"), "--diffusion-steps", "6"]
     args += ["--anneal", "2", "--diffusion-particle-factor", "3", "--runs", "2", "--seed", "5", "--no-progress"]
     assert main(args) == 0
@@ -186,6 +190,12 @@ def test_sample_free_energies_of_user_states(trained, tmp_path):
         assert m["state_free_energies_kT"][1] == pytest.approx(m["delta_f_kT"])
         # the jackknife over two runs leaves out one run at a time, so it is built from the per-run values
         per_run = m["delta_f_runs_kT"]
+        # the error is the bootstrap over the lineages of both runs (not over the two runs)
+        n_lineages = np.unique(run.lineages[np.isfinite(run.log_w)]).size
+        assert (
+            m["delta_f_error_method"]
+            == f"bootstrap of the {n_lineages} lineages (ancestors at t = 1) of 2 independent SMC runs"
+        )
         if None not in per_run:
             assert m["delta_f_jackknife_kT"] == pytest.approx(2 * m["delta_f_kT"] - sum(per_run) / 2, abs=1e-9)
             assert m["delta_f_jackknife_err_kT"] == pytest.approx(abs(per_run[0] - per_run[1]) / 2, abs=1e-9)
