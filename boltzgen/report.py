@@ -100,7 +100,7 @@ def _save(fig, out_dir: str, name: str, figures: dict, key: str) -> None:
     figures[key] = name
 
 
-def _run_groups(samples) -> Optional[np.ndarray]:
+def _bootstrap_groups(samples) -> Optional[np.ndarray]:
     """Bootstrap cluster of each particle (:func:`boltzgen.analysis.bootstrap_clusters`): its SMC
     lineage (``smc_lineage``), else its independent run (``smc_run``); None for single samples."""
     if samples is None:
@@ -813,7 +813,9 @@ def _torsion_analysis(out_dir, figures, metrics, notes, samples, ref, lw, ref_lw
         notes.append("the reference has other residues: reference torsions skipped")
         ref_tors = None
     states = default_states(samples.topology)
-    sources = [("", samples, lw, _run_groups(samples))] + ([("reference_", ref, ref_lw, None)] if ref_tors else [])
+    sources = [("", samples, lw, _bootstrap_groups(samples))] + (
+        [("reference_", ref, ref_lw, None)] if ref_tors else []
+    )
     blocks = [1, 1]
     for i, (prefix, source, w, groups) in enumerate(sources):
         result = _state_metrics(states, source, w, groups, seed)
@@ -866,7 +868,7 @@ def _per_residue(samples, ref, lw, ref_lw, seed, blocks) -> dict:
     for states in backbone_states(samples.topology):
         residue = states.name[4:-1]  # "phi(ALA2)" -> "ALA2"
         entry: dict[str, Any] = {}
-        sources = [("", samples, lw, _run_groups(samples), blocks[0])]
+        sources = [("", samples, lw, _bootstrap_groups(samples), blocks[0])]
         sources += [("reference_", ref, ref_lw, None, blocks[1])] if ref is not None else []
         for prefix, source, w, groups, block in sources:
             labels = states.assign(source.x)

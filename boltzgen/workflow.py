@@ -925,6 +925,8 @@ def _finish_sample(
 
 def _state_analysis(result: SampleRun, target, seed: int, runs: int) -> dict:
     """Free energies of the target's states from the weighted samples (a note where none apply)."""
+    from .analysis import bootstrap_clusters
+
     state_set = target.states
     if state_set is None:
         return {"states_note": f"{target.name} has no states (target.states is None): no free energies"}
@@ -937,7 +939,7 @@ def _state_analysis(result: SampleRun, target, seed: int, runs: int) -> dict:
         "states": {"name": state_set.name, "names": names},
         "state_counts": np.bincount(labels, minlength=len(names)).tolist(),
     }
-    groups, method = _bootstrap_groups(result, runs)
+    groups, method = bootstrap_clusters(result.log_w, result.run_index, result.lineages)
     out.update(_state_free_energies(result.log_w, labels, len(names), seed, groups))
     if result.lineages is not None:
         out.update(_state_lineages(result, labels, names))
@@ -980,13 +982,6 @@ def _sample_extra(result: SampleRun) -> Optional[dict]:
     return {k: v for k, v in extra.items() if v is not None} or None
 
 
-def _bootstrap_groups(result: SampleRun, runs: int) -> tuple:
-    """Clusters of the free-energy bootstrap and how to name them (:func:`boltzgen.analysis.bootstrap_clusters`)."""
-    from .analysis import bootstrap_clusters
-
-    return bootstrap_clusters(result.log_w, result.run_index, result.lineages)
-
-
 def _one_cluster(groups, log_w) -> bool:
     """Whether all the weight sits in one bootstrap cluster (then no error can be estimated)."""
     return groups is not None and np.unique(np.asarray(groups)[np.isfinite(log_w)]).size < 2
@@ -1013,7 +1008,7 @@ def _state_free_energies(log_w, labels, n_states: int, seed: int, groups) -> dic
 
 def _two_state_delta_f(result: SampleRun, labels, names, seed: int, runs: int, groups, method: str) -> dict:
     """F(names[1]) − F(names[0]) in kT with its bootstrap error over ``groups`` (named ``method``;
-    :func:`_bootstrap_groups`), and per run (as for alanine dipeptide)."""
+    :func:`boltzgen.analysis.bootstrap_clusters`), and per run (as for alanine dipeptide)."""
     from .weights import delta_f, delta_f_point
 
     in_a, in_b = labels == 0, labels == 1
