@@ -48,6 +48,7 @@ def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float
     """Bias, spread and RMS error of both pooling rules over ``groups`` repetitions of ``runs`` SMC runs."""
     from boltzgen.analysis import bootstrap_clusters
     from boltzgen.sampling import ExactMarginalModel, SMCSettings, smc_sample
+    from boltzgen.sampling.runs import pooled_lineages
     from boltzgen.systems.gmm import GaussianMixture, two_modes
     from boltzgen.weights import delta_f_point, jackknife, pool_runs
 
@@ -74,20 +75,18 @@ def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float
     by_z, equal, jack, sd_log_z, z_states = [], [], [], [], []
     errors = {"runs": [], "lineages": []}
     for g in range(groups):
-        log_w, log_z, labels, ancestors = [], [], [], []
-        for r in range(runs):
-            res = smc_sample(
-                model, target, n, torch.Generator().manual_seed(1000 * g + r), settings=settings, states=states
-            )
-            log_w.append(res.log_weights.numpy())
-            log_z.append(res.log_z)
-            labels.append(states(res.x.numpy()))
-            ancestors.append(res.ancestors.numpy() + r * n * settings.diffusion.particle_factor)
+        results = [
+            smc_sample(model, target, n, torch.Generator().manual_seed(1000 * g + r), settings=settings, states=states)
+            for r in range(runs)
+        ]
+        log_w = [res.log_weights.numpy() for res in results]
+        log_z = [res.log_z for res in results]
+        labels = [states(res.x.numpy()) for res in results]
         lab = np.concatenate(labels)
         pooled = pool_runs(log_w, log_z)
         by_z.append(delta_f_point(pooled, lab == 0, lab == 1))
         run_of = np.repeat(np.arange(runs), [len(w) for w in log_w])
-        for name, clusters in (("runs", (run_of, None)), ("lineages", (run_of, np.concatenate(ancestors)))):
+        for name, clusters in (("runs", (run_of, None)), ("lineages", (run_of, pooled_lineages(results)))):
             groups_of = bootstrap_clusters(pooled, *clusters)[0]
             errors[name].append(bootstrap_error(pooled, lab, groups_of, seed=g))
         for r in range(runs):  # each run's Ẑ of each state: its pooled weights summed there

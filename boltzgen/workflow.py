@@ -818,7 +818,7 @@ def _run_smc(
     ``run_dir`` (:func:`boltzgen.sampling.runs.smc_runs_in_processes`)."""
     import torch
 
-    from .sampling.runs import pool_results, run_seeds, run_sizes, smc_runs_in_processes
+    from .sampling.runs import pool_results, pooled_lineages, run_seeds, run_sizes, smc_runs_in_processes
     from .sampling.smc import smc_sample
     from .weights import ess_fraction as ess_fraction_of
     from .weights import lineage_ess
@@ -844,8 +844,7 @@ def _run_smc(
     x = torch.cat([r.x for r in results])
     u = torch.cat([r.reduced_energy for r in results]).numpy()
     run_index = None if runs == 1 else np.repeat(np.arange(runs), [r.n_particles for r in results])
-    span = max(int(r.ancestors.max()) + 1 for r in results)  # distinct lineage labels across runs
-    lineages = np.concatenate([r.ancestors.numpy() + i * span for i, r in enumerate(results)])
+    lineages = pooled_lineages(results)
     summaries = [r.summary() for r in results]
     acceptance = [a for sm in summaries for a in sm["acceptance"] if a is not None]
     # The headline ESS is that of the final weights: SMC never resamples after the last

@@ -26,7 +26,7 @@ import torch
 from .resampling import log_mean_exp
 from .settings import SMCSettings
 
-__all__ = ["run_sizes", "run_seeds", "pool_results", "smc_runs", "smc_runs_in_processes"]
+__all__ = ["run_sizes", "run_seeds", "pool_results", "pooled_lineages", "smc_runs", "smc_runs_in_processes"]
 
 
 def run_sizes(n_particles: int, runs: int) -> list[int]:
@@ -90,6 +90,25 @@ def pool_results(results: list) -> tuple[np.ndarray, float]:
         return results[0].log_weights.numpy(), float(log_z_runs[0])
     log_w = pool_runs([r.log_weights.numpy() for r in results], log_z_runs)
     return log_w, float(log_mean_exp(torch.as_tensor(log_z_runs)))
+
+
+def pooled_lineages(results: list) -> np.ndarray:
+    """Lineage label of each particle of independent runs, distinct across runs.
+
+    Parameters
+    ----------
+    results : list of SMCResult
+        One per run, in the order their particles are pooled (:func:`pool_results`).
+
+    Returns
+    -------
+    ndarray, shape (Σ B_r,), int64
+        Run r's ancestor indices at t = 1 offset by r times the largest index of any run plus one,
+        so labels keep their order within and across runs (the clusters of
+        :func:`boltzgen.analysis.bootstrap_clusters`).
+    """
+    span = max(int(r.ancestors.max()) + 1 for r in results)
+    return np.concatenate([r.ancestors.numpy().astype(np.int64) + i * span for i, r in enumerate(results)])
 
 
 def smc_runs(
