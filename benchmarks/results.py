@@ -565,7 +565,8 @@ def run_pooling_rows(blob: dict) -> list[list[str]]:
         ratios = r.get("z_state_ratio") or {}
         rows.append(
             [
-                f"d {r['d']}, shift {r['shift']:g}, width {r['width']:g}, {r['anneal_moves']} moves per level",
+                f"d {r['d']}, shift {r['shift']:g}, width {r['width']:g}, {r['anneal_moves']} moves per level"
+                + (f", diffusion.particle_factor {r['particle_factor']}" if r.get("particle_factor", 1) > 1 else ""),
                 str(r["particles_per_run"]),
                 f"{blob.get('runs')} × {blob.get('groups')}",
                 fmt(r.get("truth_kT"), ".3f"),

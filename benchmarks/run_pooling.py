@@ -16,6 +16,7 @@ the one over all their lineages (:func:`boltzgen.analysis.bootstrap_clusters`).
 
     python benchmarks/run_pooling.py                    # the cases below -> bench-results/run_pooling.json
     python benchmarks/run_pooling.py --runs 2 --out bench-results/run_pooling_r2.json
+    python benchmarks/run_pooling.py --particle-factor 8 --cases 0,2 # the diffusion's k B particles, cases 0 and 2
     python benchmarks/run_pooling.py --groups 5 --quick # a smoke run
 """
 
@@ -44,7 +45,9 @@ CASES = [
 ]
 
 
-def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float, runs: int, groups: int) -> dict:
+def one_case(
+    d: int, n: int, shift: float, width: float, moves: int, rare: float, runs: int, groups: int, factor: int = 1
+) -> dict:
     """Bias, spread and RMS error of both pooling rules over ``groups`` repetitions of ``runs`` SMC runs."""
     from boltzgen.analysis import bootstrap_clusters
     from boltzgen.sampling import ExactMarginalModel, SMCSettings, smc_sample
@@ -63,7 +66,7 @@ def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float
 
     settings = SMCSettings.from_dict(
         {
-            "diffusion": {"n_steps": 20, "t_min": 0.05},
+            "diffusion": {"n_steps": 20, "t_min": 0.05, "particle_factor": factor},
             "anneal": {"n_levels": 4, "max_levels": 32, "mcmc_steps": moves},
             "final": {"mcmc_steps": 0},
             "chirality": False,
@@ -100,6 +103,7 @@ def one_case(d: int, n: int, shift: float, width: float, moves: int, rare: float
     return {
         "d": d,
         "particles_per_run": n,
+        "particle_factor": factor,
         "shift": shift,
         "width": width,
         "anneal_moves": moves,
@@ -179,12 +183,23 @@ def main(argv=None) -> int:
     parser.add_argument("--rare", type=float, default=0.03, help="mass of the rare mode")
     parser.add_argument("--runs", type=int, default=4, help="runs pooled (the quickstart's R)")
     parser.add_argument("--groups", type=int, default=200, help="repetitions of the R runs per case")
+    parser.add_argument(
+        "--particle-factor",
+        type=int,
+        default=1,
+        help="diffusion.particle_factor: diffusion particles per run's particle",
+    )
+    parser.add_argument("--cases", default=None, help="comma-separated indices into CASES (default: all)")
     parser.add_argument("--quick", action="store_true", help="the first case only (a smoke run)")
     parser.add_argument("--out", default="bench-results/run_pooling.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    rows = [one_case(*case, args.rare, args.runs, args.groups) for case in (CASES[:1] if args.quick else CASES)]
+    cases = CASES[:1] if args.quick else CASES
+    if args.cases:
+        cases = [CASES[int(i)] for i in args.cases.split(",")]
+    factor = args.particle_factor
+    rows = [one_case(*case, args.rare, args.runs, args.groups, factor) for case in cases]
     out = {
         "benchmark": "run_pooling",
         "date": datetime.date.today().isoformat(),
@@ -192,6 +207,7 @@ def main(argv=None) -> int:
         "runs": args.runs,
         "groups": args.groups,
         "quick": args.quick,
+        "particle_factor": factor,
         "seconds": time.perf_counter() - start,
         "rows": rows,
     }
