@@ -195,9 +195,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    cases = CASES[:1] if args.quick else CASES
     if args.cases:
         cases = [CASES[int(i)] for i in args.cases.split(",")]
+    else:
+        cases = CASES[:1] if args.quick else CASES
     factor = args.particle_factor
     rows = [one_case(*case, args.rare, args.runs, args.groups, factor) for case in cases]
     out = {

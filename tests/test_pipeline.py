@@ -178,6 +178,7 @@ def test_quickstart_long_is_the_default_with_more_particles_per_run():
     rest = lambda sample: {k: v for k, v in sample.items() if k not in ("n", "settings")}  # noqa: E731
     assert rest(long["sample"]) == rest(default["sample"])
     d, lg = (SMCSettings.from_dict(r["sample"]["settings"]) for r in (default, long))
+    assert lg.diffusion.n_steps >= d.diffusion.n_steps
     # model evaluations per final particle in the diffusion: levels times the diffusion's particle factor
     assert lg.diffusion.n_steps * lg.diffusion.particle_factor >= d.diffusion.n_steps * d.diffusion.particle_factor
     assert lg.anneal.mcmc_steps >= d.anneal.mcmc_steps
